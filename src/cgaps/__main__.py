@@ -1,0 +1,3 @@
+from cgaps.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``cgaps`` command line: one module per subcommand, heavy imports deferred into the commands."""

@@ -1,0 +1,140 @@
+"""One configuration object for a run, documented field by field.
+
+Precedence: the defaults here < a YAML file (``cgaps run CONFIG.yaml``) < command-line
+options. Unknown keys are errors (with a "did you mean"), cross-field checks live in
+``__post_init__`` and raise :class:`~cgaps.errors.CGapsError` with the fix. The resolved
+config is stored in ``run.json`` so later stages and other tools see what was used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cgaps.errors import CGapsError, did_you_mean
+
+EMBEDDED = "embedded"
+
+SPANS = ("prompt", "response", "both")
+POOLS = ("max", "mean", "sum")
+MC_SCORING = ("generate", "loglik")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a Competency Gaps run."""
+
+    # --- items
+    suite: str = _f("probes", "Suite name (probes, paper10), comma-separated benchmark names, or a benchmark spec file.")
+    data_dir: str | None = _f(None, "Folder with the benchmarks' original files (else they are read from the hub).")
+    limit: int | None = _f(None, "At most this many items per benchmark (seeded sample).")
+    seed: int = _f(0, "Seed for item sampling, subsampling and anything else random.")
+    # --- evaluated model and generation
+    model: str = _f(EMBEDDED, "Evaluated model: 'embedded' (SmolLM2-135M-Instruct), a hub id, a local folder or a .gguf file.")
+    max_new_tokens: int = _f(256, "Greedy generation budget per item.")
+    batch_size: int = _f(16, "Items per forward batch (generation and extraction).")
+    mc_scoring: str = _f("generate", "Multiple-choice scoring: 'generate' (answer letter) or 'loglik' (option log-likelihood).")
+    chain_of_thought: bool = _f(False, "Ask for step-by-step reasoning on GSM8K and MATH before the final answer.")
+    # --- reader, SAE and pooling (SPEC section 2)
+    reader: str | None = _f(None, "Model whose residual stream is encoded (default: the evaluated model).")
+    sae: str = _f(EMBEDDED, "SAE: 'embedded' (shipped SmolLM2 SAE), a local sae-lens folder, or 'RELEASE/SAE_ID' on the hub.")
+    layer: int | None = _f(None, "Residual layer L (blocks.L.hook_resid_post); default: the SAE's own hook layer.")
+    span: str = _f("both", "Tokens analysed: prompt, response or both.")
+    pool: str = _f("max", "Pooling of token activations into saliency: max, mean or sum.")
+    skip_special: bool = _f(True, "Skip BOS, chat-template tokens and the system prompt (their activations are artefacts).")
+    max_norm_ratio: float | None = _f(
+        10.0, "Skip tokens whose residual norm exceeds this many times the batch median (None keeps all)."
+    )
+    max_length: int = _f(1024, "Truncate each formatted conversation to this many tokens before encoding.")
+    top_k: int | None = _f(None, "Keep only the top-k concepts per item in saliency.parquet (None keeps all).")
+    # --- scoring (SPEC section 3)
+    min_support: int = _f(5, "Concepts firing on fewer items are reported but never called gaps.")
+    under_pct: float = _f(10.0, "Percentile of chi_bench below which a present concept is 'under'-represented.")
+    over_pct: float = _f(90.0, "Percentile of chi_bench above which a concept is 'over'-represented.")
+    fdr: float = _f(0.05, "Benjamini-Hochberg false discovery rate for model gaps and strengths.")
+    ci_level: float = _f(0.95, "Confidence level of the Wilson interval on chi_model.")
+    # --- execution
+    device: str = _f("auto", "Torch device: auto, cpu, cuda, cuda:N, mps.")
+    dtype: str = _f("auto", "Model dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")
+
+    def __post_init__(self) -> None:
+        for name, choices in (("span", SPANS), ("pool", POOLS), ("mc_scoring", MC_SCORING)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise CGapsError(f"config field '{name}' is {value!r}.{did_you_mean(value, choices)} Valid: {', '.join(choices)}")
+        for name in ("max_new_tokens", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise CGapsError(f"config field '{name}' must be >= 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise CGapsError(f"config field 'limit' must be >= 1 or null, got {self.limit}")
+        if self.top_k is not None and self.top_k < 1:
+            raise CGapsError(f"config field 'top_k' must be >= 1 or null, got {self.top_k}")
+        if self.layer is not None and self.layer < 0:
+            raise CGapsError(f"config field 'layer' must be >= 0, got {self.layer}")
+        if not 0 <= self.under_pct < self.over_pct <= 100:
+            raise CGapsError(
+                f"config fields 'under_pct' ({self.under_pct}) and 'over_pct' ({self.over_pct}) need 0 <= under < over <= 100"
+            )
+        if not 0 < self.fdr < 1:
+            raise CGapsError(f"config field 'fdr' must be in (0, 1), got {self.fdr}")
+        if not 0 < self.ci_level < 1:
+            raise CGapsError(f"config field 'ci_level' must be in (0, 1), got {self.ci_level}")
+        if self.min_support < 1:
+            raise CGapsError(f"config field 'min_support' must be >= 1, got {self.min_support}")
+        if self.max_norm_ratio is not None and self.max_norm_ratio <= 1:
+            raise CGapsError(f"config field 'max_norm_ratio' must be > 1 or null, got {self.max_norm_ratio}")
+
+    @property
+    def reader_model(self) -> str:
+        return self.reader or self.model
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` applied (None values are ignored: 'not given on the command line')."""
+        return from_dict({**self.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in fields(RunConfig)}
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a config, rejecting unknown keys with a suggestion."""
+    names = [f.name for f in fields(RunConfig)]
+    for key in data:
+        if key not in names:
+            raise CGapsError(f"{source}: unknown key {key!r}.{did_you_mean(key, names)} Known keys: {', '.join(names)}")
+    return RunConfig(**data)
+
+
+def load_yaml(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.exists():
+        raise CGapsError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise CGapsError(f"{path}:{where}: invalid YAML ({getattr(e, 'problem', e)})") from e
+    if not isinstance(data, dict):
+        raise CGapsError(f"{path}: expected a mapping of config keys at the top level")
+    try:
+        return from_dict(data, source=str(path))
+    except TypeError as e:
+        raise CGapsError(f"{path}: {e}") from e
+
+
+def config_from_run(meta: dict[str, Any], run_dir: str | Path) -> RunConfig:
+    """The config stored in run.json (defaults for keys an older writer left out)."""
+    return from_dict(meta.get("config", {}), source=str(Path(run_dir) / "run.json"))

@@ -1,0 +1,269 @@
+"""The run directory: fixed file names, table schemas, validated reads and atomic writes.
+
+A run directory is the contract between stages (SPEC.md section 6): each stage reads
+what earlier stages wrote and writes its own files, so any stage can be rerun or
+replaced by another tool. Every read validates its table and fails with a
+:class:`~cgaps.errors.CGapsError` that names the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cgaps.errors import CGapsError
+
+SCHEMA_VERSION = 1
+
+RUN_JSON = "run.json"
+ITEMS = "items.parquet"
+SALIENCY = "saliency.parquet"
+SALIENCY_SHARDS = "saliency_shards"
+CONCEPTS = "concepts.parquet"
+LABELS = "labels.parquet"
+OVERLAP = "overlap.parquet"
+ROBUSTNESS = "robustness.json"
+REPORT = "report.html"
+RESPONSES_PARTIAL = "responses.partial.jsonl"
+
+ALL_SCOPE = "ALL"
+
+# items.parquet: what every item has, what evaluation adds, and what is optional.
+ITEM_REQUIRED = ("item_id", "benchmark", "prompt", "reference")
+ITEM_SCORED = ("response", "score")
+ITEM_OPTIONAL = (
+    "messages",  # JSON list of {role, content}; overrides `prompt` for multi-turn items
+    "answer_type",  # grader key (see cgaps.grading)
+    "choices",  # JSON list of option strings, for log-likelihood scoring
+    "category",  # sub-category for display (subject, family, axiom...)
+    "meta",  # JSON object with anything else (gold aliases, bias metadata...)
+)
+ITEM_COLUMNS = ITEM_REQUIRED + ITEM_SCORED + ITEM_OPTIONAL
+
+SALIENCY_COLUMNS = ("item_id", "concept", "value")
+
+CONCEPT_COLUMNS = (
+    "concept", "scope", "support", "chi_bench", "chi_bench_raw", "chi_model", "expected",
+    "n_eff", "ci_low", "ci_high", "status", "gap", "q_value",
+)
+LABEL_COLUMNS = ("concept", "label", "source")
+OVERLAP_COLUMNS = ("a", "b", "jaccard", "spearman_chi_model", "spearman_chi_bench")
+
+
+def _atomic_path(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a Parquet table atomically (a crash never leaves half a file behind)."""
+    path = Path(path)
+    fd, tmp = _atomic_path(path)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically, NaN written as null."""
+    path = Path(path)
+    fd, tmp = _atomic_path(path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_nan_to_none(obj), f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise CGapsError(f"{path}: no such file; {what}")
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a bad file
+        raise CGapsError(f"{path}: not a readable Parquet file ({e}); rewrite it with pandas.DataFrame.to_parquet") from e
+
+
+# ---------------------------------------------------------------- run.json
+
+
+def read_run_json(run_dir: str | Path) -> dict[str, Any]:
+    """Read and check ``run.json``: schema version and ``n_concepts``."""
+    path = Path(run_dir) / RUN_JSON
+    if not path.exists():
+        raise CGapsError(f"{path}: no such file; create the run with `cgaps items` or `cgaps run CONFIG.yaml`")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CGapsError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from e
+    if not isinstance(meta, dict):
+        raise CGapsError(f"{path}: expected a JSON object at the top level")
+    version = meta.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise CGapsError(
+            f"{path}: field 'schema_version' is {version!r} but this cgaps reads schema {SCHEMA_VERSION}; "
+            "rerun the pipeline into a new directory with this version (`cgaps run CONFIG.yaml`)"
+        )
+    return meta
+
+
+def update_run_json(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into ``run.json`` (dicts merged one level deep) and write it back."""
+    path = Path(run_dir) / RUN_JSON
+    meta = read_run_json(run_dir) if path.exists() else {"schema_version": SCHEMA_VERSION}
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(meta.get(key), dict):
+            meta[key] = {**meta[key], **value}
+        else:
+            meta[key] = value
+    meta["schema_version"] = SCHEMA_VERSION
+    write_json(meta, path)
+    return meta
+
+
+def n_concepts(meta: dict[str, Any], run_dir: str | Path) -> int:
+    value = meta.get("n_concepts")
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise CGapsError(
+            f"{Path(run_dir) / RUN_JSON}: field 'n_concepts' must be a positive integer (the SAE width), "
+            f"got {value!r}; run `cgaps extract` or add it by hand"
+        )
+    return value
+
+
+# ---------------------------------------------------------------- items
+
+
+def validate_items(df: pd.DataFrame, path: str | Path, *, scored: bool = False) -> pd.DataFrame:
+    """Check an items table; return it with canonical dtypes.
+
+    ``scored`` also requires ``response`` and ``score`` with every score in [0, 1].
+    """
+    path = Path(path)
+    missing = [c for c in ITEM_REQUIRED + (ITEM_SCORED if scored else ()) if c not in df.columns]
+    if missing:
+        hint = " (run `cgaps evaluate` or `cgaps grade` first)" if set(missing) <= set(ITEM_SCORED) else ""
+        raise CGapsError(f"{path}: missing column(s) {', '.join(missing)}{hint}; required: {', '.join(ITEM_REQUIRED)}")
+    extra = [c for c in df.columns if c not in ITEM_COLUMNS]
+    if extra:
+        raise CGapsError(
+            f"{path}: unknown column(s) {', '.join(map(str, extra))}; allowed: {', '.join(ITEM_COLUMNS)} "
+            "(put other metadata into the JSON column 'meta')"
+        )
+    if len(df) == 0:
+        raise CGapsError(f"{path}: the items table is empty; a suite needs at least one item per benchmark")
+    df = df.copy()
+    for col in ("item_id", "benchmark"):
+        if df[col].isna().any():
+            row = int(df[col].isna().to_numpy().nonzero()[0][0])
+            raise CGapsError(f"{path}: row {row}: field '{col}' is empty; every item needs one")
+        df[col] = df[col].astype(str)
+    empty_bench = df["benchmark"].str.strip() == ""
+    if empty_bench.any():
+        row = int(empty_bench.to_numpy().nonzero()[0][0])
+        raise CGapsError(f"{path}: row {row}: field 'benchmark' is blank; name the benchmark the item belongs to")
+    dup = df["item_id"].duplicated(keep=False)
+    if dup.any():
+        ids = df.loc[dup, "item_id"].unique()[:3]
+        raise CGapsError(
+            f"{path}: field 'item_id' has duplicates ({', '.join(map(repr, ids))}); item ids must be unique in the suite"
+        )
+    if ALL_SCOPE in set(df["benchmark"]):
+        raise CGapsError(f"{path}: field 'benchmark' uses the reserved name {ALL_SCOPE!r}; rename that benchmark")
+    for col in ("prompt", "reference", "response"):
+        if col in df.columns:
+            df[col] = df[col].fillna("").astype(str)
+    if "score" in df.columns:
+        score = pd.to_numeric(df["score"], errors="coerce")
+        bad = score.isna() | (score < 0) | (score > 1)
+        if scored and bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise CGapsError(
+                f"{path}: row {row} (item_id {df['item_id'].iloc[row]!r}): field 'score' is "
+                f"{df['score'].iloc[row]!r}; scores must be numbers in [0, 1] (1 = correct), not NaN"
+            )
+        df["score"] = score.astype("float64")
+    return df
+
+
+def read_items(run_dir: str | Path, *, scored: bool = False) -> pd.DataFrame:
+    path = Path(run_dir) / ITEMS
+    df = read_table(path, "create it with `cgaps items SUITE --out RUN_DIR`")
+    return validate_items(df, path, scored=scored)
+
+
+# ---------------------------------------------------------------- saliency
+
+
+def validate_saliency(df: pd.DataFrame, path: str | Path, item_ids: pd.Index | None, n_concepts: int) -> pd.DataFrame:
+    """Check a sparse saliency table against the items and the SAE width."""
+    path = Path(path)
+    missing = [c for c in SALIENCY_COLUMNS if c not in df.columns]
+    extra = [c for c in df.columns if c not in SALIENCY_COLUMNS]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing column(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unknown column(s) {', '.join(map(str, extra))}")
+        raise CGapsError(f"{path}: {'; '.join(parts)}; the columns are exactly {', '.join(SALIENCY_COLUMNS)}")
+    df = df.copy()
+    df["item_id"] = df["item_id"].astype(str)
+    concept = pd.to_numeric(df["concept"], errors="coerce")
+    if concept.isna().any() or (concept != concept.round()).any():
+        raise CGapsError(f"{path}: field 'concept' must hold integers (SAE latent indices)")
+    bad = (concept < 0) | (concept >= n_concepts)
+    if bad.any():
+        raise CGapsError(
+            f"{path}: field 'concept' has {int(concept[bad].iloc[0])}, outside 0..{n_concepts - 1} "
+            f"(run.json n_concepts = {n_concepts}); the saliency was written with another SAE"
+        )
+    value = pd.to_numeric(df["value"], errors="coerce").astype("float64")
+    badv = ~(value > 0) | ~value.map(math.isfinite)
+    if badv.any():
+        row = int(badv.to_numpy().nonzero()[0][0])
+        raise CGapsError(
+            f"{path}: row {row}: field 'value' is {df['value'].iloc[row]!r}; saliency rows hold finite values > 0 only"
+        )
+    df["concept"] = concept.astype("int32")
+    df["value"] = value.astype("float32")
+    if item_ids is not None:
+        unknown = ~df["item_id"].isin(item_ids)
+        if unknown.any():
+            raise CGapsError(
+                f"{path}: field 'item_id' has {df.loc[unknown, 'item_id'].iloc[0]!r}, which is not in {ITEMS}; "
+                "saliency and items must come from the same run"
+            )
+    if df.duplicated(["item_id", "concept"]).any():
+        raise CGapsError(f"{path}: duplicate (item_id, concept) rows; pool each concept to one value per item")
+    return df
+
+
+def read_saliency(run_dir: str | Path, item_ids: pd.Index | None, n_concepts: int) -> pd.DataFrame:
+    path = Path(run_dir) / SALIENCY
+    df = read_table(path, "create it with `cgaps extract RUN_DIR`")
+    return validate_saliency(df, path, item_ids, n_concepts)
