@@ -30,6 +30,7 @@ LABELS = "labels.parquet"
 OVERLAP = "overlap.parquet"
 ROBUSTNESS = "robustness.json"
 REPORT = "report.html"
+CONTEXTS = "contexts.parquet"  # top activating contexts per concept (written by `cgaps extract`)
 RESPONSES_PARTIAL = "responses.partial.jsonl"
 
 ALL_SCOPE = "ALL"
@@ -54,6 +55,8 @@ CONCEPT_COLUMNS = (
 )
 LABEL_COLUMNS = ("concept", "label", "source")
 OVERLAP_COLUMNS = ("a", "b", "jaccard", "spearman_chi_model", "spearman_chi_bench")
+# The firing token of a top context is `token`; `left` / `right` are the text around it.
+CONTEXT_COLUMNS = ("concept", "rank", "item_id", "value", "left", "token", "right")
 
 
 def _atomic_path(path: Path) -> tuple[int, str]:
