@@ -1,0 +1,146 @@
+"""SAEs: load any sae-lens SAE of a model's residual stream, or the one shipped for SmolLM2.
+
+``load_sae(spec)`` accepts three kinds of spec:
+
+- ``"embedded"``: the SAE shipped inside this package (``cgaps/assets/sae/<name>/``), trained
+  on SmolLM2-135M-Instruct by ``cgaps train-sae`` (recipe: ``scripts/train_shipped_sae.sh``);
+- a local folder in sae-lens format (``cfg.json`` + ``sae_weights.safetensors``), loaded with
+  ``SAE.load_from_disk``, which picks the architecture (TopK, JumpReLU, standard...) from cfg.json;
+- ``RELEASE/SAE_ID``: a release of sae-lens's ``pretrained_saes.yaml`` and an SAE id inside it
+  (which may itself contain slashes), downloaded from the Hugging Face hub.
+
+Only residual-stream SAEs (``blocks.L.hook_resid_post``) are supported, because the model
+backend captures exactly that tensor. sae-lens is imported inside functions: importing it
+pulls in transformer-lens, which takes seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cgaps.config import EMBEDDED
+from cgaps.errors import CGapsError
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "sae"
+CFG_FILENAME = "cfg.json"  # sae-lens's SAE_CFG_FILENAME
+WEIGHTS_FILENAME = "sae_weights.safetensors"  # sae-lens's SAE_WEIGHTS_FILENAME
+_RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+
+
+@dataclass
+class LoadedSAE:
+    """An SAE ready to encode residuals of ``layer`` (hook ``hook_name``)."""
+
+    sae: SAE
+    layer: int
+    sae_id: str
+    width: int
+    hook_name: str
+
+
+def resid_post_hook(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def hook_layer(hook_name: str | None, sae_id: str) -> int:
+    """The layer L of a ``blocks.L.hook_resid_post`` hook name; any other hook is an error."""
+    match = _RESID_POST.match(hook_name or "")
+    if match is None:
+        raise CGapsError(
+            f"SAE {sae_id} reads hook {hook_name!r}; only residual-stream SAEs (blocks.L.hook_resid_post) "
+            "are supported: pass an SAE trained on the residual stream after a block"
+        )
+    return int(match.group(1))
+
+
+def embedded_sae_dir() -> Path:
+    """The folder of the SAE shipped with the package."""
+    folders = sorted(p.parent for p in ASSETS_DIR.glob(f"*/{CFG_FILENAME}")) if ASSETS_DIR.exists() else []
+    if not folders:
+        raise CGapsError(
+            f"no embedded SAE is installed (expected a sae-lens folder under {ASSETS_DIR}); "
+            "pass --sae with a local sae-lens folder or RELEASE/SAE_ID, or train one with 'cgaps train-sae'"
+        )
+    return folders[-1]
+
+
+def _load(spec: str, device: str) -> tuple[SAE, str]:
+    from sae_lens import SAE
+
+    if spec == EMBEDDED:
+        folder = embedded_sae_dir()
+        return SAE.load_from_disk(folder, device=device), f"embedded:{folder.name}"
+    path = Path(spec)
+    if path.exists():
+        if not (path / CFG_FILENAME).exists() or not (path / WEIGHTS_FILENAME).exists():
+            raise CGapsError(
+                f"{path}: a local SAE folder needs {CFG_FILENAME} and {WEIGHTS_FILENAME} (sae-lens format, "
+                "written by SAE.save_model or 'cgaps train-sae')"
+            )
+        try:
+            return SAE.load_from_disk(path, device=device), str(path)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CGapsError(f"{path}: not a loadable sae-lens SAE ({e})") from e
+    if spec.startswith((".", "/", "~")) or "/" not in spec:
+        raise CGapsError(
+            f"SAE {spec!r}: no such folder; pass 'embedded', a local sae-lens folder, or RELEASE/SAE_ID "
+            "(e.g. gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical)"
+        )
+    release, sae_id = spec.split("/", 1)
+    _check_release(release, sae_id)
+    return SAE.from_pretrained(release, sae_id, device=device), spec
+
+
+def _check_release(release: str, sae_id: str) -> None:
+    """Fail early (offline) on a release or id that sae-lens does not know, with a suggestion."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    from cgaps.errors import did_you_mean
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        raise CGapsError(
+            f"unknown sae-lens release {release!r}.{did_you_mean(release, directory)} "
+            "See sae_lens/pretrained_saes.yaml for the releases, or pass a local folder"
+        )
+    ids = directory[release].saes_map
+    if sae_id not in ids:
+        shown = ", ".join(list(ids)[:8]) + (" ..." if len(ids) > 8 else "")
+        raise CGapsError(f"release {release!r} has no SAE {sae_id!r}.{did_you_mean(sae_id, ids)} Ids: {shown}")
+
+
+def load_sae(spec: str, *, hidden_size: int, n_layers: int, layer: int | None = None,
+             device: str = "cpu") -> LoadedSAE:
+    """Load the SAE ``spec`` and check that it fits a model with ``hidden_size`` and ``n_layers``.
+
+    ``layer`` (the configured residual layer, if any) must equal the SAE's own hook layer.
+    """
+    sae, sae_id = _load(spec, device)
+    hook_name = sae.cfg.metadata.hook_name
+    sae_layer = hook_layer(hook_name, sae_id)
+    if layer is not None and layer != sae_layer:
+        raise CGapsError(
+            f"SAE {sae_id} was trained on layer {sae_layer} ({hook_name}) but layer {layer} was requested; "
+            f"drop --layer (it defaults to the SAE's layer) or pass --layer {sae_layer}"
+        )
+    if sae.cfg.d_in != hidden_size:
+        raise CGapsError(
+            f"SAE {sae_id} has d_in={sae.cfg.d_in} but model has hidden size {hidden_size}; "
+            "pass an SAE trained on this model"
+        )
+    if sae_layer >= n_layers:
+        raise CGapsError(
+            f"SAE {sae_id}: layer {sae_layer} is beyond the model's depth {n_layers}; "
+            "pass an SAE trained on this model"
+        )
+    sae.eval()
+    return LoadedSAE(sae=sae, layer=sae_layer, sae_id=sae_id, width=int(sae.cfg.d_sae), hook_name=hook_name)
+
+
+__all__ = ["LoadedSAE", "embedded_sae_dir", "hook_layer", "load_sae", "resid_post_hook"]

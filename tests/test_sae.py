@@ -1,0 +1,90 @@
+"""load_sae: local sae-lens folders (TopK, JumpReLU), the hub spec, and every user error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cgaps.errors import CGapsError
+from cgaps.sae import hook_layer, load_sae
+
+
+def _save_random_sae(folder, *, architecture="topk", d_in=16, d_sae=32, hook="blocks.3.hook_resid_post"):
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig
+
+    meta = {"hook_name": hook, "model_name": "tiny"}
+    if architecture == "topk":
+        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=4))
+    else:
+        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae))
+    for key, value in meta.items():
+        sae.cfg.metadata[key] = value
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.1)
+        if architecture == "jumprelu":
+            sae.threshold.fill_(0.05)
+    sae.save_model(folder)
+    return sae
+
+
+@pytest.mark.parametrize("architecture", ["topk", "jumprelu"])
+def test_load_local_folder(tmp_path, architecture):
+    ref = _save_random_sae(tmp_path / "sae", architecture=architecture)
+    loaded = load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=6)
+    assert (loaded.layer, loaded.width, loaded.hook_name) == (3, 32, "blocks.3.hook_resid_post")
+    assert type(loaded.sae).__name__ == type(ref).__name__
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(loaded.sae.encode(x), ref.encode(x))
+    assert load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=6, layer=3).layer == 3
+
+
+def test_wrong_layer_names_the_fix(tmp_path):
+    _save_random_sae(tmp_path / "sae")
+    with pytest.raises(CGapsError, match=r"trained on layer 3 .* pass --layer 3"):
+        load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=6, layer=5)
+
+
+def test_hidden_size_mismatch(tmp_path):
+    _save_random_sae(tmp_path / "sae")
+    with pytest.raises(CGapsError, match=r"d_in=16 but model has hidden size 64; pass an SAE trained on this model"):
+        load_sae(str(tmp_path / "sae"), hidden_size=64, n_layers=6)
+
+
+def test_layer_beyond_depth(tmp_path):
+    _save_random_sae(tmp_path / "sae")
+    with pytest.raises(CGapsError, match=r"layer 3 is beyond the model's depth 2; pass"):
+        load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=2)
+
+
+def test_non_residual_hook_rejected(tmp_path):
+    _save_random_sae(tmp_path / "sae", hook="blocks.3.hook_mlp_out")
+    with pytest.raises(CGapsError, match=r"blocks.3.hook_mlp_out.*only residual-stream SAEs"):
+        load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=6)
+    assert hook_layer("blocks.12.hook_resid_post", "x") == 12
+
+
+def test_folder_without_weights(tmp_path):
+    (tmp_path / "sae").mkdir()
+    (tmp_path / "sae" / "cfg.json").write_text(json.dumps({"architecture": "topk"}))
+    with pytest.raises(CGapsError, match="sae_weights.safetensors"):
+        load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=6)
+
+
+def test_missing_path_and_unknown_release():
+    with pytest.raises(CGapsError, match="no such folder"):
+        load_sae("./nowhere", hidden_size=16, n_layers=6)
+    with pytest.raises(CGapsError, match="Did you mean 'gemma-scope-2b-pt-res-canonical'"):
+        load_sae("gemma-scope-2b-pt-res-canonicl/layer_20/width_16k/canonical", hidden_size=16, n_layers=6)
+    with pytest.raises(CGapsError, match="has no SAE"):
+        load_sae("gemma-scope-2b-pt-res-canonical/layer_99/width_16k/canonical", hidden_size=16, n_layers=6)
+
+
+def test_embedded_missing_says_pass_sae(monkeypatch, tmp_path):
+    import cgaps.sae as sae_mod
+
+    monkeypatch.setattr(sae_mod, "ASSETS_DIR", tmp_path / "none")
+    with pytest.raises(CGapsError, match="pass --sae"):
+        load_sae("embedded", hidden_size=576, n_layers=30)
