@@ -1,0 +1,302 @@
+"""Extraction stage: SAE concept saliency per item (SPEC section 2).
+
+For every item the reader model sees the formatted conversation (chat template, the
+item's messages and, for ``span`` response/both, the evaluated model's response). The
+forward pass stops after block L; the residuals of the analysed tokens are encoded by
+the SAE and pooled per concept (max, mean or sum) into s_c(x).
+
+Which tokens are analysed: with ``skip_special`` only tokens that start inside message
+*content* (user/assistant turns for the prompt span, the response for the response
+span) count; BOS, role markers, template tokens and the template's default system
+prompt do not, because their activations are artefacts shared by every item. Tokens
+whose residual norm exceeds ``max_norm_ratio`` times the batch median are dropped too
+(SmolLM2's attention-sink positions are 10-100x the median); the count is recorded.
+
+Items are sorted by length and batched so padding stays small, and results go to
+``saliency_shards/`` one shard per chunk: a rerun skips the items already written, so an
+interrupted extraction resumes. The shards are merged into ``saliency.parquet``; the
+peak token of each (item, concept) feeds ``contexts.parquet`` (top activating contexts)
+and the provisional ``labels.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cgaps import rundir
+from cgaps.config import RunConfig
+from cgaps.errors import CGapsError
+from cgaps.models import HFBackend, conversation, format_chat
+from cgaps.progress import info, progress_bar
+
+SHARD_ITEMS = 128
+TOP_CONTEXTS = 8
+SNIPPET_CHARS = 80
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Encoded:
+    """One item, tokenised, with the mask of analysed tokens and each token's character span."""
+
+    item_id: str
+    text: str
+    input_ids: list[int]
+    offsets: list[tuple[int, int]]
+    mask: np.ndarray  # bool per token
+
+
+def analysed_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], special: np.ndarray,
+                  skip_special: bool) -> np.ndarray:
+    """Tokens to pool: those starting inside a content span (all non-special ones without skipping)."""
+    n = len(offsets)
+    if not skip_special:
+        return np.ones(n, dtype=bool)
+    starts = np.array([o[0] for o in offsets])
+    ends = np.array([o[1] for o in offsets])
+    mask = np.zeros(n, dtype=bool)
+    for a, b in spans:
+        mask |= (starts >= a) & (starts < b) & (ends > starts)
+    return mask & ~special
+
+
+def encode_items(items: pd.DataFrame, tokenizer: Any, cfg: RunConfig) -> list[Encoded]:
+    special_ids = set(tokenizer.all_special_ids)
+    out = []
+    for item in items.to_dict("records"):
+        response = item.get("response") if cfg.span != "prompt" else None
+        fmt = format_chat(tokenizer, conversation(item), response if isinstance(response, str) else None)
+        spans = {"prompt": fmt.prompt_spans, "response": fmt.response_spans,
+                 "both": fmt.prompt_spans + fmt.response_spans}[cfg.span]
+        enc = tokenizer(fmt.text, return_offsets_mapping=True, add_special_tokens=False,
+                        truncation=True, max_length=cfg.max_length)
+        ids = list(enc["input_ids"])
+        special = np.array([i in special_ids for i in ids], dtype=bool)
+        mask = analysed_mask(list(enc["offset_mapping"]), spans, special, cfg.skip_special)
+        out.append(Encoded(str(item["item_id"]), fmt.text, ids, [tuple(o) for o in enc["offset_mapping"]], mask))
+    return out
+
+
+def pool_batch(acts: Any, token_item: Any, n_items: int, pool: str) -> tuple[Any, Any]:
+    """Pool token activations (T x F) into item saliency (n_items x F) and the peak token per cell.
+
+    ``token_item[t]`` is the item (row) of token t. The peak token (argmax) is returned for
+    every pool, since the top-contexts table needs the firing token whatever the pooling.
+    """
+    import torch
+
+    n_feat = acts.shape[1]
+    idx = token_item.long().unsqueeze(1).expand(-1, n_feat)
+    peak_val = torch.zeros(n_items, n_feat, dtype=acts.dtype).scatter_reduce(0, idx, acts, "amax", include_self=True)
+    # argmax: the largest token index whose value equals the max (any tie breaks the same way each run)
+    is_peak = (acts == peak_val[token_item.long()]) & (acts > 0)
+    tok_pos = torch.arange(acts.shape[0]).unsqueeze(1).expand(-1, n_feat)
+    peak_tok = torch.full((n_items, n_feat), -1, dtype=torch.long).scatter_reduce(
+        0, idx, torch.where(is_peak, tok_pos, torch.full_like(tok_pos, -1)), "amax", include_self=True)
+    if pool == "max":
+        value = peak_val
+    else:
+        total = torch.zeros(n_items, n_feat, dtype=acts.dtype).index_add(0, token_item.long(), acts)
+        if pool == "sum":
+            value = total
+        else:
+            counts = torch.bincount(token_item.long(), minlength=n_items).clamp(min=1).to(acts.dtype)
+            value = total / counts.unsqueeze(1)
+    return value, peak_tok
+
+
+def _batches(encoded: list[Encoded], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _signature(cfg: RunConfig, sae_id: str, layer: int, reader: str) -> dict[str, Any]:
+    return {"reader": reader, "sae": sae_id, "layer": layer, "span": cfg.span, "pool": cfg.pool,
+            "skip_special": cfg.skip_special, "max_norm_ratio": cfg.max_norm_ratio, "max_length": cfg.max_length,
+            "top_k": cfg.top_k}
+
+
+def extract_chunk(backend: HFBackend, sae: Any, layer: int, chunk: list[Encoded], cfg: RunConfig,
+                  stats: Counter) -> pd.DataFrame:
+    """Saliency rows (item_id, concept, value, peak char span) for a chunk of items."""
+    import torch
+
+    rows: list[pd.DataFrame] = []
+    pad = backend.tokenizer.pad_token_id
+    for batch in _batches(chunk, cfg.batch_size):
+        encs = [chunk[i] for i in batch]
+        width = max(len(e.input_ids) for e in encs)
+        ids = torch.full((len(encs), width), pad, dtype=torch.long)
+        att = torch.zeros((len(encs), width), dtype=torch.long)
+        for r, e in enumerate(encs):  # right padding: positions of real tokens stay 0..n-1
+            ids[r, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            att[r, : len(e.input_ids)] = 1
+        with torch.no_grad():
+            resid = backend.residuals(ids, att, layer).float().cpu()
+        mask = torch.zeros((len(encs), width), dtype=torch.bool)
+        for r, e in enumerate(encs):
+            mask[r, : len(e.input_ids)] = torch.from_numpy(e.mask)
+        stats["tokens_analysed"] += int(mask.sum())
+        if cfg.max_norm_ratio is not None and mask.any():
+            norms = resid.norm(dim=-1)
+            limit = cfg.max_norm_ratio * norms[mask].median()
+            outlier = mask & (norms > limit)
+            stats["tokens_outlier_dropped"] += int(outlier.sum())
+            mask &= ~outlier
+        rr, tt = mask.nonzero(as_tuple=True)
+        if len(rr) == 0:
+            continue
+        with torch.no_grad():
+            acts = sae.encode(resid[rr, tt].to(sae.W_enc.dtype)).float().clamp(min=0)
+        value, peak = pool_batch(acts, rr, len(encs), cfg.pool)
+        for r, e in enumerate(encs):
+            v = value[r]
+            nz = (v > 0).nonzero(as_tuple=True)[0]
+            if cfg.top_k is not None and len(nz) > cfg.top_k:
+                nz = nz[torch.topk(v[nz], cfg.top_k).indices]
+            if len(nz) == 0:
+                continue
+            tok = tt[peak[r, nz]].numpy()
+            offs = np.array(e.offsets)[tok]
+            rows.append(pd.DataFrame({
+                "item_id": e.item_id, "concept": nz.numpy().astype(np.int32),
+                "value": v[nz].numpy().astype(np.float32),
+                "peak_start": offs[:, 0].astype(np.int32), "peak_end": offs[:, 1].astype(np.int32),
+            }))
+    if not rows:
+        return pd.DataFrame({"item_id": pd.Series(dtype=str), "concept": pd.Series(dtype=np.int32),
+                             "value": pd.Series(dtype=np.float32), "peak_start": pd.Series(dtype=np.int32),
+                             "peak_end": pd.Series(dtype=np.int32)})
+    return pd.concat(rows, ignore_index=True)
+
+
+def top_contexts(shards: pd.DataFrame, texts: dict[str, str], k: int = TOP_CONTEXTS) -> pd.DataFrame:
+    """The k highest-saliency items per concept with the firing token and the text around it."""
+    top = shards.sort_values(["concept", "value"], ascending=[True, False]).groupby("concept").head(k).copy()
+    top["rank"] = top.groupby("concept").cumcount().astype(np.int16)
+    lefts, toks, rights = [], [], []
+    for item_id, a, b in zip(top["item_id"], top["peak_start"], top["peak_end"], strict=True):
+        text = texts[item_id]
+        lefts.append(text[max(0, a - SNIPPET_CHARS):a])
+        toks.append(text[a:b])
+        rights.append(text[b:b + SNIPPET_CHARS])
+    top["left"], top["token"], top["right"] = lefts, toks, rights
+    return top[list(rundir.CONTEXT_COLUMNS)].reset_index(drop=True)
+
+
+def provisional_labels(contexts: pd.DataFrame, n_concepts: int) -> pd.DataFrame:
+    """Label = the most frequent firing tokens of the top contexts, until a better label source is used."""
+    labels = ["" for _ in range(n_concepts)]
+    for concept, grp in contexts.groupby("concept"):
+        common = Counter(t.strip() or repr(t) for t in grp["token"]).most_common(3)
+        labels[int(concept)] = " · ".join(f"“{t}”" for t, _ in common)
+    return pd.DataFrame({"concept": np.arange(n_concepts, dtype=np.int32), "label": labels,
+                         "source": ["top_contexts" if s else "" for s in labels]})
+
+
+def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None = None, sae_spec: Any = None) -> pd.DataFrame:
+    """Write saliency.parquet (+ contexts, provisional labels) for a run; resumes from shards."""
+    import torch
+
+    from cgaps.models import load_backend
+    from cgaps.sae import load_sae
+
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    items = rundir.read_items(run_dir)
+    if cfg.span != "prompt" and "response" not in items.columns:
+        raise CGapsError(f"{run_dir / rundir.ITEMS}: no 'response' column but span={cfg.span!r}; "
+                         "run `cgaps evaluate` first or pass --span prompt")
+    if backend is None:
+        info(f"loading reader model {cfg.reader_model}")
+        backend = load_backend(cfg.reader_model, cfg.device, cfg.dtype)
+    loaded = sae_spec if sae_spec is not None else load_sae(
+        cfg.sae, hidden_size=backend.hidden_size, n_layers=backend.n_layers, layer=cfg.layer, device="cpu")
+    sae, layer, width = loaded.sae, loaded.layer, loaded.width
+    backend.check_layer(layer)
+    sae.eval()
+
+    shard_dir = run_dir / rundir.SALIENCY_SHARDS
+    signature = _signature(cfg, loaded.sae_id, layer, backend.name)
+    manifest_path = shard_dir / MANIFEST
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("signature") != signature:
+            raise CGapsError(
+                f"{shard_dir}: partial extraction with other settings ({old.get('signature')}); "
+                f"delete that folder to start over with the new ones"
+            )
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_json({"signature": signature}, manifest_path)
+
+    encoded = encode_items(items, backend.tokenizer, cfg)
+    empty = [e.item_id for e in encoded if not e.mask.any()]
+    done_ids: set[str] = set()
+    stats: Counter = Counter()
+    for shard in sorted(shard_dir.glob("shard-*.parquet")):
+        meta = json.loads(shard.with_suffix(".json").read_text()) if shard.with_suffix(".json").exists() else None
+        if meta is None:  # a shard without its sidecar was cut short: redo its items
+            shard.unlink()
+            continue
+        done_ids.update(meta["item_ids"])
+        stats.update(meta["stats"])
+    todo = [e for e in encoded if e.item_id not in done_ids]
+    # chunks of similar length, so each shard's batches pad little
+    todo.sort(key=lambda e: len(e.input_ids))
+    n_existing = len(list(shard_dir.glob("shard-*.parquet")))
+    if done_ids:
+        info(f"resuming extraction: {len(done_ids)} of {len(encoded)} items already in {shard_dir.name}/")
+    torch.set_grad_enabled(False)
+    with progress_bar(f"extracting (layer {layer}, {width} concepts)", len(todo)) as advance:
+        for n, start in enumerate(range(0, len(todo), SHARD_ITEMS)):
+            chunk = todo[start:start + SHARD_ITEMS]
+            chunk_stats: Counter = Counter()
+            df = extract_chunk(backend, sae, layer, chunk, cfg, chunk_stats)
+            name = f"shard-{n_existing + n:05d}"
+            rundir.write_table(df, shard_dir / f"{name}.parquet")
+            # the sidecar is written last: its presence marks the shard complete
+            rundir.write_json({"item_ids": [e.item_id for e in chunk], "stats": dict(chunk_stats)},
+                              shard_dir / f"{name}.json")
+            stats.update(chunk_stats)
+            advance(len(chunk))
+
+    shards = pd.concat([pd.read_parquet(p) for p in sorted(shard_dir.glob("shard-*.parquet"))], ignore_index=True)
+    saliency = shards[list(rundir.SALIENCY_COLUMNS)].sort_values(["item_id", "concept"], kind="stable")
+    rundir.write_table(saliency.reset_index(drop=True), run_dir / rundir.SALIENCY)
+    texts = {e.item_id: e.text for e in encoded}
+    contexts = top_contexts(shards, texts)
+    rundir.write_table(contexts, run_dir / rundir.CONTEXTS)
+    if not (run_dir / rundir.LABELS).exists() or _labels_are_provisional(run_dir):
+        rundir.write_table(provisional_labels(contexts, width), run_dir / rundir.LABELS)
+    firing = saliency.groupby("item_id").size()
+    rundir.update_run_json(
+        run_dir,
+        n_concepts=int(width),
+        config={**cfg.to_dict(), "layer": layer},
+        model={"reader": backend.name},
+        sae={"id": loaded.sae_id, "width": int(width), "layer": layer, "hook_name": loaded.hook_name},
+        counts={
+            "saliency_rows": int(len(saliency)),
+            "items_without_tokens": len(empty),
+            "mean_concepts_per_item": float(firing.mean()) if len(firing) else 0.0,
+            "concepts_firing": int(saliency["concept"].nunique()),
+            **{k: int(v) for k, v in stats.items()},
+        },
+        timings={"extract_s": round(time.perf_counter() - t0, 2)},
+    )
+    if empty:
+        info(f"[yellow]{len(empty)} item(s) had no analysed tokens (e.g. {empty[0]!r}); they have no saliency rows")
+    return saliency
+
+
+def _labels_are_provisional(run_dir: Path) -> bool:
+    labels = pd.read_parquet(run_dir / rundir.LABELS, columns=["source"])
+    return bool(set(labels["source"]) <= {"top_contexts", ""})

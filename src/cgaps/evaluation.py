@@ -1,0 +1,145 @@
+"""Evaluation stage: the evaluated model's responses and their grades.
+
+Free-form items are answered by batched greedy generation with the chat template.
+Multiple-choice items are scored by option log-likelihood when ``mc_scoring: loglik``
+(and always for ``loglik_choice`` items such as CrowS-Pairs); their response is the
+chosen option, written ``"B) option text"`` so the letter graders read it.
+
+Progress is appended to ``responses.partial.jsonl`` after every batch, so an interrupted
+run resumes where it stopped; the file is removed once ``items.parquet`` holds the
+graded responses.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cgaps import rundir
+from cgaps.config import RunConfig
+from cgaps.errors import CGapsError
+from cgaps.models import ModelBackend, conversation
+from cgaps.progress import info, progress_bar
+
+LOGLIK_ALWAYS = "loglik_choice"
+# Generation is checkpointed every this many batches.
+_CHUNK_BATCHES = 2
+
+
+def _choices(item: dict[str, Any]) -> list[str] | None:
+    raw = item.get("choices")
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    try:
+        opts = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CGapsError(f"item {item['item_id']!r}: field 'choices' is not valid JSON ({e.msg})") from e
+    if not isinstance(opts, list) or len(opts) < 2 or len(opts) > len(string.ascii_uppercase):
+        raise CGapsError(f"item {item['item_id']!r}: field 'choices' must be a JSON list of 2 to 26 option strings")
+    return [str(o) for o in opts]
+
+
+def uses_loglik(item: dict[str, Any], cfg: RunConfig) -> bool:
+    if item.get("answer_type") == LOGLIK_ALWAYS:
+        if _choices(item) is None:
+            raise CGapsError(f"item {item['item_id']!r}: answer_type {LOGLIK_ALWAYS!r} needs a 'choices' list")
+        return True
+    return cfg.mc_scoring == "loglik" and _choices(item) is not None
+
+
+def _read_partial(path: Path) -> dict[str, str]:
+    done: dict[str, str] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut by a crash: everything before it is good
+        done[rec["item_id"]] = rec["response"]
+    return done
+
+
+def _append(path: Path, records: list[tuple[str, str]]) -> None:
+    with path.open("a") as f:
+        for item_id, response in records:
+            f.write(json.dumps({"item_id": item_id, "response": response}) + "\n")
+
+
+def respond(items: pd.DataFrame, backend: ModelBackend, cfg: RunConfig, partial: Path) -> dict[str, str]:
+    """Responses for every item, resuming from ``partial``."""
+    done = _read_partial(partial)
+    if done:
+        info(f"resuming evaluation: {len(done)} of {len(items)} responses already in {partial.name}")
+    todo = [r for r in items.to_dict("records") if r["item_id"] not in done]
+    loglik = [r for r in todo if uses_loglik(r, cfg)]
+    generate = [r for r in todo if not uses_loglik(r, cfg)]
+
+    if generate:
+        chunk = cfg.batch_size * _CHUNK_BATCHES
+        with progress_bar("generating", len(generate)) as advance:
+            for start in range(0, len(generate), chunk):
+                batch = generate[start:start + chunk]
+                out = backend.generate([conversation(r) for r in batch], cfg.max_new_tokens, cfg.batch_size, advance)
+                recs = [(r["item_id"], o) for r, o in zip(batch, out, strict=True)]
+                _append(partial, recs)
+                done.update(recs)
+
+    if loglik:
+        with progress_bar("option log-likelihoods", len(loglik)) as advance:
+            chunk = cfg.batch_size * _CHUNK_BATCHES
+            for start in range(0, len(loglik), chunk):
+                batch = loglik[start:start + chunk]
+                requests, owners = [], []
+                for r in batch:
+                    for opt in _choices(r) or []:
+                        requests.append((conversation(r), opt))
+                        owners.append(r["item_id"])
+                scores = backend.loglikelihood(requests, cfg.batch_size)
+                recs = []
+                for r in batch:
+                    opts = _choices(r) or []
+                    mine = [s for s, o in zip(scores, owners, strict=True) if o == r["item_id"]]
+                    best = max(range(len(opts)), key=lambda i: mine[i])
+                    recs.append((r["item_id"], f"{string.ascii_uppercase[best]}) {opts[best]}"))
+                _append(partial, recs)
+                done.update(recs)
+                advance(len(batch))
+    return done
+
+
+def evaluate_run(run_dir: str | Path, cfg: RunConfig, backend: ModelBackend | None = None) -> pd.DataFrame:
+    """Generate (or resume) responses, grade them and write them into items.parquet."""
+    from cgaps.grading import grade_items
+    from cgaps.models import load_backend
+
+    run_dir = Path(run_dir)
+    items = rundir.read_items(run_dir)
+    t0 = time.perf_counter()
+    if backend is None:
+        info(f"loading model {cfg.model}")
+        backend = load_backend(cfg.model, cfg.device, cfg.dtype)
+    partial = run_dir / rundir.RESPONSES_PARTIAL
+    responses = respond(items, backend, cfg, partial)
+    items["response"] = items["item_id"].map(responses).fillna("")
+    items["score"] = grade_items(items)
+    rundir.validate_items(items, run_dir / rundir.ITEMS, scored=True)
+    rundir.write_table(items, run_dir / rundir.ITEMS)
+    partial.unlink(missing_ok=True)
+    acc = items.groupby("benchmark")["score"].agg(["count", "mean"])
+    rundir.update_run_json(
+        run_dir,
+        config=cfg.to_dict(),
+        model={"evaluated": backend.name},
+        counts={"scored_items": int(len(items))},
+        accuracy={b: {"n": int(r["count"]), "mean": float(r["mean"])} for b, r in acc.iterrows()},
+        timings={"evaluate_s": round(time.perf_counter() - t0, 2)},
+    )
+    return items

@@ -1,0 +1,93 @@
+"""Chaining the stages: items -> evaluate -> extract -> score -> report.
+
+Each stage writes the run directory, so a rerun of the pipeline skips the stages whose
+outputs are complete and resumes the interrupted one (evaluation and extraction keep
+their own progress files). ``force`` redoes everything after the items.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cgaps import rundir
+from cgaps.config import RunConfig
+from cgaps.errors import CGapsError
+from cgaps.progress import info
+
+STAGES = ("items", "evaluate", "extract", "score", "report")
+
+
+def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
+    if not (run_dir / rundir.RUN_JSON).exists():
+        return
+    stored = rundir.read_run_json(run_dir).get("config", {})
+    for key in ("suite", "limit", "seed", "model"):
+        if key in stored and stored[key] != getattr(cfg, key):
+            raise CGapsError(
+                f"{run_dir}: holds a run with {key}={stored[key]!r}, not {getattr(cfg, key)!r}; "
+                "choose another --out or pass --force to start over"
+            )
+
+
+def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) -> dict[str, float]:
+    """Run every stage that is not complete yet; return the wall time per stage (seconds)."""
+    import pandas as pd
+
+    from cgaps.activations import extract_run
+    from cgaps.benchmarks import load_suite
+    from cgaps.evaluation import evaluate_run
+    from cgaps.models import load_backend
+    from cgaps.report import build_report
+    from cgaps.scoring import score_run
+
+    run_dir = Path(run_dir)
+    if force and run_dir.exists():
+        import shutil
+
+        for name in (rundir.ITEMS, rundir.RUN_JSON, rundir.SALIENCY, rundir.RESPONSES_PARTIAL, rundir.CONTEXTS,
+                     rundir.LABELS, rundir.CONCEPTS, rundir.OVERLAP, rundir.REPORT):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / rundir.SALIENCY_SHARDS, ignore_errors=True)
+    _check_same_run(run_dir, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+
+    t = time.perf_counter()
+    if not (run_dir / rundir.ITEMS).exists():
+        items = load_suite(cfg.suite, data_dir=cfg.data_dir, limit=cfg.limit, seed=cfg.seed,
+                           chain_of_thought=cfg.chain_of_thought)
+        rundir.validate_items(items, run_dir / rundir.ITEMS)
+        rundir.write_table(items, run_dir / rundir.ITEMS)
+        counts = items.groupby("benchmark").size()
+        rundir.update_run_json(run_dir, config=cfg.to_dict(), counts={"items": {b: int(n) for b, n in counts.items()}})
+        info(f"{len(items)} items from {len(counts)} benchmark(s)")
+    rundir.update_run_json(run_dir, config=cfg.to_dict())
+    times["items"] = time.perf_counter() - t
+
+    backend = None
+    t = time.perf_counter()
+    items = pd.read_parquet(run_dir / rundir.ITEMS)
+    if "score" not in items.columns or (run_dir / rundir.RESPONSES_PARTIAL).exists():
+        info(f"loading model {cfg.model}")
+        backend = load_backend(cfg.model, cfg.device, cfg.dtype)
+        evaluate_run(run_dir, cfg, backend)
+    times["evaluate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if not (run_dir / rundir.SALIENCY).exists():
+        if backend is None or cfg.reader_model != cfg.model:
+            info(f"loading reader model {cfg.reader_model}")
+            backend = load_backend(cfg.reader_model, cfg.device, cfg.dtype)
+        extract_run(run_dir, cfg, backend)
+    times["extract"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    score_run(run_dir)
+    times["score"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    build_report(run_dir)
+    times["report"] = time.perf_counter() - t
+    rundir.update_run_json(run_dir, timings={f"pipeline_{k}_s": round(v, 2) for k, v in times.items()})
+    return times

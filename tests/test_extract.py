@@ -1,0 +1,219 @@
+"""Extraction: the batched, hook-stopped, pooled fast path against a plain per-item reference."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from cgaps import rundir
+from cgaps.activations import extract_run
+from cgaps.config import RunConfig
+from cgaps.errors import CGapsError
+from cgaps.models import HFBackend, conversation, format_chat
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    from transformers import AutoTokenizer
+
+    from cgaps.models import resolve_model
+
+    path, _ = resolve_model("embedded")
+    return AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(smol_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    model = LlamaForCausalLM(cfg).eval()
+    return HFBackend(model, smol_tokenizer, "tiny-llama", "cpu")
+
+
+def tiny_sae(d_in: int, width: int = 48, k: int = 6, layer: int = 2):
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(1)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=width, k=k))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    return SimpleNamespace(sae=sae, layer=layer, width=width, sae_id="tiny", hook_name=f"blocks.{layer}.hook_resid_post")
+
+
+ITEMS = pd.DataFrame({
+    "item_id": ["a", "b", "c", "d", "e"],
+    "benchmark": ["x", "x", "y", "y", "y"],
+    "prompt": ["What is 2+2?", "Name a colour.", "Spell 'cat' backwards, please, letter by letter.", "Hi", "Why?"],
+    "reference": ["4", "red", "tac", "hello", "because"],
+    "response": ["4", "Blue is a colour.", "t-a-c", "Hello! How can I help you today?", ""],
+    "score": [1.0, 1.0, 0.0, 1.0, 0.0],
+    "messages": [None, None, None, None,
+                 json.dumps([{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Why not."},
+                             {"role": "user", "content": "Explain."}])],
+})
+
+
+def reference_saliency(backend, sae, layer, items, cfg: RunConfig) -> dict[tuple[str, int], float]:
+    """One item at a time, full forward with output_hidden_states, token loop for the mask."""
+    tok = backend.tokenizer
+    special = set(tok.all_special_ids)
+    out = {}
+    for item in items.to_dict("records"):
+        fmt = format_chat(tok, conversation(item), item["response"] if cfg.span != "prompt" else None)
+        spans = {"prompt": fmt.prompt_spans, "response": fmt.response_spans,
+                 "both": fmt.prompt_spans + fmt.response_spans}[cfg.span]
+        enc = tok(fmt.text, return_offsets_mapping=True, add_special_tokens=False)
+        keep = []
+        for t, (tid, (a, b)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
+            inside = any(s <= a < e for s, e in spans) and b > a
+            if not cfg.skip_special or (inside and tid not in special):
+                keep.append(t)
+        if not keep:
+            continue
+        ids = torch.tensor([enc["input_ids"]])
+        hs = backend.model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0]
+        f = sae.encode(hs[keep])
+        for c in range(f.shape[1]):
+            col = f[:, c]
+            v = {"max": col.max(), "sum": col.sum(), "mean": col.mean()}[cfg.pool].item()
+            if v > 0:
+                out[(item["item_id"], c)] = v
+    return out
+
+
+@pytest.mark.parametrize("pool", ["max", "mean", "sum"])
+@pytest.mark.parametrize("span", ["prompt", "response", "both"])
+def test_extraction_matches_plain_reference(tmp_path, tiny_backend, pool, span):
+    spec = tiny_sae(tiny_backend.hidden_size)
+    cfg = RunConfig(pool=pool, span=span, batch_size=2, max_norm_ratio=None)
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    sal = extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    got = {(i, int(c)): float(v) for i, c, v in zip(sal["item_id"], sal["concept"], sal["value"], strict=True)}
+    want = reference_saliency(tiny_backend, spec.sae, spec.layer, ITEMS, cfg)
+    assert set(got) == set(want)
+    keys = sorted(want)
+    torch.testing.assert_close(torch.tensor([got[k] for k in keys]), torch.tensor([want[k] for k in keys]),
+                               rtol=1e-4, atol=1e-5)
+    meta = rundir.read_run_json(tmp_path)
+    assert meta["n_concepts"] == spec.width
+    # the written table passes the reader's validation
+    rundir.read_saliency(tmp_path, pd.Index(ITEMS["item_id"]), spec.width)
+
+
+def test_keep_special_includes_scaffold_tokens(tmp_path, tiny_backend):
+    spec = tiny_sae(tiny_backend.hidden_size)
+    cfg = RunConfig(skip_special=False, max_norm_ratio=None)
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    sal = extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    want = reference_saliency(tiny_backend, spec.sae, spec.layer, ITEMS, cfg)
+    assert len(sal) == len(want)
+    meta = rundir.read_run_json(tmp_path)
+    n_tokens = sum(len(tiny_backend.tokenizer(format_chat(tiny_backend.tokenizer, conversation(r), r["response"]).text,
+                                              add_special_tokens=False)["input_ids"]) for r in ITEMS.to_dict("records"))
+    assert meta["counts"]["tokens_analysed"] == n_tokens
+
+
+def test_top_k_and_contexts(tmp_path, tiny_backend):
+    spec = tiny_sae(tiny_backend.hidden_size)
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    rundir.write_table(ITEMS, tmp_path / "full" / rundir.ITEMS)
+    full = extract_run(tmp_path / "full", RunConfig(max_norm_ratio=None), backend=tiny_backend, sae_spec=spec)
+    sal = extract_run(tmp_path, RunConfig(top_k=3, max_norm_ratio=None), backend=tiny_backend, sae_spec=spec)
+    assert sal.groupby("item_id").size().max() == 3
+    for item_id, grp in sal.groupby("item_id"):
+        best = full[full["item_id"] == item_id].nlargest(3, "value")
+        assert sorted(grp["concept"]) == sorted(best["concept"])
+    ctx = pd.read_parquet(tmp_path / "full" / rundir.CONTEXTS)
+    assert list(ctx.columns) == list(rundir.CONTEXT_COLUMNS)
+    # the top context of each concept is its highest-saliency item, and the token is real text
+    for concept, grp in ctx.groupby("concept"):
+        top = full[full["concept"] == concept]["value"].max()
+        assert grp.loc[grp["rank"] == 0, "value"].iloc[0] == pytest.approx(top)
+        assert (grp["token"].str.len() > 0).all()
+    labels = pd.read_parquet(tmp_path / "full" / rundir.LABELS)
+    assert len(labels) == spec.width and set(labels["source"]) <= {"top_contexts", ""}
+
+
+def test_resume_after_interruption(tmp_path, tiny_backend, monkeypatch):
+    import cgaps.activations as act
+
+    spec = tiny_sae(tiny_backend.hidden_size)
+    items = pd.concat([ITEMS.assign(item_id=ITEMS["item_id"] + str(i)) for i in range(3)], ignore_index=True)
+    rundir.write_table(items, tmp_path / rundir.ITEMS)
+    cfg = RunConfig(max_norm_ratio=None, batch_size=2)
+    monkeypatch.setattr(act, "SHARD_ITEMS", 4)
+    rundir.write_table(items, tmp_path / "ref" / rundir.ITEMS)
+    uninterrupted = extract_run(tmp_path / "ref", cfg, backend=tiny_backend, sae_spec=spec)
+
+    calls = {"n": 0}
+    real = act.extract_chunk
+
+    def dies_on_third(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(act, "extract_chunk", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    assert len(list((tmp_path / rundir.SALIENCY_SHARDS).glob("shard-*.json"))) == 2
+    monkeypatch.setattr(act, "extract_chunk", real)
+    done = {"n": 0}
+
+    def counting(*args, **kw):
+        done["n"] += len(args[3])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(act, "extract_chunk", counting)
+    resumed = extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    assert done["n"] == len(items) - 8  # only the items of the missing shards were redone
+    pd.testing.assert_frame_equal(resumed.reset_index(drop=True), uninterrupted.reset_index(drop=True))
+    # changed settings do not silently mix with the old shards
+    (tmp_path / rundir.SALIENCY).unlink()
+    with pytest.raises(CGapsError, match="other settings"):
+        extract_run(tmp_path, cfg.replace(pool="sum"), backend=tiny_backend, sae_spec=spec)
+
+
+def test_outlier_tokens_are_dropped_and_counted(tmp_path, tiny_backend):
+    spec = tiny_sae(tiny_backend.hidden_size)
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    extract_run(tmp_path, RunConfig(max_norm_ratio=1.2), backend=tiny_backend, sae_spec=spec)
+    counts = rundir.read_run_json(tmp_path)["counts"]
+    assert 0 < counts["tokens_outlier_dropped"] < counts["tokens_analysed"]
+
+
+def test_layer_beyond_depth(tiny_backend):
+    with pytest.raises(CGapsError, match="beyond model tiny-llama, which has 4 layers"):
+        tiny_backend.residuals(torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long), 7)
+
+
+def test_residual_hook_matches_hidden_states(tiny_backend):
+    ids = torch.tensor([[5, 6, 7, 8]])
+    h = tiny_backend.residuals(ids, torch.ones_like(ids), 1)
+    ref = tiny_backend.model(input_ids=ids, output_hidden_states=True).hidden_states[2]
+    torch.testing.assert_close(h, ref)
+
+
+@pytest.mark.slow
+def test_smollm_position_zero_is_an_outlier_and_skipped(smollm):
+    tok = smollm.tokenizer
+    fmt = format_chat(tok, [{"role": "user", "content": "What is the capital of France?"}], "Paris.")
+    enc = tok(fmt.text, return_tensors="pt", add_special_tokens=False)
+    norms = smollm.residuals(enc["input_ids"], enc["attention_mask"], 20)[0].norm(dim=-1)
+    assert norms[0] > 20 * norms[1:].median()
+    from cgaps.activations import encode_items
+
+    items = pd.DataFrame({"item_id": ["q"], "prompt": ["What is the capital of France?"], "response": ["Paris."]})
+    (e,) = encode_items(items, tok, RunConfig())
+    assert not e.mask[0]
+    analysed = "".join(e.text[a:b] for (a, b), m in zip(e.offsets, e.mask, strict=True) if m)
+    assert analysed == "What is the capital of France?Paris."
