@@ -56,14 +56,16 @@ def _read_partial(path: Path) -> dict[str, str]:
     done: dict[str, str] = {}
     if not path.exists():
         return done
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines):
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line cut by a crash: everything before it is good
-        done[rec["item_id"]] = rec["response"]
+            done[rec["item_id"]] = rec["response"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            # a line cut by a crash: keep what came before it, and drop the rest so new
+            # records are not appended to a broken line
+            path.write_text("".join(x + "\n" for x in lines[:n]))
+            break
     return done
 
 
