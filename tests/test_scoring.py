@@ -10,6 +10,7 @@ z = +-inf when |chi_model - e| > 1e-9, else 0; BH per side; q_value of the side 
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 
@@ -38,13 +39,14 @@ def _bh(pvals: list[float]) -> list[float]:
     return q
 
 
+def _less_equal(vals: list[float]) -> list[tuple[int, int]]:
+    """(#values < v, #values == v) for each v (bisect on a sorted copy, so the benchmark stays feasible)."""
+    ordered = sorted(vals)
+    return [(bisect.bisect_left(ordered, v), bisect.bisect_right(ordered, v) - bisect.bisect_left(ordered, v)) for v in vals]
+
+
 def _avg_ranks(vals: list[float]) -> list[float]:
-    ranks = []
-    for v in vals:
-        less = sum(1 for w in vals if w < v)
-        eq = sum(1 for w in vals if w == v)
-        ranks.append(less + (eq + 1) / 2)
-    return ranks
+    return [less + (eq + 1) / 2 for less, eq in _less_equal(vals)]
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
@@ -115,9 +117,7 @@ def reference_scores(items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: in
         vals = [round(r["chi_bench"], 12) for r in present]
         for r in recs:
             r["status"], r["gap"], r["q_value"] = "missing", "", math.nan
-        for r, v in zip(present, vals, strict=True):
-            less = sum(1 for w in vals if w < v)
-            eq = sum(1 for w in vals if w == v)
+        for r, (less, eq) in zip(present, _less_equal(vals), strict=True):
             pct = 100.0 * (less + 0.5 * eq) / len(vals)
             r["status"] = "under" if pct < cfg.under_pct else ("over" if pct > cfg.over_pct else "normal")
         tested = [r for r in recs if r["support"] >= cfg.min_support]

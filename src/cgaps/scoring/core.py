@@ -241,7 +241,8 @@ def compute_scores(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The concepts table (every concept in every scope) and the benchmark-overlap table."""
     m = build_matrix(items, saliency, n_concepts)
-    return concept_table(m, cfg), overlap_table(m, chi_tables(m, with_var=False))
+    t = chi_tables(m)
+    return concept_table(m, cfg, t), overlap_table(m, t)
 
 
 def concept_table(m: SuiteMatrix, cfg: RunConfig, t: ChiTables | None = None) -> pd.DataFrame:
