@@ -1,0 +1,553 @@
+"""Build ``report.html`` from a run directory: read the tables, shape them, render one file.
+
+Design:
+
+- **Reads only the run directory** (SPEC.md section 6), so the report can be rebuilt after any
+  stage is rerun, and a run produced by another tool renders the same way. Required:
+  ``run.json``, ``items.parquet`` (scored), ``concepts.parquet``, ``saliency.parquet`` and, with
+  two or more benchmarks, ``overlap.parquet``; a missing one is a :class:`CGapsError` naming the
+  stage that writes it. Optional: ``labels.parquet``, ``contexts.parquet``, ``robustness.json``.
+- **Shaping is separate from rendering**: :func:`report_context` returns plain dicts and
+  lists (plus the figures' SVG as ``Markup``), :func:`render` feeds them to one Jinja template
+  with autoescaping on. Every piece of benchmark text (prompts, responses, labels, contexts,
+  benchmark names) reaches the page through the template's escaping or the figures' ``_esc``;
+  nothing from the data is marked safe.
+- **Self-contained and bounded**: no external resource (CSS and a little JS are inline, figures
+  are inline SVG); tables are capped (:class:`ReportOptions`) and example texts truncated, so
+  a 16k-concept run stays a few megabytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cgaps import rundir
+from cgaps.errors import CGapsError
+from cgaps.report import figures
+
+Z95 = 1.959963984540054
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the report shows and how much of it (the caps keep the file small)."""
+
+    top: int = _opt(50, "Rows per table in the suite-wide (ALL) scope.")
+    top_per_benchmark: int = _opt(10, "Rows per table in each benchmark's scope.")
+    examples: int = _opt(2, "Example items per concept row, for each of correct and incorrect.")
+    contexts: int = _opt(3, "Top activating contexts shown for a concept without a label.")
+    prompt_chars: int = _opt(600, "Prompt text shown per example item (longer ones are cut, with a note).")
+    response_chars: int = _opt(400, "Response text shown per example item.")
+    reference_chars: int = _opt(200, "Reference text shown per example item.")
+    context_chars: int = _opt(60, "Characters of text shown on each side of a context's firing token.")
+    bins: int = _opt(40, "Histogram bins.")
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or value < (1 if name in ("bins", "top") else 0):
+                raise CGapsError(f"report option {name!r} must be a non-negative integer (bins, top >= 1), got {value!r}")
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class RunTables:
+    meta: dict[str, Any]
+    n_concepts: int
+    items: pd.DataFrame
+    concepts: pd.DataFrame
+    saliency: pd.DataFrame
+    overlap: pd.DataFrame | None
+    labels: pd.DataFrame | None
+    contexts: pd.DataFrame | None
+    robustness: dict[str, Any] | None
+    benchmarks: list[str]
+
+
+def _check_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...], fix: str) -> pd.DataFrame:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise CGapsError(f"{path}: missing column(s) {', '.join(missing)}; {fix}")
+    return df
+
+
+def read_run(run_dir: str | Path) -> RunTables:
+    """Read and check everything the report needs; optional files may be absent."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CGapsError(f"{run_dir}: not a directory; pass the run directory written by `cgaps run` or `cgaps score`")
+    meta = rundir.read_run_json(run_dir)
+    width = rundir.n_concepts(meta, run_dir)
+    items = rundir.read_items(run_dir, scored=True)
+    benchmarks = list(dict.fromkeys(items["benchmark"]))  # order of first appearance, as in the suite
+
+    score_fix = "run `cgaps score RUN_DIR` to write it"
+    path = run_dir / rundir.CONCEPTS
+    concepts = _check_columns(rundir.read_table(path, score_fix), path, rundir.CONCEPT_COLUMNS, "rerun `cgaps score RUN_DIR`")
+    concepts = concepts.copy()
+    concepts["scope"] = concepts["scope"].astype(str)
+    concepts["gap"] = concepts["gap"].fillna("").astype(str)
+    concepts["status"] = concepts["status"].astype(str)
+    for col in ("chi_bench", "chi_bench_raw", "chi_model", "expected", "n_eff", "ci_low", "ci_high", "q_value"):
+        concepts[col] = pd.to_numeric(concepts[col], errors="coerce").astype("float64")
+    scopes = set(concepts["scope"])
+    absent = [s for s in [rundir.ALL_SCOPE, *benchmarks] if s not in scopes]
+    if absent:
+        raise CGapsError(
+            f"{path}: no rows for scope(s) {', '.join(map(repr, absent))}; the table is older than {rundir.ITEMS} "
+            "— rerun `cgaps score RUN_DIR`"
+        )
+
+    saliency = rundir.read_saliency(run_dir, pd.Index(items["item_id"]), width)
+
+    overlap = None
+    path = run_dir / rundir.OVERLAP
+    if path.exists() or len(benchmarks) > 1:
+        overlap = _check_columns(rundir.read_table(path, score_fix), path, rundir.OVERLAP_COLUMNS,
+                                 "rerun `cgaps score RUN_DIR`")
+
+    def optional(name: str, columns: tuple[str, ...], stage: str) -> pd.DataFrame | None:
+        p = run_dir / name
+        if not p.exists():
+            return None
+        return _check_columns(rundir.read_table(p, stage), p, columns, f"rerun {stage} or delete the file")
+
+    labels = optional(rundir.LABELS, rundir.LABEL_COLUMNS, "`cgaps label RUN_DIR`")
+    contexts = optional(rundir.CONTEXTS, rundir.CONTEXT_COLUMNS, "`cgaps extract RUN_DIR`")
+
+    robustness = None
+    p = run_dir / rundir.ROBUSTNESS
+    if p.exists():
+        try:
+            robustness = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise CGapsError(f"{p}: invalid JSON at line {e.lineno} ({e.msg}); rerun the robustness checks") from e
+    return RunTables(meta, width, items, concepts, saliency, overlap, labels, contexts, robustness, benchmarks)
+
+
+# ---------------------------------------------------------------- shaping
+
+
+def _num(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+def wilson(mean: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a mean of scores in [0, 1] over n items."""
+    if n <= 0 or not math.isfinite(mean):
+        return math.nan, math.nan
+    d = 1 + z * z / n
+    centre = (mean + z * z / (2 * n)) / d
+    half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _accuracy(items: pd.DataFrame, benchmarks: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for name, df in [*((b, items[items["benchmark"] == b]) for b in benchmarks), (rundir.ALL_SCOPE, items)]:
+        mean = float(df["score"].mean())
+        lo, hi = wilson(mean, len(df))
+        rows.append({"scope": name, "n": len(df), "mean": mean, "ci_low": lo, "ci_high": hi,
+                     "is_all": name == rundir.ALL_SCOPE})
+    return rows
+
+
+def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Flatten nested config dicts into (dotted key, display value)."""
+    if not isinstance(d, dict):
+        return [(prefix or "value", json.dumps(d) if not isinstance(d, str) else d)]
+    out: list[tuple[str, str]] = []
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.extend(_flat(v, key))
+        else:
+            out.append((key, v if isinstance(v, str) else json.dumps(v)))
+    return out
+
+
+HEADLINE_KEYS = ("model", "reader", "sae", "layer", "span", "pool", "suite", "min_support", "fdr")
+
+
+def _header(meta: dict[str, Any], width: int, run_dir: Path) -> dict[str, Any]:
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    headline = [(k, config[k] if isinstance(config[k], str) else json.dumps(config[k]))
+                for k in HEADLINE_KEYS if k in config]
+    rest = {k: v for k, v in meta.items() if k not in ("config", "schema_version")}
+    return {
+        "run_name": run_dir.resolve().name,
+        "n_concepts": width,
+        "headline": headline,
+        "config": _flat(config),
+        "other": _flat(rest),
+    }
+
+
+def _truncate(text: str, limit: int) -> tuple[str, int]:
+    """The first ``limit`` characters and how many were cut."""
+    text = "" if text is None else str(text)
+    if len(text) <= limit:
+        return text, 0
+    return text[:limit], len(text) - limit
+
+
+def _turns(messages: Any) -> list[tuple[str, str]] | None:
+    """Chat turns from the JSON ``messages`` column, or None when absent or unreadable."""
+    if messages is None or (isinstance(messages, float) and math.isnan(messages)):
+        return None
+    try:
+        data = json.loads(messages) if isinstance(messages, str) else list(messages)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(data, list) or not data:
+        return None
+    turns = []
+    for m in data:
+        if isinstance(m, dict):
+            turns.append((str(m.get("role", "?")), str(m.get("content", ""))))
+    return turns or None
+
+
+class _Examples:
+    """Top example items per (concept, scope): highest saliency first, correct and incorrect apart.
+
+    Only the concepts that appear in a table are looked at, so the cost is one filter of the
+    saliency table, not a pass per row.
+    """
+
+    def __init__(self, tables: RunTables, concepts: set[int], opts: ReportOptions) -> None:
+        self.opts = opts
+        k = opts.examples
+        items = tables.items.set_index("item_id", drop=False)
+        self.items = items
+        sal = tables.saliency[tables.saliency["concept"].isin(list(concepts))]
+        sal = sal.merge(tables.items[["item_id", "benchmark", "score"]], on="item_id", how="inner")
+        sal["correct"] = sal["score"] >= 0.5
+        sal = sal.sort_values(["concept", "value", "item_id"], ascending=[True, False, True], kind="stable")
+        self.all: dict[int, list[tuple[str, float]]] = {}
+        self.bench: dict[tuple[int, str], list[tuple[str, float]]] = {}
+        if k > 0 and len(sal):
+            self._collect(sal.groupby(["concept", "correct"], sort=False).head(k), None)
+            self._collect(sal.groupby(["concept", "benchmark", "correct"], sort=False).head(k), "benchmark")
+        self._cache: dict[str, dict[str, Any]] = {}
+
+    def _collect(self, top: pd.DataFrame, by: str | None) -> None:
+        # Incorrect first (for a gap they are the evidence), then by saliency: one sort, one pass.
+        top = top.sort_values(["concept", "correct", "value", "item_id"], ascending=[True, True, False, True],
+                              kind="stable")
+        for r in top.itertuples(index=False):
+            pair = (str(r.item_id), float(r.value))
+            if by is None:
+                self.all.setdefault(int(r.concept), []).append(pair)
+            else:
+                self.bench.setdefault((int(r.concept), str(r.benchmark)), []).append(pair)
+
+    def get(self, concept: int, scope: str) -> list[dict[str, Any]]:
+        pairs = self.all.get(concept, []) if scope == rundir.ALL_SCOPE else self.bench.get((concept, scope), [])
+        return [{**self._item(i), "value": v} for i, v in pairs]
+
+    def _item(self, item_id: str) -> dict[str, Any]:
+        if item_id in self._cache:
+            return self._cache[item_id]
+        row = self.items.loc[item_id]
+        o = self.opts
+        turns = _turns(row.get("messages")) if "messages" in row.index else None
+        if turns:
+            budget, shown = o.prompt_chars, []
+            for role, content in turns:
+                text, cut = _truncate(content, max(budget, 0))
+                shown.append({"role": role, "text": text, "cut": cut})
+                budget -= len(text)
+            prompt = {"turns": shown, "text": "", "cut": 0}
+        else:
+            text, cut = _truncate(row["prompt"], o.prompt_chars)
+            prompt = {"turns": None, "text": text, "cut": cut}
+        response, rcut = _truncate(row.get("response", ""), o.response_chars)
+        reference, fcut = _truncate(row["reference"], o.reference_chars)
+        score = float(row["score"])
+        category = row.get("category") if "category" in row.index else None
+        if category is not None and not isinstance(category, str):
+            category = None if pd.isna(category) else str(category)
+        out = {
+            "item_id": item_id, "benchmark": row["benchmark"], "score": score, "correct": score >= 0.5,
+            "partial": 0 < score < 1, "category": category or None, "prompt": prompt,
+            "response": response, "response_cut": rcut, "reference": reference, "reference_cut": fcut,
+        }
+        self._cache[item_id] = out
+        return out
+
+
+class _Describer:
+    """A concept's description: its label, else its top contexts, else 'concept N'."""
+
+    def __init__(self, tables: RunTables, opts: ReportOptions) -> None:
+        self.labels: dict[int, tuple[str, str]] = {}
+        if tables.labels is not None:
+            for c, label, source in tables.labels[list(rundir.LABEL_COLUMNS)].itertuples(index=False):
+                if isinstance(label, str) and label.strip():
+                    self.labels[int(c)] = (label.strip(), "" if source is None or pd.isna(source) else str(source))
+        self.contexts: dict[int, list[dict[str, Any]]] = {}
+        if tables.contexts is not None and opts.contexts > 0:
+            ctx = tables.contexts.sort_values(["concept", "rank"], kind="stable")
+            ctx = ctx.groupby("concept", sort=False).head(opts.contexts)
+            n = opts.context_chars
+            for r in ctx.itertuples(index=False):
+                left = "" if pd.isna(r.left) else str(r.left)
+                right = "" if pd.isna(r.right) else str(r.right)
+                self.contexts.setdefault(int(r.concept), []).append({
+                    "left": ("…" if len(left) > n else "") + left[-n:] if n else "",
+                    "token": "" if pd.isna(r.token) else str(r.token),
+                    "right": right[:n] + ("…" if len(right) > n else "") if n else "",
+                    "item_id": str(r.item_id),
+                })
+
+    def __call__(self, concept: int) -> dict[str, Any]:
+        label = self.labels.get(concept)
+        return {
+            "label": label[0] if label else None,
+            "source": label[1] if label else None,
+            "contexts": [] if label else self.contexts.get(concept, []),
+        }
+
+
+# Table kinds: (key, gap/status filter, sort columns, ascending, caption).
+TABLES = {
+    "gaps": "Model gaps (weak concepts)",
+    "strengths": "Model strengths",
+    "over": "Most over-represented concepts",
+    "under": "Most under-represented concepts",
+}
+
+
+def _select(df: pd.DataFrame, kind: str, n: int) -> pd.DataFrame:
+    """The rows of one table, best first."""
+    df = df.assign(delta=df["chi_model"] - df["expected"])
+    if kind == "gaps":
+        sel = df[df["gap"] == "weak"].sort_values(["q_value", "delta", "concept"], ascending=[True, True, True],
+                                                  na_position="last", kind="stable")
+    elif kind == "strengths":
+        sel = df[df["gap"] == "strong"].sort_values(["q_value", "delta", "concept"], ascending=[True, False, True],
+                                                    na_position="last", kind="stable")
+    elif kind == "over":
+        sel = df[df["status"] == "over"].sort_values(["chi_bench", "concept"], ascending=[False, True], kind="stable")
+    else:
+        sel = df[df["status"] == "under"].sort_values(["chi_bench", "concept"], ascending=[True, True], kind="stable")
+    return sel.head(n)
+
+
+def _row(r: Any, scope: str, describe: _Describer, examples: _Examples) -> dict[str, Any]:
+    c = int(r.concept)
+    lo, hi, chi, exp = _num(r.ci_low), _num(r.ci_high), _num(r.chi_model), _num(r.expected)
+
+    def pct(x: float) -> float | None:
+        return round(100 * min(max(x, 0.0), 1.0), 1) if math.isfinite(x) else None
+
+    return {
+        "concept": c, "support": int(r.support), "chi_bench": _num(r.chi_bench), "chi_model": chi,
+        "expected": exp, "delta": chi - exp, "ci_low": lo, "ci_high": hi, "q": _num(r.q_value),
+        "status": r.status, "gap": r.gap, "desc": describe(c), "examples": examples.get(c, scope),
+        # Positions (percent of the [0, 1] track) for the CSS forest-plot cell.
+        "bar": {"lo": pct(lo), "hi": pct(hi), "chi": pct(chi), "exp": pct(exp)},
+    }
+
+
+def _matrix(overlap: pd.DataFrame | None, names: list[str], column: str) -> np.ndarray:
+    m = np.full((len(names), len(names)), np.nan)
+    np.fill_diagonal(m, 1.0)
+    if overlap is None:
+        return m
+    index = {n: i for i, n in enumerate(names)}
+    for a, b, v in overlap[["a", "b", column]].itertuples(index=False):
+        i, j = index.get(str(a)), index.get(str(b))
+        if i is not None and j is not None and i != j:
+            m[i, j] = m[j, i] = _num(v)
+    return m
+
+
+def report_context(run_dir: str | Path, options: ReportOptions | None = None) -> dict[str, Any]:
+    """Everything the template shows, as plain data (and SVG markup for the figures)."""
+    opts = options or ReportOptions()
+    run_dir = Path(run_dir)
+    t = read_run(run_dir)
+    config = t.meta.get("config") if isinstance(t.meta.get("config"), dict) else {}
+    fdr = _num(config.get("fdr", 0.05))
+    min_support = config.get("min_support", 5)
+    under_pct, over_pct = config.get("under_pct", 10), config.get("over_pct", 90)
+    benches = t.benchmarks
+    by_scope = {s: df for s, df in t.concepts.groupby("scope", sort=False)}
+    all_df = by_scope[rundir.ALL_SCOPE]
+
+    # --- benchmark coverage figures. Missing concepts (χ_bench = 0) are left out of the
+    # histograms: they would swamp the first bin; the missing-% chart counts them instead.
+    present = {s: df.loc[df["support"] > 0, "chi_bench"].to_numpy(dtype="float64") for s, df in by_scope.items()}
+    bench_max = max([float(np.nanmax(present[b])) for b in benches if present[b].size] + [1e-6])
+    all_max = float(np.nanmax(present[rundir.ALL_SCOPE])) if present[rundir.ALL_SCOPE].size else 1.0
+    chi_bench_all = figures.histogram(
+        present[rundir.ALL_SCOPE], figure="chi-bench-ALL", title="χ_bench, whole suite (concepts that fire)",
+        xlabel="χ_bench (mean normalised saliency)", bins=opts.bins, value_range=(0.0, all_max), log_y=True,
+        width=640, height=280,
+    )
+    chi_bench_small = [
+        figures.histogram(present[b], figure=f"chi-bench-{b}", title=b, xlabel="χ_bench", bins=opts.bins // 2,
+                          value_range=(0.0, bench_max), log_y=True, width=300, height=190)
+        for b in benches
+    ]
+    missing_pct = [100.0 * float((by_scope[s]["status"] == "missing").mean()) for s in [*benches, rundir.ALL_SCOPE]]
+    missing_bar = figures.bar_chart(
+        [*benches, "ALL (never fires)"], missing_pct, figure="missing", title="Concepts missing from each benchmark",
+        xlabel=f"% of the {t.n_concepts} concepts that never fire", highlight=[False] * len(benches) + [True],
+    )
+
+    # --- overlap
+    overlap_figs = []
+    if len(benches) > 1:
+        overlap_figs.append(figures.heatmap(benches, _matrix(t.overlap, benches, "jaccard"), figure="jaccard",
+                                            title="Jaccard overlap of present concepts"))
+        overlap_figs.append(figures.heatmap(benches, _matrix(t.overlap, benches, "spearman_chi_model"),
+                                            figure="spearman-chi-model", diverging=True,
+                                            title="Spearman correlation of χ_model (shared concepts)"))
+
+    # --- model performance figures
+    chi_model = {s: df["chi_model"].to_numpy(dtype="float64") for s, df in by_scope.items()}
+    medians = {s: (float(np.nanmedian(v)) if np.isfinite(v).any() else None) for s, v in chi_model.items()}
+    chi_model_all = figures.histogram(
+        chi_model[rundir.ALL_SCOPE], figure="chi-model-ALL", title="χ_model, whole suite", xlabel="χ_model",
+        bins=opts.bins, value_range=(0.0, 1.0), median=True, width=640, height=280,
+    )
+    chi_model_small = [
+        figures.histogram(chi_model[b], figure=f"chi-model-{b}", title=b, xlabel="χ_model", bins=opts.bins // 2,
+                          value_range=(0.0, 1.0), median=True, width=300, height=190)
+        for b in benches
+    ]
+
+    # --- tables
+    selections: dict[str, dict[str, pd.DataFrame]] = {}
+    needed: set[int] = set()
+    for kind in TABLES:
+        selections[kind] = {rundir.ALL_SCOPE: _select(all_df, kind, opts.top)}
+        for b in benches:
+            selections[kind][b] = _select(by_scope[b], kind, opts.top_per_benchmark)
+        for df in selections[kind].values():
+            needed.update(int(c) for c in df["concept"])
+    examples = _Examples(t, needed, opts)
+    describe = _Describer(t, opts)
+    tables = {
+        kind: [
+            {"scope": scope, "rows": [_row(r, scope, describe, examples) for r in df.itertuples(index=False)],
+             "count": int((by_scope[scope]["gap"] == {"gaps": "weak", "strengths": "strong"}[kind]).sum())
+             if kind in ("gaps", "strengths")
+             else int((by_scope[scope]["status"] == kind).sum())}
+            for scope, df in selections[kind].items()
+        ]
+        for kind in TABLES
+    }
+
+    status_counts = {
+        s: {k: int((by_scope[s]["status"] == k).sum()) for k in ("missing", "under", "normal", "over")}
+        for s in [*benches, rundir.ALL_SCOPE]
+    }
+    return {
+        "header": _header(t.meta, t.n_concepts, run_dir),
+        "accuracy": _accuracy(t.items, benches),
+        "benchmarks": benches,
+        "n_items": len(t.items),
+        "n_concepts": t.n_concepts,
+        "fdr": fdr,
+        "min_support": min_support,
+        "under_pct": under_pct,
+        "over_pct": over_pct,
+        "has_labels": t.labels is not None,
+        "has_contexts": t.contexts is not None,
+        "status_counts": status_counts,
+        "medians": medians,
+        "figures": {
+            "chi_bench_all": chi_bench_all, "chi_bench_small": chi_bench_small, "missing": missing_bar,
+            "overlap": overlap_figs, "chi_model_all": chi_model_all, "chi_model_small": chi_model_small,
+        },
+        "overlap_rows": [] if t.overlap is None else [
+            {"a": str(a), "b": str(b), "jaccard": _num(j), "rho_model": _num(m), "rho_bench": _num(n)}
+            for a, b, j, m, n in t.overlap[list(rundir.OVERLAP_COLUMNS)].itertuples(index=False)
+        ],
+        "tables": tables,
+        "table_titles": TABLES,
+        "robustness": None if t.robustness is None else json.dumps(t.robustness, indent=2, default=str)[:20000],
+        "options": asdict(opts),
+    }
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    v = _num(x)
+    return "–" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _fmt_q(x: Any) -> str:
+    v = _num(x)
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:.2e}" if v < 1e-3 else f"{v:.3f}"
+
+
+def _sortval(x: Any) -> str:
+    """A data-sort attribute: NaN sorts last."""
+    v = _num(x)
+    return "" if not math.isfinite(v) else repr(v)
+
+
+@functools.cache
+def _template() -> Any:
+    # Compiled once per process: compiling costs more than rendering a small run.
+    from jinja2 import Environment, StrictUndefined
+
+    env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(f=_fmt, q=_fmt_q, sortval=_sortval)
+    source = resources.files("cgaps.report").joinpath("template.html.j2").read_text(encoding="utf-8")
+    return env.from_string(source)
+
+
+def render(context: dict[str, Any]) -> str:
+    """The report's HTML for a :func:`report_context`."""
+    return _template().render(**context)
+
+
+def _write_text(text: str, path: Path) -> None:
+    """Atomic write: a crash never leaves half a report where a reader expects a whole one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, options: ReportOptions | None = None) -> Path:
+    """Write the self-contained HTML report of a run; return its path (default ``RUN_DIR/report.html``)."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / rundir.REPORT
+    _write_text(render(report_context(run_dir, options)), out)
+    return out

@@ -1,0 +1,355 @@
+"""Tests of ``cgaps report``: a seeded synthetic run directory, rendered and checked.
+
+The generator below writes every table of SPEC.md section 6 with the section 3 formulas
+(a compact version, good enough to be consistent; the scoring stage has its own tests),
+plants model gaps on concepts 0-9 and puts hostile text into items, labels, contexts
+and a benchmark name, so escaping is tested on every path into the page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from cgaps import rundir
+from cgaps.errors import CGapsError
+from cgaps.report import ReportOptions, build_report
+
+XSS_PROMPT = "Solve: <script>alert(1)</script> & tell me"
+XSS_RESPONSE = '"><img src=x onerror=alert(2)>'
+XSS_LABEL = '<script>alert("label")</script> refusal & pushback'
+HOSTILE_BENCH = 'Q&A "<x>"'
+PLANTED = range(10)
+
+SECTION_IDS = (
+    "run", "config", "accuracy", "chi-bench", "chi-bench-per-benchmark", "missing", "overlap",
+    "chi-model", "chi-model-per-benchmark", "gaps", "strengths", "over", "under",
+)
+
+
+def _wilson(p: np.ndarray, n: np.ndarray, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = 1 + z * z / n
+        c = (p + z * z / (2 * n)) / d
+        h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return np.clip(c - h, 0, 1), np.clip(c + h, 0, 1)
+
+
+def _bh(p: np.ndarray) -> np.ndarray:
+    n = len(p)
+    if n == 0:
+        return p
+    order = np.argsort(p)
+    q = p[order] * n / np.arange(1, n + 1)
+    q = np.minimum.accumulate(q[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(q, 1)
+    return out
+
+
+def _concepts(sal: pd.DataFrame, items: pd.DataFrame, width: int, benches: list[str]) -> pd.DataFrame:
+    ybar = items.groupby("benchmark")["score"].mean()
+    sal = sal.merge(items[["item_id", "benchmark", "score"]], on="item_id")
+    sal["norm"] = sal["value"] / sal.groupby("concept")["value"].transform("max")
+    sal["ybar"] = sal["benchmark"].map(ybar)
+    frames = []
+    for scope in [*benches, rundir.ALL_SCOPE]:
+        sub = sal if scope == rundir.ALL_SCOPE else sal[sal["benchmark"] == scope]
+        n_items = len(items) if scope == rundir.ALL_SCOPE else int((items["benchmark"] == scope).sum())
+        s, y = sub["value"].astype(float), sub["score"]
+        g = sub.assign(s=s, s2=s * s, sy=s * y, se=s * sub["ybar"]).groupby("concept")
+        agg = g.agg(support=("s", "size"), s=("s", "sum"), s2=("s2", "sum"), sy=("sy", "sum"), se=("se", "sum"),
+                    norm=("norm", "sum")).reindex(range(width))
+        agg["support"] = agg["support"].fillna(0).astype(int)
+        chi = agg["sy"] / agg["s"]
+        n_eff = agg["s"] ** 2 / agg["s2"]
+        sub = sub.assign(chi=sub["concept"].map(chi))
+        var = (sub["value"] * (sub["score"] - sub["chi"]) ** 2).groupby(sub["concept"]).sum().reindex(range(width))
+        se = np.sqrt(var / agg["s"] / n_eff)
+        lo, hi = _wilson(chi.to_numpy(), n_eff.to_numpy())
+        df = pd.DataFrame({
+            "concept": np.arange(width, dtype="int32"), "scope": scope, "support": agg["support"].to_numpy(),
+            "chi_bench": (agg["norm"].fillna(0) / n_items).to_numpy(),
+            "chi_bench_raw": (agg["s"].fillna(0) / n_items).to_numpy(),
+            "chi_model": chi.to_numpy(), "expected": (agg["se"] / agg["s"]).to_numpy(), "n_eff": n_eff.to_numpy(),
+            "ci_low": lo, "ci_high": hi,
+        })
+        present = df["support"] > 0
+        pct = df.loc[present, "chi_bench"].rank(pct=True) * 100
+        df["status"] = "missing"
+        df.loc[present, "status"] = np.where(pct < 10, "under", np.where(pct > 90, "over", "normal"))
+        z = ((df["chi_model"] - df["expected"]) / se.replace(0, np.nan).to_numpy()).to_numpy()
+        tested = (df["support"] >= 5).to_numpy() & np.isfinite(z)
+        p_low = stats.norm.cdf(z[tested])
+        q = np.full(width, np.nan)
+        q_low, q_high = _bh(p_low), _bh(1 - p_low)
+        q[tested] = np.minimum(q_low, q_high)
+        df["q_value"] = q
+        gap = np.full(width, "", dtype=object)
+        idx = np.flatnonzero(tested)
+        gap[idx[q_low <= 0.05]] = "weak"
+        gap[idx[q_high <= 0.05]] = "strong"
+        df["gap"] = gap
+        frames.append(df[list(rundir.CONCEPT_COLUMNS)])
+    return pd.concat(frames, ignore_index=True)
+
+
+def make_run(
+    root: Path,
+    *,
+    benchmarks: tuple[str, ...] = ("gsm8k", HOSTILE_BENCH, "winogrande"),
+    n_items: int = 120,
+    width: int = 400,
+    per_item: int = 30,
+    silent: str | None = None,
+    labels: bool = True,
+    contexts: bool = True,
+    words_per_text: int = 25,
+    seed: int = 0,
+) -> Path:
+    """Write a consistent synthetic run directory; ``silent`` names a benchmark where nothing fires."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    words = ["apple", "proof", "triangle", "refuse", "agree", "politely", "because", "number", "river", "sum", "kinda"]
+    rows = []
+    for bi, b in enumerate(benchmarks):
+        acc = 0.4 + 0.15 * bi
+        for i in range(n_items):
+            multi = i % 7 == 3
+            prompt = " ".join(rng.choice(words, words_per_text))
+            rows.append({
+                "item_id": f"{bi}-{i}", "benchmark": b, "prompt": prompt,
+                "response": " ".join(rng.choice(words, words_per_text // 2)), "reference": str(rng.integers(100)),
+                "score": float(rng.random() < acc), "category": f"cat{i % 3}",
+                "meta": json.dumps({"i": i}),
+                "messages": json.dumps([{"role": "user", "content": prompt}, {"role": "assistant", "content": "ok"},
+                                        {"role": "user", "content": "and then?"}]) if multi else None,
+            })
+    items = pd.DataFrame(rows)
+    items.loc[0, ["prompt", "response", "reference", "score", "messages"]] = [
+        XSS_PROMPT, XSS_RESPONSE, "a & b < c", 0.0, None]
+    # Zipf-like popularity: some concepts fire everywhere, many rarely, the tail never.
+    pop = 1.0 / np.arange(1, width + 1) ** 1.1
+    pop[int(width * 0.9):] = 0
+    pop[list(PLANTED)] = 0  # planted concepts fire by the rule below only
+    pop /= pop.sum()
+    sal_rows = []
+    for r in items.itertuples(index=False):
+        if r.benchmark == silent:
+            continue
+        cs = rng.choice(width, size=per_item, replace=False, p=pop)
+        vals = rng.exponential(2.0, per_item) + 0.01
+        # Planted gaps: concepts 0-9 fire mostly on incorrect items.
+        if rng.random() < (0.9 if r.score < 0.5 else 0.15):
+            cs = np.unique(np.concatenate([cs, rng.choice(list(PLANTED), 4, replace=False)]))
+            vals = rng.exponential(2.0, len(cs)) + 0.01
+        sal_rows.append(pd.DataFrame({"item_id": r.item_id, "concept": cs, "value": vals}))
+    sal = pd.concat(sal_rows, ignore_index=True)
+    # The hostile item is the most salient one of every planted concept, so it is shown.
+    sal.loc[(sal["item_id"] == "0-0") & sal["concept"].isin(PLANTED), "value"] = 30.0
+    sal["concept"] = sal["concept"].astype("int32")
+    sal["value"] = sal["value"].astype("float32")
+    benches = list(benchmarks)
+    concepts = _concepts(sal, items, width, benches)
+
+    rundir.write_json({
+        "schema_version": rundir.SCHEMA_VERSION, "n_concepts": width,
+        "config": {"model": "synthetic/model", "sae": "synthetic/sae", "layer": 3, "span": "both", "pool": "max",
+                   "fdr": 0.05, "min_support": 5, "under_pct": 10.0, "over_pct": 90.0},
+        "versions": {"cgaps": "0.1.0"}, "timings": {"extract_s": 1.5}, "counts": {"items": len(items)},
+    }, root / rundir.RUN_JSON)
+    rundir.write_table(items, root / rundir.ITEMS)
+    rundir.write_table(sal, root / rundir.SALIENCY)
+    rundir.write_table(concepts, root / rundir.CONCEPTS)
+    if len(benches) > 1:
+        present = {b: concepts[(concepts["scope"] == b) & (concepts["support"] > 0)].set_index("concept") for b in benches}
+        ov = []
+
+        def rho(x: pd.Series, y: pd.Series) -> float:
+            with warnings.catch_warnings():  # a constant column gives NaN, as intended
+                warnings.simplefilter("ignore", stats.ConstantInputWarning)
+                return float(stats.spearmanr(x, y)[0]) if len(x) > 2 else np.nan
+
+        for i, a in enumerate(benches):
+            for b in benches[i + 1:]:
+                sa, sb = set(present[a].index), set(present[b].index)
+                shared = sorted(sa & sb)
+                pa, pb = present[a].loc[shared], present[b].loc[shared]
+                ov.append({"a": a, "b": b, "jaccard": len(sa & sb) / max(len(sa | sb), 1),
+                           "spearman_chi_model": rho(pa["chi_model"], pb["chi_model"]),
+                           "spearman_chi_bench": rho(pa["chi_bench"], pb["chi_bench"])})
+        rundir.write_table(pd.DataFrame(ov, columns=list(rundir.OVERLAP_COLUMNS)), root / rundir.OVERLAP)
+    if labels:
+        lab = pd.DataFrame({"concept": np.arange(0, width, 2, dtype="int32"), "source": "synthetic"})
+        lab["label"] = [f"label of concept {c}" for c in lab["concept"]]
+        lab.loc[0, "label"] = XSS_LABEL
+        rundir.write_table(lab[list(rundir.LABEL_COLUMNS)], root / rundir.LABELS)
+    if contexts:
+        top = sal.sort_values(["concept", "value"], ascending=[True, False]).groupby("concept").head(3)
+        ctx = pd.DataFrame({
+            "concept": top["concept"].to_numpy(), "rank": top.groupby("concept").cumcount().to_numpy(),
+            "item_id": top["item_id"].to_numpy(), "value": top["value"].to_numpy(),
+            "left": "text before the ", "token": "tok", "right": " and after it",
+        })
+        ctx.loc[ctx["concept"] == 1, "token"] = "<b>bold</b>"
+        rundir.write_table(ctx, root / rundir.CONTEXTS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run3(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("run3"))
+    return run, build_report(run).read_text()
+
+
+def _svgs(text: str) -> int:
+    return len(re.findall(r"<svg\b", text))
+
+
+def _concepts_table(run: Path) -> pd.DataFrame:
+    return pd.read_parquet(run / rundir.CONCEPTS)
+
+
+def test_sections_and_figures(run3):
+    run, text = run3
+    assert (run / rundir.REPORT).exists()
+    for sid in SECTION_IDS:
+        assert f'id="{sid}"' in text, sid
+    # overall χ_bench + χ_model, per-benchmark small multiples of both, missing bars, 2 heatmaps
+    assert _svgs(text) == 2 + 2 * 3 + 1 + 2
+    for fig in ("chi-bench-ALL", "chi-model-ALL", "missing", "jaccard", "spearman-chi-model"):
+        assert f'data-figure="{fig}"' in text
+    assert "(log)" in text  # χ_bench histograms use a log y axis
+    # accuracy table: n, mean and CI per benchmark
+    assert re.search(r'data-scope="gsm8k"><td>gsm8k</td><td class="num" data-sort="120">120</td>', text)
+
+
+def test_medians_match_numpy(run3):
+    run, text = run3
+    concepts = _concepts_table(run)
+    for scope in ["ALL", "gsm8k", "winogrande"]:
+        m = re.search(rf'data-figure="chi-model-{scope}"[^>]*data-median="([^"]+)"', text)
+        assert m, scope
+        expected = np.nanmedian(concepts.loc[concepts["scope"] == scope, "chi_model"])
+        assert float(m.group(1)) == pytest.approx(expected, rel=1e-5)
+        assert f"median {expected:.3f}" in text
+
+
+def test_first_gap_row_has_lowest_q(run3):
+    run, text = run3
+    concepts = _concepts_table(run)
+    weak = concepts[(concepts["scope"] == "ALL") & (concepts["gap"] == "weak")]
+    assert len(weak) > 0, "the generator plants gaps"
+    best = weak.assign(d=weak["chi_model"] - weak["expected"]).sort_values(["q_value", "d"]).iloc[0]
+    block = text.split('data-table="gaps" data-scope="ALL"', 1)[1]
+    first = int(re.search(r'<tr data-concept="(\d+)"', block).group(1))
+    assert first == int(best["concept"])
+    assert set(weak["concept"]) & set(PLANTED)
+
+
+def test_escaping(run3):
+    _, text = run3
+    assert "<script>alert" not in text
+    assert "<img src=x" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in text or "&quot;&gt;&lt;img src=x" in text
+    assert "&lt;script&gt;alert(&#34;label&#34;)" in text or "&lt;script&gt;alert(&quot;label&quot;)" in text
+    assert "&lt;b&gt;bold&lt;/b&gt;" in text  # context token, still highlighted by our own <mark>
+    assert '<x>' not in text and "Q&amp;A" in text  # benchmark name, in tables and SVG text
+    assert text.count("<script") == 1  # only the report's own sort/filter script
+
+
+def test_self_contained(run3):
+    _, text = run3
+    assert not re.search(r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//""", text, re.I)
+    assert "@import" not in text and not re.search(r"url\(\s*['\"]?https?:", text)
+    assert "<link" not in text
+    assert ".innerHTML" not in text and "document.write" not in text
+
+
+def test_examples_and_descriptions(run3):
+    _, text = run3
+    assert "badge ok" in text and "badge bad" in text
+    assert "<b>assistant:</b>" in text  # a multi-turn item shows its turns
+    assert "<mark>tok</mark>" in text  # unlabelled concepts show their top contexts
+    assert "label of concept" in text
+
+
+def test_one_benchmark_no_optional_files(tmp_path):
+    run = make_run(tmp_path / "one", benchmarks=("gsm8k",), labels=False, contexts=False)
+    assert not (run / rundir.OVERLAP).exists()
+    text = build_report(run).read_text()
+    assert "no pairs to compare" in text
+    assert _svgs(text) == 2 + 2 + 1
+    assert re.search(r'<span class="nolabel">concept \d+</span>', text)
+
+
+def test_silent_benchmark_and_no_gaps(tmp_path):
+    run = make_run(tmp_path / "silent", benchmarks=("gsm8k", "quiet"), silent="quiet", n_items=60, width=200)
+    concepts = _concepts_table(run)
+    assert concepts.loc[concepts["scope"] == "quiet", "chi_model"].isna().all()
+    concepts["gap"] = ""
+    rundir.write_table(concepts, run / rundir.CONCEPTS)
+    text = build_report(run).read_text()
+    fig = re.search(r'<svg[^>]*data-figure="chi-model-quiet"[^>]*>.*?</svg>', text, re.S).group(0)
+    assert "data-median" not in fig and "no values" in fig
+    assert "No significant gaps at FDR q ≤ 0.05." in text
+    assert "No significant strengths at FDR q ≤ 0.05 in quiet." in text
+
+
+@pytest.mark.parametrize(("name", "stage"), [
+    (rundir.CONCEPTS, "cgaps score"), (rundir.SALIENCY, "cgaps extract"), (rundir.OVERLAP, "cgaps score"),
+    (rundir.ITEMS, "cgaps items"),
+])
+def test_missing_required_file(tmp_path, name, stage):
+    run = make_run(tmp_path / "r", n_items=20, width=60, per_item=10)
+    (run / name).unlink()
+    with pytest.raises(CGapsError, match=re.escape(stage)) as e:
+        build_report(run)
+    assert name in str(e.value)
+
+
+def test_bad_concepts_columns(tmp_path):
+    run = make_run(tmp_path / "r", n_items=20, width=60, per_item=10)
+    rundir.write_table(_concepts_table(run).drop(columns=["q_value"]), run / rundir.CONCEPTS)
+    with pytest.raises(CGapsError, match="q_value.*cgaps score"):
+        build_report(run)
+
+
+def test_size_bounded(run3, tmp_path):
+    """Golden-ish: the synthetic run's report stays in a fixed size band, and a paper-sized
+    run (16k concepts, ten benchmarks) stays under 5 MB thanks to the table caps."""
+    run, text = run3
+    size = len(text.encode())
+    assert 50_000 < size < 1_000_000, size
+    big = make_run(tmp_path / "big", benchmarks=tuple(f"bench{i}" for i in range(10)), n_items=80,
+                   width=16384, per_item=40, words_per_text=400)
+    path = build_report(big)
+    assert path.stat().st_size < 5_000_000, path.stat().st_size
+
+
+def test_cli(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from cgaps.cli.report import report
+
+    run = make_run(tmp_path / "r", n_items=20, width=60, per_item=10)
+    app = typer.Typer()
+    app.command()(report)
+    out = tmp_path / "elsewhere" / "r.html"
+    result = CliRunner().invoke(app, [str(run), "--out", str(out), "--top", "5"])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "<!DOCTYPE html>" in out.read_text()
+
+
+def test_options_validated():
+    with pytest.raises(CGapsError, match="top"):
+        ReportOptions(top=0)
