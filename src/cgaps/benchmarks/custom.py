@@ -1,0 +1,152 @@
+"""Own benchmarks without code: a YAML/JSON spec maps any table onto items.
+
+Example (``my_bench.yaml``)::
+
+    name: capitals              # benchmark name (default: the spec file's stem)
+    path: capitals.jsonl        # JSONL, JSON list, CSV or Parquet; relative to the spec file
+    # hub: org/dataset          # ...or a hub dataset instead of `path`
+    # config: default           # hub config (optional)
+    # split: test               # hub split (default: test)
+    answer_type: short          # number | math | choice | loglik_choice | yesno | short | text | refusal
+    fields:
+      question: q               # required: the question text
+      answer: a                 # required: the gold answer
+      choices: options          # choice types: a list column, or a list of columns
+      aliases: other_answers    # optional: more gold answers (short)
+      category: topic           # optional
+      id: qid                   # optional: use the table's own ids in item_id
+    prompt_template: "Q: {q}\nA:"   # optional; {column} placeholders, plus {options}
+
+For choice types the answer may be a letter ("B"), a 0-based index (1), or the option's
+text; it is stored as the letter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cgaps.benchmarks import prompts
+from cgaps.benchmarks.sources import Record, hub_records, read_table_file
+from cgaps.errors import CGapsError, did_you_mean
+from cgaps.grading import ANSWER_TYPES, LETTERS
+
+SPEC_KEYS = ("name", "path", "hub", "config", "split", "answer_type", "fields", "prompt_template")
+FIELD_KEYS = ("question", "answer", "choices", "aliases", "category", "id")
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def is_spec(suite: str) -> bool:
+    return suite.lower().endswith(SPEC_SUFFIXES)
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise CGapsError(f"{path}: no such benchmark spec file")
+    try:
+        spec = json.loads(path.read_text()) if path.suffix.lower() == ".json" else yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise CGapsError(f"{path}: not a valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} file ({e})") from e
+    if not isinstance(spec, dict):
+        raise CGapsError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    for key in spec:
+        if key not in SPEC_KEYS:
+            raise CGapsError(f"{path}: unknown key {key!r}.{did_you_mean(str(key), SPEC_KEYS)} Known keys: {', '.join(SPEC_KEYS)}")
+    fields = spec.get("fields")
+    if not isinstance(fields, dict) or "question" not in fields or "answer" not in fields:
+        raise CGapsError(f"{path}: 'fields' must map at least 'question' and 'answer' to column names")
+    for key in fields:
+        if key not in FIELD_KEYS:
+            raise CGapsError(f"{path}: unknown key fields.{key}.{did_you_mean(str(key), FIELD_KEYS)} Known: {', '.join(FIELD_KEYS)}")
+    atype = spec.get("answer_type", "short")
+    if atype not in ANSWER_TYPES:
+        raise CGapsError(f"{path}: answer_type {atype!r}.{did_you_mean(atype, ANSWER_TYPES)} Valid: {', '.join(ANSWER_TYPES)}")
+    if atype in ("choice", "loglik_choice") and "choices" not in fields:
+        raise CGapsError(f"{path}: answer_type {atype!r} needs fields.choices (a list column or a list of columns)")
+    if ("path" in spec) == ("hub" in spec):
+        raise CGapsError(f"{path}: give exactly one of 'path' (a local file) or 'hub' (a hub dataset id)")
+    return {**spec, "answer_type": atype, "name": str(spec.get("name") or path.stem), "_dir": path.parent, "_file": str(path)}
+
+
+def _records(spec: dict[str, Any]) -> list[Record]:
+    if "hub" in spec:
+        return list(hub_records(spec["hub"], spec.get("config"), spec.get("split", "test")))
+    data = Path(spec["path"])
+    if not data.is_absolute():
+        data = spec["_dir"] / data
+    if not data.exists():
+        raise CGapsError(f"{spec['_file']}: field 'path': {data} does not exist")
+    return list(read_table_file(data))
+
+
+def _choices(rec: Record, column: str | list[str]) -> list[str]:
+    if isinstance(column, list):
+        return [str(rec.get(c)) for c in column]
+    value = rec.get(column)
+    if isinstance(value, str):  # a CSV cell holding a JSON list
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise rec.fail(column, "should be a list of options (a JSON list in CSV cells)") from e
+    if not isinstance(value, list | tuple) and hasattr(value, "tolist"):
+        value = value.tolist()  # parquet list columns arrive as numpy arrays
+    if not isinstance(value, list | tuple) or len(value) < 2:
+        raise rec.fail(column, "should be a list of at least two options")
+    return [str(v) for v in value]
+
+
+def _letter(rec: Record, column: str, answer: Any, options: list[str]) -> str:
+    if isinstance(answer, int | float) and not isinstance(answer, bool) and float(answer).is_integer():
+        index = int(answer)
+    elif str(answer).strip().isdigit():
+        index = int(str(answer).strip())
+    elif str(answer).strip().upper() in LETTERS[: len(options)] and len(str(answer).strip()) == 1:
+        return str(answer).strip().upper()
+    elif str(answer) in options:
+        index = options.index(str(answer))
+    else:
+        raise rec.fail(column, f"is {answer!r}: not a letter, 0-based index or option text of {options!r:.80}")
+    if not 0 <= index < len(options):
+        raise rec.fail(column, f"is {index}, out of range for {len(options)} options (0-based index)")
+    return LETTERS[index]
+
+
+def load_custom(spec_path: str | Path, chain_of_thought: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """(benchmark name, items) from a spec file; item ids come from fields.id or the row position."""
+    spec = read_spec(spec_path)
+    fields, atype = spec["fields"], spec["answer_type"]
+    template = spec.get("prompt_template")
+    items = []
+    for i, rec in enumerate(_records(spec)):
+        question = str(rec.get(fields["question"]))
+        answer = rec.get(fields["answer"])
+        options = _choices(rec, fields["choices"]) if "choices" in fields else None
+        meta: dict[str, Any] = {}
+        if atype in ("choice", "loglik_choice"):
+            reference = _letter(rec, fields["answer"], answer, options or [])
+        else:
+            reference = str(answer)
+        if "aliases" in fields:
+            aliases = rec.row.get(fields["aliases"]) or []
+            if isinstance(aliases, str):
+                aliases = json.loads(aliases) if aliases.startswith("[") else [aliases]
+            meta["answers"] = [reference, *map(str, list(aliases))]
+        if template:
+            try:
+                prompt = template.format(**{k: v for k, v in rec.row.items() if isinstance(k, str)},
+                                         options=prompts.options_block(options or []))
+            except (KeyError, IndexError) as e:
+                raise CGapsError(f"{spec['_file']}: prompt_template uses {e}, which is not a column of {rec.where}") from e
+        else:
+            prompt = prompts.by_answer_type(atype, question, options, chain_of_thought)
+        item_key = str(rec.get(fields["id"])) if "id" in fields else f"{i:05d}"
+        items.append({"item_id": f"{spec['name']}/{item_key}", "prompt": prompt, "reference": reference,
+                      "answer_type": atype, "choices": options,
+                      "category": str(rec.row.get(fields["category"], "")) if "category" in fields else "", "meta": meta})
+    if not items:
+        raise CGapsError(f"{spec['_file']}: the data file has no rows")
+    return spec["name"], items

@@ -1,0 +1,64 @@
+"""Zero-shot prompts: one clear answer format per answer type.
+
+The prompt is the user turn as the model sees it (the evaluate stage wraps it in the chat
+template). Each format instruction names exactly the form the grader extracts first, so a
+compliant model is graded by the strict path and a sloppy one by the lenient fallbacks.
+Multiple-choice prompts list the options as ``A) ...`` in the order of ``choices``; the
+evaluate stage relies on that order when it scores options by log-likelihood.
+"""
+
+from __future__ import annotations
+
+from cgaps.grading import LETTERS
+
+MC_FORMAT = "Answer with the letter of the correct option, like 'Answer: {first}'."
+YESNO_FORMAT = "Answer with yes or no."
+NUMBER_FORMAT = "Give only the final number, like 'The answer is 42.'"
+NUMBER_COT = "Think step by step, then finish with 'The answer is N.' where N is the final number."
+MATH_FORMAT = "Give only the final answer, inside \\boxed{}."
+MATH_COT = "Reason step by step, then put the final answer inside \\boxed{}."
+SHORT_FORMAT = "Answer with a few words only."
+
+
+def join(*parts: str | None) -> str:
+    return "\n\n".join(p.strip() for p in parts if p and p.strip())
+
+
+def options_block(options: list[str]) -> str:
+    return "\n".join(f"{letter}) {str(text).strip()}" for letter, text in zip(LETTERS, options, strict=False))
+
+
+def multiple_choice(question: str, options: list[str], context: str | None = None, instruction: str | None = None) -> str:
+    fmt = MC_FORMAT.format(first="A")
+    return join(instruction, context, question, options_block(options), fmt)
+
+
+def yes_no(question: str, context: str | None = None) -> str:
+    return join(context, question, YESNO_FORMAT)
+
+
+def number(question: str, chain_of_thought: bool = False) -> str:
+    return join(question, NUMBER_COT if chain_of_thought else NUMBER_FORMAT)
+
+
+def math(problem: str, chain_of_thought: bool = False) -> str:
+    return join(problem, MATH_COT if chain_of_thought else MATH_FORMAT)
+
+
+def short(question: str) -> str:
+    return join(question, SHORT_FORMAT)
+
+
+def by_answer_type(answer_type: str, question: str, options: list[str] | None = None, chain_of_thought: bool = False) -> str:
+    """The default prompt of a custom benchmark item, from its answer type."""
+    if answer_type in ("choice", "loglik_choice") and options:
+        return multiple_choice(question, options)
+    if answer_type == "yesno":
+        return yes_no(question)
+    if answer_type == "number":
+        return number(question, chain_of_thought)
+    if answer_type == "math":
+        return math(question, chain_of_thought)
+    if answer_type == "short":
+        return short(question)
+    return question
