@@ -29,6 +29,7 @@ COMMANDS = [
     ("grade", "grade", "grade"),
     ("extract", "extract", "extract"),
     ("score", "score", "score"),
+    ("robustness", "robustness", "robustness"),
     ("report", "report", "report"),
     ("train-sae", "train_sae", "train_sae"),
 ]

@@ -1,0 +1,162 @@
+"""Robustness checks of SPEC.md section 4: subsampling and adversarial ablation.
+
+Both reuse the fast path: a check picks a row subset of the suite's CSR matrix
+(:meth:`SuiteMatrix.subset`) and recomputes the chi tables on it with
+:func:`~cgaps.scoring.core.chi_tables`. s_hat keeps the *full* suite's per-concept max, so
+chi_bench values of a subset are on the same scale as the full run's (renormalising by a
+subset's own max would add variance that is not the benchmark's).
+
+Choices where SPEC.md is open:
+
+* **Concepts summarised**: those with n_c(S) >= min_support in the full suite (per scope);
+  rarer ones have chi values that are mostly noise and would dominate the means.
+* **Subsampling**: each repeat keeps round((1 - drop) * |B|) items of every benchmark B,
+  drawn without replacement from ``numpy.random.default_rng(seed)``. Per concept the std
+  over repeats (ddof = 0, repeats where the concept does not fire skipped for chi_model);
+  reported: the mean of those stds over the concepts, per scope.
+* **Ablation**: best / worst = the ``top`` eligible concepts (ALL scope) with the highest /
+  lowest chi_model (ties by concept index). Alignment of an item = the sum of s_hat over
+  those concepts; the floor(max_frac * |suite|) most aligned items with alignment > 0 are
+  deleted (at least one). The median chi_model over the eligible concepts (ALL scope,
+  NaN-skipping) is recomputed; the change is reported in points and relative to before.
+* The SAE-swap check needs a second extraction and is not computed here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cgaps import rundir
+from cgaps.config import RunConfig
+from cgaps.scoring.core import SuiteMatrix, build_matrix, chi_tables
+
+
+def _col_max(m: SuiteMatrix) -> np.ndarray:
+    return np.asarray(m.saliency.max(axis=0).todense()).ravel()
+
+
+def subsample_rows(m: SuiteMatrix, rng: np.random.Generator, drop: float) -> np.ndarray:
+    """Rows kept by one subsampling repeat: (1 - drop) of every benchmark, sorted."""
+    kept = []
+    for b in range(len(m.benchmarks)):
+        rows = np.flatnonzero(m.bench == b)
+        kept.append(rng.choice(rows, size=int(round((1 - drop) * len(rows))), replace=False))
+    return np.sort(np.concatenate(kept))
+
+
+def subsampling(m: SuiteMatrix, cfg: RunConfig, repeats: int = 100, drop: float = 0.2) -> dict[str, Any]:
+    """Per-concept std of chi_model and chi_bench over ``repeats`` seeded subsamples, averaged per scope."""
+    if repeats < 2 or not 0 <= drop < 1:
+        raise ValueError(f"need repeats >= 2 and 0 <= drop < 1, got repeats={repeats}, drop={drop}")
+    full = chi_tables(m, with_var=False)
+    col_max = _col_max(m)
+    rng = np.random.default_rng(cfg.seed)
+    shape = full.chi_model.shape
+    # Welford running moments: memory stays at a few (scopes x F) arrays whatever the number
+    # of repeats, and identical draws give a std of exactly 0 (no sum-of-squares cancellation).
+    model, bench = _Moments(shape), _Moments(shape)
+    for _ in range(repeats):
+        t = chi_tables(m.subset(subsample_rows(m, rng, drop)), col_max, with_var=False)
+        model.add(t.chi_model)  # NaN (not firing in this subsample) is skipped
+        bench.add(t.chi_bench)
+    std_model, std_bench = model.std(), bench.std()
+    scopes = {}
+    for k, scope in enumerate([*m.benchmarks, rundir.ALL_SCOPE]):
+        eligible = full.support[k] >= cfg.min_support
+        scopes[scope] = {
+            "concepts": int(eligible.sum()),
+            "mean_std_chi_model": _nanmean(std_model[k, eligible]),
+            "mean_std_chi_bench": _nanmean(std_bench[k, eligible]),
+        }
+    return {"repeats": repeats, "drop": drop, "seed": cfg.seed, **scopes[rundir.ALL_SCOPE], "scopes": scopes}
+
+
+class _Moments:
+    """Element-wise running mean and std (Welford), skipping NaN."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.n, self.mean, self.m2 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+
+    def add(self, x: np.ndarray) -> None:
+        ok = ~np.isnan(x)
+        self.n += ok
+        delta = np.where(ok, x - self.mean, 0.0)
+        self.mean += np.where(ok, delta / np.maximum(self.n, 1), 0.0)
+        self.m2 += np.where(ok, delta * (x - self.mean), 0.0)
+
+    def std(self) -> np.ndarray:
+        """Population std (ddof = 0); NaN where fewer than two values were seen."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.n >= 2, np.sqrt(self.m2 / self.n), np.nan)
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def _median_chi_model(m: SuiteMatrix, concepts: np.ndarray) -> float:
+    t = chi_tables(m, with_var=False)
+    vals = t.chi_model[-1, concepts]
+    vals = vals[~np.isnan(vals)]
+    return float(np.median(vals)) if len(vals) else float("nan")
+
+
+def ablation(m: SuiteMatrix, cfg: RunConfig, top: int = 100, max_frac: float = 0.01) -> dict[str, Any]:
+    """Delete the items most aligned with the best (worst) concepts; report the median chi_model shift."""
+    full = chi_tables(m, with_var=False)
+    eligible = np.flatnonzero(full.support[-1] >= cfg.min_support)
+    before = _median_chi_model(m, eligible)
+    col_max = _col_max(m)
+    shat = m.saliency.multiply(1.0 / np.where(col_max > 0, col_max, 1.0)[None, :]).tocsc()
+    n_delete = max(1, int(max_frac * m.saliency.shape[0]))
+    out: dict[str, Any] = {"top": top, "max_frac": max_frac, "concepts": len(eligible), "median_before": before}
+    # Rank by chi_model, ties by concept index (lexsort: the last key is the primary one).
+    chi = full.chi_model[-1, eligible]
+    best = eligible[np.lexsort((eligible, -chi))][:top]
+    worst = eligible[np.lexsort((eligible, chi))][:top]
+    for name, chosen in (("best", best), ("worst", worst)):
+        align = np.asarray(shat[:, chosen].sum(axis=1)).ravel()
+        ranked = np.lexsort((np.arange(len(align)), -align))  # most aligned first, ties by row
+        deleted = ranked[:n_delete]
+        deleted = deleted[align[deleted] > 0]
+        keep = np.setdiff1d(np.arange(len(align)), deleted)
+        after = _median_chi_model(m.subset(keep), eligible)
+        out[name] = {
+            "concepts": len(chosen),
+            "deleted_items": len(deleted),
+            "median_after": after,
+            "change": after - before,
+            "change_rel": (after - before) / before if before else float("nan"),
+        }
+    return out
+
+
+def robustness_run(
+    run_dir: str | Path,
+    config: RunConfig | None = None,
+    *,
+    repeats: int = 100,
+    drop: float = 0.2,
+    top: int = 100,
+    max_frac: float = 0.01,
+) -> dict[str, Any]:
+    """Run both checks on a run directory and write ``robustness.json``."""
+    from cgaps.scoring.run import load_run
+
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    _, n, cfg, items, saliency = load_run(run_dir, config)
+    m = build_matrix(items, saliency, n)
+    result = {
+        "subsampling": subsampling(m, cfg, repeats, drop),
+        "ablation": ablation(m, cfg, top, max_frac),
+        "sae_swap": None,  # needs a second extraction; not computed by this stage
+    }
+    rundir.write_json(result, run_dir / rundir.ROBUSTNESS)
+    rundir.update_run_json(run_dir, timings={"robustness_s": round(time.perf_counter() - t0, 3)})
+    return result
