@@ -145,7 +145,6 @@ def chi_tables(m: SuiteMatrix, col_max: np.ndarray | None = None, *, with_var: b
     matrix's own); robustness passes the full suite's so that subsets stay comparable.
     """
     s = m.saliency
-    n_scopes = len(m.benchmarks) + 1
     if s.shape[0] == 0:
         raise CGapsError("no items to score")
     row_of = np.repeat(np.arange(s.shape[0]), np.diff(s.indptr))  # row of each nonzero
@@ -191,7 +190,6 @@ def chi_tables(m: SuiteMatrix, col_max: np.ndarray | None = None, *, with_var: b
         sum_dev = np.vstack([sum_dev, sum_dev_all[None, :]])
         with np.errstate(invalid="ignore", divide="ignore"):
             var = np.where(fires, sum_dev / sum_s, np.nan)
-    assert support.shape[0] == n_scopes
     return ChiTables(n_items, support, sum_s, sum_s2, chi_bench, chi_bench_raw, chi_model, expected, n_eff, var)
 
 
