@@ -225,3 +225,37 @@ def test_cli_items_and_grade(tmp_path, benchmarks_dir):
     (tmp_path / "short.jsonl").write_text(lines[0] + "\n")
     res = runner.invoke(app, ["grade", str(out), "--responses", str(tmp_path / "short.jsonl")])
     assert isinstance(res.exception, CGapsError) and "no response for 9 item(s)" in str(res.exception)
+
+
+# ------------------------------------------------------------------ the hub path, without a network
+
+
+def test_hub_path_shares_the_parsers(monkeypatch, benchmarks_dir, paper):
+    """No download here: the fetchers are stubbed with the local files, the rest runs as for hub users."""
+    import cgaps.benchmarks.paper as paper_mod
+    from cgaps.benchmarks.sources import Record, read_jsonl
+
+    def fake_download(urls):
+        assert all(u.startswith("https://raw.githubusercontent.com/") for u in urls.values())
+        return {part: benchmarks_dir / "vectara" / "FaithBench.csv" for part in urls}
+
+    monkeypatch.setattr(paper_mod, "download", fake_download)
+    assert len(paper_mod.load_paper("vectara", None)) == MANIFEST_COUNTS["vectara"]
+
+    def fake_hub(repo, config, split, **kw):
+        assert (repo, config, split) == ("allenai/winogrande", "winogrande_xl", "validation")
+        # the hub's original WinoGrande fields, not the converted local format
+        yield Record({"sentence": "Sarah was better than Maria so _ got easy cases.", "option1": "Sarah",
+                      "option2": "Maria", "answer": "2"}, "hf://allenai/winogrande/validation:0")
+
+    monkeypatch.setattr(paper_mod, "hub_records", fake_hub)
+    [item] = paper_mod.load_paper("winogrande", None)
+    assert item["reference"] == "B" and item["choices"] == ["Sarah", "Maria"]
+
+    def fake_gsm8k(repo, config, split, **kw):
+        yield from read_jsonl(benchmarks_dir / "gsm8k" / "test.jsonl")
+
+    monkeypatch.setattr(paper_mod, "hub_records", fake_gsm8k)
+    hub_items = paper_mod.load_paper("gsm8k", None)
+    local = paper[paper["benchmark"] == "gsm8k"]
+    assert [i["reference"] for i in hub_items] == local["reference"].tolist()

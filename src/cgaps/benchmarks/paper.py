@@ -4,9 +4,10 @@ Each benchmark is a :class:`Source` in the dict literal :data:`PAPER`:
 
 * ``local(root)`` reads the original files (layouts in ``shared/benchmarks/MANIFEST.md``)
   from ``--data-dir/<name>/`` and yields :class:`~cgaps.benchmarks.sources.Record` s;
-* ``hub()`` yields the same records from the Hugging Face hub through ``datasets``: the
-  benchmark's hub dataset where one has the original fields, otherwise the original
-  files at the MANIFEST's commit, read by ``datasets``' json/csv builders;
+* ``hub()`` yields the same records through ``datasets`` (no ``--data-dir``): the
+  benchmark's Hugging Face dataset where one keeps the original fields (GSM8K, MATH,
+  SocialIQA, WinoGrande, NQ-Open), otherwise the original files at the MANIFEST's commit,
+  downloaded into the ``datasets`` cache and read by the local readers;
 * ``parse(records, chain_of_thought)`` turns records into item dicts (prompt, reference,
   answer_type, choices, category, meta). Both readers feed the same parser, so the
   offline tests exercise the code that hub users run.
@@ -26,6 +27,7 @@ from typing import Any, NamedTuple
 from cgaps.benchmarks import prompts
 from cgaps.benchmarks.sources import (
     Record,
+    download,
     hub_records,
     read_csv,
     read_json,
@@ -43,10 +45,14 @@ def _raw(repo: str, commit: str, path: str) -> str:
     return f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
 
 
-def _hub_files(builder: str, urls: dict[str, str], **kwargs: Any) -> Iterator[Record]:
-    """Original files read through datasets' json/csv builders; ``_part`` = the file's key."""
-    for part, url in urls.items():
-        for rec in hub_records(builder, None, "train", data_files=url, **kwargs):
+def _remote_files(urls: dict[str, str], read: Callable[[Path], Any]) -> Iterator[Record]:
+    """Original files from GitHub (cached by ``datasets``), read by the local reader ``read``.
+
+    ``_part`` is the file's key (task, category, axiom path), as the local readers set it.
+    """
+    for part, path in download(urls).items():
+        result = read(path)
+        for rec in [result] if isinstance(result, Record) else result:
             yield Record({**rec.row, "_part": part}, rec.where)
 
 
@@ -134,7 +140,7 @@ def _agieval_local(root: Path) -> Iterator[Record]:
 
 
 def _agieval_hub() -> Iterator[Record]:
-    yield from _hub_files("json", {t: _raw(*_AGIEVAL, f"data/v1/{t}.jsonl") for t in AGIEVAL_TASKS})
+    yield from _remote_files({t: _raw(*_AGIEVAL, f"data/v1/{t}.jsonl") for t in AGIEVAL_TASKS}, read_jsonl)
 
 
 _OPTION_PREFIX = re.compile(r"^\s*\(?([A-J])\)\s*")
@@ -188,9 +194,8 @@ def _logicbench_local(root: Path) -> Iterator[Record]:
 
 
 def _logicbench_hub() -> Iterator[Record]:
-    # Each axiom file is one JSON object; datasets' json builder reads it as one row.
     urls = {p: _raw(*_LOGICBENCH, f"data/LogicBench(Eval)/{p}/data_instances.json") for p in _logic_parts()}
-    yield from _hub_files("json", urls)
+    yield from _remote_files(urls, read_json)
 
 
 def _logicbench_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
@@ -306,7 +311,7 @@ def _bbq_local(root: Path) -> Iterator[Record]:
 
 
 def _bbq_hub() -> Iterator[Record]:
-    yield from _hub_files("json", {c: _raw(*_BBQ, f"data/{c}.jsonl") for c in BBQ_CATEGORIES})
+    yield from _remote_files({c: _raw(*_BBQ, f"data/{c}.jsonl") for c in BBQ_CATEGORIES}, read_jsonl)
 
 
 def _bbq_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
@@ -334,7 +339,7 @@ def _crows_local(root: Path) -> Iterator[Record]:
 
 
 def _crows_hub() -> Iterator[Record]:
-    yield from _hub_files("csv", {"all": _raw(*_CROWS, "data/crows_pairs_anonymized.csv")})
+    yield from _remote_files({"all": _raw(*_CROWS, "data/crows_pairs_anonymized.csv")}, read_csv)
 
 
 def _crows_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
@@ -364,7 +369,7 @@ def _vectara_local(root: Path) -> Iterator[Record]:
 
 
 def _vectara_hub() -> Iterator[Record]:
-    yield from _hub_files("csv", {"all": _raw(*_FAITHBENCH, "FaithBench.csv")})
+    yield from _remote_files({"all": _raw(*_FAITHBENCH, "FaithBench.csv")}, read_csv)
 
 
 def _vectara_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
