@@ -1,0 +1,257 @@
+"""An on-disk cache of residual activations for SAE training, built in resumable shards.
+
+Conversations (chat messages) are rendered with the model's chat template
+(:func:`cgaps.models.format_chat`) and only **content tokens** are kept: tokens whose
+characters lie inside a message's content. BOS / position 0, the template's scaffold
+(role markers, special tokens) and the default system prompt are dropped, because their
+residuals are artefacts (position 0 has ~100x the median norm). Content tokens whose
+residual norm exceeds ``K x`` the median content-token norm are dropped too (SmolLM2 has
+rare tokens at 10-100x); the median is measured on shard 0 and then fixed, so the rule is
+the same for every shard and for a held-out cache built with ``norm_limits`` of this one.
+
+Layout of a cache folder::
+
+    manifest.json            layers, model, text mix, exclusion rule and thresholds, counts
+    shard_00000.safetensors  acts.<L> (fp16 [n, d] per layer), conv, pos, token (int32 [n])
+
+Shard ``i`` holds conversations ``i*shard_size ...``; it is written to a temporary name and
+renamed, so a killed run restarts at the first missing shard with the same result.
+Several layers are captured in one forward pass (the pilot compares layers on one cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cgaps.errors import CGapsError
+from cgaps.models import format_chat
+
+MANIFEST = "manifest.json"
+EXCLUSION_RULE = (
+    "keep content tokens only (no BOS/position 0, no chat-template scaffold, no default system prompt); "
+    "drop tokens whose residual norm > K x the median content-token norm measured on shard 0"
+)
+
+
+def shard_name(i: int) -> str:
+    return f"shard_{i:05d}.safetensors"
+
+
+def render(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> tuple[list[int], list[bool]]:
+    """Token ids of a conversation and which tokens are content (the last assistant turn is the response)."""
+    if messages and messages[-1]["role"] == "assistant":
+        fmt = format_chat(tokenizer, messages[:-1], response=messages[-1]["content"])
+    else:
+        fmt = format_chat(tokenizer, messages)
+    enc = tokenizer(fmt.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"][:max_length]
+    spans = fmt.prompt_spans + fmt.response_spans
+    keep = []
+    for pos, (a, b) in enumerate(enc["offset_mapping"][: len(ids)]):
+        keep.append(pos > 0 and b > a and any(s <= a and b <= e for s, e in spans))
+    return ids, keep
+
+
+def conversations_digest(conversations: Sequence[dict[str, Any]]) -> str:
+    h = hashlib.sha1()
+    for c in conversations:
+        h.update(json.dumps(c["messages"], sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+class _Stop(Exception):
+    pass
+
+
+def capture_layers(backend: Any, input_ids: Any, attention_mask: Any, layers: Sequence[int]) -> dict[int, Any]:
+    """Residuals after each block in ``layers`` (hook_resid_post), one forward that stops at the last."""
+    for layer in layers:
+        backend.check_layer(layer)
+    blocks = backend.decoder_layers()
+    captured: dict[int, Any] = {}
+    last = max(layers)
+    handles = []
+    for layer in sorted(set(layers)):
+        def hook(_m: Any, _i: Any, out: Any, layer: int = layer) -> None:
+            captured[layer] = out[0] if isinstance(out, tuple) else out
+            if layer == last:
+                raise _Stop
+        handles.append(blocks[layer].register_forward_hook(hook))
+    try:
+        backend.model.model(input_ids=input_ids.to(backend.device), attention_mask=attention_mask.to(backend.device),
+                            use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    tmp = folder / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, folder / MANIFEST)
+
+
+def build_cache(
+    backend: Any,
+    conversations: Sequence[dict[str, Any]],
+    folder: str | Path,
+    layers: Sequence[int],
+    *,
+    shard_size: int = 64,
+    max_length: int = 512,
+    batch_size: int = 16,
+    norm_ratio: float = 10.0,
+    max_tokens: int | None = None,
+    norm_limits: dict[str, float] | None = None,
+    text_mix: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write (or complete) the activation cache of ``conversations`` in ``folder``; return the manifest.
+
+    ``conversations`` are dicts with ``messages`` (and optionally ``source``). ``max_tokens``
+    stops after the shard that reaches that many kept tokens. ``norm_limits`` ({layer: max norm})
+    reuses another cache's outlier thresholds (a held-out cache must share the training rule).
+    """
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    layers = sorted(set(layers))
+    digest = conversations_digest(conversations)
+    settings = {"layers": layers, "model": backend.name, "hidden_size": backend.hidden_size, "digest": digest,
+                "shard_size": shard_size, "max_length": max_length, "norm_ratio": norm_ratio, "max_tokens": max_tokens}
+    manifest = _read_manifest(folder)
+    if manifest is not None and manifest["settings"] != settings:
+        raise CGapsError(
+            f"{folder}: holds a cache built with other settings ({manifest['settings']}); "
+            "use another folder or delete this one"
+        )
+    if manifest is None:
+        manifest = {
+            "settings": settings,
+            "text_mix": text_mix or {},
+            "exclusion": {"rule": EXCLUSION_RULE, "K": norm_ratio, "median_norm": {}, "max_norm": dict(norm_limits or {})},
+            "shards": [],
+            "complete": False,
+        }
+    if manifest["complete"]:
+        return manifest
+    tok = backend.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    n_shards = -(-len(conversations) // shard_size)
+    done = {s["index"] for s in manifest["shards"]}
+    total = sum(s["tokens"] for s in manifest["shards"])
+    if progress and total:
+        progress(total)
+    for index in range(n_shards):
+        if max_tokens is not None and total >= max_tokens:
+            break
+        if index in done:
+            continue
+        first = index * shard_size
+        rows = [render(tok, c["messages"], max_length) for c in conversations[first:first + shard_size]]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        acts: dict[int, list[Any]] = {layer: [] for layer in layers}
+        meta: dict[str, list[Any]] = {"conv": [], "pos": [], "token": []}
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            width = max(len(rows[i][0]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            keep = torch.zeros((len(idx), width), dtype=torch.bool)
+            for r, i in enumerate(idx):
+                n = len(rows[i][0])
+                ids[r, :n] = torch.tensor(rows[i][0])
+                mask[r, :n] = 1
+                keep[r, :n] = torch.tensor(rows[i][1])
+            with torch.no_grad():
+                got = capture_layers(backend, ids, mask, layers)
+            rr, pp = keep.nonzero(as_tuple=True)
+            for layer in layers:
+                acts[layer].append(got[layer][rr, pp].float().cpu())
+            meta["conv"].append(torch.tensor([first + idx[r] for r in rr.tolist()], dtype=torch.int32))
+            meta["pos"].append(pp.to(torch.int32))
+            meta["token"].append(ids[rr, pp].to(torch.int32))
+        cat = {layer: torch.cat(acts[layer]) for layer in layers}
+        norms = {layer: cat[layer].norm(dim=-1) for layer in layers}
+        limits = manifest["exclusion"]["max_norm"]
+        for layer in layers:
+            if str(layer) not in limits:  # first shard of a fresh cache fixes the rule
+                median = float(norms[layer].median())
+                manifest["exclusion"]["median_norm"][str(layer)] = median
+                limits[str(layer)] = norm_ratio * median
+        ok = torch.ones(len(norms[layers[0]]), dtype=torch.bool)
+        for layer in layers:
+            ok &= norms[layer] <= limits[str(layer)]
+        tensors = {f"acts.{layer}": cat[layer][ok].to(torch.float16).contiguous() for layer in layers}
+        for key, parts in meta.items():
+            tensors[key] = torch.cat(parts)[ok].contiguous()
+        tmp = folder / (shard_name(index) + ".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, folder / shard_name(index))
+        kept = int(ok.sum())
+        manifest["shards"].append({"index": index, "conversations": len(rows), "tokens": kept,
+                                   "outliers": int((~ok).sum()), "content_tokens": int(len(ok)),
+                                   "all_tokens": int(sum(len(r[0]) for r in rows))})
+        total += kept
+        _write_manifest(folder, manifest)
+        if progress:
+            progress(kept)
+    manifest["shards"].sort(key=lambda s: s["index"])
+    manifest["complete"] = True
+    manifest["counts"] = {
+        key: int(np.sum([s[key] for s in manifest["shards"]]))
+        for key in ("conversations", "tokens", "outliers", "content_tokens", "all_tokens")
+    }
+    _write_manifest(folder, manifest)
+    return manifest
+
+
+def load_manifest(folder: str | Path) -> dict[str, Any]:
+    manifest = _read_manifest(Path(folder))
+    if manifest is None:
+        raise CGapsError(f"{folder}: no {MANIFEST}; build the activation cache first")
+    return manifest
+
+
+def load_layer(folder: str | Path, layer: int, max_tokens: int | None = None,
+               with_meta: bool = False) -> Any:
+    """All cached activations of ``layer`` as one fp16 tensor [n, d] (and conv/pos/token if ``with_meta``)."""
+    import torch
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    if layer not in manifest["settings"]["layers"]:
+        raise CGapsError(f"{folder}: caches layers {manifest['settings']['layers']}, not layer {layer}")
+    parts: list[Any] = []
+    metas: dict[str, list[Any]] = {"conv": [], "pos": [], "token": []}
+    n = 0
+    for shard in sorted(manifest["shards"], key=lambda s: s["index"]):
+        with safe_open(str(folder / shard_name(shard["index"])), framework="pt") as f:
+            parts.append(f.get_tensor(f"acts.{layer}"))
+            if with_meta:
+                for key in metas:
+                    metas[key].append(f.get_tensor(key))
+        n += len(parts[-1])
+        if max_tokens is not None and n >= max_tokens:
+            break
+    acts = torch.cat(parts)[:max_tokens]
+    if not with_meta:
+        return acts
+    return acts, {key: torch.cat(v)[:max_tokens] for key, v in metas.items()}

@@ -1,0 +1,258 @@
+"""Train a TopK SAE on cached residuals and save it in sae-lens format.
+
+The recipe follows Gao et al. (2024), "Scaling and evaluating sparse autoencoders":
+
+- TopK activation (k per token), encoder ``pre = (x - b_dec) W_enc + b_enc``;
+- decoder rows kept at unit norm (the gradient's radial part is removed before each step);
+- AuxK: the residual error is also reconstructed from the top ``aux_k`` *dead* latents
+  (not fired for ``dead_tokens`` tokens), which gives dead latents a gradient and revives them;
+- inputs are scaled by a constant so the mean squared norm is ``d``; at save time the scale is
+  folded into the weights, so the saved SAE encodes and reconstructs **raw** residuals and its
+  activations are in residual-norm units;
+- Adam, linear warm-up, constant, linear decay to zero over the last ``decay_fraction``.
+
+Only the k selected pre-activations are recomputed with autograd (a gather of k encoder
+rows per token), so the backward pass costs O(B k d) instead of a dense O(B F d).
+Checkpoints hold everything that determines the next step (weights, Adam state, dead-latent
+counters, step); the data order is a function of (seed, epoch), so a resumed run ends at the
+same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cgaps.errors import CGapsError
+from cgaps.sae import resid_post_hook
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one SAE training run."""
+
+    width: int = 8192
+    k: int = 32
+    batch_size: int = 2048
+    lr: float = 4e-4
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2
+    epochs: float = 1.0
+    aux_k: int = 256
+    aux_coef: float = 1 / 32
+    aux_max_dead: int = 2048
+    dead_tokens: int = 250_000
+    seed: int = 0
+    checkpoint_every: int = 200
+
+    def __post_init__(self) -> None:
+        if not 0 < self.k < self.width:
+            raise CGapsError(f"k must be in (0, width={self.width}), got {self.k}")
+        if self.batch_size < 1 or self.epochs <= 0:
+            raise CGapsError("batch_size must be >= 1 and epochs > 0")
+
+
+def _params(cfg: TrainConfig, d: int, mean: Any) -> dict[str, Any]:
+    import torch
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    W_dec = torch.randn(cfg.width, d, generator=gen)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    return {
+        "W_enc": W_dec.clone().requires_grad_(),  # tied initialisation
+        "b_enc": torch.zeros(cfg.width, requires_grad=True),
+        "W_dec": W_dec.requires_grad_(),
+        "b_dec": mean.clone().requires_grad_(),
+    }
+
+
+def topk_forward(p: dict[str, Any], x: Any, k: int) -> tuple[Any, Any, Any, Any]:
+    """(reconstruction, values [B,k], indices [B,k], dense pre-activations without grad)."""
+    import torch
+    import torch.nn.functional as F
+
+    xc = x - p["b_dec"]
+    with torch.no_grad():
+        pre = xc @ p["W_enc"].T + p["b_enc"]
+        idx = pre.topk(k, dim=-1, sorted=False).indices
+    vals = torch.relu(torch.einsum("bkd,bd->bk", p["W_enc"][idx], xc) + p["b_enc"][idx])
+    recon = F.embedding_bag(idx, p["W_dec"], per_sample_weights=vals, mode="sum") + p["b_dec"]
+    return recon, vals, idx, pre
+
+
+def _lr(cfg: TrainConfig, step: int, total: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_start = int(total * (1 - cfg.decay_fraction))
+    if step >= decay_start:
+        return cfg.lr * max(0.0, (total - step) / max(1, total - decay_start))
+    return cfg.lr
+
+
+def _save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    tmp = folder / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, folder / CHECKPOINT)
+
+
+def train_sae(
+    acts: Any,
+    out: str | Path,
+    cfg: TrainConfig,
+    *,
+    max_steps: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train on ``acts`` (fp16/fp32 tensor [N, d] of raw residuals); checkpoints go to ``out``.
+
+    Returns the trained parameters in *scaled* units plus ``scale`` (use :func:`save_sae` to
+    fold it). ``max_steps`` stops early after writing a checkpoint (a resumable "kill").
+    """
+    import torch
+
+    # the model backend turns autograd off process-wide when it loads a model
+    with torch.enable_grad():
+        return _train(acts, Path(out), cfg, max_steps, progress, log)
+
+
+def _train(acts: Any, out: Path, cfg: TrainConfig, max_steps: int | None,
+           progress: Callable[[int], None] | None, log: Callable[[str], None] | None) -> dict[str, Any]:
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    n, d = acts.shape
+    steps_per_epoch = n // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise CGapsError(f"only {n} cached tokens, fewer than one batch of {cfg.batch_size}")
+    total = max(1, int(cfg.epochs * steps_per_epoch))
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        if state["config"] != dataclasses.asdict(cfg) or state["n_tokens"] != n:
+            raise CGapsError(f"{ckpt_path}: checkpoint of another run (config or data differ); delete it or use another folder")
+        p = {key: v.requires_grad_() for key, v in state["params"].items()}
+        scale = state["scale"]
+    else:
+        sample = acts[: min(n, 100_000)].float()
+        scale = float(math.sqrt(d) / sample.norm(dim=1).pow(2).mean().sqrt())
+        p = _params(cfg, d, (sample * scale).mean(0))
+        state = {"step": 0, "since_fired": torch.zeros(cfg.width, dtype=torch.long), "history": []}
+    opt = torch.optim.Adam(list(p.values()), lr=cfg.lr, betas=(0.9, 0.999), eps=6.25e-10)
+    if "optimizer" in state:
+        opt.load_state_dict(state["optimizer"])
+    since_fired = state["since_fired"]
+    step = state["step"]
+    history = state["history"]
+    perm_epoch, perm = -1, None
+    stop = total if max_steps is None else min(total, max_steps)
+    if progress and step:
+        progress(step)
+    while step < stop:
+        epoch, within = divmod(step, steps_per_epoch)
+        if epoch != perm_epoch:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+            perm_epoch = epoch
+        x = acts[perm[within * cfg.batch_size:(within + 1) * cfg.batch_size]].float() * scale
+        recon, vals, idx, pre = topk_forward(p, x, cfg.k)
+        var = (x - x.mean(0)).pow(2).sum()
+        err = x - recon
+        mse = err.pow(2).sum() / var
+        loss = mse
+        # AuxK on the dead latents: reconstruct the error from them (dense over dead columns only)
+        dead = (since_fired >= cfg.dead_tokens).nonzero().squeeze(1)
+        aux = torch.zeros(())
+        if len(dead):
+            if len(dead) > cfg.aux_max_dead:
+                gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+                dead = dead[torch.randperm(len(dead), generator=gen)[: cfg.aux_max_dead]]
+            xc = x - p["b_dec"]
+            pre_dead = xc @ p["W_enc"][dead].T + p["b_enc"][dead]
+            ka = min(cfg.aux_k, len(dead))
+            top = pre_dead.topk(ka, dim=-1)
+            acts_dead = torch.zeros_like(pre_dead).scatter(1, top.indices, torch.relu(top.values))
+            e_hat = acts_dead @ p["W_dec"][dead]
+            target = err.detach()
+            aux = (target - e_hat).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp(min=1e-8)
+            loss = loss + cfg.aux_coef * aux
+        for group in opt.param_groups:
+            group["lr"] = _lr(cfg, step, total)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            W, g = p["W_dec"], p["W_dec"].grad
+            g -= (g * W).sum(1, keepdim=True) * W  # keep updates tangent to the unit sphere
+        opt.step()
+        with torch.no_grad():
+            p["W_dec"] /= p["W_dec"].norm(dim=1, keepdim=True)
+            fired = torch.zeros(cfg.width, dtype=torch.bool)
+            fired[idx[vals > 0]] = True
+            since_fired += len(x)
+            since_fired[fired] = 0
+        step += 1
+        if step % 50 == 0 or step == stop:
+            history.append({"step": step, "fvu": float(mse.detach()), "aux": float(aux.detach()), "dead": int(len(dead)),
+                            "dead_frac": float((since_fired >= cfg.dead_tokens).float().mean())})
+            if log:
+                log(f"step {step}/{total} fvu {history[-1]['fvu']:.4f} aux {history[-1]['aux']:.3f} "
+                    f"dead {history[-1]['dead_frac']:.3f} lr {_lr(cfg, step - 1, total):.2e}")
+        if progress:
+            progress(1)
+        if step % cfg.checkpoint_every == 0 or step == stop:
+            _save_checkpoint(out, {
+                "config": dataclasses.asdict(cfg), "n_tokens": n, "scale": scale, "step": step,
+                "params": {key: v.detach() for key, v in p.items()}, "optimizer": opt.state_dict(),
+                "since_fired": since_fired, "history": history,
+            })
+    return {"params": {key: v.detach() for key, v in p.items()}, "scale": scale, "step": step, "total_steps": total,
+            "history": history, "done": step >= total}
+
+
+def to_sae(result: dict[str, Any], cfg: TrainConfig, *, layer: int, model_name: str, extra: dict[str, Any] | None = None):
+    """A sae-lens TopKSAE in raw residual units (the input scale folded into the weights).
+
+    Trained on ``s x``: pre = (s x - b) W + c. With b' = b/s, b_enc' = c/s the same latents are
+    selected and activations are divided by s; the unit-norm decoder then reconstructs raw x.
+    """
+    import torch
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    p, s = result["params"], result["scale"]
+    d = p["W_dec"].shape[1]
+    sae_cfg = TopKSAEConfig(d_in=d, d_sae=cfg.width, k=cfg.k, apply_b_dec_to_input=True, normalize_activations="none")
+    meta = {"hook_name": resid_post_hook(layer), "model_name": model_name, "hook_head_index": None,
+            "prepend_bos": True, "context_size": None, "dataset_path": None, **(extra or {})}
+    for key, value in meta.items():
+        sae_cfg.metadata[key] = value
+    sae = TopKSAE(sae_cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(p["W_enc"].T)
+        sae.b_enc.copy_(p["b_enc"] / s)
+        sae.W_dec.copy_(p["W_dec"])
+        sae.b_dec.copy_(p["b_dec"] / s)
+    return sae
+
+
+def save_sae(sae: Any, folder: str | Path, dtype: str = "float32", metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``cfg.json`` + ``sae_weights.safetensors`` (+ ``metrics.json``) in sae-lens format."""
+    import torch
+
+    folder = Path(folder)
+    if dtype != "float32":
+        sae = sae.to(dtype={"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype])
+        sae.cfg.dtype = dtype
+    sae.save_model(folder)
+    if metrics is not None:
+        (folder / METRICS).write_text(json.dumps(metrics, indent=1))
+    return folder
