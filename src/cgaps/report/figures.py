@@ -244,7 +244,8 @@ def heatmap(
     longest = max((len(str(s)) for s in names), default=4)
     ml = min(14 + 7 * longest, 200)
     mt = 30 + min(6 * longest, 150)  # rotated column labels
-    width, height = ml + n * cell + 12, mt + n * cell + 12
+    # Wide enough for the title too (about 8 px per character, bold 13 px).
+    width, height = max(ml + n * cell + 12, int(16 + 8 * len(title))), mt + n * cell + 12
     out = _svg_open(width, height, figure, title)
     out.append(f'<text x="8" y="17" font-size="13" font-weight="600">{_esc(title)}</text>')
     for i, name in enumerate(names):
