@@ -353,3 +353,17 @@ def test_cli(tmp_path):
 def test_options_validated():
     with pytest.raises(CGapsError, match="top"):
         ReportOptions(top=0)
+
+
+def test_with_the_scoring_stage(tmp_path):
+    """The tables `cgaps score` writes render too (schema drift between the stages shows here)."""
+    scoring = pytest.importorskip("cgaps.scoring.run")
+    for benches in (("gsm8k", "winogrande"), ("gsm8k",)):
+        run = make_run(tmp_path / "_".join(benches), benchmarks=benches, n_items=40, width=120, per_item=15)
+        (run / rundir.CONCEPTS).unlink()
+        (run / rundir.OVERLAP).unlink(missing_ok=True)
+        concepts, _ = scoring.score_run(run)
+        text = build_report(run).read_text()
+        assert _svgs(text) == 3 + 2 * len(benches) + (2 if len(benches) > 1 else 0)
+        expected = np.nanmedian(concepts.loc[concepts["scope"] == "ALL", "chi_model"])
+        assert f"median {expected:.3f}" in text
