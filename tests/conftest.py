@@ -6,6 +6,9 @@ import os
 import random
 
 import numpy as np
+
+# see cgaps.cli.main.main: spinning OpenMP threads collapse under shared cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 
 
