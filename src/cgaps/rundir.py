@@ -61,7 +61,12 @@ CONTEXT_COLUMNS = ("concept", "rank", "item_id", "value", "left", "token", "righ
 
 def _atomic_path(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp creates 0600; run files are meant to be read by other tools and users
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> None:
