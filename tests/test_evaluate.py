@@ -87,5 +87,44 @@ def test_resume_uses_partial_responses(run_dir):
         f.write('{"item_id": "i2", "resp')  # cut short by a crash
     backend = FakeBackend({"3+3?": "6"})
     items = evaluate_run(run_dir, RunConfig(), backend)
-    assert backend.generated == ["3+3?", "Pick one", "Pick two"]
+    assert sorted(backend.generated) == ["3+3?", "Pick one", "Pick two"]
     assert items["score"].tolist()[:3] == [1.0, 1.0, 1.0]
+
+
+def test_resume_refuses_other_settings(run_dir):
+    from cgaps.errors import CGapsError
+
+    backend = FakeBackend({})
+
+    class Dies(FakeBackend):
+        def loglikelihood(self, requests, batch_size, progress=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(run_dir, RunConfig(batch_size=1), Dies({}))
+    assert (run_dir / rundir.RESPONSES_PARTIAL).exists()
+    with pytest.raises(CGapsError, match="other settings"):
+        evaluate_run(run_dir, RunConfig(batch_size=1, mc_scoring="loglik"), backend)
+    evaluate_run(run_dir, RunConfig(batch_size=1), backend)  # same settings: resumes
+
+
+def test_short_answers_get_short_budgets_and_yesno_loglik(tmp_path):
+    items = pd.DataFrame({"item_id": ["n", "c", "y"], "benchmark": ["b"] * 3, "prompt": ["num?", "mc?", "yn?"],
+                          "reference": ["1", "A", "no"], "answer_type": ["number", "choice", "yesno"],
+                          "choices": [None, json.dumps(["p", "q"]), None]})
+    rundir.write_table(items, tmp_path / rundir.ITEMS)
+    budgets = {}
+
+    class Records(FakeBackend):
+        def generate(self, conversations, max_new_tokens, batch_size, progress=None):
+            for m in conversations:
+                budgets[m[-1]["content"]] = max_new_tokens
+            return super().generate(conversations, max_new_tokens, batch_size, progress)
+
+    evaluate_run(tmp_path, RunConfig(max_new_tokens=200), Records({}))
+    assert budgets == {"num?": 200, "mc?": 32, "yn?": 32}
+    rundir.write_table(items, tmp_path / "ll" / rundir.ITEMS)
+    out = evaluate_run(tmp_path / "ll", RunConfig(mc_scoring="loglik"), Records({}))
+    # the fake prefers the longer continuation: "yes" (3) beats "no" (2)
+    assert out.set_index("item_id").loc["y", "response"] == "A) yes"
+    assert out.set_index("item_id").loc["y", "score"] == 0.0

@@ -29,12 +29,23 @@ from cgaps.progress import info, progress_bar
 LOGLIK_ALWAYS = "loglik_choice"
 # Generation is checkpointed every this many batches.
 _CHUNK_BATCHES = 2
+# New-token budget by answer type (capped by max_new_tokens): a letter, yes/no or a few
+# words need far fewer tokens than a worked answer, and a batch runs until its longest
+# member stops, so short-answer items are batched with short-answer items.
+ANSWER_BUDGET = {"choice": 32, "yesno": 32, "short": 32, "text": 32, "refusal": 64, "hold": 64}
+# Log-likelihood scoring of yes/no items compares these two continuations.
+YESNO_CHOICES = ["yes", "no"]
+PARTIAL_SIGNATURE = ("model", "mc_scoring", "max_new_tokens", "chain_of_thought")
+
+
+def budget(item: dict[str, Any], cfg: RunConfig) -> int:
+    return min(cfg.max_new_tokens, ANSWER_BUDGET.get(str(item.get("answer_type")), cfg.max_new_tokens))
 
 
 def _choices(item: dict[str, Any]) -> list[str] | None:
     raw = item.get("choices")
     if not isinstance(raw, str) or not raw.strip():
-        return None
+        return YESNO_CHOICES if item.get("answer_type") == "yesno" else None
     try:
         opts = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -77,6 +88,15 @@ def _append(path: Path, records: list[tuple[str, str]]) -> None:
 
 def respond(items: pd.DataFrame, backend: ModelBackend, cfg: RunConfig, partial: Path) -> dict[str, str]:
     """Responses for every item, resuming from ``partial``."""
+    signature = {k: v for k, v in cfg.to_dict().items() if k in PARTIAL_SIGNATURE}
+    sig_path = partial.with_suffix(".json")
+    if partial.exists() and sig_path.exists():
+        old = json.loads(sig_path.read_text())
+        if old != signature:
+            raise CGapsError(
+                f"{partial}: responses from other settings ({old}); delete it to start the evaluation over"
+            )
+    rundir.write_json(signature, sig_path)
     done = _read_partial(partial)
     if done:
         info(f"resuming evaluation: {len(done)} of {len(items)} responses already in {partial.name}")
@@ -87,12 +107,14 @@ def respond(items: pd.DataFrame, backend: ModelBackend, cfg: RunConfig, partial:
     if generate:
         chunk = cfg.batch_size * _CHUNK_BATCHES
         with progress_bar("generating", len(generate)) as advance:
-            for start in range(0, len(generate), chunk):
-                batch = generate[start:start + chunk]
-                out = backend.generate([conversation(r) for r in batch], cfg.max_new_tokens, cfg.batch_size, advance)
-                recs = [(r["item_id"], o) for r, o in zip(batch, out, strict=True)]
-                _append(partial, recs)
-                done.update(recs)
+            for max_new in sorted({budget(r, cfg) for r in generate}):
+                group = [r for r in generate if budget(r, cfg) == max_new]
+                for start in range(0, len(group), chunk):
+                    batch = group[start:start + chunk]
+                    out = backend.generate([conversation(r) for r in batch], max_new, cfg.batch_size, advance)
+                    recs = [(r["item_id"], o) for r, o in zip(batch, out, strict=True)]
+                    _append(partial, recs)
+                    done.update(recs)
 
     if loglik:
         with progress_bar("option log-likelihoods", len(loglik)) as advance:
@@ -135,6 +157,7 @@ def evaluate_run(run_dir: str | Path, cfg: RunConfig, backend: ModelBackend | No
     rundir.validate_items(items, run_dir / rundir.ITEMS, scored=True)
     rundir.write_table(items, run_dir / rundir.ITEMS)
     partial.unlink(missing_ok=True)
+    partial.with_suffix(".json").unlink(missing_ok=True)
     acc = items.groupby("benchmark")["score"].agg(["count", "mean"])
     rundir.update_run_json(
         run_dir,
