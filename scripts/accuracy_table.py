@@ -1,0 +1,49 @@
+"""Print a run's accuracy per benchmark (and per category with --by-category) as a Markdown table.
+
+    python scripts/accuracy_table.py RUN_DIR [--by-category]
+
+Columns: n, mean score, 95% Wilson interval, and the chance level (1/#options for
+multiple choice, 1/2 for yes/no, 0 for free-form answers, averaged over the items).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from cgaps import rundir
+
+
+def wilson(mean: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def chance(row: dict) -> float:
+    choices = row.get("choices")
+    if isinstance(choices, str) and choices.strip():
+        return 1 / len(json.loads(choices))
+    return 0.5 if row.get("answer_type") == "yesno" else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--by-category", action="store_true")
+    args = parser.parse_args()
+    items = rundir.read_items(args.run_dir, scored=True)
+    items["chance"] = [chance(r) for r in items.to_dict("records")]
+    key = "category" if args.by_category else "benchmark"
+    print(f"| {key} | n | mean | 95% CI | chance |")
+    print("| --- | ---: | ---: | --- | ---: |")
+    groups = list(items.groupby(key, sort=True)) + [("**all**", items)]
+    for name, grp in groups:
+        n, mean = len(grp), float(grp["score"].mean())
+        lo, hi = wilson(mean, n)
+        print(f"| {name} | {n} | {mean:.3f} | [{lo:.3f}, {hi:.3f}] | {grp['chance'].mean():.3f} |")
+
+
+if __name__ == "__main__":
+    main()
