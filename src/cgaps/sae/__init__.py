@@ -70,12 +70,12 @@ def embedded_sae_dir() -> Path:
     return folders[-1]
 
 
-def _load(spec: str, device: str) -> tuple[SAE, str]:
+def _load(spec: str, device: str, dtype: str | None) -> tuple[SAE, str]:
     from sae_lens import SAE
 
     if spec == EMBEDDED:
         folder = embedded_sae_dir()
-        return SAE.load_from_disk(folder, device=device), f"embedded:{folder.name}"
+        return SAE.load_from_disk(folder, device=device, dtype=dtype), f"embedded:{folder.name}"
     path = Path(spec)
     if path.exists():
         if not (path / CFG_FILENAME).exists() or not (path / WEIGHTS_FILENAME).exists():
@@ -84,7 +84,7 @@ def _load(spec: str, device: str) -> tuple[SAE, str]:
                 "written by SAE.save_model or 'cgaps train-sae')"
             )
         try:
-            return SAE.load_from_disk(path, device=device), str(path)
+            return SAE.load_from_disk(path, device=device, dtype=dtype), str(path)
         except (KeyError, ValueError, TypeError) as e:
             raise CGapsError(f"{path}: not a loadable sae-lens SAE ({e})") from e
     if spec.startswith((".", "/", "~")) or "/" not in spec:
@@ -94,7 +94,7 @@ def _load(spec: str, device: str) -> tuple[SAE, str]:
         )
     release, sae_id = spec.split("/", 1)
     _check_release(release, sae_id)
-    return SAE.from_pretrained(release, sae_id, device=device), spec
+    return SAE.from_pretrained(release, sae_id, device=device, dtype=dtype or "float32"), spec
 
 
 def _check_release(release: str, sae_id: str) -> None:
@@ -116,12 +116,14 @@ def _check_release(release: str, sae_id: str) -> None:
 
 
 def load_sae(spec: str, *, hidden_size: int, n_layers: int, layer: int | None = None,
-             device: str = "cpu") -> LoadedSAE:
+             device: str = "cpu", dtype: str | None = "float32") -> LoadedSAE:
     """Load the SAE ``spec`` and check that it fits a model with ``hidden_size`` and ``n_layers``.
 
     ``layer`` (the configured residual layer, if any) must equal the SAE's own hook layer.
+    ``dtype`` is the SAE's compute dtype (the shipped SAE is stored in float16; None keeps the
+    stored one); feed ``sae.encode`` residuals of the same dtype.
     """
-    sae, sae_id = _load(spec, device)
+    sae, sae_id = _load(spec, device, dtype)
     hook_name = sae.cfg.metadata.hook_name
     sae_layer = hook_layer(hook_name, sae_id)
     if layer is not None and layer != sae_layer:

@@ -133,9 +133,13 @@ def build_cache(
     folder.mkdir(parents=True, exist_ok=True)
     layers = sorted(set(layers))
     digest = conversations_digest(conversations)
-    settings = {"layers": layers, "model": backend.name, "hidden_size": backend.hidden_size, "digest": digest,
-                "shard_size": shard_size, "max_length": max_length, "norm_ratio": norm_ratio, "max_tokens": max_tokens}
+    model_dtype = str(next(backend.model.parameters()).dtype).removeprefix("torch.")
+    settings = {"layers": layers, "model": backend.name, "model_dtype": model_dtype,
+                "hidden_size": backend.hidden_size, "digest": digest,
+                "shard_size": shard_size, "max_length": max_length, "norm_ratio": norm_ratio}
     manifest = _read_manifest(folder)
+    if manifest is not None:
+        manifest["settings"].pop("max_tokens", None)  # written by earlier versions; not a shard setting
     if manifest is not None and manifest["settings"] != settings:
         raise CGapsError(
             f"{folder}: holds a cache built with other settings ({manifest['settings']}); "
@@ -149,8 +153,10 @@ def build_cache(
             "shards": [],
             "complete": False,
         }
-    if manifest["complete"]:
+    if manifest["complete"] and manifest.get("max_tokens") == max_tokens:
         return manifest
+    # shards do not depend on max_tokens: a finished or killed cache can be extended or cut short
+    manifest["max_tokens"] = max_tokens
     tok = backend.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     n_shards = -(-len(conversations) // shard_size)

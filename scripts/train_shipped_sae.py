@@ -1,0 +1,404 @@
+"""Reproduce the SAE shipped for SmolLM2-135M-Instruct, on CPU, from scratch.
+
+Stages (each resumable; rerunning skips finished work):
+
+1. ``mix``     the text mix: benchmark conversations + generic English as chat turns, a held-out
+               split, and the model's own greedy responses to a sample of benchmark prompts;
+2. ``cache``   residuals of the candidate layers in one forward pass (train and held-out caches);
+3. ``pilot``   small SAEs per candidate layer on the first tokens, compared at the same k;
+4. ``train``   the shipped SAE on the chosen layer (``--layer``, default: the pilot's choice);
+5. ``card``    metrics, top contexts of 20 random latents, MODEL_CARD.md, copy into the package.
+
+Usage: ``python scripts/train_shipped_sae.py [--work DIR] [--stages mix,cache,...]``.
+Corpora and caches live in ``--work`` (default ``$CGAPS_CACHE/sae-smollm2``), never in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from cgaps.models import cache_dir, load_backend
+from cgaps.sae import corpus
+
+CAPS = {
+    "gsm8k": 1319, "math": 2500, "agieval": 1500, "logicbench": 1500, "socialiqa": 1954, "bbq": 2500,
+    "winogrande": 1267, "crows_pairs": 1508, "vectara": 400, "nq_open": 3610,
+    "wordnet": 2500, "fortunes": 3000, "debian_reference": 201,
+}
+CANDIDATE_LAYERS = [12, 15, 18, 21]
+HELDOUT_FRACTION = 0.04
+N_GENERATED = 0  # the model's own responses: set e.g. 192 where CPU time allows (~120 tok/s)
+TRAIN_TOKENS = 2_200_000
+HELDOUT_CONVERSATIONS = 300
+CE_CONVERSATIONS = 150
+EXTRACT_BF16 = True
+BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+
+log = logging.getLogger("train_shipped_sae")
+
+
+def stage_mix(work: Path, backend, seed: int) -> None:
+    if (work / "train.jsonl").exists():
+        return
+    mix = corpus.build_mix(BENCHMARKS, CAPS, seed=seed)
+    rng = random.Random(seed)
+    n_held = int(len(mix) * HELDOUT_FRACTION)
+    held, train = mix[:n_held], mix[n_held:]
+    # the model's own answers: closest to what CG analyses (responses to benchmark prompts)
+    pool = [c for c in train if c["source"] not in ("wordnet", "fortunes", "debian_reference")]
+    prompts = rng.sample(pool, N_GENERATED) if N_GENERATED else []
+    t0 = time.time()
+    users = [[m for m in c["messages"] if m["role"] == "user"] for c in prompts]
+    answers = backend.generate(users, max_new_tokens=128, batch_size=16) if users else []
+    log.info("generated %d responses in %.0fs", len(answers), time.time() - t0)
+    generated = [{"source": "own_responses", "messages": u + [{"role": "assistant", "content": a}]}
+                 for u, a in zip(users, answers, strict=True) if a]
+    train = train + generated
+    random.Random(seed + 1).shuffle(train)
+    corpus.write_jsonl(work / "heldout.jsonl", held)
+    corpus.write_jsonl(work / "train.jsonl", train)
+
+
+def stage_cache(work: Path, backend) -> None:
+    from cgaps.sae.cache import build_cache
+
+    train = corpus.read_jsonl(work / "train.jsonl")
+    held = corpus.read_jsonl(work / "heldout.jsonl")
+    mix: dict[str, int] = {}
+    for c in train:
+        mix[c["source"]] = mix.get(c["source"], 0) + 1
+    # held-out first, with the float32 model users run on CPU; it fixes the outlier rule (K x its
+    # shard-0 median) that the training cache then reuses
+    held = held[:HELDOUT_CONVERSATIONS]
+    m2 = build_cache(backend, held, work / "cache_heldout", CANDIDATE_LAYERS,
+                     text_mix={"heldout": len(held)}, progress=_ticker("cache heldout", None))
+    log.info("heldout cache: %s", m2["counts"])
+    # the training cache is extracted in bfloat16 (2x faster on CPUs with AMX/AVX512-BF16);
+    # the held-out FVU and the CE splice are measured on float32 residuals, as users run it
+    backend.model.to(torch.bfloat16 if EXTRACT_BF16 else torch.float32)
+    t0 = time.time()
+    m = build_cache(backend, train, work / "cache_train", CANDIDATE_LAYERS, max_tokens=TRAIN_TOKENS,
+                    norm_limits=m2["exclusion"]["max_norm"], text_mix={"conversations_available": mix},
+                    progress=_ticker("cache train", TRAIN_TOKENS))
+    backend.model.to(torch.float32)
+    log.info("train cache: %s in %.0fs", m["counts"], time.time() - t0)
+
+
+PILOT_TOKENS = 200_000
+PILOT = dict(width=4096, k=64, batch_size=1024, lr=5e-4, warmup_steps=30, epochs=1.0, dead_tokens=100_000,
+             checkpoint_every=100, matmul_dtype="bfloat16")
+FINAL = dict(width=8192, k=64, batch_size=2048, lr=4e-4, warmup_steps=100, epochs=2.0, dead_tokens=250_000,
+             checkpoint_every=100, matmul_dtype="bfloat16")
+MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def token_concentration(sae, acts, tokens, top: int = 10) -> float:
+    """Mean over alive latents of the share of their top-``top`` tokens that are one token id.
+
+    1.0 means a latent is a token detector; lower means its strongest contexts differ in surface
+    form (a rough proxy for more abstract concepts)."""
+    vals, rows = _top_rows(sae, acts, top)
+    alive = vals[:, -1] > 0
+    toks = tokens[rows[alive]]
+    share = torch.tensor([float(torch.bincount(t).max()) / top for t in toks])
+    return float(share.mean())
+
+
+def _top_rows(sae, acts, top: int):
+    """Top-``top`` activations of every latent over ``acts`` (values, row indices), in chunks."""
+    best_v = torch.zeros(sae.cfg.d_sae, top)
+    best_i = torch.zeros(sae.cfg.d_sae, top, dtype=torch.long)
+    with torch.no_grad():
+        for i in range(0, len(acts), 8192):
+            f = sae.encode(acts[i:i + 8192].float()).T  # [F, b]
+            v, j = f.topk(min(top, f.shape[1]), dim=1)
+            cat_v = torch.cat([best_v, v], 1)
+            cat_i = torch.cat([best_i, j + i], 1)
+            keep = cat_v.topk(top, dim=1).indices
+            best_v, best_i = cat_v.gather(1, keep), cat_i.gather(1, keep)
+    order = best_v.argsort(dim=1, descending=True)
+    return best_v.gather(1, order), best_i.gather(1, order)
+
+
+def stage_pilot(work: Path) -> dict:
+    from cgaps.sae.cache import load_layer
+    from cgaps.sae.evaluate import firing_counts, reconstruction_metrics
+    from cgaps.sae.train import TrainConfig, to_sae, train_sae
+
+    path = work / "pilot.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    cfg = TrainConfig(**PILOT)
+    for layer in CANDIDATE_LAYERS:
+        if str(layer) in results:
+            continue
+        acts, meta = load_layer(work / "cache_train", layer, max_tokens=PILOT_TOKENS, with_meta=True)
+        t0 = time.time()
+        res = train_sae(acts, work / f"pilot_l{layer}", cfg, log=log.info)
+        sae = to_sae(res, cfg, layer=layer, model_name=MODEL_NAME)
+        held = load_layer(work / "cache_heldout", layer)
+        m = reconstruction_metrics(sae, held)
+        counts = firing_counts(sae, acts)
+        results[str(layer)] = {
+            "heldout_fvu": m["fvu"], "l0": m["l0"], "dead_frac": float((counts == 0).float().mean()),
+            "token_concentration_top10": token_concentration(sae, acts, meta["token"]),
+            "train_tokens": len(acts), "seconds": time.time() - t0,
+        }
+        log.info("pilot layer %d: %s", layer, results[str(layer)])
+        path.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def choose_layer(results: dict) -> int:
+    """Two-thirds depth (the paper's choice) unless its pilot FVU is > 0.03 worse than the best candidate;
+    then the deepest candidate within 0.03 of the best."""
+    best = min(r["heldout_fvu"] for r in results.values())
+    ok = [int(layer) for layer, r in results.items() if r["heldout_fvu"] <= best + 0.03 and r["dead_frac"] <= 0.1]
+    target = 20
+    return min(ok, key=lambda layer: (abs(layer - target), -layer))
+
+
+def stage_train(work: Path, layer: int) -> None:
+    from cgaps.sae.cache import load_layer
+    from cgaps.sae.train import TrainConfig, train_sae
+
+    acts = load_layer(work / "cache_train", layer)
+    cfg = TrainConfig(**FINAL)
+    t0 = time.time()
+    res = train_sae(acts, work / f"final_l{layer}", cfg, log=log.info)
+    seconds = time.time() - t0
+    torch.save({"result": res, "config": FINAL, "layer": layer, "seconds": seconds, "tokens": len(acts)},
+               work / f"final_l{layer}" / "result.pt")
+    log.info("trained layer %d: %d steps in %.0fs", layer, res["step"], seconds)
+
+
+def _context(tok, conv: dict, pos: int, before: int = 12, after: int = 4) -> str:
+    from cgaps.sae.cache import render
+
+    ids, _ = render(tok, conv["messages"], 512)
+    left = tok.decode(ids[max(0, pos - before):pos])
+    right = tok.decode(ids[pos + 1:pos + 1 + after])
+    text = f"{left}[[{tok.decode([ids[pos]])}]]{right}"
+    return text.replace("\n", "\\n").replace("|", "\\|")
+
+
+def stage_card(work: Path, backend, layer: int) -> Path:
+    """Save the shipped SAE (fp16), measure it as shipped, write metrics.json and MODEL_CARD.md."""
+    import shutil
+    import subprocess
+
+    from cgaps.sae import load_sae
+    from cgaps.sae.cache import load_layer, load_manifest
+    from cgaps.sae.evaluate import ce_increase, firing_counts, reconstruction_metrics
+    from cgaps.sae.train import TrainConfig, save_sae, to_sae
+
+    saved = torch.load(work / f"final_l{layer}" / "result.pt", weights_only=False)
+    cfg = TrainConfig(**saved["config"])
+    name = f"smollm2-135m-instruct-resid-post-l{layer}-{cfg.width // 1024}k"
+    folder = work / name
+    train_manifest = load_manifest(work / "cache_train")
+    held_manifest = load_manifest(work / "cache_heldout")
+    sae = to_sae(saved["result"], cfg, layer=layer, model_name=MODEL_NAME,
+                 extra={"dataset_path": "cgaps recipe: benchmark-style chat conversations + generic English (see MODEL_CARD.md)",
+                        "context_size": 512})
+    save_sae(sae, folder, dtype="float16")
+    shipped = load_sae(str(folder), hidden_size=backend.hidden_size, n_layers=backend.n_layers).sae
+    held = load_layer(work / "cache_heldout", layer)
+    acts, meta = load_layer(work / "cache_train", layer, with_meta=True)
+    t0 = time.time()
+    metrics = {"layer": layer, "width": cfg.width, "k": cfg.k, "architecture": "topk",
+               "train_tokens": len(acts), "epochs": cfg.epochs, "steps": saved["result"]["step"],
+               "train_seconds": saved["seconds"], "train_tokens_per_second": saved["result"]["step"] * cfg.batch_size / saved["seconds"],
+               "heldout_conversations": held_manifest["counts"]["conversations"], "heldout_tokens": len(held)}
+    r = reconstruction_metrics(shipped, held)
+    metrics.update({"heldout_fvu": r["fvu"], "l0": r["l0"]})
+    n_dead_check = min(len(acts), 500_000)
+    counts = firing_counts(shipped, acts[:n_dead_check])
+    metrics.update({"dead_frac": float((counts == 0).float().mean()), "dead_tokens_checked": n_dead_check,
+                    "train_fvu_first_100k": reconstruction_metrics(shipped, acts[:100_000])["fvu"]})
+    held_convs = corpus.read_jsonl(work / "heldout.jsonl")[:HELDOUT_CONVERSATIONS][:CE_CONVERSATIONS]
+    metrics.update(ce_increase(backend, shipped, held_convs, layer,
+                               max_norm=held_manifest["exclusion"]["max_norm"][str(layer)],
+                               mean_act=held.float().mean(0)))
+    metrics["exclusion"] = held_manifest["exclusion"]
+    metrics["train_cache"] = {k: train_manifest[k] for k in ("settings", "counts", "text_mix") if k in train_manifest}
+    metrics["history"] = saved["result"]["history"]
+    metrics["metric_seconds"] = time.time() - t0
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    log.info("metrics: %s", {k: v for k, v in metrics.items() if k not in ("history", "train_cache", "exclusion")})
+
+    # top contexts of 20 random (seeded) latents that fire, over the first 300k training tokens
+    sub = acts[:300_000]
+    vals, rows = _top_rows(shipped, sub, 5)
+    alive = (vals[:, 0] > 0).nonzero().squeeze(1).tolist()
+    latents = sorted(random.Random(0).sample(alive, 20))
+    train_convs = corpus.read_jsonl(work / "train.jsonl")
+    tok = backend.tokenizer
+    contexts = {}
+    for c in latents:
+        contexts[c] = [(float(v), _context(tok, train_convs[int(meta["conv"][i])], int(meta["pos"][i])),
+                        train_convs[int(meta["conv"][i])]["source"]) for v, i in zip(vals[c], rows[c], strict=True) if v > 0]
+    (work / "top_contexts.json").write_text(json.dumps(contexts, indent=1))
+
+    pilot = json.loads((work / "pilot.json").read_text())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    src_counts: dict[str, int] = {}
+    for i in meta["conv"].unique().tolist():
+        src = train_convs[i]["source"]
+        src_counts[src] = src_counts.get(src, 0) + 1
+    tokens_by_source: dict[str, int] = {}
+    conv_source = torch.tensor([hash(train_convs[i]["source"]) for i in range(len(train_convs))])
+    for src in src_counts:
+        tokens_by_source[src] = int((conv_source[meta["conv"].long()] == hash(src)).sum())
+    card = _card(name, layer, cfg, metrics, pilot, src_counts, tokens_by_source, contexts, commit, train_manifest)
+    (folder / "MODEL_CARD.md").write_text(card)
+    dest = Path(__file__).resolve().parents[1] / "src" / "cgaps" / "assets" / "sae" / name
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(folder, dest)
+    log.info("shipped %s", dest)
+    return dest
+
+
+def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, commit, train_manifest) -> str:
+    lines = [
+        f"# {name}",
+        "",
+        f"A TopK sparse autoencoder (k = {cfg.k}, {cfg.width} latents) on the residual stream of",
+        f"[SmolLM2-135M-Instruct]({'https://huggingface.co/' + MODEL_NAME}) after block {layer}",
+        f"(`blocks.{layer}.hook_resid_post`, of 30 blocks), in sae-lens format: `SAE.load_from_disk(folder)`",
+        "gives a `TopKSAE` whose `decode(encode(x))` reconstructs raw residuals (the training input scale is",
+        "folded into the weights; decoder rows have unit norm; activations are in residual-norm units).",
+        "It is the SAE `cgaps run` uses by default with the embedded model (`--sae embedded`).",
+        "",
+        "## Metrics (as shipped: float16 weights, evaluated in float32)",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| held-out FVU ({m['heldout_tokens']:,} content tokens of {m['heldout_conversations']} held-out conversations) | {m['heldout_fvu']:.4f} |",
+        f"| FVU on the first 100k training tokens | {m['train_fvu_first_100k']:.4f} |",
+        f"| L0 (mean active latents per token) | {m['l0']:.1f} |",
+        f"| dead latents (never fire on {m['dead_tokens_checked']:,} training tokens) | {m['dead_frac']:.2%} |",
+        f"| next-token CE, clean (nats/token, {m['ce_tokens']:,} held-out content tokens) | {m['ce_clean']:.4f} |",
+        f"| CE with the reconstruction spliced in at layer {layer} (content tokens) | {m['ce_sae']:.4f} |",
+        f"| **CE increase** | **{m['ce_increase']:.4f}** |",
+        f"| CE with the mean activation spliced in (reference) | {m['ce_mean_ablation']:.4f} |",
+        f"| CE loss recovered | {m['ce_loss_recovered']:.2%} |",
+        f"| training throughput | {m['train_tokens_per_second']:.0f} tokens/s ({m['steps']} steps in {m['train_seconds'] / 60:.1f} min, 2 shared CPU cores) |",
+        "",
+        "Held-out and CE tokens follow the recorded exclusion rule: " + m["exclusion"]["rule"]
+        + f"; K = {m['exclusion']['K']}, max norm at layer {layer} = {m['exclusion']['max_norm'][str(layer)]:.1f}"
+        + f" (median {m['exclusion']['median_norm'][str(layer)]:.2f}).",
+        "",
+        "## Data",
+        "",
+        f"{m['train_tokens']:,} content tokens (chat scaffold, BOS and default system prompt excluded) of",
+        "single-turn chat conversations rendered with SmolLM2's chat template, truncated at 512 tokens:",
+        "benchmark-style conversations read from the paper's ten benchmarks' original files (question as",
+        "the user turn, the worked solution or gold answer as the assistant turn) and generic English from",
+        "Debian packages wrapped as chat turns (WordNet glosses, `fortunes` quotations, the Debian Reference).",
+        "The training cache was extracted with the model in bfloat16; held-out residuals and the CE splice use float32.",
+        "",
+        "| source | conversations | content tokens |",
+        "| --- | ---: | ---: |",
+    ]
+    for src in sorted(src_counts, key=lambda s: -tokens_by_source[s]):
+        lines.append(f"| {src} | {src_counts[src]:,} | {tokens_by_source[src]:,} |")
+    lines += [
+        "",
+        f"Training: {cfg.epochs:g} epochs, batch {cfg.batch_size} tokens, Adam lr {cfg.lr:g} (warm-up {cfg.warmup_steps} steps,",
+        f"linear decay over the last {cfg.decay_fraction:.0%}), AuxK (k_aux = {cfg.aux_k}, coefficient {cfg.aux_coef:g},",
+        f"dead after {cfg.dead_tokens:,} tokens), seed {cfg.seed}, large matmuls in {cfg.matmul_dtype}.",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        "apt-get install -y wordnet-base fortunes debian-reference-en",
+        "CGAPS_CACHE=/work/cache nice -n 10 .venv/bin/python scripts/train_shipped_sae.py   # all stages, CPU",
+        f"# or only the final SAE on the chosen layer: --stages mix,cache,train,card --layer {layer}",
+        "```",
+        "",
+        f"(code at commit {commit}). `cgaps train-sae CONVERSATIONS.jsonl --layer L --out DIR` trains one on any model.",
+        "",
+        "## Layer choice (pilot)",
+        "",
+        f"Pilot SAEs ({PILOT['width']} latents, k = {PILOT['k']}, {PILOT_TOKENS:,} training tokens each, same data),",
+        "held-out FVU, dead fraction on the pilot tokens, and token concentration (mean share of a latent's",
+        "top-10 contexts that are the same token: 1.0 = a token detector):",
+        "",
+        "| layer | held-out FVU | L0 | dead | token concentration |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for layer_, r in sorted(pilot.items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {layer_} | {r['heldout_fvu']:.4f} | {r['l0']:.1f} | {r['dead_frac']:.2%} | {r['token_concentration_top10']:.3f} |")
+    lines += [
+        "",
+        "Rule: two-thirds depth (layer 20, the paper's choice for its models) unless a candidate's pilot FVU is",
+        f"more than 0.03 better; then the deepest candidate within 0.03 of the best. Chosen: layer {layer}.",
+        "",
+        "## Top contexts of 20 random latents",
+        "",
+        "Firing token in `[[ ]]`, 12 tokens before and 4 after; over the first 300k training tokens.",
+        "",
+    ]
+    for c, ctx in contexts.items():
+        lines.append(f"**latent {c}**")
+        lines.append("")
+        for v, text, src in ctx:
+            lines.append(f"- {v:.2f} ({src}): `{text}`")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _ticker(name: str, total: int | None):
+    state = {"n": 0, "t0": time.time(), "last": 0.0}
+
+    def advance(n: int) -> None:
+        state["n"] += n
+        now = time.time()
+        if now - state["last"] > 30:
+            state["last"] = now
+            rate = state["n"] / max(now - state["t0"], 1e-9)
+            log.info("%s: %d / %s tokens (%.0f tok/s)", name, state["n"], total, rate)
+
+    return advance
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=cache_dir() / "sae-smollm2")
+    ap.add_argument("--stages", default="mix,cache,pilot,train,card")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--layer", type=int, default=None, help="skip the pilot's choice")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.work.mkdir(parents=True, exist_ok=True)
+    stages = args.stages.split(",")
+    backend = load_backend("embedded", device="cpu", dtype="float32")
+    if "mix" in stages:
+        stage_mix(args.work, backend, args.seed)
+    if "cache" in stages:
+        stage_cache(args.work, backend)
+    if "pilot" in stages:
+        pilot = stage_pilot(args.work)
+    layer = args.layer
+    if layer is None and ("train" in stages or "card" in stages):
+        pilot = json.loads((args.work / "pilot.json").read_text())
+        layer = choose_layer(pilot)
+        log.info("chosen layer %d", layer)
+    if "train" in stages:
+        stage_train(args.work, layer)
+    if "card" in stages:
+        stage_card(args.work, backend, layer)
+
+
+if __name__ == "__main__":
+    main()
