@@ -37,7 +37,7 @@ HELDOUT_FRACTION = 0.04
 N_GENERATED = 0  # the model's own responses: set e.g. 192 where CPU time allows (~120 tok/s)
 TRAIN_TOKENS = 2_200_000
 HELDOUT_CONVERSATIONS = 300
-CE_CONVERSATIONS = 150
+CE_CONVERSATIONS = 80
 EXTRACT_BF16 = True
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
