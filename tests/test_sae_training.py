@@ -179,3 +179,24 @@ def test_custom_backward_matches_autograd_reference():
         (x - (acts @ ref["W_dec"] + ref["b_dec"])).pow(2).sum().backward()
     for key in p:
         torch.testing.assert_close(fast[key].grad, ref[key].grad)
+
+
+def test_cli_train_sae_end_to_end(backend, tmp_path):
+    from sae_lens import SAE
+    from typer.testing import CliRunner
+
+    from cgaps.cli.main import app
+
+    model_dir = tmp_path / "model"
+    backend.model.save_pretrained(model_dir)
+    backend.tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "convs.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in CONVS))
+    out = tmp_path / "sae"
+    result = CliRunner().invoke(app, ["train-sae", str(data), "--out", str(out), "--model", str(model_dir), "--layer", "1",
+                                      "--width", "64", "--k", "4", "--batch-size", "64", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"fvu", "l0", "dead_frac", "ce_increase", "ce_loss_recovered"} <= set(metrics)
+    sae = SAE.load_from_disk(out)
+    assert sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post" and sae.cfg.dtype == "float16"
