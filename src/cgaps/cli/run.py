@@ -25,15 +25,19 @@ def _summary(run_dir: Path, times: dict[str, float]) -> None:
 def run(
     config: Path = typer.Argument(..., help="YAML config (keys: the fields of cgaps.config.RunConfig).", dir_okay=False),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write (resumed if it exists).", file_okay=False),
+    suite: str = typer.Option(None, help="Override the config's suite (probes, paper10, names, a spec file)."),
     data_dir: str = typer.Option(None, help="Folder with the benchmarks' original files."),
     limit: int = typer.Option(None, help="At most this many items per benchmark."),
+    model: str = typer.Option(None, help="Override the evaluated model."),
+    sae: str = typer.Option(None, help="Override the SAE."),
+    device: str = typer.Option(None, help="auto, cpu, cuda, cuda:N, mps."),
     force: bool = typer.Option(False, help="Start over: delete this run's stage outputs first."),
 ) -> None:
     """Run every stage (items, evaluate, extract, score, report), skipping the ones already done."""
     from cgaps.config import load_yaml
     from cgaps.pipeline import run_pipeline
 
-    cfg = load_yaml(config).replace(data_dir=data_dir, limit=limit)
+    cfg = load_yaml(config).replace(suite=suite, data_dir=data_dir, limit=limit, model=model, sae=sae, device=device)
     _summary(out, run_pipeline(cfg, out, force=force))
 
 
