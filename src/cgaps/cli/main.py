@@ -35,13 +35,7 @@ COMMANDS = [
 ]
 
 for _name, _module, _func in COMMANDS:
-    try:
-        _mod = importlib.import_module(f"cgaps.cli.{_module}")
-    except ModuleNotFoundError as _e:  # a subcommand still being written must not break the others
-        if _e.name != f"cgaps.cli.{_module}":
-            raise
-        continue
-    app.command(_name)(getattr(_mod, _func))
+    app.command(_name)(getattr(importlib.import_module(f"cgaps.cli.{_module}"), _func))
 
 
 def main() -> None:
