@@ -62,7 +62,10 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) ->
         counts = items.groupby("benchmark").size()
         rundir.update_run_json(run_dir, config=cfg.to_dict(), counts={"items": {b: int(n) for b, n in counts.items()}})
         info(f"{len(items)} items from {len(counts)} benchmark(s)")
-    rundir.update_run_json(run_dir, config=cfg.to_dict())
+    stored = rundir.read_run_json(run_dir).get("config", {})
+    # keep what extraction resolved (the SAE's own layer) when the config leaves it open
+    resolved = {"layer": stored.get("layer")} if cfg.layer is None and stored.get("layer") is not None else {}
+    rundir.update_run_json(run_dir, config={**cfg.to_dict(), **resolved})
     times["items"] = time.perf_counter() - t
 
     backend = None
