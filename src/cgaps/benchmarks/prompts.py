@@ -13,7 +13,8 @@ from cgaps.grading import LETTERS
 
 MC_FORMAT = "Answer with the letter of the correct option, like 'Answer: {first}'."
 YESNO_FORMAT = "Answer with yes or no."
-NUMBER_FORMAT = "Give only the final number, like 'The answer is 42.'"
+# No example number: a weak model copies it (SmolLM2 answered 'The answer is 42.' to GSM8K).
+NUMBER_FORMAT = "Give only the final number, in the form 'The answer is <number>.'"
 NUMBER_COT = "Think step by step, then finish with 'The answer is N.' where N is the final number."
 MATH_FORMAT = "Give only the final answer, inside \\boxed{}."
 MATH_COT = "Reason step by step, then put the final answer inside \\boxed{}."
