@@ -16,6 +16,7 @@ Corpora and caches live in ``--work`` (default ``$CGAPS_CACHE/sae-smollm2``), ne
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import random
@@ -66,7 +67,7 @@ def stage_mix(work: Path, backend, seed: int) -> None:
     corpus.write_jsonl(work / "train.jsonl", train)
 
 
-def stage_cache(work: Path, backend) -> None:
+def stage_cache(work: Path, backend, train_tokens: int = TRAIN_TOKENS) -> None:
     from cgaps.sae.cache import build_cache
 
     train = corpus.read_jsonl(work / "train.jsonl")
@@ -84,9 +85,9 @@ def stage_cache(work: Path, backend) -> None:
     # the held-out FVU and the CE splice are measured on float32 residuals, as users run it
     backend.model.to(torch.bfloat16 if EXTRACT_BF16 else torch.float32)
     t0 = time.time()
-    m = build_cache(backend, train, work / "cache_train", CANDIDATE_LAYERS, max_tokens=TRAIN_TOKENS,
+    m = build_cache(backend, train, work / "cache_train", CANDIDATE_LAYERS, max_tokens=train_tokens,
                     norm_limits=m2["exclusion"]["max_norm"], text_mix={"conversations_available": mix},
-                    progress=_ticker("cache train", TRAIN_TOKENS))
+                    progress=_ticker("cache train", train_tokens))
     backend.model.to(torch.float32)
     log.info("train cache: %s in %.0fs", m["counts"], time.time() - t0)
 
@@ -94,20 +95,19 @@ def stage_cache(work: Path, backend) -> None:
 PILOT_TOKENS = 200_000
 PILOT = dict(width=4096, k=64, batch_size=1024, lr=5e-4, warmup_steps=30, epochs=1.0, dead_tokens=100_000,
              checkpoint_every=100, matmul_dtype="bfloat16")
-FINAL = dict(width=8192, k=64, batch_size=2048, lr=4e-4, warmup_steps=100, epochs=2.0, dead_tokens=250_000,
+FINAL = dict(width=8192, k=64, batch_size=2048, lr=6e-4, warmup_steps=100, epochs=2.0, dead_tokens=250_000,
              checkpoint_every=100, matmul_dtype="bfloat16")
 MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def token_concentration(sae, acts, tokens, top: int = 10) -> float:
-    """Mean over alive latents of the share of their top-``top`` tokens that are one token id.
+def token_concentration(vals, rows, tokens) -> float:
+    """Mean over alive latents of the share of their top contexts that are one token id.
 
     1.0 means a latent is a token detector; lower means its strongest contexts differ in surface
     form (a rough proxy for more abstract concepts)."""
-    vals, rows = _top_rows(sae, acts, top)
     alive = vals[:, -1] > 0
     toks = tokens[rows[alive]]
-    share = torch.tensor([float(torch.bincount(t).max()) / top for t in toks])
+    share = torch.tensor([float(torch.bincount(t).max()) / len(t) for t in toks])
     return float(share.mean())
 
 
@@ -129,7 +129,7 @@ def _top_rows(sae, acts, top: int):
 
 def stage_pilot(work: Path) -> dict:
     from cgaps.sae.cache import load_layer
-    from cgaps.sae.evaluate import firing_counts, reconstruction_metrics
+    from cgaps.sae.evaluate import reconstruction_metrics
     from cgaps.sae.train import TrainConfig, to_sae, train_sae
 
     path = work / "pilot.json"
@@ -144,10 +144,10 @@ def stage_pilot(work: Path) -> dict:
         sae = to_sae(res, cfg, layer=layer, model_name=MODEL_NAME)
         held = load_layer(work / "cache_heldout", layer)
         m = reconstruction_metrics(sae, held)
-        counts = firing_counts(sae, acts)
+        vals, rows = _top_rows(sae, acts, 10)
         results[str(layer)] = {
-            "heldout_fvu": m["fvu"], "l0": m["l0"], "dead_frac": float((counts == 0).float().mean()),
-            "token_concentration_top10": token_concentration(sae, acts, meta["token"]),
+            "heldout_fvu": m["fvu"], "l0": m["l0"], "dead_frac": float((vals[:, 0] == 0).float().mean()),
+            "token_concentration_top10": token_concentration(vals, rows, meta["token"]),
             "train_tokens": len(acts), "seconds": time.time() - t0,
         }
         log.info("pilot layer %d: %s", layer, results[str(layer)])
@@ -164,16 +164,16 @@ def choose_layer(results: dict) -> int:
     return min(ok, key=lambda layer: (abs(layer - target), -layer))
 
 
-def stage_train(work: Path, layer: int) -> None:
+def stage_train(work: Path, layer: int, epochs: float) -> None:
     from cgaps.sae.cache import load_layer
     from cgaps.sae.train import TrainConfig, train_sae
 
     acts = load_layer(work / "cache_train", layer)
-    cfg = TrainConfig(**FINAL)
+    cfg = TrainConfig(**{**FINAL, "epochs": epochs})
     t0 = time.time()
     res = train_sae(acts, work / f"final_l{layer}", cfg, log=log.info)
     seconds = time.time() - t0
-    torch.save({"result": res, "config": FINAL, "layer": layer, "seconds": seconds, "tokens": len(acts)},
+    torch.save({"result": res, "config": dataclasses.asdict(cfg), "layer": layer, "seconds": seconds, "tokens": len(acts)},
                work / f"final_l{layer}" / "result.pt")
     log.info("trained layer %d: %d steps in %.0fs", layer, res["step"], seconds)
 
@@ -376,6 +376,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--layer", type=int, default=None, help="skip the pilot's choice")
+    ap.add_argument("--train-tokens", type=int, default=TRAIN_TOKENS, help="content tokens in the training cache")
+    ap.add_argument("--epochs", type=float, default=FINAL["epochs"], help="passes of the final SAE over the cache")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -386,7 +388,7 @@ def main() -> None:
     if "mix" in stages:
         stage_mix(args.work, backend, args.seed)
     if "cache" in stages:
-        stage_cache(args.work, backend)
+        stage_cache(args.work, backend, args.train_tokens)
     if "pilot" in stages:
         pilot = stage_pilot(args.work)
     layer = args.layer
@@ -395,7 +397,7 @@ def main() -> None:
         layer = choose_layer(pilot)
         log.info("chosen layer %d", layer)
     if "train" in stages:
-        stage_train(args.work, layer)
+        stage_train(args.work, layer, args.epochs)
     if "card" in stages:
         stage_card(args.work, backend, layer)
 

@@ -88,3 +88,22 @@ def test_embedded_missing_says_pass_sae(monkeypatch, tmp_path):
     monkeypatch.setattr(sae_mod, "ASSETS_DIR", tmp_path / "none")
     with pytest.raises(CGapsError, match="pass --sae"):
         load_sae("embedded", hidden_size=576, n_layers=30)
+
+
+@pytest.mark.slow
+def test_embedded_sae_reconstructs_smollm2_residuals(smollm):
+    from cgaps.models import format_chat
+    from cgaps.sae import ASSETS_DIR
+
+    if not any(ASSETS_DIR.glob("*/cfg.json")):
+        pytest.skip("no embedded SAE shipped yet")
+    loaded = load_sae("embedded", hidden_size=smollm.hidden_size, n_layers=smollm.n_layers)
+    assert loaded.width == 8192 and loaded.sae_id.startswith("embedded:smollm2-135m-instruct")
+    msgs = [{"role": "user", "content": "Natalia sold clips to 48 of her friends in April. How many did she sell in May?"}]
+    text = format_chat(smollm.tokenizer, msgs, "She sold half as many clips in May, so 48 / 2 = 24.").text
+    enc = smollm.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    h = smollm.residuals(enc["input_ids"], enc["attention_mask"], loaded.layer)[0, 1:]  # skip position 0
+    h = h[h.norm(dim=-1) < 10 * h.norm(dim=-1).median()]
+    x_hat = loaded.sae.decode(loaded.sae.encode(h))
+    fvu = float((h - x_hat).pow(2).sum() / (h - h.mean(0)).pow(2).sum())
+    assert fvu < 0.4, fvu
