@@ -9,37 +9,26 @@ import typer
 
 def read_responses(path: str, known_ids: set[str]) -> dict[str, str]:
     """``{item_id: response}`` from JSONL lines ``{"item_id": ..., "response": ...}``; errors name file and line."""
-    import json
+    from pathlib import Path
 
-    from cgaps.errors import CGapsError
+    from cgaps.benchmarks.sources import read_jsonl
+    from cgaps.errors import CGapsError, did_you_mean
 
+    if not Path(path).is_file():
+        raise CGapsError(f"{path}: no such file; give a JSONL of {{\"item_id\": ..., \"response\": ...}} lines")
     out: dict[str, str] = {}
-    try:
-        f = open(path, encoding="utf-8")  # noqa: SIM115 - closed below; open errors reported as CGapsError
-    except OSError as e:
-        raise CGapsError(f"{path}: cannot read ({e.strerror})") from e
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CGapsError(f"{path}:{lineno}: invalid JSON ({e.msg}); each line is {{\"item_id\": ..., \"response\": ...}}") from e
-            if not isinstance(row, dict):
-                raise CGapsError(f"{path}:{lineno}: expected a JSON object with item_id and response")
-            for field in ("item_id", "response"):
-                if field not in row or row[field] is None:
-                    raise CGapsError(f"{path}:{lineno}: missing field {field!r}")
-            item_id = str(row["item_id"])
-            if item_id not in known_ids:
-                from cgaps.errors import did_you_mean
-
-                raise CGapsError(f"{path}:{lineno}: field 'item_id' {item_id!r} is not in the run's items.parquet."
-                                 f"{did_you_mean(item_id, known_ids)}")
-            if item_id in out:
-                raise CGapsError(f"{path}:{lineno}: item_id {item_id!r} appears twice; keep one response per item")
-            out[item_id] = str(row["response"])
+    for record in read_jsonl(Path(path)):
+        row, where = record.row, record.where
+        for field in ("item_id", "response"):
+            if row.get(field) is None:
+                raise CGapsError(f"{where}: missing field {field!r}; each line is {{\"item_id\": ..., \"response\": ...}}")
+        item_id = str(row["item_id"])
+        if item_id not in known_ids:
+            raise CGapsError(f"{where}: field 'item_id' {item_id!r} is not in the run's items.parquet."
+                             f"{did_you_mean(item_id, known_ids)}")
+        if item_id in out:
+            raise CGapsError(f"{where}: item_id {item_id!r} appears twice; keep one response per item")
+        out[item_id] = str(row["response"])
     return out
 
 
