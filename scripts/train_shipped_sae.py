@@ -38,7 +38,7 @@ HELDOUT_FRACTION = 0.04
 N_GENERATED = 0  # the model's own responses: set e.g. 192 where CPU time allows (~120 tok/s)
 TRAIN_TOKENS = 2_200_000
 HELDOUT_CONVERSATIONS = 300
-CE_CONVERSATIONS = 80
+CE_CONVERSATIONS = 60
 EXTRACT_BF16 = True
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
@@ -188,14 +188,14 @@ def _context(tok, conv: dict, pos: int, before: int = 12, after: int = 4) -> str
     return text.replace("\n", "\\n").replace("|", "\\|")
 
 
-def stage_card(work: Path, backend, layer: int) -> Path:
+def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
     """Save the shipped SAE (fp16), measure it as shipped, write metrics.json and MODEL_CARD.md."""
     import shutil
     import subprocess
 
     from cgaps.sae import load_sae
     from cgaps.sae.cache import load_layer, load_manifest
-    from cgaps.sae.evaluate import ce_increase, firing_counts, reconstruction_metrics
+    from cgaps.sae.evaluate import ce_increase, reconstruction_metrics
     from cgaps.sae.train import TrainConfig, save_sae, to_sae
 
     saved = torch.load(work / f"final_l{layer}" / "result.pt", weights_only=False)
@@ -218,10 +218,12 @@ def stage_card(work: Path, backend, layer: int) -> Path:
                "heldout_conversations": held_manifest["counts"]["conversations"], "heldout_tokens": len(held)}
     r = reconstruction_metrics(shipped, held)
     metrics.update({"heldout_fvu": r["fvu"], "l0": r["l0"]})
-    n_dead_check = min(len(acts), 500_000)
-    counts = firing_counts(shipped, acts[:n_dead_check])
-    metrics.update({"dead_frac": float((counts == 0).float().mean()), "dead_tokens_checked": n_dead_check,
-                    "train_fvu_first_100k": reconstruction_metrics(shipped, acts[:100_000])["fvu"]})
+    # one encoding pass over the first 300k training tokens gives both the dead latents (top value 0)
+    # and the top contexts
+    sub = acts[:300_000]
+    vals, rows = _top_rows(shipped, sub, 5)
+    metrics.update({"dead_frac": float((vals[:, 0] == 0).float().mean()), "dead_tokens_checked": len(sub),
+                    "train_fvu_first_50k": reconstruction_metrics(shipped, acts[:50_000])["fvu"]})
     held_convs = corpus.read_jsonl(work / "heldout.jsonl")[:HELDOUT_CONVERSATIONS][:CE_CONVERSATIONS]
     metrics.update(ce_increase(backend, shipped, held_convs, layer,
                                max_norm=held_manifest["exclusion"]["max_norm"][str(layer)],
@@ -234,8 +236,6 @@ def stage_card(work: Path, backend, layer: int) -> Path:
     log.info("metrics: %s", {k: v for k, v in metrics.items() if k not in ("history", "train_cache", "exclusion")})
 
     # top contexts of 20 random (seeded) latents that fire, over the first 300k training tokens
-    sub = acts[:300_000]
-    vals, rows = _top_rows(shipped, sub, 5)
     alive = (vals[:, 0] > 0).nonzero().squeeze(1).tolist()
     latents = sorted(random.Random(0).sample(alive, 20))
     train_convs = corpus.read_jsonl(work / "train.jsonl")
@@ -249,15 +249,15 @@ def stage_card(work: Path, backend, layer: int) -> Path:
     pilot = json.loads((work / "pilot.json").read_text())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     src_counts: dict[str, int] = {}
-    for i in meta["conv"].unique().tolist():
-        src = train_convs[i]["source"]
-        src_counts[src] = src_counts.get(src, 0) + 1
     tokens_by_source: dict[str, int] = {}
-    conv_source = torch.tensor([hash(train_convs[i]["source"]) for i in range(len(train_convs))])
-    for src in src_counts:
-        tokens_by_source[src] = int((conv_source[meta["conv"].long()] == hash(src)).sum())
+    for i, n in zip(*torch.unique(meta["conv"], return_counts=True), strict=True):
+        src = train_convs[int(i)]["source"]
+        src_counts[src] = src_counts.get(src, 0) + 1
+        tokens_by_source[src] = tokens_by_source.get(src, 0) + int(n)
     card = _card(name, layer, cfg, metrics, pilot, src_counts, tokens_by_source, contexts, commit, train_manifest)
     (folder / "MODEL_CARD.md").write_text(card)
+    if not ship:
+        return folder
     dest = Path(__file__).resolve().parents[1] / "src" / "cgaps" / "assets" / "sae" / name
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(folder, dest)
@@ -281,7 +281,7 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
         "| metric | value |",
         "| --- | --- |",
         f"| held-out FVU ({m['heldout_tokens']:,} content tokens of {m['heldout_conversations']} held-out conversations) | {m['heldout_fvu']:.4f} |",
-        f"| FVU on the first 100k training tokens | {m['train_fvu_first_100k']:.4f} |",
+        f"| FVU on the first 50k training tokens | {m['train_fvu_first_50k']:.4f} |",
         f"| L0 (mean active latents per token) | {m['l0']:.1f} |",
         f"| dead latents (never fire on {m['dead_tokens_checked']:,} training tokens) | {m['dead_frac']:.2%} |",
         f"| next-token CE, clean (nats/token, {m['ce_tokens']:,} held-out content tokens) | {m['ce_clean']:.4f} |",
@@ -289,7 +289,7 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
         f"| **CE increase** | **{m['ce_increase']:.4f}** |",
         f"| CE with the mean activation spliced in (reference) | {m['ce_mean_ablation']:.4f} |",
         f"| CE loss recovered | {m['ce_loss_recovered']:.2%} |",
-        f"| training throughput | {m['train_tokens_per_second']:.0f} tokens/s ({m['steps']} steps in {m['train_seconds'] / 60:.1f} min, 2 shared CPU cores) |",
+        f"| training throughput | {m['train_tokens_per_second']:.0f} tokens/s ({m['steps']} steps in {m['train_seconds'] / 60:.1f} min, 1 thread of a shared 2-core CPU) |",
         "",
         "Held-out and CE tokens follow the recorded exclusion rule: " + m["exclusion"]["rule"]
         + f"; K = {m['exclusion']['K']}, max norm at layer {layer} = {m['exclusion']['max_norm'][str(layer)]:.1f}"
@@ -309,6 +309,18 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
     ]
     for src in sorted(src_counts, key=lambda s: -tokens_by_source[s]):
         lines.append(f"| {src} | {src_counts[src]:,} | {tokens_by_source[src]:,} |")
+    notes = []
+    if m["train_tokens"] < TRAIN_TOKENS:
+        notes.append(f"The recipe's default is {TRAIN_TOKENS:,} training tokens; this SAE saw {m['train_tokens']:,} "
+                     "(the extraction was cut short to fit the CPU time available when it was trained).")
+    if "own_responses" not in src_counts:
+        notes.append("The mix holds no responses generated by SmolLM2 itself (`N_GENERATED = 0`: generation is "
+                     "~120 tokens/s on this CPU); set it to a few hundred where time allows.")
+    outliers = train_manifest.get("counts", {}).get("outliers", 0)
+    notes.append(f"The outlier rule dropped {outliers} of {m['train_tokens'] + outliers:,} training content tokens: once "
+                 "position 0 and the template scaffold are excluded, SmolLM2's huge-norm tokens are gone.")
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     lines += [
         "",
         f"Training: {cfg.epochs:g} epochs, batch {cfg.batch_size} tokens, Adam lr {cfg.lr:g} (warm-up {cfg.warmup_steps} steps,",
