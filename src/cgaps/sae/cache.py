@@ -139,7 +139,7 @@ def build_cache(
                 "shard_size": shard_size, "max_length": max_length, "norm_ratio": norm_ratio}
     manifest = _read_manifest(folder)
     if manifest is not None:
-        manifest["settings"].pop("max_tokens", None)  # written by earlier versions; not a shard setting
+        manifest["settings"].pop("max_tokens", None)  # not a shard setting (the first manifests stored it here)
     if manifest is not None and manifest["settings"] != settings:
         raise CGapsError(
             f"{folder}: holds a cache built with other settings ({manifest['settings']}); "
