@@ -36,7 +36,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from cgaps.models import load_backend
-    from cgaps.sae.cache import capture_layers
     from cgaps.sae.train import TrainConfig, train_sae
 
     backend = load_backend("embedded", device="cpu", dtype="float32")
@@ -47,7 +46,7 @@ def main() -> None:
         backend.model.to(dtype)
         name = str(dtype).removeprefix("torch.")
         out[f"forward_{name}_tok_s"] = rate(lambda: backend.model(input_ids=ids, attention_mask=mask), ids.numel(), args.repeat)
-        out[f"extract_{name}_tok_s"] = rate(lambda: capture_layers(backend, ids, mask, [args.layer]), ids.numel(), args.repeat)
+        out[f"extract_{name}_tok_s"] = rate(lambda: backend.residuals_at(ids, mask, [args.layer]), ids.numel(), args.repeat)
     backend.model.to(torch.float32)
     acts = torch.randn(args.batch_size * (args.repeat + 1), backend.hidden_size).half()
     import tempfile

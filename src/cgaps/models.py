@@ -255,22 +255,35 @@ class HFBackend:
 
     def residuals(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
         """Residual stream after block ``layer`` (hook_resid_post); later blocks never run."""
-        self.check_layer(layer)
-        captured: dict[str, torch.Tensor] = {}
+        return self.residuals_at(input_ids, attention_mask, [layer])[layer]
 
-        def hook(_module: Any, _inputs: Any, output: Any) -> None:
-            captured["h"] = output[0] if isinstance(output, tuple) else output
-            raise _StopForward
+    def residuals_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Residuals after each block in ``layers``, from one forward that stops after the deepest."""
+        for layer in layers:
+            self.check_layer(layer)
+        blocks = self.decoder_layers()
+        captured: dict[int, torch.Tensor] = {}
+        last = max(layers)
 
-        handle = self.decoder_layers()[layer].register_forward_hook(hook)
+        def hook_for(layer: int) -> Callable[..., None]:
+            def hook(_module: Any, _inputs: Any, output: Any) -> None:
+                captured[layer] = output[0] if isinstance(output, tuple) else output
+                if layer == last:
+                    raise _StopForward
+
+            return hook
+
+        handles = [blocks[layer].register_forward_hook(hook_for(layer)) for layer in sorted(set(layers))]
         try:
             self.model.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
                              use_cache=False)
         except _StopForward:
             pass
         finally:
-            handle.remove()
-        return captured["h"]
+            for handle in handles:
+                handle.remove()
+        return captured
 
     # -- generation
 

@@ -64,35 +64,6 @@ def conversations_digest(conversations: Sequence[dict[str, Any]]) -> str:
     return h.hexdigest()[:16]
 
 
-class _Stop(Exception):
-    pass
-
-
-def capture_layers(backend: Any, input_ids: Any, attention_mask: Any, layers: Sequence[int]) -> dict[int, Any]:
-    """Residuals after each block in ``layers`` (hook_resid_post), one forward that stops at the last."""
-    for layer in layers:
-        backend.check_layer(layer)
-    blocks = backend.decoder_layers()
-    captured: dict[int, Any] = {}
-    last = max(layers)
-    handles = []
-    for layer in sorted(set(layers)):
-        def hook(_m: Any, _i: Any, out: Any, layer: int = layer) -> None:
-            captured[layer] = out[0] if isinstance(out, tuple) else out
-            if layer == last:
-                raise _Stop
-        handles.append(blocks[layer].register_forward_hook(hook))
-    try:
-        backend.model.model(input_ids=input_ids.to(backend.device), attention_mask=attention_mask.to(backend.device),
-                            use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return captured
-
-
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
     path = folder / MANIFEST
     return json.loads(path.read_text()) if path.exists() else None
@@ -186,7 +157,7 @@ def build_cache(
                 mask[r, :n] = 1
                 keep[r, :n] = torch.tensor(rows[i][1])
             with torch.no_grad():
-                got = capture_layers(backend, ids, mask, layers)
+                got = backend.residuals_at(ids, mask, layers)
             rr, pp = keep.nonzero(as_tuple=True)
             for layer in layers:
                 acts[layer].append(got[layer][rr, pp].float().cpu())
