@@ -204,7 +204,6 @@ def provisional_labels(contexts: pd.DataFrame, n_concepts: int) -> pd.DataFrame:
 
 def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None = None, sae_spec: Any = None) -> pd.DataFrame:
     """Write saliency.parquet (+ contexts, provisional labels) for a run; resumes from shards."""
-    import torch
 
     from cgaps.models import load_backend
     from cgaps.sae import load_sae
@@ -254,7 +253,6 @@ def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None =
     n_existing = len(list(shard_dir.glob("shard-*.parquet")))
     if done_ids:
         info(f"resuming extraction: {len(done_ids)} of {len(encoded)} items already in {shard_dir.name}/")
-    torch.set_grad_enabled(False)
     with progress_bar(f"extracting (layer {layer}, {width} concepts)", len(todo)) as advance:
         for n, start in enumerate(range(0, len(todo), SHARD_ITEMS)):
             chunk = todo[start:start + SHARD_ITEMS]

@@ -223,7 +223,6 @@ class HFBackend:
 
     @classmethod
     def load(cls, name: str, device: str = "auto", dtype: str = "auto") -> HFBackend:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path, display = resolve_model(name)
@@ -234,7 +233,6 @@ class HFBackend:
         except OSError as e:
             raise CGapsError(f"could not load model {name!r}: {e}") from e
         model.to(device).eval()
-        torch.set_grad_enabled(False)
         return cls(model, tok, display, device)
 
     # -- layers
@@ -274,10 +272,13 @@ class HFBackend:
 
             return hook
 
+        import torch
+
         handles = [blocks[layer].register_forward_hook(hook_for(layer)) for layer in sorted(set(layers))]
         try:
-            self.model.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                             use_cache=False)
+            with torch.no_grad():
+                self.model.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                                 use_cache=False)
         except _StopForward:
             pass
         finally:
@@ -337,7 +338,8 @@ class HFBackend:
             for r, s in enumerate(seqs):
                 ids[r, : len(s)] = torch.tensor(s)
                 mask[r, : len(s)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
+            with torch.no_grad():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
             logp = torch.log_softmax(logits, dim=-1)
             for r, i in enumerate(idx):
                 ctx, cid = pairs[i]
