@@ -104,6 +104,7 @@ def test_embedded_sae_reconstructs_smollm2_residuals(smollm):
     enc = smollm.tokenizer(text, return_tensors="pt", add_special_tokens=False)
     h = smollm.residuals(enc["input_ids"], enc["attention_mask"], loaded.layer)[0, 1:]  # skip position 0
     h = h[h.norm(dim=-1) < 10 * h.norm(dim=-1).median()]
-    x_hat = loaded.sae.decode(loaded.sae.encode(h))
+    with torch.no_grad():
+        x_hat = loaded.sae.decode(loaded.sae.encode(h))
     fvu = float((h - x_hat).pow(2).sum() / (h - h.mean(0)).pow(2).sum())
     assert fvu < 0.4, fvu
