@@ -101,14 +101,18 @@ def respond(items: pd.DataFrame, backend: ModelBackend, cfg: RunConfig, partial:
     if done:
         info(f"resuming evaluation: {len(done)} of {len(items)} responses already in {partial.name}")
     todo = [r for r in items.to_dict("records") if r["item_id"] not in done]
-    loglik = [r for r in todo if uses_loglik(r, cfg)]
-    generate = [r for r in todo if not uses_loglik(r, cfg)]
+    # option lists parsed once; None marks the items answered by generation
+    options = {r["item_id"]: _choices(r) if uses_loglik(r, cfg) else None for r in todo}
+    loglik = [r for r in todo if options[r["item_id"]] is not None]
+    generate = [r for r in todo if options[r["item_id"]] is None]
+    chunk = cfg.batch_size * _CHUNK_BATCHES
 
     if generate:
-        chunk = cfg.batch_size * _CHUNK_BATCHES
+        by_budget: dict[int, list[dict[str, Any]]] = {}
+        for r in generate:
+            by_budget.setdefault(budget(r, cfg), []).append(r)
         with progress_bar("generating", len(generate)) as advance:
-            for max_new in sorted({budget(r, cfg) for r in generate}):
-                group = [r for r in generate if budget(r, cfg) == max_new]
+            for max_new, group in sorted(by_budget.items()):
                 for start in range(0, len(group), chunk):
                     batch = group[start:start + chunk]
                     out = backend.generate([conversation(r) for r in batch], max_new, cfg.batch_size, advance)
@@ -118,20 +122,16 @@ def respond(items: pd.DataFrame, backend: ModelBackend, cfg: RunConfig, partial:
 
     if loglik:
         with progress_bar("option log-likelihoods", len(loglik)) as advance:
-            chunk = cfg.batch_size * _CHUNK_BATCHES
             for start in range(0, len(loglik), chunk):
                 batch = loglik[start:start + chunk]
-                requests, owners = [], []
-                for r in batch:
-                    for opt in _choices(r) or []:
-                        requests.append((conversation(r), opt))
-                        owners.append(r["item_id"])
+                requests = [(conversation(r), opt) for r in batch for opt in options[r["item_id"]] or []]
                 scores = backend.loglikelihood(requests, cfg.batch_size)
-                recs = []
+                recs, offset = [], 0
                 for r in batch:
-                    opts = _choices(r) or []
-                    mine = [s for s, o in zip(scores, owners, strict=True) if o == r["item_id"]]
-                    best = max(range(len(opts)), key=lambda i: mine[i])
+                    opts = options[r["item_id"]] or []
+                    mine = scores[offset:offset + len(opts)]
+                    offset += len(opts)
+                    best = max(range(len(opts)), key=mine.__getitem__)
                     recs.append((r["item_id"], f"{string.ascii_uppercase[best]}) {opts[best]}"))
                 _append(partial, recs)
                 done.update(recs)

@@ -298,10 +298,11 @@ class HFBackend:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out: list[str] = [""] * len(texts)
         tok = self.tokenizer
-        tok.padding_side = "left"
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            # left padding for generation only; the shared tokenizer keeps its own setting
+            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, padding_side="left",
+                      add_special_tokens=False)
             gen = self.model.generate(
                 **{k: v.to(self.device) for k, v in enc.items()}, max_new_tokens=max_new_tokens, do_sample=False,
                 pad_token_id=tok.pad_token_id,

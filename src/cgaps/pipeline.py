@@ -32,7 +32,7 @@ def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
 
 def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) -> dict[str, float]:
     """Run every stage that is not complete yet; return the wall time per stage (seconds)."""
-    import pandas as pd
+    import pyarrow.parquet as pq
 
     from cgaps.activations import extract_run
     from cgaps.benchmarks import load_suite
@@ -70,8 +70,8 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) ->
 
     backend = None
     t = time.perf_counter()
-    items = pd.read_parquet(run_dir / rundir.ITEMS)
-    if "score" not in items.columns or (run_dir / rundir.RESPONSES_PARTIAL).exists():
+    scored = "score" in pq.read_schema(run_dir / rundir.ITEMS).names
+    if not scored or (run_dir / rundir.RESPONSES_PARTIAL).exists():
         info(f"loading model {cfg.model}")
         backend = load_backend(cfg.model, cfg.device, cfg.dtype)
         evaluate_run(run_dir, cfg, backend)

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterator
 
 
-def _console():  # noqa: ANN202 - rich imported lazily
+def _console():  # rich is imported lazily
     from rich.console import Console
 
     return Console(stderr=True)

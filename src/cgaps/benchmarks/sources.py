@@ -59,12 +59,17 @@ def read_jsonl(path: Path) -> Iterator[Record]:
             yield Record(row, f"{path}:{lineno}")
 
 
-def read_json(path: Path) -> Record:
-    """A whole JSON file as one record (MATH problems, LogicBench axiom files)."""
+def _load_json(path: Path) -> Any:
+    """A whole JSON file; a syntax error names the file and line."""
     try:
-        row = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CGapsError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+
+
+def read_json(path: Path) -> Record:
+    """A whole JSON file as one record (MATH problems, LogicBench axiom files)."""
+    row = _load_json(path)
     if not isinstance(row, dict):
         raise CGapsError(f"{path}: expected a JSON object at the top level")
     return Record(row, str(path))
@@ -97,10 +102,7 @@ def read_table_file(path: Path) -> Iterator[Record]:
     elif suffix == ".csv":
         yield from read_csv(path)
     elif suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise CGapsError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+        rows = _load_json(path)
         if not isinstance(rows, list):
             raise CGapsError(f"{path}: expected a JSON list of objects (or use .jsonl, one object per line)")
         for i, row in enumerate(rows):

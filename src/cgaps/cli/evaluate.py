@@ -6,16 +6,16 @@ from pathlib import Path
 
 import typer
 
-from cgaps.cli._common import RunDirArg, run_config
+from cgaps.cli._common import RunDirArg, config_option, run_config
 
 
 def evaluate(
     run_dir: Path = RunDirArg,
-    model: str = typer.Option(None, help="Evaluated model: 'embedded', a hub id, a folder or a .gguf file."),
-    max_new_tokens: int = typer.Option(None, help="Greedy generation budget per item."),
-    batch_size: int = typer.Option(None, help="Items per batch."),
-    mc_scoring: str = typer.Option(None, help="Multiple choice: 'generate' or 'loglik'."),
-    device: str = typer.Option(None, help="auto, cpu, cuda, cuda:N, mps."),
+    model: str = config_option("model"),
+    max_new_tokens: int = config_option("max_new_tokens"),
+    batch_size: int = config_option("batch_size"),
+    mc_scoring: str = config_option("mc_scoring"),
+    device: str = config_option("device"),
 ) -> None:
     """Generate responses (batched, greedy, chat template) and grade them."""
     from cgaps.evaluation import evaluate_run

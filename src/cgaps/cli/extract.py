@@ -6,20 +6,20 @@ from pathlib import Path
 
 import typer
 
-from cgaps.cli._common import RunDirArg, run_config
+from cgaps.cli._common import RunDirArg, config_option, run_config
 
 
 def extract(
     run_dir: Path = RunDirArg,
-    reader: str = typer.Option(None, help="Reader model (default: the evaluated model)."),
-    sae: str = typer.Option(None, help="'embedded', a local sae-lens folder, or RELEASE/SAE_ID."),
-    layer: int = typer.Option(None, help="Residual layer; default: the SAE's hook layer."),
-    span: str = typer.Option(None, help="prompt, response or both."),
-    pool: str = typer.Option(None, help="max, mean or sum."),
-    skip_special: bool = typer.Option(None, "--skip-special/--keep-special", help="Skip BOS/template tokens."),
-    top_k: int = typer.Option(None, help="Keep only the top-k concepts per item."),
-    batch_size: int = typer.Option(None, help="Items per forward batch."),
-    device: str = typer.Option(None, help="auto, cpu, cuda, cuda:N, mps."),
+    reader: str = config_option("reader"),
+    sae: str = config_option("sae"),
+    layer: int = config_option("layer"),
+    span: str = config_option("span"),
+    pool: str = config_option("pool"),
+    skip_special: bool = config_option("skip_special", "--skip-special/--keep-special"),
+    top_k: int = config_option("top_k"),
+    batch_size: int = config_option("batch_size"),
+    device: str = config_option("device"),
 ) -> None:
     """Encode the residual stream after layer L with the SAE and pool it per item."""
     from cgaps.activations import extract_run

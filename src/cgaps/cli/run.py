@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cgaps.cli._common import config_option
+
 
 def _summary(run_dir: Path, times: dict[str, float]) -> None:
     from rich.console import Console
@@ -25,12 +27,12 @@ def _summary(run_dir: Path, times: dict[str, float]) -> None:
 def run(
     config: Path = typer.Argument(..., help="YAML config (keys: the fields of cgaps.config.RunConfig).", dir_okay=False),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write (resumed if it exists).", file_okay=False),
-    suite: str = typer.Option(None, help="Override the config's suite (probes, paper10, names, a spec file)."),
-    data_dir: str = typer.Option(None, help="Folder with the benchmarks' original files."),
-    limit: int = typer.Option(None, help="At most this many items per benchmark."),
-    model: str = typer.Option(None, help="Override the evaluated model."),
-    sae: str = typer.Option(None, help="Override the SAE."),
-    device: str = typer.Option(None, help="auto, cpu, cuda, cuda:N, mps."),
+    suite: str = config_option("suite"),
+    data_dir: str = config_option("data_dir"),
+    limit: int = config_option("limit"),
+    model: str = config_option("model"),
+    sae: str = config_option("sae"),
+    device: str = config_option("device"),
     force: bool = typer.Option(False, help="Start over: delete this run's stage outputs first."),
 ) -> None:
     """Run every stage (items, evaluate, extract, score, report), skipping the ones already done."""

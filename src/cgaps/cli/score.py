@@ -17,6 +17,7 @@ def score(
     ci_level: Annotated[float | None, typer.Option(help="Confidence level of the Wilson interval on chi_model.")] = None,
 ) -> None:
     """Score concepts: benchmark coverage, model performance and gaps; knobs given here are saved into run.json."""
+    import pandas as pd
     from rich.console import Console
     from rich.table import Table
 
@@ -29,7 +30,8 @@ def score(
         min_support=min_support, under_pct=under_pct, over_pct=over_pct, fdr=fdr, ci_level=ci_level
     )
     concepts, _ = score_run(run_dir, cfg)
-    items = rundir.read_items(run_dir, scored=True)
+    # validated by score_run just above; the summary needs two columns only
+    items = pd.read_parquet(Path(run_dir) / rundir.ITEMS, columns=["benchmark", "score"])
 
     table = Table(title=f"{run_dir}: {rundir.CONCEPTS}")
     for col in ("scope", "items", "accuracy", "% missing", "weak", "strong"):

@@ -20,8 +20,8 @@ from cgaps.scoring.core import build_matrix, chi_tables, concept_table, overlap_
 SCORING_KNOBS = ("min_support", "under_pct", "over_pct", "fdr", "ci_level")
 
 
-def load_run(run_dir: str | Path, config: RunConfig | None = None):  # noqa: ANN201 - tuple of 4
-    """Validated (meta, config, items, saliency) of a run directory."""
+def load_run(run_dir: str | Path, config: RunConfig | None = None):  # noqa: ANN201 - tuple of 5
+    """Validated (meta, n_concepts, config, items, saliency) of a run directory."""
     meta = rundir.read_run_json(run_dir)
     n = rundir.n_concepts(meta, run_dir)
     cfg = config if config is not None else config_from_run(meta, run_dir)
