@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -14,6 +13,7 @@ from cgaps.activations import extract_run
 from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.models import HFBackend, conversation, format_chat
+from cgaps.sae import LoadedSAE
 
 
 @pytest.fixture(scope="session")
@@ -37,15 +37,15 @@ def tiny_backend(smol_tokenizer):
     return HFBackend(model, smol_tokenizer, "tiny-llama", "cpu")
 
 
-def tiny_sae(d_in: int, width: int = 48, k: int = 6, layer: int = 2):
+def tiny_sae(d_in: int, width: int = 48, k: int = 6, layer: int = 2, seed: int = 1):
     from sae_lens import TopKSAE, TopKSAEConfig
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=width, k=k))
     with torch.no_grad():
         for p in sae.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
-    return SimpleNamespace(sae=sae, layer=layer, width=width, sae_id="tiny", hook_name=f"blocks.{layer}.hook_resid_post")
+    return LoadedSAE(sae=sae, layer=layer, width=width, sae_id="tiny", hook_name=f"blocks.{layer}.hook_resid_post")
 
 
 ITEMS = pd.DataFrame({
@@ -181,6 +181,12 @@ def test_resume_after_interruption(tmp_path, tiny_backend, monkeypatch):
     (tmp_path / rundir.SALIENCY).unlink()
     with pytest.raises(CGapsError, match="other settings"):
         extract_run(tmp_path, cfg.replace(pool="sum"), backend=tiny_backend, sae_spec=spec)
+    # so does an SAE with the same id but other weights (a folder retrained in place)
+    retrained = tiny_sae(tiny_backend.hidden_size, seed=2)
+    assert retrained.sae_id == spec.sae_id and retrained.fingerprint != spec.fingerprint
+    with pytest.raises(CGapsError, match="other settings"):
+        extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=retrained)
+    assert tiny_sae(tiny_backend.hidden_size).fingerprint == spec.fingerprint  # same weights, same hash
 
 
 def test_outlier_tokens_are_dropped_and_counted(tmp_path, tiny_backend):

@@ -118,8 +118,9 @@ def _batches(encoded: list[Encoded], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _signature(cfg: RunConfig, sae_id: str, layer: int, reader: str) -> dict[str, Any]:
-    return {"reader": reader, "sae": sae_id, "layer": layer, "span": cfg.span, "pool": cfg.pool,
+def _signature(cfg: RunConfig, sae: Any, layer: int, reader: str) -> dict[str, Any]:
+    return {"reader": reader, "sae": sae.sae_id, "sae_fingerprint": sae.fingerprint, "layer": layer,
+            "span": cfg.span, "pool": cfg.pool,
             "skip_special": cfg.skip_special, "max_norm_ratio": cfg.max_norm_ratio, "max_length": cfg.max_length,
             "top_k": cfg.top_k}
 
@@ -224,7 +225,7 @@ def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None =
     sae.eval()
 
     shard_dir = run_dir / rundir.SALIENCY_SHARDS
-    signature = _signature(cfg, loaded.sae_id, layer, backend.name)
+    signature = _signature(cfg, loaded, layer, backend.name)
     manifest_path = shard_dir / MANIFEST
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
@@ -280,7 +281,8 @@ def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None =
         n_concepts=int(width),
         config={**cfg.to_dict(), "layer": layer},
         model={"reader": backend.name},
-        sae={"id": loaded.sae_id, "width": int(width), "layer": layer, "hook_name": loaded.hook_name},
+        sae={"id": loaded.sae_id, "fingerprint": loaded.fingerprint, "width": int(width), "layer": layer,
+             "hook_name": loaded.hook_name},
         counts={
             "saliency_rows": int(len(saliency)),
             "items_without_tokens": len(empty),

@@ -3,7 +3,7 @@
 ``load_sae(spec)`` accepts three kinds of spec:
 
 - ``"embedded"``: the SAE shipped inside this package (``cgaps/assets/sae/<name>/``), trained
-  on SmolLM2-135M-Instruct by ``cgaps train-sae`` (recipe: ``scripts/train_shipped_sae.sh``);
+  on SmolLM2-135M-Instruct by ``cgaps train-sae`` (recipe: ``scripts/train_shipped_sae.py``);
 - a local folder in sae-lens format (``cfg.json`` + ``sae_weights.safetensors``), loaded with
   ``SAE.load_from_disk``, which picks the architecture (TopK, JumpReLU, standard...) from cfg.json;
 - ``RELEASE/SAE_ID``: a release of sae-lens's ``pretrained_saes.yaml`` and an SAE id inside it
@@ -16,8 +16,10 @@ pulls in transformer-lens, which takes seconds.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +44,18 @@ class LoadedSAE:
     sae_id: str
     width: int
     hook_name: str
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A short hash of the weights: tells apart two SAEs behind the same id (a folder retrained
+        in place, a new package release), so resumed work never mixes their activations."""
+        import torch
+
+        h = hashlib.sha1()
+        for name, tensor in sorted(self.sae.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
 
 
 def resid_post_hook(layer: int) -> str:
