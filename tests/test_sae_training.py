@@ -63,6 +63,25 @@ def test_cache_manifest_and_resume(backend, cache, tmp_path):
     torch.testing.assert_close(load_layer(partial, 1), acts)
 
 
+def test_finished_cache_extended_after_a_kill(backend, cache, tmp_path):
+    """A cache finished at a small max_tokens, extended, killed while extending, rerun: it completes."""
+    full = load_layer(cache, 0)
+    folder = tmp_path / "grow"
+    small = build_cache(backend, CONVS, folder, [0, 1], shard_size=8, batch_size=4, max_tokens=1)
+    assert small["complete"] and len(small["shards"]) == 1
+
+    def killed_after_next_shard(n):
+        if len(load_manifest(folder)["shards"]) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(backend, CONVS, folder, [0, 1], shard_size=8, batch_size=4, progress=killed_after_next_shard)
+    again = build_cache(backend, CONVS, folder, [0, 1], shard_size=8, batch_size=4)
+    assert again["complete"] and len(again["shards"]) == 5
+    assert again["counts"]["tokens"] == load_manifest(cache)["counts"]["tokens"]
+    torch.testing.assert_close(load_layer(folder, 0), full)
+
+
 def test_outliers_excluded_by_recorded_rule(backend, tmp_path):
     build_cache(backend, CONVS[:8], tmp_path / "c", [1], shard_size=8, norm_ratio=1.05)
     m = load_manifest(tmp_path / "c")

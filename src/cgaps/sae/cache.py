@@ -124,10 +124,11 @@ def build_cache(
             "shards": [],
             "complete": False,
         }
-    if manifest["complete"] and manifest.get("max_tokens") == max_tokens:
-        return manifest
-    # shards do not depend on max_tokens: a finished or killed cache can be extended or cut short
+    # shards do not depend on max_tokens: a finished or killed cache can be extended or cut short.
+    # Whether work is left is read from the shards, never from the flag: a run killed while
+    # extending a finished cache leaves the flag of the earlier, smaller cache behind.
     manifest["max_tokens"] = max_tokens
+    manifest["complete"] = False
     tok = backend.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     n_shards = -(-len(conversations) // shard_size)
