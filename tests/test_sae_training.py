@@ -145,6 +145,9 @@ def test_resume_gives_same_weights(cache, tmp_path):
     assert not killed["done"] and killed["step"] == 11
     resumed = train_sae(acts, tmp_path / "resumed", cfg)
     assert resumed["done"]
+    # the record says where it resumed, and its time adds the killed run's kept steps
+    assert full["resumed_at"] == [] and killed["resumed_at"] == [] and resumed["resumed_at"] == [11]
+    assert 0 < killed["seconds"] < resumed["seconds"]
     for key in full["params"]:
         torch.testing.assert_close(resumed["params"][key], full["params"][key])
 

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,9 @@ def train_sae(
     """Train on ``acts`` (fp16/fp32 tensor [N, d] of raw residuals); checkpoints go to ``out``.
 
     Returns the trained parameters in *scaled* units plus ``scale`` (use :func:`save_sae` to
-    fold it). ``max_steps`` stops early after writing a checkpoint (a resumable "kill").
+    fold it), ``seconds`` (training time of the steps kept, summed over resumed runs) and
+    ``resumed_at`` (the steps a run restarted from). ``max_steps`` stops early after writing a
+    checkpoint (a resumable "kill").
     """
     import torch
 
@@ -201,6 +204,8 @@ def _train(acts: Any, out: Path, cfg: TrainConfig, max_steps: int | None,
         scale = float(math.sqrt(d) / sample.norm(dim=1).pow(2).mean().sqrt())
         p = _params(cfg, d, (sample * scale).mean(0))
         state = {"step": 0, "since_fired": torch.zeros(cfg.width, dtype=torch.long), "history": []}
+    resumed_at = list(state.get("resumed_at", [])) + ([state["step"]] if state["step"] else [])
+    seconds0, t0 = float(state.get("seconds", 0.0)), time.perf_counter()
     opt = torch.optim.Adam(list(p.values()), lr=cfg.lr, betas=(0.9, 0.999), eps=6.25e-10)
     if "optimizer" in state:
         opt.load_state_dict(state["optimizer"])
@@ -266,9 +271,11 @@ def _train(acts: Any, out: Path, cfg: TrainConfig, max_steps: int | None,
                 "config": dataclasses.asdict(cfg), "n_tokens": n, "scale": scale, "step": step,
                 "params": {key: v.detach() for key, v in p.items()}, "optimizer": opt.state_dict(),
                 "since_fired": since_fired, "history": history,
+                "seconds": seconds0 + time.perf_counter() - t0, "resumed_at": resumed_at,
             })
     return {"params": {key: v.detach() for key, v in p.items()}, "scale": scale, "step": step, "total_steps": total,
-            "history": history, "done": step >= total}
+            "history": history, "done": step >= total, "seconds": seconds0 + time.perf_counter() - t0,
+            "resumed_at": resumed_at}
 
 
 def to_sae(result: dict[str, Any], cfg: TrainConfig, *, layer: int, model_name: str, extra: dict[str, Any] | None = None):
