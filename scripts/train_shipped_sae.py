@@ -2,12 +2,12 @@
 
 Stages (each resumable; rerunning skips finished work):
 
-1. ``mix``     the text mix: benchmark conversations + generic English as chat turns, a held-out
-               split, and the model's own greedy responses to a sample of benchmark prompts;
-2. ``cache``   residuals of the candidate layers in one forward pass (train and held-out caches);
-3. ``pilot``   small SAEs per candidate layer on the first tokens, compared at the same k;
-4. ``train``   the shipped SAE on the chosen layer (``--layer``, default: the pilot's choice);
-5. ``card``    metrics, top contexts of 20 random latents, MODEL_CARD.md, copy into the package.
+1. ``mix``     the text mix: benchmark conversations + generic English as chat turns, and a held-out split;
+2. ``own``     the model's own greedy responses to a sample of benchmark prompts (train and held-out);
+3. ``cache``   residuals of the candidate layers in one forward pass (train, own-response and held-out caches);
+4. ``pilot``   small SAEs per candidate layer on the first tokens, compared at the same k;
+5. ``train``   the shipped SAE on the chosen layer (``--layer``, default: the pilot's choice);
+6. ``card``    metrics, top contexts of 20 random latents, MODEL_CARD.md, copy into the package.
 
 Usage: ``python scripts/train_shipped_sae.py [--work DIR] [--stages mix,cache,...]``.
 Corpora and caches live in ``--work`` (default ``$CGAPS_CACHE/sae-smollm2``), never in the repository.
@@ -35,7 +35,10 @@ CAPS = {
 }
 CANDIDATE_LAYERS = [12, 15, 18, 21]
 HELDOUT_FRACTION = 0.04
-N_GENERATED = 0  # the model's own responses: set e.g. 192 where CPU time allows (~120 tok/s)
+GENERIC = ("wordnet", "fortunes", "debian_reference")
+N_GENERATED = 640  # the model's own responses to training-split benchmark prompts (~2.5 s each on 2 cores)
+N_GENERATED_HELDOUT = 64  # ... and to held-out prompts not used for the held-out cache
+OWN_MAX_NEW_TOKENS = 160
 TRAIN_TOKENS = 2_200_000
 HELDOUT_CONVERSATIONS = 300
 CE_CONVERSATIONS = 60
@@ -45,26 +48,43 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 log = logging.getLogger("train_shipped_sae")
 
 
-def stage_mix(work: Path, backend, seed: int) -> None:
+def stage_mix(work: Path, seed: int) -> None:
+    """The text mix (benchmark conversations + generic English) and its held-out split."""
     if (work / "train.jsonl").exists():
         return
     mix = corpus.build_mix(BENCHMARKS, CAPS, seed=seed)
-    rng = random.Random(seed)
     n_held = int(len(mix) * HELDOUT_FRACTION)
     held, train = mix[:n_held], mix[n_held:]
-    # the model's own answers: closest to what CG analyses (responses to benchmark prompts)
-    pool = [c for c in train if c["source"] not in ("wordnet", "fortunes", "debian_reference")]
-    prompts = rng.sample(pool, N_GENERATED) if N_GENERATED else []
-    t0 = time.time()
-    users = [[m for m in c["messages"] if m["role"] == "user"] for c in prompts]
-    answers = backend.generate(users, max_new_tokens=128, batch_size=16) if users else []
-    log.info("generated %d responses in %.0fs", len(answers), time.time() - t0)
-    generated = [{"source": "own_responses", "messages": u + [{"role": "assistant", "content": a}]}
-                 for u, a in zip(users, answers, strict=True) if a]
-    train = train + generated
-    random.Random(seed + 1).shuffle(train)
     corpus.write_jsonl(work / "heldout.jsonl", held)
     corpus.write_jsonl(work / "train.jsonl", train)
+
+
+def _own_prompts(convs: list[dict], n: int, seed: int) -> list[list[dict]]:
+    """User turns of ``n`` benchmark conversations (a seeded sample; generic English is left out)."""
+    pool = [c for c in convs if c["source"] not in GENERIC]
+    return [[m for m in c["messages"] if m["role"] == "user"] for c in random.Random(seed).sample(pool, min(n, len(pool)))]
+
+
+def stage_own(work: Path, backend, seed: int, n_train: int = N_GENERATED, n_held: int = N_GENERATED_HELDOUT) -> None:
+    """The model's own greedy responses to benchmark prompts: closest to what CG analyses.
+
+    Training prompts come from the training split, held-out ones from the held-out split (a second
+    held-out FVU on the model's own text). Written in chunks, so a killed run resumes."""
+    jobs = [("own_train.jsonl", corpus.read_jsonl(work / "train.jsonl"), n_train),
+            ("own_heldout.jsonl", corpus.read_jsonl(work / "heldout.jsonl")[HELDOUT_CONVERSATIONS:], n_held)]
+    for name, convs, n in jobs:
+        path = work / name
+        done = corpus.read_jsonl(path) if path.exists() else []
+        users = _own_prompts(convs, n, seed)
+        t0, made = time.time(), 0
+        for start in range(len(done), len(users), 64):
+            chunk = users[start:start + 64]
+            answers = backend.generate(chunk, max_new_tokens=OWN_MAX_NEW_TOKENS, batch_size=16)
+            with path.open("a") as f:
+                for u, a in zip(chunk, answers, strict=True):
+                    f.write(json.dumps({"source": "own_responses", "messages": u + [{"role": "assistant", "content": a}]}) + "\n")
+            made += len(chunk)
+            log.info("%s: %d / %d responses (%.1f s each)", name, start + len(chunk), len(users), (time.time() - t0) / made)
 
 
 def stage_cache(work: Path, backend, train_tokens: int = TRAIN_TOKENS) -> None:
@@ -81,15 +101,24 @@ def stage_cache(work: Path, backend, train_tokens: int = TRAIN_TOKENS) -> None:
     m2 = build_cache(backend, held, work / "cache_heldout", CANDIDATE_LAYERS,
                      text_mix={"heldout": len(held)}, progress=_ticker("cache heldout", None))
     log.info("heldout cache: %s", m2["counts"])
+    limits = m2["exclusion"]["max_norm"]
+    own_held = corpus.read_jsonl(work / "own_heldout.jsonl")
+    m3 = build_cache(backend, own_held, work / "cache_heldout_own", CANDIDATE_LAYERS, norm_limits=limits,
+                     text_mix={"own_responses": len(own_held)}, progress=_ticker("cache heldout own", None))
+    log.info("heldout own-response cache: %s", m3["counts"])
     # the training cache is extracted in bfloat16 (2x faster on CPUs with AMX/AVX512-BF16);
     # the held-out FVU and the CE splice are measured on float32 residuals, as users run it
     backend.model.to(torch.bfloat16 if EXTRACT_BF16 else torch.float32)
     t0 = time.time()
     m = build_cache(backend, train, work / "cache_train", CANDIDATE_LAYERS, max_tokens=train_tokens,
-                    norm_limits=m2["exclusion"]["max_norm"], text_mix={"conversations_available": mix},
+                    norm_limits=limits, text_mix={"conversations_available": mix},
                     progress=_ticker("cache train", train_tokens))
-    backend.model.to(torch.float32)
     log.info("train cache: %s in %.0fs", m["counts"], time.time() - t0)
+    own = corpus.read_jsonl(work / "own_train.jsonl")
+    m4 = build_cache(backend, own, work / "cache_own", CANDIDATE_LAYERS, norm_limits=limits,
+                     text_mix={"own_responses": len(own)}, progress=_ticker("cache own", None))
+    backend.model.to(torch.float32)
+    log.info("own-response cache: %s", m4["counts"])
 
 
 PILOT_TOKENS = 200_000
@@ -164,18 +193,36 @@ def choose_layer(results: dict) -> int:
     return min(ok, key=lambda layer: (abs(layer - target), -layer))
 
 
-def stage_train(work: Path, layer: int, epochs: float) -> None:
+def training_tokens(work: Path, layer: int, head: int | None = None):
+    """The training tokens (the mix's cache, then the own-response cache), their metadata with
+    conversation ids into the returned list of conversations. ``head`` keeps only the mix's first
+    ``head`` tokens (plus every own-response token)."""
     from cgaps.sae.cache import load_layer
+
+    acts, meta = load_layer(work / "cache_train", layer, max_tokens=head, with_meta=True)
+    convs = corpus.read_jsonl(work / "train.jsonl")
+    if head is not None:
+        acts, meta = acts[:head], {k: v[:head] for k, v in meta.items()}
+    own = work / "cache_own"
+    if own.exists():
+        acts2, meta2 = load_layer(own, layer, with_meta=True)
+        meta2 = {**meta2, "conv": meta2["conv"] + len(convs)}
+        acts = torch.cat([acts, acts2])
+        meta = {k: torch.cat([meta[k], meta2[k]]) for k in meta}
+        convs = convs + corpus.read_jsonl(work / "own_train.jsonl")
+    return acts, meta, convs
+
+
+def stage_train(work: Path, layer: int, epochs: float) -> None:
     from cgaps.sae.train import TrainConfig, train_sae
 
-    acts = load_layer(work / "cache_train", layer)
+    acts, _, _ = training_tokens(work, layer)
     cfg = TrainConfig(**{**FINAL, "epochs": epochs})
-    t0 = time.time()
     res = train_sae(acts, work / f"final_l{layer}", cfg, log=log.info)
-    seconds = time.time() - t0
-    torch.save({"result": res, "config": dataclasses.asdict(cfg), "layer": layer, "seconds": seconds, "tokens": len(acts)},
+    # seconds: the training time of the steps kept, over every resumed run
+    torch.save({"result": res, "config": dataclasses.asdict(cfg), "layer": layer, "seconds": res["seconds"], "tokens": len(acts)},
                work / f"final_l{layer}" / "result.pt")
-    log.info("trained layer %d: %d steps in %.0fs", layer, res["step"], seconds)
+    log.info("trained layer %d: %d steps in %.0fs (resumed at steps %s)", layer, res["step"], res["seconds"], res["resumed_at"])
 
 
 def _context(tok, conv: dict, pos: int, before: int = 12, after: int = 4) -> str:
@@ -210,19 +257,23 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
     save_sae(sae, folder, dtype="float16")
     shipped = load_sae(str(folder), hidden_size=backend.hidden_size, n_layers=backend.n_layers).sae
     held = load_layer(work / "cache_heldout", layer)
-    acts, meta = load_layer(work / "cache_train", layer, with_meta=True)
+    held_own = load_layer(work / "cache_heldout_own", layer)
+    acts, meta, train_convs = training_tokens(work, layer)
     t0 = time.time()
     metrics = {"layer": layer, "width": cfg.width, "k": cfg.k, "architecture": "topk",
                "train_tokens": len(acts), "epochs": cfg.epochs, "steps": saved["result"]["step"],
-               "train_seconds": saved["seconds"], "train_tokens_per_second": saved["result"]["step"] * cfg.batch_size / saved["seconds"],
+               "train_seconds": saved["seconds"], "resumed_at": saved["result"].get("resumed_at", []), "train_tokens_per_second": saved["result"]["step"] * cfg.batch_size / saved["seconds"],
                "heldout_conversations": held_manifest["counts"]["conversations"], "heldout_tokens": len(held)}
     r = reconstruction_metrics(shipped, held)
     metrics.update({"heldout_fvu": r["fvu"], "l0": r["l0"]})
-    # one encoding pass over the first 300k training tokens gives both the dead latents (top value 0)
-    # and the top contexts
-    sub = acts[:300_000]
-    vals, rows = _top_rows(shipped, sub, 5)
-    metrics.update({"dead_frac": float((vals[:, 0] == 0).float().mean()), "dead_tokens_checked": len(sub),
+    r = reconstruction_metrics(shipped, held_own)
+    metrics.update({"heldout_own_fvu": r["fvu"], "heldout_own_l0": r["l0"], "heldout_own_tokens": len(held_own),
+                    "heldout_own_conversations": load_manifest(work / "cache_heldout_own")["counts"]["conversations"]})
+    # one encoding pass over the first 300k training tokens of the mix and every own-response token
+    # gives both the dead latents (top value 0) and the top contexts
+    sub_acts, sub_meta, _ = training_tokens(work, layer, head=300_000)
+    vals, rows = _top_rows(shipped, sub_acts, 5)
+    metrics.update({"dead_frac": float((vals[:, 0] == 0).float().mean()), "dead_tokens_checked": len(sub_acts),
                     "train_fvu_first_50k": reconstruction_metrics(shipped, acts[:50_000])["fvu"]})
     held_convs = corpus.read_jsonl(work / "heldout.jsonl")[:HELDOUT_CONVERSATIONS][:CE_CONVERSATIONS]
     metrics.update(ce_increase(backend, shipped, held_convs, layer,
@@ -230,20 +281,20 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
                                mean_act=held.float().mean(0)))
     metrics["exclusion"] = held_manifest["exclusion"]
     metrics["train_cache"] = {k: train_manifest[k] for k in ("settings", "counts", "text_mix") if k in train_manifest}
+    metrics["own_cache"] = {k: v for k, v in load_manifest(work / "cache_own").items() if k in ("settings", "counts")}
     metrics["history"] = saved["result"]["history"]
     metrics["metric_seconds"] = time.time() - t0
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
     log.info("metrics: %s", {k: v for k, v in metrics.items() if k not in ("history", "train_cache", "exclusion")})
 
-    # top contexts of 20 random (seeded) latents that fire, over the first 300k training tokens
+    # top contexts of 20 random (seeded) latents that fire, over the same tokens
     alive = (vals[:, 0] > 0).nonzero().squeeze(1).tolist()
     latents = sorted(random.Random(0).sample(alive, 20))
-    train_convs = corpus.read_jsonl(work / "train.jsonl")
     tok = backend.tokenizer
     contexts = {}
     for c in latents:
-        contexts[c] = [(float(v), _context(tok, train_convs[int(meta["conv"][i])], int(meta["pos"][i])),
-                        train_convs[int(meta["conv"][i])]["source"]) for v, i in zip(vals[c], rows[c], strict=True) if v > 0]
+        contexts[c] = [(float(v), _context(tok, train_convs[int(sub_meta["conv"][i])], int(sub_meta["pos"][i])),
+                        train_convs[int(sub_meta["conv"][i])]["source"]) for v, i in zip(vals[c], rows[c], strict=True) if v > 0]
     (work / "top_contexts.json").write_text(json.dumps(contexts, indent=1))
 
     pilot = json.loads((work / "pilot.json").read_text())
@@ -281,15 +332,17 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
         "| metric | value |",
         "| --- | --- |",
         f"| held-out FVU ({m['heldout_tokens']:,} content tokens of {m['heldout_conversations']} held-out conversations) | {m['heldout_fvu']:.4f} |",
+        f"| held-out FVU on the model's own responses ({m['heldout_own_tokens']:,} content tokens of {m['heldout_own_conversations']} held-out prompts and SmolLM2's answers) | {m['heldout_own_fvu']:.4f} |",
         f"| FVU on the first 50k training tokens | {m['train_fvu_first_50k']:.4f} |",
         f"| L0 (mean active latents per token) | {m['l0']:.1f} |",
-        f"| dead latents (never fire on {m['dead_tokens_checked']:,} training tokens) | {m['dead_frac']:.2%} |",
+        f"| dead latents (never fire on {m['dead_tokens_checked']:,} training tokens: the mix's first 300k and every own-response token) | {m['dead_frac']:.2%} |",
         f"| next-token CE, clean (nats/token, {m['ce_tokens']:,} held-out content tokens) | {m['ce_clean']:.4f} |",
         f"| CE with the reconstruction spliced in at layer {layer} (content tokens) | {m['ce_sae']:.4f} |",
         f"| **CE increase** | **{m['ce_increase']:.4f}** |",
         f"| CE with the mean activation spliced in (reference) | {m['ce_mean_ablation']:.4f} |",
         f"| CE loss recovered | {m['ce_loss_recovered']:.2%} |",
-        f"| training throughput | {m['train_tokens_per_second']:.0f} tokens/s ({m['steps']} steps in {m['train_seconds'] / 60:.1f} min, 1 thread of a shared 2-core CPU) |",
+        f"| training throughput | {m['train_tokens_per_second']:.0f} tokens/s ({m['steps']} steps in {m['train_seconds'] / 60:.1f} min on 2 CPU cores"
+        + (f"; killed and resumed from the checkpoint at step {', '.join(map(str, m['resumed_at']))}" if m.get("resumed_at") else "") + ") |",
         "",
         "Held-out and CE tokens follow the recorded exclusion rule: " + m["exclusion"]["rule"]
         + f"; K = {m['exclusion']['K']}, max norm at layer {layer} = {m['exclusion']['max_norm'][str(layer)]:.1f}"
@@ -301,7 +354,9 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
         "single-turn chat conversations rendered with SmolLM2's chat template, truncated at 512 tokens:",
         "benchmark-style conversations read from the paper's ten benchmarks' original files (question as",
         "the user turn, the worked solution or gold answer as the assistant turn) and generic English from",
-        "Debian packages wrapped as chat turns (WordNet glosses, `fortunes` quotations, the Debian Reference).",
+        "Debian packages wrapped as chat turns (WordNet glosses, `fortunes` quotations, the Debian Reference),",
+        f"plus SmolLM2's own greedy answers (up to {OWN_MAX_NEW_TOKENS} new tokens) to {N_GENERATED} benchmark prompts sampled",
+        "from the training split (`own_responses`): the kind of text CG analyses.",
         "The training cache was extracted with the model in bfloat16; held-out residuals and the CE splice use float32.",
         "",
         "| source | conversations | content tokens |",
@@ -314,8 +369,7 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
         notes.append(f"The recipe's default is {TRAIN_TOKENS:,} training tokens; this SAE saw {m['train_tokens']:,} "
                      "(the extraction was cut short to fit the CPU time available when it was trained).")
     if "own_responses" not in src_counts:
-        notes.append("The mix holds no responses generated by SmolLM2 itself (`N_GENERATED = 0`: generation is "
-                     "~120 tokens/s on this CPU); set it to a few hundred where time allows.")
+        notes.append("The mix holds no responses generated by SmolLM2 itself (`N_GENERATED = 0`).")
     outliers = train_manifest.get("counts", {}).get("outliers", 0)
     notes.append(f"The outlier rule dropped {outliers} of {m['train_tokens'] + outliers:,} training content tokens: once "
                  "position 0 and the template scaffold are excluded, SmolLM2's huge-norm tokens are gone.")
@@ -332,7 +386,7 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
         "```",
         "apt-get install -y wordnet-base fortunes debian-reference-en",
         "CGAPS_CACHE=/work/cache nice -n 10 .venv/bin/python scripts/train_shipped_sae.py   # all stages, CPU",
-        f"# or only the final SAE on the chosen layer: --stages mix,cache,train,card --layer {layer}",
+        f"# or only the final SAE on the chosen layer: --stages mix,own,cache,train,card --layer {layer}",
         "```",
         "",
         f"(code at commit {commit}). `cgaps train-sae CONVERSATIONS.jsonl --layer L --out DIR` trains one on any model.",
@@ -355,7 +409,8 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
         "",
         "## Top contexts of 20 random latents",
         "",
-        "Firing token in `[[ ]]`, 12 tokens before and 4 after; over the first 300k training tokens.",
+        "Firing token in `[[ ]]`, 12 tokens before and 4 after; over the mix's first 300k training tokens and every",
+        "own-response token.",
         "",
     ]
     for c, ctx in contexts.items():
@@ -384,7 +439,7 @@ def _ticker(name: str, total: int | None):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=cache_dir() / "sae-smollm2")
-    ap.add_argument("--stages", default="mix,cache,pilot,train,card")
+    ap.add_argument("--stages", default="mix,own,cache,pilot,train,card")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--layer", type=int, default=None, help="skip the pilot's choice")
@@ -398,7 +453,9 @@ def main() -> None:
     stages = args.stages.split(",")
     backend = load_backend("embedded", device="cpu", dtype="float32")
     if "mix" in stages:
-        stage_mix(args.work, backend, args.seed)
+        stage_mix(args.work, args.seed)
+    if "own" in stages:
+        stage_own(args.work, backend, args.seed)
     if "cache" in stages:
         stage_cache(args.work, backend, args.train_tokens)
     if "pilot" in stages:
