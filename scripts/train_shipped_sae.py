@@ -252,7 +252,7 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
     train_manifest = load_manifest(work / "cache_train")
     held_manifest = load_manifest(work / "cache_heldout")
     sae = to_sae(saved["result"], cfg, layer=layer, model_name=MODEL_NAME,
-                 extra={"dataset_path": "cgaps recipe: benchmark-style chat conversations + generic English (see MODEL_CARD.md)",
+                 extra={"dataset_path": "cgaps recipe: benchmark-style chat conversations + generic English + SmolLM2's own responses (see MODEL_CARD.md)",
                         "context_size": 512})
     save_sae(sae, folder, dtype="float16")
     shipped = load_sae(str(folder), hidden_size=backend.hidden_size, n_layers=backend.n_layers).sae
