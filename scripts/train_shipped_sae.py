@@ -193,16 +193,14 @@ def choose_layer(results: dict) -> int:
     return min(ok, key=lambda layer: (abs(layer - target), -layer))
 
 
-def training_tokens(work: Path, layer: int, head: int | None = None):
+def training_tokens(work: Path, layer: int):
     """The training tokens (the mix's cache, then the own-response cache), their metadata with
-    conversation ids into the returned list of conversations. ``head`` keeps only the mix's first
-    ``head`` tokens (plus every own-response token)."""
+    conversation ids into the returned list of conversations, and how many tokens are the mix's."""
     from cgaps.sae.cache import load_layer
 
-    acts, meta = load_layer(work / "cache_train", layer, max_tokens=head, with_meta=True)
+    acts, meta = load_layer(work / "cache_train", layer, with_meta=True)
+    n_mix = len(acts)
     convs = corpus.read_jsonl(work / "train.jsonl")
-    if head is not None:
-        acts, meta = acts[:head], {k: v[:head] for k, v in meta.items()}
     own = work / "cache_own"
     if own.exists():
         acts2, meta2 = load_layer(own, layer, with_meta=True)
@@ -210,17 +208,17 @@ def training_tokens(work: Path, layer: int, head: int | None = None):
         acts = torch.cat([acts, acts2])
         meta = {k: torch.cat([meta[k], meta2[k]]) for k in meta}
         convs = convs + corpus.read_jsonl(work / "own_train.jsonl")
-    return acts, meta, convs
+    return acts, meta, convs, n_mix
 
 
 def stage_train(work: Path, layer: int, epochs: float) -> None:
     from cgaps.sae.train import TrainConfig, train_sae
 
-    acts, _, _ = training_tokens(work, layer)
+    acts = training_tokens(work, layer)[0]
     cfg = TrainConfig(**{**FINAL, "epochs": epochs})
     res = train_sae(acts, work / f"final_l{layer}", cfg, log=log.info)
     # seconds: the training time of the steps kept, over every resumed run
-    torch.save({"result": res, "config": dataclasses.asdict(cfg), "layer": layer, "seconds": res["seconds"], "tokens": len(acts)},
+    torch.save({"result": res, "config": dataclasses.asdict(cfg), "layer": layer, "tokens": len(acts)},
                work / f"final_l{layer}" / "result.pt")
     log.info("trained layer %d: %d steps in %.0fs (resumed at steps %s)", layer, res["step"], res["seconds"], res["resumed_at"])
 
@@ -258,11 +256,13 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
     shipped = load_sae(str(folder), hidden_size=backend.hidden_size, n_layers=backend.n_layers).sae
     held = load_layer(work / "cache_heldout", layer)
     held_own = load_layer(work / "cache_heldout_own", layer)
-    acts, meta, train_convs = training_tokens(work, layer)
+    acts, meta, train_convs, n_mix = training_tokens(work, layer)
+    seconds = saved["result"]["seconds"]
     t0 = time.time()
     metrics = {"layer": layer, "width": cfg.width, "k": cfg.k, "architecture": "topk",
                "train_tokens": len(acts), "epochs": cfg.epochs, "steps": saved["result"]["step"],
-               "train_seconds": saved["seconds"], "resumed_at": saved["result"].get("resumed_at", []), "train_tokens_per_second": saved["result"]["step"] * cfg.batch_size / saved["seconds"],
+               "train_seconds": seconds, "resumed_at": saved["result"]["resumed_at"],
+               "train_tokens_per_second": saved["result"]["step"] * cfg.batch_size / seconds,
                "heldout_conversations": held_manifest["counts"]["conversations"], "heldout_tokens": len(held)}
     r = reconstruction_metrics(shipped, held)
     metrics.update({"heldout_fvu": r["fvu"], "l0": r["l0"]})
@@ -271,7 +271,8 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
                     "heldout_own_conversations": load_manifest(work / "cache_heldout_own")["counts"]["conversations"]})
     # one encoding pass over the first 300k training tokens of the mix and every own-response token
     # gives both the dead latents (top value 0) and the top contexts
-    sub_acts, sub_meta, _ = training_tokens(work, layer, head=300_000)
+    sub = torch.cat([torch.arange(min(300_000, n_mix)), torch.arange(n_mix, len(acts))])
+    sub_acts, sub_meta = acts[sub], {k: v[sub] for k, v in meta.items()}
     vals, rows = _top_rows(shipped, sub_acts, 5)
     metrics.update({"dead_frac": float((vals[:, 0] == 0).float().mean()), "dead_tokens_checked": len(sub_acts),
                     "train_fvu_first_50k": reconstruction_metrics(shipped, acts[:50_000])["fvu"]})
