@@ -36,7 +36,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from cgaps.models import load_backend
-    from cgaps.sae.train import TrainConfig, train_sae
+    from cgaps.sae.training.train import TrainConfig, train_sae
 
     backend = load_backend("embedded", device="cpu", dtype="float32")
     ids = torch.randint(100, 40000, (8, 256))

@@ -88,7 +88,7 @@ def stage_own(work: Path, backend, seed: int, n_train: int = N_GENERATED, n_held
 
 
 def stage_cache(work: Path, backend, train_tokens: int = TRAIN_TOKENS) -> None:
-    from cgaps.sae.cache import build_cache
+    from cgaps.sae.training.cache import build_cache
 
     train = corpus.read_jsonl(work / "train.jsonl")
     held = corpus.read_jsonl(work / "heldout.jsonl")
@@ -157,9 +157,9 @@ def _top_rows(sae, acts, top: int):
 
 
 def stage_pilot(work: Path) -> dict:
-    from cgaps.sae.cache import load_layer
-    from cgaps.sae.evaluate import reconstruction_metrics
-    from cgaps.sae.train import TrainConfig, to_sae, train_sae
+    from cgaps.sae.training.cache import load_layer
+    from cgaps.sae.training.metrics import reconstruction_metrics
+    from cgaps.sae.training.train import TrainConfig, to_sae, train_sae
 
     path = work / "pilot.json"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -196,7 +196,7 @@ def choose_layer(results: dict) -> int:
 def training_tokens(work: Path, layer: int):
     """The training tokens (the mix's cache, then the own-response cache), their metadata with
     conversation ids into the returned list of conversations, and how many tokens are the mix's."""
-    from cgaps.sae.cache import load_layer
+    from cgaps.sae.training.cache import load_layer
 
     acts, meta = load_layer(work / "cache_train", layer, with_meta=True)
     n_mix = len(acts)
@@ -212,7 +212,7 @@ def training_tokens(work: Path, layer: int):
 
 
 def stage_train(work: Path, layer: int, epochs: float) -> None:
-    from cgaps.sae.train import TrainConfig, train_sae
+    from cgaps.sae.training.train import TrainConfig, train_sae
 
     acts = training_tokens(work, layer)[0]
     cfg = TrainConfig(**{**FINAL, "epochs": epochs})
@@ -224,7 +224,7 @@ def stage_train(work: Path, layer: int, epochs: float) -> None:
 
 
 def _context(tok, conv: dict, pos: int, before: int = 12, after: int = 4) -> str:
-    from cgaps.sae.cache import render
+    from cgaps.sae.training.cache import render
 
     ids, _ = render(tok, conv["messages"], 512)
     left = tok.decode(ids[max(0, pos - before):pos])
@@ -239,9 +239,9 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
     import subprocess
 
     from cgaps.sae import load_sae
-    from cgaps.sae.cache import load_layer, load_manifest
-    from cgaps.sae.evaluate import ce_increase, reconstruction_metrics
-    from cgaps.sae.train import TrainConfig, save_sae, to_sae
+    from cgaps.sae.training.cache import load_layer, load_manifest
+    from cgaps.sae.training.metrics import ce_increase, reconstruction_metrics
+    from cgaps.sae.training.train import TrainConfig, save_sae, to_sae
 
     saved = torch.load(work / f"final_l{layer}" / "result.pt", weights_only=False)
     cfg = TrainConfig(**saved["config"])

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from cgaps import rundir
-from cgaps.benchmarks import BENCHMARKS, PAPER10, SUITES, load_suite
 from cgaps.errors import CGapsError
-from cgaps.grading import grade_items
+from cgaps.evaluate.grade import grade_items
+from cgaps.items import BENCHMARKS, PAPER10, SUITES, load_suite
 
 MANIFEST_COUNTS = {
     "gsm8k": 1319, "math": 5000, "agieval": 3852, "logicbench": 2020, "socialiqa": 1954, "winogrande": 1267,
@@ -232,8 +232,8 @@ def test_cli_items_and_grade(tmp_path, benchmarks_dir):
 
 def test_hub_path_shares_the_parsers(monkeypatch, benchmarks_dir, paper):
     """No download here: the fetchers are stubbed with the local files, the rest runs as for hub users."""
-    import cgaps.benchmarks.paper as paper_mod
-    from cgaps.benchmarks.sources import Record, read_jsonl
+    import cgaps.items.paper as paper_mod
+    from cgaps.items.sources import Record, read_jsonl
 
     def fake_download(urls):
         assert all(u.startswith("https://raw.githubusercontent.com/") for u in urls.values())

@@ -9,7 +9,7 @@ import pytest
 
 from cgaps import rundir
 from cgaps.config import RunConfig
-from cgaps.evaluation import evaluate_run
+from cgaps.evaluate.stage import evaluate_run
 
 
 class FakeBackend:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from cgaps import rundir
-from cgaps.activations import extract_run
 from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
+from cgaps.extract.stage import extract_run
 from cgaps.models import HFBackend, conversation, format_chat
 from cgaps.sae import LoadedSAE
 
@@ -143,7 +143,7 @@ def test_top_k_and_contexts(tmp_path, tiny_backend):
 
 
 def test_resume_after_interruption(tmp_path, tiny_backend, monkeypatch):
-    import cgaps.activations as act
+    import cgaps.extract.stage as act
 
     spec = tiny_sae(tiny_backend.hidden_size)
     items = pd.concat([ITEMS.assign(item_id=ITEMS["item_id"] + str(i)) for i in range(3)], ignore_index=True)
@@ -216,7 +216,7 @@ def test_smollm_position_zero_is_an_outlier_and_skipped(smollm):
     enc = tok(fmt.text, return_tensors="pt", add_special_tokens=False)
     norms = smollm.residuals(enc["input_ids"], enc["attention_mask"], 20)[0].norm(dim=-1)
     assert norms[0] > 20 * norms[1:].median()
-    from cgaps.activations import encode_items
+    from cgaps.extract.stage import encode_items
 
     items = pd.DataFrame({"item_id": ["q"], "prompt": ["What is the capital of France?"], "response": ["Paris."]})
     (e,) = encode_items(items, tok, RunConfig())

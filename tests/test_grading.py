@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from cgaps.errors import CGapsError
-from cgaps.grading import extract_letter, extract_number, grade_items, grade_one, last_boxed
+from cgaps.evaluate.grade import extract_letter, extract_number, grade_items, grade_one, last_boxed
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ import re
 import numpy as np
 
 from cgaps import rundir
-from cgaps.benchmarks import load_suite
-from cgaps.benchmarks.probes import FAMILIES
-from cgaps.grading import grade_items, grade_one
+from cgaps.evaluate.grade import grade_items, grade_one
+from cgaps.items import load_suite
+from cgaps.items.probes import FAMILIES
 
 
 def test_probe_suite_shape_and_determinism():

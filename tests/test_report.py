@@ -357,7 +357,7 @@ def test_options_validated():
 
 def test_with_the_scoring_stage(tmp_path):
     """The tables `cgaps score` writes render too (schema drift between the stages shows here)."""
-    scoring = pytest.importorskip("cgaps.scoring.run")
+    scoring = pytest.importorskip("cgaps.scoring.stage")
     for benches in (("gsm8k", "winogrande"), ("gsm8k",)):
         run = make_run(tmp_path / "_".join(benches), benchmarks=benches, n_items=40, width=120, per_item=15)
         (run / rundir.CONCEPTS).unlink()

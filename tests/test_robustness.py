@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from cgaps.config import RunConfig
+from cgaps.robustness.core import ablation, subsample_rows, subsampling
 from cgaps.scoring import build_matrix, compute_scores
-from cgaps.scoring.robustness import ablation, subsample_rows, subsampling
 from test_scoring import make_suite, write_run
 
 

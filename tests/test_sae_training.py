@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from cgaps.sae.cache import build_cache, load_layer, load_manifest, render
-from cgaps.sae.train import TrainConfig, save_sae, to_sae, train_sae
+from cgaps.sae.training.cache import build_cache, load_layer, load_manifest, render
+from cgaps.sae.training.train import TrainConfig, save_sae, to_sae, train_sae
 from standins import embedded_tokenizer, tiny_model
 
 CONVS = [
@@ -116,7 +116,7 @@ def test_train_save_load_roundtrip(cache, tmp_path):
     # the same fit in the trainer's scaled units: folding changes nothing but the units
     s = result["scale"]
     p = result["params"]
-    from cgaps.sae.train import topk_forward
+    from cgaps.sae.training.train import topk_forward
 
     recon_scaled = topk_forward({k: v for k, v in p.items()}, x * s, cfg.k)[0]
     torch.testing.assert_close(x_hat, recon_scaled / s, rtol=1e-4, atol=1e-4)
@@ -162,7 +162,7 @@ def test_checkpoint_of_other_run_rejected(cache, tmp_path):
 
 
 def test_ce_increase_splice(backend, cache, tmp_path):
-    from cgaps.sae.evaluate import ce_increase, reconstruction_metrics
+    from cgaps.sae.training.metrics import ce_increase, reconstruction_metrics
 
     acts = load_layer(cache, 1)
     cfg = _cfg()
@@ -175,7 +175,7 @@ def test_ce_increase_splice(backend, cache, tmp_path):
 
 
 def test_bf16_matmuls_train_like_fp32(cache, tmp_path):
-    from cgaps.sae.evaluate import reconstruction_metrics
+    from cgaps.sae.training.metrics import reconstruction_metrics
 
     acts = load_layer(cache, 1)
     fvu = {}
@@ -186,7 +186,7 @@ def test_bf16_matmuls_train_like_fp32(cache, tmp_path):
 
 
 def test_custom_backward_matches_autograd_reference():
-    from cgaps.sae.train import topk_forward
+    from cgaps.sae.training.train import topk_forward
 
     gen = torch.Generator().manual_seed(0)
     p = {"W_enc": torch.randn(32, 8, generator=gen), "b_enc": torch.randn(32, generator=gen) * 0.1,

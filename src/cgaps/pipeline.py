@@ -12,8 +12,8 @@ from pathlib import Path
 
 from cgaps import rundir
 from cgaps.config import RunConfig
+from cgaps.console import info
 from cgaps.errors import CGapsError
-from cgaps.progress import info
 
 STAGES = ("items", "evaluate", "extract", "score", "report")
 
@@ -34,9 +34,9 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) ->
     """Run every stage that is not complete yet; return the wall time per stage (seconds)."""
     import pyarrow.parquet as pq
 
-    from cgaps.activations import extract_run
-    from cgaps.benchmarks import load_suite
-    from cgaps.evaluation import evaluate_run
+    from cgaps.evaluate.stage import evaluate_run
+    from cgaps.extract.stage import extract_run
+    from cgaps.items import load_suite
     from cgaps.models import load_backend
     from cgaps.report import build_report
     from cgaps.scoring import score_run

@@ -40,7 +40,7 @@ ITEM_REQUIRED = ("item_id", "benchmark", "prompt", "reference")
 ITEM_SCORED = ("response", "score")
 ITEM_OPTIONAL = (
     "messages",  # JSON list of {role, content}; overrides `prompt` for multi-turn items
-    "answer_type",  # grader key (see cgaps.grading)
+    "answer_type",  # grader key (see cgaps.evaluate.grade)
     "choices",  # JSON list of option strings, for log-likelihood scoring
     "category",  # sub-category for display (subject, family, axiom...)
     "meta",  # JSON object with anything else (gold aliases, bias metadata...)

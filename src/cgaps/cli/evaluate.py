@@ -18,7 +18,7 @@ def evaluate(
     device: str = config_option("device"),
 ) -> None:
     """Generate responses (batched, greedy, chat template) and grade them."""
-    from cgaps.evaluation import evaluate_run
+    from cgaps.evaluate.stage import evaluate_run
 
     cfg = run_config(run_dir, model=model, max_new_tokens=max_new_tokens, batch_size=batch_size,
                      mc_scoring=mc_scoring, device=device)

@@ -22,7 +22,7 @@ def extract(
     device: str = config_option("device"),
 ) -> None:
     """Encode the residual stream after layer L with the SAE and pool it per item."""
-    from cgaps.activations import extract_run
+    from cgaps.extract.stage import extract_run
 
     cfg = run_config(run_dir, reader=reader, sae=sae, layer=layer, span=span, pool=pool,
                      skip_special=skip_special, top_k=top_k, batch_size=batch_size, device=device)

@@ -11,8 +11,8 @@ def read_responses(path: str, known_ids: set[str]) -> dict[str, str]:
     """``{item_id: response}`` from JSONL lines ``{"item_id": ..., "response": ...}``; errors name file and line."""
     from pathlib import Path
 
-    from cgaps.benchmarks.sources import read_jsonl
     from cgaps.errors import CGapsError, did_you_mean
+    from cgaps.items.sources import read_jsonl
 
     if not Path(path).is_file():
         raise CGapsError(f"{path}: no such file; give a JSONL of {{\"item_id\": ..., \"response\": ...}} lines")
@@ -40,9 +40,9 @@ def grade(
     from pathlib import Path
 
     from cgaps import rundir
+    from cgaps.console import info
     from cgaps.errors import CGapsError
-    from cgaps.grading import grade_items
-    from cgaps.progress import info
+    from cgaps.evaluate.grade import grade_items
 
     path = Path(run_dir) / rundir.ITEMS
     # Validate ourselves from the raw table: validate_items turns a missing response into "",
@@ -63,7 +63,7 @@ def grade(
         if empty.any():
             raise CGapsError(f"{path}: item {df.loc[empty, 'item_id'].iloc[0]!r} has no response "
                              f"({int(empty.sum())} in all); finish `cgaps evaluate` or pass --responses")
-    from cgaps.progress import progress_bar
+    from cgaps.console import progress_bar
 
     with progress_bar("grading", total=len(df)) as advance:
         df["score"] = grade_items(df, progress=advance)

@@ -19,8 +19,8 @@ def items(
     from pathlib import Path
 
     from cgaps import rundir
-    from cgaps.benchmarks import load_suite
-    from cgaps.progress import info
+    from cgaps.console import info
+    from cgaps.items import load_suite
 
     info(f"loading {suite} ...")
     df = load_suite(suite, data_dir=data_dir, limit=limit, seed=seed, chain_of_thought=chain_of_thought)

@@ -19,7 +19,7 @@ def report(
     examples: int = typer.Option(2, help="Example items per concept, for each of correct and incorrect."),
 ) -> None:
     """Write one offline HTML file with the χ_bench / χ_model figures, gap tables and example items."""
-    from cgaps.progress import info
+    from cgaps.console import info
     from cgaps.report import ReportOptions, build_report
 
     options = ReportOptions(top=top, top_per_benchmark=top_per_benchmark, examples=examples)

@@ -21,7 +21,7 @@ def robustness(
 
     from cgaps import rundir
     from cgaps.errors import CGapsError
-    from cgaps.scoring.robustness import robustness_run
+    from cgaps.robustness.core import robustness_run
 
     if repeats < 2 or not 0 <= drop < 1 or top < 1 or not 0 < max_delete < 1:
         raise CGapsError(

@@ -36,14 +36,14 @@ def train_sae(
 
     import torch
 
+    from cgaps.console import info, progress_bar
     from cgaps.errors import CGapsError
     from cgaps.models import load_backend
-    from cgaps.progress import info, progress_bar
-    from cgaps.sae.cache import build_cache, load_layer
-    from cgaps.sae.corpus import read_jsonl
-    from cgaps.sae.evaluate import ce_increase, firing_counts, reconstruction_metrics
-    from cgaps.sae.train import TrainConfig, save_sae, to_sae
-    from cgaps.sae.train import train_sae as run_training
+    from cgaps.sae.training.cache import build_cache, load_layer
+    from cgaps.sae.training.corpus import read_jsonl
+    from cgaps.sae.training.metrics import ce_increase, firing_counts, reconstruction_metrics
+    from cgaps.sae.training.train import TrainConfig, save_sae, to_sae
+    from cgaps.sae.training.train import train_sae as run_training
 
     if threads:
         torch.set_num_threads(threads)

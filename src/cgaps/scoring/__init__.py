@@ -1,10 +1,10 @@
 """Scoring stage: chi_bench, chi_model, benchmark gaps and model gaps per concept (SPEC.md section 3).
 
 :mod:`cgaps.scoring.core` holds the vectorised formulas (one sparse matrix, indicator
-products per scope); :mod:`cgaps.scoring.run` reads and writes the run directory.
+products per scope); :mod:`cgaps.scoring.stage` reads and writes the run directory.
 """
 
 from cgaps.scoring.core import SuiteMatrix, build_matrix, chi_tables, compute_scores
-from cgaps.scoring.run import score_run
+from cgaps.scoring.stage import score_run
 
 __all__ = ["SuiteMatrix", "build_matrix", "chi_tables", "compute_scores", "score_run"]

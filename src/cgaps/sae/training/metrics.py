@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cgaps.sae.cache import render
+from cgaps.sae.training.cache import render
 
 
 def reconstruction_metrics(sae: Any, acts: Any, batch_size: int = 4096) -> dict[str, float]:

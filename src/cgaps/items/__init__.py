@@ -1,16 +1,16 @@
 """Benchmarks: from a suite name to an items table (SPEC.md section 1).
 
 ``load_suite`` resolves a suite argument in this order: a spec file (``*.yaml``,
-``*.yml``, ``*.json``: :mod:`cgaps.benchmarks.custom`), a suite name from :data:`SUITES`,
+``*.yml``, ``*.json``: :mod:`cgaps.items.custom`), a suite name from :data:`SUITES`,
 or comma-separated benchmark names from :data:`BENCHMARKS`. Each benchmark is loaded
 whole in source order, item ids are assigned from the source position, and only then is
 ``limit`` applied (a seeded sample, sorted back into source order), so an item keeps its
 id whatever the limit.
 
-Modules: :mod:`~cgaps.benchmarks.paper` (the ten paper benchmarks, local files or hub),
-:mod:`~cgaps.benchmarks.probes` (the generated probe suite), :mod:`~cgaps.benchmarks.custom`
-(spec files), :mod:`~cgaps.benchmarks.prompts` (prompt formats), and
-:mod:`~cgaps.benchmarks.sources` (file and hub readers that remember file and line).
+Modules: :mod:`~cgaps.items.paper` (the ten paper benchmarks, local files or hub),
+:mod:`~cgaps.items.probes` (the generated probe suite), :mod:`~cgaps.items.custom`
+(spec files), :mod:`~cgaps.items.prompts` (prompt formats), and
+:mod:`~cgaps.items.sources` (file and hub readers that remember file and line).
 """
 
 from __future__ import annotations
@@ -60,12 +60,12 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, seed: int = 0,
                    chain_of_thought: bool = False) -> list[dict[str, Any]]:
     """All items of one benchmark (with item ids), before any limit."""
     if name == "probes":
-        from cgaps.benchmarks.probes import load_probes
+        from cgaps.items.probes import load_probes
 
         return load_probes(seed=seed)
     if name not in BENCHMARKS:
         raise unknown_choice("benchmark", name, BENCHMARKS)
-    from cgaps.benchmarks.paper import load_paper
+    from cgaps.items.paper import load_paper
 
     items = load_paper(name, data_dir, chain_of_thought)
     return [{**item, "item_id": f"{name}/{i:05d}"} for i, item in enumerate(items)]
@@ -103,7 +103,7 @@ def load_suite(suite: str, data_dir: str | None = None, limit: int | None = None
 
     if limit is not None and limit < 1:
         raise CGapsError(f"limit must be >= 1, got {limit}")
-    from cgaps.benchmarks.custom import is_spec, load_custom
+    from cgaps.items.custom import is_spec, load_custom
 
     per_bench: dict[str, list[dict[str, Any]]] = {}
     if is_spec(suite):

@@ -3,7 +3,7 @@
 Every loader works on :class:`Record` s: one source row (a JSON line, a CSV row, a JSON file,
 a hub row) plus ``where``, the place to name in an error (``path:line`` or
 ``hf://repo/split:row``). Local files and hub datasets are both turned into records here,
-and the benchmark parsers in :mod:`cgaps.benchmarks.paper` never see the difference; that
+and the benchmark parsers in :mod:`cgaps.items.paper` never see the difference; that
 is what keeps the offline path (tested) and the hub path (not testable offline) one path.
 """
 

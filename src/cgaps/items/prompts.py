@@ -9,7 +9,7 @@ evaluate stage relies on that order when it scores options by log-likelihood.
 
 from __future__ import annotations
 
-from cgaps.grading import LETTERS
+from cgaps.evaluate.grade import LETTERS
 
 MC_FORMAT = "Answer with the letter of the correct option, like 'Answer: {first}'."
 YESNO_FORMAT = "Answer with yes or no."

@@ -3,7 +3,7 @@
 Each benchmark is a :class:`Source` in the dict literal :data:`PAPER`:
 
 * ``local(root)`` reads the original files (layouts in ``shared/benchmarks/MANIFEST.md``)
-  from ``--data-dir/<name>/`` and yields :class:`~cgaps.benchmarks.sources.Record` s;
+  from ``--data-dir/<name>/`` and yields :class:`~cgaps.items.sources.Record` s;
 * ``hub()`` yields the same records through ``datasets`` (no ``--data-dir``): the
   benchmark's Hugging Face dataset where one keeps the original fields (GSM8K, MATH,
   SocialIQA, WinoGrande, NQ-Open), otherwise the original files at the MANIFEST's commit,
@@ -24,8 +24,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cgaps.benchmarks import prompts
-from cgaps.benchmarks.sources import (
+from cgaps.errors import CGapsError
+from cgaps.evaluate.grade import LETTERS, last_boxed
+from cgaps.items import prompts
+from cgaps.items.sources import (
     Record,
     download,
     hub_records,
@@ -35,8 +37,6 @@ from cgaps.benchmarks.sources import (
     read_lines,
     require_file,
 )
-from cgaps.errors import CGapsError
-from cgaps.grading import LETTERS, last_boxed
 
 Item = dict[str, Any]
 

@@ -33,13 +33,12 @@ import pandas as pd
 
 from cgaps import rundir
 from cgaps.config import RunConfig
+from cgaps.console import info, progress_bar
 from cgaps.errors import CGapsError
+from cgaps.labels.contexts import labels_are_provisional, provisional_labels, top_contexts
 from cgaps.models import HFBackend, conversation, format_chat
-from cgaps.progress import info, progress_bar
 
 SHARD_ITEMS = 128
-TOP_CONTEXTS = 8
-SNIPPET_CHARS = 80
 MANIFEST = "manifest.json"
 
 
@@ -179,30 +178,6 @@ def extract_chunk(backend: HFBackend, sae: Any, layer: int, chunk: list[Encoded]
     return pd.concat(rows, ignore_index=True)
 
 
-def top_contexts(shards: pd.DataFrame, texts: dict[str, str], k: int = TOP_CONTEXTS) -> pd.DataFrame:
-    """The k highest-saliency items per concept with the firing token and the text around it."""
-    top = shards.sort_values(["concept", "value"], ascending=[True, False]).groupby("concept").head(k).copy()
-    top["rank"] = top.groupby("concept").cumcount().astype(np.int16)
-    lefts, toks, rights = [], [], []
-    for item_id, a, b in zip(top["item_id"], top["peak_start"], top["peak_end"], strict=True):
-        text = texts[item_id]
-        lefts.append(text[max(0, a - SNIPPET_CHARS):a])
-        toks.append(text[a:b])
-        rights.append(text[b:b + SNIPPET_CHARS])
-    top["left"], top["token"], top["right"] = lefts, toks, rights
-    return top[list(rundir.CONTEXT_COLUMNS)].reset_index(drop=True)
-
-
-def provisional_labels(contexts: pd.DataFrame, n_concepts: int) -> pd.DataFrame:
-    """Label = the most frequent firing tokens of the top contexts, until a better label source is used."""
-    labels = ["" for _ in range(n_concepts)]
-    for concept, grp in contexts.groupby("concept"):
-        common = Counter(t.strip() or repr(t) for t in grp["token"]).most_common(3)
-        labels[int(concept)] = " · ".join(f"“{t}”" for t, _ in common)
-    return pd.DataFrame({"concept": np.arange(n_concepts, dtype=np.int32), "label": labels,
-                         "source": ["top_contexts" if s else "" for s in labels]})
-
-
 def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None = None, sae_spec: Any = None) -> pd.DataFrame:
     """Write saliency.parquet (+ contexts, provisional labels) for a run; resumes from shards."""
 
@@ -273,7 +248,7 @@ def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None =
     texts = {e.item_id: e.text for e in encoded}
     contexts = top_contexts(shards, texts)
     rundir.write_table(contexts, run_dir / rundir.CONTEXTS)
-    if not (run_dir / rundir.LABELS).exists() or _labels_are_provisional(run_dir):
+    if not (run_dir / rundir.LABELS).exists() or labels_are_provisional(run_dir):
         rundir.write_table(provisional_labels(contexts, width), run_dir / rundir.LABELS)
     firing = saliency.groupby("item_id").size()
     rundir.update_run_json(
@@ -295,8 +270,3 @@ def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None =
     if empty:
         info(f"[yellow]{len(empty)} item(s) had no analysed tokens (e.g. {empty[0]!r}); they have no saliency rows")
     return saliency
-
-
-def _labels_are_provisional(run_dir: Path) -> bool:
-    labels = pd.read_parquet(run_dir / rundir.LABELS, columns=["source"])
-    return bool(set(labels["source"]) <= {"top_contexts", ""})

@@ -29,10 +29,10 @@ from typing import Any
 
 import yaml
 
-from cgaps.benchmarks import prompts
-from cgaps.benchmarks.sources import Record, hub_records, read_table_file
 from cgaps.errors import CGapsError, did_you_mean
-from cgaps.grading import ANSWER_TYPES, LETTERS
+from cgaps.evaluate.grade import ANSWER_TYPES, LETTERS
+from cgaps.items import prompts
+from cgaps.items.sources import Record, hub_records, read_table_file
 
 SPEC_KEYS = ("name", "path", "hub", "config", "split", "answer_type", "fields", "prompt_template")
 FIELD_KEYS = ("question", "answer", "choices", "aliases", "category", "id")

@@ -146,7 +146,7 @@ def robustness_run(
     max_frac: float = 0.01,
 ) -> dict[str, Any]:
     """Run both checks on a run directory and write ``robustness.json``."""
-    from cgaps.scoring.run import load_run
+    from cgaps.scoring.stage import load_run
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()

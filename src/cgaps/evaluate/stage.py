@@ -22,9 +22,9 @@ import pandas as pd
 
 from cgaps import rundir
 from cgaps.config import RunConfig
+from cgaps.console import info, progress_bar
 from cgaps.errors import CGapsError
 from cgaps.models import ModelBackend, conversation
-from cgaps.progress import info, progress_bar
 
 LOGLIK_ALWAYS = "loglik_choice"
 # Generation is checkpointed every this many batches.
@@ -141,7 +141,7 @@ def respond(items: pd.DataFrame, backend: ModelBackend, cfg: RunConfig, partial:
 
 def evaluate_run(run_dir: str | Path, cfg: RunConfig, backend: ModelBackend | None = None) -> pd.DataFrame:
     """Generate (or resume) responses, grade them and write them into items.parquet."""
-    from cgaps.grading import grade_items
+    from cgaps.evaluate.grade import grade_items
     from cgaps.models import load_backend
 
     run_dir = Path(run_dir)

@@ -1,0 +1,50 @@
+"""Top activating contexts and provisional labels, from the peak tokens extraction records.
+
+For each concept the items with the highest saliency are kept with the text around the
+firing token (``contexts.parquet``); the provisional label of a concept is the most frequent
+firing tokens of those contexts (``labels.parquet``, source ``top_contexts``), kept until a
+better label source writes the table.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cgaps import rundir
+
+TOP_CONTEXTS = 8
+SNIPPET_CHARS = 80
+PROVISIONAL_SOURCES = {"top_contexts", ""}
+
+
+def top_contexts(shards: pd.DataFrame, texts: dict[str, str], k: int = TOP_CONTEXTS) -> pd.DataFrame:
+    """The k highest-saliency items per concept with the firing token and the text around it."""
+    top = shards.sort_values(["concept", "value"], ascending=[True, False]).groupby("concept").head(k).copy()
+    top["rank"] = top.groupby("concept").cumcount().astype(np.int16)
+    lefts, toks, rights = [], [], []
+    for item_id, a, b in zip(top["item_id"], top["peak_start"], top["peak_end"], strict=True):
+        text = texts[item_id]
+        lefts.append(text[max(0, a - SNIPPET_CHARS):a])
+        toks.append(text[a:b])
+        rights.append(text[b:b + SNIPPET_CHARS])
+    top["left"], top["token"], top["right"] = lefts, toks, rights
+    return top[list(rundir.CONTEXT_COLUMNS)].reset_index(drop=True)
+
+
+def provisional_labels(contexts: pd.DataFrame, n_concepts: int) -> pd.DataFrame:
+    """Label = the most frequent firing tokens of the top contexts, until a better label source is used."""
+    labels = ["" for _ in range(n_concepts)]
+    for concept, grp in contexts.groupby("concept"):
+        common = Counter(t.strip() or repr(t) for t in grp["token"]).most_common(3)
+        labels[int(concept)] = " · ".join(f"“{t}”" for t, _ in common)
+    return pd.DataFrame({"concept": np.arange(n_concepts, dtype=np.int32), "label": labels,
+                         "source": ["top_contexts" if s else "" for s in labels]})
+
+
+def labels_are_provisional(run_dir: Path) -> bool:
+    labels = pd.read_parquet(run_dir / rundir.LABELS, columns=["source"])
+    return bool(set(labels["source"]) <= PROVISIONAL_SOURCES)

@@ -1,0 +1,1 @@
+"""Robustness stage (``cgaps robustness``): the paper's subsampling and adversarial-ablation checks."""
