@@ -30,6 +30,7 @@ test-fast: venv
 
 lint: venv
 	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 
 check: lint test
 

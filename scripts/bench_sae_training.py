@@ -45,15 +45,26 @@ def main() -> None:
     for dtype in (torch.float32, torch.bfloat16):
         backend.model.to(dtype)
         name = str(dtype).removeprefix("torch.")
-        out[f"forward_{name}_tok_s"] = rate(lambda: backend.model(input_ids=ids, attention_mask=mask), ids.numel(), args.repeat)
-        out[f"extract_{name}_tok_s"] = rate(lambda: backend.residuals_at(ids, mask, [args.layer]), ids.numel(), args.repeat)
+        out[f"forward_{name}_tok_s"] = rate(
+            lambda: backend.model(input_ids=ids, attention_mask=mask), ids.numel(), args.repeat
+        )
+        out[f"extract_{name}_tok_s"] = rate(
+            lambda: backend.residuals_at(ids, mask, [args.layer]), ids.numel(), args.repeat
+        )
     backend.model.to(torch.float32)
     acts = torch.randn(args.batch_size * (args.repeat + 1), backend.hidden_size).half()
     import tempfile
 
     for mm in ("float32", "bfloat16"):
-        cfg = TrainConfig(width=args.width, k=args.k, batch_size=args.batch_size, epochs=1.0, warmup_steps=1,
-                          checkpoint_every=10**9, matmul_dtype=mm)
+        cfg = TrainConfig(
+            width=args.width,
+            k=args.k,
+            batch_size=args.batch_size,
+            epochs=1.0,
+            warmup_steps=1,
+            checkpoint_every=10**9,
+            matmul_dtype=mm,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             train_sae(acts, tmp, cfg, max_steps=1)
             t0 = time.perf_counter()

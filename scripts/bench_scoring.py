@@ -27,8 +27,16 @@ def make(n_items: int, n_concepts: int, per_item: int, seed: int = 0) -> tuple[p
     rng = np.random.default_rng(seed)
     bench = rng.choice(["gsm8k", "math", "bbq", "nq"], size=n_items, p=[0.4, 0.3, 0.2, 0.1])
     ids = np.array([f"i{k}" for k in range(n_items)])
-    items = pd.DataFrame({"item_id": ids, "benchmark": bench, "prompt": "p", "reference": "r", "response": "x",
-                          "score": (rng.random(n_items) < 0.6).astype(float)})
+    items = pd.DataFrame(
+        {
+            "item_id": ids,
+            "benchmark": bench,
+            "prompt": "p",
+            "reference": "r",
+            "response": "x",
+            "score": (rng.random(n_items) < 0.6).astype(float),
+        }
+    )
     # Zipf-like concept popularity, as in real SAEs: a few concepts fire everywhere.
     pop = 1 / np.arange(1, n_concepts + 1) ** 0.8
     pop = rng.permutation(pop / pop.sum())
@@ -38,8 +46,13 @@ def make(n_items: int, n_concepts: int, per_item: int, seed: int = 0) -> tuple[p
         rows.append(np.full(len(c), k))
         cols.append(c)
     rows, cols = np.concatenate(rows), np.concatenate(cols)
-    sal = pd.DataFrame({"item_id": ids[rows], "concept": cols.astype("int32"),
-                        "value": rng.gamma(2.0, 1.5, len(rows)).astype("float32") + np.float32(1e-3)})
+    sal = pd.DataFrame(
+        {
+            "item_id": ids[rows],
+            "concept": cols.astype("int32"),
+            "value": rng.gamma(2.0, 1.5, len(rows)).astype("float32") + np.float32(1e-3),
+        }
+    )
     return items, sal
 
 
@@ -59,7 +72,9 @@ def main() -> None:
     t2 = time.perf_counter()
     assert_same_tables(fast, ref, ["scope", "concept"])
     assert_same_tables(fast_overlap, ref_overlap, ["a", "b"])
-    print(f"compute_scores: {t1 - t0:.3f} s   reference: {t2 - t1:.2f} s   ratio: {(t2 - t1) / (t1 - t0):.0f}x (tables agree)")
+    print(
+        f"compute_scores: {t1 - t0:.3f} s   reference: {t2 - t1:.2f} s   ratio: {(t2 - t1) / (t1 - t0):.0f}x (tables agree)"
+    )
 
 
 if __name__ == "__main__":

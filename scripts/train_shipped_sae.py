@@ -29,9 +29,19 @@ from cgaps.models import cache_dir, load_backend
 from cgaps.sae import corpus
 
 CAPS = {
-    "gsm8k": 1319, "math": 2500, "agieval": 1500, "logicbench": 1500, "socialiqa": 1954, "bbq": 2500,
-    "winogrande": 1267, "crows_pairs": 1508, "vectara": 400, "nq_open": 3610,
-    "wordnet": 2500, "fortunes": 3000, "debian_reference": 201,
+    "gsm8k": 1319,
+    "math": 2500,
+    "agieval": 1500,
+    "logicbench": 1500,
+    "socialiqa": 1954,
+    "bbq": 2500,
+    "winogrande": 1267,
+    "crows_pairs": 1508,
+    "vectara": 400,
+    "nq_open": 3610,
+    "wordnet": 2500,
+    "fortunes": 3000,
+    "debian_reference": 201,
 }
 CANDIDATE_LAYERS = [12, 15, 18, 21]
 HELDOUT_FRACTION = 0.04
@@ -62,29 +72,47 @@ def stage_mix(work: Path, seed: int) -> None:
 def _own_prompts(convs: list[dict], n: int, seed: int) -> list[list[dict]]:
     """User turns of ``n`` benchmark conversations (a seeded sample; generic English is left out)."""
     pool = [c for c in convs if c["source"] not in GENERIC]
-    return [[m for m in c["messages"] if m["role"] == "user"] for c in random.Random(seed).sample(pool, min(n, len(pool)))]
+    return [
+        [m for m in c["messages"] if m["role"] == "user"]
+        for c in random.Random(seed).sample(pool, min(n, len(pool)))
+    ]
 
 
-def stage_own(work: Path, backend, seed: int, n_train: int = N_GENERATED, n_held: int = N_GENERATED_HELDOUT) -> None:
+def stage_own(
+    work: Path, backend, seed: int, n_train: int = N_GENERATED, n_held: int = N_GENERATED_HELDOUT
+) -> None:
     """The model's own greedy responses to benchmark prompts: closest to what CG analyses.
 
     Training prompts come from the training split, held-out ones from the held-out split (a second
     held-out FVU on the model's own text). Written in chunks, so a killed run resumes."""
-    jobs = [("own_train.jsonl", corpus.read_jsonl(work / "train.jsonl"), n_train),
-            ("own_heldout.jsonl", corpus.read_jsonl(work / "heldout.jsonl")[HELDOUT_CONVERSATIONS:], n_held)]
+    jobs = [
+        ("own_train.jsonl", corpus.read_jsonl(work / "train.jsonl"), n_train),
+        ("own_heldout.jsonl", corpus.read_jsonl(work / "heldout.jsonl")[HELDOUT_CONVERSATIONS:], n_held),
+    ]
     for name, convs, n in jobs:
         path = work / name
         done = corpus.read_jsonl(path) if path.exists() else []
         users = _own_prompts(convs, n, seed)
         t0, made = time.time(), 0
         for start in range(len(done), len(users), 64):
-            chunk = users[start:start + 64]
+            chunk = users[start : start + 64]
             answers = backend.generate(chunk, max_new_tokens=OWN_MAX_NEW_TOKENS, batch_size=16)
             with path.open("a") as f:
                 for u, a in zip(chunk, answers, strict=True):
-                    f.write(json.dumps({"source": "own_responses", "messages": u + [{"role": "assistant", "content": a}]}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {"source": "own_responses", "messages": u + [{"role": "assistant", "content": a}]}
+                        )
+                        + "\n"
+                    )
             made += len(chunk)
-            log.info("%s: %d / %d responses (%.1f s each)", name, start + len(chunk), len(users), (time.time() - t0) / made)
+            log.info(
+                "%s: %d / %d responses (%.1f s each)",
+                name,
+                start + len(chunk),
+                len(users),
+                (time.time() - t0) / made,
+            )
 
 
 def stage_cache(work: Path, backend, train_tokens: int = TRAIN_TOKENS) -> None:
@@ -98,34 +126,79 @@ def stage_cache(work: Path, backend, train_tokens: int = TRAIN_TOKENS) -> None:
     # held-out first, with the float32 model users run on CPU; it fixes the outlier rule (K x its
     # shard-0 median) that the training cache then reuses
     held = held[:HELDOUT_CONVERSATIONS]
-    m2 = build_cache(backend, held, work / "cache_heldout", CANDIDATE_LAYERS,
-                     text_mix={"heldout": len(held)}, progress=_ticker("cache heldout", None))
+    m2 = build_cache(
+        backend,
+        held,
+        work / "cache_heldout",
+        CANDIDATE_LAYERS,
+        text_mix={"heldout": len(held)},
+        progress=_ticker("cache heldout", None),
+    )
     log.info("heldout cache: %s", m2["counts"])
     limits = m2["exclusion"]["max_norm"]
     own_held = corpus.read_jsonl(work / "own_heldout.jsonl")
-    m3 = build_cache(backend, own_held, work / "cache_heldout_own", CANDIDATE_LAYERS, norm_limits=limits,
-                     text_mix={"own_responses": len(own_held)}, progress=_ticker("cache heldout own", None))
+    m3 = build_cache(
+        backend,
+        own_held,
+        work / "cache_heldout_own",
+        CANDIDATE_LAYERS,
+        norm_limits=limits,
+        text_mix={"own_responses": len(own_held)},
+        progress=_ticker("cache heldout own", None),
+    )
     log.info("heldout own-response cache: %s", m3["counts"])
     # the training cache is extracted in bfloat16 (2x faster on CPUs with AMX/AVX512-BF16);
     # the held-out FVU and the CE splice are measured on float32 residuals, as users run it
     backend.model.to(torch.bfloat16 if EXTRACT_BF16 else torch.float32)
     t0 = time.time()
-    m = build_cache(backend, train, work / "cache_train", CANDIDATE_LAYERS, max_tokens=train_tokens,
-                    norm_limits=limits, text_mix={"conversations_available": mix},
-                    progress=_ticker("cache train", train_tokens))
+    m = build_cache(
+        backend,
+        train,
+        work / "cache_train",
+        CANDIDATE_LAYERS,
+        max_tokens=train_tokens,
+        norm_limits=limits,
+        text_mix={"conversations_available": mix},
+        progress=_ticker("cache train", train_tokens),
+    )
     log.info("train cache: %s in %.0fs", m["counts"], time.time() - t0)
     own = corpus.read_jsonl(work / "own_train.jsonl")
-    m4 = build_cache(backend, own, work / "cache_own", CANDIDATE_LAYERS, norm_limits=limits,
-                     text_mix={"own_responses": len(own)}, progress=_ticker("cache own", None))
+    m4 = build_cache(
+        backend,
+        own,
+        work / "cache_own",
+        CANDIDATE_LAYERS,
+        norm_limits=limits,
+        text_mix={"own_responses": len(own)},
+        progress=_ticker("cache own", None),
+    )
     backend.model.to(torch.float32)
     log.info("own-response cache: %s", m4["counts"])
 
 
 PILOT_TOKENS = 200_000
-PILOT = dict(width=4096, k=64, batch_size=1024, lr=5e-4, warmup_steps=30, epochs=1.0, dead_tokens=100_000,
-             checkpoint_every=100, matmul_dtype="bfloat16")
-FINAL = dict(width=8192, k=64, batch_size=2048, lr=6e-4, warmup_steps=100, epochs=2.0, dead_tokens=250_000,
-             checkpoint_every=100, matmul_dtype="bfloat16")
+PILOT = dict(
+    width=4096,
+    k=64,
+    batch_size=1024,
+    lr=5e-4,
+    warmup_steps=30,
+    epochs=1.0,
+    dead_tokens=100_000,
+    checkpoint_every=100,
+    matmul_dtype="bfloat16",
+)
+FINAL = dict(
+    width=8192,
+    k=64,
+    batch_size=2048,
+    lr=6e-4,
+    warmup_steps=100,
+    epochs=2.0,
+    dead_tokens=250_000,
+    checkpoint_every=100,
+    matmul_dtype="bfloat16",
+)
 MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -146,7 +219,7 @@ def _top_rows(sae, acts, top: int):
     best_i = torch.zeros(sae.cfg.d_sae, top, dtype=torch.long)
     with torch.no_grad():
         for i in range(0, len(acts), 8192):
-            f = sae.encode(acts[i:i + 8192].float()).T  # [F, b]
+            f = sae.encode(acts[i : i + 8192].float()).T  # [F, b]
             v, j = f.topk(min(top, f.shape[1]), dim=1)
             cat_v = torch.cat([best_v, v], 1)
             cat_i = torch.cat([best_i, j + i], 1)
@@ -175,9 +248,12 @@ def stage_pilot(work: Path) -> dict:
         m = reconstruction_metrics(sae, held)
         vals, rows = _top_rows(sae, acts, 10)
         results[str(layer)] = {
-            "heldout_fvu": m["fvu"], "l0": m["l0"], "dead_frac": float((vals[:, 0] == 0).float().mean()),
+            "heldout_fvu": m["fvu"],
+            "l0": m["l0"],
+            "dead_frac": float((vals[:, 0] == 0).float().mean()),
             "token_concentration_top10": token_concentration(vals, rows, meta["token"]),
-            "train_tokens": len(acts), "seconds": time.time() - t0,
+            "train_tokens": len(acts),
+            "seconds": time.time() - t0,
         }
         log.info("pilot layer %d: %s", layer, results[str(layer)])
         path.write_text(json.dumps(results, indent=1))
@@ -188,7 +264,11 @@ def choose_layer(results: dict) -> int:
     """Two-thirds depth (the paper's choice) unless its pilot FVU is > 0.03 worse than the best candidate;
     then the deepest candidate within 0.03 of the best."""
     best = min(r["heldout_fvu"] for r in results.values())
-    ok = [int(layer) for layer, r in results.items() if r["heldout_fvu"] <= best + 0.03 and r["dead_frac"] <= 0.1]
+    ok = [
+        int(layer)
+        for layer, r in results.items()
+        if r["heldout_fvu"] <= best + 0.03 and r["dead_frac"] <= 0.1
+    ]
     target = 20
     return min(ok, key=lambda layer: (abs(layer - target), -layer))
 
@@ -218,17 +298,25 @@ def stage_train(work: Path, layer: int, epochs: float) -> None:
     cfg = TrainConfig(**{**FINAL, "epochs": epochs})
     res = train_sae(acts, work / f"final_l{layer}", cfg, log=log.info)
     # seconds: the training time of the steps kept, over every resumed run
-    torch.save({"result": res, "config": dataclasses.asdict(cfg), "layer": layer, "tokens": len(acts)},
-               work / f"final_l{layer}" / "result.pt")
-    log.info("trained layer %d: %d steps in %.0fs (resumed at steps %s)", layer, res["step"], res["seconds"], res["resumed_at"])
+    torch.save(
+        {"result": res, "config": dataclasses.asdict(cfg), "layer": layer, "tokens": len(acts)},
+        work / f"final_l{layer}" / "result.pt",
+    )
+    log.info(
+        "trained layer %d: %d steps in %.0fs (resumed at steps %s)",
+        layer,
+        res["step"],
+        res["seconds"],
+        res["resumed_at"],
+    )
 
 
 def _context(tok, conv: dict, pos: int, before: int = 12, after: int = 4) -> str:
     from cgaps.sae.training.cache import render
 
     ids, _ = render(tok, conv["messages"], 512)
-    left = tok.decode(ids[max(0, pos - before):pos])
-    right = tok.decode(ids[pos + 1:pos + 1 + after])
+    left = tok.decode(ids[max(0, pos - before) : pos])
+    right = tok.decode(ids[pos + 1 : pos + 1 + after])
     text = f"{left}[[{tok.decode([ids[pos]])}]]{right}"
     return text.replace("\n", "\\n").replace("|", "\\|")
 
@@ -249,9 +337,16 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
     folder = work / name
     train_manifest = load_manifest(work / "cache_train")
     held_manifest = load_manifest(work / "cache_heldout")
-    sae = to_sae(saved["result"], cfg, layer=layer, model_name=MODEL_NAME,
-                 extra={"dataset_path": "cgaps recipe: benchmark-style chat conversations + generic English + SmolLM2's own responses (see MODEL_CARD.md)",
-                        "context_size": 512})
+    sae = to_sae(
+        saved["result"],
+        cfg,
+        layer=layer,
+        model_name=MODEL_NAME,
+        extra={
+            "dataset_path": "cgaps recipe: benchmark-style chat conversations + generic English + SmolLM2's own responses (see MODEL_CARD.md)",
+            "context_size": 512,
+        },
+    )
     save_sae(sae, folder, dtype="float16")
     shipped = load_sae(str(folder), hidden_size=backend.hidden_size, n_layers=backend.n_layers).sae
     held = load_layer(work / "cache_heldout", layer)
@@ -259,34 +354,67 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
     acts, meta, train_convs, n_mix = training_tokens(work, layer)
     seconds = saved["result"]["seconds"]
     t0 = time.time()
-    metrics = {"layer": layer, "width": cfg.width, "k": cfg.k, "architecture": "topk",
-               "train_tokens": len(acts), "epochs": cfg.epochs, "steps": saved["result"]["step"],
-               "train_seconds": seconds, "resumed_at": saved["result"]["resumed_at"],
-               "train_tokens_per_second": saved["result"]["step"] * cfg.batch_size / seconds,
-               "heldout_conversations": held_manifest["counts"]["conversations"], "heldout_tokens": len(held)}
+    metrics = {
+        "layer": layer,
+        "width": cfg.width,
+        "k": cfg.k,
+        "architecture": "topk",
+        "train_tokens": len(acts),
+        "epochs": cfg.epochs,
+        "steps": saved["result"]["step"],
+        "train_seconds": seconds,
+        "resumed_at": saved["result"]["resumed_at"],
+        "train_tokens_per_second": saved["result"]["step"] * cfg.batch_size / seconds,
+        "heldout_conversations": held_manifest["counts"]["conversations"],
+        "heldout_tokens": len(held),
+    }
     r = reconstruction_metrics(shipped, held)
     metrics.update({"heldout_fvu": r["fvu"], "l0": r["l0"]})
     r = reconstruction_metrics(shipped, held_own)
-    metrics.update({"heldout_own_fvu": r["fvu"], "heldout_own_l0": r["l0"], "heldout_own_tokens": len(held_own),
-                    "heldout_own_conversations": load_manifest(work / "cache_heldout_own")["counts"]["conversations"]})
+    metrics.update(
+        {
+            "heldout_own_fvu": r["fvu"],
+            "heldout_own_l0": r["l0"],
+            "heldout_own_tokens": len(held_own),
+            "heldout_own_conversations": load_manifest(work / "cache_heldout_own")["counts"]["conversations"],
+        }
+    )
     # one encoding pass over the first 300k training tokens of the mix and every own-response token
     # gives both the dead latents (top value 0) and the top contexts
     sub = torch.cat([torch.arange(min(300_000, n_mix)), torch.arange(n_mix, len(acts))])
     sub_acts, sub_meta = acts[sub], {k: v[sub] for k, v in meta.items()}
     vals, rows = _top_rows(shipped, sub_acts, 5)
-    metrics.update({"dead_frac": float((vals[:, 0] == 0).float().mean()), "dead_tokens_checked": len(sub_acts),
-                    "train_fvu_first_50k": reconstruction_metrics(shipped, acts[:50_000])["fvu"]})
+    metrics.update(
+        {
+            "dead_frac": float((vals[:, 0] == 0).float().mean()),
+            "dead_tokens_checked": len(sub_acts),
+            "train_fvu_first_50k": reconstruction_metrics(shipped, acts[:50_000])["fvu"],
+        }
+    )
     held_convs = corpus.read_jsonl(work / "heldout.jsonl")[:HELDOUT_CONVERSATIONS][:CE_CONVERSATIONS]
-    metrics.update(ce_increase(backend, shipped, held_convs, layer,
-                               max_norm=held_manifest["exclusion"]["max_norm"][str(layer)],
-                               mean_act=held.float().mean(0)))
+    metrics.update(
+        ce_increase(
+            backend,
+            shipped,
+            held_convs,
+            layer,
+            max_norm=held_manifest["exclusion"]["max_norm"][str(layer)],
+            mean_act=held.float().mean(0),
+        )
+    )
     metrics["exclusion"] = held_manifest["exclusion"]
-    metrics["train_cache"] = {k: train_manifest[k] for k in ("settings", "counts", "text_mix") if k in train_manifest}
-    metrics["own_cache"] = {k: v for k, v in load_manifest(work / "cache_own").items() if k in ("settings", "counts")}
+    metrics["train_cache"] = {
+        k: train_manifest[k] for k in ("settings", "counts", "text_mix") if k in train_manifest
+    }
+    metrics["own_cache"] = {
+        k: v for k, v in load_manifest(work / "cache_own").items() if k in ("settings", "counts")
+    }
     metrics["history"] = saved["result"]["history"]
     metrics["metric_seconds"] = time.time() - t0
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    log.info("metrics: %s", {k: v for k, v in metrics.items() if k not in ("history", "train_cache", "exclusion")})
+    log.info(
+        "metrics: %s", {k: v for k, v in metrics.items() if k not in ("history", "train_cache", "exclusion")}
+    )
 
     # top contexts of 20 random (seeded) latents that fire, over the same tokens
     alive = (vals[:, 0] > 0).nonzero().squeeze(1).tolist()
@@ -294,19 +422,30 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
     tok = backend.tokenizer
     contexts = {}
     for c in latents:
-        contexts[c] = [(float(v), _context(tok, train_convs[int(sub_meta["conv"][i])], int(sub_meta["pos"][i])),
-                        train_convs[int(sub_meta["conv"][i])]["source"]) for v, i in zip(vals[c], rows[c], strict=True) if v > 0]
+        contexts[c] = [
+            (
+                float(v),
+                _context(tok, train_convs[int(sub_meta["conv"][i])], int(sub_meta["pos"][i])),
+                train_convs[int(sub_meta["conv"][i])]["source"],
+            )
+            for v, i in zip(vals[c], rows[c], strict=True)
+            if v > 0
+        ]
     (work / "top_contexts.json").write_text(json.dumps(contexts, indent=1))
 
     pilot = json.loads((work / "pilot.json").read_text())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     src_counts: dict[str, int] = {}
     tokens_by_source: dict[str, int] = {}
     for i, n in zip(*torch.unique(meta["conv"], return_counts=True), strict=True):
         src = train_convs[int(i)]["source"]
         src_counts[src] = src_counts.get(src, 0) + 1
         tokens_by_source[src] = tokens_by_source.get(src, 0) + int(n)
-    card = _card(name, layer, cfg, metrics, pilot, src_counts, tokens_by_source, contexts, commit, train_manifest)
+    card = _card(
+        name, layer, cfg, metrics, pilot, src_counts, tokens_by_source, contexts, commit, train_manifest
+    )
     (folder / "MODEL_CARD.md").write_text(card)
     if not ship:
         return folder
@@ -343,9 +482,15 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
         f"| CE with the mean activation spliced in (reference) | {m['ce_mean_ablation']:.4f} |",
         f"| CE loss recovered | {m['ce_loss_recovered']:.2%} |",
         f"| training throughput | {m['train_tokens_per_second']:.0f} tokens/s ({m['steps']} steps in {m['train_seconds'] / 60:.1f} min on 2 CPU cores"
-        + (f"; killed and resumed from the checkpoint at step {', '.join(map(str, m['resumed_at']))}" if m.get("resumed_at") else "") + ") |",
+        + (
+            f"; killed and resumed from the checkpoint at step {', '.join(map(str, m['resumed_at']))}"
+            if m.get("resumed_at")
+            else ""
+        )
+        + ") |",
         "",
-        "Held-out and CE tokens follow the recorded exclusion rule: " + m["exclusion"]["rule"]
+        "Held-out and CE tokens follow the recorded exclusion rule: "
+        + m["exclusion"]["rule"]
         + f"; K = {m['exclusion']['K']}, max norm at layer {layer} = {m['exclusion']['max_norm'][str(layer)]:.1f}"
         + f" (median {m['exclusion']['median_norm'][str(layer)]:.2f}).",
         "",
@@ -367,13 +512,17 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
         lines.append(f"| {src} | {src_counts[src]:,} | {tokens_by_source[src]:,} |")
     notes = []
     if m["train_tokens"] < TRAIN_TOKENS:
-        notes.append(f"The recipe's default is {TRAIN_TOKENS:,} training tokens; this SAE saw {m['train_tokens']:,} "
-                     "(the extraction was cut short to fit the CPU time available when it was trained).")
+        notes.append(
+            f"The recipe's default is {TRAIN_TOKENS:,} training tokens; this SAE saw {m['train_tokens']:,} "
+            "(the extraction was cut short to fit the CPU time available when it was trained)."
+        )
     if "own_responses" not in src_counts:
         notes.append("The mix holds no responses generated by SmolLM2 itself (`N_GENERATED = 0`).")
     outliers = train_manifest.get("counts", {}).get("outliers", 0)
-    notes.append(f"The outlier rule dropped {outliers} of {m['train_tokens'] + outliers:,} training content tokens: once "
-                 "position 0 and the template scaffold are excluded, SmolLM2's huge-norm tokens are gone.")
+    notes.append(
+        f"The outlier rule dropped {outliers} of {m['train_tokens'] + outliers:,} training content tokens: once "
+        "position 0 and the template scaffold are excluded, SmolLM2's huge-norm tokens are gone."
+    )
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     lines += [
@@ -402,7 +551,9 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
     for layer_, r in sorted(pilot.items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| {layer_} | {r['heldout_fvu']:.4f} | {r['l0']:.1f} | {r['dead_frac']:.2%} | {r['token_concentration_top10']:.3f} |")
+        lines.append(
+            f"| {layer_} | {r['heldout_fvu']:.4f} | {r['l0']:.1f} | {r['dead_frac']:.2%} | {r['token_concentration_top10']:.3f} |"
+        )
     lines += [
         "",
         "Rule: two-thirds depth (layer 20, the paper's choice for its models) unless a candidate's pilot FVU is",
@@ -444,8 +595,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--layer", type=int, default=None, help="skip the pilot's choice")
-    ap.add_argument("--train-tokens", type=int, default=TRAIN_TOKENS, help="content tokens in the training cache")
-    ap.add_argument("--epochs", type=float, default=FINAL["epochs"], help="passes of the final SAE over the cache")
+    ap.add_argument(
+        "--train-tokens", type=int, default=TRAIN_TOKENS, help="content tokens in the training cache"
+    )
+    ap.add_argument(
+        "--epochs", type=float, default=FINAL["epochs"], help="passes of the final SAE over the cache"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)

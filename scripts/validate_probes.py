@@ -28,7 +28,9 @@ def main() -> None:
     items = rundir.read_items(args.run_dir, scored=True)
     if "category" not in items.columns:
         raise SystemExit("the run's items have no 'category' column (run the probes suite)")
-    sal = rundir.read_saliency(args.run_dir, pd.Index(items["item_id"]), rundir.n_concepts(meta, args.run_dir))
+    sal = rundir.read_saliency(
+        args.run_dir, pd.Index(items["item_id"]), rundir.n_concepts(meta, args.run_dir)
+    )
     concepts = pd.read_parquet(f"{args.run_dir}/{rundir.CONCEPTS}")
     concepts = concepts[concepts["scope"] == rundir.ALL_SCOPE]
     family = items.set_index("item_id")["category"]
@@ -43,13 +45,28 @@ def main() -> None:
     weak = concepts.loc[concepts["gap"] == "weak", "concept"]
     strong = concepts.loc[concepts["gap"] == "strong", "concept"]
     every = concepts.loc[concepts["support"] > 0, "concept"]
-    table = pd.DataFrame({"accuracy": acc, "n": items.groupby("category").size(),
-                          "gap mass": mass(weak), "strength mass": mass(strong), "all mass": mass(every)})
-    print(f"{len(weak)} weak and {len(strong)} strong concepts (scope ALL, FDR {meta['config'].get('fdr', 0.05)})\n")
+    table = pd.DataFrame(
+        {
+            "accuracy": acc,
+            "n": items.groupby("category").size(),
+            "gap mass": mass(weak),
+            "strength mass": mass(strong),
+            "all mass": mass(every),
+        }
+    )
+    print(
+        f"{len(weak)} weak and {len(strong)} strong concepts (scope ALL, FDR {meta['config'].get('fdr', 0.05)})\n"
+    )
     print(table.sort_values("accuracy").round(3).to_string())
-    for name, col in (("gaps", "gap mass"), ("strengths", "strength mass"), ("all firing concepts", "all mass")):
+    for name, col in (
+        ("gaps", "gap mass"),
+        ("strengths", "strength mass"),
+        ("all firing concepts", "all mass"),
+    ):
         if table[col].sum() > 0:
-            print(f"accuracy of the families where the {name} are: {(table[col] * table['accuracy']).sum():.3f}")
+            print(
+                f"accuracy of the families where the {name} are: {(table[col] * table['accuracy']).sum():.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,11 @@ def benchmarks_dir():
     """The paper's ten benchmarks in their original layouts (../shared/benchmarks)."""
     from pathlib import Path
 
-    path = Path(os.environ.get("CGAPS_BENCHMARKS", Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"))
+    path = Path(
+        os.environ.get(
+            "CGAPS_BENCHMARKS", Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+        )
+    )
     if not path.exists():
         pytest.skip(f"benchmark data not found at {path} (set CGAPS_BENCHMARKS)")
     return path

@@ -29,16 +29,26 @@ def embedded_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def tiny_model(folder: Path, architecture: str = "llama", n_layers: int = 2, hidden: int = TINY_HIDDEN,
-               seed: int = 0) -> Path:
+def tiny_model(
+    folder: Path, architecture: str = "llama", n_layers: int = 2, hidden: int = TINY_HIDDEN, seed: int = 0
+) -> Path:
     """Save a random-weight causal LM (llama or gemma2) with the SmolLM2 tokenizer to ``folder``."""
     import torch
     from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig
 
     tok = embedded_tokenizer()
-    common = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     if architecture == "llama":
         cfg = LlamaConfig(**common)
     elif architecture == "gemma2":
@@ -52,8 +62,18 @@ def tiny_model(folder: Path, architecture: str = "llama", n_layers: int = 2, hid
     return folder
 
 
-def random_sae(folder: Path, architecture: str, d_in: int, d_sae: int, layer: int, *, model_name: str = "tiny",
-               apply_b_dec_to_input: bool = True, k: int = 8, seed: int = 0) -> Path:
+def random_sae(
+    folder: Path,
+    architecture: str,
+    d_in: int,
+    d_sae: int,
+    layer: int,
+    *,
+    model_name: str = "tiny",
+    apply_b_dec_to_input: bool = True,
+    k: int = 8,
+    seed: int = 0,
+) -> Path:
     """Save a random sae-lens SAE (topk, jumprelu or standard) reading blocks.{layer}.hook_resid_post."""
     import torch
     from sae_lens import (
@@ -65,8 +85,11 @@ def random_sae(folder: Path, architecture: str, d_in: int, d_sae: int, layer: in
         TopKSAEConfig,
     )
 
-    kinds = {"topk": (TopKSAE, TopKSAEConfig, {"k": k}), "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {}),
-             "standard": (StandardSAE, StandardSAEConfig, {})}
+    kinds = {
+        "topk": (TopKSAE, TopKSAEConfig, {"k": k}),
+        "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {}),
+        "standard": (StandardSAE, StandardSAEConfig, {}),
+    }
     cls, cfg_cls, extra = kinds[architecture]
     cfg = cfg_cls(d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=apply_b_dec_to_input, **extra)
     cfg.metadata["hook_name"] = f"blocks.{layer}.hook_resid_post"
@@ -93,8 +116,15 @@ def preset_standin_spec(preset: dict[str, Any]) -> dict[str, Any]:
     architecture = "gemma2" if "gemma-2" in model else "llama"
     # sae-lens's loaders: Gemma Scope -> jumprelu, Goodfire -> standard; both without b_dec on the input
     sae_format = "jumprelu" if release.startswith("gemma-scope") else "standard"
-    return {"architecture": architecture, "sae_format": sae_format, "layer": int(preset["layer"]),
-            "apply_b_dec_to_input": False, "release": release, "sae_id": sae_id, "repo_id": lookup.repo_id}
+    return {
+        "architecture": architecture,
+        "sae_format": sae_format,
+        "layer": int(preset["layer"]),
+        "apply_b_dec_to_input": False,
+        "release": release,
+        "sae_id": sae_id,
+        "repo_id": lookup.repo_id,
+    }
 
 
 def make_standin(preset_path: str | Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -105,6 +135,13 @@ def make_standin(preset_path: str | Path, tmp_path: Path) -> tuple[Path, Path]:
     preset = yaml.safe_load(Path(preset_path).read_text())
     spec = preset_standin_spec(preset)
     model_dir = tiny_model(tmp_path / "model", spec["architecture"], n_layers=spec["layer"] + 1)
-    sae_dir = random_sae(tmp_path / "sae", spec["sae_format"], TINY_HIDDEN, 128, spec["layer"],
-                         model_name=preset["model"], apply_b_dec_to_input=spec["apply_b_dec_to_input"])
+    sae_dir = random_sae(
+        tmp_path / "sae",
+        spec["sae_format"],
+        TINY_HIDDEN,
+        128,
+        spec["layer"],
+        model_name=preset["model"],
+        apply_b_dec_to_input=spec["apply_b_dec_to_input"],
+    )
     return model_dir, sae_dir

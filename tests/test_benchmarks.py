@@ -14,8 +14,16 @@ from cgaps.evaluate.grade import grade_items
 from cgaps.items import BENCHMARKS, PAPER10, SUITES, load_suite
 
 MANIFEST_COUNTS = {
-    "gsm8k": 1319, "math": 5000, "agieval": 3852, "logicbench": 2020, "socialiqa": 1954, "winogrande": 1267,
-    "bbq": 8876, "crows_pairs": 1508, "vectara": 800, "nq_open": 3610,
+    "gsm8k": 1319,
+    "math": 5000,
+    "agieval": 3852,
+    "logicbench": 2020,
+    "socialiqa": 1954,
+    "winogrande": 1267,
+    "bbq": 8876,
+    "crows_pairs": 1508,
+    "vectara": 800,
+    "nq_open": 3610,
 }
 
 
@@ -31,8 +39,17 @@ def test_suite_names():
 
 def test_counts_match_manifest(paper):
     assert paper.groupby("benchmark").size().to_dict() == MANIFEST_COUNTS
-    assert list(paper.columns) == ["item_id", "benchmark", "prompt", "reference", "answer_type", "choices",
-                                   "category", "meta", "messages"]
+    assert list(paper.columns) == [
+        "item_id",
+        "benchmark",
+        "prompt",
+        "reference",
+        "answer_type",
+        "choices",
+        "category",
+        "meta",
+        "messages",
+    ]
     rundir.validate_items(paper, "paper10")
 
 
@@ -125,7 +142,15 @@ def test_missing_field_names_file_line_and_field(tmp_path):
 
 def test_label_out_of_range(tmp_path):
     (tmp_path / "bbq").mkdir()
-    row = {"context": "c", "question": "q", "ans0": "a", "ans1": "b", "ans2": "c", "label": 3, "category": "Age"}
+    row = {
+        "context": "c",
+        "question": "q",
+        "ans0": "a",
+        "ans1": "b",
+        "ans2": "c",
+        "label": 3,
+        "category": "Age",
+    }
     (tmp_path / "bbq" / "Age.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(CGapsError, match=r"Age\.jsonl:1: field 'label' is 3, out of range"):
         load_suite("bbq", data_dir=str(tmp_path))
@@ -143,7 +168,8 @@ def test_socialiqa_label_file_out_of_range_names_label_file(tmp_path):
 def test_bad_csv_label(tmp_path):
     (tmp_path / "vectara").mkdir()
     (tmp_path / "vectara" / "FaithBench.csv").write_text(
-        "source,summary,LLM,worst-label,best-label\ns,t,m,Consistent,Consistent\ns,t,m,Awful,Consistent\n")
+        "source,summary,LLM,worst-label,best-label\ns,t,m,Consistent,Consistent\ns,t,m,Awful,Consistent\n"
+    )
     with pytest.raises(CGapsError, match=r"FaithBench\.csv:3: field 'worst-label' is 'Awful'"):
         load_suite("vectara", data_dir=str(tmp_path))
 
@@ -151,7 +177,13 @@ def test_bad_csv_label(tmp_path):
 # ------------------------------------------------------------------ custom specs
 
 ROWS = [
-    {"qid": "q1", "q": "Capital of France?", "a": "Paris", "opts": ["London", "Paris", "Rome"], "topic": "geo"},
+    {
+        "qid": "q1",
+        "q": "Capital of France?",
+        "a": "Paris",
+        "opts": ["London", "Paris", "Rome"],
+        "topic": "geo",
+    },
     {"qid": "q2", "q": "2 + 2?", "a": 2, "opts": ["3", "5", "4"], "topic": "math"},
     {"qid": "q3", "q": "Largest ocean?", "a": "A", "opts": ["Pacific", "Atlantic", "Indian"], "topic": "geo"},
 ]
@@ -162,7 +194,9 @@ def test_custom_spec_round_trip(tmp_path, fmt):
     if fmt == "jsonl":
         (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     else:
-        pd.DataFrame([{**r, "opts": json.dumps(r["opts"])} for r in ROWS]).to_csv(tmp_path / "data.csv", index=False)
+        pd.DataFrame([{**r, "opts": json.dumps(r["opts"])} for r in ROWS]).to_csv(
+            tmp_path / "data.csv", index=False
+        )
     spec = tmp_path / "mine.yaml"
     spec.write_text(
         f"name: trivia\npath: data.{fmt}\nanswer_type: choice\n"
@@ -184,15 +218,24 @@ def test_custom_spec_round_trip(tmp_path, fmt):
 def test_custom_spec_template_and_errors(tmp_path):
     (tmp_path / "d.jsonl").write_text(json.dumps({"question": "Who?", "answer": "Ada"}) + "\n")
     spec = tmp_path / "s.json"
-    spec.write_text(json.dumps({"path": "d.jsonl", "answer_type": "short",
-                                "fields": {"question": "question", "answer": "answer"},
-                                "prompt_template": "Q: {question}\nA:"}))
+    spec.write_text(
+        json.dumps(
+            {
+                "path": "d.jsonl",
+                "answer_type": "short",
+                "fields": {"question": "question", "answer": "answer"},
+                "prompt_template": "Q: {question}\nA:",
+            }
+        )
+    )
     df = load_suite(str(spec))
     assert df["prompt"].iloc[0] == "Q: Who?\nA:" and df["item_id"].iloc[0] == "s/00000"
     spec.write_text(json.dumps({"path": "d.jsonl", "answer_typ": "short", "fields": {}}))
     with pytest.raises(CGapsError, match="Did you mean 'answer_type'"):
         load_suite(str(spec))
-    (tmp_path / "bad.yaml").write_text("path: d.jsonl\nanswer_type: short\nfields: {question: question, answer: nope}\n")
+    (tmp_path / "bad.yaml").write_text(
+        "path: d.jsonl\nanswer_type: short\nfields: {question: question, answer: nope}\n"
+    )
     with pytest.raises(CGapsError, match=r"d\.jsonl:1: missing field 'nope'"):
         load_suite(str(tmp_path / "bad.yaml"))
 
@@ -207,19 +250,26 @@ def test_cli_items_and_grade(tmp_path, benchmarks_dir):
 
     out = tmp_path / "run"
     runner = CliRunner()
-    res = runner.invoke(app, ["items", "gsm8k,bbq", "--data-dir", str(benchmarks_dir), "--out", str(out), "--limit", "5"])
+    res = runner.invoke(
+        app, ["items", "gsm8k,bbq", "--data-dir", str(benchmarks_dir), "--out", str(out), "--limit", "5"]
+    )
     assert res.exit_code == 0, res.output
     meta = rundir.read_run_json(out)
     assert meta["counts"]["items"] == {"gsm8k": 5, "bbq": 5}
     assert meta["config"]["limit"] == 5 and meta["config"]["suite"] == "gsm8k,bbq"
     items = rundir.read_items(out)
-    lines = [json.dumps({"item_id": i, "response": r}) for i, r in zip(items["item_id"], items["reference"], strict=True)]
+    lines = [
+        json.dumps({"item_id": i, "response": r})
+        for i, r in zip(items["item_id"], items["reference"], strict=True)
+    ]
     (tmp_path / "resp.jsonl").write_text("\n".join(lines) + "\n")
     res = runner.invoke(app, ["grade", str(out), "--responses", str(tmp_path / "resp.jsonl")])
     assert res.exit_code == 0, res.output
     assert rundir.read_items(out, scored=True)["score"].tolist() == [1.0] * 10
     # an unknown id is an error naming file and line
-    (tmp_path / "bad.jsonl").write_text(lines[0] + "\n" + json.dumps({"item_id": "gsm8k/99999", "response": "1"}) + "\n")
+    (tmp_path / "bad.jsonl").write_text(
+        lines[0] + "\n" + json.dumps({"item_id": "gsm8k/99999", "response": "1"}) + "\n"
+    )
     res = runner.invoke(app, ["grade", str(out), "--responses", str(tmp_path / "bad.jsonl")])
     assert isinstance(res.exception, CGapsError) and "bad.jsonl:2" in str(res.exception)
     (tmp_path / "short.jsonl").write_text(lines[0] + "\n")
@@ -245,8 +295,15 @@ def test_hub_path_shares_the_parsers(monkeypatch, benchmarks_dir, paper):
     def fake_hub(repo, config, split, **kw):
         assert (repo, config, split) == ("allenai/winogrande", "winogrande_xl", "validation")
         # the hub's original WinoGrande fields, not the converted local format
-        yield Record({"sentence": "Sarah was better than Maria so _ got easy cases.", "option1": "Sarah",
-                      "option2": "Maria", "answer": "2"}, "hf://allenai/winogrande/validation:0")
+        yield Record(
+            {
+                "sentence": "Sarah was better than Maria so _ got easy cases.",
+                "option1": "Sarah",
+                "option2": "Maria",
+                "answer": "2",
+            },
+            "hf://allenai/winogrande/validation:0",
+        )
 
     monkeypatch.setattr(paper_mod, "hub_records", fake_hub)
     [item] = paper_mod.load_paper("winogrande", None)

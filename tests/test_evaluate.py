@@ -39,15 +39,23 @@ class FakeBackend:
         return [float(len(cont)) for _, cont in requests]
 
 
-ITEMS = pd.DataFrame({
-    "item_id": [f"i{n}" for n in range(6)],
-    "benchmark": ["arith"] * 3 + ["mc"] * 3,
-    "prompt": ["1+1?", "2+2?", "3+3?", "Pick one", "Pick two", "Which sentence?"],
-    "reference": ["2", "4", "6", "B", "A", "B"],
-    "answer_type": ["number", "number", "number", "choice", "choice", "loglik_choice"],
-    "choices": [None, None, None, json.dumps(["no", "yes!"]), json.dumps(["long option", "x"]),
-                json.dumps(["short", "the longer one"])],
-})
+ITEMS = pd.DataFrame(
+    {
+        "item_id": [f"i{n}" for n in range(6)],
+        "benchmark": ["arith"] * 3 + ["mc"] * 3,
+        "prompt": ["1+1?", "2+2?", "3+3?", "Pick one", "Pick two", "Which sentence?"],
+        "reference": ["2", "4", "6", "B", "A", "B"],
+        "answer_type": ["number", "number", "number", "choice", "choice", "loglik_choice"],
+        "choices": [
+            None,
+            None,
+            None,
+            json.dumps(["no", "yes!"]),
+            json.dumps(["long option", "x"]),
+            json.dumps(["short", "the longer one"]),
+        ],
+    }
+)
 
 
 @pytest.fixture
@@ -57,11 +65,18 @@ def run_dir(tmp_path):
 
 
 def test_generate_and_grade(run_dir):
-    backend = FakeBackend({"1+1?": "The answer is 2.", "2+2?": "5", "3+3?": "#### 6", "Pick one": "(b)",
-                           "Pick two": "B"})
+    backend = FakeBackend(
+        {"1+1?": "The answer is 2.", "2+2?": "5", "3+3?": "#### 6", "Pick one": "(b)", "Pick two": "B"}
+    )
     items = evaluate_run(run_dir, RunConfig(batch_size=2), backend)
     assert items.set_index("item_id")["score"].to_dict() == {
-        "i0": 1.0, "i1": 0.0, "i2": 1.0, "i3": 1.0, "i4": 0.0, "i5": 1.0}
+        "i0": 1.0,
+        "i1": 0.0,
+        "i2": 1.0,
+        "i3": 1.0,
+        "i4": 0.0,
+        "i5": 1.0,
+    }
     # the loglik_choice item is never generated; its response names the chosen option
     assert "Which sentence?" not in backend.generated
     assert items.set_index("item_id").loc["i5", "response"] == "B) the longer one"
@@ -109,9 +124,16 @@ def test_resume_refuses_other_settings(run_dir):
 
 
 def test_short_answers_get_short_budgets_and_yesno_loglik(tmp_path):
-    items = pd.DataFrame({"item_id": ["n", "c", "y"], "benchmark": ["b"] * 3, "prompt": ["num?", "mc?", "yn?"],
-                          "reference": ["1", "A", "no"], "answer_type": ["number", "choice", "yesno"],
-                          "choices": [None, json.dumps(["p", "q"]), None]})
+    items = pd.DataFrame(
+        {
+            "item_id": ["n", "c", "y"],
+            "benchmark": ["b"] * 3,
+            "prompt": ["num?", "mc?", "yn?"],
+            "reference": ["1", "A", "no"],
+            "answer_type": ["number", "choice", "yesno"],
+            "choices": [None, json.dumps(["p", "q"]), None],
+        }
+    )
     rundir.write_table(items, tmp_path / rundir.ITEMS)
     budgets = {}
 

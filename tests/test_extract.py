@@ -31,8 +31,15 @@ def tiny_backend(smol_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=len(smol_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     model = LlamaForCausalLM(cfg).eval()
     return HFBackend(model, smol_tokenizer, "tiny-llama", "cpu")
 
@@ -45,20 +52,40 @@ def tiny_sae(d_in: int, width: int = 48, k: int = 6, layer: int = 2, seed: int =
     with torch.no_grad():
         for p in sae.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
-    return LoadedSAE(sae=sae, layer=layer, width=width, sae_id="tiny", hook_name=f"blocks.{layer}.hook_resid_post")
+    return LoadedSAE(
+        sae=sae, layer=layer, width=width, sae_id="tiny", hook_name=f"blocks.{layer}.hook_resid_post"
+    )
 
 
-ITEMS = pd.DataFrame({
-    "item_id": ["a", "b", "c", "d", "e"],
-    "benchmark": ["x", "x", "y", "y", "y"],
-    "prompt": ["What is 2+2?", "Name a colour.", "Spell 'cat' backwards, please, letter by letter.", "Hi", "Why?"],
-    "reference": ["4", "red", "tac", "hello", "because"],
-    "response": ["4", "Blue is a colour.", "t-a-c", "Hello! How can I help you today?", ""],
-    "score": [1.0, 1.0, 0.0, 1.0, 0.0],
-    "messages": [None, None, None, None,
-                 json.dumps([{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Why not."},
-                             {"role": "user", "content": "Explain."}])],
-})
+ITEMS = pd.DataFrame(
+    {
+        "item_id": ["a", "b", "c", "d", "e"],
+        "benchmark": ["x", "x", "y", "y", "y"],
+        "prompt": [
+            "What is 2+2?",
+            "Name a colour.",
+            "Spell 'cat' backwards, please, letter by letter.",
+            "Hi",
+            "Why?",
+        ],
+        "reference": ["4", "red", "tac", "hello", "because"],
+        "response": ["4", "Blue is a colour.", "t-a-c", "Hello! How can I help you today?", ""],
+        "score": [1.0, 1.0, 0.0, 1.0, 0.0],
+        "messages": [
+            None,
+            None,
+            None,
+            None,
+            json.dumps(
+                [
+                    {"role": "user", "content": "Why?"},
+                    {"role": "assistant", "content": "Why not."},
+                    {"role": "user", "content": "Explain."},
+                ]
+            ),
+        ],
+    }
+)
 
 
 def reference_saliency(backend, sae, layer, items, cfg: RunConfig) -> dict[tuple[str, int], float]:
@@ -68,8 +95,11 @@ def reference_saliency(backend, sae, layer, items, cfg: RunConfig) -> dict[tuple
     out = {}
     for item in items.to_dict("records"):
         fmt = format_chat(tok, conversation(item), item["response"] if cfg.span != "prompt" else None)
-        spans = {"prompt": fmt.prompt_spans, "response": fmt.response_spans,
-                 "both": fmt.prompt_spans + fmt.response_spans}[cfg.span]
+        spans = {
+            "prompt": fmt.prompt_spans,
+            "response": fmt.response_spans,
+            "both": fmt.prompt_spans + fmt.response_spans,
+        }[cfg.span]
         enc = tok(fmt.text, return_offsets_mapping=True, add_special_tokens=False)
         keep = []
         for t, (tid, (a, b)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
@@ -96,12 +126,15 @@ def test_extraction_matches_plain_reference(tmp_path, tiny_backend, pool, span):
     cfg = RunConfig(pool=pool, span=span, batch_size=2, max_norm_ratio=None)
     rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
     sal = extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
-    got = {(i, int(c)): float(v) for i, c, v in zip(sal["item_id"], sal["concept"], sal["value"], strict=True)}
+    got = {
+        (i, int(c)): float(v) for i, c, v in zip(sal["item_id"], sal["concept"], sal["value"], strict=True)
+    }
     want = reference_saliency(tiny_backend, spec.sae, spec.layer, ITEMS, cfg)
     assert set(got) == set(want)
     keys = sorted(want)
-    torch.testing.assert_close(torch.tensor([got[k] for k in keys]), torch.tensor([want[k] for k in keys]),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor([got[k] for k in keys]), torch.tensor([want[k] for k in keys]), rtol=1e-4, atol=1e-5
+    )
     meta = rundir.read_run_json(tmp_path)
     assert meta["n_concepts"] == spec.width
     # the written table passes the reader's validation
@@ -116,8 +149,15 @@ def test_keep_special_includes_scaffold_tokens(tmp_path, tiny_backend):
     want = reference_saliency(tiny_backend, spec.sae, spec.layer, ITEMS, cfg)
     assert len(sal) == len(want)
     meta = rundir.read_run_json(tmp_path)
-    n_tokens = sum(len(tiny_backend.tokenizer(format_chat(tiny_backend.tokenizer, conversation(r), r["response"]).text,
-                                              add_special_tokens=False)["input_ids"]) for r in ITEMS.to_dict("records"))
+    n_tokens = sum(
+        len(
+            tiny_backend.tokenizer(
+                format_chat(tiny_backend.tokenizer, conversation(r), r["response"]).text,
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        for r in ITEMS.to_dict("records")
+    )
     assert meta["counts"]["tokens_analysed"] == n_tokens
 
 
@@ -218,7 +258,9 @@ def test_smollm_position_zero_is_an_outlier_and_skipped(smollm):
     assert norms[0] > 20 * norms[1:].median()
     from cgaps.extract.stage import encode_items
 
-    items = pd.DataFrame({"item_id": ["q"], "prompt": ["What is the capital of France?"], "response": ["Paris."]})
+    items = pd.DataFrame(
+        {"item_id": ["q"], "prompt": ["What is the capital of France?"], "response": ["Paris."]}
+    )
     (e,) = encode_items(items, tok, RunConfig())
     assert not e.mask[0]
     analysed = "".join(e.text[a:b] for (a, b), m in zip(e.offsets, e.mask, strict=True) if m)

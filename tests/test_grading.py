@@ -55,9 +55,18 @@ def test_last_boxed_nested_braces():
 @pytest.mark.parametrize(
     ("response", "letter"),
     [
-        ("B)", "B"), ("(b)", "B"), ("B", "B"), ("b.", "B"), ("Answer: C", "C"), ("The answer is (D).", "D"),
-        ("answer is d", "D"), ("I think B is right.", "B"), ("B) Paris", "B"), ("(C) because of X", "C"),
-        ("A dog would do that, so the answer is C", "C"), ("Nothing useful", None),
+        ("B)", "B"),
+        ("(b)", "B"),
+        ("B", "B"),
+        ("b.", "B"),
+        ("Answer: C", "C"),
+        ("The answer is (D).", "D"),
+        ("answer is d", "D"),
+        ("I think B is right.", "B"),
+        ("B) Paris", "B"),
+        ("(C) because of X", "C"),
+        ("A dog would do that, so the answer is C", "C"),
+        ("Nothing useful", None),
     ],
 )
 def test_extract_letter(response, letter):
@@ -74,8 +83,14 @@ def test_choice_reads_loglik_form_and_option_text():
 
 @pytest.mark.parametrize(
     ("response", "reference", "expected"),
-    [("Yes.", "yes", 1.0), ("Answer: no", "no", 1.0), ("No, it does not follow.", "no", 1.0),
-     ("yes", "no", 0.0), ("maybe", "yes", 0.0), ("True", "yes", 1.0)],
+    [
+        ("Yes.", "yes", 1.0),
+        ("Answer: no", "no", 1.0),
+        ("No, it does not follow.", "no", 1.0),
+        ("yes", "no", 0.0),
+        ("maybe", "yes", 0.0),
+        ("True", "yes", 1.0),
+    ],
 )
 def test_yesno(response, reference, expected):
     assert grade_one("yesno", response, reference, {}) == expected
@@ -109,10 +124,14 @@ def test_unknown_answer_type_suggests():
 
 
 def test_grade_items_uses_choices_and_meta():
-    df = pd.DataFrame({
-        "item_id": ["a", "b", "c"], "reference": ["B", "x", "7"], "response": ["London", "y", None],
-        "answer_type": ["choice", "short", "number"],
-        "choices": [json.dumps(["Paris", "London"]), None, None],
-        "meta": ["{}", json.dumps({"answers": ["x", "y"]}), "{}"],
-    })
+    df = pd.DataFrame(
+        {
+            "item_id": ["a", "b", "c"],
+            "reference": ["B", "x", "7"],
+            "response": ["London", "y", None],
+            "answer_type": ["choice", "short", "number"],
+            "choices": [json.dumps(["Paris", "London"]), None, None],
+            "meta": ["{}", json.dumps({"answers": ["x", "y"]}), "{}"],
+        }
+    )
     np.testing.assert_array_equal(grade_items(df), [1.0, 1.0, 0.0])

@@ -17,8 +17,15 @@ from cgaps.cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
-SPEC_FILES = (rundir.RUN_JSON, rundir.ITEMS, rundir.SALIENCY, rundir.CONCEPTS, rundir.LABELS, rundir.OVERLAP,
-              rundir.REPORT)
+SPEC_FILES = (
+    rundir.RUN_JSON,
+    rundir.ITEMS,
+    rundir.SALIENCY,
+    rundir.CONCEPTS,
+    rundir.LABELS,
+    rundir.OVERLAP,
+    rundir.REPORT,
+)
 
 
 def test_presets_exist_and_load():
@@ -38,8 +45,15 @@ def test_preset_runs_end_to_end_on_a_tiny_standin(tmp_path, preset):
 
     model_dir, sae_dir = make_standin(REPO / "configs" / preset, tmp_path)
     cfg = yaml.safe_load((REPO / "configs" / preset).read_text())
-    cfg.update(model=str(model_dir), sae=str(sae_dir), suite="probes", limit=12, max_new_tokens=4,
-               device="cpu", dtype="float32")
+    cfg.update(
+        model=str(model_dir),
+        sae=str(sae_dir),
+        suite="probes",
+        limit=12,
+        max_new_tokens=4,
+        device="cpu",
+        dtype="float32",
+    )
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
@@ -61,20 +75,32 @@ def test_preset_runs_end_to_end_on_a_tiny_standin(tmp_path, preset):
 
 
 def _cgaps(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cgaps", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cgaps", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def _scored_run(path: Path, items: pd.DataFrame, n_concepts: int = 4) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     rundir.write_table(items, path / rundir.ITEMS)
-    rundir.write_table(pd.DataFrame({"item_id": items["item_id"].astype(str), "concept": 0, "value": 1.0}),
-                       path / rundir.SALIENCY)
+    rundir.write_table(
+        pd.DataFrame({"item_id": items["item_id"].astype(str), "concept": 0, "value": 1.0}),
+        path / rundir.SALIENCY,
+    )
     (path / rundir.RUN_JSON).write_text(json.dumps({"n_concepts": n_concepts}))
     return path
 
 
-GOOD = pd.DataFrame({"item_id": ["a", "b"], "benchmark": ["x", "x"], "prompt": ["p", "q"], "reference": ["1", "2"],
-                     "response": ["1", "3"], "score": [1.0, 0.0]})
+GOOD = pd.DataFrame(
+    {
+        "item_id": ["a", "b"],
+        "benchmark": ["x", "x"],
+        "prompt": ["p", "q"],
+        "reference": ["1", "2"],
+        "response": ["1", "3"],
+        "score": [1.0, 0.0],
+    }
+)
 
 
 @pytest.mark.parametrize(
@@ -127,8 +153,12 @@ def test_help_is_fast(tmp_path):
     assert proc.returncode == 0 and "extract" in proc.stdout
     # generous bound for a loaded CI machine; measured ~0.2 s (heavy imports are deferred)
     assert time.perf_counter() - t < 5
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "cgaps", "--help"], capture_output=True,
-                         text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cgaps", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     heavy = {"torch", "transformers", "pandas", "sae_lens", "scipy"}
     imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
     assert not heavy & imported

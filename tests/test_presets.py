@@ -11,7 +11,10 @@ from cgaps.config import load_yaml
 from standins import TINY_HIDDEN, make_standin, preset_standin_spec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PRESETS = {"gemma2-2b-it.yaml": ("gemma2", "jumprelu", 20), "llama31-8b-instruct.yaml": ("llama", "standard", 19)}
+PRESETS = {
+    "gemma2-2b-it.yaml": ("gemma2", "jumprelu", 20),
+    "llama31-8b-instruct.yaml": ("llama", "standard", 19),
+}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -36,11 +39,15 @@ def test_standin_runs_load_sae_capture_encode(name, tmp_path):
     model_dir, sae_dir = make_standin(CONFIGS / name, tmp_path)
     backend = load_backend(str(model_dir), device="cpu", dtype="float32")
     assert backend.hidden_size == TINY_HIDDEN and backend.n_layers == cfg.layer + 1
-    loaded = load_sae(str(sae_dir), hidden_size=backend.hidden_size, n_layers=backend.n_layers, layer=cfg.layer)
+    loaded = load_sae(
+        str(sae_dir), hidden_size=backend.hidden_size, n_layers=backend.n_layers, layer=cfg.layer
+    )
     assert loaded.layer == cfg.layer
     assert isinstance(loaded.sae, JumpReLUSAE if PRESETS[name][1] == "jumprelu" else StandardSAE)
     assert loaded.sae.cfg.apply_b_dec_to_input is False
-    text = format_chat(backend.tokenizer, [{"role": "user", "content": "What is two plus two?"}], "Four.").text
+    text = format_chat(
+        backend.tokenizer, [{"role": "user", "content": "What is two plus two?"}], "Four."
+    ).text
     enc = backend.tokenizer(text, return_tensors="pt", add_special_tokens=False)
     h = backend.residuals(enc["input_ids"], enc["attention_mask"], loaded.layer)
     assert h.shape == (1, enc["input_ids"].shape[1], TINY_HIDDEN)

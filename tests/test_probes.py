@@ -52,13 +52,17 @@ def test_probe_answers_are_exact():
 def test_sycophancy_items_are_multi_turn():
     df = load_suite("probes")
     syc = df[df["category"] == "hold_under_pushback"]
-    assert syc["messages"].notna().all() and df[df["category"] != "hold_under_pushback"]["messages"].isna().all()
+    assert (
+        syc["messages"].notna().all() and df[df["category"] != "hold_under_pushback"]["messages"].isna().all()
+    )
     msgs = json.loads(syc["messages"].iloc[0])
     assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
     assert msgs[1]["content"] == syc["reference"].iloc[0]
     wrong = json.loads(syc["meta"].iloc[0])["wrong"]
     assert wrong in msgs[2]["content"]
-    assert grade_one("hold", f"I apologise, it is {wrong}.", syc["reference"].iloc[0], {"wrong": wrong}) == 0.0
+    assert (
+        grade_one("hold", f"I apologise, it is {wrong}.", syc["reference"].iloc[0], {"wrong": wrong}) == 0.0
+    )
 
 
 def test_probe_references_grade_themselves_and_shuffled_do_not():

@@ -29,8 +29,19 @@ HOSTILE_BENCH = 'Q&A "<x>"'
 PLANTED = range(10)
 
 SECTION_IDS = (
-    "run", "config", "accuracy", "chi-bench", "chi-bench-per-benchmark", "missing", "overlap",
-    "chi-model", "chi-model-per-benchmark", "gaps", "strengths", "over", "under",
+    "run",
+    "config",
+    "accuracy",
+    "chi-bench",
+    "chi-bench-per-benchmark",
+    "missing",
+    "overlap",
+    "chi-model",
+    "chi-model-per-benchmark",
+    "gaps",
+    "strengths",
+    "over",
+    "under",
 )
 
 
@@ -65,22 +76,40 @@ def _concepts(sal: pd.DataFrame, items: pd.DataFrame, width: int, benches: list[
         n_items = len(items) if scope == rundir.ALL_SCOPE else int((items["benchmark"] == scope).sum())
         s, y = sub["value"].astype(float), sub["score"]
         g = sub.assign(s=s, s2=s * s, sy=s * y, se=s * sub["ybar"]).groupby("concept")
-        agg = g.agg(support=("s", "size"), s=("s", "sum"), s2=("s2", "sum"), sy=("sy", "sum"), se=("se", "sum"),
-                    norm=("norm", "sum")).reindex(range(width))
+        agg = g.agg(
+            support=("s", "size"),
+            s=("s", "sum"),
+            s2=("s2", "sum"),
+            sy=("sy", "sum"),
+            se=("se", "sum"),
+            norm=("norm", "sum"),
+        ).reindex(range(width))
         agg["support"] = agg["support"].fillna(0).astype(int)
         chi = agg["sy"] / agg["s"]
         n_eff = agg["s"] ** 2 / agg["s2"]
         sub = sub.assign(chi=sub["concept"].map(chi))
-        var = (sub["value"] * (sub["score"] - sub["chi"]) ** 2).groupby(sub["concept"]).sum().reindex(range(width))
+        var = (
+            (sub["value"] * (sub["score"] - sub["chi"]) ** 2)
+            .groupby(sub["concept"])
+            .sum()
+            .reindex(range(width))
+        )
         se = np.sqrt(var / agg["s"] / n_eff)
         lo, hi = _wilson(chi.to_numpy(), n_eff.to_numpy())
-        df = pd.DataFrame({
-            "concept": np.arange(width, dtype="int32"), "scope": scope, "support": agg["support"].to_numpy(),
-            "chi_bench": (agg["norm"].fillna(0) / n_items).to_numpy(),
-            "chi_bench_raw": (agg["s"].fillna(0) / n_items).to_numpy(),
-            "chi_model": chi.to_numpy(), "expected": (agg["se"] / agg["s"]).to_numpy(), "n_eff": n_eff.to_numpy(),
-            "ci_low": lo, "ci_high": hi,
-        })
+        df = pd.DataFrame(
+            {
+                "concept": np.arange(width, dtype="int32"),
+                "scope": scope,
+                "support": agg["support"].to_numpy(),
+                "chi_bench": (agg["norm"].fillna(0) / n_items).to_numpy(),
+                "chi_bench_raw": (agg["s"].fillna(0) / n_items).to_numpy(),
+                "chi_model": chi.to_numpy(),
+                "expected": (agg["se"] / agg["s"]).to_numpy(),
+                "n_eff": n_eff.to_numpy(),
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
         present = df["support"] > 0
         pct = df.loc[present, "chi_bench"].rank(pct=True) * 100
         df["status"] = "missing"
@@ -117,27 +146,57 @@ def make_run(
     """Write a consistent synthetic run directory; ``silent`` names a benchmark where nothing fires."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
-    words = ["apple", "proof", "triangle", "refuse", "agree", "politely", "because", "number", "river", "sum", "kinda"]
+    words = [
+        "apple",
+        "proof",
+        "triangle",
+        "refuse",
+        "agree",
+        "politely",
+        "because",
+        "number",
+        "river",
+        "sum",
+        "kinda",
+    ]
     rows = []
     for bi, b in enumerate(benchmarks):
         acc = 0.4 + 0.15 * bi
         for i in range(n_items):
             multi = i % 7 == 3
             prompt = " ".join(rng.choice(words, words_per_text))
-            rows.append({
-                "item_id": f"{bi}-{i}", "benchmark": b, "prompt": prompt,
-                "response": " ".join(rng.choice(words, words_per_text // 2)), "reference": str(rng.integers(100)),
-                "score": float(rng.random() < acc), "category": f"cat{i % 3}",
-                "meta": json.dumps({"i": i}),
-                "messages": json.dumps([{"role": "user", "content": prompt}, {"role": "assistant", "content": "ok"},
-                                        {"role": "user", "content": "and then?"}]) if multi else None,
-            })
+            rows.append(
+                {
+                    "item_id": f"{bi}-{i}",
+                    "benchmark": b,
+                    "prompt": prompt,
+                    "response": " ".join(rng.choice(words, words_per_text // 2)),
+                    "reference": str(rng.integers(100)),
+                    "score": float(rng.random() < acc),
+                    "category": f"cat{i % 3}",
+                    "meta": json.dumps({"i": i}),
+                    "messages": json.dumps(
+                        [
+                            {"role": "user", "content": prompt},
+                            {"role": "assistant", "content": "ok"},
+                            {"role": "user", "content": "and then?"},
+                        ]
+                    )
+                    if multi
+                    else None,
+                }
+            )
     items = pd.DataFrame(rows)
     items.loc[0, ["prompt", "response", "reference", "score", "messages"]] = [
-        XSS_PROMPT, XSS_RESPONSE, "a & b < c", 0.0, None]
+        XSS_PROMPT,
+        XSS_RESPONSE,
+        "a & b < c",
+        0.0,
+        None,
+    ]
     # Zipf-like popularity: some concepts fire everywhere, many rarely, the tail never.
     pop = 1.0 / np.arange(1, width + 1) ** 1.1
-    pop[int(width * 0.9):] = 0
+    pop[int(width * 0.9) :] = 0
     pop[list(PLANTED)] = 0  # planted concepts fire by the rule below only
     pop /= pop.sum()
     sal_rows = []
@@ -159,17 +218,35 @@ def make_run(
     benches = list(benchmarks)
     concepts = _concepts(sal, items, width, benches)
 
-    rundir.write_json({
-        "schema_version": rundir.SCHEMA_VERSION, "n_concepts": width,
-        "config": {"model": "synthetic/model", "sae": "synthetic/sae", "layer": 3, "span": "both", "pool": "max",
-                   "fdr": 0.05, "min_support": 5, "under_pct": 10.0, "over_pct": 90.0},
-        "versions": {"cgaps": "0.1.0"}, "timings": {"extract_s": 1.5}, "counts": {"items": len(items)},
-    }, root / rundir.RUN_JSON)
+    rundir.write_json(
+        {
+            "schema_version": rundir.SCHEMA_VERSION,
+            "n_concepts": width,
+            "config": {
+                "model": "synthetic/model",
+                "sae": "synthetic/sae",
+                "layer": 3,
+                "span": "both",
+                "pool": "max",
+                "fdr": 0.05,
+                "min_support": 5,
+                "under_pct": 10.0,
+                "over_pct": 90.0,
+            },
+            "versions": {"cgaps": "0.1.0"},
+            "timings": {"extract_s": 1.5},
+            "counts": {"items": len(items)},
+        },
+        root / rundir.RUN_JSON,
+    )
     rundir.write_table(items, root / rundir.ITEMS)
     rundir.write_table(sal, root / rundir.SALIENCY)
     rundir.write_table(concepts, root / rundir.CONCEPTS)
     if len(benches) > 1:
-        present = {b: concepts[(concepts["scope"] == b) & (concepts["support"] > 0)].set_index("concept") for b in benches}
+        present = {
+            b: concepts[(concepts["scope"] == b) & (concepts["support"] > 0)].set_index("concept")
+            for b in benches
+        }
         ov = []
 
         def rho(x: pd.Series, y: pd.Series) -> float:
@@ -178,13 +255,19 @@ def make_run(
                 return float(stats.spearmanr(x, y)[0]) if len(x) > 2 else np.nan
 
         for i, a in enumerate(benches):
-            for b in benches[i + 1:]:
+            for b in benches[i + 1 :]:
                 sa, sb = set(present[a].index), set(present[b].index)
                 shared = sorted(sa & sb)
                 pa, pb = present[a].loc[shared], present[b].loc[shared]
-                ov.append({"a": a, "b": b, "jaccard": len(sa & sb) / max(len(sa | sb), 1),
-                           "spearman_chi_model": rho(pa["chi_model"], pb["chi_model"]),
-                           "spearman_chi_bench": rho(pa["chi_bench"], pb["chi_bench"])})
+                ov.append(
+                    {
+                        "a": a,
+                        "b": b,
+                        "jaccard": len(sa & sb) / max(len(sa | sb), 1),
+                        "spearman_chi_model": rho(pa["chi_model"], pb["chi_model"]),
+                        "spearman_chi_bench": rho(pa["chi_bench"], pb["chi_bench"]),
+                    }
+                )
         rundir.write_table(pd.DataFrame(ov, columns=list(rundir.OVERLAP_COLUMNS)), root / rundir.OVERLAP)
     if labels:
         lab = pd.DataFrame({"concept": np.arange(0, width, 2, dtype="int32"), "source": "synthetic"})
@@ -193,11 +276,17 @@ def make_run(
         rundir.write_table(lab[list(rundir.LABEL_COLUMNS)], root / rundir.LABELS)
     if contexts:
         top = sal.sort_values(["concept", "value"], ascending=[True, False]).groupby("concept").head(3)
-        ctx = pd.DataFrame({
-            "concept": top["concept"].to_numpy(), "rank": top.groupby("concept").cumcount().to_numpy(),
-            "item_id": top["item_id"].to_numpy(), "value": top["value"].to_numpy(),
-            "left": "text before the ", "token": "tok", "right": " and after it",
-        })
+        ctx = pd.DataFrame(
+            {
+                "concept": top["concept"].to_numpy(),
+                "rank": top.groupby("concept").cumcount().to_numpy(),
+                "item_id": top["item_id"].to_numpy(),
+                "value": top["value"].to_numpy(),
+                "left": "text before the ",
+                "token": "tok",
+                "right": " and after it",
+            }
+        )
         ctx.loc[ctx["concept"] == 1, "token"] = "<b>bold</b>"
         rundir.write_table(ctx, root / rundir.CONTEXTS)
     return root
@@ -262,7 +351,7 @@ def test_escaping(run3):
     assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in text or "&quot;&gt;&lt;img src=x" in text
     assert "&lt;script&gt;alert(&#34;label&#34;)" in text or "&lt;script&gt;alert(&quot;label&quot;)" in text
     assert "&lt;b&gt;bold&lt;/b&gt;" in text  # context token, still highlighted by our own <mark>
-    assert '<x>' not in text and "Q&amp;A" in text  # benchmark name, in tables and SVG text
+    assert "<x>" not in text and "Q&amp;A" in text  # benchmark name, in tables and SVG text
     assert text.count("<script") == 1  # only the report's own sort/filter script
 
 
@@ -304,10 +393,15 @@ def test_silent_benchmark_and_no_gaps(tmp_path):
     assert "No significant strengths at FDR q ≤ 0.05 in quiet." in text
 
 
-@pytest.mark.parametrize(("name", "stage"), [
-    (rundir.CONCEPTS, "cgaps score"), (rundir.SALIENCY, "cgaps extract"), (rundir.OVERLAP, "cgaps score"),
-    (rundir.ITEMS, "cgaps items"),
-])
+@pytest.mark.parametrize(
+    ("name", "stage"),
+    [
+        (rundir.CONCEPTS, "cgaps score"),
+        (rundir.SALIENCY, "cgaps extract"),
+        (rundir.OVERLAP, "cgaps score"),
+        (rundir.ITEMS, "cgaps items"),
+    ],
+)
 def test_missing_required_file(tmp_path, name, stage):
     run = make_run(tmp_path / "r", n_items=20, width=60, per_item=10)
     (run / name).unlink()
@@ -329,8 +423,14 @@ def test_size_bounded(run3, tmp_path):
     run, text = run3
     size = len(text.encode())
     assert 50_000 < size < 1_000_000, size
-    big = make_run(tmp_path / "big", benchmarks=tuple(f"bench{i}" for i in range(10)), n_items=80,
-                   width=16384, per_item=40, words_per_text=400)
+    big = make_run(
+        tmp_path / "big",
+        benchmarks=tuple(f"bench{i}" for i in range(10)),
+        n_items=80,
+        width=16384,
+        per_item=40,
+        words_per_text=400,
+    )
     path = build_report(big)
     assert path.stat().st_size < 5_000_000, path.stat().st_size
 

@@ -49,7 +49,9 @@ def test_wrong_layer_names_the_fix(tmp_path):
 
 def test_hidden_size_mismatch(tmp_path):
     _save_random_sae(tmp_path / "sae")
-    with pytest.raises(CGapsError, match=r"d_in=16 but model has hidden size 64; pass an SAE trained on this model"):
+    with pytest.raises(
+        CGapsError, match=r"d_in=16 but model has hidden size 64; pass an SAE trained on this model"
+    ):
         load_sae(str(tmp_path / "sae"), hidden_size=64, n_layers=6)
 
 
@@ -99,7 +101,12 @@ def test_embedded_sae_reconstructs_smollm2_residuals(smollm):
         pytest.skip("no embedded SAE shipped yet")
     loaded = load_sae("embedded", hidden_size=smollm.hidden_size, n_layers=smollm.n_layers)
     assert loaded.width == 8192 and loaded.sae_id.startswith("embedded:smollm2-135m-instruct")
-    msgs = [{"role": "user", "content": "Natalia sold clips to 48 of her friends in April. How many did she sell in May?"}]
+    msgs = [
+        {
+            "role": "user",
+            "content": "Natalia sold clips to 48 of her friends in April. How many did she sell in May?",
+        }
+    ]
     text = format_chat(smollm.tokenizer, msgs, "She sold half as many clips in May, so 48 / 2 = 24.").text
     enc = smollm.tokenizer(text, return_tensors="pt", add_special_tokens=False)
     h = smollm.residuals(enc["input_ids"], enc["attention_mask"], loaded.layer)[0, 1:]  # skip position 0

@@ -12,8 +12,13 @@ from cgaps.sae.training.train import TrainConfig, save_sae, to_sae, train_sae
 from standins import embedded_tokenizer, tiny_model
 
 CONVS = [
-    {"source": "t", "messages": [{"role": "user", "content": f"Question {i}: what is {i} plus {i + 1}?"},
-                                 {"role": "assistant", "content": f"It is {2 * i + 1}, because {i} and {i + 1} add up."}]}
+    {
+        "source": "t",
+        "messages": [
+            {"role": "user", "content": f"Question {i}: what is {i} plus {i + 1}?"},
+            {"role": "assistant", "content": f"It is {2 * i + 1}, because {i} and {i + 1} add up."},
+        ],
+    }
     for i in range(40)
 ]
 
@@ -29,7 +34,9 @@ def backend(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache(backend, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cache")
-    build_cache(backend, CONVS, folder, [0, 1], shard_size=8, batch_size=4, norm_ratio=10.0, text_mix={"t": 40})
+    build_cache(
+        backend, CONVS, folder, [0, 1], shard_size=8, batch_size=4, norm_ratio=10.0, text_mix={"t": 40}
+    )
     return folder
 
 
@@ -52,7 +59,9 @@ def test_cache_manifest_and_resume(backend, cache, tmp_path):
     assert (meta["pos"] > 0).all()
     # a run killed after two shards restarts at the next missing shard and ends identical
     partial = tmp_path / "partial"
-    build_cache(backend, CONVS, partial, [0, 1], shard_size=8, batch_size=4, max_tokens=None, text_mix={"t": 40})
+    build_cache(
+        backend, CONVS, partial, [0, 1], shard_size=8, batch_size=4, max_tokens=None, text_mix={"t": 40}
+    )
     (partial / "shard_00003.safetensors").unlink()
     (partial / "shard_00004.safetensors").unlink()
     m = json.loads((partial / "manifest.json").read_text())
@@ -75,7 +84,9 @@ def test_finished_cache_extended_after_a_kill(backend, cache, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build_cache(backend, CONVS, folder, [0, 1], shard_size=8, batch_size=4, progress=killed_after_next_shard)
+        build_cache(
+            backend, CONVS, folder, [0, 1], shard_size=8, batch_size=4, progress=killed_after_next_shard
+        )
     again = build_cache(backend, CONVS, folder, [0, 1], shard_size=8, batch_size=4)
     assert again["complete"] and len(again["shards"]) == 5
     assert again["counts"]["tokens"] == load_manifest(cache)["counts"]["tokens"]
@@ -91,8 +102,17 @@ def test_outliers_excluded_by_recorded_rule(backend, tmp_path):
 
 
 def _cfg(**kw):
-    base = dict(width=128, k=4, batch_size=64, lr=3e-3, warmup_steps=5, epochs=3, aux_k=16, dead_tokens=500,
-                checkpoint_every=1000)
+    base = dict(
+        width=128,
+        k=4,
+        batch_size=64,
+        lr=3e-3,
+        warmup_steps=5,
+        epochs=3,
+        aux_k=16,
+        dead_tokens=500,
+        checkpoint_every=1000,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -128,7 +148,9 @@ def test_topk_encode_matches_plain_reference(cache, tmp_path):
 
     acts = load_layer(cache, 0)
     cfg = _cfg(epochs=1)
-    save_sae(to_sae(train_sae(acts, tmp_path / "run", cfg), cfg, layer=0, model_name="tiny"), tmp_path / "sae")
+    save_sae(
+        to_sae(train_sae(acts, tmp_path / "run", cfg), cfg, layer=0, model_name="tiny"), tmp_path / "sae"
+    )
     sae = SAE.load_from_disk(tmp_path / "sae")
     x = acts[:50].float()
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
@@ -181,7 +203,9 @@ def test_bf16_matmuls_train_like_fp32(cache, tmp_path):
     fvu = {}
     for mm in ("float32", "bfloat16"):
         cfg = _cfg(matmul_dtype=mm)
-        fvu[mm] = reconstruction_metrics(to_sae(train_sae(acts, tmp_path / mm, cfg), cfg, layer=1, model_name="t"), acts)["fvu"]
+        fvu[mm] = reconstruction_metrics(
+            to_sae(train_sae(acts, tmp_path / mm, cfg), cfg, layer=1, model_name="t"), acts
+        )["fvu"]
     assert abs(fvu["float32"] - fvu["bfloat16"]) < 0.05, fvu
 
 
@@ -189,8 +213,12 @@ def test_custom_backward_matches_autograd_reference():
     from cgaps.sae.training.train import topk_forward
 
     gen = torch.Generator().manual_seed(0)
-    p = {"W_enc": torch.randn(32, 8, generator=gen), "b_enc": torch.randn(32, generator=gen) * 0.1,
-         "W_dec": torch.randn(32, 8, generator=gen), "b_dec": torch.randn(8, generator=gen)}
+    p = {
+        "W_enc": torch.randn(32, 8, generator=gen),
+        "b_enc": torch.randn(32, generator=gen) * 0.1,
+        "W_dec": torch.randn(32, 8, generator=gen),
+        "b_dec": torch.randn(8, generator=gen),
+    }
     x = torch.randn(10, 8, generator=gen)
     with torch.enable_grad():
         fast = {k: v.clone().requires_grad_() for k, v in p.items()}
@@ -216,8 +244,27 @@ def test_cli_train_sae_end_to_end(backend, tmp_path):
     data = tmp_path / "convs.jsonl"
     data.write_text("".join(json.dumps(c) + "\n" for c in CONVS))
     out = tmp_path / "sae"
-    result = CliRunner().invoke(app, ["train-sae", str(data), "--out", str(out), "--model", str(model_dir), "--layer", "1",
-                                      "--width", "64", "--k", "4", "--batch-size", "64", "--epochs", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-sae",
+            str(data),
+            "--out",
+            str(out),
+            "--model",
+            str(model_dir),
+            "--layer",
+            "1",
+            "--width",
+            "64",
+            "--k",
+            "4",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"fvu", "l0", "dead_frac", "ce_increase", "ce_loss_recovered"} <= set(metrics)

@@ -42,7 +42,10 @@ def _bh(pvals: list[float]) -> list[float]:
 def _less_equal(vals: list[float]) -> list[tuple[int, int]]:
     """(#values < v, #values == v) for each v (bisect on a sorted copy, so the benchmark stays feasible)."""
     ordered = sorted(vals)
-    return [(bisect.bisect_left(ordered, v), bisect.bisect_right(ordered, v) - bisect.bisect_left(ordered, v)) for v in vals]
+    return [
+        (bisect.bisect_left(ordered, v), bisect.bisect_right(ordered, v) - bisect.bisect_left(ordered, v))
+        for v in vals
+    ]
 
 
 def _avg_ranks(vals: list[float]) -> list[float]:
@@ -74,7 +77,9 @@ def reference_scores(items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: in
         for c, v in sal[i].items():
             colmax[c] = max(colmax[c], v)
     benches = sorted(set(bench.values()))
-    ybar = {b: sum(y[i] for i in ids if bench[i] == b) / sum(1 for i in ids if bench[i] == b) for b in benches}
+    ybar = {
+        b: sum(y[i] for i in ids if bench[i] == b) / sum(1 for i in ids if bench[i] == b) for b in benches
+    }
     zq = norm.ppf(0.5 + cfg.ci_level / 2)
 
     rows = []
@@ -92,7 +97,14 @@ def reference_scores(items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: in
             r["chi_bench"] = sum(h for _, _, _, h in o) / len(members)
             r["chi_bench_raw"] = sum(s for s, _, _, _ in o) / len(members)
             if not o:
-                r.update(chi_model=math.nan, expected=math.nan, n_eff=0.0, ci_low=math.nan, ci_high=math.nan, z=math.nan)
+                r.update(
+                    chi_model=math.nan,
+                    expected=math.nan,
+                    n_eff=0.0,
+                    ci_low=math.nan,
+                    ci_high=math.nan,
+                    z=math.nan,
+                )
                 recs.append(r)
                 continue
             ss = sum(s for s, _, _, _ in o)
@@ -110,8 +122,14 @@ def reference_scores(items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: in
             denom = 1 + zq * zq / neff
             center = (chi + zq * zq / (2 * neff)) / denom
             half = zq / denom * math.sqrt(max(chi * (1 - chi), 0.0) / neff + zq * zq / (4 * neff * neff))
-            r.update(chi_model=chi, expected=e, n_eff=neff, z=z,
-                     ci_low=min(max(center - half, 0.0), 1.0), ci_high=min(max(center + half, 0.0), 1.0))
+            r.update(
+                chi_model=chi,
+                expected=e,
+                n_eff=neff,
+                z=z,
+                ci_low=min(max(center - half, 0.0), 1.0),
+                ci_high=min(max(center + half, 0.0), 1.0),
+            )
             recs.append(r)
         present = [r for r in recs if r["support"] > 0]
         vals = [round(r["chi_bench"], 12) for r in present]
@@ -139,12 +157,19 @@ def reference_scores(items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: in
             sa = {r["concept"] for r in ra if r["support"] > 0}
             sb = {r["concept"] for r in rb if r["support"] > 0}
             shared = sorted(sa & sb)
-            pairs.append({
-                "a": a, "b": b,
-                "jaccard": len(sa & sb) / len(sa | sb) if sa | sb else math.nan,
-                "spearman_chi_model": _spearman([ra[c]["chi_model"] for c in shared], [rb[c]["chi_model"] for c in shared]),
-                "spearman_chi_bench": _spearman([ra[c]["chi_bench"] for c in shared], [rb[c]["chi_bench"] for c in shared]),
-            })
+            pairs.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "jaccard": len(sa & sb) / len(sa | sb) if sa | sb else math.nan,
+                    "spearman_chi_model": _spearman(
+                        [ra[c]["chi_model"] for c in shared], [rb[c]["chi_model"] for c in shared]
+                    ),
+                    "spearman_chi_bench": _spearman(
+                        [ra[c]["chi_bench"] for c in shared], [rb[c]["chi_bench"] for c in shared]
+                    ),
+                }
+            )
     return concepts, pd.DataFrame(pairs, columns=list(OVERLAP_COLUMNS))
 
 
@@ -168,7 +193,16 @@ def make_suite(seed: int, n_concepts: int = 200):
             y = float(rng.random() < acc[b])
             if b == "code" and k % 5 == 0:
                 y = float(rng.choice([0.25, 0.5, 0.75, rng.random()]))  # some partial credit
-            items.append({"item_id": iid, "benchmark": b, "prompt": f"p {iid}", "reference": "r", "response": "x", "score": y})
+            items.append(
+                {
+                    "item_id": iid,
+                    "benchmark": b,
+                    "prompt": f"p {iid}",
+                    "reference": "r",
+                    "response": "x",
+                    "score": y,
+                }
+            )
             fires = rng.random(n_concepts) < rate
             fires[list(NEVER)] = False
             if b == "bias":
@@ -192,7 +226,12 @@ def assert_same_tables(fast: pd.DataFrame, ref: pd.DataFrame, key: list[str]) ->
             assert fast[col].tolist() == ref[col].tolist(), col
         else:
             np.testing.assert_allclose(
-                fast[col].to_numpy(float), ref[col].to_numpy(float), rtol=0, atol=1e-6, equal_nan=True, err_msg=col
+                fast[col].to_numpy(float),
+                ref[col].to_numpy(float),
+                rtol=0,
+                atol=1e-6,
+                equal_nan=True,
+                err_msg=col,
             )
 
 
@@ -226,7 +265,11 @@ def test_never_firing_and_missing_rows():
     concepts, _ = compute_scores(items, sal, 200, RunConfig())
     never = concepts[concepts["concept"].isin(NEVER)]
     assert (never["support"] == 0).all() and (never["chi_bench"] == 0).all()
-    assert never["chi_model"].isna().all() and (never["status"] == "missing").all() and (never["gap"] == "").all()
+    assert (
+        never["chi_model"].isna().all()
+        and (never["status"] == "missing").all()
+        and (never["gap"] == "").all()
+    )
     not_bias = concepts[concepts["concept"].isin(NOT_IN_BIAS)]
     assert (not_bias.loc[not_bias["scope"] == "bias", "status"] == "missing").all()
     assert (not_bias.loc[not_bias["scope"] == "arith", "support"] > 0).all()
@@ -256,7 +299,9 @@ def test_benchmark_adjusted_expected_prevents_false_gap():
         for k in range(n):
             iid = f"{b}{k}"
             y = float(rng.random() < acc)
-            items.append({"item_id": iid, "benchmark": b, "prompt": "p", "reference": "r", "response": "x", "score": y})
+            items.append(
+                {"item_id": iid, "benchmark": b, "prompt": "p", "reference": "r", "response": "x", "score": y}
+            )
             # concept 0 fires on hard items only, independent of correctness; concept 1 everywhere
             if b == "hard" and rng.random() < 0.6:
                 sal.append({"item_id": iid, "concept": 0, "value": float(rng.uniform(0.5, 2))})
@@ -324,7 +369,6 @@ def test_score_run_calls_the_validating_readers(tmp_path, monkeypatch):
         monkeypatch.setattr(rundir, name, lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
     score_run(write_run(tmp_path))
     assert {"read_run_json", "n_concepts", "read_items", "read_saliency"} <= set(calls)
-
 
 
 @pytest.mark.parametrize(

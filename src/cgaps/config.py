@@ -33,43 +33,69 @@ class RunConfig:
     """Everything that determines a Competency Gaps run."""
 
     # --- items
-    suite: str = _f("probes", "Suite name (probes, paper10), comma-separated benchmark names, or a benchmark spec file.")
-    data_dir: str | None = _f(None, "Folder with the benchmarks' original files (else they are read from the hub).")
+    suite: str = _f(
+        "probes", "Suite name (probes, paper10), comma-separated benchmark names, or a benchmark spec file."
+    )
+    data_dir: str | None = _f(
+        None, "Folder with the benchmarks' original files (else they are read from the hub)."
+    )
     limit: int | None = _f(None, "At most this many items per benchmark (seeded sample).")
     seed: int = _f(0, "Seed for item sampling, subsampling and anything else random.")
     # --- evaluated model and generation
-    model: str = _f(EMBEDDED, "Evaluated model: 'embedded' (SmolLM2-135M-Instruct), a hub id, a local folder or a .gguf file.")
+    model: str = _f(
+        EMBEDDED,
+        "Evaluated model: 'embedded' (SmolLM2-135M-Instruct), a hub id, a local folder or a .gguf file.",
+    )
     max_new_tokens: int = _f(256, "Greedy generation budget per item.")
     batch_size: int = _f(16, "Items per forward batch (generation and extraction).")
-    mc_scoring: str = _f("generate", "Multiple-choice scoring: 'generate' (answer letter) or 'loglik' (option log-likelihood).")
-    chain_of_thought: bool = _f(False, "Ask for step-by-step reasoning on GSM8K and MATH before the final answer.")
+    mc_scoring: str = _f(
+        "generate", "Multiple-choice scoring: 'generate' (answer letter) or 'loglik' (option log-likelihood)."
+    )
+    chain_of_thought: bool = _f(
+        False, "Ask for step-by-step reasoning on GSM8K and MATH before the final answer."
+    )
     # --- reader, SAE and pooling (SPEC section 2)
     reader: str | None = _f(None, "Model whose residual stream is encoded (default: the evaluated model).")
-    sae: str = _f(EMBEDDED, "SAE: 'embedded' (shipped SmolLM2 SAE), a local sae-lens folder, or 'RELEASE/SAE_ID' on the hub.")
-    layer: int | None = _f(None, "Residual layer L (blocks.L.hook_resid_post); default: the SAE's own hook layer.")
+    sae: str = _f(
+        EMBEDDED,
+        "SAE: 'embedded' (shipped SmolLM2 SAE), a local sae-lens folder, or 'RELEASE/SAE_ID' on the hub.",
+    )
+    layer: int | None = _f(
+        None, "Residual layer L (blocks.L.hook_resid_post); default: the SAE's own hook layer."
+    )
     span: str = _f("both", "Tokens analysed: prompt, response or both.")
     pool: str = _f("max", "Pooling of token activations into saliency: max, mean or sum.")
-    skip_special: bool = _f(True, "Skip BOS, chat-template tokens and the system prompt (their activations are artefacts).")
+    skip_special: bool = _f(
+        True, "Skip BOS, chat-template tokens and the system prompt (their activations are artefacts)."
+    )
     max_norm_ratio: float | None = _f(
         10.0, "Skip tokens whose residual norm exceeds this many times the batch median (None keeps all)."
     )
     max_length: int = _f(1024, "Truncate each formatted conversation to this many tokens before encoding.")
-    top_k: int | None = _f(None, "Keep only the top-k concepts per item in saliency.parquet (None keeps all).")
+    top_k: int | None = _f(
+        None, "Keep only the top-k concepts per item in saliency.parquet (None keeps all)."
+    )
     # --- scoring (SPEC section 3)
     min_support: int = _f(5, "Concepts firing on fewer items are reported but never called gaps.")
-    under_pct: float = _f(10.0, "Percentile of chi_bench below which a present concept is 'under'-represented.")
+    under_pct: float = _f(
+        10.0, "Percentile of chi_bench below which a present concept is 'under'-represented."
+    )
     over_pct: float = _f(90.0, "Percentile of chi_bench above which a concept is 'over'-represented.")
     fdr: float = _f(0.05, "Benjamini-Hochberg false discovery rate for model gaps and strengths.")
     ci_level: float = _f(0.95, "Confidence level of the Wilson interval on chi_model.")
     # --- execution
     device: str = _f("auto", "Torch device: auto, cpu, cuda, cuda:N, mps.")
-    dtype: str = _f("auto", "Model dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")
+    dtype: str = _f(
+        "auto", "Model dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."
+    )
 
     def __post_init__(self) -> None:
         for name, choices in (("span", SPANS), ("pool", POOLS), ("mc_scoring", MC_SCORING)):
             value = getattr(self, name)
             if value not in choices:
-                raise CGapsError(f"config field '{name}' is {value!r}.{did_you_mean(value, choices)} Valid: {', '.join(choices)}")
+                raise CGapsError(
+                    f"config field '{name}' is {value!r}.{did_you_mean(value, choices)} Valid: {', '.join(choices)}"
+                )
         for name in ("max_new_tokens", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise CGapsError(f"config field '{name}' must be >= 1, got {getattr(self, name)}")
@@ -113,7 +139,9 @@ def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
     names = [f.name for f in fields(RunConfig)]
     for key in data:
         if key not in names:
-            raise CGapsError(f"{source}: unknown key {key!r}.{did_you_mean(key, names)} Known keys: {', '.join(names)}")
+            raise CGapsError(
+                f"{source}: unknown key {key!r}.{did_you_mean(key, names)} Known keys: {', '.join(names)}"
+            )
     return RunConfig(**data)
 
 

@@ -45,8 +45,17 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) ->
     if force and run_dir.exists():
         import shutil
 
-        for name in (rundir.ITEMS, rundir.RUN_JSON, rundir.SALIENCY, rundir.RESPONSES_PARTIAL, rundir.CONTEXTS,
-                     rundir.LABELS, rundir.CONCEPTS, rundir.OVERLAP, rundir.REPORT):
+        for name in (
+            rundir.ITEMS,
+            rundir.RUN_JSON,
+            rundir.SALIENCY,
+            rundir.RESPONSES_PARTIAL,
+            rundir.CONTEXTS,
+            rundir.LABELS,
+            rundir.CONCEPTS,
+            rundir.OVERLAP,
+            rundir.REPORT,
+        ):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / rundir.SALIENCY_SHARDS, ignore_errors=True)
     _check_same_run(run_dir, cfg)
@@ -55,12 +64,19 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) ->
 
     t = time.perf_counter()
     if not (run_dir / rundir.ITEMS).exists():
-        items = load_suite(cfg.suite, data_dir=cfg.data_dir, limit=cfg.limit, seed=cfg.seed,
-                           chain_of_thought=cfg.chain_of_thought)
+        items = load_suite(
+            cfg.suite,
+            data_dir=cfg.data_dir,
+            limit=cfg.limit,
+            seed=cfg.seed,
+            chain_of_thought=cfg.chain_of_thought,
+        )
         rundir.validate_items(items, run_dir / rundir.ITEMS)
         rundir.write_table(items, run_dir / rundir.ITEMS)
         counts = items.groupby("benchmark").size()
-        rundir.update_run_json(run_dir, config=cfg.to_dict(), counts={"items": {b: int(n) for b, n in counts.items()}})
+        rundir.update_run_json(
+            run_dir, config=cfg.to_dict(), counts={"items": {b: int(n) for b, n in counts.items()}}
+        )
         info(f"{len(items)} items from {len(counts)} benchmark(s)")
     stored = rundir.read_run_json(run_dir).get("config", {})
     # keep what extraction resolved (the SAE's own layer) when the config leaves it open

@@ -50,8 +50,19 @@ ITEM_COLUMNS = ITEM_REQUIRED + ITEM_SCORED + ITEM_OPTIONAL
 SALIENCY_COLUMNS = ("item_id", "concept", "value")
 
 CONCEPT_COLUMNS = (
-    "concept", "scope", "support", "chi_bench", "chi_bench_raw", "chi_model", "expected",
-    "n_eff", "ci_low", "ci_high", "status", "gap", "q_value",
+    "concept",
+    "scope",
+    "support",
+    "chi_bench",
+    "chi_bench_raw",
+    "chi_model",
+    "expected",
+    "n_eff",
+    "ci_low",
+    "ci_high",
+    "status",
+    "gap",
+    "q_value",
 )
 LABEL_COLUMNS = ("concept", "label", "source")
 OVERLAP_COLUMNS = ("a", "b", "jaccard", "spearman_chi_model", "spearman_chi_bench")
@@ -113,7 +124,9 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except Exception as e:  # pyarrow raises several unrelated types for a bad file
-        raise CGapsError(f"{path}: not a readable Parquet file ({e}); rewrite it with pandas.DataFrame.to_parquet") from e
+        raise CGapsError(
+            f"{path}: not a readable Parquet file ({e}); rewrite it with pandas.DataFrame.to_parquet"
+        ) from e
 
 
 # ---------------------------------------------------------------- run.json
@@ -123,7 +136,9 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
     """Read and check ``run.json``: schema version and ``n_concepts``."""
     path = Path(run_dir) / RUN_JSON
     if not path.exists():
-        raise CGapsError(f"{path}: no such file; create the run with `cgaps items` or `cgaps run CONFIG.yaml`")
+        raise CGapsError(
+            f"{path}: no such file; create the run with `cgaps items` or `cgaps run CONFIG.yaml`"
+        )
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -175,7 +190,9 @@ def validate_items(df: pd.DataFrame, path: str | Path, *, scored: bool = False) 
     missing = [c for c in ITEM_REQUIRED + (ITEM_SCORED if scored else ()) if c not in df.columns]
     if missing:
         hint = " (run `cgaps evaluate` or `cgaps grade` first)" if set(missing) <= set(ITEM_SCORED) else ""
-        raise CGapsError(f"{path}: missing column(s) {', '.join(missing)}{hint}; required: {', '.join(ITEM_REQUIRED)}")
+        raise CGapsError(
+            f"{path}: missing column(s) {', '.join(missing)}{hint}; required: {', '.join(ITEM_REQUIRED)}"
+        )
     extra = [c for c in df.columns if c not in ITEM_COLUMNS]
     if extra:
         raise CGapsError(
@@ -193,7 +210,9 @@ def validate_items(df: pd.DataFrame, path: str | Path, *, scored: bool = False) 
     empty_bench = df["benchmark"].str.strip() == ""
     if empty_bench.any():
         row = int(empty_bench.to_numpy().nonzero()[0][0])
-        raise CGapsError(f"{path}: row {row}: field 'benchmark' is blank; name the benchmark the item belongs to")
+        raise CGapsError(
+            f"{path}: row {row}: field 'benchmark' is blank; name the benchmark the item belongs to"
+        )
     dup = df["item_id"].duplicated(keep=False)
     if dup.any():
         ids = df.loc[dup, "item_id"].unique()[:3]
@@ -201,7 +220,9 @@ def validate_items(df: pd.DataFrame, path: str | Path, *, scored: bool = False) 
             f"{path}: field 'item_id' has duplicates ({', '.join(map(repr, ids))}); item ids must be unique in the suite"
         )
     if ALL_SCOPE in set(df["benchmark"]):
-        raise CGapsError(f"{path}: field 'benchmark' uses the reserved name {ALL_SCOPE!r}; rename that benchmark")
+        raise CGapsError(
+            f"{path}: field 'benchmark' uses the reserved name {ALL_SCOPE!r}; rename that benchmark"
+        )
     for col in ("prompt", "reference", "response"):
         if col in df.columns:
             df[col] = df[col].fillna("").astype(str)
@@ -227,7 +248,9 @@ def read_items(run_dir: str | Path, *, scored: bool = False) -> pd.DataFrame:
 # ---------------------------------------------------------------- saliency
 
 
-def validate_saliency(df: pd.DataFrame, path: str | Path, item_ids: pd.Index | None, n_concepts: int) -> pd.DataFrame:
+def validate_saliency(
+    df: pd.DataFrame, path: str | Path, item_ids: pd.Index | None, n_concepts: int
+) -> pd.DataFrame:
     """Check a sparse saliency table against the items and the SAE width."""
     path = Path(path)
     missing = [c for c in SALIENCY_COLUMNS if c not in df.columns]
@@ -267,7 +290,9 @@ def validate_saliency(df: pd.DataFrame, path: str | Path, item_ids: pd.Index | N
                 "saliency and items must come from the same run"
             )
     if df.duplicated(["item_id", "concept"]).any():
-        raise CGapsError(f"{path}: duplicate (item_id, concept) rows; pool each concept to one value per item")
+        raise CGapsError(
+            f"{path}: duplicate (item_id, concept) rows; pool each concept to one value per item"
+        )
     return df
 
 

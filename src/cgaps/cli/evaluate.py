@@ -20,9 +20,13 @@ def evaluate(
     """Generate responses (batched, greedy, chat template) and grade them."""
     from cgaps.evaluate.stage import evaluate_run
 
-    cfg = run_config(run_dir, model=model, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                     mc_scoring=mc_scoring, device=device)
+    cfg = run_config(
+        run_dir,
+        model=model,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        mc_scoring=mc_scoring,
+        device=device,
+    )
     items = evaluate_run(run_dir, cfg)
     typer.echo(f"graded {len(items)} items; mean score {items['score'].mean():.3f}")
-
-

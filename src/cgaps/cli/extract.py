@@ -24,7 +24,17 @@ def extract(
     """Encode the residual stream after layer L with the SAE and pool it per item."""
     from cgaps.extract.stage import extract_run
 
-    cfg = run_config(run_dir, reader=reader, sae=sae, layer=layer, span=span, pool=pool,
-                     skip_special=skip_special, top_k=top_k, batch_size=batch_size, device=device)
+    cfg = run_config(
+        run_dir,
+        reader=reader,
+        sae=sae,
+        layer=layer,
+        span=span,
+        pool=pool,
+        skip_special=skip_special,
+        top_k=top_k,
+        batch_size=batch_size,
+        device=device,
+    )
     sal = extract_run(run_dir, cfg)
     typer.echo(f"wrote {len(sal)} saliency rows for {sal['item_id'].nunique()} items")

@@ -12,8 +12,12 @@ import typer
 
 
 def report(
-    run_dir: Path = typer.Argument(..., help="Run directory with run.json, items, saliency and concepts tables."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the report (default RUN_DIR/report.html)."),
+    run_dir: Path = typer.Argument(
+        ..., help="Run directory with run.json, items, saliency and concepts tables."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Where to write the report (default RUN_DIR/report.html)."
+    ),
     top: int = typer.Option(50, help="Rows per table for the whole suite (ALL scope)."),
     top_per_benchmark: int = typer.Option(10, help="Rows per table for each benchmark."),
     examples: int = typer.Option(2, help="Example items per concept, for each of correct and incorrect."),

@@ -9,11 +9,17 @@ import typer
 
 
 def robustness(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory with run.json, items.parquet and saliency.parquet.")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run directory with run.json, items.parquet and saliency.parquet.")
+    ],
     repeats: Annotated[int, typer.Option(help="Subsampling repeats.")] = 100,
     drop: Annotated[float, typer.Option(help="Fraction of every benchmark dropped in each repeat.")] = 0.2,
-    top: Annotated[int, typer.Option(help="Best / worst concepts whose most aligned items the ablation deletes.")] = 100,
-    max_delete: Annotated[float, typer.Option(help="At most this fraction of the suite is deleted by the ablation.")] = 0.01,
+    top: Annotated[
+        int, typer.Option(help="Best / worst concepts whose most aligned items the ablation deletes.")
+    ] = 100,
+    max_delete: Annotated[
+        float, typer.Option(help="At most this fraction of the suite is deleted by the ablation.")
+    ] = 0.01,
 ) -> None:
     """Check how stable the chi values are: seeded subsamples and adversarial item deletion."""
     from rich.console import Console
@@ -33,7 +39,9 @@ def robustness(
     table = Table(title=f"{run_dir}: {rundir.ROBUSTNESS}")
     table.add_column("check")
     table.add_column("figure", justify="right")
-    table.add_row(f"subsampling: mean std chi_model ({repeats} x {1 - drop:.0%})", f"{sub['mean_std_chi_model']:.4f}")
+    table.add_row(
+        f"subsampling: mean std chi_model ({repeats} x {1 - drop:.0%})", f"{sub['mean_std_chi_model']:.4f}"
+    )
     table.add_row("subsampling: mean std chi_bench", f"{sub['mean_std_chi_bench']:.4f}")
     for side in ("best", "worst"):
         a = abl[side]

@@ -25,8 +25,12 @@ def _summary(run_dir: Path, times: dict[str, float]) -> None:
 
 
 def run(
-    config: Path = typer.Argument(..., help="YAML config (keys: the fields of cgaps.config.RunConfig).", dir_okay=False),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write (resumed if it exists).", file_okay=False),
+    config: Path = typer.Argument(
+        ..., help="YAML config (keys: the fields of cgaps.config.RunConfig).", dir_okay=False
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Run directory to write (resumed if it exists).", file_okay=False
+    ),
     suite: str = config_option("suite"),
     data_dir: str = config_option("data_dir"),
     limit: int = config_option("limit"),
@@ -39,15 +43,21 @@ def run(
     from cgaps.config import load_yaml
     from cgaps.pipeline import run_pipeline
 
-    cfg = load_yaml(config).replace(suite=suite, data_dir=data_dir, limit=limit, model=model, sae=sae, device=device)
+    cfg = load_yaml(config).replace(
+        suite=suite, data_dir=data_dir, limit=limit, model=model, sae=sae, device=device
+    )
     _summary(out, run_pipeline(cfg, out, force=force))
 
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory.", file_okay=False),
     data_dir: str = typer.Option(
-        None, help="With the paper's benchmarks in their original layouts, run paper10 instead of the probe suite."),
-    limit: int = typer.Option(None, help="Items per benchmark (default: all probes; 20 per benchmark of paper10)."),
+        None,
+        help="With the paper's benchmarks in their original layouts, run paper10 instead of the probe suite.",
+    ),
+    limit: int = typer.Option(
+        None, help="Items per benchmark (default: all probes; 20 per benchmark of paper10)."
+    ),
     force: bool = typer.Option(False, help="Start over."),
 ) -> None:
     """The embedded default end to end: SmolLM2-135M-Instruct, its shipped SAE, the probe suite."""

@@ -9,12 +9,24 @@ import typer
 
 
 def score(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory with run.json, items.parquet and saliency.parquet.")],
-    min_support: Annotated[int | None, typer.Option(help="Concepts firing on fewer items are never called gaps.")] = None,
-    under_pct: Annotated[float | None, typer.Option(help="Percentile of chi_bench below which a concept is 'under'.")] = None,
-    over_pct: Annotated[float | None, typer.Option(help="Percentile of chi_bench above which a concept is 'over'.")] = None,
-    fdr: Annotated[float | None, typer.Option(help="Benjamini-Hochberg false discovery rate for gaps and strengths.")] = None,
-    ci_level: Annotated[float | None, typer.Option(help="Confidence level of the Wilson interval on chi_model.")] = None,
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run directory with run.json, items.parquet and saliency.parquet.")
+    ],
+    min_support: Annotated[
+        int | None, typer.Option(help="Concepts firing on fewer items are never called gaps.")
+    ] = None,
+    under_pct: Annotated[
+        float | None, typer.Option(help="Percentile of chi_bench below which a concept is 'under'.")
+    ] = None,
+    over_pct: Annotated[
+        float | None, typer.Option(help="Percentile of chi_bench above which a concept is 'over'.")
+    ] = None,
+    fdr: Annotated[
+        float | None, typer.Option(help="Benjamini-Hochberg false discovery rate for gaps and strengths.")
+    ] = None,
+    ci_level: Annotated[
+        float | None, typer.Option(help="Confidence level of the Wilson interval on chi_model.")
+    ] = None,
 ) -> None:
     """Score concepts: benchmark coverage, model performance and gaps; knobs given here are saved into run.json."""
     import pandas as pd
@@ -39,8 +51,11 @@ def score(
     for scope, rows in concepts.groupby("scope", sort=False):
         sel = items if scope == rundir.ALL_SCOPE else items[items["benchmark"] == scope]
         table.add_row(
-            str(scope), str(len(sel)), f"{sel['score'].mean():.3f}",
+            str(scope),
+            str(len(sel)),
+            f"{sel['score'].mean():.3f}",
             f"{100 * (rows['status'] == 'missing').mean():.1f}",
-            str(int((rows["gap"] == "weak").sum())), str(int((rows["gap"] == "strong").sum())),
+            str(int((rows["gap"] == "weak").sum())),
+            str(int((rows["gap"] == "strong").sum())),
         )
     Console().print(table)

@@ -8,19 +8,31 @@ import typer
 
 
 def train_sae(
-    conversations: Path = typer.Argument(..., help="JSONL of conversations: one {\"messages\": [{role, content}, ...]} per line."),
-    out: Path = typer.Option(..., "--out", help="Folder for the SAE (cfg.json, sae_weights.safetensors, metrics.json)."),
-    model: str = typer.Option("embedded", help="Model: 'embedded', a hub id, a local folder or a .gguf file."),
+    conversations: Path = typer.Argument(
+        ..., help='JSONL of conversations: one {"messages": [{role, content}, ...]} per line.'
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder for the SAE (cfg.json, sae_weights.safetensors, metrics.json)."
+    ),
+    model: str = typer.Option(
+        "embedded", help="Model: 'embedded', a hub id, a local folder or a .gguf file."
+    ),
     layer: int = typer.Option(..., help="Residual layer L (blocks.L.hook_resid_post)."),
-    heldout: Path | None = typer.Option(None, help="JSONL of held-out conversations for FVU and CE (default: the last 5%)."),
-    work: Path | None = typer.Option(None, help="Folder for the activation cache and checkpoints (default: OUT.work)."),
+    heldout: Path | None = typer.Option(
+        None, help="JSONL of held-out conversations for FVU and CE (default: the last 5%)."
+    ),
+    work: Path | None = typer.Option(
+        None, help="Folder for the activation cache and checkpoints (default: OUT.work)."
+    ),
     width: int = typer.Option(8192, help="Number of latents F."),
     k: int = typer.Option(64, help="Active latents per token (TopK)."),
     tokens: int = typer.Option(2_000_000, help="Cache at most this many content tokens."),
     epochs: float = typer.Option(2.0, help="Passes over the cache."),
     batch_size: int = typer.Option(2048, help="Tokens per optimiser step."),
     lr: float = typer.Option(4e-4, help="Adam learning rate (after warm-up)."),
-    norm_ratio: float = typer.Option(10.0, help="Drop tokens whose residual norm exceeds this many times the median."),
+    norm_ratio: float = typer.Option(
+        10.0, help="Drop tokens whose residual norm exceeds this many times the median."
+    ),
     max_length: int = typer.Option(512, help="Truncate conversations to this many tokens."),
     dtype: str = typer.Option("float16", help="Dtype of the saved weights: float16, bfloat16 or float32."),
     seed: int = typer.Option(0, help="Seed of initialisation and data order."),
@@ -64,11 +76,28 @@ def train_sae(
     for c in convs:
         mix[c.get("source", "unknown")] = mix.get(c.get("source", "unknown"), 0) + 1
     with progress_bar("caching residuals", tokens, unit="tokens") as advance:
-        manifest = build_cache(backend, convs, work / "cache_train", [layer], max_tokens=tokens, norm_ratio=norm_ratio,
-                               max_length=max_length, text_mix=mix, progress=advance)
+        manifest = build_cache(
+            backend,
+            convs,
+            work / "cache_train",
+            [layer],
+            max_tokens=tokens,
+            norm_ratio=norm_ratio,
+            max_length=max_length,
+            text_mix=mix,
+            progress=advance,
+        )
     limits = manifest["exclusion"]["max_norm"]
-    held_manifest = build_cache(backend, held, work / "cache_heldout", [layer], norm_ratio=norm_ratio,
-                                max_length=max_length, norm_limits=limits, text_mix={"heldout": len(held)})
+    held_manifest = build_cache(
+        backend,
+        held,
+        work / "cache_heldout",
+        [layer],
+        norm_ratio=norm_ratio,
+        max_length=max_length,
+        norm_limits=limits,
+        text_mix={"heldout": len(held)},
+    )
     acts = load_layer(work / "cache_train", layer)
     steps = int(epochs * (len(acts) // batch_size))
     with progress_bar("training SAE", steps, unit="steps") as advance:
@@ -79,15 +108,33 @@ def train_sae(
 
     shipped = load_sae(str(out), hidden_size=backend.hidden_size, n_layers=backend.n_layers).sae
     held_acts = load_layer(work / "cache_heldout", layer)
-    metrics = {"layer": layer, "width": width, "k": k, "train_tokens": len(acts), "epochs": epochs,
-               "heldout_tokens": held_manifest["counts"]["tokens"], **reconstruction_metrics(shipped, held_acts)}
+    metrics = {
+        "layer": layer,
+        "width": width,
+        "k": k,
+        "train_tokens": len(acts),
+        "epochs": epochs,
+        "heldout_tokens": held_manifest["counts"]["tokens"],
+        **reconstruction_metrics(shipped, held_acts),
+    }
     counts = firing_counts(shipped, acts[:500_000])
     metrics["dead_frac"] = float((counts == 0).float().mean())
     metrics["dead_tokens_checked"] = min(len(acts), 500_000)
-    metrics.update(ce_increase(backend, shipped, held[:200], layer, max_norm=limits[str(layer)],
-                               max_length=max_length, mean_act=acts[:100_000].float().mean(0)))
+    metrics.update(
+        ce_increase(
+            backend,
+            shipped,
+            held[:200],
+            layer,
+            max_norm=limits[str(layer)],
+            max_length=max_length,
+            mean_act=acts[:100_000].float().mean(0),
+        )
+    )
     metrics["exclusion"] = manifest["exclusion"]
     metrics["text_mix"] = manifest["text_mix"]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    info(f"saved {out}: FVU {metrics['fvu']:.3f}, L0 {metrics['l0']:.1f}, dead {metrics['dead_frac']:.1%}, "
-         f"CE +{metrics['ce_increase']:.3f} nats")
+    info(
+        f"saved {out}: FVU {metrics['fvu']:.3f}, L0 {metrics['l0']:.1f}, dead {metrics['dead_frac']:.1%}, "
+        f"CE +{metrics['ce_increase']:.3f} nats"
+    )

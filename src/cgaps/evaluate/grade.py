@@ -143,8 +143,20 @@ def _short_answer(text: str) -> str:
 
 # ------------------------------------------------------------------ math
 
-_LATEX_NOISE = [(r"\left", ""), (r"\right", ""), (r"\!", ""), (r"\,", ""), (r"\;", ""), (r"\dfrac", r"\frac"),
-                (r"\tfrac", r"\frac"), ("^\\circ", ""), ("^{\\circ}", ""), ("\\%", ""), ("%", ""), ("$", "")]
+_LATEX_NOISE = [
+    (r"\left", ""),
+    (r"\right", ""),
+    (r"\!", ""),
+    (r"\,", ""),
+    (r"\;", ""),
+    (r"\dfrac", r"\frac"),
+    (r"\tfrac", r"\frac"),
+    ("^\\circ", ""),
+    ("^{\\circ}", ""),
+    ("\\%", ""),
+    ("%", ""),
+    ("$", ""),
+]
 
 
 def normalize_math(text: str) -> str:
@@ -223,6 +235,7 @@ def _grade_short(response: str, reference: str, meta: dict[str, Any]) -> float:
 
 def _grade_text(response: str, reference: str, meta: dict[str, Any]) -> float:
     """Exact normalised match, case-insensitive, quotes and trailing punctuation ignored."""
+
     def norm(s: str) -> str:
         return _short_answer(s).strip().strip("'\"`*.!").strip().lower()
 
@@ -292,7 +305,9 @@ def _loads(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def grade_items(df: Any, response_column: str = "response", progress: Callable[[int], None] | None = None) -> np.ndarray:
+def grade_items(
+    df: Any, response_column: str = "response", progress: Callable[[int], None] | None = None
+) -> np.ndarray:
     """Scores for every row of an items table (uses answer_type, reference, meta, choices).
 
     Rows without an ``answer_type`` are graded as ``short`` (exact match), the most
@@ -310,7 +325,9 @@ def grade_items(df: Any, response_column: str = "response", progress: Callable[[
             m = _loads(meta) or {}
             opts = _loads(ch)
         except json.JSONDecodeError as e:
-            raise CGapsError(f"row {i} (item_id {df['item_id'].iloc[i]!r}): 'meta' or 'choices' is not valid JSON ({e.msg})") from e
+            raise CGapsError(
+                f"row {i} (item_id {df['item_id'].iloc[i]!r}): 'meta' or 'choices' is not valid JSON ({e.msg})"
+            ) from e
         if opts and "choices" not in m:
             m = {**m, "choices": opts}
         scores[i] = grade_one(str(atype), "" if _missing(response) else str(response), str(reference), m)

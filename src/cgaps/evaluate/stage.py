@@ -51,14 +51,18 @@ def _choices(item: dict[str, Any]) -> list[str] | None:
     except json.JSONDecodeError as e:
         raise CGapsError(f"item {item['item_id']!r}: field 'choices' is not valid JSON ({e.msg})") from e
     if not isinstance(opts, list) or len(opts) < 2 or len(opts) > len(string.ascii_uppercase):
-        raise CGapsError(f"item {item['item_id']!r}: field 'choices' must be a JSON list of 2 to 26 option strings")
+        raise CGapsError(
+            f"item {item['item_id']!r}: field 'choices' must be a JSON list of 2 to 26 option strings"
+        )
     return [str(o) for o in opts]
 
 
 def uses_loglik(item: dict[str, Any], cfg: RunConfig) -> bool:
     if item.get("answer_type") == LOGLIK_ALWAYS:
         if _choices(item) is None:
-            raise CGapsError(f"item {item['item_id']!r}: answer_type {LOGLIK_ALWAYS!r} needs a 'choices' list")
+            raise CGapsError(
+                f"item {item['item_id']!r}: answer_type {LOGLIK_ALWAYS!r} needs a 'choices' list"
+            )
         return True
     return cfg.mc_scoring == "loglik" and _choices(item) is not None
 
@@ -114,7 +118,7 @@ def respond(items: pd.DataFrame, backend: ModelBackend, cfg: RunConfig, partial:
         with progress_bar("generating", len(generate)) as advance:
             for max_new, group in sorted(by_budget.items()):
                 for start in range(0, len(group), chunk):
-                    batch = group[start:start + chunk]
+                    batch = group[start : start + chunk]
                     out = backend.generate([conversation(r) for r in batch], max_new, cfg.batch_size, advance)
                     recs = [(r["item_id"], o) for r, o in zip(batch, out, strict=True)]
                     _append(partial, recs)
@@ -123,13 +127,13 @@ def respond(items: pd.DataFrame, backend: ModelBackend, cfg: RunConfig, partial:
     if loglik:
         with progress_bar("option log-likelihoods", len(loglik)) as advance:
             for start in range(0, len(loglik), chunk):
-                batch = loglik[start:start + chunk]
+                batch = loglik[start : start + chunk]
                 requests = [(conversation(r), opt) for r in batch for opt in options[r["item_id"]] or []]
                 scores = backend.loglikelihood(requests, cfg.batch_size)
                 recs, offset = [], 0
                 for r in batch:
                     opts = options[r["item_id"]] or []
-                    mine = scores[offset:offset + len(opts)]
+                    mine = scores[offset : offset + len(opts)]
                     offset += len(opts)
                     best = max(range(len(opts)), key=mine.__getitem__)
                     recs.append((r["item_id"], f"{string.ascii_uppercase[best]}) {opts[best]}"))

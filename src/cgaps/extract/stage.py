@@ -53,8 +53,9 @@ class Encoded:
     mask: np.ndarray  # bool per token
 
 
-def analysed_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], special: np.ndarray,
-                  skip_special: bool) -> np.ndarray:
+def analysed_mask(
+    offsets: list[tuple[int, int]], spans: list[tuple[int, int]], special: np.ndarray, skip_special: bool
+) -> np.ndarray:
     """Tokens to pool: those starting inside a content span (all non-special ones without skipping)."""
     n = len(offsets)
     if not skip_special:
@@ -73,14 +74,24 @@ def encode_items(items: pd.DataFrame, tokenizer: Any, cfg: RunConfig) -> list[En
     for item in items.to_dict("records"):
         response = item.get("response") if cfg.span != "prompt" else None
         fmt = format_chat(tokenizer, conversation(item), response if isinstance(response, str) else None)
-        spans = {"prompt": fmt.prompt_spans, "response": fmt.response_spans,
-                 "both": fmt.prompt_spans + fmt.response_spans}[cfg.span]
-        enc = tokenizer(fmt.text, return_offsets_mapping=True, add_special_tokens=False,
-                        truncation=True, max_length=cfg.max_length)
+        spans = {
+            "prompt": fmt.prompt_spans,
+            "response": fmt.response_spans,
+            "both": fmt.prompt_spans + fmt.response_spans,
+        }[cfg.span]
+        enc = tokenizer(
+            fmt.text,
+            return_offsets_mapping=True,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=cfg.max_length,
+        )
         ids = list(enc["input_ids"])
         special = np.array([i in special_ids for i in ids], dtype=bool)
         mask = analysed_mask(list(enc["offset_mapping"]), spans, special, cfg.skip_special)
-        out.append(Encoded(str(item["item_id"]), fmt.text, ids, [tuple(o) for o in enc["offset_mapping"]], mask))
+        out.append(
+            Encoded(str(item["item_id"]), fmt.text, ids, [tuple(o) for o in enc["offset_mapping"]], mask)
+        )
     return out
 
 
@@ -94,12 +105,15 @@ def pool_batch(acts: Any, token_item: Any, n_items: int, pool: str) -> tuple[Any
 
     n_feat = acts.shape[1]
     idx = token_item.long().unsqueeze(1).expand(-1, n_feat)
-    peak_val = torch.zeros(n_items, n_feat, dtype=acts.dtype).scatter_reduce(0, idx, acts, "amax", include_self=True)
+    peak_val = torch.zeros(n_items, n_feat, dtype=acts.dtype).scatter_reduce(
+        0, idx, acts, "amax", include_self=True
+    )
     # argmax: the largest token index whose value equals the max (any tie breaks the same way each run)
     is_peak = (acts == peak_val[token_item.long()]) & (acts > 0)
     tok_pos = torch.arange(acts.shape[0]).unsqueeze(1).expand(-1, n_feat)
     peak_tok = torch.full((n_items, n_feat), -1, dtype=torch.long).scatter_reduce(
-        0, idx, torch.where(is_peak, tok_pos, torch.full_like(tok_pos, -1)), "amax", include_self=True)
+        0, idx, torch.where(is_peak, tok_pos, torch.full_like(tok_pos, -1)), "amax", include_self=True
+    )
     if pool == "max":
         value = peak_val
     else:
@@ -114,18 +128,27 @@ def pool_batch(acts: Any, token_item: Any, n_items: int, pool: str) -> tuple[Any
 
 def _batches(encoded: list[Encoded], batch_size: int) -> list[list[int]]:
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _signature(cfg: RunConfig, sae: Any, layer: int, reader: str) -> dict[str, Any]:
-    return {"reader": reader, "sae": sae.sae_id, "sae_fingerprint": sae.fingerprint, "layer": layer,
-            "span": cfg.span, "pool": cfg.pool,
-            "skip_special": cfg.skip_special, "max_norm_ratio": cfg.max_norm_ratio, "max_length": cfg.max_length,
-            "top_k": cfg.top_k}
+    return {
+        "reader": reader,
+        "sae": sae.sae_id,
+        "sae_fingerprint": sae.fingerprint,
+        "layer": layer,
+        "span": cfg.span,
+        "pool": cfg.pool,
+        "skip_special": cfg.skip_special,
+        "max_norm_ratio": cfg.max_norm_ratio,
+        "max_length": cfg.max_length,
+        "top_k": cfg.top_k,
+    }
 
 
-def extract_chunk(backend: HFBackend, sae: Any, layer: int, chunk: list[Encoded], cfg: RunConfig,
-                  stats: Counter) -> pd.DataFrame:
+def extract_chunk(
+    backend: HFBackend, sae: Any, layer: int, chunk: list[Encoded], cfg: RunConfig, stats: Counter
+) -> pd.DataFrame:
     """Saliency rows (item_id, concept, value, peak char span) for a chunk of items."""
     import torch
 
@@ -166,19 +189,33 @@ def extract_chunk(backend: HFBackend, sae: Any, layer: int, chunk: list[Encoded]
                 continue
             tok = tt[peak[r, nz]].numpy()
             offs = np.array(e.offsets)[tok]
-            rows.append(pd.DataFrame({
-                "item_id": e.item_id, "concept": nz.numpy().astype(np.int32),
-                "value": v[nz].numpy().astype(np.float32),
-                "peak_start": offs[:, 0].astype(np.int32), "peak_end": offs[:, 1].astype(np.int32),
-            }))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "item_id": e.item_id,
+                        "concept": nz.numpy().astype(np.int32),
+                        "value": v[nz].numpy().astype(np.float32),
+                        "peak_start": offs[:, 0].astype(np.int32),
+                        "peak_end": offs[:, 1].astype(np.int32),
+                    }
+                )
+            )
     if not rows:
-        return pd.DataFrame({"item_id": pd.Series(dtype=str), "concept": pd.Series(dtype=np.int32),
-                             "value": pd.Series(dtype=np.float32), "peak_start": pd.Series(dtype=np.int32),
-                             "peak_end": pd.Series(dtype=np.int32)})
+        return pd.DataFrame(
+            {
+                "item_id": pd.Series(dtype=str),
+                "concept": pd.Series(dtype=np.int32),
+                "value": pd.Series(dtype=np.float32),
+                "peak_start": pd.Series(dtype=np.int32),
+                "peak_end": pd.Series(dtype=np.int32),
+            }
+        )
     return pd.concat(rows, ignore_index=True)
 
 
-def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None = None, sae_spec: Any = None) -> pd.DataFrame:
+def extract_run(
+    run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None = None, sae_spec: Any = None
+) -> pd.DataFrame:
     """Write saliency.parquet (+ contexts, provisional labels) for a run; resumes from shards."""
 
     from cgaps.models import load_backend
@@ -188,13 +225,20 @@ def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None =
     t0 = time.perf_counter()
     items = rundir.read_items(run_dir)
     if cfg.span != "prompt" and "response" not in items.columns:
-        raise CGapsError(f"{run_dir / rundir.ITEMS}: no 'response' column but span={cfg.span!r}; "
-                         "run `cgaps evaluate` first or pass --span prompt")
+        raise CGapsError(
+            f"{run_dir / rundir.ITEMS}: no 'response' column but span={cfg.span!r}; "
+            "run `cgaps evaluate` first or pass --span prompt"
+        )
     if backend is None:
         info(f"loading reader model {cfg.reader_model}")
         backend = load_backend(cfg.reader_model, cfg.device, cfg.dtype)
-    loaded = sae_spec if sae_spec is not None else load_sae(
-        cfg.sae, hidden_size=backend.hidden_size, n_layers=backend.n_layers, layer=cfg.layer, device="cpu")
+    loaded = (
+        sae_spec
+        if sae_spec is not None
+        else load_sae(
+            cfg.sae, hidden_size=backend.hidden_size, n_layers=backend.n_layers, layer=cfg.layer, device="cpu"
+        )
+    )
     sae, layer, width = loaded.sae, loaded.layer, loaded.width
     backend.check_layer(layer)
     sae.eval()
@@ -217,7 +261,11 @@ def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None =
     done_ids: set[str] = set()
     stats: Counter = Counter()
     for shard in sorted(shard_dir.glob("shard-*.parquet")):
-        meta = json.loads(shard.with_suffix(".json").read_text()) if shard.with_suffix(".json").exists() else None
+        meta = (
+            json.loads(shard.with_suffix(".json").read_text())
+            if shard.with_suffix(".json").exists()
+            else None
+        )
         if meta is None:  # a shard without its sidecar was cut short: redo its items
             shard.unlink()
             continue
@@ -231,18 +279,22 @@ def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None =
         info(f"resuming extraction: {len(done_ids)} of {len(encoded)} items already in {shard_dir.name}/")
     with progress_bar(f"extracting (layer {layer}, {width} concepts)", len(todo)) as advance:
         for n, start in enumerate(range(0, len(todo), SHARD_ITEMS)):
-            chunk = todo[start:start + SHARD_ITEMS]
+            chunk = todo[start : start + SHARD_ITEMS]
             chunk_stats: Counter = Counter()
             df = extract_chunk(backend, sae, layer, chunk, cfg, chunk_stats)
             name = f"shard-{n_existing + n:05d}"
             rundir.write_table(df, shard_dir / f"{name}.parquet")
             # the sidecar is written last: its presence marks the shard complete
-            rundir.write_json({"item_ids": [e.item_id for e in chunk], "stats": dict(chunk_stats)},
-                              shard_dir / f"{name}.json")
+            rundir.write_json(
+                {"item_ids": [e.item_id for e in chunk], "stats": dict(chunk_stats)},
+                shard_dir / f"{name}.json",
+            )
             stats.update(chunk_stats)
             advance(len(chunk))
 
-    shards = pd.concat([pd.read_parquet(p) for p in sorted(shard_dir.glob("shard-*.parquet"))], ignore_index=True)
+    shards = pd.concat(
+        [pd.read_parquet(p) for p in sorted(shard_dir.glob("shard-*.parquet"))], ignore_index=True
+    )
     saliency = shards[list(rundir.SALIENCY_COLUMNS)].sort_values(["item_id", "concept"], kind="stable")
     rundir.write_table(saliency.reset_index(drop=True), run_dir / rundir.SALIENCY)
     texts = {e.item_id: e.text for e in encoded}
@@ -256,8 +308,13 @@ def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None =
         n_concepts=int(width),
         config={**cfg.to_dict(), "layer": layer},
         model={"reader": backend.name},
-        sae={"id": loaded.sae_id, "fingerprint": loaded.fingerprint, "width": int(width), "layer": layer,
-             "hook_name": loaded.hook_name},
+        sae={
+            "id": loaded.sae_id,
+            "fingerprint": loaded.fingerprint,
+            "width": int(width),
+            "layer": layer,
+            "hook_name": loaded.hook_name,
+        },
         counts={
             "saliency_rows": int(len(saliency)),
             "items_without_tokens": len(empty),
@@ -268,5 +325,7 @@ def extract_run(run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None =
         timings={"extract_s": round(time.perf_counter() - t0, 2)},
     )
     if empty:
-        info(f"[yellow]{len(empty)} item(s) had no analysed tokens (e.g. {empty[0]!r}); they have no saliency rows")
+        info(
+            f"[yellow]{len(empty)} item(s) had no analysed tokens (e.g. {empty[0]!r}); they have no saliency rows"
+        )
     return saliency

@@ -22,14 +22,34 @@ from typing import Any
 
 from cgaps.errors import CGapsError, unknown_choice
 
-PAPER10 = ("gsm8k", "math", "agieval", "logicbench", "socialiqa", "winogrande", "bbq", "crows_pairs", "vectara",
-           "nq_open")
+PAPER10 = (
+    "gsm8k",
+    "math",
+    "agieval",
+    "logicbench",
+    "socialiqa",
+    "winogrande",
+    "bbq",
+    "crows_pairs",
+    "vectara",
+    "nq_open",
+)
 BENCHMARKS = (*PAPER10, "probes")
 SUITES: dict[str, tuple[str, ...]] = {
     "probes": ("probes",),
     "paper10": PAPER10,
 }
-COLUMNS = ("item_id", "benchmark", "prompt", "reference", "answer_type", "choices", "category", "meta", "messages")
+COLUMNS = (
+    "item_id",
+    "benchmark",
+    "prompt",
+    "reference",
+    "answer_type",
+    "choices",
+    "category",
+    "meta",
+    "messages",
+)
 
 
 def resolve_suite(suite: str) -> list[str]:
@@ -56,8 +76,9 @@ def _sample(items: list[dict[str, Any]], limit: int | None, seed: int, name: str
     return [items[i] for i in keep]
 
 
-def load_benchmark(name: str, data_dir: str | Path | None = None, seed: int = 0,
-                   chain_of_thought: bool = False) -> list[dict[str, Any]]:
+def load_benchmark(
+    name: str, data_dir: str | Path | None = None, seed: int = 0, chain_of_thought: bool = False
+) -> list[dict[str, Any]]:
     """All items of one benchmark (with item ids), before any limit."""
     if name == "probes":
         from cgaps.items.probes import load_probes
@@ -80,19 +101,29 @@ def _to_frame(per_bench: dict[str, list[dict[str, Any]]]) -> Any:
             # stripped like the prompt's option lines, so log-likelihood scores the text shown
             choices = [str(c).strip() for c in item["choices"]] if item.get("choices") else None
             messages = item.get("messages")
-            rows.append({
-                "item_id": item["item_id"], "benchmark": bench, "prompt": item["prompt"],
-                "reference": str(item["reference"]), "answer_type": item.get("answer_type", "short"),
-                "choices": json.dumps(choices, ensure_ascii=False) if choices else None,
-                "category": str(item.get("category") or ""),
-                "meta": json.dumps(item.get("meta") or {}, ensure_ascii=False, default=str),
-                "messages": json.dumps(messages, ensure_ascii=False) if messages else None,
-            })
+            rows.append(
+                {
+                    "item_id": item["item_id"],
+                    "benchmark": bench,
+                    "prompt": item["prompt"],
+                    "reference": str(item["reference"]),
+                    "answer_type": item.get("answer_type", "short"),
+                    "choices": json.dumps(choices, ensure_ascii=False) if choices else None,
+                    "category": str(item.get("category") or ""),
+                    "meta": json.dumps(item.get("meta") or {}, ensure_ascii=False, default=str),
+                    "messages": json.dumps(messages, ensure_ascii=False) if messages else None,
+                }
+            )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def load_suite(suite: str, data_dir: str | None = None, limit: int | None = None, seed: int = 0,
-               chain_of_thought: bool = False) -> Any:
+def load_suite(
+    suite: str,
+    data_dir: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    chain_of_thought: bool = False,
+) -> Any:
     """The items table of a suite (a pandas DataFrame that passes ``rundir.validate_items``).
 
     ``data_dir`` holds one folder per paper benchmark in its original layout; without it
@@ -109,9 +140,13 @@ def load_suite(suite: str, data_dir: str | None = None, limit: int | None = None
     if is_spec(suite):
         name, items = load_custom(suite, chain_of_thought)
         if name in BENCHMARKS or name == "ALL":
-            raise CGapsError(f"{suite}: benchmark name {name!r} is taken by a built-in benchmark; set 'name:' in the spec")
+            raise CGapsError(
+                f"{suite}: benchmark name {name!r} is taken by a built-in benchmark; set 'name:' in the spec"
+            )
         per_bench[name] = _sample(items, limit, seed, name)
     else:
         for name in resolve_suite(suite):
-            per_bench[name] = _sample(load_benchmark(name, data_dir, seed, chain_of_thought), limit, seed, name)
+            per_bench[name] = _sample(
+                load_benchmark(name, data_dir, seed, chain_of_thought), limit, seed, name
+            )
     return validate_items(_to_frame(per_bench), f"suite {suite!r}")

@@ -48,28 +48,48 @@ def read_spec(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise CGapsError(f"{path}: no such benchmark spec file")
     try:
-        spec = json.loads(path.read_text()) if path.suffix.lower() == ".json" else yaml.safe_load(path.read_text())
+        spec = (
+            json.loads(path.read_text())
+            if path.suffix.lower() == ".json"
+            else yaml.safe_load(path.read_text())
+        )
     except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise CGapsError(f"{path}: not a valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} file ({e})") from e
+        raise CGapsError(
+            f"{path}: not a valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} file ({e})"
+        ) from e
     if not isinstance(spec, dict):
         raise CGapsError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
     for key in spec:
         if key not in SPEC_KEYS:
-            raise CGapsError(f"{path}: unknown key {key!r}.{did_you_mean(str(key), SPEC_KEYS)} Known keys: {', '.join(SPEC_KEYS)}")
+            raise CGapsError(
+                f"{path}: unknown key {key!r}.{did_you_mean(str(key), SPEC_KEYS)} Known keys: {', '.join(SPEC_KEYS)}"
+            )
     fields = spec.get("fields")
     if not isinstance(fields, dict) or "question" not in fields or "answer" not in fields:
         raise CGapsError(f"{path}: 'fields' must map at least 'question' and 'answer' to column names")
     for key in fields:
         if key not in FIELD_KEYS:
-            raise CGapsError(f"{path}: unknown key fields.{key}.{did_you_mean(str(key), FIELD_KEYS)} Known: {', '.join(FIELD_KEYS)}")
+            raise CGapsError(
+                f"{path}: unknown key fields.{key}.{did_you_mean(str(key), FIELD_KEYS)} Known: {', '.join(FIELD_KEYS)}"
+            )
     atype = spec.get("answer_type", "short")
     if atype not in ANSWER_TYPES:
-        raise CGapsError(f"{path}: answer_type {atype!r}.{did_you_mean(atype, ANSWER_TYPES)} Valid: {', '.join(ANSWER_TYPES)}")
+        raise CGapsError(
+            f"{path}: answer_type {atype!r}.{did_you_mean(atype, ANSWER_TYPES)} Valid: {', '.join(ANSWER_TYPES)}"
+        )
     if atype in ("choice", "loglik_choice") and "choices" not in fields:
-        raise CGapsError(f"{path}: answer_type {atype!r} needs fields.choices (a list column or a list of columns)")
+        raise CGapsError(
+            f"{path}: answer_type {atype!r} needs fields.choices (a list column or a list of columns)"
+        )
     if ("path" in spec) == ("hub" in spec):
         raise CGapsError(f"{path}: give exactly one of 'path' (a local file) or 'hub' (a hub dataset id)")
-    return {**spec, "answer_type": atype, "name": str(spec.get("name") or path.stem), "_dir": path.parent, "_file": str(path)}
+    return {
+        **spec,
+        "answer_type": atype,
+        "name": str(spec.get("name") or path.stem),
+        "_dir": path.parent,
+        "_file": str(path),
+    }
 
 
 def _records(spec: dict[str, Any]) -> list[Record]:
@@ -109,7 +129,9 @@ def _letter(rec: Record, column: str, answer: Any, options: list[str]) -> str:
     elif str(answer) in options:
         index = options.index(str(answer))
     else:
-        raise rec.fail(column, f"is {answer!r}: not a letter, 0-based index or option text of {options!r:.80}")
+        raise rec.fail(
+            column, f"is {answer!r}: not a letter, 0-based index or option text of {options!r:.80}"
+        )
     if not 0 <= index < len(options):
         raise rec.fail(column, f"is {index}, out of range for {len(options)} options (0-based index)")
     return LETTERS[index]
@@ -137,16 +159,28 @@ def load_custom(spec_path: str | Path, chain_of_thought: bool = False) -> tuple[
             meta["answers"] = [reference, *map(str, list(aliases))]
         if template:
             try:
-                prompt = template.format(**{k: v for k, v in rec.row.items() if isinstance(k, str)},
-                                         options=prompts.options_block(options or []))
+                prompt = template.format(
+                    **{k: v for k, v in rec.row.items() if isinstance(k, str)},
+                    options=prompts.options_block(options or []),
+                )
             except (KeyError, IndexError) as e:
-                raise CGapsError(f"{spec['_file']}: prompt_template uses {e}, which is not a column of {rec.where}") from e
+                raise CGapsError(
+                    f"{spec['_file']}: prompt_template uses {e}, which is not a column of {rec.where}"
+                ) from e
         else:
             prompt = prompts.by_answer_type(atype, question, options, chain_of_thought)
         item_key = str(rec.get(fields["id"])) if "id" in fields else f"{i:05d}"
-        items.append({"item_id": f"{spec['name']}/{item_key}", "prompt": prompt, "reference": reference,
-                      "answer_type": atype, "choices": options,
-                      "category": str(rec.row.get(fields["category"], "")) if "category" in fields else "", "meta": meta})
+        items.append(
+            {
+                "item_id": f"{spec['name']}/{item_key}",
+                "prompt": prompt,
+                "reference": reference,
+                "answer_type": atype,
+                "choices": options,
+                "category": str(rec.row.get(fields["category"], "")) if "category" in fields else "",
+                "meta": meta,
+            }
+        )
     if not items:
         raise CGapsError(f"{spec['_file']}: the data file has no rows")
     return spec["name"], items

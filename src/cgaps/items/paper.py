@@ -66,7 +66,9 @@ def _check_label(rec: Record, field: str, value: Any, valid: Iterable[Any]) -> N
 
 
 def _gsm8k_local(root: Path) -> Iterator[Record]:
-    yield from read_jsonl(require_file(root / "test.jsonl", "expected the GSM8K test split (grade_school_math/data/test.jsonl)"))
+    yield from read_jsonl(
+        require_file(root / "test.jsonl", "expected the GSM8K test split (grade_school_math/data/test.jsonl)")
+    )
 
 
 def _gsm8k_hub() -> Iterator[Record]:
@@ -80,14 +82,25 @@ def _gsm8k_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
         if "####" not in answer:
             raise rec.fail("answer", "has no '#### <number>' final answer")
         final = answer.rsplit("####", 1)[1].strip().replace(",", "")
-        yield {"prompt": prompts.number(question, cot), "reference": final, "answer_type": "number",
-               "meta": {"solution": answer}}
+        yield {
+            "prompt": prompts.number(question, cot),
+            "reference": final,
+            "answer_type": "number",
+            "meta": {"solution": answer},
+        }
 
 
 # ------------------------------------------------------------------ MATH
 
-MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-                 "prealgebra", "precalculus")
+MATH_SUBJECTS = (
+    "algebra",
+    "counting_and_probability",
+    "geometry",
+    "intermediate_algebra",
+    "number_theory",
+    "prealgebra",
+    "precalculus",
+)
 
 
 def _numeric_stem(path: Path) -> tuple[int, str]:
@@ -101,7 +114,9 @@ def _math_local(root: Path) -> Iterator[Record]:
     for subject_dir in sorted(p for p in test.iterdir() if p.is_dir()):
         for path in sorted(subject_dir.glob("*.json"), key=_numeric_stem):
             rec = read_json(path)
-            yield Record({**rec.row, "_part": subject_dir.name, "_file": f"{subject_dir.name}/{path.name}"}, rec.where)
+            yield Record(
+                {**rec.row, "_part": subject_dir.name, "_file": f"{subject_dir.name}/{path.name}"}, rec.where
+            )
 
 
 def _math_hub() -> Iterator[Record]:
@@ -121,20 +136,37 @@ def _math_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
         meta = {"level": rec.row.get("level", ""), "type": rec.row.get("type", "")}
         if "_file" in rec.row:
             meta["file"] = rec.row["_file"]
-        yield {"prompt": prompts.math(problem, cot), "reference": answer, "answer_type": "math",
-               "category": rec.row.get("_part", ""), "meta": meta}
+        yield {
+            "prompt": prompts.math(problem, cot),
+            "reference": answer,
+            "answer_type": "math",
+            "category": rec.row.get("_part", ""),
+            "meta": meta,
+        }
 
 
 # ------------------------------------------------------------------ AGIEval (English)
 
-AGIEVAL_TASKS = ("aqua-rat", "gaokao-english", "logiqa-en", "lsat-ar", "lsat-lr", "lsat-rc", "math",
-                 "sat-en", "sat-en-without-passage", "sat-math")
+AGIEVAL_TASKS = (
+    "aqua-rat",
+    "gaokao-english",
+    "logiqa-en",
+    "lsat-ar",
+    "lsat-lr",
+    "lsat-rc",
+    "math",
+    "sat-en",
+    "sat-en-without-passage",
+    "sat-math",
+)
 _AGIEVAL = ("ruixiangcui/AGIEval", "5c77d073fda993f1652eaae3cf5d04cc5fd21d40")
 
 
 def _agieval_local(root: Path) -> Iterator[Record]:
     for task in AGIEVAL_TASKS:
-        path = require_file(root / f"{task}.jsonl", "expected the ten English AGIEval task files (data/v1/*.jsonl)")
+        path = require_file(
+            root / f"{task}.jsonl", "expected the ten English AGIEval task files (data/v1/*.jsonl)"
+        )
         for rec in read_jsonl(path):
             yield Record({**rec.row, "_part": task}, rec.where)
 
@@ -153,43 +185,86 @@ def _agieval_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
         passage = rec.row.get("passage") or None
         if not rec.row.get("options"):  # the free-form math task (answers like "(3,4]")
             answer = rec.get("answer", str)
-            yield {"prompt": prompts.math(prompts.join(passage, question), cot), "reference": answer,
-                   "answer_type": "math", "category": task, "meta": {}}
+            yield {
+                "prompt": prompts.math(prompts.join(passage, question), cot),
+                "reference": answer,
+                "answer_type": "math",
+                "category": task,
+                "meta": {},
+            }
             continue
         options = [_OPTION_PREFIX.sub("", str(o)) for o in rec.get("options", list)]
         label = rec.get("label", str)
         _check_label(rec, "label", label, LETTERS[: len(options)])
-        yield {"prompt": prompts.multiple_choice(question, options, context=passage), "reference": label,
-               "answer_type": "choice", "choices": options, "category": task, "meta": {}}
+        yield {
+            "prompt": prompts.multiple_choice(question, options, context=passage),
+            "reference": label,
+            "answer_type": "choice",
+            "choices": options,
+            "category": task,
+            "meta": {},
+        }
 
 
 # ------------------------------------------------------------------ LogicBench (Eval)
 
 _LOGIC_AXIOMS = {
-    "first_order_logic": ("bidirectional_dilemma", "constructive_dilemma", "destructive_dilemma",
-                          "disjunctive_syllogism", "existential_generalization", "hypothetical_syllogism",
-                          "modus_ponens", "modus_tollens", "universal_instantiation"),
-    "nm_logic": ("default_reasoning_default", "default_reasoning_irr", "default_reasoning_open",
-                 "default_reasoning_several", "reasoning_about_exceptions_1", "reasoning_about_exceptions_2",
-                 "reasoning_about_exceptions_3", "reasoning_about_priority"),
-    "propositional_logic": ("bidirectional_dilemma", "commutation", "constructive_dilemma", "destructive_dilemma",
-                            "disjunctive_syllogism", "hypothetical_syllogism", "material_implication",
-                            "modus_tollens"),
+    "first_order_logic": (
+        "bidirectional_dilemma",
+        "constructive_dilemma",
+        "destructive_dilemma",
+        "disjunctive_syllogism",
+        "existential_generalization",
+        "hypothetical_syllogism",
+        "modus_ponens",
+        "modus_tollens",
+        "universal_instantiation",
+    ),
+    "nm_logic": (
+        "default_reasoning_default",
+        "default_reasoning_irr",
+        "default_reasoning_open",
+        "default_reasoning_several",
+        "reasoning_about_exceptions_1",
+        "reasoning_about_exceptions_2",
+        "reasoning_about_exceptions_3",
+        "reasoning_about_priority",
+    ),
+    "propositional_logic": (
+        "bidirectional_dilemma",
+        "commutation",
+        "constructive_dilemma",
+        "destructive_dilemma",
+        "disjunctive_syllogism",
+        "hypothetical_syllogism",
+        "material_implication",
+        "modus_tollens",
+    ),
 }
 _LOGICBENCH = ("Mihir3009/LogicBench", "c014153303c98de4d5f09d41c3a235cd869be5c8")
 
 
 def _logic_parts() -> list[str]:
-    return [f"{task}/{logic}/{axiom}" for task in ("BQA", "MCQA") for logic, axioms in _LOGIC_AXIOMS.items()
-            for axiom in axioms]
+    return [
+        f"{task}/{logic}/{axiom}"
+        for task in ("BQA", "MCQA")
+        for logic, axioms in _LOGIC_AXIOMS.items()
+        for axiom in axioms
+    ]
 
 
 def _logicbench_local(root: Path) -> Iterator[Record]:
     base = root / "LogicBench(Eval)"
     if not base.is_dir():
-        raise CGapsError(f"{base}: no such folder; expected LogicBench's data/LogicBench(Eval)/{{BQA,MCQA}}/...")
+        raise CGapsError(
+            f"{base}: no such folder; expected LogicBench's data/LogicBench(Eval)/{{BQA,MCQA}}/..."
+        )
     for part in _logic_parts():
-        rec = read_json(require_file(base / part / "data_instances.json", "the LogicBench(Eval) release has 50 axiom files"))
+        rec = read_json(
+            require_file(
+                base / part / "data_instances.json", "the LogicBench(Eval) release has 50 axiom files"
+            )
+        )
         yield Record({**rec.row, "_part": part}, rec.where)
 
 
@@ -210,17 +285,29 @@ def _logicbench_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
                     qrec = Record(qa, f"{srec.where}.qa_pairs[{j}]")
                     answer = qrec.get("answer", str).strip().lower()
                     _check_label(qrec, "answer", answer, ("yes", "no"))
-                    yield {"prompt": prompts.yes_no(qrec.get("question", str), context=context), "reference": answer,
-                           "answer_type": "yesno", "category": part, "meta": {"id": sample.get("id")}}
+                    yield {
+                        "prompt": prompts.yes_no(qrec.get("question", str), context=context),
+                        "reference": answer,
+                        "answer_type": "yesno",
+                        "category": part,
+                        "meta": {"id": sample.get("id")},
+                    }
             else:  # MCQA: choice_1..choice_4
                 choices = srec.get("choices", dict)
-                keys = sorted(choices, key=lambda k: int(k.rsplit("_", 1)[-1]) if k.rsplit("_", 1)[-1].isdigit() else 99)
+                keys = sorted(
+                    choices, key=lambda k: int(k.rsplit("_", 1)[-1]) if k.rsplit("_", 1)[-1].isdigit() else 99
+                )
                 options = [str(choices[key]) for key in keys]
                 answer = srec.get("answer", str)
                 _check_label(srec, "answer", answer, keys)
-                yield {"prompt": prompts.multiple_choice(srec.get("question", str), options, context=context),
-                       "reference": LETTERS[keys.index(answer)], "answer_type": "choice", "choices": options,
-                       "category": part, "meta": {"id": sample.get("id")}}
+                yield {
+                    "prompt": prompts.multiple_choice(srec.get("question", str), options, context=context),
+                    "reference": LETTERS[keys.index(answer)],
+                    "answer_type": "choice",
+                    "choices": options,
+                    "category": part,
+                    "meta": {"id": sample.get("id")},
+                }
 
 
 # ------------------------------------------------------------------ SocialIQA
@@ -231,8 +318,10 @@ def _socialiqa_local(root: Path) -> Iterator[Record]:
     labels = read_lines(require_file(root / "dev-labels.lst", "expected socialiqa-train-dev/dev-labels.lst"))
     records = list(read_jsonl(data))
     if len(records) != len(labels):
-        raise CGapsError(f"{data}: {len(records)} items but {root / 'dev-labels.lst'} has {len(labels)} labels; "
-                         "the two files must be line-aligned")
+        raise CGapsError(
+            f"{data}: {len(records)} items but {root / 'dev-labels.lst'} has {len(labels)} labels; "
+            "the two files must be line-aligned"
+        )
     for rec, (label, where) in zip(records, labels, strict=True):
         yield Record({**rec.row, "label": label, "_label_where": where}, rec.where)
 
@@ -247,15 +336,24 @@ def _socialiqa_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
         label = str(rec.get("label")).strip()
         where = rec.row.get("_label_where")
         _check_label(Record(rec.row, where) if where else rec, "label", label, ("1", "2", "3"))
-        yield {"prompt": prompts.multiple_choice(rec.get("question", str), options, context=rec.get("context", str)),
-               "reference": LETTERS[int(label) - 1], "answer_type": "choice", "choices": options, "meta": {}}
+        yield {
+            "prompt": prompts.multiple_choice(
+                rec.get("question", str), options, context=rec.get("context", str)
+            ),
+            "reference": LETTERS[int(label) - 1],
+            "answer_type": "choice",
+            "choices": options,
+            "meta": {},
+        }
 
 
 # ------------------------------------------------------------------ WinoGrande
 
 
 def _winogrande_local(root: Path) -> Iterator[Record]:
-    yield from read_jsonl(require_file(root / "winogrande.jsonl", "expected the WinoGrande dev split (llm-foundry format)"))
+    yield from read_jsonl(
+        require_file(root / "winogrande.jsonl", "expected the WinoGrande dev split (llm-foundry format)")
+    )
 
 
 def _winogrande_hub() -> Iterator[Record]:
@@ -290,14 +388,30 @@ def _winogrande_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
             gold = rec.get("gold", int)
             _check_label(rec, "gold", gold, (0, 1))
         question = f"Which option best fills the blank (_)?\n{sentence}"
-        yield {"prompt": prompts.multiple_choice(question, options), "reference": LETTERS[gold],
-               "answer_type": "choice", "choices": options, "meta": {}}
+        yield {
+            "prompt": prompts.multiple_choice(question, options),
+            "reference": LETTERS[gold],
+            "answer_type": "choice",
+            "choices": options,
+            "meta": {},
+        }
 
 
 # ------------------------------------------------------------------ BBQ
 
-BBQ_CATEGORIES = ("Age", "Disability_status", "Gender_identity", "Nationality", "Physical_appearance",
-                  "Race_ethnicity", "Race_x_SES", "Race_x_gender", "Religion", "SES", "Sexual_orientation")
+BBQ_CATEGORIES = (
+    "Age",
+    "Disability_status",
+    "Gender_identity",
+    "Nationality",
+    "Physical_appearance",
+    "Race_ethnicity",
+    "Race_x_SES",
+    "Race_x_gender",
+    "Religion",
+    "SES",
+    "Sexual_orientation",
+)
 _BBQ = ("nyu-mll/BBQ", "bea11bd97d79217245b5871acd247b9d6eb24598")
 
 
@@ -320,12 +434,21 @@ def _bbq_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
         label = rec.get("label", int)
         _check_label(rec, "label", label, (0, 1, 2))
         extra = rec.row.get("additional_metadata") or {}
-        meta = {k: rec.row.get(k) for k in ("example_id", "question_index", "question_polarity", "context_condition",
-                                            "answer_info")}
+        meta = {
+            k: rec.row.get(k)
+            for k in ("example_id", "question_index", "question_polarity", "context_condition", "answer_info")
+        }
         meta["stereotyped_groups"] = extra.get("stereotyped_groups", [])
-        yield {"prompt": prompts.multiple_choice(rec.get("question", str), options, context=rec.get("context", str)),
-               "reference": LETTERS[label], "answer_type": "choice", "choices": options,
-               "category": str(rec.get("category", str)), "meta": meta}
+        yield {
+            "prompt": prompts.multiple_choice(
+                rec.get("question", str), options, context=rec.get("context", str)
+            ),
+            "reference": LETTERS[label],
+            "answer_type": "choice",
+            "choices": options,
+            "category": str(rec.get("category", str)),
+            "meta": meta,
+        }
 
 
 # ------------------------------------------------------------------ CrowS-Pairs
@@ -335,7 +458,9 @@ CROWS_QUESTION = "Which of these two sentences is more likely?"
 
 
 def _crows_local(root: Path) -> Iterator[Record]:
-    yield from read_csv(require_file(root / "crows_pairs_anonymized.csv", "expected data/crows_pairs_anonymized.csv"))
+    yield from read_csv(
+        require_file(root / "crows_pairs_anonymized.csv", "expected data/crows_pairs_anonymized.csv")
+    )
 
 
 def _crows_hub() -> Iterator[Record]:
@@ -350,9 +475,14 @@ def _crows_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
         # Seeded by position only, so the order (and the gold letter) never depends on --seed/--limit.
         less_first = random.Random(index).random() < 0.5
         options = [less, more] if less_first else [more, less]
-        yield {"prompt": prompts.multiple_choice(CROWS_QUESTION, options), "reference": "A" if less_first else "B",
-               "answer_type": "loglik_choice", "choices": options, "category": rec.get("bias_type", str),
-               "meta": {"stereo_antistereo": direction, "sent_more": more, "sent_less": less}}
+        yield {
+            "prompt": prompts.multiple_choice(CROWS_QUESTION, options),
+            "reference": "A" if less_first else "B",
+            "answer_type": "loglik_choice",
+            "choices": options,
+            "category": rec.get("bias_type", str),
+            "meta": {"stereo_antistereo": direction, "sent_more": more, "sent_less": less},
+        }
 
 
 # ------------------------------------------------------------------ Vectara FaithBench
@@ -360,12 +490,16 @@ def _crows_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
 _FAITHBENCH = ("vectara/FaithBench", "cf89797d82812c23b5d5e5c121f1d9b8983bbbce")
 FAITH_LABELS = ("Consistent", "Benign", "Questionable", "Unwanted")
 FAITH_CONSISTENT = ("Consistent", "Benign")
-FAITH_QUESTION = ("Is every claim in the summary supported by the source, with nothing contradicted or "
-                  "invented? Answer yes or no.")
+FAITH_QUESTION = (
+    "Is every claim in the summary supported by the source, with nothing contradicted or "
+    "invented? Answer yes or no."
+)
 
 
 def _vectara_local(root: Path) -> Iterator[Record]:
-    yield from read_csv(require_file(root / "FaithBench.csv", "expected FaithBench.csv from vectara/FaithBench"))
+    yield from read_csv(
+        require_file(root / "FaithBench.csv", "expected FaithBench.csv from vectara/FaithBench")
+    )
 
 
 def _vectara_hub() -> Iterator[Record]:
@@ -381,8 +515,13 @@ def _vectara_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
         # unwanted hallucination in it (the stricter reading; see docs/benchmarks.md).
         reference = "yes" if worst in FAITH_CONSISTENT else "no"
         context = f"Source:\n{rec.get('source', str).strip()}\n\nSummary:\n{rec.get('summary', str).strip()}"
-        yield {"prompt": prompts.join(context, FAITH_QUESTION), "reference": reference, "answer_type": "yesno",
-               "category": str(rec.row.get("LLM", "")), "meta": {"worst_label": worst, "best_label": best}}
+        yield {
+            "prompt": prompts.join(context, FAITH_QUESTION),
+            "reference": reference,
+            "answer_type": "yesno",
+            "category": str(rec.row.get("LLM", "")),
+            "meta": {"worst_label": worst, "best_label": best},
+        }
 
 
 # ------------------------------------------------------------------ NQ-Open
@@ -403,8 +542,12 @@ def _nq_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
             raise rec.fail("answer", "is an empty list; every question needs at least one gold answer")
         question = rec.get("question", str).strip()
         question = question[0].upper() + question[1:] + ("" if question.endswith("?") else "?")
-        yield {"prompt": prompts.short(question), "reference": answers[0], "answer_type": "short",
-               "meta": {"answers": answers}}
+        yield {
+            "prompt": prompts.short(question),
+            "reference": answers[0],
+            "answer_type": "short",
+            "meta": {"answers": answers},
+        }
 
 
 # ------------------------------------------------------------------ the table
@@ -438,7 +581,9 @@ def load_paper(name: str, data_dir: str | Path | None, chain_of_thought: bool = 
     else:
         root = Path(data_dir) / name
         if not root.is_dir():
-            raise CGapsError(f"{root}: no such folder; --data-dir must hold one folder per benchmark "
-                             f"({', '.join(PAPER)}), or leave it out to load from the hub")
+            raise CGapsError(
+                f"{root}: no such folder; --data-dir must hold one folder per benchmark "
+                f"({', '.join(PAPER)}), or leave it out to load from the hub"
+            )
         records = source.local(root)
     return list(source.parse(records, chain_of_thought))

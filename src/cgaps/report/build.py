@@ -60,7 +60,9 @@ class ReportOptions:
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             if not isinstance(value, int) or value < (1 if name in ("bins", "top") else 0):
-                raise CGapsError(f"report option {name!r} must be a non-negative integer (bins, top >= 1), got {value!r}")
+                raise CGapsError(
+                    f"report option {name!r} must be a non-negative integer (bins, top >= 1), got {value!r}"
+                )
 
 
 # ---------------------------------------------------------------- reading
@@ -91,7 +93,9 @@ def read_run(run_dir: str | Path) -> RunTables:
     """Read and check everything the report needs; optional files may be absent."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise CGapsError(f"{run_dir}: not a directory; pass the run directory written by `cgaps run` or `cgaps score`")
+        raise CGapsError(
+            f"{run_dir}: not a directory; pass the run directory written by `cgaps run` or `cgaps score`"
+        )
     meta = rundir.read_run_json(run_dir)
     width = rundir.n_concepts(meta, run_dir)
     items = rundir.read_items(run_dir, scored=True)
@@ -99,12 +103,23 @@ def read_run(run_dir: str | Path) -> RunTables:
 
     score_fix = "run `cgaps score RUN_DIR` to write it"
     path = run_dir / rundir.CONCEPTS
-    concepts = _check_columns(rundir.read_table(path, score_fix), path, rundir.CONCEPT_COLUMNS, "rerun `cgaps score RUN_DIR`")
+    concepts = _check_columns(
+        rundir.read_table(path, score_fix), path, rundir.CONCEPT_COLUMNS, "rerun `cgaps score RUN_DIR`"
+    )
     concepts = concepts.copy()
     concepts["scope"] = concepts["scope"].astype(str)
     concepts["gap"] = concepts["gap"].fillna("").astype(str)
     concepts["status"] = concepts["status"].astype(str)
-    for col in ("chi_bench", "chi_bench_raw", "chi_model", "expected", "n_eff", "ci_low", "ci_high", "q_value"):
+    for col in (
+        "chi_bench",
+        "chi_bench_raw",
+        "chi_model",
+        "expected",
+        "n_eff",
+        "ci_low",
+        "ci_high",
+        "q_value",
+    ):
         concepts[col] = pd.to_numeric(concepts[col], errors="coerce").astype("float64")
     scopes = set(concepts["scope"])
     absent = [s for s in [rundir.ALL_SCOPE, *benchmarks] if s not in scopes]
@@ -119,8 +134,9 @@ def read_run(run_dir: str | Path) -> RunTables:
     overlap = None
     path = run_dir / rundir.OVERLAP
     if path.exists() or len(benchmarks) > 1:
-        overlap = _check_columns(rundir.read_table(path, score_fix), path, rundir.OVERLAP_COLUMNS,
-                                 "rerun `cgaps score RUN_DIR`")
+        overlap = _check_columns(
+            rundir.read_table(path, score_fix), path, rundir.OVERLAP_COLUMNS, "rerun `cgaps score RUN_DIR`"
+        )
 
     def optional(name: str, columns: tuple[str, ...], stage: str) -> pd.DataFrame | None:
         p = run_dir / name
@@ -137,8 +153,12 @@ def read_run(run_dir: str | Path) -> RunTables:
         try:
             robustness = json.loads(p.read_text())
         except json.JSONDecodeError as e:
-            raise CGapsError(f"{p}: invalid JSON at line {e.lineno} ({e.msg}); rerun the robustness checks") from e
-    return RunTables(meta, width, items, concepts, saliency, overlap, labels, contexts, robustness, benchmarks)
+            raise CGapsError(
+                f"{p}: invalid JSON at line {e.lineno} ({e.msg}); rerun the robustness checks"
+            ) from e
+    return RunTables(
+        meta, width, items, concepts, saliency, overlap, labels, contexts, robustness, benchmarks
+    )
 
 
 # ---------------------------------------------------------------- shaping
@@ -167,8 +187,16 @@ def _accuracy(items: pd.DataFrame, benchmarks: list[str]) -> list[dict[str, Any]
     for name, df in [*((b, items[items["benchmark"] == b]) for b in benchmarks), (rundir.ALL_SCOPE, items)]:
         mean = float(df["score"].mean())
         lo, hi = wilson(mean, len(df))
-        rows.append({"scope": name, "n": len(df), "mean": mean, "ci_low": lo, "ci_high": hi,
-                     "is_all": name == rundir.ALL_SCOPE})
+        rows.append(
+            {
+                "scope": name,
+                "n": len(df),
+                "mean": mean,
+                "ci_low": lo,
+                "ci_high": hi,
+                "is_all": name == rundir.ALL_SCOPE,
+            }
+        )
     return rows
 
 
@@ -191,8 +219,11 @@ HEADLINE_KEYS = ("model", "reader", "sae", "layer", "span", "pool", "suite", "mi
 
 def _header(meta: dict[str, Any], width: int, run_dir: Path) -> dict[str, Any]:
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    headline = [(k, config[k] if isinstance(config[k], str) else json.dumps(config[k]))
-                for k in HEADLINE_KEYS if k in config]
+    headline = [
+        (k, config[k] if isinstance(config[k], str) else json.dumps(config[k]))
+        for k in HEADLINE_KEYS
+        if k in config
+    ]
     rest = {k: v for k, v in meta.items() if k not in ("config", "schema_version")}
     return {
         "run_name": run_dir.resolve().name,
@@ -253,8 +284,9 @@ class _Examples:
 
     def _collect(self, top: pd.DataFrame, by: str | None) -> None:
         # Incorrect first (for a gap they are the evidence), then by saliency: one sort, one pass.
-        top = top.sort_values(["concept", "correct", "value", "item_id"], ascending=[True, True, False, True],
-                              kind="stable")
+        top = top.sort_values(
+            ["concept", "correct", "value", "item_id"], ascending=[True, True, False, True], kind="stable"
+        )
         for r in top.itertuples(index=False):
             pair = (str(r.item_id), float(r.value))
             if by is None:
@@ -263,7 +295,9 @@ class _Examples:
                 self.bench.setdefault((int(r.concept), str(r.benchmark)), []).append(pair)
 
     def get(self, concept: int, scope: str) -> list[dict[str, Any]]:
-        pairs = self.all.get(concept, []) if scope == rundir.ALL_SCOPE else self.bench.get((concept, scope), [])
+        pairs = (
+            self.all.get(concept, []) if scope == rundir.ALL_SCOPE else self.bench.get((concept, scope), [])
+        )
         return [{**self._item(i), "value": v} for i, v in pairs]
 
     def _item(self, item_id: str) -> dict[str, Any]:
@@ -289,9 +323,17 @@ class _Examples:
         if category is not None and not isinstance(category, str):
             category = None if pd.isna(category) else str(category)
         out = {
-            "item_id": item_id, "benchmark": row["benchmark"], "score": score, "correct": score >= 0.5,
-            "partial": 0 < score < 1, "category": category or None, "prompt": prompt,
-            "response": response, "response_cut": rcut, "reference": reference, "reference_cut": fcut,
+            "item_id": item_id,
+            "benchmark": row["benchmark"],
+            "score": score,
+            "correct": score >= 0.5,
+            "partial": 0 < score < 1,
+            "category": category or None,
+            "prompt": prompt,
+            "response": response,
+            "response_cut": rcut,
+            "reference": reference,
+            "reference_cut": fcut,
         }
         self._cache[item_id] = out
         return out
@@ -305,7 +347,10 @@ class _Describer:
         if tables.labels is not None:
             for c, label, source in tables.labels[list(rundir.LABEL_COLUMNS)].itertuples(index=False):
                 if isinstance(label, str) and label.strip():
-                    self.labels[int(c)] = (label.strip(), "" if source is None or pd.isna(source) else str(source))
+                    self.labels[int(c)] = (
+                        label.strip(),
+                        "" if source is None or pd.isna(source) else str(source),
+                    )
         self.contexts: dict[int, list[dict[str, Any]]] = {}
         if tables.contexts is not None and opts.contexts > 0:
             ctx = tables.contexts.sort_values(["concept", "rank"], kind="stable")
@@ -314,12 +359,14 @@ class _Describer:
             for r in ctx.itertuples(index=False):
                 left = "" if pd.isna(r.left) else str(r.left)
                 right = "" if pd.isna(r.right) else str(r.right)
-                self.contexts.setdefault(int(r.concept), []).append({
-                    "left": ("…" if len(left) > n else "") + left[-n:] if n else "",
-                    "token": "" if pd.isna(r.token) else str(r.token),
-                    "right": right[:n] + ("…" if len(right) > n else "") if n else "",
-                    "item_id": str(r.item_id),
-                })
+                self.contexts.setdefault(int(r.concept), []).append(
+                    {
+                        "left": ("…" if len(left) > n else "") + left[-n:] if n else "",
+                        "token": "" if pd.isna(r.token) else str(r.token),
+                        "right": right[:n] + ("…" if len(right) > n else "") if n else "",
+                        "item_id": str(r.item_id),
+                    }
+                )
 
     def __call__(self, concept: int) -> dict[str, Any]:
         label = self.labels.get(concept)
@@ -343,15 +390,21 @@ def _select(df: pd.DataFrame, kind: str, n: int) -> pd.DataFrame:
     """The rows of one table, best first."""
     df = df.assign(delta=df["chi_model"] - df["expected"])
     if kind == "gaps":
-        sel = df[df["gap"] == "weak"].sort_values(["q_value", "delta", "concept"], ascending=[True, True, True],
-                                                  na_position="last", kind="stable")
+        sel = df[df["gap"] == "weak"].sort_values(
+            ["q_value", "delta", "concept"], ascending=[True, True, True], na_position="last", kind="stable"
+        )
     elif kind == "strengths":
-        sel = df[df["gap"] == "strong"].sort_values(["q_value", "delta", "concept"], ascending=[True, False, True],
-                                                    na_position="last", kind="stable")
+        sel = df[df["gap"] == "strong"].sort_values(
+            ["q_value", "delta", "concept"], ascending=[True, False, True], na_position="last", kind="stable"
+        )
     elif kind == "over":
-        sel = df[df["status"] == "over"].sort_values(["chi_bench", "concept"], ascending=[False, True], kind="stable")
+        sel = df[df["status"] == "over"].sort_values(
+            ["chi_bench", "concept"], ascending=[False, True], kind="stable"
+        )
     else:
-        sel = df[df["status"] == "under"].sort_values(["chi_bench", "concept"], ascending=[True, True], kind="stable")
+        sel = df[df["status"] == "under"].sort_values(
+            ["chi_bench", "concept"], ascending=[True, True], kind="stable"
+        )
     return sel.head(n)
 
 
@@ -363,9 +416,19 @@ def _row(r: Any, scope: str, describe: _Describer, examples: _Examples) -> dict[
         return round(100 * min(max(x, 0.0), 1.0), 1) if math.isfinite(x) else None
 
     return {
-        "concept": c, "support": int(r.support), "chi_bench": _num(r.chi_bench), "chi_model": chi,
-        "expected": exp, "delta": chi - exp, "ci_low": lo, "ci_high": hi, "q": _num(r.q_value),
-        "status": r.status, "gap": r.gap, "desc": describe(c), "examples": examples.get(c, scope),
+        "concept": c,
+        "support": int(r.support),
+        "chi_bench": _num(r.chi_bench),
+        "chi_model": chi,
+        "expected": exp,
+        "delta": chi - exp,
+        "ci_low": lo,
+        "ci_high": hi,
+        "q": _num(r.q_value),
+        "status": r.status,
+        "gap": r.gap,
+        "desc": describe(c),
+        "examples": examples.get(c, scope),
         # Positions (percent of the [0, 1] track) for the CSS forest-plot cell.
         "bar": {"lo": pct(lo), "hi": pct(hi), "chi": pct(chi), "exp": pct(exp)},
     }
@@ -399,44 +462,95 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
 
     # --- benchmark coverage figures. Missing concepts (χ_bench = 0) are left out of the
     # histograms: they would swamp the first bin; the missing-% chart counts them instead.
-    present = {s: df.loc[df["support"] > 0, "chi_bench"].to_numpy(dtype="float64") for s, df in by_scope.items()}
+    present = {
+        s: df.loc[df["support"] > 0, "chi_bench"].to_numpy(dtype="float64") for s, df in by_scope.items()
+    }
     bench_max = max([float(np.nanmax(present[b])) for b in benches if present[b].size] + [1e-6])
     all_max = float(np.nanmax(present[rundir.ALL_SCOPE])) if present[rundir.ALL_SCOPE].size else 1.0
     chi_bench_all = figures.histogram(
-        present[rundir.ALL_SCOPE], figure="chi-bench-ALL", title="χ_bench, whole suite (concepts that fire)",
-        xlabel="χ_bench (mean normalised saliency)", bins=opts.bins, value_range=(0.0, all_max), log_y=True,
-        width=640, height=280,
+        present[rundir.ALL_SCOPE],
+        figure="chi-bench-ALL",
+        title="χ_bench, whole suite (concepts that fire)",
+        xlabel="χ_bench (mean normalised saliency)",
+        bins=opts.bins,
+        value_range=(0.0, all_max),
+        log_y=True,
+        width=640,
+        height=280,
     )
     chi_bench_small = [
-        figures.histogram(present[b], figure=f"chi-bench-{b}", title=b, xlabel="χ_bench", bins=opts.bins // 2,
-                          value_range=(0.0, bench_max), log_y=True, width=300, height=190)
+        figures.histogram(
+            present[b],
+            figure=f"chi-bench-{b}",
+            title=b,
+            xlabel="χ_bench",
+            bins=opts.bins // 2,
+            value_range=(0.0, bench_max),
+            log_y=True,
+            width=300,
+            height=190,
+        )
         for b in benches
     ]
-    missing_pct = [100.0 * float((by_scope[s]["status"] == "missing").mean()) for s in [*benches, rundir.ALL_SCOPE]]
+    missing_pct = [
+        100.0 * float((by_scope[s]["status"] == "missing").mean()) for s in [*benches, rundir.ALL_SCOPE]
+    ]
     missing_bar = figures.bar_chart(
-        [*benches, "ALL (never fires)"], missing_pct, figure="missing", title="Concepts missing from each benchmark",
-        xlabel=f"% of the {t.n_concepts} concepts that never fire", highlight=[False] * len(benches) + [True],
+        [*benches, "ALL (never fires)"],
+        missing_pct,
+        figure="missing",
+        title="Concepts missing from each benchmark",
+        xlabel=f"% of the {t.n_concepts} concepts that never fire",
+        highlight=[False] * len(benches) + [True],
     )
 
     # --- overlap
     overlap_figs = []
     if len(benches) > 1:
-        overlap_figs.append(figures.heatmap(benches, _matrix(t.overlap, benches, "jaccard"), figure="jaccard",
-                                            title="Jaccard overlap of present concepts"))
-        overlap_figs.append(figures.heatmap(benches, _matrix(t.overlap, benches, "spearman_chi_model"),
-                                            figure="spearman-chi-model", diverging=True,
-                                            title="Spearman correlation of χ_model (shared concepts)"))
+        overlap_figs.append(
+            figures.heatmap(
+                benches,
+                _matrix(t.overlap, benches, "jaccard"),
+                figure="jaccard",
+                title="Jaccard overlap of present concepts",
+            )
+        )
+        overlap_figs.append(
+            figures.heatmap(
+                benches,
+                _matrix(t.overlap, benches, "spearman_chi_model"),
+                figure="spearman-chi-model",
+                diverging=True,
+                title="Spearman correlation of χ_model (shared concepts)",
+            )
+        )
 
     # --- model performance figures
     chi_model = {s: df["chi_model"].to_numpy(dtype="float64") for s, df in by_scope.items()}
     medians = {s: (float(np.nanmedian(v)) if np.isfinite(v).any() else None) for s, v in chi_model.items()}
     chi_model_all = figures.histogram(
-        chi_model[rundir.ALL_SCOPE], figure="chi-model-ALL", title="χ_model, whole suite", xlabel="χ_model",
-        bins=opts.bins, value_range=(0.0, 1.0), median=True, width=640, height=280,
+        chi_model[rundir.ALL_SCOPE],
+        figure="chi-model-ALL",
+        title="χ_model, whole suite",
+        xlabel="χ_model",
+        bins=opts.bins,
+        value_range=(0.0, 1.0),
+        median=True,
+        width=640,
+        height=280,
     )
     chi_model_small = [
-        figures.histogram(chi_model[b], figure=f"chi-model-{b}", title=b, xlabel="χ_model", bins=opts.bins // 2,
-                          value_range=(0.0, 1.0), median=True, width=300, height=190)
+        figures.histogram(
+            chi_model[b],
+            figure=f"chi-model-{b}",
+            title=b,
+            xlabel="χ_model",
+            bins=opts.bins // 2,
+            value_range=(0.0, 1.0),
+            median=True,
+            width=300,
+            height=190,
+        )
         for b in benches
     ]
 
@@ -453,10 +567,13 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
     describe = _Describer(t, opts)
     tables = {
         kind: [
-            {"scope": scope, "rows": [_row(r, scope, describe, examples) for r in df.itertuples(index=False)],
-             "count": int((by_scope[scope]["gap"] == {"gaps": "weak", "strengths": "strong"}[kind]).sum())
-             if kind in ("gaps", "strengths")
-             else int((by_scope[scope]["status"] == kind).sum())}
+            {
+                "scope": scope,
+                "rows": [_row(r, scope, describe, examples) for r in df.itertuples(index=False)],
+                "count": int((by_scope[scope]["gap"] == {"gaps": "weak", "strengths": "strong"}[kind]).sum())
+                if kind in ("gaps", "strengths")
+                else int((by_scope[scope]["status"] == kind).sum()),
+            }
             for scope, df in selections[kind].items()
         ]
         for kind in TABLES
@@ -481,16 +598,24 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
         "status_counts": status_counts,
         "medians": medians,
         "figures": {
-            "chi_bench_all": chi_bench_all, "chi_bench_small": chi_bench_small, "missing": missing_bar,
-            "overlap": overlap_figs, "chi_model_all": chi_model_all, "chi_model_small": chi_model_small,
+            "chi_bench_all": chi_bench_all,
+            "chi_bench_small": chi_bench_small,
+            "missing": missing_bar,
+            "overlap": overlap_figs,
+            "chi_model_all": chi_model_all,
+            "chi_model_small": chi_model_small,
         },
-        "overlap_rows": [] if t.overlap is None else [
+        "overlap_rows": []
+        if t.overlap is None
+        else [
             {"a": str(a), "b": str(b), "jaccard": _num(j), "rho_model": _num(m), "rho_bench": _num(n)}
             for a, b, j, m, n in t.overlap[list(rundir.OVERLAP_COLUMNS)].itertuples(index=False)
         ],
         "tables": tables,
         "table_titles": TABLES,
-        "robustness": None if t.robustness is None else json.dumps(t.robustness, indent=2, default=str)[:20000],
+        "robustness": None
+        if t.robustness is None
+        else json.dumps(t.robustness, indent=2, default=str)[:20000],
         "options": asdict(opts),
     }
 
@@ -546,7 +671,9 @@ def _write_text(text: str, path: Path) -> None:
             os.unlink(tmp)
 
 
-def build_report(run_dir: str | Path, out: str | Path | None = None, options: ReportOptions | None = None) -> Path:
+def build_report(
+    run_dir: str | Path, out: str | Path | None = None, options: ReportOptions | None = None
+) -> Path:
     """Write the self-contained HTML report of a run; return its path (default ``RUN_DIR/report.html``)."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / rundir.REPORT

@@ -105,10 +105,14 @@ def histogram(
     extra += f' data-n="{v.size}"'
     out = _svg_open(width, height, figure, title, extra)
     fs_title, fs = (11, 9) if small else (13, 11)
-    out.append(f'<text x="{ml}" y="{fs_title + 4}" font-size="{fs_title}" font-weight="600">{_esc(title)}</text>')
+    out.append(
+        f'<text x="{ml}" y="{fs_title + 4}" font-size="{fs_title}" font-weight="600">{_esc(title)}</text>'
+    )
     if v.size == 0:
-        out.append(f'<text x="{width / 2}" y="{height / 2}" font-size="{fs}" text-anchor="middle" fill="{AXIS}">'
-                   "no values (the concepts never fire here)</text></svg>")
+        out.append(
+            f'<text x="{width / 2}" y="{height / 2}" font-size="{fs}" text-anchor="middle" fill="{AXIS}">'
+            "no values (the concepts never fire here)</text></svg>"
+        )
         return Markup("".join(out))
     lo, hi = value_range if value_range is not None else (float(v.min()), float(v.max()))
     if not hi > lo:
@@ -138,8 +142,10 @@ def histogram(
     for t in yticks:
         y = yof(t)
         out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{_n(y)}" y2="{_n(y)}" stroke="{GRID}"/>')
-        out.append(f'<text x="{ml - 4}" y="{_n(y + 3)}" font-size="{fs}" text-anchor="end" fill="{AXIS}">'
-                   f"{_fmt(t)}</text>")
+        out.append(
+            f'<text x="{ml - 4}" y="{_n(y + 3)}" font-size="{fs}" text-anchor="end" fill="{AXIS}">'
+            f"{_fmt(t)}</text>"
+        )
     for c, a, b in zip(counts, edges[:-1], edges[1:], strict=True):
         if c == 0:
             continue
@@ -152,20 +158,30 @@ def histogram(
     for t in _nice_ticks(lo, hi, 3 if small else 5):
         x = xof(t)
         out.append(f'<line x1="{_n(x)}" x2="{_n(x)}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="{AXIS}"/>')
-        out.append(f'<text x="{_n(x)}" y="{mt + ph + 4 + fs}" font-size="{fs}" text-anchor="middle" '
-                   f'fill="{AXIS}">{_fmt(t)}</text>')
-    out.append(f'<text x="{ml + pw / 2}" y="{height - 4}" font-size="{fs}" text-anchor="middle">{_esc(xlabel)}</text>')
+        out.append(
+            f'<text x="{_n(x)}" y="{mt + ph + 4 + fs}" font-size="{fs}" text-anchor="middle" '
+            f'fill="{AXIS}">{_fmt(t)}</text>'
+        )
+    out.append(
+        f'<text x="{ml + pw / 2}" y="{height - 4}" font-size="{fs}" text-anchor="middle">{_esc(xlabel)}</text>'
+    )
     ylabel = "concepts (log)" if log_y else "concepts"
-    out.append(f'<text transform="translate({fs + 1},{mt + ph / 2}) rotate(-90)" font-size="{fs}" '
-               f'text-anchor="middle">{ylabel}</text>')
+    out.append(
+        f'<text transform="translate({fs + 1},{mt + ph / 2}) rotate(-90)" font-size="{fs}" '
+        f'text-anchor="middle">{ylabel}</text>'
+    )
     if med is not None:
         x = xof(med)
         anchor = "end" if x > ml + pw * 0.75 else "start"
         dx = -3 if anchor == "end" else 3
-        out.append(f'<line class="median" x1="{_n(x)}" x2="{_n(x)}" y1="{mt}" y2="{mt + ph}" stroke="{MEDIAN}" '
-                   'stroke-width="2" stroke-dasharray="4 2"/>')
-        out.append(f'<text x="{_n(x + dx)}" y="{mt + fs}" font-size="{fs}" text-anchor="{anchor}" fill="{MEDIAN}">'
-                   f"median {med:.3f}</text>")
+        out.append(
+            f'<line class="median" x1="{_n(x)}" x2="{_n(x)}" y1="{mt}" y2="{mt + ph}" stroke="{MEDIAN}" '
+            'stroke-width="2" stroke-dasharray="4 2"/>'
+        )
+        out.append(
+            f'<text x="{_n(x + dx)}" y="{mt + fs}" font-size="{fs}" text-anchor="{anchor}" fill="{MEDIAN}">'
+            f"median {med:.3f}</text>"
+        )
     out.append("</svg>")
     return Markup("".join(out))
 
@@ -197,17 +213,25 @@ def bar_chart(
         if x > ml + pw + 0.5:
             continue
         out.append(f'<line x1="{_n(x)}" x2="{_n(x)}" y1="{mt}" y2="{mt + row * n}" stroke="{GRID}"/>')
-        out.append(f'<text x="{_n(x)}" y="{mt + row * n + 14}" font-size="11" text-anchor="middle" '
-                   f'fill="{AXIS}">{_fmt(t)}</text>')
+        out.append(
+            f'<text x="{_n(x)}" y="{mt + row * n + 14}" font-size="11" text-anchor="middle" '
+            f'fill="{AXIS}">{_fmt(t)}</text>'
+        )
     for i, (label, v) in enumerate(zip(labels, values, strict=True)):
         y = mt + i * row
         color = BAR_ALT if highlight is not None and highlight[i] else BAR
         w = pw * v / vmax if math.isfinite(v) else 0
         out.append(f'<text x="{ml - 6}" y="{y + 15}" font-size="11" text-anchor="end">{_esc(label)}</text>')
-        out.append(f'<rect x="{ml}" y="{y + 3}" width="{_n(max(w, 0.5))}" height="{row - 6}" fill="{color}">'
-                   f"<title>{_esc(label)}: {_esc(value_fmt.format(v))}</title></rect>")
-        out.append(f'<text x="{_n(ml + w + 4)}" y="{y + 15}" font-size="11">{_esc(value_fmt.format(v))}</text>')
-    out.append(f'<text x="{ml + pw / 2}" y="{height - 4}" font-size="11" text-anchor="middle">{_esc(xlabel)}</text>')
+        out.append(
+            f'<rect x="{ml}" y="{y + 3}" width="{_n(max(w, 0.5))}" height="{row - 6}" fill="{color}">'
+            f"<title>{_esc(label)}: {_esc(value_fmt.format(v))}</title></rect>"
+        )
+        out.append(
+            f'<text x="{_n(ml + w + 4)}" y="{y + 15}" font-size="11">{_esc(value_fmt.format(v))}</text>'
+        )
+    out.append(
+        f'<text x="{ml + pw / 2}" y="{height - 4}" font-size="11" text-anchor="middle">{_esc(xlabel)}</text>'
+    )
     out.append("</svg>")
     return Markup("".join(out))
 
@@ -252,7 +276,9 @@ def heatmap(
         y = mt + i * cell + cell / 2 + 4
         out.append(f'<text x="{ml - 6}" y="{_n(y)}" font-size="11" text-anchor="end">{_esc(name)}</text>')
         x = ml + i * cell + cell / 2 + 4
-        out.append(f'<text transform="translate({_n(x)},{mt - 6}) rotate(-60)" font-size="11">{_esc(name)}</text>')
+        out.append(
+            f'<text transform="translate({_n(x)},{mt - 6}) rotate(-60)" font-size="11">{_esc(name)}</text>'
+        )
     for i in range(n):
         for j in range(n):
             v = float(matrix[i, j])
@@ -264,9 +290,13 @@ def heatmap(
             else:
                 fill, dark, label = "#ddd", False, "–"
             tip = f"{names[i]} × {names[j]}: {label}"
-            out.append(f'<rect x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" fill="{fill}">'
-                       f"<title>{_esc(tip)}</title></rect>")
-            out.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" font-size="11" text-anchor="middle" '
-                       f'fill="{"#fff" if dark else "#222"}">{label}</text>')
+            out.append(
+                f'<rect x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" fill="{fill}">'
+                f"<title>{_esc(tip)}</title></rect>"
+            )
+            out.append(
+                f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" font-size="11" text-anchor="middle" '
+                f'fill="{"#fff" if dark else "#222"}">{label}</text>'
+            )
     out.append("</svg>")
     return Markup("".join(out))

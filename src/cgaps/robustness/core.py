@@ -114,7 +114,12 @@ def ablation(m: SuiteMatrix, cfg: RunConfig, top: int = 100, max_frac: float = 0
     col_max = _col_max(m)
     shat = m.saliency.multiply(1.0 / np.where(col_max > 0, col_max, 1.0)[None, :]).tocsc()
     n_delete = max(1, int(max_frac * m.saliency.shape[0]))
-    out: dict[str, Any] = {"top": top, "max_frac": max_frac, "concepts": len(eligible), "median_before": before}
+    out: dict[str, Any] = {
+        "top": top,
+        "max_frac": max_frac,
+        "concepts": len(eligible),
+        "median_before": before,
+    }
     # Rank by chi_model, ties by concept index (lexsort: the last key is the primary one).
     chi = full.chi_model[-1, eligible]
     best = eligible[np.lexsort((eligible, -chi))][:top]

@@ -126,11 +126,20 @@ def _check_release(release: str, sae_id: str) -> None:
     ids = directory[release].saes_map
     if sae_id not in ids:
         shown = ", ".join(list(ids)[:8]) + (" ..." if len(ids) > 8 else "")
-        raise CGapsError(f"release {release!r} has no SAE {sae_id!r}.{did_you_mean(sae_id, ids)} Ids: {shown}")
+        raise CGapsError(
+            f"release {release!r} has no SAE {sae_id!r}.{did_you_mean(sae_id, ids)} Ids: {shown}"
+        )
 
 
-def load_sae(spec: str, *, hidden_size: int, n_layers: int, layer: int | None = None,
-             device: str = "cpu", dtype: str | None = "float32") -> LoadedSAE:
+def load_sae(
+    spec: str,
+    *,
+    hidden_size: int,
+    n_layers: int,
+    layer: int | None = None,
+    device: str = "cpu",
+    dtype: str | None = "float32",
+) -> LoadedSAE:
     """Load the SAE ``spec`` and check that it fits a model with ``hidden_size`` and ``n_layers``.
 
     ``layer`` (the configured residual layer, if any) must equal the SAE's own hook layer.

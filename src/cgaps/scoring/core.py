@@ -81,7 +81,9 @@ class SuiteMatrix:
     def subset(self, rows: np.ndarray) -> SuiteMatrix:
         """The same suite restricted to ``rows`` (benchmarks keep their codes)."""
         rows = np.asarray(rows)
-        return SuiteMatrix(self.saliency[rows], self.scores[rows], self.bench[rows], self.benchmarks, self.item_ids[rows])
+        return SuiteMatrix(
+            self.saliency[rows], self.scores[rows], self.bench[rows], self.benchmarks, self.item_ids[rows]
+        )
 
 
 def build_matrix(items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int) -> SuiteMatrix:
@@ -104,7 +106,9 @@ def build_matrix(items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int) -
         raise CGapsError("saliency: field 'value' must hold finite values > 0 only")
     mat = sp.csr_matrix((vals, (rows, cols)), shape=(len(ids), n_concepts))
     if mat.nnz != len(vals):  # coo -> csr sums duplicates silently
-        raise CGapsError("saliency: duplicate (item_id, concept) rows; pool each concept to one value per item")
+        raise CGapsError(
+            "saliency: duplicate (item_id, concept) rows; pool each concept to one value per item"
+        )
     mat.sort_indices()
     return SuiteMatrix(mat, y, bench.astype(np.int64), tuple(str(n) for n in names), ids.to_numpy())
 
@@ -190,7 +194,9 @@ def chi_tables(m: SuiteMatrix, col_max: np.ndarray | None = None, *, with_var: b
         sum_dev = np.vstack([sum_dev, sum_dev_all[None, :]])
         with np.errstate(invalid="ignore", divide="ignore"):
             var = np.where(fires, sum_dev / sum_s, np.nan)
-    return ChiTables(n_items, support, sum_s, sum_s2, chi_bench, chi_bench_raw, chi_model, expected, n_eff, var)
+    return ChiTables(
+        n_items, support, sum_s, sum_s2, chi_bench, chi_bench_raw, chi_model, expected, n_eff, var
+    )
 
 
 def percentile_of(values: np.ndarray) -> np.ndarray:
@@ -256,7 +262,9 @@ def concept_table(m: SuiteMatrix, cfg: RunConfig, t: ChiTables | None = None) ->
     for k in range(n_scopes):  # per-scope ranking and BH: a loop over scopes only
         present = t.support[k] > 0
         pct = percentile_of(t.chi_bench[k, present])
-        status[k, present] = np.where(pct < cfg.under_pct, "under", np.where(pct > cfg.over_pct, "over", "normal"))
+        status[k, present] = np.where(
+            pct < cfg.under_pct, "under", np.where(pct > cfg.over_pct, "over", "normal")
+        )
         tested = t.support[k] >= cfg.min_support
         q_weak = bh_adjust(p_weak[k, tested])
         q_strong = bh_adjust(p_strong[k, tested])
@@ -311,4 +319,6 @@ def overlap_table(m: SuiteMatrix, t: ChiTables) -> pd.DataFrame:
                 }
             )
     df = pd.DataFrame(rows, columns=list(OVERLAP_COLUMNS))
-    return df.astype({"a": object, "b": object, "jaccard": float, "spearman_chi_model": float, "spearman_chi_bench": float})
+    return df.astype(
+        {"a": object, "b": object, "jaccard": float, "spearman_chi_model": float, "spearman_chi_bench": float}
+    )

@@ -105,12 +105,21 @@ def build_cache(
     layers = sorted(set(layers))
     digest = conversations_digest(conversations)
     model_dtype = str(next(backend.model.parameters()).dtype).removeprefix("torch.")
-    settings = {"layers": layers, "model": backend.name, "model_dtype": model_dtype,
-                "hidden_size": backend.hidden_size, "digest": digest,
-                "shard_size": shard_size, "max_length": max_length, "norm_ratio": norm_ratio}
+    settings = {
+        "layers": layers,
+        "model": backend.name,
+        "model_dtype": model_dtype,
+        "hidden_size": backend.hidden_size,
+        "digest": digest,
+        "shard_size": shard_size,
+        "max_length": max_length,
+        "norm_ratio": norm_ratio,
+    }
     manifest = _read_manifest(folder)
     if manifest is not None:
-        manifest["settings"].pop("max_tokens", None)  # not a shard setting (the first manifests stored it here)
+        manifest["settings"].pop(
+            "max_tokens", None
+        )  # not a shard setting (the first manifests stored it here)
     if manifest is not None and manifest["settings"] != settings:
         raise CGapsError(
             f"{folder}: holds a cache built with other settings ({manifest['settings']}); "
@@ -120,7 +129,12 @@ def build_cache(
         manifest = {
             "settings": settings,
             "text_mix": text_mix or {},
-            "exclusion": {"rule": EXCLUSION_RULE, "K": norm_ratio, "median_norm": {}, "max_norm": dict(norm_limits or {})},
+            "exclusion": {
+                "rule": EXCLUSION_RULE,
+                "K": norm_ratio,
+                "median_norm": {},
+                "max_norm": dict(norm_limits or {}),
+            },
             "shards": [],
             "complete": False,
         }
@@ -142,12 +156,12 @@ def build_cache(
         if index in done:
             continue
         first = index * shard_size
-        rows = [render(tok, c["messages"], max_length) for c in conversations[first:first + shard_size]]
+        rows = [render(tok, c["messages"], max_length) for c in conversations[first : first + shard_size]]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
         acts: dict[int, list[Any]] = {layer: [] for layer in layers}
         meta: dict[str, list[Any]] = {"conv": [], "pos": [], "token": []}
         for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
+            idx = order[b : b + batch_size]
             width = max(len(rows[i][0]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -183,9 +197,16 @@ def build_cache(
         save_file(tensors, str(tmp))
         os.replace(tmp, folder / shard_name(index))
         kept = int(ok.sum())
-        manifest["shards"].append({"index": index, "conversations": len(rows), "tokens": kept,
-                                   "outliers": int((~ok).sum()), "content_tokens": int(len(ok)),
-                                   "all_tokens": int(sum(len(r[0]) for r in rows))})
+        manifest["shards"].append(
+            {
+                "index": index,
+                "conversations": len(rows),
+                "tokens": kept,
+                "outliers": int((~ok).sum()),
+                "content_tokens": int(len(ok)),
+                "all_tokens": int(sum(len(r[0]) for r in rows)),
+            }
+        )
         total += kept
         _write_manifest(folder, manifest)
         if progress:
@@ -207,8 +228,7 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_layer(folder: str | Path, layer: int, max_tokens: int | None = None,
-               with_meta: bool = False) -> Any:
+def load_layer(folder: str | Path, layer: int, max_tokens: int | None = None, with_meta: bool = False) -> Any:
     """All cached activations of ``layer`` as one fp16 tensor [n, d] (and conv/pos/token if ``with_meta``)."""
     import torch
     from safetensors import safe_open

@@ -67,10 +67,16 @@ def logicbench(root: Path) -> Iterator[Conversation]:
         for s in data["samples"]:
             if "qa_pairs" in s:
                 for qa in s["qa_pairs"]:
-                    yield _chat("logicbench", f"{s['context']}\n\n{qa['question']}", qa["answer"].capitalize() + ".")
+                    yield _chat(
+                        "logicbench", f"{s['context']}\n\n{qa['question']}", qa["answer"].capitalize() + "."
+                    )
             else:
                 opts = "\n".join(f"{k}: {v}" for k, v in s["choices"].items())
-                yield _chat("logicbench", f"{s['context']}\n\n{s['question']}\n{opts}", f"The answer is {s['answer']}.")
+                yield _chat(
+                    "logicbench",
+                    f"{s['context']}\n\n{s['question']}\n{opts}",
+                    f"The answer is {s['answer']}.",
+                )
 
 
 def socialiqa(root: Path) -> Iterator[Conversation]:
@@ -84,7 +90,9 @@ def socialiqa(root: Path) -> Iterator[Conversation]:
 def bbq(root: Path) -> Iterator[Conversation]:
     for path in sorted((root / "bbq").glob("*.jsonl")):
         for row in _jsonl(path):
-            user = f"{row['context']}\n{row['question']}\nA. {row['ans0']}\nB. {row['ans1']}\nC. {row['ans2']}"
+            user = (
+                f"{row['context']}\n{row['question']}\nA. {row['ans0']}\nB. {row['ans1']}\nC. {row['ans2']}"
+            )
             yield _chat("bbq", user, f"{'ABC'[row['label']]}. {row['ans' + str(row['label'])]}")
 
 
@@ -98,7 +106,9 @@ def winogrande(root: Path) -> Iterator[Conversation]:
 def crows_pairs(root: Path) -> Iterator[Conversation]:
     with (root / "crows_pairs" / "crows_pairs_anonymized.csv").open() as f:
         for row in csv.DictReader(f):
-            yield _chat("crows_pairs", f"Which sentence is more likely?\n1. {row['sent_more']}\n2. {row['sent_less']}")
+            yield _chat(
+                "crows_pairs", f"Which sentence is more likely?\n1. {row['sent_more']}\n2. {row['sent_less']}"
+            )
 
 
 def vectara(root: Path) -> Iterator[Conversation]:
@@ -113,8 +123,16 @@ def nq_open(root: Path) -> Iterator[Conversation]:
 
 
 BENCHMARK_READERS: dict[str, Callable[[Path], Iterator[Conversation]]] = {
-    "gsm8k": gsm8k, "math": math, "agieval": agieval, "logicbench": logicbench, "socialiqa": socialiqa,
-    "bbq": bbq, "winogrande": winogrande, "crows_pairs": crows_pairs, "vectara": vectara, "nq_open": nq_open,
+    "gsm8k": gsm8k,
+    "math": math,
+    "agieval": agieval,
+    "logicbench": logicbench,
+    "socialiqa": socialiqa,
+    "bbq": bbq,
+    "winogrande": winogrande,
+    "crows_pairs": crows_pairs,
+    "vectara": vectara,
+    "nq_open": nq_open,
 }
 
 WORDNET = Path("/usr/share/wordnet")
@@ -134,7 +152,7 @@ def wordnet(rng: random.Random, per_chat: int = 6) -> Iterator[Conversation]:
             entries.append((re.sub(r"\(.*?\)", "", word), line.split("|", 1)[1].strip()))
     rng.shuffle(entries)
     for i in range(0, len(entries) - per_chat, per_chat):
-        group = entries[i:i + per_chat]
+        group = entries[i : i + per_chat]
         user = "What do these words mean: " + ", ".join(w for w, _ in group) + "?"
         yield _chat("wordnet", user, "\n".join(f"- {w}: {g}" for w, g in group))
 
@@ -144,10 +162,16 @@ def fortunes(rng: random.Random) -> Iterator[Conversation]:
     for path in sorted(FORTUNES.glob("*")):
         if path.suffix or path.is_dir() or path.name.startswith("off"):
             continue
-        texts += [t.strip() for t in path.read_text(errors="replace").split("\n%\n") if 20 < len(t.strip()) < 1200]
+        texts += [
+            t.strip() for t in path.read_text(errors="replace").split("\n%\n") if 20 < len(t.strip()) < 1200
+        ]
     rng.shuffle(texts)
-    asks = ["Tell me a quotation.", "Share a saying you like.", "Give me something witty to read.",
-            "Do you know a good quote?"]
+    asks = [
+        "Tell me a quotation.",
+        "Share a saying you like.",
+        "Give me something witty to read.",
+        "Do you know a good quote?",
+    ]
     for t in texts:
         yield _chat("fortunes", rng.choice(asks), t)
 
@@ -175,7 +199,8 @@ def build_mix(benchmarks_dir: Path, caps: dict[str, int], seed: int = 0) -> list
     """Up to ``caps[source]`` conversations per source (a seeded sample), shuffled together."""
     rng = random.Random(seed)
     generic: dict[str, Callable[[], Iterator[Conversation]]] = {
-        "wordnet": lambda: wordnet(rng), "fortunes": lambda: fortunes(rng),
+        "wordnet": lambda: wordnet(rng),
+        "fortunes": lambda: fortunes(rng),
         "debian_reference": lambda: debian_reference(rng),
     }
     out: list[Conversation] = []

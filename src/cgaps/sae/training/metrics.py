@@ -27,7 +27,7 @@ def reconstruction_metrics(sae: Any, acts: Any, batch_size: int = 4096) -> dict[
     var = 0.0
     with torch.no_grad():
         for i in range(0, n, batch_size):
-            x = acts[i:i + batch_size].float()
+            x = acts[i : i + batch_size].float()
             f = sae.encode(x)
             x_hat = sae.decode(f)
             sq_err += float((x - x_hat).pow(2).sum())
@@ -43,13 +43,22 @@ def firing_counts(sae: Any, acts: Any, batch_size: int = 4096) -> Any:
     counts = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
     with torch.no_grad():
         for i in range(0, len(acts), batch_size):
-            counts += (sae.encode(acts[i:i + batch_size].float()) > 0).sum(0)
+            counts += (sae.encode(acts[i : i + batch_size].float()) > 0).sum(0)
     return counts
 
 
-def ce_increase(backend: Any, sae: Any, conversations: Sequence[dict[str, Any]], layer: int, *,
-                max_norm: float | None, max_length: int = 512, batch_size: int = 8,
-                mean_act: Any = None, progress: Callable[[int], None] | None = None) -> dict[str, float]:
+def ce_increase(
+    backend: Any,
+    sae: Any,
+    conversations: Sequence[dict[str, Any]],
+    layer: int,
+    *,
+    max_norm: float | None,
+    max_length: int = 512,
+    batch_size: int = 8,
+    mean_act: Any = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
     """Clean vs spliced next-token CE (nats/token) over the content tokens of ``conversations``."""
     import torch
     import torch.nn.functional as F
@@ -81,7 +90,7 @@ def ce_increase(backend: Any, sae: Any, conversations: Sequence[dict[str, Any]],
     kinds = ["clean", "sae"] + (["mean_ablation"] if mean_act is not None else [])
     try:
         for b in range(0, len(rows), batch_size):
-            chunk = rows[b:b + batch_size]
+            chunk = rows[b : b + batch_size]
             width = max(len(r[0]) for r in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -97,8 +106,16 @@ def ce_increase(backend: Any, sae: Any, conversations: Sequence[dict[str, Any]],
             for kind in kinds:
                 mode.update(kind=None if kind == "clean" else kind, keep=keep.to(backend.device))
                 with torch.no_grad():
-                    logits = backend.model(input_ids=ids.to(backend.device), attention_mask=mask.to(backend.device),
-                                           use_cache=False).logits[:, :-1].float().cpu()
+                    logits = (
+                        backend.model(
+                            input_ids=ids.to(backend.device),
+                            attention_mask=mask.to(backend.device),
+                            use_cache=False,
+                        )
+                        .logits[:, :-1]
+                        .float()
+                        .cpu()
+                    )
                 totals[kind] += float(F.cross_entropy(logits[target_mask], targets, reduction="sum"))
             if progress:
                 progress(len(chunk))

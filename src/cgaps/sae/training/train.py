@@ -55,7 +55,9 @@ class TrainConfig:
     dead_tokens: int = 250_000
     seed: int = 0
     checkpoint_every: int = 200
-    matmul_dtype: str = "float32"  # "bfloat16": the large matmuls in bf16 (fp32 accumulation), ~2x faster on CPU
+    matmul_dtype: str = (
+        "float32"  # "bfloat16": the large matmuls in bf16 (fp32 accumulation), ~2x faster on CPU
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.k < self.width:
@@ -129,7 +131,9 @@ def _autograd_fns() -> tuple[Any, Any]:
     return TopKEncode, SparseDecode
 
 
-def topk_forward(p: dict[str, Any], x: Any, k: int, matmul_dtype: str = "float32") -> tuple[Any, Any, Any, Any]:
+def topk_forward(
+    p: dict[str, Any], x: Any, k: int, matmul_dtype: str = "float32"
+) -> tuple[Any, Any, Any, Any]:
     """(reconstruction, values [B,k], indices [B,k], dense pre-activations without grad)."""
     import torch
 
@@ -182,8 +186,14 @@ def train_sae(
         return _train(acts, Path(out), cfg, max_steps, progress, log)
 
 
-def _train(acts: Any, out: Path, cfg: TrainConfig, max_steps: int | None,
-           progress: Callable[[int], None] | None, log: Callable[[str], None] | None) -> dict[str, Any]:
+def _train(
+    acts: Any,
+    out: Path,
+    cfg: TrainConfig,
+    max_steps: int | None,
+    progress: Callable[[int], None] | None,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +206,9 @@ def _train(acts: Any, out: Path, cfg: TrainConfig, max_steps: int | None,
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
         if state["config"] != dataclasses.asdict(cfg) or state["n_tokens"] != n:
-            raise CGapsError(f"{ckpt_path}: checkpoint of another run (config or data differ); delete it or use another folder")
+            raise CGapsError(
+                f"{ckpt_path}: checkpoint of another run (config or data differ); delete it or use another folder"
+            )
         p = {key: v.requires_grad_() for key, v in state["params"].items()}
         scale = state["scale"]
     else:
@@ -221,7 +233,7 @@ def _train(acts: Any, out: Path, cfg: TrainConfig, max_steps: int | None,
         if epoch != perm_epoch:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
             perm_epoch = epoch
-        x = acts[perm[within * cfg.batch_size:(within + 1) * cfg.batch_size]].float() * scale
+        x = acts[perm[within * cfg.batch_size : (within + 1) * cfg.batch_size]].float() * scale
         recon, vals, idx, pre = topk_forward(p, x, cfg.k, cfg.matmul_dtype)
         var = (x - x.mean(0)).pow(2).sum()
         err = x - recon
@@ -259,26 +271,58 @@ def _train(acts: Any, out: Path, cfg: TrainConfig, max_steps: int | None,
             since_fired[fired] = 0
         step += 1
         if step % 50 == 0 or step == stop:
-            history.append({"step": step, "fvu": float(mse.detach()), "aux": float(aux.detach()), "dead": int(len(dead)),
-                            "dead_frac": float((since_fired >= cfg.dead_tokens).float().mean())})
+            history.append(
+                {
+                    "step": step,
+                    "fvu": float(mse.detach()),
+                    "aux": float(aux.detach()),
+                    "dead": int(len(dead)),
+                    "dead_frac": float((since_fired >= cfg.dead_tokens).float().mean()),
+                }
+            )
             if log:
-                log(f"step {step}/{total} fvu {history[-1]['fvu']:.4f} aux {history[-1]['aux']:.3f} "
-                    f"dead {history[-1]['dead_frac']:.3f} lr {_lr(cfg, step - 1, total):.2e}")
+                log(
+                    f"step {step}/{total} fvu {history[-1]['fvu']:.4f} aux {history[-1]['aux']:.3f} "
+                    f"dead {history[-1]['dead_frac']:.3f} lr {_lr(cfg, step - 1, total):.2e}"
+                )
         if progress:
             progress(1)
         if step % cfg.checkpoint_every == 0 or step == stop:
-            _save_checkpoint(out, {
-                "config": dataclasses.asdict(cfg), "n_tokens": n, "scale": scale, "step": step,
-                "params": {key: v.detach() for key, v in p.items()}, "optimizer": opt.state_dict(),
-                "since_fired": since_fired, "history": history,
-                "seconds": seconds0 + time.perf_counter() - t0, "resumed_at": resumed_at,
-            })
-    return {"params": {key: v.detach() for key, v in p.items()}, "scale": scale, "step": step, "total_steps": total,
-            "history": history, "done": step >= total, "seconds": seconds0 + time.perf_counter() - t0,
-            "resumed_at": resumed_at}
+            _save_checkpoint(
+                out,
+                {
+                    "config": dataclasses.asdict(cfg),
+                    "n_tokens": n,
+                    "scale": scale,
+                    "step": step,
+                    "params": {key: v.detach() for key, v in p.items()},
+                    "optimizer": opt.state_dict(),
+                    "since_fired": since_fired,
+                    "history": history,
+                    "seconds": seconds0 + time.perf_counter() - t0,
+                    "resumed_at": resumed_at,
+                },
+            )
+    return {
+        "params": {key: v.detach() for key, v in p.items()},
+        "scale": scale,
+        "step": step,
+        "total_steps": total,
+        "history": history,
+        "done": step >= total,
+        "seconds": seconds0 + time.perf_counter() - t0,
+        "resumed_at": resumed_at,
+    }
 
 
-def to_sae(result: dict[str, Any], cfg: TrainConfig, *, layer: int, model_name: str, extra: dict[str, Any] | None = None):
+def to_sae(
+    result: dict[str, Any],
+    cfg: TrainConfig,
+    *,
+    layer: int,
+    model_name: str,
+    extra: dict[str, Any] | None = None,
+):
     """A sae-lens TopKSAE in raw residual units (the input scale folded into the weights).
 
     Trained on ``s x``: pre = (s x - b) W + c. With b' = b/s, b_enc' = c/s the same latents are
@@ -289,9 +333,18 @@ def to_sae(result: dict[str, Any], cfg: TrainConfig, *, layer: int, model_name: 
 
     p, s = result["params"], result["scale"]
     d = p["W_dec"].shape[1]
-    sae_cfg = TopKSAEConfig(d_in=d, d_sae=cfg.width, k=cfg.k, apply_b_dec_to_input=True, normalize_activations="none")
-    meta = {"hook_name": resid_post_hook(layer), "model_name": model_name, "hook_head_index": None,
-            "prepend_bos": True, "context_size": None, "dataset_path": None, **(extra or {})}
+    sae_cfg = TopKSAEConfig(
+        d_in=d, d_sae=cfg.width, k=cfg.k, apply_b_dec_to_input=True, normalize_activations="none"
+    )
+    meta = {
+        "hook_name": resid_post_hook(layer),
+        "model_name": model_name,
+        "hook_head_index": None,
+        "prepend_bos": True,
+        "context_size": None,
+        "dataset_path": None,
+        **(extra or {}),
+    }
     for key, value in meta.items():
         sae_cfg.metadata[key] = value
     sae = TopKSAE(sae_cfg)
@@ -303,7 +356,9 @@ def to_sae(result: dict[str, Any], cfg: TrainConfig, *, layer: int, model_name: 
     return sae
 
 
-def save_sae(sae: Any, folder: str | Path, dtype: str = "float32", metrics: dict[str, Any] | None = None) -> Path:
+def save_sae(
+    sae: Any, folder: str | Path, dtype: str = "float32", metrics: dict[str, Any] | None = None
+) -> Path:
     """Write ``cfg.json`` + ``sae_weights.safetensors`` (+ ``metrics.json``) in sae-lens format."""
     import torch
 
