@@ -31,6 +31,7 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy
 
 check: lint test
 

@@ -38,7 +38,11 @@ def progress_bar(description: str, total: int | None, unit: str = "items") -> It
         disable=disable,
     ) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+
+        def advance(n: int = 1) -> None:
+            progress.advance(task, n)
+
+        yield advance
 
 
 def info(message: str) -> None:

@@ -157,7 +157,7 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
 def update_run_json(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into ``run.json`` (dicts merged one level deep) and write it back."""
     path = Path(run_dir) / RUN_JSON
-    meta = read_run_json(run_dir) if path.exists() else {"schema_version": SCHEMA_VERSION}
+    meta: dict[str, Any] = read_run_json(run_dir) if path.exists() else {"schema_version": SCHEMA_VERSION}
     for key, value in fields.items():
         if isinstance(value, dict) and isinstance(meta.get(key), dict):
             meta[key] = {**meta[key], **value}

@@ -93,9 +93,9 @@ def extract_letter(text: str, n_options: int = 10, choices: list[str] | None = N
     valid = LETTERS[:n_options]
     text = text.strip()
     lead = r"\(?\s*([A-Ja-j])\s*\)?(?=$|[\s.:,;)!])"
-    m = list(re.finditer(r"(?:answer|option|choice)\s*(?:is|:)?\s*:?\s*" + lead, text, re.IGNORECASE))
-    if m and m[-1].group(1).upper() in valid:
-        return m[-1].group(1).upper()
+    marked = list(re.finditer(r"(?:answer|option|choice)\s*(?:is|:)?\s*:?\s*" + lead, text, re.IGNORECASE))
+    if marked and marked[-1].group(1).upper() in valid:
+        return marked[-1].group(1).upper()
     m = re.match(r"^\(\s*([A-Ja-j])\s*\)|^([A-J])(?=$|[\s.:,;)!])|^([a-j])(?=$|[.:)])", text)
     if m:
         letter = next(g for g in m.groups() if g).upper()

@@ -73,7 +73,7 @@ def convert_gguf(gguf: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a model that still carries its GGUF quantiser; the weights are
     # already de-quantised to float32, so dropping it loses nothing.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -248,7 +248,7 @@ class HFBackend:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device))
         except OSError as e:
             raise CGapsError(f"could not load model {name!r}: {e}") from e
-        model.to(device).eval()
+        model.to(device).eval()  # type: ignore[arg-type]
         return cls(model, tok, display, device)
 
     # -- layers

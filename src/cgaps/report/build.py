@@ -218,7 +218,7 @@ HEADLINE_KEYS = ("model", "reader", "sae", "layer", "span", "pool", "suite", "mi
 
 
 def _header(meta: dict[str, Any], width: int, run_dir: Path) -> dict[str, Any]:
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    config: dict[str, Any] = meta["config"] if isinstance(meta.get("config"), dict) else {}
     headline = [
         (k, config[k] if isinstance(config[k], str) else json.dumps(config[k]))
         for k in HEADLINE_KEYS
@@ -452,7 +452,7 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
     opts = options or ReportOptions()
     run_dir = Path(run_dir)
     t = read_run(run_dir)
-    config = t.meta.get("config") if isinstance(t.meta.get("config"), dict) else {}
+    config: dict[str, Any] = t.meta["config"] if isinstance(t.meta.get("config"), dict) else {}
     fdr = _num(config.get("fdr", 0.05))
     min_support = config.get("min_support", 5)
     under_pct, over_pct = config.get("under_pct", 10), config.get("over_pct", 90)

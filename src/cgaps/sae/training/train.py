@@ -224,7 +224,7 @@ def _train(
     since_fired = state["since_fired"]
     step = state["step"]
     history = state["history"]
-    perm_epoch, perm = -1, None
+    perm_epoch, perm = -1, torch.arange(n)  # replaced at the first step (epoch 0 != -1)
     stop = total if max_steps is None else min(total, max_steps)
     if progress and step:
         progress(step)
