@@ -8,10 +8,12 @@ replaced by another tool. Every read validates its table and fails with a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,41 +72,56 @@ OVERLAP_COLUMNS = ("a", "b", "jaccard", "spearman_chi_model", "spearman_chi_benc
 CONTEXT_COLUMNS = ("concept", "rank", "item_id", "value", "left", "token", "right")
 
 
-def _atomic_path(path: Path) -> tuple[int, str]:
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    The one atomic-write rule of the project: a killed writer leaves the old file (or none),
+    never half a new one, and its temporary file is removed. Write whatever format into the
+    yielded path (Parquet, JSON, safetensors, a folder is not supported).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     # mkstemp creates 0600; run files are meant to be read by other tools and users
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
-    return fd, tmp
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> None:
     """Write a Parquet table atomically (a crash never leaves half a file behind)."""
-    path = Path(path)
-    fd, tmp = _atomic_path(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+
+def write_text(text: str, path: str | Path) -> None:
+    """Write a UTF-8 text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(obj: Any, path: str | Path) -> None:
     """Write JSON atomically, NaN written as null."""
+    write_text(json.dumps(_nan_to_none(obj), indent=2, sort_keys=False) + "\n", path)
+
+
+def read_json_file(path: str | Path, fix: str) -> Any:
+    """Read a JSON file this project wrote; a damaged one is a one-line error saying ``fix``."""
     path = Path(path)
-    fd, tmp = _atomic_path(path)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_nan_to_none(obj), f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CGapsError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); {fix}") from e
+    except json.JSONDecodeError as e:
+        raise CGapsError(f"{path}: invalid JSON at line {e.lineno} ({e.msg}); {fix}") from e
 
 
 def _nan_to_none(obj: Any) -> Any:
