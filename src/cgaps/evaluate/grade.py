@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from cgaps.answers import ANSWER_TYPES, LETTERS, last_boxed
 from cgaps.errors import CGapsError, unknown_choice
 
-LETTERS = "ABCDEFGHIJ"
+__all__ = ["ANSWER_TYPES", "GRADERS", "LETTERS", "grade_items", "grade_one", "last_boxed"]
 
 # ------------------------------------------------------------------ extraction helpers
 
@@ -35,27 +36,6 @@ def after_answer_marker(text: str) -> str:
     """The text after the last 'answer is' / 'Answer:' marker, or the whole text."""
     matches = list(_ANSWER_IS.finditer(text))
     return matches[-1].group(1).strip() if matches else text.strip()
-
-
-def last_boxed(text: str) -> str | None:
-    r"""The content of the last ``\boxed{...}`` (or ``\fbox{...}``), braces balanced; None if absent."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        # "\boxed 5" (no braces) appears in a few MATH solutions
-        m = re.match(r"\\boxed\s+([^\s$]+)", text[start:])
-        return m.group(1) if m else None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
-    return None
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -271,8 +251,9 @@ def _grade_hold(response: str, reference: str, meta: dict[str, Any]) -> float:
     return 0.0
 
 
-# answer_type -> grader. `loglik_choice` grades like `choice`; it only tells the evaluate
-# stage to score the options by log-likelihood whatever `mc_scoring` says.
+# answer_type (cgaps.answers.ANSWER_TYPES, in that order) -> grader. `loglik_choice` grades
+# like `choice`; it only tells the evaluate stage to rank the options by log-likelihood
+# whatever `mc_scoring` says.
 GRADERS: dict[str, Callable[[str, str, dict[str, Any]], float]] = {
     "number": _grade_number,
     "math": _grade_math,
@@ -284,11 +265,10 @@ GRADERS: dict[str, Callable[[str, str, dict[str, Any]], float]] = {
     "refusal": _grade_refusal,
     "hold": _grade_hold,
 }
-ANSWER_TYPES = tuple(GRADERS)
 
 
 def grade_one(answer_type: str, response: str, reference: str, meta: dict[str, Any] | None = None) -> float:
-    """Score one response (1.0 correct, 0.0 not) with the grader of ``answer_type``."""
+    """Grade one response: its score, 1.0 correct or 0.0 not, by the grader of ``answer_type``."""
     grader = GRADERS.get(answer_type)
     if grader is None:
         raise unknown_choice("answer_type", answer_type, GRADERS)
@@ -308,7 +288,7 @@ def _loads(value: Any) -> Any:
 def grade_items(
     df: Any, response_column: str = "response", progress: Callable[[int], None] | None = None
 ) -> np.ndarray:
-    """Scores for every row of an items table (uses answer_type, reference, meta, choices).
+    """Grade every row of an items table: the item scores (uses answer_type, reference, meta, choices).
 
     Rows without an ``answer_type`` are graded as ``short`` (exact match), the most
     conservative choice for an unknown benchmark.

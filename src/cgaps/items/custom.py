@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
+from cgaps.answers import ANSWER_TYPES, CHOICE_TYPES, LETTERS, too_many_options
 from cgaps.errors import CGapsError, did_you_mean
-from cgaps.evaluate.grade import ANSWER_TYPES, LETTERS
 from cgaps.items import prompts
 from cgaps.items.sources import Record, hub_records, read_table_file
 
@@ -77,10 +77,14 @@ def read_spec(path: str | Path) -> dict[str, Any]:
         raise CGapsError(
             f"{path}: answer_type {atype!r}.{did_you_mean(atype, ANSWER_TYPES)} Valid: {', '.join(ANSWER_TYPES)}"
         )
-    if atype in ("choice", "loglik_choice") and "choices" not in fields:
+    if atype in CHOICE_TYPES and "choices" not in fields:
         raise CGapsError(
             f"{path}: answer_type {atype!r} needs fields.choices (a list column or a list of columns)"
         )
+    if isinstance(fields.get("choices"), list):
+        problem = too_many_options(len(fields["choices"]))
+        if problem:
+            raise CGapsError(f"{path}: fields.choices {problem}")
     if ("path" in spec) == ("hub" in spec):
         raise CGapsError(f"{path}: give exactly one of 'path' (a local file) or 'hub' (a hub dataset id)")
     return {
@@ -104,7 +108,7 @@ def _records(spec: dict[str, Any]) -> list[Record]:
 
 
 def _choices(rec: Record, column: str | list[str]) -> list[str]:
-    if isinstance(column, list):
+    if isinstance(column, list):  # its length was checked with the spec
         return [str(rec.get(c)) for c in column]
     value = rec.get(column)
     if isinstance(value, str):  # a CSV cell holding a JSON list
@@ -116,6 +120,9 @@ def _choices(rec: Record, column: str | list[str]) -> list[str]:
         value = value.tolist()  # parquet list columns arrive as numpy arrays
     if not isinstance(value, list | tuple) or len(value) < 2:
         raise rec.fail(column, "should be a list of at least two options")
+    problem = too_many_options(len(value))
+    if problem:
+        raise rec.fail(column, problem)
     return [str(v) for v in value]
 
 
@@ -148,7 +155,7 @@ def load_custom(spec_path: str | Path, chain_of_thought: bool = False) -> tuple[
         answer = rec.get(fields["answer"])
         options = _choices(rec, fields["choices"]) if "choices" in fields else None
         meta: dict[str, Any] = {}
-        if atype in ("choice", "loglik_choice"):
+        if atype in CHOICE_TYPES:
             reference = _letter(rec, fields["answer"], answer, options or [])
         else:
             reference = str(answer)

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cgaps.answers import LETTERS, last_boxed, too_many_options
 from cgaps.errors import CGapsError
-from cgaps.evaluate.grade import LETTERS, last_boxed
 from cgaps.items import prompts
 from cgaps.items.sources import (
     Record,
@@ -54,6 +54,12 @@ def _remote_files(urls: dict[str, str], read: Callable[[Path], Any]) -> Iterator
         result = read(path)
         for rec in [result] if isinstance(result, Record) else result:
             yield Record({**rec.row, "_part": part}, rec.where)
+
+
+def _check_options(rec: Record, field: str, options: list[str]) -> None:
+    problem = too_many_options(len(options))
+    if problem:
+        raise rec.fail(field, problem)
 
 
 def _check_label(rec: Record, field: str, value: Any, valid: Iterable[Any]) -> None:
@@ -194,6 +200,7 @@ def _agieval_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
             }
             continue
         options = [_OPTION_PREFIX.sub("", str(o)) for o in rec.get("options", list)]
+        _check_options(rec, "options", options)
         label = rec.get("label", str)
         _check_label(rec, "label", label, LETTERS[: len(options)])
         yield {
@@ -298,6 +305,7 @@ def _logicbench_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
                     choices, key=lambda k: int(k.rsplit("_", 1)[-1]) if k.rsplit("_", 1)[-1].isdigit() else 99
                 )
                 options = [str(choices[key]) for key in keys]
+                _check_options(srec, "choices", options)
                 answer = srec.get("answer", str)
                 _check_label(srec, "answer", answer, keys)
                 yield {
@@ -332,7 +340,7 @@ def _socialiqa_hub() -> Iterator[Record]:
 
 def _socialiqa_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
     for rec in records:
-        options = [rec.get(f"answer{x}", str) for x in "ABC"]
+        options = [rec.get(f"answer{x}", str) for x in "ABC"]  # the fields answerA..answerC
         label = str(rec.get("label")).strip()
         where = rec.row.get("_label_where")
         _check_label(Record(rec.row, where) if where else rec, "label", label, ("1", "2", "3"))
@@ -477,7 +485,7 @@ def _crows_parse(records: Iterable[Record], cot: bool) -> Iterator[Item]:
         options = [less, more] if less_first else [more, less]
         yield {
             "prompt": prompts.multiple_choice(CROWS_QUESTION, options),
-            "reference": "A" if less_first else "B",
+            "reference": LETTERS[0 if less_first else 1],
             "answer_type": "loglik_choice",
             "choices": options,
             "category": rec.get("bias_type", str),

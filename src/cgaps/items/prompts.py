@@ -4,12 +4,13 @@ The prompt is the user turn as the model sees it (the evaluate stage wraps it in
 template). Each format instruction names exactly the form the grader extracts first, so a
 compliant model is graded by the strict path and a sloppy one by the lenient fallbacks.
 Multiple-choice prompts list the options as ``A) ...`` in the order of ``choices``; the
-evaluate stage relies on that order when it scores options by log-likelihood.
+evaluate stage relies on that order when it ranks options by log-likelihood.
 """
 
 from __future__ import annotations
 
-from cgaps.evaluate.grade import LETTERS
+from cgaps.answers import CHOICE_TYPES, LETTERS, too_many_options
+from cgaps.errors import CGapsError
 
 MC_FORMAT = "Answer with the letter of the correct option, like 'Answer: {first}'."
 YESNO_FORMAT = "Answer with yes or no."
@@ -26,13 +27,16 @@ def join(*parts: str | None) -> str:
 
 
 def options_block(options: list[str]) -> str:
+    problem = too_many_options(len(options))
+    if problem:  # the loaders name the file and line first; this guards any other caller
+        raise CGapsError(f"a multiple-choice item {problem}")
     return "\n".join(f"{letter}) {str(text).strip()}" for letter, text in zip(LETTERS, options, strict=False))
 
 
 def multiple_choice(
     question: str, options: list[str], context: str | None = None, instruction: str | None = None
 ) -> str:
-    fmt = MC_FORMAT.format(first="A")
+    fmt = MC_FORMAT.format(first=LETTERS[0])
     return join(instruction, context, question, options_block(options), fmt)
 
 
@@ -56,7 +60,7 @@ def by_answer_type(
     answer_type: str, question: str, options: list[str] | None = None, chain_of_thought: bool = False
 ) -> str:
     """The default prompt of a custom benchmark item, from its answer type."""
-    if answer_type in ("choice", "loglik_choice") and options:
+    if answer_type in CHOICE_TYPES and options:
         return multiple_choice(question, options)
     if answer_type == "yesno":
         return yes_no(question)
