@@ -1,18 +1,22 @@
-"""Extraction stage: SAE concept saliency per item (SPEC section 2).
+"""Extraction stage: SAE concept saliency per item (docs/method.md §2).
 
 For every item the reader model sees the formatted conversation (chat template, the
 item's messages and, for ``span`` response/both, the evaluated model's response). The
 forward pass stops after block L; the residuals of the analysed tokens are encoded by
 the SAE and pooled per concept (max, mean or sum) into s_c(x).
 
-Which tokens are analysed: with ``skip_special`` only tokens that start inside message
-*content* (user/assistant turns for the prompt span, the response for the response
-span) count; BOS, role markers, template tokens and the template's default system
-prompt do not, because their activations are artefacts shared by every item. Tokens
-whose residual norm exceeds ``max_norm_ratio`` times the batch median are dropped too
-(SmolLM2's attention-sink positions are 10-100x the median); the count is recorded.
+Which tokens are analysed: with ``skip_special`` only *content* tokens of the chosen span
+(user/assistant turns for the prompt span, the response for the response span) count, by
+the one rule of :func:`cgaps.models.chat.content_mask` that the SAE was trained under: a
+token lying fully inside message content, not special, not at position 0. BOS, role
+markers, template tokens and the template's default system prompt do not count, because
+their activations are artefacts shared by every item. Tokens whose residual norm exceeds
+``max_norm_ratio`` times the batch median are dropped too (SmolLM2's attention-sink
+positions are 10-100x the median); the count is recorded.
 
-Items are sorted by length and batched so padding stays small, and results go to
+The model and the SAE are seen only through :class:`~cgaps.seams.ResidualReader` and
+:class:`~cgaps.seams.SAEEncoder`. Items are sorted by length and batched so padding stays
+small (:mod:`cgaps.models.batching`), and results go to
 ``saliency_shards/`` one shard per chunk: a rerun skips the items already written, so an
 interrupted extraction resumes. The shards are merged into ``saliency.parquet``; the
 peak token of each (item, concept) feeds ``contexts.parquet`` (top activating contexts)
@@ -21,7 +25,6 @@ and the provisional ``labels.parquet``.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -36,7 +39,16 @@ from cgaps.config import RunConfig
 from cgaps.console import info, progress_bar
 from cgaps.errors import CGapsError
 from cgaps.labels.contexts import labels_are_provisional, provisional_labels, top_contexts
-from cgaps.models import HFBackend, conversation, format_chat
+from cgaps.models import (
+    CONTENT_RULE,
+    conversation,
+    format_chat,
+    length_batches,
+    pad_batch,
+    right_pad,
+    tokenize_content,
+)
+from cgaps.seams import ResidualReader, SAEEncoder
 
 SHARD_ITEMS = 128
 MANIFEST = "manifest.json"
@@ -53,23 +65,8 @@ class Encoded:
     mask: np.ndarray  # bool per token
 
 
-def analysed_mask(
-    offsets: list[tuple[int, int]], spans: list[tuple[int, int]], special: np.ndarray, skip_special: bool
-) -> np.ndarray:
-    """Tokens to pool: those starting inside a content span (all non-special ones without skipping)."""
-    n = len(offsets)
-    if not skip_special:
-        return np.ones(n, dtype=bool)
-    starts = np.array([o[0] for o in offsets])
-    ends = np.array([o[1] for o in offsets])
-    mask = np.zeros(n, dtype=bool)
-    for a, b in spans:
-        mask |= (starts >= a) & (starts < b) & (ends > starts)
-    return mask & ~special
-
-
 def encode_items(items: pd.DataFrame, tokenizer: Any, cfg: RunConfig) -> list[Encoded]:
-    special_ids = set(tokenizer.all_special_ids)
+    """Tokenise every item's conversation and mark its analysed tokens (module docstring)."""
     out = []
     for item in items.to_dict("records"):
         response = item.get("response") if cfg.span != "prompt" else None
@@ -79,19 +76,10 @@ def encode_items(items: pd.DataFrame, tokenizer: Any, cfg: RunConfig) -> list[En
             "response": fmt.response_spans,
             "both": fmt.prompt_spans + fmt.response_spans,
         }[cfg.span]
-        enc = tokenizer(
-            fmt.text,
-            return_offsets_mapping=True,
-            add_special_tokens=False,
-            truncation=True,
-            max_length=cfg.max_length,
-        )
-        ids = list(enc["input_ids"])
-        special = np.array([i in special_ids for i in ids], dtype=bool)
-        mask = analysed_mask(list(enc["offset_mapping"]), spans, special, cfg.skip_special)
-        out.append(
-            Encoded(str(item["item_id"]), fmt.text, ids, [tuple(o) for o in enc["offset_mapping"]], mask)
-        )
+        tokens = tokenize_content(tokenizer, fmt.text, spans, cfg.max_length)
+        # without skip_special every token counts, the scaffold included
+        mask = tokens.content if cfg.skip_special else np.ones(len(tokens.input_ids), dtype=bool)
+        out.append(Encoded(str(item["item_id"]), fmt.text, tokens.input_ids, tokens.offsets, mask))
     return out
 
 
@@ -126,12 +114,7 @@ def pool_batch(acts: Any, token_item: Any, n_items: int, pool: str) -> tuple[Any
     return value, peak_tok
 
 
-def _batches(encoded: list[Encoded], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _signature(cfg: RunConfig, sae: Any, layer: int, reader: str) -> dict[str, Any]:
+def _signature(cfg: RunConfig, sae: SAEEncoder, layer: int, reader: str) -> dict[str, Any]:
     return {
         "reader": reader,
         "sae": sae.sae_id,
@@ -140,6 +123,7 @@ def _signature(cfg: RunConfig, sae: Any, layer: int, reader: str) -> dict[str, A
         "span": cfg.span,
         "pool": cfg.pool,
         "skip_special": cfg.skip_special,
+        "content_rule": CONTENT_RULE,
         "max_norm_ratio": cfg.max_norm_ratio,
         "max_length": cfg.max_length,
         "top_k": cfg.top_k,
@@ -147,26 +131,17 @@ def _signature(cfg: RunConfig, sae: Any, layer: int, reader: str) -> dict[str, A
 
 
 def extract_chunk(
-    backend: HFBackend, sae: Any, layer: int, chunk: list[Encoded], cfg: RunConfig, stats: Counter
+    reader: ResidualReader, sae: SAEEncoder, layer: int, chunk: list[Encoded], cfg: RunConfig, stats: Counter
 ) -> pd.DataFrame:
     """Saliency rows (item_id, concept, value, peak char span) for a chunk of items."""
     import torch
 
     rows: list[pd.DataFrame] = []
-    pad = backend.tokenizer.pad_token_id
-    for batch in _batches(chunk, cfg.batch_size):
+    for batch in length_batches([len(e.input_ids) for e in chunk], cfg.batch_size):
         encs = [chunk[i] for i in batch]
-        width = max(len(e.input_ids) for e in encs)
-        ids = torch.full((len(encs), width), pad, dtype=torch.long)
-        att = torch.zeros((len(encs), width), dtype=torch.long)
-        for r, e in enumerate(encs):  # right padding: positions of real tokens stay 0..n-1
-            ids[r, : len(e.input_ids)] = torch.tensor(e.input_ids)
-            att[r, : len(e.input_ids)] = 1
-        with torch.no_grad():
-            resid = backend.residuals(ids, att, layer).float().cpu()
-        mask = torch.zeros((len(encs), width), dtype=torch.bool)
-        for r, e in enumerate(encs):
-            mask[r, : len(e.input_ids)] = torch.from_numpy(e.mask)
+        ids, att = pad_batch([e.input_ids for e in encs], reader.tokenizer.pad_token_id)
+        resid = reader.residuals_at(ids, att, [layer])[layer].float().cpu()
+        mask = right_pad([e.mask for e in encs], False, torch.bool)
         stats["tokens_analysed"] += int(mask.sum())
         if cfg.max_norm_ratio is not None and mask.any():
             norms = resid.norm(dim=-1)
@@ -177,8 +152,7 @@ def extract_chunk(
         rr, tt = mask.nonzero(as_tuple=True)
         if len(rr) == 0:
             continue
-        with torch.no_grad():
-            acts = sae.encode(resid[rr, tt].to(sae.W_enc.dtype)).float().clamp(min=0)
+        acts = sae.encode(resid[rr, tt]).cpu()
         value, peak = pool_batch(acts, rr, len(encs), cfg.pool)
         for r, e in enumerate(encs):
             v = value[r]
@@ -214,9 +188,15 @@ def extract_chunk(
 
 
 def extract_run(
-    run_dir: str | Path, cfg: RunConfig, backend: HFBackend | None = None, sae_spec: Any = None
+    run_dir: str | Path,
+    cfg: RunConfig,
+    backend: ResidualReader | None = None,
+    sae_spec: SAEEncoder | None = None,
 ) -> pd.DataFrame:
-    """Write saliency.parquet (+ contexts, provisional labels) for a run; resumes from shards."""
+    """Write saliency.parquet (+ contexts, provisional labels) for a run; resumes from shards.
+
+    ``backend`` and ``sae_spec`` default to ``cfg.reader_model`` and ``cfg.sae``, loaded here.
+    """
 
     from cgaps.models import load_backend
     from cgaps.sae import load_sae
@@ -232,22 +212,21 @@ def extract_run(
     if backend is None:
         info(f"loading reader model {cfg.reader_model}")
         backend = load_backend(cfg.reader_model, cfg.device, cfg.dtype)
-    loaded = (
+    loaded: SAEEncoder = (
         sae_spec
         if sae_spec is not None
         else load_sae(
             cfg.sae, hidden_size=backend.hidden_size, n_layers=backend.n_layers, layer=cfg.layer, device="cpu"
         )
     )
-    sae, layer, width = loaded.sae, loaded.layer, loaded.width
+    layer, width = loaded.layer, loaded.width
     backend.check_layer(layer)
-    sae.eval()
 
     shard_dir = run_dir / rundir.SALIENCY_SHARDS
     signature = _signature(cfg, loaded, layer, backend.name)
     manifest_path = shard_dir / MANIFEST
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+        old = rundir.read_json_file(manifest_path, fix=f"delete {shard_dir} to start the extraction over")
         if old.get("signature") != signature:
             raise CGapsError(
                 f"{shard_dir}: partial extraction with other settings ({old.get('signature')}); "
@@ -261,14 +240,11 @@ def extract_run(
     done_ids: set[str] = set()
     stats: Counter = Counter()
     for shard in sorted(shard_dir.glob("shard-*.parquet")):
-        meta = (
-            json.loads(shard.with_suffix(".json").read_text())
-            if shard.with_suffix(".json").exists()
-            else None
-        )
-        if meta is None:  # a shard without its sidecar was cut short: redo its items
+        sidecar = shard.with_suffix(".json")
+        if not sidecar.exists():  # a shard without its sidecar was cut short: redo its items
             shard.unlink()
             continue
+        meta = rundir.read_json_file(sidecar, fix=f"delete it and {shard.name} to redo that shard's items")
         done_ids.update(meta["item_ids"])
         stats.update(meta["stats"])
     todo = [e for e in encoded if e.item_id not in done_ids]
@@ -281,7 +257,7 @@ def extract_run(
         for n, start in enumerate(range(0, len(todo), SHARD_ITEMS)):
             chunk = todo[start : start + SHARD_ITEMS]
             chunk_stats: Counter = Counter()
-            df = extract_chunk(backend, sae, layer, chunk, cfg, chunk_stats)
+            df = extract_chunk(backend, loaded, layer, chunk, cfg, chunk_stats)
             name = f"shard-{n_existing + n:05d}"
             rundir.write_table(df, shard_dir / f"{name}.parquet")
             # the sidecar is written last: its presence marks the shard complete

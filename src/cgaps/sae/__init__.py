@@ -27,7 +27,10 @@ from cgaps.config import EMBEDDED
 from cgaps.errors import CGapsError
 
 if TYPE_CHECKING:
+    import torch
     from sae_lens import SAE
+
+    from cgaps.seams import SAEEncoder
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "sae"
 CFG_FILENAME = "cfg.json"  # sae-lens's SAE_CFG_FILENAME
@@ -37,13 +40,53 @@ _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
 @dataclass
 class LoadedSAE:
-    """An SAE ready to encode residuals of ``layer`` (hook ``hook_name``)."""
+    """An SAE ready to encode residuals of ``layer`` (hook ``hook_name``): a :class:`~cgaps.seams.SAEEncoder`.
+
+    The stages and metrics call :meth:`encode` / :meth:`decode` only; the sae-lens object in
+    ``sae`` (its dtype, device, config) stays behind this class.
+    """
 
     sae: SAE
     layer: int
     sae_id: str
     width: int
     hook_name: str
+
+    def __post_init__(self) -> None:
+        self.sae.eval()
+
+    @classmethod
+    def wrap(cls, sae: SAE, sae_id: str = "sae") -> LoadedSAE:
+        """A bare sae-lens SAE (e.g. just trained) as an encoder; its hook must be a residual one."""
+        hook_name = sae.cfg.metadata.hook_name
+        return cls(
+            sae=sae,
+            layer=hook_layer(hook_name, sae_id),
+            sae_id=sae_id,
+            width=int(sae.cfg.d_sae),
+            hook_name=hook_name,
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the SAE computes in (its weights' dtype)."""
+        return self.sae.W_enc.dtype
+
+    def encode(self, residuals: torch.Tensor) -> torch.Tensor:
+        """Concept activations f >= 0 ([n, F], float32, on the SAE's device) of residuals [n, d]
+        in any float dtype (cast to the SAE's dtype first)."""
+        import torch
+
+        with torch.no_grad():
+            codes = self.sae.encode(residuals.to(device=self.sae.W_enc.device, dtype=self.dtype))
+        return codes.float().clamp(min=0)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Reconstructed residuals [n, d] (float32) from codes [n, F]."""
+        import torch
+
+        with torch.no_grad():
+            return self.sae.decode(codes.to(device=self.sae.W_enc.device, dtype=self.dtype)).float()
 
     @cached_property
     def fingerprint(self) -> str:
@@ -56,6 +99,15 @@ class LoadedSAE:
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def as_encoder(sae: SAEEncoder | SAE) -> SAEEncoder:
+    """An :class:`~cgaps.seams.SAEEncoder` as it is, a bare sae-lens SAE wrapped in :class:`LoadedSAE`."""
+    import torch
+
+    if isinstance(sae, torch.nn.Module) and hasattr(sae, "cfg"):  # a bare sae-lens SAE
+        return LoadedSAE.wrap(sae)
+    return sae
 
 
 def resid_post_hook(layer: int) -> str:
@@ -144,7 +196,7 @@ def load_sae(
 
     ``layer`` (the configured residual layer, if any) must equal the SAE's own hook layer.
     ``dtype`` is the SAE's compute dtype (the shipped SAE is stored in float16; None keeps the
-    stored one); feed ``sae.encode`` residuals of the same dtype.
+    stored one); :meth:`LoadedSAE.encode` casts residuals to it.
     """
     sae, sae_id = _load(spec, device, dtype)
     hook_name = sae.cfg.metadata.hook_name
@@ -164,8 +216,7 @@ def load_sae(
             f"SAE {sae_id}: layer {sae_layer} is beyond the model's depth {n_layers}; "
             "pass an SAE trained on this model"
         )
-    sae.eval()
     return LoadedSAE(sae=sae, layer=sae_layer, sae_id=sae_id, width=int(sae.cfg.d_sae), hook_name=hook_name)
 
 
-__all__ = ["LoadedSAE", "embedded_sae_dir", "hook_layer", "load_sae", "resid_post_hook"]
+__all__ = ["LoadedSAE", "as_encoder", "embedded_sae_dir", "hook_layer", "load_sae", "resid_post_hook"]

