@@ -316,3 +316,66 @@ def test_hub_path_shares_the_parsers(monkeypatch, benchmarks_dir, paper):
     hub_items = paper_mod.load_paper("gsm8k", None)
     local = paper[paper["benchmark"] == "gsm8k"]
     assert [i["reference"] for i in hub_items] == local["reference"].tolist()
+
+
+# ------------------------------------------------------------------ answer formats shared with grading
+
+
+def test_items_do_not_import_the_evaluate_stage():
+    """Data flows items -> evaluate: the loaders read letters and answer types from cgaps.answers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cgaps.items, cgaps.items.paper, cgaps.items.custom, cgaps.items.probes;"
+        "cgaps.items.load_suite('probes', limit=2);"
+        "print(sorted(m for m in sys.modules if m.startswith('cgaps.evaluate')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_item_has_a_known_answer_type_and_at_most_ten_options(paper):
+    from cgaps.answers import ANSWER_TYPES, MAX_OPTIONS
+
+    assert set(paper["answer_type"]) <= set(ANSWER_TYPES)
+    n_options = paper["choices"].dropna().map(lambda c: len(json.loads(c)))
+    assert n_options.min() >= 2 and n_options.max() <= MAX_OPTIONS
+
+
+def test_more_than_ten_options_is_an_error_at_load_time(tmp_path):
+    """Options beyond J could be neither shown (A-J) nor graded: the loader names the row."""
+    many = [f"option {k}" for k in range(11)]
+    (tmp_path / "d.jsonl").write_text(
+        json.dumps({"q": "Pick", "a": 0, "opts": many[:10]})
+        + "\n"
+        + json.dumps({"q": "Pick", "a": 0, "opts": many})
+        + "\n"
+    )
+    spec = tmp_path / "s.yaml"
+    spec.write_text("path: d.jsonl\nanswer_type: choice\nfields: {question: q, answer: a, choices: opts}\n")
+    with pytest.raises(CGapsError, match=r"d\.jsonl:2: field 'opts' has 11 options, but at most 10 \(A-J\)"):
+        load_suite(str(spec))
+    columns = [f"c{k}" for k in range(11)]
+    spec.write_text(
+        f"path: d.jsonl\nanswer_type: choice\nfields: {{question: q, answer: a, choices: {columns}}}\n"
+    )
+    with pytest.raises(CGapsError, match=r"s\.yaml: fields\.choices has 11 options"):
+        load_suite(str(spec))
+    # the paper loaders check too (AGIEval's option lists come from the data)
+    (tmp_path / "agieval").mkdir()
+    row = {"question": "q", "options": [f"({c}) x" for c in "ABCDEFGHIJK"], "label": "A", "passage": None}
+    from cgaps.items.paper import AGIEVAL_TASKS
+
+    for task in AGIEVAL_TASKS:
+        (tmp_path / "agieval" / f"{task}.jsonl").write_text(
+            json.dumps(row) + "\n" if task == "lsat-ar" else ""
+        )
+    with pytest.raises(CGapsError, match=r"lsat-ar\.jsonl:1: field 'options' has 11 options"):
+        load_suite("agieval", data_dir=str(tmp_path))
+    # and a prompt can never list an option without a letter
+    from cgaps.items import prompts
+
+    assert prompts.options_block(many[:10]).splitlines()[-1] == "J) option 9"
+    with pytest.raises(CGapsError, match="at most 10"):
+        prompts.options_block(many)

@@ -135,3 +135,17 @@ def test_grade_items_uses_choices_and_meta():
         }
     )
     np.testing.assert_array_equal(grade_items(df), [1.0, 1.0, 0.0])
+
+
+def test_answer_types_are_one_list_with_one_grader_each():
+    # items (cgaps.items) and grading share cgaps.answers: every type has exactly one grader
+    from cgaps import answers
+    from cgaps.evaluate import grade
+
+    assert tuple(grade.GRADERS) == answers.ANSWER_TYPES
+    assert set(answers.CHOICE_TYPES) <= set(answers.ANSWER_TYPES)
+    assert answers.LOGLIK_ALWAYS in answers.CHOICE_TYPES
+    # the letters the grader reads are the letters the prompts write
+    assert grade.LETTERS == answers.LETTERS and answers.MAX_OPTIONS == 10
+    assert extract_letter("J) ten", n_options=10) == "J"
+    assert extract_letter("K) eleven", n_options=10) is None

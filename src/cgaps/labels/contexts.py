@@ -4,6 +4,9 @@ For each concept the items with the highest saliency are kept with the text arou
 firing token (``contexts.parquet``); the provisional label of a concept is the most frequent
 firing tokens of those contexts (``labels.parquet``, source ``top_contexts``), kept until a
 better label source writes the table.
+
+:class:`TopContextLabels` is that label source (a :class:`cgaps.seams.LabelSource`);
+:func:`provisional_labels` is its table in one call, as ``cgaps extract`` writes it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from cgaps import rundir
 
 TOP_CONTEXTS = 8
 SNIPPET_CHARS = 80
-PROVISIONAL_SOURCES = {"top_contexts", ""}
+TOP_CONTEXTS_SOURCE = "top_contexts"
+# Label sources that a better one replaces: ``cgaps extract`` rewrites labels.parquet only
+# while every row comes from these ('' = a concept that never fired).
+PROVISIONAL_SOURCES = {TOP_CONTEXTS_SOURCE, ""}
 
 
 def top_contexts(shards: pd.DataFrame, texts: dict[str, str], k: int = TOP_CONTEXTS) -> pd.DataFrame:
@@ -35,19 +41,32 @@ def top_contexts(shards: pd.DataFrame, texts: dict[str, str], k: int = TOP_CONTE
     return top[list(rundir.CONTEXT_COLUMNS)].reset_index(drop=True)
 
 
+class TopContextLabels:
+    """:class:`cgaps.seams.LabelSource`: a concept's label is the most frequent firing tokens of
+    its top contexts (a table of :data:`cgaps.rundir.CONTEXT_COLUMNS`, from :func:`top_contexts`)."""
+
+    name = TOP_CONTEXTS_SOURCE
+
+    def __init__(self, contexts: pd.DataFrame):
+        self.contexts = contexts
+
+    def labels(self, n_concepts: int) -> pd.DataFrame:
+        labels = ["" for _ in range(n_concepts)]
+        for concept, grp in self.contexts.groupby("concept"):
+            common = Counter(t.strip() or repr(t) for t in grp["token"]).most_common(3)
+            labels[int(concept)] = " · ".join(f"“{t}”" for t, _ in common)
+        return pd.DataFrame(
+            {
+                "concept": np.arange(n_concepts, dtype=np.int32),
+                "label": labels,
+                "source": [self.name if s else "" for s in labels],
+            }
+        )
+
+
 def provisional_labels(contexts: pd.DataFrame, n_concepts: int) -> pd.DataFrame:
-    """Label = the most frequent firing tokens of the top contexts, until a better label source is used."""
-    labels = ["" for _ in range(n_concepts)]
-    for concept, grp in contexts.groupby("concept"):
-        common = Counter(t.strip() or repr(t) for t in grp["token"]).most_common(3)
-        labels[int(concept)] = " · ".join(f"“{t}”" for t, _ in common)
-    return pd.DataFrame(
-        {
-            "concept": np.arange(n_concepts, dtype=np.int32),
-            "label": labels,
-            "source": ["top_contexts" if s else "" for s in labels],
-        }
-    )
+    """The labels table of :class:`TopContextLabels`, until a better label source is used."""
+    return TopContextLabels(contexts).labels(n_concepts)
 
 
 def labels_are_provisional(run_dir: Path) -> bool:
