@@ -1,4 +1,13 @@
-"""One configuration object for a run, documented field by field.
+"""The user-facing configuration objects, documented field by field.
+
+- :class:`RunConfig`: everything that determines a run (items, model, SAE, scoring).
+- :class:`ReportOptions`: what ``report.html`` shows and how much of it.
+
+Each field carries its help text in ``metadata["help"]`` (and, for a boolean with other
+flag names, ``metadata["flags"]``): the command-line options are generated from these
+fields (:func:`cgaps.cli._common.options_from`), so a default and its documentation are
+written once, here. This module imports only the standard library and
+:mod:`cgaps.errors`, so ``cgaps --help`` can read the fields without loading pandas.
 
 Precedence: the defaults here < a YAML file (``cgaps run CONFIG.yaml``) < command-line
 options. Unknown keys are errors (with a "did you mean"), cross-field checks live in
@@ -13,8 +22,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cgaps.errors import CGapsError, did_you_mean
 
 EMBEDDED = "embedded"
@@ -25,6 +32,7 @@ MC_SCORING = ("generate", "loglik")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A field with its ``--help`` text (and other CLI metadata such as ``flags``)."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -39,8 +47,10 @@ class RunConfig:
     data_dir: str | None = _f(
         None, "Folder with the benchmarks' original files (else they are read from the hub)."
     )
-    limit: int | None = _f(None, "At most this many items per benchmark (seeded sample).")
-    seed: int = _f(0, "Seed for item sampling, subsampling and anything else random.")
+    limit: int | None = _f(
+        None, "At most this many items per benchmark (seeded sample, kept in source order)."
+    )
+    seed: int = _f(0, "Seed for item sampling, the probe generator, subsampling and anything else random.")
     # --- evaluated model and generation
     model: str = _f(
         EMBEDDED,
@@ -66,7 +76,9 @@ class RunConfig:
     span: str = _f("both", "Tokens analysed: prompt, response or both.")
     pool: str = _f("max", "Pooling of token activations into saliency: max, mean or sum.")
     skip_special: bool = _f(
-        True, "Skip BOS, chat-template tokens and the system prompt (their activations are artefacts)."
+        True,
+        "Skip BOS, chat-template tokens and the system prompt (their activations are artefacts).",
+        flags="--skip-special/--keep-special",
     )
     max_norm_ratio: float | None = _f(
         10.0, "Skip tokens whose residual norm exceeds this many times the batch median (None keeps all)."
@@ -130,8 +142,26 @@ class RunConfig:
         return from_dict({**self.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
 
 
-def field_help() -> dict[str, str]:
-    return {f.name: f.metadata["help"] for f in fields(RunConfig)}
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the report shows and how much of it (the caps keep the file small)."""
+
+    top: int = _f(50, "Rows per table in the suite-wide (ALL) scope.")
+    top_per_benchmark: int = _f(10, "Rows per table in each benchmark's scope.")
+    examples: int = _f(2, "Example items per concept row, for each of correct and incorrect.")
+    contexts: int = _f(3, "Top activating contexts shown for a concept without a label.")
+    prompt_chars: int = _f(600, "Prompt text shown per example item (longer ones are cut, with a note).")
+    response_chars: int = _f(400, "Response text shown per example item.")
+    reference_chars: int = _f(200, "Reference text shown per example item.")
+    context_chars: int = _f(60, "Characters of text shown on each side of a context's firing token.")
+    bins: int = _f(40, "Histogram bins.")
+
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if not isinstance(value, int) or value < (1 if name in ("bins", "top") else 0):
+                raise CGapsError(
+                    f"report option {name!r} must be a non-negative integer (bins, top >= 1), got {value!r}"
+                )
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -146,6 +176,8 @@ def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
 
 
 def load_yaml(path: str | Path) -> RunConfig:
+    import yaml  # not at module level: the CLI imports this module for --help
+
     path = Path(path)
     if not path.exists():
         raise CGapsError(f"{path}: no such config file")

@@ -2,7 +2,9 @@
 
 Each stage writes the run directory, so a rerun of the pipeline skips the stages whose
 outputs are complete and resumes the interrupted one (evaluation and extraction keep
-their own progress files). ``force`` redoes everything after the items.
+their own progress files). ``force`` first deletes every file the stages write
+(:data:`cgaps.rundir.RUN_FILES`, robustness.json and the working files included) and
+starts over.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.console import info
 from cgaps.errors import CGapsError
-
-STAGES = ("items", "evaluate", "extract", "score", "report")
 
 
 def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
@@ -45,19 +45,12 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) ->
     if force and run_dir.exists():
         import shutil
 
-        for name in (
-            rundir.ITEMS,
-            rundir.RUN_JSON,
-            rundir.SALIENCY,
-            rundir.RESPONSES_PARTIAL,
-            rundir.CONTEXTS,
-            rundir.LABELS,
-            rundir.CONCEPTS,
-            rundir.OVERLAP,
-            rundir.REPORT,
-        ):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / rundir.SALIENCY_SHARDS, ignore_errors=True)
+        for name in rundir.RUN_FILES:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     _check_same_run(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}

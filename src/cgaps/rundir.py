@@ -15,11 +15,11 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import pandas as pd
 
-from cgaps.errors import CGapsError
+from cgaps.errors import CGapsError, did_you_mean
 
 SCHEMA_VERSION = 1
 
@@ -34,6 +34,24 @@ ROBUSTNESS = "robustness.json"
 REPORT = "report.html"
 CONTEXTS = "contexts.parquet"  # top activating contexts per concept (written by `cgaps extract`)
 RESPONSES_PARTIAL = "responses.partial.jsonl"
+RESPONSES_SETTINGS = "responses.partial.json"  # the settings signature beside RESPONSES_PARTIAL
+
+# Everything the stages write into a run directory, working files included: `cgaps run --force`
+# deletes exactly these to start over (a file missing here would survive into the new run).
+RUN_FILES = (
+    RUN_JSON,
+    ITEMS,
+    RESPONSES_PARTIAL,
+    RESPONSES_SETTINGS,
+    SALIENCY,
+    SALIENCY_SHARDS,  # a folder
+    CONTEXTS,
+    LABELS,
+    CONCEPTS,
+    OVERLAP,
+    ROBUSTNESS,
+    REPORT,
+)
 
 ALL_SCOPE = "ALL"
 
@@ -149,17 +167,54 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
 # ---------------------------------------------------------------- run.json
 
 
+class RunJson(TypedDict, total=False):
+    """The top-level keys of ``run.json`` (docs/method.md section 6).
+
+    Every stage merges its keys in with :func:`update_run_json` (dictionaries one level
+    deep), so the file says how each table was made; a key is absent until the stage that
+    writes it has run. A new key is added here, with its documentation, before any stage
+    writes it: :func:`update_run_json` refuses others, :func:`read_run_json` names them.
+    """
+
+    schema_version: int
+    """The run-directory format (:data:`SCHEMA_VERSION`); a reader refuses another version."""
+    n_concepts: int
+    """The SAE width F (written by ``extract``); required by ``score``, ``robustness`` and ``report``."""
+    config: dict[str, Any]
+    """The resolved :class:`~cgaps.config.RunConfig` fields; ``items`` writes the item fields,
+    ``score`` the scoring knobs it used, ``extract`` the layer it resolved."""
+    model: dict[str, Any]
+    """Model names as loaded: ``evaluated`` (by ``evaluate``) and ``reader`` (by ``extract``)."""
+    sae: dict[str, Any]
+    """The SAE ``extract`` used: ``id``, ``fingerprint`` (of its weights), ``width``, ``layer``, ``hook_name``."""
+    counts: dict[str, Any]
+    """Items per benchmark, graded and scored items, saliency rows, analysed and dropped tokens,
+    firing concepts, gap counts: each stage adds its own."""
+    accuracy: dict[str, Any]
+    """Per benchmark, ``{"n": items, "mean": mean score}`` (written by ``evaluate``)."""
+    timings: dict[str, Any]
+    """Seconds per stage (``evaluate_s``, ``extract_s``, ``pipeline_score_s``...)."""
+    versions: dict[str, Any]
+    """Optional: versions of the software that wrote the run, ``{name: version}``."""
+
+
+RUN_JSON_KEYS = tuple(RunJson.__annotations__)
+# the keys whose value is a JSON object (merged one level deep by update_run_json)
+_RUN_JSON_OBJECTS = tuple(k for k in RUN_JSON_KEYS if k not in ("schema_version", "n_concepts"))
+
+
 def read_run_json(run_dir: str | Path) -> dict[str, Any]:
-    """Read and check ``run.json``: schema version and ``n_concepts``."""
+    """Read and check ``run.json`` against :class:`RunJson`: its keys, their types, the schema version.
+
+    ``n_concepts`` is checked where it is needed (:func:`n_concepts`): a run has none before
+    extraction. The result is a plain dict (what the readers of single keys want).
+    """
     path = Path(run_dir) / RUN_JSON
     if not path.exists():
         raise CGapsError(
             f"{path}: no such file; create the run with `cgaps items` or `cgaps run CONFIG.yaml`"
         )
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CGapsError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from e
+    meta = read_json_file(path, "restore it, or rebuild the run with `cgaps run CONFIG.yaml --force`")
     if not isinstance(meta, dict):
         raise CGapsError(f"{path}: expected a JSON object at the top level")
     version = meta.get("schema_version", SCHEMA_VERSION)
@@ -168,11 +223,27 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
             f"{path}: field 'schema_version' is {version!r} but this cgaps reads schema {SCHEMA_VERSION}; "
             "rerun the pipeline into a new directory with this version (`cgaps run CONFIG.yaml`)"
         )
+    for key, value in meta.items():
+        if key not in RUN_JSON_KEYS:
+            raise CGapsError(
+                f"{path}: unknown key {key!r}.{did_you_mean(key, RUN_JSON_KEYS)} Known keys: {', '.join(RUN_JSON_KEYS)}"
+            )
+        if key in _RUN_JSON_OBJECTS and not isinstance(value, dict):
+            raise CGapsError(
+                f"{path}: key {key!r} must be a JSON object, got {type(value).__name__}; "
+                "restore it, or rebuild the run with `cgaps run CONFIG.yaml --force`"
+            )
     return meta
 
 
-def update_run_json(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into ``run.json`` (dicts merged one level deep) and write it back."""
+def update_run_json(run_dir: str | Path, **fields: Unpack[RunJson]) -> dict[str, Any]:
+    """Merge ``fields`` into ``run.json`` (JSON objects merged one level deep) and write it back.
+
+    An unknown key is a bug in the caller (TypeError): document it in :class:`RunJson` first.
+    """
+    unknown = [k for k in fields if k not in RUN_JSON_KEYS]
+    if unknown:
+        raise TypeError(f"run.json has no key(s) {', '.join(unknown)}; add them to rundir.RunJson")
     path = Path(run_dir) / RUN_JSON
     meta: dict[str, Any] = read_run_json(run_dir) if path.exists() else {"schema_version": SCHEMA_VERSION}
     for key, value in fields.items():

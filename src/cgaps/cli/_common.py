@@ -1,30 +1,111 @@
-"""Options shared by several subcommands, and the config they resolve to."""
+"""What several subcommands share: the run-directory argument, and options generated from dataclasses.
+
+Every knob a command exposes is a field of a documented dataclass (:class:`~cgaps.config.RunConfig`,
+:class:`~cgaps.config.ReportOptions`, :class:`~cgaps.config.RobustnessOptions`):
+:func:`options_from` turns the chosen fields into ``--options`` whose help is the field's own
+``metadata["help"]`` and whose default is None, meaning "not given". The command receives only the
+options that were given, as one dict, and applies them over the stored or default config, so a
+default is written once, in its dataclass, and ``--help`` shows the same text as the docs.
+
+Only typer, the standard library and :mod:`cgaps.config` (itself import-light) load here, so
+``cgaps --help`` stays instant.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 
-RunDirArg = typer.Argument(..., help="Run directory (see SPEC section 6).", file_okay=False)
+# A run directory that is a file is a usage error (exit 2) before any command code runs.
+RunDirArg = typer.Argument(..., help="Run directory (see docs/method.md section 6).", file_okay=False)
+
+# The types a field may have to become an option (after dropping None from `X | None`).
+_OPTION_TYPES = (str, int, float, bool, Path)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def config_option(name: str, *flags: str) -> Any:
-    """A command-line override of RunConfig field ``name``; its help is the field's own.
+def field_help(cls: type, name: str) -> str:
+    """The help text of field ``name`` of dataclass ``cls`` (for an argument or a hand-made option)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
-    The default None means "not given": the value stored in run.json (or the YAML) stays.
+
+def _option_type(cls: type, name: str, hint: Any) -> type:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
+    if base not in _OPTION_TYPES:
+        raise TypeError(f"{cls.__name__}.{name}: type {hint!r} cannot be a command-line option")
+    return base
+
+
+def options_from(cls: type, *names: str, into: str = "options") -> Callable[[F], F]:
+    """Decorate a command so that fields ``names`` of dataclass ``cls`` (all when none) become options.
+
+    The command declares a keyword parameter ``into`` (default name ``options``); it receives
+    ``{field: value}`` for the options given on the command line and nothing for the others.
+    A boolean field gets ``--name/--no-name`` unless its metadata names the pair (``flags``).
     """
-    from cgaps.config import field_help
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [n for n in names if n not in fields]
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+    chosen = [fields[n] for n in (names or fields)]
+    hints = typing.get_type_hints(cls)
 
-    return typer.Option(None, *flags, help=field_help()[name])
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func, eval_str=True)
+        if into not in signature.parameters:
+            raise TypeError(
+                f"{func.__name__} needs a keyword parameter {into!r} for the {cls.__name__} options"
+            )
+        own = [p for p in signature.parameters.values() if p.name != into]
+        clash = {p.name for p in own} & {f.name for f in chosen}
+        if clash:
+            raise TypeError(
+                f"{func.__name__}: parameter(s) {', '.join(sorted(clash))} clash with {cls.__name__}"
+            )
+        generated = []
+        for f in chosen:
+            base = _option_type(cls, f.name, hints[f.name])
+            flags = (f.metadata["flags"],) if "flags" in f.metadata else ()
+            generated.append(
+                inspect.Parameter(
+                    f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=typer.Option(None, *flags, help=f.metadata["help"]),
+                    annotation=base | None,
+                )
+            )
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            given = {f.name: v for f in chosen if (v := kwargs.pop(f.name)) is not None}
+            return func(**kwargs, **{into: given})
+
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + generated
+        command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        # typer reads the annotations too: give it the resolved ones of the new signature
+        command.__annotations__ = {p.name: p.annotation for p in params} | {
+            "return": signature.return_annotation
+        }
+        return typing.cast(F, command)
+
+    return decorate
 
 
-def run_config(run_dir: Path, **overrides: Any):  # noqa: ANN201 - RunConfig imported lazily
-    """The config stored in the run's run.json, with command-line overrides (None = not given)."""
+def run_config(run_dir: Path, options: dict[str, Any]):  # noqa: ANN201 - RunConfig
+    """The config stored in the run's run.json (defaults without one), with ``options`` given on the command line."""
     from cgaps import rundir
     from cgaps.config import RunConfig, config_from_run
 
     path = run_dir / rundir.RUN_JSON
     base = config_from_run(rundir.read_run_json(run_dir), run_dir) if path.exists() else RunConfig()
-    return base.replace(**overrides)
+    return base.replace(**options)

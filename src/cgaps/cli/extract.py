@@ -3,38 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import typer
+from cgaps.cli._common import RunDirArg, options_from, run_config
+from cgaps.config import RunConfig
 
-from cgaps.cli._common import RunDirArg, config_option, run_config
 
-
-def extract(
-    run_dir: Path = RunDirArg,
-    reader: str = config_option("reader"),
-    sae: str = config_option("sae"),
-    layer: int = config_option("layer"),
-    span: str = config_option("span"),
-    pool: str = config_option("pool"),
-    skip_special: bool = config_option("skip_special", "--skip-special/--keep-special"),
-    top_k: int = config_option("top_k"),
-    batch_size: int = config_option("batch_size"),
-    device: str = config_option("device"),
-) -> None:
+@options_from(
+    RunConfig, "reader", "sae", "layer", "span", "pool", "skip_special", "top_k", "batch_size", "device"
+)
+def extract(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
     """Encode the residual stream after layer L with the SAE and pool it per item."""
+    from cgaps.console import result
     from cgaps.extract.stage import extract_run
 
-    cfg = run_config(
-        run_dir,
-        reader=reader,
-        sae=sae,
-        layer=layer,
-        span=span,
-        pool=pool,
-        skip_special=skip_special,
-        top_k=top_k,
-        batch_size=batch_size,
-        device=device,
-    )
-    sal = extract_run(run_dir, cfg)
-    typer.echo(f"wrote {len(sal)} saliency rows for {sal['item_id'].nunique()} items")
+    sal = extract_run(run_dir, run_config(run_dir, options))
+    result(f"wrote {len(sal)} saliency rows for {sal['item_id'].nunique()} items")

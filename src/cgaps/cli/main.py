@@ -1,19 +1,84 @@
 """Entry point of ``cgaps``.
 
-Subcommand modules import only typer and the standard library at module level so that
-``cgaps --help`` answers instantly; torch, transformers and pandas load inside commands.
-A :class:`~cgaps.errors.CGapsError` is printed as one line and exits with status 2.
+Subcommand modules import only typer, the standard library and the import-light
+:mod:`cgaps.config` at module level so that ``cgaps --help`` answers instantly; torch,
+transformers and pandas load inside commands.
+
+Errors reach the user as one line on stderr (:func:`cgaps.console.error`), never as a traceback:
+
+- usage errors (unknown option or command, a bad value, a missing option, a run directory
+  that is a file) exit with status 2. Typer (>= 0.26) raises the exceptions of the click it
+  vendors as ``typer._click``; :class:`_Group` catches them where click would print its
+  three-line usage block, so ``CliRunner`` tests see the same output as the terminal;
+- a :class:`~cgaps.errors.CGapsError` (bad input files, bad config values) exits with
+  status 2 in :func:`main`. Commands let it propagate out of the click group so that tests
+  and library callers of :data:`app` get the exception object itself.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+from typer.core import TyperGroup
+
+# A usage line longer than this is left out of the error; `--help` shows it.
+MAX_USAGE = 100
+
+
+def usage_error_line(e: ClickException) -> str:
+    """One line for a click usage error: the message, and the usage when it is short."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    if ctx is None:
+        return message
+    usage = " ".join(ctx.get_usage().split()).removeprefix("Usage: ")
+    hint = f"see `{ctx.command_path} --help`"
+    return f"{message} (usage: {usage}; {hint})" if len(usage) <= MAX_USAGE else f"{message} ({hint})"
+
+
+class _Group(TyperGroup):
+    """The ``cgaps`` command group: click's errors as one line (see the module docstring)."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        from cgaps.console import error, setup_logging
+
+        setup_logging()
+        try:
+            # not standalone: click raises its errors instead of printing them in its own format
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as e:  # `cgaps` alone prints the help
+            e.show()
+            sys.exit(e.exit_code)
+        except UsageError as e:
+            error(usage_error_line(e))
+            sys.exit(e.exit_code)
+        except ClickException as e:
+            error(" ".join(e.format_message().split()))
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            error("aborted")
+            sys.exit(1)
+        # without standalone mode, click returns the exit code of `--help` or typer.Exit
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
 
 app = typer.Typer(
     name="cgaps",
+    cls=_Group,
     help="Competency Gaps: which SAE concepts a benchmark misses, and which ones a model fails on.",
     no_args_is_help=True,
     add_completion=False,
@@ -39,8 +104,10 @@ for _name, _module, _func in COMMANDS:
 
 
 def main() -> None:
+    """The ``cgaps`` console script."""
     import os
 
+    from cgaps.console import error
     from cgaps.errors import CGapsError
 
     # OpenMP threads that spin while waiting collapse throughput 5-10x when another process
@@ -49,19 +116,7 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     try:
-        app(standalone_mode=False)
+        app()
     except CGapsError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
+        error(str(e))
         sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(1)
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise

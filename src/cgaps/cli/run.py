@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from cgaps.cli._common import config_option
+from cgaps.cli._common import field_help, options_from
+from cgaps.config import RunConfig
+
+# `cgaps demo`: the embedded model, SAE and probe suite end to end; with --data-dir, a
+# small paper10 run. Short generation budgets keep it to minutes on a laptop CPU.
+DEMO_PROBES: dict[str, Any] = {"suite": "probes", "max_new_tokens": 48}
+DEMO_PAPER10: dict[str, Any] = {"suite": "paper10", "limit": 20, "max_new_tokens": 128}
 
 
 def _summary(run_dir: Path, times: dict[str, float]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from cgaps import rundir
+    from cgaps.console import get_console, info
 
     table = Table(title=f"{run_dir} — wall time per stage")
     table.add_column("stage")
@@ -19,11 +28,11 @@ def _summary(run_dir: Path, times: dict[str, float]) -> None:
     for stage, secs in times.items():
         table.add_row(stage, f"{secs:.1f}")
     table.add_row("total", f"{sum(times.values()):.1f}", style="bold")
-    console = Console(stderr=True)
-    console.print(table)
-    console.print(f"report: {run_dir / 'report.html'}")
+    get_console().print(table)
+    info(f"report: {run_dir / rundir.REPORT}")
 
 
+@options_from(RunConfig)
 def run(
     config: Path = typer.Argument(
         ..., help="YAML config (keys: the fields of cgaps.config.RunConfig).", dir_okay=False
@@ -31,41 +40,38 @@ def run(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Run directory to write (resumed if it exists).", file_okay=False
     ),
-    suite: str = config_option("suite"),
-    data_dir: str = config_option("data_dir"),
-    limit: int = config_option("limit"),
-    model: str = config_option("model"),
-    sae: str = config_option("sae"),
-    device: str = config_option("device"),
     force: bool = typer.Option(False, help="Start over: delete this run's stage outputs first."),
+    *,
+    options: dict[str, Any],
 ) -> None:
-    """Run every stage (items, evaluate, extract, score, report), skipping the ones already done."""
+    """Run every stage (items, evaluate, extract, score, report), skipping the ones already done.
+
+    Every field of the config can be given as an option too; options override the YAML file.
+    """
     from cgaps.config import load_yaml
     from cgaps.pipeline import run_pipeline
 
-    cfg = load_yaml(config).replace(
-        suite=suite, data_dir=data_dir, limit=limit, model=model, sae=sae, device=device
-    )
+    cfg = load_yaml(config).replace(**options)
     _summary(out, run_pipeline(cfg, out, force=force))
 
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory.", file_okay=False),
-    data_dir: str = typer.Option(
+    data_dir: str | None = typer.Option(
         None,
         help="With the paper's benchmarks in their original layouts, run paper10 instead of the probe suite.",
     ),
-    limit: int = typer.Option(
-        None, help="Items per benchmark (default: all probes; 20 per benchmark of paper10)."
+    limit: int | None = typer.Option(
+        None,
+        help=f"{field_help(RunConfig, 'limit')} Default: all probes; {DEMO_PAPER10['limit']} per benchmark of paper10.",
     ),
     force: bool = typer.Option(False, help="Start over."),
 ) -> None:
     """The embedded default end to end: SmolLM2-135M-Instruct, its shipped SAE, the probe suite."""
-    from cgaps.config import RunConfig
     from cgaps.pipeline import run_pipeline
 
     if data_dir:
-        cfg = RunConfig(suite="paper10", data_dir=data_dir, limit=limit or 20, max_new_tokens=128)
+        cfg = RunConfig(**{**DEMO_PAPER10, "data_dir": data_dir}).replace(limit=limit)
     else:
-        cfg = RunConfig(suite="probes", limit=limit, max_new_tokens=48)
+        cfg = RunConfig(**DEMO_PROBES).replace(limit=limit)
     _summary(out, run_pipeline(cfg, out, force=force))
