@@ -10,7 +10,9 @@ step of the SAE trainer (width F, k, batch B). Prints tokens/s and the ratios as
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import tempfile
 import time
 
 import torch
@@ -25,18 +27,20 @@ def rate(fn, tokens: int, repeat: int) -> float:
 
 
 def main() -> None:
+    from cgaps.sae.training.train import TrainConfig, train_sae
+
+    defaults = TrainConfig()  # the shipped SAE's settings
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--layer", type=int, default=18)
-    ap.add_argument("--width", type=int, default=8192)
-    ap.add_argument("--k", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=2048)
+    ap.add_argument("--width", type=int, default=defaults.width)
+    ap.add_argument("--k", type=int, default=defaults.k)
+    ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from cgaps.models import load_backend
-    from cgaps.sae.training.train import TrainConfig, train_sae
 
     backend = load_backend("embedded", device="cpu", dtype="float32")
     ids = torch.randint(100, 40000, (8, 256))
@@ -53,10 +57,9 @@ def main() -> None:
         )
     backend.model.to(torch.float32)
     acts = torch.randn(args.batch_size * (args.repeat + 1), backend.hidden_size).half()
-    import tempfile
-
     for mm in ("float32", "bfloat16"):
-        cfg = TrainConfig(
+        cfg = dataclasses.replace(
+            defaults,
             width=args.width,
             k=args.k,
             batch_size=args.batch_size,

@@ -9,8 +9,16 @@ Stages (each resumable; rerunning skips finished work):
 5. ``train``   the shipped SAE on the chosen layer (``--layer``, default: the pilot's choice);
 6. ``card``    metrics, top contexts of 20 random latents, MODEL_CARD.md, copy into the package.
 
-Usage: ``python scripts/train_shipped_sae.py [--work DIR] [--stages mix,cache,...]``.
+Usage: ``python scripts/train_shipped_sae.py --data-dir BENCHMARKS [--work DIR] [--stages mix,cache,...]``.
+BENCHMARKS holds the ten benchmarks' original files, one folder each (as for ``cgaps run --data-dir``).
+Generic English comes from three Debian packages (``apt-get install wordnet-base fortunes
+debian-reference-en``); the options ``--wordnet``, ``--fortunes`` and ``--debian-reference`` default to
+where Debian installs them, and a source that is absent is skipped with a warning.
 Corpora and caches live in ``--work`` (default ``$CGAPS_CACHE/sae-smollm2``), never in the repository.
+
+This file holds only the recipe: the stages, their order and their numbers. The code lives in
+:mod:`cgaps.sae.training` (corpus, cache, train, measure); the training defaults are
+:class:`~cgaps.sae.training.train.TrainConfig`'s, which are this SAE's.
 """
 
 from __future__ import annotations
@@ -26,7 +34,17 @@ from pathlib import Path
 import torch
 
 from cgaps.models import cache_dir, load_backend
-from cgaps.sae import corpus
+from cgaps.rundir import write_json, write_text
+from cgaps.sae.training import corpus
+from cgaps.sae.training.cache import build_cache, load_layer, load_manifest
+from cgaps.sae.training.measure import (
+    measure_sae,
+    token_concentration,
+    token_context,
+    top_activations,
+)
+from cgaps.sae.training.metrics import reconstruction_metrics
+from cgaps.sae.training.train import TrainConfig, save_sae, to_sae, train_sae
 
 CAPS = {
     "gsm8k": 1319,
@@ -43,9 +61,17 @@ CAPS = {
     "fortunes": 3000,
     "debian_reference": 201,
 }
+# where Debian's packages install the generic-English sources (the options' defaults)
+DEBIAN = {
+    "wordnet": ("wordnet-base", Path("/usr/share/wordnet")),
+    "fortunes": ("fortunes", Path("/usr/share/games/fortunes")),
+    "debian_reference": (
+        "debian-reference-en",
+        Path("/usr/share/debian-reference/debian-reference.en.txt.gz"),
+    ),
+}
 CANDIDATE_LAYERS = [12, 15, 18, 21]
 HELDOUT_FRACTION = 0.04
-GENERIC = ("wordnet", "fortunes", "debian_reference")
 N_GENERATED = 640  # the model's own responses to training-split benchmark prompts (~2.5 s each on 2 cores)
 N_GENERATED_HELDOUT = 64  # ... and to held-out prompts not used for the held-out cache
 OWN_MAX_NEW_TOKENS = 160
@@ -53,29 +79,23 @@ TRAIN_TOKENS = 2_200_000
 HELDOUT_CONVERSATIONS = 300
 CE_CONVERSATIONS = 60
 EXTRACT_BF16 = True
-BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+PILOT_TOKENS = 200_000
+# the pilot differs from the final SAE (TrainConfig's defaults) only in these
+PILOT = TrainConfig(width=4096, batch_size=1024, lr=5e-4, warmup_steps=30, epochs=1.0, dead_tokens=100_000)
+MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 log = logging.getLogger("train_shipped_sae")
 
 
-def stage_mix(work: Path, seed: int) -> None:
+def stage_mix(work: Path, data_dir: Path, generic: dict[str, Path | None], seed: int) -> None:
     """The text mix (benchmark conversations + generic English) and its held-out split."""
     if (work / "train.jsonl").exists():
         return
-    mix = corpus.build_mix(BENCHMARKS, CAPS, seed=seed)
+    mix = corpus.build_mix(data_dir, CAPS, generic=generic, seed=seed)
     n_held = int(len(mix) * HELDOUT_FRACTION)
     held, train = mix[:n_held], mix[n_held:]
     corpus.write_jsonl(work / "heldout.jsonl", held)
     corpus.write_jsonl(work / "train.jsonl", train)
-
-
-def _own_prompts(convs: list[dict], n: int, seed: int) -> list[list[dict]]:
-    """User turns of ``n`` benchmark conversations (a seeded sample; generic English is left out)."""
-    pool = [c for c in convs if c["source"] not in GENERIC]
-    return [
-        [m for m in c["messages"] if m["role"] == "user"]
-        for c in random.Random(seed).sample(pool, min(n, len(pool)))
-    ]
 
 
 def stage_own(
@@ -90,34 +110,16 @@ def stage_own(
         ("own_heldout.jsonl", corpus.read_jsonl(work / "heldout.jsonl")[HELDOUT_CONVERSATIONS:], n_held),
     ]
     for name, convs, n in jobs:
-        path = work / name
-        done = corpus.read_jsonl(path) if path.exists() else []
-        users = _own_prompts(convs, n, seed)
-        t0, made = time.time(), 0
-        for start in range(len(done), len(users), 64):
-            chunk = users[start : start + 64]
-            answers = backend.generate(chunk, max_new_tokens=OWN_MAX_NEW_TOKENS, batch_size=16)
-            with path.open("a") as f:
-                for u, a in zip(chunk, answers, strict=True):
-                    f.write(
-                        json.dumps(
-                            {"source": "own_responses", "messages": u + [{"role": "assistant", "content": a}]}
-                        )
-                        + "\n"
-                    )
-            made += len(chunk)
-            log.info(
-                "%s: %d / %d responses (%.1f s each)",
-                name,
-                start + len(chunk),
-                len(users),
-                (time.time() - t0) / made,
-            )
+        corpus.own_responses(
+            backend,
+            corpus.user_turns(convs, n, seed),
+            work / name,
+            max_new_tokens=OWN_MAX_NEW_TOKENS,
+            log_progress=log.info,
+        )
 
 
 def stage_cache(work: Path, backend, train_tokens: int = TRAIN_TOKENS) -> None:
-    from cgaps.sae.training.cache import build_cache
-
     train = corpus.read_jsonl(work / "train.jsonl")
     held = corpus.read_jsonl(work / "heldout.jsonl")
     mix: dict[str, int] = {}
@@ -147,12 +149,12 @@ def stage_cache(work: Path, backend, train_tokens: int = TRAIN_TOKENS) -> None:
         progress=_ticker("cache heldout own", None),
     )
     log.info("heldout own-response cache: %s", m3["counts"])
-    # the training cache is extracted in bfloat16 (2x faster on CPUs with AMX/AVX512-BF16);
+    # the training caches are extracted in bfloat16 (2x faster on CPUs with AMX/AVX512-BF16);
     # the held-out FVU and the CE splice are measured on float32 residuals, as users run it
-    backend.model.to(torch.bfloat16 if EXTRACT_BF16 else torch.float32)
+    extractor = load_backend("embedded", device="cpu", dtype="bfloat16") if EXTRACT_BF16 else backend
     t0 = time.time()
     m = build_cache(
-        backend,
+        extractor,
         train,
         work / "cache_train",
         CANDIDATE_LAYERS,
@@ -164,7 +166,7 @@ def stage_cache(work: Path, backend, train_tokens: int = TRAIN_TOKENS) -> None:
     log.info("train cache: %s in %.0fs", m["counts"], time.time() - t0)
     own = corpus.read_jsonl(work / "own_train.jsonl")
     m4 = build_cache(
-        backend,
+        extractor,
         own,
         work / "cache_own",
         CANDIDATE_LAYERS,
@@ -172,81 +174,21 @@ def stage_cache(work: Path, backend, train_tokens: int = TRAIN_TOKENS) -> None:
         text_mix={"own_responses": len(own)},
         progress=_ticker("cache own", None),
     )
-    backend.model.to(torch.float32)
     log.info("own-response cache: %s", m4["counts"])
 
 
-PILOT_TOKENS = 200_000
-PILOT = dict(
-    width=4096,
-    k=64,
-    batch_size=1024,
-    lr=5e-4,
-    warmup_steps=30,
-    epochs=1.0,
-    dead_tokens=100_000,
-    checkpoint_every=100,
-    matmul_dtype="bfloat16",
-)
-FINAL = dict(
-    width=8192,
-    k=64,
-    batch_size=2048,
-    lr=6e-4,
-    warmup_steps=100,
-    epochs=2.0,
-    dead_tokens=250_000,
-    checkpoint_every=100,
-    matmul_dtype="bfloat16",
-)
-MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def token_concentration(vals, rows, tokens) -> float:
-    """Mean over alive latents of the share of their top contexts that are one token id.
-
-    1.0 means a latent is a token detector; lower means its strongest contexts differ in surface
-    form (a rough proxy for more abstract concepts)."""
-    alive = vals[:, -1] > 0
-    toks = tokens[rows[alive]]
-    share = torch.tensor([float(torch.bincount(t).max()) / len(t) for t in toks])
-    return float(share.mean())
-
-
-def _top_rows(sae, acts, top: int):
-    """Top-``top`` activations of every latent over ``acts`` (values, row indices), in chunks."""
-    best_v = torch.zeros(sae.cfg.d_sae, top)
-    best_i = torch.zeros(sae.cfg.d_sae, top, dtype=torch.long)
-    with torch.no_grad():
-        for i in range(0, len(acts), 8192):
-            f = sae.encode(acts[i : i + 8192].float()).T  # [F, b]
-            v, j = f.topk(min(top, f.shape[1]), dim=1)
-            cat_v = torch.cat([best_v, v], 1)
-            cat_i = torch.cat([best_i, j + i], 1)
-            keep = cat_v.topk(top, dim=1).indices
-            best_v, best_i = cat_v.gather(1, keep), cat_i.gather(1, keep)
-    order = best_v.argsort(dim=1, descending=True)
-    return best_v.gather(1, order), best_i.gather(1, order)
-
-
 def stage_pilot(work: Path) -> dict:
-    from cgaps.sae.training.cache import load_layer
-    from cgaps.sae.training.metrics import reconstruction_metrics
-    from cgaps.sae.training.train import TrainConfig, to_sae, train_sae
-
     path = work / "pilot.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    cfg = TrainConfig(**PILOT)
     for layer in CANDIDATE_LAYERS:
         if str(layer) in results:
             continue
         acts, meta = load_layer(work / "cache_train", layer, max_tokens=PILOT_TOKENS, with_meta=True)
         t0 = time.time()
-        res = train_sae(acts, work / f"pilot_l{layer}", cfg, log=log.info)
-        sae = to_sae(res, cfg, layer=layer, model_name=MODEL_NAME)
-        held = load_layer(work / "cache_heldout", layer)
-        m = reconstruction_metrics(sae, held)
-        vals, rows = _top_rows(sae, acts, 10)
+        res = train_sae(acts, work / f"pilot_l{layer}", PILOT, log=log.info)
+        sae = to_sae(res, PILOT, layer=layer, model_name=MODEL_NAME)
+        m = measure_sae(sae, load_layer(work / "cache_heldout", layer))
+        vals, rows = top_activations(sae, acts, 10)
         results[str(layer)] = {
             "heldout_fvu": m["fvu"],
             "l0": m["l0"],
@@ -256,7 +198,7 @@ def stage_pilot(work: Path) -> dict:
             "seconds": time.time() - t0,
         }
         log.info("pilot layer %d: %s", layer, results[str(layer)])
-        path.write_text(json.dumps(results, indent=1))
+        write_json(results, path)
     return results
 
 
@@ -276,8 +218,6 @@ def choose_layer(results: dict) -> int:
 def training_tokens(work: Path, layer: int):
     """The training tokens (the mix's cache, then the own-response cache), their metadata with
     conversation ids into the returned list of conversations, and how many tokens are the mix's."""
-    from cgaps.sae.training.cache import load_layer
-
     acts, meta = load_layer(work / "cache_train", layer, with_meta=True)
     n_mix = len(acts)
     convs = corpus.read_jsonl(work / "train.jsonl")
@@ -292,10 +232,8 @@ def training_tokens(work: Path, layer: int):
 
 
 def stage_train(work: Path, layer: int, epochs: float) -> None:
-    from cgaps.sae.training.train import TrainConfig, train_sae
-
     acts = training_tokens(work, layer)[0]
-    cfg = TrainConfig(**{**FINAL, "epochs": epochs})
+    cfg = TrainConfig(epochs=epochs)
     res = train_sae(acts, work / f"final_l{layer}", cfg, log=log.info)
     # seconds: the training time of the steps kept, over every resumed run
     torch.save(
@@ -311,25 +249,12 @@ def stage_train(work: Path, layer: int, epochs: float) -> None:
     )
 
 
-def _context(tok, conv: dict, pos: int, before: int = 12, after: int = 4) -> str:
-    from cgaps.sae.training.cache import render
-
-    ids, _ = render(tok, conv["messages"], 512)
-    left = tok.decode(ids[max(0, pos - before) : pos])
-    right = tok.decode(ids[pos + 1 : pos + 1 + after])
-    text = f"{left}[[{tok.decode([ids[pos]])}]]{right}"
-    return text.replace("\n", "\\n").replace("|", "\\|")
-
-
 def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
     """Save the shipped SAE (fp16), measure it as shipped, write metrics.json and MODEL_CARD.md."""
     import shutil
     import subprocess
 
     from cgaps.sae import load_sae
-    from cgaps.sae.training.cache import load_layer, load_manifest
-    from cgaps.sae.training.metrics import ce_increase, reconstruction_metrics
-    from cgaps.sae.training.train import TrainConfig, save_sae, to_sae
 
     saved = torch.load(work / f"final_l{layer}" / "result.pt", weights_only=False)
     cfg = TrainConfig(**saved["config"])
@@ -354,6 +279,20 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
     acts, meta, train_convs, n_mix = training_tokens(work, layer)
     seconds = saved["result"]["seconds"]
     t0 = time.time()
+    # dead latents over the mix's first 300k training tokens and every own-response token
+    sub = torch.cat([torch.arange(min(300_000, n_mix)), torch.arange(n_mix, len(acts))])
+    sub_acts, sub_meta = acts[sub], {k: v[sub] for k, v in meta.items()}
+    m = measure_sae(
+        shipped,
+        held,
+        dead_acts=sub_acts,
+        reader=backend,
+        conversations=corpus.read_jsonl(work / "heldout.jsonl")[:HELDOUT_CONVERSATIONS][:CE_CONVERSATIONS],
+        layer=layer,
+        max_norm=held_manifest["exclusion"]["max_norm"][str(layer)],
+        mean_act=held.float().mean(0),
+    )
+    own = measure_sae(shipped, held_own)
     metrics = {
         "layer": layer,
         "width": cfg.width,
@@ -367,71 +306,50 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
         "train_tokens_per_second": saved["result"]["step"] * cfg.batch_size / seconds,
         "heldout_conversations": held_manifest["counts"]["conversations"],
         "heldout_tokens": len(held),
+        "heldout_fvu": m["fvu"],
+        "l0": m["l0"],
+        "heldout_own_fvu": own["fvu"],
+        "heldout_own_l0": own["l0"],
+        "heldout_own_tokens": len(held_own),
+        "heldout_own_conversations": load_manifest(work / "cache_heldout_own")["counts"]["conversations"],
+        "dead_frac": m["dead_frac"],
+        "dead_tokens_checked": m["dead_tokens_checked"],
+        "train_fvu_first_50k": reconstruction_metrics(shipped, acts[:50_000])["fvu"],
+        **{k: v for k, v in m.items() if k.startswith("ce_")},
+        "exclusion": held_manifest["exclusion"],
+        "train_cache": {
+            k: train_manifest[k] for k in ("settings", "counts", "text_mix") if k in train_manifest
+        },
+        "own_cache": {
+            k: v for k, v in load_manifest(work / "cache_own").items() if k in ("settings", "counts")
+        },
+        "history": saved["result"]["history"],
     }
-    r = reconstruction_metrics(shipped, held)
-    metrics.update({"heldout_fvu": r["fvu"], "l0": r["l0"]})
-    r = reconstruction_metrics(shipped, held_own)
-    metrics.update(
-        {
-            "heldout_own_fvu": r["fvu"],
-            "heldout_own_l0": r["l0"],
-            "heldout_own_tokens": len(held_own),
-            "heldout_own_conversations": load_manifest(work / "cache_heldout_own")["counts"]["conversations"],
-        }
-    )
-    # one encoding pass over the first 300k training tokens of the mix and every own-response token
-    # gives both the dead latents (top value 0) and the top contexts
-    sub = torch.cat([torch.arange(min(300_000, n_mix)), torch.arange(n_mix, len(acts))])
-    sub_acts, sub_meta = acts[sub], {k: v[sub] for k, v in meta.items()}
-    vals, rows = _top_rows(shipped, sub_acts, 5)
-    metrics.update(
-        {
-            "dead_frac": float((vals[:, 0] == 0).float().mean()),
-            "dead_tokens_checked": len(sub_acts),
-            "train_fvu_first_50k": reconstruction_metrics(shipped, acts[:50_000])["fvu"],
-        }
-    )
-    held_convs = corpus.read_jsonl(work / "heldout.jsonl")[:HELDOUT_CONVERSATIONS][:CE_CONVERSATIONS]
-    metrics.update(
-        ce_increase(
-            backend,
-            shipped,
-            held_convs,
-            layer,
-            max_norm=held_manifest["exclusion"]["max_norm"][str(layer)],
-            mean_act=held.float().mean(0),
-        )
-    )
-    metrics["exclusion"] = held_manifest["exclusion"]
-    metrics["train_cache"] = {
-        k: train_manifest[k] for k in ("settings", "counts", "text_mix") if k in train_manifest
-    }
-    metrics["own_cache"] = {
-        k: v for k, v in load_manifest(work / "cache_own").items() if k in ("settings", "counts")
-    }
-    metrics["history"] = saved["result"]["history"]
+    # top contexts of 20 random (seeded) latents that fire, over the same tokens
+    vals, rows = top_activations(shipped, sub_acts, 5)
     metrics["metric_seconds"] = time.time() - t0
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_json(metrics, folder / "metrics.json")
     log.info(
         "metrics: %s", {k: v for k, v in metrics.items() if k not in ("history", "train_cache", "exclusion")}
     )
-
-    # top contexts of 20 random (seeded) latents that fire, over the same tokens
     alive = (vals[:, 0] > 0).nonzero().squeeze(1).tolist()
     latents = sorted(random.Random(0).sample(alive, 20))
-    tok = backend.tokenizer
     contexts = {}
     for c in latents:
         contexts[c] = [
             (
                 float(v),
-                _context(tok, train_convs[int(sub_meta["conv"][i])], int(sub_meta["pos"][i])),
+                token_context(
+                    backend.tokenizer,
+                    train_convs[int(sub_meta["conv"][i])]["messages"],
+                    int(sub_meta["pos"][i]),
+                ),
                 train_convs[int(sub_meta["conv"][i])]["source"],
             )
             for v, i in zip(vals[c], rows[c], strict=True)
             if v > 0
         ]
-    (work / "top_contexts.json").write_text(json.dumps(contexts, indent=1))
+    write_json(contexts, work / "top_contexts.json")
 
     pilot = json.loads((work / "pilot.json").read_text())
     commit = subprocess.run(
@@ -446,7 +364,7 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
     card = _card(
         name, layer, cfg, metrics, pilot, src_counts, tokens_by_source, contexts, commit, train_manifest
     )
-    (folder / "MODEL_CARD.md").write_text(card)
+    write_text(card, folder / "MODEL_CARD.md")
     if not ship:
         return folder
     dest = Path(__file__).resolve().parents[1] / "src" / "cgaps" / "assets" / "sae" / name
@@ -535,7 +453,7 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
         "",
         "```",
         "apt-get install -y wordnet-base fortunes debian-reference-en",
-        "CGAPS_CACHE=/work/cache nice -n 10 .venv/bin/python scripts/train_shipped_sae.py   # all stages, CPU",
+        "nice -n 10 .venv/bin/python scripts/train_shipped_sae.py --data-dir BENCHMARKS   # all stages, CPU",
         f"# or only the final SAE on the chosen layer: --stages mix,own,cache,train,card --layer {layer}",
         "```",
         "",
@@ -543,7 +461,7 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
         "",
         "## Layer choice (pilot)",
         "",
-        f"Pilot SAEs ({PILOT['width']} latents, k = {PILOT['k']}, {PILOT_TOKENS:,} training tokens each, same data),",
+        f"Pilot SAEs ({PILOT.width} latents, k = {PILOT.k}, {PILOT_TOKENS:,} training tokens each, same data),",
         "held-out FVU, dead fraction on the pilot tokens, and token concentration (mean share of a latent's",
         "top-10 contexts that are the same token: 1.0 = a token detector):",
         "",
@@ -575,6 +493,7 @@ def _card(name, layer, cfg, m, pilot, src_counts, tokens_by_source, contexts, co
 
 
 def _ticker(name: str, total: int | None):
+    """A progress callback that logs the count and rate every 30 s (the recipe runs for hours)."""
     state = {"n": 0, "t0": time.time(), "last": 0.0}
 
     def advance(n: int) -> None:
@@ -590,6 +509,19 @@ def _ticker(name: str, total: int | None):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        help="folder with the ten benchmarks' original files, one folder each (as for cgaps run --data-dir)",
+    )
+    for source, (package, path) in DEBIAN.items():
+        ap.add_argument(
+            "--" + source.replace("_", "-"),
+            type=Path,
+            default=path,
+            help=f"{source} source (Debian package {package}; default: {path}); skipped when absent",
+        )
     ap.add_argument("--work", type=Path, default=cache_dir() / "sae-smollm2")
     ap.add_argument("--stages", default="mix,own,cache,pilot,train,card")
     ap.add_argument("--seed", type=int, default=0)
@@ -599,7 +531,7 @@ def main() -> None:
         "--train-tokens", type=int, default=TRAIN_TOKENS, help="content tokens in the training cache"
     )
     ap.add_argument(
-        "--epochs", type=float, default=FINAL["epochs"], help="passes of the final SAE over the cache"
+        "--epochs", type=float, default=TrainConfig().epochs, help="passes of the final SAE over the cache"
     )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -609,13 +541,14 @@ def main() -> None:
     stages = args.stages.split(",")
     backend = load_backend("embedded", device="cpu", dtype="float32")
     if "mix" in stages:
-        stage_mix(args.work, args.seed)
+        generic = {source: getattr(args, source) for source in DEBIAN}
+        stage_mix(args.work, args.data_dir, generic, args.seed)
     if "own" in stages:
         stage_own(args.work, backend, args.seed)
     if "cache" in stages:
         stage_cache(args.work, backend, args.train_tokens)
     if "pilot" in stages:
-        pilot = stage_pilot(args.work)
+        stage_pilot(args.work)
     layer = args.layer
     if layer is None and ("train" in stages or "card" in stages):
         pilot = json.loads((args.work / "pilot.json").read_text())

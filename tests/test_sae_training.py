@@ -9,7 +9,7 @@ import torch
 
 from cgaps.sae.training.cache import build_cache, load_layer, load_manifest, render
 from cgaps.sae.training.train import TrainConfig, save_sae, to_sae, train_sae
-from standins import embedded_tokenizer, tiny_model
+from helpers import embedded_tokenizer, save_tiny_model
 
 CONVS = [
     {
@@ -27,7 +27,7 @@ CONVS = [
 def backend(tmp_path_factory):
     from cgaps.models import load_backend
 
-    folder = tiny_model(tmp_path_factory.mktemp("tiny") / "llama")
+    folder = save_tiny_model(tmp_path_factory.mktemp("tiny") / "llama")
     return load_backend(str(folder), device="cpu", dtype="float32")
 
 
@@ -112,6 +112,7 @@ def _cfg(**kw):
         aux_k=16,
         dead_tokens=500,
         checkpoint_every=1000,
+        matmul_dtype="float32",  # the exact path; test_bf16_matmuls_train_like_fp32 compares the two
     )
     return TrainConfig(**{**base, **kw})
 
@@ -270,3 +271,184 @@ def test_cli_train_sae_end_to_end(backend, tmp_path):
     assert {"fvu", "l0", "dead_frac", "ce_increase", "ce_loss_recovered"} <= set(metrics)
     sae = SAE.load_from_disk(out)
     assert sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post" and sae.cfg.dtype == "float16"
+
+
+# ---------------------------------------------------------------- one source of training defaults
+
+
+def test_train_config_defaults_are_the_shipped_sae():
+    """TrainConfig's defaults are the settings the shipped SAE was trained with (cfg, metrics, card)."""
+    from cgaps.sae import ASSETS_DIR
+
+    (folder,) = [p for p in ASSETS_DIR.iterdir() if p.is_dir()]
+    sae_cfg = json.loads((folder / "cfg.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    card = " ".join((folder / "MODEL_CARD.md").read_text().split())
+    cfg = TrainConfig()
+    assert (cfg.width, cfg.k, cfg.epochs) == (sae_cfg["d_sae"], sae_cfg["k"], metrics["epochs"])
+    assert metrics["steps"] == int(cfg.epochs * (metrics["train_tokens"] // cfg.batch_size))
+    assert (
+        f"batch {cfg.batch_size} tokens, Adam lr {cfg.lr:g} (warm-up {cfg.warmup_steps} steps, linear decay "
+        f"over the last {cfg.decay_fraction:.0%}), AuxK (k_aux = {cfg.aux_k}, coefficient {cfg.aux_coef:g}, "
+        f"dead after {cfg.dead_tokens:,} tokens), seed {cfg.seed}, large matmuls in {cfg.matmul_dtype}."
+    ) in card
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"k": 0}, "k"),
+        ({"width": 64, "k": 64}, "k"),
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"decay_fraction": 1.5}, "decay_fraction"),
+        ({"lr": -1e-3}, "lr"),
+        ({"matmul_dtype": "bfloat"}, "matmul_dtype"),
+    ],
+)
+def test_train_config_errors_name_the_field(bad, field):
+    from cgaps.errors import CGapsError
+
+    with pytest.raises(CGapsError, match=f"field '{field}'") as e:
+        TrainConfig(**bad)
+    if field == "matmul_dtype":
+        assert "bfloat16" in str(e.value)  # did you mean
+
+
+def test_cli_train_sae_flags_are_the_config_fields():
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from cgaps.cli.main import app
+    from cgaps.sae.training.train import field_help
+
+    result = CliRunner().invoke(app, ["train-sae", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    help_text = " ".join(result.output.split())
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in help_text, f.name
+    assert field_help()["matmul_dtype"].split(":")[0] in help_text
+
+
+# ---------------------------------------------------------------- measure_sae and its helpers
+
+
+def test_measure_sae_matches_plain_references(backend, cache, tmp_path):
+    from cgaps.sae.training.measure import measure_sae
+    from cgaps.sae.training.metrics import ce_increase
+
+    acts = load_layer(cache, 1)
+    cfg = _cfg(epochs=1)
+    sae = to_sae(train_sae(acts, tmp_path / "run", cfg), cfg, layer=1, model_name="tiny")
+    held, train = acts[:300], acts[300:]
+    mean = train[:100].float().mean(0)
+    m = measure_sae(
+        sae, held, dead_acts=train, reader=backend, conversations=CONVS[:4], layer=1, mean_act=mean
+    )
+    with torch.no_grad():
+        x = held.float()
+        f = sae.encode(x)
+        fvu = float((x - sae.decode(f)).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+        dead = float(((sae.encode(train.float()) > 0).sum(0) == 0).float().mean())
+    assert m["fvu"] == pytest.approx(fvu, rel=1e-4) and m["l0"] == pytest.approx(
+        float((f > 0).sum(1).float().mean())
+    )
+    assert m["dead_frac"] == dead and m["dead_tokens_checked"] == len(train) and m["tokens"] == len(held)
+    ce = ce_increase(backend, sae, CONVS[:4], 1, max_norm=None, mean_act=mean)
+    assert {k: m[k] for k in ce} == ce
+    assert "ce_increase" not in measure_sae(sae, held)  # no reader: reconstruction only
+
+
+def test_top_activations_match_full_topk(cache, tmp_path):
+    from cgaps.sae.training.measure import token_concentration, top_activations
+
+    acts = load_layer(cache, 1)
+    cfg = _cfg(epochs=1)
+    sae = to_sae(train_sae(acts, tmp_path / "run", cfg), cfg, layer=1, model_name="tiny")
+    vals, rows = top_activations(sae, acts, 5, batch_size=37)  # many chunks, one ragged
+    with torch.no_grad():
+        ref = sae.encode(acts.float()).T.topk(5, dim=1)
+    torch.testing.assert_close(vals, ref.values)
+    fired = vals > 0
+    assert fired[:, 0].any()
+    top = sae.encode(acts.float()).T.gather(1, rows)  # the rows returned hold the values returned
+    torch.testing.assert_close(top, vals)
+    # every latent's top contexts on one token id -> concentration 1
+    assert token_concentration(vals, rows, torch.zeros(len(acts), dtype=torch.long)) == 1.0
+
+
+# ---------------------------------------------------------------- the recipe's text
+
+
+def test_text_mix_from_benchmark_loaders_and_given_paths(tmp_path, caplog):
+    import logging
+    from collections import Counter
+
+    from cgaps.errors import CGapsError
+    from cgaps.sae.training.corpus import build_mix
+
+    data = tmp_path / "benchmarks"
+    (data / "gsm8k").mkdir(parents=True)
+    rows = [
+        {"question": f"What is {i} + 1?", "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"}
+        for i in range(5)
+    ]
+    (data / "gsm8k" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wordnet = tmp_path / "wordnet"
+    wordnet.mkdir()
+    for pos in ("noun", "verb", "adj", "adv"):
+        lines = ["  1 license text"] + [
+            f"{i:08d} 03 n 01 {pos}_word_{i} 0 000 | a {pos} gloss {i}" for i in range(7)
+        ]
+        (wordnet / f"data.{pos}").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="cgaps.sae.training.corpus"):
+        mix = build_mix(
+            data, {"gsm8k": 3, "math": 5, "wordnet": 2, "fortunes": 4}, generic={"wordnet": wordnet}
+        )
+    assert Counter(c["source"] for c in mix) == {"gsm8k": 3, "wordnet": 2}
+    assert "skipping math" in caplog.text and "skipping fortunes (no path given)" in caplog.text
+    for c in mix:
+        if c["source"] == "gsm8k":
+            user, answer = (m["content"] for m in c["messages"])
+            i = int(user.split()[2])
+            assert answer == f"{i} + 1 = {i + 1}\nThe answer is {i + 1}"
+        else:
+            assert c["messages"][1]["content"].count("\n- ") == 5  # six glosses per conversation
+    assert mix == build_mix(
+        data, {"gsm8k": 3, "math": 5, "wordnet": 2, "fortunes": 4}, generic={"wordnet": wordnet}
+    )
+    with pytest.raises(CGapsError, match="unknown text-mix source 'gsm8kk'"):
+        build_mix(data, {"gsm8kk": 1})
+
+
+def test_own_responses_resume_after_a_kill(tmp_path):
+    from cgaps.sae.training.corpus import own_responses, read_jsonl, user_turns
+
+    convs = [{"source": "gsm8k", "messages": c["messages"]} for c in CONVS[:9]]
+    convs.append({"source": "wordnet", "messages": [{"role": "user", "content": "words"}]})
+    prompts = user_turns(convs, 50, seed=0)
+    assert len(prompts) == 9 and all(len(p) == 1 and p[0]["role"] == "user" for p in prompts)
+
+    class Echo:
+        name = "echo"
+        calls = 0
+        kill_at: int | None = None
+
+        def generate(self, conversations, max_new_tokens, batch_size, progress=None):
+            Echo.calls += 1
+            if Echo.calls == Echo.kill_at:
+                raise KeyboardInterrupt
+            return ["re: " + c[0]["content"] for c in conversations]
+
+    path = tmp_path / "own.jsonl"
+    Echo.kill_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        own_responses(Echo(), prompts, path, max_new_tokens=8, chunk=4)
+    assert len(read_jsonl(path)) == 4
+    Echo.kill_at = None
+    own_responses(Echo(), prompts, path, max_new_tokens=8, chunk=4)
+    got = read_jsonl(path)
+    assert [c["messages"][0] for c in got] == [p[0] for p in prompts]
+    assert all(c["messages"][1]["content"] == "re: " + c["messages"][0]["content"] for c in got)
+    assert Echo.calls == 2 + 2  # the rerun generated only the two missing chunks

@@ -1,12 +1,22 @@
-"""``cgaps train-sae``: train a TopK SAE on a model's residual stream and save it in sae-lens format."""
+"""``cgaps train-sae``: train a TopK SAE on a model's residual stream and save it in sae-lens format.
+
+The training flags are generated from :class:`~cgaps.sae.training.train.TrainConfig`, one per
+field with the field's help (:func:`cgaps.cli._common.options_from`); a flag not given keeps the
+field's default, so the defaults live in one place (the shipped SAE's).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from cgaps.cli._common import options_from
+from cgaps.sae.training.train import TrainConfig
 
+
+@options_from(TrainConfig, into="train")
 def train_sae(
     conversations: Path = typer.Argument(
         ..., help='JSONL of conversations: one {"messages": [{role, content}, ...]} per line.'
@@ -24,26 +34,20 @@ def train_sae(
     work: Path | None = typer.Option(
         None, help="Folder for the activation cache and checkpoints (default: OUT.work)."
     ),
-    width: int = typer.Option(8192, help="Number of latents F."),
-    k: int = typer.Option(64, help="Active latents per token (TopK)."),
     tokens: int = typer.Option(2_000_000, help="Cache at most this many content tokens."),
-    epochs: float = typer.Option(2.0, help="Passes over the cache."),
-    batch_size: int = typer.Option(2048, help="Tokens per optimiser step."),
-    lr: float = typer.Option(4e-4, help="Adam learning rate (after warm-up)."),
     norm_ratio: float = typer.Option(
         10.0, help="Drop tokens whose residual norm exceeds this many times the median."
     ),
     max_length: int = typer.Option(512, help="Truncate conversations to this many tokens."),
     dtype: str = typer.Option("float16", help="Dtype of the saved weights: float16, bfloat16 or float32."),
-    seed: int = typer.Option(0, help="Seed of initialisation and data order."),
     device: str = typer.Option("cpu", help="Torch device of the model."),
     threads: int | None = typer.Option(None, help="Torch CPU threads (default: torch's choice)."),
+    train: dict[str, Any] | None = None,
 ) -> None:
     """Cache residuals of CONVERSATIONS, train a TopK SAE (AuxK, unit-norm decoder), measure it, save it.
 
     Every stage resumes: rerun the same command after an interruption.
     """
-    import json
     import random
 
     import torch
@@ -51,12 +55,15 @@ def train_sae(
     from cgaps.console import info, progress_bar
     from cgaps.errors import CGapsError
     from cgaps.models import load_backend
+    from cgaps.rundir import write_json
+    from cgaps.sae import load_sae
     from cgaps.sae.training.cache import build_cache, load_layer
     from cgaps.sae.training.corpus import read_jsonl
-    from cgaps.sae.training.metrics import ce_increase, firing_counts, reconstruction_metrics
-    from cgaps.sae.training.train import TrainConfig, save_sae, to_sae
+    from cgaps.sae.training.measure import measure_sae
+    from cgaps.sae.training.train import METRICS, save_sae, to_sae
     from cgaps.sae.training.train import train_sae as run_training
 
+    cfg = TrainConfig(**(train or {}))
     if threads:
         torch.set_num_threads(threads)
     if not conversations.exists():
@@ -65,13 +72,12 @@ def train_sae(
     if heldout is not None:
         held = read_jsonl(heldout)
     else:
-        random.Random(seed).shuffle(convs)
+        random.Random(cfg.seed).shuffle(convs)
         n_held = max(1, len(convs) // 20)
         held, convs = convs[:n_held], convs[n_held:]
     work = work or out.with_name(out.name + ".work")
     backend = load_backend(model, device=device, dtype="float32")
     backend.check_layer(layer)
-    cfg = TrainConfig(width=width, k=k, batch_size=batch_size, lr=lr, epochs=epochs, seed=seed)
     mix: dict[str, int] = {}
     for c in convs:
         mix[c.get("source", "unknown")] = mix.get(c.get("source", "unknown"), 0) + 1
@@ -99,41 +105,34 @@ def train_sae(
         text_mix={"heldout": len(held)},
     )
     acts = load_layer(work / "cache_train", layer)
-    steps = int(epochs * (len(acts) // batch_size))
+    steps = int(cfg.epochs * (len(acts) // cfg.batch_size))
     with progress_bar("training SAE", steps, unit="steps") as advance:
         result = run_training(acts, work / "train", cfg, progress=advance)
-    sae = to_sae(result, cfg, layer=layer, model_name=backend.name)
-    save_sae(sae, out, dtype=dtype)
-    from cgaps.sae import load_sae
-
+    save_sae(to_sae(result, cfg, layer=layer, model_name=backend.name), out, dtype=dtype)
+    # measured as saved (in ``dtype``), as users will load it
     shipped = load_sae(str(out), hidden_size=backend.hidden_size, n_layers=backend.n_layers).sae
-    held_acts = load_layer(work / "cache_heldout", layer)
     metrics = {
         "layer": layer,
-        "width": width,
-        "k": k,
+        "width": cfg.width,
+        "k": cfg.k,
         "train_tokens": len(acts),
-        "epochs": epochs,
+        "epochs": cfg.epochs,
         "heldout_tokens": held_manifest["counts"]["tokens"],
-        **reconstruction_metrics(shipped, held_acts),
-    }
-    counts = firing_counts(shipped, acts[:500_000])
-    metrics["dead_frac"] = float((counts == 0).float().mean())
-    metrics["dead_tokens_checked"] = min(len(acts), 500_000)
-    metrics.update(
-        ce_increase(
-            backend,
+        **measure_sae(
             shipped,
-            held[:200],
-            layer,
+            load_layer(work / "cache_heldout", layer),
+            dead_acts=acts[:500_000],
+            reader=backend,
+            conversations=held[:200],
+            layer=layer,
             max_norm=limits[str(layer)],
             max_length=max_length,
             mean_act=acts[:100_000].float().mean(0),
-        )
-    )
-    metrics["exclusion"] = manifest["exclusion"]
-    metrics["text_mix"] = manifest["text_mix"]
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        ),
+        "exclusion": manifest["exclusion"],
+        "text_mix": manifest["text_mix"],
+    }
+    write_json(metrics, out / METRICS)
     info(
         f"saved {out}: FVU {metrics['fvu']:.3f}, L0 {metrics['l0']:.1f}, dead {metrics['dead_frac']:.1%}, "
         f"CE +{metrics['ce_increase']:.3f} nats"

@@ -22,50 +22,85 @@ same weights as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cgaps.errors import CGapsError
+from cgaps.errors import CGapsError, did_you_mean
 from cgaps.sae import resid_post_hook
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 
 
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+MATMUL_DTYPES = ("float32", "bfloat16")
+
+
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one SAE training run."""
+    """Hyper-parameters of one SAE training run; the defaults are those of the shipped SAE.
 
-    width: int = 8192
-    k: int = 32
-    batch_size: int = 2048
-    lr: float = 4e-4
-    warmup_steps: int = 100
-    decay_fraction: float = 0.2
-    epochs: float = 1.0
-    aux_k: int = 256
-    aux_coef: float = 1 / 32
-    aux_max_dead: int = 2048
-    dead_tokens: int = 250_000
-    seed: int = 0
-    checkpoint_every: int = 200
-    matmul_dtype: str = (
-        "float32"  # "bfloat16": the large matmuls in bf16 (fp32 accumulation), ~2x faster on CPU
+    The one source of these defaults: ``cgaps train-sae`` makes one option per field (its help
+    is the field's), and ``scripts/train_shipped_sae.py`` names only what its pilot changes.
+    """
+
+    width: int = _f(8192, "Number of latents F.")
+    k: int = _f(64, "Active latents per token (TopK).")
+    batch_size: int = _f(2048, "Tokens per optimiser step.")
+    lr: float = _f(6e-4, "Adam learning rate after warm-up.")
+    warmup_steps: int = _f(100, "Steps of linear learning-rate warm-up from zero.")
+    decay_fraction: float = _f(
+        0.2, "Final fraction of the steps over which the learning rate decays to zero."
+    )
+    epochs: float = _f(2.0, "Passes over the cached tokens (fractions allowed).")
+    aux_k: int = _f(256, "AuxK: dead latents that reconstruct the residual error.")
+    aux_coef: float = _f(1 / 32, "AuxK: weight of the auxiliary loss.")
+    aux_max_dead: int = _f(2048, "AuxK: at most this many dead latents per step (a seeded sample).")
+    dead_tokens: int = _f(250_000, "A latent is dead after this many tokens without firing.")
+    seed: int = _f(0, "Seed of the initialisation, the data order and the dead-latent sample.")
+    checkpoint_every: int = _f(100, "Write a resumable checkpoint every this many steps.")
+    matmul_dtype: str = _f(
+        "bfloat16",
+        "Dtype of the large matmuls: bfloat16 (float32 accumulation; ~2x faster on CPUs with "
+        "AMX / AVX512-BF16) or float32.",
     )
 
     def __post_init__(self) -> None:
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise CGapsError(
+                f"train config field 'matmul_dtype' is {self.matmul_dtype!r}."
+                f"{did_you_mean(self.matmul_dtype, MATMUL_DTYPES)} Valid: {', '.join(MATMUL_DTYPES)}"
+            )
+        for name in ("width", "batch_size", "aux_k", "aux_max_dead", "dead_tokens", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise CGapsError(f"train config field '{name}' must be >= 1, got {getattr(self, name)}")
         if not 0 < self.k < self.width:
-            raise CGapsError(f"k must be in (0, width={self.width}), got {self.k}")
-        if self.matmul_dtype not in ("float32", "bfloat16"):
-            raise CGapsError(f"matmul_dtype must be float32 or bfloat16, got {self.matmul_dtype!r}")
-        if self.batch_size < 1 or self.epochs <= 0:
-            raise CGapsError("batch_size must be >= 1 and epochs > 0")
+            raise CGapsError(
+                f"train config field 'k' must be in 1..{self.width - 1} (below width {self.width}), got {self.k}"
+            )
+        if self.warmup_steps < 0:
+            raise CGapsError(f"train config field 'warmup_steps' must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise CGapsError(
+                f"train config field 'decay_fraction' must be in [0, 1], got {self.decay_fraction}"
+            )
+        for name in ("lr", "epochs"):
+            if not getattr(self, name) > 0:
+                raise CGapsError(f"train config field '{name}' must be > 0, got {getattr(self, name)}")
+        if self.aux_coef < 0:
+            raise CGapsError(f"train config field 'aux_coef' must be >= 0, got {self.aux_coef}")
+
+
+def field_help() -> dict[str, str]:
+    """The help text of every :class:`TrainConfig` field (the CLI's option help)."""
+    return {f.name: f.metadata["help"] for f in fields(TrainConfig)}
 
 
 def _params(cfg: TrainConfig, d: int, mean: Any) -> dict[str, Any]:
@@ -158,9 +193,10 @@ def _lr(cfg: TrainConfig, step: int, total: int) -> float:
 def _save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
     import torch
 
-    tmp = folder / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, folder / CHECKPOINT)
+    from cgaps.rundir import atomic_path
+
+    with atomic_path(folder / CHECKPOINT) as tmp:
+        torch.save(state, tmp)
 
 
 def train_sae(
@@ -174,28 +210,14 @@ def train_sae(
 ) -> dict[str, Any]:
     """Train on ``acts`` (fp16/fp32 tensor [N, d] of raw residuals); checkpoints go to ``out``.
 
-    Returns the trained parameters in *scaled* units plus ``scale`` (use :func:`save_sae` to
-    fold it), ``seconds`` (training time of the steps kept, summed over resumed runs) and
+    Returns the trained parameters in *scaled* units plus ``scale`` (:func:`to_sae`
+    folds it), ``seconds`` (training time of the steps kept, summed over resumed runs) and
     ``resumed_at`` (the steps a run restarted from). ``max_steps`` stops early after writing a
     checkpoint (a resumable "kill").
     """
     import torch
 
-    # the model backend turns autograd off process-wide when it loads a model
-    with torch.enable_grad():
-        return _train(acts, Path(out), cfg, max_steps, progress, log)
-
-
-def _train(
-    acts: Any,
-    out: Path,
-    cfg: TrainConfig,
-    max_steps: int | None,
-    progress: Callable[[int], None] | None,
-    log: Callable[[str], None] | None,
-) -> dict[str, Any]:
-    import torch
-
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n, d = acts.shape
     steps_per_epoch = n // cfg.batch_size
@@ -368,5 +390,7 @@ def save_sae(
         sae.cfg.dtype = dtype
     sae.save_model(folder)
     if metrics is not None:
-        (folder / METRICS).write_text(json.dumps(metrics, indent=1))
+        from cgaps.rundir import write_json
+
+        write_json(metrics, folder / METRICS)
     return folder
