@@ -56,6 +56,14 @@ def record_scores(
         raise CGapsError(
             f"{source.name}: item {out.loc[out['item_id'].duplicated(), 'item_id'].iloc[0]!r} scored twice"
         )
+    score = pd.to_numeric(out["score"], errors="coerce")
+    bad = ~score.between(0.0, 1.0)  # NaN is outside too
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise CGapsError(
+            f"{source.name}: item {out['item_id'].iloc[row]!r} has score {out['score'].tolist()[row]!r}; "
+            "a score is a number in [0, 1] (1 = correct)"
+        )
     by_id = out.set_index("item_id")
     unscored = ~items["item_id"].isin(by_id.index)
     if unscored.any():
