@@ -9,6 +9,7 @@ import pytest
 
 from cgaps import rundir
 from cgaps.config import RunConfig
+from cgaps.errors import CGapsError
 from cgaps.evaluate.stage import evaluate_run
 
 
@@ -150,3 +151,183 @@ def test_short_answers_get_short_budgets_and_yesno_loglik(tmp_path):
     # the fake prefers the longer continuation: "yes" (3) beats "no" (2)
     assert out.set_index("item_id").loc["y", "response"] == "A) yes"
     assert out.set_index("item_id").loc["y", "score"] == 0.0
+
+
+# ------------------------------------------------------------------ options beyond J
+
+
+def test_more_than_ten_options_is_an_error_before_the_model_runs(tmp_path):
+    """A log-likelihood pick beyond J could not be graded: refused up front, naming the item."""
+    opts = [f"option {'x' * k}" for k in range(11)]  # the fake prefers the longest: the 11th
+    items = pd.DataFrame(
+        {
+            "item_id": ["ten", "eleven"],
+            "benchmark": ["b", "b"],
+            "prompt": ["Pick ten", "Pick eleven"],
+            "reference": ["J", "K"],
+            "answer_type": ["loglik_choice", "choice"],
+            "choices": [json.dumps(opts[:10]), json.dumps(opts)],
+        }
+    )
+    rundir.write_table(items, tmp_path / rundir.ITEMS)
+    backend = FakeBackend({})
+    with pytest.raises(CGapsError, match=r"item 'eleven': field 'choices' has 11 options, but at most 10"):
+        evaluate_run(tmp_path, RunConfig(mc_scoring="loglik"), backend)
+    assert backend.loglik_requests == 0 and backend.generated == []
+    assert not (tmp_path / rundir.RESPONSES_PARTIAL).exists()
+    # ten options: the tenth can be picked, and is graded
+    rundir.write_table(items.iloc[:1], tmp_path / rundir.ITEMS)
+    out = evaluate_run(tmp_path, RunConfig(mc_scoring="loglik"), backend)
+    assert out["response"].tolist() == [f"J) {opts[9]}"] and out["score"].tolist() == [1.0]
+
+
+# ------------------------------------------------------------------ damaged resume files
+
+
+def _partial(run_dir, *lines: bytes, settings: bytes | None = None):
+    path = run_dir / rundir.RESPONSES_PARTIAL
+    path.write_bytes(b"".join(lines))
+    if settings is not None:
+        path.with_suffix(".json").write_bytes(settings)
+    return path
+
+
+GOOD = [
+    json.dumps({"item_id": f"i{n}", "response": r}).encode() + b"\n" for n, r in enumerate(["2", "4", "6"])
+]
+
+
+@pytest.mark.parametrize(
+    ("middle", "problem"),
+    [
+        (b'{"item_id": "i1", "resp\n', r"invalid JSON \(.* at column \d+\)"),
+        (
+            b'{"item_id": "i1", "response": "\xff\xfe"}\n',
+            r"not UTF-8 text \(invalid start byte at byte \d+\)",
+        ),
+        (b'["i1", "4"]\n', r'expected \{"item_id": "...", "response": "..."\}'),
+        (b'{"item_id": "i1", "response": 4}\n', r'expected \{"item_id": "...", "response": "..."\}'),
+    ],
+)
+def test_resume_file_damaged_before_its_last_line_is_an_error_naming_the_line(run_dir, middle, problem):
+    path = _partial(run_dir, GOOD[0], middle, GOOD[2])
+    before = path.read_bytes()
+    backend = FakeBackend({})
+    with pytest.raises(CGapsError, match=rf"responses\.partial\.jsonl:2: {problem}; delete that line") as e:
+        evaluate_run(run_dir, RunConfig(), backend)
+    assert "\n" not in str(e.value)
+    assert backend.generated == [] and path.read_bytes() == before  # nothing dropped, nothing run
+
+
+def test_resume_file_cut_inside_a_character_resumes(run_dir):
+    # a crash can cut the last record anywhere, even inside a multi-byte character
+    cut = json.dumps({"item_id": "i2", "response": "é"}, ensure_ascii=False).encode()[:-3]
+    path = _partial(run_dir, GOOD[0], GOOD[1], cut)
+    backend = FakeBackend({"3+3?": "6"})
+
+    seen: list[bytes] = []
+
+    class Records(FakeBackend):
+        def generate(self, conversations, max_new_tokens, batch_size, progress=None):
+            seen.append(path.read_bytes())
+            return backend.generate(conversations, max_new_tokens, batch_size, progress)
+
+    items = evaluate_run(run_dir, RunConfig(), Records({}))
+    assert seen[0] == GOOD[0] + GOOD[1]  # the cut line was dropped before anything was appended
+    assert sorted(backend.generated) == ["3+3?", "Pick one", "Pick two"]
+    assert items["score"].tolist()[:3] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        (b'{"model": ', r"invalid JSON at line 1"),
+        (b"\xff", r"not UTF-8 text"),
+        (b'["embedded"]', r"expected a JSON object of settings, got list"),
+    ],
+)
+def test_unreadable_resume_settings_are_an_error(run_dir, settings, problem):
+    _partial(run_dir, GOOD[0], settings=settings)
+    with pytest.raises(
+        CGapsError, match=rf"responses\.partial\.json: {problem}.*; delete responses\.partial\.jsonl"
+    ):
+        evaluate_run(run_dir, RunConfig(), FakeBackend({}))
+
+
+def test_resume_settings_error_names_what_differs(run_dir):
+    settings = {**RunConfig().to_dict(), "mc_scoring": "loglik"}
+    settings = {k: settings[k] for k in ("model", "max_new_tokens", "mc_scoring", "chain_of_thought")}
+    _partial(run_dir, GOOD[0], settings=json.dumps(settings).encode())
+    with pytest.raises(CGapsError, match=r"other settings \(mc_scoring 'loglik' there, 'generate' now\)"):
+        evaluate_run(run_dir, RunConfig(), FakeBackend({}))
+
+
+# ------------------------------------------------------------------ score sources
+
+
+class Listed:
+    """A score source from another system: fixed responses and scores, in any row order."""
+
+    name = "listed"
+
+    def __init__(self, rows: list[tuple[str, str, float]]):
+        self.rows = rows
+
+    def score(self, items):
+        return pd.DataFrame(self.rows, columns=["item_id", "response", "score"])
+
+
+def test_every_score_source_implements_the_seam(run_dir):
+    from cgaps.evaluate.evaluator import OwnEvaluator
+    from cgaps.evaluate.responses import RecordedResponses, ResponsesFile
+    from cgaps.seams import ScoreSource
+
+    own = OwnEvaluator(FakeBackend({}), RunConfig(), run_dir / rundir.RESPONSES_PARTIAL)
+    for source in (own, ResponsesFile(run_dir / "r.jsonl"), RecordedResponses(run_dir), Listed([])):
+        assert isinstance(source, ScoreSource)
+
+
+def test_record_scores_takes_any_source_and_checks_it(run_dir):
+    from cgaps.evaluate.stage import record_scores
+
+    rows = [(f"i{n}", f"answer {n}", n % 2 / 2) for n in reversed(range(6))]
+    before = (run_dir / rundir.ITEMS).read_bytes()
+    bad = [
+        (rows[1:], r"listed: no score for 1 item\(s\), e.g. 'i5'"),
+        (rows + rows[:1], r"listed: item 'i5' scored twice"),
+        (
+            [(i, r, 2.0) for i, r, _ in rows],
+            r"listed: item 'i5' has score 2\.0; a score is a number in \[0, 1\]",
+        ),
+    ]
+    for given, message in bad:
+        with pytest.raises(CGapsError, match=message):
+            record_scores(run_dir, Listed(given))
+        assert (run_dir / rundir.ITEMS).read_bytes() == before
+    items = record_scores(run_dir, Listed(rows))
+    stored = rundir.read_items(run_dir, scored=True)
+    pd.testing.assert_frame_equal(stored, items)
+    assert list(stored.columns) == [*ITEMS.columns, "response", "score"]
+    assert stored["item_id"].tolist() == ITEMS["item_id"].tolist()  # the table's order, not the source's
+    assert stored["score"].tolist() == [0.0, 0.5, 0.0, 0.5, 0.0, 0.5]
+    assert stored["response"].tolist() == [f"answer {n}" for n in range(6)]
+
+
+def test_grade_recorded_responses_regrades_and_refuses_missing_ones(run_dir):
+    from cgaps.evaluate.stage import grade_run
+
+    evaluate_run(run_dir, RunConfig(), FakeBackend({"1+1?": "2"}))
+    table = pd.read_parquet(run_dir / rundir.ITEMS)
+    table.loc[1, "response"] = "4"  # a corrected response is graded again
+    table.loc[2, "response"] = ""  # an empty response is a response
+    rundir.write_table(table, run_dir / rundir.ITEMS)
+    graded = grade_run(run_dir)
+    assert graded["score"].tolist()[:3] == [1.0, 1.0, 0.0]
+    assert rundir.read_run_json(run_dir)["counts"]["graded"] == {"arith": 3, "mc": 3}
+    table.loc[3, "response"] = None
+    rundir.write_table(table, run_dir / rundir.ITEMS)
+    with pytest.raises(CGapsError, match=r"item 'i3' has no response \(1 in all\)"):
+        grade_run(run_dir)
+    rundir.write_table(ITEMS, run_dir / rundir.ITEMS)
+    with pytest.raises(CGapsError, match=r"no 'response' column; run `cgaps evaluate"):
+        grade_run(run_dir)
