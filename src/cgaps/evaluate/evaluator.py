@@ -1,4 +1,4 @@
-"""The own evaluator: the evaluated model answers every item, and the graders score the answers.
+"""The own evaluator: the evaluated model answers every item, and the graders grade the answers.
 
 :class:`OwnEvaluator` is the :class:`cgaps.seams.ScoreSource` of ``cgaps evaluate``. Free-form
 items are answered by batched greedy generation with the chat template (any
@@ -211,7 +211,7 @@ def respond(items: pd.DataFrame, generator: Generator, cfg: RunConfig, partial: 
 
 
 class OwnEvaluator:
-    """:class:`cgaps.seams.ScoreSource`: ``generator`` answers the items, the graders score them.
+    """:class:`cgaps.seams.ScoreSource`: ``generator`` answers the items, the graders grade them.
 
     ``partial`` is the resume file (``RUN_DIR/responses.partial.jsonl``); call
     :meth:`discard_partial` once the scores are stored.

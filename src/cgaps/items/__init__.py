@@ -98,7 +98,7 @@ def _to_frame(per_bench: dict[str, list[dict[str, Any]]]) -> Any:
     rows = []
     for bench, items in per_bench.items():
         for item in items:
-            # stripped like the prompt's option lines, so log-likelihood scores the text shown
+            # stripped like the prompt's option lines, so log-likelihood ranks the text shown
             choices = [str(c).strip() for c in item["choices"]] if item.get("choices") else None
             messages = item.get("messages")
             rows.append(
