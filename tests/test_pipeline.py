@@ -41,7 +41,7 @@ def test_presets_exist_and_load():
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["gemma2-2b-it.yaml", "llama31-8b-instruct.yaml"])
 def test_preset_runs_end_to_end_on_a_tiny_standin(tmp_path, preset):
-    from standins import make_standin
+    from helpers import make_standin
 
     model_dir, sae_dir = make_standin(REPO / "configs" / preset, tmp_path)
     cfg = yaml.safe_load((REPO / "configs" / preset).read_text())
@@ -136,9 +136,9 @@ def test_old_schema_and_missing_width_get_one_line_errors(tmp_path):
 def test_sae_of_another_width_and_deep_layer_are_refused(tmp_path):
     from cgaps.errors import CGapsError
     from cgaps.sae import load_sae
-    from standins import random_sae
+    from helpers import save_random_sae
 
-    sae = random_sae(tmp_path / "sae", "topk", d_in=32, d_sae=16, layer=3)
+    sae = save_random_sae(tmp_path / "sae", "topk", d_in=32, d_sae=16, layer=3)
     with pytest.raises(CGapsError, match="d_in=32.*576"):
         load_sae(str(sae), hidden_size=576, n_layers=30)
     with pytest.raises(CGapsError, match="beyond"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cgaps.config import load_yaml
-from standins import TINY_HIDDEN, make_standin, preset_standin_spec
+from helpers import TINY_HIDDEN, make_standin, preset_standin_spec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = {

@@ -9,30 +9,16 @@ import torch
 
 from cgaps.errors import CGapsError
 from cgaps.sae import hook_layer, load_sae
+from helpers import random_sae, save_random_sae
 
-
-def _save_random_sae(folder, *, architecture="topk", d_in=16, d_sae=32, hook="blocks.3.hook_resid_post"):
-    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig
-
-    meta = {"hook_name": hook, "model_name": "tiny"}
-    if architecture == "topk":
-        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=4))
-    else:
-        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae))
-    for key, value in meta.items():
-        sae.cfg.metadata[key] = value
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.normal_(0, 0.1)
-        if architecture == "jumprelu":
-            sae.threshold.fill_(0.05)
-    sae.save_model(folder)
-    return sae
+# the SAE these tests load: d_in 16, width 32, layer 3
+SAE = dict(d_in=16, d_sae=32, layer=3, k=4, threshold=0.05)
 
 
 @pytest.mark.parametrize("architecture", ["topk", "jumprelu"])
 def test_load_local_folder(tmp_path, architecture):
-    ref = _save_random_sae(tmp_path / "sae", architecture=architecture)
+    ref = random_sae(architecture, **SAE)
+    ref.save_model(tmp_path / "sae")
     loaded = load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=6)
     assert (loaded.layer, loaded.width, loaded.hook_name) == (3, 32, "blocks.3.hook_resid_post")
     assert type(loaded.sae).__name__ == type(ref).__name__
@@ -42,13 +28,13 @@ def test_load_local_folder(tmp_path, architecture):
 
 
 def test_wrong_layer_names_the_fix(tmp_path):
-    _save_random_sae(tmp_path / "sae")
+    save_random_sae(tmp_path / "sae", **SAE)
     with pytest.raises(CGapsError, match=r"trained on layer 3 .* pass --layer 3"):
         load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=6, layer=5)
 
 
 def test_hidden_size_mismatch(tmp_path):
-    _save_random_sae(tmp_path / "sae")
+    save_random_sae(tmp_path / "sae", **SAE)
     with pytest.raises(
         CGapsError, match=r"d_in=16 but model has hidden size 64; pass an SAE trained on this model"
     ):
@@ -56,13 +42,13 @@ def test_hidden_size_mismatch(tmp_path):
 
 
 def test_layer_beyond_depth(tmp_path):
-    _save_random_sae(tmp_path / "sae")
+    save_random_sae(tmp_path / "sae", **SAE)
     with pytest.raises(CGapsError, match=r"layer 3 is beyond the model's depth 2; pass"):
         load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=2)
 
 
 def test_non_residual_hook_rejected(tmp_path):
-    _save_random_sae(tmp_path / "sae", hook="blocks.3.hook_mlp_out")
+    save_random_sae(tmp_path / "sae", hook_name="blocks.3.hook_mlp_out", **SAE)
     with pytest.raises(CGapsError, match=r"blocks.3.hook_mlp_out.*only residual-stream SAEs"):
         load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=6)
     assert hook_layer("blocks.12.hook_resid_post", "x") == 12
@@ -97,8 +83,7 @@ def test_embedded_sae_reconstructs_smollm2_residuals(smollm):
     from cgaps.models import format_chat
     from cgaps.sae import ASSETS_DIR
 
-    if not any(ASSETS_DIR.glob("*/cfg.json")):
-        pytest.skip("no embedded SAE shipped yet")
+    assert any(ASSETS_DIR.glob("*/cfg.json")), f"no SAE shipped in {ASSETS_DIR}"
     loaded = load_sae("embedded", hidden_size=smollm.hidden_size, n_layers=smollm.n_layers)
     assert loaded.width == 8192 and loaded.sae_id.startswith("embedded:smollm2-135m-instruct")
     msgs = [
