@@ -121,7 +121,14 @@ def test_resume_refuses_other_settings(run_dir):
     assert (run_dir / rundir.RESPONSES_PARTIAL).exists()
     with pytest.raises(CGapsError, match="other settings"):
         evaluate_run(run_dir, RunConfig(batch_size=1, mc_scoring="loglik"), backend)
-    evaluate_run(run_dir, RunConfig(batch_size=1), backend)  # same settings: resumes
+    # same settings: resumes, asking only for what the interrupted run did not finish
+    resumed = evaluate_run(run_dir, RunConfig(batch_size=1), backend)
+    assert backend.generated == [] and backend.loglik_requests == 2  # i5's two options
+    assert not (run_dir / rundir.RESPONSES_PARTIAL).exists()
+    # and ends where an uninterrupted run ends
+    rundir.write_table(ITEMS, run_dir / "fresh" / rundir.ITEMS)
+    fresh = evaluate_run(run_dir / "fresh", RunConfig(batch_size=1), FakeBackend({}))
+    pd.testing.assert_frame_equal(resumed, fresh)
 
 
 def test_short_answers_get_short_budgets_and_yesno_loglik(tmp_path):
