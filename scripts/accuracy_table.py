@@ -2,7 +2,7 @@
 
     python scripts/accuracy_table.py RUN_DIR [--by-category]
 
-Columns: n, mean score, 95% Wilson interval, and the chance level (1/#options for
+Columns: n, mean score, 95% Wilson interval (:func:`cgaps.stats.mean_interval`), and the chance level (1/#options for
 multiple choice, 1/2 for yes/no, 0 for free-form answers, averaged over the items).
 """
 
@@ -10,15 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from cgaps import rundir
-
-
-def wilson(mean: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+from cgaps.stats import mean_interval
 
 
 def chance(row: dict) -> float:
@@ -41,7 +35,7 @@ def main() -> None:
     groups = list(items.groupby(key, sort=True)) + [("**all**", items)]
     for name, grp in groups:
         n, mean = len(grp), float(grp["score"].mean())
-        lo, hi = wilson(mean, n)
+        lo, hi = mean_interval(grp["score"].to_numpy())
         print(f"| {name} | {n} | {mean:.3f} | [{lo:.3f}, {hi:.3f}] | {grp['chance'].mean():.3f} |")
 
 

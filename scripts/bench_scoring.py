@@ -1,4 +1,4 @@
-"""Time the sparse scoring path against the plain reference of tests/test_scoring.py.
+"""Time the sparse scoring path against the plain reference (cgaps.scoring.reference).
 
     .venv/bin/python scripts/bench_scoring.py [--items 2000] [--concepts 16384] [--per-item 300]
 
@@ -9,18 +9,14 @@ Random suite: 4 benchmarks, each item firing on about ``per-item`` concepts (gam
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from cgaps.config import RunConfig  # noqa: E402
-from cgaps.scoring import compute_scores  # noqa: E402
-from test_scoring import assert_same_tables, reference_scores  # noqa: E402
+from cgaps.config import RunConfig
+from cgaps.scoring import compute_scores
+from cgaps.scoring.reference import assert_same_tables, reference_scores
 
 
 def make(n_items: int, n_concepts: int, per_item: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -1,238 +1,28 @@
-"""Scoring (SPEC.md section 3): the sparse fast path against a plain reference, bad input, the CLI.
+"""Scoring (docs/method.md §3): the sparse fast path against a plain reference, bad input, the CLI.
 
-The reference below loops over items and concepts with Python floats and shares no code
-with :mod:`cgaps.scoring` (it uses ``math`` and the normal cdf/quantile of scipy only).
-It applies the rules that ``cgaps.scoring.core``'s docstring fixes where SPEC.md leaves a
-choice open: percentile = 100 * (#less + 0.5 * #equal) / m on chi_bench rounded to 12
-decimals; a weighted variance < 1e-12 falls back to e(1 - e); if SE is still 0,
-z = +-inf when |chi_model - e| > 1e-9, else 0; BH per side; q_value of the side of z.
+The reference (:mod:`cgaps.scoring.reference`) loops over items and concepts with Python
+floats and shares no code with :mod:`cgaps.scoring.core`; its docstring lists the rules it
+applies. The shared statistics (:mod:`cgaps.stats`) are checked against scipy's integer-count
+Wilson interval and the reference's textbook BH loop.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import norm
 
 from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
-from cgaps.rundir import CONCEPT_COLUMNS, OVERLAP_COLUMNS
+from cgaps.rundir import CONCEPT_COLUMNS
 from cgaps.scoring import compute_scores, score_run
+from cgaps.scoring.reference import assert_same_tables, reference_scores
+from helpers import NEVER, NOT_IN_BIAS, STRONG_PLANTED, WEAK_PLANTED, make_suite, write_run
 
-# ---------------------------------------------------------------- plain reference
-
-
-def _bh(pvals: list[float]) -> list[float]:
-    m = len(pvals)
-    order = sorted(range(m), key=lambda i: pvals[i])
-    q = [0.0] * m
-    running = 1.0
-    for rank in range(m, 0, -1):  # step-up: min over larger ranks
-        i = order[rank - 1]
-        running = min(running, pvals[i] * m / rank)
-        q[i] = running
-    return q
-
-
-def _less_equal(vals: list[float]) -> list[tuple[int, int]]:
-    """(#values < v, #values == v) for each v (bisect on a sorted copy, so the benchmark stays feasible)."""
-    ordered = sorted(vals)
-    return [
-        (bisect.bisect_left(ordered, v), bisect.bisect_right(ordered, v) - bisect.bisect_left(ordered, v))
-        for v in vals
-    ]
-
-
-def _avg_ranks(vals: list[float]) -> list[float]:
-    return [less + (eq + 1) / 2 for less, eq in _less_equal(vals)]
-
-
-def _spearman(a: list[float], b: list[float]) -> float:
-    a = [round(v, 12) for v in a]
-    b = [round(v, 12) for v in b]
-    if len(a) < 3 or len(set(a)) == 1 or len(set(b)) == 1:
-        return math.nan
-    ra, rb = _avg_ranks(a), _avg_ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    va = sum((x - ma) ** 2 for x in ra)
-    vb = sum((y - mb) ** 2 for y in rb)
-    return cov / math.sqrt(va * vb)
-
-
-def reference_scores(items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int, cfg: RunConfig):
-    ids = [str(i) for i in items["item_id"]]
-    y = {i: float(s) for i, s in zip(ids, items["score"], strict=True)}
-    bench = {i: str(b) for i, b in zip(ids, items["benchmark"], strict=True)}
-    sal: dict[str, dict[int, float]] = {i: {} for i in ids}
-    for i, c, v in zip(saliency["item_id"], saliency["concept"], saliency["value"], strict=True):
-        sal[str(i)][int(c)] = float(v)
-    colmax = [0.0] * n_concepts
-    for i in ids:
-        for c, v in sal[i].items():
-            colmax[c] = max(colmax[c], v)
-    benches = sorted(set(bench.values()))
-    ybar = {
-        b: sum(y[i] for i in ids if bench[i] == b) / sum(1 for i in ids if bench[i] == b) for b in benches
-    }
-    zq = norm.ppf(0.5 + cfg.ci_level / 2)
-
-    rows = []
-    per_scope = {}
-    for scope in [*benches, "ALL"]:
-        members = [i for i in ids if scope == "ALL" or bench[i] == scope]
-        obs: list[list[tuple[float, float, float, float]]] = [[] for _ in range(n_concepts)]
-        for i in members:
-            for c, v in sal[i].items():
-                obs[c].append((v, y[i], ybar[bench[i]], v / colmax[c]))
-        recs = []
-        for c in range(n_concepts):
-            o = obs[c]
-            r = {"concept": c, "scope": scope, "support": len(o)}
-            r["chi_bench"] = sum(h for _, _, _, h in o) / len(members)
-            r["chi_bench_raw"] = sum(s for s, _, _, _ in o) / len(members)
-            if not o:
-                r.update(
-                    chi_model=math.nan,
-                    expected=math.nan,
-                    n_eff=0.0,
-                    ci_low=math.nan,
-                    ci_high=math.nan,
-                    z=math.nan,
-                )
-                recs.append(r)
-                continue
-            ss = sum(s for s, _, _, _ in o)
-            chi = sum(s * yy for s, yy, _, _ in o) / ss
-            e = sum(s * yb for s, _, yb, _ in o) / ss
-            neff = ss**2 / sum(s * s for s, _, _, _ in o)
-            var = sum(s * (yy - chi) ** 2 for s, yy, _, _ in o) / ss
-            if var < 1e-12:  # all scores equal: fall back to the null's variance e(1 - e)
-                var = e * (1 - e)
-            se = math.sqrt(var / neff)
-            d = chi - e
-            z = math.inf if d > 1e-9 else (-math.inf if d < -1e-9 else 0.0)  # for SE = 0
-            if se > 0:
-                z = d / se
-            denom = 1 + zq * zq / neff
-            center = (chi + zq * zq / (2 * neff)) / denom
-            half = zq / denom * math.sqrt(max(chi * (1 - chi), 0.0) / neff + zq * zq / (4 * neff * neff))
-            r.update(
-                chi_model=chi,
-                expected=e,
-                n_eff=neff,
-                z=z,
-                ci_low=min(max(center - half, 0.0), 1.0),
-                ci_high=min(max(center + half, 0.0), 1.0),
-            )
-            recs.append(r)
-        present = [r for r in recs if r["support"] > 0]
-        vals = [round(r["chi_bench"], 12) for r in present]
-        for r in recs:
-            r["status"], r["gap"], r["q_value"] = "missing", "", math.nan
-        for r, (less, eq) in zip(present, _less_equal(vals), strict=True):
-            pct = 100.0 * (less + 0.5 * eq) / len(vals)
-            r["status"] = "under" if pct < cfg.under_pct else ("over" if pct > cfg.over_pct else "normal")
-        tested = [r for r in recs if r["support"] >= cfg.min_support]
-        q_weak = _bh([float(norm.cdf(r["z"])) for r in tested])
-        q_strong = _bh([float(norm.sf(r["z"])) for r in tested])
-        for r, qw, qs in zip(tested, q_weak, q_strong, strict=True):
-            q = qw if r["z"] < 0 else qs
-            r["q_value"] = q
-            if r["z"] != 0 and q <= cfg.fdr:
-                r["gap"] = "weak" if r["z"] < 0 else "strong"
-        per_scope[scope] = recs
-        rows.extend(recs)
-    concepts = pd.DataFrame(rows)[list(CONCEPT_COLUMNS)]
-
-    pairs = []
-    for ai, a in enumerate(benches):
-        for b in benches[ai + 1 :]:
-            ra, rb = per_scope[a], per_scope[b]
-            sa = {r["concept"] for r in ra if r["support"] > 0}
-            sb = {r["concept"] for r in rb if r["support"] > 0}
-            shared = sorted(sa & sb)
-            pairs.append(
-                {
-                    "a": a,
-                    "b": b,
-                    "jaccard": len(sa & sb) / len(sa | sb) if sa | sb else math.nan,
-                    "spearman_chi_model": _spearman(
-                        [ra[c]["chi_model"] for c in shared], [rb[c]["chi_model"] for c in shared]
-                    ),
-                    "spearman_chi_bench": _spearman(
-                        [ra[c]["chi_bench"] for c in shared], [rb[c]["chi_bench"] for c in shared]
-                    ),
-                }
-            )
-    return concepts, pd.DataFrame(pairs, columns=list(OVERLAP_COLUMNS))
-
-
-# ---------------------------------------------------------------- synthetic suites
-
-WEAK_PLANTED = (0, 1)  # fire only on wrong items
-STRONG_PLANTED = 2  # fires only on fully correct items
-NEVER = range(190, 200)  # never fire
-NOT_IN_BIAS = range(150, 170)  # fire everywhere but in benchmark "bias"
-
-
-def make_suite(seed: int, n_concepts: int = 200):
-    rng = np.random.default_rng(seed)
-    sizes = {"arith": 150, "bias": 60, "code": 100}
-    acc = {"arith": 0.45, "bias": 0.8, "code": 0.6}
-    items, sal = [], []
-    rate = rng.uniform(0.02, 0.25, n_concepts)
-    for b, n in sizes.items():
-        for k in range(n):
-            iid = f"{b}-{k}"
-            y = float(rng.random() < acc[b])
-            if b == "code" and k % 5 == 0:
-                y = float(rng.choice([0.25, 0.5, 0.75, rng.random()]))  # some partial credit
-            items.append(
-                {
-                    "item_id": iid,
-                    "benchmark": b,
-                    "prompt": f"p {iid}",
-                    "reference": "r",
-                    "response": "x",
-                    "score": y,
-                }
-            )
-            fires = rng.random(n_concepts) < rate
-            fires[list(NEVER)] = False
-            if b == "bias":
-                fires[list(NOT_IN_BIAS)] = False
-            fires[list(WEAK_PLANTED)] = y == 0 and rng.random() < 0.7
-            fires[STRONG_PLANTED] = y == 1 and rng.random() < 0.5
-            for c in np.flatnonzero(fires):
-                sal.append({"item_id": iid, "concept": int(c), "value": float(rng.gamma(2.0, 1.5)) + 1e-3})
-    items_df = pd.DataFrame(items)
-    sal_df = pd.DataFrame(sal).astype({"concept": "int32", "value": "float32"})
-    return items_df, sal_df
-
-
-def assert_same_tables(fast: pd.DataFrame, ref: pd.DataFrame, key: list[str]) -> None:
-    assert list(fast.columns) == list(ref.columns)
-    assert fast[key].astype(str).values.tolist() == ref[key].astype(str).values.tolist()
-    for col in fast.columns:
-        if col in key:
-            continue
-        if fast[col].dtype == object or pd.api.types.is_string_dtype(fast[col]):
-            assert fast[col].tolist() == ref[col].tolist(), col
-        else:
-            np.testing.assert_allclose(
-                fast[col].to_numpy(float),
-                ref[col].to_numpy(float),
-                rtol=0,
-                atol=1e-6,
-                equal_nan=True,
-                err_msg=col,
-            )
+# the synthetic suites (make_suite, its planted concepts) and write_run live in helpers.py
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -327,16 +117,57 @@ def test_overlap_values():
     assert overlap.loc[1, "jaccard"] > overlap.loc[0, "jaccard"]
 
 
+# ---------------------------------------------------------------- shared statistics (cgaps.stats)
+
+
+@pytest.mark.parametrize("level", [0.8, 0.95, 0.99])
+def test_wilson_on_integer_counts_matches_scipy_binomtest(level):
+    from scipy.stats import binomtest
+
+    from cgaps.stats import wilson
+
+    for n in range(1, 41):
+        k = np.arange(n + 1)
+        lo, hi = wilson(k / n, np.full(n + 1, float(n)), level)
+        for j in range(n + 1):
+            ci = binomtest(int(j), n).proportion_ci(confidence_level=level, method="wilson")
+            assert lo[j] == pytest.approx(ci.low, abs=1e-12), (j, n)
+            assert hi[j] == pytest.approx(ci.high, abs=1e-12), (j, n)
+
+
+def test_mean_interval_counts_and_partial_credit():
+    from cgaps.stats import mean_interval, wilson, wilson_counts
+
+    assert mean_interval([1, 0, 1, 1]) == wilson_counts(3, 4)
+    assert mean_interval([0, 0, 0]) == (0.0, pytest.approx(0.5614970317550454))  # scipy: k = 0 -> low 0
+    partial = [1, 0.5, 0, 0.25, 1]
+    lo, hi = wilson(np.float64(np.mean(partial)), np.float64(5), 0.95)
+    assert mean_interval(partial) == (float(lo), float(hi))
+    assert all(math.isnan(v) for v in mean_interval([]))
+    assert all(math.isnan(v) for v in wilson_counts(0, 0))
+
+
+def test_bh_matches_the_textbook_loop_with_ties_and_keeps_nan():
+    from cgaps.scoring.reference import reference_bh
+    from cgaps.stats import bh_adjust
+
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        p = rng.random(int(rng.integers(1, 200)))
+        if trial % 2:
+            p = np.round(p, 2)  # many ties
+        p[rng.integers(0, len(p))] = 1.0
+        p[rng.integers(0, len(p))] = 0.0
+        np.testing.assert_allclose(bh_adjust(p), reference_bh(p.tolist()), rtol=1e-14, atol=0)
+    assert bh_adjust(np.array([])).shape == (0,)
+    one = np.array([0.3])
+    q = bh_adjust(one)
+    assert q.tolist() == [0.3] and q is not one
+    # a NaN p-value leaves the number of tests unknown: every q is NaN, as before scipy was used
+    assert np.isnan(bh_adjust(np.array([0.01, np.nan, 0.5]))).all()
+
+
 # ---------------------------------------------------------------- the run directory
-
-
-def write_run(tmp_path, items=None, sal=None, meta=None):
-    if items is None or sal is None:
-        items, sal = make_suite(0)
-    (tmp_path / "run.json").write_text(json.dumps({"n_concepts": 200} if meta is None else meta))
-    items.to_parquet(tmp_path / "items.parquet", index=False)
-    sal.to_parquet(tmp_path / "saliency.parquet", index=False)
-    return tmp_path
 
 
 def test_score_run_writes_tables_and_run_json(tmp_path):
@@ -406,7 +237,7 @@ def test_bad_input_names_file_and_field(tmp_path, case, file, field):
     elif case == "saliency_unknown_item":
         sal.loc[0, "item_id"] = "nope"
     elif case == "no_n_concepts":
-        meta = {"model": "m"}
+        meta = {"model": {"evaluated": "m"}}  # a valid run.json without n_concepts
     elif case == "old_schema":
         meta = {"n_concepts": 200, "schema_version": 0}
     run = write_run(tmp_path, items, sal, meta)

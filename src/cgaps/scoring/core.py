@@ -10,8 +10,8 @@ summand (``1``, ``s``, ``s^2``, ``s*y``, ``s*ybar(B(x))``, ``s_hat``, ``s*(y - c
 Nothing loops over items or concepts; the few per-scope steps (ranking, BH) loop over the
 scopes only. Robustness checks reuse :func:`chi_tables` on a row subset of the same matrix.
 
-Rules where SPEC.md leaves a choice open (the reference implementation in
-``tests/test_scoring.py`` applies the same rules independently):
+Rules where SPEC.md leaves a choice open (the plain reference implementation in
+:mod:`cgaps.scoring.reference` applies the same rules independently):
 
 * **Percentile** of chi_bench(c, S) among the m present concepts of S (n_c(S) > 0)::
 
@@ -32,13 +32,14 @@ Rules where SPEC.md leaves a choice open (the reference implementation in
   SE = sqrt(e(1 - e) / n_eff). If that is 0 too (e in {0, 1}), with d = chi_model - e:
   z = +inf if d > :data:`DIFF_EPS`, -inf if d < -DIFF_EPS, else 0 (p = 0.5: never a call).
 * **p-values and BH**: p_weak = Phi(z), p_strong = 1 - Phi(z); each side is adjusted with
-  Benjamini-Hochberg separately over the concepts of S with n_c(S) >= min_support.
+  Benjamini-Hochberg (:func:`cgaps.stats.bh_adjust`, i.e. scipy's
+  ``false_discovery_control``) separately over the concepts of S with n_c(S) >= min_support.
   The side that applies is ``weak`` when z < 0, else ``strong``; ``q_value`` is that side's
   adjusted p (NaN when not tested) and ``gap`` is that side when z != 0 and q <= fdr.
 * **Never firing in S**: support 0, chi_bench 0, chi_bench_raw 0, n_eff 0; chi_model,
   expected, ci_low, ci_high and q_value NaN; status ``missing``; gap empty.
 * **Wilson interval** with n = n_eff and p = chi_model (scores may be fractional), clipped
-  to [0, 1].
+  to [0, 1] (:func:`cgaps.stats.wilson`, the project's one Wilson formula).
 * **Overlap**: Spearman over the concepts present in both benchmarks (values rounded to
   ROUND decimals, average ranks); NaN with fewer than 3 shared concepts or when either side
   is constant. Jaccard is NaN when neither benchmark has a firing concept.
@@ -58,6 +59,7 @@ from scipy import stats
 from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.rundir import ALL_SCOPE, CONCEPT_COLUMNS, OVERLAP_COLUMNS
+from cgaps.stats import bh_adjust, wilson
 
 ROUND = 12  # decimals kept when ranking (status percentile, Spearman)
 VAR_EPS = 1e-12  # weighted variance treated as 0 (scores agree to ~1e-6)
@@ -203,29 +205,6 @@ def percentile_of(values: np.ndarray) -> np.ndarray:
     """Percentile (SPEC rule in the module docstring) of each value among ``values``."""
     ranks = stats.rankdata(np.round(values, ROUND), method="average")
     return 100.0 * (ranks - 0.5) / len(values)
-
-
-def bh_adjust(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (step-up, monotone, capped at 1)."""
-    m = len(p)
-    if m == 0:
-        return p.astype(np.float64)
-    order = np.argsort(p, kind="stable")
-    scaled = p[order] * m / np.arange(1, m + 1)
-    q_sorted = np.minimum.accumulate(scaled[::-1])[::-1]
-    q = np.empty(m)
-    q[order] = np.minimum(q_sorted, 1.0)
-    return q
-
-
-def wilson(p: np.ndarray, n: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval for a proportion ``p`` observed on ``n`` (here n_eff) trials."""
-    z = stats.norm.ppf(0.5 + level / 2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        denom = 1 + z**2 / n
-        center = (p + z**2 / (2 * n)) / denom
-        half = z / denom * np.sqrt(np.maximum(p * (1 - p), 0) / n + z**2 / (4 * n**2))
-    return np.clip(center - half, 0, 1), np.clip(center + half, 0, 1)
 
 
 def z_scores(t: ChiTables) -> np.ndarray:

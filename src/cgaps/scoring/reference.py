@@ -1,0 +1,198 @@
+"""The plain reference implementation of the scoring stage, kept deliberately slow and simple.
+
+:func:`reference_scores` recomputes ``concepts.parquet`` and ``overlap.parquet`` with Python
+loops over items and concepts and Python floats. It shares no code with
+:mod:`cgaps.scoring.core` (it uses ``math`` and the normal cdf/quantile of scipy only), so
+that the vectorised path can be checked against it: ``tests/test_scoring.py`` compares the two
+on synthetic suites, and ``scripts/bench_scoring.py`` times them. It lives in the package, not
+in the tests, so that both can import it; nothing in the pipeline calls it.
+
+It applies the rules that :mod:`cgaps.scoring.core`'s docstring fixes where the method
+(docs/method.md §3) leaves a choice open: percentile = 100 * (#less + 0.5 * #equal) / m on
+chi_bench rounded to 12 decimals; a weighted variance < 1e-12 falls back to e(1 - e); if SE
+is still 0, z = +-inf when |chi_model - e| > 1e-9, else 0; BH per side; q_value of the side
+of z.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from cgaps.config import RunConfig
+from cgaps.rundir import CONCEPT_COLUMNS, OVERLAP_COLUMNS
+
+
+def reference_bh(pvals: list[float]) -> list[float]:
+    """Benjamini-Hochberg q-values by the textbook step-up loop."""
+    m = len(pvals)
+    order = sorted(range(m), key=lambda i: pvals[i])
+    q = [0.0] * m
+    running = 1.0
+    for rank in range(m, 0, -1):  # step-up: min over larger ranks
+        i = order[rank - 1]
+        running = min(running, pvals[i] * m / rank)
+        q[i] = running
+    return q
+
+
+def _less_equal(vals: list[float]) -> list[tuple[int, int]]:
+    """(#values < v, #values == v) for each v (bisect on a sorted copy, so the benchmark stays feasible)."""
+    ordered = sorted(vals)
+    return [
+        (bisect.bisect_left(ordered, v), bisect.bisect_right(ordered, v) - bisect.bisect_left(ordered, v))
+        for v in vals
+    ]
+
+
+def _avg_ranks(vals: list[float]) -> list[float]:
+    return [less + (eq + 1) / 2 for less, eq in _less_equal(vals)]
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    a = [round(v, 12) for v in a]
+    b = [round(v, 12) for v in b]
+    if len(a) < 3 or len(set(a)) == 1 or len(set(b)) == 1:
+        return math.nan
+    ra, rb = _avg_ranks(a), _avg_ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va = sum((x - ma) ** 2 for x in ra)
+    vb = sum((y - mb) ** 2 for y in rb)
+    return cov / math.sqrt(va * vb)
+
+
+def reference_scores(
+    items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int, cfg: RunConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The concepts and overlap tables of :func:`cgaps.scoring.compute_scores`, by plain loops."""
+    ids = [str(i) for i in items["item_id"]]
+    y = {i: float(s) for i, s in zip(ids, items["score"], strict=True)}
+    bench = {i: str(b) for i, b in zip(ids, items["benchmark"], strict=True)}
+    sal: dict[str, dict[int, float]] = {i: {} for i in ids}
+    for i, c, v in zip(saliency["item_id"], saliency["concept"], saliency["value"], strict=True):
+        sal[str(i)][int(c)] = float(v)
+    colmax = [0.0] * n_concepts
+    for i in ids:
+        for c, v in sal[i].items():
+            colmax[c] = max(colmax[c], v)
+    benches = sorted(set(bench.values()))
+    ybar = {
+        b: sum(y[i] for i in ids if bench[i] == b) / sum(1 for i in ids if bench[i] == b) for b in benches
+    }
+    zq = norm.ppf(0.5 + cfg.ci_level / 2)
+
+    rows: list[dict[str, Any]] = []
+    per_scope: dict[str, list[dict[str, Any]]] = {}
+    for scope in [*benches, "ALL"]:
+        members = [i for i in ids if scope == "ALL" or bench[i] == scope]
+        obs: list[list[tuple[float, float, float, float]]] = [[] for _ in range(n_concepts)]
+        for i in members:
+            for c, v in sal[i].items():
+                obs[c].append((v, y[i], ybar[bench[i]], v / colmax[c]))
+        recs: list[dict[str, Any]] = []
+        for c in range(n_concepts):
+            o = obs[c]
+            r: dict[str, Any] = {"concept": c, "scope": scope, "support": len(o)}
+            r["chi_bench"] = sum(h for _, _, _, h in o) / len(members)
+            r["chi_bench_raw"] = sum(s for s, _, _, _ in o) / len(members)
+            if not o:
+                r.update(
+                    chi_model=math.nan,
+                    expected=math.nan,
+                    n_eff=0.0,
+                    ci_low=math.nan,
+                    ci_high=math.nan,
+                    z=math.nan,
+                )
+                recs.append(r)
+                continue
+            ss = sum(s for s, _, _, _ in o)
+            chi = sum(s * yy for s, yy, _, _ in o) / ss
+            e = sum(s * yb for s, _, yb, _ in o) / ss
+            neff = ss**2 / sum(s * s for s, _, _, _ in o)
+            var = sum(s * (yy - chi) ** 2 for s, yy, _, _ in o) / ss
+            if var < 1e-12:  # all scores equal: fall back to the null's variance e(1 - e)
+                var = e * (1 - e)
+            se = math.sqrt(var / neff)
+            d = chi - e
+            z = math.inf if d > 1e-9 else (-math.inf if d < -1e-9 else 0.0)  # for SE = 0
+            if se > 0:
+                z = d / se
+            denom = 1 + zq * zq / neff
+            center = (chi + zq * zq / (2 * neff)) / denom
+            half = zq / denom * math.sqrt(max(chi * (1 - chi), 0.0) / neff + zq * zq / (4 * neff * neff))
+            r.update(
+                chi_model=chi,
+                expected=e,
+                n_eff=neff,
+                z=z,
+                ci_low=min(max(center - half, 0.0), 1.0),
+                ci_high=min(max(center + half, 0.0), 1.0),
+            )
+            recs.append(r)
+        present = [r for r in recs if r["support"] > 0]
+        vals = [round(r["chi_bench"], 12) for r in present]
+        for r in recs:
+            r["status"], r["gap"], r["q_value"] = "missing", "", math.nan
+        for r, (less, eq) in zip(present, _less_equal(vals), strict=True):
+            pct = 100.0 * (less + 0.5 * eq) / len(vals)
+            r["status"] = "under" if pct < cfg.under_pct else ("over" if pct > cfg.over_pct else "normal")
+        tested = [r for r in recs if r["support"] >= cfg.min_support]
+        q_weak = reference_bh([float(norm.cdf(r["z"])) for r in tested])
+        q_strong = reference_bh([float(norm.sf(r["z"])) for r in tested])
+        for r, qw, qs in zip(tested, q_weak, q_strong, strict=True):
+            q = qw if r["z"] < 0 else qs
+            r["q_value"] = q
+            if r["z"] != 0 and q <= cfg.fdr:
+                r["gap"] = "weak" if r["z"] < 0 else "strong"
+        per_scope[scope] = recs
+        rows.extend(recs)
+    concepts = pd.DataFrame(rows)[list(CONCEPT_COLUMNS)]
+
+    pairs = []
+    for ai, a in enumerate(benches):
+        for b in benches[ai + 1 :]:
+            ra, rb = per_scope[a], per_scope[b]
+            sa = {r["concept"] for r in ra if r["support"] > 0}
+            sb = {r["concept"] for r in rb if r["support"] > 0}
+            shared = sorted(sa & sb)
+            pairs.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "jaccard": len(sa & sb) / len(sa | sb) if sa | sb else math.nan,
+                    "spearman_chi_model": _spearman(
+                        [ra[c]["chi_model"] for c in shared], [rb[c]["chi_model"] for c in shared]
+                    ),
+                    "spearman_chi_bench": _spearman(
+                        [ra[c]["chi_bench"] for c in shared], [rb[c]["chi_bench"] for c in shared]
+                    ),
+                }
+            )
+    return concepts, pd.DataFrame(pairs, columns=list(OVERLAP_COLUMNS))
+
+
+def assert_same_tables(fast: pd.DataFrame, ref: pd.DataFrame, key: list[str]) -> None:
+    """Same columns and keys; text columns equal, numbers within 1e-6 (NaN where NaN)."""
+    assert list(fast.columns) == list(ref.columns)
+    assert fast[key].astype(str).values.tolist() == ref[key].astype(str).values.tolist()
+    for col in fast.columns:
+        if col in key:
+            continue
+        if fast[col].dtype == object or pd.api.types.is_string_dtype(fast[col]):
+            assert fast[col].tolist() == ref[col].tolist(), col
+        else:
+            np.testing.assert_allclose(
+                fast[col].to_numpy(float),
+                ref[col].to_numpy(float),
+                rtol=0,
+                atol=1e-6,
+                equal_nan=True,
+                err_msg=col,
+            )
