@@ -18,20 +18,18 @@ import argparse
 import pandas as pd
 
 from cgaps import rundir
+from cgaps.runtables import load_run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     args = parser.parse_args()
-    meta = rundir.read_run_json(args.run_dir)
-    items = rundir.read_items(args.run_dir, scored=True)
+    run = load_run(args.run_dir, results=True)
+    meta, items, sal, concepts = run.meta, run.items, run.saliency, run.concepts
+    assert concepts is not None  # results=True reads it or raises
     if "category" not in items.columns:
         raise SystemExit("the run's items have no 'category' column (run the probes suite)")
-    sal = rundir.read_saliency(
-        args.run_dir, pd.Index(items["item_id"]), rundir.n_concepts(meta, args.run_dir)
-    )
-    concepts = pd.read_parquet(f"{args.run_dir}/{rundir.CONCEPTS}")
     concepts = concepts[concepts["scope"] == rundir.ALL_SCOPE]
     family = items.set_index("item_id")["category"]
     acc = items.groupby("category")["score"].mean()

@@ -1,4 +1,4 @@
-"""Robustness checks (SPEC.md section 4) against recomputation from scratch with compute_scores."""
+"""Robustness checks (docs/method.md §4) against recomputation from scratch with compute_scores."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from cgaps.config import RunConfig
-from cgaps.robustness.core import ablation, subsample_rows, subsampling
+from cgaps.errors import CGapsError
+from cgaps.robustness.core import RobustnessOptions, ablation, subsample_rows, subsampling
 from cgaps.scoring import build_matrix, compute_scores
-from test_scoring import make_suite, write_run
+from helpers import make_suite, write_run
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_subsampling_matches_recomputation(suite):
     items, sal, m = suite
     cfg = RunConfig(seed=4)
     repeats = 3
-    res = subsampling(m, cfg, repeats=repeats, drop=0.2)
+    res = subsampling(m, cfg, RobustnessOptions(repeats=repeats, drop=0.2))
     # Same draws, recomputed from scratch on the items tables.
     rng = np.random.default_rng(cfg.seed)
     chi_model, chi_bench = [], []
@@ -60,18 +61,18 @@ def test_subsampling_matches_recomputation(suite):
 
 def test_subsampling_is_seeded(suite):
     _, _, m = suite
-    a = subsampling(m, RunConfig(seed=1), repeats=4)
-    b = subsampling(m, RunConfig(seed=1), repeats=4)
-    c = subsampling(m, RunConfig(seed=2), repeats=4)
+    a = subsampling(m, RunConfig(seed=1), RobustnessOptions(repeats=4))
+    b = subsampling(m, RunConfig(seed=1), RobustnessOptions(repeats=4))
+    c = subsampling(m, RunConfig(seed=2), RobustnessOptions(repeats=4))
     assert a == b and a["mean_std_chi_model"] != c["mean_std_chi_model"]
-    none = subsampling(m, RunConfig(), repeats=3, drop=0.0)
+    none = subsampling(m, RunConfig(), RobustnessOptions(repeats=3, drop=0.0))
     assert none["mean_std_chi_model"] == pytest.approx(0, abs=1e-12)
 
 
 def test_ablation_matches_recomputation_and_moves_the_median(suite):
     items, sal, m = suite
     cfg = RunConfig()
-    res = ablation(m, cfg, top=20, max_frac=0.02)
+    res = ablation(m, cfg, RobustnessOptions(top=20, max_delete=0.02))
     full, _ = compute_scores(items, sal, 200, cfg)
     allc = full[full["scope"] == "ALL"]
     eligible = allc[allc["support"] >= cfg.min_support]
@@ -106,3 +107,34 @@ def test_cli_robustness(tmp_path):
     assert data["subsampling"]["repeats"] == 5 and data["ablation"]["best"]["concepts"] == 10
     assert data["sae_swap"] is None
     assert "robustness_s" in json.loads((run / "run.json").read_text())["timings"]
+
+
+def test_options_defaults_and_validation():
+    """The one set of defaults, and a bad value named with its option and the rule."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RobustnessOptions)}
+    assert defaults == {"repeats": 100, "drop": 0.2, "top": 100, "max_delete": 0.01}
+    assert all(f.metadata["help"] for f in dataclasses.fields(RobustnessOptions))
+    for bad, flag in (
+        ({"repeats": 1}, "--repeats"),
+        ({"drop": 1.0}, "--drop"),
+        ({"drop": -0.1}, "--drop"),
+        ({"top": 0}, "--top"),
+        ({"max_delete": 0.0}, "--max-delete"),
+        ({"max_delete": "a lot"}, "--max-delete"),
+        ({"repeats": 2.5}, "--repeats"),
+    ):
+        with pytest.raises(CGapsError, match=flag):
+            RobustnessOptions(**bad)
+
+
+def test_cli_rejects_bad_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from cgaps.cli.main import app
+
+    run = write_run(tmp_path)
+    result = CliRunner().invoke(app, ["robustness", str(run), "--drop", "1.5"])
+    assert isinstance(result.exception, CGapsError) and "--drop" in str(result.exception)
+    assert not (run / "robustness.json").exists()

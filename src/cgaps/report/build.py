@@ -2,8 +2,9 @@
 
 Design:
 
-- **Reads only the run directory** (SPEC.md section 6), so the report can be rebuilt after any
-  stage is rerun, and a run produced by another tool renders the same way. Required:
+- **Reads only the run directory** (docs/method.md §6), so the report can be rebuilt after any
+  stage is rerun, and a run produced by another tool renders the same way. It reads through
+  the one run loader, :func:`cgaps.runtables.load_run` with ``results=True``. Required:
   ``run.json``, ``items.parquet`` (scored), ``concepts.parquet``, ``saliency.parquet`` and, with
   two or more benchmarks, ``overlap.parquet``; a missing one is a :class:`CGapsError` naming the
   stage that writes it. Optional: ``labels.parquet``, ``contexts.parquet``, ``robustness.json``.
@@ -14,7 +15,8 @@ Design:
   nothing from the data is marked safe.
 - **Self-contained and bounded**: no external resource (CSS and a little JS are inline, figures
   are inline SVG); tables are capped (:class:`ReportOptions`) and example texts truncated, so
-  a 16k-concept run stays a few megabytes.
+  a 16k-concept run stays a few megabytes. The file is written atomically
+  (:func:`cgaps.rundir.write_text`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,133 +33,12 @@ import numpy as np
 import pandas as pd
 
 from cgaps import rundir
-from cgaps.errors import CGapsError
+
+# defined with the other user-facing configs, so that the CLI reads its fields without pandas
+from cgaps.config import ReportOptions
 from cgaps.report import figures
-
-Z95 = 1.959963984540054
-
-
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    """What the report shows and how much of it (the caps keep the file small)."""
-
-    top: int = _opt(50, "Rows per table in the suite-wide (ALL) scope.")
-    top_per_benchmark: int = _opt(10, "Rows per table in each benchmark's scope.")
-    examples: int = _opt(2, "Example items per concept row, for each of correct and incorrect.")
-    contexts: int = _opt(3, "Top activating contexts shown for a concept without a label.")
-    prompt_chars: int = _opt(600, "Prompt text shown per example item (longer ones are cut, with a note).")
-    response_chars: int = _opt(400, "Response text shown per example item.")
-    reference_chars: int = _opt(200, "Reference text shown per example item.")
-    context_chars: int = _opt(60, "Characters of text shown on each side of a context's firing token.")
-    bins: int = _opt(40, "Histogram bins.")
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if not isinstance(value, int) or value < (1 if name in ("bins", "top") else 0):
-                raise CGapsError(
-                    f"report option {name!r} must be a non-negative integer (bins, top >= 1), got {value!r}"
-                )
-
-
-# ---------------------------------------------------------------- reading
-
-
-@dataclass
-class RunTables:
-    meta: dict[str, Any]
-    n_concepts: int
-    items: pd.DataFrame
-    concepts: pd.DataFrame
-    saliency: pd.DataFrame
-    overlap: pd.DataFrame | None
-    labels: pd.DataFrame | None
-    contexts: pd.DataFrame | None
-    robustness: dict[str, Any] | None
-    benchmarks: list[str]
-
-
-def _check_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...], fix: str) -> pd.DataFrame:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise CGapsError(f"{path}: missing column(s) {', '.join(missing)}; {fix}")
-    return df
-
-
-def read_run(run_dir: str | Path) -> RunTables:
-    """Read and check everything the report needs; optional files may be absent."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CGapsError(
-            f"{run_dir}: not a directory; pass the run directory written by `cgaps run` or `cgaps score`"
-        )
-    meta = rundir.read_run_json(run_dir)
-    width = rundir.n_concepts(meta, run_dir)
-    items = rundir.read_items(run_dir, scored=True)
-    benchmarks = list(dict.fromkeys(items["benchmark"]))  # order of first appearance, as in the suite
-
-    score_fix = "run `cgaps score RUN_DIR` to write it"
-    path = run_dir / rundir.CONCEPTS
-    concepts = _check_columns(
-        rundir.read_table(path, score_fix), path, rundir.CONCEPT_COLUMNS, "rerun `cgaps score RUN_DIR`"
-    )
-    concepts = concepts.copy()
-    concepts["scope"] = concepts["scope"].astype(str)
-    concepts["gap"] = concepts["gap"].fillna("").astype(str)
-    concepts["status"] = concepts["status"].astype(str)
-    for col in (
-        "chi_bench",
-        "chi_bench_raw",
-        "chi_model",
-        "expected",
-        "n_eff",
-        "ci_low",
-        "ci_high",
-        "q_value",
-    ):
-        concepts[col] = pd.to_numeric(concepts[col], errors="coerce").astype("float64")
-    scopes = set(concepts["scope"])
-    absent = [s for s in [rundir.ALL_SCOPE, *benchmarks] if s not in scopes]
-    if absent:
-        raise CGapsError(
-            f"{path}: no rows for scope(s) {', '.join(map(repr, absent))}; the table is older than {rundir.ITEMS} "
-            "— rerun `cgaps score RUN_DIR`"
-        )
-
-    saliency = rundir.read_saliency(run_dir, pd.Index(items["item_id"]), width)
-
-    overlap = None
-    path = run_dir / rundir.OVERLAP
-    if path.exists() or len(benchmarks) > 1:
-        overlap = _check_columns(
-            rundir.read_table(path, score_fix), path, rundir.OVERLAP_COLUMNS, "rerun `cgaps score RUN_DIR`"
-        )
-
-    def optional(name: str, columns: tuple[str, ...], stage: str) -> pd.DataFrame | None:
-        p = run_dir / name
-        if not p.exists():
-            return None
-        return _check_columns(rundir.read_table(p, stage), p, columns, f"rerun {stage} or delete the file")
-
-    labels = optional(rundir.LABELS, rundir.LABEL_COLUMNS, "`cgaps label RUN_DIR`")
-    contexts = optional(rundir.CONTEXTS, rundir.CONTEXT_COLUMNS, "`cgaps extract RUN_DIR`")
-
-    robustness = None
-    p = run_dir / rundir.ROBUSTNESS
-    if p.exists():
-        try:
-            robustness = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise CGapsError(
-                f"{p}: invalid JSON at line {e.lineno} ({e.msg}); rerun the robustness checks"
-            ) from e
-    return RunTables(
-        meta, width, items, concepts, saliency, overlap, labels, contexts, robustness, benchmarks
-    )
-
+from cgaps.runtables import RunTables, load_run
+from cgaps.stats import mean_interval
 
 # ---------------------------------------------------------------- shaping
 
@@ -172,21 +51,11 @@ def _num(x: Any) -> float:
     return v
 
 
-def wilson(mean: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a mean of scores in [0, 1] over n items."""
-    if n <= 0 or not math.isfinite(mean):
-        return math.nan, math.nan
-    d = 1 + z * z / n
-    centre = (mean + z * z / (2 * n)) / d
-    half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / d
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def _accuracy(items: pd.DataFrame, benchmarks: list[str]) -> list[dict[str, Any]]:
     rows = []
     for name, df in [*((b, items[items["benchmark"] == b]) for b in benchmarks), (rundir.ALL_SCOPE, items)]:
         mean = float(df["score"].mean())
-        lo, hi = wilson(mean, len(df))
+        lo, hi = mean_interval(df["score"].to_numpy())
         rows.append(
             {
                 "scope": name,
@@ -451,13 +320,15 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
     """Everything the template shows, as plain data (and SVG markup for the figures)."""
     opts = options or ReportOptions()
     run_dir = Path(run_dir)
-    t = read_run(run_dir)
+    t = load_run(run_dir, results=True)
+    concepts = t.concepts
+    assert concepts is not None  # results=True reads it or raises
     config: dict[str, Any] = t.meta["config"] if isinstance(t.meta.get("config"), dict) else {}
     fdr = _num(config.get("fdr", 0.05))
     min_support = config.get("min_support", 5)
     under_pct, over_pct = config.get("under_pct", 10), config.get("over_pct", 90)
     benches = t.benchmarks
-    by_scope = {s: df for s, df in t.concepts.groupby("scope", sort=False)}
+    by_scope = {s: df for s, df in concepts.groupby("scope", sort=False)}
     all_df = by_scope[rundir.ALL_SCOPE]
 
     # --- benchmark coverage figures. Missing concepts (χ_bench = 0) are left out of the
@@ -657,25 +528,11 @@ def render(context: dict[str, Any]) -> str:
     return _template().render(**context)
 
 
-def _write_text(text: str, path: Path) -> None:
-    """Atomic write: a crash never leaves half a report where a reader expects a whole one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def build_report(
     run_dir: str | Path, out: str | Path | None = None, options: ReportOptions | None = None
 ) -> Path:
     """Write the self-contained HTML report of a run; return its path (default ``RUN_DIR/report.html``)."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / rundir.REPORT
-    _write_text(render(report_context(run_dir, options)), out)
+    rundir.write_text(render(report_context(run_dir, options)), out)
     return out

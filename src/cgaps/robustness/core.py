@@ -16,10 +16,15 @@ Choices where SPEC.md is open:
   reported: the mean of those stds over the concepts, per scope.
 * **Ablation**: best / worst = the ``top`` eligible concepts (ALL scope) with the highest /
   lowest chi_model (ties by concept index). Alignment of an item = the sum of s_hat over
-  those concepts; the floor(max_frac * |suite|) most aligned items with alignment > 0 are
+  those concepts; the floor(max_delete * |suite|) most aligned items with alignment > 0 are
   deleted (at least one). The median chi_model over the eligible concepts (ALL scope,
   NaN-skipping) is recomputed; the change is reported in points and relative to before.
 * The SAE-swap check needs a second extraction and is not computed here.
+
+The knobs of both checks live in one documented dataclass,
+:class:`~cgaps.robustness.options.RobustnessOptions` (re-exported here): its defaults are the
+only ones, its ``__post_init__`` the only validation, and the command line
+(``cgaps robustness``) takes its flags from its fields.
 """
 
 from __future__ import annotations
@@ -32,7 +37,11 @@ import numpy as np
 
 from cgaps import rundir
 from cgaps.config import RunConfig
+from cgaps.robustness.options import RobustnessOptions
+from cgaps.runtables import load_run
 from cgaps.scoring.core import SuiteMatrix, build_matrix, chi_tables
+
+__all__ = ["RobustnessOptions", "ablation", "robustness_run", "subsample_rows", "subsampling"]
 
 
 def _col_max(m: SuiteMatrix) -> np.ndarray:
@@ -48,10 +57,9 @@ def subsample_rows(m: SuiteMatrix, rng: np.random.Generator, drop: float) -> np.
     return np.sort(np.concatenate(kept))
 
 
-def subsampling(m: SuiteMatrix, cfg: RunConfig, repeats: int = 100, drop: float = 0.2) -> dict[str, Any]:
-    """Per-concept std of chi_model and chi_bench over ``repeats`` seeded subsamples, averaged per scope."""
-    if repeats < 2 or not 0 <= drop < 1:
-        raise ValueError(f"need repeats >= 2 and 0 <= drop < 1, got repeats={repeats}, drop={drop}")
+def subsampling(m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions) -> dict[str, Any]:
+    """Per-concept std of chi_model and chi_bench over ``opts.repeats`` seeded subsamples, averaged per scope."""
+    repeats, drop = opts.repeats, opts.drop
     full = chi_tables(m, with_var=False)
     col_max = _col_max(m)
     rng = np.random.default_rng(cfg.seed)
@@ -106,8 +114,9 @@ def _median_chi_model(m: SuiteMatrix, concepts: np.ndarray) -> float:
     return float(np.median(vals)) if len(vals) else float("nan")
 
 
-def ablation(m: SuiteMatrix, cfg: RunConfig, top: int = 100, max_frac: float = 0.01) -> dict[str, Any]:
+def ablation(m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions) -> dict[str, Any]:
     """Delete the items most aligned with the best (worst) concepts; report the median chi_model shift."""
+    top, max_frac = opts.top, opts.max_delete
     full = chi_tables(m, with_var=False)
     eligible = np.flatnonzero(full.support[-1] >= cfg.min_support)
     before = _median_chi_model(m, eligible)
@@ -142,24 +151,18 @@ def ablation(m: SuiteMatrix, cfg: RunConfig, top: int = 100, max_frac: float = 0
 
 
 def robustness_run(
-    run_dir: str | Path,
-    config: RunConfig | None = None,
-    *,
-    repeats: int = 100,
-    drop: float = 0.2,
-    top: int = 100,
-    max_frac: float = 0.01,
+    run_dir: str | Path, config: RunConfig | None = None, options: RobustnessOptions | None = None
 ) -> dict[str, Any]:
     """Run both checks on a run directory and write ``robustness.json``."""
-    from cgaps.scoring.stage import load_run
-
+    opts = options if options is not None else RobustnessOptions()
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    _, n, cfg, items, saliency = load_run(run_dir, config)
-    m = build_matrix(items, saliency, n)
+    run = load_run(run_dir)
+    cfg = run.config(config)
+    m = build_matrix(run.items, run.saliency, run.n_concepts)
     result = {
-        "subsampling": subsampling(m, cfg, repeats, drop),
-        "ablation": ablation(m, cfg, top, max_frac),
+        "subsampling": subsampling(m, cfg, opts),
+        "ablation": ablation(m, cfg, opts),
         "sae_swap": None,  # needs a second extraction; not computed by this stage
     }
     rundir.write_json(result, run_dir / rundir.ROBUSTNESS)

@@ -1,8 +1,9 @@
 """The scoring stage on a run directory: read, compute, write (SPEC.md sections 3 and 6).
 
 It needs only ``run.json`` (with ``n_concepts``), ``items.parquet`` (scored) and
-``saliency.parquet``, whoever wrote them; every read goes through the validating helpers
-of :mod:`cgaps.rundir`, so bad input fails with the file and field named.
+``saliency.parquet``, whoever wrote them, read by the one run loader
+(:func:`cgaps.runtables.load_run`) through the validating helpers of :mod:`cgaps.rundir`,
+so bad input fails with the file and field named.
 """
 
 from __future__ import annotations
@@ -13,21 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from cgaps import rundir
-from cgaps.config import RunConfig, config_from_run
+from cgaps.config import RunConfig
+from cgaps.runtables import load_run
 from cgaps.scoring.core import build_matrix, chi_tables, concept_table, overlap_table
 
 # The config fields this stage reads; they are written back into run.json's config.
 SCORING_KNOBS = ("min_support", "under_pct", "over_pct", "fdr", "ci_level")
-
-
-def load_run(run_dir: str | Path, config: RunConfig | None = None):  # noqa: ANN201 - tuple of 5
-    """Validated (meta, n_concepts, config, items, saliency) of a run directory."""
-    meta = rundir.read_run_json(run_dir)
-    n = rundir.n_concepts(meta, run_dir)
-    cfg = config if config is not None else config_from_run(meta, run_dir)
-    items = rundir.read_items(run_dir, scored=True)
-    saliency = rundir.read_saliency(run_dir, pd.Index(items["item_id"]), n)
-    return meta, n, cfg, items, saliency
 
 
 def score_run(run_dir: str | Path, config: RunConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -38,9 +30,11 @@ def score_run(run_dir: str | Path, config: RunConfig | None = None) -> tuple[pd.
     """
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    _, n, cfg, items, saliency = load_run(run_dir, config)
+    run = load_run(run_dir)
+    cfg = run.config(config)
+    items, saliency = run.items, run.saliency
     t1 = time.perf_counter()
-    m = build_matrix(items, saliency, n)
+    m = build_matrix(items, saliency, run.n_concepts)
     tables = chi_tables(m)
     concepts = concept_table(m, cfg, tables)
     overlap = overlap_table(m, tables)
