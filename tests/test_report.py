@@ -9,6 +9,7 @@ and a benchmark name, so escaping is tested on every path into the page.
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -20,7 +21,8 @@ from scipy import stats
 
 from cgaps import rundir
 from cgaps.errors import CGapsError
-from cgaps.report import ReportOptions, build_report
+from cgaps.report import ReportOptions, build_report, figures
+from cgaps.scoring.stage import score_run
 
 XSS_PROMPT = "Solve: <script>alert(1)</script> & tell me"
 XSS_RESPONSE = '"><img src=x onerror=alert(2)>'
@@ -457,13 +459,84 @@ def test_options_validated():
 
 def test_with_the_scoring_stage(tmp_path):
     """The tables `cgaps score` writes render too (schema drift between the stages shows here)."""
-    scoring = pytest.importorskip("cgaps.scoring.stage")
     for benches in (("gsm8k", "winogrande"), ("gsm8k",)):
         run = make_run(tmp_path / "_".join(benches), benchmarks=benches, n_items=40, width=120, per_item=15)
         (run / rundir.CONCEPTS).unlink()
         (run / rundir.OVERLAP).unlink(missing_ok=True)
-        concepts, _ = scoring.score_run(run)
+        concepts, _ = score_run(run)
         text = build_report(run).read_text()
         assert _svgs(text) == 3 + 2 * len(benches) + (2 if len(benches) > 1 else 0)
         expected = np.nanmedian(concepts.loc[concepts["scope"] == "ALL", "chi_model"])
         assert f"median {expected:.3f}" in text
+
+
+# ---------------------------------------------------------------- golden figures
+
+GOLDEN = Path(__file__).parent / "golden" / "figures"
+# Read at import: the autouse fixture of conftest.py clears CGAPS_* variables inside tests.
+UPDATE_GOLDEN = os.environ.get("CGAPS_UPDATE_GOLDEN") == "1"
+_VALUES = np.array([0.02, 0.05, 0.11, 0.12, 0.3, 0.31, 0.33, 0.5, 0.52, 0.8, 0.97, np.nan, np.inf])
+_NAMES = ["gsm8k", HOSTILE_BENCH, "winogrande"]
+_MATRIX = np.array([[1.0, 0.42, np.nan], [0.42, 1.0, -0.73], [np.nan, -0.73, 1.0]])
+
+# Fixed small inputs for each drawing path: linear and log axes, the median line, no values,
+# highlighted bars, NaN cells, sequential and diverging colours, escaped names.
+FIGURE_CASES = {
+    "histogram.svg": lambda: figures.histogram(
+        _VALUES,
+        figure="h",
+        title="χ_model <ALL>",
+        xlabel="χ_model",
+        bins=8,
+        value_range=(0.0, 1.0),
+        median=True,
+    ),
+    "histogram_log_small.svg": lambda: figures.histogram(
+        np.repeat(_VALUES[:11], [1, 40, 3, 3, 200, 7, 1, 1, 12, 2, 1]),
+        figure="h-log",
+        title="gsm8k",
+        xlabel="χ_bench",
+        bins=10,
+        log_y=True,
+        width=300,
+        height=190,
+    ),
+    "histogram_empty.svg": lambda: figures.histogram([], figure="h0", title="quiet", xlabel="χ_model"),
+    "bar_chart.svg": lambda: figures.bar_chart(
+        [*_NAMES, "ALL (never fires)"],
+        [12.5, 40.0, 3.25, 1.0],
+        figure="missing",
+        title="Concepts missing from each benchmark",
+        xlabel="% of the 400 concepts that never fire",
+        highlight=[False, False, False, True],
+    ),
+    "heatmap.svg": lambda: figures.heatmap(
+        _NAMES, np.abs(_MATRIX), figure="jaccard", title="Jaccard overlap of present concepts"
+    ),
+    "heatmap_diverging.svg": lambda: figures.heatmap(
+        _NAMES, _MATRIX, figure="rho", title="Spearman correlation", diverging=True
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURE_CASES))
+def test_figures_match_golden_svg(name):
+    """The figures are deterministic text: any change to what they draw shows here.
+
+    After an intended change, rewrite the files with
+    ``CGAPS_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_report.py -k golden`` and review the
+    diff of tests/golden/figures/ before committing it.
+    """
+    text = str(FIGURE_CASES[name]())
+    path = GOLDEN / name
+    if UPDATE_GOLDEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode("utf-8"))  # bytes: no newline translation on any platform
+    assert path.exists(), (
+        f"{path} is missing; write it with CGAPS_UPDATE_GOLDEN=1 (see this test's docstring)"
+    )
+    golden = path.read_bytes().decode("utf-8")
+    assert text == golden, (
+        f"{name} differs from {path}; if the change is intended, rerun with CGAPS_UPDATE_GOLDEN=1 "
+        "and review the diff"
+    )
