@@ -14,6 +14,8 @@ The recipe follows Gao et al. (2024), "Scaling and evaluating sparse autoencoder
 The encoder and decoder are custom autograd functions whose backward passes are dense matmuls
 over a [B, F] matrix holding the k values per row (faster on CPU than autograd through gathers);
 optionally in bfloat16 (``matmul_dtype``).
+:class:`TrainConfig` holds every hyper-parameter, documented field by field, with the shipped
+SAE's values as defaults (``cgaps train-sae`` generates its flags from it).
 Checkpoints hold everything that determines the next step (weights, Adam state, dead-latent
 counters, step); the data order is a function of (seed, epoch), so a resumed run ends at the
 same weights as an uninterrupted one.
