@@ -1,7 +1,8 @@
 """Tests of ``cgaps report``: a seeded synthetic run directory, rendered and checked.
 
 The generator below writes every table of SPEC.md section 6 with the section 3 formulas
-(a compact version, good enough to be consistent; the scoring stage has its own tests),
+(a compact version, good enough to be consistent, with the project's Wilson and BH from
+:mod:`cgaps.stats`; the scoring stage has its own tests),
 plants model gaps on concepts 0-9 and puts hostile text into items, labels, contexts
 and a benchmark name, so escaping is tested on every path into the page.
 """
@@ -23,6 +24,7 @@ from cgaps import rundir
 from cgaps.errors import CGapsError
 from cgaps.report import ReportOptions, build_report, figures
 from cgaps.scoring.stage import score_run
+from cgaps.stats import bh_adjust, wilson
 
 XSS_PROMPT = "Solve: <script>alert(1)</script> & tell me"
 XSS_RESPONSE = '"><img src=x onerror=alert(2)>'
@@ -45,26 +47,6 @@ SECTION_IDS = (
     "over",
     "under",
 )
-
-
-def _wilson(p: np.ndarray, n: np.ndarray, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d = 1 + z * z / n
-        c = (p + z * z / (2 * n)) / d
-        h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return np.clip(c - h, 0, 1), np.clip(c + h, 0, 1)
-
-
-def _bh(p: np.ndarray) -> np.ndarray:
-    n = len(p)
-    if n == 0:
-        return p
-    order = np.argsort(p)
-    q = p[order] * n / np.arange(1, n + 1)
-    q = np.minimum.accumulate(q[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(q, 1)
-    return out
 
 
 def _concepts(sal: pd.DataFrame, items: pd.DataFrame, width: int, benches: list[str]) -> pd.DataFrame:
@@ -97,7 +79,7 @@ def _concepts(sal: pd.DataFrame, items: pd.DataFrame, width: int, benches: list[
             .reindex(range(width))
         )
         se = np.sqrt(var / agg["s"] / n_eff)
-        lo, hi = _wilson(chi.to_numpy(), n_eff.to_numpy())
+        lo, hi = wilson(chi.to_numpy(), n_eff.to_numpy(), 0.95)
         df = pd.DataFrame(
             {
                 "concept": np.arange(width, dtype="int32"),
@@ -120,7 +102,7 @@ def _concepts(sal: pd.DataFrame, items: pd.DataFrame, width: int, benches: list[
         tested = (df["support"] >= 5).to_numpy() & np.isfinite(z)
         p_low = stats.norm.cdf(z[tested])
         q = np.full(width, np.nan)
-        q_low, q_high = _bh(p_low), _bh(1 - p_low)
+        q_low, q_high = bh_adjust(p_low), bh_adjust(1 - p_low)
         q[tested] = np.minimum(q_low, q_high)
         df["q_value"] = q
         gap = np.full(width, "", dtype=object)
