@@ -401,6 +401,29 @@ def test_bad_concepts_columns(tmp_path):
         build_report(run)
 
 
+def test_optional_files_shown_or_named_when_damaged(tmp_path):
+    """robustness.json is shown when present; a damaged optional file names the command that rewrites it."""
+    run = make_run(tmp_path / "r", n_items=20, width=60, per_item=10)
+    assert 'id="robustness"' not in build_report(run).read_text()
+    rundir.write_json({"subsampling": {"repeats": 7}}, run / rundir.ROBUSTNESS)
+    text = build_report(run).read_text()
+    assert 'id="robustness"' in text and "&#34;repeats&#34;: 7" in text
+    (run / rundir.ROBUSTNESS).write_text("{not json")
+    with pytest.raises(CGapsError, match=r"robustness\.json.*`cgaps robustness RUN_DIR`"):
+        build_report(run)
+    (run / rundir.ROBUSTNESS).unlink()
+    rundir.write_table(pd.DataFrame({"concept": [0]}), run / rundir.LABELS)
+    with pytest.raises(
+        CGapsError, match=r"labels\.parquet: missing column\(s\) label, source; rerun `cgaps extract"
+    ):
+        build_report(run)
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(CGapsError, match="not a directory"):
+        build_report(tmp_path / "nowhere")
+
+
 def test_size_bounded(run3, tmp_path):
     """Golden-ish: the synthetic run's report stays in a fixed size band, and a paper-sized
     run (16k concepts, ten benchmarks) stays under 5 MB thanks to the table caps."""
