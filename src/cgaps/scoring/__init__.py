@@ -1,7 +1,9 @@
 """Scoring stage: chi_bench, chi_model, benchmark gaps and model gaps per concept (SPEC.md section 3).
 
 :mod:`cgaps.scoring.core` holds the vectorised formulas (one sparse matrix, indicator
-products per scope); :mod:`cgaps.scoring.stage` reads and writes the run directory.
+products per scope); :mod:`cgaps.scoring.stage` reads and writes the run directory;
+:mod:`cgaps.scoring.reference` is the deliberately plain loop version the tests and
+``scripts/bench_scoring.py`` check the vectorised one against.
 """
 
 from cgaps.scoring.core import SuiteMatrix, build_matrix, chi_tables, compute_scores
