@@ -452,3 +452,30 @@ def test_own_responses_resume_after_a_kill(tmp_path):
     assert [c["messages"][0] for c in got] == [p[0] for p in prompts]
     assert all(c["messages"][1]["content"] == "re: " + c["messages"][0]["content"] for c in got)
     assert Echo.calls == 2 + 2  # the rerun generated only the two missing chunks
+
+
+def test_benchmark_conversations_are_the_shipped_sae_mix(benchmarks_dir):
+    """Read through the item loaders, the ten benchmarks give the conversations (content and order)
+    that the recipe's own file parsers gave when the shipped SAE was trained."""
+    import hashlib
+
+    from cgaps.sae.training.corpus import BENCHMARK_CHATS, benchmark_conversations
+
+    counts, digest = {}, hashlib.sha1()
+    for name in BENCHMARK_CHATS:
+        convs = benchmark_conversations(name, benchmarks_dir)
+        counts[name] = len(convs)
+        digest.update(json.dumps(convs, sort_keys=True).encode())
+    assert counts == {
+        "gsm8k": 1319,
+        "math": 5000,
+        "agieval": 3852,
+        "logicbench": 2020,
+        "socialiqa": 1954,
+        "bbq": 8876,
+        "winogrande": 1267,
+        "crows_pairs": 1508,
+        "vectara": 800,
+        "nq_open": 3610,
+    }
+    assert digest.hexdigest()[:16] == "fd5ef0c8a90bd504"
