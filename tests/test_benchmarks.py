@@ -132,6 +132,26 @@ def test_bad_json_line_names_file_and_line(tmp_path):
         load_suite("gsm8k", data_dir=str(tmp_path))
 
 
+def test_file_that_is_not_utf8_is_an_error_naming_it(tmp_path):
+    (tmp_path / "gsm8k").mkdir()
+    good = json.dumps({"question": "1+1?", "answer": "2\n#### 2"}).encode()
+    (tmp_path / "gsm8k" / "test.jsonl").write_bytes(good + b"\n" + good.replace(b"1+1", b"1\xe9+1") + b"\n")
+    with pytest.raises(
+        CGapsError, match=r"test\.jsonl:2: not UTF-8 text \(.* at column 16\); save the file as UTF-8"
+    ):
+        load_suite("gsm8k", data_dir=str(tmp_path))
+    (tmp_path / "vectara").mkdir()
+    (tmp_path / "vectara" / "FaithBench.csv").write_bytes(
+        b"source,summary,LLM,worst-label,best-label\ns\xe9,t,m,Consistent,Consistent\n"
+    )
+    with pytest.raises(CGapsError, match=r"FaithBench\.csv: not UTF-8 text"):
+        load_suite("vectara", data_dir=str(tmp_path))
+    (tmp_path / "math" / "test" / "algebra").mkdir(parents=True)
+    (tmp_path / "math" / "test" / "algebra" / "1.json").write_bytes(b'{"problem": "x\xe9"}')
+    with pytest.raises(CGapsError, match=r"1\.json: not UTF-8 text"):
+        load_suite("math", data_dir=str(tmp_path))
+
+
 def test_missing_field_names_file_line_and_field(tmp_path):
     (tmp_path / "nq_open").mkdir()
     lines = [json.dumps({"question": "who?", "answer": ["me"]}), json.dumps({"question": "what?"})]

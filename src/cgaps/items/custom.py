@@ -33,6 +33,7 @@ from cgaps.answers import ANSWER_TYPES, CHOICE_TYPES, LETTERS, too_many_options
 from cgaps.errors import CGapsError, did_you_mean
 from cgaps.items import prompts
 from cgaps.items.sources import Record, hub_records, read_table_file
+from cgaps.rundir import read_json_file
 
 SPEC_KEYS = ("name", "path", "hub", "config", "split", "answer_type", "fields", "prompt_template")
 FIELD_KEYS = ("question", "answer", "choices", "aliases", "category", "id")
@@ -47,16 +48,15 @@ def read_spec(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise CGapsError(f"{path}: no such benchmark spec file")
-    try:
-        spec = (
-            json.loads(path.read_text())
-            if path.suffix.lower() == ".json"
-            else yaml.safe_load(path.read_text())
-        )
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise CGapsError(
-            f"{path}: not a valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} file ({e})"
-        ) from e
+    if path.suffix.lower() == ".json":
+        spec = read_json_file(path, "fix the spec file")
+    else:
+        try:
+            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise CGapsError(f"{path}: not UTF-8 text ({e.reason}); save the spec file as UTF-8") from e
+        except yaml.YAMLError as e:
+            raise CGapsError(f"{path}: not a valid YAML file ({e})") from e
     if not isinstance(spec, dict):
         raise CGapsError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
     for key in spec:

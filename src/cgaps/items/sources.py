@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,28 @@ def require_file(path: Path, hint: str) -> Path:
     return path
 
 
+_NOT_UTF8 = "save the file as UTF-8"
+
+
+@contextmanager
+def _utf8(path: Path) -> Iterator[None]:
+    """Turn a decoding error while reading ``path`` into a one-line error naming the file."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise CGapsError(f"{path}: not UTF-8 text ({e.reason}); {_NOT_UTF8}") from e
+
+
 def read_jsonl(path: Path) -> Iterator[Record]:
     """One record per non-blank line; a bad line is an error naming the file and line."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes, so that a line that is not UTF-8 is named exactly
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CGapsError(
+                    f"{path}:{lineno}: not UTF-8 text ({e.reason} at column {e.start + 1}); {_NOT_UTF8}"
+                ) from e
             if not line.strip():
                 continue
             try:
@@ -69,10 +88,9 @@ def read_jsonl(path: Path) -> Iterator[Record]:
 
 def _load_json(path: Path) -> Any:
     """A whole JSON file; a syntax error names the file and line."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CGapsError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+    from cgaps.rundir import read_json_file
+
+    return read_json_file(path, "fix the file, or fetch the original again")
 
 
 def read_json(path: Path) -> Record:
@@ -85,7 +103,7 @@ def read_json(path: Path) -> Record:
 
 def read_csv(path: Path) -> Iterator[Record]:
     """CSV with a header; ``where`` is the physical line where the row starts (header = line 1)."""
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8", newline="") as f, _utf8(path):
         reader = csv.DictReader(f)
         start = reader.line_num + 1
         for row in reader:
@@ -100,7 +118,7 @@ def read_csv(path: Path) -> Iterator[Record]:
 
 def read_lines(path: Path) -> list[tuple[str, str]]:
     """Non-blank lines with their ``file:line`` (label files such as SocialIQA's dev-labels.lst)."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f, _utf8(path):
         return [(line.strip(), f"{path}:{n}") for n, line in enumerate(f, 1) if line.strip()]
 
 
