@@ -43,7 +43,6 @@ from cgaps.sae.training.measure import (
     token_context,
     top_activations,
 )
-from cgaps.sae.training.metrics import reconstruction_metrics
 from cgaps.sae.training.train import TrainConfig, save_sae, to_sae, train_sae
 
 CAPS = {
@@ -320,7 +319,7 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
         "heldout_own_conversations": load_manifest(work / "cache_heldout_own")["counts"]["conversations"],
         "dead_frac": m["dead_frac"],
         "dead_tokens_checked": m["dead_tokens_checked"],
-        "train_fvu_first_50k": reconstruction_metrics(shipped, acts[:50_000])["fvu"],
+        "train_fvu_first_50k": measure_sae(shipped, acts[:50_000])["fvu"],
         **{k: v for k, v in m.items() if k.startswith("ce_")},
         "exclusion": held_manifest["exclusion"],
         "train_cache": {

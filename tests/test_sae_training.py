@@ -271,6 +271,7 @@ def test_cli_train_sae_end_to_end(backend, tmp_path):
     assert {"fvu", "l0", "dead_frac", "ce_increase", "ce_loss_recovered"} <= set(metrics)
     sae = SAE.load_from_disk(out)
     assert sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post" and sae.cfg.dtype == "float16"
+    assert (sae.cfg.d_sae, sae.cfg.k) == (64, 4)  # the generated --width / --k flags reached TrainConfig
 
 
 # ---------------------------------------------------------------- one source of training defaults
