@@ -18,6 +18,18 @@ from cgaps.console import info
 from cgaps.errors import CGapsError
 
 
+def clear_run(run_dir: Path) -> None:
+    """Delete every file the stages write (:data:`cgaps.rundir.RUN_FILES`); other files stay."""
+    import shutil
+
+    for name in rundir.RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
     if not (run_dir / rundir.RUN_JSON).exists():
         return
@@ -42,15 +54,8 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) ->
     from cgaps.scoring import score_run
 
     run_dir = Path(run_dir)
-    if force and run_dir.exists():
-        import shutil
-
-        for name in rundir.RUN_FILES:
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+    if force:
+        clear_run(run_dir)
     _check_same_run(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}

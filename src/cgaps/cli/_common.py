@@ -1,7 +1,7 @@
 """What several subcommands share: the run-directory argument, and options generated from dataclasses.
 
 Every knob a command exposes is a field of a documented dataclass (:class:`~cgaps.config.RunConfig`,
-:class:`~cgaps.config.ReportOptions`, :class:`~cgaps.config.RobustnessOptions`):
+:class:`~cgaps.config.ReportOptions`, :class:`~cgaps.robustness.options.RobustnessOptions`):
 :func:`options_from` turns the chosen fields into ``--options`` whose help is the field's own
 ``metadata["help"]`` and whose default is None, meaning "not given". The command receives only the
 options that were given, as one dict, and applies them over the stored or default config, so a
@@ -46,11 +46,18 @@ def _option_type(cls: type, name: str, hint: Any) -> type:
     return base
 
 
-def options_from(cls: type, *names: str, into: str = "options") -> Callable[[F], F]:
+def options_from(cls: type, *names: str, into: str = "options", over: str | None = None) -> Callable[[F], F]:
     """Decorate a command so that fields ``names`` of dataclass ``cls`` (all when none) become options.
 
-    The command declares a keyword parameter ``into`` (default name ``options``); it receives
-    ``{field: value}`` for the options given on the command line and nothing for the others.
+    The command declares a keyword parameter ``into`` (default name ``options``) and receives
+    ``{field: value}`` in it. Two cases:
+
+    - the options fill the dataclass (``over`` None): each option's default is the field's, so
+      ``--help`` shows it, and the command gets every field;
+    - the options override a stored config (``over`` names it, e.g. "run.json"): each option's
+      default is None, meaning "not given", the command gets only the options given, and
+      ``--help`` shows ``[default: (run.json, else 16)]``.
+
     A boolean field gets ``--name/--no-name`` unless its metadata names the pair (``flags``).
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -76,12 +83,19 @@ def options_from(cls: type, *names: str, into: str = "options") -> Callable[[F],
         for f in chosen:
             base = _option_type(cls, f.name, hints[f.name])
             flags = (f.metadata["flags"],) if "flags" in f.metadata else ()
+            if over is None:
+                option = typer.Option(f.default, *flags, help=f.metadata["help"])
+            else:
+                shown = _shown_default(f)
+                option = typer.Option(
+                    None,
+                    *flags,
+                    help=f.metadata["help"],
+                    show_default=f"{over}, else {shown}" if shown else False,
+                )
             generated.append(
                 inspect.Parameter(
-                    f.name,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    default=typer.Option(None, *flags, help=f.metadata["help"]),
-                    annotation=base | None,
+                    f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=base | None
                 )
             )
 
@@ -99,6 +113,17 @@ def options_from(cls: type, *names: str, into: str = "options") -> Callable[[F],
         return typing.cast(F, command)
 
     return decorate
+
+
+def _shown_default(field: dataclasses.Field[Any]) -> str:
+    """A field's default as ``--help`` shows it ('' for None); a boolean as the flag it means."""
+    default = field.default
+    if default is None or default is dataclasses.MISSING:
+        return ""
+    if isinstance(default, bool):
+        on, _, off = field.metadata.get("flags", f"--{field.name}/--no-{field.name}").partition("/")
+        return (on if default else off).removeprefix("--").replace("_", "-")
+    return str(default)
 
 
 def run_config(run_dir: Path, options: dict[str, Any]):  # noqa: ANN201 - RunConfig

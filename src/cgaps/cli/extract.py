@@ -10,7 +10,9 @@ from cgaps.config import RunConfig
 
 
 @options_from(
-    RunConfig, "reader", "sae", "layer", "span", "pool", "skip_special", "top_k", "batch_size", "device"
+    RunConfig,
+    *("reader", "sae", "layer", "span", "pool", "skip_special", "top_k", "batch_size", "device"),
+    over="run.json",
 )
 def extract(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
     """Encode the residual stream after layer L with the SAE and pool it per item."""

@@ -52,14 +52,16 @@ class _Group(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        from cgaps.console import error, setup_logging
+        from cgaps.console import error, result, setup_logging
 
         setup_logging()
         try:
             # not standalone: click raises its errors instead of printing them in its own format
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except NoArgsIsHelpError as e:  # `cgaps` alone prints the help
-            e.show()
+        except NoArgsIsHelpError as e:  # `cgaps` alone: the help (typer's rich help prints itself)
+            text = e.ctx.get_help()
+            if text:
+                result(text)
             sys.exit(e.exit_code)
         except UsageError as e:
             error(usage_error_line(e))

@@ -32,7 +32,7 @@ def _summary(run_dir: Path, times: dict[str, float]) -> None:
     info(f"report: {run_dir / rundir.REPORT}")
 
 
-@options_from(RunConfig)
+@options_from(RunConfig, over="the YAML file")
 def run(
     config: Path = typer.Argument(
         ..., help="YAML config (keys: the fields of cgaps.config.RunConfig).", dir_okay=False

@@ -9,7 +9,7 @@ from cgaps.cli._common import RunDirArg, options_from
 from cgaps.config import RunConfig
 
 
-@options_from(RunConfig, "min_support", "under_pct", "over_pct", "fdr", "ci_level")
+@options_from(RunConfig, "min_support", "under_pct", "over_pct", "fdr", "ci_level", over="run.json")
 def score(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
     """Score concepts: benchmark coverage, model performance and gaps; knobs given here are saved into run.json."""
     import pandas as pd
