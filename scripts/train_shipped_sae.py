@@ -517,8 +517,8 @@ def main() -> None:
     ap.add_argument(
         "--data-dir",
         type=Path,
-        required=True,
-        help="folder with the ten benchmarks' original files, one folder each (as for cgaps run --data-dir)",
+        help="folder with the ten benchmarks' original files, one folder each (as for cgaps run "
+        "--data-dir); needed by the mix stage",
     )
     for source, (package, path) in DEBIAN.items():
         ap.add_argument(
@@ -539,6 +539,8 @@ def main() -> None:
         "--epochs", type=float, default=TrainConfig().epochs, help="passes of the final SAE over the cache"
     )
     args = ap.parse_args()
+    if "mix" in args.stages.split(",") and args.data_dir is None:
+        ap.error("the mix stage needs --data-dir (the benchmarks' original files)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
