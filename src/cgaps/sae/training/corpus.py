@@ -9,10 +9,10 @@ an assistant turn when the source has a reference answer or a text to answer wit
   *training* conversation lives here: the question as the user turn and the worked solution or
   gold answer as the assistant turn, unlike the evaluation prompt of an item. A source's
   records are taken in file-name order (then line), the order the shipped SAE's mix was drawn in.
-- Generic English comes from three Debian packages, at paths the caller passes (the recipe's
-  options): ``wordnet-base`` (the WordNet database folder, ``/usr/share/wordnet`` on Debian),
-  ``fortunes`` (``/usr/share/games/fortunes``) and ``debian-reference-en``
-  (``/usr/share/debian-reference/debian-reference.en.txt.gz``).
+- Generic English comes from three Debian packages, ``wordnet-base`` (the WordNet database
+  folder), ``fortunes`` (the fortune files) and ``debian-reference-en`` (the gzipped plain-text
+  manual), read at the paths the caller passes: the recipe's options, whose defaults are where
+  Debian installs them.
 - :func:`own_responses` adds the model's own greedy answers to benchmark prompts.
 
 A missing source (no benchmark folder, no path given, or the path absent) is skipped with a
