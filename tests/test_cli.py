@@ -164,6 +164,8 @@ def test_score_options_override_run_json_and_are_saved(tmp_path):
         (["items", "probes"], "Missing option '--out'"),
         (["scroe", "RUN"], "No such command 'scroe'"),
         (["score", "FILE"], "is a file"),
+        (["grade", "FILE"], "is a file"),
+        (["run", "FILE", "--out", "FILE"], "is a file"),
         (["report", "RUN", "--top", "1.5"], "'--top'"),
         (["score"], "Missing argument"),
     ],

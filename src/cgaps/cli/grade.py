@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
 
 import typer
 
+from cgaps.cli._common import RunDirArg
+
 
 def grade(
-    run_dir: Annotated[str, typer.Argument(help="Run directory with items.parquet.")],
-    responses: Annotated[
-        str | None,
-        typer.Option(
-            "--responses", help="JSONL of {item_id, response} from another system, merged into items.parquet."
-        ),
-    ] = None,
+    run_dir: Path = RunDirArg,
+    responses: Path | None = typer.Option(
+        None,
+        "--responses",
+        help="JSONL of {item_id, response} from another system, merged into items.parquet.",
+        dir_okay=False,
+    ),
 ) -> None:
     """Grade every item's response and write the `score` column of items.parquet."""
     from cgaps.evaluate.stage import grade_run
