@@ -2,9 +2,10 @@
 
 Factories (tiny models, random SAEs, synthetic runs) live in helpers.py; this file holds only
 what pytest must find by name. ``make test-fast`` (``-m "not slow"``) must not load SmolLM2:
-collection refuses an unmarked test that asks for the ``smollm`` fixture, and :func:`_seed_and_isolate` makes the GGUF
-conversion itself fail in them, so a fast test that reaches for the real model fails loudly
-instead of silently costing a minute on a clean cache.
+collection refuses an unmarked test that asks for the ``smollm`` fixture, and
+:func:`_seed_and_isolate` makes the GGUF conversion itself fail in unmarked tests, so a fast
+test that reaches for the real model fails loudly instead of silently costing a minute on a
+clean cache.
 """
 
 from __future__ import annotations
@@ -34,14 +35,11 @@ def _no_conversion(gguf, *args, **kwargs):
 
 @pytest.fixture(autouse=True)
 def _seed_and_isolate(request, monkeypatch):
+    import torch  # a dependency: a broken install must fail here, not be skipped
+
     random.seed(0)
     np.random.seed(0)
-    try:
-        import torch
-
-        torch.manual_seed(0)
-    except ImportError:
-        pass
+    torch.manual_seed(0)
     # any other CGAPS_* setting of the developer's shell must not change what a test sees
     for name in [k for k in os.environ if k.startswith("CGAPS_") and k not in KEEP_ENV]:
         monkeypatch.delenv(name)
