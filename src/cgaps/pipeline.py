@@ -11,11 +11,44 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.console import info
 from cgaps.errors import CGapsError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+# The RunConfig fields that decide the items: `cgaps items` records exactly these in run.json.
+ITEM_FIELDS = ("suite", "data_dir", "limit", "seed", "chain_of_thought")
+
+
+def items_run(run_dir: str | Path, cfg: RunConfig) -> pd.DataFrame:
+    """The items stage: load the suite ``cfg`` names, write items.parquet, record its fields in run.json."""
+    from cgaps.items import load_suite
+
+    run_dir = Path(run_dir)
+    info(f"loading {cfg.suite} ...")
+    items = load_suite(
+        cfg.suite,
+        data_dir=cfg.data_dir,
+        limit=cfg.limit,
+        seed=cfg.seed,
+        chain_of_thought=cfg.chain_of_thought,
+    )
+    rundir.validate_items(items, run_dir / rundir.ITEMS)
+    rundir.write_table(items, run_dir / rundir.ITEMS)
+    counts = {str(k): int(v) for k, v in items.groupby("benchmark", sort=False).size().items()}
+    rundir.update_run_json(
+        run_dir, config={name: getattr(cfg, name) for name in ITEM_FIELDS}, counts={"items": counts}
+    )
+    info(
+        f"wrote {len(items)} items ({', '.join(f'{k} {v}' for k, v in counts.items())}) to {run_dir / rundir.ITEMS}"
+    )
+    return items
 
 
 def clear_run(run_dir: Path) -> None:
@@ -48,7 +81,6 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) ->
 
     from cgaps.evaluate.stage import evaluate_run
     from cgaps.extract.stage import extract_run
-    from cgaps.items import load_suite
     from cgaps.models import load_backend
     from cgaps.report import build_report
     from cgaps.scoring import score_run
@@ -62,20 +94,7 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) ->
 
     t = time.perf_counter()
     if not (run_dir / rundir.ITEMS).exists():
-        items = load_suite(
-            cfg.suite,
-            data_dir=cfg.data_dir,
-            limit=cfg.limit,
-            seed=cfg.seed,
-            chain_of_thought=cfg.chain_of_thought,
-        )
-        rundir.validate_items(items, run_dir / rundir.ITEMS)
-        rundir.write_table(items, run_dir / rundir.ITEMS)
-        counts = items.groupby("benchmark").size()
-        rundir.update_run_json(
-            run_dir, config=cfg.to_dict(), counts={"items": {b: int(n) for b, n in counts.items()}}
-        )
-        info(f"{len(items)} items from {len(counts)} benchmark(s)")
+        items_run(run_dir, cfg)
     stored = rundir.read_run_json(run_dir).get("config", {})
     # keep what extraction resolved (the SAE's own layer) when the config leaves it open
     resolved = {"layer": stored.get("layer")} if cfg.layer is None and stored.get("layer") is not None else {}
