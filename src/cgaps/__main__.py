@@ -1,3 +1,5 @@
+"""``python -m cgaps``: the same entry point as the ``cgaps`` script."""
+
 from cgaps.cli.main import main
 
 main()
