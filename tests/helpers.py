@@ -275,15 +275,22 @@ def make_suite(seed: int, n_concepts: int = 200) -> tuple[pd.DataFrame, pd.DataF
 
 
 def write_run(
-    tmp_path: Path,
+    root: Path,
     items: pd.DataFrame | None = None,
     sal: pd.DataFrame | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Path:
-    """A run directory scoring can read: ``items``/``sal`` (default :func:`make_suite` (0)) and ``meta``."""
-    if items is None or sal is None:
+    """A run directory scoring can read (created if needed), holding ``items``, ``sal`` and ``meta``.
+
+    No ``items``: the :func:`make_suite` (0) suite and its saliency. ``items`` but no ``sal``:
+    concept 0 fires (value 1.0) on every item. ``meta`` defaults to ``{"n_concepts": 200}``.
+    """
+    if items is None:
         items, sal = make_suite(0)
-    (tmp_path / "run.json").write_text(json.dumps({"n_concepts": 200} if meta is None else meta))
-    items.to_parquet(tmp_path / "items.parquet", index=False)
-    sal.to_parquet(tmp_path / "saliency.parquet", index=False)
-    return tmp_path
+    elif sal is None:
+        sal = pd.DataFrame({"item_id": items["item_id"].astype(str), "concept": 0, "value": 1.0})
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "run.json").write_text(json.dumps({"n_concepts": 200} if meta is None else meta))
+    items.to_parquet(root / "items.parquet", index=False)
+    sal.to_parquet(root / "saliency.parquet", index=False)
+    return root

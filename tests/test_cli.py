@@ -200,17 +200,6 @@ def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     return e.value.code, out.out, out.err
 
 
-def _scored_run(path: Path, items: pd.DataFrame, n_concepts: int = 4) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    rundir.write_table(items, path / rundir.ITEMS)
-    rundir.write_table(
-        pd.DataFrame({"item_id": items["item_id"].astype(str), "concept": 0, "value": 1.0}),
-        path / rundir.SALIENCY,
-    )
-    (path / rundir.RUN_JSON).write_text(json.dumps({"n_concepts": n_concepts}))
-    return path
-
-
 GOOD = pd.DataFrame(
     {
         "item_id": ["a", "b"],
@@ -235,7 +224,7 @@ GOOD = pd.DataFrame(
     ],
 )
 def test_bad_items_get_one_line_errors(tmp_path, monkeypatch, capsys, items, fragment):
-    run = _scored_run(tmp_path / "run", items)
+    run = write_run(tmp_path / "run", items, meta={"n_concepts": 4})
     code, _, err = _main(monkeypatch, capsys, "score", str(run))
     assert code == 2
     lines = err.strip().splitlines()
@@ -244,7 +233,7 @@ def test_bad_items_get_one_line_errors(tmp_path, monkeypatch, capsys, items, fra
 
 
 def test_old_schema_and_missing_width_get_one_line_errors(tmp_path, monkeypatch, capsys):
-    run = _scored_run(tmp_path / "run", GOOD)
+    run = write_run(tmp_path / "run", GOOD, meta={"n_concepts": 4})
     (run / rundir.RUN_JSON).write_text(json.dumps({"schema_version": 0, "n_concepts": 4}))
     code, _, err = _main(monkeypatch, capsys, "score", str(run))
     assert code == 2 and "schema_version" in err and "run.json" in err
