@@ -278,7 +278,7 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
         },
     )
     save_sae(sae, folder, dtype="float16")
-    shipped = load_sae(str(folder), hidden_size=backend.hidden_size, n_layers=backend.n_layers).sae
+    shipped = load_sae(str(folder), hidden_size=backend.hidden_size, n_layers=backend.n_layers)
     held = load_layer(work / "cache_heldout", layer)
     held_own = load_layer(work / "cache_heldout_own", layer)
     acts, meta, train_convs, n_mix = training_tokens(work, layer)

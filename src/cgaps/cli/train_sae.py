@@ -110,7 +110,7 @@ def train_sae(
         result = run_training(acts, work / "train", cfg, progress=advance)
     save_sae(to_sae(result, cfg, layer=layer, model_name=backend.name), out, dtype=dtype)
     # measured as saved (in ``dtype``), as users will load it
-    shipped = load_sae(str(out), hidden_size=backend.hidden_size, n_layers=backend.n_layers).sae
+    shipped = load_sae(str(out), hidden_size=backend.hidden_size, n_layers=backend.n_layers)
     metrics = {
         "layer": layer,
         "width": cfg.width,

@@ -18,27 +18,34 @@ latent's top contexts are one token, and a readable context around a cached toke
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cgaps.sae import as_encoder
 from cgaps.sae.training.metrics import ce_increase, firing_counts, reconstruction_metrics
+
+if TYPE_CHECKING:
+    import torch
+    from sae_lens import SAE
+
+    from cgaps.seams import ResidualReader, SAEEncoder
 
 
 def measure_sae(
-    sae: Any,
-    heldout_acts: Any,
+    sae: SAEEncoder | SAE,
+    heldout_acts: torch.Tensor,
     *,
-    dead_acts: Any = None,
-    reader: Any = None,
+    dead_acts: torch.Tensor | None = None,
+    reader: ResidualReader | None = None,
     conversations: Sequence[dict[str, Any]] = (),
     layer: int | None = None,
     max_norm: float | None = None,
     max_length: int = 512,
-    mean_act: Any = None,
+    mean_act: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """FVU and L0 on ``heldout_acts``; dead fraction on ``dead_acts``; CE increase on ``conversations``.
 
-    ``sae`` encodes and decodes raw residuals (an :class:`~cgaps.seams.SAEEncoder` or a sae-lens
-    SAE). The dead fraction is measured when ``dead_acts`` is given, the CE splice when
+    ``sae`` encodes and decodes raw residuals (an :class:`~cgaps.seams.SAEEncoder`, or a bare
+    sae-lens SAE, wrapped by :func:`cgaps.sae.as_encoder`). The dead fraction is measured when ``dead_acts`` is given, the CE splice when
     ``reader`` (a :class:`~cgaps.seams.ResidualReader`), ``conversations`` and ``layer`` are;
     ``max_norm`` keeps outlier tokens out of the splice as the cache kept them out of training,
     ``mean_act`` adds the mean-ablation reference.
@@ -65,7 +72,9 @@ def measure_sae(
     return out
 
 
-def top_activations(sae: Any, acts: Any, top: int, batch_size: int = 8192) -> tuple[Any, Any]:
+def top_activations(
+    sae: SAEEncoder | SAE, acts: torch.Tensor, top: int, batch_size: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``top`` largest activations of every latent over ``acts``: values and row indices [F, top].
 
     Sorted in decreasing order per latent; a latent whose first value is 0 never fired (dead).
@@ -73,26 +82,23 @@ def top_activations(sae: Any, acts: Any, top: int, batch_size: int = 8192) -> tu
     """
     import torch
 
-    best_v: Any = None
-    best_i: Any = None
-    with torch.no_grad():
-        for i in range(0, len(acts), batch_size):
-            f = sae.encode(acts[i : i + batch_size].float()).T  # [F, b]
-            if best_v is None:
-                best_v = torch.zeros(f.shape[0], top)
-                best_i = torch.zeros(f.shape[0], top, dtype=torch.long)
-            v, j = f.topk(min(top, f.shape[1]), dim=1)
-            cat_v = torch.cat([best_v, v], 1)
-            cat_i = torch.cat([best_i, j + i], 1)
-            keep = cat_v.topk(top, dim=1).indices
-            best_v, best_i = cat_v.gather(1, keep), cat_i.gather(1, keep)
-    if best_v is None:
+    if not len(acts):
         raise ValueError("top_activations: no tokens given")
+    enc = as_encoder(sae)
+    best_v = torch.zeros(enc.width, top)
+    best_i = torch.zeros(enc.width, top, dtype=torch.long)
+    for i in range(0, len(acts), batch_size):
+        f = enc.encode(acts[i : i + batch_size].float()).cpu().T  # [F, b]
+        v, j = f.topk(min(top, f.shape[1]), dim=1)
+        cat_v = torch.cat([best_v, v], 1)
+        cat_i = torch.cat([best_i, j + i], 1)
+        keep = cat_v.topk(top, dim=1).indices
+        best_v, best_i = cat_v.gather(1, keep), cat_i.gather(1, keep)
     order = best_v.argsort(dim=1, descending=True)
     return best_v.gather(1, order), best_i.gather(1, order)
 
 
-def token_concentration(vals: Any, rows: Any, tokens: Any) -> float:
+def token_concentration(vals: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> float:
     """Mean over latents that fire of the share of their top contexts that are one token id.
 
     ``vals``, ``rows`` come from :func:`top_activations`; ``tokens`` are the cached token ids.
