@@ -37,7 +37,7 @@ def test_presets_exist_and_load():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["gemma2-2b-it.yaml", "llama31-8b-instruct.yaml"])
-def test_preset_runs_end_to_end_on_a_tiny_standin(tmp_path, preset):
+def test_preset_runs_end_to_end_on_a_tiny_standin(tmp_path, monkeypatch, preset):
     from helpers import make_standin
 
     model_dir, sae_dir = make_standin(REPO / "configs" / preset, tmp_path)
@@ -65,10 +65,18 @@ def test_preset_runs_end_to_end_on_a_tiny_standin(tmp_path, preset):
     assert len(concepts) == 128 * 2  # every concept in the one benchmark and in ALL
     items = rundir.read_items(out, scored=True)
     assert len(items) == 12
-    # a second run finds every stage complete and redoes nothing but score/report
+    # a second run finds every stage complete and redoes nothing but score/report: it loads
+    # no model and leaves the evaluated items and the saliency as they were
+    import cgaps.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the second run loaded a model")
+
+    monkeypatch.setattr(cgaps.models, "load_backend", no_model)
+    before = {name: (out / name).read_bytes() for name in (rundir.ITEMS, rundir.SALIENCY)}
     again = CliRunner().invoke(app, ["run", str(config), "--out", str(out)])
     assert again.exit_code == 0, again.output
-    assert "generating" not in again.output and "extracting" not in again.output
+    assert {name: (out / name).read_bytes() for name in before} == before
 
 
 def test_sae_of_another_width_and_deep_layer_are_refused(tmp_path):
