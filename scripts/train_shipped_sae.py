@@ -29,6 +29,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -121,9 +122,7 @@ def stage_own(
 def stage_cache(work: Path, backend, train_tokens: int = TRAIN_TOKENS) -> None:
     train = corpus.read_jsonl(work / "train.jsonl")
     held = corpus.read_jsonl(work / "heldout.jsonl")
-    mix: dict[str, int] = {}
-    for c in train:
-        mix[c["source"]] = mix.get(c["source"], 0) + 1
+    mix = dict(Counter(c["source"] for c in train))
     # held-out first, with the float32 model users run on CPU; it fixes the outlier rule (K x its
     # shard-0 median) that the training cache then reuses
     held = held[:HELDOUT_CONVERSATIONS]

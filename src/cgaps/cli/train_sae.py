@@ -49,6 +49,7 @@ def train_sae(
     Every stage resumes: rerun the same command after an interruption.
     """
     import random
+    from collections import Counter
 
     import torch
 
@@ -78,9 +79,7 @@ def train_sae(
     work = work or out.with_name(out.name + ".work")
     backend = load_backend(model, device=device, dtype="float32")
     backend.check_layer(layer)
-    mix: dict[str, int] = {}
-    for c in convs:
-        mix[c.get("source", "unknown")] = mix.get(c.get("source", "unknown"), 0) + 1
+    mix = dict(Counter(c.get("source", "unknown") for c in convs))
     with progress_bar("caching residuals", tokens, unit="tokens") as advance:
         manifest = build_cache(
             backend,
