@@ -27,7 +27,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +98,6 @@ class TrainConfig:
                 raise CGapsError(f"train config field '{name}' must be > 0, got {getattr(self, name)}")
         if self.aux_coef < 0:
             raise CGapsError(f"train config field 'aux_coef' must be >= 0, got {self.aux_coef}")
-
-
-def field_help() -> dict[str, str]:
-    """The help text of every :class:`TrainConfig` field (the CLI's option help)."""
-    return {f.name: f.metadata["help"] for f in fields(TrainConfig)}
 
 
 def _params(cfg: TrainConfig, d: int, mean: Any) -> dict[str, Any]:
