@@ -127,6 +127,8 @@ def test_options_from_passes_what_was_given():
     result = CliRunner().invoke(toy_app, ["hi", "--name", "x"])
     assert result.exit_code == 0, result.output
     assert seen == {"word": "hi", "n": 3, "name": "x", "loud": True}
+    CliRunner().invoke(toy_app, ["hi"])
+    assert seen["name"] is None  # every field, its default included
     help_text = CliRunner().invoke(toy_app, ["--help"], env={"COLUMNS": "200"}).output
     assert "A number." in help_text and "--quiet" in help_text
 
@@ -143,6 +145,14 @@ def test_options_from_refuses_what_it_cannot_map():
         options_from(Listy)(lambda *, options: None)
     with pytest.raises(TypeError, match="keyword parameter 'options'"):
         options_from(_Toy)(lambda: None)
+
+    @dataclasses.dataclass
+    class Required:
+        n: int = dataclasses.field(metadata={"help": "?"})
+
+    with pytest.raises(TypeError, match="plain default"):
+        options_from(Required)(lambda *, options: None)
+    options_from(Required, over="run.json")(lambda *, options: None)  # None: not given
 
 
 def test_score_options_override_run_json_and_are_saved(tmp_path):

@@ -1,13 +1,14 @@
 """What several subcommands share: the run-directory argument, and options generated from dataclasses.
 
 Every knob a command exposes is a field of a documented dataclass (:class:`~cgaps.config.RunConfig`,
-:class:`~cgaps.config.ReportOptions`, :class:`~cgaps.robustness.options.RobustnessOptions`):
-:func:`options_from` turns the chosen fields into ``--options`` whose help is the field's own
-``metadata["help"]`` and whose default is None, meaning "not given". The command receives only the
-options that were given, as one dict, and applies them over the stored or default config, so a
-default is written once, in its dataclass, and ``--help`` shows the same text as the docs.
+:class:`~cgaps.config.ReportOptions`, :class:`~cgaps.robustness.options.RobustnessOptions`,
+:class:`~cgaps.sae.training.train.TrainConfig`): :func:`options_from` turns the chosen fields into
+``--options`` whose help is the field's own ``metadata["help"]`` and whose default comes from the
+field, so a default is written once, in its dataclass, and ``--help`` shows the same text as the
+docs. Where the options override a config stored in the run (``run.json``) or a YAML file, their
+default is None, meaning "not given", and only the options given reach the command.
 
-Only typer, the standard library and :mod:`cgaps.config` (itself import-light) load here, so
+Only typer, the standard library and the import-light option modules load here, so
 ``cgaps --help`` stays instant.
 """
 
@@ -20,9 +21,12 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from cgaps.config import RunConfig
 
 # A run directory that is a file is a usage error (exit 2) before any command code runs.
 RunDirArg = typer.Argument(..., help="Run directory (see docs/method.md section 6).", file_okay=False)
@@ -53,7 +57,7 @@ def options_from(cls: type, *names: str, into: str = "options", over: str | None
     ``{field: value}`` in it. Two cases:
 
     - the options fill the dataclass (``over`` None): each option's default is the field's, so
-      ``--help`` shows it, and the command gets every field;
+      ``--help`` shows it, and the command gets every field (a field needs a plain default);
     - the options override a stored config (``over`` names it, e.g. "run.json"): each option's
       default is None, meaning "not given", the command gets only the options given, and
       ``--help`` shows ``[default: (run.json, else 16)]``.
@@ -84,6 +88,8 @@ def options_from(cls: type, *names: str, into: str = "options", over: str | None
             base = _option_type(cls, f.name, hints[f.name])
             flags = (f.metadata["flags"],) if "flags" in f.metadata else ()
             if over is None:
+                if f.default is dataclasses.MISSING:
+                    raise TypeError(f"{cls.__name__}.{f.name}: an option needs a plain default")
                 option = typer.Option(f.default, *flags, help=f.metadata["help"])
             else:
                 shown = _shown_default(f)
@@ -101,8 +107,10 @@ def options_from(cls: type, *names: str, into: str = "options", over: str | None
 
         @functools.wraps(func)
         def command(**kwargs: Any) -> Any:
-            given = {f.name: v for f in chosen if (v := kwargs.pop(f.name)) is not None}
-            return func(**kwargs, **{into: given})
+            values = {f.name: kwargs.pop(f.name) for f in chosen}
+            if over is not None:  # None: not given, the stored value stays
+                values = {k: v for k, v in values.items() if v is not None}
+            return func(**kwargs, **{into: values})
 
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + generated
         command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
@@ -126,7 +134,7 @@ def _shown_default(field: dataclasses.Field[Any]) -> str:
     return str(default)
 
 
-def run_config(run_dir: Path, options: dict[str, Any]):  # noqa: ANN201 - RunConfig
+def run_config(run_dir: Path, options: dict[str, Any]) -> RunConfig:
     """The config stored in the run's run.json (defaults without one), with ``options`` given on the command line."""
     from cgaps import rundir
     from cgaps.config import RunConfig, config_from_run
