@@ -68,8 +68,9 @@ def reference_saliency(backend, sae, layer, items, cfg: RunConfig) -> dict[tuple
         enc = tok(fmt.text, return_offsets_mapping=True, add_special_tokens=False)
         keep = []
         for t, (tid, (a, b)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
-            inside = any(s <= a < e for s, e in spans) and b > a
-            if not cfg.skip_special or (inside and tid not in special):
+            # the content rule: fully inside a span, non-empty, not special, not position 0
+            content = t > 0 and b > a and any(s <= a and b <= e for s, e in spans) and tid not in special
+            if not cfg.skip_special or content:
                 keep.append(t)
         if not keep:
             continue
@@ -230,3 +231,91 @@ def test_smollm_position_zero_is_an_outlier_and_skipped(smollm):
     assert not e.mask[0]
     analysed = "".join(e.text[a:b] for (a, b), m in zip(e.offsets, e.mask, strict=True) if m)
     assert analysed == "What is the capital of France?Paris."
+
+
+CONVERSATIONS = [
+    ([{"role": "user", "content": "What is 2+2?"}], "4"),
+    (
+        [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "  Name a colour, please.\n"},
+        ],
+        "\nBlue.  ",
+    ),
+    (
+        [
+            {"role": "user", "content": "Why?"},
+            {"role": "assistant", "content": "Why not."},
+            {"role": "user", "content": "Explain \u00e9l\u00e8ve \U0001f600 <|im_end|> please."},
+        ],
+        "Because \U0001f600.",
+    ),
+]
+
+
+def test_extraction_and_sae_cache_select_the_same_tokens():
+    """The SAE is trained on the tokens extraction later encodes: one rule, same ids and mask."""
+    from cgaps.extract.stage import encode_items
+    from cgaps.sae.training.cache import render
+
+    tok = embedded_tokenizer()
+    items = pd.DataFrame(
+        {
+            "item_id": [str(i) for i in range(len(CONVERSATIONS))],
+            "prompt": [msgs[-1]["content"] for msgs, _ in CONVERSATIONS],
+            "response": [response for _, response in CONVERSATIONS],
+            "messages": [json.dumps(msgs) for msgs, _ in CONVERSATIONS],
+        }
+    )
+    encoded = encode_items(items, tok, RunConfig(span="both"))
+    for (msgs, response), e in zip(CONVERSATIONS, encoded, strict=True):
+        ids, keep = render(tok, [*msgs, {"role": "assistant", "content": response}], RunConfig().max_length)
+        assert e.input_ids == ids
+        assert e.mask.tolist() == keep
+        assert 0 < sum(keep) < len(keep)
+    # the special-token text inside a message and the system prompt are not content
+    analysed = "".join(e.text[a:b] for (a, b), m in zip(e.offsets, e.mask, strict=True) if m)
+    assert "<|im_end|>" not in analysed and "terse" not in "".join(
+        encoded[1].text[a:b] for (a, b), m in zip(encoded[1].offsets, encoded[1].mask, strict=True) if m
+    )
+
+
+def test_content_mask_rule():
+    """Position 0, tokens straddling a span edge, empty and special tokens are not content."""
+    import numpy as np
+
+    from cgaps.models import content_mask
+
+    #            0: pos 0   1: in    2: straddles  3: empty  4: special  5: in    6: outside
+    offsets = [(10, 12), (12, 14), (19, 22), (15, 15), (14, 16), (30, 35), (40, 41)]
+    special = np.array([False, False, False, False, True, False, False])
+    got = content_mask(offsets, [(10, 20), (30, 40)], special)
+    assert got.tolist() == [False, True, False, False, False, True, False]
+    # against a plain loop on random offsets
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, 60, 200)
+    offsets = [(int(a), int(a + w)) for a, w in zip(starts, rng.integers(0, 4, 200), strict=True)]
+    spans = [(5, 17), (20, 21), (33, 50)]
+    special = rng.random(200) < 0.1
+    want = [
+        t > 0 and b > a and not special[t] and any(s <= a and b <= e for s, e in spans)
+        for t, (a, b) in enumerate(offsets)
+    ]
+    assert content_mask(offsets, spans, special).tolist() == want
+
+
+def test_damaged_manifest_and_sidecar_are_one_line_errors(tmp_path, tiny_backend):
+    spec = loaded_sae(tiny_backend.hidden_size)
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    cfg = RunConfig(max_norm_ratio=None)
+    extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    shards = tmp_path / rundir.SALIENCY_SHARDS
+    (sidecar,) = shards.glob("shard-*.json")
+    sidecar.write_text('{"item_ids": ["a", ')
+    with pytest.raises(
+        CGapsError, match=r"shard-00000.json: invalid JSON .*delete it and shard-00000.parquet"
+    ):
+        extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    (shards / "manifest.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(CGapsError, match=r"manifest.json: not UTF-8 .*to start the extraction over"):
+        extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)

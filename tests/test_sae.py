@@ -78,6 +78,35 @@ def test_embedded_missing_says_pass_sae(monkeypatch, tmp_path):
         load_sae("embedded", hidden_size=576, n_layers=30)
 
 
+@pytest.mark.parametrize("architecture", ["topk", "jumprelu"])
+def test_loaded_sae_is_an_encoder_in_any_dtype(tmp_path, architecture):
+    """encode takes residuals in any float dtype and gives float32 codes >= 0; decode gives float32."""
+    from cgaps.sae import LoadedSAE, as_encoder
+    from cgaps.seams import SAEEncoder
+
+    ref = random_sae(architecture, **SAE)
+    ref.save_model(tmp_path / "sae")
+    loaded = load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=6, dtype="bfloat16")
+    assert isinstance(loaded, SAEEncoder)
+    x = torch.randn(7, 16) * 3
+    ref_bf16 = ref.to(torch.bfloat16)
+    with torch.no_grad():
+        want_codes = ref_bf16.encode(x.to(torch.bfloat16)).float()
+        want_recon = ref_bf16.decode(want_codes.to(torch.bfloat16)).float()
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        codes = loaded.encode(x.to(dtype))
+        assert codes.dtype == torch.float32 and codes.shape == (7, 32) and (codes >= 0).all()
+        torch.testing.assert_close(codes, want_codes, rtol=0, atol=0 if dtype != torch.float16 else 0.1)
+    assert (want_codes > 0).any()
+    recon = loaded.decode(want_codes)
+    assert recon.dtype == torch.float32
+    torch.testing.assert_close(recon, want_recon)
+    # a bare sae-lens SAE (just trained, say) becomes an encoder of its own hook layer
+    bare = as_encoder(ref)
+    assert isinstance(bare, LoadedSAE) and (bare.layer, bare.width) == (3, 32)
+    assert as_encoder(loaded) is loaded
+
+
 @pytest.mark.slow
 def test_embedded_sae_reconstructs_smollm2_residuals(smollm):
     from cgaps.models import format_chat
@@ -96,7 +125,6 @@ def test_embedded_sae_reconstructs_smollm2_residuals(smollm):
     enc = smollm.tokenizer(text, return_tensors="pt", add_special_tokens=False)
     h = smollm.residuals(enc["input_ids"], enc["attention_mask"], loaded.layer)[0, 1:]  # skip position 0
     h = h[h.norm(dim=-1) < 10 * h.norm(dim=-1).median()]
-    with torch.no_grad():
-        x_hat = loaded.sae.decode(loaded.sae.encode(h))
+    x_hat = loaded.decode(loaded.encode(h))
     fvu = float((h - x_hat).pow(2).sum() / (h - h.mean(0)).pow(2).sum())
     assert fvu < 0.4, fvu

@@ -93,6 +93,18 @@ def test_finished_cache_extended_after_a_kill(backend, cache, tmp_path):
     torch.testing.assert_close(load_layer(folder, 0), full)
 
 
+@pytest.mark.parametrize("damage", [b'{"settings": ', b"\xff\xfe", b"[]"])
+def test_damaged_cache_manifest_is_a_one_line_error(backend, tmp_path, damage):
+    from cgaps.errors import CGapsError
+
+    build_cache(backend, CONVS[:8], tmp_path / "c", [1], shard_size=8)
+    (tmp_path / "c" / "manifest.json").write_bytes(damage)
+    with pytest.raises(CGapsError, match=r"manifest.json: .*delete .* to rebuild"):
+        build_cache(backend, CONVS[:8], tmp_path / "c", [1], shard_size=8)
+    with pytest.raises(CGapsError, match=r"manifest.json: .*delete .* to rebuild"):
+        load_manifest(tmp_path / "c")
+
+
 def test_outliers_excluded_by_recorded_rule(backend, tmp_path):
     build_cache(backend, CONVS[:8], tmp_path / "c", [1], shard_size=8, norm_ratio=1.05)
     m = load_manifest(tmp_path / "c")
@@ -184,15 +196,62 @@ def test_checkpoint_of_other_run_rejected(cache, tmp_path):
         train_sae(acts, tmp_path / "run", _cfg(seed=1))
 
 
-def test_ce_increase_splice(backend, cache, tmp_path):
+def _reference_ce(model, sae, conversations, layer, max_norm, mean_act):
+    """Per conversation, no padding: CE on content targets with the splice written out token by token."""
+    import torch.nn.functional as F
+
+    totals = {"clean": 0.0, "sae": 0.0, "mean_ablation": 0.0}
+    n_targets = 0
+    spliced = []
+    block = model.model.layers[layer]
+    for c in conversations:
+        ids, keep = render(embedded_tokenizer(), c["messages"], 512)
+        targets = torch.tensor(ids[1:])[torch.tensor(keep[1:])]
+        n_targets += len(targets)
+        for kind in totals:
+
+            def hook(_module, _inputs, out, kind=kind, keep=keep):
+                h = (out[0] if isinstance(out, tuple) else out).clone()
+                for t in range(h.shape[1]):
+                    if keep[t] and (max_norm is None or float(h[0, t].norm()) <= max_norm):
+                        spliced.append(kind)
+                        if kind == "sae":
+                            h[0, t] = sae.decode(sae.encode(h[0, t : t + 1]))[0]
+                        else:
+                            h[0, t] = mean_act
+                return (h, *out[1:]) if isinstance(out, tuple) else h
+
+            handle = block.register_forward_hook(hook) if kind != "clean" else None
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+            if handle is not None:
+                handle.remove()
+            totals[kind] += float(F.cross_entropy(logits[torch.tensor(keep[1:])], targets, reduction="sum"))
+    return {f"ce_{k}": v / n_targets for k, v in totals.items()}, n_targets, spliced.count("sae")
+
+
+@pytest.mark.parametrize("limit", [False, True])
+def test_ce_increase_matches_plain_reference(backend, cache, tmp_path, limit):
+    """Batched, padded, spliced through the reader's logits_with_edit vs one conversation at a time."""
     from cgaps.sae.training.metrics import ce_increase, reconstruction_metrics
 
     acts = load_layer(cache, 1)
     cfg = _cfg()
     sae = to_sae(train_sae(acts, tmp_path / "run", cfg), cfg, layer=1, model_name="tiny")
-    m = ce_increase(backend, sae, CONVS[:6], 1, max_norm=None, mean_act=acts.float().mean(0))
-    assert m["ce_tokens"] > 50 and m["ce_clean"] > 0
-    assert abs(m["ce_increase"] - (m["ce_sae"] - m["ce_clean"])) < 1e-9
+    mean_act = acts.float().mean(0)
+    # with a limit at the median norm, about half the content tokens keep their clean residual
+    max_norm = float(acts.float().norm(dim=1).median()) if limit else None
+    convs = CONVS[::7]  # lengths differ, so batches are padded
+    m = ce_increase(backend, sae, convs, 1, max_norm=max_norm, batch_size=4, mean_act=mean_act)
+    want, n_targets, spliced = _reference_ce(backend.model, sae, convs, 1, max_norm, mean_act)
+    assert m["ce_tokens"] == n_targets > 50 and m["ce_clean"] > 0
+    for key, value in want.items():
+        assert m[key] == pytest.approx(value, rel=1e-6), key
+    n_content = sum(sum(render(embedded_tokenizer(), c["messages"], 512)[1]) for c in convs)
+    assert 0 < spliced <= n_content and (spliced < n_content) == limit
+    assert m["ce_mean_ablation"] > m["ce_sae"] > m["ce_clean"]
+    # float noise of batching is ~1e-6 nats; a splice on the wrong tokens moves this much more
+    assert m["ce_increase"] == pytest.approx(want["ce_sae"] - want["ce_clean"], abs=1e-5)
     r = reconstruction_metrics(sae, acts)
     assert r["l0"] <= cfg.k and 0 <= r["fvu"] < 1
 
