@@ -1,0 +1,83 @@
+"""cgaps.models: batching helpers, the dtype map, and HFBackend as both seams, on a tiny random model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cgaps.errors import CGapsError
+from cgaps.models import HFBackend, length_batches, pad_batch, pick_dtype, right_pad, torch_dtype
+from helpers import embedded_tokenizer, tiny_causal_lm
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return HFBackend(tiny_causal_lm("llama", n_layers=3, hidden=32), embedded_tokenizer(), "tiny", "cpu")
+
+
+def test_length_batches_sort_stably():
+    lengths = [5, 2, 5, 1, 2, 9, 5]
+    assert length_batches(lengths, 3) == [[3, 1, 4], [0, 2, 6], [5]]
+    # longest first keeps ties in input order too (like sorting on the negated length)
+    assert length_batches(lengths, 3, longest_first=True) == [[5, 0, 2], [6, 1, 4], [3]]
+    assert length_batches([], 4) == []
+
+
+def test_pad_batch_against_a_plain_loop():
+    rows = [[4, 5, 6], [7], [8, 9]]
+    ids, mask = pad_batch(rows, pad_id=0)
+    want_ids = torch.zeros(3, 3, dtype=torch.long)
+    want_mask = torch.zeros(3, 3, dtype=torch.long)
+    for r, row in enumerate(rows):
+        want_ids[r, : len(row)] = torch.tensor(row)
+        want_mask[r, : len(row)] = 1
+    assert torch.equal(ids, want_ids) and torch.equal(mask, want_mask)
+    assert torch.equal(pad_batch(rows, pad_id=None)[0], want_ids)
+    assert pad_batch(rows, pad_id=3)[0][1].tolist() == [7, 3, 3]
+    keep = right_pad([[True, False], [True]], False, torch.bool)
+    assert keep.dtype == torch.bool and keep.tolist() == [[True, False], [True, False]]
+
+
+def test_dtype_names():
+    assert torch_dtype("bfloat16") is torch.bfloat16 and torch_dtype("float16") is torch.float16
+    assert pick_dtype("auto", "cpu") is torch.float32 and pick_dtype("auto", "cuda:0") is torch.bfloat16
+    with pytest.raises(CGapsError, match="unknown dtype 'fp16'; valid: auto, float32, bfloat16, float16"):
+        pick_dtype("fp16", "cpu")
+    with pytest.raises(CGapsError, match="valid: float32, bfloat16, float16"):
+        torch_dtype("half")
+
+
+def test_backend_satisfies_both_seams(tiny):
+    from cgaps.seams import Generator, ResidualReader
+
+    assert isinstance(tiny, Generator) and isinstance(tiny, ResidualReader)
+    assert tiny.dtype is torch.float32
+
+
+def test_logits_with_edit_against_the_model(tiny):
+    ids, mask = pad_batch([[1, 500, 600, 700], [1, 800]], tiny.tokenizer.pad_token_id)
+    with torch.no_grad():
+        clean = tiny.model(input_ids=ids, attention_mask=mask).logits.float()
+    torch.testing.assert_close(tiny.logits_with_edit(ids, mask, 1, None), clean)
+    torch.testing.assert_close(tiny.logits_with_edit(ids, mask, 1, lambda h: h), clean)
+    # an edit of the last block's output: the logits are the LM head of the edited, normed residual
+    last = tiny.n_layers - 1
+    h = tiny.residuals(ids, mask, last)
+    with torch.no_grad():
+        want = tiny.model.lm_head(tiny.model.model.norm(2 * h)).float()
+    got = tiny.logits_with_edit(ids, mask, last, lambda x: 2 * x)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, clean)
+    with pytest.raises(CGapsError, match="beyond model tiny"):
+        tiny.logits_with_edit(ids, mask, 3, None)
+
+
+def test_generate_with_one_budget_per_conversation(tiny):
+    convs = [[{"role": "user", "content": "Hello there"}], [{"role": "user", "content": "Hello again"}]]
+    both = tiny.generate(convs, [2, 6], batch_size=2)
+    full = tiny.generate(convs, 6, batch_size=2)
+    assert both[1] == full[1] and full[0].startswith(both[0])
+    ids = [tiny.tokenizer(t, add_special_tokens=False)["input_ids"] for t in (both[0], full[0])]
+    assert len(ids[0]) <= 2 < len(ids[1])
+    with pytest.raises(ValueError, match="2 token budgets for 1 conversations"):
+        tiny.generate(convs[:1], [2, 6], batch_size=2)
