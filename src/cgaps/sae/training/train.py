@@ -169,7 +169,9 @@ def topk_forward(
     """(reconstruction, values [B,k], indices [B,k], dense pre-activations without grad)."""
     import torch
 
-    dtype = getattr(torch, matmul_dtype)
+    from cgaps.models import torch_dtype
+
+    dtype = torch_dtype(matmul_dtype)
     encode, decode = _autograd_fns()
     xc = x - p["b_dec"]
     vals, idx, pre = encode.apply(xc, p["W_enc"], p["b_enc"], k, dtype)
@@ -379,11 +381,11 @@ def save_sae(
     sae: Any, folder: str | Path, dtype: str = "float32", metrics: dict[str, Any] | None = None
 ) -> Path:
     """Write ``cfg.json`` + ``sae_weights.safetensors`` (+ ``metrics.json``) in sae-lens format."""
-    import torch
+    from cgaps.models import torch_dtype
 
     folder = Path(folder)
     if dtype != "float32":
-        sae = sae.to(dtype={"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype])
+        sae = sae.to(dtype=torch_dtype(dtype))
         sae.cfg.dtype = dtype
     sae.save_model(folder)
     if metrics is not None:
