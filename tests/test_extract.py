@@ -103,8 +103,9 @@ def test_extraction_matches_plain_reference(tmp_path, tiny_backend, pool, span):
     )
     meta = rundir.read_run_json(tmp_path)
     assert meta["n_concepts"] == spec.width
-    # the written table passes the reader's validation
-    rundir.read_saliency(tmp_path, pd.Index(ITEMS["item_id"]), spec.width)
+    # the written table passes the reader's validation and reads back as returned
+    back = rundir.read_saliency(tmp_path, pd.Index(ITEMS["item_id"]), spec.width)
+    pd.testing.assert_frame_equal(back.reset_index(drop=True), sal.reset_index(drop=True))
 
 
 def test_keep_special_includes_scaffold_tokens(tmp_path, tiny_backend):
