@@ -21,9 +21,9 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 
-# the test run's own settings, read here and never by the code under test's defaults:
-# where converted models are cached and where the benchmark files are
-KEEP_ENV = {"CGAPS_CACHE", "CGAPS_BENCHMARKS"}
+# the test run's own settings: where converted models are cached, where the benchmark files
+# are, and whether test_report.py rewrites its golden figures
+KEEP_ENV = {"CGAPS_CACHE", "CGAPS_BENCHMARKS", "CGAPS_UPDATE_GOLDEN"}
 
 
 def _no_conversion(gguf, *args, **kwargs):
