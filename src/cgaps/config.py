@@ -31,7 +31,7 @@ POOLS = ("max", "mean", "sum")
 MC_SCORING = ("generate", "loglik")
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
+def documented(default: Any, help: str, **kw: Any) -> Any:
     """A field with its ``--help`` text (and other CLI metadata such as ``flags``)."""
     return field(default=default, metadata={"help": help, **kw})
 
@@ -41,63 +41,69 @@ class RunConfig:
     """Everything that determines a Competency Gaps run."""
 
     # --- items
-    suite: str = _f(
+    suite: str = documented(
         "probes", "Suite name (probes, paper10), comma-separated benchmark names, or a benchmark spec file."
     )
-    data_dir: str | None = _f(
+    data_dir: str | None = documented(
         None, "Folder with the benchmarks' original files (else they are read from the hub)."
     )
-    limit: int | None = _f(
+    limit: int | None = documented(
         None, "At most this many items per benchmark (seeded sample, kept in source order)."
     )
-    seed: int = _f(0, "Seed for item sampling, the probe generator, subsampling and anything else random.")
+    seed: int = documented(
+        0, "Seed for item sampling, the probe generator, subsampling and anything else random."
+    )
     # --- evaluated model and generation
-    model: str = _f(
+    model: str = documented(
         EMBEDDED,
         "Evaluated model: 'embedded' (SmolLM2-135M-Instruct), a hub id, a local folder or a .gguf file.",
     )
-    max_new_tokens: int = _f(256, "Greedy generation budget per item.")
-    batch_size: int = _f(16, "Items per forward batch (generation and extraction).")
-    mc_scoring: str = _f(
+    max_new_tokens: int = documented(256, "Greedy generation budget per item.")
+    batch_size: int = documented(16, "Items per forward batch (generation and extraction).")
+    mc_scoring: str = documented(
         "generate", "Multiple-choice scoring: 'generate' (answer letter) or 'loglik' (option log-likelihood)."
     )
-    chain_of_thought: bool = _f(
+    chain_of_thought: bool = documented(
         False, "Ask for step-by-step reasoning on GSM8K and MATH before the final answer."
     )
     # --- reader, SAE and pooling (SPEC section 2)
-    reader: str | None = _f(None, "Model whose residual stream is encoded (default: the evaluated model).")
-    sae: str = _f(
+    reader: str | None = documented(
+        None, "Model whose residual stream is encoded (default: the evaluated model)."
+    )
+    sae: str = documented(
         EMBEDDED,
         "SAE: 'embedded' (shipped SmolLM2 SAE), a local sae-lens folder, or 'RELEASE/SAE_ID' on the hub.",
     )
-    layer: int | None = _f(
+    layer: int | None = documented(
         None, "Residual layer L (blocks.L.hook_resid_post); default: the SAE's own hook layer."
     )
-    span: str = _f("both", "Tokens analysed: prompt, response or both.")
-    pool: str = _f("max", "Pooling of token activations into saliency: max, mean or sum.")
-    skip_special: bool = _f(
+    span: str = documented("both", "Tokens analysed: prompt, response or both.")
+    pool: str = documented("max", "Pooling of token activations into saliency: max, mean or sum.")
+    skip_special: bool = documented(
         True,
         "Skip BOS, chat-template tokens and the system prompt (their activations are artefacts).",
         flags="--skip-special/--keep-special",
     )
-    max_norm_ratio: float | None = _f(
+    max_norm_ratio: float | None = documented(
         10.0, "Skip tokens whose residual norm exceeds this many times the batch median (None keeps all)."
     )
-    max_length: int = _f(1024, "Truncate each formatted conversation to this many tokens before encoding.")
-    top_k: int | None = _f(
+    max_length: int = documented(
+        1024, "Truncate each formatted conversation to this many tokens before encoding."
+    )
+    top_k: int | None = documented(
         None, "Keep only the top-k concepts per item in saliency.parquet (None keeps all)."
     )
     # --- scoring (SPEC section 3)
-    min_support: int = _f(5, "Concepts firing on fewer items are reported but never called gaps.")
-    under_pct: float = _f(
+    min_support: int = documented(5, "Concepts firing on fewer items are reported but never called gaps.")
+    under_pct: float = documented(
         10.0, "Percentile of chi_bench below which a present concept is 'under'-represented."
     )
-    over_pct: float = _f(90.0, "Percentile of chi_bench above which a concept is 'over'-represented.")
-    fdr: float = _f(0.05, "Benjamini-Hochberg false discovery rate for model gaps and strengths.")
-    ci_level: float = _f(0.95, "Confidence level of the Wilson interval on chi_model.")
+    over_pct: float = documented(90.0, "Percentile of chi_bench above which a concept is 'over'-represented.")
+    fdr: float = documented(0.05, "Benjamini-Hochberg false discovery rate for model gaps and strengths.")
+    ci_level: float = documented(0.95, "Confidence level of the Wilson interval on chi_model.")
     # --- execution
-    device: str = _f("auto", "Torch device: auto, cpu, cuda, cuda:N, mps.")
-    dtype: str = _f(
+    device: str = documented("auto", "Torch device: auto, cpu, cuda, cuda:N, mps.")
+    dtype: str = documented(
         "auto", "Model dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."
     )
 
@@ -146,15 +152,17 @@ class RunConfig:
 class ReportOptions:
     """What the report shows and how much of it (the caps keep the file small)."""
 
-    top: int = _f(50, "Rows per table in the suite-wide (ALL) scope.")
-    top_per_benchmark: int = _f(10, "Rows per table in each benchmark's scope.")
-    examples: int = _f(2, "Example items per concept row, for each of correct and incorrect.")
-    contexts: int = _f(3, "Top activating contexts shown for a concept without a label.")
-    prompt_chars: int = _f(600, "Prompt text shown per example item (longer ones are cut, with a note).")
-    response_chars: int = _f(400, "Response text shown per example item.")
-    reference_chars: int = _f(200, "Reference text shown per example item.")
-    context_chars: int = _f(60, "Characters of text shown on each side of a context's firing token.")
-    bins: int = _f(40, "Histogram bins.")
+    top: int = documented(50, "Rows per table in the suite-wide (ALL) scope.")
+    top_per_benchmark: int = documented(10, "Rows per table in each benchmark's scope.")
+    examples: int = documented(2, "Example items per concept row, for each of correct and incorrect.")
+    contexts: int = documented(3, "Top activating contexts shown for a concept without a label.")
+    prompt_chars: int = documented(
+        600, "Prompt text shown per example item (longer ones are cut, with a note)."
+    )
+    response_chars: int = documented(400, "Response text shown per example item.")
+    reference_chars: int = documented(200, "Reference text shown per example item.")
+    context_chars: int = documented(60, "Characters of text shown on each side of a context's firing token.")
+    bins: int = documented(40, "Histogram bins.")
 
     def __post_init__(self) -> None:
         for name, value in dataclasses.asdict(self).items():

@@ -9,25 +9,22 @@ field's ``metadata["help"]``; field names are the option names, ``max_delete`` i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from cgaps.config import documented
 from cgaps.errors import CGapsError
-
-
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class RobustnessOptions:
     """How many subsamples and how much ablation the robustness checks run."""
 
-    repeats: int = _opt(100, "Subsampling repeats (seeded by the run's seed).")
-    drop: float = _opt(0.2, "Fraction of every benchmark dropped in each subsampling repeat.")
-    top: int = _opt(100, "Best / worst concepts whose most aligned items the ablation deletes.")
+    repeats: int = documented(100, "Subsampling repeats (seeded by the run's seed).")
+    drop: float = documented(0.2, "Fraction of every benchmark dropped in each subsampling repeat.")
+    top: int = documented(100, "Best / worst concepts whose most aligned items the ablation deletes.")
     # written as "max_frac" in robustness.json (its key there since the first version)
-    max_delete: float = _opt(0.01, "At most this fraction of the suite is deleted by the ablation.")
+    max_delete: float = documented(0.01, "At most this fraction of the suite is deleted by the ablation.")
 
     def __post_init__(self) -> None:
         def integer(x: Any) -> bool:

@@ -27,19 +27,16 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cgaps.config import documented
 from cgaps.errors import CGapsError, did_you_mean
 from cgaps.sae import resid_post_hook
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
-
-
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 MATMUL_DTYPES = ("float32", "bfloat16")
@@ -53,22 +50,22 @@ class TrainConfig:
     is the field's), and ``scripts/train_shipped_sae.py`` names only what its pilot changes.
     """
 
-    width: int = _f(8192, "Number of latents F.")
-    k: int = _f(64, "Active latents per token (TopK).")
-    batch_size: int = _f(2048, "Tokens per optimiser step.")
-    lr: float = _f(6e-4, "Adam learning rate after warm-up.")
-    warmup_steps: int = _f(100, "Steps of linear learning-rate warm-up from zero.")
-    decay_fraction: float = _f(
+    width: int = documented(8192, "Number of latents F.")
+    k: int = documented(64, "Active latents per token (TopK).")
+    batch_size: int = documented(2048, "Tokens per optimiser step.")
+    lr: float = documented(6e-4, "Adam learning rate after warm-up.")
+    warmup_steps: int = documented(100, "Steps of linear learning-rate warm-up from zero.")
+    decay_fraction: float = documented(
         0.2, "Final fraction of the steps over which the learning rate decays to zero."
     )
-    epochs: float = _f(2.0, "Passes over the cached tokens (fractions allowed).")
-    aux_k: int = _f(256, "AuxK: dead latents that reconstruct the residual error.")
-    aux_coef: float = _f(1 / 32, "AuxK: weight of the auxiliary loss.")
-    aux_max_dead: int = _f(2048, "AuxK: at most this many dead latents per step (a seeded sample).")
-    dead_tokens: int = _f(250_000, "A latent is dead after this many tokens without firing.")
-    seed: int = _f(0, "Seed of the initialisation, the data order and the dead-latent sample.")
-    checkpoint_every: int = _f(100, "Write a resumable checkpoint every this many steps.")
-    matmul_dtype: str = _f(
+    epochs: float = documented(2.0, "Passes over the cached tokens (fractions allowed).")
+    aux_k: int = documented(256, "AuxK: dead latents that reconstruct the residual error.")
+    aux_coef: float = documented(1 / 32, "AuxK: weight of the auxiliary loss.")
+    aux_max_dead: int = documented(2048, "AuxK: at most this many dead latents per step (a seeded sample).")
+    dead_tokens: int = documented(250_000, "A latent is dead after this many tokens without firing.")
+    seed: int = documented(0, "Seed of the initialisation, the data order and the dead-latent sample.")
+    checkpoint_every: int = documented(100, "Write a resumable checkpoint every this many steps.")
+    matmul_dtype: str = documented(
         "bfloat16",
         "Dtype of the large matmuls: bfloat16 (float32 accumulation; ~2x faster on CPUs with "
         "AMX / AVX512-BF16) or float32.",
