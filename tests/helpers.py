@@ -274,6 +274,32 @@ def make_suite(seed: int, n_concepts: int = 200) -> tuple[pd.DataFrame, pd.DataF
     return items_df, sal_df
 
 
+def make_null_or_planted_suite(
+    seed: int, *, null: bool, n_concepts: int = 300, n_planted: int = 4
+) -> tuple[pd.DataFrame, pd.DataFrame, set[int]]:
+    """Three benchmarks (accuracy 0.85 / 0.8 / 0.75), random firing independent of the scores,
+    and ``n_planted`` weak concepts 0..n-1 (support ~20-50) on whose items accuracy is 0.1 -
+    unless ``null``: then no score depends on any concept. Returns (items, saliency, planted)."""
+    rng = np.random.default_rng(seed)
+    sizes = {"a": 250, "b": 200, "c": 150}
+    acc = {"a": 0.85, "b": 0.8, "c": 0.75}
+    rate = rng.uniform(0.02, 0.2, n_concepts)
+    planted = list(range(n_planted))
+    rate[planted] = rng.uniform(0.04, 0.08, n_planted)
+    items, sal = [], []
+    for b, n in sizes.items():
+        for k in range(n):
+            fires = rng.random(n_concepts) < rate
+            p = 0.1 if not null and fires[planted].any() else acc[b]
+            items.append({"item_id": f"{b}{k}", "benchmark": b, "score": float(rng.random() < p)})
+            for c in np.flatnonzero(fires):
+                sal.append((f"{b}{k}", int(c), float(rng.gamma(2.0, 1.5)) + 1e-3))
+    sal_df = pd.DataFrame(sal, columns=["item_id", "concept", "value"]).astype(
+        {"concept": "int32", "value": "float32"}
+    )
+    return pd.DataFrame(items), sal_df, set(planted)
+
+
 def write_run(
     root: Path,
     items: pd.DataFrame | None = None,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from cgaps.errors import CGapsError
 from cgaps.sae.training.cache import build_cache, load_layer, load_manifest, render
 from cgaps.sae.training.train import TrainConfig, save_sae, to_sae, train_sae
 from helpers import embedded_tokenizer, save_tiny_model
@@ -331,6 +333,18 @@ def test_cli_train_sae_end_to_end(backend, tmp_path):
     sae = SAE.load_from_disk(out)
     assert sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post" and sae.cfg.dtype == "float16"
     assert (sae.cfg.d_sae, sae.cfg.k) == (64, 4)  # the generated --width / --k flags reached TrainConfig
+    # latent statistics beside the weights: the max activation of each latent over the training
+    # cache, which scoring reads as the concept scale
+    from cgaps.sae import load_sae, read_latent_scale
+    from cgaps.sae.training.metrics import latent_stats
+
+    scale, source = read_latent_scale(str(out), 64)
+    acts = load_layer(out.with_name(out.name + ".work") / "cache_train", 1)
+    ref = latent_stats(load_sae(str(out), hidden_size=backend.hidden_size, n_layers=backend.n_layers), acts)
+    np.testing.assert_allclose(scale, ref["max"].numpy(), rtol=1e-6)
+    assert scale.max() > 0 and "tokens" in source
+    with pytest.raises(CGapsError, match="one per latent"):
+        read_latent_scale(str(out), 65)
 
 
 # ---------------------------------------------------------------- one source of training defaults

@@ -14,13 +14,22 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.rundir import CONCEPT_COLUMNS
 from cgaps.scoring import compute_scores, score_run
 from cgaps.scoring.reference import assert_same_tables, reference_scores
-from helpers import NEVER, NOT_IN_BIAS, STRONG_PLANTED, WEAK_PLANTED, make_suite, write_run
+from helpers import (
+    NEVER,
+    NOT_IN_BIAS,
+    STRONG_PLANTED,
+    WEAK_PLANTED,
+    make_null_or_planted_suite,
+    make_suite,
+    write_run,
+)
 
 # the synthetic suites (make_suite, its planted concepts) and write_run live in helpers.py
 
@@ -43,11 +52,99 @@ def test_fast_path_matches_reference(seed):
 
 def test_fast_path_matches_reference_other_knobs():
     items, sal = make_suite(7)
-    cfg = RunConfig(min_support=12, under_pct=25, over_pct=60, fdr=0.2, ci_level=0.8)
+    cfg = RunConfig(min_support=12, under_pct=25, over_pct=60, fdr=0.2, ci_level=0.8, presence=0.3)
     concepts, overlap = compute_scores(items, sal, 200, cfg)
     ref_concepts, ref_overlap = reference_scores(items, sal, 200, cfg)
     assert_same_tables(concepts, ref_concepts, ["scope", "concept"])
     assert_same_tables(overlap, ref_overlap, ["a", "b"])
+
+
+def test_fast_path_matches_reference_monte_carlo_everywhere():
+    # every tested concept takes the Monte Carlo path, with the refining second pass
+    items, sal = make_suite(5)
+    cfg = RunConfig(mc_below=1e9, mc_resamples=3000, seed=11)
+    concepts, _ = compute_scores(items, sal, 200, cfg)
+    ref, _ = reference_scores(items, sal, 200, cfg)
+    assert_same_tables(concepts, ref, ["scope", "concept"])
+    q = concepts["q_value"].dropna()
+    assert q.min() < 0.05 and "weak" in set(concepts["gap"])
+
+
+def test_presence_threshold_drops_faint_activations():
+    items, sal = make_suite(2)
+    full, _ = compute_scores(items, sal, 200, RunConfig())
+    thr, _ = compute_scores(items, sal, 200, RunConfig(presence=0.5))
+    scale = sal.groupby("concept")["value"].max()
+    kept = sal[sal["value"] >= 0.5 * sal["concept"].map(scale)]
+    expected_support = kept.groupby("concept").size().reindex(range(200), fill_value=0)
+    got = thr[thr["scope"] == "ALL"].set_index("concept")["support"]
+    assert (got == expected_support).all()
+    assert (got <= full[full["scope"] == "ALL"].set_index("concept")["support"]).all()
+    assert (thr["status"] == "missing").sum() > (full["status"] == "missing").sum()
+
+
+def test_monte_carlo_p_value_matches_the_exact_binomial_tail():
+    # one benchmark, 0/1 scores with mean 0.25, concept 0 on 8 items with equal saliency and 6
+    # of them correct: under the null T counts correct items, Binomial(8, 0.25) exactly
+    n = 400
+    y = np.zeros(n)
+    y[:100] = 1.0
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(n)], "benchmark": "b", "score": y})
+    on = [0, 1, 2, 3, 4, 5, 200, 201]  # 6 correct, 2 wrong
+    sal = pd.DataFrame({"item_id": [f"i{i}" for i in on], "concept": 0, "value": 1.0})
+    concepts, _ = compute_scores(items, sal, 1, RunConfig(min_support=1, mc_resamples=100_000))
+    row = concepts[concepts["scope"] == "ALL"].iloc[0]
+    exact = stats.binom.sf(5, 8, 0.25)  # P(X >= 6) = 0.00423
+    assert row["q_value"] == pytest.approx(exact, rel=0.1)
+    # the normal approximation of the same z would claim ~8x more evidence than there is
+    z = (6 - 2) / np.sqrt(8 * 0.25 * 0.75)
+    assert stats.norm.sf(z) < exact / 5
+
+
+def test_score_test_uses_the_null_variance_not_the_firing_items():
+    # six items that all agree used to make the plug-in variance ~0 and a "strength" of noise
+    n = 300
+    rng = np.random.default_rng(0)
+    y = (rng.random(n) < 0.5).astype(float)
+    correct = np.flatnonzero(y == 1)[:6]
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(n)], "benchmark": "b", "score": y})
+    sal = pd.DataFrame({"item_id": [f"i{i}" for i in correct], "concept": 0, "value": 1.0})
+    concepts, _ = compute_scores(items, sal, 1, RunConfig())
+    row = concepts[concepts["scope"] == "ALL"].iloc[0]
+    assert row["chi_model"] == 1.0
+    # the evidence is what 6 of 6 correct at p = ybar ~ 0.5 is worth (ybar^6), not the near-0 p-value
+    # a plug-in variance of 0 gives; one such concept among a hundred is never a call
+    assert row["q_value"] == pytest.approx(y.mean() ** 6, rel=0.3)
+    assert row["q_value"] * 100 > 0.05
+
+
+@pytest.mark.slow
+def test_null_scores_call_nothing_in_at_least_19_of_20_seeds():
+    seeds_with_calls = 0
+    for seed in range(20):
+        items, sal, _ = make_null_or_planted_suite(seed, null=True)
+        concepts, _ = compute_scores(items, sal, 300, RunConfig(seed=seed))
+        seeds_with_calls += bool((concepts["gap"] != "").any())
+    assert seeds_with_calls <= 1
+
+
+def test_planted_gaps_are_found_with_precision_and_recall():
+    called_total = true_calls = due_total = due_found = 0
+    for seed in range(5):
+        items, sal, planted = make_null_or_planted_suite(seed, null=False)
+        concepts, _ = compute_scores(items, sal, 300, RunConfig(seed=seed))
+        a = concepts[concepts["scope"] == "ALL"].set_index("concept")
+        called = set(a.index[a["gap"] == "weak"])
+        # the planted concepts the criterion is about: support >= 20 and an accuracy drop >= 0.5
+        p = a.loc[sorted(planted)]
+        due = set(p.index[(p["support"] >= 20) & (p["chi_model"] - p["expected"] <= -0.5)])
+        called_total += len(called)
+        true_calls += len(called & planted)
+        due_total += len(due)
+        due_found += len(called & due)
+    assert due_total >= 10
+    assert true_calls / called_total >= 0.9
+    assert due_found / due_total >= 0.9
 
 
 def test_never_firing_and_missing_rows():
@@ -75,7 +172,7 @@ def test_planted_concepts_are_called():
         for c in WEAK_PLANTED:
             assert by.loc[(scope, c), "gap"] == "weak", (scope, c)
             assert by.loc[(scope, c), "chi_model"] == 0.0
-        # all scores equal (SE falls back to e(1 - e)) and well above e: called strong
+        # all scores equal and well above e: called strong by the score test
         assert by.loc[(scope, STRONG_PLANTED), "gap"] == "strong"
     # random concepts are mostly not called
     rest = concepts[(concepts["scope"] == "ALL") & (concepts["concept"] > 2)]
@@ -183,6 +280,38 @@ def test_score_run_writes_tables_and_run_json(tmp_path):
     meta = json.loads((run / "run.json").read_text())
     assert meta["config"]["min_support"] == 5 and meta["counts"]["scored_items"] == 310
     assert "score_compute_s" in meta["timings"]
+
+
+def test_score_run_takes_the_concept_scale_from_the_sae_latent_stats(tmp_path):
+    from cgaps.sae import write_latent_stats
+
+    items, sal = make_suite(0)
+    sae_dir = tmp_path / "sae"
+    sae_dir.mkdir()
+    suite_max = sal.groupby("concept")["value"].max().reindex(range(200), fill_value=0.0).to_numpy()
+    reference = 2.0 * suite_max  # a reference corpus whose activations run twice as high
+    write_latent_stats(
+        sae_dir, {"max": reference, "frequency": np.zeros(200)}, {"corpus": "t", "tokens": "9"}
+    )
+    meta = {"n_concepts": 200, "config": {"sae": str(sae_dir), "presence": 0.3}, "sae": {"id": str(sae_dir)}}
+    concepts, _ = score_run(write_run(tmp_path / "run", items, sal, meta))
+    got = concepts[concepts["scope"] == "ALL"].set_index("concept")
+    # present when s >= 0.3 * (2 x suite max); s_hat = s / reference
+    kept = sal[sal["value"] >= 0.3 * sal["concept"].map(lambda c: reference[c])]
+    want_support = kept.groupby("concept").size().reindex(range(200), fill_value=0)
+    assert (got["support"] == want_support).all()
+    want_bench = (kept["value"] / kept["concept"].map(lambda c: reference[c])).groupby(
+        kept["concept"]
+    ).sum() / 310
+    # the stats file stores float32
+    np.testing.assert_allclose(got.loc[want_bench.index, "chi_bench"], want_bench, rtol=1e-6)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["counts"]["concept_scale"].startswith(
+        "reference max from latent_stats.safetensors (9 tokens of t)"
+    )
+    # a run without an extraction record (saliency from another tool) keeps the suite's own max
+    plain_meta = {"n_concepts": 200, "config": {"sae": str(sae_dir), "presence": 0.3}}
+    plain, _ = score_run(write_run(tmp_path / "plain", items, sal, plain_meta))
+    assert (plain[plain["scope"] == "ALL"]["support"] >= got["support"].to_numpy()).all()
 
 
 def test_score_run_uses_stored_config(tmp_path):

@@ -29,6 +29,7 @@ EMBEDDED = "embedded"
 SPANS = ("prompt", "response", "both")
 POOLS = ("max", "mean", "sum")
 MC_SCORING = ("generate", "loglik")
+MC_FIRST_PASS = 1000  # Monte Carlo resamples every small-count concept gets (cgaps.scoring.core)
 
 
 def documented(default: Any, help: str, **kw: Any) -> Any:
@@ -94,6 +95,11 @@ class RunConfig:
         None, "Keep only the top-k concepts per item in saliency.parquet (None keeps all)."
     )
     # --- scoring (SPEC section 3)
+    presence: float = documented(
+        0.0,
+        "Presence threshold tau in [0, 1): concept c counts as present in an item when s_c(x) >= tau x its "
+        "scale m_c; fainter activations count as 0 in every score (0 keeps every activation).",
+    )
     min_support: int = documented(5, "Concepts firing on fewer items are reported but never called gaps.")
     under_pct: float = documented(
         10.0, "Percentile of chi_bench below which a present concept is 'under'-represented."
@@ -101,6 +107,14 @@ class RunConfig:
     over_pct: float = documented(90.0, "Percentile of chi_bench above which a concept is 'over'-represented.")
     fdr: float = documented(0.05, "Benjamini-Hochberg false discovery rate for model gaps and strengths.")
     ci_level: float = documented(0.95, "Confidence level of the Wilson interval on chi_model.")
+    mc_below: float = documented(
+        10.0,
+        "Monte Carlo p-value (scores resampled within benchmark) for concepts whose expected minority "
+        "count n_eff x min(e, 1 - e) is below this; the normal approximation above it.",
+    )
+    mc_resamples: int = documented(
+        20000, "Resamples for the Monte Carlo p-values of candidates (p <= 0.01 after the first 1,000)."
+    )
     # --- execution
     device: str = documented("auto", "Torch device: auto, cpu, cuda, cuda:N, mps.")
     dtype: str = documented(
@@ -131,6 +145,16 @@ class RunConfig:
             raise CGapsError(f"config field 'fdr' must be in (0, 1), got {self.fdr}")
         if not 0 < self.ci_level < 1:
             raise CGapsError(f"config field 'ci_level' must be in (0, 1), got {self.ci_level}")
+        if not 0 <= self.presence < 1:
+            raise CGapsError(f"config field 'presence' must be in [0, 1), got {self.presence}")
+        if self.mc_below < 0:
+            raise CGapsError(
+                f"config field 'mc_below' must be >= 0 (0 turns Monte Carlo off), got {self.mc_below}"
+            )
+        if self.mc_resamples < MC_FIRST_PASS:
+            raise CGapsError(
+                f"config field 'mc_resamples' must be >= {MC_FIRST_PASS} (the first pass), got {self.mc_resamples}"
+            )
         if self.min_support < 1:
             raise CGapsError(f"config field 'min_support' must be >= 1, got {self.min_support}")
         if self.max_norm_ratio is not None and self.max_norm_ratio <= 1:

@@ -57,10 +57,11 @@ def train_sae(
     from cgaps.errors import CGapsError
     from cgaps.models import load_backend
     from cgaps.rundir import write_json
-    from cgaps.sae import load_sae
+    from cgaps.sae import load_sae, write_latent_stats
     from cgaps.sae.training.cache import build_cache, load_layer
     from cgaps.sae.training.corpus import read_jsonl
     from cgaps.sae.training.measure import measure_sae
+    from cgaps.sae.training.metrics import latent_stats
     from cgaps.sae.training.train import METRICS, save_sae, to_sae
     from cgaps.sae.training.train import train_sae as run_training
 
@@ -132,6 +133,11 @@ def train_sae(
         "text_mix": manifest["text_mix"],
     }
     write_json(metrics, out / METRICS)
+    # the concept scale m_c that scoring uses instead of each suite's own max (docs/method.md §2)
+    stats = latent_stats(shipped, acts)
+    write_latent_stats(
+        out, stats, {"corpus": f"the training cache ({conversations.name})", "tokens": str(len(acts))}
+    )
     info(
         f"saved {out}: FVU {metrics['fvu']:.3f}, L0 {metrics['l0']:.1f}, dead {metrics['dead_frac']:.1%}, "
         f"CE +{metrics['ce_increase']:.3f} nats"

@@ -40,6 +40,7 @@ from cgaps.config import RunConfig
 from cgaps.robustness.options import RobustnessOptions
 from cgaps.runtables import load_run
 from cgaps.scoring.core import SuiteMatrix, build_matrix, chi_tables
+from cgaps.scoring.stage import concept_scale
 
 __all__ = ["RobustnessOptions", "ablation", "robustness_run", "subsample_rows", "subsampling"]
 
@@ -60,7 +61,7 @@ def subsample_rows(m: SuiteMatrix, rng: np.random.Generator, drop: float) -> np.
 def subsampling(m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions) -> dict[str, Any]:
     """Per-concept std of chi_model and chi_bench over ``opts.repeats`` seeded subsamples, averaged per scope."""
     repeats, drop = opts.repeats, opts.drop
-    full = chi_tables(m, with_var=False)
+    full = chi_tables(m)
     col_max = _col_max(m)
     rng = np.random.default_rng(cfg.seed)
     shape = full.chi_model.shape
@@ -68,7 +69,7 @@ def subsampling(m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions) -> dict
     # of repeats, and identical draws give a std of exactly 0 (no sum-of-squares cancellation).
     model, bench = _Moments(shape), _Moments(shape)
     for _ in range(repeats):
-        t = chi_tables(m.subset(subsample_rows(m, rng, drop)), col_max, with_var=False)
+        t = chi_tables(m.subset(subsample_rows(m, rng, drop)), col_max)
         model.add(t.chi_model)  # NaN (not firing in this subsample) is skipped
         bench.add(t.chi_bench)
     std_model, std_bench = model.std(), bench.std()
@@ -108,7 +109,7 @@ def _nanmean(x: np.ndarray) -> float:
 
 
 def _median_chi_model(m: SuiteMatrix, concepts: np.ndarray) -> float:
-    t = chi_tables(m, with_var=False)
+    t = chi_tables(m)
     vals = t.chi_model[-1, concepts]
     vals = vals[~np.isnan(vals)]
     return float(np.median(vals)) if len(vals) else float("nan")
@@ -117,7 +118,7 @@ def _median_chi_model(m: SuiteMatrix, concepts: np.ndarray) -> float:
 def ablation(m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions) -> dict[str, Any]:
     """Delete the items most aligned with the best (worst) concepts; report the median chi_model shift."""
     top, max_frac = opts.top, opts.max_delete
-    full = chi_tables(m, with_var=False)
+    full = chi_tables(m)
     eligible = np.flatnonzero(full.support[-1] >= cfg.min_support)
     before = _median_chi_model(m, eligible)
     col_max = _col_max(m)
@@ -159,7 +160,8 @@ def robustness_run(
     t0 = time.perf_counter()
     run = load_run(run_dir)
     cfg = run.config(config)
-    m = build_matrix(run.items, run.saliency, run.n_concepts)
+    scale, _ = concept_scale(run, cfg)
+    m = build_matrix(run.items, run.saliency, run.n_concepts, presence=cfg.presence, scale=scale)
     result = {
         "subsampling": subsampling(m, cfg, opts),
         "ablation": ablation(m, cfg, opts),

@@ -21,12 +21,13 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cgaps.config import EMBEDDED
 from cgaps.errors import CGapsError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from sae_lens import SAE
 
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "sae"
 CFG_FILENAME = "cfg.json"  # sae-lens's SAE_CFG_FILENAME
 WEIGHTS_FILENAME = "sae_weights.safetensors"  # sae-lens's SAE_WEIGHTS_FILENAME
+# Per-latent activation statistics beside the weights (our addition to the sae-lens folder):
+# "max" (float32 [F], the largest activation seen on a reference corpus; the concept scale m_c
+# of docs/method.md §2) and "frequency" (float32 [F], the share of tokens it fires on); the
+# metadata says on how many tokens of which corpus.
+LATENT_STATS_FILENAME = "latent_stats.safetensors"
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
 
@@ -219,4 +225,61 @@ def load_sae(
     return LoadedSAE(sae=sae, layer=sae_layer, sae_id=sae_id, width=int(sae.cfg.d_sae), hook_name=hook_name)
 
 
-__all__ = ["LoadedSAE", "as_encoder", "embedded_sae_dir", "hook_layer", "load_sae", "resid_post_hook"]
+def sae_folder(spec: str) -> Path | None:
+    """The local folder of an SAE spec (``embedded`` or a folder), None for a hub release."""
+    if spec == EMBEDDED:
+        return embedded_sae_dir()
+    path = Path(spec)
+    return path if path.is_dir() else None
+
+
+def write_latent_stats(folder: str | Path, stats: dict[str, Any], metadata: dict[str, str]) -> Path:
+    """Write ``max`` and ``frequency`` ([F] tensors) as the folder's latent statistics."""
+    import torch
+    from safetensors.torch import save_file
+
+    from cgaps.rundir import atomic_path
+
+    path = Path(folder) / LATENT_STATS_FILENAME
+    tensors = {k: torch.as_tensor(stats[k]).float().contiguous() for k in ("max", "frequency")}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def read_latent_scale(spec: str, width: int) -> tuple[np.ndarray, str] | None:
+    """The per-latent reference max shipped with SAE ``spec``, and where it came from; None without one."""
+    folder = sae_folder(spec)
+    path = folder / LATENT_STATS_FILENAME if folder is not None else None
+    if path is None or not path.exists():
+        return None
+    import numpy as np
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            scale = np.asarray(f.get_tensor("max"), dtype=np.float64)
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for a damaged file
+        raise CGapsError(
+            f"{path}: not readable latent statistics ({e}); delete it (scores then use the suite's max)"
+        ) from e
+    if scale.shape != (width,) or not np.all(np.isfinite(scale)) or np.any(scale < 0):
+        raise CGapsError(
+            f"{path}: field 'max' needs {width} finite values >= 0 (one per latent), got shape {scale.shape}; "
+            "delete the file or rewrite it for this SAE"
+        )
+    return scale, f"{path.name} ({meta.get('tokens', '?')} tokens of {meta.get('corpus', '?')})"
+
+
+__all__ = [
+    "LoadedSAE",
+    "as_encoder",
+    "embedded_sae_dir",
+    "hook_layer",
+    "load_sae",
+    "resid_post_hook",
+    "read_latent_scale",
+    "sae_folder",
+    "write_latent_stats",
+]

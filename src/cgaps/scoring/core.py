@@ -6,9 +6,9 @@ A suite is held as one CSR matrix ``S`` (items x concepts, raw saliency s_c(x), 
 a score vector ``y`` and a benchmark code per item (:class:`SuiteMatrix`). Every per-scope
 sum in section 3 is ``P @ M`` where ``P`` is a sparse indicator matrix (one row per scope:
 each benchmark, then ``ALL``) and ``M`` is ``S`` with its nonzero values replaced by the
-summand (``1``, ``s``, ``s^2``, ``s*y``, ``s*ybar(B(x))``, ``s_hat``, ``s*(y - chi)^2``).
-Nothing loops over items or concepts; the few per-scope steps (ranking, BH) loop over the
-scopes only. Robustness checks reuse :func:`chi_tables` on a row subset of the same matrix.
+summand (``1``, ``s``, ``s^2``, ``s*y``, ``s*ybar(B(x))``, ``s_hat``, ``s^2 v(B(x))``).
+Nothing loops over items or concepts; the few per-scope steps (ranking, BH, choosing the
+Monte Carlo concepts) loop over the scopes only. Robustness checks reuse :func:`chi_tables` on a row subset of the same matrix.
 
 Rules where SPEC.md leaves a choice open (the plain reference implementation in
 :mod:`cgaps.scoring.reference` applies the same rules independently):
@@ -22,20 +22,33 @@ Rules where SPEC.md leaves a choice open (the plain reference implementation in
   :data:`ROUND` decimals so that ties do not depend on summation order.
   Status: ``under`` if pct < under_pct, ``over`` if pct > over_pct, else ``normal``
   (``missing`` if n_c(S) = 0).
-* **Standard error** SE = sqrt(sum s (y - chi)^2 / sum s / n_eff), the squared deviations
-  summed in a second pass (no cancellation). A weighted variance below :data:`VAR_EPS`
-  counts as 0 (all scores of the firing items equal).
-* **SE = 0** (all firing items of S have the same score): the sample variance says
-  nothing, and taking it at face value would call every small all-correct concept a
-  strength. The variance falls back to e(1 - e), the largest variance a score in [0, 1]
-  with mean e can have (the null's binomial variance for 0/1 scores), so
-  SE = sqrt(e(1 - e) / n_eff). If that is 0 too (e in {0, 1}), with d = chi_model - e:
-  z = +inf if d > :data:`DIFF_EPS`, -inf if d < -DIFF_EPS, else 0 (p = 0.5: never a call).
-* **p-values and BH**: p_weak = Phi(z), p_strong = 1 - Phi(z); each side is adjusted with
-  Benjamini-Hochberg (:func:`cgaps.stats.bh_adjust`, i.e. scipy's
-  ``false_discovery_control``) separately over the concepts of S with n_c(S) >= min_support.
-  The side that applies is ``weak`` when z < 0, else ``strong``; ``q_value`` is that side's
-  adjusted p (NaN when not tested) and ``gap`` is that side when z != 0 and q <= fdr.
+* **Presence** (knob ``presence`` = tau): :func:`build_matrix` drops every s_c(x) < tau * m_c
+  before anything is summed, so support, chi_bench, chi_model, n_eff and the test all see the
+  thresholded saliency. m_c is the concept's scale: the suite's max of s_c (default) or a
+  reference max shipped with the SAE (``scale``); s_hat = s / m_c is clipped to 1 when a
+  reference max is below the suite's.
+* **Score test** (the null: given its benchmark, an item's score does not depend on the concept).
+  With mu(x) = ybar(B(x)) and v(x) = the population variance of B(x)'s scores,
+  T = sum s (y - mu) and z = T / sqrt(sum s^2 v), sums over the items of S where c is present.
+  The variance comes from the null, never from the firing items (a plug-in variance is ~0 when a
+  few firing items agree, and then noise is called a gap). sum s^2 v = 0 means every firing item
+  sits in a benchmark whose scores are all equal, so T = 0 too: z = 0, never a call.
+* **p-values.** Normal approximation, p_weak = Phi(z), p_strong = 1 - Phi(z), where the expected
+  minority count n_eff * min(e, 1 - e) >= ``mc_below``. Below it (few items, or a benchmark near
+  0 or 1 accuracy, where one correct item gives z ~ 7 but happens in 1 run of 10), a Monte Carlo
+  p-value from the same statistic T: every item's score is redrawn from its own benchmark's
+  scores (with replacement, which has exactly the variance v), T* is recomputed for all such
+  concepts at once as a sparse product, and p = (1 + #{T* <= T}) / (1 + R) (>= for strong;
+  ties count as extreme). Every such concept gets :data:`~cgaps.config.MC_FIRST_PASS` draws;
+  those with p <= :data:`MC_REFINE_P` after them get ``mc_resamples`` in all, so the p-values
+  that can survive BH are resolved to 1 / mc_resamples. Draws come in fixed chunks from
+  ``numpy.random.default_rng([seed, chunk])``, so the result does not depend on the machine or
+  on which scopes are computed. Measured calibration: see the README.
+* **BH**: each side is adjusted with Benjamini-Hochberg (:func:`cgaps.stats.bh_adjust`, i.e.
+  scipy's ``false_discovery_control``) separately over the concepts of S with
+  n_c(S) >= min_support. The side that applies is ``weak`` when z < 0, else ``strong``;
+  ``q_value`` is that side's adjusted p (NaN when not tested) and ``gap`` is that side when
+  z != 0 and q <= fdr.
 * **Never firing in S**: support 0, chi_bench 0, chi_bench_raw 0, n_eff 0; chi_model,
   expected, ci_low, ci_high and q_value NaN; status ``missing``; gap empty.
 * **Wilson interval** with n = n_eff and p = chi_model (scores may be fractional), clipped
@@ -49,6 +62,7 @@ Rows: scopes in sorted benchmark order, then ``ALL``; within a scope concepts 0.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,14 +70,15 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
-from cgaps.config import RunConfig
+from cgaps.config import MC_FIRST_PASS, RunConfig
 from cgaps.errors import CGapsError
 from cgaps.rundir import ALL_SCOPE, CONCEPT_COLUMNS, OVERLAP_COLUMNS
 from cgaps.stats import bh_adjust, wilson
 
 ROUND = 12  # decimals kept when ranking (status percentile, Spearman)
-VAR_EPS = 1e-12  # weighted variance treated as 0 (scores agree to ~1e-6)
-DIFF_EPS = 1e-9  # |chi_model - e| treated as 0 when SE = 0
+MC_REFINE_P = 0.01  # a Monte Carlo p-value this small after the first pass gets the full resamples
+MC_CHUNK_CELLS = 20_000_000  # items x draws held at once (160 MB of float64)
+TIE_EPS = 1e-9  # |T* - T| below this (relative to the concept's sum s) is a tie
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,7 @@ class SuiteMatrix:
     bench: np.ndarray  # benchmark code per row (index into `benchmarks`)
     benchmarks: tuple[str, ...]  # sorted benchmark names
     item_ids: np.ndarray
+    scale: np.ndarray  # m_c per concept: the suite's max of the raw s_c, or a reference max
 
     @property
     def n_concepts(self) -> int:
@@ -84,12 +100,32 @@ class SuiteMatrix:
         """The same suite restricted to ``rows`` (benchmarks keep their codes)."""
         rows = np.asarray(rows)
         return SuiteMatrix(
-            self.saliency[rows], self.scores[rows], self.bench[rows], self.benchmarks, self.item_ids[rows]
+            self.saliency[rows],
+            self.scores[rows],
+            self.bench[rows],
+            self.benchmarks,
+            self.item_ids[rows],
+            self.scale,
         )
 
+    def with_scores(self, scores: np.ndarray) -> SuiteMatrix:
+        """The same saliency with other scores (null and planted draws in validation and tests)."""
+        return dataclasses.replace(self, scores=np.asarray(scores, dtype=np.float64))
 
-def build_matrix(items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int) -> SuiteMatrix:
-    """Turn the items table (with scores) and the sparse saliency table into a :class:`SuiteMatrix`."""
+
+def build_matrix(
+    items: pd.DataFrame,
+    saliency: pd.DataFrame,
+    n_concepts: int,
+    *,
+    presence: float = 0.0,
+    scale: np.ndarray | None = None,
+) -> SuiteMatrix:
+    """Turn the items table (with scores) and the sparse saliency table into a :class:`SuiteMatrix`.
+
+    ``presence`` drops every s_c(x) < presence * m_c (the thresholded saliency s' of the
+    module docstring); ``scale`` is m_c (default: each concept's max over the suite).
+    """
     ids = pd.Index(items["item_id"].astype(str))
     if not ids.is_unique:
         raise CGapsError("items: field 'item_id' has duplicates; item ids must be unique in the suite")
@@ -112,7 +148,17 @@ def build_matrix(items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int) -
             "saliency: duplicate (item_id, concept) rows; pool each concept to one value per item"
         )
     mat.sort_indices()
-    return SuiteMatrix(mat, y, bench.astype(np.int64), tuple(str(n) for n in names), ids.to_numpy())
+    if scale is None:
+        scale = np.asarray(mat.max(axis=0).todense()).ravel() if mat.shape[0] else np.zeros(n_concepts)
+    scale = np.asarray(scale, dtype=np.float64)
+    if scale.shape != (n_concepts,) or not np.all(np.isfinite(scale)) or np.any(scale < 0):
+        raise CGapsError(f"concept scale: expected {n_concepts} finite values >= 0, got shape {scale.shape}")
+    if presence > 0 and mat.nnz:
+        col_scale = scale[mat.indices]
+        keep = (col_scale > 0) & (mat.data >= presence * col_scale)
+        mat = sp.csr_matrix((np.where(keep, mat.data, 0.0), mat.indices, mat.indptr), shape=mat.shape)
+        mat.eliminate_zeros()
+    return SuiteMatrix(mat, y, bench.astype(np.int64), tuple(str(n) for n in names), ids.to_numpy(), scale)
 
 
 def _with_data(mat: sp.csr_matrix, data: np.ndarray) -> sp.csr_matrix:
@@ -141,14 +187,24 @@ class ChiTables:
     chi_model: np.ndarray
     expected: np.ndarray
     n_eff: np.ndarray
-    var: np.ndarray  # weighted variance of y around chi_model (NaN where not firing)
+    stat: np.ndarray  # T = sum s (y - mu): the score statistic
+    null_var: np.ndarray  # sum s^2 v: T's variance under the null
 
 
-def chi_tables(m: SuiteMatrix, col_max: np.ndarray | None = None, *, with_var: bool = True) -> ChiTables:
-    """All per-scope sums of SPEC.md section 3 as sparse products.
+def benchmark_moments(m: SuiteMatrix) -> tuple[np.ndarray, np.ndarray]:
+    """ybar(B) and the population variance v(B) of each benchmark's scores (its items weigh equally)."""
+    counts = np.maximum(np.bincount(m.bench, minlength=len(m.benchmarks)).astype(np.float64), 1)
+    ybar = np.bincount(m.bench, weights=m.scores, minlength=len(m.benchmarks)) / counts
+    dev = m.scores - ybar[m.bench]  # second pass: no cancellation in E[y^2] - E[y]^2
+    var = np.bincount(m.bench, weights=dev * dev, minlength=len(m.benchmarks)) / counts
+    return ybar, var
 
-    ``col_max`` is the suite-wide max of each concept used for s_hat (default: this
-    matrix's own); robustness passes the full suite's so that subsets stay comparable.
+
+def chi_tables(m: SuiteMatrix, col_max: np.ndarray | None = None) -> ChiTables:
+    """All per-scope sums of docs/method.md §3 as sparse products.
+
+    ``col_max`` is m_c, the scale of s_hat (default: the matrix's own ``scale``); robustness
+    passes the full suite's so that subsets stay comparable.
     """
     s = m.saliency
     if s.shape[0] == 0:
@@ -157,11 +213,10 @@ def chi_tables(m: SuiteMatrix, col_max: np.ndarray | None = None, *, with_var: b
     col = s.indices
     data = s.data
     y_nz = m.scores[row_of]
-    # ybar(B) is the plain mean score of the benchmark (its items weigh equally).
-    counts = np.bincount(m.bench, minlength=len(m.benchmarks)).astype(np.float64)
-    ybar = np.bincount(m.bench, weights=m.scores, minlength=len(m.benchmarks)) / np.maximum(counts, 1)
+    ybar, var_b = benchmark_moments(m)
+    mu_nz = ybar[m.bench][row_of]
     if col_max is None:
-        col_max = np.asarray(s.max(axis=0).todense()).ravel()
+        col_max = m.scale
     p = _scope_indicator(m)
 
     def scope_sum(values: np.ndarray) -> np.ndarray:
@@ -171,8 +226,10 @@ def chi_tables(m: SuiteMatrix, col_max: np.ndarray | None = None, *, with_var: b
     sum_s = scope_sum(data)
     sum_s2 = scope_sum(data * data)
     sum_sy = scope_sum(data * y_nz)
-    sum_sybar = scope_sum(data * ybar[m.bench][row_of])
-    sum_shat = scope_sum(data / col_max[col])
+    sum_sybar = scope_sum(data * mu_nz)
+    sum_shat = scope_sum(np.minimum(data / col_max[col], 1.0))
+    stat = scope_sum(data * (y_nz - mu_nz))
+    null_var = scope_sum(data * data * var_b[m.bench][row_of])
     n_items = np.asarray(p.sum(axis=1)).ravel()
 
     fires = sum_s > 0
@@ -182,22 +239,18 @@ def chi_tables(m: SuiteMatrix, col_max: np.ndarray | None = None, *, with_var: b
         n_eff = np.where(fires, sum_s**2 / sum_s2, 0.0)
     chi_bench = sum_shat / n_items[:, None]
     chi_bench_raw = sum_s / n_items[:, None]
-
-    var = np.full_like(chi_model, np.nan)
-    if with_var:
-        # Second pass: squared deviations from the scope's chi_model, each nonzero counted in
-        # its benchmark's scope and in ALL (two summand arrays, one indicator product each).
-        k = len(m.benchmarks)
-        b_nz = m.bench[row_of]
-        dev_b = data * (y_nz - chi_model[b_nz, col]) ** 2
-        dev_all = data * (y_nz - chi_model[k, col]) ** 2
-        sum_dev = (p[:k] @ _with_data(s, dev_b)).toarray()
-        sum_dev_all = np.bincount(col, weights=dev_all, minlength=s.shape[1])
-        sum_dev = np.vstack([sum_dev, sum_dev_all[None, :]])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var = np.where(fires, sum_dev / sum_s, np.nan)
     return ChiTables(
-        n_items, support, sum_s, sum_s2, chi_bench, chi_bench_raw, chi_model, expected, n_eff, var
+        n_items,
+        support,
+        sum_s,
+        sum_s2,
+        chi_bench,
+        chi_bench_raw,
+        chi_model,
+        expected,
+        n_eff,
+        np.where(fires, stat, np.nan),
+        np.where(fires, null_var, np.nan),
     )
 
 
@@ -208,22 +261,96 @@ def percentile_of(values: np.ndarray) -> np.ndarray:
 
 
 def z_scores(t: ChiTables) -> np.ndarray:
-    """z = (chi_model - e) / SE, with the SE = 0 rule of the module docstring; NaN where not firing."""
-    d = t.chi_model - t.expected
-    var = np.where(t.var < VAR_EPS, t.expected * (1 - t.expected), t.var)
+    """z = T / sqrt(sum s^2 v) (module docstring); 0 where the null variance is 0, NaN where not firing."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        se = np.sqrt(var / t.n_eff)
-        z = d / se
-    degenerate = se == 0
-    z = np.where(degenerate, np.where(d > DIFF_EPS, np.inf, np.where(d < -DIFF_EPS, -np.inf, 0.0)), z)
-    return z
+        z = t.stat / np.sqrt(t.null_var)
+    return np.where(t.null_var > 0, z, np.where(np.isnan(t.stat), np.nan, 0.0))
+
+
+def mc_concepts(t: ChiTables, cfg: RunConfig) -> np.ndarray:
+    """(K + 1) x F mask: the tested concepts whose p-value comes from Monte Carlo, not the normal."""
+    with np.errstate(invalid="ignore"):
+        minority = t.n_eff * np.minimum(t.expected, 1 - t.expected)
+        return (t.support >= cfg.min_support) & (t.null_var > 0) & (minority < cfg.mc_below)
+
+
+def null_draws(m: SuiteMatrix, seed: int, chunk: int, size: int) -> np.ndarray:
+    """Draw ``size`` null score vectors (n x size, centred: y* - mu): each item's score redrawn
+    from its own benchmark's scores, with replacement. Chunk ``chunk`` always gives the same draws."""
+    rng = np.random.default_rng([seed, chunk])
+    ybar, _ = benchmark_moments(m)
+    out = np.empty((len(m.scores), size))
+    for b in range(len(m.benchmarks)):
+        idx = np.flatnonzero(m.bench == b)
+        pool = m.scores[idx]
+        out[idx] = pool[rng.integers(0, len(pool), size=(len(idx), size))] - ybar[b]
+    return out
+
+
+def mc_chunk_size(n_items: int) -> int:
+    """Draws per chunk: as many as fit :data:`MC_CHUNK_CELLS`, at most the first pass."""
+    return max(1, min(MC_FIRST_PASS, MC_CHUNK_CELLS // max(n_items, 1)))
+
+
+def _mc_counts(
+    m: SuiteMatrix, t: ChiTables, cells: list[np.ndarray], seed: int, first: int, last: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """#{T* <= T} and #{T* >= T} over draws first..last-1 for the concepts ``cells[k]`` of scope k."""
+    k_all = len(m.benchmarks)
+    size = mc_chunk_size(len(m.scores))
+    # per scope: the transposed saliency of its concepts, rows restricted to the scope's items
+    blocks = []
+    for k, cols in enumerate(cells):
+        rows_k = np.ones(len(m.scores), bool) if k == k_all else m.bench == k
+        sub = m.saliency[:, cols].T.tocsr() if len(cols) else None
+        if sub is not None and k != k_all:
+            sub = sub @ sp.diags(rows_k.astype(np.float64))
+        tol = TIE_EPS * np.maximum(t.sum_s[k, cols], 1.0)
+        blocks.append((sub, t.stat[k, cols], tol))
+    le = [np.zeros(len(c)) for c in cells]
+    ge = [np.zeros(len(c)) for c in cells]
+    for chunk in range(first // size, -(-last // size)):
+        lo, hi = max(first, chunk * size), min(last, (chunk + 1) * size)
+        draws = null_draws(m, seed, chunk, size)[:, lo - chunk * size : hi - chunk * size]
+        for k, (sub, obs, tol) in enumerate(blocks):
+            if sub is None:
+                continue
+            tstar = np.asarray(sub @ draws)
+            le[k] += (tstar <= (obs + tol)[:, None]).sum(axis=1)
+            ge[k] += (tstar >= (obs - tol)[:, None]).sum(axis=1)
+    return le, ge
+
+
+def p_values(m: SuiteMatrix, t: ChiTables, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """z, p_weak and p_strong per scope and concept (the rules of the module docstring)."""
+    z = z_scores(t)
+    p_weak, p_strong = stats.norm.cdf(z), stats.norm.sf(z)
+    mc = mc_concepts(t, cfg)
+    if not mc.any():
+        return z, p_weak, p_strong
+    cells = [np.flatnonzero(mc[k]) for k in range(mc.shape[0])]
+    le, ge = _mc_counts(m, t, cells, cfg.seed, 0, MC_FIRST_PASS)
+    refine = []
+    for k, cols in enumerate(cells):
+        pw, ps = (1 + le[k]) / (1 + MC_FIRST_PASS), (1 + ge[k]) / (1 + MC_FIRST_PASS)
+        p_weak[k, cols], p_strong[k, cols] = pw, ps
+        refine.append(np.minimum(pw, ps) <= MC_REFINE_P)
+    if cfg.mc_resamples > MC_FIRST_PASS and any(r.any() for r in refine):
+        cells2 = [cols[r] for cols, r in zip(cells, refine, strict=True)]
+        le2, ge2 = _mc_counts(m, t, cells2, cfg.seed, MC_FIRST_PASS, cfg.mc_resamples)
+        for k, r in enumerate(refine):
+            total_le = le[k][r] + le2[k]
+            total_ge = ge[k][r] + ge2[k]
+            p_weak[k, cells2[k]] = (1 + total_le) / (1 + cfg.mc_resamples)
+            p_strong[k, cells2[k]] = (1 + total_ge) / (1 + cfg.mc_resamples)
+    return z, p_weak, p_strong
 
 
 def compute_scores(
     items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int, cfg: RunConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The concepts table (every concept in every scope) and the benchmark-overlap table."""
-    m = build_matrix(items, saliency, n_concepts)
+    m = build_matrix(items, saliency, n_concepts, presence=cfg.presence)
     t = chi_tables(m)
     return concept_table(m, cfg, t), overlap_table(m, t)
 
@@ -231,13 +358,11 @@ def compute_scores(
 def concept_table(m: SuiteMatrix, cfg: RunConfig, t: ChiTables | None = None) -> pd.DataFrame:
     t = chi_tables(m) if t is None else t
     n_scopes, f = t.chi_model.shape
-    z = z_scores(t)
+    z, p_weak, p_strong = p_values(m, t, cfg)
     ci_low, ci_high = wilson(t.chi_model, t.n_eff, cfg.ci_level)
     status = np.full((n_scopes, f), "missing", dtype=object)
     q_value = np.full((n_scopes, f), np.nan)
     gap = np.full((n_scopes, f), "", dtype=object)
-    p_weak = stats.norm.cdf(z)
-    p_strong = stats.norm.sf(z)
     for k in range(n_scopes):  # per-scope ranking and BH: a loop over scopes only
         present = t.support[k] > 0
         pct = percentile_of(t.chi_bench[k, present])

@@ -8,10 +8,13 @@ on synthetic suites, and ``scripts/bench_scoring.py`` times them. It lives in th
 in the tests, so that both can import it; nothing in the pipeline calls it.
 
 It applies the rules that :mod:`cgaps.scoring.core`'s docstring fixes where the method
-(docs/method.md §3) leaves a choice open: percentile = 100 * (#less + 0.5 * #equal) / m on
-chi_bench rounded to 12 decimals; a weighted variance < 1e-12 falls back to e(1 - e); if SE
-is still 0, z = +-inf when |chi_model - e| > 1e-9, else 0; BH per side; q_value of the side
-of z.
+(docs/method.md §3) leaves a choice open: presence drops s < tau * (the concept's suite max);
+percentile = 100 * (#less + 0.5 * #equal) / m on chi_bench rounded to 12 decimals; the score
+test z = sum s (y - mu) / sqrt(sum s^2 v), 0 when the null variance is 0; Monte Carlo p-values
+for tested concepts with n_eff * min(e, 1 - e) < mc_below, from the same seeded draw protocol
+(:func:`reference_draws` re-implements it: chunk j of the draws comes from
+``default_rng([seed, j])``, benchmarks in sorted order, items in table order), 1,000 draws and
+then ``mc_resamples`` for p <= 0.01; BH per side; q_value of the side of z.
 """
 
 from __future__ import annotations
@@ -24,8 +27,30 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from cgaps.config import RunConfig
+from cgaps.config import MC_FIRST_PASS, RunConfig
 from cgaps.rundir import CONCEPT_COLUMNS, OVERLAP_COLUMNS
+
+
+def reference_draws(
+    ids: list[str], y: dict[str, float], bench: dict[str, str], seed: int, total: int
+) -> np.ndarray:
+    """Centred null draws y* - ybar(B) (items x total), by the chunked protocol of the module docstring."""
+    n = len(ids)
+    size = max(1, min(MC_FIRST_PASS, 20_000_000 // max(n, 1)))
+    benches = sorted(set(bench.values()))
+    chunks = []
+    for chunk in range(-(-total // size)):
+        rng = np.random.default_rng([seed, chunk])
+        out = np.zeros((n, size))
+        for b in benches:
+            rows = [r for r, i in enumerate(ids) if bench[i] == b]
+            pool = np.array([y[ids[r]] for r in rows])
+            mean = sum(pool.tolist()) / len(pool)
+            picks = rng.integers(0, len(pool), size=(len(rows), size))
+            for j, r in enumerate(rows):
+                out[r] = pool[picks[j]] - mean
+        chunks.append(out)
+    return np.concatenate(chunks, axis=1)[:, :total]
 
 
 def reference_bh(pvals: list[float]) -> list[float]:
@@ -81,10 +106,18 @@ def reference_scores(
     for i in ids:
         for c, v in sal[i].items():
             colmax[c] = max(colmax[c], v)
+    for i in ids:  # presence: fainter activations count as 0
+        sal[i] = {c: v for c, v in sal[i].items() if v >= cfg.presence * colmax[c]}
     benches = sorted(set(bench.values()))
     ybar = {
         b: sum(y[i] for i in ids if bench[i] == b) / sum(1 for i in ids if bench[i] == b) for b in benches
     }
+    vb = {
+        b: sum((y[i] - ybar[b]) ** 2 for i in ids if bench[i] == b) / sum(1 for i in ids if bench[i] == b)
+        for b in benches
+    }
+    row = {i: r for r, i in enumerate(ids)}
+    draws: np.ndarray | None = None  # made on first need: most small suites never use them
     zq = norm.ppf(0.5 + cfg.ci_level / 2)
 
     rows: list[dict[str, Any]] = []
@@ -92,14 +125,16 @@ def reference_scores(
     for scope in [*benches, "ALL"]:
         members = [i for i in ids if scope == "ALL" or bench[i] == scope]
         obs: list[list[tuple[float, float, float, float]]] = [[] for _ in range(n_concepts)]
+        where: list[list[str]] = [[] for _ in range(n_concepts)]
         for i in members:
             for c, v in sal[i].items():
                 obs[c].append((v, y[i], ybar[bench[i]], v / colmax[c]))
+                where[c].append(i)
         recs: list[dict[str, Any]] = []
         for c in range(n_concepts):
             o = obs[c]
             r: dict[str, Any] = {"concept": c, "scope": scope, "support": len(o)}
-            r["chi_bench"] = sum(h for _, _, _, h in o) / len(members)
+            r["chi_bench"] = sum(min(h, 1.0) for _, _, _, h in o) / len(members)
             r["chi_bench_raw"] = sum(s for s, _, _, _ in o) / len(members)
             if not o:
                 r.update(
@@ -116,14 +151,26 @@ def reference_scores(
             chi = sum(s * yy for s, yy, _, _ in o) / ss
             e = sum(s * yb for s, _, yb, _ in o) / ss
             neff = ss**2 / sum(s * s for s, _, _, _ in o)
-            var = sum(s * (yy - chi) ** 2 for s, yy, _, _ in o) / ss
-            if var < 1e-12:  # all scores equal: fall back to the null's variance e(1 - e)
-                var = e * (1 - e)
-            se = math.sqrt(var / neff)
-            d = chi - e
-            z = math.inf if d > 1e-9 else (-math.inf if d < -1e-9 else 0.0)  # for SE = 0
-            if se > 0:
-                z = d / se
+            stat = sum(s * (yy - yb) for s, yy, yb, _ in o)
+            null_var = sum(s * s * vb[bench[i]] for (s, _, _, _), i in zip(o, where[c], strict=True))
+            z = stat / math.sqrt(null_var) if null_var > 0 else 0.0
+            pw, ps = float(norm.cdf(z)), float(norm.sf(z))
+            minority = neff * min(e, 1 - e)
+            if len(o) >= cfg.min_support and null_var > 0 and minority < cfg.mc_below:
+                if draws is None:
+                    draws = reference_draws(ids, y, bench, cfg.seed, cfg.mc_resamples)
+                svec = np.array([s for s, _, _, _ in o])
+                tstar = svec @ draws[[row[i] for i in where[c]]]
+                tol = 1e-9 * max(ss, 1.0)
+                r_used = MC_FIRST_PASS
+                le = int((tstar[:r_used] <= stat + tol).sum())
+                ge = int((tstar[:r_used] >= stat - tol).sum())
+                pw, ps = (1 + le) / (1 + r_used), (1 + ge) / (1 + r_used)
+                if min(pw, ps) <= 0.01 and cfg.mc_resamples > MC_FIRST_PASS:
+                    r_used = cfg.mc_resamples
+                    le = int((tstar <= stat + tol).sum())
+                    ge = int((tstar >= stat - tol).sum())
+                    pw, ps = (1 + le) / (1 + r_used), (1 + ge) / (1 + r_used)
             denom = 1 + zq * zq / neff
             center = (chi + zq * zq / (2 * neff)) / denom
             half = zq / denom * math.sqrt(max(chi * (1 - chi), 0.0) / neff + zq * zq / (4 * neff * neff))
@@ -132,6 +179,8 @@ def reference_scores(
                 expected=e,
                 n_eff=neff,
                 z=z,
+                p_weak=pw,
+                p_strong=ps,
                 ci_low=min(max(center - half, 0.0), 1.0),
                 ci_high=min(max(center + half, 0.0), 1.0),
             )
@@ -144,8 +193,8 @@ def reference_scores(
             pct = 100.0 * (less + 0.5 * eq) / len(vals)
             r["status"] = "under" if pct < cfg.under_pct else ("over" if pct > cfg.over_pct else "normal")
         tested = [r for r in recs if r["support"] >= cfg.min_support]
-        q_weak = reference_bh([float(norm.cdf(r["z"])) for r in tested])
-        q_strong = reference_bh([float(norm.sf(r["z"])) for r in tested])
+        q_weak = reference_bh([r["p_weak"] for r in tested])
+        q_strong = reference_bh([r["p_strong"] for r in tested])
         for r, qw, qs in zip(tested, q_weak, q_strong, strict=True):
             q = qw if r["z"] < 0 else qs
             r["q_value"] = q

@@ -11,15 +11,39 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cgaps import rundir
 from cgaps.config import RunConfig
-from cgaps.runtables import load_run
+from cgaps.runtables import RunTables, load_run
+from cgaps.sae import read_latent_scale
 from cgaps.scoring.core import build_matrix, chi_tables, concept_table, overlap_table
 
 # The config fields this stage reads; they are written back into run.json's config.
-SCORING_KNOBS = ("min_support", "under_pct", "over_pct", "fdr", "ci_level")
+SCORING_KNOBS = (
+    "presence",
+    "min_support",
+    "under_pct",
+    "over_pct",
+    "fdr",
+    "ci_level",
+    "mc_below",
+    "mc_resamples",
+    "seed",
+)
+
+
+def concept_scale(run: RunTables, cfg: RunConfig) -> tuple[np.ndarray | None, str]:
+    """m_c of docs/method.md §2: the SAE's shipped reference max when the run was extracted with
+    an SAE folder that has latent statistics, else None (the suite's own max); and a description."""
+    if "sae" not in run.meta:  # saliency from another tool: no SAE folder to trust
+        return None, "suite max"
+    found = read_latent_scale(cfg.sae, run.n_concepts)
+    if found is None:
+        return None, "suite max"
+    scale, source = found
+    return scale, f"reference max from {source}"
 
 
 def score_run(run_dir: str | Path, config: RunConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -34,7 +58,8 @@ def score_run(run_dir: str | Path, config: RunConfig | None = None) -> tuple[pd.
     cfg = run.config(config)
     items, saliency = run.items, run.saliency
     t1 = time.perf_counter()
-    m = build_matrix(items, saliency, run.n_concepts)
+    scale, scale_source = concept_scale(run, cfg)
+    m = build_matrix(items, saliency, run.n_concepts, presence=cfg.presence, scale=scale)
     tables = chi_tables(m)
     concepts = concept_table(m, cfg, tables)
     overlap = overlap_table(m, tables)
@@ -46,6 +71,7 @@ def score_run(run_dir: str | Path, config: RunConfig | None = None) -> tuple[pd.
         run_dir,
         config={k: getattr(cfg, k) for k in SCORING_KNOBS},
         counts={
+            "concept_scale": scale_source,
             "scored_items": len(items),
             "saliency_rows": len(saliency),
             "concepts_firing": int((all_rows["support"] > 0).sum()),

@@ -49,6 +49,20 @@ def reconstruction_metrics(
     return {"fvu": sq_err / var, "l0": l0 / n, "tokens": n}
 
 
+def latent_stats(sae: SAEEncoder | SAE, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, Any]:
+    """Per-latent ``max`` activation and firing ``frequency`` ([F] float32 each) over ``acts`` [n, d]."""
+    import torch
+
+    enc = as_encoder(sae)
+    top = torch.zeros(enc.width)
+    fired = torch.zeros(enc.width)
+    for i in range(0, len(acts), batch_size):
+        f = enc.encode(acts[i : i + batch_size].float()).cpu()
+        top = torch.maximum(top, f.max(dim=0).values)
+        fired += (f > 0).sum(0)
+    return {"max": top, "frequency": fired / max(len(acts), 1), "tokens": len(acts)}
+
+
 def firing_counts(sae: SAEEncoder | SAE, acts: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """How many of ``acts`` [n, d] each latent fires on ([F], int64)."""
     import torch
