@@ -112,8 +112,10 @@ class RunConfig:
         "Monte Carlo p-value (scores resampled within benchmark) for concepts whose expected minority "
         "count n_eff x min(e, 1 - e) is below this; the normal approximation above it.",
     )
-    mc_resamples: int = documented(
-        20000, "Resamples for the Monte Carlo p-values of candidates (p <= 0.01 after the first 1,000)."
+    mc_resamples: int | None = documented(
+        None,
+        "Monte Carlo resamples for candidates (p <= 0.01 after the first 1,000); None: 2 x tested "
+        "concepts / fdr (at least 20,000), so the smallest p-value can pass BH.",
     )
     # --- execution
     device: str = documented("auto", "Torch device: auto, cpu, cuda, cuda:N, mps.")
@@ -151,7 +153,7 @@ class RunConfig:
             raise CGapsError(
                 f"config field 'mc_below' must be >= 0 (0 turns Monte Carlo off), got {self.mc_below}"
             )
-        if self.mc_resamples < MC_FIRST_PASS:
+        if self.mc_resamples is not None and self.mc_resamples < MC_FIRST_PASS:
             raise CGapsError(
                 f"config field 'mc_resamples' must be >= {MC_FIRST_PASS} (the first pass), got {self.mc_resamples}"
             )

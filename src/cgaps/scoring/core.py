@@ -38,17 +38,20 @@ Rules where SPEC.md leaves a choice open (the plain reference implementation in
   0 or 1 accuracy, where one correct item gives z ~ 7 but happens in 1 run of 10), a Monte Carlo
   p-value from the same statistic T: every item's score is redrawn from its own benchmark's
   scores (with replacement, which has exactly the variance v), T* is recomputed for all such
-  concepts at once as a sparse product, and p = (1 + #{T* <= T}) / (1 + R) (>= for strong;
-  ties count as extreme). Every such concept gets :data:`~cgaps.config.MC_FIRST_PASS` draws;
-  those with p <= :data:`MC_REFINE_P` after them get ``mc_resamples`` in all, so the p-values
-  that can survive BH are resolved to 1 / mc_resamples. Draws come in fixed chunks from
-  ``numpy.random.default_rng([seed, chunk])``, so the result does not depend on the machine or
-  on which scopes are computed. Measured calibration: see the README.
-* **BH**: each side is adjusted with Benjamini-Hochberg (:func:`cgaps.stats.bh_adjust`, i.e.
-  scipy's ``false_discovery_control``) separately over the concepts of S with
-  n_c(S) >= min_support. The side that applies is ``weak`` when z < 0, else ``strong``;
-  ``q_value`` is that side's adjusted p (NaN when not tested) and ``gap`` is that side when
-  z != 0 and q <= fdr.
+  concepts of a scope at once as one sparse product per chunk of draws (only the items where
+  they fire are drawn), and p = (1 + #{T* <= T}) / (1 + R) (>= for strong; ties count as
+  extreme). Every such concept gets :data:`~cgaps.config.MC_FIRST_PASS` draws; those with
+  p <= :data:`MC_REFINE_P` after them get a fresh sample of R = ``mc_resamples`` draws, by
+  default 2 m / fdr for m tested concepts (at least :data:`MC_AUTO_MIN`), so that the smallest
+  p-value a concept can get, 1 / (R + 1), still passes BH. Draw chunk j of scope k and pass p
+  comes from ``numpy.random.default_rng([seed, k, p, j])`` (:func:`null_draws`), so results
+  do not depend on the machine. Measured calibration: see the README.
+* **BH**: one Benjamini-Hochberg adjustment (:func:`cgaps.stats.bh_adjust`, i.e. scipy's
+  ``false_discovery_control``) per scope over the two-sided p-values 2 min(p_weak, p_strong)
+  of the concepts with n_c(S) >= min_support; ``q_value`` is the adjusted value (NaN when not
+  tested) and ``gap`` is ``weak`` (z < 0) or ``strong`` (z > 0) when q <= fdr. Gaps and
+  strengths share the rate: two one-sided adjustments at fdr each called something on 4 of
+  20 null draws of the demo's saliency, where the method asks for at most 1.
 * **Never firing in S**: support 0, chi_bench 0, chi_bench_raw 0, n_eff 0; chi_model,
   expected, ci_low, ci_high and q_value NaN; status ``missing``; gap empty.
 * **Wilson interval** with n = n_eff and p = chi_model (scores may be fractional), clipped
@@ -78,6 +81,7 @@ from cgaps.stats import bh_adjust, wilson
 ROUND = 12  # decimals kept when ranking (status percentile, Spearman)
 MC_REFINE_P = 0.01  # a Monte Carlo p-value this small after the first pass gets the full resamples
 MC_CHUNK_CELLS = 20_000_000  # items x draws held at once (160 MB of float64)
+MC_AUTO_MIN = 20_000  # the refining pass never draws fewer (mc_resamples = None)
 TIE_EPS = 1e-9  # |T* - T| below this (relative to the concept's sum s) is a tie
 
 
@@ -274,50 +278,64 @@ def mc_concepts(t: ChiTables, cfg: RunConfig) -> np.ndarray:
         return (t.support >= cfg.min_support) & (t.null_var > 0) & (minority < cfg.mc_below)
 
 
-def null_draws(m: SuiteMatrix, seed: int, chunk: int, size: int) -> np.ndarray:
-    """Draw ``size`` null score vectors (n x size, centred: y* - mu): each item's score redrawn
-    from its own benchmark's scores, with replacement. Chunk ``chunk`` always gives the same draws."""
-    rng = np.random.default_rng([seed, chunk])
+def null_draws(
+    m: SuiteMatrix, rows: np.ndarray, seed: int, stream: tuple[int, int], chunk: int, size: int
+) -> np.ndarray:
+    """Null draws for items ``rows`` (len(rows) x size, centred: y* - ybar(B)): each item's score
+    redrawn from all scores of its own benchmark, with replacement.
+
+    The protocol (the reference re-implements it): chunk j of stream (scope, pass) comes from
+    ``default_rng([seed, scope, pass, j])``; within a chunk, benchmarks in sorted order, each
+    filling its items of ``rows`` in row order."""
+    rng = np.random.default_rng([seed, *stream, chunk])
     ybar, _ = benchmark_moments(m)
-    out = np.empty((len(m.scores), size))
+    out = np.empty((len(rows), size))
+    bench_of = m.bench[rows]
     for b in range(len(m.benchmarks)):
-        idx = np.flatnonzero(m.bench == b)
-        pool = m.scores[idx]
+        idx = np.flatnonzero(bench_of == b)
+        if not len(idx):
+            continue
+        pool = m.scores[m.bench == b]
         out[idx] = pool[rng.integers(0, len(pool), size=(len(idx), size))] - ybar[b]
     return out
 
 
-def mc_chunk_size(n_items: int) -> int:
+def mc_chunk_size(n_rows: int) -> int:
     """Draws per chunk: as many as fit :data:`MC_CHUNK_CELLS`, at most the first pass."""
-    return max(1, min(MC_FIRST_PASS, MC_CHUNK_CELLS // max(n_items, 1)))
+    return max(1, min(MC_FIRST_PASS, MC_CHUNK_CELLS // max(n_rows, 1)))
+
+
+def mc_resamples(cfg: RunConfig, n_tested: int) -> int:
+    """Draws of the refining pass in all: ``mc_resamples``, or (None) enough that the smallest
+    p-value, 1 / (R + 1), passes BH at ``fdr`` among n_tested concepts twice over."""
+    if cfg.mc_resamples is not None:
+        return cfg.mc_resamples
+    return max(MC_AUTO_MIN, int(np.ceil(2 * n_tested / cfg.fdr)))
 
 
 def _mc_counts(
-    m: SuiteMatrix, t: ChiTables, cells: list[np.ndarray], seed: int, first: int, last: int
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """#{T* <= T} and #{T* >= T} over draws first..last-1 for the concepts ``cells[k]`` of scope k."""
-    k_all = len(m.benchmarks)
-    size = mc_chunk_size(len(m.scores))
-    # per scope: the transposed saliency of its concepts, rows restricted to the scope's items
-    blocks = []
-    for k, cols in enumerate(cells):
-        rows_k = np.ones(len(m.scores), bool) if k == k_all else m.bench == k
-        sub = m.saliency[:, cols].T.tocsr() if len(cols) else None
-        if sub is not None and k != k_all:
-            sub = sub @ sp.diags(rows_k.astype(np.float64))
-        tol = TIE_EPS * np.maximum(t.sum_s[k, cols], 1.0)
-        blocks.append((sub, t.stat[k, cols], tol))
-    le = [np.zeros(len(c)) for c in cells]
-    ge = [np.zeros(len(c)) for c in cells]
-    for chunk in range(first // size, -(-last // size)):
-        lo, hi = max(first, chunk * size), min(last, (chunk + 1) * size)
-        draws = null_draws(m, seed, chunk, size)[:, lo - chunk * size : hi - chunk * size]
-        for k, (sub, obs, tol) in enumerate(blocks):
-            if sub is None:
-                continue
-            tstar = np.asarray(sub @ draws)
-            le[k] += (tstar <= (obs + tol)[:, None]).sum(axis=1)
-            ge[k] += (tstar >= (obs - tol)[:, None]).sum(axis=1)
+    m: SuiteMatrix, t: ChiTables, k: int, cols: np.ndarray, seed: int, stage: int, draws_total: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """#{T* <= T} and #{T* >= T} over ``draws_total`` draws for concepts ``cols`` of scope k.
+
+    Only the items where these concepts fire are drawn (the others add 0 to T*)."""
+    sub = m.saliency[:, cols]
+    if k != len(m.benchmarks):
+        sub = sp.diags((m.bench == k).astype(np.float64)) @ sub
+        sub.eliminate_zeros()
+    sub = sub.tocsr()
+    rows = np.flatnonzero(np.diff(sub.indptr))
+    block = sub[rows].T.tocsr()  # concepts x firing items
+    obs = t.stat[k, cols]
+    tol = TIE_EPS * np.maximum(t.sum_s[k, cols], 1.0)
+    size = mc_chunk_size(len(rows))
+    le = np.zeros(len(cols))
+    ge = np.zeros(len(cols))
+    for chunk in range(-(-draws_total // size)):
+        n = min(size, draws_total - chunk * size)
+        tstar = np.asarray(block @ null_draws(m, rows, seed, (k, stage), chunk, size)[:, :n])
+        le += (tstar <= (obs + tol)[:, None]).sum(axis=1)
+        ge += (tstar >= (obs - tol)[:, None]).sum(axis=1)
     return le, ge
 
 
@@ -326,23 +344,19 @@ def p_values(m: SuiteMatrix, t: ChiTables, cfg: RunConfig) -> tuple[np.ndarray, 
     z = z_scores(t)
     p_weak, p_strong = stats.norm.cdf(z), stats.norm.sf(z)
     mc = mc_concepts(t, cfg)
-    if not mc.any():
-        return z, p_weak, p_strong
-    cells = [np.flatnonzero(mc[k]) for k in range(mc.shape[0])]
-    le, ge = _mc_counts(m, t, cells, cfg.seed, 0, MC_FIRST_PASS)
-    refine = []
-    for k, cols in enumerate(cells):
-        pw, ps = (1 + le[k]) / (1 + MC_FIRST_PASS), (1 + ge[k]) / (1 + MC_FIRST_PASS)
+    for k in range(mc.shape[0]):
+        cols = np.flatnonzero(mc[k])
+        if not len(cols):
+            continue
+        le, ge = _mc_counts(m, t, k, cols, cfg.seed, 0, MC_FIRST_PASS)
+        pw, ps = (1 + le) / (1 + MC_FIRST_PASS), (1 + ge) / (1 + MC_FIRST_PASS)
+        refine = np.minimum(pw, ps) <= MC_REFINE_P
+        total = mc_resamples(cfg, int((t.support[k] >= cfg.min_support).sum()))
+        if refine.any() and total > MC_FIRST_PASS:
+            # a fresh, larger sample for the candidates (the first pass only picked them)
+            le2, ge2 = _mc_counts(m, t, k, cols[refine], cfg.seed, 1, total)
+            pw[refine], ps[refine] = (1 + le2) / (1 + total), (1 + ge2) / (1 + total)
         p_weak[k, cols], p_strong[k, cols] = pw, ps
-        refine.append(np.minimum(pw, ps) <= MC_REFINE_P)
-    if cfg.mc_resamples > MC_FIRST_PASS and any(r.any() for r in refine):
-        cells2 = [cols[r] for cols, r in zip(cells, refine, strict=True)]
-        le2, ge2 = _mc_counts(m, t, cells2, cfg.seed, MC_FIRST_PASS, cfg.mc_resamples)
-        for k, r in enumerate(refine):
-            total_le = le[k][r] + le2[k]
-            total_ge = ge[k][r] + ge2[k]
-            p_weak[k, cells2[k]] = (1 + total_le) / (1 + cfg.mc_resamples)
-            p_strong[k, cells2[k]] = (1 + total_ge) / (1 + cfg.mc_resamples)
     return z, p_weak, p_strong
 
 
@@ -370,10 +384,9 @@ def concept_table(m: SuiteMatrix, cfg: RunConfig, t: ChiTables | None = None) ->
             pct < cfg.under_pct, "under", np.where(pct > cfg.over_pct, "over", "normal")
         )
         tested = t.support[k] >= cfg.min_support
-        q_weak = bh_adjust(p_weak[k, tested])
-        q_strong = bh_adjust(p_strong[k, tested])
+        # one BH over two-sided p-values: gaps and strengths share the false discovery rate
+        q = bh_adjust(np.minimum(1.0, 2 * np.minimum(p_weak[k, tested], p_strong[k, tested])))
         zk = z[k, tested]
-        q = np.where(zk < 0, q_weak, q_strong)
         q_value[k, tested] = q
         gap[k, tested] = np.where((zk != 0) & (q <= cfg.fdr), np.where(zk < 0, "weak", "strong"), "")
     scopes = [*m.benchmarks, ALL_SCOPE]

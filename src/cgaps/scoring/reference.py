@@ -14,7 +14,7 @@ test z = sum s (y - mu) / sqrt(sum s^2 v), 0 when the null variance is 0; Monte 
 for tested concepts with n_eff * min(e, 1 - e) < mc_below, from the same seeded draw protocol
 (:func:`reference_draws` re-implements it: chunk j of the draws comes from
 ``default_rng([seed, j])``, benchmarks in sorted order, items in table order), 1,000 draws and
-then ``mc_resamples`` for p <= 0.01; BH per side; q_value of the side of z.
+then a fresh ``mc_resamples`` for p <= 0.01; one BH over two-sided p-values; the side of z.
 """
 
 from __future__ import annotations
@@ -32,25 +32,48 @@ from cgaps.rundir import CONCEPT_COLUMNS, OVERLAP_COLUMNS
 
 
 def reference_draws(
-    ids: list[str], y: dict[str, float], bench: dict[str, str], seed: int, total: int
+    rows: list[int],
+    ids: list[str],
+    y: dict[str, float],
+    bench: dict[str, str],
+    seed: int,
+    scope: int,
+    stage: int,
+    total: int,
 ) -> np.ndarray:
-    """Centred null draws y* - ybar(B) (items x total), by the chunked protocol of the module docstring."""
-    n = len(ids)
-    size = max(1, min(MC_FIRST_PASS, 20_000_000 // max(n, 1)))
+    """Centred null draws y* - ybar(B) for the items ``rows`` (len(rows) x total), by the chunked
+    protocol of the module docstring."""
+    size = max(1, min(MC_FIRST_PASS, 20_000_000 // max(len(rows), 1)))
     benches = sorted(set(bench.values()))
     chunks = []
     for chunk in range(-(-total // size)):
-        rng = np.random.default_rng([seed, chunk])
-        out = np.zeros((n, size))
+        rng = np.random.default_rng([seed, scope, stage, chunk])
+        out = np.zeros((len(rows), size))
         for b in benches:
-            rows = [r for r, i in enumerate(ids) if bench[i] == b]
-            pool = np.array([y[ids[r]] for r in rows])
+            mine = [j for j, r in enumerate(rows) if bench[ids[r]] == b]
+            if not mine:
+                continue
+            pool = np.array([y[i] for i in ids if bench[i] == b])
             mean = sum(pool.tolist()) / len(pool)
-            picks = rng.integers(0, len(pool), size=(len(rows), size))
-            for j, r in enumerate(rows):
-                out[r] = pool[picks[j]] - mean
+            picks = rng.integers(0, len(pool), size=(len(mine), size))
+            for j, pos in enumerate(mine):
+                out[pos] = pool[picks[j]] - mean
         chunks.append(out)
     return np.concatenate(chunks, axis=1)[:, :total]
+
+
+def _mc_p(recs: list[dict[str, Any]], rows_of: dict[int, list[int]], draws_for: Any, total: int) -> None:
+    """Monte Carlo p-values of the concepts ``recs`` (each with its items' rows ``rows_of``)."""
+    union = sorted({r for rec in recs for r in rows_of[rec["concept"]]})
+    pos = {r: j for j, r in enumerate(union)}
+    draws = draws_for(union, total)
+    for rec in recs:
+        svec = np.array(rec["_s"])
+        tstar = svec @ draws[[pos[r] for r in rows_of[rec["concept"]]]]
+        tol = 1e-9 * max(sum(rec["_s"]), 1.0)
+        le = int((tstar <= rec["_stat"] + tol).sum())
+        ge = int((tstar >= rec["_stat"] - tol).sum())
+        rec["p_weak"], rec["p_strong"] = (1 + le) / (1 + total), (1 + ge) / (1 + total)
 
 
 def reference_bh(pvals: list[float]) -> list[float]:
@@ -117,7 +140,6 @@ def reference_scores(
         for b in benches
     }
     row = {i: r for r, i in enumerate(ids)}
-    draws: np.ndarray | None = None  # made on first need: most small suites never use them
     zq = norm.ppf(0.5 + cfg.ci_level / 2)
 
     rows: list[dict[str, Any]] = []
@@ -155,22 +177,8 @@ def reference_scores(
             null_var = sum(s * s * vb[bench[i]] for (s, _, _, _), i in zip(o, where[c], strict=True))
             z = stat / math.sqrt(null_var) if null_var > 0 else 0.0
             pw, ps = float(norm.cdf(z)), float(norm.sf(z))
-            minority = neff * min(e, 1 - e)
-            if len(o) >= cfg.min_support and null_var > 0 and minority < cfg.mc_below:
-                if draws is None:
-                    draws = reference_draws(ids, y, bench, cfg.seed, cfg.mc_resamples)
-                svec = np.array([s for s, _, _, _ in o])
-                tstar = svec @ draws[[row[i] for i in where[c]]]
-                tol = 1e-9 * max(ss, 1.0)
-                r_used = MC_FIRST_PASS
-                le = int((tstar[:r_used] <= stat + tol).sum())
-                ge = int((tstar[:r_used] >= stat - tol).sum())
-                pw, ps = (1 + le) / (1 + r_used), (1 + ge) / (1 + r_used)
-                if min(pw, ps) <= 0.01 and cfg.mc_resamples > MC_FIRST_PASS:
-                    r_used = cfg.mc_resamples
-                    le = int((tstar <= stat + tol).sum())
-                    ge = int((tstar >= stat - tol).sum())
-                    pw, ps = (1 + le) / (1 + r_used), (1 + ge) / (1 + r_used)
+            r["_mc"] = len(o) >= cfg.min_support and null_var > 0 and neff * min(e, 1 - e) < cfg.mc_below
+            r["_s"], r["_stat"] = [s for s, _, _, _ in o], stat
             denom = 1 + zq * zq / neff
             center = (chi + zq * zq / (2 * neff)) / denom
             half = zq / denom * math.sqrt(max(chi * (1 - chi), 0.0) / neff + zq * zq / (4 * neff * neff))
@@ -185,6 +193,23 @@ def reference_scores(
                 ci_high=min(max(center + half, 0.0), 1.0),
             )
             recs.append(r)
+        # Monte Carlo p-values: a first pass for every flagged concept, a fresh larger one for candidates
+        scope_no = len(benches) if scope == "ALL" else benches.index(scope)
+        rows_of = {c: [row[i] for i in where[c]] for c in range(n_concepts)}
+
+        def draws_for(rows: list[int], total: int, stage: int, scope_no: int = scope_no) -> np.ndarray:
+            return reference_draws(rows, ids, y, bench, cfg.seed, scope_no, stage, total)
+
+        flagged = [r for r in recs if r.get("_mc")]
+        if flagged:
+            _mc_p(flagged, rows_of, lambda rows, n: draws_for(rows, n, 0), MC_FIRST_PASS)
+            n_tested = sum(1 for r in recs if r["support"] >= cfg.min_support)
+            total = cfg.mc_resamples
+            if total is None:
+                total = max(20_000, math.ceil(2 * n_tested / cfg.fdr))
+            candidates = [r for r in flagged if min(r["p_weak"], r["p_strong"]) <= 0.01]
+            if candidates and total > MC_FIRST_PASS:
+                _mc_p(candidates, rows_of, lambda rows, n: draws_for(rows, n, 1), total)
         present = [r for r in recs if r["support"] > 0]
         vals = [round(r["chi_bench"], 12) for r in present]
         for r in recs:
@@ -193,10 +218,8 @@ def reference_scores(
             pct = 100.0 * (less + 0.5 * eq) / len(vals)
             r["status"] = "under" if pct < cfg.under_pct else ("over" if pct > cfg.over_pct else "normal")
         tested = [r for r in recs if r["support"] >= cfg.min_support]
-        q_weak = reference_bh([r["p_weak"] for r in tested])
-        q_strong = reference_bh([r["p_strong"] for r in tested])
-        for r, qw, qs in zip(tested, q_weak, q_strong, strict=True):
-            q = qw if r["z"] < 0 else qs
+        qs = reference_bh([min(1.0, 2 * min(r["p_weak"], r["p_strong"])) for r in tested])
+        for r, q in zip(tested, qs, strict=True):
             r["q_value"] = q
             if r["z"] != 0 and q <= cfg.fdr:
                 r["gap"] = "weak" if r["z"] < 0 else "strong"
