@@ -1,6 +1,6 @@
 """Tests of ``cgaps report``: a seeded synthetic run directory, rendered and checked.
 
-The generator below writes every table of SPEC.md section 6 with the section 3 formulas
+The generator below writes every table of docs/method.md §6 with the section 3 formulas
 (a compact version, good enough to be consistent, with the project's Wilson and BH from
 :mod:`cgaps.stats`; the scoring stage has its own tests),
 plants model gaps on concepts 0-9 and puts hostile text into items, labels, contexts

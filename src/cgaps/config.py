@@ -67,7 +67,7 @@ class RunConfig:
     chain_of_thought: bool = documented(
         False, "Ask for step-by-step reasoning on GSM8K and MATH before the final answer."
     )
-    # --- reader, SAE and pooling (SPEC section 2)
+    # --- reader, SAE and pooling (docs/method.md §2)
     reader: str | None = documented(
         None, "Model whose residual stream is encoded (default: the evaluated model)."
     )
@@ -94,7 +94,7 @@ class RunConfig:
     top_k: int | None = documented(
         None, "Keep only the top-k concepts per item in saliency.parquet (None keeps all)."
     )
-    # --- scoring (SPEC section 3)
+    # --- scoring (docs/method.md §3)
     presence: float = documented(
         0.0,
         "Presence threshold tau in [0, 1): concept c counts as present in an item when s_c(x) >= tau x its "

@@ -1,6 +1,6 @@
 """The run directory: fixed file names, table schemas, validated reads and atomic writes.
 
-A run directory is the contract between stages (SPEC.md section 6): each stage reads
+A run directory is the contract between stages (docs/method.md §6): each stage reads
 what earlier stages wrote and writes its own files, so any stage can be rerun or
 replaced by another tool. Every read validates its table and fails with a
 :class:`~cgaps.errors.CGapsError` that names the file, the field and the fix.

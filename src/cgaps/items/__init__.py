@@ -1,4 +1,4 @@
-"""Benchmarks: from a suite name to an items table (SPEC.md section 1).
+"""Benchmarks: from a suite name to an items table (docs/method.md §1).
 
 ``load_suite`` resolves a suite argument in this order: a spec file (``*.yaml``,
 ``*.yml``, ``*.json``: :mod:`cgaps.items.custom`), a suite name from :data:`SUITES`,

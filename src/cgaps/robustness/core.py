@@ -1,4 +1,4 @@
-"""Robustness checks of SPEC.md section 4: subsampling and adversarial ablation.
+"""Robustness checks of docs/method.md §4: subsampling and adversarial ablation.
 
 Both reuse the fast path: a check picks a row subset of the suite's CSR matrix
 (:meth:`SuiteMatrix.subset`) and recomputes the chi tables on it with
@@ -6,7 +6,7 @@ Both reuse the fast path: a check picks a row subset of the suite's CSR matrix
 chi_bench values of a subset are on the same scale as the full run's (renormalising by a
 subset's own max would add variance that is not the benchmark's).
 
-Choices where SPEC.md is open:
+Choices where the method is open:
 
 * **Concepts summarised**: those with n_c(S) >= min_support in the full suite (per scope);
   rarer ones have chi values that are mostly noise and would dominate the means.

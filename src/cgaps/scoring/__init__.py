@@ -1,4 +1,4 @@
-"""Scoring stage: chi_bench, chi_model, benchmark gaps and model gaps per concept (SPEC.md section 3).
+"""Scoring stage: chi_bench, chi_model, benchmark gaps and model gaps per concept (docs/method.md §3).
 
 :mod:`cgaps.scoring.core` holds the vectorised formulas (one sparse matrix, indicator
 products per scope); :mod:`cgaps.scoring.stage` reads and writes the run directory;

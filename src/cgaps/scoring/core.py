@@ -1,4 +1,4 @@
-"""The chi tables of SPEC.md section 3, computed on a sparse items x concepts matrix.
+"""The chi tables of docs/method.md §3, computed on a sparse items x concepts matrix.
 
 Design
 ------
@@ -10,7 +10,7 @@ summand (``1``, ``s``, ``s^2``, ``s*y``, ``s*ybar(B(x))``, ``s_hat``, ``s^2 v(B(
 Nothing loops over items or concepts; the few per-scope steps (ranking, BH, choosing the
 Monte Carlo concepts) loop over the scopes only. Robustness checks reuse :func:`chi_tables` on a row subset of the same matrix.
 
-Rules where SPEC.md leaves a choice open (the plain reference implementation in
+Rules where the method leaves a choice open (the plain reference implementation in
 :mod:`cgaps.scoring.reference` applies the same rules independently):
 
 * **Percentile** of chi_bench(c, S) among the m present concepts of S (n_c(S) > 0)::
@@ -259,7 +259,7 @@ def chi_tables(m: SuiteMatrix, col_max: np.ndarray | None = None) -> ChiTables:
 
 
 def percentile_of(values: np.ndarray) -> np.ndarray:
-    """Percentile (SPEC rule in the module docstring) of each value among ``values``."""
+    """Percentile (the rule in the module docstring) of each value among ``values``."""
     ranks = stats.rankdata(np.round(values, ROUND), method="average")
     return 100.0 * (ranks - 0.5) / len(values)
 

@@ -1,4 +1,4 @@
-"""The scoring stage on a run directory: read, compute, write (SPEC.md sections 3 and 6).
+"""The scoring stage on a run directory: read, compute, write (docs/method.md §3 and §6).
 
 It needs only ``run.json`` (with ``n_concepts``), ``items.parquet`` (scored) and
 ``saliency.parquet``, whoever wrote them, read by the one run loader
