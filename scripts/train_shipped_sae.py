@@ -80,6 +80,7 @@ HELDOUT_CONVERSATIONS = 300
 CE_CONVERSATIONS = 60
 EXTRACT_BF16 = True
 PILOT_TOKENS = 200_000
+STATS_TOKENS = 400_000  # content tokens behind the shipped latent statistics
 # the pilot differs from the final SAE (TrainConfig's defaults) only in these
 PILOT = TrainConfig(width=4096, batch_size=1024, lr=5e-4, warmup_steps=30, epochs=1.0, dead_tokens=100_000)
 MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -251,6 +252,47 @@ def stage_train(work: Path, layer: int, epochs: float) -> None:
         res["seconds"],
         res["resumed_at"],
     )
+
+
+def stage_stats(work: Path, backend, layer: int, tokens: int = STATS_TOKENS) -> Path:
+    """Per-latent activation statistics of the shipped SAE (max and firing frequency), beside its
+    weights: the concept scale m_c that scoring uses instead of each suite's own max.
+
+    Measured with the float32 model users run on CPU, on the first ``tokens`` content tokens of
+    the training mix (the model's own responses first when the own stage has run), under
+    the outlier limit the SAE was trained with (metrics.json's exclusion)."""
+    from cgaps.sae import embedded_sae_dir, load_sae, write_latent_stats
+    from cgaps.sae.training.metrics import latent_stats
+
+    folder = embedded_sae_dir()
+    limits = json.loads((folder / "metrics.json").read_text())["exclusion"]["max_norm"]
+    own = work / "own_train.jsonl"  # the own stage's responses, when it has run
+    convs = (corpus.read_jsonl(own) if own.exists() else []) + corpus.read_jsonl(work / "train.jsonl")
+    manifest = build_cache(
+        backend,
+        convs,
+        work / "cache_stats",
+        [layer],
+        max_tokens=tokens,
+        norm_limits={str(layer): limits[str(layer)]},
+        text_mix=dict(Counter(c.get("source", "own") for c in convs)),
+        progress=_ticker("stats cache", tokens),
+    )
+    acts = load_layer(work / "cache_stats", layer, max_tokens=tokens)
+    sae = load_sae("embedded", hidden_size=backend.hidden_size, n_layers=backend.n_layers)
+    stats = latent_stats(sae, acts)
+    n_conv = sum(s["conversations"] for s in manifest["shards"])
+    path = write_latent_stats(
+        folder,
+        stats,
+        {
+            "corpus": f"the first {n_conv} conversations of the SAE's training mix"
+            + (", own responses first" if own.exists() else ""),
+            "tokens": str(len(acts)),
+        },
+    )
+    log.info("wrote %s: %d tokens, %d latents never fired", path, len(acts), int((stats["max"] == 0).sum()))
+    return path
 
 
 def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
@@ -527,7 +569,7 @@ def main() -> None:
             help=f"{source} source (Debian package {package}; default: {path}); skipped when absent",
         )
     ap.add_argument("--work", type=Path, default=cache_dir() / "sae-smollm2")
-    ap.add_argument("--stages", default="mix,own,cache,pilot,train,card")
+    ap.add_argument("--stages", default="mix,own,cache,pilot,train,card,stats")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--layer", type=int, default=None, help="skip the pilot's choice")
@@ -556,7 +598,7 @@ def main() -> None:
     if "pilot" in stages:
         stage_pilot(args.work)
     layer = args.layer
-    if layer is None and ("train" in stages or "card" in stages):
+    if layer is None and ("train" in stages or "card" in stages or "stats" in stages):
         pilot = json.loads((args.work / "pilot.json").read_text())
         layer = choose_layer(pilot)
         log.info("chosen layer %d", layer)
@@ -564,6 +606,8 @@ def main() -> None:
         stage_train(args.work, layer, args.epochs)
     if "card" in stages:
         stage_card(args.work, backend, layer)
+    if "stats" in stages:
+        stage_stats(args.work, backend, layer)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,17 @@ SPANS = ("prompt", "response", "both")
 POOLS = ("max", "mean", "sum")
 MC_SCORING = ("generate", "loglik")
 MC_FIRST_PASS = 1000  # Monte Carlo resamples every small-count concept gets (cgaps.scoring.core)
+# The fields the scoring stage reads (``cgaps score`` takes each as an option; written back to run.json)
+SCORING_KNOBS = (
+    "presence",
+    "min_support",
+    "under_pct",
+    "over_pct",
+    "fdr",
+    "ci_level",
+    "mc_below",
+    "mc_resamples",
+)
 
 
 def documented(default: Any, help: str, **kw: Any) -> Any:

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from cgaps.cli._common import RunDirArg, options_from
-from cgaps.config import RunConfig
+from cgaps.config import SCORING_KNOBS, RunConfig
 
 
-@options_from(RunConfig, "min_support", "under_pct", "over_pct", "fdr", "ci_level", over="run.json")
+@options_from(RunConfig, *SCORING_KNOBS, over="run.json")
 def score(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
     """Score concepts: benchmark coverage, model performance and gaps; knobs given here are saved into run.json."""
     import pandas as pd

@@ -15,23 +15,10 @@ import numpy as np
 import pandas as pd
 
 from cgaps import rundir
-from cgaps.config import RunConfig
+from cgaps.config import SCORING_KNOBS, RunConfig
 from cgaps.runtables import RunTables, load_run
 from cgaps.sae import read_latent_scale
 from cgaps.scoring.core import build_matrix, chi_tables, concept_table, overlap_table
-
-# The config fields this stage reads; they are written back into run.json's config.
-SCORING_KNOBS = (
-    "presence",
-    "min_support",
-    "under_pct",
-    "over_pct",
-    "fdr",
-    "ci_level",
-    "mc_below",
-    "mc_resamples",
-    "seed",
-)
 
 
 def concept_scale(run: RunTables, cfg: RunConfig) -> tuple[np.ndarray | None, str]:
@@ -69,7 +56,7 @@ def score_run(run_dir: str | Path, config: RunConfig | None = None) -> tuple[pd.
     all_rows = concepts[concepts["scope"] == rundir.ALL_SCOPE]
     rundir.update_run_json(
         run_dir,
-        config={k: getattr(cfg, k) for k in SCORING_KNOBS},
+        config={k: getattr(cfg, k) for k in (*SCORING_KNOBS, "seed")},
         counts={
             "concept_scale": scale_source,
             "scored_items": len(items),
