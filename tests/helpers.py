@@ -291,7 +291,17 @@ def make_null_or_planted_suite(
         for k in range(n):
             fires = rng.random(n_concepts) < rate
             p = 0.1 if not null and fires[planted].any() else acc[b]
-            items.append({"item_id": f"{b}{k}", "benchmark": b, "score": float(rng.random() < p)})
+            y = float(rng.random() < p)
+            items.append(
+                {
+                    "item_id": f"{b}{k}",
+                    "benchmark": b,
+                    "prompt": "p",
+                    "reference": "r",
+                    "response": "x",
+                    "score": y,
+                }
+            )
             for c in np.flatnonzero(fires):
                 sal.append((f"{b}{k}", int(c), float(rng.gamma(2.0, 1.5)) + 1e-3))
     sal_df = pd.DataFrame(sal, columns=["item_id", "concept", "value"]).astype(

@@ -31,6 +31,7 @@ CONCEPTS = "concepts.parquet"
 LABELS = "labels.parquet"
 OVERLAP = "overlap.parquet"
 ROBUSTNESS = "robustness.json"
+VALIDATION = "validation.json"  # written by `cgaps validate`
 REPORT = "report.html"
 CONTEXTS = "contexts.parquet"  # top activating contexts per concept (written by `cgaps extract`)
 RESPONSES_PARTIAL = "responses.partial.jsonl"
@@ -50,6 +51,7 @@ RUN_FILES = (
     CONCEPTS,
     OVERLAP,
     ROBUSTNESS,
+    VALIDATION,
     REPORT,
 )
 

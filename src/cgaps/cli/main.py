@@ -97,6 +97,7 @@ COMMANDS = [
     ("extract", "extract", "extract"),
     ("score", "score", "score"),
     ("robustness", "robustness", "robustness"),
+    ("validate", "validate", "validate"),
     ("report", "report", "report"),
     ("train-sae", "train_sae", "train_sae"),
 ]

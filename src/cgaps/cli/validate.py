@@ -1,0 +1,46 @@
+"""``cgaps validate RUN_DIR``: null calibration, planted power and probe-family alignment into validation.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cgaps.cli._common import RunDirArg, options_from
+from cgaps.validate.options import ValidateOptions
+
+
+@options_from(ValidateOptions)
+def validate(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
+    """Check that the run's gap calls can be trusted: null draws, planted gaps, probe families."""
+    from rich.table import Table
+
+    from cgaps import rundir
+    from cgaps.console import result
+    from cgaps.validate.core import validate_run
+
+    opts = ValidateOptions(**options)
+    out = validate_run(run_dir, opts)
+    null = out["null"]
+    table = Table(title=f"{run_dir}: {rundir.VALIDATION}")
+    table.add_column("check")
+    table.add_column("figure", justify="right")
+    table.add_row(
+        f"null draws calling anything ({null['promise']})",
+        f"{null['draws_with_calls']} of {null['draws']}",
+    )
+    for row in out["planted"]:
+        if row["recall"] is not None:
+            table.add_row(
+                f"planted recall, support {row['support']}, accuracy drop {row['effect']}",
+                f"{row['recall']:.2f} (+{row['other_weak_calls_per_draw']:.1f} co-firing calls)",
+            )
+    fam = out["families"]
+    if fam:
+        for side in ("weak", "strong"):
+            s = fam[side]
+            if s.get("accuracy") is not None:
+                table.add_row(
+                    f"family accuracy where the {s['concepts']} {side} concepts' mass lands",
+                    f"{s['accuracy']:.3f} (random sets {s['shuffled_mean']:.3f}, p = {s['p_shuffled']:.3f})",
+                )
+    result(table)

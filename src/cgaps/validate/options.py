@@ -1,0 +1,43 @@
+"""The knobs of ``cgaps validate``, documented field by field (the CLI generates its flags from them).
+
+Imports only the standard library and :mod:`cgaps.config`, so ``cgaps --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cgaps.config import documented
+from cgaps.errors import CGapsError
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    """How many null and planted draws the validation runs."""
+
+    null_draws: int = documented(
+        20, "Null draws: scores permuted within benchmark, independent of every concept."
+    )
+    planted_repeats: int = documented(
+        3, "Planted draws per (support bin, effect size) cell of the power curve."
+    )
+    planted_concepts: int = documented(3, "Weak concepts planted together in one planted draw.")
+    base_accuracy: float = documented(
+        0.7, "Accuracy of the items no planted concept fires on, in planted draws."
+    )
+    shuffles: int = documented(200, "Random concept sets behind the probe-family baseline.")
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("null_draws", self.null_draws >= 1, "an integer >= 1"),
+            ("planted_repeats", self.planted_repeats >= 0, "an integer >= 0 (0 skips the power curve)"),
+            ("planted_concepts", self.planted_concepts >= 1, "an integer >= 1"),
+            ("base_accuracy", 0.5 < self.base_accuracy < 1, "a number in (0.5, 1)"),
+            ("shuffles", self.shuffles >= 10, "an integer >= 10"),
+        )
+        for name, holds, rule in checks:
+            if not holds:
+                flag = "--" + name.replace("_", "-")
+                raise CGapsError(
+                    f"validate option '{name}' ({flag}) must be {rule}, got {getattr(self, name)!r}"
+                )
