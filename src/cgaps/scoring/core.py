@@ -40,12 +40,15 @@ Rules where the method leaves a choice open (the plain reference implementation 
   scores (with replacement, which has exactly the variance v), T* is recomputed for all such
   concepts of a scope at once as one sparse product per chunk of draws (only the items where
   they fire are drawn), and p = (1 + #{T* <= T}) / (1 + R) (>= for strong; ties count as
-  extreme). Every such concept gets :data:`~cgaps.config.MC_FIRST_PASS` draws; those with
-  p <= :data:`MC_REFINE_P` after them get a fresh sample of R = ``mc_resamples`` draws, by
-  default 2 m / fdr for m tested concepts (at least :data:`MC_AUTO_MIN`), so that the smallest
-  p-value a concept can get, 1 / (R + 1), still passes BH. Draw chunk j of scope k and pass p
-  comes from ``numpy.random.default_rng([seed, k, p, j])`` (:func:`null_draws`), so results
-  do not depend on the machine. Measured calibration: see the README.
+  extreme). The draws come in passes of 1,000, 20,000, ... (each 20x the last) up to R =
+  ``mc_resamples``, by default 2 m / fdr for m tested concepts (at least :data:`MC_AUTO_MIN`),
+  so that the smallest p-value a concept can get, 1 / (R + 1), can still pass BH. Each pass is
+  a fresh sample for the concepts whose previous pass found at most :data:`MC_CONTINUE` - 1
+  draws as extreme (their p-value was at its resolution's floor); the p-value is that of the
+  last pass a concept took part in. Under the null few concepts go on, so the large passes
+  draw only the few items where those concepts fire. Draw chunk j of scope k and pass p comes
+  from ``numpy.random.default_rng([seed, k, p, j])`` (:func:`null_draws`), so results do not
+  depend on the machine. Measured calibration: see docs/results.md.
 * **BH**: one Benjamini-Hochberg adjustment (:func:`cgaps.stats.bh_adjust`, i.e. scipy's
   ``false_discovery_control``) per scope over the two-sided p-values 2 min(p_weak, p_strong)
   of the concepts with n_c(S) >= min_support; ``q_value`` is the adjusted value (NaN when not
@@ -79,7 +82,7 @@ from cgaps.rundir import ALL_SCOPE, CONCEPT_COLUMNS, OVERLAP_COLUMNS
 from cgaps.stats import bh_adjust, wilson
 
 ROUND = 12  # decimals kept when ranking (status percentile, Spearman)
-MC_REFINE_P = 0.01  # a Monte Carlo p-value this small after the first pass gets the full resamples
+MC_CONTINUE = 10  # a concept with at most this many (+1) draws as extreme goes on to the next, larger pass
 MC_CHUNK_CELLS = 20_000_000  # items x draws held at once (160 MB of float64)
 MC_AUTO_MIN = 20_000  # the refining pass never draws fewer (mc_resamples = None)
 TIE_EPS = 1e-9  # |T* - T| below this (relative to the concept's sum s) is a tie
@@ -339,6 +342,14 @@ def _mc_counts(
     return le, ge
 
 
+def mc_passes(total: int) -> list[int]:
+    """Sizes of the successive Monte Carlo passes up to ``total`` draws (each 20x the last)."""
+    sizes = [MC_FIRST_PASS]
+    while sizes[-1] < total:
+        sizes.append(min(total, sizes[-1] * 20))
+    return sizes
+
+
 def p_values(m: SuiteMatrix, t: ChiTables, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """z, p_weak and p_strong per scope and concept (the rules of the module docstring)."""
     z = z_scores(t)
@@ -348,14 +359,16 @@ def p_values(m: SuiteMatrix, t: ChiTables, cfg: RunConfig) -> tuple[np.ndarray, 
         cols = np.flatnonzero(mc[k])
         if not len(cols):
             continue
-        le, ge = _mc_counts(m, t, k, cols, cfg.seed, 0, MC_FIRST_PASS)
-        pw, ps = (1 + le) / (1 + MC_FIRST_PASS), (1 + ge) / (1 + MC_FIRST_PASS)
-        refine = np.minimum(pw, ps) <= MC_REFINE_P
-        total = mc_resamples(cfg, int((t.support[k] >= cfg.min_support).sum()))
-        if refine.any() and total > MC_FIRST_PASS:
-            # a fresh, larger sample for the candidates (the first pass only picked them)
-            le2, ge2 = _mc_counts(m, t, k, cols[refine], cfg.seed, 1, total)
-            pw[refine], ps[refine] = (1 + le2) / (1 + total), (1 + ge2) / (1 + total)
+        sizes = mc_passes(mc_resamples(cfg, int((t.support[k] >= cfg.min_support).sum())))
+        pw, ps = np.ones(len(cols)), np.ones(len(cols))
+        active = np.ones(len(cols), dtype=bool)
+        for stage, size in enumerate(sizes):
+            # a fresh sample for the concepts still near the floor of the last pass's resolution
+            le, ge = _mc_counts(m, t, k, cols[active], cfg.seed, stage, size)
+            pw[active], ps[active] = (1 + le) / (1 + size), (1 + ge) / (1 + size)
+            active &= np.minimum(pw, ps) * (1 + size) <= MC_CONTINUE
+            if not active.any():
+                break
         p_weak[k, cols], p_strong[k, cols] = pw, ps
     return z, p_weak, p_strong
 

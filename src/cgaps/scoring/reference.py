@@ -12,9 +12,11 @@ It applies the rules that :mod:`cgaps.scoring.core`'s docstring fixes where the 
 percentile = 100 * (#less + 0.5 * #equal) / m on chi_bench rounded to 12 decimals; the score
 test z = sum s (y - mu) / sqrt(sum s^2 v), 0 when the null variance is 0; Monte Carlo p-values
 for tested concepts with n_eff * min(e, 1 - e) < mc_below, from the same seeded draw protocol
-(:func:`reference_draws` re-implements it: chunk j of the draws comes from
-``default_rng([seed, j])``, benchmarks in sorted order, items in table order), 1,000 draws and
-then a fresh ``mc_resamples`` for p <= 0.01; one BH over two-sided p-values; the side of z.
+(:func:`reference_draws` re-implements it: chunk j of scope k's pass p comes from
+``default_rng([seed, k, p, j])``, only the items where the pass's concepts fire, benchmarks in
+sorted order, items in table order), 1,000 draws and
+then fresh passes 20x larger (up to ``mc_resamples``) for concepts with at most 9 draws as
+extreme; one BH over two-sided p-values; the side of z.
 """
 
 from __future__ import annotations
@@ -200,16 +202,18 @@ def reference_scores(
         def draws_for(rows: list[int], total: int, stage: int, scope_no: int = scope_no) -> np.ndarray:
             return reference_draws(rows, ids, y, bench, cfg.seed, scope_no, stage, total)
 
-        flagged = [r for r in recs if r.get("_mc")]
-        if flagged:
-            _mc_p(flagged, rows_of, lambda rows, n: draws_for(rows, n, 0), MC_FIRST_PASS)
-            n_tested = sum(1 for r in recs if r["support"] >= cfg.min_support)
-            total = cfg.mc_resamples
-            if total is None:
-                total = max(20_000, math.ceil(2 * n_tested / cfg.fdr))
-            candidates = [r for r in flagged if min(r["p_weak"], r["p_strong"]) <= 0.01]
-            if candidates and total > MC_FIRST_PASS:
-                _mc_p(candidates, rows_of, lambda rows, n: draws_for(rows, n, 1), total)
+        active = [r for r in recs if r.get("_mc")]
+        n_tested = sum(1 for r in recs if r["support"] >= cfg.min_support)
+        total = cfg.mc_resamples
+        if total is None:
+            total = max(20_000, math.ceil(2 * n_tested / cfg.fdr))
+        size, stage = MC_FIRST_PASS, 0
+        while active:  # passes of 1,000, 20,000, ... up to total draws, each a fresh sample
+            _mc_p(active, rows_of, lambda rows, n, st=stage: draws_for(rows, n, st), size)
+            active = [r for r in active if min(r["p_weak"], r["p_strong"]) * (1 + size) <= 10]
+            if size >= total:
+                break
+            size, stage = min(total, size * 20), stage + 1
         present = [r for r in recs if r["support"] > 0]
         vals = [round(r["chi_bench"], 12) for r in present]
         for r in recs:
