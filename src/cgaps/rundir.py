@@ -110,6 +110,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # again: some writers (safetensors) replace the file they were given
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
