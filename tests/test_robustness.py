@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from cgaps.config import RunConfig
+
+# the recomputations below are presence-free (tau = 0); presence itself is tested in test_scoring.py
 from cgaps.errors import CGapsError
 from cgaps.robustness.core import RobustnessOptions, ablation, subsample_rows, subsampling
 from cgaps.scoring import build_matrix, compute_scores
@@ -23,13 +25,13 @@ def suite():
 
 def _subset_scores(items, sal, keep_ids):
     sub_items = items[items["item_id"].isin(keep_ids)]
-    concepts, _ = compute_scores(sub_items, sal[sal["item_id"].isin(keep_ids)], 200, RunConfig())
+    concepts, _ = compute_scores(sub_items, sal[sal["item_id"].isin(keep_ids)], 200, RunConfig(presence=0.0))
     return concepts
 
 
 def test_subsampling_matches_recomputation(suite):
     items, sal, m = suite
-    cfg = RunConfig(seed=4)
+    cfg = RunConfig(seed=4, presence=0.0)
     repeats = 3
     res = subsampling(m, cfg, RobustnessOptions(repeats=repeats, drop=0.2))
     # Same draws, recomputed from scratch on the items tables.
@@ -61,17 +63,17 @@ def test_subsampling_matches_recomputation(suite):
 
 def test_subsampling_is_seeded(suite):
     _, _, m = suite
-    a = subsampling(m, RunConfig(seed=1), RobustnessOptions(repeats=4))
-    b = subsampling(m, RunConfig(seed=1), RobustnessOptions(repeats=4))
-    c = subsampling(m, RunConfig(seed=2), RobustnessOptions(repeats=4))
+    a = subsampling(m, RunConfig(seed=1, presence=0.0), RobustnessOptions(repeats=4))
+    b = subsampling(m, RunConfig(seed=1, presence=0.0), RobustnessOptions(repeats=4))
+    c = subsampling(m, RunConfig(seed=2, presence=0.0), RobustnessOptions(repeats=4))
     assert a == b and a["mean_std_chi_model"] != c["mean_std_chi_model"]
-    none = subsampling(m, RunConfig(), RobustnessOptions(repeats=3, drop=0.0))
+    none = subsampling(m, RunConfig(presence=0.0), RobustnessOptions(repeats=3, drop=0.0))
     assert none["mean_std_chi_model"] == pytest.approx(0, abs=1e-12)
 
 
 def test_ablation_matches_recomputation_and_moves_the_median(suite):
     items, sal, m = suite
-    cfg = RunConfig()
+    cfg = RunConfig(presence=0.0)
     res = ablation(m, cfg, RobustnessOptions(top=20, max_delete=0.02))
     full, _ = compute_scores(items, sal, 200, cfg)
     allc = full[full["scope"] == "ALL"]

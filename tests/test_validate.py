@@ -50,8 +50,10 @@ def test_validate_null_calibration_over_20_draws(tmp_path):
     items, sal, _ = make_null_or_planted_suite(3, null=True)
     run = write_run(tmp_path / "run", items, sal, {"n_concepts": 300})
     score_run(run)
-    out = validate_run(run, ValidateOptions(null_draws=20, planted_repeats=0))
-    assert out["null"]["draws_with_calls"] <= 1 and out["families"] is None
+    out = validate_run(run, ValidateOptions(null_draws=40, planted_repeats=0))
+    # permutations of one suite's scores: measured 3 of 120 draws call anything (2.5%) on three such
+    # suites; the 1-in-20 promise over independent suites is asserted in test_scoring.py
+    assert out["null"]["draws_with_calls"] <= 4 and out["families"] is None
 
 
 def test_validate_options_name_the_flag():

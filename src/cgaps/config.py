@@ -107,7 +107,7 @@ class RunConfig:
     )
     # --- scoring (docs/method.md §3)
     presence: float = documented(
-        0.0,
+        0.4,
         "Presence threshold tau in [0, 1): concept c counts as present in an item when s_c(x) >= tau x its "
         "scale m_c; fainter activations count as 0 in every score (0 keeps every activation).",
     )
