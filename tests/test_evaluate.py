@@ -96,15 +96,52 @@ def test_mc_scoring_loglik_routes_every_choice_item(run_dir):
     assert items.loc["i4", "response"] == "A) long option" and items.loc["i4", "score"] == 1.0
 
 
+def _record(n: int, response: str, items: pd.DataFrame = ITEMS) -> str:
+    """One resume-file line for item i<n> of ``items``, with its content digest."""
+    from cgaps.evaluate.evaluator import item_digest
+
+    digest = item_digest(items.to_dict("records")[n])
+    return json.dumps({"item_id": f"i{n}", "response": response, "digest": digest})
+
+
 def test_resume_uses_partial_responses(run_dir):
     with (run_dir / rundir.RESPONSES_PARTIAL).open("w") as f:
-        f.write(json.dumps({"item_id": "i0", "response": "2"}) + "\n")
-        f.write(json.dumps({"item_id": "i1", "response": "4"}) + "\n")
+        f.write(_record(0, "2") + "\n")
+        f.write(_record(1, "4") + "\n")
         f.write('{"item_id": "i2", "resp')  # cut short by a crash
     backend = FakeBackend({"3+3?": "6"})
     items = evaluate_run(run_dir, RunConfig(), backend)
     assert sorted(backend.generated) == ["3+3?", "Pick one", "Pick two"]
     assert items["score"].tolist()[:3] == [1.0, 1.0, 1.0]
+
+
+def test_resume_redoes_responses_of_changed_items(run_dir, capsys):
+    # an interrupted evaluation, then new items under the same ids (`cgaps items ... --out RUN_DIR`)
+    with (run_dir / rundir.RESPONSES_PARTIAL).open("w") as f:
+        f.write(_record(0, "2") + "\n")  # i0 unchanged: reused
+        f.write(_record(1, "4") + "\n")  # i1's prompt changes below: its answer must not be reused
+        f.write(_record(3, "B") + "\n")  # i3's choices change below
+    new = ITEMS.copy()
+    new.loc[1, "prompt"] = "7+7?"
+    new.loc[1, "reference"] = "14"
+    new.loc[3, "choices"] = json.dumps(["yes!", "no"])
+    rundir.write_table(new, run_dir / rundir.ITEMS)
+    backend = FakeBackend({"7+7?": "14", "3+3?": "6"})
+    items = evaluate_run(run_dir, RunConfig(), backend).set_index("item_id")
+    assert sorted(backend.generated) == ["3+3?", "7+7?", "Pick one", "Pick two"]
+    assert items.loc["i0", "response"] == "2" and items.loc["i1", "response"] == "14"
+    assert items.loc["i1", "score"] == 1.0
+    assert "2 response(s) were for items that changed since" in capsys.readouterr().err
+
+
+def test_resume_redoes_records_without_digest(run_dir, capsys):
+    # a resume file from before digests cannot be checked: its records are redone, with a notice
+    with (run_dir / rundir.RESPONSES_PARTIAL).open("w") as f:
+        f.write(json.dumps({"item_id": "i0", "response": "wrong"}) + "\n")
+    backend = FakeBackend({"1+1?": "2"})
+    items = evaluate_run(run_dir, RunConfig(), backend)
+    assert "1+1?" in backend.generated and items["response"].iloc[0] == "2"
+    assert "1 response(s) without a content digest" in capsys.readouterr().err
 
 
 def test_resume_refuses_other_settings(run_dir):
@@ -199,9 +236,7 @@ def _partial(run_dir, *lines: bytes, settings: bytes | None = None):
     return path
 
 
-GOOD = [
-    json.dumps({"item_id": f"i{n}", "response": r}).encode() + b"\n" for n, r in enumerate(["2", "4", "6"])
-]
+GOOD = [_record(n, r).encode() + b"\n" for n, r in enumerate(["2", "4", "6"])]
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,13 @@ An item may therefore have at most ten options (A-J, :data:`cgaps.answers.LETTER
 error naming the item, before any model call.
 
 Resuming: responses are appended to ``responses.partial.jsonl`` after every few batches (one
-``{"item_id", "response"}`` object per line) and the settings that shape a response are kept
-beside it in ``responses.partial.json``, so an interrupted run resumes where it stopped and a
-rerun with other settings is refused instead of mixing answers. Each record is appended in one
+``{"item_id", "response", "digest"}`` object per line) and the settings that shape a response are
+kept beside it in ``responses.partial.json``, so an interrupted run resumes where it stopped and a
+rerun with other settings is refused instead of mixing answers. ``digest`` (:func:`item_digest`)
+fingerprints what the answer depends on (prompt or messages, choices, answer type): a record is
+reused only for an item whose digest is unchanged, so new items written into the run under old
+ids (``cgaps items ... --out RUN_DIR``) are answered again, never given an old prompt's answer.
+Records without a digest (older files) cannot be checked and are redone, with a notice. Each record is appended in one
 write, so only the last line can be cut short by a crash; it is dropped and evaluated again. Any
 other damage (a broken line before the last, bytes that are not UTF-8, unreadable settings) is
 an error naming the file and line, since dropping the lines after it would lose responses
@@ -21,6 +25,7 @@ the responses.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +93,15 @@ def check_options(items: pd.DataFrame, cfg: RunConfig) -> None:
 
 # ------------------------------------------------------------------ the resume file
 
+# The item fields an answer depends on (the reference only grades it; the id only names it).
+DIGEST_FIELDS = ("prompt", "messages", "choices", "answer_type")
+
+
+def item_digest(item: dict[str, Any]) -> str:
+    """A short fingerprint of :data:`DIGEST_FIELDS` of one item (a missing or NaN field is null)."""
+    fields = {k: item.get(k) if isinstance(item.get(k), str) else None for k in DIGEST_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
 
 def _settings_path(partial: Path) -> Path:
     return partial.with_suffix(".json")
@@ -111,12 +125,13 @@ def _check_settings(partial: Path, signature: dict[str, Any]) -> None:
         )
 
 
-def read_partial(path: Path) -> dict[str, str]:
-    """``{item_id: response}`` already in the resume file; a last line cut by a crash is dropped.
+def read_partial(path: Path) -> list[tuple[str, str, str | None]]:
+    """``(item_id, response, digest)`` of every record in the resume file, in file order
+    (``digest`` None in records written before digests); a last line cut by a crash is dropped.
 
     The file is truncated before a cut line so that new records are not appended to it.
     """
-    done: dict[str, str] = {}
+    done: list[tuple[str, str, str | None]] = []
     if not path.exists():
         return done
     lines = path.read_bytes().split(b"\n")
@@ -128,8 +143,11 @@ def read_partial(path: Path) -> dict[str, str]:
         try:
             record = json.loads(line.decode("utf-8"))
             item_id, response = record["item_id"], record["response"]
+            digest = record.get("digest")
             if not isinstance(item_id, str) or not isinstance(response, str):
                 raise TypeError("item_id and response must be strings")
+            if digest is not None and not isinstance(digest, str):
+                raise TypeError("digest must be a string")
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             if lineno == len(lines):  # cut short by a crash: resume from the records before it
                 path.write_bytes(b"".join(x + b"\n" for x in lines[: lineno - 1]))
@@ -144,15 +162,42 @@ def read_partial(path: Path) -> dict[str, str]:
                 f"{path}:{lineno}: {problem}; delete that line (its item is evaluated again) "
                 "or the whole file to start the evaluation over"
             ) from e
-        done[item_id] = response
+        done.append((item_id, response, digest))
     return done
 
 
-def _append(path: Path, records: list[tuple[str, str]]) -> None:
+def reusable(
+    records: list[tuple[str, str, str | None]], items: list[dict[str, Any]], partial: Path
+) -> dict[str, str]:
+    """``{item_id: response}`` of the records still valid for ``items``: the last record of each
+    item whose digest matches the item now. Says how many records were dropped and why."""
+    digests = {str(r["item_id"]): item_digest(r) for r in items}
+    done: dict[str, str] = {}
+    for item_id, response, digest in records:
+        if digest is not None and digests.get(item_id) == digest:
+            done[item_id] = response
+    legacy = {i for i, _, d in records if d is None and i in digests and i not in done}
+    changed = {i for i, _, d in records if d is not None and i in digests and i not in done}
+    gone = {i for i, _, _ in records if i not in digests}
+    if legacy:
+        info(
+            f"{partial.name}: {len(legacy)} response(s) without a content digest (written by an older "
+            "cgaps) cannot be checked against the items; evaluating them again"
+        )
+    if changed:
+        info(
+            f"{partial.name}: {len(changed)} response(s) were for items that changed since; evaluating them again"
+        )
+    if gone:
+        info(f"{partial.name}: {len(gone)} response(s) are for items no longer in the run; ignored")
+    return done
+
+
+def _append(path: Path, records: list[tuple[str, str, str]]) -> None:
     # one write per record (json.dumps escapes newlines), so a crash can cut only the last line
     with path.open("a", encoding="utf-8") as f:
-        for item_id, response in records:
-            f.write(json.dumps({"item_id": item_id, "response": response}) + "\n")
+        for item_id, response, digest in records:
+            f.write(json.dumps({"item_id": item_id, "response": response, "digest": digest}) + "\n")
 
 
 # ------------------------------------------------------------------ answering
@@ -165,11 +210,12 @@ def respond(items: pd.DataFrame, generator: Generator, cfg: RunConfig, partial: 
     signature = {k: v for k, v in cfg.to_dict().items() if k in PARTIAL_SIGNATURE}
     if partial.exists() and _settings_path(partial).exists():
         _check_settings(partial, signature)
-    done = read_partial(partial)
+    records = items.to_dict("records")
+    done = reusable(read_partial(partial), records, partial)
     rundir.write_json(signature, _settings_path(partial))
     if done:
         info(f"resuming evaluation: {len(done)} of {len(items)} responses already in {partial.name}")
-    todo = [r for r in items.to_dict("records") if r["item_id"] not in done]
+    todo = [r for r in records if r["item_id"] not in done]
     # option lists parsed once (and checked before any model call); None marks generated items
     options = {r["item_id"]: _choices(r) if uses_loglik(r, cfg) else None for r in todo}
     loglik = [r for r in todo if options[r["item_id"]] is not None]
@@ -187,9 +233,9 @@ def respond(items: pd.DataFrame, generator: Generator, cfg: RunConfig, partial: 
                     out = generator.generate(
                         [conversation(r) for r in batch], max_new, cfg.batch_size, advance
                     )
-                    recs = [(r["item_id"], o) for r, o in zip(batch, out, strict=True)]
+                    recs = [(r["item_id"], o, item_digest(r)) for r, o in zip(batch, out, strict=True)]
                     _append(partial, recs)
-                    done.update(recs)
+                    done.update((i, o) for i, o, _ in recs)
 
     if loglik:
         with progress_bar("option log-likelihoods", len(loglik)) as advance:
@@ -203,9 +249,9 @@ def respond(items: pd.DataFrame, generator: Generator, cfg: RunConfig, partial: 
                     mine = logliks[offset : offset + len(opts)]
                     offset += len(opts)
                     best = max(range(len(opts)), key=mine.__getitem__)
-                    recs.append((r["item_id"], f"{LETTERS[best]}) {opts[best]}"))
+                    recs.append((r["item_id"], f"{LETTERS[best]}) {opts[best]}", item_digest(r)))
                 _append(partial, recs)
-                done.update(recs)
+                done.update((i, o) for i, o, _ in recs)
                 advance(len(batch))
     return done
 
