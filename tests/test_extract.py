@@ -320,3 +320,118 @@ def test_damaged_manifest_and_sidecar_are_one_line_errors(tmp_path, tiny_backend
     (shards / "manifest.json").write_bytes(b"\xff\xfe")
     with pytest.raises(CGapsError, match=r"manifest.json: not UTF-8 .*to start the extraction over"):
         extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+
+
+# ------------------------------------------------------------------ shards keyed by content (issue 14)
+
+
+def _counting(monkeypatch):
+    """Patch extract_chunk to count the items it extracts; returns the list of item ids seen."""
+    import cgaps.extract.stage as act
+
+    seen: list[str] = []
+    real = act.extract_chunk
+
+    def counting(*args, **kw):
+        seen.extend(e.item_id for e in args[3])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(act, "extract_chunk", counting)
+    return seen
+
+
+def _fresh(tmp_path, name, items, cfg, backend, spec):
+    rundir.write_table(items, tmp_path / name / rundir.ITEMS)
+    return extract_run(tmp_path / name, cfg, backend=backend, sae_spec=spec)
+
+
+def _items15():
+    return pd.concat([ITEMS.assign(item_id=ITEMS["item_id"] + str(i)) for i in range(3)], ignore_index=True)
+
+
+def test_changed_responses_are_extracted_again(tmp_path, tiny_backend, monkeypatch, capsys):
+    spec = loaded_sae(tiny_backend.hidden_size)
+    cfg = RunConfig(max_norm_ratio=None, batch_size=2)
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    old_contexts = pd.read_parquet(tmp_path / rundir.CONTEXTS)
+    # `cgaps grade --responses other.jsonl`: two responses change
+    new = ITEMS.copy()
+    new.loc[0, "response"] = "The answer is four, of course."
+    new.loc[2, "response"] = "c-a-t reversed is t-a-c"
+    rundir.write_table(new, tmp_path / rundir.ITEMS)
+    seen = _counting(monkeypatch)
+    sal = extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    assert sorted(seen) == ["a", "c"]
+    assert "2 item(s) changed since they were extracted" in capsys.readouterr().err
+    fresh = _fresh(tmp_path, "fresh", new, cfg, tiny_backend, spec)
+    pd.testing.assert_frame_equal(sal.reset_index(drop=True), fresh.reset_index(drop=True))
+    contexts = pd.read_parquet(tmp_path / rundir.CONTEXTS)
+    pd.testing.assert_frame_equal(contexts, pd.read_parquet(tmp_path / "fresh" / rundir.CONTEXTS))
+    assert not contexts.equals(old_contexts)
+    for key in ("tokens_analysed", "saliency_rows"):
+        want = rundir.read_run_json(tmp_path / "fresh")["counts"][key]
+        assert rundir.read_run_json(tmp_path)["counts"][key] == want
+
+
+def test_smaller_run_leaves_old_items_out_of_the_merge(tmp_path, tiny_backend, monkeypatch):
+    import cgaps.extract.stage as act
+
+    monkeypatch.setattr(act, "SHARD_ITEMS", 4)
+    spec = loaded_sae(tiny_backend.hidden_size)
+    cfg = RunConfig(max_norm_ratio=None, batch_size=2)
+    items = _items15()
+    rundir.write_table(items, tmp_path / rundir.ITEMS)
+    extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    fewer = items.iloc[:6]  # a smaller --limit
+    rundir.write_table(fewer, tmp_path / rundir.ITEMS)
+    seen = _counting(monkeypatch)
+    sal = extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    assert seen == []  # every item left is still valid
+    monkeypatch.setattr(act, "SHARD_ITEMS", 128)
+    fresh = _fresh(tmp_path, "fresh", fewer, cfg, tiny_backend, spec)
+    pd.testing.assert_frame_equal(sal.reset_index(drop=True), fresh.reset_index(drop=True))
+    assert (
+        rundir.read_run_json(tmp_path)["counts"]["tokens_analysed"]
+        == (rundir.read_run_json(tmp_path / "fresh")["counts"]["tokens_analysed"])
+    )
+
+
+def test_redone_shard_never_overwrites_a_complete_one(tmp_path, tiny_backend, monkeypatch):
+    import cgaps.extract.stage as act
+
+    monkeypatch.setattr(act, "SHARD_ITEMS", 4)
+    spec = loaded_sae(tiny_backend.hidden_size)
+    cfg = RunConfig(max_norm_ratio=None, batch_size=2)
+    items = _items15()
+    rundir.write_table(items, tmp_path / rundir.ITEMS)
+    whole = extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    shards = tmp_path / rundir.SALIENCY_SHARDS
+    assert len(list(shards.glob("shard-*.json"))) == 4
+    lost = json.loads((shards / "shard-00001.json").read_text())["item_ids"]
+    (shards / "shard-00001.json").unlink()  # the completion file of one shard is gone
+    seen = _counting(monkeypatch)
+    sal = extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    assert sorted(seen) == sorted(lost)
+    assert sorted(p.name for p in shards.glob("shard-*.parquet")) == [
+        "shard-00000.parquet",
+        "shard-00002.parquet",
+        "shard-00003.parquet",
+        "shard-00004.parquet",
+    ]
+    pd.testing.assert_frame_equal(sal.reset_index(drop=True), whole.reset_index(drop=True))
+
+
+def test_shards_without_digests_are_extracted_again(tmp_path, tiny_backend, monkeypatch, capsys):
+    spec = loaded_sae(tiny_backend.hidden_size)
+    cfg = RunConfig(max_norm_ratio=None)
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    whole = extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    (sidecar,) = (tmp_path / rundir.SALIENCY_SHARDS).glob("shard-*.json")
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({"item_ids": meta["item_ids"], "stats": meta["stats"]}))  # older cgaps
+    seen = _counting(monkeypatch)
+    sal = extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    assert sorted(seen) == sorted(ITEMS["item_id"])
+    assert "5 item(s) in shards without content digests" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(sal.reset_index(drop=True), whole.reset_index(drop=True))

@@ -21,10 +21,23 @@ small (:mod:`cgaps.models.batching`), and results go to
 interrupted extraction resumes. The shards are merged into ``saliency.parquet``; the
 peak token of each (item, concept) feeds ``contexts.parquet`` (top activating contexts)
 and the provisional ``labels.parquet``.
+
+Shards are keyed by content, never trusted by count: each shard's sidecar (written last, so
+its presence marks the shard complete) lists its items with a digest of each item's encoded
+input (:func:`input_digest`: the formatted text, response included) and the item's token
+counts. A rerun reuses an item's rows only when its digest still matches the item in the run;
+items whose prompt or response changed (``cgaps items``, ``cgaps grade --responses``) are
+extracted again, items no longer in the run are left out of the merge, and a shard none of
+whose items is reusable is deleted. The merge checks that every item of the run is covered
+exactly once. A new shard takes the number after the highest existing one, so it can never
+overwrite a complete shard. Every run rewrites ``saliency.parquet``, ``contexts.parquet`` and
+(provisional) labels from the valid shards, so none of them outlives a change of the items.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -52,6 +65,7 @@ from cgaps.seams import ResidualReader, SAEEncoder
 
 SHARD_ITEMS = 128
 MANIFEST = "manifest.json"
+_SHARD_NAME = re.compile(r"shard-(\d+)\.parquet")
 
 
 @dataclass
@@ -81,6 +95,12 @@ def encode_items(items: pd.DataFrame, tokenizer: Any, cfg: RunConfig) -> list[En
         mask = tokens.content if cfg.skip_special else np.ones(len(tokens.input_ids), dtype=bool)
         out.append(Encoded(str(item["item_id"]), fmt.text, tokens.input_ids, tokens.offsets, mask))
     return out
+
+
+def input_digest(e: Encoded) -> str:
+    """A short fingerprint of what an item's saliency depends on besides the settings of the
+    shard manifest: the formatted text the reader sees (prompt, messages and response)."""
+    return hashlib.sha256(e.text.encode("utf-8")).hexdigest()[:16]
 
 
 def pool_batch(acts: Any, token_item: Any, n_items: int, pool: str) -> tuple[Any, Any]:
@@ -131,9 +151,18 @@ def _signature(cfg: RunConfig, sae: SAEEncoder, layer: int, reader: str) -> dict
 
 
 def extract_chunk(
-    reader: ResidualReader, sae: SAEEncoder, layer: int, chunk: list[Encoded], cfg: RunConfig, stats: Counter
+    reader: ResidualReader,
+    sae: SAEEncoder,
+    layer: int,
+    chunk: list[Encoded],
+    cfg: RunConfig,
+    stats: Counter,
+    item_stats: dict[str, Counter] | None = None,
 ) -> pd.DataFrame:
-    """Saliency rows (item_id, concept, value, peak char span) for a chunk of items."""
+    """Saliency rows (item_id, concept, value, peak char span) for a chunk of items.
+
+    ``stats`` adds up the token counts of the chunk; ``item_stats`` (when given) gets them per
+    item, so a resume can count exactly the items it keeps."""
     import torch
 
     rows: list[pd.DataFrame] = []
@@ -143,11 +172,17 @@ def extract_chunk(
         resid = reader.residuals_at(ids, att, [layer])[layer].float().cpu()
         mask = right_pad([e.mask for e in encs], False, torch.bool)
         stats["tokens_analysed"] += int(mask.sum())
+        if item_stats is not None:
+            for e, n in zip(encs, mask.sum(dim=1).tolist(), strict=True):
+                item_stats.setdefault(e.item_id, Counter())["tokens_analysed"] += int(n)
         if cfg.max_norm_ratio is not None and mask.any():
             norms = resid.norm(dim=-1)
             limit = cfg.max_norm_ratio * norms[mask].median()
             outlier = mask & (norms > limit)
             stats["tokens_outlier_dropped"] += int(outlier.sum())
+            if item_stats is not None:
+                for e, n in zip(encs, outlier.sum(dim=1).tolist(), strict=True):
+                    item_stats.setdefault(e.item_id, Counter())["tokens_outlier_dropped"] += int(n)
             mask &= ~outlier
         rr, tt = mask.nonzero(as_tuple=True)
         if len(rr) == 0:
@@ -185,6 +220,68 @@ def extract_chunk(
             }
         )
     return pd.concat(rows, ignore_index=True)
+
+
+def _shard_names(shard_dir: Path) -> list[str]:
+    return [p.name for p in shard_dir.glob("shard-*.parquet")]
+
+
+def _reusable_shards(shard_dir: Path, digests: dict[str, str]) -> tuple[dict[Path, set[str]], Counter]:
+    """The complete shards' items still valid for the run (``digests``: item id -> input digest)
+    and the token counts of exactly those items.
+
+    A shard without its sidecar was cut short and is deleted; so is a shard none of whose items
+    is reusable (changed, no longer in the run, or written before digests). An item is taken
+    from the first shard that holds it with a matching digest.
+    """
+    kept: dict[Path, set[str]] = {}
+    stats: Counter = Counter()
+    taken: set[str] = set()
+    changed = gone = legacy = 0
+    for shard in sorted(shard_dir.glob("shard-*.parquet")):
+        sidecar = shard.with_suffix(".json")
+        if not sidecar.exists():  # a shard without its sidecar was cut short: redo its items
+            shard.unlink()
+            continue
+        fix = f"delete it and {shard.name} to redo that shard's items"
+        meta = rundir.read_json_file(sidecar, fix=fix)
+        ids = meta.get("item_ids") if isinstance(meta, dict) else None
+        if not isinstance(ids, list):
+            raise CGapsError(f"{sidecar}: expected a JSON object with a list 'item_ids'; {fix}")
+        shard_digests = meta.get("digests")
+        per_item = meta.get("item_stats")
+        if not isinstance(shard_digests, list) or not isinstance(per_item, list):
+            legacy += len(ids)  # written before digests: cannot be checked, so redone
+            ok: set[str] = set()
+        else:
+            if len(shard_digests) != len(ids) or len(per_item) != len(ids):
+                raise CGapsError(f"{sidecar}: 'item_ids', 'digests' and 'item_stats' differ in length; {fix}")
+            ok = set()
+            for item_id, digest, counts in zip(ids, shard_digests, per_item, strict=True):
+                if item_id not in digests:
+                    gone += 1
+                elif digests[item_id] != digest:
+                    changed += 1
+                elif item_id not in taken:
+                    ok.add(item_id)
+                    taken.add(item_id)
+                    stats.update(counts)
+        if ok:
+            kept[shard] = ok
+        else:
+            sidecar.unlink()  # the sidecar first: a shard without it is never read again
+            shard.unlink()
+    if legacy:
+        info(
+            f"{shard_dir.name}/: {legacy} item(s) in shards without content digests (older cgaps); extracting them again"
+        )
+    if changed:
+        info(
+            f"{shard_dir.name}/: {changed} item(s) changed since they were extracted (prompt or response); extracting them again"
+        )
+    if gone:
+        info(f"{shard_dir.name}/: {gone} extracted item(s) are no longer in the run; left out")
+    return kept, stats
 
 
 def extract_run(
@@ -237,39 +334,52 @@ def extract_run(
 
     encoded = encode_items(items, backend.tokenizer, cfg)
     empty = [e.item_id for e in encoded if not e.mask.any()]
-    done_ids: set[str] = set()
-    stats: Counter = Counter()
-    for shard in sorted(shard_dir.glob("shard-*.parquet")):
-        sidecar = shard.with_suffix(".json")
-        if not sidecar.exists():  # a shard without its sidecar was cut short: redo its items
-            shard.unlink()
-            continue
-        meta = rundir.read_json_file(sidecar, fix=f"delete it and {shard.name} to redo that shard's items")
-        done_ids.update(meta["item_ids"])
-        stats.update(meta["stats"])
+    digests = {e.item_id: input_digest(e) for e in encoded}
+    kept, stats = _reusable_shards(shard_dir, digests)
+    done_ids = {i for ids in kept.values() for i in ids}
     todo = [e for e in encoded if e.item_id not in done_ids]
     # chunks of similar length, so each shard's batches pad little
     todo.sort(key=lambda e: len(e.input_ids))
-    n_existing = len(list(shard_dir.glob("shard-*.parquet")))
-    if done_ids:
-        info(f"resuming extraction: {len(done_ids)} of {len(encoded)} items already in {shard_dir.name}/")
+    next_index = (
+        max((int(m.group(1)) for m in map(_SHARD_NAME.fullmatch, _shard_names(shard_dir)) if m), default=-1)
+        + 1
+    )
+    if kept:
+        n_kept = sum(len(v) for v in kept.values())
+        info(f"resuming extraction: {n_kept} of {len(encoded)} items already in {shard_dir.name}/")
     with progress_bar(f"extracting (layer {layer}, {width} concepts)", len(todo)) as advance:
         for n, start in enumerate(range(0, len(todo), SHARD_ITEMS)):
             chunk = todo[start : start + SHARD_ITEMS]
             chunk_stats: Counter = Counter()
-            df = extract_chunk(backend, loaded, layer, chunk, cfg, chunk_stats)
-            name = f"shard-{n_existing + n:05d}"
+            item_stats: dict[str, Counter] = {}
+            df = extract_chunk(backend, loaded, layer, chunk, cfg, chunk_stats, item_stats)
+            name = f"shard-{next_index + n:05d}"
             rundir.write_table(df, shard_dir / f"{name}.parquet")
             # the sidecar is written last: its presence marks the shard complete
             rundir.write_json(
-                {"item_ids": [e.item_id for e in chunk], "stats": dict(chunk_stats)},
+                {
+                    "item_ids": [e.item_id for e in chunk],
+                    "digests": [digests[e.item_id] for e in chunk],
+                    "item_stats": [dict(item_stats.get(e.item_id, {})) for e in chunk],
+                    "stats": dict(chunk_stats),
+                },
                 shard_dir / f"{name}.json",
             )
+            kept[shard_dir / f"{name}.parquet"] = {e.item_id for e in chunk}
             stats.update(chunk_stats)
             advance(len(chunk))
 
+    covered = Counter(i for ids in kept.values() for i in ids)
+    missing = [e.item_id for e in encoded if covered[e.item_id] != 1]
+    if missing:  # a bug, not a user error: every item is either kept once or redone once
+        raise CGapsError(
+            f"{shard_dir}: item {missing[0]!r} is covered {covered[missing[0]]} times by the shards; "
+            "delete that folder to start the extraction over"
+        )
     shards = pd.concat(
-        [pd.read_parquet(p) for p in sorted(shard_dir.glob("shard-*.parquet"))], ignore_index=True
+        [df[df["item_id"].isin(ids)] for p, ids in sorted(kept.items()) for df in [pd.read_parquet(p)]]
+        or [pd.DataFrame({c: [] for c in ("item_id", "concept", "value", "peak_start", "peak_end")})],
+        ignore_index=True,
     )
     saliency = shards[list(rundir.SALIENCY_COLUMNS)].sort_values(["item_id", "concept"], kind="stable")
     rundir.write_table(saliency.reset_index(drop=True), run_dir / rundir.SALIENCY)
