@@ -363,6 +363,7 @@ def test_run_json_round_trip(tmp_path):
         "accuracy": {"x": {"n": 2, "mean": 0.5}},
         "timings": {"evaluate_s": 1.0},
         "versions": {"cgaps": "0.1.0"},
+        "inputs": {"evaluate": "0123456789abcdef", "extract": "fedcba9876543210"},
     }
     assert set(every) | {"schema_version"} == set(rundir.RUN_JSON_KEYS)
     written = rundir.update_run_json(tmp_path, **every)

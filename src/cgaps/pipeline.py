@@ -1,8 +1,13 @@
 """Chaining the stages: items -> evaluate -> extract -> score -> report.
 
 Each stage writes the run directory, so a rerun of the pipeline skips the stages whose
-outputs are complete and resumes the interrupted one (evaluation and extraction keep
-their own progress files). ``force`` first deletes every file the stages write
+outputs are complete and current, and resumes the interrupted one (evaluation and
+extraction keep their own progress files). Current means the digest of the item columns
+the stage used, recorded in ``run.json`` ``inputs`` when it completed, still matches the
+items (:func:`cgaps.rundir.items_digest`): new items or other responses (``cgaps items``,
+``cgaps grade --responses``) make the stages that depend on them run again, which reuse
+whatever of their own progress is still valid. The whole pipeline holds the run
+directory's writer lock (:func:`cgaps.rundir.writing`). ``force`` first deletes every file the stages write
 (:data:`cgaps.rundir.RUN_FILES`, robustness.json and the working files included) and
 starts over.
 """
@@ -28,9 +33,14 @@ ITEM_FIELDS = ("suite", "data_dir", "limit", "seed", "chain_of_thought")
 
 def items_run(run_dir: str | Path, cfg: RunConfig) -> pd.DataFrame:
     """The items stage: load the suite ``cfg`` names, write items.parquet, record its fields in run.json."""
+    run_dir = Path(run_dir)
+    with rundir.writing(run_dir):
+        return _items_run(run_dir, cfg)
+
+
+def _items_run(run_dir: Path, cfg: RunConfig) -> pd.DataFrame:
     from cgaps.items import load_suite
 
-    run_dir = Path(run_dir)
     info(f"loading {cfg.suite} ...")
     items = load_suite(
         cfg.suite,
@@ -76,7 +86,26 @@ def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) -> dict[str, float]:
-    """Run every stage that is not complete yet; return the wall time per stage (seconds)."""
+    """Run every stage that is not complete and current yet; return the wall time per stage (seconds)."""
+    run_dir = Path(run_dir)
+    with rundir.writing(run_dir):
+        return _run_stages(cfg, run_dir, force)
+
+
+def stale_reason(run_dir: Path, stage: str, items: pd.DataFrame) -> str | None:
+    """Why ``stage``'s completed output no longer matches the items (None: it is current).
+
+    For evaluation, a run written before digests is trusted (its responses may come from
+    ``cgaps grade``, which no model can redo); extraction is deterministic and resumable, so
+    such a run is extracted again rather than trusted.
+    """
+    current = rundir.stage_is_current(run_dir, stage, items)
+    if current is None:
+        return None if stage == "evaluate" else "its inputs were not recorded (an older run)"
+    return None if current else "the items it used have changed"
+
+
+def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict[str, float]:
     import pyarrow.parquet as pq
 
     from cgaps.evaluate.stage import evaluate_run
@@ -85,11 +114,9 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) ->
     from cgaps.report import build_report
     from cgaps.scoring import score_run
 
-    run_dir = Path(run_dir)
     if force:
         clear_run(run_dir)
     _check_same_run(run_dir, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -104,14 +131,22 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) ->
     backend = None
     t = time.perf_counter()
     scored = "score" in pq.read_schema(run_dir / rundir.ITEMS).names
-    if not scored or (run_dir / rundir.RESPONSES_PARTIAL).exists():
+    stale = stale_reason(run_dir, "evaluate", rundir.read_items(run_dir)) if scored else None
+    if stale:
+        info(f"evaluating again: {stale}")
+    if not scored or stale or (run_dir / rundir.RESPONSES_PARTIAL).exists():
         info(f"loading model {cfg.model}")
         backend = load_backend(cfg.model, cfg.device, cfg.dtype)
         evaluate_run(run_dir, cfg, backend)
     times["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if not (run_dir / rundir.SALIENCY).exists():
+    stale = None
+    if (run_dir / rundir.SALIENCY).exists():
+        stale = stale_reason(run_dir, "extract", rundir.read_items(run_dir))
+        if stale:
+            info(f"extracting again: {stale}")
+    if not (run_dir / rundir.SALIENCY).exists() or stale:
         if backend is None or cfg.reader_model != cfg.model:
             info(f"loading reader model {cfg.reader_model}")
             backend = load_backend(cfg.reader_model, cfg.device, cfg.dtype)

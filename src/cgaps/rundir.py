@@ -9,6 +9,8 @@ replaced by another tool. Every read validates its table and fails with a
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -199,6 +201,10 @@ class RunJson(TypedDict, total=False):
     """Seconds per stage (``evaluate_s``, ``extract_s``, ``pipeline_score_s``...)."""
     versions: dict[str, Any]
     """Optional: versions of the software that wrote the run, ``{name: version}``."""
+    inputs: dict[str, Any]
+    """Per stage (``evaluate``, ``extract``), the :func:`items_digest` of the item columns it
+    used (:data:`STAGE_INPUTS`), written when the stage completes: the pipeline reruns a stage
+    whose digest no longer matches the items (new items, other responses)."""
 
 
 RUN_JSON_KEYS = tuple(RunJson.__annotations__)
@@ -391,3 +397,104 @@ def read_saliency(run_dir: str | Path, item_ids: pd.Index | None, n_concepts: in
     path = Path(run_dir) / SALIENCY
     df = read_table(path, "create it with `cgaps extract RUN_DIR`")
     return validate_saliency(df, path, item_ids, n_concepts)
+
+
+# ---------------------------------------------------------------- provenance and one writer
+
+# The item columns each stage's output depends on (item_id: which items there are).
+STAGE_INPUTS = {
+    "evaluate": ("item_id", "prompt", "messages", "choices", "answer_type"),
+    "extract": ("item_id", "prompt", "messages", "response"),
+}
+
+
+def items_digest(items: pd.DataFrame, stage: str) -> str:
+    """A short fingerprint of the columns of ``items`` that ``stage`` depends on
+    (:data:`STAGE_INPUTS`; a missing column or NaN cell counts as null), in row order."""
+    h = hashlib.sha256()
+    cols = STAGE_INPUTS[stage]
+    present = [c for c in cols if c in items.columns]
+    for row in items[present].itertuples(index=False):
+        values = dict(zip(present, row, strict=True))
+        cells = [values[c] if isinstance(values.get(c), str) else None for c in cols]
+        h.update(json.dumps(cells).encode("utf-8") + b"\n")
+    return h.hexdigest()[:16]
+
+
+def stage_is_current(run_dir: str | Path, stage: str, items: pd.DataFrame) -> bool | None:
+    """Whether ``stage``'s recorded input digest matches ``items``; None when none is recorded
+    (a run written before digests)."""
+    recorded = read_run_json(run_dir).get("inputs", {}).get(stage)
+    if recorded is None:
+        return None
+    return bool(recorded == items_digest(items, stage))
+
+
+LOCK = ".cgaps.lock"  # held by the process writing the run directory; not a RUN_FILE: --force keeps it
+_held: dict[Path, tuple[int, int]] = {}  # run dir -> (fd, depth): the lock is re-entrant in one process
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> int:
+    """Delete the temporary files (``.NAME.*.tmp``, :func:`atomic_path`) that killed writers left in
+    the run directory and its shard folder; only call with the run's lock held. Returns how many."""
+    run_dir = Path(run_dir)
+    n = 0
+    for folder in (run_dir, run_dir / SALIENCY_SHARDS):
+        if folder.is_dir():
+            for path in folder.glob(".*.tmp"):
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+                    n += 1
+    return n
+
+
+@contextlib.contextmanager
+def writing(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run directory's writer lock (an advisory ``flock`` on :data:`LOCK`) for a stage.
+
+    A second process writing the same run directory gets a one-line error naming the holder's
+    pid instead of doing the same work beside it. The lock is re-entrant within a process (the
+    pipeline holds it around its stages). Taking it first removes the temporary files of
+    writers that were killed (:func:`remove_stale_temporaries`).
+    """
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CGapsError(f"{run_dir}: cannot be used as a run directory ({e.strerror}); pass a folder") from e
+    key = run_dir.resolve()
+    if key in _held:
+        fd, depth = _held[key]
+        _held[key] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            fd, depth = _held[key]
+            _held[key] = (fd, depth - 1)
+        return
+    path = run_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise CGapsError(
+            f"{path}: cannot create the run's lock file ({e.strerror}); check that {run_dir} is writable"
+        ) from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise CGapsError(
+            f"{run_dir}: another cgaps process (pid {holder}) is writing this run directory; "
+            "wait for it to finish, or use another --out"
+        ) from e
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    _held[key] = (fd, 1)
+    try:
+        remove_stale_temporaries(run_dir)
+        yield
+    finally:
+        del _held[key]
+        os.ftruncate(fd, 0)
+        os.close(fd)  # closing releases the flock

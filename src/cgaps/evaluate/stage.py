@@ -80,6 +80,11 @@ def record_scores(
 
 def evaluate_run(run_dir: str | Path, cfg: RunConfig, generator: Generator | None = None) -> pd.DataFrame:
     """The evaluated model answers (or resumes answering) every item; grade and store the answers."""
+    with rundir.writing(run_dir):
+        return _evaluate_run(Path(run_dir), cfg, generator)
+
+
+def _evaluate_run(run_dir: Path, cfg: RunConfig, generator: Generator | None) -> pd.DataFrame:
     from cgaps.evaluate.evaluator import OwnEvaluator, check_options
     from cgaps.models import load_backend
 
@@ -96,6 +101,7 @@ def evaluate_run(run_dir: str | Path, cfg: RunConfig, generator: Generator | Non
     acc = items.groupby("benchmark")["score"].agg(["count", "mean"])
     rundir.update_run_json(
         run_dir,
+        inputs={"evaluate": rundir.items_digest(items, "evaluate")},
         config=cfg.to_dict(),
         model={"evaluated": generator.name},
         counts={"scored_items": int(len(items))},
@@ -109,11 +115,16 @@ def grade_run(run_dir: str | Path, responses: str | Path | None = None) -> pd.Da
     """Grade the responses of a JSONL file (``responses``), or those already in items.parquet."""
     from cgaps.evaluate.responses import RecordedResponses, ResponsesFile
 
-    source: ScoreSource = ResponsesFile(responses) if responses is not None else RecordedResponses(run_dir)
-    items = record_scores(run_dir, source)
+    with rundir.writing(run_dir):
+        source: ScoreSource = (
+            ResponsesFile(responses) if responses is not None else RecordedResponses(run_dir)
+        )
+        items = record_scores(run_dir, source)
     means = items.groupby("benchmark", sort=False)["score"].mean()
     rundir.update_run_json(
         run_dir,
+        # the responses now answer these items (the pipeline does not evaluate them again)
+        inputs={"evaluate": rundir.items_digest(items, "evaluate")},
         counts={"graded": {str(k): int(v) for k, v in items.groupby("benchmark", sort=False).size().items()}},
     )
     info("mean score: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))

@@ -293,7 +293,15 @@ def extract_run(
     """Write saliency.parquet (+ contexts, provisional labels) for a run; resumes from shards.
 
     ``backend`` and ``sae_spec`` default to ``cfg.reader_model`` and ``cfg.sae``, loaded here.
+    Holds the run directory's writer lock (:func:`cgaps.rundir.writing`).
     """
+    with rundir.writing(run_dir):
+        return _extract_run(Path(run_dir), cfg, backend, sae_spec)
+
+
+def _extract_run(
+    run_dir: Path, cfg: RunConfig, backend: ResidualReader | None, sae_spec: SAEEncoder | None
+) -> pd.DataFrame:
 
     from cgaps.models import load_backend
     from cgaps.sae import load_sae
@@ -391,6 +399,7 @@ def extract_run(
     firing = saliency.groupby("item_id").size()
     rundir.update_run_json(
         run_dir,
+        inputs={"extract": rundir.items_digest(items, "extract")},
         n_concepts=int(width),
         config={**cfg.to_dict(), "layer": layer},
         model={"reader": backend.name},

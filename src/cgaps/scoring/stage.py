@@ -38,8 +38,13 @@ def score_run(run_dir: str | Path, config: RunConfig | None = None) -> tuple[pd.
 
     ``config`` overrides the config stored in run.json; the scoring knobs used are saved
     back into run.json's ``config`` so that the tables document how they were made.
+    Holds the run directory's writer lock (:func:`cgaps.rundir.writing`).
     """
-    run_dir = Path(run_dir)
+    with rundir.writing(run_dir):
+        return _score_run(Path(run_dir), config)
+
+
+def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     t0 = time.perf_counter()
     run = load_run(run_dir)
     cfg = run.config(config)

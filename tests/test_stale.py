@@ -1,0 +1,204 @@
+"""Never silently wrong (issue 14): stale stages rerun, one writer per run, no stray temporaries,
+tables that carry the knobs that made them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from cgaps import rundir
+from cgaps.config import RunConfig
+from cgaps.errors import CGapsError
+
+ITEMS = pd.DataFrame(
+    {
+        "item_id": ["a", "b", "c"],
+        "benchmark": ["x", "x", "x"],
+        "prompt": ["1+1?", "2+2?", "3+3?"],
+        "reference": ["2", "4", "6"],
+        "response": ["2", "4", "5"],
+        "score": [1.0, 1.0, 0.0],
+    }
+)
+
+
+# ---------------------------------------------------------------- the pipeline reruns stale stages
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    """Replace every stage the pipeline calls with one that records its call (and, like the real
+    ones, records its input digest); returns the list of calls."""
+    import cgaps.evaluate.stage
+    import cgaps.extract.stage
+    import cgaps.models
+    import cgaps.report
+    import cgaps.scoring
+
+    calls: list[str] = []
+
+    def evaluate_run(run_dir, cfg, backend=None):
+        calls.append("evaluate")
+        rundir.update_run_json(
+            run_dir, inputs={"evaluate": rundir.items_digest(rundir.read_items(run_dir), "evaluate")}
+        )
+
+    def extract_run(run_dir, cfg, backend=None):
+        calls.append("extract")
+        rundir.write_table(
+            pd.DataFrame({"item_id": ["a"], "concept": [0], "value": [1.0]}), run_dir / rundir.SALIENCY
+        )
+        rundir.update_run_json(
+            run_dir, inputs={"extract": rundir.items_digest(rundir.read_items(run_dir), "extract")}
+        )
+
+    monkeypatch.setattr(cgaps.evaluate.stage, "evaluate_run", evaluate_run)
+    monkeypatch.setattr(cgaps.extract.stage, "extract_run", extract_run)
+    monkeypatch.setattr(cgaps.models, "load_backend", lambda *a, **k: object())
+    monkeypatch.setattr(cgaps.scoring, "score_run", lambda run_dir: calls.append("score"))
+    monkeypatch.setattr(cgaps.report, "build_report", lambda run_dir: calls.append("report"))
+    return calls
+
+
+def test_pipeline_reruns_only_stages_whose_items_changed(tmp_path, fake_stages):
+    from cgaps.pipeline import run_pipeline
+
+    cfg = RunConfig()
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    # graded by `cgaps grade`, which records the evaluation's inputs
+    rundir.update_run_json(
+        tmp_path, config=cfg.to_dict(), inputs={"evaluate": rundir.items_digest(ITEMS, "evaluate")}
+    )
+    run_pipeline(cfg, tmp_path)  # no saliency yet
+    assert fake_stages == ["extract", "score", "report"]
+    fake_stages.clear()
+    run_pipeline(cfg, tmp_path)  # everything current
+    assert fake_stages == ["score", "report"]
+    fake_stages.clear()
+    # other responses (`cgaps grade --responses`): extraction is stale, evaluation is not
+    rundir.write_table(ITEMS.assign(response=["two", "four", "six"]), tmp_path / rundir.ITEMS)
+    run_pipeline(cfg, tmp_path)
+    assert fake_stages == ["extract", "score", "report"]
+    fake_stages.clear()
+    # scored items whose prompts changed since evaluation: both are stale
+    rundir.write_table(ITEMS.assign(prompt=["9+9?", "2+2?", "3+3?"]), tmp_path / rundir.ITEMS)
+    run_pipeline(cfg, tmp_path)
+    assert fake_stages == ["evaluate", "extract", "score", "report"]
+
+
+def test_extraction_without_recorded_inputs_is_redone(tmp_path, fake_stages):
+    from cgaps.pipeline import run_pipeline
+
+    cfg = RunConfig()
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    rundir.write_table(
+        pd.DataFrame({"item_id": ["a"], "concept": [0], "value": [1.0]}), tmp_path / rundir.SALIENCY
+    )
+    rundir.update_run_json(tmp_path, config=cfg.to_dict())  # a run from before digests
+    run_pipeline(cfg, tmp_path)
+    assert fake_stages == ["extract", "score", "report"]
+
+
+def test_stages_record_the_digest_of_their_inputs(tmp_path):
+    from cgaps.evaluate.stage import grade_run
+
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    grade_run(tmp_path)
+    items = rundir.read_items(tmp_path)
+    assert rundir.read_run_json(tmp_path)["inputs"]["evaluate"] == rundir.items_digest(items, "evaluate")
+    assert rundir.stage_is_current(tmp_path, "evaluate", items) is True
+    assert rundir.stage_is_current(tmp_path, "extract", items) is None
+    assert rundir.stage_is_current(tmp_path, "evaluate", items.assign(prompt="other")) is False
+
+
+def test_items_digest_against_a_plain_rendering():
+    # the digest covers exactly the stage's columns, in row order, NaN and a missing column as null
+    import hashlib
+    import json
+
+    items = ITEMS.assign(messages=[None, '[{"role": "user", "content": "hi"}]', float("nan")])
+    lines = "".join(
+        json.dumps(
+            [
+                r["item_id"],
+                r["prompt"],
+                r["messages"] if isinstance(r["messages"], str) else None,
+                r["response"],
+            ]
+        )
+        + "\n"
+        for r in items.to_dict("records")
+    )
+    assert rundir.items_digest(items, "extract") == hashlib.sha256(lines.encode()).hexdigest()[:16]
+    assert rundir.items_digest(items.assign(reference="x", score=0.5), "extract") == rundir.items_digest(
+        items, "extract"
+    )
+    assert rundir.items_digest(items.iloc[::-1], "extract") != rundir.items_digest(items, "extract")
+    assert rundir.items_digest(items.assign(response="x"), "evaluate") == rundir.items_digest(
+        items, "evaluate"
+    )
+
+
+# ---------------------------------------------------------------- one writer, no stray temporaries
+
+
+def test_stale_temporaries_are_removed_when_a_stage_starts(tmp_path):
+    from cgaps.evaluate.stage import grade_run
+
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    (tmp_path / rundir.SALIENCY_SHARDS).mkdir()
+    stale = [
+        tmp_path / ".concepts.parquet.abc123.tmp",
+        tmp_path / rundir.SALIENCY_SHARDS / ".shard-00000.parquet.x9.tmp",
+    ]
+    for path in stale:
+        path.write_bytes(b"half")
+    keep = tmp_path / "notes.tmp"  # not the atomic writes' pattern
+    keep.write_text("mine")
+    grade_run(tmp_path)
+    assert not any(p.exists() for p in stale) and keep.exists()
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    from cgaps.evaluate.stage import grade_run
+
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from cgaps import rundir\n"
+            "with rundir.writing(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        before = (tmp_path / rundir.ITEMS).read_bytes()
+        with pytest.raises(CGapsError, match=rf"another cgaps process \(pid {holder.pid}\) is writing") as e:
+            grade_run(tmp_path)
+        assert "\n" not in str(e.value)
+        assert (tmp_path / rundir.ITEMS).read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    grade_run(tmp_path)  # the lock went with its holder
+
+
+def test_the_lock_is_reentrant_within_a_process(tmp_path):
+    with rundir.writing(tmp_path), rundir.writing(tmp_path):
+        pass
+    with rundir.writing(tmp_path):  # released: taken again
+        assert (tmp_path / rundir.LOCK).read_text() == f"{os.getpid()}\n"
+
+
+def test_a_run_directory_that_is_a_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "r").write_text("")
+    with pytest.raises(CGapsError, match="cannot be used as a run directory"), rundir.writing(tmp_path / "r"):
+        pass
