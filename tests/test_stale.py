@@ -202,3 +202,100 @@ def test_a_run_directory_that_is_a_file_is_a_one_line_error(tmp_path):
     (tmp_path / "r").write_text("")
     with pytest.raises(CGapsError, match="cannot be used as a run directory"), rundir.writing(tmp_path / "r"):
         pass
+
+
+# ---------------------------------------------------------------- tables carry their scoring knobs
+
+
+@pytest.fixture
+def scorable(tmp_path):
+    """A small run ready for `cgaps score`: two benchmarks, 40 items, 8 concepts."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 40
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{k}" for k in range(n)],
+            "benchmark": ["x", "y"] * (n // 2),
+            "prompt": [f"q{k}" for k in range(n)],
+            "reference": ["r"] * n,
+            "response": ["r"] * n,
+            "score": rng.integers(0, 2, n).astype(float),
+        }
+    )
+    rows = [(f"i{k}", c, float(rng.random() + 0.1)) for k in range(n) for c in range(8) if rng.random() < 0.6]
+    rundir.write_table(items, tmp_path / rundir.ITEMS)
+    rundir.write_table(
+        pd.DataFrame(rows, columns=["item_id", "concept", "value"]), tmp_path / rundir.SALIENCY
+    )
+    rundir.update_run_json(tmp_path, n_concepts=8, config=RunConfig(min_support=2).to_dict())
+    return tmp_path
+
+
+def test_score_stores_its_knobs_in_both_tables(scorable):
+    from cgaps.config import SCORING_KNOBS
+    from cgaps.scoring import score_run
+
+    score_run(scorable, RunConfig(fdr=0.2, min_support=2))
+    stored = rundir.read_run_json(scorable)["config"]
+    want = {k: stored[k] for k in (*SCORING_KNOBS, "seed")}
+    assert want["fdr"] == 0.2
+    assert rundir.read_table_knobs(scorable / rundir.CONCEPTS) == want
+    assert rundir.read_table_knobs(scorable / rundir.OVERLAP) == want
+    # the metadata does not change what the table reads back as
+    back = pd.read_parquet(scorable / rundir.CONCEPTS)
+    assert list(back.columns) == list(rundir.CONCEPT_COLUMNS) and len(back) == 8 * 3
+
+
+def test_score_killed_before_run_json_never_mislabels_the_report(scorable, monkeypatch):
+    from cgaps.report.build import report_context
+    from cgaps.scoring import score_run
+
+    score_run(scorable, RunConfig(fdr=0.05, min_support=2))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir, "update_run_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        score_run(scorable, RunConfig(fdr=0.2, min_support=3))
+    monkeypatch.undo()
+    assert rundir.read_run_json(scorable)["config"]["fdr"] == 0.05  # run.json is one score behind
+    ctx = report_context(scorable)
+    assert ctx["fdr"] == 0.2 and ctx["min_support"] == 3  # what the tables were made with
+    headline = dict(ctx["header"]["headline"])
+    assert headline["fdr"] == "0.2" and headline["min_support"] == "3"
+
+
+def test_tables_from_two_score_runs_are_refused(scorable, monkeypatch):
+    from cgaps.report.build import report_context
+    from cgaps.scoring import score_run
+
+    score_run(scorable, RunConfig(fdr=0.05, min_support=2))
+    real = rundir.write_table
+
+    def killed_before_concepts(df, path, knobs=None):
+        if path.name == rundir.CONCEPTS:
+            raise KeyboardInterrupt
+        real(df, path, knobs)
+
+    monkeypatch.setattr(rundir, "write_table", killed_before_concepts)
+    with pytest.raises(KeyboardInterrupt):
+        score_run(scorable, RunConfig(fdr=0.2, min_support=2))
+    monkeypatch.undo()
+    with pytest.raises(
+        CGapsError, match=r"overlap.parquet: computed with other scoring knobs .*fdr 0.2 there, 0.05"
+    ):
+        report_context(scorable)
+
+
+def test_report_falls_back_to_run_json_for_tables_without_knobs(scorable):
+    from cgaps.report.build import report_context
+    from cgaps.scoring import score_run
+
+    score_run(scorable, RunConfig(fdr=0.1, min_support=2))
+    for name in (rundir.CONCEPTS, rundir.OVERLAP):  # as an older cgaps wrote them
+        rundir.write_table(pd.read_parquet(scorable / name), scorable / name)
+        assert rundir.read_table_knobs(scorable / name) is None
+    assert report_context(scorable)["fdr"] == 0.1

@@ -119,10 +119,56 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def write_table(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a Parquet table atomically (a crash never leaves half a file behind)."""
+# The key of the settings a table was computed with, in its Parquet schema metadata.
+TABLE_KNOBS_KEY = b"cgaps.knobs"
+
+
+def write_table(df: pd.DataFrame, path: str | Path, knobs: dict[str, Any] | None = None) -> None:
+    """Write a Parquet table atomically (a crash never leaves half a file behind).
+
+    ``knobs`` (a JSON object) is stored in the file's schema metadata, so the table says how it
+    was made even when the file beside it that would say so (run.json) was not updated: a
+    multi-file write killed halfway cannot pair this table with another configuration.
+    """
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        if knobs is None:
+            df.to_parquet(tmp, index=False)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            meta = {
+                **(table.schema.metadata or {}),
+                TABLE_KNOBS_KEY: json.dumps(_nan_to_none(knobs)).encode(),
+            }
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
+
+
+def read_table_knobs(path: str | Path) -> dict[str, Any] | None:
+    """The ``knobs`` :func:`write_table` stored in a Parquet file; None for a file without them
+    (written by an older cgaps or another tool)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception as e:  # pyarrow raises several unrelated types for a bad file
+        raise CGapsError(
+            f"{path}: not a readable Parquet file ({e}); rewrite it with pandas.DataFrame.to_parquet"
+        ) from e
+    raw = meta.get(TABLE_KNOBS_KEY)
+    if raw is None:
+        return None
+    try:
+        knobs = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CGapsError(f"{path}: damaged settings in the schema metadata ({e}); rerun `cgaps score`") from e
+    if not isinstance(knobs, dict):
+        raise CGapsError(
+            f"{path}: the settings in the schema metadata are not a JSON object; rerun `cgaps score`"
+        )
+    return knobs
 
 
 def write_text(text: str, path: str | Path) -> None:

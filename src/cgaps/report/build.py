@@ -36,6 +36,7 @@ from cgaps import rundir
 
 # defined with the other user-facing configs, so that the CLI reads its fields without pandas
 from cgaps.config import ReportOptions
+from cgaps.errors import CGapsError
 from cgaps.report import figures
 from cgaps.runtables import RunTables, load_run
 from cgaps.stats import mean_interval
@@ -316,6 +317,25 @@ def _matrix(overlap: pd.DataFrame | None, names: list[str], column: str) -> np.n
     return m
 
 
+def table_knobs(run_dir: Path) -> dict[str, Any]:
+    """The scoring knobs stored in ``concepts.parquet`` ({} for a table without them); a
+    ``overlap.parquet`` made with other knobs (a `cgaps score` killed between its writes) is an error."""
+    knobs = rundir.read_table_knobs(run_dir / rundir.CONCEPTS) or {}
+    overlap = run_dir / rundir.OVERLAP
+    other = rundir.read_table_knobs(overlap) if overlap.exists() else None
+    if knobs and other is not None and other != knobs:
+        diff = ", ".join(
+            f"{k} {other.get(k)!r} there, {knobs.get(k)!r} in concepts"
+            for k in sorted(set(knobs) | set(other))
+            if other.get(k) != knobs.get(k)
+        )
+        raise CGapsError(
+            f"{overlap}: computed with other scoring knobs than {rundir.CONCEPTS} ({diff}); "
+            "`cgaps score` was interrupted: run it again"
+        )
+    return knobs
+
+
 def report_context(run_dir: str | Path, options: ReportOptions | None = None) -> dict[str, Any]:
     """Everything the template shows, as plain data (and SVG markup for the figures)."""
     opts = options or ReportOptions()
@@ -324,6 +344,9 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
     concepts = t.concepts
     assert concepts is not None  # results=True reads it or raises
     config: dict[str, Any] = t.meta["config"] if isinstance(t.meta.get("config"), dict) else {}
+    # the knobs the tables were computed with are those in their own metadata (run.json may
+    # be one `cgaps score` behind after a kill); run.json only for tables from older versions
+    config = {**config, **table_knobs(run_dir)}
     fdr = _num(config.get("fdr", 0.05))
     min_support = config.get("min_support", 5)
     under_pct, over_pct = config.get("under_pct", 10), config.get("over_pct", 90)
@@ -455,7 +478,7 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
         for s in [*benches, rundir.ALL_SCOPE]
     }
     return {
-        "header": _header(t.meta, t.n_concepts, run_dir),
+        "header": _header({**t.meta, "config": config}, t.n_concepts, run_dir),
         "accuracy": _accuracy(t.items, benches),
         "benchmarks": benches,
         "n_items": len(t.items),

@@ -37,7 +37,11 @@ def score_run(run_dir: str | Path, config: RunConfig | None = None) -> tuple[pd.
     """Compute and write ``concepts.parquet`` and ``overlap.parquet``; return both tables.
 
     ``config`` overrides the config stored in run.json; the scoring knobs used are saved
-    back into run.json's ``config`` so that the tables document how they were made.
+    back into run.json's ``config`` so that the tables document how they were made, and
+    into the schema metadata of both tables (:func:`cgaps.rundir.write_table`), which is
+    what the report trusts: ``concepts.parquet`` is written last, so a kill between the
+    writes leaves tables whose knobs disagree (refused by the report), never tables shown
+    under another run's knobs.
     Holds the run directory's writer lock (:func:`cgaps.rundir.writing`).
     """
     with rundir.writing(run_dir):
@@ -56,12 +60,13 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
     concepts = concept_table(m, cfg, tables)
     overlap = overlap_table(m, tables)
     t2 = time.perf_counter()
-    rundir.write_table(concepts, run_dir / rundir.CONCEPTS)
-    rundir.write_table(overlap, run_dir / rundir.OVERLAP)
+    knobs = {k: getattr(cfg, k) for k in (*SCORING_KNOBS, "seed")}
+    rundir.write_table(overlap, run_dir / rundir.OVERLAP, knobs=knobs)
+    rundir.write_table(concepts, run_dir / rundir.CONCEPTS, knobs=knobs)
     all_rows = concepts[concepts["scope"] == rundir.ALL_SCOPE]
     rundir.update_run_json(
         run_dir,
-        config={k: getattr(cfg, k) for k in (*SCORING_KNOBS, "seed")},
+        config=knobs,
         counts={
             "concept_scale": scale_source,
             "scored_items": len(items),
