@@ -435,3 +435,17 @@ def test_shards_without_digests_are_extracted_again(tmp_path, tiny_backend, monk
     assert sorted(seen) == sorted(ITEMS["item_id"])
     assert "5 item(s) in shards without content digests" in capsys.readouterr().err
     pd.testing.assert_frame_equal(sal.reset_index(drop=True), whole.reset_index(drop=True))
+
+
+@pytest.mark.parametrize(("span", "reads_response"), [("prompt", False), ("both", True)])
+def test_extraction_records_the_item_columns_it_read(tmp_path, tiny_backend, span, reads_response):
+    # the pipeline extracts again after `cgaps grade --responses` only when the span reads responses
+    spec = loaded_sae(tiny_backend.hidden_size)
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    extract_run(tmp_path, RunConfig(span=span, max_norm_ratio=None), backend=tiny_backend, sae_spec=spec)
+    recorded = rundir.read_run_json(tmp_path)["inputs"]["extract"]
+    assert ("response" in recorded["columns"]) is reads_response
+    items = rundir.read_items(tmp_path)
+    assert rundir.stage_is_current(tmp_path, "extract", items) is True
+    assert rundir.stage_is_current(tmp_path, "extract", items.assign(response="other")) is not reads_response
+    assert rundir.stage_is_current(tmp_path, "extract", items.assign(prompt="other")) is False

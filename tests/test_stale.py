@@ -44,7 +44,7 @@ def fake_stages(monkeypatch):
     def evaluate_run(run_dir, cfg, backend=None):
         calls.append("evaluate")
         rundir.update_run_json(
-            run_dir, inputs={"evaluate": rundir.items_digest(rundir.read_items(run_dir), "evaluate")}
+            run_dir, inputs={"evaluate": rundir.stage_record(rundir.read_items(run_dir), "evaluate")}
         )
 
     def extract_run(run_dir, cfg, backend=None):
@@ -53,7 +53,7 @@ def fake_stages(monkeypatch):
             pd.DataFrame({"item_id": ["a"], "concept": [0], "value": [1.0]}), run_dir / rundir.SALIENCY
         )
         rundir.update_run_json(
-            run_dir, inputs={"extract": rundir.items_digest(rundir.read_items(run_dir), "extract")}
+            run_dir, inputs={"extract": rundir.stage_record(rundir.read_items(run_dir), "extract")}
         )
 
     monkeypatch.setattr(cgaps.evaluate.stage, "evaluate_run", evaluate_run)
@@ -71,7 +71,7 @@ def test_pipeline_reruns_only_stages_whose_items_changed(tmp_path, fake_stages):
     rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
     # graded by `cgaps grade`, which records the evaluation's inputs
     rundir.update_run_json(
-        tmp_path, config=cfg.to_dict(), inputs={"evaluate": rundir.items_digest(ITEMS, "evaluate")}
+        tmp_path, config=cfg.to_dict(), inputs={"evaluate": rundir.stage_record(ITEMS, "evaluate")}
     )
     run_pipeline(cfg, tmp_path)  # no saliency yet
     assert fake_stages == ["extract", "score", "report"]
@@ -109,7 +109,10 @@ def test_stages_record_the_digest_of_their_inputs(tmp_path):
     rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
     grade_run(tmp_path)
     items = rundir.read_items(tmp_path)
-    assert rundir.read_run_json(tmp_path)["inputs"]["evaluate"] == rundir.items_digest(items, "evaluate")
+    assert rundir.read_run_json(tmp_path)["inputs"]["evaluate"] == {
+        "columns": ["item_id", "prompt", "messages", "choices", "answer_type"],
+        "digest": rundir.items_digest(items, "evaluate"),
+    }
     assert rundir.stage_is_current(tmp_path, "evaluate", items) is True
     assert rundir.stage_is_current(tmp_path, "extract", items) is None
     assert rundir.stage_is_current(tmp_path, "evaluate", items.assign(prompt="other")) is False

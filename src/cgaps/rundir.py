@@ -248,9 +248,9 @@ class RunJson(TypedDict, total=False):
     versions: dict[str, Any]
     """Optional: versions of the software that wrote the run, ``{name: version}``."""
     inputs: dict[str, Any]
-    """Per stage (``evaluate``, ``extract``), the :func:`items_digest` of the item columns it
-    used (:data:`STAGE_INPUTS`), written when the stage completes: the pipeline reruns a stage
-    whose digest no longer matches the items (new items, other responses)."""
+    """Per stage (``evaluate``, ``extract``), ``{"columns": [...], "digest": "..."}``: the item
+    columns it used and their :func:`items_digest` (:func:`stage_record`), written when the
+    stage completes; the pipeline reruns a stage whose digest no longer matches the items."""
 
 
 RUN_JSON_KEYS = tuple(RunJson.__annotations__)
@@ -454,11 +454,12 @@ STAGE_INPUTS = {
 }
 
 
-def items_digest(items: pd.DataFrame, stage: str) -> str:
+def items_digest(items: pd.DataFrame, stage: str, columns: tuple[str, ...] | None = None) -> str:
     """A short fingerprint of the columns of ``items`` that ``stage`` depends on
-    (:data:`STAGE_INPUTS`; a missing column or NaN cell counts as null), in row order."""
+    (``columns``, by default :data:`STAGE_INPUTS`; a missing column or NaN cell counts as
+    null), in row order."""
     h = hashlib.sha256()
-    cols = STAGE_INPUTS[stage]
+    cols = STAGE_INPUTS[stage] if columns is None else columns
     present = [c for c in cols if c in items.columns]
     for row in items[present].itertuples(index=False):
         values = dict(zip(present, row, strict=True))
@@ -467,13 +468,25 @@ def items_digest(items: pd.DataFrame, stage: str) -> str:
     return h.hexdigest()[:16]
 
 
+def stage_record(items: pd.DataFrame, stage: str, columns: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """What a completed stage writes into run.json ``inputs``: the columns it used
+    (``columns``, by default :data:`STAGE_INPUTS`) and their :func:`items_digest`."""
+    cols = STAGE_INPUTS[stage] if columns is None else columns
+    return {"columns": list(cols), "digest": items_digest(items, stage, cols)}
+
+
 def stage_is_current(run_dir: str | Path, stage: str, items: pd.DataFrame) -> bool | None:
-    """Whether ``stage``'s recorded input digest matches ``items``; None when none is recorded
-    (a run written before digests)."""
+    """Whether ``stage``'s recorded input digest matches ``items`` (over the columns it recorded);
+    None when none is recorded (a run written before digests). A damaged record is not current."""
     recorded = read_run_json(run_dir).get("inputs", {}).get(stage)
     if recorded is None:
         return None
-    return bool(recorded == items_digest(items, stage))
+    if not isinstance(recorded, dict):
+        return False
+    cols, digest = recorded.get("columns"), recorded.get("digest")
+    if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+        return False
+    return bool(digest == items_digest(items, stage, tuple(cols)))
 
 
 LOCK = ".cgaps.lock"  # held by the process writing the run directory; not a RUN_FILE: --force keeps it

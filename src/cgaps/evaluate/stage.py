@@ -101,7 +101,7 @@ def _evaluate_run(run_dir: Path, cfg: RunConfig, generator: Generator | None) ->
     acc = items.groupby("benchmark")["score"].agg(["count", "mean"])
     rundir.update_run_json(
         run_dir,
-        inputs={"evaluate": rundir.items_digest(items, "evaluate")},
+        inputs={"evaluate": rundir.stage_record(items, "evaluate")},
         config=cfg.to_dict(),
         model={"evaluated": generator.name},
         counts={"scored_items": int(len(items))},
@@ -124,7 +124,7 @@ def grade_run(run_dir: str | Path, responses: str | Path | None = None) -> pd.Da
     rundir.update_run_json(
         run_dir,
         # the responses now answer these items (the pipeline does not evaluate them again)
-        inputs={"evaluate": rundir.items_digest(items, "evaluate")},
+        inputs={"evaluate": rundir.stage_record(items, "evaluate")},
         counts={"graded": {str(k): int(v) for k, v in items.groupby("benchmark", sort=False).size().items()}},
     )
     info("mean score: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))

@@ -399,7 +399,14 @@ def _extract_run(
     firing = saliency.groupby("item_id").size()
     rundir.update_run_json(
         run_dir,
-        inputs={"extract": rundir.items_digest(items, "extract")},
+        # the response is an input only when its span is read
+        inputs={
+            "extract": rundir.stage_record(
+                items,
+                "extract",
+                tuple(c for c in rundir.STAGE_INPUTS["extract"] if c != "response" or cfg.span != "prompt"),
+            )
+        },
         n_concepts=int(width),
         config={**cfg.to_dict(), "layer": layer},
         model={"reader": backend.name},
