@@ -302,3 +302,16 @@ def test_report_falls_back_to_run_json_for_tables_without_knobs(scorable):
         rundir.write_table(pd.read_parquet(scorable / name), scorable / name)
         assert rundir.read_table_knobs(scorable / name) is None
     assert report_context(scorable)["fdr"] == 0.1
+
+
+def test_score_refuses_saliency_extracted_from_other_texts(scorable):
+    from cgaps.errors import CGapsError
+    from cgaps.scoring import score_run
+
+    items = rundir.read_items(scorable)
+    rundir.update_run_json(scorable, inputs={"extract": rundir.stage_record(items, "extract")})
+    score_run(scorable)  # extracted from these very texts: scores
+    # `cgaps grade --responses` replaced a response after extraction
+    rundir.write_table(items.assign(response=["r"] * (len(items) - 1) + ["changed"]), scorable / rundir.ITEMS)
+    with pytest.raises(CGapsError, match="cgaps extract"):
+        score_run(scorable)

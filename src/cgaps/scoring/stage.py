@@ -16,6 +16,7 @@ import pandas as pd
 
 from cgaps import rundir
 from cgaps.config import SCORING_KNOBS, RunConfig
+from cgaps.errors import CGapsError
 from cgaps.runtables import RunTables, load_run
 from cgaps.sae import read_latent_scale
 from cgaps.scoring.core import build_matrix, chi_tables, concept_table, overlap_table
@@ -53,6 +54,12 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
     run = load_run(run_dir)
     cfg = run.config(config)
     items, saliency = run.items, run.saliency
+    if rundir.stage_is_current(run_dir, "extract", items) is False:
+        # e.g. `cgaps grade --responses` changed what the saliency was extracted from
+        raise CGapsError(
+            f"{run_dir / rundir.SALIENCY}: extracted from other item texts than items.parquet holds now; "
+            "run `cgaps extract RUN_DIR` (it redoes only the changed items) before scoring"
+        )
     t1 = time.perf_counter()
     scale, scale_source = concept_scale(run, cfg)
     m = build_matrix(items, saliency, run.n_concepts, presence=cfg.presence, scale=scale)
