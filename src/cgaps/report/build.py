@@ -84,7 +84,7 @@ def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-HEADLINE_KEYS = ("model", "reader", "sae", "layer", "span", "pool", "suite", "min_support", "fdr")
+HEADLINE_KEYS = ("model", "reader", "sae", "layer", "span", "pool", "suite", "presence", "min_support", "fdr")
 
 
 def _header(meta: dict[str, Any], width: int, run_dir: Path) -> dict[str, Any]:
@@ -390,11 +390,11 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
         100.0 * float((by_scope[s]["status"] == "missing").mean()) for s in [*benches, rundir.ALL_SCOPE]
     ]
     missing_bar = figures.bar_chart(
-        [*benches, "ALL (never fires)"],
+        [*benches, "ALL (never present)"],
         missing_pct,
         figure="missing",
         title="Concepts missing from each benchmark",
-        xlabel=f"% of the {t.n_concepts} concepts that never fire",
+        xlabel=f"% of the {t.n_concepts} concepts that are never present",
         highlight=[False] * len(benches) + [True],
     )
 
