@@ -47,7 +47,7 @@ Rules where the method leaves a choice open (the plain reference implementation 
   draws as extreme (their p-value was at its resolution's floor); the p-value is that of the
   last pass a concept took part in. Under the null few concepts go on, so the large passes
   draw only the few items where those concepts fire. Draw chunk j of scope k and pass p comes
-  from ``numpy.random.default_rng([seed, k, p, j])`` (:func:`null_draws`), so results do not
+  from ``numpy.random.default_rng([seed, k, p, j])`` (:class:`NullSampler`), so results do not
   depend on the machine. Measured calibration: see docs/results.md.
 * **BH**: one Benjamini-Hochberg adjustment (:func:`cgaps.stats.bh_adjust`, i.e. scipy's
   ``false_discovery_control``) per scope over the two-sided p-values 2 min(p_weak, p_strong)
@@ -281,26 +281,37 @@ def mc_concepts(t: ChiTables, cfg: RunConfig) -> np.ndarray:
         return (t.support >= cfg.min_support) & (t.null_var > 0) & (minority < cfg.mc_below)
 
 
-def null_draws(
-    m: SuiteMatrix, rows: np.ndarray, seed: int, stream: tuple[int, int], chunk: int, size: int
-) -> np.ndarray:
-    """Null draws for items ``rows`` (len(rows) x size, centred: y* - ybar(B)): each item's score
-    redrawn from all scores of its own benchmark, with replacement.
+@dataclass(frozen=True)
+class NullSampler:
+    """Draws null scores for a fixed set of item rows: each item's score redrawn from all
+    scores of its own benchmark, with replacement, centred on the benchmark mean.
 
-    The protocol (the reference re-implements it): chunk j of stream (scope, pass) comes from
+    The pools and means are computed once here, not per chunk of draws. The protocol (the
+    reference re-implements it): chunk j of stream (scope, pass) comes from
     ``default_rng([seed, scope, pass, j])``; within a chunk, benchmarks in sorted order, each
-    filling its items of ``rows`` in row order."""
-    rng = np.random.default_rng([seed, *stream, chunk])
-    ybar, _ = benchmark_moments(m)
-    out = np.empty((len(rows), size))
-    bench_of = m.bench[rows]
-    for b in range(len(m.benchmarks)):
-        idx = np.flatnonzero(bench_of == b)
-        if not len(idx):
-            continue
-        pool = m.scores[m.bench == b]
-        out[idx] = pool[rng.integers(0, len(pool), size=(len(idx), size))] - ybar[b]
-    return out
+    filling its items of the rows in row order."""
+
+    positions: tuple[np.ndarray, ...]  # per benchmark: where its items sit among the rows
+    pools: tuple[np.ndarray, ...]  # per benchmark: all its scores
+    means: np.ndarray  # ybar(B)
+    n_rows: int
+
+    @classmethod
+    def for_rows(cls, m: SuiteMatrix, rows: np.ndarray) -> NullSampler:
+        ybar, _ = benchmark_moments(m)
+        bench_of = m.bench[rows]
+        positions = tuple(np.flatnonzero(bench_of == b) for b in range(len(m.benchmarks)))
+        pools = tuple(m.scores[m.bench == b] for b in range(len(m.benchmarks)))
+        return cls(positions, pools, ybar, len(rows))
+
+    def draws(self, seed: int, stream: tuple[int, int], chunk: int, size: int) -> np.ndarray:
+        """Chunk ``chunk`` of the stream: n_rows x size centred draws y* - ybar(B)."""
+        rng = np.random.default_rng([seed, *stream, chunk])
+        out = np.empty((self.n_rows, size))
+        for idx, pool, mean in zip(self.positions, self.pools, self.means, strict=True):
+            if len(idx):
+                out[idx] = pool[rng.integers(0, len(pool), size=(len(idx), size))] - mean
+        return out
 
 
 def mc_chunk_size(n_rows: int) -> int:
@@ -332,11 +343,12 @@ def _mc_counts(
     obs = t.stat[k, cols]
     tol = TIE_EPS * np.maximum(t.sum_s[k, cols], 1.0)
     size = mc_chunk_size(len(rows))
+    sampler = NullSampler.for_rows(m, rows)
     le = np.zeros(len(cols))
     ge = np.zeros(len(cols))
     for chunk in range(-(-draws_total // size)):
         n = min(size, draws_total - chunk * size)
-        tstar = np.asarray(block @ null_draws(m, rows, seed, (k, stage), chunk, size)[:, :n])
+        tstar = np.asarray(block @ sampler.draws(seed, (k, stage), chunk, size)[:, :n])
         le += (tstar <= (obs + tol)[:, None]).sum(axis=1)
         ge += (tstar >= (obs - tol)[:, None]).sum(axis=1)
     return le, ge
