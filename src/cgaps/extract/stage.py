@@ -209,21 +209,20 @@ def extract_chunk(
                     }
                 )
             )
-    if not rows:
-        return pd.DataFrame(
-            {
-                "item_id": pd.Series(dtype=str),
-                "concept": pd.Series(dtype=np.int32),
-                "value": pd.Series(dtype=np.float32),
-                "peak_start": pd.Series(dtype=np.int32),
-                "peak_end": pd.Series(dtype=np.int32),
-            }
-        )
-    return pd.concat(rows, ignore_index=True)
+    return pd.concat(rows, ignore_index=True) if rows else empty_shard()
 
 
-def _shard_names(shard_dir: Path) -> list[str]:
-    return [p.name for p in shard_dir.glob("shard-*.parquet")]
+def empty_shard() -> pd.DataFrame:
+    """A shard table with no rows: the saliency columns plus the peak token's character span."""
+    return pd.DataFrame(
+        {
+            "item_id": pd.Series(dtype=str),
+            "concept": pd.Series(dtype=np.int32),
+            "value": pd.Series(dtype=np.float32),
+            "peak_start": pd.Series(dtype=np.int32),
+            "peak_end": pd.Series(dtype=np.int32),
+        }
+    )
 
 
 def _reusable_shards(shard_dir: Path, digests: dict[str, str]) -> tuple[dict[Path, set[str]], Counter]:
@@ -306,7 +305,6 @@ def _extract_run(
     from cgaps.models import load_backend
     from cgaps.sae import load_sae
 
-    run_dir = Path(run_dir)
     t0 = time.perf_counter()
     items = rundir.read_items(run_dir)
     if cfg.span != "prompt" and "response" not in items.columns:
@@ -348,10 +346,9 @@ def _extract_run(
     todo = [e for e in encoded if e.item_id not in done_ids]
     # chunks of similar length, so each shard's batches pad little
     todo.sort(key=lambda e: len(e.input_ids))
-    next_index = (
-        max((int(m.group(1)) for m in map(_SHARD_NAME.fullmatch, _shard_names(shard_dir)) if m), default=-1)
-        + 1
-    )
+    # after _reusable_shards deleted the unusable ones: a new shard never takes an existing number
+    numbers = (_SHARD_NAME.fullmatch(p.name) for p in shard_dir.glob("shard-*.parquet"))
+    next_index = max((int(m.group(1)) for m in numbers if m), default=-1) + 1
     if kept:
         n_kept = sum(len(v) for v in kept.values())
         info(f"resuming extraction: {n_kept} of {len(encoded)} items already in {shard_dir.name}/")
@@ -386,7 +383,7 @@ def _extract_run(
         )
     shards = pd.concat(
         [df[df["item_id"].isin(ids)] for p, ids in sorted(kept.items()) for df in [pd.read_parquet(p)]]
-        or [pd.DataFrame({c: [] for c in ("item_id", "concept", "value", "peak_start", "peak_end")})],
+        or [empty_shard()],
         ignore_index=True,
     )
     saliency = shards[list(rundir.SALIENCY_COLUMNS)].sort_values(["item_id", "concept"], kind="stable")
