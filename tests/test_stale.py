@@ -43,9 +43,9 @@ def fake_stages(monkeypatch):
 
     def evaluate_run(run_dir, cfg, backend=None):
         calls.append("evaluate")
-        rundir.update_run_json(
-            run_dir, inputs={"evaluate": rundir.stage_record(rundir.read_items(run_dir), "evaluate")}
-        )
+        items = rundir.read_items(run_dir)
+        rundir.update_run_json(run_dir, inputs={"evaluate": rundir.stage_record(items, "evaluate")})
+        return items  # like the real one: the table it wrote
 
     def extract_run(run_dir, cfg, backend=None):
         calls.append("extract")

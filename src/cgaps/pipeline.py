@@ -49,8 +49,7 @@ def _items_run(run_dir: Path, cfg: RunConfig) -> pd.DataFrame:
         seed=cfg.seed,
         chain_of_thought=cfg.chain_of_thought,
     )
-    rundir.validate_items(items, run_dir / rundir.ITEMS)
-    rundir.write_table(items, run_dir / rundir.ITEMS)
+    rundir.write_table(items, run_dir / rundir.ITEMS)  # load_suite validated them
     counts = {str(k): int(v) for k, v in items.groupby("benchmark", sort=False).size().items()}
     rundir.update_run_json(
         run_dir, config={name: getattr(cfg, name) for name in ITEM_FIELDS}, counts={"items": counts}
@@ -106,8 +105,6 @@ def stale_reason(run_dir: Path, stage: str, items: pd.DataFrame) -> str | None:
 
 
 def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict[str, float]:
-    import pyarrow.parquet as pq
-
     from cgaps.evaluate.stage import evaluate_run
     from cgaps.extract.stage import extract_run
     from cgaps.models import load_backend
@@ -130,20 +127,21 @@ def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict[str, float]:
 
     backend = None
     t = time.perf_counter()
-    scored = "score" in pq.read_schema(run_dir / rundir.ITEMS).names
-    stale = stale_reason(run_dir, "evaluate", rundir.read_items(run_dir)) if scored else None
+    items = rundir.read_items(run_dir)  # read once; evaluation returns the table it writes
+    scored = "score" in items.columns
+    stale = stale_reason(run_dir, "evaluate", items) if scored else None
     if stale:
         info(f"evaluating again: {stale}")
     if not scored or stale or (run_dir / rundir.RESPONSES_PARTIAL).exists():
         info(f"loading model {cfg.model}")
         backend = load_backend(cfg.model, cfg.device, cfg.dtype)
-        evaluate_run(run_dir, cfg, backend)
+        items = evaluate_run(run_dir, cfg, backend)
     times["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
     stale = None
     if (run_dir / rundir.SALIENCY).exists():
-        stale = stale_reason(run_dir, "extract", rundir.read_items(run_dir))
+        stale = stale_reason(run_dir, "extract", items)
         if stale:
             info(f"extracting again: {stale}")
     if not (run_dir / rundir.SALIENCY).exists() or stale:

@@ -37,7 +37,7 @@ VALIDATION = "validation.json"  # written by `cgaps validate`
 REPORT = "report.html"
 CONTEXTS = "contexts.parquet"  # top activating contexts per concept (written by `cgaps extract`)
 RESPONSES_PARTIAL = "responses.partial.jsonl"
-RESPONSES_SETTINGS = "responses.partial.json"  # the settings signature beside RESPONSES_PARTIAL
+RESPONSES_SETTINGS = Path(RESPONSES_PARTIAL).with_suffix(".json").name  # the settings signature beside it
 
 # Everything the stages write into a run directory, working files included: `cgaps run --force`
 # deletes exactly these to start over (a file missing here would survive into the new run).
@@ -460,10 +460,8 @@ def items_digest(items: pd.DataFrame, stage: str, columns: tuple[str, ...] | Non
     null), in row order."""
     h = hashlib.sha256()
     cols = STAGE_INPUTS[stage] if columns is None else columns
-    present = [c for c in cols if c in items.columns]
-    for row in items[present].itertuples(index=False):
-        values = dict(zip(present, row, strict=True))
-        cells = [values[c] if isinstance(values.get(c), str) else None for c in cols]
+    for row in items.reindex(columns=list(cols)).itertuples(index=False):  # a missing column is NaN
+        cells = [v if isinstance(v, str) else None for v in row]
         h.update(json.dumps(cells).encode("utf-8") + b"\n")
     return h.hexdigest()[:16]
 
@@ -475,10 +473,13 @@ def stage_record(items: pd.DataFrame, stage: str, columns: tuple[str, ...] | Non
     return {"columns": list(cols), "digest": items_digest(items, stage, cols)}
 
 
-def stage_is_current(run_dir: str | Path, stage: str, items: pd.DataFrame) -> bool | None:
+def stage_is_current(
+    run_dir: str | Path, stage: str, items: pd.DataFrame, *, meta: dict[str, Any] | None = None
+) -> bool | None:
     """Whether ``stage``'s recorded input digest matches ``items`` (over the columns it recorded);
-    None when none is recorded (a run written before digests). A damaged record is not current."""
-    recorded = read_run_json(run_dir).get("inputs", {}).get(stage)
+    None when none is recorded (a run written before digests). A damaged record is not current.
+    ``meta``: the run.json the caller has already read (else it is read here)."""
+    recorded = (read_run_json(run_dir) if meta is None else meta).get("inputs", {}).get(stage)
     if recorded is None:
         return None
     if not isinstance(recorded, dict):
@@ -490,7 +491,7 @@ def stage_is_current(run_dir: str | Path, stage: str, items: pd.DataFrame) -> bo
 
 
 LOCK = ".cgaps.lock"  # held by the process writing the run directory; not a RUN_FILE: --force keeps it
-_held: dict[Path, tuple[int, int]] = {}  # run dir -> (fd, depth): the lock is re-entrant in one process
+_held: dict[Path, int] = {}  # run dir -> lock fd; re-entrant in one process (the outermost holder releases)
 
 
 def remove_stale_temporaries(run_dir: str | Path) -> int:
@@ -523,13 +524,7 @@ def writing(run_dir: str | Path) -> Iterator[None]:
         raise CGapsError(f"{run_dir}: cannot be used as a run directory ({e.strerror}); pass a folder") from e
     key = run_dir.resolve()
     if key in _held:
-        fd, depth = _held[key]
-        _held[key] = (fd, depth + 1)
-        try:
-            yield
-        finally:
-            fd, depth = _held[key]
-            _held[key] = (fd, depth - 1)
+        yield
         return
     path = run_dir / LOCK
     try:
@@ -549,7 +544,7 @@ def writing(run_dir: str | Path) -> Iterator[None]:
         ) from e
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    _held[key] = (fd, 1)
+    _held[key] = fd
     try:
         remove_stale_temporaries(run_dir)
         yield

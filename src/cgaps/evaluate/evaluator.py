@@ -94,7 +94,8 @@ def check_options(items: pd.DataFrame, cfg: RunConfig) -> None:
 # ------------------------------------------------------------------ the resume file
 
 # The item fields an answer depends on (the reference only grades it; the id only names it).
-DIGEST_FIELDS = ("prompt", "messages", "choices", "answer_type")
+# what an answer depends on: the evaluate stage's recorded inputs, less the id
+DIGEST_FIELDS = tuple(c for c in rundir.STAGE_INPUTS["evaluate"] if c != "item_id")
 
 
 def item_digest(item: dict[str, Any]) -> str:

@@ -88,7 +88,6 @@ def _evaluate_run(run_dir: Path, cfg: RunConfig, generator: Generator | None) ->
     from cgaps.evaluate.evaluator import OwnEvaluator, check_options
     from cgaps.models import load_backend
 
-    run_dir = Path(run_dir)
     items = items_to_score(run_dir)  # a bad table is reported before the model loads
     check_options(items, cfg)
     t0 = time.perf_counter()

@@ -130,7 +130,7 @@ def load_suite(
     the paper benchmarks are read from the Hugging Face hub. ``seed`` drives the ``limit``
     sample and the probe generator; ``chain_of_thought`` changes the GSM8K/MATH prompts.
     """
-    from cgaps.rundir import validate_items
+    from cgaps.rundir import ALL_SCOPE, validate_items
 
     if limit is not None and limit < 1:
         raise CGapsError(f"limit must be >= 1, got {limit}")
@@ -139,7 +139,7 @@ def load_suite(
     per_bench: dict[str, list[dict[str, Any]]] = {}
     if is_spec(suite):
         name, items = load_custom(suite, chain_of_thought)
-        if name in BENCHMARKS or name == "ALL":
+        if name in BENCHMARKS or name == ALL_SCOPE:
             raise CGapsError(
                 f"{suite}: benchmark name {name!r} is taken by a built-in benchmark; set 'name:' in the spec"
             )

@@ -54,7 +54,7 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
     run = load_run(run_dir)
     cfg = run.config(config)
     items, saliency = run.items, run.saliency
-    if rundir.stage_is_current(run_dir, "extract", items) is False:
+    if rundir.stage_is_current(run_dir, "extract", items, meta=run.meta) is False:
         # e.g. `cgaps grade --responses` changed what the saliency was extracted from
         raise CGapsError(
             f"{run_dir / rundir.SALIENCY}: extracted from other item texts than items.parquet holds now; "
