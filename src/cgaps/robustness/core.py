@@ -2,7 +2,8 @@
 
 Both reuse the fast path: a check picks a row subset of the suite's CSR matrix
 (:meth:`SuiteMatrix.subset`) and recomputes the chi tables on it with
-:func:`~cgaps.scoring.core.chi_tables`. s_hat keeps the *full* suite's per-concept max, so
+:func:`~cgaps.scoring.core.chi_tables`. A subset keeps the full suite's concept scale m_c
+(``SuiteMatrix.scale``: the reference max shipped with the SAE, or the full suite's max), so
 chi_bench values of a subset are on the same scale as the full run's (renormalising by a
 subset's own max would add variance that is not the benchmark's).
 
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from cgaps import rundir
 from cgaps.config import RunConfig
@@ -43,10 +45,6 @@ from cgaps.scoring.core import SuiteMatrix, build_matrix, chi_tables
 from cgaps.scoring.stage import concept_scale
 
 __all__ = ["RobustnessOptions", "ablation", "robustness_run", "subsample_rows", "subsampling"]
-
-
-def _col_max(m: SuiteMatrix) -> np.ndarray:
-    return np.asarray(m.saliency.max(axis=0).todense()).ravel()
 
 
 def subsample_rows(m: SuiteMatrix, rng: np.random.Generator, drop: float) -> np.ndarray:
@@ -62,14 +60,13 @@ def subsampling(m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions) -> dict
     """Per-concept std of chi_model and chi_bench over ``opts.repeats`` seeded subsamples, averaged per scope."""
     repeats, drop = opts.repeats, opts.drop
     full = chi_tables(m)
-    col_max = _col_max(m)
     rng = np.random.default_rng(cfg.seed)
     shape = full.chi_model.shape
     # Welford running moments: memory stays at a few (scopes x F) arrays whatever the number
     # of repeats, and identical draws give a std of exactly 0 (no sum-of-squares cancellation).
     model, bench = _Moments(shape), _Moments(shape)
     for _ in range(repeats):
-        t = chi_tables(m.subset(subsample_rows(m, rng, drop)), col_max)
+        t = chi_tables(m.subset(subsample_rows(m, rng, drop)))  # the subset keeps m's concept scale
         model.add(t.chi_model)  # NaN (not firing in this subsample) is skipped
         bench.add(t.chi_bench)
     std_model, std_bench = model.std(), bench.std()
@@ -108,9 +105,7 @@ def _nanmean(x: np.ndarray) -> float:
     return float(x.mean()) if len(x) else float("nan")
 
 
-def _median_chi_model(m: SuiteMatrix, concepts: np.ndarray) -> float:
-    t = chi_tables(m)
-    vals = t.chi_model[-1, concepts]
+def _median(vals: np.ndarray) -> float:
     vals = vals[~np.isnan(vals)]
     return float(np.median(vals)) if len(vals) else float("nan")
 
@@ -120,9 +115,10 @@ def ablation(m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions) -> dict[st
     top, max_frac = opts.top, opts.max_delete
     full = chi_tables(m)
     eligible = np.flatnonzero(full.support[-1] >= cfg.min_support)
-    before = _median_chi_model(m, eligible)
-    col_max = _col_max(m)
-    shat = m.saliency.multiply(1.0 / np.where(col_max > 0, col_max, 1.0)[None, :]).tocsc()
+    before = _median(full.chi_model[-1, eligible])
+    shat = sp.csr_matrix(
+        (m.shat_data(), m.saliency.indices, m.saliency.indptr), shape=m.saliency.shape
+    ).tocsc()
     n_delete = max(1, int(max_frac * m.saliency.shape[0]))
     out: dict[str, Any] = {
         "top": top,
@@ -140,7 +136,7 @@ def ablation(m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions) -> dict[st
         deleted = ranked[:n_delete]
         deleted = deleted[align[deleted] > 0]
         keep = np.setdiff1d(np.arange(len(align)), deleted)
-        after = _median_chi_model(m.subset(keep), eligible)
+        after = _median(chi_tables(m.subset(keep)).chi_model[-1, eligible])
         out[name] = {
             "concepts": len(chosen),
             "deleted_items": len(deleted),

@@ -115,6 +115,10 @@ class SuiteMatrix:
             self.scale,
         )
 
+    def shat_data(self) -> np.ndarray:
+        """s_hat = s / m_c of every nonzero of ``saliency`` (in its order), clipped to 1."""
+        return np.minimum(self.saliency.data / self.scale[self.saliency.indices], 1.0)
+
     def with_scores(self, scores: np.ndarray) -> SuiteMatrix:
         """The same saliency with other scores (null and planted draws in validation and tests)."""
         return dataclasses.replace(self, scores=np.asarray(scores, dtype=np.float64))
@@ -207,23 +211,20 @@ def benchmark_moments(m: SuiteMatrix) -> tuple[np.ndarray, np.ndarray]:
     return ybar, var
 
 
-def chi_tables(m: SuiteMatrix, col_max: np.ndarray | None = None) -> ChiTables:
+def chi_tables(m: SuiteMatrix) -> ChiTables:
     """All per-scope sums of docs/method.md §3 as sparse products.
 
-    ``col_max`` is m_c, the scale of s_hat (default: the matrix's own ``scale``); robustness
-    passes the full suite's so that subsets stay comparable.
+    s_hat uses the matrix's ``scale``, which a row subset keeps: robustness subsets stay on the
+    full suite's scale.
     """
     s = m.saliency
     if s.shape[0] == 0:
         raise CGapsError("no items to score")
     row_of = np.repeat(np.arange(s.shape[0]), np.diff(s.indptr))  # row of each nonzero
-    col = s.indices
     data = s.data
     y_nz = m.scores[row_of]
     ybar, var_b = benchmark_moments(m)
     mu_nz = ybar[m.bench][row_of]
-    if col_max is None:
-        col_max = m.scale
     p = _scope_indicator(m)
 
     def scope_sum(values: np.ndarray) -> np.ndarray:
@@ -234,7 +235,7 @@ def chi_tables(m: SuiteMatrix, col_max: np.ndarray | None = None) -> ChiTables:
     sum_s2 = scope_sum(data * data)
     sum_sy = scope_sum(data * y_nz)
     sum_sybar = scope_sum(data * mu_nz)
-    sum_shat = scope_sum(np.minimum(data / col_max[col], 1.0))
+    sum_shat = scope_sum(m.shat_data())
     stat = scope_sum(data * (y_nz - mu_nz))
     null_var = scope_sum(data * data * var_b[m.bench][row_of])
     n_items = np.asarray(p.sum(axis=1)).ravel()
