@@ -43,6 +43,27 @@ SCORING_KNOBS = (
 )
 
 
+def check_options(kind: str, options: Any, checks: tuple[tuple[str, bool, str], ...]) -> None:
+    """Raise the one-line error for the first failing ``(field, holds, rule)`` of an options object,
+    naming the field and its flag (``kind``: "robustness", "validate", ...)."""
+    for name, holds, rule in checks:
+        if not holds:
+            flag = "--" + name.replace("_", "-")
+            raise CGapsError(
+                f"{kind} option '{name}' ({flag}) must be {rule}, got {getattr(options, name)!r}"
+            )
+
+
+def is_integer(x: Any) -> bool:
+    """An int that is not a bool (True is an int to Python, never a count to a user)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_number(x: Any) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
 def documented(default: Any, help: str, **kw: Any) -> Any:
     """A field with its ``--help`` text (and other CLI metadata such as ``flags``)."""
     return field(default=default, metadata={"help": help, **kw})

@@ -12,8 +12,9 @@ optional files when they are there; ``load_run(run_dir, results=True)`` reads th
   ``robustness.json`` (``cgaps robustness``); absent is None, present but damaged is an error
   saying which command rewrites it.
 
-The config is not resolved here: the report reads a few knobs from ``run.json`` with
-defaults and renders a run written by another tool, while the stages that compute call
+The config is not resolved here: the report reads the knobs it shows from the scoring
+tables' metadata (``run.json`` for older tables) and renders a run written by another tool,
+while the stages that compute call
 :meth:`RunTables.config`, which validates the stored config (docs/method.md §6).
 """
 

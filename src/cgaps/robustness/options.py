@@ -3,17 +3,15 @@
 One dataclass holds every default and every check: :func:`cgaps.robustness.core.robustness_run`
 takes it, and the command line generates its flags from the fields (the help text is each
 field's ``metadata["help"]``; field names are the option names, ``max_delete`` is
-``--max-delete``). This module imports only the standard library and :mod:`cgaps.errors`, so
+``--max-delete``). This module imports only the standard library and the light :mod:`cgaps.config`, so
 ``cgaps --help`` can read the fields without loading numpy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from cgaps.config import documented
-from cgaps.errors import CGapsError
+from cgaps.config import check_options, documented, is_integer, is_number
 
 
 @dataclass(frozen=True)
@@ -27,22 +25,15 @@ class RobustnessOptions:
     max_delete: float = documented(0.01, "At most this fraction of the suite is deleted by the ablation.")
 
     def __post_init__(self) -> None:
-        def integer(x: Any) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
-
-        def number(x: Any) -> bool:
-            return isinstance(x, int | float) and not isinstance(x, bool)
-
-        # (field, holds, rule); the `and`s keep a wrong type from reaching the comparison
-        checks = (
-            ("repeats", integer(self.repeats) and self.repeats >= 2, "an integer >= 2 (a std needs two)"),
-            ("drop", number(self.drop) and 0 <= self.drop < 1, "a number in [0, 1)"),
-            ("top", integer(self.top) and self.top >= 1, "an integer >= 1"),
-            ("max_delete", number(self.max_delete) and 0 < self.max_delete < 1, "a number in (0, 1)"),
+        # the `and`s keep a wrong type from reaching the comparison
+        integer, number = is_integer, is_number
+        check_options(
+            "robustness",
+            self,
+            (
+                ("repeats", integer(self.repeats) and self.repeats >= 2, "an integer >= 2 (a std needs two)"),
+                ("drop", number(self.drop) and 0 <= self.drop < 1, "a number in [0, 1)"),
+                ("top", integer(self.top) and self.top >= 1, "an integer >= 1"),
+                ("max_delete", number(self.max_delete) and 0 < self.max_delete < 1, "a number in (0, 1)"),
+            ),
         )
-        for name, holds, rule in checks:
-            if not holds:
-                flag = "--" + name.replace("_", "-")
-                raise CGapsError(
-                    f"robustness option '{name}' ({flag}) must be {rule}, got {getattr(self, name)!r}"
-                )

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cgaps.config import documented
-from cgaps.errors import CGapsError
+from cgaps.config import check_options, documented, is_integer, is_number
 
 
 @dataclass(frozen=True)
@@ -28,16 +27,26 @@ class ValidateOptions:
     shuffles: int = documented(200, "Random concept sets behind the probe-family baseline.")
 
     def __post_init__(self) -> None:
-        checks = (
-            ("null_draws", self.null_draws >= 1, "an integer >= 1"),
-            ("planted_repeats", self.planted_repeats >= 0, "an integer >= 0 (0 skips the power curve)"),
-            ("planted_concepts", self.planted_concepts >= 1, "an integer >= 1"),
-            ("base_accuracy", 0.5 < self.base_accuracy < 1, "a number in (0.5, 1)"),
-            ("shuffles", self.shuffles >= 10, "an integer >= 10"),
+        check_options(
+            "validate",
+            self,
+            (
+                ("null_draws", is_integer(self.null_draws) and self.null_draws >= 1, "an integer >= 1"),
+                (
+                    "planted_repeats",
+                    is_integer(self.planted_repeats) and self.planted_repeats >= 0,
+                    "an integer >= 0 (0 skips the power curve)",
+                ),
+                (
+                    "planted_concepts",
+                    is_integer(self.planted_concepts) and self.planted_concepts >= 1,
+                    "an integer >= 1",
+                ),
+                (
+                    "base_accuracy",
+                    is_number(self.base_accuracy) and 0.5 < self.base_accuracy < 1,
+                    "a number in (0.5, 1)",
+                ),
+                ("shuffles", is_integer(self.shuffles) and self.shuffles >= 10, "an integer >= 10"),
+            ),
         )
-        for name, holds, rule in checks:
-            if not holds:
-                flag = "--" + name.replace("_", "-")
-                raise CGapsError(
-                    f"validate option '{name}' ({flag}) must be {rule}, got {getattr(self, name)!r}"
-                )
