@@ -328,10 +328,12 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
     # dead latents over the mix's first 300k training tokens and every own-response token
     sub = torch.cat([torch.arange(min(300_000, n_mix)), torch.arange(n_mix, len(acts))])
     sub_acts, sub_meta = acts[sub], {k: v[sub] for k, v in meta.items()}
+    # one encoding pass over these tokens gives both the top contexts and the dead latents
+    # (a latent is dead when even its largest activation is 0)
+    vals, rows = top_activations(shipped, sub_acts, 5)
     m = measure_sae(
         shipped,
         held,
-        dead_acts=sub_acts,
         reader=backend,
         conversations=corpus.read_jsonl(work / "heldout.jsonl")[:HELDOUT_CONVERSATIONS][:CE_CONVERSATIONS],
         layer=layer,
@@ -358,8 +360,8 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
         "heldout_own_l0": own["l0"],
         "heldout_own_tokens": len(held_own),
         "heldout_own_conversations": load_manifest(work / "cache_heldout_own")["counts"]["conversations"],
-        "dead_frac": m["dead_frac"],
-        "dead_tokens_checked": m["dead_tokens_checked"],
+        "dead_frac": float((vals[:, 0] == 0).float().mean()),
+        "dead_tokens_checked": len(sub_acts),
         "train_fvu_first_50k": measure_sae(shipped, acts[:50_000])["fvu"],
         **{k: v for k, v in m.items() if k.startswith("ce_")},
         "exclusion": held_manifest["exclusion"],
@@ -371,8 +373,6 @@ def stage_card(work: Path, backend, layer: int, ship: bool = True) -> Path:
         },
         "history": saved["result"]["history"],
     }
-    # top contexts of 20 random (seeded) latents that fire, over the same tokens
-    vals, rows = top_activations(shipped, sub_acts, 5)
     metrics["metric_seconds"] = time.time() - t0
     write_json(metrics, folder / "metrics.json")
     log.info(
