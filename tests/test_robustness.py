@@ -140,3 +140,146 @@ def test_cli_rejects_bad_option(tmp_path):
     result = CliRunner().invoke(app, ["robustness", str(run), "--drop", "1.5"])
     assert isinstance(result.exception, CGapsError) and "--drop" in str(result.exception)
     assert not (run / "robustness.json").exists()
+
+
+# --- SAE swap (docs/method.md §4) ------------------------------------------------------------
+
+
+def _permuted_sae_pair(tmp_path, perm, d_in=16, noise=0.0):
+    """Two sae-lens folders: A random, B = A's latents in the order ``perm`` (B's latent j is A's
+    latent perm[j]), its decoder rows perturbed by ``noise``."""
+    import torch
+
+    from helpers import random_sae
+
+    a = random_sae(d_in=d_in, d_sae=len(perm), seed=3)
+    a.save_model(tmp_path / "sae_a")
+    b = random_sae(d_in=d_in, d_sae=len(perm), seed=4)
+    gen = torch.Generator().manual_seed(5)
+    index = torch.as_tensor(perm)
+    with torch.no_grad():
+        b.W_dec.copy_(a.W_dec[index] + noise * torch.randn(a.W_dec.shape, generator=gen))
+        b.W_enc.copy_(a.W_enc[:, index])
+        b.b_enc.copy_(a.b_enc[index])
+    b.save_model(tmp_path / "sae_b")
+    return tmp_path / "sae_a", tmp_path / "sae_b"
+
+
+def _scored_run(root, items, sal, sae_path):
+    from cgaps.scoring import score_run
+
+    meta = {"n_concepts": 200, "config": {"sae": str(sae_path)}, "sae": {"id": str(sae_path)}}
+    write_run(root, items, sal, meta)
+    score_run(root)
+    return root
+
+
+def test_sae_swap_recovers_a_permuted_sae(tmp_path):
+    """B is A with its latents reordered: every latent is matched to its twin, the chi
+    distributions are the same (KS 0), matched chi_model ranks agree exactly."""
+    from cgaps.robustness.swap import sae_swap_runs
+
+    items, sal = make_suite(0)
+    perm = np.random.default_rng(1).permutation(200)
+    sae_a, sae_b = _permuted_sae_pair(tmp_path, perm, noise=0.01)
+    inverse = np.argsort(perm)  # A's concept c is B's concept inverse[c]
+    sal_b = sal.assign(concept=inverse[sal["concept"].to_numpy()].astype("int32"))
+    run_a = _scored_run(tmp_path / "a", items, sal, sae_a)
+    run_b = _scored_run(tmp_path / "b", items, sal_b, sae_b)
+
+    swap = sae_swap_runs(run_a, run_b, min_support=5, seed=0)
+    match = swap["matching"]
+    assert match["distinct_matches"] == 200 and match["close_share"] == 1.0
+    assert match["cosine_quantiles"]["q05"] > 0.99
+    assert match["spearman_chi_model"]["rho"] == pytest.approx(1.0)
+    assert match["spearman_chi_model"]["pairs"] > 100
+    assert abs(match["spearman_random_pairing"]["rho"]) < 0.3
+    for scope, d in swap["distributions"].items():
+        assert d["chi_model"]["ks"] == pytest.approx(0.0), scope
+        assert d["chi_bench"]["ks"] == pytest.approx(0.0), scope
+        assert d["missing_share_a"] == d["missing_share_b"]
+    assert swap["missing_share_order"]["rho"] == pytest.approx(1.0)
+    for end in ("top", "bottom"):  # the same figures side by side (ties may list other twins)
+        pairs = swap["extremes"][end]
+        assert len(pairs) == 10
+        assert [p["a"]["chi_model"] for p in pairs] == [p["b"]["chi_model"] for p in pairs]
+        assert {
+            inverse[p["a"]["concept"]] for p in pairs if p["a"]["chi_model"] != pairs[-1]["a"]["chi_model"]
+        } <= {p["b"]["concept"] for p in pairs}
+
+
+def test_sae_swap_of_unrelated_saes_does_not_correlate(tmp_path):
+    """Another suite's saliency through an unrelated SAE: matched chi_model ranks do not agree
+    and the chi_model distributions differ (KS > 0)."""
+    from cgaps.robustness.swap import sae_swap_runs
+    from helpers import save_random_sae
+
+    items, sal = make_suite(0)
+    _, sal_other = make_suite(7)
+    ids = dict(zip(make_suite(7)[0]["item_id"], items["item_id"], strict=True))
+    sal_other = sal_other.assign(item_id=sal_other["item_id"].map(ids))
+    run_a = _scored_run(
+        tmp_path / "a", items, sal, save_random_sae(tmp_path / "sa", d_in=16, d_sae=200, seed=1)
+    )
+    run_b = _scored_run(
+        tmp_path / "b", items, sal_other, save_random_sae(tmp_path / "sb", d_in=16, d_sae=200, seed=2)
+    )
+    swap = sae_swap_runs(run_a, run_b, min_support=5, seed=0)
+    assert abs(swap["matching"]["spearman_chi_model"]["rho"]) < 0.3
+    assert swap["matching"]["cosine_quantiles"]["q50"] < 0.95
+    assert swap["distributions"]["ALL"]["chi_model"]["ks"] > 0
+
+
+def test_best_matches_equals_the_full_cosine_argmax():
+    from cgaps.robustness import swap
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(swap._CHUNK + 37, 8)).astype(np.float32)
+    b = rng.normal(size=(300, 8)).astype(np.float32)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    idx, cos = swap.best_matches(a, b)
+    full = a @ b.T
+    np.testing.assert_array_equal(idx, full.argmax(axis=1))
+    np.testing.assert_allclose(cos, full.max(axis=1), rtol=1e-6)
+
+
+def test_sae_swap_refuses_other_items_or_scores(tmp_path):
+    from cgaps.robustness.swap import sae_swap_runs
+    from helpers import save_random_sae
+
+    items, sal = make_suite(0)
+    sae = save_random_sae(tmp_path / "s", d_in=16, d_sae=200, seed=1)
+    run_a = _scored_run(tmp_path / "a", items, sal, sae)
+    changed = items.copy()
+    changed.loc[3, "score"] = 1.0 - changed.loc[3, "score"]
+    run_b = _scored_run(tmp_path / "b", changed, sal, sae)
+    with pytest.raises(CGapsError, match=r"item 'arith-3' has score"):
+        sae_swap_runs(run_a, run_b, min_support=5, seed=0)
+    fewer = items.iloc[1:]
+    run_c = _scored_run(tmp_path / "c", fewer, sal[sal["item_id"] != "arith-0"], sae)
+    with pytest.raises(CGapsError, match=r"1 item\(s\) only in .*first: 'arith-0'"):
+        sae_swap_runs(run_a, run_c, min_support=5, seed=0)
+
+
+def test_cli_robustness_against(tmp_path):
+    from typer.testing import CliRunner
+
+    from cgaps.cli.main import app
+    from helpers import save_random_sae
+
+    items, sal = make_suite(0)
+    run_a = _scored_run(
+        tmp_path / "a", items, sal, save_random_sae(tmp_path / "sa", d_in=16, d_sae=200, seed=1)
+    )
+    run_b = _scored_run(
+        tmp_path / "b", items, sal, save_random_sae(tmp_path / "sb", d_in=16, d_sae=200, seed=2)
+    )
+    result = CliRunner().invoke(
+        app, ["robustness", str(run_a), "--against", str(run_b), "--repeats", "3", "--top", "5"]
+    )
+    assert result.exit_code == 0, result.output
+    swap = json.loads((run_a / "robustness.json").read_text())["sae_swap"]
+    assert swap["against"] == str(run_b) and swap["width_a"] == swap["width_b"] == 200
+    # same saliency through both: identical distributions whatever the decoders
+    assert swap["distributions"]["ALL"]["chi_model"]["ks"] == pytest.approx(0.0)

@@ -20,7 +20,8 @@ Choices where the method is open:
   those concepts; the floor(max_delete * |suite|) most aligned items with alignment > 0 are
   deleted (at least one). The median chi_model over the eligible concepts (ALL scope,
   NaN-skipping) is recomputed; the change is reported in points and relative to before.
-* The SAE-swap check needs a second extraction and is not computed here.
+* The SAE-swap check compares this run with a second run on the same items read through
+  another SAE (``against``); it lives in :mod:`cgaps.robustness.swap`.
 
 The knobs of both checks live in one documented dataclass,
 :class:`~cgaps.robustness.options.RobustnessOptions` (re-exported here): its defaults are the
@@ -148,9 +149,13 @@ def ablation(m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions) -> dict[st
 
 
 def robustness_run(
-    run_dir: str | Path, config: RunConfig | None = None, options: RobustnessOptions | None = None
+    run_dir: str | Path,
+    config: RunConfig | None = None,
+    options: RobustnessOptions | None = None,
+    against: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run both checks on a run directory and write ``robustness.json``."""
+    """Run the checks on a run directory and write ``robustness.json``: subsampling and
+    ablation always, the SAE swap when ``against`` names a second run on the same items."""
     opts = options if options is not None else RobustnessOptions()
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
@@ -158,11 +163,12 @@ def robustness_run(
     cfg = run.config(config)
     scale, _ = concept_scale(run, cfg)
     m = build_matrix(run.items, run.saliency, run.n_concepts, presence=cfg.presence, scale=scale)
-    result = {
-        "subsampling": subsampling(m, cfg, opts),
-        "ablation": ablation(m, cfg, opts),
-        "sae_swap": None,  # needs a second extraction; not computed by this stage
-    }
+    swap = None  # the third check needs a second run (another SAE on the same items)
+    if against is not None:  # first: a run that does not match fails before minutes of subsampling
+        from cgaps.robustness.swap import sae_swap_runs
+
+        swap = sae_swap_runs(run_dir, against, min_support=cfg.min_support, seed=cfg.seed)
+    result = {"subsampling": subsampling(m, cfg, opts), "ablation": ablation(m, cfg, opts), "sae_swap": swap}
     rundir.write_json(result, run_dir / rundir.ROBUSTNESS)
     rundir.update_run_json(run_dir, timings={"robustness_s": round(time.perf_counter() - t0, 3)})
     return result

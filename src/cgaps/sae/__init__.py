@@ -169,6 +169,23 @@ def _load(spec: str, device: str, dtype: str | None) -> tuple[SAE, str]:
     return SAE.from_pretrained(release, sae_id, device=device, dtype=dtype or "float32"), spec
 
 
+def decoder_directions(spec: str) -> tuple[np.ndarray, str]:
+    """The unit-norm decoder directions [F, d] (float32) of the SAE ``spec`` and its id.
+
+    What the SAE-swap check (docs/method.md §4) matches two SAEs' latents by: a latent's
+    decoder row is the direction it writes into the residual stream, so two latents of SAEs
+    trained on the same model and layer that stand for the same concept point the same way.
+    """
+    import numpy as np
+    import torch
+
+    sae, sae_id = _load(spec, "cpu", "float32")
+    with torch.no_grad():
+        w = sae.W_dec.detach().float().cpu().numpy()
+    norms = np.linalg.norm(w, axis=1, keepdims=True)
+    return (w / np.where(norms > 0, norms, 1.0)).astype(np.float32), sae_id
+
+
 def _check_release(release: str, sae_id: str) -> None:
     """Fail early (offline) on a release or id that sae-lens does not know, with a suggestion."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
