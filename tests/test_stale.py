@@ -98,9 +98,23 @@ def test_extraction_without_recorded_inputs_is_redone(tmp_path, fake_stages):
     rundir.write_table(
         pd.DataFrame({"item_id": ["a"], "concept": [0], "value": [1.0]}), tmp_path / rundir.SALIENCY
     )
-    rundir.update_run_json(tmp_path, config=cfg.to_dict())  # a run from before digests
+    # a cgaps extraction from before digests
+    rundir.update_run_json(tmp_path, config=cfg.to_dict(), sae={"id": "s", "width": 8})
     run_pipeline(cfg, tmp_path)
     assert fake_stages == ["extract", "score", "report"]
+
+
+def test_imported_saliency_is_trusted(tmp_path, fake_stages):
+    from cgaps.pipeline import run_pipeline
+
+    cfg = RunConfig()
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    rundir.write_table(
+        pd.DataFrame({"item_id": ["a"], "concept": [0], "value": [1.0]}), tmp_path / rundir.SALIENCY
+    )
+    rundir.update_run_json(tmp_path, config=cfg.to_dict(), n_concepts=8)  # no `sae`: another tool's
+    run_pipeline(cfg, tmp_path)
+    assert fake_stages == ["score", "report"]
 
 
 def test_stages_record_the_digest_of_their_inputs(tmp_path):
@@ -109,9 +123,11 @@ def test_stages_record_the_digest_of_their_inputs(tmp_path):
     rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
     grade_run(tmp_path)
     items = rundir.read_items(tmp_path)
+    cols = ["item_id", "prompt", "messages", "choices", "answer_type"]
     assert rundir.read_run_json(tmp_path)["inputs"]["evaluate"] == {
-        "columns": ["item_id", "prompt", "messages", "choices", "answer_type"],
+        "columns": cols,
         "digest": rundir.items_digest(items, "evaluate"),
+        "by_column": {c: rundir.items_digest(items, "evaluate", (c,)) for c in cols},
     }
     assert rundir.stage_is_current(tmp_path, "evaluate", items) is True
     assert rundir.stage_is_current(tmp_path, "extract", items) is None
@@ -315,3 +331,254 @@ def test_score_refuses_saliency_extracted_from_other_texts(scorable):
     rundir.write_table(items.assign(response=["r"] * (len(items) - 1) + ["changed"]), scorable / rundir.ITEMS)
     with pytest.raises(CGapsError, match="cgaps extract"):
         score_run(scorable)
+
+
+# ---------------------------------------------------------------- cgaps status
+
+
+def _status(run):
+    from typer.testing import CliRunner
+
+    from cgaps.cli.main import app
+
+    result = CliRunner().invoke(app, ["status", str(run)])
+    rows = {}
+    for line in result.stdout.splitlines():
+        stage, state, reason = line.split(None, 2)
+        rows[stage] = (state, reason)
+    return result.exit_code, rows
+
+
+def test_status_names_each_stage_state_and_why(scorable):
+    from cgaps.evaluate.stage import grade_run
+    from cgaps.report import build_report
+    from cgaps.scoring import score_run
+
+    code, rows = _status(scorable)
+    assert code == 1
+    assert rows["items"][0] == "done" and rows["items"][1].startswith("40 items (x 20, y 20)")
+    assert rows["evaluate"][0] == "done"  # scored before digests: trusted, like the pipeline does
+    assert rows["extract"][0] == "done"  # saliency from another tool (no `sae` record)
+    assert rows["score"] == ("missing", f"no concepts.parquet  -> cgaps score {scorable}")
+    assert rows["report"][0] == "missing" and "labels" not in rows
+    grade_run(scorable)
+    score_run(scorable)
+    build_report(scorable)
+    code, rows = _status(scorable)
+    assert {s: r[0] for s, r in rows.items()} == {
+        "items": "done",
+        "evaluate": "done",
+        "extract": "done",
+        "score": "done",
+        "robustness": "missing",
+        "validate": "missing",
+        "report": "done",
+    }
+    assert code == 0  # robustness and validate are optional
+    # other scores (`cgaps grade --responses`): scoring and what follows it are stale
+    items = rundir.read_items(scorable)
+    rundir.write_table(items.assign(score=1.0 - items["score"]), scorable / rundir.ITEMS)
+    code, rows = _status(scorable)
+    assert code == 1
+    assert rows["score"][0] == "stale" and "column(s) score of items.parquet changed" in rows["score"][1]
+    assert rows["report"] == ("stale", f"depends on score, which is stale  -> cgaps report {scorable}")
+    # other prompts: the evaluation is stale, and names the column
+    rundir.write_table(items.assign(prompt="new"), scorable / rundir.ITEMS)
+    _, rows = _status(scorable)
+    assert rows["evaluate"][0] == "stale" and "column(s) prompt of items.parquet" in rows["evaluate"][1]
+    assert rows["score"][0] == "stale" and "depends on evaluate" in rows["score"][1]
+    rundir.write_table(items, scorable / rundir.ITEMS)
+    _, rows = _status(scorable)
+    assert rows["score"][0] == "done" and rows["report"][0] == "stale"  # the report is older
+    build_report(scorable)
+    # a changed saliency file makes the score stale (its digest is recorded)
+    sal = pd.read_parquet(scorable / rundir.SALIENCY)
+    rundir.write_table(sal.iloc[1:], scorable / rundir.SALIENCY)
+    _, rows = _status(scorable)
+    assert rows["score"][0] == "stale" and "saliency.parquet changed since it ran" in rows["score"][1]
+
+
+def test_status_flags_a_score_killed_before_run_json(scorable, monkeypatch):
+    from cgaps.scoring import score_run
+
+    score_run(scorable, RunConfig(fdr=0.05, min_support=2))
+    monkeypatch.setattr(rundir, "update_run_json", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        score_run(scorable, RunConfig(fdr=0.2, min_support=2))
+    monkeypatch.undo()
+    _, rows = _status(scorable)
+    assert rows["score"][0] == "stale" and "fdr 0.2 there, 0.05 in run.json" in rows["score"][1]
+
+
+def test_status_of_interrupted_stages_and_bad_input(tmp_path):
+    rundir.write_table(ITEMS.drop(columns=["response", "score"]), tmp_path / rundir.ITEMS)
+    (tmp_path / rundir.RESPONSES_PARTIAL).write_text('{"item_id": "a", "response": "2"}\n')
+    (tmp_path / rundir.SALIENCY_SHARDS).mkdir()
+    (tmp_path / rundir.SALIENCY_SHARDS / "shard-00000.json").write_text('{"item_ids": ["a", "b"]}')
+    _, rows = _status(tmp_path)
+    assert rows["evaluate"][0] == "missing" and "interrupted: 1 response(s)" in rows["evaluate"][1]
+    assert (
+        rows["extract"][0] == "missing" and "interrupted: 2 item(s) in saliency_shards/" in rows["extract"][1]
+    )
+    (tmp_path / rundir.ITEMS).write_bytes(b"not parquet")
+    code, rows = _status(tmp_path)
+    assert code == 1 and rows["items"][0] == "stale" and "not a readable Parquet file" in rows["items"][1]
+
+
+# ---------------------------------------------------------------- new items into an existing run
+
+
+@pytest.fixture
+def suite(monkeypatch):
+    """`cgaps items` loads whatever table this holds (``suite["items"]``)."""
+    import cgaps.items
+
+    holder = {"items": ITEMS.drop(columns=["response", "score"])}
+    monkeypatch.setattr(cgaps.items, "load_suite", lambda *a, **k: holder["items"].copy())
+    return holder
+
+
+def _tree(folder):
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != rundir.LOCK
+    }
+
+
+def test_new_items_into_a_run_with_later_stages_need_force(tmp_path, suite):
+    from cgaps.evaluate.stage import grade_run
+    from cgaps.pipeline import items_run
+
+    cfg = RunConfig(suite="toy")
+    items_run(tmp_path, cfg)
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)  # responses, then graded
+    grade_run(tmp_path)
+    rundir.write_table(
+        pd.DataFrame({"item_id": ["a"], "concept": [0], "value": [1.0]}), tmp_path / rundir.SALIENCY
+    )
+    before = _tree(tmp_path)
+    # the same items again: kept with their scores
+    kept = items_run(tmp_path, cfg)
+    assert "score" in kept.columns and _tree(tmp_path) == before
+    # other items: refused, naming what would be lost, nothing written
+    suite["items"] = suite["items"].assign(prompt=["5+5?", "2+2?", "3+3?"])
+    with pytest.raises(
+        CGapsError,
+        match=r"drop the responses and scores of 3 items; make stale saliency.parquet\. Pass --force",
+    ) as e:
+        items_run(tmp_path, cfg)
+    assert "\n" not in str(e.value) and _tree(tmp_path) == before
+    # --force: written, and the stages that depended on the old items are marked stale
+    items_run(tmp_path, cfg, force=True)
+    assert rundir.read_items(tmp_path)["prompt"].iloc[0] == "5+5?"
+    inputs = rundir.read_run_json(tmp_path)["inputs"]
+    assert (
+        inputs["evaluate"]
+        == inputs["extract"]
+        == {"stale": "new items were written by `cgaps items --force`"}
+    )
+    _, rows = _status(tmp_path)
+    assert rows["evaluate"][0] == "missing"  # its scores went with the old items
+    assert rows["extract"] == (
+        "stale",
+        f"new items were written by `cgaps items --force`  -> cgaps extract {tmp_path}",
+    )
+
+
+def test_items_cli_refusal_is_one_line_and_exit_2(tmp_path, suite, monkeypatch, capsys):
+    from cgaps.cli.main import main
+    from cgaps.pipeline import items_run
+
+    items_run(tmp_path, RunConfig(suite="toy"))
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    suite["items"] = suite["items"].assign(reference="x")
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["cgaps", "items", "toy", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err == ["loading toy ...", err[-1]] and "Traceback" not in err[-1]
+    assert err[-1].startswith(f"error: {tmp_path}: holds later stages") and "--force" in err[-1]
+    assert _tree(tmp_path) == before
+    monkeypatch.setattr(sys, "argv", ["cgaps", "items", "toy", "--out", str(tmp_path), "--force"])
+    main_rc = None
+    try:
+        main()
+    except SystemExit as x:
+        main_rc = x.code
+    assert main_rc in (None, 0) and rundir.read_items(tmp_path)["reference"].eq("x").all()
+
+
+# ---------------------------------------------------------------- every writing command holds the lock
+
+
+@pytest.mark.parametrize("command", ["report", "robustness", "validate", "train-sae"])
+def test_every_writing_command_refuses_a_second_writer(tmp_path, command):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from cgaps import rundir\n"
+            "with rundir.writing(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    args = {
+        "report": ["report", str(run)],
+        "robustness": ["robustness", str(run)],
+        "validate": ["validate", str(run)],
+        "train-sae": ["train-sae", str(tmp_path / "conv.jsonl"), "--out", str(run), "--layer", "0"],
+    }[command]
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        proc = subprocess.run(
+            [sys.executable, "-m", "cgaps", *args], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: {run}: another cgaps process (pid {holder.pid}) is writing this run directory; "
+        "wait for it to finish, or use another --out"
+    )
+
+
+# ---------------------------------------------------------------- progress off a terminal
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(monkeypatch, capsys):
+    import re
+    import time
+
+    from cgaps.console import progress_bar, progress_line
+
+    monkeypatch.delenv("CGAPS_NO_PROGRESS")
+    monkeypatch.setenv("CGAPS_PROGRESS_EVERY", "0.05")
+    with progress_bar("extracting", 4) as advance:
+        for _ in range(4):
+            time.sleep(0.06)
+            advance(1)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 3  # ticks while working, and the last line
+    pattern = r"extracting: \d/4 items \(\d+%\), [\d.]+ items/s, (\S+ left, )?\d+s elapsed"
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
+    assert lines[-1].startswith("extracting: 4/4 items (100%)")
+    assert (
+        progress_line("x", 30, 120, "items", 10.0)
+        == "x: 30/120 items (25%), 3 items/s, 30s left, 10s elapsed"
+    )
+    assert progress_line("x", 7, None, "tokens", 3700.0) == "x: 7 tokens, 0.00189 tokens/s, 1h01m elapsed"
+    monkeypatch.setenv("CGAPS_NO_PROGRESS", "1")
+    with progress_bar("quiet", 2) as advance:
+        time.sleep(0.1)
+        advance(2)
+    assert capsys.readouterr().err == ""

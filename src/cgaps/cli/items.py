@@ -17,10 +17,19 @@ def items(
     out: Path = typer.Option(
         ..., "--out", help="Run directory to write items.parquet and run.json into.", file_okay=False
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace the items of a run that holds later stages (they are marked stale; see cgaps status).",
+    ),
     *,
     options: dict[str, Any],
 ) -> None:
-    """Load a suite and write RUN_DIR/items.parquet (prompts, references, answer types)."""
+    """Load a suite and write RUN_DIR/items.parquet (prompts, references, answer types).
+
+    Into a run that already holds responses, saliency or scores made from other items, this
+    is refused unless --force; the same items again are kept as they are.
+    """
     from cgaps.pipeline import items_run
 
-    items_run(out, RunConfig(suite=suite, **options))
+    items_run(out, RunConfig(suite=suite, **options), force=force)

@@ -17,9 +17,11 @@ Errors reach the user as one line on stderr (:func:`cgaps.console.error`), never
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -100,10 +102,39 @@ COMMANDS = [
     ("validate", "validate", "validate"),
     ("report", "report", "report"),
     ("train-sae", "train_sae", "train_sae"),
+    ("status", "status", "status"),
 ]
 
+# Commands that write a folder but whose library function does not take its writer lock
+# (cgaps.rundir.writing) itself: the parameter naming that folder. The pipeline's stages lock
+# inside their library functions; these are locked here, around the whole command.
+LOCKED = {"report": "run_dir", "robustness": "run_dir", "validate": "run_dir", "train-sae": "out"}
+
+
+def _locked(func: Callable[..., Any], param: str) -> Callable[..., Any]:
+    """``func`` holding the writer lock of the folder its argument ``param`` names, so a second
+    process writing the same folder gets a one-line error naming the holder's pid.
+
+    ``report --out`` outside the run directory writes nothing into it: no lock (the run may be
+    read-only)."""
+
+    @functools.wraps(func)  # keeps the signature typer reads the options from
+    def command(**kwargs: Any) -> Any:
+        from cgaps import rundir
+
+        folder = Path(kwargs[param])
+        out = kwargs.get("out") if param == "run_dir" else None
+        if out is not None and Path(out).resolve().parent != folder.resolve():
+            return func(**kwargs)
+        with rundir.writing(folder):
+            return func(**kwargs)
+
+    return command
+
+
 for _name, _module, _func in COMMANDS:
-    app.command(_name)(getattr(importlib.import_module(f"cgaps.cli.{_module}"), _func))
+    _command = getattr(importlib.import_module(f"cgaps.cli.{_module}"), _func)
+    app.command(_name)(_locked(_command, LOCKED[_name]) if _name in LOCKED else _command)
 
 
 def main() -> None:
