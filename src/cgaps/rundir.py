@@ -247,6 +247,10 @@ class RunJson(TypedDict, total=False):
     """Seconds per stage (``evaluate_s``, ``extract_s``, ``pipeline_score_s``...)."""
     versions: dict[str, Any]
     """Optional: versions of the software that wrote the run, ``{name: version}``."""
+    imported: dict[str, Any]
+    """Written by ``cgaps import`` instead of ``evaluate``: where the responses and scores came
+    from (``format`` lm-eval / inspect / table, ``files``, the chosen ``metric`` or scorer, the
+    harness's own per-task means beside ours); ``model.evaluated`` names the model that answered."""
     inputs: dict[str, Any]
     """Per stage (``evaluate``, ``extract``, ``score``), ``{"columns": [...], "digest": "...",
     "by_column": {...}}`` (``score`` also ``"files"``: the saliency's digest): the item columns

@@ -102,6 +102,7 @@ COMMANDS = [
     ("validate", "validate", "validate"),
     ("report", "report", "report"),
     ("train-sae", "train_sae", "train_sae"),
+    ("compare", "compare", "compare"),
     ("status", "status", "status"),
 ]
 
@@ -135,6 +136,9 @@ def _locked(func: Callable[..., Any], param: str) -> Callable[..., Any]:
 for _name, _module, _func in COMMANDS:
     _command = getattr(importlib.import_module(f"cgaps.cli.{_module}"), _func)
     app.command(_name)(_locked(_command, LOCKED[_name]) if _name in LOCKED else _command)
+
+# `cgaps import FORMAT ...`: one sub-command per format (lm-eval, inspect, table)
+app.add_typer(importlib.import_module("cgaps.cli.import_").app, name="import")
 
 
 def main() -> None:

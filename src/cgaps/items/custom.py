@@ -12,18 +12,31 @@ Example (``my_bench.yaml``)::
       question: q               # required: the question text
       answer: a                 # required: the gold answer
       choices: options          # choice types: a list column, or a list of columns
+      choice_labels: labels     # optional: the options' own labels, which the answer names
       aliases: other_answers    # optional: more gold answers (short)
       category: topic           # optional
       id: qid                   # optional: use the table's own ids in item_id
     prompt_template: "Q: {q}\nA:"   # optional; {column} placeholders, plus {options}
 
 For choice types the answer may be a letter ("B"), a 0-based index (1), or the option's
-text; it is stored as the letter.
+text; it is stored as the letter. With ``choice_labels`` the answer is matched against the
+labels instead (AI2 ARC's ``answerKey`` is "C" or "3" for labels A-E or 1-4).
+
+Fields are **paths** into the row (:func:`field_path`), so files load as their authors
+published them: ``question.stem`` (a key of an object), ``question.choices[].text`` (that
+key of every element of a list), ``choices[0]`` (one element). AI2 ARC as published::
+
+    answer_type: choice
+    fields: {question: question.stem, choices: question.choices[].text,
+             choice_labels: question.choices[].label, answer: answerKey, id: id}
+
+A column whose name itself contains a dot is found first by its exact name.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +49,70 @@ from cgaps.items.sources import Record, hub_records, read_table_file
 from cgaps.rundir import read_json_file
 
 SPEC_KEYS = ("name", "path", "hub", "config", "split", "answer_type", "fields", "prompt_template")
-FIELD_KEYS = ("question", "answer", "choices", "aliases", "category", "id")
+FIELD_KEYS = ("question", "answer", "choices", "choice_labels", "aliases", "category", "id")
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+_SEGMENT = re.compile(r"(?P<name>[^.\[\]]+)(?P<index>\[\d*\])?")
+_MISSING = object()
+
+
+def split_path(path: str) -> list[tuple[str, str | None]]:
+    """``question.choices[].text`` -> [("question", None), ("choices", ""), ("text", None)]."""
+    parts = []
+    for seg in path.split("."):
+        m = _SEGMENT.fullmatch(seg)
+        if m is None:
+            raise CGapsError(
+                f"field path {path!r}: segment {seg!r} is not NAME, NAME[] or NAME[N] "
+                "(e.g. question.stem, question.choices[].text, choices[0])"
+            )
+        index = m.group("index")
+        parts.append((m.group("name"), None if index is None else index[1:-1]))
+    return parts
+
+
+def field_path(rec: Record, path: str, *, required: bool = True) -> Any:
+    """The value at ``path`` in a record (see the module docstring); None when absent and not
+    ``required``, else an error naming the record's file and line, the path and what is there.
+
+    Parquet list cells (numpy arrays) count as lists; ``NAME[]`` maps the rest of the path over
+    a list and gives a list.
+    """
+    if path in rec.row:  # a plain column, or one whose name holds a dot
+        value = rec.row[path]
+        if value is None and required:
+            raise rec.fail(path, "is empty")
+        return value
+
+    def walk(value: Any, parts: list[tuple[str, str | None]], done: str) -> Any:
+        if not parts:
+            return value
+        (name, index), rest = parts[0], parts[1:]
+        here = f"{done}.{name}" if done else name
+        if not isinstance(value, dict) or value.get(name) is None:
+            if not required:
+                return _MISSING
+            keys = ", ".join(map(str, value)) if isinstance(value, dict) else type(value).__name__
+            if not done:  # the same words as Record.get for a plain column
+                raise CGapsError(f"{rec.where}: missing field {path!r}; fields present: {keys}")
+            raise rec.fail(path, f"has no {here!r} (there: {keys})")
+        value = value[name]
+        if index is None:
+            return walk(value, rest, here)
+        if not isinstance(value, list | tuple) and hasattr(value, "tolist"):
+            value = value.tolist()
+        if not isinstance(value, list | tuple):
+            raise rec.fail(path, f"expects a list at {here!r}, got {type(value).__name__}")
+        if index == "":
+            return [walk(v, rest, f"{here}[{i}]") for i, v in enumerate(value)]
+        if int(index) >= len(value):
+            if not required:
+                return _MISSING
+            raise rec.fail(path, f"has no element {index} at {here!r} (it has {len(value)})")
+        return walk(value[int(index)], rest, f"{here}[{index}]")
+
+    found = walk(rec.row, split_path(path), "")
+    return None if found is _MISSING else found
 
 
 def is_spec(suite: str) -> bool:
@@ -85,6 +160,16 @@ def read_spec(path: str | Path) -> dict[str, Any]:
         problem = too_many_options(len(fields["choices"]))
         if problem:
             raise CGapsError(f"{path}: fields.choices {problem}")
+    for key, value in fields.items():  # a malformed path is reported before any row is read
+        for one in value if isinstance(value, list) else [value]:
+            if not isinstance(one, str):
+                raise CGapsError(f"{path}: fields.{key} must be a column name or path, got {one!r}")
+            try:
+                split_path(one)
+            except CGapsError as e:
+                raise CGapsError(f"{path}: fields.{key}: {e}") from e
+    if "choice_labels" in fields and "choices" not in fields:
+        raise CGapsError(f"{path}: fields.choice_labels needs fields.choices (the options they label)")
     if ("path" in spec) == ("hub" in spec):
         raise CGapsError(f"{path}: give exactly one of 'path' (a local file) or 'hub' (a hub dataset id)")
     return {
@@ -109,8 +194,8 @@ def _records(spec: dict[str, Any]) -> list[Record]:
 
 def _choices(rec: Record, column: str | list[str]) -> list[str]:
     if isinstance(column, list):  # its length was checked with the spec
-        return [str(rec.get(c)) for c in column]
-    value = rec.get(column)
+        return [str(field_path(rec, c)) for c in column]
+    value = field_path(rec, column)
     if isinstance(value, str):  # a CSV cell holding a JSON list
         try:
             value = json.loads(value)
@@ -126,7 +211,16 @@ def _choices(rec: Record, column: str | list[str]) -> list[str]:
     return [str(v) for v in value]
 
 
-def _letter(rec: Record, column: str, answer: Any, options: list[str]) -> str:
+def _letter(
+    rec: Record, column: str, answer: Any, options: list[str], labels: list[str] | None = None
+) -> str:
+    if labels is not None:  # the answer names an option by its own label
+        if len(labels) != len(options):
+            raise rec.fail(column, f"has {len(labels)} choice labels for {len(options)} options")
+        key = str(answer).strip()
+        if key not in labels:
+            raise rec.fail(column, f"is {answer!r}, which is none of the choice labels {labels!r:.80}")
+        return LETTERS[labels.index(key)]
     if isinstance(answer, int | float) and not isinstance(answer, bool) and float(answer).is_integer():
         index = int(answer)
     elif str(answer).strip().isdigit():
@@ -151,16 +245,19 @@ def load_custom(spec_path: str | Path, chain_of_thought: bool = False) -> tuple[
     template = spec.get("prompt_template")
     items = []
     for i, rec in enumerate(_records(spec)):
-        question = str(rec.get(fields["question"]))
-        answer = rec.get(fields["answer"])
+        question = str(field_path(rec, fields["question"]))
+        answer = field_path(rec, fields["answer"])
         options = _choices(rec, fields["choices"]) if "choices" in fields else None
+        labels = None
+        if "choice_labels" in fields:
+            labels = [str(v).strip() for v in _choices(rec, fields["choice_labels"])]
         meta: dict[str, Any] = {}
         if atype in CHOICE_TYPES:
-            reference = _letter(rec, fields["answer"], answer, options or [])
+            reference = _letter(rec, fields["answer"], answer, options or [], labels)
         else:
             reference = str(answer)
         if "aliases" in fields:
-            aliases = rec.row.get(fields["aliases"]) or []
+            aliases = field_path(rec, fields["aliases"], required=False) or []
             if isinstance(aliases, str):
                 aliases = json.loads(aliases) if aliases.startswith("[") else [aliases]
             meta["answers"] = [reference, *map(str, list(aliases))]
@@ -176,7 +273,7 @@ def load_custom(spec_path: str | Path, chain_of_thought: bool = False) -> tuple[
                 ) from e
         else:
             prompt = prompts.by_answer_type(atype, question, options, chain_of_thought)
-        item_key = str(rec.get(fields["id"])) if "id" in fields else f"{i:05d}"
+        item_key = str(field_path(rec, fields["id"])) if "id" in fields else f"{i:05d}"
         items.append(
             {
                 "item_id": f"{spec['name']}/{item_key}",
@@ -184,7 +281,9 @@ def load_custom(spec_path: str | Path, chain_of_thought: bool = False) -> tuple[
                 "reference": reference,
                 "answer_type": atype,
                 "choices": options,
-                "category": str(rec.row.get(fields["category"], "")) if "category" in fields else "",
+                "category": str(field_path(rec, fields["category"], required=False) or "")
+                if "category" in fields
+                else "",
                 "meta": meta,
             }
         )

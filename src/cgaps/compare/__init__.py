@@ -1,0 +1,130 @@
+"""``cgaps compare RUN_A RUN_B --out DIR``: where does model B beat model A, concept by concept.
+
+Reads two scored-and-extracted run directories (:func:`cgaps.runtables.load_run`), refuses
+pairs that are not comparable (other items, another reader model, another SAE or other
+extraction settings, naming which), computes the paired table of :mod:`cgaps.compare.core`
+and writes ``DIR/compare.parquet`` (the knobs in its schema metadata) and ``DIR/report.html``
+(:mod:`cgaps.compare.page`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cgaps import rundir
+from cgaps.compare.core import COMPARE, COMPARE_REPORT, PairedKnobs, common_scale, paired_table
+from cgaps.config import RunConfig
+from cgaps.console import info
+from cgaps.errors import CGapsError
+from cgaps.runtables import RunTables, load_run
+
+# extraction settings that change the saliency: both runs must share them
+EXTRACTION_KNOBS = ("span", "pool", "skip_special", "max_norm_ratio", "max_length", "layer", "top_k")
+ITEM_TEXT = ("prompt", "messages", "choices")
+
+__all__ = ["COMPARE", "COMPARE_REPORT", "compare_runs", "check_comparable"]
+
+
+def _item_texts(run: RunTables) -> pd.DataFrame:
+    return run.items.set_index("item_id").reindex(columns=list(ITEM_TEXT)).sort_index()
+
+
+def check_comparable(a: RunTables, b: RunTables) -> None:
+    """Raise a one-line error naming the first thing that makes A and B incomparable."""
+    ids_a, ids_b = set(a.items["item_id"]), set(b.items["item_id"])
+    if ids_a != ids_b:
+        only_a, only_b = sorted(ids_a - ids_b), sorted(ids_b - ids_a)
+        example = f"{only_a[0]!r} only in A" if only_a else f"{only_b[0]!r} only in B"
+        raise CGapsError(
+            f"{b.path}: other items than {a.path} ({len(only_a)} only in A, {len(only_b)} only in B, e.g. "
+            f"{example}); compare runs of the same items"
+        )
+    ta, tb = _item_texts(a), _item_texts(b)
+    for col in ITEM_TEXT:
+        differ = ~((ta[col] == tb[col]) | (ta[col].isna() & tb[col].isna()))
+        if differ.any():
+            raise CGapsError(
+                f"{b.path}: item {differ[differ].index[0]!r} has another {col!r} than in {a.path} "
+                f"({int(differ.sum())} items differ); compare runs of the same items"
+            )
+    reader_a, reader_b = a.meta.get("model", {}).get("reader"), b.meta.get("model", {}).get("reader")
+    if reader_a != reader_b:
+        raise CGapsError(
+            f"{b.path}: read by reader model {reader_b!r}, {a.path} by {reader_a!r}; extract both with the "
+            "same --reader (`cgaps extract RUN --reader NAME`)"
+        )
+    sae_a, sae_b = a.meta.get("sae", {}), b.meta.get("sae", {})
+    for key in ("id", "fingerprint", "layer"):
+        if sae_a.get(key) != sae_b.get(key):
+            raise CGapsError(
+                f"{b.path}: SAE {key} {sae_b.get(key)!r}, {a.path} has {sae_a.get(key)!r}; extract both with "
+                "the same --sae"
+            )
+    if a.n_concepts != b.n_concepts:
+        raise CGapsError(
+            f"{b.path}: n_concepts {b.n_concepts}, {a.path} has {a.n_concepts}; the same SAE width is needed"
+        )
+    cfg_a, cfg_b = a.meta.get("config", {}), b.meta.get("config", {})
+    for key in EXTRACTION_KNOBS:
+        if cfg_a.get(key) != cfg_b.get(key):
+            raise CGapsError(
+                f"{b.path}: extracted with {key}={cfg_b.get(key)!r}, {a.path} with {cfg_a.get(key)!r}; "
+                f"extract both with the same settings"
+            )
+
+
+def compare_runs(
+    run_a: str | Path, run_b: str | Path, out: str | Path, overrides: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """Write ``out/compare.parquet`` and ``out/report.html``; return the table.
+
+    ``overrides``: ``presence``, ``min_support``, ``fdr`` (default: run A's run.json config).
+    """
+    from cgaps.compare.page import compare_page
+    from cgaps.scoring.core import build_matrix
+    from cgaps.scoring.stage import concept_scale
+
+    t0 = time.perf_counter()
+    a, b = load_run(run_a), load_run(run_b)
+    check_comparable(a, b)
+    cfg: RunConfig = a.config().replace(**(overrides or {}))
+    items_a = a.items.sort_values("item_id", kind="stable").reset_index(drop=True)
+    items_b = b.items.set_index("item_id").loc[items_a["item_id"]].reset_index()
+    scale, scale_source = concept_scale(a, cfg)
+    if scale is None:  # one scale for both: the larger suite max
+        raw_a = build_matrix(items_a, a.saliency, a.n_concepts)
+        raw_b = build_matrix(items_b, b.saliency, b.n_concepts)
+        scale = common_scale(raw_a.saliency, raw_b.saliency)
+        scale_source = "max of both suites"
+    ma = build_matrix(items_a, a.saliency, a.n_concepts, presence=cfg.presence, scale=scale)
+    mb = build_matrix(items_b, b.saliency, b.n_concepts, presence=cfg.presence, scale=scale)
+    knobs = PairedKnobs(min_support=cfg.min_support, fdr=cfg.fdr)
+    table = paired_table(ma, mb, knobs)
+    record = {
+        "run_a": str(a.path),
+        "run_b": str(b.path),
+        "evaluated_a": a.meta.get("model", {}).get("evaluated"),
+        "evaluated_b": b.meta.get("model", {}).get("evaluated"),
+        "reader": a.meta.get("model", {}).get("reader"),
+        "sae": a.meta.get("sae", {}).get("id"),
+        "presence": cfg.presence,
+        "min_support": cfg.min_support,
+        "fdr": cfg.fdr,
+        "concept_scale": scale_source,
+        "n_items": len(items_a),
+    }
+    out = Path(out)
+    with rundir.writing(out):
+        rundir.write_table(table, out / COMPARE, knobs=record)
+        rundir.write_text(compare_page(table, a, b, record), out / COMPARE_REPORT)
+    calls = table["call"].value_counts()
+    info(
+        f"compared {len(items_a)} items in {time.perf_counter() - t0:.1f} s: "
+        f"{int(calls.get('b_better', 0))} concept x scope rows where B is better, "
+        f"{int(calls.get('a_better', 0))} where A is better -> {out / COMPARE_REPORT}"
+    )
+    return table

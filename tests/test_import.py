@@ -1,0 +1,392 @@
+"""``cgaps import lm-eval``: logs written by lm-evaluation-harness itself, and bad logs.
+
+The slow tests run the real harness offline (``lm_eval`` with ``--log_samples``) on local
+JSONL tasks of each output type with the embedded SmolLM2 saved as safetensors, import what it
+wrote and check the per-item scores against the harness's own per-sample metric values and
+the means of its ``results_*.json``; then extract, score and report on the import. The fast
+tests feed hand-made sample lines of the same layout through every bad-input path and check
+that the run directory is left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cgaps import rundir
+from cgaps.cli.main import app
+from cgaps.errors import CGapsError
+from cgaps.importers import write_imported_run
+from cgaps.importers.lmeval import read_lm_eval
+
+MC_DOCS = [
+    {
+        "id": "q1",
+        "question": "What color is the sky on a clear day?",
+        "choices": ["green", "blue", "red"],
+        "label": 1,
+    },
+    {"id": "q2", "question": "How many legs does a dog have?", "choices": ["four", "two", "six"], "label": 0},
+    {
+        "id": "q3",
+        "question": "Which of these is a fruit?",
+        "choices": ["carrot", "potato", "apple"],
+        "label": 2,
+    },
+    {"id": "q4", "question": "What is frozen water called?", "choices": ["ice", "steam", "sand"], "label": 0},
+    {"id": "q5", "question": "Which animal says moo?", "choices": ["cat", "cow", "duck", "owl"], "label": 1},
+    {"id": "q6", "question": "What do bees make?", "choices": ["honey", "milk", "silk"], "label": 0},
+]
+GEN_DOCS = [
+    {"id": "g1", "question": "What is 2 + 2?", "answer": "4"},
+    {"id": "g2", "question": "What is the capital of France?", "answer": "Paris"},
+    {"id": "g3", "question": "What is 3 + 5?", "answer": "8"},
+    {"id": "g4", "question": "What color is grass?", "answer": "Green"},
+]
+LL_DOCS = [
+    {"text": "The cat sat on the", "next": " mat"},
+    {"text": "One, two, three,", "next": " four"},
+    {"text": "Good morning, how are", "next": " you"},
+]
+
+TASKS = {
+    "tiny_mc": (
+        MC_DOCS,
+        """output_type: multiple_choice
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_choice: "{{choices}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+""",
+    ),
+    "tiny_gen": (
+        GEN_DOCS,
+        """output_type: generate_until
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_target: answer
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 6
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    ignore_case: true
+    ignore_punctuation: true
+    regexes_to_ignore: [" "]
+""",
+    ),
+    "tiny_ll": (
+        LL_DOCS,
+        """output_type: loglikelihood
+doc_to_text: "{{text}}"
+doc_to_target: "{{next}}"
+metric_list:
+  - metric: acc
+  - metric: perplexity
+""",
+    ),
+}
+
+
+def run_lm_eval(folder: Path, model_dir: str, tasks: dict = TASKS) -> Path:
+    """Run lm-evaluation-harness offline on local JSONL tasks; return its --output_path."""
+    task_dir = folder / "tasks"
+    task_dir.mkdir(parents=True)
+    for name, (docs, body) in tasks.items():
+        data = task_dir / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+        (task_dir / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+            f"test_split: test\n{body}"
+        )
+    out = folder / "lm_eval_out"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(folder / "hf_datasets"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cmd = [
+        *(sys.executable, "-m", "lm_eval", "--model", "hf"),
+        *("--model_args", f"pretrained={model_dir},dtype=float32"),
+        *("--tasks", ",".join(tasks), "--include_path", str(task_dir)),
+        *("--output_path", str(out), "--log_samples", "--device", "cpu", "--batch_size", "4"),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def lm_eval_logs(tmp_path_factory):
+    """lm-eval's own --log_samples output for one task of each output type (~40 s on 2 cores)."""
+    from cgaps.models import resolve_model
+
+    model_dir, _ = resolve_model("embedded")
+    return run_lm_eval(tmp_path_factory.mktemp("lmeval"), model_dir)
+
+
+def _harness_samples(out: Path, task: str) -> list[dict]:
+    (path,) = out.rglob(f"samples_{task}_*.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_lm_eval_import_matches_the_harness(lm_eval_logs, tmp_path):
+    run = tmp_path / "run"
+    items = write_imported_run(run, read_lm_eval([lm_eval_logs]), name="logs")
+    (results_path,) = lm_eval_logs.rglob("results_*.json")
+    results = json.loads(results_path.read_text())["results"]
+    assert sorted(items["benchmark"].unique()) == sorted(TASKS)
+    for task, metric in (("tiny_mc", "acc"), ("tiny_gen", "exact_match"), ("tiny_ll", "acc")):
+        samples = _harness_samples(lm_eval_logs, task)
+        mine = items[items["benchmark"] == task].set_index("item_id")
+        assert len(mine) == len(samples) == len(TASKS[task][0])
+        for s in samples:
+            row = mine.loc[f"{task}/{s['doc_id']}"]
+            assert row["score"] == float(s[metric])  # identical, not close
+            assert row["prompt"] == s["arguments"]["gen_args_0"]["arg_0"]
+            assert json.loads(row["meta"])["doc"] == s["doc"]
+        assert mine["score"].mean() == pytest.approx(results[task][f"{metric},none"], abs=1e-12)
+    # multiple choice: the response is the option with the highest log-likelihood
+    for s in _harness_samples(lm_eval_logs, "tiny_mc"):
+        lls = [float(r[0]) for r in s["filtered_resps"]]
+        best = lls.index(max(lls))
+        row = items.set_index("item_id").loc[f"tiny_mc/{s['doc_id']}"]
+        assert row["response"] == MC_DOCS[s["doc_id"]]["choices"][best]
+        assert row["reference"] == MC_DOCS[s["doc_id"]]["choices"][MC_DOCS[s["doc_id"]]["label"]]
+        assert row["score"] == float(best == MC_DOCS[s["doc_id"]]["label"])
+    # generation: the response is the harness's filtered generation, verbatim
+    for s in _harness_samples(lm_eval_logs, "tiny_gen"):
+        assert items.set_index("item_id").loc[f"tiny_gen/{s['doc_id']}", "response"] == s["filtered_resps"][0]
+    meta = rundir.read_run_json(run)
+    assert meta["imported"]["tasks"]["tiny_mc"]["harness_mean"] == results["tiny_mc"]["acc,none"]
+    assert meta["model"]["evaluated"].endswith(Path(resolve_embedded()).name)
+    assert meta["config"]["reader"] == "embedded"
+    # acc_norm chooses by log-likelihood per character, as the harness does
+    norm = write_imported_run(
+        tmp_path / "norm", read_lm_eval([lm_eval_logs], metric="tiny_mc=acc_norm"), name="logs"
+    )
+    mc = norm[norm["benchmark"] == "tiny_mc"]
+    assert mc["score"].mean() == pytest.approx(results["tiny_mc"]["acc_norm,none"], abs=1e-12)
+    for s in _harness_samples(lm_eval_logs, "tiny_mc"):
+        choices = MC_DOCS[s["doc_id"]]["choices"]
+        per_char = [float(r[0]) / len(" " + c) for r, c in zip(s["filtered_resps"], choices, strict=True)]
+        assert (
+            mc.set_index("item_id").loc[f"tiny_mc/{s['doc_id']}", "response"]
+            == choices[per_char.index(max(per_char))]
+        )
+
+
+def resolve_embedded() -> str:
+    from cgaps.models import resolve_model
+
+    return resolve_model("embedded")[0]
+
+
+@pytest.mark.slow
+def test_lm_eval_import_then_extract_score_report(lm_eval_logs, tmp_path, smollm):
+    from cgaps.config import config_from_run
+    from cgaps.extract.stage import extract_run
+    from cgaps.report import build_report
+    from cgaps.scoring import score_run
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["import", "lm-eval", str(lm_eval_logs), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    cfg = config_from_run(rundir.read_run_json(run), run)
+    sal = extract_run(run, cfg, backend=smollm)
+    assert set(sal["item_id"]) == set(pd.read_parquet(run / rundir.ITEMS)["item_id"])
+    concepts, _ = score_run(run)
+    assert set(concepts["scope"]) == {*TASKS, rundir.ALL_SCOPE}
+    html = build_report(run)
+    assert (run / rundir.REPORT).exists() and "tiny_mc" in html
+    meta = rundir.read_run_json(run)
+    # the reader is recorded beside the evaluated model
+    assert meta["model"]["reader"] == smollm.name
+    assert "evaluated" in meta["model"]
+
+
+# ---------------------------------------------------------------- bad logs (hand-made lines)
+
+
+def mc_line(doc_id: int, acc: float = 1.0, **extra) -> dict:
+    """One multiple-choice sample line in lm-eval 0.4's layout (as written by the slow test's run)."""
+    line = {
+        "doc_id": doc_id,
+        "doc": {"question": f"q{doc_id}", "choices": ["a", "b"], "label": 0},
+        "target": "0",
+        "arguments": {
+            "gen_args_0": {"arg_0": f"Question: q{doc_id}\nAnswer:", "arg_1": " a"},
+            "gen_args_1": {"arg_0": f"Question: q{doc_id}\nAnswer:", "arg_1": " bb"},
+        },
+        "resps": [[["-1.0", "False"]], [["-2.0", "False"]]],
+        "filtered_resps": [["-1.0", "False"], ["-1.5", "False"]],
+        "filter": "none",
+        "metrics": ["acc", "acc_norm"],
+        "doc_hash": "x",
+        "prompt_hash": "y",
+        "target_hash": "z",
+        "acc": acc,
+        "acc_norm": 0.0,
+    }
+    line.update(extra)
+    return line
+
+
+def gen_line(doc_id: int, em: float = 0.0, filt: str = "none", resp: str = " 4") -> dict:
+    return {
+        "doc_id": doc_id,
+        "doc": {"question": "2+2?"},
+        "target": "4",
+        "arguments": {"gen_args_0": {"arg_0": "Q: 2+2?\nA:", "arg_1": {"until": ["\n"], "max_gen_toks": 8}}},
+        "resps": [[resp]],
+        "filtered_resps": [resp],
+        "filter": filt,
+        "metrics": ["exact_match"],
+        "exact_match": em,
+    }
+
+
+def write_log(folder: Path, task: str, lines: list, stamp: str = "2026-01-01T00-00-00.000001") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"samples_{task}_{stamp}.jsonl"
+    path.write_text("".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines))
+    return path
+
+
+def test_hand_made_log_imports(tmp_path):
+    path = write_log(tmp_path / "logs", "mc", [mc_line(0, 1.0), mc_line(1, 0.0)])
+    items = write_imported_run(tmp_path / "run", read_lm_eval([path]), name="x")
+    assert items["score"].tolist() == [1.0, 0.0]
+    assert items["response"].tolist() == ["a", "a"]  # -1.0 > -1.5
+    assert items["reference"].tolist() == ["a", "a"]
+    # acc_norm: per character -1.0/2 = -0.5 vs -1.5/3 = -0.5 -> tie goes to the first; make b win
+    lines = [mc_line(0, filtered_resps=[["-1.0", "False"], ["-1.2", "False"]])]
+    path2 = write_log(tmp_path / "logs2", "mc", lines)
+    norm = read_lm_eval([path2], metric="acc_norm")
+    assert norm.rows[0]["response"] == "bb" and norm.rows[0]["score"] == 0.0
+
+
+def test_filters_pick_one_line_per_doc(tmp_path):
+    lines = [
+        gen_line(0, 0.0, "strict"),
+        gen_line(0, 1.0, "flex", "4"),
+        gen_line(1, 1.0, "strict"),
+        gen_line(1, 0.0, "flex"),
+    ]
+    path = write_log(tmp_path, "gsm", lines)
+    assert [r["score"] for r in read_lm_eval([path]).rows] == [0.0, 1.0]  # default: the first filter
+    flex = read_lm_eval([path], filt="flex")
+    assert [r["score"] for r in flex.rows] == [1.0, 0.0]
+    assert flex.rows[0]["response"] == "4"
+    with pytest.raises(CGapsError, match=r"no sample has filter 'flx'. Did you mean 'flex'"):
+        read_lm_eval([path], filt="flx")
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([mc_line(0), mc_line(1, bogus=1)], r"samples_t_.*\.jsonl:2: unknown field 'bogus'"),
+        (
+            [mc_line(0), gen_line(1)],
+            r":2: field 'metrics' is \['exact_match'\] \(generate_until\) but the file began",
+        ),
+        ([mc_line(0), {k: v for k, v in mc_line(1).items() if k != "acc"}], r":2: field 'acc' is missing"),
+        ([mc_line(0), mc_line(1, acc=float("nan"))], r":2: field 'acc' is NaN"),
+        ([mc_line(0), mc_line(1, acc=2.0)], r":2: field 'acc' is 2.0, outside \[0, 1\]"),
+        ([mc_line(0), mc_line(0)], r":2: field 'doc_id' 0 appears twice for filter 'none' \(first at .*:1\)"),
+        ([mc_line(0), json.dumps(mc_line(1))[:80]], r":2: invalid JSON"),
+        ([mc_line(0), mc_line(1, acc=[1, 2])], r":2: field 'acc' is list .*not a per-item score"),
+        ([{k: v for k, v in mc_line(0).items() if k != "arguments"}], r":1: field 'arguments' is missing"),
+        (
+            [
+                {
+                    **{k: v for k, v in mc_line(0).items() if k not in ("acc", "acc_norm")},
+                    "arguments": {"gen_args_0": {"arg_0": "some text"}},
+                    "metrics": ["word_perplexity"],
+                    "word_perplexity": [-3.2, 2],
+                }
+            ],
+            r":1: field 'arguments' has a context and no continuation \(loglikelihood_rolling",
+        ),
+    ],
+    ids=[
+        "unknown",
+        "mixed",
+        "missing",
+        "nan",
+        "range",
+        "dup",
+        "truncated",
+        "not-score",
+        "no-args",
+        "rolling",
+    ],
+)
+def test_bad_logs_one_line_error_nothing_written(tmp_path, lines, message):
+    path = write_log(tmp_path / "logs", "t", lines)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["import", "lm-eval", str(path), "--out", str(run)])
+    assert isinstance(result.exception, CGapsError)
+    msg = str(result.exception)
+    assert "\n" not in msg
+    assert str(path) in msg
+    assert re.search(message, msg), msg
+    assert not (run / rundir.ITEMS).exists() and not (run / rundir.RUN_JSON).exists()
+
+
+def test_unknown_metric_and_two_runs_of_one_task(tmp_path):
+    path = write_log(tmp_path / "a", "t", [mc_line(0)])
+    with pytest.raises(
+        CGapsError, match=r"task 't' has no metric 'ac'. Did you mean 'acc'\? Its metrics: acc, acc_norm"
+    ):
+        read_lm_eval([path], metric="ac")
+    other = write_log(tmp_path / "a", "t", [mc_line(0)], stamp="2026-02-02T00-00-00.000001")
+    with pytest.raises(CGapsError, match=r"task 't' is also logged in .* \(another run\)"):
+        read_lm_eval([tmp_path / "a"])
+    assert other.exists()
+    stray = tmp_path / "a" / "x.jsonl"
+    stray.write_text("{}\n")
+    with pytest.raises(CGapsError, match=r"x.jsonl: not an lm-eval samples file"):
+        read_lm_eval([stray])
+
+
+def test_existing_run_is_kept_without_force(tmp_path):
+    path = write_log(tmp_path / "logs", "t", [mc_line(0, 1.0)])
+    run = tmp_path / "run"
+    write_imported_run(run, read_lm_eval([path]), name="x")
+    before = (run / rundir.ITEMS).read_bytes()
+    path2 = write_log(tmp_path / "logs2", "t", [mc_line(0, 0.0)])
+    with pytest.raises(CGapsError, match=r"already holds a run .*pass --force"):
+        write_imported_run(run, read_lm_eval([path2]), name="x")
+    assert (run / rundir.ITEMS).read_bytes() == before
+    items = write_imported_run(run, read_lm_eval([path2]), name="x", force=True)
+    assert items["score"].tolist() == [0.0]
+
+
+def test_results_file_mean_is_recorded(tmp_path):
+    stamp = "2026-01-01T00-00-00.000001"
+    path = write_log(tmp_path, "t", [mc_line(0, 1.0), mc_line(1, 0.0)], stamp)
+    (tmp_path / f"results_{stamp}.json").write_text(
+        json.dumps(
+            {"results": {"t": {"acc,none": 0.5}}, "model_name": "org/big-model", "lm_eval_version": "0.4.13"}
+        )
+    )
+    imported = read_lm_eval([tmp_path])
+    assert imported.evaluated == "org/big-model"
+    assert imported.source["tasks"]["t"]["harness_mean"] == 0.5
+    assert imported.source["tasks"]["t"]["mean"] == 0.5
+    assert path.exists()
