@@ -3,6 +3,7 @@ tables that carry the knobs that made them."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -582,3 +583,128 @@ def test_progress_lines_when_stderr_is_not_a_terminal(monkeypatch, capsys):
         time.sleep(0.1)
         advance(2)
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- what was really loaded
+
+
+def _write_gguf(path, file_type):
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_file_type(file_type)
+    writer.add_tensor("a.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.add_tensor("b.weight", np.ones(8, dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_source_names_file_quantisation_and_dequantisation(tmp_path, monkeypatch):
+    import gguf
+
+    from cgaps.models import loading
+
+    monkeypatch.setenv("CGAPS_CACHE", str(tmp_path / "cache"))
+    path = _write_gguf(tmp_path / "m.Q4_1.gguf", gguf.LlamaFileType.MOSTLY_Q4_1)
+    record = loading.gguf_source(path)
+    assert record == {
+        "file": "m.Q4_1.gguf",
+        "bytes": path.stat().st_size,
+        "dequantised_to": "float32",
+        "quantisation": "Q4_1",
+        "tensor_types": {"F32": 1, "F16": 1},
+    }
+    # kept beside the converted folder, so later loads do not read the GGUF again
+    folder = loading._gguf_cache_folder(path)
+    folder.mkdir(parents=True)
+    loading.gguf_source(path)
+    assert json.loads((folder / loading.GGUF_SOURCE).read_text()) == record
+    full = loading.describe_load(str(path), str(folder), "m.Q4_1", "torch.float32", "cpu")
+    assert full == {
+        "argument": str(path),
+        "id": "m.Q4_1",
+        "gguf": record,
+        "dtype": "float32",
+        "device": "cpu",
+    }
+
+
+def test_a_loaded_backend_says_what_it_loaded(tmp_path):
+    from cgaps.models import load_backend
+    from cgaps.models.loading import loaded_record
+    from helpers import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "tiny")
+    backend = load_backend(str(folder), device="cpu", dtype="float32")
+    want = {
+        "argument": str(folder),
+        "id": "tiny",
+        "path": str(folder.resolve()),
+        "dtype": "float32",
+        "device": "cpu",
+    }
+    assert backend.loaded == want
+    assert loaded_record(backend, "reader") == {"reader": "tiny", "reader_loaded": want}
+    assert loaded_record(object.__new__(type("Bare", (), {"name": "x"})), "evaluated") == {"evaluated": "x"}
+
+
+# ---------------------------------------------------------------- prompts past the context
+
+
+@pytest.fixture
+def short_context():
+    from cgaps.models.hf import HFBackend
+    from helpers import embedded_tokenizer, tiny_causal_lm
+
+    return HFBackend(tiny_causal_lm(max_positions=64), embedded_tokenizer(), "tiny", "cpu")
+
+
+def test_long_prompts_are_cut_from_the_left_and_counted(short_context):
+    import torch
+
+    b = short_context
+    long = [{"role": "user", "content": "word " * 100}]
+    short = [{"role": "user", "content": "hi"}]
+    out = b.generate([long, short], 8, 2)
+    assert b.prompts_truncated == 1
+    # the reference: greedy generation from the prompt's last 64 - 8 tokens, by hand
+    from cgaps.models import format_chat
+
+    ids = b.tokenizer(format_chat(b.tokenizer, long).text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 64
+    gen = b.model.generate(
+        torch.tensor([ids[-56:]]), max_new_tokens=8, do_sample=False, pad_token_id=b.tokenizer.pad_token_id
+    )
+    assert out[0] == b.tokenizer.decode(gen[0, 56:], skip_special_tokens=True).strip()
+    # log-likelihood: one prompt counted once, whatever its number of options
+    b.loglikelihood([(long, "yes"), (long, "no"), (short, "yes")], 2)
+    assert b.prompts_truncated == 2
+
+
+def test_long_prompts_refused_on_request(short_context):
+    b = short_context
+    b.context_overflow = "refuse"
+    long = [{"role": "user", "content": "word " * 100}]
+    with pytest.raises(
+        CGapsError,
+        match=r"a prompt of \d+ tokens \('word word.*context of 64 tokens with 8 more.*context_overflow",
+    ) as e:
+        b.generate([long], 8, 1)
+    assert "\n" not in str(e.value) and b.prompts_truncated == 0
+    with pytest.raises(CGapsError, match="context_overflow"):
+        RunConfig(context_overflow="cut")
+
+
+def test_extraction_counts_what_max_length_cut():
+    from cgaps.extract.stage import encode_items
+    from helpers import embedded_tokenizer
+
+    items = ITEMS.assign(prompt=["a " * 200, "2+2?", "3+3?"])
+    encoded = encode_items(items, embedded_tokenizer(), RunConfig(max_length=64, span="prompt"))
+    full = encode_items(items, embedded_tokenizer(), RunConfig(max_length=100_000, span="prompt"))
+    assert [len(e.input_ids) for e in encoded] == [64, len(full[1].input_ids), len(full[2].input_ids)]
+    assert [e.cut for e in encoded] == [len(full[0].input_ids) - 64, 0, 0]

@@ -29,6 +29,7 @@ EMBEDDED = "embedded"
 SPANS = ("prompt", "response", "both")
 POOLS = ("max", "mean", "sum")
 MC_SCORING = ("generate", "loglik")
+CONTEXT_OVERFLOW = ("truncate", "refuse")
 MC_FIRST_PASS = 1000  # Monte Carlo resamples every small-count concept gets (cgaps.scoring.core)
 # The fields the scoring stage reads (``cgaps score`` takes each as an option; written back to run.json)
 SCORING_KNOBS = (
@@ -99,6 +100,11 @@ class RunConfig:
     chain_of_thought: bool = documented(
         False, "Ask for step-by-step reasoning on GSM8K and MATH before the final answer."
     )
+    context_overflow: str = documented(
+        "truncate",
+        "A prompt longer than the evaluated model's context (less the new-token budget): 'truncate' "
+        "keeps its last tokens (counted in run.json counts.prompts_truncated), 'refuse' stops with an error.",
+    )
     # --- reader, SAE and pooling (docs/method.md §2)
     reader: str | None = documented(
         None, "Model whose residual stream is encoded (default: the evaluated model)."
@@ -156,7 +162,12 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
-        for name, choices in (("span", SPANS), ("pool", POOLS), ("mc_scoring", MC_SCORING)):
+        for name, choices in (
+            ("span", SPANS),
+            ("pool", POOLS),
+            ("mc_scoring", MC_SCORING),
+            ("context_overflow", CONTEXT_OVERFLOW),
+        ):
             value = getattr(self, name)
             if value not in choices:
                 raise CGapsError(

@@ -235,7 +235,11 @@ class RunJson(TypedDict, total=False):
     """The resolved :class:`~cgaps.config.RunConfig` fields; ``items`` writes the item fields,
     ``score`` the scoring knobs it used, ``extract`` the layer it resolved."""
     model: dict[str, Any]
-    """Model names as loaded: ``evaluated`` (by ``evaluate``) and ``reader`` (by ``extract``)."""
+    """Model names as loaded: ``evaluated`` (by ``evaluate``) and ``reader`` (by ``extract``), and
+    beside each (``evaluated_loaded``, ``reader_loaded``) what was really loaded
+    (:func:`cgaps.models.loading.describe_load`): the argument, the GGUF file with its
+    quantisation and the dtype it was de-quantised to (or the folder, or the hub revision), and
+    the dtype and device the model ran in."""
     sae: dict[str, Any]
     """The SAE ``extract`` used: ``id``, ``fingerprint`` (of its weights), ``width``, ``layer``, ``hook_name``."""
     counts: dict[str, Any]

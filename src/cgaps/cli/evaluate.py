@@ -9,7 +9,16 @@ from cgaps.cli._common import RunDirArg, options_from, run_config
 from cgaps.config import RunConfig
 
 
-@options_from(RunConfig, "model", "max_new_tokens", "batch_size", "mc_scoring", "device", over="run.json")
+@options_from(
+    RunConfig,
+    "model",
+    "max_new_tokens",
+    "batch_size",
+    "mc_scoring",
+    "context_overflow",
+    "device",
+    over="run.json",
+)
 def evaluate(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
     """Generate responses (batched, greedy, chat template) and grade them."""
     from cgaps.console import result

@@ -86,7 +86,8 @@ def evaluate_run(run_dir: str | Path, cfg: RunConfig, generator: Generator | Non
 
 def _evaluate_run(run_dir: Path, cfg: RunConfig, generator: Generator | None) -> pd.DataFrame:
     from cgaps.evaluate.evaluator import OwnEvaluator, check_options
-    from cgaps.models import load_backend
+    from cgaps.models import HFBackend, load_backend
+    from cgaps.models.loading import loaded_record
 
     items = items_to_score(run_dir)  # a bad table is reported before the model loads
     check_options(items, cfg)
@@ -94,6 +95,8 @@ def _evaluate_run(run_dir: Path, cfg: RunConfig, generator: Generator | None) ->
     if generator is None:
         info(f"loading model {cfg.model}")
         generator = load_backend(cfg.model, cfg.device, cfg.dtype)
+    if isinstance(generator, HFBackend):  # prompts past its context: docs/method.md §6 counts
+        generator.context_overflow, generator.prompts_truncated = cfg.context_overflow, 0
     source = OwnEvaluator(generator, cfg, run_dir / rundir.RESPONSES_PARTIAL)
     items = record_scores(run_dir, source, items)
     source.discard_partial()  # only now: items.parquet holds every response
@@ -102,8 +105,11 @@ def _evaluate_run(run_dir: Path, cfg: RunConfig, generator: Generator | None) ->
         run_dir,
         inputs={"evaluate": rundir.stage_record(items, "evaluate")},
         config=cfg.to_dict(),
-        model={"evaluated": generator.name},
-        counts={"scored_items": int(len(items))},
+        model=loaded_record(generator, "evaluated"),  # what was really loaded, not only its name
+        counts={
+            "scored_items": int(len(items)),
+            "prompts_truncated": int(getattr(generator, "prompts_truncated", 0)),
+        },
         accuracy={b: {"n": int(r["count"]), "mean": float(r["mean"])} for b, r in acc.iterrows()},
         timings={"evaluate_s": round(time.perf_counter() - t0, 2)},
     )

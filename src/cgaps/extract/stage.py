@@ -77,6 +77,7 @@ class Encoded:
     input_ids: list[int]
     offsets: list[tuple[int, int]]
     mask: np.ndarray  # bool per token
+    cut: int = 0  # tokens dropped by max_length
 
 
 def encode_items(items: pd.DataFrame, tokenizer: Any, cfg: RunConfig) -> list[Encoded]:
@@ -93,7 +94,9 @@ def encode_items(items: pd.DataFrame, tokenizer: Any, cfg: RunConfig) -> list[En
         tokens = tokenize_content(tokenizer, fmt.text, spans, cfg.max_length)
         # without skip_special every token counts, the scaffold included
         mask = tokens.content if cfg.skip_special else np.ones(len(tokens.input_ids), dtype=bool)
-        out.append(Encoded(str(item["item_id"]), fmt.text, tokens.input_ids, tokens.offsets, mask))
+        out.append(
+            Encoded(str(item["item_id"]), fmt.text, tokens.input_ids, tokens.offsets, mask, tokens.cut)
+        )
     return out
 
 
@@ -303,6 +306,7 @@ def _extract_run(
 ) -> pd.DataFrame:
 
     from cgaps.models import load_backend
+    from cgaps.models.loading import loaded_record
     from cgaps.sae import load_sae
 
     t0 = time.perf_counter()
@@ -406,7 +410,7 @@ def _extract_run(
         },
         n_concepts=int(width),
         config={**cfg.to_dict(), "layer": layer},
-        model={"reader": backend.name},
+        model=loaded_record(backend, "reader"),  # what was really loaded, not only its name
         sae={
             "id": loaded.sae_id,
             "fingerprint": loaded.fingerprint,
@@ -417,6 +421,8 @@ def _extract_run(
         counts={
             "saliency_rows": int(len(saliency)),
             "items_without_tokens": len(empty),
+            "items_truncated": sum(e.cut > 0 for e in encoded),  # cut at max_length
+            "tokens_truncated": sum(e.cut for e in encoded),
             "mean_concepts_per_item": float(firing.mean()) if len(firing) else 0.0,
             "concepts_firing": int(saliency["concept"].nunique()),
             **{k: int(v) for k, v in stats.items()},

@@ -124,6 +124,8 @@ class ChatTokens:
     offsets: list[Span]
     content: np.ndarray
     """bool per token: :func:`content_mask` of the chosen spans."""
+    cut: int = 0
+    """Tokens dropped at the end by ``max_length`` (extraction counts the items with any)."""
 
 
 def tokenize_content(
@@ -136,4 +138,5 @@ def tokenize_content(
     offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"][: len(ids)]]
     special_ids = set(tokenizer.all_special_ids)
     special = np.array([i in special_ids for i in ids], dtype=bool)
-    return ChatTokens(ids, offsets, content_mask(offsets, spans, special))
+    cut = len(enc["input_ids"]) - len(ids)
+    return ChatTokens(ids, offsets, content_mask(offsets, spans, special), cut)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from cgaps.errors import CGapsError
 from cgaps.models.batching import length_batches, pad_batch
 from cgaps.models.chat import format_chat
-from cgaps.models.loading import pick_device, pick_dtype, resolve_model
+from cgaps.models.loading import describe_load, pick_device, pick_dtype, resolve_model
 from cgaps.seams import Messages, Progress
 
 if TYPE_CHECKING:
@@ -34,6 +34,10 @@ class HFBackend:
         self.tokenizer = tokenizer
         self.name = name
         self.device = device
+        self.loaded: dict[str, Any] | None = None  # what was really loaded (run.json), set by load()
+        # prompts longer than the context: "truncate" (from the left, counted) or "refuse"
+        self.context_overflow = "truncate"
+        self.prompts_truncated = 0
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.n_layers = int(cfg.num_hidden_layers)
         self.hidden_size = int(cfg.hidden_size)
@@ -52,7 +56,32 @@ class HFBackend:
         except OSError as e:
             raise CGapsError(f"could not load model {name!r}: {e}") from e
         model.to(device).eval()  # type: ignore[arg-type]
-        return cls(model, tok, display, device)
+        backend = cls(model, tok, display, device)
+        backend.loaded = describe_load(name, path, display, backend.dtype, device)
+        return backend
+
+    @property
+    def context_length(self) -> int:
+        """The most tokens the model attends to (its position embeddings)."""
+        cfg = self.model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        return int(getattr(cfg, "max_position_embeddings", None) or 2048)
+
+    def _fit_context(self, ids: list[int], room: int, msgs: Messages) -> list[int]:
+        """``ids`` cut from the left to leave ``room`` tokens of the context free, counted in
+        :attr:`prompts_truncated`; with ``context_overflow`` "refuse", an error instead."""
+        limit = self.context_length - room
+        if len(ids) <= limit:
+            return ids
+        if self.context_overflow == "refuse" or limit < 1:
+            start = " ".join(str(msgs[-1].get("content", "")).split())[:60] if msgs else ""
+            raise CGapsError(
+                f"a prompt of {len(ids)} tokens ({start!r}...) does not fit model {self.name}'s context of "
+                f"{self.context_length} tokens with {room} more; shorten it, or set context_overflow: "
+                "truncate to keep its last tokens"
+            )
+        self.prompts_truncated += 1
+        return ids[len(ids) - limit :]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -176,17 +205,19 @@ class HFBackend:
         out: list[str] = [""] * len(texts)
         tok = self.tokenizer
         for idx in length_batches([len(t) for t in texts], batch_size):
+            max_new = max(budgets[i] for i in idx)
+            # prompts past the context are cut from the left (or refused) before any is generated
+            rows = [
+                self._fit_context(
+                    tok(texts[i], add_special_tokens=False)["input_ids"], max_new, conversations[i]
+                )
+                for i in idx
+            ]
             # left padding for generation only; the shared tokenizer keeps its own setting
-            enc = tok(
-                [texts[i] for i in idx],
-                return_tensors="pt",
-                padding=True,
-                padding_side="left",
-                add_special_tokens=False,
-            )
+            enc = tok.pad({"input_ids": rows}, return_tensors="pt", padding=True, padding_side="left")
             gen = self.model.generate(
                 **{k: v.to(self.device) for k, v in enc.items()},
-                max_new_tokens=max(budgets[i] for i in idx),
+                max_new_tokens=max_new,
                 do_sample=False,
                 pad_token_id=tok.pad_token_id,
             )
@@ -204,13 +235,20 @@ class HFBackend:
         import torch
 
         tok = self.tokenizer
-        pairs = []
-        for msgs, cont in requests:
-            ctx = tok(format_chat(tok, msgs).text, add_special_tokens=False)["input_ids"]
-            cid = tok(cont, add_special_tokens=False)["input_ids"]
-            if not cid:
-                raise CGapsError("log-likelihood request with an empty continuation")
-            pairs.append((ctx, cid))
+        texts = [format_chat(tok, msgs).text for msgs, _ in requests]
+        conts = [tok(cont, add_special_tokens=False)["input_ids"] for _, cont in requests]
+        if any(not cid for cid in conts):
+            raise CGapsError("log-likelihood request with an empty continuation")
+        room: dict[str, int] = {}  # per prompt, its longest continuation
+        for text, cid in zip(texts, conts, strict=True):
+            room[text] = max(room.get(text, 0), len(cid))
+        contexts: dict[str, list[int]] = {}  # each prompt once (and counted once), whatever its options
+        for text, (msgs, _) in zip(texts, requests, strict=True):
+            if text not in contexts:
+                contexts[text] = self._fit_context(
+                    tok(text, add_special_tokens=False)["input_ids"], room[text], msgs
+                )
+        pairs = [(contexts[text], cid) for text, cid in zip(texts, conts, strict=True)]
         out = [0.0] * len(pairs)
         lengths = [len(ctx) + len(cid) for ctx, cid in pairs]
         for idx in length_batches(lengths, batch_size, longest_first=True):

@@ -2,6 +2,9 @@
 
 GGUF files are de-quantised once into a safetensors folder under the cache directory
 (``$CGAPS_CACHE``, default ``~/.cache/cgaps``): the first load takes ~20-30 s, later ones ~1 s.
+What was really loaded (the GGUF file, its quantisation, the dtype it was de-quantised to and
+the dtype and device it runs in, not only the hub id it came from) is described by
+:func:`loaded_record` for ``run.json``'s ``model`` section.
 The conversion is announced through :mod:`logging` (the CLI routes it to the console), since a
 first run that sits silent for half a minute looks hung.
 
@@ -13,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cgaps.config import EMBEDDED
 from cgaps.errors import CGapsError
@@ -140,3 +145,94 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype not in DTYPES:
         raise CGapsError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(DTYPES)}")
     return torch_dtype(dtype)
+
+
+# Beside a converted GGUF: what the GGUF held (read once; reading its metadata takes seconds).
+GGUF_SOURCE = "cgaps_gguf_source.json"
+
+
+def gguf_source(gguf: Path) -> dict[str, Any]:
+    """The GGUF file behind a converted model: its name, size, quantisation (the file type of its
+    metadata, and how many tensors of each type it holds) and what it was de-quantised to."""
+    folder = _gguf_cache_folder(gguf)
+    cached = folder / GGUF_SOURCE
+    if cached.exists():
+        try:
+            found = json.loads(cached.read_text(encoding="utf-8"))
+            if isinstance(found, dict):
+                return found
+        except (OSError, ValueError):
+            pass
+    record: dict[str, Any] = {"file": gguf.name, "bytes": gguf.stat().st_size, "dequantised_to": "float32"}
+    try:
+        import gguf as gguf_lib
+
+        reader = gguf_lib.GGUFReader(gguf)
+        field = reader.fields.get("general.file_type")
+        if field is not None:
+            code = int(field.parts[field.data[0]][0])
+            try:
+                record["quantisation"] = gguf_lib.LlamaFileType(code).name.removeprefix("MOSTLY_")
+            except ValueError:
+                record["quantisation"] = f"file type {code}"
+        record["tensor_types"] = dict(Counter(t.tensor_type.name for t in reader.tensors).most_common())
+    except Exception as e:  # the metadata is a record, not a requirement: say why it is missing
+        record["quantisation"] = f"unknown ({type(e).__name__})"
+    if folder.is_dir():
+        from cgaps.rundir import write_json
+
+        write_json(record, cached)
+    return record
+
+
+def loaded_record(backend: Any, role: str) -> dict[str, Any]:
+    """``run.json`` ``model`` entries for a backend in ``role`` (``evaluated`` / ``reader``): its
+    display name, and under ``{role}_loaded`` what was really loaded (:attr:`loaded`, set by the
+    loader; absent for backends that do not say)."""
+    record: dict[str, Any] = {role: backend.name}
+    loaded = getattr(backend, "loaded", None)
+    if isinstance(loaded, dict):
+        record[f"{role}_loaded"] = loaded
+    return record
+
+
+def describe_load(name: str, path: str, display: str, dtype: Any, device: str) -> dict[str, Any]:
+    """What :func:`resolve_model` resolved ``name`` to, as loaded in ``dtype`` on ``device``."""
+    record: dict[str, Any] = {"argument": name, "id": display}
+    source = Path(name)
+    if name == EMBEDDED:
+        gguf = embedded_gguf()
+        record |= {"package": f"{EMBEDDED_PACKAGE.replace('_', '-')} {_version(EMBEDDED_PACKAGE)}"}
+        record |= {"gguf": gguf_source(gguf)}
+    elif source.suffix == ".gguf":
+        record |= {"gguf": gguf_source(source)}
+    elif source.exists():
+        record["path"] = str(source.resolve())
+    else:
+        record["revision"] = _hub_revision(path)
+    record |= {"dtype": str(dtype).removeprefix("torch."), "device": device}
+    return record
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package.replace("_", "-"))
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    """The commit of a hub model in the local hub cache (None when it cannot be told offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # a malformed id or cache: the record just lacks the revision
+        return None
+    if isinstance(found, str):
+        parts = Path(found).parts
+        if "snapshots" in parts:
+            return parts[parts.index("snapshots") + 1]
+    return None
