@@ -101,6 +101,7 @@ COMMANDS = [
     ("robustness", "robustness", "robustness"),
     ("validate", "validate", "validate"),
     ("report", "report", "report"),
+    ("serve", "serve", "serve"),
     ("train-sae", "train_sae", "train_sae"),
     ("compare", "compare", "compare"),
     ("status", "status", "status"),

@@ -1,0 +1,200 @@
+"""The explorer's web app: a JSON API over :class:`~cgaps.serve.store.Store` and one static page.
+
+Design:
+
+- **One page, many URLs.** ``/``, ``/concepts``, ``/concept/{n}``, ``/benchmarks``, ``/themes`` and
+  ``/compare`` all answer the same ``index.html``; its script (``static/app.js``) reads the URL
+  and draws the view, and moves between views with ``history.pushState``, so every view has a
+  URL that can be bookmarked or shared and the browser's back and forward buttons work.
+- **Assets from a fixed list.** The page's files are the names in :data:`ASSETS`, read from
+  the package; a request for anything else is a 404. No path from a request ever reaches the
+  file system, so ``..``, ``%2e%2e``, absolute paths and symlinks lead nowhere.
+- **Read-only and text-only.** Only GET (and HEAD) routes exist. Every response carries a
+  Content-Security-Policy that allows the page's own script and nothing inline, so even text that
+  slipped into the page as markup could not run; the script itself only ever sets
+  ``textContent`` with data.
+- **400 with a message.** Query parameters are checked here (types, ranges, choices) and by the
+  store (runs, scopes, sort columns); a bad one is ``{"error": "..."}`` with status 400, never
+  a traceback. An unexpected failure is a 500 with a one-line message; the traceback goes to the
+  server's log only.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cgaps import rundir
+from cgaps.serve.store import GAPS, SORTS, STATUSES, BadRequest, Store
+
+log = logging.getLogger(__name__)
+
+# name -> media type: the only files the app serves besides the API
+ASSETS = {
+    "app.js": "text/javascript; charset=utf-8",
+    "charts.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+PAGES = ("/", "/concepts", "/benchmarks", "/themes", "/compare")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+MAX_PAGE = 10_000_000
+MAX_PER_PAGE = 500
+MAX_QUERY = 200
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("cgaps.serve").joinpath("static", name).read_bytes()
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> str:
+    if value and value not in choices:
+        raise BadRequest(f"{name} must be one of {', '.join(choices)} (or empty), got {value!r}")
+    return value
+
+
+def create_app(store: Store) -> FastAPI:
+    """The FastAPI app serving ``store``'s runs."""
+    app = FastAPI(title="Competency Gaps explorer", docs_url=None, redoc_url=None, openapi_url=None)
+    assets = {name: _asset(name) for name in ASSETS}
+    index = _asset("index.html")
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "path"))
+            parts.append(
+                f"{where}: {e.get('msg', 'invalid')}" + (f" (got {e['input']!r})" if "input" in e else "")
+            )
+        return JSONResponse({"error": "; ".join(parts) or "invalid request"}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {404: "not found", 405: "the explorer is read-only: only GET requests"}.get(
+            exc.status_code, str(exc.detail)
+        )
+        return JSONResponse({"error": message}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def failure(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request %s failed", request.url.path)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    def page() -> Response:
+        return Response(index, media_type="text/html; charset=utf-8")
+
+    for path in PAGES:
+        app.get(path, include_in_schema=False)(page)
+
+    @app.get("/concept/{concept}", include_in_schema=False)
+    def concept_page(concept: int) -> Response:
+        return page()
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in assets:
+            raise StarletteHTTPException(404)
+        return Response(assets[name], media_type=ASSETS[name], headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/api/runs")
+    def runs() -> dict[str, Any]:
+        return {"runs": [r.summary() for r in store.runs], "sorts": list(SORTS), "all": rundir.ALL_SCOPE}
+
+    @app.get("/api/concepts")
+    def concepts(
+        run: str = "",
+        scope: str = Query("", max_length=MAX_QUERY),
+        q: str = Query("", max_length=MAX_QUERY),
+        gap: str = "",
+        status: str = "",
+        min_support: int = Query(0, ge=0),
+        sort: str = "q_value",
+        order: str = "asc",
+        page: int = Query(1, ge=1, le=MAX_PAGE),
+        per_page: int = Query(50, ge=1, le=MAX_PER_PAGE),
+    ) -> dict[str, Any]:
+        r = store.run(run)
+        return store.concepts(
+            r,
+            scope=store.scope(r, scope),
+            q=q,
+            gap=_choice("gap", gap, GAPS),
+            status=_choice("status", status, STATUSES),
+            min_support=min_support,
+            sort=sort,
+            order=_choice("order", order, ("asc", "desc")),
+            page=page,
+            per_page=per_page,
+        )
+
+    @app.get("/api/concept/{concept}")
+    def concept(concept: int, run: str = "", scope: str = Query("", max_length=MAX_QUERY)) -> dict[str, Any]:
+        r = store.run(run)
+        return store.concept(r, store.concept_id(r, concept), store.scope(r, scope))
+
+    @app.get("/api/benchmarks")
+    def benchmarks(run: str = "") -> dict[str, Any]:
+        return store.benchmarks(store.run(run))
+
+    @app.get("/api/themes")
+    def themes(run: str = "", scope: str = Query("", max_length=MAX_QUERY)) -> dict[str, Any]:
+        r = store.run(run)
+        return store.themes(r, store.scope(r, scope))
+
+    @app.get("/api/compare")
+    def compare(
+        a: str = "",
+        b: str = "",
+        scope: str = Query("", max_length=MAX_QUERY),
+        q: str = Query("", max_length=MAX_QUERY),
+        significant: bool = False,
+        sort: str = "q_value",
+        order: str = "asc",
+        page: int = Query(1, ge=1, le=MAX_PAGE),
+        per_page: int = Query(50, ge=1, le=MAX_PER_PAGE),
+    ) -> dict[str, Any]:
+        if len(store.runs) < 2:
+            raise BadRequest("compare needs two served runs: `cgaps serve RUN_A RUN_B`")
+        ra = store.run(a or store.runs[0].name)
+        rb = store.run(b or store.runs[1].name)
+        if ra is rb:
+            raise BadRequest(f"compare needs two different runs, got {ra.name!r} twice")
+        return store.compare(
+            ra,
+            rb,
+            scope=store.scope(ra, scope),
+            q=q,
+            significant=significant,
+            sort=sort,
+            order=_choice("order", order, ("asc", "desc")),
+            page=page,
+            per_page=per_page,
+        )
+
+    return app

@@ -1,0 +1,964 @@
+"""The explorer's data layer: the served runs' Parquet files, queried in place through DuckDB.
+
+Design:
+
+- **In place, read-only.** Each run directory's tables are read where they lie
+  (docs/method.md §6); nothing is imported or written. At start the small per-concept tables
+  are copied into DuckDB's memory (``concepts.parquet``: F × (benchmarks + 1) rows; one search
+  row per concept built from ``labels.parquet`` and the tokens of ``contexts.parquet``; the
+  items' benchmark and score), because every list page sorts and filters them. The large ones
+  (``saliency.parquet``, the item texts, the contexts) stay on disk and are filtered there per
+  request.
+- **A sandbox around the engine.** After the start, DuckDB may read only the served run
+  directories (``allowed_directories``), external access is otherwise off and the settings are
+  locked, so even a query that went wrong could not read another file. Every file is resolved
+  first: one whose real path leaves its run directory (a symlink out) is treated as absent.
+- **Bound parameters only.** Values from a request reach SQL as ``?`` parameters; the only
+  pieces of SQL text that vary are the sort expression, picked from :data:`SORTS` by name,
+  and the table names, made here from the run's index.
+- **Defensive optional tables.** ``labels.parquet`` needs only ``concept``; its other columns
+  (``label``, ``source`` and whatever evidence the labels stage writes) are shown as they are.
+  ``themes.parquet`` is read with whatever columns it has (see :meth:`Store.themes`).
+
+Each request works on its own DuckDB cursor (one connection per thread, same database).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cgaps import rundir
+from cgaps.errors import CGapsError
+
+THEMES = "themes.parquet"  # written by the themes stage (issue 10); optional
+
+# Sortable columns of the concept list: request name -> SQL expression (the allow-list).
+SORTS = {
+    "concept": "c.concept",
+    "label": "lower(l.label)",
+    "support": "c.support",
+    "chi_bench": "c.chi_bench",
+    "chi_model": "c.chi_model",
+    "expected": "c.expected",
+    "delta": "(c.chi_model - c.expected)",
+    "ci_low": "c.ci_low",
+    "ci_high": "c.ci_high",
+    "n_eff": "c.n_eff",
+    "status": "c.status",
+    "gap": "c.gap",
+    "q_value": "c.q_value",
+}
+STATUSES = ("missing", "under", "normal", "over")
+GAPS = ("weak", "strong", "none")
+# Text cut per example field; the page says how much more there was.
+TEXT_CHARS = 1500
+EXAMPLES = 4  # example items per side (high / low score)
+NEAREST = 10
+NEAREST_ITEMS = 1000  # the concept's highest-saliency items the neighbours are measured on
+# labels.parquet columns searched besides the label (written by the labels stage, when present)
+SEARCHED_LABEL_COLUMNS = ("tokens", "evidence_label", "imported_label", "llm_label", "output_tokens")
+NUMERIC = ("support", "chi_bench", "chi_bench_raw", "chi_model", "expected", "n_eff", "ci_low", "ci_high")
+
+
+class BadRequest(ValueError):
+    """A request parameter that cannot be answered; the message says which and why (HTTP 400)."""
+
+
+def _num(x: Any) -> float | None:
+    """A JSON-safe number: None for NaN, inf or anything not a number."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _plain(x: Any) -> Any:
+    """A JSON-safe copy of a value read from an arbitrary (labels, themes) column."""
+    if x is None or isinstance(x, (bool, str)):
+        return x
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return _num(x)
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (bytes, bytearray)):
+        return f"<{len(x)} bytes>"
+    return str(x)
+
+
+def _json_or_plain(x: Any) -> Any:
+    """A value of an evidence column: JSON text (lists, objects) parsed, anything else as :func:`_plain`."""
+    if isinstance(x, str) and x[:1] in "[{":
+        try:
+            return _plain(json.loads(x))
+        except ValueError:
+            return x
+    return _plain(x)
+
+
+def _sql_name(name: str) -> str:
+    """A column name as a quoted SQL identifier (names come from the Parquet schema, not a request)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class Run:
+    """One served run directory: its files (resolved, inside it) and what the list pages need."""
+
+    index: int
+    name: str
+    path: Path
+    meta: dict[str, Any]
+    n_concepts: int
+    files: dict[str, Path] = field(default_factory=dict)
+    benchmarks: list[str] = field(default_factory=list)
+    accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+    label_columns: list[str] = field(default_factory=list)
+    item_columns: list[str] = field(default_factory=list)
+    knobs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def t(self) -> str:
+        """Prefix of this run's in-memory tables."""
+        return f"r{self.index}"
+
+    def summary(self) -> dict[str, Any]:
+        def part(key: str) -> dict[str, Any]:
+            value = self.meta.get(key)
+            return value if isinstance(value, dict) else {}
+
+        config, model, sae = part("config"), part("model"), part("sae")
+        return {
+            "name": self.name,
+            "n_concepts": self.n_concepts,
+            "benchmarks": self.benchmarks,
+            "accuracy": self.accuracy,
+            "has": {k: k in self.files for k in ("labels", "contexts", "themes", "overlap")},
+            "model": _plain(model.get("evaluated", config.get("model"))),
+            "sae": _plain(sae.get("id", config.get("sae"))),
+            "knobs": _plain(self.knobs),
+            "label_columns": self.label_columns,
+        }
+
+
+_FILES = {
+    "run_json": rundir.RUN_JSON,
+    "items": rundir.ITEMS,
+    "saliency": rundir.SALIENCY,
+    "concepts": rundir.CONCEPTS,
+    "overlap": rundir.OVERLAP,
+    "labels": rundir.LABELS,
+    "contexts": rundir.CONTEXTS,
+    "themes": THEMES,
+}
+_REQUIRED = ("run_json", "items", "saliency", "concepts")
+
+
+def _inside(path: Path, root: Path) -> Path | None:
+    """``path`` resolved, when it is a regular file whose real location is inside ``root``."""
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    return real if real.is_file() and real.is_relative_to(root) else None
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    names: list[str] = []
+    for p in paths:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", p.name) or "run"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+class Store:
+    """The served runs and the one in-memory DuckDB database that queries them."""
+
+    def __init__(
+        self, run_dirs: list[Path], *, memory_limit: str = "1GB", threads: int | None = None
+    ) -> None:
+        import duckdb
+
+        if not run_dirs:
+            raise CGapsError("no run directory given; pass one or more RUN_DIRs written by `cgaps score`")
+        self.con = duckdb.connect(":memory:")
+        self.con.execute(f"SET memory_limit = '{memory_limit}'")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        self._local = threading.local()
+        self.runs: list[Run] = []
+        roots = [Path(p).resolve() for p in run_dirs]
+        for i, (root, name) in enumerate(zip(roots, _unique_names(roots), strict=True)):
+            self.runs.append(self._open(i, name, Path(run_dirs[i]), root))
+        # from here on the engine reads only the served directories, and nobody can change that
+        allowed = ", ".join("'" + str(r).replace("'", "''") + "/'" for r in roots)
+        self.con.execute(f"SET allowed_directories = [{allowed}]")
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
+        self._compare_cache: dict[tuple[str, str, str], Any] = {}
+        self._bench_cache: dict[tuple[str, int], dict[str, Any]] = {}
+
+    # ------------------------------------------------------------ loading
+
+    def _open(self, index: int, name: str, given: Path, root: Path) -> Run:
+        if not root.is_dir():
+            raise CGapsError(f"{given}: not a directory; pass a run directory written by `cgaps score`")
+        files = {}
+        for key, fname in _FILES.items():
+            found = _inside(root / fname, root)
+            if found is not None:
+                files[key] = found
+            elif key in _REQUIRED:
+                fix = "run `cgaps score RUN_DIR`" if key == "concepts" else "run `cgaps run` on it"
+                raise CGapsError(
+                    f"{given / fname}: missing (or a link out of the run directory); {fix} first"
+                )
+        meta = rundir.read_run_json(root)
+        run = Run(index, name, root, meta, rundir.n_concepts(meta, given), files)
+        run.knobs = rundir.read_table_knobs(files["concepts"]) or {
+            k: v
+            for k, v in (meta.get("config") or {}).items()
+            if k in ("presence", "min_support", "fdr", "ci_level")
+        }
+        cols = {key: self._columns(files[key]) for key in files if key != "run_json"}
+        need = {
+            "items": ("item_id", "benchmark", "prompt", "reference", "response", "score"),
+            "saliency": rundir.SALIENCY_COLUMNS,
+            "concepts": rundir.CONCEPT_COLUMNS,
+            "overlap": rundir.OVERLAP_COLUMNS,
+            "contexts": rundir.CONTEXT_COLUMNS,
+            "labels": ("concept",),
+        }
+        for key, columns in need.items():
+            if key in cols:
+                missing = [c for c in columns if c not in cols[key]]
+                if missing:
+                    raise CGapsError(
+                        f"{files[key]}: missing column(s) {', '.join(missing)}; rerun the stage that writes it"
+                    )
+        run.item_columns = cols["items"]
+        run.label_columns = cols.get("labels", [])
+        self._load(run, cols)
+        return run
+
+    def _columns(self, path: Path) -> list[str]:
+        try:
+            rows = self.con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()
+        except Exception as e:  # a damaged file: say which one
+            raise CGapsError(
+                f"{path}: not a readable Parquet table ({e}); rerun the stage that writes it"
+            ) from e
+        return [str(r[0]) for r in rows]
+
+    def _load(self, run: Run, cols: dict[str, list[str]]) -> None:
+        """Copy what every request filters on into DuckDB's memory (see the module docstring)."""
+        t, con, f = run.t, self.con, run.files
+        # items: the row number `i` stands for the item id in the saliency index (4 bytes, not a string)
+        con.execute(
+            f"CREATE TABLE {t}_items AS SELECT CAST(row_number() OVER () - 1 AS INTEGER) AS i, "
+            "CAST(item_id AS VARCHAR) AS item_id, CAST(benchmark AS VARCHAR) AS benchmark, "
+            "CAST(score AS DOUBLE) AS score FROM read_parquet(?)",
+            [str(f["items"])],
+        )
+        bench = con.execute(
+            f"SELECT benchmark, count(*), avg(score), min(i) FROM {t}_items GROUP BY benchmark ORDER BY 4"
+        ).fetchall()
+        run.benchmarks = [str(b) for b, *_ in bench]
+        run.accuracy = {str(b): {"n": int(n), "mean": _num(m) or 0.0} for b, n, m, _ in bench}
+        n, m = con.execute(f"SELECT count(*), avg(score) FROM {t}_items").fetchone() or (0, 0.0)
+        run.accuracy[rundir.ALL_SCOPE] = {"n": int(n), "mean": _num(m) or 0.0}
+        floats = ", ".join(f"CAST({c} AS DOUBLE) AS {c}" for c in NUMERIC[1:] + ("q_value",))
+        # sorted by scope: a page of one scope reads one stretch of the table (DuckDB's zone maps)
+        con.execute(
+            f"CREATE TABLE {t}_c AS SELECT CAST(concept AS INTEGER) AS concept, CAST(scope AS VARCHAR) AS scope, "
+            f"CAST(support AS BIGINT) AS support, {floats}, CAST(status AS VARCHAR) AS status, "
+            "coalesce(CAST(gap AS VARCHAR), '') AS gap FROM read_parquet(?) ORDER BY scope, concept",
+            [str(f["concepts"])],
+        )
+        scopes = {s for (s,) in con.execute(f"SELECT DISTINCT scope FROM {t}_c").fetchall()}
+        absent = [s for s in [*run.benchmarks, rundir.ALL_SCOPE] if s not in scopes]
+        if absent:
+            raise CGapsError(
+                f"{f['concepts']}: no rows for scope(s) {', '.join(map(repr, absent))}; "
+                "rerun `cgaps score RUN_DIR`"
+            )
+        # labels as written (any columns), and one search row per concept: id, label, source, tokens
+        if "labels" in f:
+            con.execute(
+                f"CREATE TABLE {t}_labels AS SELECT * REPLACE (CAST(concept AS INTEGER) AS concept) "
+                "FROM read_parquet(?) ORDER BY concept",
+                [str(f["labels"])],
+            )
+        if "contexts" in f:
+            con.execute(
+                f"CREATE TABLE {t}_ctx AS SELECT CAST(concept AS INTEGER) AS concept, CAST(rank AS INTEGER) AS rank, "
+                'CAST(item_id AS VARCHAR) AS item_id, CAST(value AS DOUBLE) AS value, CAST("left" AS VARCHAR) AS '
+                '"left", CAST(token AS VARCHAR) AS token, CAST("right" AS VARCHAR) AS "right" '
+                "FROM read_parquet(?) ORDER BY concept, rank",
+                [str(f["contexts"])],
+            )
+        lab = [c for c in ("label", "source") if c in cols.get("labels", [])]
+        label_sql = ", ".join(
+            f"CAST(l.{c} AS VARCHAR) AS {c}" if c in lab else f"NULL::VARCHAR AS {c}"
+            for c in ("label", "source")
+        )
+        sql = f"CREATE TABLE {t}_lab AS SELECT k.concept, {label_sql}, "
+        sql += "x.tokens" if "contexts" in f else "NULL::VARCHAR AS tokens"
+        sql += f" FROM (SELECT DISTINCT concept FROM {t}_c) k"
+        if "labels" in f:
+            sql += f" LEFT JOIN {t}_labels l ON l.concept = k.concept"
+        if "contexts" in f:
+            sql += (
+                f" LEFT JOIN (SELECT concept, string_agg(DISTINCT trim(token), ' ') AS tokens FROM {t}_ctx "
+                "GROUP BY 1) x ON x.concept = k.concept"
+            )
+        con.execute(sql + " ORDER BY k.concept")
+        # the labels stage's other words (distinctive tokens, other sources' labels) are searched too
+        extra = [c for c in SEARCHED_LABEL_COLUMNS if c in cols.get("labels", [])]
+        words = "".join(f", coalesce(CAST(x.{_sql_name(c)} AS VARCHAR), '')" for c in extra)
+        joined = f" FROM {t}_labels x WHERE x.concept = {t}_lab.concept" if extra else ""
+        con.execute(
+            f"ALTER TABLE {t}_lab ADD COLUMN search VARCHAR; UPDATE {t}_lab SET search = lower("
+            f"concat_ws(' ', 'c' || {t}_lab.concept, coalesce({t}_lab.label, ''), coalesce({t}_lab.tokens, '')"
+            f"{words})){joined}"
+        )
+        if extra:  # concepts without a labels row
+            con.execute(
+                f"UPDATE {t}_lab SET search = lower(concat_ws(' ', 'c' || concept, coalesce(tokens, ''))) "
+                "WHERE search IS NULL"
+            )
+        # the saliency twice, as (concept, item, value) sorted by concept and by item: a concept's
+        # items and an item set's concepts are then each one short stretch (12 bytes a row)
+        con.execute(
+            f"CREATE TABLE {t}_s AS SELECT CAST(s.concept AS INTEGER) AS concept, i.i AS item, "
+            f"CAST(s.value AS FLOAT) AS value FROM read_parquet(?) s JOIN {t}_items i "
+            "ON i.item_id = CAST(s.item_id AS VARCHAR) ORDER BY concept, value DESC, item",
+            [str(f["saliency"])],
+        )
+        con.execute(f"CREATE TABLE {t}_si AS SELECT item, concept FROM {t}_s ORDER BY item")
+        con.execute(f"CREATE TABLE {t}_fires AS SELECT concept, count(*) AS n FROM {t}_s GROUP BY 1")
+
+    # ------------------------------------------------------------ helpers
+
+    def cursor(self) -> Any:
+        """This thread's cursor on the shared database."""
+        cur = getattr(self._local, "cur", None)
+        if cur is None:
+            cur = self._local.cur = self.con.cursor()
+        return cur
+
+    def run(self, name: str | None) -> Run:
+        """The run called ``name`` (the first one when None)."""
+        if name is None or name == "":
+            return self.runs[0]
+        for r in self.runs:
+            if r.name == name:
+                return r
+        raise BadRequest(f"run {name!r} is not served; served runs: {', '.join(r.name for r in self.runs)}")
+
+    def scope(self, run: Run, scope: str | None) -> str:
+        if scope is None or scope == "":
+            return rundir.ALL_SCOPE
+        if scope != rundir.ALL_SCOPE and scope not in run.benchmarks:
+            raise BadRequest(
+                f"scope {scope!r} is not a benchmark of run {run.name!r}; choose ALL or one of "
+                f"{', '.join(run.benchmarks)}"
+            )
+        return scope
+
+    def concept_id(self, run: Run, concept: int) -> int:
+        if not 0 <= concept < run.n_concepts:
+            raise BadRequest(
+                f"concept {concept} is out of range; run {run.name!r} has concepts 0-{run.n_concepts - 1}"
+            )
+        return concept
+
+    def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        cur = self.cursor().execute(sql, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    # ------------------------------------------------------------ the concept list
+
+    def concepts(
+        self,
+        run: Run,
+        *,
+        scope: str,
+        q: str = "",
+        gap: str = "",
+        status: str = "",
+        min_support: int = 0,
+        sort: str = "q_value",
+        order: str = "asc",
+        page: int = 1,
+        per_page: int = 50,
+    ) -> dict[str, Any]:
+        """One page of the concept list, filtered and sorted server-side."""
+        if sort not in SORTS:
+            raise BadRequest(f"cannot sort by {sort!r}; sortable columns: {', '.join(SORTS)}")
+        where: list[str] = ["c.scope = ?"]
+        params: list[Any] = [scope]
+        q = q.strip()
+        if q:
+            like = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            cond = f"c.concept IN (SELECT concept FROM {run.t}_lab WHERE search LIKE ? ESCAPE '\\')"
+            params.append(like)
+            digits = q.lstrip("#c").strip()
+            if digits.isdigit():
+                cond = f"({cond} OR c.concept = ?)"
+                params.append(int(digits))
+            where.append(cond)
+        if gap == "none":
+            where.append("c.gap = ''")
+        elif gap:
+            where.append("c.gap = ?")
+            params.append(gap)
+        if status:
+            where.append("c.status = ?")
+            params.append(status)
+        if min_support:
+            where.append("c.support >= ?")
+            params.append(int(min_support))
+        direction = "DESC" if order == "desc" else "ASC"
+        t = run.t
+        # the labels are joined to the page only, unless the sort needs them (a search is a semi-join)
+        join = f"JOIN {t}_lab l ON l.concept = c.concept" if sort == "label" else ""
+        sql = (
+            "SELECT c.concept, c.support, c.chi_bench, c.chi_model, c.expected, c.ci_low, c.ci_high, c.n_eff, "
+            f"c.status, c.gap, c.q_value FROM {t}_c c {join} WHERE {' AND '.join(where)} "
+            f"ORDER BY {SORTS[sort]} {direction} NULLS LAST, c.concept ASC LIMIT ? OFFSET ?"
+        )
+        rows = self._rows(sql, [*params, per_page, (page - 1) * per_page])
+        total = self._count(t, where, params)
+        labels = (
+            {
+                int(r["concept"]): r
+                for r in self._rows(
+                    f"SELECT concept, label, source, tokens FROM {t}_lab WHERE concept = ANY(?)",
+                    [[int(r["concept"]) for r in rows]],
+                )
+            }
+            if rows
+            else {}
+        )
+        for r in rows:
+            r.update({k: v for k, v in labels.get(int(r["concept"]), {}).items() if k != "concept"})
+        ids = [int(r["concept"]) for r in rows]
+        per = self._per_benchmark(run, ids)
+        out = []
+        for r in rows:
+            c = int(r["concept"])
+            out.append(
+                {
+                    "concept": c,
+                    "label": r["label"],
+                    "source": r["source"],
+                    "tokens": (r["tokens"] or "")[:200] or None,
+                    "support": int(r["support"]),
+                    **{
+                        k: _num(r[k])
+                        for k in ("chi_bench", "chi_model", "expected", "ci_low", "ci_high", "n_eff")
+                    },
+                    "q_value": _num(r["q_value"]),
+                    "status": r["status"],
+                    "gap": r["gap"],
+                    "per_benchmark": per.get(c, {}),
+                }
+            )
+        return {
+            "run": run.name,
+            "scope": scope,
+            "total": total,
+            "page": page,
+            "per_page": per_page,
+            "rows": out,
+        }
+
+    def _count(self, t: str, where: list[str], params: list[Any]) -> int:
+        sql = f"SELECT count(*) FROM {t}_c c WHERE {' AND '.join(where)}"
+        return int(self.cursor().execute(sql, params).fetchone()[0])
+
+    def _per_benchmark(self, run: Run, ids: list[int]) -> dict[int, dict[str, list[float | None]]]:
+        """χ_bench and χ_model per benchmark (in the run's benchmark order) for the given concepts."""
+        if not ids:
+            return {}
+        rows = (
+            self.cursor()
+            .execute(
+                f"SELECT concept, scope, chi_bench, chi_model FROM {run.t}_c WHERE concept = ANY(?) AND scope != ?",
+                [ids, rundir.ALL_SCOPE],
+            )
+            .fetchall()
+        )
+        pos = {b: i for i, b in enumerate(run.benchmarks)}
+        nb = len(run.benchmarks)
+        out: dict[int, dict[str, list[float | None]]] = {
+            c: {"chi_bench": [None] * nb, "chi_model": [None] * nb} for c in ids
+        }
+        for c, s, cb, cm in rows:
+            i = pos.get(s)
+            if i is not None:
+                out[int(c)]["chi_bench"][i] = _num(cb)
+                out[int(c)]["chi_model"][i] = _num(cm)
+        return out
+
+    # ------------------------------------------------------------ one concept
+
+    def concept(self, run: Run, concept: int, scope: str) -> dict[str, Any]:
+        """Everything the detail view shows about one concept."""
+        t, f = run.t, run.files
+        scopes = self._rows(f"SELECT * FROM {t}_c WHERE concept = ?", [concept])
+        order = {b: i for i, b in enumerate([*run.benchmarks, rundir.ALL_SCOPE])}
+        scopes.sort(key=lambda r: order.get(r["scope"], len(order)))
+        per_scope = [
+            {
+                "scope": r["scope"],
+                "support": int(r["support"]),
+                **{k: _num(r[k]) for k in (*NUMERIC[1:], "q_value")},
+                "status": r["status"],
+                "gap": r["gap"],
+                "n_items": run.accuracy.get(r["scope"], {}).get("n"),
+                "accuracy": run.accuracy.get(r["scope"], {}).get("mean"),
+            }
+            for r in scopes
+        ]
+        lab = self._rows(f"SELECT label, source, tokens FROM {t}_lab WHERE concept = ?", [concept])
+        evidence: dict[str, Any] = {}
+        if "labels" in f:
+            rows = self._rows(f"SELECT * FROM {t}_labels WHERE concept = ? LIMIT 1", [concept])
+            if rows:
+                evidence = {
+                    k: _json_or_plain(v)
+                    for k, v in rows[0].items()
+                    if k not in ("concept", "label", "source")
+                }
+        contexts = []
+        if "contexts" in f:
+            contexts = [
+                {k: _plain(v) for k, v in r.items()}
+                for r in self._rows(
+                    f'SELECT rank, item_id, value, "left", token, "right" FROM {t}_ctx WHERE concept = ? '
+                    "ORDER BY rank LIMIT 20",
+                    [concept],
+                )
+            ]
+        return {
+            "run": run.name,
+            "concept": concept,
+            "scope": scope,
+            "label": lab[0]["label"] if lab else None,
+            "source": lab[0]["source"] if lab else None,
+            "tokens": lab[0]["tokens"] if lab else None,
+            "evidence": evidence,
+            "themes": self._themes_of(run, concept),
+            "scopes": per_scope,
+            "contexts": contexts,
+            "examples": self.examples(run, concept, scope),
+            "nearest": self.nearest(run, concept),
+        }
+
+    def examples(self, run: Run, concept: int, scope: str) -> dict[str, Any]:
+        """The highest-saliency items with a high score (≥ 0.5) and with a low one, side by side."""
+        t, f = run.t, run.files
+        bench = "" if scope == rundir.ALL_SCOPE else "AND i.benchmark = ?"
+        params: list[Any] = [concept] + ([] if not bench else [scope]) + [EXAMPLES]
+        picked = self._rows(
+            "SELECT item_id, value, score, benchmark, high FROM ("
+            "SELECT i.item_id, s.value, i.score, i.benchmark, i.score >= 0.5 AS high, row_number() OVER ("
+            "PARTITION BY i.score >= 0.5 ORDER BY s.value DESC, i.item_id) AS rn "
+            f"FROM {t}_s s JOIN {t}_items i ON i.i = s.item "
+            f"WHERE s.concept = ? {bench}) WHERE rn <= ? ORDER BY high DESC, value DESC, item_id",
+            params,
+        )
+        texts: dict[str, dict[str, Any]] = {}
+        if picked:
+            extra = [c for c in ("category", "messages") if c in run.item_columns]
+            cut = ", ".join(
+                f"left(CAST({c} AS VARCHAR), {TEXT_CHARS}) AS {c}, length(CAST({c} AS VARCHAR)) AS {c}_len"
+                for c in ("prompt", "response", "reference")
+            )
+            more = "".join(f", left(CAST({c} AS VARCHAR), {TEXT_CHARS}) AS {c}" for c in extra)
+            for r in self._rows(
+                f"SELECT CAST(item_id AS VARCHAR) AS item_id, {cut}{more} FROM read_parquet(?) "
+                "WHERE CAST(item_id AS VARCHAR) = ANY(?)",
+                [str(f["items"]), [p["item_id"] for p in picked]],
+            ):
+                texts[r["item_id"]] = r
+        sides: dict[str, list[dict[str, Any]]] = {"high": [], "low": []}
+        for p in picked:
+            r = texts.get(p["item_id"], {})
+            entry = {
+                "item_id": p["item_id"],
+                "benchmark": p["benchmark"],
+                "score": _num(p["score"]),
+                "saliency": _num(p["value"]),
+                "category": r.get("category"),
+            }
+            for c in ("prompt", "response", "reference"):
+                text = r.get(c) or ""
+                entry[c] = text
+                entry[f"{c}_cut"] = max(int(r.get(f"{c}_len") or 0) - len(text), 0)
+            sides["high" if p["high"] else "low"].append(entry)
+        return sides
+
+    def nearest(self, run: Run, concept: int) -> list[dict[str, Any]]:
+        """Concepts firing on the same items: cosine of the binary firing vectors, measured on the
+        concept's (up to) :data:`NEAREST_ITEMS` highest-saliency items against the other concept's
+        firing on all items (exact when the concept fires on fewer items than that)."""
+        t = run.t
+        rows = self._rows(
+            f"WITH a AS (SELECT item FROM {t}_s WHERE concept = ? ORDER BY value DESC, item LIMIT ?), "
+            "na AS (SELECT count(*) AS n FROM a), "
+            f"co AS (SELECT concept, count(*) AS shared FROM {t}_si WHERE item IN (SELECT item FROM a) "
+            "AND concept != ? GROUP BY 1), "
+            "top AS (SELECT co.concept, co.shared, co.shared / sqrt(na.n * f.n) AS cosine "
+            f"FROM co, na, {t}_fires f WHERE f.concept = co.concept ORDER BY cosine DESC, co.concept LIMIT ?) "
+            f"SELECT top.*, l.label, l.tokens FROM top JOIN {t}_lab l ON l.concept = top.concept "
+            "ORDER BY cosine DESC, top.concept",
+            [concept, NEAREST_ITEMS, concept, NEAREST],
+        )
+        return [
+            {
+                "concept": int(r["concept"]),
+                "shared": int(r["shared"]),
+                "cosine": _num(r["cosine"]),
+                "label": r["label"],
+                "tokens": (r["tokens"] or "")[:120] or None,
+            }
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------ benchmarks
+
+    def benchmarks(self, run: Run, top: int = 8) -> dict[str, Any]:
+        """Per benchmark: missing share, coverage histogram, most missing / under / over concepts;
+        the overlap and correlation matrices. Computed once per run (the tables never change)."""
+        key = (run.name, top)
+        if key not in self._bench_cache:
+            self._bench_cache[key] = self._benchmarks(run, top)
+        return self._bench_cache[key]
+
+    def _benchmarks(self, run: Run, top: int) -> dict[str, Any]:
+        t, cur = run.t, self.cursor()
+        counts = cur.execute(f"SELECT scope, status, count(*) FROM {t}_c GROUP BY 1, 2", []).fetchall()
+        status: dict[str, dict[str, int]] = {}
+        for s, st, n in counts:
+            status.setdefault(s, {})[st] = int(n)
+        # χ_bench histogram among the concepts present in the scope, on log10 bins
+        edges = np.linspace(-5.0, 0.0, 26)
+        hist_rows = cur.execute(
+            f"SELECT scope, least(greatest(floor((log10(chi_bench) + 5) * 5), 0), 24) AS bin, count(*) "
+            f"FROM {t}_c WHERE status != 'missing' AND chi_bench > 0 GROUP BY 1, 2"
+        ).fetchall()
+        hist: dict[str, list[int]] = {}
+        for s, b, n in hist_rows:
+            hist.setdefault(s, [0] * 25)[int(b)] = int(n)
+        out = []
+        for b in [*run.benchmarks, rundir.ALL_SCOPE]:
+            st = status.get(b, {})
+            total = sum(st.values()) or 1
+            lists = {}
+            if b != rundir.ALL_SCOPE:
+                # missing here, most present elsewhere; under / over by χ_bench
+                lists["missing"] = self._rows(
+                    f"SELECT c.concept, l.label, l.tokens, a.support AS value FROM {t}_c c "
+                    f"JOIN {t}_c a ON a.concept = c.concept AND a.scope = ? JOIN {t}_lab l ON l.concept = c.concept "
+                    "WHERE c.scope = ? AND c.status = 'missing' ORDER BY a.support DESC, c.concept LIMIT ?",
+                    [rundir.ALL_SCOPE, b, top],
+                )
+            for kind, direction in (("under", "ASC"), ("over", "DESC")):
+                lists[kind] = self._rows(
+                    f"SELECT c.concept, l.label, l.tokens, c.chi_bench AS value FROM {t}_c c "
+                    f"JOIN {t}_lab l ON l.concept = c.concept WHERE c.scope = ? AND c.status = ? "
+                    f"ORDER BY c.chi_bench {direction}, c.concept LIMIT ?",
+                    [b, kind, top],
+                )
+            lists["weak"] = self._rows(
+                f"SELECT c.concept, l.label, l.tokens, c.chi_model - c.expected AS value FROM {t}_c c "
+                f"JOIN {t}_lab l ON l.concept = c.concept WHERE c.scope = ? AND c.gap = 'weak' "
+                "ORDER BY c.q_value, value, c.concept LIMIT ?",
+                [b, top],
+            )
+            out.append(
+                {
+                    "benchmark": b,
+                    "n_items": run.accuracy.get(b, {}).get("n"),
+                    "accuracy": run.accuracy.get(b, {}).get("mean"),
+                    "status": st,
+                    "missing_share": st.get("missing", 0) / total,
+                    "histogram": hist.get(b, [0] * 25),
+                    "lists": {
+                        k: [
+                            {
+                                "concept": int(r["concept"]),
+                                "label": r["label"],
+                                "tokens": (r["tokens"] or "")[:80] or None,
+                                "value": _num(r["value"]),
+                            }
+                            for r in v
+                        ]
+                        for k, v in lists.items()
+                    },
+                }
+            )
+        matrices: dict[str, list[list[float | None]]] = {}
+        if "overlap" in run.files:
+            names = run.benchmarks
+            pos = {n: i for i, n in enumerate(names)}
+            for col in ("jaccard", "spearman_chi_model", "spearman_chi_bench"):
+                m: list[list[float | None]] = [
+                    [1.0 if i == j else None for j in range(len(names))] for i in range(len(names))
+                ]
+                matrices[col] = m
+            for r in self._rows("SELECT * FROM read_parquet(?)", [str(run.files["overlap"])]):
+                i, j = pos.get(str(r["a"])), pos.get(str(r["b"]))
+                if i is None or j is None:
+                    continue
+                for col in matrices:
+                    matrices[col][i][j] = matrices[col][j][i] = _num(r[col])
+        return {
+            "run": run.name,
+            "benchmarks": out,
+            "bin_edges": [float(e) for e in edges],
+            "matrices": matrices,
+            "names": run.benchmarks,
+            "themes": self._bench_themes(run),
+        }
+
+    # ------------------------------------------------------------ themes (optional)
+
+    def _theme_rows(self, run: Run) -> list[dict[str, Any]]:
+        if "themes" not in run.files:
+            return []
+        cache = getattr(run, "_themes", None)
+        if cache is None:
+            cache = [
+                {k: _plain(v) for k, v in r.items()}
+                for r in self._rows("SELECT * FROM read_parquet(?)", [str(run.files["themes"])])
+            ]
+            run._themes = cache  # type: ignore[attr-defined]
+        return cache
+
+    @staticmethod
+    def _theme_key(row: dict[str, Any]) -> Any:
+        for k in ("theme", "theme_id", "id"):
+            if k in row:
+                return row[k]
+        return None
+
+    @staticmethod
+    def _members(row: dict[str, Any]) -> list[int]:
+        for k in ("members", "concepts", "member_concepts"):
+            v = row.get(k)
+            if isinstance(v, str):
+                try:
+                    v = json.loads(v)
+                except ValueError:
+                    v = [s for s in re.split(r"[,\s]+", v) if s]
+            if isinstance(v, list):
+                return [int(x) for x in v if isinstance(x, (int, float)) or str(x).isdigit()]
+        return []
+
+    def themes(self, run: Run, scope: str = rundir.ALL_SCOPE) -> dict[str, Any]:
+        """``themes.parquet`` as it is: either one row per theme (with a list column ``members``
+        or ``concepts``) or one row per (theme, concept); rows of another scope than the chosen
+        one are left out when the table has a ``scope`` column."""
+        rows = self._theme_rows(run)
+        if not rows:
+            return {"run": run.name, "available": "themes" in run.files, "columns": [], "themes": []}
+        if "scope" in rows[0]:
+            rows = [r for r in rows if r.get("scope") in (scope, None)]
+        grouped: dict[Any, dict[str, Any]] = {}
+        for r in rows:
+            key = self._theme_key(r)
+            g = grouped.setdefault(key, {"theme": key, "fields": {}, "members": []})
+            members = self._members(r)
+            if members:
+                g["members"].extend(members)
+            elif isinstance(r.get("concept"), int):
+                g["members"].append(r["concept"])
+            for k, v in r.items():
+                if k not in ("members", "concepts", "member_concepts", "concept") and k not in g["fields"]:
+                    g["fields"][k] = v
+        labels = dict(
+            self.cursor()
+            .execute(
+                f"SELECT concept, coalesce(label, tokens) FROM {run.t}_lab WHERE concept = ANY(?)",
+                [sorted({c for g in grouped.values() for c in g["members"]})],
+            )
+            .fetchall()
+        )
+        themes = []
+        for g in grouped.values():
+            members = list(dict.fromkeys(g["members"]))
+            g["size"] = len(members)
+            g["members"] = [{"concept": c, "label": labels.get(c)} for c in members[:50]]
+            themes.append(g)
+        columns = list(dict.fromkeys(k for g in themes for k in g["fields"]))
+        return {"run": run.name, "available": True, "columns": columns, "themes": themes}
+
+    def _themes_of(self, run: Run, concept: int) -> list[dict[str, Any]]:
+        found = []
+        for r in self._theme_rows(run):
+            if concept in self._members(r) or r.get("concept") == concept:
+                found.append({"theme": self._theme_key(r), "label": r.get("label")})
+        return list({json.dumps(x, default=str): x for x in found}.values())[:5]
+
+    def _bench_themes(self, run: Run) -> dict[str, list[dict[str, Any]]]:
+        """Theme rows per benchmark scope, when the themes table has scope and status/gap columns."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for r in self._theme_rows(run):
+            s = r.get("scope")
+            if isinstance(s, str) and (r.get("gap") or r.get("status") in ("missing", "under", "over")):
+                out.setdefault(s, []).append(
+                    {
+                        "theme": self._theme_key(r),
+                        "label": r.get("label"),
+                        "gap": r.get("gap"),
+                        "status": r.get("status"),
+                    }
+                )
+        return {k: v[:10] for k, v in out.items()}
+
+    # ------------------------------------------------------------ compare two runs
+
+    def compare(
+        self,
+        a: Run,
+        b: Run,
+        *,
+        scope: str,
+        q: str = "",
+        significant: bool = False,
+        sort: str = "q_value",
+        order: str = "asc",
+        page: int = 1,
+        per_page: int = 50,
+    ) -> dict[str, Any]:
+        """Per-concept χ_model differences between two runs on the same items (see :func:`compare_table`)."""
+        if a.n_concepts != b.n_concepts:
+            raise BadRequest(
+                f"runs {a.name!r} ({a.n_concepts} concepts) and {b.name!r} ({b.n_concepts}) do not share an SAE; "
+                "compare needs the same concepts"
+            )
+        if scope != rundir.ALL_SCOPE and scope not in b.benchmarks:
+            raise BadRequest(f"scope {scope!r} is not a benchmark of run {b.name!r}")
+        key = (a.name, b.name, scope)
+        if key not in self._compare_cache:
+            self._compare_cache[key] = self._compare_table(a, b, scope)
+        df = self._compare_cache[key]
+        view = df
+        if q.strip():
+            needle = q.strip().lower()
+            mask = view["search"].str.contains(needle, regex=False)
+            if needle.lstrip("#c").isdigit():
+                mask |= view["concept"] == int(needle.lstrip("#c"))
+            view = view[mask]
+        if significant:
+            view = view[view["q_value"] <= self._fdr(a)]
+        cols = {"concept", "diff", "abs_z", "q_value", "chi_a", "chi_b", "support_a", "support_b"}
+        if sort not in cols:
+            raise BadRequest(f"cannot sort the comparison by {sort!r}; sortable: {', '.join(sorted(cols))}")
+        view = view.sort_values(
+            [sort, "concept"], ascending=[order != "desc", True], na_position="last", kind="stable"
+        )
+        total = len(view)
+        page_df = view.iloc[(page - 1) * per_page : page * per_page]
+        rows = [
+            {k: (_plain(v) if k in ("label", "tokens") else _num(v)) for k, v in r.items() if k != "search"}
+            for r in page_df.to_dict("records")
+        ]
+        for r in rows:
+            r["concept"] = int(r["concept"] or 0)
+        shared = self._shared_items(a, b)
+        return {
+            "a": a.name,
+            "b": b.name,
+            "scope": scope,
+            "items": shared,
+            "fdr": self._fdr(a),
+            "n_significant": int((df["q_value"] <= self._fdr(a)).sum()),
+            "total": total,
+            "page": page,
+            "per_page": per_page,
+            "rows": rows,
+        }
+
+    @staticmethod
+    def _fdr(run: Run) -> float:
+        v = _num(run.knobs.get("fdr"))
+        return v if v is not None else 0.05
+
+    def _shared_items(self, a: Run, b: Run) -> dict[str, int]:
+        n_a, n_b, both = (
+            self.cursor()
+            .execute(
+                f"SELECT (SELECT count(*) FROM {a.t}_items), (SELECT count(*) FROM {b.t}_items), "
+                f"(SELECT count(*) FROM {a.t}_items x JOIN {b.t}_items y USING (item_id))"
+            )
+            .fetchone()
+        )
+        return {"a": int(n_a), "b": int(n_b), "shared": int(both)}
+
+    def _compare_table(self, a: Run, b: Run, scope: str) -> Any:
+        cur = self.cursor()
+        df = cur.execute(
+            f"SELECT x.concept, x.chi_model AS chi_a, y.chi_model AS chi_b, x.n_eff AS n_a, y.n_eff AS n_b, "
+            f"x.support AS support_a, y.support AS support_b, x.ci_low AS lo_a, x.ci_high AS hi_a, "
+            f"y.ci_low AS lo_b, y.ci_high AS hi_b, l.label, l.tokens, l.search FROM {a.t}_c x "
+            f"JOIN {b.t}_c y ON y.concept = x.concept AND y.scope = x.scope "
+            f"JOIN {a.t}_lab l ON l.concept = x.concept WHERE x.scope = ? ORDER BY x.concept",
+            [scope],
+        ).df()
+        table = compare_table(df, int(_num(a.knobs.get("min_support")) or 5))
+        table["search"] = table["search"].fillna("")
+        return table
+
+
+def compare_table(df: Any, min_support: int) -> Any:
+    """Add ``diff``, ``z``, ``abs_z``, ``p_value`` and ``q_value`` to a frame of paired χ_model.
+
+    The two runs' χ_model of a concept are treated as independent weighted proportions:
+    var = χ(1 − χ)/n_eff each (the normal approximation behind the Wilson interval of
+    docs/method.md §3), z = (χ_a − χ_b)/sqrt(var_a + var_b), two-sided p, and
+    Benjamini–Hochberg over the concepts with support ≥ ``min_support`` in both runs (the
+    others get no q). Both runs grade the same items, so the two χ are positively correlated
+    when their saliency agrees; ignoring that makes the test conservative, not liberal.
+    """
+    from scipy import stats
+
+    from cgaps.stats import bh_adjust
+
+    out = df.copy()
+    out["diff"] = out["chi_a"] - out["chi_b"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = out["chi_a"] * (1 - out["chi_a"]) / out["n_a"] + out["chi_b"] * (1 - out["chi_b"]) / out["n_b"]
+        z = out["diff"] / np.sqrt(var)
+    # equal χ with zero variance: no evidence of a difference
+    z = z.where(~((out["diff"] == 0) & (var == 0)), 0.0)
+    out["z"] = z
+    out["abs_z"] = z.abs()
+    out["p_value"] = 2 * stats.norm.sf(np.abs(z.to_numpy(dtype=float)))
+    tested = (
+        (out["support_a"] >= min_support) & (out["support_b"] >= min_support) & np.isfinite(out["p_value"])
+    ).to_numpy()
+    q = np.full(len(out), np.nan)
+    q[tested] = bh_adjust(out["p_value"].to_numpy()[tested])
+    out["q_value"] = q
+    return out
