@@ -29,8 +29,8 @@ test-fast: venv
 	$(BIN)/pytest -q -m "not slow"
 
 lint: venv
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 	$(BIN)/mypy
 
 check: lint test

@@ -40,6 +40,7 @@ import hashlib
 import re
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,32 +110,39 @@ def input_digest(e: Encoded) -> str:
 def pool_batch(acts: Any, token_item: Any, n_items: int, pool: str) -> tuple[Any, Any]:
     """Pool token activations (T x F) into item saliency (n_items x F) and the peak token per cell.
 
-    ``token_item[t]`` is the item (row) of token t. The peak token (argmax) is returned for
-    every pool, since the top-contexts table needs the firing token whatever the pooling.
+    ``token_item[t]`` is the item (row) of token t. The peak token (the largest token index whose
+    value equals the max, so ties break the same way each run) is returned for every pool, since
+    the top-contexts table needs the firing token whatever the pooling.
+
+    Only the nonzero codes are visited: an SAE fires on a few dozen of its F latents per token, so
+    a scatter over the T x F cells (zeros included, as :func:`cgaps.extract.reference.pool_dense`
+    does) would cost ~100x more memory traffic than the pooling itself. Runs on the codes' device
+    and in their dtype. ``nonzero`` lists cells in token order, so each cell's sum adds its tokens
+    in the same order as the dense path and gives the same float (checked in
+    ``tests/test_speed_extract.py``).
     """
     import torch
 
     n_feat = acts.shape[1]
-    idx = token_item.long().unsqueeze(1).expand(-1, n_feat)
-    peak_val = torch.zeros(n_items, n_feat, dtype=acts.dtype).scatter_reduce(
-        0, idx, acts, "amax", include_self=True
+    tok, feat = acts.nonzero(as_tuple=True)
+    vals = acts[tok, feat]
+    key = token_item.to(acts.device).long()[tok] * n_feat + feat
+    size = n_items * n_feat
+    peak_val = torch.zeros(size, dtype=acts.dtype, device=acts.device).scatter_reduce(
+        0, key, vals, "amax", include_self=True
     )
-    # argmax: the largest token index whose value equals the max (any tie breaks the same way each run)
-    is_peak = (acts == peak_val[token_item.long()]) & (acts > 0)
-    tok_pos = torch.arange(acts.shape[0]).unsqueeze(1).expand(-1, n_feat)
-    peak_tok = torch.full((n_items, n_feat), -1, dtype=torch.long).scatter_reduce(
-        0, idx, torch.where(is_peak, tok_pos, torch.full_like(tok_pos, -1)), "amax", include_self=True
+    is_peak = vals == peak_val[key]
+    peak_tok = torch.full((size,), -1, dtype=torch.long, device=acts.device).scatter_reduce(
+        0, key[is_peak], tok[is_peak], "amax", include_self=True
     )
     if pool == "max":
         value = peak_val
     else:
-        total = torch.zeros(n_items, n_feat, dtype=acts.dtype).index_add(0, token_item.long(), acts)
-        if pool == "sum":
-            value = total
-        else:
-            counts = torch.bincount(token_item.long(), minlength=n_items).clamp(min=1).to(acts.dtype)
-            value = total / counts.unsqueeze(1)
-    return value, peak_tok
+        value = torch.zeros(size, dtype=acts.dtype, device=acts.device).index_add_(0, key, vals)
+        if pool == "mean":
+            counts = torch.bincount(token_item.long(), minlength=n_items).clamp(min=1)
+            value = (value.view(n_items, n_feat) / counts.to(value).unsqueeze(1)).view(-1)
+    return value.view(n_items, n_feat), peak_tok.view(n_items, n_feat)
 
 
 def _signature(cfg: RunConfig, sae: SAEEncoder, layer: int, reader: str) -> dict[str, Any]:
@@ -165,21 +173,27 @@ def extract_chunk(
     """Saliency rows (item_id, concept, value, peak char span) for a chunk of items.
 
     ``stats`` adds up the token counts of the chunk; ``item_stats`` (when given) gets them per
-    item, so a resume can count exactly the items it keeps."""
+    item, so a resume can count exactly the items it keeps.
+
+    Everything between the forward pass and the rows stays on the reader's device in its dtype
+    (the SAE is loaded there too): outlier norms, SAE codes, pooling. Only the positive pooled
+    cells (or the top_k of each item) come back to the CPU.
+    """
     import torch
 
-    rows: list[pd.DataFrame] = []
+    parts: list[dict[str, np.ndarray]] = []
     for batch in length_batches([len(e.input_ids) for e in chunk], cfg.batch_size):
         encs = [chunk[i] for i in batch]
         ids, att = pad_batch([e.input_ids for e in encs], reader.tokenizer.pad_token_id)
-        resid = reader.residuals_at(ids, att, [layer])[layer].float().cpu()
+        resid = reader.residuals_at(ids, att, [layer])[layer]
         mask = right_pad([e.mask for e in encs], False, torch.bool)
         stats["tokens_analysed"] += int(mask.sum())
         if item_stats is not None:
             for e, n in zip(encs, mask.sum(dim=1).tolist(), strict=True):
                 item_stats.setdefault(e.item_id, Counter())["tokens_analysed"] += int(n)
+        mask = mask.to(resid.device)
         if cfg.max_norm_ratio is not None and mask.any():
-            norms = resid.norm(dim=-1)
+            norms = resid.float().norm(dim=-1)  # float32 norms, as the SAE training cache takes them
             limit = cfg.max_norm_ratio * norms[mask].median()
             outlier = mask & (norms > limit)
             stats["tokens_outlier_dropped"] += int(outlier.sum())
@@ -190,29 +204,38 @@ def extract_chunk(
         rr, tt = mask.nonzero(as_tuple=True)
         if len(rr) == 0:
             continue
-        acts = sae.encode(resid[rr, tt]).cpu()
-        value, peak = pool_batch(acts, rr, len(encs), cfg.pool)
+        value, peak = pool_batch(sae.encode(resid[rr, tt]), rr, len(encs), cfg.pool)
+        if cfg.top_k is None:
+            r_idx, c_idx = (value > 0).nonzero(as_tuple=True)  # row-major: items in order, concepts rising
+        else:  # the k largest of each item, in topk's order (as the rows were always written)
+            picked = []
+            for r in range(len(encs)):
+                nz = (value[r] > 0).nonzero(as_tuple=True)[0]
+                if len(nz) > cfg.top_k:
+                    nz = nz[torch.topk(value[r, nz], cfg.top_k).indices]
+                picked.append((torch.full_like(nz, r), nz))
+            r_idx = torch.cat([p[0] for p in picked])
+            c_idx = torch.cat([p[1] for p in picked])
+        if len(r_idx) == 0:
+            continue
+        tok = tt[peak[r_idx, c_idx]].cpu().numpy()
+        r_np = r_idx.cpu().numpy()
+        offsets = np.zeros((len(encs), mask.shape[1], 2), dtype=np.int32)
         for r, e in enumerate(encs):
-            v = value[r]
-            nz = (v > 0).nonzero(as_tuple=True)[0]
-            if cfg.top_k is not None and len(nz) > cfg.top_k:
-                nz = nz[torch.topk(v[nz], cfg.top_k).indices]
-            if len(nz) == 0:
-                continue
-            tok = tt[peak[r, nz]].numpy()
-            offs = np.array(e.offsets)[tok]
-            rows.append(
-                pd.DataFrame(
-                    {
-                        "item_id": e.item_id,
-                        "concept": nz.numpy().astype(np.int32),
-                        "value": v[nz].numpy().astype(np.float32),
-                        "peak_start": offs[:, 0].astype(np.int32),
-                        "peak_end": offs[:, 1].astype(np.int32),
-                    }
-                )
-            )
-    return pd.concat(rows, ignore_index=True) if rows else empty_shard()
+            offsets[r, : len(e.offsets)] = e.offsets
+        offs = offsets[r_np, tok]
+        parts.append(
+            {
+                "item_id": np.array([e.item_id for e in encs], dtype=object)[r_np],
+                "concept": c_idx.cpu().numpy().astype(np.int32),
+                "value": value[r_idx, c_idx].float().cpu().numpy(),
+                "peak_start": offs[:, 0],
+                "peak_end": offs[:, 1],
+            }
+        )
+    if not parts:
+        return empty_shard()
+    return pd.DataFrame({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
 
 def empty_shard() -> pd.DataFrame:
@@ -226,6 +249,12 @@ def empty_shard() -> pd.DataFrame:
             "peak_end": pd.Series(dtype=np.int32),
         }
     )
+
+
+def _write_shard(df: pd.DataFrame, sidecar: dict[str, Any], stem: Path) -> None:
+    """One shard and then its sidecar (whose presence marks the shard complete)."""
+    rundir.write_table(df, stem.with_suffix(".parquet"))
+    rundir.write_json(sidecar, stem.with_suffix(".json"))
 
 
 def _reusable_shards(shard_dir: Path, digests: dict[str, str]) -> tuple[dict[Path, set[str]], Counter]:
@@ -322,8 +351,13 @@ def _extract_run(
     loaded: SAEEncoder = (
         sae_spec
         if sae_spec is not None
-        else load_sae(
-            cfg.sae, hidden_size=backend.hidden_size, n_layers=backend.n_layers, layer=cfg.layer, device="cpu"
+        else load_sae(  # beside the model, in its dtype: codes and pooling never leave the device
+            cfg.sae,
+            hidden_size=backend.hidden_size,
+            n_layers=backend.n_layers,
+            layer=cfg.layer,
+            device=backend.device,
+            dtype=str(backend.dtype).removeprefix("torch."),
         )
     )
     layer, width = loaded.layer, loaded.width
@@ -356,27 +390,34 @@ def _extract_run(
     if kept:
         n_kept = sum(len(v) for v in kept.values())
         info(f"resuming extraction: {n_kept} of {len(encoded)} items already in {shard_dir.name}/")
-    with progress_bar(f"extracting (layer {layer}, {width} concepts)", len(todo)) as advance:
+    # Shards are written by one background thread while the next chunk computes; at most one
+    # write is pending, and leaving the block (an interrupt included) waits for it, so every
+    # chunk computed is on disk with its sidecar before this function returns or raises.
+    with (
+        progress_bar(f"extracting (layer {layer}, {width} concepts)", len(todo)) as advance,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgaps-shards") as writer,
+    ):
+        pending: Future[None] | None = None
         for n, start in enumerate(range(0, len(todo), SHARD_ITEMS)):
             chunk = todo[start : start + SHARD_ITEMS]
             chunk_stats: Counter = Counter()
             item_stats: dict[str, Counter] = {}
             df = extract_chunk(backend, loaded, layer, chunk, cfg, chunk_stats, item_stats)
             name = f"shard-{next_index + n:05d}"
-            rundir.write_table(df, shard_dir / f"{name}.parquet")
-            # the sidecar is written last: its presence marks the shard complete
-            rundir.write_json(
-                {
-                    "item_ids": [e.item_id for e in chunk],
-                    "digests": [digests[e.item_id] for e in chunk],
-                    "item_stats": [dict(item_stats.get(e.item_id, {})) for e in chunk],
-                    "stats": dict(chunk_stats),
-                },
-                shard_dir / f"{name}.json",
-            )
+            sidecar = {
+                "item_ids": [e.item_id for e in chunk],
+                "digests": [digests[e.item_id] for e in chunk],
+                "item_stats": [dict(item_stats.get(e.item_id, {})) for e in chunk],
+                "stats": dict(chunk_stats),
+            }
+            if pending is not None:
+                pending.result()  # a failed write stops the run here, not after the last chunk
+            pending = writer.submit(_write_shard, df, sidecar, shard_dir / name)
             kept[shard_dir / f"{name}.parquet"] = {e.item_id for e in chunk}
             stats.update(chunk_stats)
             advance(len(chunk))
+        if pending is not None:
+            pending.result()
 
     covered = Counter(i for ids in kept.values() for i in ids)
     missing = [e.item_id for e in encoded if covered[e.item_id] != 1]

@@ -3,7 +3,7 @@
 :mod:`cgaps.scoring.core` holds the vectorised formulas (one sparse matrix, indicator
 products per scope); :mod:`cgaps.scoring.stage` reads and writes the run directory;
 :mod:`cgaps.scoring.reference` is the deliberately plain loop version the tests and
-``scripts/bench_scoring.py`` check the vectorised one against.
+``bench/scoring_vs_reference.py`` check the vectorised one against.
 """
 
 from cgaps.scoring.core import SuiteMatrix, build_matrix, chi_tables, compute_scores

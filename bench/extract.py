@@ -1,0 +1,158 @@
+"""Extraction throughput: the project's path against the naive pipeline and a bare forward.
+
+    .venv/bin/python bench/extract.py [--quick]                      # SmolLM2 + the shipped SAE, CPU
+    PYTHONPATH=src python bench/extract.py --synthetic Gemma-2-2B --device cuda --dtype bfloat16
+
+On the same length-sorted batches, in one process, interleaved batch by batch
+(``bench/_common.py``):
+
+* **project**: :func:`cgaps.extract.stage.extract_chunk` (forward stopped after block L, SAE
+  codes and sparse pooling on the device in the model's dtype, rows for positive cells only);
+* **naive**: :func:`cgaps.extract.reference.dense_chunk` with ``full_forward``: the whole model
+  with ``output_hidden_states``, residuals to the CPU in float32, dense codes, dense pooling;
+* **bare**: the forward pass to block L and nothing else (the floor extraction cannot beat).
+
+The default suite is the probe suite with synthetic responses of mixed length (span both),
+so batches mix lengths as a real run does. ``--synthetic NAME`` builds a random-weight model
+from the real config in ``bench/model_configs.json`` and random token ids instead (no
+tokenizer, no SAE file, no sae-lens: what ``bench/gpu.sh`` runs). Last line:
+``ratio_vs_naive=X ratio_vs_bare=Y tok_s=Z`` (speed-ups: naive time / project time and bare
+time / project time; tok_s = analysed tokens per second of the project path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
+
+import _common
+import numpy as np
+
+
+def real_setup(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Any]:
+    from cgaps.config import RunConfig
+    from cgaps.extract.stage import encode_items
+    from cgaps.models import load_backend
+    from cgaps.sae import load_sae
+
+    backend = load_backend(args.model, device=args.device, dtype=args.dtype)
+    sae = load_sae(
+        args.sae,
+        hidden_size=backend.hidden_size,
+        n_layers=backend.n_layers,
+        device=backend.device,
+        dtype=str(backend.dtype).removeprefix("torch."),
+    )
+    cfg = RunConfig(batch_size=args.batch_size)
+    items = _common.probe_items(args.items, args.max_words)
+    return backend, sae, encode_items(items, backend.tokenizer, cfg), cfg
+
+
+def synthetic_setup(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Any]:
+    import torch
+
+    from cgaps.config import RunConfig
+    from cgaps.extract.stage import Encoded
+    from cgaps.models import HFBackend
+
+    conf = _common.model_config(args.synthetic)
+    sae_conf = conf["_sae"]
+    if args.tiny:  # a CPU smoke test of the same code: narrow and shallow, the real vocabulary
+        conf.update(
+            hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16
+        )
+        conf["num_hidden_layers"] = 4
+        sae_conf = {"layer": 2, "width": 512, "k": 16}
+    model = _common.random_model(conf, args.device, args.dtype)
+    tok = SimpleNamespace(pad_token_id=conf["pad_token_id"])
+    backend = HFBackend(model, tok, f"random {args.synthetic}", args.device)
+    sae = _common.PlainSAE(
+        backend.hidden_size, sae_conf["width"], sae_conf["layer"], args.device, backend.dtype, k=sae_conf["k"]
+    )
+    rng = np.random.default_rng(0)
+    encoded = []
+    for i in range(args.items):
+        n = int(rng.integers(args.min_tokens, args.max_tokens + 1))
+        ids = rng.integers(3, conf["vocab_size"], size=n).tolist()
+        mask = np.ones(n, dtype=bool)
+        mask[0] = False  # position 0 never counts (docs/method.md §2)
+        encoded.append(Encoded(f"i{i}", "", ids, [(t, t + 1) for t in range(n)], mask))
+    torch.set_grad_enabled(False)
+    return backend, sae, encoded, RunConfig(batch_size=args.batch_size)
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a small suite: under 2 minutes on 2 shared cores")
+    ap.add_argument("--items", type=int, default=192)
+    ap.add_argument("--max-words", type=int, default=150, help="longest synthetic response (words)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=1, help="passes over the batches")
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--sae", default="embedded")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--synthetic", metavar="NAME", help="random weights from bench/model_configs.json")
+    ap.add_argument("--tiny", action="store_true", help="with --synthetic: a tiny version (CPU smoke test)")
+    ap.add_argument("--min-tokens", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=512)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.items, args.max_words = 40, 40
+    if args.synthetic and args.dtype == "auto":
+        args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+
+    import torch
+
+    from cgaps.extract.reference import dense_chunk
+    from cgaps.extract.stage import extract_chunk
+    from cgaps.models import length_batches, pad_batch
+
+    t0 = time.perf_counter()
+    backend, sae, encoded, cfg = (synthetic_setup if args.synthetic else real_setup)(args)
+    layer = sae.layer
+    # the batches every path runs, exactly as extraction cuts them (length-sorted)
+    batches = [
+        [encoded[i] for i in b] for b in length_batches([len(e.input_ids) for e in encoded], cfg.batch_size)
+    ]
+    pad = backend.tokenizer.pad_token_id
+
+    def bare(batch: list[Any]) -> None:
+        ids, att = pad_batch([e.input_ids for e in batch], pad)
+        backend.residuals_at(ids, att, [layer])
+
+    def project(batch: list[Any]) -> None:
+        extract_chunk(backend, sae, layer, batch, cfg, Counter())
+
+    def naive(batch: list[Any]) -> None:
+        dense_chunk(backend, sae, layer, batch, cfg, Counter(), full_forward=True)
+
+    tasks = {"bare": bare, "project": project, "naive": naive}
+    for task in tasks.values():  # warm-up: kernels, allocator, lazy imports
+        task(batches[0][:2])
+    with torch.no_grad():
+        spent = _common.interleaved(tasks, batches, args.device, args.rounds)
+    n_tokens = sum(len(e.input_ids) for e in encoded)
+    padded = sum(len(b) * max(len(e.input_ids) for e in b) for b in batches)
+    analysed = sum(int(e.mask.sum()) for e in encoded) * args.rounds
+    print(
+        f"{backend.name} layer {layer}, SAE width {sae.width}, {args.device} {str(backend.dtype).removeprefix('torch.')}: "
+        f"{len(encoded)} items, {n_tokens} tokens ({analysed // args.rounds} analysed), {len(batches)} batches, "
+        f"padding {1 - n_tokens / padded:.1%} of the padded tokens; setup {time.perf_counter() - t0 - sum(spent.values()):.1f} s"
+    )
+    print("  ".join(f"{k} {v:.2f} s" for k, v in spent.items()))
+    line = _common.last_line(
+        ratio_vs_naive=spent["naive"] / spent["project"],
+        ratio_vs_bare=spent["bare"] / spent["project"],
+        tok_s=analysed / spent["project"],
+    )
+    print(line)
+    return line
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
