@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -59,9 +60,15 @@ def fake_stages(monkeypatch):
 
     monkeypatch.setattr(cgaps.evaluate.stage, "evaluate_run", evaluate_run)
     monkeypatch.setattr(cgaps.extract.stage, "extract_run", extract_run)
-    monkeypatch.setattr(cgaps.models, "load_backend", lambda *a, **k: object())
+    monkeypatch.setattr(cgaps.models, "load_backend", lambda name, *a, **k: SimpleNamespace(name=name))
     monkeypatch.setattr(cgaps.scoring, "score_run", lambda run_dir: calls.append("score"))
     monkeypatch.setattr(cgaps.report, "build_report", lambda run_dir: calls.append("report"))
+    try:  # the labels stage, where the pipeline runs one
+        import cgaps.labels.stage
+
+        monkeypatch.setattr(cgaps.labels.stage, "label_run", lambda run_dir, **kw: None)
+    except ImportError:
+        pass
     return calls
 
 
@@ -708,3 +715,40 @@ def test_extraction_counts_what_max_length_cut():
     full = encode_items(items, embedded_tokenizer(), RunConfig(max_length=100_000, span="prompt"))
     assert [len(e.input_ids) for e in encoded] == [64, len(full[1].input_ids), len(full[2].input_ids)]
     assert [e.cut for e in encoded] == [len(full[0].input_ids) - 64, 0, 0]
+
+
+# ---------------------------------------------------------------- control characters never reach output
+
+
+def test_control_characters_never_reach_the_report(tmp_path):
+    import re
+
+    from cgaps.report import build_report
+    from cgaps.scoring import score_run
+    from helpers import make_suite, write_run
+
+    items, sal = make_suite(0)
+    items["prompt"] = items["prompt"] + "\x00 NUL \x1b[31m ESC \x7f DEL \x85"
+    items["benchmark"] = items["benchmark"].replace({"bias": "bi\x1bas"})
+    run = write_run(tmp_path, items, sal)
+    score_run(run)
+    html = build_report(run).read_text(encoding="utf-8")
+    assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", html)
+    assert "bi␛as" in html and "␀ NUL ␛[31m ESC ␡ DEL \ufffd" in html
+
+
+def test_control_characters_and_huge_lines_never_reach_the_terminal(capsys):
+    import time
+
+    from cgaps.console import MAX_LINE, error, info, visible_controls
+
+    assert visible_controls("a\x00b\x1b[0mc\x7f\x85\td\ne\r") == "a␀b␛[0mc␡\ufffd\td\ne␍"
+    t = time.perf_counter()
+    error("benchmark " + "x" * 10_000_000 + " \x1b[2J")
+    info("[bold]ok[/bold] \x1b]0;title\x07")
+    assert time.perf_counter() - t < 5  # a 10 MB name used to hang the terminal
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: benchmark xxx") and err[0].endswith(
+        f"... ({10_000_015 - MAX_LINE:,} more characters)"
+    )
+    assert err[1] == "ok ␛]0;title␇" and len(err) == 2

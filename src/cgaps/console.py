@@ -18,6 +18,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -42,23 +43,53 @@ def _stdout_console() -> Console:
     return Console()
 
 
+# A line longer than this is cut (a 10 MB benchmark name in an error must not hang the terminal).
+MAX_LINE = 2000
+# C0 controls but tab and newline (carriage return too: it rewrites a terminal line), DEL, C1.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _control_picture(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    if code < 0x20:
+        return chr(0x2400 + code)  # the Unicode control pictures: NUL -> ␀, ESC -> ␛
+    return "\u2421" if code == 0x7F else "\ufffd"
+
+
+def visible_controls(text: str) -> str:
+    """``text`` with its control characters (NUL, ESC, DEL, C1; not tab or newline) replaced by
+    visible symbols: benchmark text never drives a terminal (ANSI escapes) nor reaches an HTML
+    page as raw control bytes. Every line this module prints goes through it; so does the report."""
+    return _CONTROLS.sub(_control_picture, text)
+
+
+def _line(message: str) -> str:
+    message = visible_controls(message)
+    if len(message) > MAX_LINE:
+        message = f"{message[:MAX_LINE]}... ({len(message) - MAX_LINE:,} more characters)"
+    return message
+
+
 def info(message: str) -> None:
     """A status line for the user (stderr, so stdout stays machine-readable).
 
     ``[yellow]...[/yellow]``-style markup is allowed; the line is never wrapped.
     """
-    get_console().print(message, soft_wrap=True, highlight=False)
+    get_console().print(_line(message), soft_wrap=True, highlight=False)
 
 
 def error(message: str) -> None:
-    """A one-line error (``error: ...``) on stderr; the message is printed verbatim."""
-    get_console().print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    """A one-line error (``error: ...``) on stderr; the message is printed verbatim (control
+    characters made visible, cut after :data:`MAX_LINE` characters)."""
+    get_console().print(
+        f"error: {_line(message)}", style="red", markup=False, highlight=False, soft_wrap=True
+    )
 
 
 def result(renderable: Any) -> None:
     """What a command computed (a rich table, or a line of text) on stdout."""
     if isinstance(renderable, str):
-        _stdout_console().print(renderable, markup=False, highlight=False, soft_wrap=True)
+        _stdout_console().print(visible_controls(renderable), markup=False, highlight=False, soft_wrap=True)
     else:
         _stdout_console().print(renderable)
 
@@ -175,7 +206,7 @@ def _progress_lines(description: str, total: int | None, unit: str) -> Iterator[
 
 def info_plain(message: str) -> None:
     """A status line printed verbatim (no markup: benchmark text may hold brackets)."""
-    get_console().print(message, markup=False, highlight=False, soft_wrap=True)
+    get_console().print(_line(message), markup=False, highlight=False, soft_wrap=True)
 
 
 class ConsoleHandler(logging.Handler):
@@ -183,7 +214,7 @@ class ConsoleHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = self.format(record)
+            message = _line(self.format(record))
             style = None
             if record.levelno >= logging.WARNING:
                 message = f"{record.levelname.lower()}: {message}"

@@ -535,12 +535,28 @@ def _sortval(x: Any) -> str:
     return "" if not math.isfinite(v) else repr(v)
 
 
+def _visible(value: Any) -> Any:
+    from markupsafe import Markup
+
+    from cgaps.console import visible_controls
+
+    if isinstance(value, Markup):  # the figures' SVG: already escaped, stays markup
+        return Markup(visible_controls(str(value)))
+    return visible_controls(value) if isinstance(value, str) else value
+
+
 @functools.cache
 def _template() -> Any:
     # Compiled once per process: compiling costs more than rendering a small run.
     from jinja2 import Environment, StrictUndefined
 
-    env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=_visible,  # no control character (NUL, ESC...) of benchmark text reaches the page
+    )
     env.filters.update(f=_fmt, q=_fmt_q, sortval=_sortval)
     source = resources.files("cgaps.report").joinpath("template.html.j2").read_text(encoding="utf-8")
     return env.from_string(source)
