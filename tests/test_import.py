@@ -390,3 +390,26 @@ def test_results_file_mean_is_recorded(tmp_path):
     assert imported.source["tasks"]["t"]["harness_mean"] == 0.5
     assert imported.source["tasks"]["t"]["mean"] == 0.5
     assert path.exists()
+
+
+def test_default_metric_that_is_no_score_names_the_choices(tmp_path):
+    line = {
+        **{k: v for k, v in mc_line(0).items() if k not in ("acc", "acc_norm")},
+        "arguments": {"gen_args_0": {"arg_0": "The cat sat on the", "arg_1": " mat"}},
+        "filtered_resps": [["-2.5", "True"]],
+        "metrics": ["perplexity", "acc"],
+        "perplexity": -2.5,
+        "acc": 1.0,
+    }
+    path = write_log(tmp_path, "ll", [line])
+    with pytest.raises(
+        CGapsError, match=r"field 'perplexity' is -2.5, outside .*choose one with --metric: perplexity, acc"
+    ):
+        read_lm_eval([path])
+    (row,) = read_lm_eval([path], metric="acc").rows
+    assert row["response"] == " mat" and row["score"] == 1.0
+    assert json.loads(row["meta"])["is_greedy"] is True
+    with pytest.raises(CGapsError, match=r"--metric: no task 'l'.*Did you mean 'll'"):
+        read_lm_eval([path], metric="l=acc")
+    (row,) = read_lm_eval([path], metric="ll=acc").rows
+    assert row["score"] == 1.0

@@ -92,6 +92,11 @@ def _evaluate_run(run_dir: Path, cfg: RunConfig, generator: Generator | None) ->
     items = items_to_score(run_dir)  # a bad table is reported before the model loads
     check_options(items, cfg)
     t0 = time.perf_counter()
+    if generator is None and cfg.model.startswith("openai://"):  # a served model (cgaps.models.openai)
+        from cgaps.models.openai import OpenAIGenerator
+
+        info(f"evaluating through {cfg.model}")
+        generator = OpenAIGenerator(cfg.model, seed=cfg.seed)
     if generator is None:
         info(f"loading model {cfg.model}")
         generator = load_backend(cfg.model, cfg.device, cfg.dtype)
