@@ -222,6 +222,14 @@ def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict[str, float]:
     times["score"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    from cgaps.labels.stage import label_run
+
+    # the reader in memory (extraction's, or the evaluated model when it is the reader) is reused
+    reader = backend if backend is not None and backend.name == cfg.reader_model else None
+    label_run(run_dir, backend=reader)
+    times["label"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     build_report(run_dir)
     times["report"] = time.perf_counter() - t
     rundir.update_run_json(run_dir, timings={f"pipeline_{k}_s": round(v, 2) for k, v in times.items()})

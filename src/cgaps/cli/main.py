@@ -98,6 +98,7 @@ COMMANDS = [
     ("grade", "grade", "grade"),
     ("extract", "extract", "extract"),
     ("score", "score", "score"),
+    ("label", "label", "label"),
     ("robustness", "robustness", "robustness"),
     ("validate", "validate", "validate"),
     ("report", "report", "report"),

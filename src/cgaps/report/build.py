@@ -238,13 +238,52 @@ class _Describer:
                     }
                 )
 
+        self.evidence: dict[int, dict[str, Any]] = {}
+        if tables.labels is not None and "tokens" in tables.labels.columns:
+            self.evidence = _evidence_lines(tables.labels)
+
     def __call__(self, concept: int) -> dict[str, Any]:
         label = self.labels.get(concept)
         return {
             "label": label[0] if label else None,
             "source": label[1] if label else None,
             "contexts": [] if label else self.contexts.get(concept, []),
+            "evidence": self.evidence.get(concept),
         }
+
+
+def _json_list(raw: Any) -> list[Any]:
+    if not isinstance(raw, str) or not raw:
+        return []
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        return []
+    return data if isinstance(data, list) else []
+
+
+def enrichment_words(group: Any, mass: Any, items: Any, p: Any) -> str | None:
+    """'61% of its weight on probes:weekday (8% of items, p = 3e-12)', or None without a group."""
+    m, b, pv = _num(mass), _num(items), _num(p)
+    if not isinstance(group, str) or not group or not math.isfinite(m):
+        return None
+    sig = f", p = {pv:.0e}" if math.isfinite(pv) else ""
+    return f"{100 * m:.0f}% of its weight on {group} ({100 * b:.0f}% of items{sig})"
+
+
+def _evidence_lines(labels: pd.DataFrame) -> dict[int, dict[str, Any]]:
+    """Per concept the evidence the labels stage wrote, as short display strings."""
+    out: dict[int, dict[str, Any]] = {}
+    cols = ["concept", "tokens", "output_tokens", "enrich_group", "enrich_mass", "enrich_items", "enrich_p"]
+    if not all(c in labels.columns for c in cols):
+        return out
+    for c, toks, outs, group, mass, share, p in labels[cols].itertuples(index=False):
+        tokens = [str(t[0]) for t in _json_list(toks) if isinstance(t, list) and t][:5]
+        outputs = [str(t[0]) for t in _json_list(outs) if isinstance(t, list) and t][:5]
+        enrich = enrichment_words(group, mass, share, p)
+        if tokens or outputs or enrich:
+            out[int(c)] = {"tokens": tokens, "outputs": outputs, "enrich": enrich}
+    return out
 
 
 # Table kinds: (key, gap/status filter, sort columns, ascending, caption).
@@ -336,6 +375,211 @@ def table_knobs(run_dir: Path) -> dict[str, Any]:
     return knobs
 
 
+# ---------------------------------------------------------------- themes and findings
+
+
+def read_themes(run_dir: Path, knobs: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
+    """``themes.parquet`` when present and made from the current ``concepts.parquet`` (same scoring
+    knobs in both tables' metadata), else None and, for a stale table, why it is left out."""
+    from cgaps.labels.themes import THEME_COLUMNS, THEMES
+
+    path = run_dir / THEMES
+    if not path.exists():
+        return None, None
+    df = rundir.read_table(path, "rerun `cgaps label RUN_DIR`")
+    missing = [c for c in THEME_COLUMNS if c not in df.columns]
+    if missing:
+        raise CGapsError(f"{path}: missing column(s) {', '.join(missing)}; rerun `cgaps label RUN_DIR`")
+    made = {k: v for k, v in (rundir.read_table_knobs(path) or {}).items() if k != "theme_cut"}
+    if knobs and made != knobs:
+        return (
+            None,
+            f"{THEMES} was made before the last `cgaps score`; rerun `cgaps label RUN_DIR` to update the themes",
+        )
+    df = df.copy()
+    df["scope"] = df["scope"].astype(str)
+    df["gap"] = df["gap"].fillna("").astype(str)
+    return df, None
+
+
+def theme_phrase(tokens: list[str], group: Any, mass: Any, share: Any) -> str:
+    """A theme in words: where its weight falls and its tokens, e.g.
+    'probes:weekday items (30% of its weight, 8% of all items) · “days”, “Today”, “Sunday”'."""
+    parts = []
+    m, b = _num(mass), _num(share)
+    if isinstance(group, str) and group and math.isfinite(m):
+        parts.append(f"{group} items ({100 * m:.0f}% of its weight, {100 * b:.0f}% of all items)")
+    if tokens:
+        parts.append(("text with " if not parts else "") + ", ".join(f"“{t}”" for t in tokens[:4]))
+    return " · ".join(parts)
+
+
+def _theme_rows(themes: pd.DataFrame, describe: _Describer, limit: int) -> list[dict[str, Any]]:
+    """The ALL-scope themes shown in the report: every gap and strength theme, then the rest, up to ``limit``."""
+    rows = []
+    all_rows = themes[themes["scope"] == rundir.ALL_SCOPE].sort_values("theme", kind="stable").head(limit)
+    for r in all_rows.itertuples(index=False):
+        members = [int(c) for c in _json_list(r.members)]
+        tokens = [str(t) for t in _json_list(r.tokens)]
+        chi, exp, lo, hi = _num(r.chi_model), _num(r.expected), _num(r.ci_low), _num(r.ci_high)
+        rows.append(
+            {
+                "theme": int(r.theme),
+                "phrase": theme_phrase(tokens, r.enrich_group, r.enrich_mass, r.enrich_items)
+                or f"theme {int(r.theme)}",
+                "gap": r.gap,
+                "n_members": int(r.n_members),
+                "members": [{"concept": c, "desc": describe(c)} for c in members[:12]],
+                "more_members": max(0, len(members) - 12),
+                "support": int(r.support),
+                "chi_bench": _num(r.chi_bench),
+                "chi_model": chi,
+                "expected": exp,
+                "delta": chi - exp,
+                "ci_low": lo,
+                "ci_high": hi,
+                "q": _num(r.q_value),
+                "enrich_p": _num(r.enrich_p),
+            }
+        )
+    return rows
+
+
+def _link(text: str, href: str | None = None) -> dict[str, Any]:
+    return {"text": text, "href": href}
+
+
+def _findings(
+    t: RunTables,
+    all_df: pd.DataFrame,
+    themes: pd.DataFrame | None,
+    theme_rows: list[dict[str, Any]],
+    describe: _Describer,
+    fdr: float,
+) -> list[list[dict[str, Any]]]:
+    """The report's opening sentences, each a list of text segments (a segment with ``href``
+    links to its evidence). Generated from the tables alone: nothing is written for one run."""
+    items = t.items
+    n_weak = int((all_df["gap"] == "weak").sum())
+    n_strong = int((all_df["gap"] == "strong").sum())
+    out: list[list[dict[str, Any]]] = []
+    acc = float(items["score"].mean())
+    first = [
+        _link(f"The model answers {100 * acc:.0f}% of the {len(items)} items correctly ("),
+        _link("accuracy", "#accuracy"),
+        _link("). "),
+    ]
+    if themes is not None:
+        all_t = themes[themes["scope"] == rundir.ALL_SCOPE]
+        tw, ts = int((all_t["gap"] == "weak").sum()), int((all_t["gap"] == "strong").sum())
+        first += [
+            _link(f"{n_weak} concepts are "),
+            _link("gaps", "#gaps"),
+            _link(
+                f" (it does significantly worse where they fire than their benchmarks' accuracy predicts, FDR {fdr:g}) and {n_strong} are "
+            ),
+            _link("strengths", "#strengths"),
+            _link("; grouped by what they fire on, they form "),
+            _link(
+                f"{tw} gap theme{'' if tw == 1 else 's'} and {ts} strength theme{'' if ts == 1 else 's'}",
+                "#themes",
+            ),
+            _link("."),
+        ]
+    else:
+        first += [
+            _link(f"{n_weak} concepts are "),
+            _link("gaps", "#gaps"),
+            _link(f" and {n_strong} are "),
+            _link("strengths", "#strengths"),
+            _link(f" (FDR {fdr:g})."),
+        ]
+    out.append(first)
+
+    def theme_list(kind: str) -> list[list[dict[str, Any]]]:
+        return [
+            [
+                _link(r["phrase"], f"#theme-{r['theme']}"),
+                _link(
+                    f": right on {100 * r['chi_model']:.0f}% where {100 * r['expected']:.0f}% was expected "
+                    f"({r['n_members']} concept{'' if r['n_members'] == 1 else 's'}, {r['support']} items)"
+                ),
+            ]
+            for r in [r for r in theme_rows if r["gap"] == kind][:3]
+        ]
+
+    def concept_list(kind: str) -> list[list[dict[str, Any]]]:
+        rows = _select(all_df, "gaps" if kind == "weak" else "strengths", 3)
+        return [
+            [
+                _link(
+                    describe(int(r.concept))["label"] or f"concept {int(r.concept)}",
+                    "#gaps" if kind == "weak" else "#strengths",
+                ),
+                _link(
+                    f": right on {100 * _num(r.chi_model):.0f}% where {100 * _num(r.expected):.0f}% was expected ({int(r.support)} items)"
+                ),
+            ]
+            for r in rows.itertuples(index=False)
+        ]
+
+    for kind, lead in (("weak", "It fails most on:"), ("strong", "It does best on:")):
+        sub = theme_list(kind) if themes is not None else concept_list(kind)
+        if sub:
+            out.append([_link(lead), {"sub": sub}])
+
+    # where the gap themes' weight falls, with each group's accuracy (a category's, or a benchmark's)
+    if themes is not None:
+        gaps_t = themes[(themes["scope"] == rundir.ALL_SCOPE) & (themes["gap"] == "weak")]
+        groups = gaps_t.groupby("enrich_group")["support"].sum().sort_values(ascending=False)
+        groups = groups[[isinstance(g, str) and bool(g) for g in groups.index]].head(4)
+        accs = _group_accuracy(items)
+        if len(groups):
+            segs = [_link("The gap themes concentrate on ")]
+            for n, g in enumerate(groups.index):
+                a = accs.get(str(g))
+                segs.append(_link(str(g) + (f" (accuracy {100 * a:.0f}%)" if a is not None else "")))
+                segs.append(_link(", " if n < len(groups) - 1 else f", against {100 * acc:.0f}% overall."))
+            out.append(segs)
+        # benchmark gaps per benchmark: the least covered and the missing themes
+        if len(t.benchmarks) > 1:
+            names = {r["theme"]: r["phrase"] for r in theme_rows}
+            for b in t.benchmarks:
+                sub = themes[themes["scope"] == b]
+                miss = sub[(sub["status"] == "missing") & sub["theme"].isin(list(names))].head(2)
+                under = (
+                    sub[(sub["status"] == "under") & sub["theme"].isin(list(names))]
+                    .sort_values("chi_bench")
+                    .head(2)
+                )
+                if not len(miss) and not len(under):
+                    continue
+                segs = [_link(f"{b} ")]
+                if len(under):
+                    segs.append(_link("barely covers "))
+                    for n, th in enumerate(under["theme"]):
+                        segs.append(_link(names[int(th)], f"#theme-{int(th)}"))
+                        segs.append(_link("; " if n < len(under) - 1 else ""))
+                if len(miss):
+                    segs.append(_link(" and never exercises " if len(under) else "never exercises "))
+                    for n, th in enumerate(miss["theme"]):
+                        segs.append(_link(names[int(th)], f"#theme-{int(th)}"))
+                        segs.append(_link("; " if n < len(miss) - 1 else ""))
+                segs.append(_link("."))
+                out.append(segs)
+    return out
+
+
+def _group_accuracy(items: pd.DataFrame) -> dict[str, float]:
+    """Mean score per benchmark and per ``benchmark:category`` (the enrichment groups' names)."""
+    out = {str(b): float(v) for b, v in items.groupby("benchmark")["score"].mean().items()}
+    if "category" in items.columns:
+        cat = items.dropna(subset=["category"])
+        key = cat["benchmark"].astype(str) + ":" + cat["category"].astype(str)
+        out.update({str(k): float(v) for k, v in cat.groupby(key)["score"].mean().items()})
+    return out
+
+
 def report_context(run_dir: str | Path, options: ReportOptions | None = None) -> dict[str, Any]:
     """Everything the template shows, as plain data (and SVG markup for the figures)."""
     opts = options or ReportOptions()
@@ -346,7 +590,8 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
     config: dict[str, Any] = t.meta["config"] if isinstance(t.meta.get("config"), dict) else {}
     # the knobs the tables were computed with are those in their own metadata (run.json may
     # be one `cgaps score` behind after a kill); run.json only for tables from older versions
-    config = {**config, **table_knobs(run_dir)}
+    knobs = table_knobs(run_dir)
+    config = {**config, **knobs}
     fdr = _num(config.get("fdr", 0.05))
     min_support = config.get("min_support", 5)
     under_pct, over_pct = config.get("under_pct", 10), config.get("over_pct", 90)
@@ -473,6 +718,10 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
         for kind in TABLES
     }
 
+    themes, themes_note = read_themes(run_dir, knobs)
+    theme_rows = [] if themes is None else _theme_rows(themes, describe, opts.top)
+    findings = _findings(t, all_df, themes, theme_rows, describe, fdr)
+
     status_counts = {
         s: {k: int((by_scope[s]["status"] == k).sum()) for k in ("missing", "under", "normal", "over")}
         for s in [*benches, rundir.ALL_SCOPE]
@@ -506,6 +755,10 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
             for a, b, j, m, n in t.overlap[list(rundir.OVERLAP_COLUMNS)].itertuples(index=False)
         ],
         "tables": tables,
+        "findings": findings,
+        "themes": theme_rows,
+        "themes_note": themes_note,
+        "has_evidence": bool(describe.evidence),
         "table_titles": TABLES,
         "robustness": None
         if t.robustness is None

@@ -1,0 +1,271 @@
+"""Evidence labels: what a concept is, from the run itself, without a language model (docs/method.md §5).
+
+Four kinds of evidence per concept, each a plain function of arrays so that the tests can check
+it against a hand computation:
+
+- **Distinctive tokens** (:func:`distinctive_tokens`). For every item where the concept is
+  present (s ≥ τ·m_c, the presence rule of §2) extraction recorded the token where it peaked.
+  A token is distinctive when the concept peaks on it more often than the token's base rate
+  among all analysed tokens of the run would give. The ranking is the z-score of the log-odds
+  ratio with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008, "Fightin' Words"):
+  with y_w peaks of the concept on token w out of n, Y_w occurrences of w among the run's N
+  analysed tokens, and a prior α_w = a0·Y_w/N (``prior`` = a0),
+
+      δ_w = log((y_w+α_w)/(n+a0−y_w−α_w)) − log((Y_w+α_w)/(N+a0−Y_w−α_w)),
+      σ²_w = 1/(y_w+α_w) + 1/(Y_w+α_w),   z_w = δ_w/σ_w.
+
+  A token is distinctive when the concept peaked on it at least twice, z_w ≥ 1.96 (it is more
+  frequent than its base rate, at the 5 % level) and δ_w ≥ ``min_log_odds`` (default 3: its odds
+  among the concept's peaks are ≥ e³ ≈ 20 times its odds in the run); distinctive tokens are
+  ranked by δ_w, the prior-shrunk log-odds ratio. A frequent token ("the") has a large Y_w, so
+  it only qualifies when the concept peaks on it far more often than "the" occurs; raw
+  frequency never decides, and a concept whose peaks merely follow the run's token mix has no
+  distinctive token (its label then shows output tokens). Measured on the demo run: with
+  ``min_log_odds`` 0 and ranking by z, "." or "to" came first for over 1 % of concepts each;
+  with these rules each stop-word stays below 0.5 % (docs/results.md). Tokens are compared
+  stripped of surrounding whitespace (" Monday" and "Monday" are one token here).
+- **Top activating contexts**: ``contexts.parquet`` (written by extraction,
+  :mod:`cgaps.labels.contexts`): the items of highest saliency with the firing token and the
+  text around it.
+- **Output tokens** (:func:`logit_lens`): the tokens the concept's decoder direction promotes,
+  W_dec[c] · diag(g) · W_Uᵀ, with g the final norm's scale (what Neuronpedia shows as positive
+  logits; the norm's own division is left out, as there).
+- **Metadata enrichment** (:func:`enrichment`): where the concept's thresholded, normalised
+  saliency mass ŝ' falls among groups of items (each benchmark; each benchmark's categories;
+  meta fields ``subject``, ``task``, ``family``), against the share of items in each group.
+  Within a facet the group with the largest mass share is named; across facets, the one with
+  the largest m·log(m/b) (mass share m, item share b: the information the group carries), so a
+  suite of one benchmark names a category, not the benchmark. Significance: the hypergeometric
+  probability of at least k of the concept's n present items falling in a group of K of the N
+  items by chance.
+
+:func:`compose_label` writes the provisional label from them, e.g.
+``“Monday” “Friday” “Sunday” · probes:weekday 91%``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy import stats
+
+# Meta-JSON fields that name a group of items (a suite's subject, task or probe family).
+ENRICH_META_KEYS = ("subject", "task", "family")
+STOP_WORDS = frozenset({"the", "a", "of", "to", "."})
+EVIDENCE_SOURCE = "evidence"
+Z_MIN = 1.96  # a distinctive token is more frequent than its base rate at the 5 % level
+
+
+def token_key(text: str) -> str:
+    """How a token is compared and shown: stripped of surrounding whitespace; a whitespace-only
+    token by a visible sign (⏎ for a line break, ␣ for spaces)."""
+    stripped = text.strip()
+    if stripped:
+        return stripped
+    return "⏎" if "\n" in text else "␣"
+
+
+# ---------------------------------------------------------------- distinctive tokens
+
+
+def distinctive_tokens(
+    peaks: pd.DataFrame, base: pd.Series, prior: float, k: int, min_log_odds: float = 3.0
+) -> pd.DataFrame:
+    """The ``k`` most distinctive tokens per concept (module docstring).
+
+    ``peaks``: one row per (item, concept) where the concept is present, columns ``concept`` and
+    ``token`` (a :func:`token_key`). ``base``: occurrences of each token key among the run's
+    analysed tokens. Returns columns ``concept``, ``token``, ``count`` (y), ``z``, ranked by z
+    (and ``delta``), the distinctive ones only, ranked by delta within each concept (ties by token).
+    """
+    if peaks.empty:
+        return pd.DataFrame({"concept": [], "token": [], "count": [], "z": [], "delta": []})
+    counts = peaks.groupby(["concept", "token"], sort=True).size().rename("count").reset_index()
+    n = counts.groupby("concept")["count"].transform("sum").to_numpy(np.float64)
+    y = counts["count"].to_numpy(np.float64)
+    big_y = counts["token"].map(base).fillna(0).to_numpy(np.float64)
+    big_y = np.maximum(big_y, y)  # a token the base rate missed counts at least its peaks
+    big_n = float(max(base.sum(), big_y.max()))
+    alpha = prior * big_y / big_n
+    delta = np.log((y + alpha) / (n + prior - y - alpha)) - np.log(
+        (big_y + alpha) / (big_n + prior - big_y - alpha)
+    )
+    z = delta / np.sqrt(1 / (y + alpha) + 1 / (big_y + alpha))
+    counts["z"], counts["delta"] = z, delta
+    counts = counts[(counts["count"] >= 2) & (counts["z"] >= Z_MIN) & (counts["delta"] >= min_log_odds)]
+    counts = counts.sort_values(["concept", "delta", "token"], ascending=[True, False, True], kind="stable")
+    return counts.groupby("concept", sort=False).head(k).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- output tokens
+
+
+def logit_lens(
+    w_dec: Any, w_u: Any, norm_scale: Any | None, concepts: Sequence[int], k: int, chunk: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` vocabulary ids (and their logits) that each concept's decoder row promotes.
+
+    ``w_dec`` [F, d], ``w_u`` [V, d] (the unembedding), ``norm_scale`` [d] or None; torch tensors.
+    Computed ``chunk`` concepts at a time so a 64k-latent SAE never holds F x V logits.
+    """
+    import torch
+
+    ids = np.zeros((len(concepts), k), dtype=np.int64)
+    vals = np.zeros((len(concepts), k), dtype=np.float32)
+    if not len(concepts) or k == 0:
+        return ids, vals
+    w_u = w_u.detach().float()
+    scale = None if norm_scale is None else norm_scale.detach().float().to(w_u.device)
+    idx = torch.as_tensor(np.asarray(concepts, dtype=np.int64))
+    with torch.no_grad():
+        for start in range(0, len(concepts), chunk):
+            rows = w_dec[idx[start : start + chunk]].detach().float().to(w_u.device)
+            if scale is not None:
+                rows = rows * scale
+            top = (rows @ w_u.T).topk(min(k, w_u.shape[0]), dim=1)
+            ids[start : start + len(rows), : top.indices.shape[1]] = top.indices.cpu().numpy()
+            vals[start : start + len(rows), : top.values.shape[1]] = top.values.cpu().numpy()
+    return ids, vals
+
+
+# ---------------------------------------------------------------- metadata enrichment
+
+
+def item_groups(items: pd.DataFrame) -> dict[str, pd.Series]:
+    """Facet name -> the group label of every item (None where an item has none).
+
+    ``benchmark`` always; ``category`` and the :data:`ENRICH_META_KEYS` of the ``meta`` JSON as
+    ``benchmark:value``. A facet that splits the items exactly like an earlier one is left out
+    (a probe's ``family`` repeats its category).
+    """
+    bench = items["benchmark"].astype(str).reset_index(drop=True)
+    facets: dict[str, pd.Series] = {"benchmark": bench}
+    if "category" in items.columns:
+        cat = items["category"].reset_index(drop=True)
+        facets["category"] = pd.Series(
+            [
+                f"{b}:{c}" if isinstance(c, str) and c.strip() else None
+                for b, c in zip(bench, cat, strict=True)
+            ]
+        )
+    if "meta" in items.columns:
+        metas = [_meta(m) for m in items["meta"]]
+        for key in ENRICH_META_KEYS:
+            vals = [m.get(key) for m in metas]
+            if any(isinstance(v, str) and v.strip() for v in vals):
+                facets[key] = pd.Series(
+                    [
+                        f"{b}:{v}" if isinstance(v, str) and v.strip() else None
+                        for b, v in zip(bench, vals, strict=True)
+                    ]
+                )
+    kept: dict[str, pd.Series] = {}
+    seen: list[np.ndarray] = []
+    for name, groups in facets.items():
+        codes = pd.factorize(groups.fillna("\0"))[0]
+        if any(len(codes) == len(s) and _same_partition(codes, s) for s in seen):
+            continue
+        seen.append(codes)
+        kept[name] = groups
+    return kept
+
+
+def _meta(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, str) and raw.strip():
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            return {}
+        return data if isinstance(data, dict) else {}
+    return {}
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    pairs = pd.DataFrame({"a": a, "b": b}).drop_duplicates()
+    return bool(pairs["a"].is_unique and pairs["b"].is_unique)
+
+
+ENRICH_COLUMNS = ("enrich_facet", "enrich_group", "enrich_mass", "enrich_items", "enrich_p")
+
+
+def enrichment(shat: sp.csr_matrix, groups: dict[str, pd.Series]) -> pd.DataFrame:
+    """Where each concept's mass falls (module docstring): one row per concept (the columns of
+    ``shat``, items x concepts, thresholded normalised saliency ŝ'), columns :data:`ENRICH_COLUMNS`
+    (facet, group, mass share, item share, hypergeometric p); empty/NaN for a concept never present."""
+    n_items, f = shat.shape
+    present = (shat > 0).astype(np.float64).tocsc()
+    shat_c = shat.tocsc()
+    total = np.asarray(shat_c.sum(axis=0)).ravel()
+    support = np.asarray(present.sum(axis=0)).ravel()
+    best_info = np.full(f, -np.inf)
+    out_facet = np.full(f, "", dtype=object)
+    out_group = np.full(f, "", dtype=object)
+    out_mass = np.full(f, np.nan)
+    out_items = np.full(f, np.nan)
+    out_p = np.full(f, np.nan)
+    for facet, labels in groups.items():
+        codes, names = pd.factorize(labels)  # None -> -1: an item outside every group of the facet
+        have = codes >= 0
+        ind = sp.csr_matrix(
+            (np.ones(int(have.sum())), (codes[have], np.flatnonzero(have))), shape=(len(names), n_items)
+        )
+        mass = np.asarray((ind @ shat_c).todense())  # groups x concepts
+        hits = np.asarray((ind @ present).todense())
+        sizes = np.bincount(codes[have], minlength=len(names)).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = mass / total
+        best = np.argmax(np.nan_to_num(share, nan=-1.0), axis=0)
+        cols = np.arange(f)
+        m = share[best, cols]
+        b = sizes[best] / n_items
+        with np.errstate(invalid="ignore", divide="ignore"):
+            info = np.where(m > 0, m * np.log(m / b), -np.inf)
+        better = (total > 0) & (info > best_info)
+        if not better.any():
+            continue
+        k = hits[best, cols]
+        p = stats.hypergeom.sf(k - 1, n_items, sizes[best], support)
+        best_info[better] = info[better]
+        out_facet[better] = facet
+        out_group[better] = np.asarray(names, dtype=object)[best[better]]
+        out_mass[better], out_items[better], out_p[better] = m[better], b[better], p[better]
+    return pd.DataFrame(
+        {
+            "concept": np.arange(f, dtype=np.int32),
+            "enrich_facet": out_facet,
+            "enrich_group": out_group,
+            "enrich_mass": out_mass,
+            "enrich_items": out_items,
+            "enrich_p": out_p,
+        }
+    )
+
+
+# ---------------------------------------------------------------- the provisional label
+
+
+def quote(tokens: Sequence[str]) -> str:
+    return " ".join(f"“{t}”" for t in tokens)
+
+
+def compose_label(
+    tokens: Sequence[str], outputs: Sequence[str], group: str, mass: float, p: float, enrich_p: float
+) -> str:
+    """``“Monday” “Friday” · probes:weekday 91%``: the top distinctive tokens (else the output
+    tokens, after an arrow), and the enriched group when its p is below ``enrich_p``."""
+    parts = []
+    if tokens:
+        parts.append(quote(tokens[:3]))
+    elif outputs:
+        parts.append("→ " + quote(outputs[:3]))
+    if group and math.isfinite(p) and p < enrich_p and math.isfinite(mass):
+        parts.append(f"{group} {100 * mass:.0f}%")
+    return " · ".join(parts)

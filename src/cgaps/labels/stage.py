@@ -1,0 +1,395 @@
+"""The labels stage (``cgaps label RUN_DIR``): ``labels.parquet`` and ``themes.parquet``.
+
+Reads the run directory (items, saliency, concepts, the extraction's shards) and writes:
+
+- ``labels.parquet``, one row per concept: the required ``concept``, ``label``, ``source``
+  (:data:`cgaps.rundir.LABEL_COLUMNS`), and the evidence of :mod:`cgaps.labels.evidence`
+  (:data:`EVIDENCE_COLUMNS`) with the labels of other sources beside it (``imported_label``,
+  ``llm_label``, ``llm_score``). ``label`` is the best available: imported, else an LLM label
+  whose detection score beats chance, else the evidence label.
+- ``themes.parquet`` (:mod:`cgaps.labels.themes`), carrying the scoring knobs of
+  ``concepts.parquet`` in its schema metadata, so the report can tell a theme table made
+  before a rescoring from a current one.
+
+Provenance: run.json ``inputs.labels`` records the item columns the evidence used with their
+digest (:func:`cgaps.rundir.stage_record`) and an ``evidence`` fingerprint of everything else
+it depends on (the extraction's record, the SAE's fingerprint, presence and the options). A
+rerun reuses the evidence while that record matches, and always keeps the imported and LLM
+labels already in the table: completed work is never lost. The evidence needs the reader
+model's tokenizer and unembedding and the SAE's decoder, loaded here unless the caller (the
+pipeline) passes them; a run whose saliency came from another tool (no ``sae`` in run.json)
+gets enrichment and themes by co-activation only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cgaps import rundir
+from cgaps.console import info
+from cgaps.errors import CGapsError
+from cgaps.labels import evidence, themes
+from cgaps.labels.options import LabelOptions
+from cgaps.runtables import RunTables, load_run
+from cgaps.scoring.core import SuiteMatrix, build_matrix
+from cgaps.seams import ResidualReader, SAEEncoder
+
+THEMES = themes.THEMES
+EVIDENCE_COLUMNS = (
+    "evidence_label",
+    "tokens",  # JSON [[token, count, z, delta], ...], most distinctive first
+    "output_tokens",  # JSON [[token, logit], ...]
+    *evidence.ENRICH_COLUMNS,
+)
+OTHER_SOURCE_COLUMNS = ("imported_label", "imported_source", "llm_label", "llm_score")
+LABELS_TABLE_COLUMNS = (*rundir.LABEL_COLUMNS, *EVIDENCE_COLUMNS, *OTHER_SOURCE_COLUMNS)
+# the item columns the evidence depends on besides the extraction's (enrichment's groups)
+LABEL_ITEM_COLUMNS = ("item_id", "benchmark", "category", "meta")
+LLM_MIN_SCORE = 0.5  # an LLM label replaces the evidence label only when detection beats chance
+
+
+def label_run(
+    run_dir: str | Path,
+    options: LabelOptions | None = None,
+    backend: ResidualReader | None = None,
+    sae: SAEEncoder | None = None,
+) -> pd.DataFrame:
+    """Write labels.parquet and themes.parquet (module docstring); return the labels table.
+    Holds the run directory's writer lock (:func:`cgaps.rundir.writing`)."""
+    with rundir.writing(run_dir):
+        return _label_run(Path(run_dir), options or LabelOptions(), backend, sae)
+
+
+def _fingerprint(run: RunTables, opts: LabelOptions, presence: float) -> str:
+    parts = {
+        "extract": run.meta.get("inputs", {}).get("extract"),
+        "sae": run.meta.get("sae", {}).get("fingerprint"),
+        "presence": presence,
+        "tokens": opts.tokens,
+        "prior": opts.prior,
+        "min_log_odds": opts.min_log_odds,
+        "output_tokens": opts.output_tokens,
+        "enrich_p": opts.enrich_p,
+        "version": 1,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _evidence_is_current(run_dir: Path, run: RunTables, fingerprint: str) -> bool:
+    recorded = run.meta.get("inputs", {}).get("labels")
+    if not isinstance(recorded, dict) or recorded.get("evidence") != fingerprint:
+        return False
+    if not rundir.stage_is_current(run_dir, "labels", run.items, meta=run.meta):
+        return False
+    return run.labels is not None and all(c in run.labels.columns for c in EVIDENCE_COLUMNS)
+
+
+def thresholded_matrix(run: RunTables) -> SuiteMatrix:
+    """The run's suite matrix at its presence threshold and concept scale (as scoring built it)."""
+    from cgaps.scoring.stage import concept_scale
+
+    cfg = run.config()
+    scale, _ = concept_scale(run, cfg)
+    return build_matrix(run.items, run.saliency, run.n_concepts, presence=cfg.presence, scale=scale)
+
+
+def shat_matrix(m: SuiteMatrix) -> sp.csr_matrix:
+    """ŝ' (items x concepts): the thresholded saliency on each concept's scale, clipped to 1."""
+    return sp.csr_matrix((m.shat_data(), m.saliency.indices, m.saliency.indptr), shape=m.saliency.shape)
+
+
+def _label_run(
+    run_dir: Path, opts: LabelOptions, backend: ResidualReader | None, sae: SAEEncoder | None
+) -> pd.DataFrame:
+    t0 = time.perf_counter()
+    run = load_run(run_dir, results=True)
+    cfg = run.config()
+    m = thresholded_matrix(run)
+    shat = shat_matrix(m)
+    groups = evidence.item_groups(run.items)
+    fingerprint = _fingerprint(run, opts, cfg.presence)
+    w_dec: np.ndarray | None = None
+    previous = run.labels
+    if _evidence_is_current(run_dir, run, fingerprint):
+        assert previous is not None
+        ev = previous[["concept", *EVIDENCE_COLUMNS]].copy()
+        tokens = _tokens_long(ev)
+        if "sae" in run.meta:
+            backend, sae = _load(run, backend, sae)
+            w_dec = decoder_rows(sae)
+        info("labels: evidence is current, reusing it")
+    else:
+        if "sae" in run.meta:
+            backend, sae = _load(run, backend, sae)
+            w_dec = decoder_rows(sae)
+        ev, tokens = compute_evidence(run, m, shat, groups, opts, backend, sae)
+    t1 = time.perf_counter()
+
+    table = ev.copy()
+    for col in OTHER_SOURCE_COLUMNS:  # keep what other sources wrote before
+        if previous is not None and col in previous.columns and len(previous) == run.n_concepts:
+            table[col] = previous[col].to_numpy()
+        else:
+            table[col] = np.nan if col == "llm_score" else ""
+    if opts.labels_file:
+        from cgaps.labels.imported import ImportedLabels
+
+        source = ImportedLabels(opts.labels_file, **run_ids(run, opts))
+        imported = source.labels(run.n_concepts)
+        got = imported["source"] != ""
+        table.loc[got.to_numpy(), "imported_label"] = imported.loc[got, "label"].to_numpy()
+        table.loc[got.to_numpy(), "imported_source"] = source.name
+        info(f"labels: imported {int(got.sum())} labels from {opts.labels_file}")
+    if opts.labeler:
+        from cgaps.labels.autointerp import AutoInterp
+
+        llm = AutoInterp(run_dir, opts).run(run, m, table)
+        for c, (label, score) in llm.items():
+            table.loc[c, "llm_label"] = label
+            table.loc[c, "llm_score"] = score
+    table["label"], table["source"] = choose_labels(table)
+
+    theme_table = themes.build_themes(
+        m, run.concepts, cfg, groups, tokens, w_dec, opts.theme_cut, opts.enrich_p
+    )
+    t2 = time.perf_counter()
+    knobs = rundir.read_table_knobs(run_dir / rundir.CONCEPTS) or {}
+    rundir.write_table(theme_table, run_dir / THEMES, knobs={**knobs, "theme_cut": opts.theme_cut})
+    table = table[list(LABELS_TABLE_COLUMNS)]
+    table["llm_score"] = table["llm_score"].astype("float64")
+    rundir.write_table(table, run_dir / rundir.LABELS)
+    record = rundir.stage_record(run.items, "labels", LABEL_ITEM_COLUMNS)
+    rundir.update_run_json(
+        run_dir,
+        inputs={"labels": {**record, "evidence": fingerprint}},
+        counts={
+            "labels": {k: int(v) for k, v in table["source"].value_counts().items() if k},
+            **themes.summary(theme_table),
+        },
+        timings={"label_evidence_s": round(t1 - t0, 2), "label_themes_s": round(t2 - t1, 2)},
+    )
+    s = themes.summary(theme_table)
+    info(
+        f"wrote {run_dir / rundir.LABELS} and {run_dir / THEMES}: {s['themes']} themes, "
+        f"{s['themes_weak']} gap themes, {s['themes_strong']} strength themes"
+    )
+    return table
+
+
+def choose_labels(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Per concept the best label and its source: imported, else a good LLM label, else evidence."""
+    labels, sources = [], []
+    for imp, imp_src, llm, score, ev in table[
+        ["imported_label", "imported_source", "llm_label", "llm_score", "evidence_label"]
+    ].itertuples(index=False):
+        if isinstance(imp, str) and imp:
+            labels.append(imp)
+            sources.append(str(imp_src) or "imported")
+        elif isinstance(llm, str) and llm and isinstance(score, float) and score > LLM_MIN_SCORE:
+            labels.append(llm)
+            sources.append("llm")
+        elif isinstance(ev, str) and ev:
+            labels.append(ev)
+            sources.append(evidence.EVIDENCE_SOURCE)
+        else:
+            labels.append("")
+            sources.append("")
+    return labels, sources
+
+
+def run_ids(run: RunTables, opts: LabelOptions) -> dict[str, str]:
+    """The run's model and SAE ids as a label file must name them (cgaps.labels.imported)."""
+    model = opts.neuronpedia_model or str(
+        run.meta.get("model", {}).get("reader") or run.config().reader_model
+    )
+    sae = opts.neuronpedia_sae or str(run.meta.get("sae", {}).get("id") or run.config().sae)
+    return {"model": model, "sae": sae}
+
+
+def _load(
+    run: RunTables, backend: ResidualReader | None, sae: SAEEncoder | None
+) -> tuple[ResidualReader, SAEEncoder]:
+    """The reader model (its tokenizer, unembedding and dimensions) and the SAE the run was
+    extracted with, unless the caller passed them."""
+    cfg = run.config()
+    if backend is None:
+        from cgaps.models import load_backend
+
+        info(f"loading reader model {cfg.reader_model}")
+        backend = load_backend(cfg.reader_model, cfg.device, cfg.dtype)
+    if sae is None:
+        from cgaps.sae import load_sae
+
+        rec = run.meta.get("sae", {})
+        assert backend is not None
+        sae = load_sae(
+            cfg.sae, hidden_size=backend.hidden_size, n_layers=backend.n_layers, layer=cfg.layer, device="cpu"
+        )
+        if rec.get("fingerprint") and sae.fingerprint != rec["fingerprint"]:
+            raise CGapsError(
+                f"{run.path / rundir.RUN_JSON}: the SAE {cfg.sae!r} has other weights than the run was "
+                "extracted with (fingerprint differs); rerun `cgaps extract RUN_DIR` with it first"
+            )
+    return backend, sae
+
+
+def decoder_rows(sae: SAEEncoder | None) -> np.ndarray | None:
+    """W_dec [F, d] of a loaded SAE as float32 numpy (None when there is none)."""
+    if sae is None:
+        return None
+    inner = getattr(sae, "sae", None)
+    w = getattr(inner, "W_dec", None)
+    if w is None:
+        import torch
+
+        eye = torch.eye(sae.width)
+        w = sae.decode(eye) - sae.decode(torch.zeros(1, sae.width))
+    return w.detach().float().cpu().numpy()
+
+
+# ---------------------------------------------------------------- evidence
+
+
+def compute_evidence(
+    run: RunTables,
+    m: SuiteMatrix,
+    shat: sp.csr_matrix,
+    groups: dict[str, pd.Series],
+    opts: LabelOptions,
+    backend: ResidualReader | None,
+    sae: SAEEncoder | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The evidence columns for every concept, and the long table of distinctive tokens."""
+    f = run.n_concepts
+    enrich = evidence.enrichment(shat, groups)
+    tokens = pd.DataFrame({"concept": [], "token": [], "count": [], "z": [], "delta": []})
+    if backend is not None:
+        peaks, base = peak_tokens(run, m, backend.tokenizer)
+        tokens = evidence.distinctive_tokens(peaks, base, opts.prior, opts.tokens, opts.min_log_odds)
+    tok_lists: dict[int, list[list[Any]]] = {}
+    for c, tok, n, z, d in tokens[["concept", "token", "count", "z", "delta"]].itertuples(index=False):
+        tok_lists.setdefault(int(c), []).append([str(tok), int(n), round(float(z), 3), round(float(d), 3)])
+    out_lists: dict[int, list[list[Any]]] = {}
+    if backend is not None and sae is not None and opts.output_tokens > 0:
+        out_lists = output_tokens(backend, sae, np.flatnonzero(m.scale > 0), opts.output_tokens)
+    labels = [
+        evidence.compose_label(
+            [t[0] for t in tok_lists.get(c, [])],
+            [t[0] for t in out_lists.get(c, [])],
+            group,
+            mass,
+            p,
+            opts.enrich_p,
+        )
+        for c, group, mass, p in enrich[["concept", "enrich_group", "enrich_mass", "enrich_p"]].itertuples(
+            index=False
+        )
+    ]
+    ev = pd.DataFrame(
+        {
+            "concept": np.arange(f, dtype=np.int32),
+            "evidence_label": labels,
+            "tokens": [json.dumps(tok_lists.get(c, []), ensure_ascii=False) for c in range(f)],
+            "output_tokens": [json.dumps(out_lists.get(c, []), ensure_ascii=False) for c in range(f)],
+        }
+    )
+    ev = ev.merge(enrich, on="concept", how="left")
+    return ev, tokens
+
+
+def _tokens_long(ev: pd.DataFrame) -> pd.DataFrame:
+    rows = [
+        (int(c), str(t[0]), int(t[1]), float(t[2]), float(t[3]))
+        for c, raw in ev[["concept", "tokens"]].itertuples(index=False)
+        for t in json.loads(raw or "[]")
+    ]
+    return pd.DataFrame(rows, columns=["concept", "token", "count", "z", "delta"])
+
+
+def peak_tokens(run: RunTables, m: SuiteMatrix, tokenizer: Any) -> tuple[pd.DataFrame, pd.Series]:
+    """The firing token of every present (item, concept), and the base counts of the run's
+    analysed tokens (both as :func:`cgaps.labels.evidence.token_key`).
+
+    The tokens come from the extraction's shards (each row's peak character span), read for
+    the items whose input digest still matches (the shards' sidecars); the text they index is
+    the formatted conversation, rebuilt here with the reader's tokenizer exactly as extraction
+    built it (:func:`cgaps.extract.stage.encode_items`).
+    """
+    from cgaps.extract.stage import encode_items, input_digest
+
+    cfg = run.config()
+    encoded = encode_items(run.items, tokenizer, cfg)
+    texts = {e.item_id: e.text for e in encoded}
+    digests = {e.item_id: input_digest(e) for e in encoded}
+    base: Counter[str] = Counter()
+    for e in encoded:
+        for (a, b), keep in zip(e.offsets, e.mask, strict=True):
+            if keep:
+                base[evidence.token_key(e.text[a:b])] += 1
+    shard_dir = run.path / rundir.SALIENCY_SHARDS
+    current = rundir.stage_is_current(run.path, "extract", run.items, meta=run.meta)
+    frames = []
+    for side in sorted(shard_dir.glob("shard-*.json")) if shard_dir.is_dir() else []:
+        meta = rundir.read_json_file(side, fix=f"delete {shard_dir} and rerun `cgaps extract RUN_DIR`")
+        ids = meta.get("item_ids", [])
+        if "digests" in meta:
+            ok = {i for i, d in zip(ids, meta["digests"], strict=False) if digests.get(i) == d}
+        else:  # sidecars written before digests: trust them while the extraction record is current
+            ok = set(ids) if current is not False else set()
+        parquet = side.with_suffix(".parquet")
+        if ok and parquet.exists():
+            df = pd.read_parquet(parquet, columns=["item_id", "concept", "peak_start", "peak_end"])
+            frames.append(df[df["item_id"].isin(ok)])
+    empty = pd.DataFrame({"item_id": [], "concept": [], "token": []})
+    if not frames:
+        info(f"labels: no extraction shards in {shard_dir}; distinctive tokens left out")
+        return empty, pd.Series(base, dtype=np.int64)
+    peaks = pd.concat(frames, ignore_index=True)
+    # keep the present cells only (the thresholded matrix's nonzeros)
+    row_of = pd.Index(m.item_ids).get_indexer(peaks["item_id"].astype(str))
+    coo = m.saliency.tocoo()
+    present = pd.MultiIndex.from_arrays([coo.row.astype(np.int64), coo.col.astype(np.int64)])
+    keep = pd.MultiIndex.from_arrays([row_of.astype(np.int64), peaks["concept"].to_numpy(np.int64)]).isin(
+        present
+    )
+    peaks = peaks[keep & (row_of >= 0)]
+    peaks = peaks.assign(
+        token=[
+            evidence.token_key(texts[i][a:b])
+            for i, a, b in zip(peaks["item_id"], peaks["peak_start"], peaks["peak_end"], strict=True)
+        ]
+    )
+    return peaks[["item_id", "concept", "token"]].reset_index(drop=True), pd.Series(base, dtype=np.int64)
+
+
+def output_tokens(
+    backend: ResidualReader, sae: SAEEncoder, concepts: np.ndarray, k: int
+) -> dict[int, list[list[Any]]]:
+    """The logit lens of each concept's decoder row (cgaps.labels.evidence.logit_lens)."""
+    import torch
+
+    model = getattr(backend, "model", None)
+    head = model.get_output_embeddings() if model is not None else None
+    if model is None or head is None:  # a backend without an unembedding to read
+        return {}
+    norm = getattr(getattr(model, "model", None), "norm", None)
+    scale = getattr(norm, "weight", None)
+    if scale is not None and "gemma" in str(getattr(model.config, "model_type", "")):
+        scale = scale + 1  # Gemma's RMSNorm multiplies by (1 + weight)
+    w_dec = torch.as_tensor(decoder_rows(sae))
+    ids, vals = evidence.logit_lens(w_dec, head.weight, scale, concepts.tolist(), k)
+    tok = backend.tokenizer
+    vocab = {int(i): tok.decode([int(i)]) for i in np.unique(ids)}
+    return {
+        int(c): [[vocab[int(i)], round(float(v), 3)] for i, v in zip(ids[n], vals[n], strict=True)]
+        for n, c in enumerate(concepts)
+    }
