@@ -27,13 +27,21 @@ small vocabulary. The last line printed is
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 BENCHMARKS = ["gsm8k", "math", "agieval", "logicbench", "siqa", "winogrande", "bbq", "crows", "vectara", "nq"]
+GENERATOR = 2  # bump when the synthetic run changes: a kept run of another version is remade
 PLANTED = 50  # concepts with a planted model gap
 VOCAB = [
     "the",
@@ -86,7 +94,13 @@ def make_synthetic_run(
     from cgaps import rundir
     from cgaps.scoring.stage import score_run
 
-    sizes = {"n_concepts": n_concepts, "n_benchmarks": n_benchmarks, "n_items": n_items, "per_item": per_item}
+    sizes = {
+        "generator": GENERATOR,
+        "n_concepts": n_concepts,
+        "n_benchmarks": n_benchmarks,
+        "n_items": n_items,
+        "per_item": per_item,
+    }
     marker = out / "bench_sizes.json"
     if marker.exists() and json.loads(marker.read_text()) == sizes and (out / rundir.CONCEPTS).exists():
         return out
@@ -169,3 +183,111 @@ def make_synthetic_run(
     score_run(out)
     marker.write_text(json.dumps(sizes))
     return out
+
+
+def _peak_rss_gb(pid: int) -> float:
+    """The peak resident memory of a process (VmHWM), in GB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    return float("nan")
+
+
+def _start_server(run: Path) -> tuple[subprocess.Popen[str], str, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cgaps", "serve", str(run), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CGAPS_NO_PROGRESS": "1"},
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()  # printed once the tables are loaded and the port is bound
+    if not url.startswith("http://"):
+        proc.kill()
+        raise SystemExit(f"cgaps serve did not start (got {url!r})")
+    return proc, url, time.perf_counter() - t0
+
+
+def measure(url: str, repeats: int, chromium: str) -> dict[str, list[float]]:
+    """Times (ms) of the three interactions in Chromium, ``repeats`` each, each in a fresh context."""
+    from playwright.sync_api import sync_playwright
+
+    out: dict[str, list[float]] = {"first_render_ms": [], "search_ms": [], "detail_ms": []}
+    wait = "n => window.__cgaps && window.__cgaps.{} >= n"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        for k in range(repeats):
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            page.goto(url + "concepts")
+            page.wait_for_function(wait.format("lists"), arg=1, timeout=60_000)
+            out["first_render_ms"].append(
+                page.evaluate("() => performance.getEntriesByName('cgaps:list')[0].startTime")
+            )
+            word = VOCAB[(3 * k + 1) % len(VOCAB)]
+            t0 = page.evaluate(
+                """w => { const s = document.getElementById('search'); const t = performance.now();
+                s.value = w; s.dispatchEvent(new Event('input', {bubbles: true})); return t; }""",
+                word,
+            )
+            page.wait_for_function(wait.format("lists"), arg=2, timeout=60_000)
+            out["search_ms"].append(page.evaluate("() => window.__cgaps.lastList") - t0)
+            t0 = page.evaluate(
+                """k => { const links = document.querySelectorAll('#concepts tbody tr td:nth-child(2) a');
+                const t = performance.now(); links[k % links.length].click(); return t; }""",
+                k,
+            )
+            page.wait_for_function(wait.format("details"), arg=1, timeout=60_000)
+            out["detail_ms"].append(page.evaluate("() => window.__cgaps.lastDetail") - t0)
+            context.close()
+        browser.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--out", type=Path, default=Path("/tmp/explorer_bench"), help="where the synthetic run is kept"
+    )
+    ap.add_argument("--concepts", type=int, default=65536)
+    ap.add_argument("--benchmarks", type=int, default=10)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument(
+        "--per-item", type=int, default=64, help="firing concepts per item (saliency rows per item)"
+    )
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    run = make_synthetic_run(
+        args.out,
+        n_concepts=args.concepts,
+        n_benchmarks=args.benchmarks,
+        n_items=args.items,
+        per_item=args.per_item,
+    )
+    sal_rows = len(pd.read_parquet(run / "saliency.parquet", columns=["concept"]))
+    print(
+        f"run {run}: {args.concepts} concepts x {args.benchmarks} benchmarks x {args.items} items, "
+        f"{sal_rows} saliency rows (ready in {time.perf_counter() - t0:.0f} s)"
+    )
+    proc, url, start_s = _start_server(run)
+    try:
+        print(f"server {url} up in {start_s:.1f} s")
+        times = measure(url, args.repeats, args.chromium)
+        gb = _peak_rss_gb(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    for name, values in times.items():
+        print(f"{name}: " + " ".join(f"{v:.0f}" for v in values))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"first_render_ms={med['first_render_ms']:.0f} search_ms={med['search_ms']:.0f} "
+        f"detail_ms={med['detail_ms']:.0f} server_gb={gb:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -212,7 +212,19 @@ def test_search_covers_labels_tokens_and_ids(client, runs):
                 out.add(c)
         return out
 
-    for q in ("needle", "WEEKDAY", "tok7", "dtok150", "label of 4", "42", "c42", "%", "_", "no such thing"):
+    for q in (
+        "needle",
+        "WEEKDAY",
+        "tok7",
+        "dtok150",
+        "2.5",
+        "label of 4",
+        "42",
+        "c42",
+        "%",
+        "_",
+        "no such thing",
+    ):
         body = client.get("/api/concepts", params={"q": q, "per_page": 500}).json()
         assert {r["concept"] for r in body["rows"]} == reference(q), q
         assert body["total"] == len(reference(q))
@@ -710,3 +722,10 @@ def test_browser_hostile_text_is_shown_as_text_and_runs_nothing(page, runs):
     page.wait_for_timeout(300)  # an onerror would have fired by now
     assert page.evaluate("() => window.__xss === undefined")
     assert page.dialogs == []
+
+
+def test_the_report_names_the_command_that_opens_the_explorer(runs, tmp_path):
+    from cgaps.report import build_report
+
+    html = build_report(runs["b"], tmp_path / "report.html").read_text()
+    assert "<code>cgaps serve RUN_DIR</code>" in html

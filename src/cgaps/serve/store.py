@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from cgaps import rundir
 from cgaps.errors import CGapsError
@@ -106,6 +107,27 @@ def _json_or_plain(x: Any) -> Any:
         except ValueError:
             return x
     return _plain(x)
+
+
+def _words(x: Any) -> list[str]:
+    """The words of a searched value: text as it is; from JSON lists of [token, figure, ...] the
+    tokens only (a search for "0.5" must not match every concept's numbers)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return []
+    if isinstance(x, str) and x[:1] == "[":
+        try:
+            data = json.loads(x)
+        except ValueError:
+            return [x]
+        if isinstance(data, list):
+            return [
+                str(d[0] if isinstance(d, list) and d else d) for d in data if not isinstance(d, (int, float))
+            ]
+    return [str(x)]
+
+
+def _search_text(values: Any) -> str:
+    return " ".join(w for v in values for w in _words(v))
 
 
 def _sql_name(name: str) -> str:
@@ -328,20 +350,24 @@ class Store:
                 "GROUP BY 1) x ON x.concept = k.concept"
             )
         con.execute(sql + " ORDER BY k.concept")
-        # the labels stage's other words (distinctive tokens, other sources' labels) are searched too
+        # the search text of each concept: its id, label and tokens, with the labels stage's other
+        # words (distinctive and output tokens, other sources' labels) taken out of their JSON
         extra = [c for c in SEARCHED_LABEL_COLUMNS if c in cols.get("labels", [])]
-        words = "".join(f", coalesce(CAST(x.{_sql_name(c)} AS VARCHAR), '')" for c in extra)
-        joined = f" FROM {t}_labels x WHERE x.concept = {t}_lab.concept" if extra else ""
-        con.execute(
-            f"ALTER TABLE {t}_lab ADD COLUMN search VARCHAR; UPDATE {t}_lab SET search = lower("
-            f"concat_ws(' ', 'c' || {t}_lab.concept, coalesce({t}_lab.label, ''), coalesce({t}_lab.tokens, '')"
-            f"{words})){joined}"
+        words = "".join(f", x.{_sql_name(c)}" for c in extra)
+        sql = f"SELECT k.concept, k.label, k.tokens{words} FROM {t}_lab k"
+        if extra:
+            sql += f" LEFT JOIN {t}_labels x ON x.concept = k.concept"
+        frame = con.execute(sql + " ORDER BY k.concept").df()
+        texts = [_search_text(row) for row in frame.drop(columns="concept").itertuples(index=False)]
+        search = pd.DataFrame(
+            {
+                "concept": frame["concept"],
+                "search": ("c" + frame["concept"].astype(str) + " " + pd.Series(texts)).str.lower(),
+            }
         )
-        if extra:  # concepts without a labels row
-            con.execute(
-                f"UPDATE {t}_lab SET search = lower(concat_ws(' ', 'c' || concept, coalesce(tokens, ''))) "
-                "WHERE search IS NULL"
-            )
+        con.register("search_rows", search)
+        con.execute(f"CREATE TABLE {t}_q AS SELECT concept, search FROM search_rows ORDER BY concept")
+        con.unregister("search_rows")
         # the saliency twice, as (concept, item, value) sorted by concept and by item: a concept's
         # items and an item set's concepts are then each one short stretch (12 bytes a row)
         con.execute(
@@ -417,7 +443,7 @@ class Store:
         q = q.strip()
         if q:
             like = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            cond = f"c.concept IN (SELECT concept FROM {run.t}_lab WHERE search LIKE ? ESCAPE '\\')"
+            cond = f"c.concept IN (SELECT concept FROM {run.t}_q WHERE search LIKE ? ESCAPE '\\')"
             params.append(like)
             digits = q.lstrip("#c").strip()
             if digits.isdigit():
@@ -441,11 +467,13 @@ class Store:
         join = f"JOIN {t}_lab l ON l.concept = c.concept" if sort == "label" else ""
         sql = (
             "SELECT c.concept, c.support, c.chi_bench, c.chi_model, c.expected, c.ci_low, c.ci_high, c.n_eff, "
-            f"c.status, c.gap, c.q_value FROM {t}_c c {join} WHERE {' AND '.join(where)} "
+            f"c.status, c.gap, c.q_value, count(*) OVER () AS total FROM {t}_c c {join} "
+            f"WHERE {' AND '.join(where)} "
             f"ORDER BY {SORTS[sort]} {direction} NULLS LAST, c.concept ASC LIMIT ? OFFSET ?"
         )
         rows = self._rows(sql, [*params, per_page, (page - 1) * per_page])
-        total = self._count(t, where, params)
+        # the count rides on the page's query; a page past the end has no row to carry it
+        total = int(rows[0]["total"]) if rows else self._count(t, where, params)
         labels = (
             {
                 int(r["concept"]): r
@@ -921,9 +949,10 @@ class Store:
         df = cur.execute(
             f"SELECT x.concept, x.chi_model AS chi_a, y.chi_model AS chi_b, x.n_eff AS n_a, y.n_eff AS n_b, "
             f"x.support AS support_a, y.support AS support_b, x.ci_low AS lo_a, x.ci_high AS hi_a, "
-            f"y.ci_low AS lo_b, y.ci_high AS hi_b, l.label, l.tokens, l.search FROM {a.t}_c x "
+            f"y.ci_low AS lo_b, y.ci_high AS hi_b, l.label, l.tokens, q.search FROM {a.t}_c x "
             f"JOIN {b.t}_c y ON y.concept = x.concept AND y.scope = x.scope "
-            f"JOIN {a.t}_lab l ON l.concept = x.concept WHERE x.scope = ? ORDER BY x.concept",
+            f"JOIN {a.t}_lab l ON l.concept = x.concept JOIN {a.t}_q q ON q.concept = x.concept "
+            "WHERE x.scope = ? ORDER BY x.concept",
             [scope],
         ).df()
         table = compare_table(df, int(_num(a.knobs.get("min_support")) or 5))

@@ -305,7 +305,7 @@
     add("suite-wide", `support ${all.support}, χ_bench ${fmt(all.chi_bench, 4)}, χ_model ${fmt(all.chi_model)} [${fmt(all.ci_low)}, ${fmt(all.ci_high)}] vs expected ${fmt(all.expected)}, q ${fq(all.q_value)}`);
     add("calls", h("span", {}, pill(all.status), " ", pill(all.gap || "no gap call", all.gap || "")));
     if (d.themes && d.themes.length) add("theme", d.themes.map((t) => `${t.label || t.theme}`).join("; "));
-    for (const [k, v] of Object.entries(d.evidence || {})) if (v !== null && v !== "") add(k, evidenceText(v));
+    for (const [k, v] of Object.entries(d.evidence || {})) if (v !== null && v !== "" && !(Array.isArray(v) && !v.length)) add(k, evidenceText(v));
     out.push(h("div", { class: "card", id: "evidence" }, h("h3", {}, "Evidence"), info));
 
     const benches = d.scopes.filter((s) => s.scope !== "ALL");

@@ -133,21 +133,20 @@
     return s;
   }
 
-  // A row of tiny bars, one per benchmark (value in [0, 1]); a grey dot where the value is null.
+  // A row of tiny bars, one per benchmark (value in [0, 1]); a grey dash where the value is null.
+  // One tooltip for the row (50 rows of 10 bars each: fewer nodes, a faster page).
   function spark(values, names, opts = {}) {
     const bw = 7, h = 18, w = values.length * (bw + 1) + 2;
     const s = el("svg", { width: w, height: h, class: "spark" });
     values.forEach((v, i) => {
       const x = 1 + i * (bw + 1);
-      let node;
-      if (v === null || v === undefined) node = el("rect", { x, y: h - 2, width: bw, height: 2, fill: "#ccc" });
+      if (v === null || v === undefined) s.appendChild(el("rect", { x, y: h - 2, width: bw, height: 2, fill: "#ccc" }));
       else {
         const bh = Math.max(clamp01(opts.max ? v / opts.max : v) * (h - 2), 1);
-        node = el("rect", { x, y: h - bh, width: bw, height: bh, fill: opts.color ? opts.color(v) : "#3b6ea5" });
+        s.appendChild(el("rect", { x, y: h - bh, width: bw, height: bh, fill: opts.color ? opts.color(v) : "#3b6ea5" }));
       }
-      tip(node, `${names[i]}: ${v === null || v === undefined ? "no firing" : fmt(v)}`);
-      s.appendChild(node);
     });
+    tip(s, values.map((v, i) => `${names[i]}: ${v === null || v === undefined ? "no firing" : fmt(v)}`).join("\n"));
     return s;
   }
 
