@@ -48,6 +48,8 @@ def test_top_context_labels_is_a_label_source(tmp_path):
 import gzip  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -261,3 +263,215 @@ def test_label_table_imports_and_bad_rows_are_named(tmp_path):
     pd.DataFrame({"latent": [1]}).to_csv(path, index=False)
     with pytest.raises(CGapsError, match="missing column"):
         ImportedLabels(path, model="m", sae="s").labels(5)
+
+
+# ---------------------------------------------------------------- LLM labels (auto-interp)
+
+import http.server  # noqa: E402
+import threading  # noqa: E402
+
+from cgaps.config import RunConfig  # noqa: E402
+from cgaps.labels.autointerp import CACHE, balanced_accuracy, parse_numbers  # noqa: E402
+from cgaps.labels.options import LabelOptions  # noqa: E402
+
+
+class _Endpoint(http.server.BaseHTTPRequestHandler):
+    """A deterministic OpenAI-compatible chat endpoint on 127.0.0.1 for the client's plumbing: the
+    first request gets a 429 (retried), explanations say "weekday names", detection names the texts
+    that mention Monday."""
+
+    calls: list[float] = []
+
+    def do_POST(self):  # noqa: N802 (the http.server API)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).calls.append(time.monotonic())
+        if len(type(self).calls) == 1:
+            self.send_response(429)
+            self.end_headers()
+            return
+        user = body["messages"][-1]["content"]
+        if user.startswith("Label:"):
+            lines = [ln for ln in user.splitlines() if re.match(r"\d+\. ", ln)]
+            answer = ", ".join(ln.split(".")[0] for ln in lines if "Monday" in ln) or "none"
+        else:
+            answer = "weekday names"
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def _weekday_run(root):
+    from cgaps.scoring.stage import score_run
+
+    rows, sal, ctx = [], [], []
+    for k in range(40):
+        monday = k < 20
+        prompt = f"Today is Monday, what day is it in {k} days?" if monday else f"What is {k} + 2?"
+        rows.append(
+            {
+                "item_id": f"i{k}",
+                "benchmark": "probes",
+                "prompt": prompt,
+                "reference": "r",
+                "response": "x",
+                "score": float(not monday or k < 2),
+                "category": "weekday" if monday else "add",
+            }
+        )
+        sal += [(f"i{k}", 0 if monday else 1, 1.0 + k / 100), (f"i{k}", 2, 0.5 + (k % 7) / 10)]
+    for c, ids in ((0, range(19, 11, -1)), (1, range(39, 31, -1)), (2, range(8))):
+        for r, k in enumerate(ids):
+            tok = "Monday" if c == 0 else "+"
+            ctx.append(
+                {
+                    "concept": c,
+                    "rank": r,
+                    "item_id": f"i{k}",
+                    "value": 1.0,
+                    "left": "Today is " if c == 0 else f"What is {k} ",
+                    "token": tok,
+                    "right": f", what day is it in {k} days?" if c == 0 else " 2?",
+                }
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(
+        {"n_concepts": 3, "config": RunConfig(presence=0.0, min_support=3).to_dict()}, root / rundir.RUN_JSON
+    )
+    pd.DataFrame(rows).to_parquet(root / rundir.ITEMS, index=False)
+    pd.DataFrame(sal, columns=["item_id", "concept", "value"]).to_parquet(root / rundir.SALIENCY, index=False)
+    pd.DataFrame(ctx, columns=list(rundir.CONTEXT_COLUMNS)).to_parquet(root / rundir.CONTEXTS, index=False)
+    score_run(root)
+    return root
+
+
+def test_detection_scoring_helpers():
+    assert parse_numbers("1, 3 and 12; 0", 5) == {1, 3}
+    assert balanced_accuracy({1, 2}, {1, 2}, 4) == 1.0
+    assert balanced_accuracy({1, 2, 3, 4}, {1, 2}, 4) == 0.5
+    assert balanced_accuracy(set(), {1}, 4) == 0.5
+
+
+def test_llm_labels_cached_resumed_rate_limited_and_retried(tmp_path):
+    from cgaps.labels.stage import label_run
+
+    run = _weekday_run(tmp_path / "run")
+    _Endpoint.calls = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        opts = LabelOptions(labeler=url, labeler_model="fake", llm_concepts=2, llm_rate=20.0, llm_retries=2)
+        table = label_run(run, opts)
+        assert table.loc[0, "llm_label"] == "weekday names"
+        assert table.loc[0, "llm_score"] == 1.0  # the held-out Monday texts found, the others left out
+        assert table.loc[0, "label"] == "weekday names" and table.loc[0, "source"] == "llm"
+        n_calls = len(_Endpoint.calls)
+        assert n_calls == 1 + 2 * 2  # the 429, then explain + detect for two concepts
+        gaps = np.diff(_Endpoint.calls)
+        assert gaps.min() >= 1 / 20 - 0.01  # never faster than llm_rate
+        lines = (run / CACHE).read_text().splitlines()
+        assert len(lines) == 2
+        again = label_run(run, opts)  # resumed from the cache: no request
+        assert len(_Endpoint.calls) == n_calls
+        assert again.loc[0, "llm_score"] == 1.0
+    finally:
+        server.shutdown()
+    opts = LabelOptions(labeler="http://127.0.0.1:9/v1", labeler_model="fake", llm_concepts=3, llm_retries=0)
+    with pytest.raises(CGapsError, match="labeler request failed.*rerun to resume"):
+        label_run(run, opts)  # the third concept is not cached and nothing answers
+
+
+def test_api_key_env_must_be_set(tmp_path, monkeypatch):
+    from cgaps.labels.autointerp import AutoInterp
+
+    monkeypatch.delenv("CGAPS_TEST_KEY", raising=False)
+    opts = LabelOptions(labeler="http://127.0.0.1:9/v1", labeler_model="m", api_key_env="CGAPS_TEST_KEY")
+    with pytest.raises(CGapsError, match="'CGAPS_TEST_KEY' is not set"):
+        AutoInterp(tmp_path, opts)
+    with pytest.raises(CGapsError, match="needs --labeler-model"):
+        LabelOptions(labeler="http://127.0.0.1:9/v1")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_llm_labels_against_a_real_llama_cpp_server(tmp_path):
+    """llama-cpp-python's OpenAI-compatible server running the embedded SmolLM2 GGUF on 127.0.0.1.
+    A 135M model writes poor labels: this checks the plumbing and the score, not the prose."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    import httpx
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')")
+    try:
+        import llama_cpp.server.app  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"llama-cpp-python's server extra is missing ({e})")
+    from cgaps.labels.autointerp import AutoInterp
+    from cgaps.labels.stage import label_run, thresholded_matrix
+    from cgaps.models import embedded_gguf
+    from cgaps.runtables import load_run
+
+    run = _weekday_run(tmp_path / "run")
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(embedded_gguf()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--model_alias",
+        "smollm2",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "the llama.cpp server exited"
+            assert time.monotonic() < deadline, "the llama.cpp server did not start in 180 s"
+            time.sleep(1)
+        opts = LabelOptions(labeler=url, labeler_model="smollm2", llm_concepts=2, llm_timeout=300.0)
+        table = label_run(run, opts)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    cached = [json.loads(x) for x in (run / CACHE).read_text().splitlines()]
+    assert sorted(r["concept"] for r in cached) == [0, 1]
+    tables = load_run(run, results=True)
+    interp = AutoInterp(run, opts)
+    for rec in cached:
+        c = rec["concept"]
+        assert isinstance(table.loc[c, "llm_label"], str)
+        p = interp.prompts(tables, thresholded_matrix(tables), table, c)
+        # the score is the balanced accuracy of the server's own detection answer
+        expected = balanced_accuracy(
+            parse_numbers(rec["answer"], len(p["texts"])), p["positives"], len(p["texts"])
+        )
+        assert table.loc[c, "llm_score"] == pytest.approx(expected) and 0.0 <= expected <= 1.0

@@ -545,3 +545,32 @@ def test_figures_match_golden_svg(name):
         f"{name} differs from {path}; if the change is intended, rerun with CGAPS_UPDATE_GOLDEN=1 "
         "and review the diff"
     )
+
+
+def test_findings_and_themes_from_the_labels_stage(tmp_path):
+    """The labels stage on a synthetic run (no SAE: enrichment and co-activation themes), then the
+    report: generated findings first, each theme link pointing at its row, hostile text escaped."""
+    from cgaps.labels.stage import THEMES, label_run
+
+    run = make_run(tmp_path / "r")
+    table = label_run(run)
+    # a label another tool wrote survives, as an imported label that wins over evidence
+    assert table.loc[2, "label"] == "label of concept 2" and table.loc[2, "source"] == "synthetic"
+    assert table.loc[1, "source"] in ("evidence", "")
+    text = build_report(run).read_text()
+    assert text.index('id="findings"') < text.index('id="config"') < text.index('id="gaps"')
+    findings = text[text.index('id="findings"') : text.index('id="themes"')]
+    assert "It fails most on:" in findings and "The model answers" in findings
+    links = set(re.findall(r'href="#theme-(\d+)"', findings))
+    assert links and all(f'id="theme-{t}"' in text for t in links)
+    themes = pd.read_parquet(run / THEMES)
+    all_rows = themes[themes["scope"] == rundir.ALL_SCOPE]
+    assert int((all_rows["gap"] == "weak").sum()) >= 1
+    n_gap_themes = int((all_rows["gap"] == "weak").sum())
+    assert f"{n_gap_themes} gap theme" in findings
+    assert "<x>" not in text and text.count("<script") == 1
+    # themes made under other scoring knobs are left out, saying why
+    concepts = pd.read_parquet(run / rundir.CONCEPTS)
+    rundir.write_table(concepts, run / rundir.CONCEPTS, knobs={"fdr": 0.2})
+    text = build_report(run).read_text()
+    assert 'id="themes"' not in text and "rerun `cgaps label RUN_DIR`" in text

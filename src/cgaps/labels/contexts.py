@@ -23,8 +23,9 @@ TOP_CONTEXTS = 8
 SNIPPET_CHARS = 80
 TOP_CONTEXTS_SOURCE = "top_contexts"
 # Label sources that a better one replaces: ``cgaps extract`` rewrites labels.parquet only
-# while every row comes from these ('' = a concept that never fired).
-PROVISIONAL_SOURCES = {TOP_CONTEXTS_SOURCE, ""}
+# while every row comes from these ('' = a concept that never fired; "evidence" = the labels
+# stage's own, which depend on the extraction and are recomputed after it).
+PROVISIONAL_SOURCES = {TOP_CONTEXTS_SOURCE, "", "evidence"}
 
 
 def top_contexts(shards: pd.DataFrame, texts: dict[str, str], k: int = TOP_CONTEXTS) -> pd.DataFrame:

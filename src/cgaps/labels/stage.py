@@ -135,11 +135,8 @@ def _label_run(
     t1 = time.perf_counter()
 
     table = ev.copy()
-    for col in OTHER_SOURCE_COLUMNS:  # keep what other sources wrote before
-        if previous is not None and col in previous.columns and len(previous) == run.n_concepts:
-            table[col] = previous[col].to_numpy()
-        else:
-            table[col] = np.nan if col == "llm_score" else ""
+    for col, value in carried_labels(previous, run.n_concepts).items():  # keep what other sources wrote
+        table[col] = value
     if opts.labels_file:
         from cgaps.labels.imported import ImportedLabels
 
@@ -183,6 +180,42 @@ def _label_run(
         f"{s['themes_weak']} gap themes, {s['themes_strong']} strength themes"
     )
     return table
+
+
+def carried_labels(previous: pd.DataFrame | None, n_concepts: int) -> dict[str, np.ndarray]:
+    """The :data:`OTHER_SOURCE_COLUMNS` to keep from the labels table already in the run: its
+    own columns when this stage wrote it, else (a table another tool or person wrote, with
+    ``concept``, ``label``, ``source`` only) every label whose source is not provisional, as
+    an imported label under its own source name."""
+    from cgaps.labels.contexts import PROVISIONAL_SOURCES
+
+    out = {c: np.full(n_concepts, "", dtype=object) for c in OTHER_SOURCE_COLUMNS if c != "llm_score"}
+    out["llm_score"] = np.full(n_concepts, np.nan)
+    if previous is None:
+        return out
+    concept = pd.to_numeric(previous["concept"], errors="coerce")
+    ok = concept.notna() & (concept >= 0) & (concept < n_concepts)
+    rows = previous[ok.to_numpy()]
+    idx = concept[ok].astype(int).to_numpy()
+    if "imported_label" in previous.columns:
+        for col in OTHER_SOURCE_COLUMNS:
+            if col in rows.columns:
+                vals = rows[col].to_numpy()
+                out[col][idx] = (
+                    pd.to_numeric(vals, errors="coerce")
+                    if col == "llm_score"
+                    else ["" if not isinstance(v, str) else v for v in vals]
+                )
+        return out
+    for c, label, source in zip(idx, rows["label"], rows["source"], strict=True):
+        src = "" if not isinstance(source, str) else source
+        if (
+            isinstance(label, str)
+            and label.strip()
+            and src not in PROVISIONAL_SOURCES | {evidence.EVIDENCE_SOURCE}
+        ):
+            out["imported_label"][c], out["imported_source"][c] = label, src or "imported"
+    return out
 
 
 def choose_labels(table: pd.DataFrame) -> tuple[list[str], list[str]]:
