@@ -211,7 +211,7 @@ def test_lm_eval_import_then_extract_score_report(lm_eval_logs, tmp_path, smollm
     assert set(sal["item_id"]) == set(pd.read_parquet(run / rundir.ITEMS)["item_id"])
     concepts, _ = score_run(run)
     assert set(concepts["scope"]) == {*TASKS, rundir.ALL_SCOPE}
-    html = build_report(run)
+    html = build_report(run).read_text()
     assert (run / rundir.REPORT).exists() and "tiny_mc" in html
     meta = rundir.read_run_json(run)
     # the reader is recorded beside the evaluated model

@@ -249,7 +249,7 @@ def test_llama_cpp_server_matches_the_local_evaluator(tmp_path, smollm):
                 time.sleep(0.2)
         local, served = tmp_path / "local", tmp_path / "served"
         for run in (local, served):
-            items_run(run, RunConfig(suite="probes", limit=2, seed=0))
+            items_run(run, RunConfig(suite="probes", limit=60, seed=0))
         cfg = RunConfig(max_new_tokens=32, batch_size=8)
         a = evaluate_run(local, cfg, generator=smollm)
         t0 = time.perf_counter()
