@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> str:
         [encoded[i] for i in b] for b in length_batches([len(e.input_ids) for e in encoded], cfg.batch_size)
     ]
     pad = backend.tokenizer.pad_token_id
+    on_gpu = not str(backend.device).startswith("cpu")
 
     def bare(batch: list[Any]) -> None:
         ids, att = pad_batch([e.input_ids for e in batch], pad)
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> str:
         extract_chunk(backend, sae, layer, batch, cfg, Counter())
 
     def naive(batch: list[Any]) -> None:
-        dense_chunk(backend, sae, layer, batch, cfg, Counter(), full_forward=True)
+        dense_chunk(backend, sae, layer, batch, cfg, Counter(), full_forward=True, on_device=on_gpu)
 
     tasks = {"bare": bare, "project": project, "naive": naive}
     for task in tasks.values():  # warm-up: kernels, allocator, lazy imports

@@ -4,7 +4,7 @@ Measures, back to back on the same random tokens: the full forward pass of the e
 (float32 and bfloat16), the cache extraction forward (stopping after block L), and one optimiser
 step of the SAE trainer (width F, k, batch B). Prints tokens/s and the ratios as JSON.
 
-    nice -n 10 .venv/bin/python scripts/bench_sae_training.py --layer 18 --width 8192 --k 64
+    nice -n 10 .venv/bin/python bench/sae_training.py --layer 18 --width 8192 --k 64
 """
 
 from __future__ import annotations

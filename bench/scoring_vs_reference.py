@@ -1,6 +1,6 @@
 """Time the sparse scoring path against the plain reference (cgaps.scoring.reference).
 
-    .venv/bin/python scripts/bench_scoring.py [--items 2000] [--concepts 16384] [--per-item 300]
+    .venv/bin/python bench/scoring_vs_reference.py [--items 2000] [--concepts 16384] [--per-item 300]
 
 Random suite: 4 benchmarks, each item firing on about ``per-item`` concepts (gamma values),
 0/1 scores. Prints both times and their ratio, and checks the two tables agree.

@@ -37,18 +37,21 @@ def pool_dense(acts: Any, token_item: Any, n_items: int, pool: str) -> tuple[Any
 
     n_feat = acts.shape[1]
     idx = token_item.long().unsqueeze(1).expand(-1, n_feat)
-    peak_val = torch.zeros(n_items, n_feat, dtype=acts.dtype).scatter_reduce(
+    dev = acts.device
+    peak_val = torch.zeros(n_items, n_feat, dtype=acts.dtype, device=dev).scatter_reduce(
         0, idx, acts, "amax", include_self=True
     )
     is_peak = (acts == peak_val[token_item.long()]) & (acts > 0)
-    tok_pos = torch.arange(acts.shape[0]).unsqueeze(1).expand(-1, n_feat)
-    peak_tok = torch.full((n_items, n_feat), -1, dtype=torch.long).scatter_reduce(
+    tok_pos = torch.arange(acts.shape[0], device=dev).unsqueeze(1).expand(-1, n_feat)
+    peak_tok = torch.full((n_items, n_feat), -1, dtype=torch.long, device=dev).scatter_reduce(
         0, idx, torch.where(is_peak, tok_pos, torch.full_like(tok_pos, -1)), "amax", include_self=True
     )
     if pool == "max":
         value = peak_val
     else:
-        total = torch.zeros(n_items, n_feat, dtype=acts.dtype).index_add(0, token_item.long(), acts)
+        total = torch.zeros(n_items, n_feat, dtype=acts.dtype, device=dev).index_add(
+            0, token_item.long(), acts
+        )
         if pool == "sum":
             value = total
         else:
@@ -76,8 +79,13 @@ def dense_chunk(
     stats: Counter,
     *,
     full_forward: bool = False,
+    on_device: bool = False,
 ) -> pd.DataFrame:
-    """Saliency rows of ``chunk`` (a list of :class:`cgaps.extract.stage.Encoded`), the plain way."""
+    """Saliency rows of ``chunk`` (a list of :class:`cgaps.extract.stage.Encoded`), the plain way.
+
+    ``on_device`` keeps residuals, dense codes and dense pooling on the reader's device instead
+    of the CPU: the naive pipeline of ``bench/extract.py`` on a GPU (dense pooling of 10k tokens
+    x 65k latents on the CPU would time the CPU, not the pipeline)."""
     import torch
 
     rows: list[pd.DataFrame] = []
@@ -85,10 +93,12 @@ def dense_chunk(
         encs = [chunk[i] for i in batch]
         ids, att = pad_batch([e.input_ids for e in encs], reader.tokenizer.pad_token_id)
         if full_forward:
-            resid = _full_forward_residuals(reader, ids, att, layer).float().cpu()
+            resid = _full_forward_residuals(reader, ids, att, layer).float()
         else:
-            resid = reader.residuals_at(ids, att, [layer])[layer].float().cpu()
-        mask = right_pad([e.mask for e in encs], False, torch.bool)
+            resid = reader.residuals_at(ids, att, [layer])[layer].float()
+        if not on_device:
+            resid = resid.cpu()
+        mask = right_pad([e.mask for e in encs], False, torch.bool).to(resid.device)
         stats["tokens_analysed"] += int(mask.sum())
         if cfg.max_norm_ratio is not None and mask.any():
             norms = resid.norm(dim=-1)
@@ -98,8 +108,11 @@ def dense_chunk(
         rr, tt = mask.nonzero(as_tuple=True)
         if len(rr) == 0:
             continue
-        acts = sae.encode(resid[rr, tt]).cpu()
-        value, peak = pool_dense(acts, rr, len(encs), cfg.pool)
+        acts = sae.encode(resid[rr, tt])
+        if not on_device:
+            acts = acts.cpu()
+        value, peak = pool_dense(acts, rr.to(acts.device), len(encs), cfg.pool)
+        value, peak, tt = value.cpu(), peak.cpu(), tt.cpu()
         for r, e in enumerate(encs):
             v = value[r]
             nz = (v > 0).nonzero(as_tuple=True)[0]

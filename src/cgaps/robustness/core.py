@@ -66,10 +66,11 @@ def subsampling(m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions) -> dict
     # Welford running moments: memory stays at a few (scopes x F) arrays whatever the number
     # of repeats, and identical draws give a std of exactly 0 (no sum-of-squares cancellation).
     model, bench = _Moments(shape), _Moments(shape)
+    sums = _SubsetSums(m)
     for _ in range(repeats):
-        t = chi_tables(m.subset(subsample_rows(m, rng, drop)))  # the subset keeps m's concept scale
-        model.add(t.chi_model)  # NaN (not firing in this subsample) is skipped
-        bench.add(t.chi_bench)
+        chi_model, chi_bench = sums.chi(subsample_rows(m, rng, drop))  # on m's concept scale
+        model.add(chi_model)  # NaN (not firing in this subsample) is skipped
+        bench.add(chi_bench)
     std_model, std_bench = model.std(), bench.std()
     scopes = {}
     for k, scope in enumerate([*m.benchmarks, rundir.ALL_SCOPE]):
@@ -80,6 +81,65 @@ def subsampling(m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions) -> dict
             "mean_std_chi_bench": _nanmean(std_bench[k, eligible]),
         }
     return {"repeats": repeats, "drop": drop, "seed": cfg.seed, **scopes[rundir.ALL_SCOPE], "scopes": scopes}
+
+
+class _SubsetSums:
+    """chi_model and chi_bench of row subsets of one suite, without rebuilding the matrix.
+
+    A subsample needs only three per-(benchmark, concept) sums (s, s y, s_hat), the support and
+    the items per scope. They are kept for the full suite once; a subset's sums are the full
+    ones less those of the rows it leaves out (a 20% drop touches a fifth of the nonzeros, where
+    :func:`chi_tables` on the subset would copy and multiply the other four fifths eight times),
+    or, when it leaves out more than half, the sums of the rows it keeps. One ``bincount`` per sum
+    over the nonzeros of those rows, keyed by benchmark x F + concept; ``ALL`` is the sum over
+    benchmarks. Supports are counts (exact in float64), so "fires in the subset" is decided
+    exactly; the sums differ from a recomputation only by float rounding of a subtraction
+    (``tests/test_speed_scoring.py`` checks them against :func:`chi_tables` on the subset).
+    """
+
+    def __init__(self, m: SuiteMatrix) -> None:
+        s = m.saliency
+        self.m = m
+        self.n_bench, self.f = len(m.benchmarks), s.shape[1]
+        rows = np.repeat(np.arange(s.shape[0]), np.diff(s.indptr))
+        key_dtype = np.int32 if self.n_bench * self.f < 2**31 else np.int64
+        self.key = (m.bench[rows] * self.f + s.indices).astype(key_dtype)
+        self.weights = (s.data, s.data * m.scores[rows], m.shat_data())
+        self.full = [self._sums(slice(None), w) for w in (None, *self.weights)]
+
+    def _sums(self, nz: slice | np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+        w = None if weights is None else weights[nz]
+        return np.bincount(self.key[nz], weights=w, minlength=self.n_bench * self.f).reshape(
+            self.n_bench, self.f
+        )
+
+    def _nonzeros(self, rows: np.ndarray) -> np.ndarray:
+        """Positions in the CSR data of every nonzero of ``rows``."""
+        indptr = self.m.saliency.indptr
+        starts, lengths = indptr[rows], np.diff(indptr)[rows]
+        offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        return offsets + np.arange(int(lengths.sum()))
+
+    def chi(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(chi_model, chi_bench) of the subset ``rows``, (K + 1) x F like :class:`ChiTables`'."""
+        n = self.m.saliency.shape[0]
+        kept = np.zeros(n, dtype=bool)
+        kept[rows] = True
+        if 2 * len(rows) >= n:  # subtract the left-out rows
+            nz = self._nonzeros(np.flatnonzero(~kept))
+            parts = [
+                full - self._sums(nz, w) for full, w in zip(self.full, (None, *self.weights), strict=True)
+            ]
+        else:
+            nz = self._nonzeros(np.flatnonzero(kept))
+            parts = [self._sums(nz, w) for w in (None, *self.weights)]
+        support, sum_s, sum_sy, sum_shat = (np.vstack([p, p.sum(axis=0)]) for p in parts)
+        n_items = np.bincount(self.m.bench[kept], minlength=self.n_bench).astype(np.float64)
+        n_items = np.append(n_items, n_items.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            chi_model = np.where(support > 0, sum_sy / sum_s, np.nan)
+            chi_bench = sum_shat / n_items[:, None]
+        return chi_model, chi_bench
 
 
 class _Moments:

@@ -144,7 +144,12 @@ def build_matrix(
     if not np.all((y >= 0) & (y <= 1)):  # also catches NaN
         raise CGapsError("items: field 'score' must hold numbers in [0, 1] (no NaN)")
     names, bench = np.unique(items["benchmark"].astype(str).to_numpy(), return_inverse=True)
-    rows = ids.get_indexer(saliency["item_id"].astype(str))
+    item_col = saliency["item_id"]
+    if isinstance(item_col.dtype, pd.CategoricalDtype):  # look up each distinct id once, not each row
+        codes = item_col.cat.codes.to_numpy()
+        rows = np.where(codes >= 0, ids.get_indexer(item_col.cat.categories.astype(str))[codes], -1)
+    else:
+        rows = ids.get_indexer(item_col.astype(str))
     if (rows < 0).any():
         raise CGapsError("saliency: field 'item_id' names items that are not in the items table")
     cols = saliency["concept"].to_numpy().astype(np.int64)

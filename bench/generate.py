@@ -1,0 +1,182 @@
+"""Generation throughput: the evaluator's answers per second against the bare batched forward.
+
+    .venv/bin/python bench/generate.py [--quick]                 # probe suite, embedded SmolLM2, CPU
+    PYTHONPATH=src python bench/generate.py --synthetic Gemma-2-2B --device cuda
+
+Real mode: the probe suite's items, in the evaluator's own batches (grouped by new-token budget,
+then length-sorted, ``cfg.batch_size`` at a time). For each batch, interleaved
+(``bench/_common.py``):
+
+* **evaluator**: :func:`cgaps.evaluate.evaluator.respond` on the batch (chat template,
+  tokenisation, batched greedy generation, decoding, the resume file);
+* **bare**: ``model.generate`` on the same prompts already tokenised and left-padded, with
+  the batch's budget: the forward passes the evaluator is built on and nothing else.
+
+``--synthetic NAME`` (``bench/gpu.sh``): a random-weight model from ``bench/model_configs.json``
+and random prompts of 32-256 tokens, no tokenizer; compares length-bucketed batches (the
+project's batching) with batches in input order (no bucketing), both through ``model.generate``
+with a fixed budget (random weights never emit EOS).
+
+Last line: ``answers_s=A ratio_vs_bare=R`` (R = bare time / evaluator time: 1.0 means the
+evaluator adds nothing to the forward passes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _common
+import numpy as np
+
+
+def real(args: argparse.Namespace) -> str:
+    import pandas as pd
+    import torch
+
+    from cgaps.config import RunConfig
+    from cgaps.evaluate.evaluator import budget, respond
+    from cgaps.items.probes import load_probes
+    from cgaps.models import conversation, format_chat, length_batches, load_backend
+
+    t0 = time.perf_counter()
+    backend = load_backend(args.model, device=args.device, dtype=args.dtype)
+    cfg = RunConfig(batch_size=args.batch_size)
+    items = pd.DataFrame(load_probes(per_family=args.per_family))
+    records = items.to_dict("records")
+    # the evaluator's batches: by budget, then length-sorted prompts
+    by_budget: dict[int, list[int]] = {}
+    for i, r in enumerate(records):
+        by_budget.setdefault(budget(r, cfg), []).append(i)
+    texts = [format_chat(backend.tokenizer, conversation(r)).text for r in records]
+    batches = []
+    for max_new, group in sorted(by_budget.items()):
+        for b in length_batches([len(texts[i]) for i in group], cfg.batch_size):
+            batches.append((max_new, [group[j] for j in b]))
+    tok = backend.tokenizer
+    work = Path(tempfile.mkdtemp(prefix="cgaps-bench-gen-"))
+    answers: dict[str, Any] = {}
+
+    def evaluator(unit: tuple[int, list[int]]) -> None:
+        _, idx = unit
+        partial = work / f"p{idx[0]}.jsonl"
+        answers.update(respond(items.iloc[idx], backend, cfg, partial))
+        partial.unlink()
+
+    def bare(unit: tuple[int, list[int]]) -> None:
+        max_new, idx = unit
+        enc = encoded[idx[0]]
+        with torch.no_grad():
+            backend.model.generate(
+                **{k: v.to(backend.device) for k, v in enc.items()},
+                max_new_tokens=max_new,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+
+    encoded = {  # tokenised outside the timer: the bare side pays for the forward passes only
+        idx[0]: tok.pad(
+            {"input_ids": [tok(texts[i], add_special_tokens=False)["input_ids"] for i in idx]},
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+        )
+        for _, idx in batches
+    }
+    bare(batches[0])  # warm-up
+    spent = _common.interleaved({"evaluator": evaluator, "bare": bare}, batches, args.device)
+    print(
+        f"{backend.name} on {args.device}: {len(records)} probe items in {len(batches)} batches of {cfg.batch_size}; "
+        f"setup {time.perf_counter() - t0 - sum(spent.values()):.1f} s; evaluator {spent['evaluator']:.1f} s, bare {spent['bare']:.1f} s"
+    )
+    return _common.last_line(
+        answers_s=len(answers) / spent["evaluator"], ratio_vs_bare=spent["bare"] / spent["evaluator"]
+    )
+
+
+def synthetic(args: argparse.Namespace) -> str:
+    import torch
+
+    from cgaps.models import length_batches
+
+    conf = _common.model_config(args.synthetic)
+    if args.tiny:
+        conf.update(
+            hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16
+        )
+        conf["num_hidden_layers"] = 4
+    dtype = (
+        args.dtype if args.dtype != "auto" else ("bfloat16" if args.device.startswith("cuda") else "float32")
+    )
+    t0 = time.perf_counter()
+    model = _common.random_model(conf, args.device, dtype)
+    rng = np.random.default_rng(0)
+    prompts = [
+        rng.integers(3, conf["vocab_size"], size=int(rng.integers(32, 257))).tolist()
+        for _ in range(args.items)
+    ]
+    pad = conf["pad_token_id"]
+
+    def left_pad(rows: list[list[int]]) -> dict[str, Any]:
+        n = max(map(len, rows))
+        ids = torch.tensor([[pad] * (n - len(r)) + r for r in rows], device=args.device)
+        att = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows], device=args.device)
+        return {"input_ids": ids, "attention_mask": att}
+
+    def run(batch: list[int]) -> None:
+        with torch.no_grad():
+            model.generate(
+                **left_pad([prompts[i] for i in batch]),
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+
+    bucketed = length_batches([len(p) for p in prompts], args.batch_size)
+    in_order = [
+        list(range(i, min(i + args.batch_size, len(prompts))))
+        for i in range(0, len(prompts), args.batch_size)
+    ]
+    run(bucketed[0])  # warm-up
+    spent = _common.interleaved({"bucketed": run}, bucketed, args.device)
+    spent.update({"in_order": _common.interleaved({"x": run}, in_order, args.device)["x"]})
+    print(
+        f"random {args.synthetic} on {args.device} {dtype}: {len(prompts)} prompts of 32-256 tokens, {args.new_tokens} new tokens, "
+        f"batches of {args.batch_size}; setup {time.perf_counter() - t0 - sum(spent.values()):.1f} s; "
+        f"bucketed {spent['bucketed']:.2f} s, input order {spent['in_order']:.2f} s; "
+        f"{len(prompts) * args.new_tokens / spent['bucketed']:.0f} new tokens/s"
+    )
+    return _common.last_line(
+        answers_s=len(prompts) / spent["bucketed"], ratio_vs_unbucketed=spent["in_order"] / spent["bucketed"]
+    )
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="4 items per probe family: under 2 minutes here")
+    ap.add_argument("--per-family", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--synthetic", metavar="NAME", help="random weights from bench/model_configs.json")
+    ap.add_argument("--tiny", action="store_true", help="with --synthetic: a tiny version (CPU smoke test)")
+    ap.add_argument("--items", type=int, default=256, help="with --synthetic: prompts")
+    ap.add_argument(
+        "--new-tokens", type=int, default=32, help="with --synthetic: tokens generated per prompt"
+    )
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.per_family = 4
+    line = synthetic(args) if args.synthetic else real(args)
+    print(line)
+    return line
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
