@@ -297,11 +297,13 @@ def test_unreadable_resume_settings_are_an_error(run_dir, settings, problem):
 
 
 def test_resume_settings_error_names_what_differs(run_dir):
+    from cgaps.evaluate.evaluator import PARTIAL_SIGNATURE
+
     settings = {**RunConfig().to_dict(), "mc_scoring": "loglik"}
-    settings = {k: settings[k] for k in ("model", "max_new_tokens", "mc_scoring", "chain_of_thought")}
+    settings = {k: settings[k] for k in PARTIAL_SIGNATURE}
     _partial(run_dir, GOOD[0], settings=json.dumps(settings).encode())
     with pytest.raises(CGapsError, match=r"other settings \(mc_scoring 'loglik' there, 'generate' now\)"):
-        evaluate_run(run_dir, RunConfig(), FakeBackend({}))
+        evaluate_run(run_dir, RunConfig(mc_scoring="generate"), FakeBackend({}))
 
 
 # ------------------------------------------------------------------ score sources

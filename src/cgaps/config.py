@@ -28,7 +28,8 @@ EMBEDDED = "embedded"
 
 SPANS = ("prompt", "response", "both")
 POOLS = ("max", "mean", "sum")
-MC_SCORING = ("generate", "loglik")
+# multiple-choice protocols (docs/benchmarks.md "Evaluation protocols"); auto: per benchmark
+MC_SCORING = ("auto", "generate", "loglik", "loglik_norm", "loglik_letter")
 CONTEXT_OVERFLOW = ("truncate", "refuse")
 MC_FIRST_PASS = 1000  # Monte Carlo resamples every small-count concept gets (cgaps.scoring.core)
 # The fields the scoring stage reads (``cgaps score`` takes each as an option; written back to run.json)
@@ -95,7 +96,17 @@ class RunConfig:
     max_new_tokens: int = documented(256, "Greedy generation budget per item.")
     batch_size: int = documented(16, "Items per forward batch (generation and extraction).")
     mc_scoring: str = documented(
-        "generate", "Multiple-choice scoring: 'generate' (answer letter) or 'loglik' (option log-likelihood)."
+        "auto",
+        "Multiple-choice protocol: 'generate' (answer letter), 'loglik' (cloze: options not listed, "
+        "summed log-likelihood of each option), 'loglik_norm' (the same per character: the harness's "
+        "acc_norm), 'loglik_letter' (options listed, log-likelihood of each letter), or 'auto' (each "
+        "benchmark's usual protocol, docs/benchmarks.md).",
+    )
+    chat_template: bool = documented(
+        True,
+        "Wrap prompts in the evaluated model's chat template (with its default system prompt); "
+        "--no-chat-template reads the bare prompt, as lm-evaluation-harness does without --apply_chat_template.",
+        flags="--chat-template/--no-chat-template",
     )
     chain_of_thought: bool = documented(
         False, "Ask for step-by-step reasoning on GSM8K and MATH before the final answer."

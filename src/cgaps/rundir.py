@@ -38,6 +38,7 @@ REPORT = "report.html"
 CONTEXTS = "contexts.parquet"  # top activating contexts per concept (written by `cgaps extract`)
 RESPONSES_PARTIAL = "responses.partial.jsonl"
 RESPONSES_SETTINGS = Path(RESPONSES_PARTIAL).with_suffix(".json").name  # the settings signature beside it
+OPTION_LOGLIKS = "option_logliks.parquet"  # every option's log-likelihood (docs/benchmarks.md)
 
 # Everything the stages write into a run directory, working files included: `cgaps run --force`
 # deletes exactly these to start over (a file missing here would survive into the new run).
@@ -46,6 +47,7 @@ RUN_FILES = (
     ITEMS,
     RESPONSES_PARTIAL,
     RESPONSES_SETTINGS,
+    OPTION_LOGLIKS,
     SALIENCY,
     SALIENCY_SHARDS,  # a folder
     CONTEXTS,
@@ -507,11 +509,13 @@ def stage_record(
     stage: str,
     columns: tuple[str, ...] | None = None,
     run_dir: str | Path | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a completed stage writes into run.json ``inputs``: the columns it used
     (``columns``, by default :data:`STAGE_INPUTS`), their :func:`items_digest`, one digest per
-    column (so a later check can say which changed) and, for a stage of :data:`STAGE_FILES`,
-    the digests of those files in ``run_dir``."""
+    column (so a later check can say which changed), for a stage of :data:`STAGE_FILES`, the
+    digests of those files in ``run_dir``, and the config ``settings`` it ran with (a run whose
+    ``config`` in run.json later says otherwise is stale: :func:`stage_check`)."""
     cols = STAGE_INPUTS[stage] if columns is None else columns
     record: dict[str, Any] = {
         "columns": list(cols),
@@ -522,6 +526,8 @@ def stage_record(
         if run_dir is None:
             raise TypeError(f"stage_record({stage!r}) needs run_dir for {', '.join(STAGE_FILES[stage])}")
         record["files"] = {name: file_digest(Path(run_dir) / name) for name in STAGE_FILES[stage]}
+    if settings is not None:
+        record["settings"] = settings
     return record
 
 
@@ -542,7 +548,8 @@ def stage_check(
     damaged record), and ``(None, reason)`` when no inputs are recorded (a run written before
     digests, or a stage not run yet). ``meta``: the run.json the caller has already read.
     """
-    recorded = (read_run_json(run_dir) if meta is None else meta).get("inputs", {}).get(stage)
+    meta = read_run_json(run_dir) if meta is None else meta
+    recorded = meta.get("inputs", {}).get(stage)
     if recorded is None:
         return None, "its inputs were not recorded (an older run)"
     if not isinstance(recorded, dict):
@@ -566,6 +573,13 @@ def stage_check(
         for name, want in files.items():
             if file_digest(Path(run_dir) / name) != want:
                 return False, f"{name} changed since it ran"
+    settings, config = recorded.get("settings"), meta.get("config")
+    if isinstance(settings, dict) and isinstance(config, dict):
+        changed = [k for k in settings if k in config and config[k] != settings[k]]
+        if changed:
+            was = ", ".join(f"{k}={settings[k]!r}" for k in changed)
+            now = ", ".join(f"{k}={config[k]!r}" for k in changed)
+            return False, f"it ran with {was}; the run's config now says {now}"
     return True, ""
 
 

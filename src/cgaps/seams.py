@@ -39,18 +39,23 @@ class Generator(Protocol):
 
     def generate(
         self,
-        conversations: Sequence[Messages],
+        conversations: Sequence[Messages | str],
         max_new_tokens: int | Sequence[int],
         batch_size: int,
         progress: Progress | None = None,
     ) -> list[str]:
-        """One greedy response per conversation (the chat template applied by the generator)."""
+        """One greedy response per conversation (the chat template applied by the generator; a
+        plain string is read as it is, without the template)."""
         ...
 
     def loglikelihood(
-        self, requests: Sequence[tuple[Messages, str]], batch_size: int, progress: Progress | None = None
+        self,
+        requests: Sequence[tuple[Messages | str, str]],
+        batch_size: int,
+        progress: Progress | None = None,
     ) -> list[float]:
-        """Sum of the log-probabilities of each continuation after its formatted conversation."""
+        """Sum of the log-probabilities of each continuation after its context: a conversation
+        (formatted with the chat template) or a plain string (read as it is)."""
         ...
 
 

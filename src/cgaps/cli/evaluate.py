@@ -15,12 +15,14 @@ from cgaps.config import RunConfig
     "max_new_tokens",
     "batch_size",
     "mc_scoring",
+    "chat_template",
     "context_overflow",
     "device",
+    "dtype",
     over="run.json",
 )
 def evaluate(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
-    """Generate responses (batched, greedy, chat template) and grade them."""
+    """Answer every item (greedy generation or option log-likelihoods, docs/benchmarks.md) and grade the answers."""
     from cgaps.console import result
     from cgaps.evaluate.stage import evaluate_run
 

@@ -1,41 +1,55 @@
 """The own evaluator: the evaluated model answers every item, and the graders grade the answers.
 
-:class:`OwnEvaluator` is the :class:`cgaps.seams.ScoreSource` of ``cgaps evaluate``. Free-form
-items are answered by batched greedy generation with the chat template (any
-:class:`cgaps.seams.Generator`). Multiple-choice items are answered by option log-likelihood
-when ``mc_scoring: loglik`` (and always for ``loglik_choice`` items such as CrowS-Pairs): the
-response is the most likely option, written ``"B) option text"`` so the letter graders read it.
-An item may therefore have at most ten options (A-J, :data:`cgaps.answers.LETTERS`); more is an
-error naming the item, before any model call.
+:class:`OwnEvaluator` is the :class:`cgaps.seams.ScoreSource` of ``cgaps evaluate``. Each item is
+answered under one *protocol* (:func:`protocol`; what exactly is scored is tabulated in
+docs/benchmarks.md, "Evaluation protocols"):
+
+* ``generate``: batched greedy generation, graded by the item's grader (every free-form item);
+* ``loglik`` (cloze): the options are *not* listed (:func:`cgaps.items.prompts.cloze`), each
+  option is scored as the continuation ``delimiter + option text`` and the highest summed
+  log-likelihood wins, as lm-evaluation-harness's ``acc``;
+* ``loglik_norm``: the same, divided by the option's length in characters (the harness's
+  ``acc_norm``);
+* ``loglik_letter``: the prompt as written (options listed), each continuation the option's letter.
+
+The delimiter is the harness's target delimiter: " " on a bare prompt (``chat_template: false``),
+"" after a chat template's assistant header (what the harness does with ``--apply_chat_template``).
+``mc_scoring: auto`` takes each benchmark's usual protocol (:data:`AUTO_PROTOCOL`); ``loglik_choice``
+items (CrowS-Pairs) are always answered by log-likelihood (``loglik`` when the setting says generate).
+A log-likelihood response is the winning option, written ``"B) option text"`` so the letter graders
+read it, and every option's log-likelihood is kept (:data:`OPTION_COLUMNS`, written to
+``option_logliks.parquet`` by the stage). An item may have at most ten options (A-J,
+:data:`cgaps.answers.LETTERS`); more is an error naming the item, before any model call.
 
 Resuming: responses are appended to ``responses.partial.jsonl`` after every few batches (one
-``{"item_id", "response", "digest"}`` object per line) and the settings that shape a response are
-kept beside it in ``responses.partial.json``, so an interrupted run resumes where it stopped and a
-rerun with other settings is refused instead of mixing answers. ``digest`` (:func:`item_digest`)
-fingerprints what the answer depends on (prompt or messages, choices, answer type): a record is
-reused only for an item whose digest is unchanged, so new items written into the run under old
-ids (``cgaps items ... --out RUN_DIR``) are answered again, never given an old prompt's answer.
-Records without a digest (older files) cannot be checked and are redone, with a notice. Each record is appended in one
-write, so only the last line can be cut short by a crash; it is dropped and evaluated again. Any
-other damage (a broken line before the last, bytes that are not UTF-8, unreadable settings) is
-an error naming the file and line, since dropping the lines after it would lose responses
-silently. :meth:`OwnEvaluator.discard_partial` removes both files once ``items.parquet`` holds
-the responses.
+``{"item_id", "response", "digest"}`` object per line, plus ``"logliks"`` for a log-likelihood answer)
+and the settings that shape a response are kept beside it in ``responses.partial.json``, so an
+interrupted run resumes where it stopped and a rerun with other settings is refused instead of
+mixing answers. ``digest`` (:func:`item_digest`) fingerprints what the answer depends on (prompt or
+messages, choices, answer type): a record is reused only for an item whose digest is unchanged, so
+new items written into the run under old ids (``cgaps items ... --out RUN_DIR``) are answered
+again, never given an old prompt's answer. Records without a digest (older files) cannot be
+checked and are redone, with a notice. Each record is appended in one write, so only the last line
+can be cut short by a crash; it is dropped and evaluated again. Any other damage (a broken line
+before the last, bytes that are not UTF-8, unreadable settings) is an error naming the file and
+line, since dropping the lines after it would lose responses silently.
+:meth:`OwnEvaluator.discard_partial` removes both files once ``items.parquet`` holds the responses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cgaps import rundir
-from cgaps.answers import LETTERS, LOGLIK_ALWAYS, too_many_options
+from cgaps.answers import CHOICE_TYPES, LETTERS, LOGLIK_ALWAYS, too_many_options
 from cgaps.config import RunConfig
 from cgaps.console import info, progress_bar
 from cgaps.errors import CGapsError
-from cgaps.seams import Generator
+from cgaps.seams import Generator, Messages
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,8 +62,17 @@ _CHUNK_BATCHES = 2
 ANSWER_BUDGET = {"choice": 32, "yesno": 32, "short": 32, "text": 32, "refusal": 64, "hold": 64}
 # Log-likelihood answers of yes/no items compare these two continuations.
 YESNO_CHOICES = ["yes", "no"]
+LOGLIK_PROTOCOLS = ("loglik", "loglik_norm", "loglik_letter")
+# mc_scoring "auto": the protocol each benchmark is usually reported with (docs/benchmarks.md);
+# a benchmark not named here (and every spec-file benchmark) is generated.
+AUTO_PROTOCOL = {"socialiqa": "loglik", "bbq": "loglik", "crows_pairs": "loglik"}
+# The config fields that change an evaluation's answers: recorded with the evaluate stage's inputs
+# (a pipeline run with other values evaluates again) and in the resume file's settings.
+EVAL_SETTINGS = ("model", "mc_scoring", "chat_template", "dtype", "max_new_tokens")
 # The settings that change a response; a resume file from other values is refused.
-PARTIAL_SIGNATURE = ("model", "mc_scoring", "max_new_tokens", "chain_of_thought")
+PARTIAL_SIGNATURE = (*EVAL_SETTINGS, "chain_of_thought")
+# option_logliks.parquet: one row per (item, option) answered by log-likelihood
+OPTION_COLUMNS = ("item_id", "option", "letter", "continuation", "loglik", "chars", "chosen", "protocol")
 
 
 def budget(item: dict[str, Any], cfg: RunConfig) -> int:
@@ -74,14 +97,63 @@ def _choices(item: dict[str, Any]) -> list[str] | None:
     return [str(o) for o in opts]
 
 
-def uses_loglik(item: dict[str, Any], cfg: RunConfig) -> bool:
+def protocol(item: dict[str, Any], cfg: RunConfig) -> str:
+    """How ``item`` is answered under ``cfg``: ``generate`` or one of :data:`LOGLIK_PROTOCOLS`."""
+    mode = (
+        AUTO_PROTOCOL.get(str(item.get("benchmark")), "generate")
+        if cfg.mc_scoring == "auto"
+        else cfg.mc_scoring
+    )
     if item.get("answer_type") == LOGLIK_ALWAYS:
         if _choices(item) is None:
             raise CGapsError(
                 f"item {item['item_id']!r}: answer_type {LOGLIK_ALWAYS!r} needs a 'choices' list"
             )
-        return True
-    return cfg.mc_scoring == "loglik" and _choices(item) is not None
+        return mode if mode in LOGLIK_PROTOCOLS else "loglik"
+    if mode == "generate" or _choices(item) is None:
+        return "generate"
+    return mode
+
+
+def uses_loglik(item: dict[str, Any], cfg: RunConfig) -> bool:
+    return protocol(item, cfg) != "generate"
+
+
+def loglik_requests(
+    item: dict[str, Any], options: list[str], mode: str, chat_template: bool
+) -> list[tuple[Messages | str, str]]:
+    """The (context, continuation) pairs that score ``item``'s options under ``mode`` (module docstring).
+
+    With the chat template the context is the conversation (the generator renders it) and the
+    delimiter is ""; without, the context is the bare text and the delimiter " ". Yes/no items keep
+    their prompt and score " yes"/" no" under every log-likelihood protocol.
+    """
+    from cgaps.items.prompts import CLOZE_CUE, cloze
+    from cgaps.models import conversation
+
+    msgs = conversation(item)
+    last = str(msgs[-1]["content"])
+    is_choice = item.get("answer_type") in CHOICE_TYPES
+    if is_choice and mode in ("loglik", "loglik_norm"):
+        last = cloze(last, options)
+    elif is_choice and not chat_template:  # loglik_letter on a bare prompt: "...\nAnswer:" + " B"
+        last = f"{last.rstrip()}\n{CLOZE_CUE}"
+    msgs = [*msgs[:-1], {**msgs[-1], "content": last}]
+    context: Messages | str = msgs if chat_template else "\n\n".join(str(m["content"]) for m in msgs)
+    delimiter = "" if chat_template else " "
+    targets = LETTERS[: len(options)] if is_choice and mode == "loglik_letter" else options
+    return [(context, delimiter + t) for t in targets]
+
+
+def pick(logliks: list[float], options: list[str], mode: str) -> int:
+    """The chosen option: the highest log-likelihood, per character of the option for
+    ``loglik_norm`` (the first on a tie, as numpy's argmax in the harness)."""
+    values = (
+        [ll / max(len(o), 1) for ll, o in zip(logliks, options, strict=True)]
+        if mode == "loglik_norm"
+        else logliks
+    )
+    return max(range(len(values)), key=values.__getitem__)
 
 
 def check_options(items: pd.DataFrame, cfg: RunConfig) -> None:
@@ -126,13 +198,18 @@ def _check_settings(partial: Path, signature: dict[str, Any]) -> None:
         )
 
 
-def read_partial(path: Path) -> list[tuple[str, str, str | None]]:
-    """``(item_id, response, digest)`` of every record in the resume file, in file order
-    (``digest`` None in records written before digests); a last line cut by a crash is dropped.
+Answer = tuple[str, list[float] | None]
+"""A response and, for a log-likelihood answer, each option's log-likelihood (else None)."""
+
+
+def read_partial(path: Path) -> list[tuple[str, str, str | None, list[float] | None]]:
+    """``(item_id, response, digest, logliks)`` of every record in the resume file, in file order
+    (``digest`` None in records written before digests, ``logliks`` None for generated answers);
+    a last line cut by a crash is dropped.
 
     The file is truncated before a cut line so that new records are not appended to it.
     """
-    done: list[tuple[str, str, str | None]] = []
+    done: list[tuple[str, str, str | None, list[float] | None]] = []
     if not path.exists():
         return done
     lines = path.read_bytes().split(b"\n")
@@ -144,11 +221,15 @@ def read_partial(path: Path) -> list[tuple[str, str, str | None]]:
         try:
             record = json.loads(line.decode("utf-8"))
             item_id, response = record["item_id"], record["response"]
-            digest = record.get("digest")
+            digest, logliks = record.get("digest"), record.get("logliks")
             if not isinstance(item_id, str) or not isinstance(response, str):
                 raise TypeError("item_id and response must be strings")
             if digest is not None and not isinstance(digest, str):
                 raise TypeError("digest must be a string")
+            if logliks is not None and not (
+                isinstance(logliks, list) and all(isinstance(x, int | float) for x in logliks)
+            ):
+                raise TypeError("logliks must be a list of numbers")
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             if lineno == len(lines):  # cut short by a crash: resume from the records before it
                 path.write_bytes(b"".join(x + b"\n" for x in lines[: lineno - 1]))
@@ -163,23 +244,23 @@ def read_partial(path: Path) -> list[tuple[str, str, str | None]]:
                 f"{path}:{lineno}: {problem}; delete that line (its item is evaluated again) "
                 "or the whole file to start the evaluation over"
             ) from e
-        done.append((item_id, response, digest))
+        done.append((item_id, response, digest, [float(x) for x in logliks] if logliks is not None else None))
     return done
 
 
 def reusable(
-    records: list[tuple[str, str, str | None]], items: list[dict[str, Any]], partial: Path
-) -> dict[str, str]:
-    """``{item_id: response}`` of the records still valid for ``items``: the last record of each
-    item whose digest matches the item now. Says how many records were dropped and why."""
+    records: list[tuple[str, str, str | None, list[float] | None]], items: list[dict[str, Any]], partial: Path
+) -> dict[str, Answer]:
+    """``{item_id: (response, logliks)}`` of the records still valid for ``items``: the last record
+    of each item whose digest matches the item now. Says how many records were dropped and why."""
     digests = {str(r["item_id"]): item_digest(r) for r in items}
-    done: dict[str, str] = {}
-    for item_id, response, digest in records:
+    done: dict[str, Answer] = {}
+    for item_id, response, digest, logliks in records:
         if digest is not None and digests.get(item_id) == digest:
-            done[item_id] = response
-    legacy = {i for i, _, d in records if d is None and i in digests and i not in done}
-    changed = {i for i, _, d in records if d is not None and i in digests and i not in done}
-    gone = {i for i, _, _ in records if i not in digests}
+            done[item_id] = (response, logliks)
+    legacy = {r[0] for r in records if r[2] is None and r[0] in digests and r[0] not in done}
+    changed = {r[0] for r in records if r[2] is not None and r[0] in digests and r[0] not in done}
+    gone = {r[0] for r in records if r[0] not in digests}
     if legacy:
         info(
             f"{partial.name}: {len(legacy)} response(s) without a content digest (written by an older "
@@ -194,18 +275,21 @@ def reusable(
     return done
 
 
-def _append(path: Path, records: list[tuple[str, str, str]]) -> None:
+def _append(path: Path, records: Sequence[tuple[str, str, str, list[float] | None]]) -> None:
     # one write per record (json.dumps escapes newlines), so a crash can cut only the last line
     with path.open("a", encoding="utf-8") as f:
-        for item_id, response, digest in records:
-            f.write(json.dumps({"item_id": item_id, "response": response, "digest": digest}) + "\n")
+        for item_id, response, digest, logliks in records:
+            record: dict[str, Any] = {"item_id": item_id, "response": response, "digest": digest}
+            if logliks is not None:
+                record["logliks"] = logliks
+            f.write(json.dumps(record) + "\n")
 
 
 # ------------------------------------------------------------------ answering
 
 
-def respond(items: pd.DataFrame, generator: Generator, cfg: RunConfig, partial: Path) -> dict[str, str]:
-    """Responses for every item, resuming from ``partial``."""
+def respond(items: pd.DataFrame, generator: Generator, cfg: RunConfig, partial: Path) -> dict[str, Answer]:
+    """Answers for every item, resuming from ``partial``."""
     from cgaps.models import conversation
 
     signature = {k: v for k, v in cfg.to_dict().items() if k in PARTIAL_SIGNATURE}
@@ -217,11 +301,16 @@ def respond(items: pd.DataFrame, generator: Generator, cfg: RunConfig, partial: 
     if done:
         info(f"resuming evaluation: {len(done)} of {len(items)} responses already in {partial.name}")
     todo = [r for r in records if r["item_id"] not in done]
-    # option lists parsed once (and checked before any model call); None marks generated items
-    options = {r["item_id"]: _choices(r) if uses_loglik(r, cfg) else None for r in todo}
-    loglik = [r for r in todo if options[r["item_id"]] is not None]
-    generate = [r for r in todo if options[r["item_id"]] is None]
+    # protocols and option lists decided once (and checked before any model call)
+    modes = {r["item_id"]: protocol(r, cfg) for r in todo}
+    options = {r["item_id"]: _choices(r) or [] for r in todo if modes[r["item_id"]] != "generate"}
+    loglik = [r for r in todo if modes[r["item_id"]] != "generate"]
+    generate = [r for r in todo if modes[r["item_id"]] == "generate"]
     chunk = cfg.batch_size * _CHUNK_BATCHES
+
+    def prompt(r: dict[str, Any]) -> Messages | str:
+        msgs = conversation(r)
+        return msgs if cfg.chat_template else "\n\n".join(str(m["content"]) for m in msgs)
 
     if generate:
         by_budget: dict[int, list[dict[str, Any]]] = {}
@@ -231,30 +320,71 @@ def respond(items: pd.DataFrame, generator: Generator, cfg: RunConfig, partial: 
             for max_new, group in sorted(by_budget.items()):
                 for start in range(0, len(group), chunk):
                     batch = group[start : start + chunk]
-                    out = generator.generate(
-                        [conversation(r) for r in batch], max_new, cfg.batch_size, advance
-                    )
-                    recs = [(r["item_id"], o, item_digest(r)) for r, o in zip(batch, out, strict=True)]
+                    out = generator.generate([prompt(r) for r in batch], max_new, cfg.batch_size, advance)
+                    recs: list[tuple[str, str, str, list[float] | None]] = [
+                        (r["item_id"], o, item_digest(r), None) for r, o in zip(batch, out, strict=True)
+                    ]
                     _append(partial, recs)
-                    done.update((i, o) for i, o, _ in recs)
+                    done.update((i, (o, None)) for i, o, _, _ in recs)
 
     if loglik:
         with progress_bar("option log-likelihoods", len(loglik)) as advance:
             for start in range(0, len(loglik), chunk):
                 batch = loglik[start : start + chunk]
-                requests = [(conversation(r), opt) for r in batch for opt in options[r["item_id"]] or []]
+                requests = [
+                    req
+                    for r in batch
+                    for req in loglik_requests(
+                        r, options[r["item_id"]], modes[r["item_id"]], cfg.chat_template
+                    )
+                ]
                 logliks = generator.loglikelihood(requests, cfg.batch_size)
                 recs, offset = [], 0
                 for r in batch:
-                    opts = options[r["item_id"]] or []
-                    mine = logliks[offset : offset + len(opts)]
+                    opts = options[r["item_id"]]
+                    mine = [float(x) for x in logliks[offset : offset + len(opts)]]
                     offset += len(opts)
-                    best = max(range(len(opts)), key=mine.__getitem__)
-                    recs.append((r["item_id"], f"{LETTERS[best]}) {opts[best]}", item_digest(r)))
+                    best = pick(mine, opts, modes[r["item_id"]])
+                    recs.append((r["item_id"], f"{LETTERS[best]}) {opts[best]}", item_digest(r), mine))
                 _append(partial, recs)
-                done.update((i, o) for i, o, _ in recs)
+                done.update((i, (o, ll)) for i, o, _, ll in recs)
                 advance(len(batch))
     return done
+
+
+def option_table(items: pd.DataFrame, answers: dict[str, Answer], cfg: RunConfig) -> pd.DataFrame:
+    """Every option's log-likelihood (:data:`OPTION_COLUMNS`) of the items answered by log-likelihood.
+
+    ``continuation`` is the exact string scored after the context; ``chars`` the option's length in
+    characters (``loglik_norm`` divides by it); ``chosen`` marks the item's answer.
+    """
+    import pandas as pd
+
+    rows = []
+    for r in items.to_dict("records"):
+        logliks = answers.get(r["item_id"], ("", None))[1]
+        if logliks is None:
+            continue
+        mode = protocol(r, cfg)
+        opts = _choices(r) or []
+        if len(opts) != len(logliks):  # a resume record from other options cannot happen (digest)
+            raise CGapsError(f"item {r['item_id']!r}: {len(logliks)} log-likelihoods for {len(opts)} options")
+        conts = [c for _, c in loglik_requests(r, opts, mode, cfg.chat_template)]
+        best = pick(logliks, opts, mode)
+        for k, (opt, ll) in enumerate(zip(opts, logliks, strict=True)):
+            rows.append(
+                {
+                    "item_id": r["item_id"],
+                    "option": k,
+                    "letter": LETTERS[k],
+                    "continuation": conts[k],
+                    "loglik": ll,
+                    "chars": len(opt),
+                    "chosen": k == best,
+                    "protocol": mode,
+                }
+            )
+    return pd.DataFrame(rows, columns=list(OPTION_COLUMNS))
 
 
 class OwnEvaluator:
@@ -269,13 +399,16 @@ class OwnEvaluator:
         self.cfg = cfg
         self.partial = Path(partial)
         self.name = f"the evaluated model {generator.name}"
+        self.options: pd.DataFrame | None = None
+        """After :meth:`score`: :func:`option_table` of the items answered by log-likelihood."""
 
     def score(self, items: pd.DataFrame) -> pd.DataFrame:
         from cgaps.evaluate.grade import grade_items
 
-        responses = respond(items, self.generator, self.cfg, self.partial)
+        answers = respond(items, self.generator, self.cfg, self.partial)
+        self.options = option_table(items, answers, self.cfg)
         graded = items.copy()
-        graded["response"] = items["item_id"].map(responses).fillna("")
+        graded["response"] = items["item_id"].map({i: a[0] for i, a in answers.items()}).fillna("")
         graded["score"] = grade_items(graded)
         return graded[["item_id", "response", "score"]]
 

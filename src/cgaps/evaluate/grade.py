@@ -207,10 +207,18 @@ def _grade_yesno(response: str, reference: str, meta: dict[str, Any]) -> float:
     return float(gold is not None and extract_yesno(response) == gold)
 
 
+def contains_alias(said: str, gold: str) -> bool:
+    """Whether the normalised ``gold`` occurs in the normalised ``said`` as whole words
+    ("neil armstrong" in "first man on moon was neil armstrong", "1972" not in "19721")."""
+    return bool(gold) and f" {gold} " in f" {said} "
+
+
 def _grade_short(response: str, reference: str, meta: dict[str, Any]) -> float:
-    golds = meta.get("answers") or [reference]
+    """Exact match with any gold alias, or (normalised containment) the answer line holds one as
+    whole words, so "The first man on the moon was Neil Armstrong." counts for "Neil Armstrong"."""
+    golds = [normalize_answer(str(g)) for g in meta.get("answers") or [reference]]
     said = normalize_answer(_short_answer(response))
-    return float(any(said == normalize_answer(str(g)) for g in golds))
+    return float(any(said == g or contains_alias(said, g) for g in golds))
 
 
 def _grade_text(response: str, reference: str, meta: dict[str, Any]) -> float:

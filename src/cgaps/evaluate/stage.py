@@ -5,7 +5,10 @@ run's items to a :class:`cgaps.seams.ScoreSource`, checks that every item got a 
 score in [0, 1], and writes the table back. The commands pick the source:
 
 * ``cgaps evaluate`` (:func:`evaluate_run`): :class:`~cgaps.evaluate.evaluator.OwnEvaluator`,
-  the evaluated model answering, resumable;
+  the evaluated model answering, resumable; it also writes ``option_logliks.parquet`` (every
+  option's log-likelihood of the items answered by log-likelihood) and records the settings that
+  shape the answers (``EVAL_SETTINGS``) with its inputs, so a pipeline run with other settings
+  evaluates again;
 * ``cgaps grade`` (:func:`grade_run`): :class:`~cgaps.evaluate.responses.ResponsesFile`
   (``--responses``) or :class:`~cgaps.evaluate.responses.RecordedResponses` (the responses
   already in the table).
@@ -85,7 +88,7 @@ def evaluate_run(run_dir: str | Path, cfg: RunConfig, generator: Generator | Non
 
 
 def _evaluate_run(run_dir: Path, cfg: RunConfig, generator: Generator | None) -> pd.DataFrame:
-    from cgaps.evaluate.evaluator import OwnEvaluator, check_options
+    from cgaps.evaluate.evaluator import EVAL_SETTINGS, OwnEvaluator, check_options
     from cgaps.models import HFBackend, load_backend
     from cgaps.models.loading import loaded_record
 
@@ -104,11 +107,20 @@ def _evaluate_run(run_dir: Path, cfg: RunConfig, generator: Generator | None) ->
         generator.context_overflow, generator.prompts_truncated = cfg.context_overflow, 0
     source = OwnEvaluator(generator, cfg, run_dir / rundir.RESPONSES_PARTIAL)
     items = record_scores(run_dir, source, items)
+    options_path = run_dir / rundir.OPTION_LOGLIKS
+    if source.options is not None and len(source.options):
+        rundir.write_table(source.options, options_path)
+    else:  # all generated: an older table would describe other answers
+        options_path.unlink(missing_ok=True)
     source.discard_partial()  # only now: items.parquet holds every response
     acc = items.groupby("benchmark")["score"].agg(["count", "mean"])
     rundir.update_run_json(
         run_dir,
-        inputs={"evaluate": rundir.stage_record(items, "evaluate")},
+        inputs={
+            "evaluate": rundir.stage_record(
+                items, "evaluate", settings={k: getattr(cfg, k) for k in EVAL_SETTINGS}
+            )
+        },
         config=cfg.to_dict(),
         model=loaded_record(generator, "evaluated"),  # what was really loaded, not only its name
         counts={
@@ -130,6 +142,8 @@ def grade_run(run_dir: str | Path, responses: str | Path | None = None) -> pd.Da
             ResponsesFile(responses) if responses is not None else RecordedResponses(run_dir)
         )
         items = record_scores(run_dir, source)
+        if responses is not None:  # the option log-likelihoods belonged to the replaced responses
+            (Path(run_dir) / rundir.OPTION_LOGLIKS).unlink(missing_ok=True)
     means = items.groupby("benchmark", sort=False)["score"].mean()
     rundir.update_run_json(
         run_dir,

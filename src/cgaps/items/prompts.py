@@ -5,6 +5,13 @@ template). Each format instruction names exactly the form the grader extracts fi
 compliant model is graded by the strict path and a sloppy one by the lenient fallbacks.
 Multiple-choice prompts list the options as ``A) ...`` in the order of ``choices``; the
 evaluate stage relies on that order when it ranks options by log-likelihood.
+
+:func:`cloze` is the same item for the cloze protocols (``mc_scoring: loglik``/``loglik_norm``):
+the options are scored as continuations, so they must not be listed (a model can copy a listed
+option, docs/benchmarks.md). It removes exactly the tail that :func:`multiple_choice` appends
+(the option lines and the format instruction) and ends the prompt with ``Answer:``, as the
+harness's ARC and SocialIQA prompts do; a prompt without that tail (a spec file's
+``prompt_template``) is its author's and is used as written.
 """
 
 from __future__ import annotations
@@ -38,6 +45,23 @@ def multiple_choice(
 ) -> str:
     fmt = MC_FORMAT.format(first=LETTERS[0])
     return join(instruction, context, question, options_block(options), fmt)
+
+
+CLOZE_CUE = "Answer:"
+
+
+def mc_tail(options: list[str]) -> str:
+    """What :func:`multiple_choice` appends after the question: the option lines and the format."""
+    return join(options_block(options), MC_FORMAT.format(first=LETTERS[0]))
+
+
+def cloze(prompt: str, options: list[str]) -> str:
+    """``prompt`` without its listed options and format instruction, ending in ``Answer:`` (see the
+    module docstring); unchanged when it does not end with :func:`mc_tail` of ``options``."""
+    tail = "\n\n" + mc_tail(options)
+    if not prompt.endswith(tail):
+        return prompt
+    return prompt[: -len(tail)].rstrip() + "\n" + CLOZE_CUE
 
 
 def yes_no(question: str, context: str | None = None) -> str:

@@ -67,14 +67,15 @@ class HFBackend:
         cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
         return int(getattr(cfg, "max_position_embeddings", None) or 2048)
 
-    def _fit_context(self, ids: list[int], room: int, msgs: Messages) -> list[int]:
+    def _fit_context(self, ids: list[int], room: int, msgs: Messages | str) -> list[int]:
         """``ids`` cut from the left to leave ``room`` tokens of the context free, counted in
         :attr:`prompts_truncated`; with ``context_overflow`` "refuse", an error instead."""
         limit = self.context_length - room
         if len(ids) <= limit:
             return ids
         if self.context_overflow == "refuse" or limit < 1:
-            start = " ".join(str(msgs[-1].get("content", "")).split())[:60] if msgs else ""
+            last = msgs if isinstance(msgs, str) else str(msgs[-1].get("content", "")) if msgs else ""
+            start = " ".join(last.split())[:60]
             raise CGapsError(
                 f"a prompt of {len(ids)} tokens ({start!r}...) does not fit model {self.name}'s context of "
                 f"{self.context_length} tokens with {room} more; shorten it, or set context_overflow: "
@@ -183,7 +184,7 @@ class HFBackend:
 
     def generate(
         self,
-        conversations: Sequence[Messages],
+        conversations: Sequence[Messages | str],
         max_new_tokens: int | Sequence[int],
         batch_size: int,
         progress: Progress | None = None,
@@ -194,7 +195,7 @@ class HFBackend:
         up to its largest budget and each response is cut at its own (greedy decoding makes the
         first n tokens the same either way).
         """
-        texts = [format_chat(self.tokenizer, msgs).text for msgs in conversations]
+        texts = [self.prompt_text(c) for c in conversations]
         budgets = (
             [max_new_tokens] * len(texts)
             if isinstance(max_new_tokens, int)
@@ -228,40 +229,76 @@ class HFBackend:
                 progress(len(idx))
         return out
 
+    def prompt_text(self, prompt: Messages | str) -> str:
+        """The text the model reads for a prompt: a conversation through the chat template, a
+        plain string as it is (no template, no system prompt: ``chat_template: false``)."""
+        return prompt if isinstance(prompt, str) else format_chat(self.tokenizer, prompt).text
+
     def loglikelihood(
-        self, requests: Sequence[tuple[Messages, str]], batch_size: int, progress: Progress | None = None
+        self,
+        requests: Sequence[tuple[Messages | str, str]],
+        batch_size: int,
+        progress: Progress | None = None,
     ) -> list[float]:
-        """Sum of log-probabilities of each continuation after its formatted context."""
+        """Sum of log-probabilities of each continuation after its context (:meth:`prompt_text`).
+
+        Tokenised as lm-evaluation-harness does (``_encode_pair``), so the two agree on identical
+        strings: whitespace at the end of the context moves to the start of the continuation; the
+        context and the whole string are tokenised, and the continuation is the whole string's
+        tokens after the context's. A plain-string context is tokenised with the tokenizer's own
+        special tokens (as the harness does without a chat template); a rendered conversation
+        already holds them. Only the continuation's positions go through the softmax.
+        """
         import torch
 
         tok = self.tokenizer
-        texts = [format_chat(tok, msgs).text for msgs, _ in requests]
-        conts = [tok(cont, add_special_tokens=False)["input_ids"] for _, cont in requests]
-        if any(not cid for cid in conts):
-            raise CGapsError("log-likelihood request with an empty continuation")
-        room: dict[str, int] = {}  # per prompt, its longest continuation
-        for text, cid in zip(texts, conts, strict=True):
-            room[text] = max(room.get(text, 0), len(cid))
-        contexts: dict[str, list[int]] = {}  # each prompt once (and counted once), whatever its options
-        for text, (msgs, _) in zip(texts, requests, strict=True):
-            if text not in contexts:
-                contexts[text] = self._fit_context(
-                    tok(text, add_special_tokens=False)["input_ids"], room[text], msgs
-                )
-        pairs = [(contexts[text], cid) for text, cid in zip(texts, conts, strict=True)]
+        split: list[tuple[str, str, Messages | str]] = []
+        for prompt, cont in requests:
+            text = self.prompt_text(prompt)
+            n_space = len(text) - len(text.rstrip())
+            if n_space:
+                text, cont = text[:-n_space], text[-n_space:] + cont
+            if not text:
+                raise CGapsError("log-likelihood request with an empty context")
+            split.append((text, cont, prompt))
+
+        def encode(text: str, raw: bool) -> list[int]:
+            return list(tok(text, add_special_tokens=raw)["input_ids"])
+
+        context_ids: dict[tuple[str, bool], list[int]] = {}
+        conts: list[list[int]] = []
+        for text, cont, prompt in split:
+            key = (text, isinstance(prompt, str))
+            if key not in context_ids:
+                context_ids[key] = encode(text, key[1])
+            cid = encode(text + cont, key[1])[len(context_ids[key]) :]
+            if not cid:
+                raise CGapsError("log-likelihood request with an empty continuation")
+            conts.append(cid)
+        room: dict[tuple[str, bool], int] = {}  # per context, its longest continuation
+        for (text, _, prompt), cid in zip(split, conts, strict=True):
+            key = (text, isinstance(prompt, str))
+            room[key] = max(room.get(key, 0), len(cid))
+        fitted: dict[tuple[str, bool], list[int]] = {}  # each context cut once (and counted once)
+        for text, _, prompt in split:
+            key = (text, isinstance(prompt, str))
+            if key not in fitted:
+                fitted[key] = self._fit_context(context_ids[key], room[key], prompt)
+        pairs = [
+            (fitted[(text, isinstance(prompt, str))], cid)
+            for (text, _, prompt), cid in zip(split, conts, strict=True)
+        ]
         out = [0.0] * len(pairs)
         lengths = [len(ctx) + len(cid) for ctx, cid in pairs]
         for idx in length_batches(lengths, batch_size, longest_first=True):
             ids, mask = pad_batch([pairs[i][0] + pairs[i][1] for i in idx], tok.pad_token_id)
             with torch.no_grad():
-                logits = self.model(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-                ).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             for r, i in enumerate(idx):
                 ctx, cid = pairs[i]
-                pos = torch.arange(len(ctx) - 1, len(ctx) + len(cid) - 1)
-                out[i] = float(logp[r, pos, torch.tensor(cid)].sum())
+                pos = torch.arange(len(ctx) - 1, len(ctx) + len(cid) - 1, device=logits.device)
+                logp = torch.log_softmax(logits[r, pos].float(), dim=-1)
+                out[i] = float(logp[torch.arange(len(cid)), torch.tensor(cid, device=logits.device)].sum())
             if progress:
                 progress(len(idx))
         return out
