@@ -38,6 +38,7 @@ from cgaps import rundir
 from cgaps.config import ReportOptions
 from cgaps.errors import CGapsError
 from cgaps.report import figures
+from cgaps.report.checks import checks_section
 from cgaps.runtables import RunTables, load_run
 from cgaps.stats import mean_interval
 
@@ -760,9 +761,8 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
         "themes_note": themes_note,
         "has_evidence": bool(describe.evidence),
         "table_titles": TABLES,
-        "robustness": None
-        if t.robustness is None
-        else json.dumps(t.robustness, indent=2, default=str)[:20000],
+        # robustness.json and validation.json as tables (cgaps.report.checks); empty without both
+        "robustness": checks_section(run_dir, t.robustness),
         "options": asdict(opts),
     }
 
