@@ -18,6 +18,8 @@ config is stored in ``run.json`` so later stages and other tools see what was us
 from __future__ import annotations
 
 import dataclasses
+import re
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,36 @@ def is_integer(x: Any) -> bool:
 def is_number(x: Any) -> bool:
     """An int or float that is not a bool."""
     return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def check_field_types(obj: Any, source: str = "config") -> None:
+    """Raise the one-line error for the first field of dataclass ``obj`` whose value is not of its
+    declared type (``bool`` strictly: "no" or 1 is not a boolean; an int counts as a float)."""
+    import typing
+
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        allowed = (
+            typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        )
+        ok = any(
+            (t is type(None) and value is None)
+            or (t is bool and isinstance(value, bool))
+            or (t is int and is_integer(value))
+            or (t is float and is_number(value))
+            or (t is str and isinstance(value, str))
+            for t in allowed
+        )
+        if not ok:
+            want = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in allowed)
+            raise CGapsError(
+                f"{source} field '{f.name}' must be {want}, got {value!r} ({type(value).__name__})"
+            )
+
+
+# Torch devices a run may name (checked before any model loads).
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
 
 def documented(default: Any, help: str, **kw: Any) -> Any:
@@ -173,6 +205,9 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # before any comparison: "big" < 1 is a TypeError, not a message
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
+            raise CGapsError(f"config field 'device' is {self.device!r}; valid: auto, cpu, cuda, cuda:N, mps")
         for name, choices in (
             ("span", SPANS),
             ("pool", POOLS),
@@ -260,7 +295,10 @@ def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
             raise CGapsError(
                 f"{source}: unknown key {key!r}.{did_you_mean(key, names)} Known keys: {', '.join(names)}"
             )
-    return RunConfig(**data)
+    try:
+        return RunConfig(**data)
+    except CGapsError as e:  # name the file the bad value came from
+        raise CGapsError(f"{source}: {e}") from e
 
 
 def load_yaml(path: str | Path) -> RunConfig:
@@ -270,7 +308,9 @@ def load_yaml(path: str | Path) -> RunConfig:
     if not path.exists():
         raise CGapsError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise CGapsError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,10 @@ ITEM_OPTIONAL = (
     "meta",  # JSON object with anything else (gold aliases, bias metadata...)
 )
 ITEM_COLUMNS = ITEM_REQUIRED + ITEM_SCORED + ITEM_OPTIONAL
+# Benchmark names and item ids: at most this many characters, and no control characters (they
+# are printed in messages, tables and HTML; a 10 MB name or an ESC sequence must not get there).
+MAX_NAME = 200
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 SALIENCY_COLUMNS = ("item_id", "concept", "value")
 
@@ -362,6 +367,21 @@ def validate_items(df: pd.DataFrame, path: str | Path, *, scored: bool = False) 
             row = int(df[col].isna().to_numpy().nonzero()[0][0])
             raise CGapsError(f"{path}: row {row}: field '{col}' is empty; every item needs one")
         df[col] = df[col].astype(str)
+    for col in ("item_id", "benchmark"):  # checked before anything prints a name or an id
+        lengths = df[col].str.len()
+        if (lengths > MAX_NAME).any():
+            row = int((lengths > MAX_NAME).to_numpy().nonzero()[0][0])
+            raise CGapsError(
+                f"{path}: row {row}: field '{col}' is {int(lengths.iloc[row]):,} characters long; "
+                f"names and ids have at most {MAX_NAME}"
+            )
+        controls = df[col].str.contains(_CONTROL_CHARS, regex=True)
+        if controls.any():
+            row = int(controls.to_numpy().nonzero()[0][0])
+            raise CGapsError(
+                f"{path}: row {row}: field '{col}' holds a control character "
+                f"({_CONTROL_CHARS.sub('?', df[col].iloc[row])!r}); names and ids are printable text"
+            )
     empty_bench = df["benchmark"].str.strip() == ""
     if empty_bench.any():
         row = int(empty_bench.to_numpy().nonzero()[0][0])

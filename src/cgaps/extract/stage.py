@@ -373,13 +373,13 @@ def _extract_run(
                 f"{shard_dir}: partial extraction with other settings ({old.get('signature')}); "
                 f"delete that folder to start over with the new ones"
             )
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_json({"signature": signature}, manifest_path)
-
     encoded = encode_items(items, backend.tokenizer, cfg)
     empty = [e.item_id for e in encoded if not e.mask.any()]
     digests = {e.item_id: input_digest(e) for e in encoded}
-    kept, stats = _reusable_shards(shard_dir, digests)
+    kept, stats = _reusable_shards(shard_dir, digests) if shard_dir.is_dir() else ({}, Counter())
+    # only now: a damaged shard folder is reported before anything is written
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_json({"signature": signature}, manifest_path)
     done_ids = {i for ids in kept.values() for i in ids}
     todo = [e for e in encoded if e.item_id not in done_ids]
     # chunks of similar length, so each shard's batches pad little

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,7 @@ def read_spec(path: str | Path) -> dict[str, Any]:
         except UnicodeDecodeError as e:
             raise CGapsError(f"{path}: not UTF-8 text ({e.reason}); save the spec file as UTF-8") from e
         except yaml.YAMLError as e:
-            raise CGapsError(f"{path}: not a valid YAML file ({e})") from e
+            raise CGapsError(f"{path}: not a valid YAML file ({' '.join(str(e).split())})") from e
     if not isinstance(spec, dict):
         raise CGapsError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
     for key in spec:
@@ -170,6 +171,7 @@ def read_spec(path: str | Path) -> dict[str, Any]:
                 raise CGapsError(f"{path}: fields.{key}: {e}") from e
     if "choice_labels" in fields and "choices" not in fields:
         raise CGapsError(f"{path}: fields.choice_labels needs fields.choices (the options they label)")
+    _check_template(path, spec.get("prompt_template"))
     if ("path" in spec) == ("hub" in spec):
         raise CGapsError(f"{path}: give exactly one of 'path' (a local file) or 'hub' (a hub dataset id)")
     return {
@@ -179,6 +181,27 @@ def read_spec(path: str | Path) -> dict[str, Any]:
         "_dir": path.parent,
         "_file": str(path),
     }
+
+
+def _check_template(path: Path, template: Any) -> None:
+    """A prompt template is a string whose placeholders are plain column names (or ``options``):
+    no attribute or index (``{q.upper}`` would insert a method's repr), no unclosed brace."""
+    if template is None:
+        return
+    if not isinstance(template, str):
+        raise CGapsError(f"{path}: prompt_template must be a string, got {type(template).__name__}")
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise CGapsError(
+            f"{path}: prompt_template is not a valid template ({e}); write a literal brace as {{{{ or }}}}"
+        ) from e
+    for name in names:
+        if not name or name.isdigit() or any(c in name for c in ".[]"):
+            raise CGapsError(
+                f"{path}: prompt_template placeholder {{{name}}} must name a column (no attribute, index "
+                "or position); write a literal brace as {{ or }}"
+            )
 
 
 def _records(spec: dict[str, Any]) -> list[Record]:
@@ -263,10 +286,9 @@ def load_custom(spec_path: str | Path, chain_of_thought: bool = False) -> tuple[
             meta["answers"] = [reference, *map(str, list(aliases))]
         if template:
             try:
-                prompt = template.format(
-                    **{k: v for k, v in rec.row.items() if isinstance(k, str)},
-                    options=prompts.options_block(options or []),
-                )
+                # {options} is the formatted block even when the row has a column of that name
+                row = {k: v for k, v in rec.row.items() if isinstance(k, str)}
+                prompt = template.format_map({**row, "options": prompts.options_block(options or [])})
             except (KeyError, IndexError) as e:
                 raise CGapsError(
                     f"{spec['_file']}: prompt_template uses {e}, which is not a column of {rec.where}"

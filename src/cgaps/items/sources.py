@@ -140,7 +140,11 @@ def read_table_file(path: Path) -> Iterator[Record]:
     elif suffix in (".parquet", ".pq"):
         import pandas as pd
 
-        for i, row in enumerate(pd.read_parquet(path).to_dict("records")):
+        try:
+            table = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises several unrelated types for a bad file
+            raise CGapsError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from e
+        for i, row in enumerate(table.to_dict("records")):
             yield Record(row, f"{path}: row {i}")
     else:
         raise CGapsError(f"{path}: unknown data format {suffix!r}; use .jsonl, .json, .csv or .parquet")

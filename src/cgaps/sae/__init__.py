@@ -157,8 +157,12 @@ def _load(spec: str, device: str, dtype: str | None) -> tuple[SAE, str]:
             )
         try:
             return SAE.load_from_disk(path, device=device, dtype=dtype), str(path)
-        except (KeyError, ValueError, TypeError) as e:
-            raise CGapsError(f"{path}: not a loadable sae-lens SAE ({e})") from e
+        except Exception as e:  # sae-lens, torch and safetensors raise many types for a damaged folder
+            problem = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            raise CGapsError(
+                f"{path}: not a loadable sae-lens SAE ({problem}); check {CFG_FILENAME} against "
+                f"{WEIGHTS_FILENAME}, or save it again with SAE.save_model"
+            ) from e
     if spec.startswith((".", "/", "~")) or "/" not in spec:
         raise CGapsError(
             f"SAE {spec!r}: no such folder; pass 'embedded', a local sae-lens folder, or RELEASE/SAE_ID "
