@@ -366,15 +366,15 @@ def test_llm_labels_cached_resumed_rate_limited_and_retried(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        opts = LabelOptions(labeler=url, labeler_model="fake", llm_concepts=2, llm_rate=20.0, llm_retries=2)
+        opts = LabelOptions(labeler=url, labeler_model="fake", llm_concepts=2, llm_rate=5.0, llm_retries=2)
         table = label_run(run, opts)
         assert table.loc[0, "llm_label"] == "weekday names"
         assert table.loc[0, "llm_score"] == 1.0  # the held-out Monday texts found, the others left out
         assert table.loc[0, "label"] == "weekday names" and table.loc[0, "source"] == "llm"
         n_calls = len(_Endpoint.calls)
         assert n_calls == 1 + 2 * 2  # the 429, then explain + detect for two concepts
-        gaps = np.diff(_Endpoint.calls)
-        assert gaps.min() >= 1 / 20 - 0.01  # never faster than llm_rate
+        gaps = np.diff(_Endpoint.calls)  # arrival times (jitter can shorten one gap: a margin)
+        assert gaps.min() >= 0.1 and _Endpoint.calls[-1] - _Endpoint.calls[0] >= (n_calls - 1) / 5 - 0.05
         lines = (run / CACHE).read_text().splitlines()
         assert len(lines) == 2
         again = label_run(run, opts)  # resumed from the cache: no request

@@ -197,10 +197,13 @@ def test_label_stage_end_to_end(tmp_path, tiny_backend):
     enrich = evidence.enrichment(shat_matrix(m), evidence.item_groups(run.items))
     np.testing.assert_array_equal(stored["enrich_group"].to_numpy(), enrich["enrich_group"].to_numpy())
     # output tokens: the logit lens of W_dec through the model's unembedding
-    outs = json.loads(stored["output_tokens"].iloc[int(np.flatnonzero(m.scale > 0)[0])])
+    outs = json.loads(
+        stored["output_tokens"].iloc[int(np.flatnonzero(np.diff(m.saliency.tocsc().indptr))[0])]
+    )
     assert len(outs) == 8 and all(isinstance(t[0], str) for t in outs)
-    fired = m.scale > 0
-    assert (stored.loc[fired, "source"] == "evidence").all()
+    present = np.diff(m.saliency.tocsc().indptr) > 0
+    assert (stored.loc[present, "source"] == "evidence").all()
+    assert (stored.loc[~present, "label"] == "").all()
     assert (tmp_path / THEMES).exists()
     knobs = rundir.read_table_knobs(tmp_path / THEMES)
     assert knobs["presence"] == 0.2 and knobs["theme_cut"] == 0.4

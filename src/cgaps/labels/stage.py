@@ -313,7 +313,9 @@ def compute_evidence(
         tok_lists.setdefault(int(c), []).append([str(tok), int(n), round(float(z), 3), round(float(d), 3)])
     out_lists: dict[int, list[list[Any]]] = {}
     if backend is not None and sae is not None and opts.output_tokens > 0:
-        out_lists = output_tokens(backend, sae, np.flatnonzero(m.scale > 0), opts.output_tokens)
+        # the concepts present somewhere in the run (a never-present concept gets no label)
+        present = np.flatnonzero(np.diff(m.saliency.tocsc().indptr) > 0)
+        out_lists = output_tokens(backend, sae, present, opts.output_tokens)
     labels = [
         evidence.compose_label(
             [t[0] for t in tok_lists.get(c, [])],
