@@ -51,3 +51,64 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_id: int | None) -> tuple[torch.
     ids = right_pad(rows, pad_id if pad_id is not None else 0, torch.long)
     mask = right_pad([torch.ones(len(r), dtype=torch.long) for r in rows], 0, torch.long)
     return ids, mask
+
+
+def greedy_generate(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    pad_id: int | None = None,
+) -> torch.Tensor:
+    """Greedy continuation ([batch, max_new_tokens], on the CPU) of a left-padded batch, in which a
+    row leaves the batch as soon as it has emitted an end-of-sequence token.
+
+    ``model.generate`` keeps every row in the batch until the last one finishes, so a batch of
+    short answers with one long one pays for the long one on every row; here the finished rows
+    are dropped from the inputs and the KV cache (``DynamicCache.batch_select_indices``), so each
+    decoding step costs what the unfinished rows need. The tokens are those of
+    ``model.generate(do_sample=False)``: the same positions (``cumsum(mask) - 1``), the same
+    argmax, the end-of-sequence token kept and the rest of a finished row filled with the pad id
+    (checked against ``generate`` in ``tests/test_speed_generate.py``).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    gen_cfg = model.generation_config
+    eos = gen_cfg.eos_token_id
+    eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=input_ids.device)
+    pad_id = (
+        gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else (int(eos_ids[0]) if len(eos_ids) else 0)
+    )
+    batch = input_ids.shape[0]
+    out = torch.full((batch, max_new_tokens), int(pad_id), dtype=torch.long)
+    rows = torch.arange(batch)  # which output row each row of the shrinking batch writes
+    cache = DynamicCache(config=model.config)
+    ids, att = input_ids, attention_mask
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        for step in range(max_new_tokens):
+            logits = model(
+                input_ids=ids,
+                attention_mask=att,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+            nxt = logits.argmax(dim=-1)
+            out[rows, step] = nxt.cpu()
+            if step == max_new_tokens - 1:
+                break
+            last = positions[:, -1:]
+            done = torch.isin(nxt, eos_ids)
+            if done.any():
+                keep = (~done).nonzero(as_tuple=True)[0]
+                if len(keep) == 0:
+                    break
+                cache.batch_select_indices(keep)
+                rows, att, nxt, last = rows[keep.cpu()], att[keep], nxt[keep], last[keep]
+            ids = nxt.unsqueeze(1)
+            att = torch.cat([att, torch.ones_like(att[:, :1])], dim=1)
+            positions = last + 1
+    return out

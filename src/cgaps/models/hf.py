@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cgaps.errors import CGapsError
-from cgaps.models.batching import length_batches, pad_batch
+from cgaps.models.batching import greedy_generate, length_batches, pad_batch
 from cgaps.models.chat import format_chat
 from cgaps.models.loading import describe_load, pick_device, pick_dtype, resolve_model
 from cgaps.seams import Messages, Progress
@@ -216,13 +216,14 @@ class HFBackend:
             ]
             # left padding for generation only; the shared tokenizer keeps its own setting
             enc = tok.pad({"input_ids": rows}, return_tensors="pt", padding=True, padding_side="left")
-            gen = self.model.generate(
-                **{k: v.to(self.device) for k, v in enc.items()},
-                max_new_tokens=max_new,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
+            # finished rows leave the batch (model.generate would run them to the longest answer)
+            new = greedy_generate(
+                self.model,
+                enc["input_ids"].to(self.device),
+                enc["attention_mask"].to(self.device),
+                max_new,
+                pad_id=tok.pad_token_id,
             )
-            new = gen[:, enc["input_ids"].shape[1] :]
             for i, row in zip(idx, new, strict=True):
                 out[i] = tok.decode(row[: budgets[i]], skip_special_tokens=True).strip()
             if progress:
