@@ -79,7 +79,7 @@ def _fingerprint(run: RunTables, opts: LabelOptions, presence: float) -> str:
         "min_log_odds": opts.min_log_odds,
         "output_tokens": opts.output_tokens,
         "enrich_p": opts.enrich_p,
-        "version": 1,
+        "version": 2,  # bumped when the evidence rules change
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
