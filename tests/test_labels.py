@@ -475,3 +475,28 @@ def test_llm_labels_against_a_real_llama_cpp_server(tmp_path):
             parse_numbers(rec["answer"], len(p["texts"])), p["positives"], len(p["texts"])
         )
         assert table.loc[c, "llm_score"] == pytest.approx(expected) and 0.0 <= expected <= 1.0
+
+
+def test_label_command(tmp_path):
+    """`cgaps label` through the real command group: a summary of the first themes, and a bad
+    option or a mismatched import as one line with exit status 2."""
+    import subprocess
+    import sys
+
+    run = _weekday_run(tmp_path / "run")
+    cmd = [sys.executable, "-m", "cgaps", "label", str(run)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())
+    assert "first gap and strength themes" in out and "│ weak │" in out and "probes:add 100%" in out
+    bad = subprocess.run([*cmd, "--theme-cut", "2"], capture_output=True, text=True, timeout=300)
+    assert (
+        bad.returncode == 2 and "'theme_cut' (--theme-cut) must be a number in (0, 1), got 2.0" in bad.stderr
+    )
+    assert "Traceback" not in bad.stderr
+    export = tmp_path / "np.jsonl"
+    export.write_text(
+        json.dumps({"modelId": "gpt2-small", "layer": "0-res-jb", "index": "0", "description": "x"})
+    )
+    bad = subprocess.run([*cmd, "--labels-file", str(export)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "model 'gpt2-small'" in bad.stderr and "Traceback" not in bad.stderr
