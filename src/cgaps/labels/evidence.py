@@ -265,7 +265,7 @@ def compose_label(
     if tokens:
         parts.append(quote(tokens[:3]))
     elif outputs:
-        parts.append("→ " + quote(outputs[:3]))
+        parts.append("→ " + quote([token_key(t) for t in outputs[:3]]))
     if group and math.isfinite(p) and p < enrich_p and math.isfinite(mass):
         parts.append(f"{group} {100 * mass:.0f}%")
     return " · ".join(parts)

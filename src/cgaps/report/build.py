@@ -236,6 +236,7 @@ class _Describer:
                         "token": "" if pd.isna(r.token) else str(r.token),
                         "right": right[:n] + ("…" if len(right) > n else "") if n else "",
                         "item_id": str(r.item_id),
+                        "value": _num(r.value),
                     }
                 )
 
@@ -248,7 +249,7 @@ class _Describer:
         return {
             "label": label[0] if label else None,
             "source": label[1] if label else None,
-            "contexts": [] if label else self.contexts.get(concept, []),
+            "contexts": self.contexts.get(concept, []),
             "evidence": self.evidence.get(concept),
         }
 
@@ -280,7 +281,9 @@ def _evidence_lines(labels: pd.DataFrame) -> dict[int, dict[str, Any]]:
         return out
     for c, toks, outs, group, mass, share, p in labels[cols].itertuples(index=False):
         tokens = [str(t[0]) for t in _json_list(toks) if isinstance(t, list) and t][:5]
-        outputs = [str(t[0]) for t in _json_list(outs) if isinstance(t, list) and t][:5]
+        outputs = [" ".join(str(t[0]).split()) or "␣" for t in _json_list(outs) if isinstance(t, list) and t][
+            :5
+        ]
         enrich = enrichment_words(group, mass, share, p)
         if tokens or outputs or enrich:
             out[int(c)] = {"tokens": tokens, "outputs": outputs, "enrich": enrich}
