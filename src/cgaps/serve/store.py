@@ -150,6 +150,12 @@ class Run:
     label_columns: list[str] = field(default_factory=list)
     item_columns: list[str] = field(default_factory=list)
     knobs: dict[str, Any] = field(default_factory=dict)
+    # the saliency by item (CSR: item i's firing concepts are item_concepts[item_ptr[i]:item_ptr[i+1]])
+    # and how many items each concept fires on
+    item_ptr: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    item_concepts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    fires: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    per_bench: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def t(self) -> str:
@@ -376,8 +382,39 @@ class Store:
             "ON i.item_id = CAST(s.item_id AS VARCHAR) ORDER BY concept, value DESC, item",
             [str(f["saliency"])],
         )
-        con.execute(f"CREATE TABLE {t}_si AS SELECT item, concept FROM {t}_s ORDER BY item")
-        con.execute(f"CREATE TABLE {t}_fires AS SELECT concept, count(*) AS n FROM {t}_s GROUP BY 1")
+        # by item, as arrays: the concepts firing on an item set (the neighbours) in one gather
+        by_item = con.execute(f"SELECT item, concept FROM {t}_s ORDER BY item, concept").fetchnumpy()
+        counts = np.bincount(by_item["item"], minlength=run.accuracy[rundir.ALL_SCOPE]["n"])
+        run.item_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        run.item_concepts = by_item["concept"].astype(np.int32)
+        del by_item
+        # χ_bench and χ_model as benchmark x concept arrays: a page's per-benchmark bars by indexing
+        for key in ("chi_bench", "chi_model"):
+            m = np.full((len(run.benchmarks), run.n_concepts), np.nan)
+            for k, b in enumerate(run.benchmarks):
+                got = con.execute(
+                    f"SELECT concept, {key} FROM {t}_c WHERE scope = ? AND concept BETWEEN 0 AND ?",
+                    [b, run.n_concepts - 1],
+                ).fetchnumpy()
+                m[k, got["concept"]] = np.ma.filled(np.ma.asarray(got[key], dtype=np.float64), np.nan)
+            run.per_bench[key] = m
+        # the concept table again, by concept: one concept's rows are one stretch (the detail view)
+        con.execute(f"CREATE TABLE {t}_cc AS SELECT * FROM {t}_c ORDER BY concept, scope")
+        # the item texts the pages show, cut to what they show (the rest is counted, not kept)
+        extra = "".join(
+            f", CAST({c} AS VARCHAR) AS {c}" if c in cols["items"] else f", NULL::VARCHAR AS {c}"
+            for c in ("category",)
+        )
+        cut = "".join(
+            f", left(CAST({c} AS VARCHAR), {TEXT_CHARS}) AS {c}, length(CAST({c} AS VARCHAR)) AS {c}_len"
+            for c in ("prompt", "response", "reference")
+        )
+        con.execute(
+            f"CREATE TABLE {t}_texts AS SELECT i.i{cut}{extra} FROM read_parquet(?) x "
+            f"JOIN {t}_items i ON i.item_id = CAST(x.item_id AS VARCHAR) ORDER BY i.i",
+            [str(f["items"])],
+        )
+        run.fires = np.bincount(run.item_concepts, minlength=run.n_concepts).astype(np.float64)
 
     # ------------------------------------------------------------ helpers
 
@@ -465,14 +502,16 @@ class Store:
         t = run.t
         # the labels are joined to the page only, unless the sort needs them (a search is a semi-join)
         join = f"JOIN {t}_lab l ON l.concept = c.concept" if sort == "label" else ""
+        # the filtered rows once (a search scans every concept's text), then their count and the
+        # top of their order (a top-N, not a sort of every row)
         sql = (
+            f"WITH f AS {'MATERIALIZED' if q else ''} (SELECT c.* FROM {t}_c c WHERE {' AND '.join(where)}) "
             "SELECT c.concept, c.support, c.chi_bench, c.chi_model, c.expected, c.ci_low, c.ci_high, c.n_eff, "
-            f"c.status, c.gap, c.q_value, count(*) OVER () AS total FROM {t}_c c {join} "
-            f"WHERE {' AND '.join(where)} "
+            f"c.status, c.gap, c.q_value, (SELECT count(*) FROM f) AS total FROM f c {join} "
             f"ORDER BY {SORTS[sort]} {direction} NULLS LAST, c.concept ASC LIMIT ? OFFSET ?"
         )
         rows = self._rows(sql, [*params, per_page, (page - 1) * per_page])
-        # the count rides on the page's query; a page past the end has no row to carry it
+        # a page past the end has no row to carry the count
         total = int(rows[0]["total"]) if rows else self._count(t, where, params)
         labels = (
             {
@@ -524,34 +563,14 @@ class Store:
 
     def _per_benchmark(self, run: Run, ids: list[int]) -> dict[int, dict[str, list[float | None]]]:
         """χ_bench and χ_model per benchmark (in the run's benchmark order) for the given concepts."""
-        if not ids:
-            return {}
-        rows = (
-            self.cursor()
-            .execute(
-                f"SELECT concept, scope, chi_bench, chi_model FROM {run.t}_c WHERE concept = ANY(?) AND scope != ?",
-                [ids, rundir.ALL_SCOPE],
-            )
-            .fetchall()
-        )
-        pos = {b: i for i, b in enumerate(run.benchmarks)}
-        nb = len(run.benchmarks)
-        out: dict[int, dict[str, list[float | None]]] = {
-            c: {"chi_bench": [None] * nb, "chi_model": [None] * nb} for c in ids
-        }
-        for c, s, cb, cm in rows:
-            i = pos.get(s)
-            if i is not None:
-                out[int(c)]["chi_bench"][i] = _num(cb)
-                out[int(c)]["chi_model"][i] = _num(cm)
-        return out
+        return {c: {key: [_num(v) for v in m[:, c]] for key, m in run.per_bench.items()} for c in ids}
 
     # ------------------------------------------------------------ one concept
 
     def concept(self, run: Run, concept: int, scope: str) -> dict[str, Any]:
         """Everything the detail view shows about one concept."""
         t, f = run.t, run.files
-        scopes = self._rows(f"SELECT * FROM {t}_c WHERE concept = ?", [concept])
+        scopes = self._rows(f"SELECT * FROM {t}_cc WHERE concept = ?", [concept])
         order = {b: i for i, b in enumerate([*run.benchmarks, rundir.ALL_SCOPE])}
         scopes.sort(key=lambda r: order.get(r["scope"], len(order)))
         per_scope = [
@@ -603,34 +622,24 @@ class Store:
 
     def examples(self, run: Run, concept: int, scope: str) -> dict[str, Any]:
         """The highest-saliency items with a high score (≥ 0.5) and with a low one, side by side."""
-        t, f = run.t, run.files
+        t = run.t
         bench = "" if scope == rundir.ALL_SCOPE else "AND i.benchmark = ?"
-        params: list[Any] = [concept] + ([] if not bench else [scope]) + [EXAMPLES]
-        picked = self._rows(
-            "SELECT item_id, value, score, benchmark, high FROM ("
-            "SELECT i.item_id, s.value, i.score, i.benchmark, i.score >= 0.5 AS high, row_number() OVER ("
-            "PARTITION BY i.score >= 0.5 ORDER BY s.value DESC, i.item_id) AS rn "
-            f"FROM {t}_s s JOIN {t}_items i ON i.i = s.item "
-            f"WHERE s.concept = ? {bench}) WHERE rn <= ? ORDER BY high DESC, value DESC, item_id",
-            params,
-        )
-        texts: dict[str, dict[str, Any]] = {}
-        if picked:
-            extra = [c for c in ("category", "messages") if c in run.item_columns]
-            cut = ", ".join(
-                f"left(CAST({c} AS VARCHAR), {TEXT_CHARS}) AS {c}, length(CAST({c} AS VARCHAR)) AS {c}_len"
-                for c in ("prompt", "response", "reference")
+        picked = []
+        for high, test in ((True, "i.score >= 0.5"), (False, "i.score < 0.5")):
+            # the saliency table is sorted by (concept, value desc): a short, ordered stretch
+            picked += self._rows(
+                f"SELECT i.i, i.item_id, s.value, i.score, i.benchmark, {high} AS high FROM {t}_s s "
+                f"JOIN {t}_items i ON i.i = s.item WHERE s.concept = ? AND {test} {bench} "
+                "ORDER BY s.value DESC, i.item_id LIMIT ?",
+                [concept, *([scope] if bench else []), EXAMPLES],
             )
-            more = "".join(f", left(CAST({c} AS VARCHAR), {TEXT_CHARS}) AS {c}" for c in extra)
-            for r in self._rows(
-                f"SELECT CAST(item_id AS VARCHAR) AS item_id, {cut}{more} FROM read_parquet(?) "
-                "WHERE CAST(item_id AS VARCHAR) = ANY(?)",
-                [str(f["items"]), [p["item_id"] for p in picked]],
-            ):
-                texts[r["item_id"]] = r
+        texts: dict[int, dict[str, Any]] = {}
+        if picked:
+            rows = self._rows(f"SELECT * FROM {t}_texts WHERE i = ANY(?)", [[p["i"] for p in picked]])
+            texts = {int(r["i"]): r for r in rows}
         sides: dict[str, list[dict[str, Any]]] = {"high": [], "low": []}
         for p in picked:
-            r = texts.get(p["item_id"], {})
+            r = texts.get(int(p["i"]), {})
             entry = {
                 "item_id": p["item_id"],
                 "benchmark": p["benchmark"],
@@ -650,26 +659,47 @@ class Store:
         concept's (up to) :data:`NEAREST_ITEMS` highest-saliency items against the other concept's
         firing on all items (exact when the concept fires on fewer items than that)."""
         t = run.t
-        rows = self._rows(
-            f"WITH a AS (SELECT item FROM {t}_s WHERE concept = ? ORDER BY value DESC, item LIMIT ?), "
-            "na AS (SELECT count(*) AS n FROM a), "
-            f"co AS (SELECT concept, count(*) AS shared FROM {t}_si WHERE item IN (SELECT item FROM a) "
-            "AND concept != ? GROUP BY 1), "
-            "top AS (SELECT co.concept, co.shared, co.shared / sqrt(na.n * f.n) AS cosine "
-            f"FROM co, na, {t}_fires f WHERE f.concept = co.concept ORDER BY cosine DESC, co.concept LIMIT ?) "
-            f"SELECT top.*, l.label, l.tokens FROM top JOIN {t}_lab l ON l.concept = top.concept "
-            "ORDER BY cosine DESC, top.concept",
-            [concept, NEAREST_ITEMS, concept, NEAREST],
+        top = np.array(
+            [
+                i
+                for (i,) in self.cursor()
+                .execute(
+                    f"SELECT item FROM {t}_s WHERE concept = ? ORDER BY value DESC, item LIMIT ?",
+                    [concept, NEAREST_ITEMS],
+                )
+                .fetchall()
+            ],
+            dtype=np.int64,
         )
+        if not len(top):
+            return []
+        ptr, concepts = run.item_ptr, run.item_concepts
+        shared = np.bincount(
+            np.concatenate([concepts[ptr[i] : ptr[i + 1]] for i in top]), minlength=run.n_concepts
+        ).astype(np.float64)
+        shared[concept] = 0
+        fires = run.fires
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cosine = np.where(shared > 0, shared / np.sqrt(len(top) * fires), 0.0)
+        # best first, ties by concept id (lexsort: last key is the primary one)
+        order = np.lexsort((np.arange(len(cosine)), -cosine))[:NEAREST]
+        order = order[cosine[order] > 0]
+        labels = {
+            int(r["concept"]): r
+            for r in self._rows(
+                f"SELECT concept, label, tokens FROM {t}_lab WHERE concept = ANY(?)",
+                [[int(c) for c in order]],
+            )
+        }
         return [
             {
-                "concept": int(r["concept"]),
-                "shared": int(r["shared"]),
-                "cosine": _num(r["cosine"]),
-                "label": r["label"],
-                "tokens": (r["tokens"] or "")[:120] or None,
+                "concept": int(c),
+                "shared": int(shared[c]),
+                "cosine": _num(cosine[c]),
+                "label": labels.get(int(c), {}).get("label"),
+                "tokens": (labels.get(int(c), {}).get("tokens") or "")[:120] or None,
             }
-            for r in rows
+            for c in order
         ]
 
     # ------------------------------------------------------------ benchmarks

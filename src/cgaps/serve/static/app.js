@@ -340,7 +340,7 @@
   function evidenceText(v) {
     // lists of [token, figure, ...] (distinctive and output tokens) as "token (figure), …"
     if (Array.isArray(v) && v.every((x) => Array.isArray(x))) return v.slice(0, 15).map((x) => (x.length > 1 && typeof x[x.length > 2 ? 2 : 1] === "number" ? `${x[0]} (${fmt(x[x.length > 2 ? 2 : 1], 2)})` : String(x[0]))).join(", ");
-    if (typeof v === "number") return Number.isInteger(v) ? String(v) : fmt(v, 4);
+    if (typeof v === "number") return Number.isInteger(v) ? String(v) : v !== 0 && Math.abs(v) < 1e-3 ? v.toExponential(1) : fmt(v, 4);
     return typeof v === "string" ? v : JSON.stringify(v);
   }
 
@@ -424,7 +424,10 @@
         const preferred = THEME_COLUMNS.filter((c) => d.columns.includes(c));
         const cols = (preferred.length ? preferred : d.columns.filter((c) => !["theme", "theme_id", "id", "scope"].includes(c))).slice(0, 9);
         const cell = (v) => (v === null || v === undefined ? "" : evidenceText(v));
-        const members = (t) => t.members.slice(0, 12).map((m) => h("span", {}, link(`/concept/${m.concept}`, { run: r, scope: scopeName }, `#${m.concept}`), m.label ? ` ${m.label}; ` : "; "));
+        const members = (t) => [
+          ...t.members.slice(0, 6).map((m) => h("span", {}, link(`/concept/${m.concept}`, { run: r, scope: scopeName }, `#${m.concept}`), m.label ? ` ${m.label}; ` : "; ")),
+          t.size > 6 ? h("span", { class: "muted" }, `… ${t.size - 6} more`) : null,
+        ];
         const rows = d.themes.map((t) => h("tr", {}, h("td", {}, String(t.theme)), cols.map((c) => h("td", { class: typeof t.fields[c] === "number" ? "num" : "" }, c === "gap" || c === "status" ? pill(t.fields[c]) : cell(t.fields[c]))), h("td", {}, `${t.size}: `, members(t))));
         box.replaceChildren(h("table", { id: "themes" }, h("thead", {}, h("tr", {}, h("th", {}, "theme"), cols.map((c) => h("th", {}, c)), h("th", {}, "members"))), h("tbody", {}, rows)));
       })
@@ -484,13 +487,13 @@
           h("td", { class: "num" }, fq(x.q_value), x.q_value !== null && x.q_value <= d.fdr ? h("span", { class: "pill weak" }, "significant") : null))));
         const pages = Math.max(Math.ceil(d.total / d.per_page), 1);
         box.replaceChildren(
-          h("p", { id: "compare-summary" }, `${d.items.shared.toLocaleString()} shared items (A ${d.items.a.toLocaleString()}, B ${d.items.b.toLocaleString()}); ${d.n_significant} concepts differ at FDR ${d.fdr}. z from the two Wilson-normal variances (support in brackets).`),
+          ...[h("p", { id: "compare-summary" }, `${d.items.shared.toLocaleString()} shared items (A ${d.items.a.toLocaleString()}, B ${d.items.b.toLocaleString()}); ${d.n_significant} concepts differ at FDR ${d.fdr}. z from the two Wilson-normal variances (support in brackets).`),
           d.items.shared < Math.max(d.items.a, d.items.b) ? h("p", { class: "error" }, "The two runs do not hold the same items: differences mix items and models.") : null,
           h("table", { id: "compare" }, h("thead", {}, head), body),
           h("div", { class: "pager" },
             cur.page > 1 ? link("/compare", { ...cur, page: cur.page - 1 }, "‹ previous") : "",
             h("span", {}, `page ${cur.page} of ${pages} (${d.total.toLocaleString()} concepts)`),
-            cur.page < pages ? link("/compare", { ...cur, page: cur.page + 1 }, "next ›") : "")
+            cur.page < pages ? link("/compare", { ...cur, page: cur.page + 1 }, "next ›") : "")].filter(Boolean)
         );
         frame(() => (perf.compares = (perf.compares || 0) + 1));
       })
