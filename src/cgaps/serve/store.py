@@ -384,7 +384,7 @@ class Store:
         )
         # by item, as arrays: the concepts firing on an item set (the neighbours) in one gather
         by_item = con.execute(f"SELECT item, concept FROM {t}_s ORDER BY item, concept").fetchnumpy()
-        counts = np.bincount(by_item["item"], minlength=run.accuracy[rundir.ALL_SCOPE]["n"])
+        counts = np.bincount(by_item["item"], minlength=int(run.accuracy[rundir.ALL_SCOPE]["n"]))
         run.item_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         run.item_concepts = by_item["concept"].astype(np.int32)
         del by_item
@@ -401,16 +401,13 @@ class Store:
         # the concept table again, by concept: one concept's rows are one stretch (the detail view)
         con.execute(f"CREATE TABLE {t}_cc AS SELECT * FROM {t}_c ORDER BY concept, scope")
         # the item texts the pages show, cut to what they show (the rest is counted, not kept)
-        extra = "".join(
-            f", CAST({c} AS VARCHAR) AS {c}" if c in cols["items"] else f", NULL::VARCHAR AS {c}"
-            for c in ("category",)
-        )
+        category = "CAST(x.category AS VARCHAR)" if "category" in cols["items"] else "NULL::VARCHAR"
         cut = "".join(
             f", left(CAST({c} AS VARCHAR), {TEXT_CHARS}) AS {c}, length(CAST({c} AS VARCHAR)) AS {c}_len"
             for c in ("prompt", "response", "reference")
         )
         con.execute(
-            f"CREATE TABLE {t}_texts AS SELECT i.i{cut}{extra} FROM read_parquet(?) x "
+            f"CREATE TABLE {t}_texts AS SELECT i.i{cut}, {category} AS category FROM read_parquet(?) x "
             f"JOIN {t}_items i ON i.item_id = CAST(x.item_id AS VARCHAR) ORDER BY i.i",
             [str(f["items"])],
         )
