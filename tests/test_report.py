@@ -561,6 +561,8 @@ def test_findings_and_themes_from_the_labels_stage(tmp_path):
     assert text.index('id="findings"') < text.index('id="config"') < text.index('id="gaps"')
     findings = text[text.index('id="findings"') : text.index('id="themes"')]
     assert "It fails most on:" in findings and "The model answers" in findings
+    # benchmark gaps per benchmark, in words, each theme linked
+    assert re.search(r"In gsm8k, least covered themes: <a href=\"#theme-\d+\">", findings)
     links = set(re.findall(r'href="#theme-(\d+)"', findings))
     assert links and all(f'id="theme-{t}"' in text for t in links)
     themes = pd.read_parquet(run / THEMES)

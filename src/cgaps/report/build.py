@@ -558,17 +558,16 @@ def _findings(
                 )
                 if not len(miss) and not len(under):
                     continue
-                segs = [_link(f"{b} ")]
-                if len(under):
-                    segs.append(_link("barely covers "))
-                    for n, th in enumerate(under["theme"]):
+                segs = [_link(f"In {b}, ")]
+                for n, (lead, rows) in enumerate(
+                    (("least covered themes: ", under), ("themes it never exercises: ", miss))
+                ):
+                    if not len(rows):
+                        continue
+                    segs.append(_link(lead if n == 0 or not len(under) else "; " + lead))
+                    for k, th in enumerate(rows["theme"]):
                         segs.append(_link(names[int(th)], f"#theme-{int(th)}"))
-                        segs.append(_link("; " if n < len(under) - 1 else ""))
-                if len(miss):
-                    segs.append(_link(" and never exercises " if len(under) else "never exercises "))
-                    for n, th in enumerate(miss["theme"]):
-                        segs.append(_link(names[int(th)], f"#theme-{int(th)}"))
-                        segs.append(_link("; " if n < len(miss) - 1 else ""))
+                        segs.append(_link(" and " if k < len(rows) - 1 else ""))
                 segs.append(_link("."))
                 out.append(segs)
     return out
