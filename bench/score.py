@@ -12,8 +12,9 @@ SAEs) and gamma-distributed values on a log-normal per-concept scale.
 The stages run in a fresh child process (so its peak memory is the stages' own, not the
 generator's): :func:`cgaps.scoring.stage.score_run` (read, validate, χ tables, Monte Carlo
 p-values, write) and :func:`cgaps.robustness.core.robustness_run` with R subsampling repeats
-(plus its two ablation recomputations). Last line ``seconds=S peak_gb=G`` (S: both stages,
-wall clock; G: the child's peak resident memory).
+(plus its two ablation recomputations). Last line ``seconds=S cpu_s=C peak_gb=G`` (S: both
+stages, wall clock; C: the child's CPU seconds, the steadier figure on a shared machine; G: the
+child's peak resident memory).
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def child(run_dir: Path, subsamples: int, presence: float | None) -> None:
     robustness_run(run_dir, cfg, RobustnessOptions(repeats=subsamples))
     t2 = time.perf_counter()
     meta = json.loads((run_dir / "run.json").read_text())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = usage.ru_maxrss / 2**20  # KiB -> GiB
     print(
         json.dumps(
             {
@@ -114,6 +116,8 @@ def child(run_dir: Path, subsamples: int, presence: float | None) -> None:
                 "robustness_s": t2 - t1,
                 "timings": meta.get("timings", {}),
                 "peak_gb": peak,
+                # CPU seconds: on a machine shared with other jobs, wall time measures the others too
+                "cpu_s": usage.ru_utime + usage.ru_stime,
                 "gaps": int((concepts["gap"] != "").sum()),
             }
         )
@@ -139,7 +143,7 @@ def run_once(args: argparse.Namespace, n_items: int, n_concepts: int) -> dict[st
     print(
         f"{n_items} items x {n_concepts} concepts, {args.subsamples} subsamples: score {res['score_s']:.1f} s "
         f"(read {res['timings'].get('score_read_s')} s, compute {res['timings'].get('score_compute_s')} s), "
-        f"robustness {res['robustness_s']:.1f} s, child wall {wall:.1f} s, peak {res['peak_gb']:.2f} GB"
+        f"robustness {res['robustness_s']:.1f} s, child wall {wall:.1f} s, CPU {res['cpu_s']:.1f} s, peak {res['peak_gb']:.2f} GB"
     )
     return res
 
@@ -160,7 +164,7 @@ def main() -> None:
         child(Path(args.child), args.subsamples, args.presence)
         return
     if args.table:
-        print("| items | concepts | seconds | peak GB |\n| ---: | ---: | ---: | ---: |")
+        header = "| items | concepts | wall s | CPU s | peak GB |\n| ---: | ---: | ---: | ---: | ---: |"
         rows = []
         for n, f in (
             (10_000, 16_384),
@@ -170,11 +174,11 @@ def main() -> None:
             (100_000, 65_536),
         ):
             res = run_once(args, n, f)
-            rows.append(f"| {n:,} | {f:,} | {res['seconds']:.1f} | {res['peak_gb']:.2f} |")
-        print("\n".join(rows))
+            rows.append(f"| {n:,} | {f:,} | {res['seconds']:.1f} | {res['cpu_s']:.1f} | {res['peak_gb']:.2f} |")
+        print("\n".join([header, *rows]))
         return
     res = run_once(args, args.items, args.concepts)
-    print(_common.last_line(seconds=res["seconds"], peak_gb=res["peak_gb"]))
+    print(_common.last_line(seconds=res["seconds"], cpu_s=res["cpu_s"], peak_gb=res["peak_gb"]))
 
 
 if __name__ == "__main__":
