@@ -174,7 +174,9 @@ def main() -> None:
             (100_000, 65_536),
         ):
             res = run_once(args, n, f)
-            rows.append(f"| {n:,} | {f:,} | {res['seconds']:.1f} | {res['cpu_s']:.1f} | {res['peak_gb']:.2f} |")
+            rows.append(
+                f"| {n:,} | {f:,} | {res['seconds']:.1f} | {res['cpu_s']:.1f} | {res['peak_gb']:.2f} |"
+            )
         print("\n".join([header, *rows]))
         return
     res = run_once(args, args.items, args.concepts)

@@ -438,7 +438,8 @@ def validate_saliency(
         if extra:
             parts.append(f"unknown column(s) {', '.join(map(str, extra))}")
         raise CGapsError(f"{path}: {'; '.join(parts)}; the columns are exactly {', '.join(SALIENCY_COLUMNS)}")
-    df = df.copy(deep=False)  # copy-on-write: the caller's frame is never changed, and 50M rows are not copied
+    # shallow: under copy-on-write the caller's frame is never changed, and 50M rows are not copied
+    df = df.copy(deep=False)
     df["item_id"] = df["item_id"].astype(str)
     concept = pd.to_numeric(df["concept"], errors="coerce")
     if concept.isna().any() or (concept != concept.round()).any():
