@@ -11,9 +11,7 @@ that the run directory is left untouched.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +24,9 @@ from cgaps.cli.main import app
 from cgaps.errors import CGapsError
 from cgaps.importers import write_imported_run
 from cgaps.importers.lmeval import read_lm_eval
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/harness.py, as test_protocols.py imports it
+import harness  # noqa: E402
 
 MC_DOCS = [
     {
@@ -58,17 +59,7 @@ LL_DOCS = [
 ]
 
 TASKS = {
-    "tiny_mc": (
-        MC_DOCS,
-        """output_type: multiple_choice
-doc_to_text: "Question: {{question}}\\nAnswer:"
-doc_to_choice: "{{choices}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-""",
-    ),
+    "tiny_mc": (MC_DOCS, None),  # written by harness.write_mc_task (metrics acc, acc_norm)
     "tiny_gen": (
         GEN_DOCS,
         """output_type: generate_until
@@ -98,44 +89,31 @@ metric_list:
 }
 
 
-def run_lm_eval(folder: Path, model_dir: str, tasks: dict = TASKS) -> Path:
-    """Run lm-evaluation-harness offline on local JSONL tasks; return its --output_path."""
+def run_lm_eval(folder: Path, tasks: dict = TASKS) -> Path:
+    """Run lm-evaluation-harness offline on local JSONL tasks (tests/harness.py); return its --output_path.
+
+    The multiple-choice task is written by :func:`harness.write_mc_task`, the others as task
+    YAML of the same layout (the harness helper writes multiple choice only)."""
     task_dir = folder / "tasks"
-    task_dir.mkdir(parents=True)
     for name, (docs, body) in tasks.items():
+        if name == "tiny_mc":
+            harness.write_mc_task(
+                task_dir, name, docs, "Question: {{question}}\nAnswer:", "{{choices}}", "{{label}}"
+            )
+            continue
         data = task_dir / f"{name}.jsonl"
         data.write_text("".join(json.dumps(d) + "\n" for d in docs))
         (task_dir / f"{name}.yaml").write_text(
             f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
             f"test_split: test\n{body}"
         )
-    out = folder / "lm_eval_out"
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_CACHE": str(folder / "hf_datasets"),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    cmd = [
-        *(sys.executable, "-m", "lm_eval", "--model", "hf"),
-        *("--model_args", f"pretrained={model_dir},dtype=float32"),
-        *("--tasks", ",".join(tasks), "--include_path", str(task_dir)),
-        *("--output_path", str(out), "--log_samples", "--device", "cpu", "--batch_size", "4"),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return harness.run_harness(task_dir, ",".join(tasks), folder / "lm_eval_out", batch_size=4, timeout=900)
 
 
 @pytest.fixture(scope="module")
 def lm_eval_logs(tmp_path_factory):
     """lm-eval's own --log_samples output for one task of each output type (~40 s on 2 cores)."""
-    from cgaps.models import resolve_model
-
-    model_dir, _ = resolve_model("embedded")
-    return run_lm_eval(tmp_path_factory.mktemp("lmeval"), model_dir)
+    return run_lm_eval(tmp_path_factory.mktemp("lmeval"))
 
 
 def _harness_samples(out: Path, task: str) -> list[dict]:

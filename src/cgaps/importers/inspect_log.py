@@ -34,8 +34,14 @@ _KNOWN_STRINGS = {"c", "i", "p", "n", "yes", "no", "true", "false", "correct", "
 
 def read_inspect(path: str | Path, scorer: str | None = None) -> Imported:
     """Every sample of the inspect-ai log at ``path`` (see the module docstring)."""
-    from inspect_ai.log import read_eval_log
-    from inspect_ai.scorer import value_to_float
+    try:
+        from inspect_ai.log import read_eval_log
+        from inspect_ai.scorer import value_to_float
+    except ImportError as e:
+        raise CGapsError(
+            "cgaps import inspect reads logs with inspect-ai's own reader: pip install 'competency-gaps[inspect]' "
+            "(or pip install inspect-ai)"
+        ) from e
 
     path = Path(path)
     if not path.is_file():
