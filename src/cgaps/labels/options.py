@@ -60,7 +60,7 @@ class LabelOptions:
         None, "Environment variable holding the labeler's API key (never the key itself)."
     )
     llm_concepts: int = documented(
-        50, "How many concepts the LLM labels: the strongest gaps first, then strengths, then themes' heads."
+        50, "How many concepts the LLM labels: gaps first (by q), then strengths, then the rest by support."
     )
     llm_rate: float = documented(2.0, "At most this many labeler requests per second.")
     llm_retries: int = documented(4, "Retries of a failed labeler request (exponential backoff).")
