@@ -367,6 +367,12 @@ def test_results_file_mean_is_recorded(tmp_path):
     assert imported.evaluated == "org/big-model"
     assert imported.source["tasks"]["t"]["harness_mean"] == 0.5
     assert imported.source["tasks"]["t"]["mean"] == 0.5
+    assert imported.source["chat_template_applied"] is False
+    results = json.loads((tmp_path / f"results_{stamp}.json").read_text())
+    (tmp_path / f"results_{stamp}.json").write_text(
+        json.dumps({**results, "chat_template": "{{ messages }}"})
+    )
+    assert read_lm_eval([tmp_path]).source["chat_template_applied"] is True
     assert path.exists()
 
 

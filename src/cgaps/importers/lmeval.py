@@ -393,10 +393,23 @@ def read_lm_eval(paths: list[Path], metric: str | None = None, filt: str | None 
         out.rows += rows
         out.where.update(where)
         tasks[sf.task] = record
-    version = None
+    version, templated = None, False
     for sf in files:
         if sf.results is not None:
-            version = read_json_file(sf.results, "restore the file").get("lm_eval_version")
+            data = read_json_file(sf.results, "restore the file")
+            version = data.get("lm_eval_version")
+            # --apply_chat_template: the contexts already hold the evaluated model's chat template
+            templated = bool(data.get("chat_template"))
             break
-    out.source = {"format": "lm-eval", "lm_eval_version": version, "tasks": tasks}
+    if templated:
+        info(
+            "[yellow]the harness applied the model's chat template (--apply_chat_template): each prompt "
+            "already holds it, and the reader model will wrap it in its own template as well"
+        )
+    out.source = {
+        "format": "lm-eval",
+        "lm_eval_version": version,
+        "chat_template_applied": templated,
+        "tasks": tasks,
+    }
     return out
