@@ -344,13 +344,16 @@ def test_themes_table_and_missing_themes(client):
 def _compare_reference(a: pd.DataFrame, b: pd.DataFrame, min_support: int) -> pd.DataFrame:
     """The comparison test, one concept at a time (the plain reference of compare_table)."""
     rows = []
+    half = stats.norm.ppf(0.975)
     for (_, x), (_, y) in zip(a.iterrows(), b.iterrows(), strict=True):
         ca, cb = float(x["chi_model"]), float(y["chi_model"])
         d = ca - cb
         if math.isnan(d):  # a concept that never fires in one of the runs
             z = math.nan
         else:
-            var = ca * (1 - ca) / x["n_eff"] + cb * (1 - cb) / y["n_eff"]
+            se_a = (x["ci_high"] - x["ci_low"]) / (2 * half)
+            se_b = (y["ci_high"] - y["ci_low"]) / (2 * half)
+            var = se_a**2 + se_b**2
             z = 0.0 if d == 0 and var == 0 else d / math.sqrt(var) if var > 0 else math.copysign(math.inf, d)
         p = 2 * stats.norm.sf(abs(z)) if not math.isnan(z) else math.nan
         tested = x["support"] >= min_support and y["support"] >= min_support and p == p
@@ -364,10 +367,12 @@ def _compare_reference(a: pd.DataFrame, b: pd.DataFrame, min_support: int) -> pd
 def test_compare_matches_the_reference_and_finds_the_planted_difference(client, runs):
     a, b = _all_rows(runs["a"]), _all_rows(runs["b"])
     ref = _compare_reference(a, b, 5)
-    frame = a[["concept", "chi_model", "n_eff", "support"]].rename(
-        columns={"chi_model": "chi_a", "n_eff": "n_a", "support": "support_a"}
+    frame = a[["concept", "chi_model", "ci_low", "ci_high", "support"]].rename(
+        columns={"chi_model": "chi_a", "ci_low": "lo_a", "ci_high": "hi_a", "support": "support_a"}
     )
-    frame[["chi_b", "n_b", "support_b"]] = b[["chi_model", "n_eff", "support"]].to_numpy()
+    frame[["chi_b", "lo_b", "hi_b", "support_b"]] = b[
+        ["chi_model", "ci_low", "ci_high", "support"]
+    ].to_numpy()
     fast = compare_table(frame, 5)
     np.testing.assert_allclose(fast["diff"], ref["diff"], equal_nan=True)
     np.testing.assert_allclose(fast["z"], ref["z"], equal_nan=True)

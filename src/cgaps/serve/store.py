@@ -224,6 +224,8 @@ class Store:
 
         if not run_dirs:
             raise CGapsError("no run directory given; pass one or more RUN_DIRs written by `cgaps score`")
+        if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", memory_limit, flags=re.IGNORECASE):
+            raise CGapsError(f"memory limit {memory_limit!r}: give a size such as 512MB or 2GB")
         self.con = duckdb.connect(":memory:")
         self.con.execute(f"SET memory_limit = '{memory_limit}'")
         if threads:
@@ -982,20 +984,23 @@ class Store:
             "WHERE x.scope = ? ORDER BY x.concept",
             [scope],
         ).df()
-        table = compare_table(df, int(_num(a.knobs.get("min_support")) or 5))
+        table = compare_table(
+            df, int(_num(a.knobs.get("min_support")) or 5), _num(a.knobs.get("ci_level")) or 0.95
+        )
         table["search"] = table["search"].fillna("")
         return table
 
 
-def compare_table(df: Any, min_support: int) -> Any:
+def compare_table(df: Any, min_support: int, ci_level: float = 0.95) -> Any:
     """Add ``diff``, ``z``, ``abs_z``, ``p_value`` and ``q_value`` to a frame of paired χ_model.
 
-    The two runs' χ_model of a concept are treated as independent weighted proportions:
-    var = χ(1 − χ)/n_eff each (the normal approximation behind the Wilson interval of
-    docs/method.md §3), z = (χ_a − χ_b)/sqrt(var_a + var_b), two-sided p, and
-    Benjamini–Hochberg over the concepts with support ≥ ``min_support`` in both runs (the
-    others get no q). Both runs grade the same items, so the two χ are positively correlated
-    when their saliency agrees; ignoring that makes the test conservative, not liberal.
+    Each run's χ_model gets the standard error its own Wilson interval implies,
+    se = (ci_high − ci_low) / (2 z), z the normal quantile of ``ci_level`` (docs/method.md §3);
+    unlike the plug-in sqrt(χ(1 − χ)/n_eff), it does not vanish when χ is 0 or 1 on a few
+    items. Then z = (χ_a − χ_b)/sqrt(se_a² + se_b²), a two-sided p, and Benjamini–Hochberg over
+    the concepts with support ≥ ``min_support`` in both runs (the others get no q). The runs
+    are treated as independent; both grade the same items, so the two χ are positively
+    correlated when their saliency agrees, and ignoring that makes the test conservative.
     """
     from scipy import stats
 
@@ -1003,8 +1008,11 @@ def compare_table(df: Any, min_support: int) -> Any:
 
     out = df.copy()
     out["diff"] = out["chi_a"] - out["chi_b"]
+    width = 2 * stats.norm.ppf(0.5 + ci_level / 2)
+    se_a = (out["hi_a"] - out["lo_a"]) / width
+    se_b = (out["hi_b"] - out["lo_b"]) / width
     with np.errstate(invalid="ignore", divide="ignore"):
-        var = out["chi_a"] * (1 - out["chi_a"]) / out["n_a"] + out["chi_b"] * (1 - out["chi_b"]) / out["n_b"]
+        var = se_a**2 + se_b**2
         z = out["diff"] / np.sqrt(var)
     # equal χ with zero variance: no evidence of a difference
     z = z.where(~((out["diff"] == 0) & (var == 0)), 0.0)

@@ -487,7 +487,7 @@
           h("td", { class: "num" }, fq(x.q_value), x.q_value !== null && x.q_value <= d.fdr ? h("span", { class: "pill weak" }, "significant") : null))));
         const pages = Math.max(Math.ceil(d.total / d.per_page), 1);
         box.replaceChildren(
-          ...[h("p", { id: "compare-summary" }, `${d.items.shared.toLocaleString()} shared items (A ${d.items.a.toLocaleString()}, B ${d.items.b.toLocaleString()}); ${d.n_significant} concepts differ at FDR ${d.fdr}. z from the two Wilson-normal variances (support in brackets).`),
+          ...[h("p", { id: "compare-summary" }, `${d.items.shared.toLocaleString()} shared items (A ${d.items.a.toLocaleString()}, B ${d.items.b.toLocaleString()}); ${d.n_significant} concepts differ at FDR ${d.fdr}. z from the standard errors the two Wilson intervals imply (support in brackets); for the paired test of two models use “cgaps compare”.`),
           d.items.shared < Math.max(d.items.a, d.items.b) ? h("p", { class: "error" }, "The two runs do not hold the same items: differences mix items and models.") : null,
           h("table", { id: "compare" }, h("thead", {}, head), body),
           h("div", { class: "pager" },
