@@ -94,7 +94,7 @@ def run_harness(
     batch_size: int = 16,
     device: str = "cpu",
     chat_template: bool = False,
-    timeout: float = 600,
+    timeout: float = 1200,
 ) -> Path:
     """Run ``lm_eval run`` on ``task`` (from ``task_dir``) with ``--log_samples``; return ``out_dir``.
 
