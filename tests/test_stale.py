@@ -729,12 +729,16 @@ def test_control_characters_never_reach_the_report(tmp_path):
 
     items, sal = make_suite(0)
     items["prompt"] = items["prompt"] + "\x00 NUL \x1b[31m ESC \x7f DEL \x85"
-    items["benchmark"] = items["benchmark"].replace({"bias": "bi\x1bas"})
+    items["response"] = "x\x1b]0;title\x07"
     run = write_run(tmp_path, items, sal)
     score_run(run)
     html = build_report(run).read_text(encoding="utf-8")
     assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", html)
-    assert "bi␛as" in html and "␀ NUL ␛[31m ESC ␡ DEL \ufffd" in html
+    assert "␀ NUL ␛[31m ESC ␡ DEL \ufffd" in html and "x␛]0;title␇" in html
+    # names and ids with control characters are refused before anything prints them
+    items["benchmark"] = items["benchmark"].replace({"bias": "bi\x1bas"})
+    with pytest.raises(CGapsError, match=r"field 'benchmark' holds a control character \('bi\?as'\)"):
+        score_run(write_run(tmp_path / "named", items, sal))
 
 
 def test_control_characters_and_huge_lines_never_reach_the_terminal(capsys):
