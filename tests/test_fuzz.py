@@ -505,6 +505,17 @@ def _shard_damaged(env: Env) -> list[str]:
     return ["extract", str(env.run), "--reader", str(env.model), "--sae", str(env.sae), "--device", "cpu"]
 
 
+@case("train-sae-missing-conversations", "no such file")
+def _train_missing(env: Env) -> list[str]:
+    return ["train-sae", str(env.tmp / "nope.jsonl"), "--out", str(env.tmp / "sae_out"), "--layer", "0"]
+
+
+@case("train-sae-bad-conversations", "conv.jsonl")
+def _train_bad(env: Env) -> list[str]:
+    conv = env.write("conv.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": \n{}\n')
+    return ["train-sae", str(conv), "--out", str(env.tmp / "sae_out"), "--layer", "0"]
+
+
 # ---------------------------------------------------------------- the test
 
 
@@ -553,3 +564,4 @@ def test_malformed_input_is_one_line_and_changes_nothing(name, tmp_path, tiny_re
     assert fragment in errors[0], errors[0]
     assert len(errors[0]) < 2100  # a huge name is cut, never printed whole
     assert tree_digest(run) == before
+    assert not (tmp_path / "sae_out").exists()  # a failed train-sae leaves no empty SAE folder

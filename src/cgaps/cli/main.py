@@ -129,8 +129,16 @@ def _locked(func: Callable[..., Any], param: str) -> Callable[..., Any]:
         out = kwargs.get("out") if param == "run_dir" else None
         if out is not None and Path(out).resolve().parent != folder.resolve():
             return func(**kwargs)
-        with rundir.writing(folder):
-            return func(**kwargs)
+        created = not folder.exists()
+        try:
+            with rundir.writing(folder):
+                return func(**kwargs)
+        except BaseException:
+            # a command that failed before writing anything leaves no empty folder behind
+            if created and folder.is_dir() and [p.name for p in folder.iterdir()] == [rundir.LOCK]:
+                (folder / rundir.LOCK).unlink()
+                folder.rmdir()
+            raise
 
     return command
 
