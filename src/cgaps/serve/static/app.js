@@ -191,7 +191,9 @@
         return;
       }
       if (seq !== state.seq) return;
+      perf.lastFetch = performance.now();
       draw(data);
+      perf.lastDom = performance.now();
       frame(() => {
         perf.lists += 1;
         perf.lastList = performance.now();
@@ -217,7 +219,7 @@
           h("td", {}, btn),
           h("td", { class: "num" }, link(`/concept/${r.concept}`, { run: cur.run, scope: cur.scope }, String(r.concept))),
           h("td", { class: "label" }, describe(r), r.label && r.tokens ? h("div", { class: "tokens" }, r.tokens) : null),
-          h("td", {}, C.spark(r.per_benchmark.chi_model || [], run.benchmarks, { color: (v) => C.colour(v, 0, 1) })),
+          h("td", {}, C.spark(r.per_benchmark.chi_model || [], run.benchmarks)),
           h("td", { class: "num" }, String(r.support)),
           h("td", { class: "num" }, fmt(r.chi_bench, 4)),
           h("td", { class: "num" }, C.forest(r.chi_model, r.ci_low, r.ci_high, r.expected), ` ${fmt(r.chi_model)} vs ${fmt(r.expected)}`),

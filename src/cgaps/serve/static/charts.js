@@ -134,18 +134,21 @@
   }
 
   // A row of tiny bars, one per benchmark (value in [0, 1]); a grey dash where the value is null.
-  // One tooltip for the row (50 rows of 10 bars each: fewer nodes, a faster page).
+  // Two paths and one tooltip per row, not a node per bar: 50 rows of 10 bars lay out and paint fast.
   function spark(values, names, opts = {}) {
     const bw = 7, h = 18, w = values.length * (bw + 1) + 2;
     const s = el("svg", { width: w, height: h, class: "spark" });
+    let bars = "", dashes = "";
     values.forEach((v, i) => {
       const x = 1 + i * (bw + 1);
-      if (v === null || v === undefined) s.appendChild(el("rect", { x, y: h - 2, width: bw, height: 2, fill: "#ccc" }));
+      if (v === null || v === undefined) dashes += `M${x} ${h - 2}h${bw}v2h${-bw}z`;
       else {
         const bh = Math.max(clamp01(opts.max ? v / opts.max : v) * (h - 2), 1);
-        s.appendChild(el("rect", { x, y: h - bh, width: bw, height: bh, fill: opts.color ? opts.color(v) : "#3b6ea5" }));
+        bars += `M${x} ${(h - bh).toFixed(1)}h${bw}v${bh.toFixed(1)}h${-bw}z`;
       }
     });
+    if (dashes) s.appendChild(el("path", { d: dashes, fill: "#ccc" }));
+    if (bars) s.appendChild(el("path", { d: bars, fill: opts.fill || "#3b6ea5" }));
     tip(s, values.map((v, i) => `${names[i]}: ${v === null || v === undefined ? "no firing" : fmt(v)}`).join("\n"));
     return s;
   }
