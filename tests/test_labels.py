@@ -417,7 +417,7 @@ def test_llm_labels_against_a_real_llama_cpp_server(tmp_path):
     import httpx
 
     if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')")
+        pytest.skip("llama-cpp-python is not installed (pip install -e '.[llama]')")
     try:
         import llama_cpp.server.app  # noqa: F401
     except ImportError as e:
