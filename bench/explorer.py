@@ -213,7 +213,12 @@ def measure(url: str, repeats: int, chromium: str) -> dict[str, list[float]]:
     """Times (ms) of the three interactions in Chromium, ``repeats`` each, each in a fresh context."""
     from playwright.sync_api import sync_playwright
 
-    out: dict[str, list[float]] = {"first_render_ms": [], "search_ms": [], "detail_ms": []}
+    out: dict[str, list[float]] = {
+        "first_render_ms": [],
+        "search_ms": [],
+        "search_request_ms": [],
+        "detail_ms": [],
+    }
     wait = "n => window.__cgaps && window.__cgaps.{} >= n"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
@@ -232,7 +237,10 @@ def measure(url: str, repeats: int, chromium: str) -> dict[str, list[float]]:
                 word,
             )
             page.wait_for_function(wait.format("lists"), arg=2, timeout=60_000)
-            out["search_ms"].append(page.evaluate("() => window.__cgaps.lastList") - t0)
+            done = page.evaluate("() => window.__cgaps")
+            out["search_ms"].append(done["lastList"] - t0)
+            # where the time went: the request (server and network), then the page (DOM, layout, paint)
+            out["search_request_ms"].append(done["lastFetch"] - t0)
             t0 = page.evaluate(
                 """k => { const links = document.querySelectorAll('#concepts tbody tr td:nth-child(2) a');
                 const t = performance.now(); links[k % links.length].click(); return t; }""",
@@ -281,7 +289,10 @@ def main() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     for name, values in times.items():
-        print(f"{name}: " + " ".join(f"{v:.0f}" for v in values))
+        print(
+            f"{name}: " + " ".join(f"{v:.0f}" for v in values) + f" (median {statistics.median(values):.0f})"
+        )
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
         f"first_render_ms={med['first_render_ms']:.0f} search_ms={med['search_ms']:.0f} "

@@ -423,6 +423,7 @@
       .then((d) => {
         if (seq !== state.seq) return;
         if (!d.available) return box.replaceChildren(h("p", { class: "muted", id: "no-themes" }, "This run has no themes.parquet: `cgaps label RUN_DIR` writes it."));
+        if (!d.themes.length) return box.replaceChildren(h("p", { class: "muted", id: "no-themes" }, "themes.parquet has no theme in this scope (themes group the concepts called a gap or a strength)."));
         const preferred = THEME_COLUMNS.filter((c) => d.columns.includes(c));
         const cols = (preferred.length ? preferred : d.columns.filter((c) => !["theme", "theme_id", "id", "scope"].includes(c))).slice(0, 9);
         const cell = (v) => (v === null || v === undefined ? "" : evidenceText(v));
