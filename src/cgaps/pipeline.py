@@ -369,7 +369,7 @@ def run_status(run_dir: str | Path) -> list[StageStatus]:
             put("extract", "done", f"{meta.get('counts', {}).get('saliency_rows', '?')} saliency rows")
 
     if (run_dir / rundir.LABELS).exists():
-        _by_mtime(run_dir, out, "labels", (rundir.CONTEXTS,), upstream("labels"), f"cgaps extract {rd}")
+        _by_mtime(run_dir, out, "labels", (rundir.CONTEXTS,), upstream("labels"), f"cgaps label {rd}")
 
     # score
     if not (run_dir / rundir.CONCEPTS).exists():
