@@ -632,7 +632,7 @@ def _wait(page, counter: str, at_least: int) -> None:
     page.wait_for_function(f"() => window.__cgaps && (window.__cgaps.{counter} || 0) >= {at_least}")
 
 
-def test_browser_search_detail_and_back_forward(page):
+def test_browser_search_detail_and_back_forward(page, runs):
     page.goto(page.base + "/concepts")
     _wait(page, "lists", 1)
     assert page.locator("#concepts tbody tr").count() == 50
@@ -642,6 +642,11 @@ def test_browser_search_detail_and_back_forward(page):
     assert "q=needle" in page.url
     row = page.locator("#concepts tbody tr").first
     assert row.get_attribute("data-concept") == "7" and NEEDLE in row.text_content()
+    # the row's small per-benchmark bars carry the concept's own figures
+    c = pd.read_parquet(runs["a"] / rundir.CONCEPTS).set_index(["concept", "scope"])
+    titles = row.locator("svg.spark > title").all_text_contents()
+    assert f"arith: {c.loc[(7, 'arith'), 'chi_model']:.4f}" in titles[0]
+    assert f"χ_bench code: {c.loc[(7, 'code'), 'chi_bench']:.4f}" in titles[1]
     row.locator("a").first.click()
     _wait(page, "details", 1)
     assert page.url.startswith(page.base + "/concept/7")

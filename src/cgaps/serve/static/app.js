@@ -123,7 +123,7 @@
   const COLUMNS = [
     ["concept", "concept", "num"],
     ["label", "label / tokens", ""],
-    [null, "χ_model per benchmark", ""],
+    [null, "per benchmark: χ_model (blue), χ_bench (orange, row max = full)", ""],
     ["support", "support", "num"],
     ["chi_bench", "χ_bench", "num"],
     ["chi_model", "χ_model [CI] vs expected", "num"],
@@ -168,7 +168,7 @@
       h("div", { class: "controls" }, search, scope, gap, status, h("label", {}, "min support ", minSupport), info),
       table,
       pager,
-      h("p", { class: "muted" }, "χ_model per benchmark: one bar per benchmark (", run.benchmarks.join(", "), "); grey = the concept never fires there. Click a column to sort, ▸ to expand a concept in place, its number to open it.")
+      h("p", { class: "muted" }, "Per benchmark: one bar per benchmark (", run.benchmarks.join(", "), "), χ_model on [0, 1] above, χ_bench scaled to the row's largest below; grey = the concept never fires there. Click a column to sort, ▸ to expand a concept in place, its number to open it.")
     );
     search.focus();
 
@@ -219,7 +219,8 @@
           h("td", {}, btn),
           h("td", { class: "num" }, link(`/concept/${r.concept}`, { run: cur.run, scope: cur.scope }, String(r.concept))),
           h("td", { class: "label" }, describe(r), r.label && r.tokens ? h("div", { class: "tokens" }, r.tokens) : null),
-          h("td", {}, C.spark(r.per_benchmark.chi_model || [], run.benchmarks)),
+          h("td", {}, C.spark(r.per_benchmark.chi_model || [], run.benchmarks), h("br", {}),
+            C.spark(r.per_benchmark.chi_bench || [], run.benchmarks, { max: Math.max(...(r.per_benchmark.chi_bench || []).map((v) => v || 0), 1e-12), fill: "#e0a030", label: "χ_bench" })),
           h("td", { class: "num" }, String(r.support)),
           h("td", { class: "num" }, fmt(r.chi_bench, 4)),
           h("td", { class: "num" }, C.forest(r.chi_model, r.ci_low, r.ci_high, r.expected), ` ${fmt(r.chi_model)} vs ${fmt(r.expected)}`),

@@ -149,7 +149,8 @@
     });
     if (dashes) s.appendChild(el("path", { d: dashes, fill: "#ccc" }));
     if (bars) s.appendChild(el("path", { d: bars, fill: opts.fill || "#3b6ea5" }));
-    tip(s, values.map((v, i) => `${names[i]}: ${v === null || v === undefined ? "no firing" : fmt(v)}`).join("\n"));
+    const label = opts.label ? `${opts.label} ` : "";
+    tip(s, values.map((v, i) => `${label}${names[i]}: ${v === null || v === undefined ? "no firing" : fmt(v, 4)}`).join("\n"));
     return s;
   }
 
