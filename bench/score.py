@@ -158,6 +158,11 @@ def main() -> None:
         "--work", default="/tmp/cgaps-bench", help="where the synthetic runs are written (reused)"
     )
     ap.add_argument("--table", action="store_true", help="a small grid of sizes: how time and memory grow")
+    ap.add_argument(
+        "--grid",
+        default="10000x16384,10000x65536,30000x65536,100000x16384,100000x65536",
+        help="with --table: ITEMSxCONCEPTS,...",
+    )
     ap.add_argument("--child", metavar="RUN_DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
