@@ -126,7 +126,7 @@
   const COLUMNS = [
     ["concept", "concept", "num"],
     ["label", "label / tokens", ""],
-    [null, "per benchmark: χ_model (blue), χ_bench (orange, row max = full)", ""],
+    [null, "by benchmark", ""],
     ["support", "support", "num"],
     ["chi_bench", "χ_bench", "num"],
     ["chi_model", "χ_model [CI] vs expected", "num"],
