@@ -273,6 +273,13 @@ def test_examples_are_the_top_saliency_items_per_side(client, runs, scope):
     assert client.get("/api/concept/2").json()["examples"]["low"] == []  # fires on correct items only
 
 
+def test_a_concept_that_never_fires(client):
+    d = client.get("/api/concept/195").json()  # helpers.NEVER: fires on no item
+    assert {s["status"] for s in d["scopes"]} == {"missing"}
+    assert all(s["support"] == 0 and s["chi_model"] is None for s in d["scopes"])
+    assert d["examples"] == {"high": [], "low": []} and d["nearest"] == [] and d["contexts"] == []
+
+
 def test_nearest_concepts_match_a_cosine_reference(client, runs):
     sal = pd.read_parquet(runs["a"] / rundir.SALIENCY)
     fires = sal.groupby("concept")["item_id"].apply(set)

@@ -156,6 +156,7 @@ class Run:
     item_concepts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     fires: np.ndarray = field(default_factory=lambda: np.zeros(0))
     per_bench: dict[str, np.ndarray] = field(default_factory=dict)
+    theme_rows: list[dict[str, Any]] | None = None  # themes.parquet, read on first use
 
     @property
     def t(self) -> str:
@@ -803,13 +804,13 @@ class Store:
     def _theme_rows(self, run: Run) -> list[dict[str, Any]]:
         if "themes" not in run.files:
             return []
-        cache = getattr(run, "_themes", None)
+        cache = run.theme_rows
         if cache is None:
             cache = [
                 {k: _plain(v) for k, v in r.items()}
                 for r in self._rows("SELECT * FROM read_parquet(?)", [str(run.files["themes"])])
             ]
-            run._themes = cache  # type: ignore[attr-defined]
+            run.theme_rows = cache
         return cache
 
     @staticmethod
