@@ -2,13 +2,19 @@
 
 Design:
 
-- **In place, read-only.** Each run directory's tables are read where they lie
-  (docs/method.md §6); nothing is imported or written. At start the small per-concept tables
-  are copied into DuckDB's memory (``concepts.parquet``: F × (benchmarks + 1) rows; one search
-  row per concept built from ``labels.parquet`` and the tokens of ``contexts.parquet``; the
-  items' benchmark and score), because every list page sorts and filters them. The large ones
-  (``saliency.parquet``, the item texts, the contexts) stay on disk and are filtered there per
-  request.
+- **Read in place, indexed in memory, read-only.** Each run directory's tables are read where
+  they lie (docs/method.md §6): no import step, no database file, nothing written. At start
+  DuckDB copies into its memory what the pages filter, sort and look up, each in the order
+  that makes its lookups short ranges (its zone maps skip the rest): ``concepts.parquet`` by
+  scope (a page of one scope) and again by concept (one concept's rows); one search row per
+  concept (id, label, contexts' tokens and the labels stage's words); ``labels.parquet`` and
+  ``contexts.parquet`` as written; the items' benchmark, score and texts (cut to what a page
+  shows); the saliency as (concept, item number, value) by concept. Two things are NumPy
+  arrays because a page indexes them rather than queries them: the saliency by item (a CSR
+  index: a concept's neighbours are one gather and a count) and χ_bench / χ_model as
+  benchmark × concept matrices (the list's small bars). Measured on 65,536 concepts × 100,000
+  items with 6.1 M saliency rows: 0.8 GB, 10 s to start, 10-15 ms of CPU a request
+  (docs/explorer.md).
 - **A sandbox around the engine.** After the start, DuckDB may read only the served run
   directories (``allowed_directories``), external access is otherwise off and the settings are
   locked, so even a query that went wrong could not read another file. Every file is resolved
@@ -39,7 +45,7 @@ import pandas as pd
 from cgaps import rundir
 from cgaps.errors import CGapsError
 
-THEMES = "themes.parquet"  # written by the themes stage (issue 10); optional
+THEMES = "themes.parquet"  # written by `cgaps label` (cgaps.labels.stage.THEMES); optional
 
 # Sortable columns of the concept list: request name -> SQL expression (the allow-list).
 SORTS = {
