@@ -26,6 +26,7 @@ import pytest
 from scipy import stats
 
 from cgaps import rundir
+from cgaps.console import visible_controls
 from cgaps.errors import CGapsError
 from cgaps.scoring.stage import score_run
 from cgaps.serve.store import EXAMPLES, NEAREST, Store, compare_table
@@ -33,7 +34,8 @@ from cgaps.stats import bh_adjust
 from helpers import make_suite, write_run
 
 XSS_PROMPT = 'Solve <script>window.__xss = 1</script> and <img src=x onerror="window.__xss = 2"> now'
-XSS_RESPONSE = '"><img src=x onerror="window.__xss = 3">'
+# with raw control characters (ESC, NUL): the API shows them as visible symbols, as the report does
+XSS_RESPONSE = '"><img src=x onerror="window.__xss = 3">\x1b[31m\x00'
 XSS_LABEL = '<b id="bold">label</b><script>window.__xss = 4</script>'
 XSS_TOKEN = "<img src=x onerror=window.__xss=5>"
 NEEDLE = "weekday needle"  # the label of concept 7, searched for
@@ -269,7 +271,8 @@ def test_examples_are_the_top_saliency_items_per_side(client, runs, scope):
             assert e["prompt"] == items.loc[e["item_id"], "prompt"]
             assert e["score"] == items.loc[e["item_id"], "score"]
     weak = client.get("/api/concept/0").json()["examples"]
-    assert weak["low"][0]["prompt"] == XSS_PROMPT and weak["low"][0]["response"] == XSS_RESPONSE
+    assert weak["low"][0]["prompt"] == XSS_PROMPT
+    assert weak["low"][0]["response"] == visible_controls(XSS_RESPONSE) != XSS_RESPONSE
     assert client.get("/api/concept/2").json()["examples"]["low"] == []  # fires on correct items only
 
 
@@ -733,7 +736,7 @@ def test_browser_hostile_text_is_shown_as_text_and_runs_nothing(page, runs):
     _wait(page, "details", 1)
     hostile = page.locator(f"#examples .ex[data-item='{runs['hostile']}']")
     assert hostile.locator("pre.prompt").text_content() == XSS_PROMPT
-    assert hostile.locator("pre.response").text_content() == XSS_RESPONSE
+    assert hostile.locator("pre.response").text_content() == visible_controls(XSS_RESPONSE)
     assert page.locator("#contexts mark").first.text_content() == XSS_TOKEN
     assert page.locator("main img, main script, #bold").count() == 0
     page.wait_for_timeout(300)  # an onerror would have fired by now

@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cgaps import rundir
+from cgaps.console import visible_controls
 from cgaps.serve.store import GAPS, SORTS, STATUSES, BadRequest, Store
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,25 @@ MAX_PER_PAGE = 500
 MAX_QUERY = 200
 
 
+def _visible(value: Any) -> Any:
+    """``value`` with every string's control characters (NUL, ESC, ...) shown as visible symbols
+    (:func:`cgaps.console.visible_controls`, the report's rule): the page sets text only, but raw
+    control bytes of benchmark text would still reach the screen and the clipboard."""
+    if isinstance(value, str):
+        return visible_controls(value)
+    if isinstance(value, dict):
+        return {k: _visible(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_visible(v) for v in value]
+    return value
+
+
 def _json(body: Any) -> Response:
     """A JSON response written directly (the store's values are already JSON-safe: no NaN, no numpy),
     skipping FastAPI's recursive encoder, which costs more than the query on a 50-row page."""
-    return Response(json.dumps(body, allow_nan=False, separators=(",", ":")), media_type="application/json")
+    return Response(
+        json.dumps(_visible(body), allow_nan=False, separators=(",", ":")), media_type="application/json"
+    )
 
 
 def _asset(name: str) -> bytes:
