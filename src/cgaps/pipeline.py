@@ -38,7 +38,9 @@ def items_run(run_dir: str | Path, cfg: RunConfig, *, force: bool = False) -> pd
     Over a run that already holds later stages, items equal to the run's are kept as they are
     (with their responses and scores); other items are refused unless ``force``, naming what
     would be dropped or made stale, and with ``force`` the stages that depend on them are
-    marked stale in run.json (:func:`cgaps.rundir.mark_stale`; they redo only changed items).
+    marked stale in run.json (:func:`cgaps.rundir.mark_stale`): the new items carry no responses, so
+    evaluation answers every item again, while extraction redoes only the items whose prompt or
+    response changed.
     """
     run_dir = Path(run_dir)
     with rundir.writing(run_dir):
@@ -72,8 +74,8 @@ def _items_run(run_dir: Path, cfg: RunConfig, force: bool = False) -> pd.DataFra
     if later and not force:
         raise CGapsError(
             f"{run_dir}: holds later stages made from other items; writing these would "
-            f"{'; '.join(later)}. Pass --force to replace the items anyway (changed items are "
-            "redone, unchanged ones reused), or choose another --out"
+            f"{'; '.join(later)}. Pass --force to replace the items anyway (evaluation then starts "
+            "over; extraction reuses the unchanged items), or choose another --out"
         )
     rundir.write_table(items, run_dir / rundir.ITEMS)  # load_suite validated them
     counts = {str(k): int(v) for k, v in items.groupby("benchmark", sort=False).size().items()}
