@@ -17,6 +17,9 @@ and random prompts of 32-256 tokens, no tokenizer; compares length-bucketed batc
 project's batching) with batches in input order (no bucketing), both through ``model.generate``
 with a fixed budget (random weights never emit EOS).
 
+``--backend llamacpp``: the evaluator answers through :class:`cgaps.models.llamacpp.LlamaCppBackend`
+(the GGUF file as it is), against the same transformers bare forward.
+
 Last line: ``answers_s=A ratio_vs_bare=R`` (R = bare time / evaluator time: 1.0 means the
 evaluator adds nothing to the forward passes).
 """
@@ -45,6 +48,11 @@ def real(args: argparse.Namespace) -> str:
 
     t0 = time.perf_counter()
     backend = load_backend(args.model, device=args.device, dtype=args.dtype)
+    generator: Any = backend
+    if args.backend == "llamacpp":  # the evaluator answers through llama.cpp; bare stays transformers
+        from cgaps.models.llamacpp import LlamaCppBackend
+
+        generator = LlamaCppBackend.load(args.model)
     cfg = RunConfig(batch_size=args.batch_size)
     items = pd.DataFrame(load_probes(per_family=args.per_family))
     records = items.to_dict("records")
@@ -64,7 +72,7 @@ def real(args: argparse.Namespace) -> str:
     def evaluator(unit: tuple[int, list[int]]) -> None:
         _, idx = unit
         partial = work / f"p{idx[0]}.jsonl"
-        answers.update(respond(items.iloc[idx], backend, cfg, partial))
+        answers.update(respond(items.iloc[idx], generator, cfg, partial))
         partial.unlink()
 
     def bare(unit: tuple[int, list[int]]) -> None:
@@ -90,7 +98,7 @@ def real(args: argparse.Namespace) -> str:
     bare(batches[0])  # warm-up
     spent = _common.interleaved({"evaluator": evaluator, "bare": bare}, batches, args.device)
     print(
-        f"{backend.name} on {args.device}: {len(records)} probe items in {len(batches)} batches of {cfg.batch_size}; "
+        f"{backend.name} ({args.backend}) on {args.device}: {len(records)} probe items in {len(batches)} batches of {cfg.batch_size}; "
         f"setup {time.perf_counter() - t0 - sum(spent.values()):.1f} s; evaluator {spent['evaluator']:.1f} s, bare {spent['bare']:.1f} s"
     )
     return _common.last_line(
@@ -162,6 +170,12 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--per-family", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--model", default="embedded")
+    ap.add_argument(
+        "--backend",
+        choices=["transformers", "llamacpp"],
+        default="transformers",
+        help="the evaluator's generator (bare is always transformers' model.generate)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--synthetic", metavar="NAME", help="random weights from bench/model_configs.json")

@@ -1,0 +1,137 @@
+"""A llama.cpp backend for GGUF models on the CPU (``llama-cpp-python``, optional extra).
+
+:class:`LlamaCppBackend` is a :class:`~cgaps.seams.Generator`. It runs the GGUF file as it is
+(quantised weights and llama.cpp's CPU kernels) instead of the float32 weights the transformers
+backend de-quantises it to, which is where generation on a CPU spends its time.
+
+What it shares with the transformers backend, so the two answer alike: the prompt text (the
+Hugging Face tokenizer's chat template, :func:`cgaps.models.chat.format_chat`), the token ids
+(that tokenizer, not llama.cpp's own, is used to tokenise and to decode), the end-of-sequence
+ids (the converted model's generation config) and greedy decoding (argmax of the last logits,
+no sampler, no repetition penalty). What differs: the weights are the quantised ones, so a
+logit near a tie can fall the other way; `tests/test_llamacpp.py` and `bench/generate.py
+--backend llamacpp` measure on how many probe items the answers are identical.
+
+One sequence at a time (llama.cpp's high-level API has no batched decoding), each prompt
+evaluated in one call and then token by token; ``batch_size`` is accepted and ignored.
+Option log-likelihoods are not implemented here: multiple-choice scoring by log-likelihood
+stays with the transformers backend.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cgaps.errors import CGapsError
+from cgaps.models.chat import format_chat
+from cgaps.seams import Messages, Progress
+
+
+def llamacpp_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class LlamaCppBackend:
+    """Greedy generation from a GGUF file with llama.cpp (see the module docstring)."""
+
+    def __init__(
+        self, gguf: str | Path, tokenizer: Any, eos_ids: Sequence[int], name: str, n_ctx: int = 2048
+    ):
+        try:
+            from llama_cpp import Llama
+        except ImportError as e:
+            raise CGapsError(
+                "the llama.cpp backend needs llama-cpp-python: pip install 'competency-gaps[llamacpp]'"
+            ) from e
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, verbose=False)
+        self.tokenizer = tokenizer
+        self.eos_ids = {int(i) for i in eos_ids}
+        self.name = name
+        self.n_ctx = n_ctx
+        self.n_vocab = int(self.llm.n_vocab())
+
+    @classmethod
+    def load(cls, name: str = "embedded", n_ctx: int = 2048) -> LlamaCppBackend:
+        """``embedded`` or a ``.gguf`` path; the tokenizer and EOS ids come from the folder the
+        transformers backend converts the same file to (cached, so both read the same ones)."""
+        from transformers import AutoTokenizer, GenerationConfig
+
+        from cgaps.models.loading import EMBEDDED_NAME, convert_gguf, embedded_gguf
+
+        if name == "embedded":
+            gguf, display = embedded_gguf(), EMBEDDED_NAME
+        elif name.endswith(".gguf") and Path(name).is_file():
+            gguf, display = Path(name), Path(name).stem
+        else:
+            raise CGapsError(
+                f"the llama.cpp backend reads GGUF files: pass 'embedded' or a .gguf path, not {name!r}"
+            )
+        folder = convert_gguf(gguf)
+        tok = AutoTokenizer.from_pretrained(folder)
+        eos = GenerationConfig.from_pretrained(folder).eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
+        return cls(gguf, tok, eos_ids, display, n_ctx=n_ctx)
+
+    def _greedy(self, ids: list[int], max_new: int) -> list[int]:
+        llm = self.llm
+        if len(ids) + max_new > self.n_ctx:
+            raise CGapsError(
+                f"a prompt of {len(ids)} tokens with {max_new} new ones does not fit llama.cpp's context of "
+                f"{self.n_ctx}; raise n_ctx or shorten the prompt"
+            )
+        llm.reset()
+        llm.eval(ids)
+        out: list[int] = []
+        for _ in range(max_new):
+            # the last position's logits straight from the context: llama-cpp-python keeps
+            # ``scores`` only with logits_all, which would store a row per prompt token
+            nxt = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(self.n_vocab,))))
+            out.append(nxt)
+            if nxt in self.eos_ids:
+                break
+            llm.eval([nxt])
+        return out
+
+    def generate(
+        self,
+        conversations: Sequence[Messages | str],
+        max_new_tokens: int | Sequence[int],
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> list[str]:
+        """One greedy response per conversation (``batch_size`` is ignored: one at a time)."""
+        budgets = (
+            [max_new_tokens] * len(conversations)
+            if isinstance(max_new_tokens, int)
+            else [int(b) for b in max_new_tokens]
+        )
+        if len(budgets) != len(conversations):
+            raise ValueError(f"{len(budgets)} token budgets for {len(conversations)} conversations")
+        tok = self.tokenizer
+        out = []
+        for conv, budget in zip(conversations, budgets, strict=True):
+            text = conv if isinstance(conv, str) else format_chat(tok, conv).text
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            out.append(tok.decode(self._greedy(ids, budget), skip_special_tokens=True).strip())
+            if progress:
+                progress(1)
+        return out
+
+    def loglikelihood(
+        self,
+        requests: Sequence[tuple[Messages | str, str]],
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> list[float]:
+        raise CGapsError(
+            "the llama.cpp backend generates only; score multiple choice by log-likelihood with the "
+            "transformers backend"
+        )
