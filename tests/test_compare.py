@@ -18,7 +18,7 @@ from cgaps.compare import compare_runs
 from cgaps.compare.core import COMPARE_COLUMNS
 from cgaps.errors import CGapsError
 from cgaps.stats import bh_adjust
-from helpers import make_suite, write_run
+from helpers import WEAK_PLANTED, make_suite, write_run
 
 META = {
     "n_concepts": 200,
@@ -62,8 +62,10 @@ def reference(items_a, sal_a, items_b, sal_b, presence, min_support, fdr, n_conc
             w = {i: v for i, v in w.items() if v > 0}
             sw = sum(w.values())
             if sw == 0:
-                block.append((c, math.nan, math.nan, math.nan, 0, 0, math.nan))
+                block.append((c, math.nan, math.nan, math.nan, 0, 0, math.nan, math.nan))
                 continue
+            dbar = {bb: np.mean([yb[i] - ya[i] for i in ids if bench[i] == bb]) for bb in set(bench.values())}
+            dexp = sum(v * dbar[bench[i]] for i, v in w.items()) / sw
             ca = sum(v * ya[i] for i, v in w.items()) / sw
             cb = sum(v * yb[i] for i, v in w.items()) / sw
             t = sum(v * (yb[i] - ya[i]) for i, v in w.items())
@@ -71,14 +73,14 @@ def reference(items_a, sal_a, items_b, sal_b, presence, min_support, fdr, n_conc
             k = sum(1 for i in w if yb[i] != ya[i])
             z = t / math.sqrt(var) if var > 0 else 0.0
             p = min(1.0, max(2 * stats.norm.sf(abs(z)), 2.0 ** (1 - k)))
-            block.append((c, ca, cb, cb - ca, len(w), k, p))
+            block.append((c, ca, cb, cb - ca, len(w), k, p, dexp))
         tested = [j for j, r in enumerate(block) if r[4] >= min_support]
         q = [math.nan] * len(block)
         for j, qv in zip(tested, bh_adjust(np.array([block[j][6] for j in tested])), strict=True):
             q[j] = qv
-        for j, (c, ca, cb, d, sup, k, p) in enumerate(block):
+        for j, (c, ca, cb, d, sup, k, p, dexp) in enumerate(block):
             call = "" if not q[j] <= fdr else ("b_better" if d > 0 else "a_better" if d < 0 else "")
-            rows.append((c, scope, ca, cb, d, q[j], call, sup, k, p))
+            rows.append((c, scope, ca, cb, d, q[j], call, sup, k, p, dexp))
     return pd.DataFrame(
         rows,
         columns=[
@@ -92,6 +94,7 @@ def reference(items_a, sal_a, items_b, sal_b, presence, min_support, fdr, n_conc
             "support",
             "discordant",
             "p_value",
+            "delta_expected",
         ],
     )
 
@@ -120,7 +123,7 @@ def test_paired_table_matches_the_plain_reference(tmp_path):
     assert tuple(table.columns) == COMPARE_COLUMNS
     ref = reference(items_a, sal_a, items_b, sal_b, 0.4, 5, 0.05, 200)
     assert len(table) == len(ref) == 200 * 4
-    for col in ("chi_model_a", "chi_model_b", "delta", "q_value", "p_value"):
+    for col in ("chi_model_a", "chi_model_b", "delta", "q_value", "p_value", "delta_expected"):
         np.testing.assert_allclose(
             table[col].to_numpy(), ref[col].to_numpy(), rtol=1e-9, atol=1e-12, equal_nan=True
         )
@@ -129,6 +132,8 @@ def test_paired_table_matches_the_plain_reference(tmp_path):
     # the planted concept: B better suite-wide
     row = table[(table["scope"] == "ALL") & (table["concept"] == planted)].iloc[0]
     assert row["call"] == "b_better" and row["delta"] > 0.2
+    # beyond the suite's own difference too
+    assert row["call_adjusted"] == "b_better"
     written = pd.read_parquet(tmp_path / "cmp" / "compare.parquet")
     pd.testing.assert_frame_equal(written, table)
     assert rundir.read_table_knobs(tmp_path / "cmp" / "compare.parquet")["run_b"] == str(b)
@@ -156,6 +161,32 @@ def test_identical_runs_call_nothing(tmp_path):
     fires = table["support"] > 0
     assert (table.loc[fires, "delta"] == 0).all() and (table.loc[fires, "p_value"] == 1).all()
     assert (table["discordant"] == 0).all()
+    assert (table["call_adjusted"] == "").all()
+
+
+def test_a_change_everywhere_is_no_adjusted_call(tmp_path):
+    items, sal = make_suite(0)
+    rng = np.random.default_rng(3)
+    worse = items.copy()
+    # B loses most of its correct answers, at random: a change everywhere, tied to no concept
+    hit = (worse["score"] == 1) & (rng.random(len(worse)) < 0.8)
+    worse.loc[hit, "score"] = 0.0
+    a = write_run(tmp_path / "a", items, sal, _meta())
+    b = write_run(tmp_path / "b", worse, sal, _meta())
+    table = compare_runs(a, b, tmp_path / "cmp", {"presence": 0.0})  # every firing counts: more support
+    raw, adjusted = (table["call"] == "a_better").sum(), (table["call_adjusted"] != "").sum()
+    assert raw >= 20 and (table["call"] != "b_better").all()  # the raw test: A better nearly everywhere
+    # beyond its benchmarks' own difference, only the concepts that fire on wrong items alone
+    # (helpers.WEAK_PLANTED) differ: B cannot lose there, so it is "better than usual"
+    called = table[table["call_adjusted"] != ""]
+    assert set(called["concept"]) == set(WEAK_PLANTED) and adjusted == len(called)
+    assert (called["call_adjusted"] == "b_better").all() and (called["delta"] == 0).all()
+    fires = table["support"] > 0
+    bench_diff = (
+        worse.groupby("benchmark")["score"].mean() - items.groupby("benchmark")["score"].mean()
+    ).to_dict()
+    one = table[fires & (table["scope"] == "arith")]
+    np.testing.assert_allclose(one["delta_expected"], bench_diff["arith"], atol=1e-12)
 
 
 @pytest.mark.parametrize(

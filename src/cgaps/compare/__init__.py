@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from cgaps import rundir
-from cgaps.compare.core import COMPARE, COMPARE_REPORT, PairedKnobs, common_scale, paired_table
+from cgaps.compare.core import COMPARE, COMPARE_REPORT, common_scale, paired_table
 from cgaps.config import RunConfig
 from cgaps.console import info
 from cgaps.errors import CGapsError
@@ -102,8 +102,7 @@ def compare_runs(
         scale_source = "max of both suites"
     ma = build_matrix(items_a, a.saliency, a.n_concepts, presence=cfg.presence, scale=scale)
     mb = build_matrix(items_b, b.saliency, b.n_concepts, presence=cfg.presence, scale=scale)
-    knobs = PairedKnobs(min_support=cfg.min_support, fdr=cfg.fdr)
-    table = paired_table(ma, mb, knobs)
+    table = paired_table(ma, mb, cfg)
     record = {
         "run_a": str(a.path),
         "run_b": str(b.path),
@@ -114,6 +113,8 @@ def compare_runs(
         "presence": cfg.presence,
         "min_support": cfg.min_support,
         "fdr": cfg.fdr,
+        "mc_below": cfg.mc_below,
+        "seed": cfg.seed,
         "concept_scale": scale_source,
         "n_items": len(items_a),
     }

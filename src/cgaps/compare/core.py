@@ -23,6 +23,15 @@ the items where c is present.
   sign-flip test can never give a p-value below 2^(1 - k); the normal approximation can (k = 4
   identical flips: 0.046 against the exact 0.125), so p is floored at 2^(1 - k). V = 0 means
   no discordant item: z = 0, p = 1.
+* **Beyond the scope's own difference** (``delta_expected``, ``q_adjusted``, ``call_adjusted``).
+  The raw test calls every concept a global change touches (a shorter token budget that
+  hurts everywhere is "A better" on every frequent concept). The adjusted call asks the
+  question of docs/method.md §3 instead: is the concept's paired difference unlike its
+  benchmark's mean paired difference? It is the scoring stage's own score test, run by
+  :func:`cgaps.scoring.core.concept_table` on the weights w with "scores" (d + 1) / 2 (a linear
+  map into [0, 1], which leaves z unchanged): expected difference e = sum w dbar(B(x)) / sum w,
+  the null variance from d's spread within each benchmark, Monte Carlo p-values where the
+  normal approximation is poor, one BH per scope. ``delta_expected`` = 2 e - 1.
 * **BH.** One Benjamini-Hochberg adjustment (:func:`cgaps.stats.bh_adjust`) per scope over
   the concepts present (in either run) on at least ``min_support`` items; ``call`` is
   ``b_better`` (delta > 0) or ``a_better`` (delta < 0) when q <= ``fdr``, else empty. Two
@@ -41,8 +50,9 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
+from cgaps.config import RunConfig
 from cgaps.rundir import ALL_SCOPE
-from cgaps.scoring.core import SuiteMatrix, _scope_indicator, _with_data
+from cgaps.scoring.core import SuiteMatrix, _scope_indicator, _with_data, concept_table
 from cgaps.stats import bh_adjust
 
 COMPARE = "compare.parquet"
@@ -60,6 +70,9 @@ COMPARE_COLUMNS = (
     "discordant",  # of those, items where the two scores differ
     "z",
     "p_value",
+    "delta_expected",  # the mean paired difference of the concept's benchmarks, weighted by w
+    "q_adjusted",
+    "call_adjusted",  # a_better / b_better than the benchmarks' own difference, or empty
 )
 CALLS = ("a_better", "b_better", "")
 
@@ -70,8 +83,10 @@ class PairedKnobs:
     fdr: float = 0.05
 
 
-def paired_table(a: SuiteMatrix, b: SuiteMatrix, knobs: PairedKnobs) -> pd.DataFrame:
-    """The compare table of two suites on the same rows (same item order, same benchmarks)."""
+def paired_table(a: SuiteMatrix, b: SuiteMatrix, cfg: RunConfig) -> pd.DataFrame:
+    """The compare table of two suites on the same rows (same item order, same benchmarks);
+    ``cfg``: min_support, fdr and the Monte Carlo knobs of the adjusted test."""
+    knobs = PairedKnobs(min_support=cfg.min_support, fdr=cfg.fdr)
     if not np.array_equal(a.item_ids, b.item_ids) or a.benchmarks != b.benchmarks:
         raise ValueError("paired_table needs both suites on the same items in the same order")
     w = ((a.saliency + b.saliency) * 0.5).tocsr()
@@ -109,7 +124,11 @@ def paired_table(a: SuiteMatrix, b: SuiteMatrix, knobs: PairedKnobs) -> pd.DataF
     call = np.where(called & (delta > 0), "b_better", np.where(called & (delta < 0), "a_better", ""))
     n_scopes, n_concepts = chi_a.shape
     scopes = [*a.benchmarks, ALL_SCOPE]
-    return pd.DataFrame(
+    # the scoring stage's score test on the paired differences (module docstring)
+    diff = SuiteMatrix(w, (b.scores - a.scores + 1.0) / 2.0, a.bench, a.benchmarks, a.item_ids, a.scale)
+    adj = concept_table(diff, cfg)
+    adj_call = np.where(adj["gap"] == "strong", "b_better", np.where(adj["gap"] == "weak", "a_better", ""))
+    table = pd.DataFrame(
         {
             "concept": np.tile(np.arange(n_concepts, dtype=np.int32), n_scopes),
             "scope": np.repeat(scopes, n_concepts),
@@ -122,9 +141,13 @@ def paired_table(a: SuiteMatrix, b: SuiteMatrix, knobs: PairedKnobs) -> pd.DataF
             "discordant": discordant.ravel().astype(np.int64),
             "z": np.where(fires, z, np.nan).ravel(),
             "p_value": p_val.ravel(),
+            "delta_expected": 2.0 * adj["expected"].to_numpy() - 1.0,
+            "q_adjusted": adj["q_value"].to_numpy(),
+            "call_adjusted": adj_call,
         },
         columns=list(COMPARE_COLUMNS),
     )
+    return table
 
 
 def common_scale(a: sp.csr_matrix, b: sp.csr_matrix) -> np.ndarray:

@@ -64,9 +64,11 @@ def compare_page(table: pd.DataFrame, a: RunTables, b: RunTables, record: dict[s
         rows = table[table["scope"] == scope]
         n_b = int((rows["call"] == "b_better").sum())
         n_a = int((rows["call"] == "a_better").sum())
+        adj_b = int((rows["call_adjusted"] == "b_better").sum())
+        adj_a = int((rows["call_adjusted"] == "a_better").sum())
         summary.append(
             f"<tr><td>{html.escape(scope)}</td><td>{len(ids)}</td><td>{_num(float(items_a[ids].mean()))}</td>"
-            f"<td>{_num(float(items_b[ids].mean()))}</td><td>{n_b}</td><td>{n_a}</td></tr>"
+            f"<td>{_num(float(items_b[ids].mean()))}</td><td>{n_b}</td><td>{n_a}</td><td>{adj_b}</td><td>{adj_a}</td></tr>"
         )
         order = rows.assign(abs_delta=rows["delta"].abs()).sort_values(
             ["q_value", "abs_delta"], ascending=[True, False]
@@ -93,7 +95,9 @@ Reader {esc["reader"]}, SAE {esc["sae"]}, {esc["n_items"]} items; presence {esc[
 min_support {esc["min_support"]}, fdr {esc["fdr"]}, concept scale: {esc["concept_scale"]}.</p>
 <p>Per concept and scope, χ_model of each model with the pair's common saliency weights, Δ = B − A,
 and a paired sign-flip test (Benjamini–Hochberg per scope); see <code>cgaps.compare.core</code>.</p>
-<table><tr><th>scope</th><th>items</th><th>mean score A</th><th>mean score B</th><th>B better</th><th>A better</th></tr>
+<p>“Beyond” columns: the concept's paired difference against its benchmarks' own mean difference
+(the scoring stage's score test on the differences), so a change that moves every item alike calls nothing there.</p>
+<table><tr><th>scope</th><th>items</th><th>mean score A</th><th>mean score B</th><th>B better</th><th>A better</th><th>B better beyond</th><th>A better beyond</th></tr>
 {"".join(summary)}</table>
 {"".join(sections)}
 </body></html>
