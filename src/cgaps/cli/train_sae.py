@@ -111,6 +111,20 @@ def train_sae(
     save_sae(to_sae(result, cfg, layer=layer, model_name=backend.name), out, dtype=dtype)
     # measured as saved (in ``dtype``), as users will load it
     shipped = load_sae(str(out), hidden_size=backend.hidden_size, n_layers=backend.n_layers)
+    n_ce = len(held[:200])
+    with progress_bar("measuring SAE (CE with the SAE spliced in)", n_ce, unit="conversations") as advance:
+        measured = measure_sae(
+            shipped,
+            load_layer(work / "cache_heldout", layer),
+            dead_acts=acts[:500_000],
+            reader=backend,
+            conversations=held[:n_ce],
+            layer=layer,
+            max_norm=limits[str(layer)],
+            max_length=max_length,
+            mean_act=acts[:100_000].float().mean(0),
+            progress=advance,
+        )
     metrics = {
         "layer": layer,
         "width": cfg.width,
@@ -118,17 +132,7 @@ def train_sae(
         "train_tokens": len(acts),
         "epochs": cfg.epochs,
         "heldout_tokens": held_manifest["counts"]["tokens"],
-        **measure_sae(
-            shipped,
-            load_layer(work / "cache_heldout", layer),
-            dead_acts=acts[:500_000],
-            reader=backend,
-            conversations=held[:200],
-            layer=layer,
-            max_norm=limits[str(layer)],
-            max_length=max_length,
-            mean_act=acts[:100_000].float().mean(0),
-        ),
+        **measured,
         "exclusion": manifest["exclusion"],
         "text_mix": manifest["text_mix"],
     }

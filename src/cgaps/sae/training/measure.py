@@ -17,7 +17,7 @@ latent's top contexts are one token, and a readable context around a cached toke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cgaps.sae import as_encoder
@@ -41,6 +41,7 @@ def measure_sae(
     max_norm: float | None = None,
     max_length: int = 512,
     mean_act: torch.Tensor | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """FVU and L0 on ``heldout_acts``; dead fraction on ``dead_acts``; CE increase on ``conversations``.
 
@@ -48,7 +49,8 @@ def measure_sae(
     sae-lens SAE, wrapped by :func:`cgaps.sae.as_encoder`). The dead fraction is measured when ``dead_acts`` is given, the CE splice when
     ``reader`` (a :class:`~cgaps.seams.ResidualReader`), ``conversations`` and ``layer`` are;
     ``max_norm`` keeps outlier tokens out of the splice as the cache kept them out of training,
-    ``mean_act`` adds the mean-ablation reference.
+    ``mean_act`` adds the mean-ablation reference. ``progress`` is called with the number of
+    conversations of each CE batch done (the splice is the slow part: two or three forward passes).
     """
     out: dict[str, Any] = dict(reconstruction_metrics(sae, heldout_acts))
     if dead_acts is not None:
@@ -67,6 +69,7 @@ def measure_sae(
                 max_norm=max_norm,
                 max_length=max_length,
                 mean_act=mean_act,
+                progress=progress,
             )
         )
     return out
