@@ -49,6 +49,12 @@ def _swap(label: str) -> dict:
             "spearman_chi_model_close": {"rho": 0.8, "pairs": 300},
             "spearman_random_pairing": {"rho": 0.01, "pairs": 900},
         },
+        "saliency_matching": {
+            "correlation_quantiles": {"q50": 0.52},
+            "close_share": 0.12,
+            "close_correlation": 0.7,
+            "spearman_chi_model": {"rho": 0.66, "pairs": 1200},
+        },
         "extremes": {"top": [{"a": side, "b": side}], "bottom": []},
     }
 
@@ -79,6 +85,10 @@ def test_robustness_section_with_swap_escapes_labels():
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "0.379 → 0.350 (-7.7%)" in html and "<td>0.0307</td><td>0.014</td>" in html
     assert "Spearman of matched χ_model: 0.550 over 900 pairs, 0.800 over the 300 close pairs" in html
+    assert (
+        "median correlation 0.520, 12.0% with r ≥ 0.7; Spearman of matched χ_model 0.660 over 1200 pairs"
+        in html
+    )
     assert "<td>10.0% / 25.0%</td>" in html and "Spearman between the two SAEs: 0.870" in html
 
 

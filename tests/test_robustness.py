@@ -199,6 +199,9 @@ def test_sae_swap_recovers_a_permuted_sae(tmp_path):
         assert d["chi_bench"]["ks"] == pytest.approx(0.0), scope
         assert d["missing_share_a"] == d["missing_share_b"]
     assert swap["missing_share_order"]["rho"] == pytest.approx(1.0)
+    by_saliency = swap["saliency_matching"]  # the same items fire: every twin correlates perfectly
+    assert by_saliency["correlation_quantiles"]["q05"] == pytest.approx(1.0)
+    assert by_saliency["spearman_chi_model"]["rho"] == pytest.approx(1.0)
     for end in ("top", "bottom"):  # the same figures side by side (ties may list other twins)
         pairs = swap["extremes"][end]
         assert len(pairs) == 10
@@ -228,6 +231,26 @@ def test_sae_swap_of_unrelated_saes_does_not_correlate(tmp_path):
     assert abs(swap["matching"]["spearman_chi_model"]["rho"]) < 0.3
     assert swap["matching"]["cosine_quantiles"]["q50"] < 0.95
     assert swap["distributions"]["ALL"]["chi_model"]["ks"] > 0
+    assert abs(swap["saliency_matching"]["spearman_chi_model"]["rho"]) < 0.3
+    assert swap["saliency_matching"]["close_share"] < 0.05
+
+
+def test_correlation_matches_equal_a_dense_reference():
+    import scipy.sparse as sp
+
+    from cgaps.robustness import swap
+
+    rng = np.random.default_rng(3)
+    dense_a = rng.gamma(2.0, 1.0, (60, swap._CHUNK + 11)) * (rng.random((60, swap._CHUNK + 11)) < 0.2)
+    dense_b = rng.gamma(2.0, 1.0, (60, 40)) * (rng.random((60, 40)) < 0.3)
+    dense_a[:, 5] = 0.0  # never fires: no correlation
+    dense_a[:, 7] = dense_b[:, 3] * 2 + 1e-9 * rng.random(60)  # a twin of b's column 3
+    idx, corr = swap.correlation_matches(sp.csc_matrix(dense_a), sp.csc_matrix(dense_b))
+    full = np.corrcoef(dense_a.T, dense_b.T)[: dense_a.shape[1], dense_a.shape[1] :]
+    fired = dense_a.std(axis=0) > 0
+    assert not np.isfinite(corr[5]) and idx[7] == 3 and corr[7] == pytest.approx(1.0)
+    np.testing.assert_allclose(corr[fired], np.nanmax(full[fired], axis=1), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(idx[fired], np.nanargmax(full[fired], axis=1))
 
 
 def test_best_matches_equals_the_full_cosine_argmax():

@@ -167,7 +167,18 @@ def _swap_html(s: dict[str, Any]) -> Markup:
             )
         )
     elif s.get("matching_skipped"):
-        parts.append(_p(f"Latents not matched: {s['matching_skipped']}."))
+        parts.append(_p(f"Latents not matched by decoder: {s['matching_skipped']}."))
+    by_sal = s.get("saliency_matching")
+    if by_sal and by_sal.get("correlation_quantiles"):
+        sp = by_sal["spearman_chi_model"]
+        parts.append(
+            _p(
+                f"Latents matched by saliency (the other SAE's concept firing on the same items): median "
+                f"correlation {_num(by_sal['correlation_quantiles']['q50'])}, "
+                f"{100 * (by_sal['close_share'] or 0):.1f}% with r ≥ {by_sal['close_correlation']:g}; "
+                f"Spearman of matched χ_model {_num(sp['rho'])} over {sp['pairs']} pairs."
+            )
+        )
     for end, word in (("top", "highest"), ("bottom", "lowest")):
         pairs = s["extremes"][end]
         if pairs:

@@ -21,6 +21,13 @@ module reads their ``concepts.parquet`` tables and compares:
   Spearman correlation of matched χ_model in ``ALL`` over pairs where both concepts have
   support >= ``min_support`` — for all pairs and for close pairs only. A random pairing of
   the same eligible concepts (seeded) gives the correlation expected by chance.
+* **Matched by saliency** (any two SAEs, also of different models): every latent of this run
+  is matched to the other run's latent whose per-item saliency correlates best with its own
+  over the shared items (Pearson, on the sparse matrices: ``X_a^T X_b / n - mean_a mean_b^T``,
+  in chunks of this run's concepts). Two SAEs rarely share a decoder direction exactly, but a
+  concept that both capture fires on the same items in both runs. Reported like the decoder
+  matching: correlation quantiles, the share with r >= ``CLOSE``, and the Spearman
+  correlation of matched χ_model.
 * **Top and bottom concepts** side by side: the ``TOP`` eligible concepts of each run with
   the highest and the lowest χ_model in ``ALL``, with their labels when ``labels.parquet``
   exists.
@@ -33,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from scipy import stats
 
 from cgaps import rundir
@@ -151,15 +159,9 @@ def matching(
 ) -> dict[str, Any]:
     """Match latents by decoder cosine; rank correlation of matched chi_model in ALL."""
     idx, cos = best_matches(dec_a, dec_b)
-    all_a = ca[ca["scope"] == rundir.ALL_SCOPE].set_index("concept")
-    all_b = cb[cb["scope"] == rundir.ALL_SCOPE].set_index("concept")
-    concepts = np.arange(len(dec_a))
-    ok_a = all_a.reindex(concepts)["support"].to_numpy(float) >= min_support
-    ok_b = all_b.reindex(idx)["support"].to_numpy(float) >= min_support
-    chi_a = all_a.reindex(concepts)["chi_model"].to_numpy(float)
-    chi_b = all_b.reindex(idx)["chi_model"].to_numpy(float)
-    pair = ok_a & ok_b
+    chi_a, chi_b, pair = _matched(ca, cb, idx, min_support)
     close = pair & (cos >= CLOSE)
+    all_b = cb[cb["scope"] == rundir.ALL_SCOPE].set_index("concept")
     # chance level: the same eligible concepts of A paired with eligible concepts of B at random
     eligible_b = all_b.index[all_b["support"].to_numpy(float) >= min_support].to_numpy()
     rng = np.random.default_rng(seed)
@@ -179,6 +181,71 @@ def matching(
     }
 
 
+def saliency_matrix(run: RunTables, item_ids: pd.Index) -> sp.csc_matrix:
+    """The run's saliency as a sparse items x concepts matrix, rows in ``item_ids`` order."""
+    rows = item_ids.get_indexer(run.saliency["item_id"])
+    return sp.csc_matrix(
+        (run.saliency["value"].to_numpy(np.float64), (rows, run.saliency["concept"].to_numpy())),
+        shape=(len(item_ids), run.n_concepts),
+    )
+
+
+def correlation_matches(xa: sp.csc_matrix, xb: sp.csc_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """For each column of ``xa``, the column of ``xb`` whose values over the rows correlate best
+    (Pearson) and that correlation (NaN for a column that is constant, e.g. never fires)."""
+    n = xa.shape[0]
+    mean_a = np.asarray(xa.mean(axis=0)).ravel()
+    mean_b = np.asarray(xb.mean(axis=0)).ravel()
+    sd_a = np.sqrt(np.maximum(np.asarray(xa.multiply(xa).mean(axis=0)).ravel() - mean_a**2, 0))
+    sd_b = np.sqrt(np.maximum(np.asarray(xb.multiply(xb).mean(axis=0)).ravel() - mean_b**2, 0))
+    inv_b = np.divide(1.0, sd_b, out=np.zeros_like(sd_b), where=sd_b > 0)
+    xb_t = xb.T.tocsr()
+    idx = np.zeros(xa.shape[1], dtype=np.int64)
+    best = np.full(xa.shape[1], np.nan)
+    for start in range(0, xa.shape[1], _CHUNK):
+        stop = min(start + _CHUNK, xa.shape[1])
+        cov = (xb_t @ xa[:, start:stop]).toarray().T / n - np.outer(mean_a[start:stop], mean_b)
+        corr = cov * inv_b[None, :]
+        idx[start:stop] = corr.argmax(axis=1)
+        top = corr[np.arange(stop - start), idx[start:stop]]
+        sd = sd_a[start:stop]
+        best[start:stop] = np.where(sd > 0, top / np.where(sd > 0, sd, 1.0), np.nan)
+    return idx, best
+
+
+def saliency_matching(a: RunTables, b: RunTables, min_support: int) -> dict[str, Any]:
+    """Match latents by the correlation of their per-item saliency; Spearman of matched chi_model."""
+    assert a.concepts is not None and b.concepts is not None
+    item_ids = pd.Index(a.items["item_id"])
+    idx, corr = correlation_matches(saliency_matrix(a, item_ids), saliency_matrix(b, item_ids))
+    chi_a, chi_b, pair = _matched(a.concepts, b.concepts, idx, min_support)
+    fired = np.isfinite(corr)
+    close = pair & fired & (corr >= CLOSE)
+    return {
+        "method": "each latent of this run matched to the other run's latent whose per-item saliency "
+        "correlates best (Pearson over the shared items)",
+        "close_correlation": CLOSE,
+        "correlation_quantiles": _quantiles(corr[fired]),
+        "close_share": float((corr[fired] >= CLOSE).mean()) if fired.any() else None,
+        "spearman_chi_model": _spearman(chi_a[pair], chi_b[pair]),
+        "spearman_chi_model_close": _spearman(chi_a[close], chi_b[close]),
+    }
+
+
+def _matched(
+    ca: pd.DataFrame, cb: pd.DataFrame, idx: np.ndarray, min_support: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """chi_model in ALL of each concept of A and of its match in B, and which pairs are eligible."""
+    all_a = ca[ca["scope"] == rundir.ALL_SCOPE].set_index("concept")
+    all_b = cb[cb["scope"] == rundir.ALL_SCOPE].set_index("concept")
+    concepts = np.arange(len(idx))
+    ok_a = all_a.reindex(concepts)["support"].to_numpy(float) >= min_support
+    ok_b = all_b.reindex(idx)["support"].to_numpy(float) >= min_support
+    chi_a = all_a.reindex(concepts)["chi_model"].to_numpy(float)
+    chi_b = all_b.reindex(idx)["chi_model"].to_numpy(float)
+    return chi_a, chi_b, ok_a & ok_b
+
+
 def _label_map(run: RunTables) -> dict[int, str]:
     if run.labels is None:
         return {}
@@ -194,7 +261,10 @@ def extremes(a: RunTables, b: RunTables, min_support: int) -> dict[str, list[dic
         df = run.concepts[
             (run.concepts["scope"] == rundir.ALL_SCOPE) & (run.concepts["support"] >= min_support)
         ]
-        df = df[np.isfinite(df["chi_model"])].sort_values(["chi_model", "concept"])
+        df = df[np.isfinite(df["chi_model"])]
+        # ties (chi_model 0 or 1 is common on small suites) go to the better supported concept
+        bottom = df.sort_values(["chi_model", "support", "concept"], ascending=[True, False, True])
+        top = df.sort_values(["chi_model", "support", "concept"], ascending=[False, False, True])
         labels = _label_map(run)
 
         def row(r: Any, labels: dict[int, str] = labels) -> dict[str, Any]:
@@ -208,8 +278,8 @@ def extremes(a: RunTables, b: RunTables, min_support: int) -> dict[str, list[dic
 
         sides.append(
             {
-                "top": [row(r) for r in df.iloc[::-1].head(TOP).itertuples()],
-                "bottom": [row(r) for r in df.head(TOP).itertuples()],
+                "top": [row(r) for r in top.head(TOP).itertuples()],
+                "bottom": [row(r) for r in bottom.head(TOP).itertuples()],
             }
         )
     return {
@@ -250,6 +320,7 @@ def sae_swap(
         "distributions": dist,
         "missing_share_order": order,
         "extremes": extremes(a, b, min_support),
+        "saliency_matching": saliency_matching(a, b, min_support),
     }
     if decoders is None:
         out["matching"] = None
