@@ -180,7 +180,11 @@ def test_resume_gives_same_weights(cache, tmp_path):
     full = train_sae(acts, tmp_path / "full", cfg)
     killed = train_sae(acts, tmp_path / "resumed", cfg, max_steps=11)
     assert not killed["done"] and killed["step"] == 11
+    # what a kill during a checkpoint write leaves: the temporary file, removed at the next start
+    stale = tmp_path / "resumed" / ".checkpoint.pt.12345.tmp"
+    stale.write_bytes(b"half a checkpoint")
     resumed = train_sae(acts, tmp_path / "resumed", cfg)
+    assert not stale.exists()
     assert resumed["done"]
     # the record says where it resumed, and its time adds the killed run's kept steps
     assert full["resumed_at"] == [] and killed["resumed_at"] == [] and resumed["resumed_at"] == [11]

@@ -99,6 +99,7 @@ def build_cache(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    rundir.remove_stale_temporaries(folder)  # shards whose write was killed half-way
     layers = sorted(set(layers))
     digest = conversations_digest(conversations)
     model_dtype = str(backend.dtype).removeprefix("torch.")

@@ -213,8 +213,14 @@ def train_sae(
     """
     import torch
 
+    from cgaps.rundir import remove_stale_temporaries
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # a checkpoint write killed half-way leaves its temporary file (``atomic_path``); the
+    # checkpoint itself is whole, so the leftover is only clutter (one trainer per folder:
+    # `cgaps train-sae` locks its output folder, whose OUT.work this is by default)
+    remove_stale_temporaries(out)
     n, d = acts.shape
     steps_per_epoch = n // cfg.batch_size
     if steps_per_epoch < 1:
