@@ -321,6 +321,21 @@ def _select(df: pd.DataFrame, kind: str, n: int) -> pd.DataFrame:
     return sel.head(n)
 
 
+def _figures(r: Any) -> dict[str, Any]:
+    """The scored figures of a concepts.parquet or themes.parquet row, as the tables show them."""
+    chi, exp = _num(r.chi_model), _num(r.expected)
+    return {
+        "support": int(r.support),
+        "chi_bench": _num(r.chi_bench),
+        "chi_model": chi,
+        "expected": exp,
+        "delta": chi - exp,
+        "ci_low": _num(r.ci_low),
+        "ci_high": _num(r.ci_high),
+        "q": _num(r.q_value),
+    }
+
+
 def _row(r: Any, scope: str, describe: _Describer, examples: _Examples) -> dict[str, Any]:
     c = int(r.concept)
     lo, hi, chi, exp = _num(r.ci_low), _num(r.ci_high), _num(r.chi_model), _num(r.expected)
@@ -330,14 +345,7 @@ def _row(r: Any, scope: str, describe: _Describer, examples: _Examples) -> dict[
 
     return {
         "concept": c,
-        "support": int(r.support),
-        "chi_bench": _num(r.chi_bench),
-        "chi_model": chi,
-        "expected": exp,
-        "delta": chi - exp,
-        "ci_low": lo,
-        "ci_high": hi,
-        "q": _num(r.q_value),
+        **_figures(r),
         "status": r.status,
         "gap": r.gap,
         "desc": describe(c),
@@ -425,7 +433,6 @@ def _theme_rows(themes: pd.DataFrame, describe: _Describer, limit: int) -> list[
     for r in all_rows.itertuples(index=False):
         members = [int(c) for c in _json_list(r.members)]
         tokens = [str(t) for t in _json_list(r.tokens)]
-        chi, exp, lo, hi = _num(r.chi_model), _num(r.expected), _num(r.ci_low), _num(r.ci_high)
         rows.append(
             {
                 "theme": int(r.theme),
@@ -435,14 +442,7 @@ def _theme_rows(themes: pd.DataFrame, describe: _Describer, limit: int) -> list[
                 "n_members": int(r.n_members),
                 "members": [{"concept": c, "desc": describe(c)} for c in members[:12]],
                 "more_members": max(0, len(members) - 12),
-                "support": int(r.support),
-                "chi_bench": _num(r.chi_bench),
-                "chi_model": chi,
-                "expected": exp,
-                "delta": chi - exp,
-                "ci_low": lo,
-                "ci_high": hi,
-                "q": _num(r.q_value),
+                **_figures(r),
                 "enrich_p": _num(r.enrich_p),
             }
         )
