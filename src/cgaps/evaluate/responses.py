@@ -46,7 +46,9 @@ def read_responses(path: str | Path, known_ids: set[str]) -> dict[str, str]:
         if item_id in out:
             raise CGapsError(f"{where}: item_id {item_id!r} appears twice; keep one response per item")
         if isinstance(row["response"], dict | list | bool):  # str() would grade "{'text': 1}"
-            raise CGapsError(f"{where}: field 'response' must be a string, got {type(row['response']).__name__}")
+            raise CGapsError(
+                f"{where}: field 'response' must be a string, got {type(row['response']).__name__}"
+            )
         out[item_id] = str(row["response"])
     return out
 
