@@ -194,6 +194,19 @@ def test_resume_after_interruption(tmp_path, tiny_backend, monkeypatch):
     with pytest.raises(CGapsError, match="other settings"):
         extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=retrained)
     assert loaded_sae(tiny_backend.hidden_size).fingerprint == spec.fingerprint  # same weights, same hash
+    # and a reader in another dtype (its residuals differ): the resolved dtype is in the signature
+    import copy
+
+    from cgaps.models import HFBackend
+
+    half = HFBackend(
+        copy.deepcopy(tiny_backend.model).to(torch.bfloat16),
+        tiny_backend.tokenizer,
+        tiny_backend.name,
+        tiny_backend.device,
+    )
+    with pytest.raises(CGapsError, match=r"other settings.*'reader_dtype': 'float32'"):
+        extract_run(tmp_path, cfg, backend=half, sae_spec=spec)
 
 
 def test_outlier_tokens_are_dropped_and_counted(tmp_path, tiny_backend):

@@ -145,9 +145,11 @@ def pool_batch(acts: Any, token_item: Any, n_items: int, pool: str) -> tuple[Any
     return value.view(n_items, n_feat), peak_tok.view(n_items, n_feat)
 
 
-def _signature(cfg: RunConfig, sae: SAEEncoder, layer: int, reader: str) -> dict[str, Any]:
+def _signature(cfg: RunConfig, sae: SAEEncoder, layer: int, reader: str, reader_dtype: str) -> dict[str, Any]:
     return {
         "reader": reader,
+        # the dtype the reader really ran in (auto resolved): residuals, and so codes, depend on it
+        "reader_dtype": reader_dtype,
         "sae": sae.sae_id,
         "sae_fingerprint": sae.fingerprint,
         "layer": layer,
@@ -364,7 +366,7 @@ def _extract_run(
     backend.check_layer(layer)
 
     shard_dir = run_dir / rundir.SALIENCY_SHARDS
-    signature = _signature(cfg, loaded, layer, backend.name)
+    signature = _signature(cfg, loaded, layer, backend.name, str(backend.dtype).removeprefix("torch."))
     manifest_path = shard_dir / MANIFEST
     if manifest_path.exists():
         old = rundir.read_json_file(manifest_path, fix=f"delete {shard_dir} to start the extraction over")
