@@ -123,9 +123,11 @@ def _label_run(
         assert previous is not None
         ev = previous[["concept", *EVIDENCE_COLUMNS]].copy()
         tokens = _tokens_long(ev)
-        if "sae" in run.meta:
-            backend, sae = _load(run, backend, sae)
-            w_dec = decoder_rows(sae)
+        if "sae" in run.meta and cfg.sae is not None:
+            # the themes need only the SAE's decoder: no reader model is loaded to reuse evidence
+            from cgaps.sae import decoder_directions
+
+            w_dec = decoder_rows(sae) if sae is not None else decoder_directions(cfg.sae)[0]
         info("labels: evidence is current, reusing it")
     else:
         if "sae" in run.meta:
