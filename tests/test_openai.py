@@ -150,6 +150,20 @@ def test_order_concurrency_and_greedy_settings(server_factory):
     assert srv.calls[-1]["prompt"] == "Question: 2+2?\nAnswer:" and srv.calls[-1]["max_tokens"] == 3
 
 
+def test_extra_body_fields_reach_every_request(server_factory):
+    """``body.NAME=VALUE``: the server's own sampling knobs (llama.cpp's repeat_penalty), JSON-typed,
+    on chat and plain-text requests alike, and recorded with the decoding settings."""
+    srv = server_factory()
+    gen = OpenAIGenerator(srv.url("body.repeat_penalty=1&body.top_k=1&body.mirostat_mode=off"))
+    gen.generate([conv(0), "Q: 1+1?\nA:"], 3, 1)
+    assert len(srv.calls) == 2
+    for call in srv.calls:
+        assert call["repeat_penalty"] == 1 and call["top_k"] == 1 and call["mirostat_mode"] == "off"
+        assert call["temperature"] == 0.0
+    assert gen.loaded["decoding"]["repeat_penalty"] == 1
+    assert parse_endpoint("openai://h:1/v1/m?body.x=true").body == (("x", True),)
+
+
 def test_retries_rate_limit_and_key(server_factory, monkeypatch):
     srv = server_factory(fail_first=2, fail_status=429)
     monkeypatch.setenv("MY_KEY", "sk-test")
@@ -231,6 +245,7 @@ def test_llama_cpp_server_matches_the_local_evaluator(tmp_path, smollm):
 
     from cgaps.evaluate.stage import evaluate_run
     from cgaps.models import embedded_gguf
+    from cgaps.models.llamacpp import LlamaCppBackend
     from cgaps.pipeline import items_run
 
     port = _free_port()
@@ -253,14 +268,18 @@ def test_llama_cpp_server_matches_the_local_evaluator(tmp_path, smollm):
             raise AssertionError(
                 "llama.cpp server did not start: " + (tmp_path / "server.log").read_text()[-2000:]
             )
-        local, served = tmp_path / "local", tmp_path / "served"
-        for run in (local, served):
+        local, served, native = tmp_path / "local", tmp_path / "served", tmp_path / "native"
+        for run in (local, served, native):
             items_run(run, RunConfig(suite="probes", limit=60, seed=0))
         cfg = RunConfig(max_new_tokens=32, batch_size=8)
         a = evaluate_run(local, cfg, generator=smollm)
         t0 = time.perf_counter()
-        b = evaluate_run(served, cfg.replace(model=f"openai://127.0.0.1:{port}/v1/smollm2?concurrency=4"))
+        # greedy without llama.cpp's default repeat penalty of 1.1 (docs: cgaps.models.openai)
+        spec = f"openai://127.0.0.1:{port}/v1/smollm2?concurrency=4&body.repeat_penalty=1"
+        b = evaluate_run(served, cfg.replace(model=spec))
         elapsed = time.perf_counter() - t0
+        # the same GGUF run locally by llama.cpp: the same arithmetic, so the same answers
+        c = evaluate_run(native, cfg, generator=LlamaCppBackend.load("embedded"))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -274,9 +293,11 @@ def test_llama_cpp_server_matches_the_local_evaluator(tmp_path, smollm):
         f"{acc_b:.3f} vs {acc_a:.3f}; served {len(a) / elapsed:.2f} items/s"
     )
     assert (b["response"].str.len() > 0).all()
-    # Greedy paths part where two logits nearly tie: llama.cpp computes with its own kernels on the
-    # Q4_1 weights, transformers in float32 on the de-quantised ones. Measured 36.7% identical on
-    # these 60 items; an F32 copy of the GGUF with an f32 KV cache gave the same divergences on the
-    # first 8, so it is the arithmetic, not the client: the floor only catches a broken pipe-through
-    # (a wrong template or truncated answers agree on almost nothing).
+    # served through the client vs the local llama.cpp backend on the same weights: identical
+    exact = (c.set_index("item_id")["response"] == b.set_index("item_id")["response"]).mean()
+    print(f"llama.cpp server vs local llama.cpp backend: {exact:.1%} identical")
+    assert exact >= 0.98, exact
+    # Against transformers, greedy paths part where two logits nearly tie (llama.cpp's kernels on
+    # the Q4_1 weights vs float32 on the de-quantised ones): the floor only catches a broken
+    # pipe-through (a wrong template or truncated answers agree on almost nothing).
     assert same >= 0.3, same

@@ -18,7 +18,12 @@ The model argument: ``openai://HOST:PORT/v1/MODEL`` (http), or
 * ``retries``: attempts after a connection error, 408, 409, 429 or 5xx, with exponential
   backoff (``Retry-After`` honoured); other 4xx answers are errors naming the server's message;
 * ``key_env``: the environment variable holding the API key (default ``OPENAI_API_KEY``; no
-  key, no ``Authorization`` header, as local servers want). The key is never written anywhere.
+  key, no ``Authorization`` header, as local servers want). The key is never written anywhere;
+* ``body.NAME=VALUE``: an extra field of every request's JSON body (VALUE read as JSON when it
+  parses: ``1`` is a number, ``true`` a boolean), for the server's own sampling knobs. Servers
+  differ in what "greedy" means beyond temperature 0: llama-cpp-python's server applies a
+  repeat penalty of 1.1 unless told ``body.repeat_penalty=1``; with it, its answers equal the
+  local llama.cpp backend's on every probe item measured (30 of 30; 16 of 30 without).
 
 Option log-likelihoods (``mc_scoring: loglik``) need the prompt's token log-probabilities,
 which the chat API does not return: :meth:`OpenAIGenerator.loglikelihood` refuses with the fix.
@@ -26,6 +31,7 @@ which the chat API does not return: :meth:`OpenAIGenerator.loglikelihood` refuse
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -40,6 +46,7 @@ from cgaps.seams import Messages, Progress
 
 SCHEME = "openai://"
 QUERY_KEYS = ("concurrency", "rate", "retries", "timeout", "key_env")
+BODY_PREFIX = "body."
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
@@ -58,6 +65,7 @@ class Endpoint:
     retries: int = 5
     timeout: float = 120.0
     key_env: str = "OPENAI_API_KEY"
+    body: tuple[tuple[str, Any], ...] = ()  # extra JSON fields of every request (``body.NAME=VALUE``)
 
 
 def parse_endpoint(spec: str) -> Endpoint:
@@ -71,10 +79,18 @@ def parse_endpoint(spec: str) -> Endpoint:
             f"model {spec!r}: expected openai://HOST:PORT/v1/MODEL (e.g. openai://127.0.0.1:8000/v1/my-model)"
         )
     opts: dict[str, Any] = {}
+    body: list[tuple[str, Any]] = []
     for key, values in parse_qs(query, keep_blank_values=True).items():
+        if key.startswith(BODY_PREFIX) and len(key) > len(BODY_PREFIX):
+            try:
+                body.append((key[len(BODY_PREFIX) :], json.loads(values[-1])))
+            except json.JSONDecodeError:
+                body.append((key[len(BODY_PREFIX) :], values[-1]))
+            continue
         if key not in QUERY_KEYS:
             raise CGapsError(
-                f"model {spec!r}: unknown option {key!r}.{did_you_mean(key, QUERY_KEYS)} Options: {', '.join(QUERY_KEYS)}"
+                f"model {spec!r}: unknown option {key!r}.{did_you_mean(key, QUERY_KEYS)} Options: "
+                f"{', '.join(QUERY_KEYS)}, or {BODY_PREFIX}NAME=VALUE for an extra request field"
             )
         value = values[-1]
         try:
@@ -86,7 +102,7 @@ def parse_endpoint(spec: str) -> Endpoint:
                 opts[key] = value
         except ValueError:
             raise CGapsError(f"model {spec!r}: option {key}={value!r} is not a number") from None
-    ep = Endpoint(base_url=base + "/v1", model=model, **opts)
+    ep = Endpoint(base_url=base + "/v1", model=model, body=tuple(body), **opts)
     if ep.concurrency < 1 or ep.retries < 0 or ep.timeout <= 0 or (ep.rate is not None and ep.rate <= 0):
         raise CGapsError(
             f"model {spec!r}: concurrency >= 1, retries >= 0, timeout > 0 and rate > 0 are needed"
@@ -136,7 +152,7 @@ class OpenAIGenerator:
             "base_url": self.endpoint.base_url,
             "model": self.endpoint.model,
             "api_key_from": f"${self.endpoint.key_env}" if key else None,
-            "decoding": {"temperature": 0.0, "top_p": 1.0, "seed": seed},
+            "decoding": {"temperature": 0.0, "top_p": 1.0, "seed": seed, **dict(self.endpoint.body)},
         }
         self.requests = 0  # sent, retries included (for throughput figures)
 
@@ -181,7 +197,14 @@ class OpenAIGenerator:
             route, payload, path = "/completions", {"prompt": context}, ("text",)
         else:
             route, payload, path = "/chat/completions", {"messages": list(context)}, ("message", "content")
-        data = self._post(route, {"model": self.endpoint.model, **payload, **greedy, "stream": False})
+        body = {
+            "model": self.endpoint.model,
+            **payload,
+            **greedy,
+            **dict(self.endpoint.body),
+            "stream": False,
+        }
+        data = self._post(route, body)
         try:
             content: Any = data["choices"][0]
             for key in path:
