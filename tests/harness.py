@@ -165,6 +165,46 @@ def read_samples(out_dir: str | Path, task: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["doc_id"])
 
 
+def synthetic_socialiqa_docs(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` SocialIQA-format items written here (for machines without ../shared/benchmarks):
+    everyday situations with three answers of different lengths, the label drawn at random."""
+    import random
+
+    rng = random.Random(seed)
+    names = ["Alex", "Jordan", "Sam", "Riley", "Casey", "Taylor", "Morgan", "Jamie"]
+    acts = [
+        ("baked a cake for the party", "share it with the guests", "throw it in the river", "sleep"),
+        ("lost their keys at the park", "look for them", "buy a boat", "sing loudly to the trees"),
+        ("helped a neighbour carry boxes", "feel useful", "become a pilot", "eat the boxes"),
+        ("forgot a friend's birthday", "apologise to the friend", "move to the moon", "laugh"),
+        ("studied all night for the exam", "feel tired", "win a medal in swimming", "paint the house red"),
+        ("found a wallet on the bus", "return it to its owner", "keep every coin forever", "jump"),
+        ("won the chess tournament", "celebrate with friends", "quit chess and cry", "walk a giraffe"),
+        ("spilled coffee on the report", "print it again", "hide under the desk all week", "fly"),
+    ]
+    questions = [
+        "What will {n} want to do next?",
+        "How would {n} feel afterwards?",
+        "What does {n} need to do?",
+    ]
+    docs = []
+    for i in range(n):
+        name = names[i % len(names)]
+        act, *answers = acts[(i // len(names) + i) % len(acts)]
+        rng.shuffle(answers)
+        docs.append(
+            {
+                "context": f"{name} {act}.",
+                "question": rng.choice(questions).format(n=name),
+                "answerA": answers[0],
+                "answerB": answers[1],
+                "answerC": answers[2],
+                "label": rng.randrange(3),
+            }
+        )
+    return docs
+
+
 def socialiqa_docs(benchmarks_dir: str | Path, n: int) -> list[dict[str, Any]]:
     """The first ``n`` SocialIQA dev items (``context``, ``question``, ``answerA``..``answerC``,
     ``label`` as a 0-based index), read from ``benchmarks_dir/socialiqa``."""
