@@ -212,7 +212,9 @@ def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict[str, float]:
         stale = stale_reason(run_dir, "extract", items)
         if stale:
             info(f"extracting again: {stale}")
+    extracted_here = False
     if not (run_dir / rundir.SALIENCY).exists() or stale:
+        extracted_here = True
         if backend is None or cfg.reader_model != cfg.model:
             info(f"loading reader model {cfg.reader_model}")
             backend = load_backend(cfg.reader_model, cfg.device, cfg.dtype)
@@ -226,8 +228,9 @@ def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict[str, float]:
     t = time.perf_counter()
     from cgaps.labels.stage import label_run
 
-    # the reader in memory (extraction's, or the evaluated model when it is the reader) is reused
-    reader = backend if backend is not None and backend.name == cfg.reader_model else None
+    # the reader in memory (extraction's, or the evaluated model when it is the reader) is reused;
+    # compared by the argument the config names ("embedded" loads a model named by its hub id)
+    reader = backend if backend is not None and (cfg.reader_model == cfg.model or extracted_here) else None
     label_run(run_dir, backend=reader)
     times["label"] = time.perf_counter() - t
 
