@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class CGapsError(Exception):
@@ -26,4 +27,15 @@ def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> CGapsError:
     choices = sorted(choices)
     return CGapsError(
         f"unknown {kind} {name!r}.{did_you_mean(name, choices)} Valid choices: {', '.join(choices)}"
+    )
+
+
+def settings_diff(
+    old: dict[str, Any], new: dict[str, Any], old_name: str = "there", new_name: str = "now"
+) -> str:
+    """The keys where two settings dicts differ, for an error line: ``k 'a' there, 'b' now, ...``."""
+    return ", ".join(
+        f"{k} {old.get(k)!r} {old_name}, {new.get(k)!r} {new_name}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
     )

@@ -48,7 +48,7 @@ from cgaps import rundir
 from cgaps.answers import CHOICE_TYPES, LETTERS, LOGLIK_ALWAYS, too_many_options
 from cgaps.config import RunConfig
 from cgaps.console import info, progress_bar
-from cgaps.errors import CGapsError
+from cgaps.errors import CGapsError, settings_diff
 from cgaps.seams import Generator, Messages
 
 if TYPE_CHECKING:
@@ -188,11 +188,7 @@ def _check_settings(partial: Path, signature: dict[str, Any]) -> None:
     if not isinstance(old, dict):
         raise CGapsError(f"{path}: expected a JSON object of settings, got {type(old).__name__}; {fix}")
     if old != signature:
-        diff = ", ".join(
-            f"{k} {old.get(k)!r} there, {signature.get(k)!r} now"
-            for k in sorted(set(old) | set(signature))
-            if old.get(k) != signature.get(k)
-        )
+        diff = settings_diff(old, signature)
         raise CGapsError(
             f"{partial}: responses from other settings ({diff}); {fix}, or rerun with the settings there"
         )

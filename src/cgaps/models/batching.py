@@ -22,6 +22,15 @@ if TYPE_CHECKING:
     import torch
 
 
+def token_budgets(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
+    """One new-token budget per conversation from a :class:`~cgaps.seams.Generator`'s
+    ``max_new_tokens`` (one budget for all, or one each); a count that does not match is an error."""
+    budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]
+    if len(budgets) != n:
+        raise ValueError(f"{len(budgets)} token budgets for {n} conversations")
+    return budgets
+
+
 def length_batches(
     lengths: Sequence[int], batch_size: int, *, longest_first: bool = False
 ) -> list[list[int]]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cgaps.errors import CGapsError
-from cgaps.models.batching import greedy_generate, length_batches, pad_batch
+from cgaps.models.batching import greedy_generate, length_batches, pad_batch, token_budgets
 from cgaps.models.chat import format_chat
 from cgaps.models.loading import describe_load, pick_device, pick_dtype, resolve_model
 from cgaps.seams import Messages, Progress
@@ -196,13 +196,7 @@ class HFBackend:
         first n tokens the same either way).
         """
         texts = [self.prompt_text(c) for c in conversations]
-        budgets = (
-            [max_new_tokens] * len(texts)
-            if isinstance(max_new_tokens, int)
-            else [int(b) for b in max_new_tokens]
-        )
-        if len(budgets) != len(texts):
-            raise ValueError(f"{len(budgets)} token budgets for {len(texts)} conversations")
+        budgets = token_budgets(max_new_tokens, len(texts))
         out: list[str] = [""] * len(texts)
         tok = self.tokenizer
         for idx in length_batches([len(t) for t in texts], batch_size):

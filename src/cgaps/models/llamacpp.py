@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cgaps.errors import CGapsError
+from cgaps.models.batching import token_budgets
 from cgaps.models.chat import format_chat
 from cgaps.seams import Messages, Progress
 
@@ -108,13 +109,7 @@ class LlamaCppBackend:
         progress: Progress | None = None,
     ) -> list[str]:
         """One greedy response per conversation (``batch_size`` is ignored: one at a time)."""
-        budgets = (
-            [max_new_tokens] * len(conversations)
-            if isinstance(max_new_tokens, int)
-            else [int(b) for b in max_new_tokens]
-        )
-        if len(budgets) != len(conversations):
-            raise ValueError(f"{len(budgets)} token budgets for {len(conversations)} conversations")
+        budgets = token_budgets(max_new_tokens, len(conversations))
         tok = self.tokenizer
         out = []
         for conv, budget in zip(conversations, budgets, strict=True):

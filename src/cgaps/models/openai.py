@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cgaps.errors import CGapsError, did_you_mean
+from cgaps.models.batching import token_budgets
 from cgaps.seams import Messages, Progress
 
 SCHEME = "openai://"
@@ -223,9 +224,7 @@ class OpenAIGenerator:
         progress: Progress | None = None,
     ) -> list[str]:
         """One greedy response per conversation, ``concurrency`` requests at a time, in order."""
-        budgets = (
-            [max_new_tokens] * len(conversations) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        )
+        budgets = token_budgets(max_new_tokens, len(conversations))
 
         def task(i: int) -> str:
             out = self._one(conversations[i], budgets[i])

@@ -36,7 +36,7 @@ from cgaps import rundir
 
 # defined with the other user-facing configs, so that the CLI reads its fields without pandas
 from cgaps.config import ReportOptions
-from cgaps.errors import CGapsError
+from cgaps.errors import CGapsError, settings_diff
 from cgaps.report import figures
 from cgaps.report.checks import checks_section
 from cgaps.runtables import RunTables, load_run
@@ -375,11 +375,7 @@ def table_knobs(run_dir: Path) -> dict[str, Any]:
     overlap = run_dir / rundir.OVERLAP
     other = rundir.read_table_knobs(overlap) if overlap.exists() else None
     if knobs and other is not None and other != knobs:
-        diff = ", ".join(
-            f"{k} {other.get(k)!r} there, {knobs.get(k)!r} in concepts"
-            for k in sorted(set(knobs) | set(other))
-            if other.get(k) != knobs.get(k)
-        )
+        diff = settings_diff(other, knobs, new_name="in concepts")
         raise CGapsError(
             f"{overlap}: computed with other scoring knobs than {rundir.CONCEPTS} ({diff}); "
             "`cgaps score` was interrupted: run it again"
