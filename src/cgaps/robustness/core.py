@@ -219,15 +219,18 @@ def robustness_run(
     opts = options if options is not None else RobustnessOptions()
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    run = load_run(run_dir)
+    run = load_run(run_dir, results=against is not None)  # the swap reads this run's concepts too
     cfg = run.config(config)
     scale, _ = concept_scale(run, cfg)
     m = build_matrix(run.items, run.saliency, run.n_concepts, presence=cfg.presence, scale=scale)
     swap = None  # the third check needs a second run (another SAE on the same items)
     if against is not None:  # first: a run that does not match fails before minutes of subsampling
-        from cgaps.robustness.swap import sae_swap_runs
+        from cgaps.robustness.swap import run_decoders, sae_swap
 
-        swap = sae_swap_runs(run_dir, against, min_support=cfg.min_support, seed=cfg.seed)
+        other = load_run(against, results=True)
+        swap = sae_swap(
+            run, other, min_support=cfg.min_support, seed=cfg.seed, decoders=run_decoders(run, other)
+        )
     result = {"subsampling": subsampling(m, cfg, opts), "ablation": ablation(m, cfg, opts), "sae_swap": swap}
     rundir.write_json(result, run_dir / rundir.ROBUSTNESS)
     rundir.update_run_json(run_dir, timings={"robustness_s": round(time.perf_counter() - t0, 3)})
