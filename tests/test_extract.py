@@ -145,6 +145,18 @@ def test_top_k_and_contexts(tmp_path, tiny_backend):
         top = full[full["concept"] == concept]["value"].max()
         assert grp.loc[grp["rank"] == 0, "value"].iloc[0] == pytest.approx(top)
         assert (grp["token"].str.len() > 0).all()
+    # the text around the firing token is a window of the reader's tokens (12 each side)
+    from cgaps.labels.contexts import WINDOW_TOKENS
+
+    for r in ctx.itertuples():
+        item = ITEMS[ITEMS["item_id"] == r.item_id].iloc[0].to_dict()
+        text = format_chat(tiny_backend.tokenizer, conversation(item), item["response"]).text
+        enc = tiny_backend.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        starts = [a for a, _ in enc["offset_mapping"]]
+        at = text.index(r.left + r.token + r.right)
+        i = starts.index(at + len(r.left))
+        assert at == starts[max(i - WINDOW_TOKENS, 0)]
+        assert len(r.left) > 0 or i == 0
     labels = pd.read_parquet(tmp_path / "full" / rundir.LABELS)
     assert len(labels) == spec.width and set(labels["source"]) <= {"top_contexts", ""}
 

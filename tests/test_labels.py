@@ -43,6 +43,61 @@ def test_top_context_labels_is_a_label_source(tmp_path):
     assert not labels_are_provisional(tmp_path)
 
 
+def _window_reference(offsets, start, end, n):
+    """Plain reference for token_window: index the tokens one by one."""
+    first = [i for i, (a, b) in enumerate(offsets) if a <= start < max(b, a + 1)][0]
+    last = [i for i, (a, b) in enumerate(offsets) if a < end <= b][-1]
+    lo = offsets[max(first - n, 0)][0]
+    hi = offsets[min(last + n, len(offsets) - 1)][1]
+    return min(lo, start), max(hi, end)
+
+
+def test_token_window_matches_a_plain_reference():
+    from cgaps.labels.contexts import token_window
+
+    rng = __import__("random").Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 6) for _ in range(rng.randint(1, 40))]
+        offsets, pos = [], 0
+        for n_chars in lengths:
+            offsets.append((pos, pos + n_chars))
+            pos += n_chars
+        i = rng.randrange(len(offsets))
+        j = min(i + rng.randint(0, 2), len(offsets) - 1)  # a span over up to three tokens
+        n = rng.randint(0, 15)
+        a, b = offsets[i][0], offsets[j][1]
+        assert token_window(offsets, a, b, n) == _window_reference(offsets, a, b, n)
+    # twelve tokens each side, clipped at the text's ends
+    offsets = [(k * 2, k * 2 + 2) for k in range(30)]
+    assert token_window(offsets, 40, 42, 12) == (16, 60)
+    assert token_window(offsets, 2, 4, 12) == (0, 28)
+
+
+def test_top_contexts_keeps_a_window_of_tokens():
+    from cgaps.labels.contexts import WINDOW_TOKENS, top_contexts
+
+    words = [f"w{k:02d} " for k in range(40)]
+    text = "".join(words)
+    offsets = [(k * 4, k * 4 + 4) for k in range(40)]
+    shards = pd.DataFrame(
+        {
+            "item_id": ["a", "a"],
+            "concept": [0, 1],
+            "value": [2.0, 1.0],
+            "peak_start": [80, 4],
+            "peak_end": [84, 8],
+        }
+    )
+    ctx = top_contexts(shards, {"a": text}, offsets={"a": offsets}).set_index("concept")
+    assert ctx.loc[0, "token"] == "w20 "
+    assert ctx.loc[0, "left"] == "".join(words[20 - WINDOW_TOKENS : 20])
+    assert ctx.loc[0, "right"] == "".join(words[21 : 21 + WINDOW_TOKENS])
+    assert ctx.loc[1, "left"] == "w00 " and ctx.loc[1, "right"] == "".join(words[2 : 2 + WINDOW_TOKENS])
+    # without token spans: characters
+    chars = top_contexts(shards, {"a": text}).set_index("concept")
+    assert chars.loc[0, "left"] == text[0:80] and chars.loc[0, "right"] == text[84:164]
+
+
 # ---------------------------------------------------------------- evidence (issue 10)
 
 import gzip  # noqa: E402

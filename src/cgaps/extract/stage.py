@@ -41,9 +41,10 @@ import re
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -63,6 +64,10 @@ from cgaps.models import (
     tokenize_content,
 )
 from cgaps.seams import ResidualReader, SAEEncoder
+
+if TYPE_CHECKING:
+    from cgaps.scaleout.extract import ExtractionPool
+    from cgaps.scaleout.options import RayOptions
 
 SHARD_ITEMS = 128
 MANIFEST = "manifest.json"
@@ -240,6 +245,15 @@ def extract_chunk(
     return pd.DataFrame({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
 
+def _extract_one(
+    reader: ResidualReader, sae: SAEEncoder, layer: int, chunk: list[Encoded], cfg: RunConfig
+) -> tuple[pd.DataFrame, Counter, dict[str, Counter]]:
+    """One chunk's rows, token counts and per-item token counts (one shard's contents)."""
+    stats: Counter = Counter()
+    item_stats: dict[str, Counter] = {}
+    return extract_chunk(reader, sae, layer, chunk, cfg, stats, item_stats), stats, item_stats
+
+
 def empty_shard() -> pd.DataFrame:
     """A shard table with no rows: the saliency columns plus the peak token's character span."""
     return pd.DataFrame(
@@ -317,43 +331,22 @@ def _reusable_shards(shard_dir: Path, digests: dict[str, str]) -> tuple[dict[Pat
     return kept, stats
 
 
-def extract_run(
-    run_dir: str | Path,
-    cfg: RunConfig,
-    backend: ResidualReader | None = None,
-    sae_spec: SAEEncoder | None = None,
-) -> pd.DataFrame:
-    """Write saliency.parquet (+ contexts, provisional labels) for a run; resumes from shards.
-
-    ``backend`` and ``sae_spec`` default to ``cfg.reader_model`` and ``cfg.sae``, loaded here.
-    Holds the run directory's writer lock (:func:`cgaps.rundir.writing`).
-    """
-    with rundir.writing(run_dir):
-        return _extract_run(Path(run_dir), cfg, backend, sae_spec)
-
-
-def _extract_run(
-    run_dir: Path, cfg: RunConfig, backend: ResidualReader | None, sae_spec: SAEEncoder | None
-) -> pd.DataFrame:
-
+def load_reader(
+    cfg: RunConfig, backend: ResidualReader | None = None, sae_spec: SAEEncoder | None = None
+) -> tuple[ResidualReader, SAEEncoder]:
+    """The reader model and the SAE of ``cfg`` (each loaded unless given), the layer checked; the
+    SAE beside the model, in its dtype, so codes and pooling never leave the device. Also what each
+    Ray worker loads (:mod:`cgaps.scaleout`)."""
     from cgaps.models import load_backend
-    from cgaps.models.loading import loaded_record
     from cgaps.sae import load_sae
 
-    t0 = time.perf_counter()
-    items = rundir.read_items(run_dir)
-    if cfg.span != "prompt" and "response" not in items.columns:
-        raise CGapsError(
-            f"{run_dir / rundir.ITEMS}: no 'response' column but span={cfg.span!r}; "
-            "run `cgaps evaluate` first or pass --span prompt"
-        )
     if backend is None:
         info(f"loading reader model {cfg.reader_model}")
         backend = load_backend(cfg.reader_model, cfg.device, cfg.dtype)
     loaded: SAEEncoder = (
         sae_spec
         if sae_spec is not None
-        else load_sae(  # beside the model, in its dtype: codes and pooling never leave the device
+        else load_sae(
             cfg.sae,
             hidden_size=backend.hidden_size,
             n_layers=backend.n_layers,
@@ -362,8 +355,54 @@ def _extract_run(
             dtype=str(backend.dtype).removeprefix("torch."),
         )
     )
+    backend.check_layer(loaded.layer)
+    return backend, loaded
+
+
+def extract_run(
+    run_dir: str | Path,
+    cfg: RunConfig,
+    backend: ResidualReader | None = None,
+    sae_spec: SAEEncoder | None = None,
+    *,
+    ray: RayOptions | None = None,
+) -> pd.DataFrame:
+    """Write saliency.parquet (+ contexts, provisional labels) for a run; resumes from shards.
+
+    ``backend`` and ``sae_spec`` default to ``cfg.reader_model`` and ``cfg.sae``, loaded here;
+    with ``ray``, the chunks are extracted by Ray workers that each load them
+    (:mod:`cgaps.scaleout`) and the same shards are written here.
+    Holds the run directory's writer lock (:func:`cgaps.rundir.writing`).
+    """
+    with rundir.writing(run_dir), ExitStack() as stack:
+        pool = None
+        if ray is not None:
+            from cgaps.scaleout.extract import extraction_pool
+
+            pool = stack.enter_context(extraction_pool(cfg, ray))
+        return _extract_run(Path(run_dir), cfg, backend, sae_spec, pool)
+
+
+def _extract_run(
+    run_dir: Path,
+    cfg: RunConfig,
+    backend: ResidualReader | None,
+    sae_spec: SAEEncoder | None,
+    pool: ExtractionPool | None = None,
+) -> pd.DataFrame:
+
+    from cgaps.models.loading import loaded_record
+
+    t0 = time.perf_counter()
+    items = rundir.read_items(run_dir)
+    if cfg.span != "prompt" and "response" not in items.columns:
+        raise CGapsError(
+            f"{run_dir / rundir.ITEMS}: no 'response' column but span={cfg.span!r}; "
+            "run `cgaps evaluate` first or pass --span prompt"
+        )
+    # on Ray the workers hold the model; the driver sees its tokenizer and description
+    backend, loaded = (pool.reader, pool.sae) if pool is not None else load_reader(cfg, backend, sae_spec)
     layer, width = loaded.layer, loaded.width
-    backend.check_layer(layer)
 
     shard_dir = run_dir / rundir.SALIENCY_SHARDS
     signature = _signature(cfg, loaded, layer, backend.name, str(backend.dtype).removeprefix("torch."))
@@ -400,11 +439,16 @@ def _extract_run(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgaps-shards") as writer,
     ):
         pending: Future[None] | None = None
-        for n, start in enumerate(range(0, len(todo), SHARD_ITEMS)):
-            chunk = todo[start : start + SHARD_ITEMS]
-            chunk_stats: Counter = Counter()
-            item_stats: dict[str, Counter] = {}
-            df = extract_chunk(backend, loaded, layer, chunk, cfg, chunk_stats, item_stats)
+        chunks = [todo[start : start + SHARD_ITEMS] for start in range(0, len(todo), SHARD_ITEMS)]
+        # one chunk after the other here; on Ray the same chunks, as the workers complete them
+        # (each keeps its planned shard number, so the shards are the same either way)
+        done = (
+            pool.extract(chunks, layer)
+            if pool is not None
+            else ((n, *_extract_one(backend, loaded, layer, c, cfg)) for n, c in enumerate(chunks))
+        )
+        for n, df, chunk_stats, item_stats in done:
+            chunk = chunks[n]
             name = f"shard-{next_index + n:05d}"
             sidecar = {
                 "item_ids": [e.item_id for e in chunk],
@@ -436,7 +480,7 @@ def _extract_run(
     saliency = shards[list(rundir.SALIENCY_COLUMNS)].sort_values(["item_id", "concept"], kind="stable")
     rundir.write_table(saliency.reset_index(drop=True), run_dir / rundir.SALIENCY)
     texts = {e.item_id: e.text for e in encoded}
-    contexts = top_contexts(shards, texts)
+    contexts = top_contexts(shards, texts, offsets={e.item_id: e.offsets for e in encoded})
     rundir.write_table(contexts, run_dir / rundir.CONTEXTS)
     if not (run_dir / rundir.LABELS).exists() or labels_are_provisional(run_dir):
         rundir.write_table(provisional_labels(contexts, width), run_dir / rundir.LABELS)
@@ -470,7 +514,9 @@ def _extract_run(
             "concepts_firing": int(saliency["concept"].nunique()),
             **{k: int(v) for k, v in stats.items()},
         },
-        timings={"extract_s": round(time.perf_counter() - t0, 2)},
+        # where it ran is recorded beside the time, never with the inputs: it changes no value
+        timings={"extract_s": round(time.perf_counter() - t0, 2)}
+        | ({"extract_ray_workers": pool.workers} if pool is not None else {}),
     )
     if empty:
         info(
