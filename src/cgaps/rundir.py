@@ -41,6 +41,8 @@ CONTEXTS = "contexts.parquet"  # top activating contexts per concept (written by
 RESPONSES_PARTIAL = "responses.partial.jsonl"
 RESPONSES_SETTINGS = Path(RESPONSES_PARTIAL).with_suffix(".json").name  # the settings signature beside it
 OPTION_LOGLIKS = "option_logliks.parquet"  # every option's log-likelihood (docs/benchmarks.md)
+THEMES = "themes.parquet"  # concept themes (written by `cgaps label`, cgaps.labels.themes)
+LABELS_LLM_CACHE = "labels_llm_cache.jsonl"  # auto-interp answers, resumable (cgaps.labels.autointerp)
 
 # Everything the stages write into a run directory, working files included: `cgaps run --force`
 # deletes exactly these to start over (a file missing here would survive into the new run).
@@ -54,6 +56,8 @@ RUN_FILES = (
     SALIENCY_SHARDS,  # a folder
     CONTEXTS,
     LABELS,
+    THEMES,
+    LABELS_LLM_CACHE,
     CONCEPTS,
     OVERLAP,
     ROBUSTNESS,

@@ -45,7 +45,7 @@ from cgaps.labels.options import LabelOptions
 from cgaps.runtables import RunTables
 from cgaps.scoring.core import SuiteMatrix
 
-CACHE = "labels_llm_cache.jsonl"
+CACHE = rundir.LABELS_LLM_CACHE
 SNIPPET = 160  # characters of an absent item's prompt shown
 N_ABSENT_EXPLAIN = 3
 EXPLAIN_SYSTEM = (

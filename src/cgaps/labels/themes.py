@@ -50,7 +50,7 @@ from cgaps.config import RunConfig
 from cgaps.labels import evidence
 from cgaps.scoring.core import SuiteMatrix, chi_tables, concept_table
 
-THEMES = "themes.parquet"  # the table's file name in a run directory
+THEMES = rundir.THEMES  # the table's file name in a run directory
 MAX_THEME_CONCEPTS = 4000
 LINKAGE = "average"
 THEME_COLUMNS = (

@@ -45,7 +45,7 @@ import pandas as pd
 from cgaps import rundir
 from cgaps.errors import CGapsError
 
-THEMES = "themes.parquet"  # written by `cgaps label` (cgaps.labels.stage.THEMES); optional
+THEMES = rundir.THEMES  # written by `cgaps label` (cgaps.labels.themes); optional
 
 # Sortable columns of the concept list: request name -> SQL expression (the allow-list).
 SORTS = {
