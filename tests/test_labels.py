@@ -230,6 +230,34 @@ def test_enrichment_matches_reference():
     assert got.iloc[7]["enrich_p"] < 1e-6
 
 
+def test_group_shares_match_reference():
+    rng = np.random.default_rng(5)
+    n_items, f = 60, 7
+    dense = rng.random((n_items, f)) * (rng.random((n_items, f)) < 0.4)
+    dense[:, 6] = 0.0  # never present: no groups
+    labels = pd.Series([f"b:g{k % 5}" if k % 11 else None for k in range(n_items)])
+    got = evidence.group_shares(sp.csr_matrix(dense), labels, cover=0.8, top=3)
+    for j in range(f):
+        total = dense[:, j].sum()
+        mass = {}
+        for i in range(n_items):
+            if labels[i] is not None:
+                mass[labels[i]] = mass.get(labels[i], 0.0) + dense[i, j]
+        want, held = [], 0.0
+        for g in sorted(mass, key=lambda g: -mass[g])[:3]:
+            if total == 0 or mass[g] == 0:
+                break
+            want.append(g)
+            held += mass[g] / total
+            if held >= 0.8:
+                break
+        assert [r[0] for r in got[j]] == want
+        for name, share, items in got[j]:
+            assert share == pytest.approx(mass[name] / total, rel=1e-12)
+            assert items == pytest.approx(sum(x == name for x in labels) / n_items)
+    assert got[6] == []
+
+
 def test_logit_lens_matches_dense_topk():
     import torch
 

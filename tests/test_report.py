@@ -547,6 +547,29 @@ def test_figures_match_golden_svg(name):
     )
 
 
+def test_theme_phrase_names_the_groups_a_spread_theme_falls_on():
+    from cgaps.report.build import theme_phrase
+
+    pure = theme_phrase(["days"], "probes:weekday", 0.68, 0.08, [["probes:weekday", 0.68, 0.08]])
+    assert pure == "probes:weekday items (68% of its weight, 8% of all items) · “days”"
+    spread = [
+        ["probes:date_add", 0.35, 0.08],
+        ["probes:add_no_carry", 0.31, 0.08],
+        ["probes:add_carry", 0.29, 0.08],
+    ]
+    assert theme_phrase([], "probes:date_add", 0.35, 0.08, spread) == (
+        "probes:date_add, add_no_carry and add_carry items (35%, 31%, 29% of its weight)"
+    )
+    mixed = [["gsm8k:x", 0.4, 0.1], ["mmlu:y", 0.3, 0.1]]
+    assert theme_phrase(["+"], "gsm8k:x", 0.4, 0.1, mixed).startswith("gsm8k:x and mmlu:y items (40%, 30%")
+    thin = [["probes:a", 0.15, 0.08], ["probes:b", 0.14, 0.08], ["probes:c", 0.13, 0.08]]
+    assert theme_phrase(["only"], "probes:a", 0.15, 0.08, thin) == (
+        "items spread over many groups (largest probes:a, 15% of its weight) · “only”"
+    )
+    # a themes table from before the spread column: the enriched group alone
+    assert theme_phrase([], "probes:a", 0.15, 0.08) == "probes:a items (15% of its weight, 8% of all items)"
+
+
 def test_findings_and_themes_from_the_labels_stage(tmp_path):
     """The labels stage on a synthetic run (no SAE: enrichment and co-activation themes), then the
     report: generated findings first, each theme link pointing at its row, hostile text escaped."""
@@ -569,6 +592,12 @@ def test_findings_and_themes_from_the_labels_stage(tmp_path):
     all_rows = themes[themes["scope"] == rundir.ALL_SCOPE]
     assert int((all_rows["gap"] == "weak").sum()) >= 1
     n_gap_themes = int((all_rows["gap"] == "weak").sum())
+    # the spread starts with the enriched group, its shares fall and sum to at most 1
+    for r in themes[themes["enrich_group"] != ""].itertuples():
+        spread = json.loads(r.spread)
+        assert spread[0][0] == r.enrich_group and spread[0][1] == pytest.approx(r.enrich_mass)
+        shares = [s[1] for s in spread]
+        assert shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-9
     assert f"{n_gap_themes} gap theme" in findings
     assert "<x>" not in text and text.count("<script") == 1
     # themes made under other scoring knobs are left out, saying why

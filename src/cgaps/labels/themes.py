@@ -60,6 +60,7 @@ THEME_COLUMNS = (
     "n_members",
     "members",  # JSON list of concept ids, strongest gap/strength first
     "tokens",  # JSON list of the members' distinctive tokens
+    "spread",  # JSON list of [group, mass share, item share]: the enriched facet's largest groups
     *evidence.ENRICH_COLUMNS,
     *(c for c in rundir.CONCEPT_COLUMNS if c not in ("concept", "scope")),
 )
@@ -165,7 +166,14 @@ def build_themes(
     if not members:
         return pd.DataFrame(columns=list(THEME_COLUMNS))
     table = concept_table(tm, cfg, chi_tables(tm)).rename(columns={"concept": "theme"})
-    enrich = evidence.enrichment(member_mass(shat, members), groups)
+    mass = member_mass(shat, members)
+    enrich = evidence.enrichment(mass, groups)
+    spread: dict[int, str] = {}
+    for facet, cols in enrich.groupby("enrich_facet").groups.items():
+        if facet in groups:
+            idx = np.asarray(cols, dtype=np.int64)
+            for t, rows in zip(idx, evidence.group_shares(mass[:, idx], groups[facet]), strict=True):
+                spread[int(t)] = json.dumps(rows, ensure_ascii=False)
     theme_tokens = _theme_tokens(tokens, members)
     rows_all = table[table["scope"] == rundir.ALL_SCOPE].reset_index(drop=True)
     call_rank = rows_all["gap"].map({"weak": 0, "strong": 1}).fillna(2)
@@ -189,6 +197,7 @@ def build_themes(
     table["n_members"] = table["theme"].map(lambda t: len(members[t])).astype(np.int32)
     table["members"] = table["theme"].map(lambda t: json.dumps([int(c) for c in members[t]]))
     table["tokens"] = table["theme"].map(lambda t: json.dumps(theme_tokens[t], ensure_ascii=False))
+    table["spread"] = table["theme"].map(lambda t: spread.get(int(t), "[]"))
     table["theme"] = new_id[table["theme"].to_numpy()]
     scope_order = {s: i for i, s in enumerate([*m.benchmarks, rundir.ALL_SCOPE])}
     table = table.sort_values(

@@ -395,6 +395,8 @@ def read_themes(run_dir: Path, knobs: dict[str, Any]) -> tuple[pd.DataFrame | No
     if not path.exists():
         return None, None
     df = rundir.read_table(path, "rerun `cgaps label RUN_DIR`")
+    if "spread" not in df.columns:  # written before the column existed: the enriched group alone
+        df = df.assign(spread="[]")
     missing = [c for c in THEME_COLUMNS if c not in df.columns]
     if missing:
         raise CGapsError(f"{path}: missing column(s) {', '.join(missing)}; rerun `cgaps label RUN_DIR`")
@@ -410,12 +412,36 @@ def read_themes(run_dir: Path, knobs: dict[str, Any]) -> tuple[pd.DataFrame | No
     return df, None
 
 
-def theme_phrase(tokens: list[str], group: Any, mass: Any, share: Any) -> str:
+SPREAD_BELOW = 0.5  # a theme whose largest group holds less than this is named by its largest groups
+
+
+def theme_phrase(
+    tokens: list[str], group: Any, mass: Any, share: Any, spread: list[Any] | None = None
+) -> str:
     """A theme in words: where its weight falls and its tokens, e.g.
-    'probes:weekday items (30% of its weight, 8% of all items) · “days”, “Today”, “Sunday”'."""
+    'probes:weekday items (68% of its weight, 8% of all items) · “days”, “Today”, “Sunday”'. When
+    its largest group holds less than :data:`SPREAD_BELOW` of its weight, the largest groups of
+    ``spread`` (``[[group, mass share, item share], ...]``) are named instead, e.g.
+    'probes:date_add, add_no_carry and add_carry items (35%, 31%, 29% of its weight)',
+    or, when even those hold less than half of it, 'spread over many groups (largest probes:date_add, 15%)'."""
     parts = []
     m, b = _num(mass), _num(share)
-    if isinstance(group, str) and group and math.isfinite(m):
+    rows = [r for r in (spread or []) if isinstance(r, list) and len(r) >= 2 and isinstance(r[0], str)]
+    if isinstance(group, str) and group and math.isfinite(m) and m < SPREAD_BELOW and len(rows) > 1:
+        held = sum(_num(r[1]) for r in rows)
+        if held >= SPREAD_BELOW:
+            names = [str(r[0]) for r in rows]
+            prefix = names[0].split(":", 1)[0] + ":" if ":" in names[0] else ""
+            if prefix and all(n.startswith(prefix) for n in names):  # one benchmark's categories
+                names = [n.removeprefix(prefix) for n in names]
+            else:
+                prefix = ""
+            joined = prefix + ", ".join(names[:-1]) + " and " + names[-1]
+            shares = ", ".join(f"{100 * _num(r[1]):.0f}%" for r in rows)
+            parts.append(f"{joined} items ({shares} of its weight)")
+        else:
+            parts.append(f"items spread over many groups (largest {group}, {100 * m:.0f}% of its weight)")
+    elif isinstance(group, str) and group and math.isfinite(m):
         parts.append(f"{group} items ({100 * m:.0f}% of its weight, {100 * b:.0f}% of all items)")
     if tokens:
         parts.append(("text with " if not parts else "") + ", ".join(f"“{t}”" for t in tokens[:4]))
@@ -432,7 +458,9 @@ def _theme_rows(themes: pd.DataFrame, describe: _Describer, limit: int) -> list[
         rows.append(
             {
                 "theme": int(r.theme),
-                "phrase": theme_phrase(tokens, r.enrich_group, r.enrich_mass, r.enrich_items)
+                "phrase": theme_phrase(
+                    tokens, r.enrich_group, r.enrich_mass, r.enrich_items, _json_list(r.spread)
+                )
                 or f"theme {int(r.theme)}",
                 "gap": r.gap,
                 "n_members": int(r.n_members),
@@ -531,8 +559,17 @@ def _findings(
     # where the gap themes' weight falls, with each group's accuracy (a category's, or a benchmark's)
     if themes is not None:
         gaps_t = themes[(themes["scope"] == rundir.ALL_SCOPE) & (themes["gap"] == "weak")]
-        groups = gaps_t.groupby("enrich_group")["support"].sum().sort_values(ascending=False)
-        groups = groups[[isinstance(g, str) and bool(g) for g in groups.index]].head(4)
+        # each theme's items shared among the groups holding its weight (a theme spread thinly over
+        # every group adds little to each), then the groups holding most
+        weight: dict[str, float] = {}
+        for r in gaps_t.itertuples(index=False):
+            rows = [x for x in _json_list(r.spread) if isinstance(x, list) and len(x) >= 2]
+            if not rows and isinstance(r.enrich_group, str) and r.enrich_group:
+                rows = [[r.enrich_group, _num(r.enrich_mass)]]
+            for g, share, *_ in rows:
+                if isinstance(g, str) and g and math.isfinite(_num(share)):
+                    weight[g] = weight.get(g, 0.0) + _num(r.support) * _num(share)
+        groups = pd.Series(weight, dtype=np.float64).sort_values(ascending=False, kind="stable").head(4)
         accs = _group_accuracy(items)
         if len(groups):
             segs = [_link("The gap themes concentrate on ")]
