@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -600,6 +602,16 @@ def test_findings_and_themes_from_the_labels_stage(tmp_path):
         assert shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-9
     assert f"{n_gap_themes} gap theme" in findings
     assert "<x>" not in text and text.count("<script") == 1
+    # the purity script: the themes' mass-weighted purity never exceeds its bound (the gap concepts')
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "scripts" / "theme_purity.py"), str(run)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    figures = dict(kv.split("=") for kv in out.split())
+    assert int(figures["gap_themes"]) == n_gap_themes
+    assert 0 < float(figures["purity_mass"]) <= float(figures["bound"]) + 1e-9 <= 1 + 1e-9
     # themes made under other scoring knobs are left out, saying why
     concepts = pd.read_parquet(run / rundir.CONCEPTS)
     rundir.write_table(concepts, run / rundir.CONCEPTS, knobs={"fdr": 0.2})
