@@ -15,6 +15,8 @@ starts over.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +28,8 @@ from cgaps.errors import CGapsError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from cgaps.scaleout.options import RayOptions
 
 
 # The RunConfig fields that decide the items: `cgaps items` records exactly these in run.json.
@@ -146,11 +150,24 @@ def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
             )
 
 
-def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, force: bool = False) -> dict[str, float]:
-    """Run every stage that is not complete and current yet; return the wall time per stage (seconds)."""
+def run_pipeline(
+    cfg: RunConfig, run_dir: str | Path, *, force: bool = False, ray: RayOptions | None = None
+) -> dict[str, float]:
+    """Run every stage that is not complete and current yet; return the wall time per stage (seconds).
+
+    With ``ray``, evaluation and extraction run on Ray workers (:mod:`cgaps.scaleout`), on one
+    cluster started (or connected to) when the first of them needs it."""
     run_dir = Path(run_dir)
-    with rundir.writing(run_dir):
-        return _run_stages(cfg, run_dir, force)
+    with rundir.writing(run_dir), ExitStack() as stack:
+
+        def ray_cluster(opts: RayOptions) -> RayOptions:
+            # one cluster for both stages, started when the first needs it (the stages reuse it)
+            from cgaps.scaleout.cluster import cluster
+
+            stack.enter_context(cluster(opts))
+            return opts
+
+        return _run_stages(cfg, run_dir, force, ray, ray_cluster)
 
 
 def stale_reason(run_dir: Path, stage: str, items: pd.DataFrame, meta: dict | None = None) -> str | None:
@@ -172,7 +189,13 @@ def stale_reason(run_dir: Path, stage: str, items: pd.DataFrame, meta: dict | No
     return None if current else reason
 
 
-def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict[str, float]:
+def _run_stages(
+    cfg: RunConfig,
+    run_dir: Path,
+    force: bool,
+    ray: RayOptions | None = None,
+    ray_cluster: Callable[[RayOptions], RayOptions] = lambda opts: opts,
+) -> dict[str, float]:
     from cgaps.evaluate.stage import evaluate_run
     from cgaps.extract.stage import extract_run
     from cgaps.models import load_backend
@@ -201,9 +224,12 @@ def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict[str, float]:
     if stale:
         info(f"evaluating again: {stale}")
     if not scored or stale or (run_dir / rundir.RESPONSES_PARTIAL).exists():
-        info(f"loading model {cfg.model}")
-        backend = load_backend(cfg.model, cfg.device, cfg.dtype)
-        items = evaluate_run(run_dir, cfg, backend)
+        if ray is not None:  # the workers load the model, not this process
+            items = evaluate_run(run_dir, cfg, ray=ray_cluster(ray))
+        else:
+            info(f"loading model {cfg.model}")
+            backend = load_backend(cfg.model, cfg.device, cfg.dtype)
+            items = evaluate_run(run_dir, cfg, backend)
     times["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -215,10 +241,13 @@ def _run_stages(cfg: RunConfig, run_dir: Path, force: bool) -> dict[str, float]:
     extracted_here = False
     if not (run_dir / rundir.SALIENCY).exists() or stale:
         extracted_here = True
-        if backend is None or cfg.reader_model != cfg.model:
-            info(f"loading reader model {cfg.reader_model}")
-            backend = load_backend(cfg.reader_model, cfg.device, cfg.dtype)
-        extract_run(run_dir, cfg, backend)
+        if ray is not None:
+            extract_run(run_dir, cfg, ray=ray_cluster(ray))
+        else:
+            if backend is None or cfg.reader_model != cfg.model:
+                info(f"loading reader model {cfg.reader_model}")
+                backend = load_backend(cfg.reader_model, cfg.device, cfg.dtype)
+            extract_run(run_dir, cfg, backend)
     times["extract"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -7,6 +7,7 @@ from typing import Any
 
 from cgaps.cli._common import RunDirArg, options_from, run_config
 from cgaps.config import RunConfig
+from cgaps.scaleout.options import RayOptions
 
 
 @options_from(
@@ -21,10 +22,12 @@ from cgaps.config import RunConfig
     "dtype",
     over="run.json",
 )
-def evaluate(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
+@options_from(RayOptions, into="ray_opts")
+def evaluate(run_dir: Path = RunDirArg, *, options: dict[str, Any], ray_opts: dict[str, Any]) -> None:
     """Answer every item (greedy generation or option log-likelihoods, docs/benchmarks.md) and grade the answers."""
     from cgaps.console import result
     from cgaps.evaluate.stage import evaluate_run
+    from cgaps.scaleout import ray_options
 
-    items = evaluate_run(run_dir, run_config(run_dir, options))
+    items = evaluate_run(run_dir, run_config(run_dir, options), ray=ray_options(ray_opts))
     result(f"graded {len(items)} items; mean score {items['score'].mean():.3f}")

@@ -7,6 +7,7 @@ from typing import Any
 
 from cgaps.cli._common import RunDirArg, options_from, run_config
 from cgaps.config import RunConfig
+from cgaps.scaleout.options import RayOptions
 
 
 @options_from(
@@ -14,10 +15,12 @@ from cgaps.config import RunConfig
     *("reader", "sae", "layer", "span", "pool", "skip_special", "top_k", "batch_size", "device"),
     over="run.json",
 )
-def extract(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
+@options_from(RayOptions, into="ray_opts")
+def extract(run_dir: Path = RunDirArg, *, options: dict[str, Any], ray_opts: dict[str, Any]) -> None:
     """Encode the residual stream after layer L with the SAE and pool it per item."""
     from cgaps.console import result
     from cgaps.extract.stage import extract_run
+    from cgaps.scaleout import ray_options
 
-    sal = extract_run(run_dir, run_config(run_dir, options))
+    sal = extract_run(run_dir, run_config(run_dir, options), ray=ray_options(ray_opts))
     result(f"wrote {len(sal)} saliency rows for {sal['item_id'].nunique()} items")

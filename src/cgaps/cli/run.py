@@ -9,6 +9,7 @@ import typer
 
 from cgaps.cli._common import field_help, options_from
 from cgaps.config import RunConfig
+from cgaps.scaleout.options import RayOptions
 
 # `cgaps demo`: the embedded model, SAE and probe suite end to end; with --data-dir, a
 # small paper10 run. Short generation budgets keep it to minutes on a laptop CPU.
@@ -33,6 +34,7 @@ def _summary(run_dir: Path, times: dict[str, float]) -> None:
 
 
 @options_from(RunConfig, over="the YAML file")
+@options_from(RayOptions, into="ray_opts")
 def run(
     config: Path = typer.Argument(
         ..., help="YAML config (keys: the fields of cgaps.config.RunConfig).", dir_okay=False
@@ -43,6 +45,7 @@ def run(
     force: bool = typer.Option(False, help="Start over: delete this run's stage outputs first."),
     *,
     options: dict[str, Any],
+    ray_opts: dict[str, Any],
 ) -> None:
     """Run every stage (items, evaluate, extract, score, report), skipping the ones already done.
 
@@ -50,9 +53,10 @@ def run(
     """
     from cgaps.config import load_yaml
     from cgaps.pipeline import run_pipeline
+    from cgaps.scaleout import ray_options
 
     cfg = load_yaml(config).replace(**options)
-    _summary(out, run_pipeline(cfg, out, force=force))
+    _summary(out, run_pipeline(cfg, out, force=force, ray=ray_options(ray_opts)))
 
 
 def demo(

@@ -17,7 +17,9 @@ score in [0, 1], and writes the table back. The commands pick the source:
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -26,6 +28,9 @@ from cgaps.config import RunConfig
 from cgaps.console import info
 from cgaps.errors import CGapsError
 from cgaps.seams import Generator, ScoreSource
+
+if TYPE_CHECKING:
+    from cgaps.scaleout.options import RayOptions
 
 
 def items_to_score(run_dir: str | Path) -> pd.DataFrame:
@@ -81,20 +86,22 @@ def record_scores(
     return items
 
 
-def evaluate_run(run_dir: str | Path, cfg: RunConfig, generator: Generator | None = None) -> pd.DataFrame:
-    """The evaluated model answers (or resumes answering) every item; grade and store the answers."""
+def evaluate_run(
+    run_dir: str | Path, cfg: RunConfig, generator: Generator | None = None, *, ray: RayOptions | None = None
+) -> pd.DataFrame:
+    """The evaluated model answers (or resumes answering) every item; grade and store the answers.
+
+    With ``ray``, Ray workers that each load the model answer the same chunks
+    (:mod:`cgaps.scaleout`), and the resume file is written here as in one process."""
     with rundir.writing(run_dir):
-        return _evaluate_run(Path(run_dir), cfg, generator)
+        return _evaluate_run(Path(run_dir), cfg, generator, ray)
 
 
-def _evaluate_run(run_dir: Path, cfg: RunConfig, generator: Generator | None) -> pd.DataFrame:
-    from cgaps.evaluate.evaluator import EVAL_SETTINGS, OwnEvaluator, check_options
+def load_generator(cfg: RunConfig, generator: Generator | None = None) -> Generator:
+    """The evaluated model of ``cfg`` (loaded unless given), set up for the evaluation; also what
+    each Ray worker loads."""
     from cgaps.models import HFBackend, load_backend
-    from cgaps.models.loading import loaded_record
 
-    items = items_to_score(run_dir)  # a bad table is reported before the model loads
-    check_options(items, cfg)
-    t0 = time.perf_counter()
     if generator is None and cfg.model.startswith("openai://"):  # a served model (cgaps.models.openai)
         from cgaps.models.openai import OpenAIGenerator
 
@@ -105,8 +112,30 @@ def _evaluate_run(run_dir: Path, cfg: RunConfig, generator: Generator | None) ->
         generator = load_backend(cfg.model, cfg.device, cfg.dtype)
     if isinstance(generator, HFBackend):  # prompts past its context: docs/method.md §6 counts
         generator.context_overflow, generator.prompts_truncated = cfg.context_overflow, 0
-    source = OwnEvaluator(generator, cfg, run_dir / rundir.RESPONSES_PARTIAL)
-    items = record_scores(run_dir, source, items)
+    return generator
+
+
+def _evaluate_run(
+    run_dir: Path, cfg: RunConfig, generator: Generator | None, ray: RayOptions | None = None
+) -> pd.DataFrame:
+    from cgaps.evaluate.evaluator import EVAL_SETTINGS, OwnEvaluator, check_options
+    from cgaps.models.loading import loaded_record
+
+    items = items_to_score(run_dir)  # a bad table is reported before the model loads
+    check_options(items, cfg)
+    t0 = time.perf_counter()
+    with ExitStack() as stack:
+        source: OwnEvaluator
+        if ray is not None:  # the workers load the model; the driver keeps the resume file
+            from cgaps.scaleout.evaluate import evaluation_pool
+
+            pool = stack.enter_context(evaluation_pool(cfg, ray))
+            source = pool.evaluator(run_dir / rundir.RESPONSES_PARTIAL)
+            generator = source.generator  # describes the workers' model (run.json), never runs
+        else:
+            generator = load_generator(cfg, generator)
+            source = OwnEvaluator(generator, cfg, run_dir / rundir.RESPONSES_PARTIAL)
+        items = record_scores(run_dir, source, items)
     options_path = run_dir / rundir.OPTION_LOGLIKS
     if source.options is not None and len(source.options):
         rundir.write_table(source.options, options_path)
@@ -128,7 +157,9 @@ def _evaluate_run(run_dir: Path, cfg: RunConfig, generator: Generator | None) ->
             "prompts_truncated": int(getattr(generator, "prompts_truncated", 0)),
         },
         accuracy={b: {"n": int(r["count"]), "mean": float(r["mean"])} for b, r in acc.iterrows()},
-        timings={"evaluate_s": round(time.perf_counter() - t0, 2)},
+        # where it ran is recorded beside the time, never with the inputs: it changes no answer
+        timings={"evaluate_s": round(time.perf_counter() - t0, 2)}
+        | ({"evaluate_ray_workers": pool.workers} if ray is not None else {}),
     )
     return items
 

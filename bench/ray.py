@@ -1,0 +1,79 @@
+"""Ray scale-out: ``cgaps run`` in one process against ``cgaps run --ray --ray-workers N``.
+
+    .venv/bin/python bench/ray.py [--limit 6] [--workers 2]      # as root: needs `unshare -n` and `ip`
+
+Both runs are the same config (embedded SmolLM2 and its SAE, the probe suite at ``--limit`` items
+per benchmark, 48 new tokens, CPU), each in its own process, on a fresh run directory. The Ray run
+starts a local cluster inside a network namespace with only loopback (``unshare -n``; Ray probes
+public addresses on start-up), RAY_USAGE_STATS_ENABLED=0. Times are the pipeline's own per-stage
+wall times (run.json ``timings``), so the Ray figures include starting the cluster and each
+worker loading the model. The tables are compared too: the workers compute with one thread each,
+the single process with torch's default threads, so on a CPU the floats may differ in their last
+bits (``tests/test_scaleout.py`` checks identity at equal thread counts).
+
+Last line: ``one_evaluate_s= ray_evaluate_s= one_extract_s= ray_extract_s= identical=``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CGAPS = str(Path(sys.executable).with_name("cgaps"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=6, help="items per probe benchmark")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        config = root / "cfg.yaml"
+        config.write_text(
+            yaml.safe_dump({"suite": "probes", "limit": args.limit, "max_new_tokens": 48, "device": "cpu"})
+        )
+        env = {**os.environ, "CGAPS_NO_PROGRESS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+        t = time.perf_counter()
+        subprocess.run([CGAPS, "run", str(config), "--out", str(root / "one")], env=env, check=True)
+        one_wall = time.perf_counter() - t
+        ray_cmd = f"{CGAPS} run {config} --out {root / 'ray'} --ray --ray-workers {args.workers}"
+        t = time.perf_counter()
+        subprocess.run(["unshare", "-n", "sh", "-c", f"ip link set lo up && {ray_cmd}"], env=env, check=True)
+        ray_wall = time.perf_counter() - t
+        one = json.loads((root / "one" / "run.json").read_text())
+        ray = json.loads((root / "ray" / "run.json").read_text())
+        same = {}
+        for name in ("items.parquet", "option_logliks.parquet", "saliency.parquet", "concepts.parquet"):
+            if (root / "one" / name).exists():
+                try:
+                    pd.testing.assert_frame_equal(
+                        pd.read_parquet(root / "ray" / name),
+                        pd.read_parquet(root / "one" / name),
+                        check_exact=True,
+                    )
+                    same[name] = True
+                except AssertionError:
+                    same[name] = False
+        n_items = len(pd.read_parquet(root / "one" / "items.parquet"))
+    print(json.dumps({"items": n_items, "one": one["timings"], "ray": ray["timings"], "identical": same}))
+    print(f"wall: one {one_wall:.1f} s, ray {ray_wall:.1f} s (process start to exit)")
+    print(
+        f"one_evaluate_s={one['timings']['pipeline_evaluate_s']} ray_evaluate_s={ray['timings']['pipeline_evaluate_s']} "
+        f"one_extract_s={one['timings']['pipeline_extract_s']} ray_extract_s={ray['timings']['pipeline_extract_s']} "
+        f"identical={all(same.values())}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Connecting to Ray, and the pool of actors that run a stage's chunks (:class:`ActorPool`).
+
+Ray is imported only here, only when a command is given ``--ray``: a missing Ray is the one-line
+error naming the extra. Every Ray call of the project goes through this module, so the settings
+that keep a local cluster quiet (no dashboard, no usage statistics) are set once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from cgaps.console import info
+from cgaps.errors import CGapsError
+from cgaps.scaleout.options import RayOptions
+
+# A worker that dies (killed, out of memory, a lost node) is restarted and its task run again
+# this many times before the stage stops with an error (the completed shards are kept).
+RETRIES = 3
+# Tasks queued per actor: one computing, one waiting, so a worker never idles on the driver.
+IN_FLIGHT = 2
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise CGapsError("--ray needs Ray, which is not installed: pip install 'competency-gaps[ray]'") from e
+    return ray
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def cluster(opts: RayOptions) -> Iterator[Any]:
+    """Ray, initialised for ``opts`` (a local cluster or the one at ``opts.ray_address``); yields the
+    ``ray`` module. Reentrant: inside another ``cluster`` block the running connection is reused,
+    and only the outermost block shuts it down."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    # no usage report leaves the machine (Ray asks on start-up unless told)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if opts.ray_address is None:
+        kw["num_cpus"] = max(opts.ray_workers or 0, _cores())
+        info(f"starting a local Ray cluster ({kw['num_cpus']} CPU slots)")
+    else:
+        kw["address"] = opts.ray_address
+        info(f"connecting to the Ray cluster at {opts.ray_address}")
+    try:
+        ray.init(**kw)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise CGapsError(f"--ray: could not start or reach a Ray cluster ({e}); check --ray-address") from e
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def worker_resources(ray: Any, opts: RayOptions, device: str) -> tuple[int, dict[str, float]]:
+    """How many workers, and what each one reserves: one GPU per worker where the cluster has GPUs
+    and ``device`` allows one, else one CPU core."""
+    total = ray.cluster_resources()
+    gpus = int(total.get("GPU", 0))
+    if gpus and device != "cpu" and device != "mps":
+        return opts.ray_workers or gpus, {"num_gpus": 1, "num_cpus": 1}
+    return opts.ray_workers or max(1, int(total.get("CPU", 1))), {"num_cpus": 1}
+
+
+def task_error(ray: Any, e: Exception, what: str) -> Exception:
+    """The error a failed Ray task becomes on the driver: the worker's own CGapsError as it was,
+    a worker that kept dying as a one-line CGapsError."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, CGapsError):
+        return cause
+    if isinstance(e, ray.exceptions.RayActorError | ray.exceptions.WorkerCrashedError):
+        return CGapsError(
+            f"a Ray worker died {RETRIES + 1} times {what}; the completed work is kept, rerun to resume "
+            f"({type(e).__name__})"
+        )
+    return e
+
+
+class ActorPool:
+    """``n`` actors of ``cls`` (each built with ``args``) that run a stage's chunks.
+
+    Actors restart after a death and their tasks are run again (``max_restarts``,
+    ``max_task_retries``: :data:`RETRIES`); :meth:`map` hands out the chunks as workers free up
+    and yields each result as it completes, in whatever order.
+    """
+
+    def __init__(self, ray: Any, cls: type, args: tuple[Any, ...], n: int, resources: dict[str, float]):
+        self.ray = ray
+        remote = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES, **resources)(cls)
+        self.actors = [remote.remote(*args) for _ in range(n)]
+
+    def first(self, method: str, *args: Any) -> Any:
+        """``method`` of the first actor (once its model is loaded): what the driver needs to know."""
+        try:
+            return self.ray.get(getattr(self.actors[0], method).remote(*args))
+        except self.ray.exceptions.RayError as e:
+            raise task_error(self.ray, e, "while loading the model") from e
+
+    def map(
+        self, method: str, jobs: Sequence[tuple[Any, ...]], what: Callable[[int], str]
+    ) -> Iterator[tuple[int, Any]]:
+        """``(index, result)`` of ``method(*job)`` for every job, as they complete."""
+        ray = self.ray
+        queue = list(range(len(jobs)))[::-1]
+        running: dict[Any, tuple[int, int]] = {}  # object ref -> (job, actor)
+
+        def submit(actor: int) -> None:
+            if queue:
+                j = queue.pop()
+                running[getattr(self.actors[actor], method).remote(*jobs[j])] = (j, actor)
+
+        for _ in range(IN_FLIGHT):
+            for a in range(len(self.actors)):
+                submit(a)
+        while running:
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            j, actor = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                raise task_error(ray, e, what(j)) from e
+            submit(actor)
+            yield j, result
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)
