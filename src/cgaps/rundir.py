@@ -480,7 +480,18 @@ def validate_saliency(
     return df
 
 
-def read_saliency(run_dir: str | Path, item_ids: pd.Index | None, n_concepts: int) -> pd.DataFrame:
+def read_saliency(
+    run_dir: str | Path, item_ids: pd.Index | None, n_concepts: int, *, coded: bool = False
+) -> pd.DataFrame:
+    """The validated saliency; ``coded`` (with ``item_ids``): ``item_id`` as codes into
+    ``item_ids``, read by :func:`cgaps.runtables.read_saliency_coded` when it takes the file."""
+    if coded and item_ids is not None:
+        from cgaps.runtables import coded_item_ids, read_saliency_coded  # runtables imports this module
+
+        fast = read_saliency_coded(run_dir, item_ids, n_concepts)
+        if fast is not None:
+            return fast
+        return coded_item_ids(read_saliency(run_dir, item_ids, n_concepts), item_ids)
     path = Path(run_dir) / SALIENCY
     df = read_table(path, "create it with `cgaps extract RUN_DIR`")
     return validate_saliency(df, path, item_ids, n_concepts)

@@ -12,6 +12,20 @@ optional files when they are there; ``load_run(run_dir, results=True)`` reads th
   ``robustness.json`` (``cgaps robustness``); absent is None, present but damaged is an error
   saying which command rewrites it.
 
+**Item codes** (``load_run(run_dir, coded=True)``, what the scoring and robustness stages
+use): the saliency's ``item_id`` is a :class:`pandas.Categorical` whose categories are the
+items' ids in items order, so its codes are the item rows (int32). A paper-scale run has ~50M
+saliency rows over 100k items: as strings the column costs ~850 MB and every lookup hashes
+50M strings; as codes it is 200 MB and the matrix is built from numpy arrays. The coded
+reader (:func:`read_saliency_coded`, behind ``rundir.read_saliency(..., coded=True)``) reads the Parquet file one row group at a time with the
+item ids dictionary-encoded (each distinct id is looked up once per dictionary, not once per
+row) into preallocated int32 / int32 / float32 arrays, and checks what
+:func:`cgaps.rundir.validate_saliency` checks on those arrays. Anything it does not take as it
+is (another column type, nulls, an unknown id, a bad value, a duplicate) sends the file to
+the plain reader, which then names the problem with the same message as ever, or converts
+the odd types as it always did. ``tests/test_runtables_fast.py`` checks that both readers
+give the same frame.
+
 The config is not resolved here: the report reads the knobs it shows from the scoring
 tables' metadata (``run.json`` for older tables) and renders a run written by another tool,
 while the stages that compute call
@@ -24,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cgaps import rundir
@@ -103,8 +118,112 @@ def _optional_table(run_dir: Path, name: str, columns: tuple[str, ...], stage: s
     return _check_columns(rundir.read_table(path, stage), path, columns, f"rerun {stage} or delete the file")
 
 
-def load_run(run_dir: str | Path, *, results: bool = False) -> RunTables:
-    """Read and validate a run directory; ``results`` adds the scoring outputs and optional files."""
+def no_duplicate_pairs(rows: np.ndarray, cols: np.ndarray) -> bool:
+    """True when the rows come grouped by item with concepts strictly increasing within each item
+    and no item in two groups (what extraction writes): then no (item, concept) pair repeats.
+    O(n) in blocks; False means "not shown", not "duplicated" (the caller checks another way)."""
+    n = len(rows)
+    if n < 2:
+        return True
+    groups = 1
+    for start in range(0, n - 1, _BLOCK):
+        stop = min(start + _BLOCK, n - 1)
+        new_item = rows[start + 1 : stop + 1] != rows[start:stop]
+        not_up = cols[start + 1 : stop + 1] <= cols[start:stop]
+        if np.any(not_up > new_item):  # a concept not above the last one within an item
+            return False
+        groups += int(np.count_nonzero(new_item))
+    return groups == int(np.count_nonzero(np.bincount(rows)))
+
+
+_BLOCK = 1 << 22  # rows per block of the checks: a few tens of MB of temporaries at a time
+
+
+def read_saliency_coded(run_dir: str | Path, item_ids: pd.Index, n_concepts: int) -> pd.DataFrame | None:
+    """The saliency with ``item_id`` as codes into ``item_ids`` (module docstring), or None when
+    the file needs the plain reader (a missing or unreadable file, other column types, nulls,
+    anything the validation would refuse)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(run_dir) / rundir.SALIENCY
+    if not path.is_file() or not item_ids.is_unique:
+        return None
+    try:
+        pf = pq.ParquetFile(path, read_dictionary=["item_id"])
+        schema = pf.schema_arrow
+    except Exception:  # the plain reader names the problem
+        return None
+    if sorted(schema.names) != sorted(rundir.SALIENCY_COLUMNS):
+        return None
+    id_type = schema.field("item_id").type
+    if not (
+        pa.types.is_dictionary(id_type)
+        and (pa.types.is_string(id_type.value_type) or pa.types.is_large_string(id_type.value_type))
+        and pa.types.is_integer(schema.field("concept").type)
+        and pa.types.is_floating(schema.field("value").type)
+    ):
+        return None
+    n = pf.metadata.num_rows
+    rows = np.empty(n, dtype=np.int32)
+    concept = np.empty(n, dtype=np.int32)
+    value = np.empty(n, dtype=np.float32)
+    lookup, seen = np.empty(0, dtype=np.int32), None  # row groups usually share one dictionary
+    at = 0
+    for g in range(pf.num_row_groups):
+        table = pf.read_row_group(g)
+        if table.num_rows == 0:
+            continue
+        if any(col.null_count for col in table.columns):
+            return None
+        stop = at + table.num_rows
+        for chunk in table.column("item_id").chunks:
+            if seen is None or not chunk.dictionary.equals(seen):
+                seen = chunk.dictionary
+                lookup = item_ids.get_indexer(pd.Index(seen.to_pylist(), dtype=item_ids.dtype)).astype(
+                    np.int32
+                )
+            codes = lookup[chunk.indices.to_numpy()]
+            if len(codes) and codes.min() < 0:  # an id that is not in items.parquet
+                return None
+            rows[at : at + len(codes)] = codes
+            at += len(codes)
+        con = table.column("concept").to_numpy()
+        if len(con) and (con.min() < 0 or con.max() >= n_concepts):
+            return None
+        concept[stop - len(con) : stop] = con
+        val = table.column("value").to_numpy()
+        # the plain reader checks float64 values, then stores float32 (a value > 0 may round to 0)
+        if not np.all(np.isfinite(val) & (val > 0)):
+            return None
+        value[stop - len(val) : stop] = val
+        del table, con, val
+    if at != n:
+        return None
+    if (
+        not no_duplicate_pairs(rows, concept)
+        and pd.Index(rows.astype(np.int64) * n_concepts + concept).has_duplicates
+    ):
+        return None
+    columns = {
+        "item_id": pd.Categorical.from_codes(rows, dtype=pd.CategoricalDtype(item_ids)),
+        "concept": concept,
+        "value": value,
+    }
+    return pd.DataFrame({name: columns[name] for name in schema.names}, copy=False)
+
+
+def coded_item_ids(saliency: pd.DataFrame, item_ids: pd.Index) -> pd.DataFrame:
+    """``saliency`` (plain reader) with ``item_id`` as codes into ``item_ids`` (unique, holding
+    every id of the saliency: the plain reader has checked it)."""
+    out = saliency.copy(deep=False)
+    out["item_id"] = pd.Categorical(saliency["item_id"], categories=item_ids)
+    return out
+
+
+def load_run(run_dir: str | Path, *, results: bool = False, coded: bool = False) -> RunTables:
+    """Read and validate a run directory; ``results`` adds the scoring outputs and optional files;
+    ``coded`` reads the saliency's item ids as codes into the items (module docstring)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CGapsError(
@@ -116,7 +235,7 @@ def load_run(run_dir: str | Path, *, results: bool = False) -> RunTables:
     benchmarks = list(dict.fromkeys(items["benchmark"]))
     # concepts before saliency: a run that was never scored says so before anything else
     concepts = _read_concepts(run_dir, benchmarks) if results else None
-    saliency = rundir.read_saliency(run_dir, pd.Index(items["item_id"]), width)
+    saliency = rundir.read_saliency(run_dir, pd.Index(items["item_id"]), width, coded=coded)
     run = RunTables(run_dir, meta, width, items, saliency, concepts)
     if not results:
         return run

@@ -219,7 +219,8 @@ def robustness_run(
     opts = options if options is not None else RobustnessOptions()
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    run = load_run(run_dir, results=against is not None)  # the swap reads this run's concepts too
+    # the swap reads this run's concepts too; item ids as codes: the matrix is built from arrays
+    run = load_run(run_dir, results=against is not None, coded=True)
     cfg = run.config(config)
     scale, _ = concept_scale(run, cfg)
     m = build_matrix(run.items, run.saliency, run.n_concepts, presence=cfg.presence, scale=scale)

@@ -79,12 +79,14 @@ from scipy import stats
 from cgaps.config import MC_FIRST_PASS, RunConfig
 from cgaps.errors import CGapsError
 from cgaps.rundir import ALL_SCOPE, CONCEPT_COLUMNS, OVERLAP_COLUMNS
+from cgaps.runtables import no_duplicate_pairs
 from cgaps.stats import bh_adjust, wilson
 
 ROUND = 12  # decimals kept when ranking (status percentile, Spearman)
 MC_CONTINUE = 10  # a concept with at most this many (+1) draws as extreme goes on to the next, larger pass
 MC_CHUNK_CELLS = 20_000_000  # items x draws held at once (160 MB of float64)
 MC_AUTO_MIN = 20_000  # the refining pass never draws fewer (mc_resamples = None)
+_BLOCK = 1 << 22  # saliency rows per block of the presence test (float64 temporaries of ~30 MB)
 TIE_EPS = 1e-9  # |T* - T| below this (relative to the concept's sum s) is a tie
 
 
@@ -147,34 +149,52 @@ def build_matrix(
     item_col = saliency["item_id"]
     if isinstance(item_col.dtype, pd.CategoricalDtype):  # look up each distinct id once, not each row
         codes = item_col.cat.codes.to_numpy()
-        rows = np.where(codes >= 0, ids.get_indexer(item_col.cat.categories.astype(str))[codes], -1)
+        cats = item_col.cat.categories
+        if cats.equals(ids):  # codes into these items (load_run(coded=True)): the codes are the rows
+            rows = codes
+        else:
+            lookup = ids.get_indexer(cats.astype(str)).astype(np.int32 if len(ids) < 2**31 else np.int64)
+            rows = np.where(codes >= 0, lookup[codes], -1)
     else:
         rows = ids.get_indexer(item_col.astype(str))
-    if (rows < 0).any():
+    if len(rows) and rows.min() < 0:
         raise CGapsError("saliency: field 'item_id' names items that are not in the items table")
     cols = saliency["concept"].to_numpy()
-    vals = saliency["value"].to_numpy().astype(np.float64)
+    # float32 as stored: widened to float64 (exactly) only for the rows presence keeps, in blocks
+    vals = saliency["value"].to_numpy()
+    if vals.dtype.kind not in "fiu":  # e.g. numbers as objects: converted as before
+        vals = vals.astype(np.float64)
     if len(cols) and (cols.min() < 0 or cols.max() >= n_concepts):
         raise CGapsError(f"saliency: field 'concept' outside 0..{n_concepts - 1}")
     if not np.all(vals > 0) or not np.all(np.isfinite(vals)):
         raise CGapsError("saliency: field 'value' must hold finite values > 0 only")
-    # duplicates checked on integer keys over every row, before presence drops any
-    if pd.Index(rows.astype(np.int64) * n_concepts + cols).has_duplicates:
+    # duplicates checked over every row, before presence drops any: O(n) on grouped rows (what
+    # extraction writes), else a hash of integer keys
+    if (
+        not no_duplicate_pairs(rows, cols)
+        and pd.Index(rows.astype(np.int64) * n_concepts + cols).has_duplicates
+    ):
         raise CGapsError(
             "saliency: duplicate (item_id, concept) rows; pool each concept to one value per item"
         )
-    if scale is None:  # each concept's max over the suite (0 where it never fires)
-        scale = np.zeros(n_concepts)
+    if scale is None:  # each concept's max over the suite (0 where it never fires); max is exact
+        # in the stored dtype (numpy's fast path; 20x the float64 one on float32 values), then
+        # widened: the max of values widened exactly is the widened max
+        scale = np.zeros(n_concepts, dtype=vals.dtype)
         np.maximum.at(scale, cols, vals)
     scale = np.asarray(scale, dtype=np.float64)
     if scale.shape != (n_concepts,) or not np.all(np.isfinite(scale)) or np.any(scale < 0):
         raise CGapsError(f"concept scale: expected {n_concepts} finite values >= 0, got shape {scale.shape}")
     if presence > 0 and len(vals):
         # thresholded before the matrix is built: at paper scale presence keeps a fifth of ~50M
-        # rows, and only that fifth is ever sorted into CSR
-        col_scale = scale[cols]
-        keep = (col_scale > 0) & (vals >= presence * col_scale)
+        # rows, and only that fifth is ever sorted into CSR; the test runs in float64, in blocks
+        keep = np.empty(len(vals), dtype=bool)
+        for start in range(0, len(vals), _BLOCK):
+            block = slice(start, start + _BLOCK)
+            col_scale = scale[cols[block]]
+            keep[block] = (col_scale > 0) & (vals[block].astype(np.float64) >= presence * col_scale)
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    vals = vals.astype(np.float64)
     mat = sp.csr_matrix((vals, (rows, cols)), shape=(len(ids), n_concepts))
     mat.sort_indices()
     return SuiteMatrix(mat, y, bench.astype(np.int64), tuple(str(n) for n in names), ids.to_numpy(), scale)
@@ -314,12 +334,34 @@ class NullSampler:
         return cls(positions, pools, ybar, len(rows))
 
     def draws(self, seed: int, stream: tuple[int, int], chunk: int, size: int) -> np.ndarray:
-        """Chunk ``chunk`` of the stream: n_rows x size centred draws y* - ybar(B)."""
+        """Chunk ``chunk`` of the stream: n_rows x size centred draws y* - ybar(B), in row order
+        (the plain form of :meth:`draws_grouped`, which the Monte Carlo uses)."""
         rng = np.random.default_rng([seed, *stream, chunk])
         out = np.empty((self.n_rows, size))
         for idx, pool, mean in zip(self.positions, self.pools, self.means, strict=True):
             if len(idx):
                 out[idx] = pool[rng.integers(0, len(pool), size=(len(idx), size))] - mean
+        return out
+
+    def order(self) -> np.ndarray:
+        """The rows of :meth:`draws_grouped`'s result: benchmark by benchmark, row order within one."""
+        return np.concatenate([np.asarray(p, dtype=np.int64) for p in self.positions])
+
+    def draws_grouped(self, seed: int, stream: tuple[int, int], chunk: int, size: int) -> np.ndarray:
+        """The same draws as :meth:`draws` with the rows in :meth:`order`: each benchmark's draws
+        land in one contiguous block (one ``take`` per benchmark instead of a gather, a subtraction
+        and a scatter over rows spread through the chunk); the random numbers are the same ones."""
+        rng = np.random.default_rng([seed, *stream, chunk])
+        out = np.empty((self.n_rows, size))
+        at = 0
+        for idx, pool, mean in zip(self.positions, self.pools, self.means, strict=True):
+            if len(idx):
+                # (pool - mean)[i] is pool[i] - mean, bit for bit
+                centred = pool - mean
+                np.take(
+                    centred, rng.integers(0, len(pool), size=(len(idx), size)), out=out[at : at + len(idx)]
+                )
+                at += len(idx)
         return out
 
 
@@ -353,11 +395,17 @@ def _mc_counts(
     tol = TIE_EPS * np.maximum(t.sum_s[k, cols], 1.0)
     size = mc_chunk_size(len(rows))
     sampler = NullSampler.for_rows(m, rows)
+    # the draws come benchmark by benchmark (NullSampler.draws_grouped): point each nonzero at its
+    # item's new place and keep the nonzeros' order, so every T* is summed in the same order as
+    # against draws in row order, bit for bit (csr_matvecs does not need sorted indices)
+    place = np.empty(len(rows), dtype=block.indices.dtype)
+    place[sampler.order()] = np.arange(len(rows), dtype=block.indices.dtype)
+    block = sp.csr_matrix((block.data, place[block.indices], block.indptr), shape=block.shape)
     le = np.zeros(len(cols))
     ge = np.zeros(len(cols))
     for chunk in range(-(-draws_total // size)):
         n = min(size, draws_total - chunk * size)
-        tstar = np.asarray(block @ sampler.draws(seed, (k, stage), chunk, size)[:, :n])
+        tstar = np.asarray(block @ sampler.draws_grouped(seed, (k, stage), chunk, size)[:, :n])
         le += (tstar <= (obs + tol)[:, None]).sum(axis=1)
         ge += (tstar >= (obs - tol)[:, None]).sum(axis=1)
     return le, ge

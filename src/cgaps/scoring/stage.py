@@ -51,7 +51,7 @@ def score_run(run_dir: str | Path, config: RunConfig | None = None) -> tuple[pd.
 
 def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     t0 = time.perf_counter()
-    run = load_run(run_dir)
+    run = load_run(run_dir, coded=True)  # item ids as codes: the matrix is built from arrays
     cfg = run.config(config)
     items, saliency = run.items, run.saliency
     if rundir.stage_is_current(run_dir, "extract", items, meta=run.meta) is False:
