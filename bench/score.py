@@ -1,7 +1,7 @@
 """Scoring at the paper's scale: ``cgaps score`` and ``cgaps robustness`` on a synthetic run.
 
     .venv/bin/python bench/score.py --items 100000 --concepts 65536 --subsamples 100
-    .venv/bin/python bench/score.py --table          # how time and memory grow (docs/results.md)
+    .venv/bin/python bench/score.py --table          # how time and memory grow (docs/scaling.md)
 
 The run directory (``--work``, reused when it exists) holds ``items.parquet`` (ten benchmarks
 of unequal size, 0/1 scores at a per-benchmark accuracy) and ``saliency.parquet`` with a
@@ -14,14 +14,18 @@ generator's): :func:`cgaps.scoring.stage.score_run` (read, validate, χ tables, 
 p-values, write) and :func:`cgaps.robustness.core.robustness_run` with R subsampling repeats
 (plus its two ablation recomputations). Last line ``seconds=S cpu_s=C peak_gb=G`` (S: both
 stages, wall clock; C: the child's CPU seconds, the steadier figure on a shared machine; G: the
-child's peak resident memory).
+child's peak resident memory). ``--repeats N`` runs the child N times and reports the medians.
+Every line also gives the 1-minute load average when the child ended: on a shared machine the
+wall clock is the code's time only when the load is below the number of cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -125,6 +129,21 @@ def child(run_dir: Path, subsamples: int, presence: float | None) -> None:
 
 
 def run_once(args: argparse.Namespace, n_items: int, n_concepts: int) -> dict[str, float]:
+    """The child ``args.repeats`` times on the synthetic run of that size: the medians."""
+    runs = [_child_run(args, n_items, n_concepts) for _ in range(args.repeats)]
+    if len(runs) == 1:
+        return runs[0]
+    med = {k: statistics.median(r[k] for r in runs) for k in ("seconds", "cpu_s", "peak_gb", "load")}
+    print(
+        f"median of {len(runs)}: wall {med['seconds']:.1f} s, CPU {med['cpu_s']:.1f} s, peak {med['peak_gb']:.2f} GB, "
+        f"load {med['load']:.1f}"
+    )
+    return {**runs[-1], **med}
+
+
+def _child_run(args: argparse.Namespace, n_items: int, n_concepts: int) -> dict[str, float]:
+    import pyarrow.parquet as pq
+
     work = Path(args.work) / f"score-{n_items}x{n_concepts}"
     if not (work / "run.json").exists():
         t0 = time.perf_counter()
@@ -140,10 +159,14 @@ def run_once(args: argparse.Namespace, n_items: int, n_concepts: int) -> dict[st
     wall = time.perf_counter() - t0
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["seconds"] = wall
+    res["load"] = os.getloadavg()[0]
+    res["rows"] = pq.ParquetFile(work / "saliency.parquet").metadata.num_rows
     print(
         f"{n_items} items x {n_concepts} concepts, {args.subsamples} subsamples: score {res['score_s']:.1f} s "
         f"(read {res['timings'].get('score_read_s')} s, compute {res['timings'].get('score_compute_s')} s), "
-        f"robustness {res['robustness_s']:.1f} s, child wall {wall:.1f} s, CPU {res['cpu_s']:.1f} s, peak {res['peak_gb']:.2f} GB"
+        f"robustness {res['robustness_s']:.1f} s, child wall {wall:.1f} s, CPU {res['cpu_s']:.1f} s, "
+        f"peak {res['peak_gb']:.2f} GB, load {res['load']:.1f}",
+        flush=True,
     )
     return res
 
@@ -157,10 +180,11 @@ def main() -> None:
     ap.add_argument(
         "--work", default="/tmp/cgaps-bench", help="where the synthetic runs are written (reused)"
     )
+    ap.add_argument("--repeats", type=int, default=1, help="run the child this many times: medians")
     ap.add_argument("--table", action="store_true", help="a small grid of sizes: how time and memory grow")
     ap.add_argument(
         "--grid",
-        default="10000x16384,10000x65536,30000x65536,100000x16384,100000x65536",
+        default="10000x16384,10000x65536,30000x16384,30000x65536,100000x16384,100000x65536",
         help="with --table: ITEMSxCONCEPTS,...",
     )
     ap.add_argument("--child", metavar="RUN_DIR", help=argparse.SUPPRESS)
@@ -169,18 +193,17 @@ def main() -> None:
         child(Path(args.child), args.subsamples, args.presence)
         return
     if args.table:
-        header = "| items | concepts | wall s | CPU s | peak GB |\n| ---: | ---: | ---: | ---: | ---: |"
+        header = (
+            "| items | concepts | saliency rows | wall s | CPU s | peak GB | load |\n"
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        )
         rows = []
-        for n, f in (
-            (10_000, 16_384),
-            (10_000, 65_536),
-            (30_000, 65_536),
-            (100_000, 16_384),
-            (100_000, 65_536),
-        ):
+        for size in args.grid.split(","):
+            n, f = (int(x) for x in size.lower().split("x"))
             res = run_once(args, n, f)
             rows.append(
-                f"| {n:,} | {f:,} | {res['seconds']:.1f} | {res['cpu_s']:.1f} | {res['peak_gb']:.2f} |"
+                f"| {n:,} | {f:,} | {res['rows'] / 1e6:.1f} M | {res['seconds']:.1f} | {res['cpu_s']:.1f} | "
+                f"{res['peak_gb']:.2f} | {res['load']:.1f} |"
             )
         print("\n".join([header, *rows]))
         return
