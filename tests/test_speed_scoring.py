@@ -140,3 +140,32 @@ def test_ablation_chi_model_bit_for_bit(presence):
         got = chi_model_all(m, keep)
         np.testing.assert_array_equal(got, want)  # NaN where it does not fire, values exact
         assert np.isnan(got).any() or frac == 1.0
+
+
+def test_running_moments_bit_for_bit():
+    """The in-place Welford update against the np.where form it replaced."""
+    from cgaps.robustness.core import _Moments
+
+    class Plain:
+        def __init__(self, shape):
+            self.n, self.mean, self.m2 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+
+        def add(self, x):
+            ok = ~np.isnan(x)
+            self.n += ok
+            delta = np.where(ok, x - self.mean, 0.0)
+            self.mean += np.where(ok, delta / np.maximum(self.n, 1), 0.0)
+            self.m2 += np.where(ok, delta * (x - self.mean), 0.0)
+
+    rng = np.random.default_rng(3)
+    fast, plain = _Moments((4, 50)), Plain((4, 50))
+    for _ in range(30):
+        x = rng.normal(0.5, 0.2, (4, 50))
+        x[rng.random((4, 50)) < 0.3] = np.nan
+        x[0, :5] = -0.0  # signed zeros pass through alike
+        fast.add(x)
+        plain.add(x)
+    for name in ("n", "mean", "m2"):
+        a, b = getattr(fast, name), getattr(plain, name)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
