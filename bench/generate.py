@@ -18,10 +18,14 @@ project's batching) with batches in input order (no bucketing), both through ``m
 with a fixed budget (random weights never emit EOS).
 
 ``--backend llamacpp``: the evaluator answers through :class:`cgaps.models.llamacpp.LlamaCppBackend`
-(the GGUF file as it is), against the same transformers bare forward.
+(the GGUF file as it is), against the same transformers bare forward and, interleaved in the same
+run, the evaluator through transformers (the path ``--backend transformers`` takes); it prints how
+many answers are identical and each backend's probe accuracy.
 
 Last line: ``answers_s=A ratio_vs_bare=R`` (R = bare time / evaluator time: 1.0 means the
-evaluator adds nothing to the forward passes).
+evaluator adds nothing to the forward passes); with ``--backend llamacpp`` also
+``ratio_vs_transformers`` (wall), ``cpu_ratio_vs_transformers`` (CPU seconds of the process) and
+``agree`` (share of identical answers).
 """
 
 from __future__ import annotations
@@ -43,17 +47,18 @@ def real(args: argparse.Namespace) -> str:
 
     from cgaps.config import RunConfig
     from cgaps.evaluate.evaluator import budget, respond
+    from cgaps.evaluate.grade import grade_items
     from cgaps.items.probes import load_probes
     from cgaps.models import conversation, format_chat, length_batches, load_backend
 
     t0 = time.perf_counter()
     backend = load_backend(args.model, device=args.device, dtype=args.dtype)
-    generator: Any = backend
+    generators: dict[str, Any] = {"evaluator": backend}
     if args.backend == "llamacpp":  # the evaluator answers through llama.cpp; bare stays transformers
         from cgaps.models.llamacpp import LlamaCppBackend
 
-        generator = LlamaCppBackend.load(args.model)
-    cfg = RunConfig(batch_size=args.batch_size)
+        generators = {"evaluator": LlamaCppBackend.load(args.model), "transformers": backend}
+    cfg = RunConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     items = pd.DataFrame(load_probes(per_family=args.per_family))
     records = items.to_dict("records")
     # the evaluator's batches: by budget, then length-sorted prompts
@@ -67,13 +72,17 @@ def real(args: argparse.Namespace) -> str:
             batches.append((max_new, [group[j] for j in b]))
     tok = backend.tokenizer
     work = Path(tempfile.mkdtemp(prefix="cgaps-bench-gen-"))
-    answers: dict[str, Any] = {}
+    answers: dict[str, dict[str, Any]] = {name: {} for name in generators}
+    cpu: dict[str, float] = {}
 
-    def evaluator(unit: tuple[int, list[int]]) -> None:
-        _, idx = unit
-        partial = work / f"p{idx[0]}.jsonl"
-        answers.update(respond(items.iloc[idx], generator, cfg, partial))
-        partial.unlink()
+    def answering(name: str) -> Any:
+        def task(unit: tuple[int, list[int]]) -> None:
+            _, idx = unit
+            partial = work / f"{name}{idx[0]}.jsonl"
+            answers[name].update(respond(items.iloc[idx], generators[name], cfg, partial))
+            partial.unlink()
+
+        return task
 
     def bare(unit: tuple[int, list[int]]) -> None:
         max_new, idx = unit
@@ -86,6 +95,14 @@ def real(args: argparse.Namespace) -> str:
                 pad_token_id=tok.pad_token_id,
             )
 
+    def timed(name: str, task: Any) -> Any:  # CPU seconds of this process (llama.cpp's threads too)
+        def run(unit: Any) -> None:
+            c0 = time.process_time()
+            task(unit)
+            cpu[name] = cpu.get(name, 0.0) + time.process_time() - c0
+
+        return run
+
     encoded = {  # tokenised outside the timer: the bare side pays for the forward passes only
         idx[0]: tok.pad(
             {"input_ids": [tok(texts[i], add_special_tokens=False)["input_ids"] for i in idx]},
@@ -96,13 +113,34 @@ def real(args: argparse.Namespace) -> str:
         for _, idx in batches
     }
     bare(batches[0])  # warm-up
-    spent = _common.interleaved({"evaluator": evaluator, "bare": bare}, batches, args.device)
+    tasks = {name: timed(name, answering(name)) for name in generators} | {"bare": timed("bare", bare)}
+    spent = _common.interleaved(tasks, batches, args.device)
     print(
-        f"{backend.name} ({args.backend}) on {args.device}: {len(records)} probe items in {len(batches)} batches of {cfg.batch_size}; "
-        f"setup {time.perf_counter() - t0 - sum(spent.values()):.1f} s; evaluator {spent['evaluator']:.1f} s, bare {spent['bare']:.1f} s"
+        f"{backend.name} ({args.backend}) on {args.device}: {len(records)} probe items in {len(batches)} batches "
+        f"of {cfg.batch_size}; setup {time.perf_counter() - t0 - sum(spent.values()):.1f} s; "
+        + ", ".join(f"{k} {spent[k]:.1f} s wall / {cpu[k]:.1f} s CPU" for k in spent)
     )
+    extra: dict[str, float] = {}
+    if "transformers" in generators:  # the same items through both backends: agreement and accuracy
+        ids = [r["item_id"] for r in records]
+        same = sum(answers["evaluator"][i][0] == answers["transformers"][i][0] for i in ids)
+        for name in generators:
+            graded = items.assign(response=[answers[name][i][0] for i in ids])
+            acc = float(grade_items(graded).mean())
+            extra[f"acc_{name}"] = acc
+        print(
+            f"identical answers {same}/{len(ids)}; accuracy {args.backend} {extra['acc_evaluator']:.3f}, "
+            f"transformers {extra['acc_transformers']:.3f}"
+        )
+        extra = {
+            "ratio_vs_transformers": spent["transformers"] / spent["evaluator"],
+            "cpu_ratio_vs_transformers": cpu["transformers"] / cpu["evaluator"],
+            "agree": same / len(ids),
+        }
     return _common.last_line(
-        answers_s=len(answers) / spent["evaluator"], ratio_vs_bare=spent["bare"] / spent["evaluator"]
+        answers_s=len(answers["evaluator"]) / spent["evaluator"],
+        ratio_vs_bare=spent["bare"] / spent["evaluator"],
+        **extra,
     )
 
 
@@ -169,6 +207,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--quick", action="store_true", help="4 items per probe family: under 2 minutes here")
     ap.add_argument("--per-family", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=48, help="the budget cap (cgaps demo's: 48)")
     ap.add_argument("--model", default="embedded")
     ap.add_argument(
         "--backend",

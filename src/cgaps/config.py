@@ -33,6 +33,8 @@ POOLS = ("max", "mean", "sum")
 # multiple-choice protocols (docs/benchmarks.md "Evaluation protocols"); auto: per benchmark
 MC_SCORING = ("auto", "generate", "loglik", "loglik_norm", "loglik_letter")
 CONTEXT_OVERFLOW = ("truncate", "refuse")
+# generation backends (cgaps.models.backends); auto: vLLM on a CUDA GPU, llama.cpp for a GGUF on the CPU
+BACKENDS = ("auto", "transformers", "llamacpp", "vllm")
 MC_FIRST_PASS = 1000  # Monte Carlo resamples every small-count concept gets (cgaps.scoring.core)
 # The fields the scoring stage reads (``cgaps score`` takes each as an option; written back to run.json)
 SCORING_KNOBS = (
@@ -143,6 +145,13 @@ class RunConfig:
     chain_of_thought: bool = documented(
         False, "Ask for step-by-step reasoning on GSM8K and MATH before the final answer."
     )
+    backend: str = documented(
+        "auto",
+        "Generation backend: 'transformers', 'llamacpp' (a GGUF file as it is, on the CPU; extra llamacpp), "
+        "'vllm' (CUDA GPU; extra vllm) or 'auto' (vLLM on a CUDA GPU with vllm installed, llama.cpp for a "
+        "GGUF on the CPU with llama-cpp-python installed, else transformers). Option log-likelihoods are "
+        "always computed by transformers (docs/scaling.md, Generation).",
+    )
     context_overflow: str = documented(
         "truncate",
         "A prompt longer than the evaluated model's context (less the new-token budget): 'truncate' "
@@ -213,6 +222,7 @@ class RunConfig:
             ("pool", POOLS),
             ("mc_scoring", MC_SCORING),
             ("context_overflow", CONTEXT_OVERFLOW),
+            ("backend", BACKENDS),
         ):
             value = getattr(self, name)
             if value not in choices:

@@ -186,6 +186,10 @@ def stale_reason(run_dir: Path, stage: str, items: pd.DataFrame, meta: dict | No
         # saliency that no cgaps extraction wrote (no `sae` record) was imported: trusted too
         imported = stage == "extract" and "sae" not in meta
         return None if stage == "evaluate" or imported else reason
+    if current and stage == "evaluate":  # answers from another backend than the one chosen now
+        from cgaps.models.backends import backend_change
+
+        return backend_change(meta)
     return None if current else reason
 
 
@@ -227,9 +231,12 @@ def _run_stages(
         if ray is not None:  # the workers load the model, not this process
             items = evaluate_run(run_dir, cfg, ray=ray_cluster(ray))
         else:
+            from cgaps.models.backends import choose, open_generator
+
             info(f"loading model {cfg.model}")
             backend = load_backend(cfg.model, cfg.device, cfg.dtype)
-            items = evaluate_run(run_dir, cfg, backend)
+            # the generation backend cfg.backend picks; transformers reuses this reader
+            items = evaluate_run(run_dir, cfg, open_generator(cfg, choose(cfg), backend))
     times["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()

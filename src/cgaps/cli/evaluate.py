@@ -18,6 +18,7 @@ from cgaps.scaleout.options import RayOptions
     "mc_scoring",
     "chat_template",
     "context_overflow",
+    "backend",
     "device",
     "dtype",
     over="run.json",

@@ -70,12 +70,13 @@ def demo(
         help=f"{field_help(RunConfig, 'limit')} Default: all probes; {DEMO_PAPER10['limit']} per benchmark of paper10.",
     ),
     force: bool = typer.Option(False, help="Start over."),
+    backend: str | None = typer.Option(None, help=f"{field_help(RunConfig, 'backend')} Default: auto."),
 ) -> None:
     """The embedded default end to end: SmolLM2-135M-Instruct, its shipped SAE, the probe suite."""
     from cgaps.pipeline import run_pipeline
 
     if data_dir:
-        cfg = RunConfig(**{**DEMO_PAPER10, "data_dir": data_dir}).replace(limit=limit)
+        cfg = RunConfig(**{**DEMO_PAPER10, "data_dir": data_dir}).replace(limit=limit, backend=backend)
     else:
-        cfg = RunConfig(**DEMO_PROBES).replace(limit=limit)
+        cfg = RunConfig(**DEMO_PROBES).replace(limit=limit, backend=backend)
     _summary(out, run_pipeline(cfg, out, force=force))

@@ -69,8 +69,10 @@ AUTO_PROTOCOL = {"socialiqa": "loglik", "bbq": "loglik", "crows_pairs": "loglik"
 # The config fields that change an evaluation's answers: recorded with the evaluate stage's inputs
 # (a pipeline run with other values evaluates again) and in the resume file's settings.
 EVAL_SETTINGS = ("model", "mc_scoring", "chat_template", "dtype", "max_new_tokens")
-# The settings that change a response; a resume file from other values is refused.
-PARTIAL_SIGNATURE = (*EVAL_SETTINGS, "chain_of_thought")
+# The settings that change a response; a resume file from other values is refused. ``backend`` is
+# the backend that generates (the stage passes the one :func:`cgaps.models.backends.choose_backend`
+# resolved, so a resume on a machine where ``auto`` means another backend is refused too).
+PARTIAL_SIGNATURE = (*EVAL_SETTINGS, "chain_of_thought", "backend")
 # option_logliks.parquet: one row per (item, option) answered by log-likelihood
 OPTION_COLUMNS = ("item_id", "option", "letter", "continuation", "loglik", "chars", "chosen", "protocol")
 

@@ -100,16 +100,16 @@ def evaluate_run(
 def load_generator(cfg: RunConfig, generator: Generator | None = None) -> Generator:
     """The evaluated model of ``cfg`` (loaded unless given), set up for the evaluation; also what
     each Ray worker loads."""
-    from cgaps.models import HFBackend, load_backend
+    from cgaps.models import HFBackend
+    from cgaps.models.backends import choose, open_generator
 
     if generator is None and cfg.model.startswith("openai://"):  # a served model (cgaps.models.openai)
         from cgaps.models.openai import OpenAIGenerator
 
         info(f"evaluating through {cfg.model}")
         generator = OpenAIGenerator(cfg.model, seed=cfg.seed)
-    if generator is None:
-        info(f"loading model {cfg.model}")
-        generator = load_backend(cfg.model, cfg.device, cfg.dtype)
+    if generator is None:  # the backend cfg.backend picks (auto: printed with its reason)
+        generator = open_generator(cfg, choose(cfg))
     if isinstance(generator, HFBackend):  # prompts past its context: docs/method.md §6 counts
         generator.context_overflow, generator.prompts_truncated = cfg.context_overflow, 0
     return generator
@@ -118,6 +118,7 @@ def load_generator(cfg: RunConfig, generator: Generator | None = None) -> Genera
 def _evaluate_run(
     run_dir: Path, cfg: RunConfig, generator: Generator | None, ray: RayOptions | None = None
 ) -> pd.DataFrame:
+    from cgaps.config import BACKENDS
     from cgaps.evaluate.evaluator import EVAL_SETTINGS, OwnEvaluator, check_options
     from cgaps.models.loading import loaded_record
 
@@ -134,7 +135,10 @@ def _evaluate_run(
             generator = source.generator  # describes the workers' model (run.json), never runs
         else:
             generator = load_generator(cfg, generator)
-            source = OwnEvaluator(generator, cfg, run_dir / rundir.RESPONSES_PARTIAL)
+            # the resume file records the backend that generates, not "auto"
+            used = getattr(generator, "backend", None)
+            ecfg = cfg.replace(backend=used) if used in BACKENDS else cfg
+            source = OwnEvaluator(generator, ecfg, run_dir / rundir.RESPONSES_PARTIAL)
         items = record_scores(run_dir, source, items)
     options_path = run_dir / rundir.OPTION_LOGLIKS
     if source.options is not None and len(source.options):
@@ -147,7 +151,11 @@ def _evaluate_run(
         run_dir,
         inputs={
             "evaluate": rundir.stage_record(
-                items, "evaluate", settings={k: getattr(cfg, k) for k in EVAL_SETTINGS}
+                items,
+                "evaluate",
+                # the backend that generated (models.backends.backend_change compares it)
+                settings={k: getattr(cfg, k) for k in EVAL_SETTINGS}
+                | {"backend_used": str(getattr(generator, "backend", "given"))},
             )
         },
         config=cfg.to_dict(),

@@ -98,6 +98,19 @@ def format_chat(tokenizer: Any, messages: Messages, response: str | None = None)
     return Formatted(text, prompt_spans, response_spans)
 
 
+def prompt_text(tokenizer: Any, prompt: Messages | str) -> str:
+    """The text a model reads for a prompt: a conversation through the chat template
+    (:func:`format_chat`), a plain string as it is (``chat_template: false``). Every generation
+    backend (transformers, llama.cpp, vLLM) reads this text, tokenised by :func:`prompt_ids`."""
+    return prompt if isinstance(prompt, str) else format_chat(tokenizer, prompt).text
+
+
+def prompt_ids(tokenizer: Any, prompt: Messages | str) -> list[int]:
+    """The token ids every generation backend feeds the model for a prompt: :func:`prompt_text`
+    tokenised by the Hugging Face tokenizer without added special tokens (the template has them)."""
+    return list(tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+
+
 def content_mask(offsets: Sequence[Span], spans: Sequence[Span], special: np.ndarray) -> np.ndarray:
     """The content rule (module docstring): which tokens, given their character ``offsets``, are content.
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cgaps.errors import CGapsError
 from cgaps.models.batching import greedy_generate, length_batches, pad_batch, token_budgets
-from cgaps.models.chat import format_chat
+from cgaps.models.chat import prompt_ids, prompt_text
 from cgaps.models.loading import describe_load, pick_device, pick_dtype, resolve_model
 from cgaps.seams import Messages, Progress
 
@@ -28,6 +28,8 @@ class _StopForward(Exception):
 
 class HFBackend:
     """A transformers causal LM (see the module docstring)."""
+
+    backend = "transformers"  # the generation backend's name (cgaps.models.backends)
 
     def __init__(self, model: Any, tokenizer: Any, name: str, device: str):
         self.model = model
@@ -203,10 +205,7 @@ class HFBackend:
             max_new = max(budgets[i] for i in idx)
             # prompts past the context are cut from the left (or refused) before any is generated
             rows = [
-                self._fit_context(
-                    tok(texts[i], add_special_tokens=False)["input_ids"], max_new, conversations[i]
-                )
-                for i in idx
+                self._fit_context(prompt_ids(tok, conversations[i]), max_new, conversations[i]) for i in idx
             ]
             # left padding for generation only; the shared tokenizer keeps its own setting
             enc = tok.pad({"input_ids": rows}, return_tensors="pt", padding=True, padding_side="left")
@@ -227,7 +226,7 @@ class HFBackend:
     def prompt_text(self, prompt: Messages | str) -> str:
         """The text the model reads for a prompt: a conversation through the chat template, a
         plain string as it is (no template, no system prompt: ``chat_template: false``)."""
-        return prompt if isinstance(prompt, str) else format_chat(self.tokenizer, prompt).text
+        return prompt_text(self.tokenizer, prompt)
 
     def loglikelihood(
         self,

@@ -132,6 +132,8 @@ class _RateLimit:
 class OpenAIGenerator:
     """:class:`cgaps.seams.Generator` for an OpenAI-compatible chat-completions server."""
 
+    backend = "served"  # the server generates (cgaps.models.backends)
+
     def __init__(self, spec: str, *, seed: int = 0):
         import httpx
 
