@@ -10,11 +10,12 @@ two cores) and the tests below check what it wrote against a run computed here i
 - ``ray``: ``cgaps evaluate --ray --ray-workers 2`` then ``cgaps extract --ray ...`` (the CLI
   flags included): items (responses, scores), option log-likelihoods, saliency, contexts, and
   every shard and sidecar identical to one process, bit for bit;
-- ``killed``: extraction whose worker exits (``os._exit``) on its second chunk, once: Ray
-  restarts the worker and runs the chunk again; the tables are still identical;
+- ``killed``: evaluation, then extraction, each with a worker SIGKILLed in the middle of its
+  second chunk (computed, not yet returned), once: Ray restarts the worker and runs the chunk
+  again; the tables are still identical;
 - ``resume``: evaluation and extraction stopped by a worker error after some chunks; the rerun
   on Ray reuses the answers and shards already written (the shard files untouched) and ends with
-  the same tables.
+  the same tables; a copy of each interrupted state is resumed here, in one process, too.
 
 Torch runs on one thread here, as in each Ray worker (one CPU slot each): the reference and the
 workers then add floats in the same order.
@@ -53,7 +54,7 @@ ITEMS = pd.DataFrame(
 )
 
 CHILD = r'''
-import fcntl, json, os, shutil, socket, struct, sys
+import fcntl, json, os, shutil, signal, socket, struct, sys
 from pathlib import Path
 
 # the loopback interface up (a new network namespace starts with it down), without `ip`
@@ -92,19 +93,28 @@ def cli(*args):
     return out.output
 
 
-class DyingWorker(ray_extract.ExtractWorker):
-    """Exits (as a killed process would) on its second chunk, the first time any worker gets there."""
+def dies_once(result, marker):
+    """SIGKILL this worker on its second call, once per marker: after computing, before returning."""
+    calls = int(os.environ.get("CALLS", "0")) + 1
+    os.environ["CALLS"] = str(calls)  # per worker process: a restarted worker counts from 0
+    if calls == 2 and not Path(marker).exists():
+        Path(marker).write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
 
-    calls = 0
-    marker = root / "killed.marker"  # a class attribute: pickled with the class into the workers
+
+class DyingExtract(ray_extract.ExtractWorker):
+    marker = str(root / "killed-extract.marker")  # class attributes travel with the class
 
     def extract(self, n, chunk, layer):
-        type(self).calls += 1
-        marker = Path(self.marker)
-        if type(self).calls == 2 and not marker.exists():
-            marker.write_text(str(os.getpid()))
-            os._exit(1)
-        return super().extract(n, chunk, layer)
+        return dies_once(super().extract(n, chunk, layer), self.marker)
+
+
+class DyingEval(ray_eval.EvalWorker):
+    marker = str(root / "killed-evaluate.marker")
+
+    def generate(self, n, prompts, max_new):
+        return dies_once(super().generate(n, prompts, max_new), self.marker)
 
 
 class FailingExtract(ray_extract.ExtractWorker):
@@ -126,10 +136,11 @@ with cluster(opts):  # one local cluster for every scenario
     cli("evaluate", str(root / "ray"))
     cli("extract", str(root / "ray"))
 
-    # 2. a worker killed mid-extraction
-    ray_extract.WORKER = DyingWorker
+    # 2. a worker killed mid-evaluation, then one mid-extraction
+    ray_eval.WORKER, ray_extract.WORKER = DyingEval, DyingExtract
+    cli("evaluate", str(root / "killed"))
     cli("extract", str(root / "killed"))
-    ray_extract.WORKER = ray_extract.ExtractWorker
+    ray_eval.WORKER, ray_extract.WORKER = ray_eval.EvalWorker, ray_extract.ExtractWorker
 
     # 3. interrupted on Ray, then resumed on Ray
     ray_eval.WORKER = FailingEval
@@ -139,6 +150,7 @@ with cluster(opts):  # one local cluster for every scenario
         result["eval_error"] = str(e)
     ray_eval.WORKER = ray_eval.EvalWorker
     result["partial_lines"] = len((root / "resume" / "responses.partial.jsonl").read_text().splitlines())
+    shutil.copytree(root / "resume", root / "resume-eval-local")  # resumed in one process by the test
     evaluate_run(root / "resume", cfg, ray=opts)
     ray_extract.WORKER = FailingExtract
     try:
@@ -146,6 +158,7 @@ with cluster(opts):  # one local cluster for every scenario
     except CGapsError as e:
         result["extract_error"] = str(e)
     ray_extract.WORKER = ray_extract.ExtractWorker
+    shutil.copytree(root / "resume", root / "resume-extract-local", copy_function=shutil.copy2)
     shards = sorted((root / "resume" / "saliency_shards").glob("shard-*"))
     result["kept"] = {p.name: [p.stat().st_ino, p.stat().st_mtime_ns] for p in shards}
     extract_run(root / "resume", cfg, ray=opts)
@@ -162,6 +175,9 @@ def _isolation_problem() -> str | None:
         return "starting Ray needs a network namespace with only loopback (unshare -n), which needs root"
     if shutil.which("unshare") is None:
         return "starting Ray needs `unshare -n` (util-linux), not found"
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:  # root without CAP_SYS_ADMIN (an unprivileged container)
+        return f"starting Ray needs a network namespace, and `unshare -n` fails here: {probe.stderr.strip()}"
     return None
 
 
@@ -213,14 +229,10 @@ def ray_runs(cfg, reference, tmp_path_factory) -> Path:
     if problem:
         pytest.skip(problem)
     root = tmp_path_factory.mktemp("scaleout-ray")
-    for name in ("ray", "resume"):
+    for name in ("ray", "resume", "killed"):
         (root / name).mkdir()
         rundir.write_table(ITEMS, root / name / rundir.ITEMS)
         rundir.update_run_json(root / name, config=cfg.to_dict())
-    # the killed-worker run extracts the reference's answers (extraction is what it checks)
-    (root / "killed").mkdir()
-    shutil.copy(reference / rundir.ITEMS, root / "killed" / rundir.ITEMS)
-    rundir.update_run_json(root / "killed", config=cfg.to_dict())
     script = root / "child.py"
     script.write_text(CHILD)
     env = {
@@ -281,10 +293,10 @@ def test_two_workers_write_the_tables_and_shards_of_one_process(ray_runs, refere
     assert meta["counts"] == ref_meta["counts"]
 
 
-def test_a_worker_killed_mid_extraction_is_retried(ray_runs, reference):
-    marker = ray_runs / "killed.marker"
-    assert marker.exists()  # a worker really exited, on its second chunk
-    _assert_same_tables(ray_runs / "killed", reference, (rundir.SALIENCY, rundir.CONTEXTS))
+def test_a_worker_killed_mid_run_is_retried(ray_runs, reference):
+    for stage in ("evaluate", "extract"):  # a worker really was killed in each stage
+        assert (ray_runs / f"killed-{stage}.marker").exists(), stage
+    _assert_same_tables(ray_runs / "killed", reference)
     assert _shards(ray_runs / "killed").keys() == _shards(reference).keys()
 
 
@@ -323,3 +335,22 @@ def test_ray_options_are_checked():
         RayOptions(ray=True, ray_workers=0)
     with pytest.raises(CGapsError, match="needs --ray"):
         RayOptions(ray_workers=2)
+
+
+def test_an_interrupted_ray_run_resumes_in_one_process(ray_runs, reference, cfg, monkeypatch):
+    """The resume files a Ray run leaves are those of one process: resumed here without Ray."""
+    from cgaps.evaluate.stage import evaluate_run
+    from cgaps.extract import stage
+
+    monkeypatch.setattr(stage, "SHARD_ITEMS", SHARD_ITEMS)
+    evaluate_run(ray_runs / "resume-eval-local", cfg)
+    _assert_same_tables(ray_runs / "resume-eval-local", reference, (rundir.ITEMS, rundir.OPTION_LOGLIKS))
+
+    run = ray_runs / "resume-extract-local"
+    shards = run / rundir.SALIENCY_SHARDS
+    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*")}
+    assert 0 < len(before) < len(_shards(reference))
+    stage.extract_run(run, cfg)
+    after = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*")}
+    assert {k: after[k] for k in before} == before  # reused as they were
+    _assert_same_tables(run, reference)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pandas as pd
 
@@ -127,18 +127,19 @@ def _evaluate_run(
     t0 = time.perf_counter()
     with ExitStack() as stack:
         source: OwnEvaluator
+        partial = run_dir / rundir.RESPONSES_PARTIAL
         if ray is not None:  # the workers load the model; the driver keeps the resume file
             from cgaps.scaleout.evaluate import evaluation_pool
 
             pool = stack.enter_context(evaluation_pool(cfg, ray))
-            source = pool.evaluator(run_dir / rundir.RESPONSES_PARTIAL)
-            generator = source.generator  # describes the workers' model (run.json), never runs
+            # describes the workers' model and the backend they resolved; never runs here
+            generator = cast("Generator", pool.generator)
         else:
             generator = load_generator(cfg, generator)
-            # the resume file records the backend that generates, not "auto"
-            used = getattr(generator, "backend", None)
-            ecfg = cfg.replace(backend=used) if used in BACKENDS else cfg
-            source = OwnEvaluator(generator, ecfg, run_dir / rundir.RESPONSES_PARTIAL)
+        # the resume file records the backend that generates, not "auto"
+        used = getattr(generator, "backend", None)
+        ecfg = cfg.replace(backend=used) if used in BACKENDS else cfg
+        source = pool.evaluator(ecfg, partial) if ray is not None else OwnEvaluator(generator, ecfg, partial)
         items = record_scores(run_dir, source, items)
     options_path = run_dir / rundir.OPTION_LOGLIKS
     if source.options is not None and len(source.options):

@@ -103,10 +103,11 @@ class ActorPool:
         remote = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES, **resources)(cls)
         self.actors = [remote.remote(*args) for _ in range(n)]
 
-    def first(self, method: str, *args: Any) -> Any:
-        """``method`` of the first actor (once its model is loaded): what the driver needs to know."""
+    def each(self, method: str) -> list[Any]:
+        """``method`` of every actor (once its model is loaded): what the driver needs to know,
+        and whether the workers agree on it."""
         try:
-            return self.ray.get(getattr(self.actors[0], method).remote(*args))
+            return list(self.ray.get([getattr(a, method).remote() for a in self.actors]))
         except self.ray.exceptions.RayError as e:
             raise task_error(self.ray, e, "while loading the model") from e
 

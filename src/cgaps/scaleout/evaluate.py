@@ -22,6 +22,7 @@ import pandas as pd
 
 from cgaps.config import RunConfig, from_dict
 from cgaps.console import info, progress_bar
+from cgaps.errors import CGapsError
 from cgaps.evaluate import evaluator as ev
 from cgaps.scaleout.cluster import ActorPool, cluster, worker_resources
 from cgaps.scaleout.options import RayOptions
@@ -30,11 +31,13 @@ from cgaps.seams import Messages
 
 @dataclass
 class RemoteGenerator:
-    """The evaluated model as the driver sees it: its name, what was loaded, and the prompts the
-    workers truncated (added up as chunks complete)."""
+    """The evaluated model as the driver sees it: its name, what was loaded, the backend that
+    generates (as the stage records it), and the prompts the workers truncated (added up as
+    chunks complete)."""
 
     name: str
     loaded: dict[str, Any] | None
+    backend: str
     prompts_truncated: int = 0
 
 
@@ -50,7 +53,8 @@ class EvalWorker:
         self.generator = load_generator(self.cfg)
 
     def describe(self) -> RemoteGenerator:
-        return RemoteGenerator(self.generator.name, getattr(self.generator, "loaded", None))
+        g = self.generator
+        return RemoteGenerator(g.name, getattr(g, "loaded", None), str(getattr(g, "backend", "given")))
 
     def _truncated(self) -> int:
         return int(getattr(self.generator, "prompts_truncated", 0))
@@ -173,7 +177,14 @@ class EvaluationPool:
         self.cfg = cfg
         self.workers = n
         self.actors = ActorPool(ray, worker, (cfg.to_dict(),), n, resources)
-        self.generator: RemoteGenerator = self.actors.first("describe")
+        described: list[RemoteGenerator] = self.actors.each("describe")
+        kinds = {(d.name, d.backend, str((d.loaded or {}).get("dtype"))) for d in described}
+        if len(kinds) > 1:  # nodes that resolve `auto` differently would answer differently
+            raise CGapsError(
+                f"the Ray workers loaded the model differently ({sorted(kinds)}); "
+                "give --backend and --dtype explicitly, or use nodes of one kind"
+            )
+        self.generator = described[0]
 
     def run(self, method: str, jobs: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
         """``(chunk, answers)`` of every job as it completes; counts the truncated prompts."""
@@ -181,8 +192,9 @@ class EvaluationPool:
             self.generator.prompts_truncated += truncated
             yield n, out
 
-    def evaluator(self, partial: str | Path) -> RayEvaluator:
-        return RayEvaluator(self, self.cfg, partial)
+    def evaluator(self, cfg: RunConfig, partial: str | Path) -> RayEvaluator:
+        """The score source; ``cfg`` as the resume file records it (the backend resolved)."""
+        return RayEvaluator(self, cfg, partial)
 
 
 # The worker class evaluation pools are made of (a test may replace it).

@@ -99,7 +99,14 @@ class ExtractionPool:
         info(f"extraction on {n} Ray worker(s), each loading {cfg.reader_model} and the SAE")
         self.workers = n
         self.actors = ActorPool(ray, worker, (cfg.to_dict(),), n, resources)
-        self.reader, self.sae = self.actors.first("describe")
+        described: list[tuple[RemoteReader, RemoteSAE]] = self.actors.each("describe")
+        kinds = {(r.name, str(r.dtype), s.fingerprint) for r, s in described}
+        if len(kinds) > 1:  # nodes that resolve `auto` differently would extract differently
+            raise CGapsError(
+                f"the Ray workers loaded the reader or the SAE differently ({sorted(kinds)}); "
+                "give --dtype explicitly, or use nodes of one kind"
+            )
+        self.reader, self.sae = described[0]
 
     def extract(
         self, chunks: list[list[Any]], layer: int
