@@ -18,7 +18,8 @@ two cores) and the tests below check what it wrote against a run computed here i
   the same tables; a copy of each interrupted state is resumed here, in one process, too.
 
 Torch runs on one thread here, as in each Ray worker (one CPU slot each): the reference and the
-workers then add floats in the same order.
+workers then add floats in the same order. The Ray tests are ``slow`` (~2.5 min on 2 cores:
+stages end to end, and Ray starts slowly); ``make test`` (CI) runs them.
 """
 
 from __future__ import annotations
@@ -275,6 +276,7 @@ def _shards(run: Path) -> dict[str, object]:
     return out
 
 
+@pytest.mark.slow
 def test_two_workers_write_the_tables_and_shards_of_one_process(ray_runs, reference):
     run = ray_runs / "ray"
     _assert_same_tables(run, reference)
@@ -293,6 +295,7 @@ def test_two_workers_write_the_tables_and_shards_of_one_process(ray_runs, refere
     assert meta["counts"] == ref_meta["counts"]
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_is_retried(ray_runs, reference):
     for stage in ("evaluate", "extract"):  # a worker really was killed in each stage
         assert (ray_runs / f"killed-{stage}.marker").exists(), stage
@@ -300,6 +303,7 @@ def test_a_worker_killed_mid_run_is_retried(ray_runs, reference):
     assert _shards(ray_runs / "killed").keys() == _shards(reference).keys()
 
 
+@pytest.mark.slow
 def test_an_interrupted_ray_run_resumes_from_what_it_wrote(ray_runs, reference):
     result = json.loads((ray_runs / "result.json").read_text())
     assert "stopped on purpose at chunk 2" in result["eval_error"]
@@ -337,6 +341,7 @@ def test_ray_options_are_checked():
         RayOptions(ray_workers=2)
 
 
+@pytest.mark.slow
 def test_an_interrupted_ray_run_resumes_in_one_process(ray_runs, reference, cfg, monkeypatch):
     """The resume files a Ray run leaves are those of one process: resumed here without Ray."""
     from cgaps.evaluate.stage import evaluate_run
@@ -354,3 +359,38 @@ def test_an_interrupted_ray_run_resumes_in_one_process(ray_runs, reference, cfg,
     after = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*")}
     assert {k: after[k] for k in before} == before  # reused as they were
     _assert_same_tables(run, reference)
+
+
+class _FakeRay:
+    def __init__(self, resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+def test_one_worker_per_gpu_else_per_core():
+    from cgaps.errors import CGapsError
+    from cgaps.scaleout import RayOptions
+    from cgaps.scaleout.cluster import worker_resources
+
+    gpus = _FakeRay({"GPU": 8.0, "CPU": 64.0})
+    assert worker_resources(gpus, RayOptions(ray=True), "auto") == (8, {"num_gpus": 1, "num_cpus": 1})
+    assert worker_resources(gpus, RayOptions(ray=True, ray_workers=3), "cuda") == (
+        3,
+        {"num_gpus": 1, "num_cpus": 1},
+    )
+    assert worker_resources(gpus, RayOptions(ray=True), "cpu") == (64, {"num_cpus": 1})
+    assert worker_resources(_FakeRay({"CPU": 2.0}), RayOptions(ray=True), "auto") == (2, {"num_cpus": 1})
+    with pytest.raises(CGapsError, match="--ray-workers 9, but the Ray cluster has 8 GPU"):
+        worker_resources(gpus, RayOptions(ray=True, ray_workers=9), "auto")
+
+
+def test_a_worker_reads_cuda_n_as_its_own_gpu():
+    from cgaps.scaleout.cluster import worker_config
+
+    assert worker_config(RunConfig(device="cuda:3").to_dict())["device"] == "cuda"
+    assert (
+        worker_config(RunConfig(device="cpu", batch_size=3).to_dict())
+        == RunConfig(device="cpu", batch_size=3).to_dict()
+    )

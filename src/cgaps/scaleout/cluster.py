@@ -70,10 +70,26 @@ def worker_resources(ray: Any, opts: RayOptions, device: str) -> tuple[int, dict
     """How many workers, and what each one reserves: one GPU per worker where the cluster has GPUs
     and ``device`` allows one, else one CPU core."""
     total = ray.cluster_resources()
-    gpus = int(total.get("GPU", 0))
-    if gpus and device != "cpu" and device != "mps":
-        return opts.ray_workers or gpus, {"num_gpus": 1, "num_cpus": 1}
-    return opts.ray_workers or max(1, int(total.get("CPU", 1))), {"num_cpus": 1}
+    gpus, cpus = int(total.get("GPU", 0)), int(total.get("CPU", 1))
+    each: dict[str, float] = {"num_cpus": 1}
+    kind, have = "CPU core", cpus
+    if gpus and device not in ("cpu", "mps"):
+        each, kind, have = {"num_gpus": 1, "num_cpus": 1}, "GPU", gpus
+    n = opts.ray_workers or max(1, have)
+    if n > have:  # the extra actors would wait for resources forever
+        raise CGapsError(f"--ray-workers {n}, but the Ray cluster has {have} {kind}(s); give at most {have}")
+    return n, each
+
+
+def worker_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A worker's copy of the run config: Ray shows a worker only the GPU it reserved (as
+    ``cuda:0``), so a config naming ``cuda:N`` means "a GPU" there."""
+    from cgaps.config import from_dict
+
+    out = dict(cfg)
+    if str(out.get("device", "")).startswith("cuda:"):
+        out["device"] = "cuda"
+    return from_dict(out).to_dict()
 
 
 def task_error(ray: Any, e: Exception, what: str) -> Exception:

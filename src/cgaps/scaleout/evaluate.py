@@ -24,7 +24,7 @@ from cgaps.config import RunConfig, from_dict
 from cgaps.console import info, progress_bar
 from cgaps.errors import CGapsError
 from cgaps.evaluate import evaluator as ev
-from cgaps.scaleout.cluster import ActorPool, cluster, worker_resources
+from cgaps.scaleout.cluster import ActorPool, cluster, worker_config, worker_resources
 from cgaps.scaleout.options import RayOptions
 from cgaps.seams import Messages
 
@@ -49,7 +49,7 @@ class EvalWorker:
         os.environ["CGAPS_NO_PROGRESS"] = "1"  # the driver shows the progress
         from cgaps.evaluate.stage import load_generator
 
-        self.cfg: RunConfig = from_dict(cfg)
+        self.cfg: RunConfig = from_dict(worker_config(cfg))
         self.generator = load_generator(self.cfg)
 
     def describe(self) -> RemoteGenerator:

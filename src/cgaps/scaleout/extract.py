@@ -21,7 +21,7 @@ from typing import Any
 from cgaps.config import RunConfig, from_dict
 from cgaps.console import info
 from cgaps.errors import CGapsError
-from cgaps.scaleout.cluster import ActorPool, cluster, worker_resources
+from cgaps.scaleout.cluster import ActorPool, cluster, worker_config, worker_resources
 from cgaps.scaleout.options import RayOptions
 
 
@@ -71,7 +71,7 @@ class ExtractWorker:
         os.environ["CGAPS_NO_PROGRESS"] = "1"  # the driver shows the progress
         from cgaps.extract.stage import load_reader
 
-        self.cfg: RunConfig = from_dict(cfg)
+        self.cfg: RunConfig = from_dict(worker_config(cfg))
         self.reader, self.sae = load_reader(self.cfg)
 
     def describe(self) -> tuple[RemoteReader, RemoteSAE]:
