@@ -1,8 +1,12 @@
 """Robustness checks of docs/method.md §4: subsampling and adversarial ablation.
 
-Both reuse the fast path: a check picks a row subset of the suite's CSR matrix
-(:meth:`SuiteMatrix.subset`) and recomputes the chi tables on it with
-:func:`~cgaps.scoring.core.chi_tables`. A subset keeps the full suite's concept scale m_c
+Both work on row subsets of the suite's CSR matrix and compute what
+:func:`~cgaps.scoring.core.chi_tables` would on the subset without copying it: a subsample
+from the full suite's sums less those of the rows it leaves out (:class:`_SubsetSums`,
+within 1e-12), the ablation's chi_model from the kept rows' nonzeros (:func:`chi_model_all`,
+bit for bit); ``tests/test_speed_scoring.py`` checks both against ``chi_tables`` of
+:meth:`SuiteMatrix.subset`. The run is read with item ids as codes
+(``load_run(coded=True)``). A subset keeps the full suite's concept scale m_c
 (``SuiteMatrix.scale``: the reference max shipped with the SAE, or the full suite's max), so
 chi_bench values of a subset are on the same scale as the full run's (renormalising by a
 subset's own max would add variance that is not the benchmark's).
@@ -108,13 +112,12 @@ class _SubsetSums:
         key_dtype = np.int32 if self.n_bench * self.f < 2**31 else np.int64
         self.key = (m.bench[rows] * self.f + s.indices).astype(key_dtype)
         self.weights = (s.data, s.data * m.scores[rows], m.shat_data())
-        self.full = [self._sums(slice(None), w) for w in (None, *self.weights)]
+        self.full = [self._sums(self.key, slice(None), w) for w in (None, *self.weights)]
 
-    def _sums(self, nz: slice | np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    def _sums(self, key: np.ndarray, nz: slice | np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+        """Per-(benchmark, concept) sums of ``weights`` over the nonzeros ``nz`` (``key``: their keys)."""
         w = None if weights is None else weights[nz]
-        return np.bincount(self.key[nz], weights=w, minlength=self.n_bench * self.f).reshape(
-            self.n_bench, self.f
-        )
+        return np.bincount(key, weights=w, minlength=self.n_bench * self.f).reshape(self.n_bench, self.f)
 
     def _nonzeros(self, rows: np.ndarray) -> np.ndarray:
         """Positions in the CSR data of every nonzero of ``rows``."""
@@ -128,14 +131,12 @@ class _SubsetSums:
         n = self.m.saliency.shape[0]
         kept = np.zeros(n, dtype=bool)
         kept[rows] = True
-        if 2 * len(rows) >= n:  # subtract the left-out rows
-            nz = self._nonzeros(np.flatnonzero(~kept))
-            parts = [
-                full - self._sums(nz, w) for full, w in zip(self.full, (None, *self.weights), strict=True)
-            ]
-        else:
-            nz = self._nonzeros(np.flatnonzero(kept))
-            parts = [self._sums(nz, w) for w in (None, *self.weights)]
+        subtract = 2 * len(rows) >= n  # then sum the left-out rows and subtract them
+        nz = self._nonzeros(np.flatnonzero(~kept if subtract else kept))
+        key = self.key[nz]  # gathered once for the four sums
+        parts = [self._sums(key, nz, w) for w in (None, *self.weights)]
+        if subtract:
+            parts = [full - part for full, part in zip(self.full, parts, strict=True)]
         support, sum_s, sum_sy, sum_shat = (np.vstack([p, p.sum(axis=0)]) for p in parts)
         n_items = np.bincount(self.m.bench[kept], minlength=self.n_bench).astype(np.float64)
         n_items = np.append(n_items, n_items.sum())

@@ -2,8 +2,9 @@
 
 It needs only ``run.json`` (with ``n_concepts``), ``items.parquet`` (scored) and
 ``saliency.parquet``, whoever wrote them, read by the one run loader
-(:func:`cgaps.runtables.load_run`) through the validating helpers of :mod:`cgaps.rundir`,
-so bad input fails with the file and field named.
+(:func:`cgaps.runtables.load_run`, with the saliency's item ids as int32 codes into the
+items: ``coded=True``) through the validating helpers of :mod:`cgaps.rundir`, so bad input
+fails with the file and field named.
 """
 
 from __future__ import annotations
