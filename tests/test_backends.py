@@ -17,8 +17,25 @@ from cgaps.models.backends import Choice, Routed, backend_change, choose_backend
 from helpers import embedded_tokenizer, tiny_causal_lm
 
 
-def pick(model="embedded", device="auto", backend="auto", *, cuda=False, have=("llama_cpp",)):
-    return choose_backend(model, device, backend, has_cuda=lambda: cuda, importable=lambda m: m in have)
+def pick(
+    model="embedded",
+    device="auto",
+    backend="auto",
+    dtype="auto",
+    *,
+    cuda=False,
+    have=("llama_cpp",),
+    bf16=False,
+):
+    return choose_backend(
+        model,
+        device,
+        backend,
+        dtype,
+        has_cuda=lambda: cuda,
+        importable=lambda m: m in have,
+        bf16_native=lambda: bf16,
+    )
 
 
 # ------------------------------------------------------------------ the choice
@@ -53,15 +70,55 @@ def pick(model="embedded", device="auto", backend="auto", *, cuda=False, have=("
         ({"backend": "vllm", "cuda": True, "have": ("vllm",)}, Choice("vllm", "--backend vllm")),
         # a served model: the server generates, whatever auto would pick
         ({"model": "openai://127.0.0.1:8080/v1/m"}, Choice("served", "a served model")),
+        # a CPU with native bfloat16 (dtype auto): transformers generating in bfloat16, before llama.cpp
+        ({"bf16": True}, Choice("transformers", "auto: CPU with native bfloat16", "bfloat16")),
+        (
+            {"bf16": True, "model": "org/name"},
+            Choice("transformers", "auto: CPU with native bfloat16", "bfloat16"),
+        ),
+        (
+            {"bf16": True, "backend": "transformers"},
+            Choice("transformers", "--backend transformers", "bfloat16"),
+        ),
+        # ... not with an explicit dtype (float32 is the old path, bit for bit), nor on a GPU
+        ({"bf16": True, "dtype": "float32"}, Choice("llamacpp", "auto: GGUF on CPU")),
+        (
+            {"bf16": True, "dtype": "float32", "backend": "transformers"},
+            Choice("transformers", "--backend transformers"),
+        ),
+        ({"bf16": True, "cuda": True}, Choice("transformers", "auto: GPU, vllm not installed")),
+        ({"bf16": True, "backend": "llamacpp"}, Choice("llamacpp", "--backend llamacpp")),
     ],
 )
 def test_choice(kw, want):
     assert pick(**kw) == want
 
 
-def test_auto_is_printed_with_its_reason():
+def test_auto_is_printed_with_its_reason_and_recorded():
     assert pick().describe() == "generating with llama.cpp (auto: GGUF on CPU)"
     assert pick(model="org/name").describe() == "generating with transformers (auto: not a GGUF model)"
+    fast = pick(bf16=True)
+    assert fast.describe() == "generating with transformers in bfloat16 (auto: CPU with native bfloat16)"
+    assert (fast.recorded, pick().recorded) == ("transformers:bfloat16", "llamacpp")
+
+
+def test_bfloat16_generation_keeps_the_reader_in_its_dtype():
+    """The copy generates; residuals and option log-likelihoods come from the float32 model."""
+    import torch
+
+    from cgaps.models.backends import used_backend
+    from cgaps.models.hf import HFBackend
+
+    model = tiny_causal_lm(n_layers=1, hidden=16)
+    backend = HFBackend(model, embedded_tokenizer(), "tiny", "cpu")
+    assert used_backend(backend) == "transformers"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    backend.generate_in("bfloat16")
+    assert backend.gen_model.dtype == torch.bfloat16 and backend.dtype == torch.float32
+    assert backend.model is model and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert used_backend(backend) == "transformers:bfloat16"
+    backend.generate_in("float32")  # back to the model itself
+    assert backend.gen_model is model and used_backend(backend) == "transformers"
 
 
 def test_the_gpu_is_asked_only_when_it_matters():
@@ -71,9 +128,9 @@ def test_the_gpu_is_asked_only_when_it_matters():
         asked.append(1)
         return False
 
-    choose_backend("org/name", "auto", "transformers", has_cuda=cuda, importable=lambda m: True)
+    choose_backend("org/name", "cuda", "transformers", has_cuda=cuda, importable=lambda m: True)
     choose_backend("embedded", "cpu", "auto", has_cuda=cuda, importable=lambda m: m == "llama_cpp")
-    assert asked == []  # a named transformers backend and an explicit device need no torch import
+    assert asked == []  # an explicit device needs no torch import
     choose_backend("embedded", "auto", "auto", has_cuda=cuda, importable=lambda m: m == "llama_cpp")
     assert asked == [1]
 
@@ -177,20 +234,21 @@ def _evaluated(tmp_path, backend, cfg):
 def test_the_backend_used_is_recorded_and_another_makes_the_evaluation_stale(tmp_path):
     from cgaps.pipeline import stale_reason
 
-    cfg = RunConfig(backend="transformers")
+    cfg = RunConfig(backend="transformers", dtype="float32")  # the same choice on every machine
     meta = _evaluated(tmp_path, "llamacpp", cfg)
     assert meta["inputs"]["evaluate"]["settings"]["backend_used"] == "llamacpp"
     assert meta["config"]["backend"] == "transformers"  # what was asked stays in the config
     want = "the answers were generated with another backend (backend 'llamacpp' there, 'transformers' now)"
     assert backend_change(meta) == want
     assert stale_reason(tmp_path, "evaluate", rundir.read_items(tmp_path)) == want
-    # the same backend: current
-    rundir.update_run_json(tmp_path, config={"backend": "llamacpp", "device": "cpu"})
-    assert stale_reason(tmp_path, "evaluate", rundir.read_items(tmp_path)) is None
+    # generated by the backend the config picks: current
+    same = tmp_path / "same"
+    _evaluated(same, "transformers", cfg)
+    assert stale_reason(same, "evaluate", rundir.read_items(same)) is None
 
 
 def test_older_evaluations_count_as_transformers_and_given_generators_are_not_compared(tmp_path):
-    meta = _evaluated(tmp_path, None, RunConfig(backend="transformers"))
+    meta = _evaluated(tmp_path, None, RunConfig(backend="transformers", dtype="float32"))
     assert meta["inputs"]["evaluate"]["settings"]["backend_used"] == "given"
     assert backend_change(meta) is None
     del meta["inputs"]["evaluate"]["settings"]["backend_used"]  # written before backends

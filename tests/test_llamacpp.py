@@ -1,4 +1,5 @@
-"""The llama.cpp backend: errors without a model, and greedy answers against transformers."""
+"""The llama.cpp backend: errors without a model, greedy answers against transformers, prefix
+reuse against the plain path."""
 
 from __future__ import annotations
 
@@ -39,3 +40,37 @@ def test_probe_answers_agree_with_transformers(smollm):
     same = sum(a == b for a, b in zip(want, got, strict=True))
     assert all(g.strip() for g in got)  # real answers, not empty strings
     assert same >= AGREE_AT_LEAST * len(items), list(zip(want, got, strict=True))
+
+
+needs_llamacpp = pytest.mark.skipif(
+    not llamacpp_available(), reason="llama-cpp-python is not installed (extra 'llamacpp')"
+)
+
+
+def test_common_prefix():
+    from cgaps.models.llamacpp import common_prefix
+
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([1, 2], [1, 2]) == 2
+
+
+@pytest.mark.slow
+@needs_llamacpp
+def test_prefix_reuse_gives_the_plain_path_s_answers():
+    """The plain reference: each prompt evaluated from an empty cache. Reusing the previous
+    prompt's cache for the shared prefix gives the same answers."""
+    from cgaps.config import RunConfig
+    from cgaps.evaluate.evaluator import budget
+    from cgaps.items.probes import load_probes
+    from cgaps.models import conversation
+
+    items = load_probes(per_family=1)
+    convs = [conversation(r) for r in items]
+    budgets = [budget(r, RunConfig(max_new_tokens=48)) for r in items]
+    backend = LlamaCppBackend.load("embedded")
+    backend.reuse_prefix = False
+    plain = backend.generate(convs, budgets, 1)
+    backend.reuse_prefix = True
+    assert backend.generate(convs, budgets, 1) == plain
+    assert all(a.strip() for a in plain)

@@ -120,6 +120,7 @@ def _evaluate_run(
 ) -> pd.DataFrame:
     from cgaps.config import BACKENDS
     from cgaps.evaluate.evaluator import EVAL_SETTINGS, OwnEvaluator, check_options
+    from cgaps.models.backends import used_backend
     from cgaps.models.loading import loaded_record
 
     items = items_to_score(run_dir)  # a bad table is reported before the model loads
@@ -156,7 +157,7 @@ def _evaluate_run(
                 "evaluate",
                 # the backend that generated (models.backends.backend_change compares it)
                 settings={k: getattr(cfg, k) for k in EVAL_SETTINGS}
-                | {"backend_used": str(getattr(generator, "backend", "given"))},
+                | {"backend_used": used_backend(generator)},
             )
         },
         config=cfg.to_dict(),

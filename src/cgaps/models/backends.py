@@ -58,13 +58,22 @@ SERVED = "served"  # an openai:// model: the server generates, no local backend
 @dataclass(frozen=True)
 class Choice:
     """The backend that generates (one of :data:`cgaps.config.BACKENDS` less ``auto``, or
-    ``served``) and why it was picked (printed: ``generating with llama.cpp (auto: GGUF on CPU)``)."""
+    ``served``), why it was picked (printed: ``generating with llama.cpp (auto: GGUF on CPU)``),
+    and for transformers the dtype it generates in when not the model's (``gen_dtype``)."""
 
     name: str
     reason: str
+    gen_dtype: str | None = None
+
+    @property
+    def recorded(self) -> str:
+        """What run.json records as the backend that generated: ``transformers:bfloat16`` when
+        transformers generates in another dtype than the model's."""
+        return self.name if self.gen_dtype is None else f"{self.name}:{self.gen_dtype}"
 
     def describe(self) -> str:
-        return f"generating with {LABELS.get(self.name, self.name)} ({self.reason})"
+        where = f" in {self.gen_dtype}" if self.gen_dtype else ""
+        return f"generating with {LABELS.get(self.name, self.name)}{where} ({self.reason})"
 
 
 def is_gguf(model: str) -> bool:
@@ -74,6 +83,18 @@ def is_gguf(model: str) -> bool:
 
 def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 dot products natively (``avx512_bf16`` or AMX), where
+    oneDNN's bfloat16 matrix products run ~4x faster than MKL's float32 ones (measured here:
+    339 against 58 GFLOP/s on a 1000x576x1536 product)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: no such file, no claim
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cuda_available() -> bool:
@@ -86,15 +107,20 @@ def choose_backend(
     model: str,
     device: str,
     backend: str = "auto",
+    dtype: str = "auto",
     *,
     has_cuda: Callable[[], bool] = cuda_available,
     importable: Callable[[str], bool] = _importable,
+    bf16_native: Callable[[], bool] = cpu_bf16_native,
 ) -> Choice:
     """The backend that generates ``model`` on ``device`` for the setting ``backend`` (module
     docstring). ``has_cuda`` and ``importable`` are the probes of the machine (tests pass fakes).
 
     ``device`` is the config's (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``): ``auto`` means
-    the GPU when there is one, as :func:`cgaps.models.loading.pick_device` decides.
+    the GPU when there is one, as :func:`cgaps.models.loading.pick_device` decides. ``dtype`` is
+    the config's model dtype: with ``auto`` on a CPU that computes bfloat16 natively,
+    transformers generates in bfloat16 (a copy of the weights; option log-likelihoods and the
+    residuals extraction reads stay in float32), and ``auto`` prefers that to llama.cpp.
     """
     if backend not in BACKENDS:
         from cgaps.errors import did_you_mean
@@ -109,8 +135,6 @@ def choose_backend(
                 "pass --backend auto (the server generates)"
             )
         return Choice(SERVED, "a served model")
-    if backend == "transformers":
-        return Choice("transformers", "--backend transformers")
     cuda: list[bool] = []  # asked once, and only when needed (it imports torch)
 
     def on_cuda() -> bool:
@@ -122,6 +146,12 @@ def choose_backend(
 
     def on_cpu() -> bool:
         return device == "cpu" or (device == "auto" and not on_cuda())
+
+    def fast_bf16() -> bool:  # transformers generates in bfloat16 on such a CPU (docstring)
+        return dtype == "auto" and on_cpu() and bf16_native()
+
+    if backend == "transformers":
+        return Choice("transformers", "--backend transformers", "bfloat16" if fast_bf16() else None)
 
     if backend == "vllm":
         if not importable("vllm"):
@@ -156,6 +186,8 @@ def choose_backend(
     # auto: the first that fits, in this order
     if importable("vllm") and on_cuda():
         return Choice("vllm", "auto: CUDA GPU and vllm installed")
+    if fast_bf16():
+        return Choice("transformers", "auto: CPU with native bfloat16", "bfloat16")
     if is_gguf(model) and importable("llama_cpp") and on_cpu():
         return Choice("llamacpp", "auto: GGUF on CPU")
     if on_cuda():
@@ -171,7 +203,7 @@ def choose_backend(
 
 def choose(cfg: RunConfig) -> Choice:
     """:func:`choose_backend` for a run's config."""
-    return choose_backend(cfg.model, cfg.device, cfg.backend)
+    return choose_backend(cfg.model, cfg.device, cfg.backend, cfg.dtype)
 
 
 class Routed:
@@ -246,7 +278,10 @@ def open_generator(cfg: RunConfig, choice: Choice, transformers: HFBackend | Non
         return model
 
     if choice.name == "transformers":
-        return scorer()
+        model = scorer()
+        if choice.gen_dtype is not None and isinstance(model, hf.HFBackend):
+            model.generate_in(choice.gen_dtype)
+        return model
     if choice.name == "llamacpp":
         from cgaps.models.llamacpp import LlamaCppBackend, display_name
 
@@ -264,6 +299,16 @@ def open_generator(cfg: RunConfig, choice: Choice, transformers: HFBackend | Non
     raise CGapsError(f"no local generator for backend {choice.name!r}")
 
 
+def used_backend(generator: Any) -> str:
+    """What run.json records as the backend that generated (``inputs.evaluate.settings.backend_used``):
+    the generator's ``backend``, with the dtype transformers generated in when not the model's
+    (``transformers:bfloat16``, :attr:`Choice.recorded`); ``given`` for a generator that does not
+    say (one passed through the Python API), which :func:`backend_change` does not compare."""
+    name = str(getattr(generator, "backend", "given"))
+    dtype = getattr(generator, "gen_dtype", None)
+    return f"{name}:{dtype}" if dtype else name
+
+
 def backend_change(meta: dict[str, Any]) -> str | None:
     """Why a completed evaluation is stale because the backend that would generate now is not the
     one that did (None: the same, or nothing recorded to compare). ``meta``: run.json."""
@@ -276,10 +321,10 @@ def backend_change(meta: dict[str, Any]) -> str | None:
     cfg = config_from_run(meta, "run")
     # evaluations recorded before the backend was: transformers (or the server) generated them
     was = settings.get("backend_used", SERVED if cfg.model.startswith("openai://") else "transformers")
-    if was not in (*BACKENDS, SERVED):
+    if str(was).split(":")[0] not in (*BACKENDS, SERVED):
         return None  # a generator given through the Python API: nothing to compare
     try:
-        now = choose(cfg).name
+        now = choose(cfg).recorded
     except CGapsError as e:
         return f"its backend cannot be chosen now ({e})"
     if now == was:

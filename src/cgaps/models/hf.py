@@ -40,6 +40,9 @@ class HFBackend:
         # prompts longer than the context: "truncate" (from the left, counted) or "refuse"
         self.context_overflow = "truncate"
         self.prompts_truncated = 0
+        # generation (only) may run a copy in another dtype: generate_in()
+        self.gen_model = model
+        self.gen_dtype: str | None = None  # the copy's dtype (None: the model generates)
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.n_layers = int(cfg.num_hidden_layers)
         self.hidden_size = int(cfg.hidden_size)
@@ -184,6 +187,23 @@ class HFBackend:
 
     # -- generation
 
+    def generate_in(self, dtype: str) -> None:
+        """Generate with a copy of the weights in ``dtype`` (bfloat16 on a CPU that computes it
+        natively: ~4x faster matrix products); option log-likelihoods and residuals keep the
+        model's dtype, so extraction reads the same residuals whatever generated the answers."""
+        import copy
+
+        from cgaps.models.loading import torch_dtype
+
+        if torch_dtype(dtype) == self.dtype:
+            self.gen_model, self.gen_dtype = self.model, None
+            return
+        if self.gen_model is self.model or self.gen_model.dtype != torch_dtype(dtype):
+            self.gen_model = copy.deepcopy(self.model).to(torch_dtype(dtype)).eval()
+        self.gen_dtype = dtype
+        if isinstance(self.loaded, dict):
+            self.loaded = {**self.loaded, "generation_dtype": dtype}
+
     def generate(
         self,
         conversations: Sequence[Messages | str],
@@ -211,7 +231,7 @@ class HFBackend:
             enc = tok.pad({"input_ids": rows}, return_tensors="pt", padding=True, padding_side="left")
             # finished rows leave the batch (model.generate would run them to the longest answer)
             new = greedy_generate(
-                self.model,
+                self.gen_model,
                 enc["input_ids"].to(self.device),
                 enc["attention_mask"].to(self.device),
                 max_new,
