@@ -118,6 +118,9 @@ def _optional_table(run_dir: Path, name: str, columns: tuple[str, ...], stage: s
     return _check_columns(rundir.read_table(path, stage), path, columns, f"rerun {stage} or delete the file")
 
 
+_BLOCK = 1 << 22  # rows per block of the checks: a few tens of MB of temporaries at a time
+
+
 def no_duplicate_pairs(rows: np.ndarray, cols: np.ndarray) -> bool:
     """True when the rows come grouped by item with concepts strictly increasing within each item
     and no item in two groups (what extraction writes): then no (item, concept) pair repeats.
@@ -134,9 +137,6 @@ def no_duplicate_pairs(rows: np.ndarray, cols: np.ndarray) -> bool:
             return False
         groups += int(np.count_nonzero(new_item))
     return groups == int(np.count_nonzero(np.bincount(rows)))
-
-
-_BLOCK = 1 << 22  # rows per block of the checks: a few tens of MB of temporaries at a time
 
 
 def read_saliency_coded(run_dir: str | Path, item_ids: pd.Index, n_concepts: int) -> pd.DataFrame | None:
