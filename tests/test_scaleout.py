@@ -167,6 +167,11 @@ with cluster(opts):  # one local cluster for every scenario
         p.name: [p.stat().st_ino, p.stat().st_mtime_ns]
         for p in sorted((root / "resume" / "saliency_shards").glob("shard-*"))
     }
+    # 4. a model the workers cannot load: the worker's own one-line error, nothing written
+    try:
+        extract_run(root / "bad", cfg.replace(reader="/nonexistent/reader"), ray=opts)
+    except CGapsError as e:
+        result["bad_reader"] = str(e)
 (root / "result.json").write_text(json.dumps(result))
 '''
 
@@ -230,7 +235,7 @@ def ray_runs(cfg, reference, tmp_path_factory) -> Path:
     if problem:
         pytest.skip(problem)
     root = tmp_path_factory.mktemp("scaleout-ray")
-    for name in ("ray", "resume", "killed"):
+    for name in ("ray", "resume", "killed", "bad"):
         (root / name).mkdir()
         rundir.write_table(ITEMS, root / name / rundir.ITEMS)
         rundir.update_run_json(root / name, config=cfg.to_dict())
@@ -394,3 +399,12 @@ def test_a_worker_reads_cuda_n_as_its_own_gpu():
         worker_config(RunConfig(device="cpu", batch_size=3).to_dict())
         == RunConfig(device="cpu", batch_size=3).to_dict()
     )
+
+
+@pytest.mark.slow
+def test_a_model_the_workers_cannot_load_is_one_line(ray_runs, cfg):
+    result = json.loads((ray_runs / "result.json").read_text())
+    assert result["bad_reader"].startswith("/nonexistent/reader: no such model folder")
+    assert "\n" not in result["bad_reader"]
+    files = sorted(p.name for p in (ray_runs / "bad").iterdir() if p.name != rundir.LOCK)
+    assert files == [rundir.ITEMS, rundir.RUN_JSON]  # nothing written besides what was there

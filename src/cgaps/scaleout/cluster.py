@@ -92,6 +92,37 @@ def worker_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return from_dict(out).to_dict()
 
 
+class Worker:
+    """Base of the Ray actors: the worker's config (:func:`worker_config`), no progress bars (the
+    driver shows the progress), and :meth:`load` run once. A CGapsError while loading (a model
+    that is not there, a layer out of range) is kept and raised by :meth:`describe`, the first
+    call the driver makes: it reaches the driver as the one line it is, where an exception in
+    the actor's constructor would kill the actor, be retried, and surface as an actor death."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        from cgaps.config import from_dict
+
+        os.environ["CGAPS_NO_PROGRESS"] = "1"
+        self.cfg = from_dict(worker_config(cfg))
+        self.failed: CGapsError | None = None
+        try:
+            self.load()
+        except CGapsError as e:
+            self.failed = e
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> Any:
+        if self.failed is not None:
+            raise self.failed
+        return self.description()
+
+    def description(self) -> Any:
+        """What the driver needs to know of the loaded model."""
+        raise NotImplementedError
+
+
 def task_error(ray: Any, e: Exception, what: str) -> Exception:
     """The error a failed Ray task becomes on the driver: the worker's own CGapsError as it was,
     a worker that kept dying as a one-line CGapsError."""

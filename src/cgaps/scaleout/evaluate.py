@@ -11,7 +11,6 @@ every answered chunk. ``tests/test_scaleout.py`` checks the tables against one p
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from cgaps.config import RunConfig, from_dict
+from cgaps.config import RunConfig
 from cgaps.console import info, progress_bar
 from cgaps.errors import CGapsError
 from cgaps.evaluate import evaluator as ev
-from cgaps.scaleout.cluster import ActorPool, cluster, worker_config, worker_resources
+from cgaps.scaleout.cluster import ActorPool, Worker, cluster, worker_resources
 from cgaps.scaleout.options import RayOptions
 from cgaps.seams import Messages
 
@@ -41,18 +40,16 @@ class RemoteGenerator:
     prompts_truncated: int = 0
 
 
-class EvalWorker:
+class EvalWorker(Worker):
     """A Ray actor: loads the evaluated model once (:func:`cgaps.evaluate.stage.load_generator`),
     then answers chunk after chunk; each call also returns the prompts it truncated."""
 
-    def __init__(self, cfg: dict[str, Any]):
-        os.environ["CGAPS_NO_PROGRESS"] = "1"  # the driver shows the progress
+    def load(self) -> None:
         from cgaps.evaluate.stage import load_generator
 
-        self.cfg: RunConfig = from_dict(worker_config(cfg))
         self.generator = load_generator(self.cfg)
 
-    def describe(self) -> RemoteGenerator:
+    def description(self) -> RemoteGenerator:
         g = self.generator
         return RemoteGenerator(g.name, getattr(g, "loaded", None), str(getattr(g, "backend", "given")))
 

@@ -11,17 +11,16 @@ the tokenizer and the model's and SAE's description from the first worker (:clas
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from cgaps.config import RunConfig, from_dict
+from cgaps.config import RunConfig
 from cgaps.console import info
 from cgaps.errors import CGapsError
-from cgaps.scaleout.cluster import ActorPool, cluster, worker_config, worker_resources
+from cgaps.scaleout.cluster import ActorPool, Worker, cluster, worker_resources
 from cgaps.scaleout.options import RayOptions
 
 
@@ -63,18 +62,16 @@ class RemoteSAE:
     decode = _remote_only
 
 
-class ExtractWorker:
+class ExtractWorker(Worker):
     """A Ray actor: loads the reader and the SAE once (:func:`cgaps.extract.stage.load_reader`),
     then extracts chunk after chunk."""
 
-    def __init__(self, cfg: dict[str, Any]):
-        os.environ["CGAPS_NO_PROGRESS"] = "1"  # the driver shows the progress
+    def load(self) -> None:
         from cgaps.extract.stage import load_reader
 
-        self.cfg: RunConfig = from_dict(worker_config(cfg))
         self.reader, self.sae = load_reader(self.cfg)
 
-    def describe(self) -> tuple[RemoteReader, RemoteSAE]:
+    def description(self) -> tuple[RemoteReader, RemoteSAE]:
         r, s = self.reader, self.sae
         return (
             RemoteReader(
