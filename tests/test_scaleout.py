@@ -408,3 +408,47 @@ def test_a_model_the_workers_cannot_load_is_one_line(ray_runs, cfg):
     assert "\n" not in result["bad_reader"]
     files = sorted(p.name for p in (ray_runs / "bad").iterdir() if p.name != rundir.LOCK)
     assert files == [rundir.ITEMS, rundir.RUN_JSON]  # nothing written besides what was there
+
+
+def test_the_commands_hand_their_ray_options_to_the_stages(tmp_path, monkeypatch):
+    """--ray, --ray-address and --ray-workers of evaluate, extract and run reach the stage
+    functions as RayOptions (None without them); the stages are stubbed, nothing starts Ray."""
+    from typer.testing import CliRunner
+
+    import cgaps.evaluate.stage
+    import cgaps.extract.stage
+    import cgaps.pipeline
+    from cgaps.cli.main import app
+    from cgaps.scaleout import RayOptions
+
+    seen: list[tuple[str, object]] = []
+    items = ITEMS.assign(response="x", score=1.0)
+    sal = pd.DataFrame({"item_id": ["s/00"], "concept": [0], "value": [1.0]})
+
+    def stage(name, value):
+        def run(*args, ray=None, **kw):
+            seen.append((name, ray))
+            return value
+
+        return run
+
+    monkeypatch.setattr(cgaps.evaluate.stage, "evaluate_run", stage("evaluate", items))
+    monkeypatch.setattr(cgaps.extract.stage, "extract_run", stage("extract", sal))
+    monkeypatch.setattr(cgaps.pipeline, "run_pipeline", stage("run", {"items": 0.0}))
+    config = tmp_path / "cfg.yaml"
+    config.write_text("suite: probes\n")
+    run = str(tmp_path / "run")
+    for args in (
+        ["evaluate", run, "--ray", "--ray-workers", "3"],
+        ["extract", run, "--ray-address", "auto"],
+        ["extract", run],
+        ["run", str(config), "--out", run, "--ray"],
+    ):
+        result = CliRunner().invoke(app, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert seen == [
+        ("evaluate", RayOptions(ray=True, ray_workers=3)),
+        ("extract", RayOptions(ray_address="auto")),
+        ("extract", None),
+        ("run", RayOptions(ray=True)),
+    ]
