@@ -1,6 +1,8 @@
 """Generation throughput: the evaluator's answers per second against the bare batched forward.
 
     .venv/bin/python bench/generate.py [--quick]                 # probe suite, embedded SmolLM2, CPU
+    .venv/bin/python bench/generate.py --quick --dtype float32 --gen-dtype bfloat16
+    .venv/bin/python bench/generate.py --quick --backend llamacpp
     PYTHONPATH=src python bench/generate.py --synthetic Gemma-2-2B --device cuda
 
 Real mode: the probe suite's items, in the evaluator's own batches (grouped by new-token budget,
@@ -20,7 +22,9 @@ with a fixed budget (random weights never emit EOS).
 ``--backend llamacpp``: the evaluator answers through :class:`cgaps.models.llamacpp.LlamaCppBackend`
 (the GGUF file as it is), against the same transformers bare forward and, interleaved in the same
 run, the evaluator through transformers (the path ``--backend transformers`` takes); it prints how
-many answers are identical and each backend's probe accuracy.
+many answers are identical and each backend's probe accuracy. ``--gen-dtype bfloat16``: the same
+comparison with the evaluator generating from a bfloat16 copy of the weights (what ``dtype:
+auto`` does on a CPU with native bfloat16) against the float32 transformers evaluator.
 
 Last line: ``answers_s=A ratio_vs_bare=R`` (R = bare time / evaluator time: 1.0 means the
 evaluator adds nothing to the forward passes); with ``--backend llamacpp`` also
@@ -58,6 +62,10 @@ def real(args: argparse.Namespace) -> str:
         from cgaps.models.llamacpp import LlamaCppBackend
 
         generators = {"evaluator": LlamaCppBackend.load(args.model), "transformers": backend}
+    elif args.gen_dtype:  # the evaluator generates with a copy in gen_dtype; the reference in dtype
+        fast = load_backend(args.model, device=args.device, dtype=args.dtype)
+        fast.generate_in(args.gen_dtype)
+        generators = {"evaluator": fast, "transformers": backend}
     cfg = RunConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     items = pd.DataFrame(load_probes(per_family=args.per_family))
     records = items.to_dict("records")
@@ -129,7 +137,7 @@ def real(args: argparse.Namespace) -> str:
             acc = float(grade_items(graded).mean())
             extra[f"acc_{name}"] = acc
         print(
-            f"identical answers {same}/{len(ids)}; accuracy {args.backend} {extra['acc_evaluator']:.3f}, "
+            f"identical answers {same}/{len(ids)}; accuracy {args.gen_dtype or args.backend} {extra['acc_evaluator']:.3f}, "
             f"transformers {extra['acc_transformers']:.3f}"
         )
         extra = {
@@ -214,6 +222,12 @@ def main(argv: list[str] | None = None) -> str:
         choices=["transformers", "llamacpp"],
         default="transformers",
         help="the evaluator's generator (bare is always transformers' model.generate)",
+    )
+    ap.add_argument(
+        "--gen-dtype",
+        choices=["bfloat16", "float16", "float32"],
+        help="the evaluator generates with a copy of the weights in this dtype (HFBackend.generate_in), "
+        "against the transformers evaluator in --dtype, interleaved",
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
