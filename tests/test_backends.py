@@ -410,3 +410,26 @@ def test_vllm_budgets_and_decoding_follow_the_transformers_rules():
     out = VLLMBackend(Engine(), tok, [tok.eos_token_id], "m", params=dict).generate(CONVS, 4, 2, done.append)
     # the EOS is dropped and the text stripped, as HFBackend.generate decodes
     assert out == ["4", "4", "4"] and done == [3]
+
+
+def test_a_resume_file_from_another_generation_dtype_is_refused(tmp_path):
+    from cgaps.evaluate.evaluator import PARTIAL_SIGNATURE
+    from cgaps.evaluate.stage import evaluate_run
+
+    class Bfloat16(Fake):
+        gen_dtype = "bfloat16"  # HFBackend.generate_in("bfloat16")
+
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    # interrupted while transformers generated in the model's own dtype
+    settings = {
+        k: v for k, v in RunConfig(backend="transformers").to_dict().items() if k in PARTIAL_SIGNATURE
+    }
+    (tmp_path / rundir.RESPONSES_PARTIAL).write_text("")
+    (tmp_path / rundir.RESPONSES_PARTIAL).with_suffix(".json").write_text(json.dumps(settings))
+    with pytest.raises(CGapsError, match=r"other settings \(dtype 'auto' there, 'bfloat16' now\)"):
+        evaluate_run(tmp_path, RunConfig(), Bfloat16("transformers"))
+    (tmp_path / rundir.RESPONSES_PARTIAL).unlink()
+    evaluate_run(tmp_path, RunConfig(), Bfloat16("transformers"))
+    meta = rundir.read_run_json(tmp_path)
+    assert meta["inputs"]["evaluate"]["settings"]["backend_used"] == "transformers:bfloat16"
+    assert meta["inputs"]["evaluate"]["settings"]["dtype"] == "auto"  # the config as asked

@@ -140,6 +140,8 @@ def _evaluate_run(
         # the resume file records the backend that generates, not "auto"
         used = getattr(generator, "backend", None)
         ecfg = cfg.replace(backend=used) if used in BACKENDS else cfg
+        if getattr(generator, "gen_dtype", None):  # and the dtype it generates in (HFBackend.generate_in)
+            ecfg = ecfg.replace(dtype=getattr(generator, "gen_dtype"))  # noqa: B009
         source = pool.evaluator(ecfg, partial) if ray is not None else OwnEvaluator(generator, ecfg, partial)
         items = record_scores(run_dir, source, items)
     options_path = run_dir / rundir.OPTION_LOGLIKS

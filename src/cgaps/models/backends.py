@@ -7,19 +7,22 @@ ids; greedy decoding) but run on different machinery:
 ========================  ==========================================  =============================
 backend                   what runs                                   where it is the fastest
 ========================  ==========================================  =============================
-``transformers``          :class:`~cgaps.models.hf.HFBackend`: the    anywhere (the reference)
-                          model in ``dtype``, batched greedy decoding
-                          with early exit
+``transformers``          :class:`~cgaps.models.hf.HFBackend`: the    anywhere (the reference);
+                          model in ``dtype``, batched greedy decoding  in bfloat16 on a CPU with
+                          with early exit                             native bfloat16
 ``llamacpp``              :class:`~cgaps.models.llamacpp.LlamaCppBackend`:  a GGUF model on the CPU
                           the GGUF file as it is (quantised kernels)  (extra ``llamacpp``)
 ``vllm``                  :class:`~cgaps.models.vllm.VLLMBackend`:    a CUDA GPU (extra ``vllm``)
                           paged attention, continuous batching
 ========================  ==========================================  =============================
 
-``backend: auto`` (:func:`choose_backend`) is deterministic and printed: vLLM when a CUDA GPU is
-used and ``vllm`` imports; llama.cpp when the model is a GGUF file (or the embedded one), the
-device is the CPU and ``llama_cpp`` imports; transformers otherwise. A named backend that cannot
-run is an error naming what is missing, never a silent fallback.
+``backend: auto`` (:func:`choose_backend`) is deterministic and printed, the first that fits:
+vLLM when a CUDA GPU is used and ``vllm`` imports; transformers generating from a bfloat16 copy
+of the weights on a CPU that computes bfloat16 natively (``avx512_bf16``/AMX) with ``dtype:
+auto`` (measured faster than llama.cpp there: docs/scaling.md, Generation); llama.cpp when the
+model is a GGUF file (or the embedded one), the device is the CPU and ``llama_cpp`` imports;
+transformers otherwise. A named backend that cannot run is an error naming what is missing,
+never a silent fallback.
 
 The backend actually used is recorded with the evaluation's inputs (``backend_used`` in
 ``run.json`` ``inputs.evaluate.settings``): answers differ between backends on a fraction of the
