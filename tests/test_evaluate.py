@@ -65,6 +65,30 @@ def run_dir(tmp_path):
     return tmp_path
 
 
+def test_generation_batch_is_its_own_knob(run_dir):
+    """generate_batch_size sizes generation calls only; log-likelihoods (and extraction) keep batch_size."""
+    seen: dict[str, list[tuple[int, int]]] = {"generate": [], "loglik": []}
+
+    class Recording(FakeBackend):
+        def generate(self, conversations, max_new_tokens, batch_size, progress=None):
+            seen["generate"].append((len(conversations), batch_size))
+            return super().generate(conversations, max_new_tokens, batch_size, progress)
+
+        def loglikelihood(self, requests, batch_size, progress=None):
+            seen["loglik"].append((len(requests), batch_size))
+            return super().loglikelihood(requests, batch_size, progress)
+
+    items = pd.concat([ITEMS.assign(item_id=ITEMS["item_id"] + f"_{k}") for k in range(4)], ignore_index=True)
+    rundir.write_table(items, run_dir / rundir.ITEMS)
+    evaluate_run(run_dir, RunConfig(batch_size=1, generate_batch_size=3), Recording({}))
+    assert {b for _, b in seen["generate"]} == {3} and {b for _, b in seen["loglik"]} == {1}
+    # chunks of generation_batch x 2 prompts per new-token budget (the resume granularity)
+    assert max(n for n, _ in seen["generate"]) == 6
+    assert RunConfig(batch_size=4).generation_batch == 4
+    with pytest.raises(CGapsError, match="generate_batch_size"):
+        RunConfig(generate_batch_size=0)
+
+
 def test_generate_and_grade(run_dir):
     backend = FakeBackend(
         {"1+1?": "The answer is 2.", "2+2?": "5", "3+3?": "#### 6", "Pick one": "(b)", "Pick two": "B"}

@@ -129,6 +129,11 @@ class RunConfig:
     )
     max_new_tokens: int = documented(256, "Greedy generation budget per item.")
     batch_size: int = documented(16, "Items per forward batch (generation and extraction).")
+    generate_batch_size: int | None = documented(
+        None,
+        "Items per generation batch, when it should differ from batch_size (speed only: extraction "
+        "keeps batch_size, so the concept tables of identical responses do not move with it).",
+    )
     mc_scoring: str = documented(
         "auto",
         "Multiple-choice protocol: 'generate' (answer letter), 'loglik' (cloze: options not listed, "
@@ -213,6 +218,11 @@ class RunConfig:
         "auto", "Model dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."
     )
 
+    @property
+    def generation_batch(self) -> int:
+        """Items per generation batch: ``generate_batch_size``, else ``batch_size``."""
+        return self.generate_batch_size or self.batch_size
+
     def __post_init__(self) -> None:
         check_field_types(self)  # before any comparison: "big" < 1 is a TypeError, not a message
         if not re.fullmatch(DEVICE_PATTERN, self.device):
@@ -232,6 +242,10 @@ class RunConfig:
         for name in ("max_new_tokens", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise CGapsError(f"config field '{name}' must be >= 1, got {getattr(self, name)}")
+        if self.generate_batch_size is not None and self.generate_batch_size < 1:
+            raise CGapsError(
+                f"config field 'generate_batch_size' must be >= 1 or null, got {self.generate_batch_size}"
+            )
         if self.limit is not None and self.limit < 1:
             raise CGapsError(f"config field 'limit' must be >= 1 or null, got {self.limit}")
         if self.top_k is not None and self.top_k < 1:

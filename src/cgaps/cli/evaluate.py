@@ -15,6 +15,7 @@ from cgaps.scaleout.options import RayOptions
     "model",
     "max_new_tokens",
     "batch_size",
+    "generate_batch_size",
     "mc_scoring",
     "chat_template",
     "context_overflow",

@@ -315,10 +315,13 @@ def respond(items: pd.DataFrame, generator: Generator, cfg: RunConfig, partial: 
         for r in generate:
             by_budget.setdefault(budget(r, cfg), []).append(r)
         with progress_bar("generating", len(generate)) as advance:
+            gen_chunk = cfg.generation_batch * _CHUNK_BATCHES
             for max_new, group in sorted(by_budget.items()):
-                for start in range(0, len(group), chunk):
-                    batch = group[start : start + chunk]
-                    out = generator.generate([prompt(r) for r in batch], max_new, cfg.batch_size, advance)
+                for start in range(0, len(group), gen_chunk):
+                    batch = group[start : start + gen_chunk]
+                    out = generator.generate(
+                        [prompt(r) for r in batch], max_new, cfg.generation_batch, advance
+                    )
                     recs: list[tuple[str, str, str, list[float] | None]] = [
                         (r["item_id"], o, item_digest(r), None) for r, o in zip(batch, out, strict=True)
                     ]

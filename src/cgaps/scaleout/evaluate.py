@@ -2,7 +2,7 @@
 
 :func:`respond` is :func:`cgaps.evaluate.evaluator.respond` with its chunks spread over workers:
 the same resume file (read, checked and appended on the driver only), the same chunks (grouped
-by new-token budget, ``batch_size x _CHUNK_BATCHES`` items each, log-likelihood items apart), and
+by new-token budget, ``generation_batch x _CHUNK_BATCHES`` items each, log-likelihood items apart), and
 each chunk answered by one worker's ``generate`` / ``loglikelihood`` exactly as one process would
 answer it, so the answers do not depend on which worker took which chunk. Chunks complete in any
 order; each is appended to the resume file as it arrives, so an interrupted run resumes with
@@ -58,7 +58,7 @@ class EvalWorker(Worker):
 
     def generate(self, n: int, prompts: list[Messages | str], max_new: int) -> tuple[int, list[str], int]:
         before = self._truncated()
-        out = self.generator.generate(prompts, max_new, self.cfg.batch_size)
+        out = self.generator.generate(prompts, max_new, self.cfg.generation_batch)
         return n, out, self._truncated() - before
 
     def loglikelihood(
@@ -97,10 +97,11 @@ def respond(items: pd.DataFrame, pool: EvaluationPool, cfg: RunConfig, partial: 
     by_budget: dict[int, list[dict[str, Any]]] = {}
     for r in generate:
         by_budget.setdefault(ev.budget(r, cfg), []).append(r)
+    gen_chunk = cfg.generation_batch * ev._CHUNK_BATCHES
     gen_chunks = [
-        (max_new, group[start : start + chunk])
+        (max_new, group[start : start + gen_chunk])
         for max_new, group in sorted(by_budget.items())
-        for start in range(0, len(group), chunk)
+        for start in range(0, len(group), gen_chunk)
     ]
     if gen_chunks:
         jobs: list[tuple[Any, ...]] = [
