@@ -121,6 +121,35 @@ def test_bfloat16_generation_keeps_the_reader_in_its_dtype():
     assert backend.gen_model is model and used_backend(backend) == "transformers"
 
 
+def test_a_bfloat16_copy_that_would_not_fit_is_refused(monkeypatch):
+    """The copy is made only when it fits beside the model; otherwise one line names the fix."""
+    import cgaps.models.hf as hf
+
+    model = tiny_causal_lm(n_layers=1, hidden=16)
+    backend = hf.HFBackend(model, embedded_tokenizer(), "tiny", "cpu")
+    need = sum(p.numel() for p in model.parameters()) * 2
+    monkeypatch.setattr(hf, "available_memory", lambda: int(need / 0.8) - 1)
+    with pytest.raises(CGapsError, match=r"needs a .* GB copy of tiny .* pass --dtype float32"):
+        backend.generate_in("bfloat16")
+    assert backend.gen_model is model and backend.gen_dtype is None  # nothing half-done
+    monkeypatch.setattr(hf, "available_memory", lambda: int(need / 0.8) + 1)
+    backend.generate_in("bfloat16")
+    assert backend.gen_dtype == "bfloat16"
+    monkeypatch.setattr(hf, "available_memory", lambda: None)  # unknown: the copy is made
+    other = hf.HFBackend(model, embedded_tokenizer(), "tiny", "cpu")
+    other.generate_in("bfloat16")
+    assert other.gen_dtype == "bfloat16"
+
+
+def test_available_memory_reads_proc_meminfo():
+    from cgaps.models.hf import available_memory
+
+    free = available_memory()
+    with open("/proc/meminfo") as f:
+        want = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    assert free is not None and abs(free - want) < 2**30  # read a moment apart
+
+
 def test_the_gpu_is_asked_only_when_it_matters():
     asked = []
 

@@ -22,6 +22,19 @@ if TYPE_CHECKING:
     import torch
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (``MemAvailable`` of /proc/meminfo), or None
+    where that is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class _StopForward(Exception):
     """Raised by the hook of the deepest block asked for: nothing above it needs to run."""
 
@@ -199,6 +212,15 @@ class HFBackend:
             self.gen_model, self.gen_dtype = self.model, None
             return
         if self.gen_model is self.model or self.gen_model.dtype != torch_dtype(dtype):
+            # the copy lives beside the model: refuse it here rather than be killed for memory later
+            want = sum(p.numel() for p in self.model.parameters()) * torch_dtype(dtype).itemsize
+            free = available_memory()
+            if free is not None and want > 0.8 * free:
+                raise CGapsError(
+                    f"generating in {dtype} needs a {want / 2**30:.1f} GB copy of {self.name} beside the "
+                    f"model, but only {free / 2**30:.1f} GB of memory is available; pass --dtype float32 "
+                    "(generate with the model itself) or --backend llamacpp for a GGUF"
+                )
             self.gen_model = copy.deepcopy(self.model).to(torch_dtype(dtype)).eval()
         self.gen_dtype = dtype
         if isinstance(self.loaded, dict):
