@@ -35,19 +35,12 @@ import numpy as np
 
 def real_setup(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Any]:
     from cgaps.config import RunConfig
-    from cgaps.extract.stage import encode_items
-    from cgaps.models import load_backend
-    from cgaps.sae import load_sae
+    from cgaps.extract.stage import encode_items, load_reader
 
-    backend = load_backend(args.model, device=args.device, dtype=args.dtype)
-    sae = load_sae(
-        args.sae,
-        hidden_size=backend.hidden_size,
-        n_layers=backend.n_layers,
-        device=backend.device,
-        dtype=str(backend.dtype).removeprefix("torch."),
+    cfg = RunConfig(
+        model=args.model, sae=args.sae, device=args.device, dtype=args.dtype, batch_size=args.batch_size
     )
-    cfg = RunConfig(batch_size=args.batch_size)
+    backend, sae = load_reader(cfg)  # as extraction loads them: the SAE beside the model, in its dtype
     items = _common.probe_items(args.items, args.max_words)
     return backend, sae, encode_items(items, backend.tokenizer, cfg), cfg
 
