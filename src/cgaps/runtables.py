@@ -139,6 +139,15 @@ def no_duplicate_pairs(rows: np.ndarray, cols: np.ndarray) -> bool:
     return groups == int(np.count_nonzero(np.bincount(rows)))
 
 
+def has_duplicate_pairs(rows: np.ndarray, cols: np.ndarray, n_concepts: int) -> bool:
+    """Whether an (item row, concept) pair repeats: O(n) on grouped rows (what extraction writes,
+    :func:`no_duplicate_pairs`), else a hash of the integer keys row x width + concept."""
+    return (
+        not no_duplicate_pairs(rows, cols)
+        and pd.Index(rows.astype(np.int64) * n_concepts + cols).has_duplicates
+    )
+
+
 def read_saliency_coded(run_dir: str | Path, item_ids: pd.Index, n_concepts: int) -> pd.DataFrame | None:
     """The saliency with ``item_id`` as codes into ``item_ids`` (module docstring), or None when
     the file needs the plain reader (a missing or unreadable file, other column types, nulls,
@@ -200,10 +209,7 @@ def read_saliency_coded(run_dir: str | Path, item_ids: pd.Index, n_concepts: int
         del table, con, val
     if at != n:
         return None
-    if (
-        not no_duplicate_pairs(rows, concept)
-        and pd.Index(rows.astype(np.int64) * n_concepts + concept).has_duplicates
-    ):
+    if has_duplicate_pairs(rows, concept, n_concepts):
         return None
     columns = {
         "item_id": pd.Categorical.from_codes(rows, dtype=pd.CategoricalDtype(item_ids)),

@@ -79,7 +79,7 @@ from scipy import stats
 from cgaps.config import MC_FIRST_PASS, RunConfig
 from cgaps.errors import CGapsError
 from cgaps.rundir import ALL_SCOPE, CONCEPT_COLUMNS, OVERLAP_COLUMNS
-from cgaps.runtables import no_duplicate_pairs
+from cgaps.runtables import has_duplicate_pairs
 from cgaps.stats import bh_adjust, wilson
 
 ROUND = 12  # decimals kept when ranking (status percentile, Spearman)
@@ -168,12 +168,8 @@ def build_matrix(
         raise CGapsError(f"saliency: field 'concept' outside 0..{n_concepts - 1}")
     if not np.all(vals > 0) or not np.all(np.isfinite(vals)):
         raise CGapsError("saliency: field 'value' must hold finite values > 0 only")
-    # duplicates checked over every row, before presence drops any: O(n) on grouped rows (what
-    # extraction writes), else a hash of integer keys
-    if (
-        not no_duplicate_pairs(rows, cols)
-        and pd.Index(rows.astype(np.int64) * n_concepts + cols).has_duplicates
-    ):
+    # duplicates checked over every row, before presence drops any
+    if has_duplicate_pairs(rows, cols, n_concepts):
         raise CGapsError(
             "saliency: duplicate (item_id, concept) rows; pool each concept to one value per item"
         )
