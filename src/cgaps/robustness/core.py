@@ -119,20 +119,13 @@ class _SubsetSums:
         w = None if weights is None else weights[nz]
         return np.bincount(key, weights=w, minlength=self.n_bench * self.f).reshape(self.n_bench, self.f)
 
-    def _nonzeros(self, rows: np.ndarray) -> np.ndarray:
-        """Positions in the CSR data of every nonzero of ``rows``."""
-        indptr = self.m.saliency.indptr
-        starts, lengths = indptr[rows], np.diff(indptr)[rows]
-        offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        return offsets + np.arange(int(lengths.sum()))
-
     def chi(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(chi_model, chi_bench) of the subset ``rows``, (K + 1) x F like :class:`ChiTables`'."""
         n = self.m.saliency.shape[0]
         kept = np.zeros(n, dtype=bool)
         kept[rows] = True
         subtract = 2 * len(rows) >= n  # then sum the left-out rows and subtract them
-        nz = self._nonzeros(np.flatnonzero(~kept if subtract else kept))
+        nz = _row_nonzeros(self.m.saliency.indptr, np.flatnonzero(~kept if subtract else kept))
         key = self.key[nz]  # gathered once for the four sums
         parts = [self._sums(key, nz, w) for w in (None, *self.weights)]
         if subtract:
@@ -144,6 +137,13 @@ class _SubsetSums:
             chi_model = np.where(support > 0, sum_sy / sum_s, np.nan)
             chi_bench = sum_shat / n_items[:, None]
         return chi_model, chi_bench
+
+
+def _row_nonzeros(indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Positions in the CSR data (``indptr``) of every nonzero of ``rows``, row by row."""
+    starts, lengths = indptr[rows], np.diff(indptr)[rows]
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return offsets + np.arange(int(lengths.sum()))
 
 
 class _Moments:
@@ -193,13 +193,9 @@ def chi_model_all(m: SuiteMatrix, keep: np.ndarray) -> np.ndarray:
     the scope indicator visits the items in row order, as the nonzeros are visited here, and
     both add each s (or s y) to a running sum from 0."""
     s = m.saliency
-    counts = np.diff(s.indptr)[keep]
-    starts = s.indptr[keep]
-    nz = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(
-        int(counts.sum())
-    )
+    nz = _row_nonzeros(s.indptr, keep)
     data, concept = s.data[nz], s.indices[nz]
-    y = np.repeat(m.scores[keep], counts)
+    y = np.repeat(m.scores[keep], np.diff(s.indptr)[keep])
     sum_s = np.bincount(concept, weights=data, minlength=s.shape[1])
     sum_sy = np.bincount(concept, weights=data * y, minlength=s.shape[1])
     with np.errstate(invalid="ignore", divide="ignore"):
