@@ -63,6 +63,19 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"the smollm fixture loads the real model; mark these slow: {unmarked}")
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Torch on one thread for a whole module (``pytestmark = pytest.mark.usefixtures("torch_one_thread")``):
+    a forked child must not inherit a half-initialised OpenMP pool, and one thread makes a run
+    bit-reproducible. The previous count is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def smollm():
     """The embedded SmolLM2-135M-Instruct backend (converted once into $CGAPS_CACHE); slow tests only."""
