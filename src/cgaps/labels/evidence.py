@@ -193,6 +193,19 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(pairs["a"].is_unique and pairs["b"].is_unique)
 
 
+def group_indicator(labels: pd.Series) -> tuple[sp.csr_matrix, pd.Index]:
+    """The groups x items 0/1 matrix of one facet (``labels``, one group label per item, None for
+    an item outside every group) and the group names, in order of first appearance. Its product
+    with an items x concepts matrix sums each concept's column over each group; its row sums
+    are the group sizes."""
+    codes, names = pd.factorize(labels.reset_index(drop=True))  # None -> -1
+    have = codes >= 0
+    ind = sp.csr_matrix(
+        (np.ones(int(have.sum())), (codes[have], np.flatnonzero(have))), shape=(len(names), len(codes))
+    )
+    return ind, names
+
+
 ENRICH_COLUMNS = ("enrich_facet", "enrich_group", "enrich_mass", "enrich_items", "enrich_p")
 
 
@@ -212,14 +225,10 @@ def enrichment(shat: sp.csr_matrix, groups: dict[str, pd.Series]) -> pd.DataFram
     out_items = np.full(f, np.nan)
     out_p = np.full(f, np.nan)
     for facet, labels in groups.items():
-        codes, names = pd.factorize(labels)  # None -> -1: an item outside every group of the facet
-        have = codes >= 0
-        ind = sp.csr_matrix(
-            (np.ones(int(have.sum())), (codes[have], np.flatnonzero(have))), shape=(len(names), n_items)
-        )
+        ind, names = group_indicator(labels)
         mass = np.asarray((ind @ shat_c).todense())  # groups x concepts
         hits = np.asarray((ind @ present).todense())
-        sizes = np.bincount(codes[have], minlength=len(names)).astype(np.float64)
+        sizes = np.asarray(ind.sum(axis=1)).ravel()
         with np.errstate(invalid="ignore", divide="ignore"):
             share = mass / total
         best = np.argmax(np.nan_to_num(share, nan=-1.0), axis=0)
@@ -257,14 +266,10 @@ def group_shares(
     ``[[group, mass share, item share], ...]``. What a single enriched group hides when a theme
     spreads over several (``date_add 35%, add_no_carry 31%, add_carry 29%``)."""
     n_items, f = shat.shape
-    codes, names = pd.factorize(labels.reset_index(drop=True))
-    have = codes >= 0
-    ind = sp.csr_matrix(
-        (np.ones(int(have.sum())), (codes[have], np.flatnonzero(have))), shape=(len(names), n_items)
-    )
+    ind, names = group_indicator(labels)
     mass = np.asarray((ind @ shat.tocsc()).todense())  # groups x columns
     total = np.asarray(shat.sum(axis=0)).ravel()
-    sizes = np.bincount(codes[have], minlength=len(names)) / max(n_items, 1)
+    sizes = np.asarray(ind.sum(axis=1)).ravel() / max(n_items, 1)
     out: list[list[list[Any]]] = []
     for j in range(f):
         rows: list[list[Any]] = []
