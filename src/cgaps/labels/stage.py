@@ -39,6 +39,7 @@ from cgaps.console import info
 from cgaps.errors import CGapsError
 from cgaps.labels import evidence, themes
 from cgaps.labels.options import LabelOptions
+from cgaps.labels.themes import shat_matrix
 from cgaps.runtables import RunTables, load_run
 from cgaps.scoring.core import SuiteMatrix, build_matrix
 from cgaps.seams import ResidualReader, SAEEncoder
@@ -102,11 +103,6 @@ def thresholded_matrix(run: RunTables) -> SuiteMatrix:
     return build_matrix(run.items, run.saliency, run.n_concepts, presence=cfg.presence, scale=scale)
 
 
-def shat_matrix(m: SuiteMatrix) -> sp.csr_matrix:
-    """ŝ' (items x concepts): the thresholded saliency on each concept's scale, clipped to 1."""
-    return sp.csr_matrix((m.shat_data(), m.saliency.indices, m.saliency.indptr), shape=m.saliency.shape)
-
-
 def _label_run(
     run_dir: Path, opts: LabelOptions, backend: ResidualReader | None, sae: SAEEncoder | None
 ) -> pd.DataFrame:
@@ -167,16 +163,16 @@ def _label_run(
     table["llm_score"] = table["llm_score"].astype("float64")
     rundir.write_table(table, run_dir / rundir.LABELS)
     record = rundir.stage_record(run.items, "labels", LABEL_ITEM_COLUMNS)
+    s = themes.summary(theme_table)
     rundir.update_run_json(
         run_dir,
         inputs={"labels": {**record, "evidence": fingerprint}},
         counts={
             "labels": {k: int(v) for k, v in table["source"].value_counts().items() if k},
-            **themes.summary(theme_table),
+            **s,
         },
         timings={"label_evidence_s": round(t1 - t0, 2), "label_themes_s": round(t2 - t1, 2)},
     )
-    s = themes.summary(theme_table)
     info(
         f"wrote {run_dir / rundir.LABELS} and {run_dir / THEMES}: {s['themes']} themes, "
         f"{s['themes_weak']} gap themes, {s['themes_strong']} strength themes"
