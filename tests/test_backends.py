@@ -292,16 +292,23 @@ def test_older_evaluations_count_as_transformers_and_given_generators_are_not_co
         assert "cannot be chosen now" in str(backend_change(meta))
 
 
-def test_a_resume_file_from_another_backend_is_refused(tmp_path):
+def _interrupted_under_transformers(run_dir):
+    """A run whose evaluation was interrupted (an empty resume file) while transformers generated
+    in the model's own dtype."""
     from cgaps.evaluate.evaluator import PARTIAL_SIGNATURE
-    from cgaps.evaluate.stage import evaluate_run
 
-    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    rundir.write_table(ITEMS, run_dir / rundir.ITEMS)
     settings = {
         k: v for k, v in RunConfig(backend="transformers").to_dict().items() if k in PARTIAL_SIGNATURE
     }
-    (tmp_path / rundir.RESPONSES_PARTIAL).write_text("")
-    (tmp_path / rundir.RESPONSES_PARTIAL).with_suffix(".json").write_text(json.dumps(settings))
+    (run_dir / rundir.RESPONSES_PARTIAL).write_text("")
+    (run_dir / rundir.RESPONSES_PARTIAL).with_suffix(".json").write_text(json.dumps(settings))
+
+
+def test_a_resume_file_from_another_backend_is_refused(tmp_path):
+    from cgaps.evaluate.stage import evaluate_run
+
+    _interrupted_under_transformers(tmp_path)
     with pytest.raises(CGapsError, match=r"other settings \(backend 'transformers' there, 'llamacpp' now\)"):
         evaluate_run(tmp_path, RunConfig(), Fake("llamacpp"))
     # the backend that generates is what the resume file records, not "auto"
@@ -442,19 +449,12 @@ def test_vllm_budgets_and_decoding_follow_the_transformers_rules():
 
 
 def test_a_resume_file_from_another_generation_dtype_is_refused(tmp_path):
-    from cgaps.evaluate.evaluator import PARTIAL_SIGNATURE
     from cgaps.evaluate.stage import evaluate_run
 
     class Bfloat16(Fake):
         gen_dtype = "bfloat16"  # HFBackend.generate_in("bfloat16")
 
-    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
-    # interrupted while transformers generated in the model's own dtype
-    settings = {
-        k: v for k, v in RunConfig(backend="transformers").to_dict().items() if k in PARTIAL_SIGNATURE
-    }
-    (tmp_path / rundir.RESPONSES_PARTIAL).write_text("")
-    (tmp_path / rundir.RESPONSES_PARTIAL).with_suffix(".json").write_text(json.dumps(settings))
+    _interrupted_under_transformers(tmp_path)
     with pytest.raises(CGapsError, match=r"other settings \(dtype 'auto' there, 'bfloat16' now\)"):
         evaluate_run(tmp_path, RunConfig(), Bfloat16("transformers"))
     (tmp_path / rundir.RESPONSES_PARTIAL).unlink()
