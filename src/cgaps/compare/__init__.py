@@ -96,9 +96,7 @@ def compare_runs(
     items_b = b.items.set_index("item_id").loc[items_a["item_id"]].reset_index()
     scale, scale_source = concept_scale(a, cfg)
     if scale is None:  # one scale for both: the larger suite max
-        raw_a = build_matrix(items_a, a.saliency, a.n_concepts)
-        raw_b = build_matrix(items_b, b.saliency, b.n_concepts)
-        scale = common_scale(raw_a.saliency, raw_b.saliency)
+        scale = common_scale(a.saliency, b.saliency, a.n_concepts)
         scale_source = "max of both suites"
     ma = build_matrix(items_a, a.saliency, a.n_concepts, presence=cfg.presence, scale=scale)
     mb = build_matrix(items_b, b.saliency, b.n_concepts, presence=cfg.presence, scale=scale)

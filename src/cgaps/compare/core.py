@@ -47,12 +47,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from scipy import stats
 
 from cgaps.config import RunConfig
 from cgaps.rundir import ALL_SCOPE
-from cgaps.scoring.core import SuiteMatrix, _scope_indicator, _with_data, concept_table
+from cgaps.scoring.core import SuiteMatrix, _scope_indicator, _with_data, concept_max, concept_table
 from cgaps.stats import bh_adjust
 
 COMPARE = "compare.parquet"
@@ -150,8 +149,8 @@ def paired_table(a: SuiteMatrix, b: SuiteMatrix, cfg: RunConfig) -> pd.DataFrame
     return table
 
 
-def common_scale(a: sp.csr_matrix, b: sp.csr_matrix) -> np.ndarray:
-    """The larger of the two suites' per-concept maxima (the scale when the SAE ships none)."""
-    ma = np.asarray(a.max(axis=0).todense()).ravel() if a.shape[0] else np.zeros(a.shape[1])
-    mb = np.asarray(b.max(axis=0).todense()).ravel() if b.shape[0] else np.zeros(b.shape[1])
+def common_scale(a: pd.DataFrame, b: pd.DataFrame, n_concepts: int) -> np.ndarray:
+    """The larger of the two suites' per-concept maxima (the scale when the SAE ships none), from
+    their validated saliency tables."""
+    ma, mb = (concept_max(s["concept"].to_numpy(), s["value"].to_numpy(), n_concepts) for s in (a, b))
     return np.maximum(ma, mb)

@@ -126,6 +126,16 @@ class SuiteMatrix:
         return dataclasses.replace(self, scores=np.asarray(scores, dtype=np.float64))
 
 
+def concept_max(cols: np.ndarray, vals: np.ndarray, n_concepts: int) -> np.ndarray:
+    """Each concept's max over saliency rows (0 where it never fires), as float64: the suite's
+    concept scale when the SAE ships none. The max is exact in the stored dtype (numpy's fast
+    path; 20x the float64 one on float32 values), then widened: the max of values widened
+    exactly is the widened max."""
+    out = np.zeros(n_concepts, dtype=vals.dtype)
+    np.maximum.at(out, cols, vals)
+    return out.astype(np.float64)
+
+
 def build_matrix(
     items: pd.DataFrame,
     saliency: pd.DataFrame,
@@ -173,11 +183,8 @@ def build_matrix(
         raise CGapsError(
             "saliency: duplicate (item_id, concept) rows; pool each concept to one value per item"
         )
-    if scale is None:  # each concept's max over the suite (0 where it never fires); max is exact
-        # in the stored dtype (numpy's fast path; 20x the float64 one on float32 values), then
-        # widened: the max of values widened exactly is the widened max
-        scale = np.zeros(n_concepts, dtype=vals.dtype)
-        np.maximum.at(scale, cols, vals)
+    if scale is None:
+        scale = concept_max(cols, vals, n_concepts)
     scale = np.asarray(scale, dtype=np.float64)
     if scale.shape != (n_concepts,) or not np.all(np.isfinite(scale)) or np.any(scale < 0):
         raise CGapsError(f"concept scale: expected {n_concepts} finite values >= 0, got shape {scale.shape}")
