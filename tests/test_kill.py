@@ -89,12 +89,10 @@ def no_temporaries(run: Path) -> None:
     assert not left, f"temporary files left behind: {left}"
 
 
-def new_run(root: Path, name: str, items: pd.DataFrame = ITEMS) -> Path:
-    run = root / name
-    run.mkdir()
+def write_items(run: Path, items: pd.DataFrame = ITEMS) -> None:
+    """A run directory's starting point: ``items`` and the run's config."""
     rundir.write_table(items, run / rundir.ITEMS)
     rundir.update_run_json(run, config=CFG.to_dict())
-    return run
 
 
 def kill_and_resume(
@@ -135,23 +133,18 @@ def same_table(a: Path, b: Path, name: str, columns: list[str] | None = None) ->
 def test_evaluate_killed_and_resumed(tmp_path, backend):
     from cgaps.evaluate.stage import evaluate_run
 
-    def prepare(run: Path) -> None:
-        rundir.write_table(ITEMS, run / rundir.ITEMS)
-        rundir.update_run_json(run, config=CFG.to_dict())
-
     def compare(ref: Path, run: Path) -> None:
         same_table(ref, run, rundir.ITEMS)
         assert not (run / rundir.RESPONSES_PARTIAL).exists()
 
-    landed = kill_and_resume(tmp_path, lambda run: evaluate_run(run, CFG, backend), prepare, compare, seed=1)
+    landed = kill_and_resume(
+        tmp_path, lambda run: evaluate_run(run, CFG, backend), write_items, compare, seed=1
+    )
     assert landed >= 1
 
 
 def _graded(run: Path) -> None:
-    rundir.write_table(
-        ITEMS.assign(response=[f"It is {3 * i}." for i in range(N_ITEMS)], score=1.0), run / rundir.ITEMS
-    )
-    rundir.update_run_json(run, config=CFG.to_dict())
+    write_items(run, ITEMS.assign(response=[f"It is {3 * i}." for i in range(N_ITEMS)], score=1.0))
 
 
 def test_extract_killed_and_resumed(tmp_path, backend, sae, monkeypatch):
