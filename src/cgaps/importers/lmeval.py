@@ -180,27 +180,44 @@ def _metrics(rec: Record) -> list[str]:
     return names
 
 
-def _results_mean(results: Path | None, task: str, metric: str, filt: str) -> float | None:
+class _ResultsFiles:
+    """The ``results_*.json`` files of one import, each read once: every task of a harness run
+    shares its run's file, which the import consults per task (model name, metric order, mean)."""
+
+    def __init__(self) -> None:
+        self._read: dict[Path, Any] = {}
+
+    def __call__(self, path: Path) -> Any:
+        if path not in self._read:
+            self._read[path] = read_json_file(
+                path, "restore the file, or import the samples files without it"
+            )
+        return self._read[path]
+
+
+def _results_mean(
+    results: Path | None, task: str, metric: str, filt: str, read: _ResultsFiles
+) -> float | None:
     if results is None:
         return None
-    data = read_json_file(results, "restore the file, or import the samples files without it")
+    data = read(results)
     value = (data.get("results", {}).get(task) or {}).get(f"{metric},{filt}")
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _config_metrics(sf: SamplesFile) -> list[str]:
+def _config_metrics(sf: SamplesFile, read: _ResultsFiles) -> list[str]:
     """The task's metrics in its config's order (results_*.json ``configs``), when that file is there."""
     if sf.results is None:
         return []
-    data = read_json_file(sf.results, "restore the file, or import the samples files without it")
+    data = read(sf.results)
     metric_list = ((data.get("configs") or {}).get(sf.task) or {}).get("metric_list") or []
     return [str(m["metric"]) for m in metric_list if isinstance(m, dict) and "metric" in m]
 
 
-def _evaluated_name(files: list[SamplesFile]) -> str:
+def _evaluated_name(files: list[SamplesFile], read: _ResultsFiles) -> str:
     for f in files:
         if f.results is not None:
-            data = read_json_file(f.results, "restore the file, or import the samples files without it")
+            data = read(f.results)
             name = data.get("model_name") or (data.get("config") or {}).get("model_args")
             if name:
                 return str(name)
@@ -208,7 +225,7 @@ def _evaluated_name(files: list[SamplesFile]) -> str:
 
 
 def read_samples(
-    sf: SamplesFile, metric: str | None, filt: str | None
+    sf: SamplesFile, metric: str | None, filt: str | None, read: _ResultsFiles
 ) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, Any]]:
     """Item rows of one samples file, ``{item_id: file:line}``, and the task's import record."""
     rows: list[dict[str, Any]] = []
@@ -242,7 +259,7 @@ def read_samples(
                 if not names:
                     raise rec.fail("metrics", "is empty; the sample has no metric to import")
                 # the task's first metric as its config lists it (samples may list them in another order)
-                metric = next((m for m in _config_metrics(sf) if m in names), names[0])
+                metric = next((m for m in _config_metrics(sf, read) if m in names), names[0])
                 defaulted = True
             elif metric not in names:
                 raise CGapsError(
@@ -342,7 +359,7 @@ def read_samples(
         )
     assert metric is not None and filt is not None
     mean = sum(r["score"] for r in rows) / len(rows)
-    harness = _results_mean(sf.results, sf.task, metric, filt)
+    harness = _results_mean(sf.results, sf.task, metric, filt, read)
     if harness is not None and abs(harness - mean) > 1e-9:
         info(
             f"[yellow]{sf.path.name}: the mean {metric} of the samples is {mean:.6f}, the harness's "
@@ -386,17 +403,18 @@ def read_lm_eval(paths: list[Path], metric: str | None = None, filt: str | None 
     """Every sample of the lm-eval logs at ``paths`` (see the module docstring)."""
     files = find_logs(paths)
     per_task = parse_metric(metric, [f.task for f in files])
-    out = Imported(rows=[], evaluated=_evaluated_name(files))
+    read = _ResultsFiles()
+    out = Imported(rows=[], evaluated=_evaluated_name(files, read))
     tasks: dict[str, Any] = {}
     for sf in files:
-        rows, where, record = read_samples(sf, per_task.get(sf.task, per_task.get("")), filt)
+        rows, where, record = read_samples(sf, per_task.get(sf.task, per_task.get("")), filt, read)
         out.rows += rows
         out.where.update(where)
         tasks[sf.task] = record
     version, templated = None, False
     for sf in files:
         if sf.results is not None:
-            data = read_json_file(sf.results, "restore the file")
+            data = read(sf.results)  # already read for the model's name
             version = data.get("lm_eval_version")
             # --apply_chat_template: the contexts already hold the evaluated model's chat template
             templated = bool(data.get("chat_template"))
