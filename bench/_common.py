@@ -111,12 +111,27 @@ def probe_items(n: int, max_words: int, seed: int = 0) -> Any:
     return items
 
 
-def model_config(name: str, n_layers: int | None = None) -> dict[str, Any]:
-    """A real model's config (``model_configs.json``), optionally cut to ``n_layers`` blocks."""
+def model_config(name: str, tiny: bool = False) -> dict[str, Any]:
+    """A real model's config (``model_configs.json``); ``tiny``: narrow and shallow, with the real
+    vocabulary (``--tiny``, a CPU smoke test of the same code)."""
     cfg = dict(json.loads(CONFIGS.read_text())[name])
-    if n_layers is not None:
-        cfg["num_hidden_layers"] = n_layers
+    if tiny:
+        cfg.update(
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_hidden_layers=4,
+        )
     return cfg
+
+
+def synthetic_dtype(dtype: str, device: str) -> str:
+    """The dtype of a random-weight model: ``auto`` is bfloat16 on CUDA, float32 elsewhere."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 def random_model(config: dict[str, Any], device: str, dtype: str) -> Any:

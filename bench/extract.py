@@ -52,14 +52,8 @@ def synthetic_setup(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Any]
     from cgaps.extract.stage import Encoded
     from cgaps.models import HFBackend
 
-    conf = _common.model_config(args.synthetic)
-    sae_conf = conf["_sae"]
-    if args.tiny:  # a CPU smoke test of the same code: narrow and shallow, the real vocabulary
-        conf.update(
-            hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16
-        )
-        conf["num_hidden_layers"] = 4
-        sae_conf = {"layer": 2, "width": 512, "k": 16}
+    conf = _common.model_config(args.synthetic, tiny=args.tiny)
+    sae_conf = {"layer": 2, "width": 512, "k": 16} if args.tiny else conf["_sae"]
     model = _common.random_model(conf, args.device, args.dtype)
     tok = SimpleNamespace(pad_token_id=conf["pad_token_id"])
     backend = HFBackend(model, tok, f"random {args.synthetic}", args.device)
@@ -96,8 +90,8 @@ def main(argv: list[str] | None = None) -> str:
     args = ap.parse_args(argv)
     if args.quick:
         args.items, args.max_words = 40, 40
-    if args.synthetic and args.dtype == "auto":
-        args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    if args.synthetic:
+        args.dtype = _common.synthetic_dtype(args.dtype, args.device)
 
     import torch
 

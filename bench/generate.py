@@ -157,15 +157,8 @@ def synthetic(args: argparse.Namespace) -> str:
 
     from cgaps.models import length_batches
 
-    conf = _common.model_config(args.synthetic)
-    if args.tiny:
-        conf.update(
-            hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16
-        )
-        conf["num_hidden_layers"] = 4
-    dtype = (
-        args.dtype if args.dtype != "auto" else ("bfloat16" if args.device.startswith("cuda") else "float32")
-    )
+    conf = _common.model_config(args.synthetic, tiny=args.tiny)
+    dtype = _common.synthetic_dtype(args.dtype, args.device)
     t0 = time.perf_counter()
     model = _common.random_model(conf, args.device, dtype)
     rng = np.random.default_rng(0)
