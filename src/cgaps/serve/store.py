@@ -247,7 +247,8 @@ class Store:
         self.con.execute(f"SET allowed_directories = [{allowed}]")
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
-        self._compare_cache: dict[tuple[str, str, str], Any] = {}
+        # (a, b, scope) -> the comparison table and the items the runs share (the tables never change)
+        self._compare_cache: dict[tuple[str, str, str], tuple[Any, dict[str, int]]] = {}
         self._bench_cache: dict[tuple[str, int], dict[str, Any]] = {}
 
     # ------------------------------------------------------------ loading
@@ -925,8 +926,9 @@ class Store:
             raise BadRequest(f"scope {scope!r} is not a benchmark of run {b.name!r}")
         key = (a.name, b.name, scope)
         if key not in self._compare_cache:
-            self._compare_cache[key] = self._compare_table(a, b, scope)
-        df = self._compare_cache[key]
+            self._compare_cache[key] = (self._compare_table(a, b, scope), self._shared_items(a, b))
+        df, shared = self._compare_cache[key]
+        fdr = self._fdr(a)
         view = df
         if q.strip():
             needle = q.strip().lower()
@@ -935,7 +937,7 @@ class Store:
                 mask |= view["concept"] == int(needle.lstrip("#c"))
             view = view[mask]
         if significant:
-            view = view[view["q_value"] <= self._fdr(a)]
+            view = view[view["q_value"] <= fdr]
         cols = {"concept", "diff", "abs_z", "q_value", "chi_a", "chi_b", "support_a", "support_b"}
         if sort not in cols:
             raise BadRequest(f"cannot sort the comparison by {sort!r}; sortable: {', '.join(sorted(cols))}")
@@ -950,14 +952,13 @@ class Store:
         ]
         for r in rows:
             r["concept"] = int(r["concept"] or 0)
-        shared = self._shared_items(a, b)
         return {
             "a": a.name,
             "b": b.name,
             "scope": scope,
             "items": shared,
-            "fdr": self._fdr(a),
-            "n_significant": int((df["q_value"] <= self._fdr(a)).sum()),
+            "fdr": fdr,
+            "n_significant": int((df["q_value"] <= fdr).sum()),
             "total": total,
             "page": page,
             "per_page": per_page,
