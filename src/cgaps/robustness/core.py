@@ -262,7 +262,7 @@ def robustness_run(
     if against is not None:  # first: a run that does not match fails before minutes of subsampling
         from cgaps.robustness.swap import run_decoders, sae_swap
 
-        other = load_run(against, results=True)
+        other = load_run(against, results=True, coded=True)
         swap = sae_swap(
             run, other, min_support=cfg.min_support, seed=cfg.seed, decoders=run_decoders(run, other)
         )

@@ -46,6 +46,7 @@ from scipy import stats
 from cgaps import rundir
 from cgaps.errors import CGapsError
 from cgaps.runtables import RunTables
+from cgaps.scoring.core import item_rows
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 CLOSE = 0.7  # cosine from which a matched pair counts as the same direction
@@ -183,7 +184,7 @@ def matching(
 
 def saliency_matrix(run: RunTables, item_ids: pd.Index) -> sp.csc_matrix:
     """The run's saliency as a sparse items x concepts matrix, rows in ``item_ids`` order."""
-    rows = item_ids.get_indexer(run.saliency["item_id"])
+    rows = item_rows(run.saliency["item_id"], item_ids)
     return sp.csc_matrix(
         (run.saliency["value"].to_numpy(np.float64), (rows, run.saliency["concept"].to_numpy())),
         shape=(len(item_ids), run.n_concepts),
@@ -359,5 +360,5 @@ def sae_swap_runs(run_a: str | Path, run_b: str | Path, *, min_support: int, see
     """Load both runs and compute :func:`sae_swap` with the decoders their configs name."""
     from cgaps.runtables import load_run
 
-    a, b = load_run(run_a, results=True), load_run(run_b, results=True)
+    a, b = load_run(run_a, results=True, coded=True), load_run(run_b, results=True, coded=True)
     return sae_swap(a, b, min_support=min_support, seed=seed, decoders=run_decoders(a, b))

@@ -136,6 +136,20 @@ def concept_max(cols: np.ndarray, vals: np.ndarray, n_concepts: int) -> np.ndarr
     return out.astype(np.float64)
 
 
+def item_rows(item_col: pd.Series, ids: pd.Index) -> np.ndarray:
+    """The place in ``ids`` of each saliency row's item id (-1 for an id not there). A categorical
+    column is looked up once per distinct id, not once per row, and when its categories are
+    ``ids`` (``load_run(coded=True)``) its codes are the places."""
+    if not isinstance(item_col.dtype, pd.CategoricalDtype):
+        return ids.get_indexer(item_col.astype(str))
+    codes = item_col.cat.codes.to_numpy()
+    cats = item_col.cat.categories
+    if cats.equals(ids):
+        return codes
+    lookup = ids.get_indexer(cats.astype(str)).astype(np.int32 if len(ids) < 2**31 else np.int64)
+    return np.where(codes >= 0, lookup[codes], -1)
+
+
 def build_matrix(
     items: pd.DataFrame,
     saliency: pd.DataFrame,
@@ -156,17 +170,7 @@ def build_matrix(
     if not np.all((y >= 0) & (y <= 1)):  # also catches NaN
         raise CGapsError("items: field 'score' must hold numbers in [0, 1] (no NaN)")
     names, bench = np.unique(items["benchmark"].astype(str).to_numpy(), return_inverse=True)
-    item_col = saliency["item_id"]
-    if isinstance(item_col.dtype, pd.CategoricalDtype):  # look up each distinct id once, not each row
-        codes = item_col.cat.codes.to_numpy()
-        cats = item_col.cat.categories
-        if cats.equals(ids):  # codes into these items (load_run(coded=True)): the codes are the rows
-            rows = codes
-        else:
-            lookup = ids.get_indexer(cats.astype(str)).astype(np.int32 if len(ids) < 2**31 else np.int64)
-            rows = np.where(codes >= 0, lookup[codes], -1)
-    else:
-        rows = ids.get_indexer(item_col.astype(str))
+    rows = item_rows(saliency["item_id"], ids)
     if len(rows) and rows.min() < 0:
         raise CGapsError("saliency: field 'item_id' names items that are not in the items table")
     cols = saliency["concept"].to_numpy()
