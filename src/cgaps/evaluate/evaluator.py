@@ -286,71 +286,104 @@ def _append(path: Path, records: Sequence[tuple[str, str, str, list[float] | Non
 # ------------------------------------------------------------------ answering
 
 
-def respond(items: pd.DataFrame, generator: Generator, cfg: RunConfig, partial: Path) -> dict[str, Answer]:
-    """Answers for every item, resuming from ``partial``."""
-    from cgaps.models import conversation
+class Plan:
+    """The work of one evaluation, shared by :func:`respond` and its Ray twin
+    (:func:`cgaps.scaleout.evaluate.respond`) so both cut the same chunks and write the same records.
 
-    signature = {k: v for k, v in cfg.to_dict().items() if k in PARTIAL_SIGNATURE}
-    if partial.exists() and _settings_path(partial).exists():
-        _check_settings(partial, signature)
-    records = items.to_dict("records")
-    done = reusable(read_partial(partial), records, partial)
-    rundir.write_json(signature, _settings_path(partial))
-    if done:
-        info(f"resuming evaluation: {len(done)} of {len(items)} responses already in {partial.name}")
-    todo = [r for r in records if r["item_id"] not in done]
-    # protocols and option lists decided once (and checked before any model call)
-    modes = {r["item_id"]: protocol(r, cfg) for r in todo}
-    options = {r["item_id"]: _choices(r) or [] for r in todo if modes[r["item_id"]] != "generate"}
-    loglik = [r for r in todo if modes[r["item_id"]] != "generate"]
-    generate = [r for r in todo if modes[r["item_id"]] == "generate"]
-    chunk = cfg.batch_size * _CHUNK_BATCHES
+    Making it checks a resume file's settings, reads its reusable answers (:attr:`done`), records
+    the settings, and decides every remaining item's protocol and options before any model call.
+    :attr:`generate_chunks` are ``(max_new_tokens, items)``: grouped by new-token budget, every
+    ``generation_batch x _CHUNK_BATCHES`` items; :attr:`loglik_chunks` every ``batch_size x
+    _CHUNK_BATCHES`` log-likelihood items. :meth:`record_generated` / :meth:`record_logliks` append
+    a chunk's answers to the resume file and to :attr:`done`, in whatever order chunks complete.
+    """
 
-    def prompt(r: dict[str, Any]) -> Messages | str:
-        msgs = conversation(r)
-        return msgs if cfg.chat_template else "\n\n".join(str(m["content"]) for m in msgs)
-
-    if generate:
+    def __init__(self, items: pd.DataFrame, cfg: RunConfig, partial: Path):
+        signature = {k: v for k, v in cfg.to_dict().items() if k in PARTIAL_SIGNATURE}
+        if partial.exists() and _settings_path(partial).exists():
+            _check_settings(partial, signature)
+        records = items.to_dict("records")
+        self.cfg, self.partial = cfg, partial
+        self.done = reusable(read_partial(partial), records, partial)
+        rundir.write_json(signature, _settings_path(partial))
+        if self.done:
+            info(f"resuming evaluation: {len(self.done)} of {len(items)} responses already in {partial.name}")
+        todo = [r for r in records if r["item_id"] not in self.done]
+        # protocols and option lists decided once (and checked before any model call)
+        self.modes = {r["item_id"]: protocol(r, cfg) for r in todo}
+        self.options = {
+            r["item_id"]: _choices(r) or [] for r in todo if self.modes[r["item_id"]] != "generate"
+        }
+        loglik = [r for r in todo if self.modes[r["item_id"]] != "generate"]
+        generate = [r for r in todo if self.modes[r["item_id"]] == "generate"]
+        self.n_generate, self.n_loglik = len(generate), len(loglik)
         by_budget: dict[int, list[dict[str, Any]]] = {}
         for r in generate:
             by_budget.setdefault(budget(r, cfg), []).append(r)
-        with progress_bar("generating", len(generate)) as advance:
-            gen_chunk = cfg.generation_batch * _CHUNK_BATCHES
-            for max_new, group in sorted(by_budget.items()):
-                for start in range(0, len(group), gen_chunk):
-                    batch = group[start : start + gen_chunk]
-                    out = generator.generate(
-                        [prompt(r) for r in batch], max_new, cfg.generation_batch, advance
-                    )
-                    recs: list[tuple[str, str, str, list[float] | None]] = [
-                        (r["item_id"], o, item_digest(r), None) for r, o in zip(batch, out, strict=True)
-                    ]
-                    _append(partial, recs)
-                    done.update((i, (o, None)) for i, o, _, _ in recs)
+        gen_chunk = cfg.generation_batch * _CHUNK_BATCHES
+        self.generate_chunks = [
+            (max_new, group[start : start + gen_chunk])
+            for max_new, group in sorted(by_budget.items())
+            for start in range(0, len(group), gen_chunk)
+        ]
+        chunk = cfg.batch_size * _CHUNK_BATCHES
+        self.loglik_chunks = [loglik[start : start + chunk] for start in range(0, len(loglik), chunk)]
 
-    if loglik:
-        with progress_bar("option log-likelihoods", len(loglik)) as advance:
-            for start in range(0, len(loglik), chunk):
-                batch = loglik[start : start + chunk]
-                requests = [
-                    req
-                    for r in batch
-                    for req in loglik_requests(
-                        r, options[r["item_id"]], modes[r["item_id"]], cfg.chat_template
-                    )
-                ]
-                logliks = generator.loglikelihood(requests, cfg.batch_size)
-                recs, offset = [], 0
-                for r in batch:
-                    opts = options[r["item_id"]]
-                    mine = [float(x) for x in logliks[offset : offset + len(opts)]]
-                    offset += len(opts)
-                    best = pick(mine, opts, modes[r["item_id"]])
-                    recs.append((r["item_id"], f"{LETTERS[best]}) {opts[best]}", item_digest(r), mine))
-                _append(partial, recs)
-                done.update((i, (o, ll)) for i, o, _, ll in recs)
+    def prompts(self, batch: list[dict[str, Any]]) -> list[Messages | str]:
+        """What the generator is given for each item of ``batch``."""
+        from cgaps.models import conversation
+
+        def prompt(r: dict[str, Any]) -> Messages | str:
+            msgs = conversation(r)
+            return msgs if self.cfg.chat_template else "\n\n".join(str(m["content"]) for m in msgs)
+
+        return [prompt(r) for r in batch]
+
+    def requests(self, batch: list[dict[str, Any]]) -> list[tuple[Messages | str, str]]:
+        """The (context, continuation) pairs of every option of every item of ``batch``, in order."""
+        return [
+            req
+            for r in batch
+            for req in loglik_requests(
+                r, self.options[r["item_id"]], self.modes[r["item_id"]], self.cfg.chat_template
+            )
+        ]
+
+    def record_generated(self, batch: list[dict[str, Any]], out: Sequence[str]) -> None:
+        recs: list[tuple[str, str, str, list[float] | None]] = [
+            (r["item_id"], o, item_digest(r), None) for r, o in zip(batch, out, strict=True)
+        ]
+        _append(self.partial, recs)
+        self.done.update((i, (o, None)) for i, o, _, _ in recs)
+
+    def record_logliks(self, batch: list[dict[str, Any]], logliks: Sequence[float]) -> None:
+        """Pick each item's option from its share of ``logliks`` (:meth:`requests` order) and record it."""
+        recs: list[tuple[str, str, str, list[float] | None]] = []
+        offset = 0
+        for r in batch:
+            opts = self.options[r["item_id"]]
+            mine = [float(x) for x in logliks[offset : offset + len(opts)]]
+            offset += len(opts)
+            best = pick(mine, opts, self.modes[r["item_id"]])
+            recs.append((r["item_id"], f"{LETTERS[best]}) {opts[best]}", item_digest(r), mine))
+        _append(self.partial, recs)
+        self.done.update((i, (o, ll)) for i, o, _, ll in recs)
+
+
+def respond(items: pd.DataFrame, generator: Generator, cfg: RunConfig, partial: Path) -> dict[str, Answer]:
+    """Answers for every item, resuming from ``partial`` (:class:`Plan`)."""
+    plan = Plan(items, cfg, partial)
+    if plan.generate_chunks:
+        with progress_bar("generating", plan.n_generate) as advance:
+            for max_new, batch in plan.generate_chunks:
+                out = generator.generate(plan.prompts(batch), max_new, cfg.generation_batch, advance)
+                plan.record_generated(batch, out)
+    if plan.loglik_chunks:
+        with progress_bar("option log-likelihoods", plan.n_loglik) as advance:
+            for batch in plan.loglik_chunks:
+                plan.record_logliks(batch, generator.loglikelihood(plan.requests(batch), cfg.batch_size))
                 advance(len(batch))
-    return done
+    return plan.done
 
 
 def option_table(items: pd.DataFrame, answers: dict[str, Answer], cfg: RunConfig) -> pd.DataFrame:

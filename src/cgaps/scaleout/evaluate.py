@@ -1,8 +1,8 @@
 """Evaluation on Ray: workers that hold the evaluated model, and the driver's resumable loop.
 
 :func:`respond` is :func:`cgaps.evaluate.evaluator.respond` with its chunks spread over workers:
-the same resume file (read, checked and appended on the driver only), the same chunks (grouped
-by new-token budget, ``generation_batch x _CHUNK_BATCHES`` items each, log-likelihood items apart), and
+the same resume file (read, checked and appended on the driver only), the same chunks (one
+:class:`cgaps.evaluate.evaluator.Plan` cuts them for both), and
 each chunk answered by one worker's ``generate`` / ``loglikelihood`` exactly as one process would
 answer it, so the answers do not depend on which worker took which chunk. Chunks complete in any
 order; each is appended to the resume file as it arrives, so an interrupted run resumes with
@@ -71,81 +71,24 @@ class EvalWorker(Worker):
 
 def respond(items: pd.DataFrame, pool: EvaluationPool, cfg: RunConfig, partial: Path) -> dict[str, ev.Answer]:
     """Answers for every item, resuming from ``partial``: :func:`cgaps.evaluate.evaluator.respond`
-    with the chunks answered by the pool's workers (module docstring)."""
-    from cgaps.models import conversation
-
-    signature = {k: v for k, v in cfg.to_dict().items() if k in ev.PARTIAL_SIGNATURE}
-    if partial.exists() and ev._settings_path(partial).exists():
-        ev._check_settings(partial, signature)
-    records = items.to_dict("records")
-    done = ev.reusable(ev.read_partial(partial), records, partial)
-    ev.rundir.write_json(signature, ev._settings_path(partial))
-    if done:
-        info(f"resuming evaluation: {len(done)} of {len(items)} responses already in {partial.name}")
-    todo = [r for r in records if r["item_id"] not in done]
-    modes = {r["item_id"]: ev.protocol(r, cfg) for r in todo}
-    options = {r["item_id"]: ev._choices(r) or [] for r in todo if modes[r["item_id"]] != "generate"}
-    loglik = [r for r in todo if modes[r["item_id"]] != "generate"]
-    generate = [r for r in todo if modes[r["item_id"]] == "generate"]
-    chunk = cfg.batch_size * ev._CHUNK_BATCHES
-
-    def prompt(r: dict[str, Any]) -> Messages | str:
-        msgs = conversation(r)
-        return msgs if cfg.chat_template else "\n\n".join(str(m["content"]) for m in msgs)
-
-    # the chunks of the one-process loop, in its order: by budget, then every `chunk` items
-    by_budget: dict[int, list[dict[str, Any]]] = {}
-    for r in generate:
-        by_budget.setdefault(ev.budget(r, cfg), []).append(r)
-    gen_chunk = cfg.generation_batch * ev._CHUNK_BATCHES
-    gen_chunks = [
-        (max_new, group[start : start + gen_chunk])
-        for max_new, group in sorted(by_budget.items())
-        for start in range(0, len(group), gen_chunk)
-    ]
-    if gen_chunks:
+    with the chunks of its :class:`~cgaps.evaluate.evaluator.Plan` answered by the pool's workers."""
+    plan = ev.Plan(items, cfg, partial)
+    if plan.generate_chunks:
         jobs: list[tuple[Any, ...]] = [
-            (n, [prompt(r) for r in batch], max_new) for n, (max_new, batch) in enumerate(gen_chunks)
+            (n, plan.prompts(batch), max_new) for n, (max_new, batch) in enumerate(plan.generate_chunks)
         ]
-        with progress_bar("generating", len(generate)) as advance:
+        with progress_bar("generating", plan.n_generate) as advance:
             for n, out in pool.run("generate", jobs):
-                batch = gen_chunks[n][1]
-                recs: list[tuple[str, str, str, list[float] | None]] = [
-                    (r["item_id"], o, ev.item_digest(r), None) for r, o in zip(batch, out, strict=True)
-                ]
-                ev._append(partial, recs)
-                done.update((i, (o, None)) for i, o, _, _ in recs)
+                batch = plan.generate_chunks[n][1]
+                plan.record_generated(batch, out)
                 advance(len(batch))
-
-    ll_chunks = [loglik[start : start + chunk] for start in range(0, len(loglik), chunk)]
-    if ll_chunks:
-        jobs = [
-            (
-                n,
-                [
-                    req
-                    for r in batch
-                    for req in ev.loglik_requests(
-                        r, options[r["item_id"]], modes[r["item_id"]], cfg.chat_template
-                    )
-                ],
-            )
-            for n, batch in enumerate(ll_chunks)
-        ]
-        with progress_bar("option log-likelihoods", len(loglik)) as advance:
+    if plan.loglik_chunks:
+        jobs = [(n, plan.requests(batch)) for n, batch in enumerate(plan.loglik_chunks)]
+        with progress_bar("option log-likelihoods", plan.n_loglik) as advance:
             for n, logliks in pool.run("loglikelihood", jobs):
-                batch = ll_chunks[n]
-                recs, offset = [], 0
-                for r in batch:
-                    opts = options[r["item_id"]]
-                    mine = [float(x) for x in logliks[offset : offset + len(opts)]]
-                    offset += len(opts)
-                    best = ev.pick(mine, opts, modes[r["item_id"]])
-                    recs.append((r["item_id"], f"{ev.LETTERS[best]}) {opts[best]}", ev.item_digest(r), mine))
-                ev._append(partial, recs)
-                done.update((i, (o, ll)) for i, o, _, ll in recs)
-                advance(len(batch))
-    return done
+                plan.record_logliks(plan.loglik_chunks[n], logliks)
+                advance(len(plan.loglik_chunks[n]))
+    return plan.done
 
 
 class RayEvaluator(ev.OwnEvaluator):
