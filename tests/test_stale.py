@@ -37,6 +37,7 @@ def fake_stages(monkeypatch):
     ones, records its input digest); returns the list of calls."""
     import cgaps.evaluate.stage
     import cgaps.extract.stage
+    import cgaps.labels.stage
     import cgaps.models
     import cgaps.report
     import cgaps.scoring
@@ -63,12 +64,7 @@ def fake_stages(monkeypatch):
     monkeypatch.setattr(cgaps.models, "load_backend", lambda name, *a, **k: SimpleNamespace(name=name))
     monkeypatch.setattr(cgaps.scoring, "score_run", lambda run_dir: calls.append("score"))
     monkeypatch.setattr(cgaps.report, "build_report", lambda run_dir: calls.append("report"))
-    try:  # the labels stage, where the pipeline runs one
-        import cgaps.labels.stage
-
-        monkeypatch.setattr(cgaps.labels.stage, "label_run", lambda run_dir, **kw: None)
-    except ImportError:
-        pass
+    monkeypatch.setattr(cgaps.labels.stage, "label_run", lambda run_dir, **kw: None)
     return calls
 
 
