@@ -34,6 +34,31 @@ ROOT = Path(__file__).resolve().parent.parent
 CGAPS = str(Path(sys.executable).with_name("cgaps"))
 
 
+def compare(one: Path, ray: Path) -> tuple[dict[str, bool], dict[str, int], int]:
+    """Which tables of the two runs are identical, how many responses and saliency rows differ,
+    and the number of items; each table is read once."""
+    names = ("items.parquet", "option_logliks.parquet", "saliency.parquet", "concepts.parquet")
+    tables = {
+        name: (pd.read_parquet(one / name), pd.read_parquet(ray / name))
+        for name in names
+        if (one / name).exists()
+    }
+    same = {}
+    for name, (a, b) in tables.items():
+        try:
+            pd.testing.assert_frame_equal(b, a, check_exact=True)
+            same[name] = True
+        except AssertionError:
+            same[name] = False
+    a, b = tables["items.parquet"]
+    differ = {"responses": int((a["response"] != b["response"]).sum())}
+    a, b = tables["saliency.parquet"]
+    both = a.merge(b, on=["item_id", "concept"], how="outer", suffixes=("_one", "_ray"), indicator=True)
+    differ["saliency_rows_only_one_side"] = int((both["_merge"] != "both").sum())
+    differ["saliency_values_differ"] = int((both["value_one"] != both["value_ray"]).sum())
+    return same, differ, len(tables["items.parquet"][0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=96, help="probe items (extraction: 128 per chunk)")
@@ -70,31 +95,7 @@ def main() -> None:
         ray_wall = time.perf_counter() - t
         one = json.loads((root / "one" / "run.json").read_text())
         ray = json.loads((root / "ray" / "run.json").read_text())
-        same = {}
-        for name in ("items.parquet", "option_logliks.parquet", "saliency.parquet", "concepts.parquet"):
-            if (root / "one" / name).exists():
-                try:
-                    pd.testing.assert_frame_equal(
-                        pd.read_parquet(root / "ray" / name),
-                        pd.read_parquet(root / "one" / name),
-                        check_exact=True,
-                    )
-                    same[name] = True
-                except AssertionError:
-                    same[name] = False
-        n_items = len(pd.read_parquet(root / "one" / "items.parquet"))
-        a, b = (
-            pd.read_parquet(root / "one" / "items.parquet"),
-            pd.read_parquet(root / "ray" / "items.parquet"),
-        )
-        differ = {"responses": int((a["response"] != b["response"]).sum())}
-        a, b = (
-            pd.read_parquet(root / "one" / "saliency.parquet"),
-            pd.read_parquet(root / "ray" / "saliency.parquet"),
-        )
-        both = a.merge(b, on=["item_id", "concept"], how="outer", suffixes=("_one", "_ray"), indicator=True)
-        differ["saliency_rows_only_one_side"] = int((both["_merge"] != "both").sum())
-        differ["saliency_values_differ"] = int((both["value_one"] != both["value_ray"]).sum())
+        same, differ, n_items = compare(root / "one", root / "ray")
     print(json.dumps({"items": n_items, "one": one["timings"], "ray": ray["timings"], "identical": same}))
     print(json.dumps({"differ": differ}))
     print(f"wall: one {one_wall:.1f} s, ray {ray_wall:.1f} s (process start to exit)")
