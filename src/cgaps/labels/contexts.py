@@ -17,6 +17,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,8 @@ PROVISIONAL_SOURCES = {TOP_CONTEXTS_SOURCE, "", "evidence"}
 def token_window(offsets: Sequence[tuple[int, int]], start: int, end: int, n: int) -> tuple[int, int]:
     """Character bounds of the ``n`` tokens before the token spanning ``start:end`` and the ``n``
     after it, given every token's character span (``offsets``, in order)."""
-    starts = [a for a, _ in offsets]
-    i = max(bisect_right(starts, start) - 1, 0)  # the token the firing span starts in
+    # bisect on the spans themselves: O(log n) per context, no list of starts built per call
+    i = max(bisect_right(offsets, start, key=itemgetter(0)) - 1, 0)  # the token the firing span starts in
     j = i
     while j + 1 < len(offsets) and offsets[j][1] < end:  # a span cut over several tokens
         j += 1
