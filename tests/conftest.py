@@ -77,6 +77,17 @@ def torch_one_thread():
 
 
 @pytest.fixture(scope="session")
+def tiny_backend():
+    """A seeded 4-block tiny llama (hidden 32) behind the embedded tokenizer: the reader of the
+    extraction tests (no model file, no conversion)."""
+    from cgaps.models import HFBackend
+    from helpers import embedded_tokenizer, tiny_causal_lm
+
+    model = tiny_causal_lm("llama", n_layers=4, hidden=32, max_positions=512)
+    return HFBackend(model, embedded_tokenizer(), "tiny-llama", "cpu")
+
+
+@pytest.fixture(scope="session")
 def smollm():
     """The embedded SmolLM2-135M-Instruct backend (converted once into $CGAPS_CACHE); slow tests only."""
     from cgaps.models import load_backend

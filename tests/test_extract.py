@@ -13,14 +13,7 @@ from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.extract.stage import extract_run
 from cgaps.models import HFBackend, conversation, format_chat
-from helpers import embedded_tokenizer, loaded_sae, tiny_causal_lm
-
-
-@pytest.fixture(scope="session")
-def tiny_backend():
-    model = tiny_causal_lm("llama", n_layers=4, hidden=32, max_positions=512)
-    return HFBackend(model, embedded_tokenizer(), "tiny-llama", "cpu")
-
+from helpers import embedded_tokenizer, loaded_sae
 
 ITEMS = pd.DataFrame(
     {
@@ -208,8 +201,6 @@ def test_resume_after_interruption(tmp_path, tiny_backend, monkeypatch):
     assert loaded_sae(tiny_backend.hidden_size).fingerprint == spec.fingerprint  # same weights, same hash
     # and a reader in another dtype (its residuals differ): the resolved dtype is in the signature
     import copy
-
-    from cgaps.models import HFBackend
 
     half = HFBackend(
         copy.deepcopy(tiny_backend.model).to(torch.bfloat16),

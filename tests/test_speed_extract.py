@@ -13,15 +13,8 @@ import torch
 from cgaps.config import RunConfig
 from cgaps.extract import reference
 from cgaps.extract.stage import encode_items, extract_chunk, pool_batch
-from cgaps.models import HFBackend
-from helpers import embedded_tokenizer, loaded_sae, tiny_causal_lm
+from helpers import loaded_sae
 from test_extract import ITEMS
-
-
-@pytest.fixture(scope="module")
-def backend():
-    model = tiny_causal_lm("llama", n_layers=4, hidden=32, max_positions=512)
-    return HFBackend(model, embedded_tokenizer(), "tiny-llama", "cpu")
 
 
 def _items(n_copies: int = 4) -> pd.DataFrame:
@@ -45,18 +38,18 @@ def _items(n_copies: int = 4) -> pd.DataFrame:
     ],
     ids=["max", "mean-response", "sum-prompt", "max-topk", "sum-topk-all-tokens"],
 )
-def test_fast_chunk_equals_the_plain_path(backend, cfg):
-    spec = loaded_sae(backend.hidden_size, width=64, k=6)
-    chunk = encode_items(_items(), backend.tokenizer, cfg)
+def test_fast_chunk_equals_the_plain_path(tiny_backend, cfg):
+    spec = loaded_sae(tiny_backend.hidden_size, width=64, k=6)
+    chunk = encode_items(_items(), tiny_backend.tokenizer, cfg)
     fast_stats: Counter = Counter()
     ref_stats: Counter = Counter()
-    fast = extract_chunk(backend, spec, spec.layer, chunk, cfg, fast_stats)
-    ref = reference.dense_chunk(backend, spec, spec.layer, chunk, cfg, ref_stats)
+    fast = extract_chunk(tiny_backend, spec, spec.layer, chunk, cfg, fast_stats)
+    ref = reference.dense_chunk(tiny_backend, spec, spec.layer, chunk, cfg, ref_stats)
     assert len(fast) >= 40  # 20 items (top_k=2 keeps 40)
     pd.testing.assert_frame_equal(fast, ref)  # exact: same floats, same peak tokens, same row order
     assert fast_stats == ref_stats
     # the naive pipeline (whole model, output_hidden_states) reads the same residuals
-    naive = reference.dense_chunk(backend, spec, spec.layer, chunk, cfg, Counter(), full_forward=True)
+    naive = reference.dense_chunk(tiny_backend, spec, spec.layer, chunk, cfg, Counter(), full_forward=True)
     pd.testing.assert_frame_equal(fast, naive, rtol=1e-5, atol=1e-6)
 
 
