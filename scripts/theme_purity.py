@@ -18,9 +18,9 @@ import json
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from cgaps import rundir, runtables
+from cgaps.labels.evidence import group_indicator
 from cgaps.labels.stage import shat_matrix, thresholded_matrix
 
 
@@ -29,16 +29,15 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--facet", default="category", help="items column naming each item's group")
     args = parser.parse_args()
-    run = runtables.load_run(args.run_dir)
+    run = runtables.load_run(args.run_dir, results=True)
     m = thresholded_matrix(run)
     shat = shat_matrix(m)
     items = run.items.set_index(run.items["item_id"].astype(str))
-    labels = items.loc[list(m.item_ids), args.facet].fillna("").astype(str).to_numpy()
-    names, codes = np.unique(labels, return_inverse=True)
-    ind = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(names), len(codes)))
+    # items without a group form one group of their own ("")
+    ind, _ = group_indicator(items.loc[list(m.item_ids), args.facet].fillna("").astype(str))
     fam = np.asarray((ind @ shat).todense())  # groups x concepts
-    concepts = pd.read_parquet(f"{args.run_dir}/{rundir.CONCEPTS}")
-    all_c = concepts[concepts["scope"] == rundir.ALL_SCOPE]
+    assert run.concepts is not None  # results=True reads it or raises
+    all_c = run.concepts[run.concepts["scope"] == rundir.ALL_SCOPE]
     gaps = all_c.loc[all_c["gap"] == "weak", "concept"].to_numpy(np.int64)
     bound_gaps = float(fam[:, gaps].max(axis=0).sum() / fam[:, gaps].sum())
     themes = pd.read_parquet(f"{args.run_dir}/{rundir.THEMES}")
