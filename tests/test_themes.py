@@ -23,7 +23,7 @@ from cgaps.labels.stage import LABELS_TABLE_COLUMNS, THEMES, label_run, shat_mat
 from cgaps.runtables import load_run
 from cgaps.sae import load_sae
 from cgaps.scoring.core import build_matrix, chi_tables, concept_table
-from helpers import embedded_tokenizer, save_random_sae, tiny_causal_lm
+from helpers import save_random_sae
 
 
 def test_cluster_joins_cofiring_and_near_duplicate_concepts():
@@ -130,14 +130,6 @@ def test_themes_match_plain_reference():
                 support += 1
         assert all_rows["support"].iloc[t] == support
         assert all_rows["chi_model"].iloc[t] == pytest.approx(num / den, rel=1e-12)
-
-
-@pytest.fixture(scope="module")
-def tiny_backend():
-    from cgaps.models import HFBackend
-
-    model = tiny_causal_lm("llama", n_layers=4, hidden=32, max_positions=512)
-    return HFBackend(model, embedded_tokenizer(), "tiny-llama", "cpu")
 
 
 def _tiny_run(tmp_path, backend):
