@@ -436,10 +436,14 @@ class OwnEvaluator:
         self.options: pd.DataFrame | None = None
         """After :meth:`score`: :func:`option_table` of the items answered by log-likelihood."""
 
+    def respond(self, items: pd.DataFrame) -> dict[str, Answer]:
+        """:func:`respond` with this evaluator's generator (a subclass answers elsewhere)."""
+        return respond(items, self.generator, self.cfg, self.partial)
+
     def score(self, items: pd.DataFrame) -> pd.DataFrame:
         from cgaps.evaluate.grade import grade_items
 
-        answers = respond(items, self.generator, self.cfg, self.partial)
+        answers = self.respond(items)
         self.options = option_table(items, answers, self.cfg)
         graded = items.copy()
         graded["response"] = items["item_id"].map({i: a[0] for i, a in answers.items()}).fillna("")

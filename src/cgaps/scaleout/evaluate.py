@@ -98,15 +98,8 @@ class RayEvaluator(ev.OwnEvaluator):
         super().__init__(pool.generator, cfg, partial)  # type: ignore[arg-type]  # describes, never runs
         self.pool = pool
 
-    def score(self, items: pd.DataFrame) -> pd.DataFrame:
-        from cgaps.evaluate.grade import grade_items
-
-        answers = respond(items, self.pool, self.cfg, self.partial)
-        self.options = ev.option_table(items, answers, self.cfg)
-        graded = items.copy()
-        graded["response"] = items["item_id"].map({i: a[0] for i, a in answers.items()}).fillna("")
-        graded["score"] = grade_items(graded)
-        return graded[["item_id", "response", "score"]]
+    def respond(self, items: pd.DataFrame) -> dict[str, ev.Answer]:
+        return respond(items, self.pool, self.cfg, self.partial)
 
 
 class EvaluationPool:
