@@ -21,7 +21,7 @@ import pandas as pd
 
 from cgaps import rundir, runtables
 from cgaps.labels.evidence import group_indicator
-from cgaps.labels.stage import shat_matrix, thresholded_matrix
+from cgaps.labels.stage import thresholded_matrix
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     run = runtables.load_run(args.run_dir, results=True)
     m = thresholded_matrix(run)
-    shat = shat_matrix(m)
+    shat = m.shat_matrix()
     items = run.items.set_index(run.items["item_id"].astype(str))
     # items without a group form one group of their own ("")
     ind, _ = group_indicator(items.loc[list(m.item_ids), args.facet].fillna("").astype(str))

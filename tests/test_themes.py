@@ -19,7 +19,7 @@ from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.labels import evidence, themes
 from cgaps.labels.options import LabelOptions
-from cgaps.labels.stage import LABELS_TABLE_COLUMNS, THEMES, label_run, shat_matrix, thresholded_matrix
+from cgaps.labels.stage import LABELS_TABLE_COLUMNS, THEMES, label_run, thresholded_matrix
 from cgaps.runtables import load_run
 from cgaps.sae import load_sae
 from cgaps.scoring.core import build_matrix, chi_tables, concept_table
@@ -186,7 +186,7 @@ def test_label_stage_end_to_end(tmp_path, tiny_backend):
         assert got == ref[ref["concept"] == c]["token"].tolist()
     assert any(json.loads(x) for x in stored["tokens"])
     # enrichment = the function on the run's ŝ'
-    enrich = evidence.enrichment(shat_matrix(m), evidence.item_groups(run.items))
+    enrich = evidence.enrichment(m.shat_matrix(), evidence.item_groups(run.items))
     np.testing.assert_array_equal(stored["enrich_group"].to_numpy(), enrich["enrich_group"].to_numpy())
     # output tokens: the logit lens of W_dec through the model's unembedding
     outs = json.loads(

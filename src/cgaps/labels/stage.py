@@ -39,7 +39,6 @@ from cgaps.console import info
 from cgaps.errors import CGapsError
 from cgaps.labels import evidence, themes
 from cgaps.labels.options import LabelOptions
-from cgaps.labels.themes import shat_matrix
 from cgaps.runtables import RunTables, load_run
 from cgaps.scoring.core import SuiteMatrix, build_matrix
 from cgaps.seams import ResidualReader, SAEEncoder
@@ -110,7 +109,7 @@ def _label_run(
     run = load_run(run_dir, results=True)
     cfg = run.config()
     m = thresholded_matrix(run)
-    shat = shat_matrix(m)
+    shat = m.shat_matrix()
     groups = evidence.item_groups(run.items)
     fingerprint = _fingerprint(run, opts, cfg.presence)
     w_dec: np.ndarray | None = None

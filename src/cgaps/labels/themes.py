@@ -66,11 +66,6 @@ THEME_COLUMNS = (
 )
 
 
-def shat_matrix(m: SuiteMatrix) -> sp.csr_matrix:
-    """ŝ' (items x concepts): the thresholded saliency on each concept's scale, clipped to 1."""
-    return sp.csr_matrix((m.shat_data(), m.saliency.indices, m.saliency.indptr), shape=m.saliency.shape)
-
-
 def theme_concepts(all_scope: pd.DataFrame, limit: int = MAX_THEME_CONCEPTS) -> np.ndarray:
     """The concepts clustered into themes: those called a gap or a strength in ALL (by q)."""
     called = all_scope[all_scope["gap"].isin(["weak", "strong"])]
@@ -138,7 +133,7 @@ def build_themes(
     presence, its ``concepts`` table, the items' metadata ``groups``
     (:func:`cgaps.labels.evidence.item_groups`), the distinctive ``tokens``
     (:func:`cgaps.labels.evidence.distinctive_tokens`) and the decoder rows ``w_dec`` [F, d]."""
-    shat = shat_matrix(m)
+    shat = m.shat_matrix()
     all_scope = concepts[concepts["scope"] == rundir.ALL_SCOPE].set_index("concept")
     chosen = theme_concepts(all_scope.reset_index())
     # gaps and strengths are clustered apart: a theme never mixes the two calls

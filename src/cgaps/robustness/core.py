@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from cgaps import rundir
 from cgaps.config import RunConfig
@@ -211,9 +210,7 @@ def ablation(
     full = chi_tables(m) if full is None else full
     eligible = np.flatnonzero(full.support[-1] >= cfg.min_support)
     before = _median(full.chi_model[-1, eligible])
-    shat = sp.csr_matrix(
-        (m.shat_data(), m.saliency.indices, m.saliency.indptr), shape=m.saliency.shape
-    ).tocsc()
+    shat = m.shat_matrix().tocsc()
     n_delete = max(1, int(max_frac * m.saliency.shape[0]))
     out: dict[str, Any] = {
         "top": top,

@@ -121,6 +121,13 @@ class SuiteMatrix:
         """s_hat = s / m_c of every nonzero of ``saliency`` (in its order), clipped to 1."""
         return np.minimum(self.saliency.data / self.scale[self.saliency.indices], 1.0)
 
+    def shat_matrix(self) -> sp.csr_matrix:
+        """ŝ (items x concepts): ``saliency`` on each concept's scale, clipped to 1 (:meth:`shat_data`
+        in the matrix's own sparsity pattern)."""
+        return sp.csr_matrix(
+            (self.shat_data(), self.saliency.indices, self.saliency.indptr), shape=self.saliency.shape
+        )
+
     def with_scores(self, scores: np.ndarray) -> SuiteMatrix:
         """The same saliency with other scores (null and planted draws in validation and tests)."""
         return dataclasses.replace(self, scores=np.asarray(scores, dtype=np.float64))
