@@ -121,6 +121,12 @@ def uses_loglik(item: dict[str, Any], cfg: RunConfig) -> bool:
     return protocol(item, cfg) != "generate"
 
 
+def as_prompt(msgs: Messages, chat_template: bool) -> Messages | str:
+    """What the generator is given: the conversation (it applies the chat template), or without
+    the template its messages' text, blank-line separated (read as it is)."""
+    return msgs if chat_template else "\n\n".join(str(m["content"]) for m in msgs)
+
+
 def loglik_requests(
     item: dict[str, Any], options: list[str], mode: str, chat_template: bool
 ) -> list[tuple[Messages | str, str]]:
@@ -140,8 +146,7 @@ def loglik_requests(
         last = cloze(last, options)
     elif is_choice and not chat_template:  # loglik_letter on a bare prompt: "...\nAnswer:" + " B"
         last = f"{last.rstrip()}\n{CLOZE_CUE}"
-    msgs = [*msgs[:-1], {**msgs[-1], "content": last}]
-    context: Messages | str = msgs if chat_template else "\n\n".join(str(m["content"]) for m in msgs)
+    context = as_prompt([*msgs[:-1], {**msgs[-1], "content": last}], chat_template)
     delimiter = "" if chat_template else " "
     targets = LETTERS[: len(options)] if is_choice and mode == "loglik_letter" else options
     return [(context, delimiter + t) for t in targets]
@@ -333,11 +338,7 @@ class Plan:
         """What the generator is given for each item of ``batch``."""
         from cgaps.models import conversation
 
-        def prompt(r: dict[str, Any]) -> Messages | str:
-            msgs = conversation(r)
-            return msgs if self.cfg.chat_template else "\n\n".join(str(m["content"]) for m in msgs)
-
-        return [prompt(r) for r in batch]
+        return [as_prompt(conversation(r), self.cfg.chat_template) for r in batch]
 
     def requests(self, batch: list[dict[str, Any]]) -> list[tuple[Messages | str, str]]:
         """The (context, continuation) pairs of every option of every item of ``batch``, in order."""
