@@ -39,15 +39,6 @@ from cgaps.models.chat import prompt_ids
 from cgaps.seams import Messages, Progress
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("llama-cpp-python")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def llamacpp_available() -> bool:
     import importlib.util
 
@@ -99,9 +90,16 @@ class LlamaCppBackend:
     def load(cls, name: str = "embedded", n_ctx: int = 2048) -> LlamaCppBackend:
         """``embedded`` or a ``.gguf`` path; the tokenizer and EOS ids come from the folder the
         transformers backend converts the same file to (cached, so both read the same ones)."""
-        from transformers import AutoTokenizer, GenerationConfig
+        from transformers import AutoTokenizer
 
-        from cgaps.models.loading import EMBEDDED_NAME, convert_gguf, embedded_gguf
+        from cgaps.models.loading import (
+            EMBEDDED_NAME,
+            convert_gguf,
+            describe_load,
+            embedded_gguf,
+            eos_ids,
+            package_version,
+        )
 
         if name == "embedded":
             gguf, display = embedded_gguf(), EMBEDDED_NAME
@@ -113,14 +111,10 @@ class LlamaCppBackend:
             )
         folder = convert_gguf(gguf)
         tok = AutoTokenizer.from_pretrained(folder)
-        eos = GenerationConfig.from_pretrained(folder).eos_token_id
-        eos_ids = [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
-        backend = cls(gguf, tok, eos_ids, display, n_ctx=n_ctx)
-        from cgaps.models.loading import describe_load
-
+        backend = cls(gguf, tok, eos_ids(folder, tok), display, n_ctx=n_ctx)
         record = describe_load(name, str(folder), display, "gguf", "cpu")
         record["dtype"] = record.get("gguf", {}).get("quantisation", "gguf")  # weights as in the file
-        backend.loaded = {**record, "backend": "llamacpp", "llama_cpp": _version()}
+        backend.loaded = {**record, "backend": "llamacpp", "llama_cpp": package_version("llama-cpp-python")}
         return backend
 
     def _greedy(self, ids: list[int], max_new: int) -> list[int]:

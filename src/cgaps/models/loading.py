@@ -202,7 +202,7 @@ def describe_load(name: str, path: str, display: str, dtype: Any, device: str) -
     source = Path(name)
     if name == EMBEDDED:
         gguf = embedded_gguf()
-        record |= {"package": f"{EMBEDDED_PACKAGE.replace('_', '-')} {_version(EMBEDDED_PACKAGE)}"}
+        record |= {"package": f"{EMBEDDED_PACKAGE.replace('_', '-')} {package_version(EMBEDDED_PACKAGE)}"}
         record |= {"gguf": gguf_source(gguf)}
     elif source.suffix == ".gguf":
         record |= {"gguf": gguf_source(source)}
@@ -214,7 +214,8 @@ def describe_load(name: str, path: str, display: str, dtype: Any, device: str) -
     return record
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
+    """The installed version of ``package`` (``unknown`` when it is not installed)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -236,3 +237,15 @@ def _hub_revision(repo_id: str) -> str | None:
         if "snapshots" in parts:
             return parts[parts.index("snapshots") + 1]
     return None
+
+
+def eos_ids(path: str | Path, tokenizer: Any) -> list[int]:
+    """The end-of-sequence ids a backend stops generating at: those of the model's
+    ``generation_config.json``, or its tokenizer's EOS for a model without one."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:  # a model without generation_config.json: its tokenizer's EOS
+        eos = None
+    return [eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id])

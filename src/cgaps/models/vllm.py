@@ -83,20 +83,16 @@ class VLLMBackend:
                 "the vLLM backend needs vllm: pip install 'competency-gaps[vllm]' on a machine with a "
                 "CUDA GPU (or pass --backend auto)"
             ) from e
-        from transformers import AutoTokenizer, GenerationConfig
+        from transformers import AutoTokenizer
 
-        from cgaps.models.loading import describe_load, resolve_model
+        from cgaps.models.loading import describe_load, eos_ids, resolve_model
 
         path, display = resolve_model(name)
         vllm_dtype = "bfloat16" if dtype == "auto" else dtype
         tok = AutoTokenizer.from_pretrained(path)
-        try:
-            eos = GenerationConfig.from_pretrained(path).eos_token_id
-        except OSError:  # a model without generation_config.json: its tokenizer's EOS
-            eos = None
-        eos_ids = [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
+        stop = eos_ids(path, tok)
         llm = LLM(model=path, tokenizer=path, dtype=vllm_dtype, seed=0)
-        backend = cls(llm, tok, eos_ids, display)
+        backend = cls(llm, tok, stop, display)
         backend.loaded = {**describe_load(name, path, display, vllm_dtype, device), "backend": "vllm"}
         return backend
 
