@@ -288,7 +288,9 @@ class HFBackend:
         import torch
 
         tok = self.tokenizer
-        split: list[tuple[str, str, Messages | str]] = []
+        # each context is keyed by its text and whether it is a plain string (tokenised with the
+        # special tokens), so it is tokenised, and cut to the context, once for all its options
+        split: list[tuple[tuple[str, bool], str, Messages | str]] = []
         for prompt, cont in requests:
             text = self.prompt_text(prompt)
             n_space = len(text) - len(text.rstrip())
@@ -296,34 +298,27 @@ class HFBackend:
                 text, cont = text[:-n_space], text[-n_space:] + cont
             if not text:
                 raise CGapsError("log-likelihood request with an empty context")
-            split.append((text, cont, prompt))
+            split.append(((text, isinstance(prompt, str)), cont, prompt))
 
         def encode(text: str, raw: bool) -> list[int]:
             return list(tok(text, add_special_tokens=raw)["input_ids"])
 
         context_ids: dict[tuple[str, bool], list[int]] = {}
+        room: dict[tuple[str, bool], int] = {}  # per context, its longest continuation
         conts: list[list[int]] = []
-        for text, cont, prompt in split:
-            key = (text, isinstance(prompt, str))
+        for key, cont, _ in split:
             if key not in context_ids:
-                context_ids[key] = encode(text, key[1])
-            cid = encode(text + cont, key[1])[len(context_ids[key]) :]
+                context_ids[key] = encode(*key)
+            cid = encode(key[0] + cont, key[1])[len(context_ids[key]) :]
             if not cid:
                 raise CGapsError("log-likelihood request with an empty continuation")
             conts.append(cid)
-        room: dict[tuple[str, bool], int] = {}  # per context, its longest continuation
-        for (text, _, prompt), cid in zip(split, conts, strict=True):
-            key = (text, isinstance(prompt, str))
             room[key] = max(room.get(key, 0), len(cid))
         fitted: dict[tuple[str, bool], list[int]] = {}  # each context cut once (and counted once)
-        for text, _, prompt in split:
-            key = (text, isinstance(prompt, str))
+        for key, _, prompt in split:
             if key not in fitted:
                 fitted[key] = self._fit_context(context_ids[key], room[key], prompt)
-        pairs = [
-            (fitted[(text, isinstance(prompt, str))], cid)
-            for (text, _, prompt), cid in zip(split, conts, strict=True)
-        ]
+        pairs = [(fitted[key], cid) for (key, _, _), cid in zip(split, conts, strict=True)]
         out = [0.0] * len(pairs)
         lengths = [len(ctx) + len(cid) for ctx, cid in pairs]
         for idx in length_batches(lengths, batch_size, longest_first=True):
