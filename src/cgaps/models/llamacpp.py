@@ -92,23 +92,17 @@ class LlamaCppBackend:
         transformers backend converts the same file to (cached, so both read the same ones)."""
         from transformers import AutoTokenizer
 
-        from cgaps.models.loading import (
-            EMBEDDED_NAME,
-            convert_gguf,
-            describe_load,
-            embedded_gguf,
-            eos_ids,
-            package_version,
-        )
+        from cgaps.models.loading import convert_gguf, describe_load, embedded_gguf, eos_ids, package_version
 
         if name == "embedded":
-            gguf, display = embedded_gguf(), EMBEDDED_NAME
+            gguf = embedded_gguf()
         elif name.endswith(".gguf") and Path(name).is_file():
-            gguf, display = Path(name), Path(name).stem
+            gguf = Path(name)
         else:
             raise CGapsError(
                 f"the llama.cpp backend reads GGUF files: pass 'embedded' or a .gguf path, not {name!r}"
             )
+        display = display_name(name)  # the name Routed shows before the model loads
         folder = convert_gguf(gguf)
         tok = AutoTokenizer.from_pretrained(folder)
         backend = cls(gguf, tok, eos_ids(folder, tok), display, n_ctx=n_ctx)
