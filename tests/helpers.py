@@ -330,3 +330,12 @@ def write_run(
     items.to_parquet(root / "items.parquet", index=False)
     sal.to_parquet(root / "saliency.parquet", index=False)
     return root
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

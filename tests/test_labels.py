@@ -7,6 +7,7 @@ import pandas as pd
 from cgaps import rundir
 from cgaps.labels.contexts import TopContextLabels, labels_are_provisional, provisional_labels
 from cgaps.seams import LabelSource
+from helpers import free_port
 
 
 def _contexts() -> pd.DataFrame:
@@ -481,14 +482,6 @@ def test_api_key_env_must_be_set(tmp_path, monkeypatch):
         LabelOptions(labeler="http://127.0.0.1:9/v1")
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_llm_labels_against_a_real_llama_cpp_server(tmp_path):
     """llama-cpp-python's OpenAI-compatible server running the embedded SmolLM2 GGUF on 127.0.0.1.
@@ -511,7 +504,7 @@ def test_llm_labels_against_a_real_llama_cpp_server(tmp_path):
     from cgaps.runtables import load_run
 
     run = _weekday_run(tmp_path / "run")
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",

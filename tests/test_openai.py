@@ -22,6 +22,7 @@ from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.models.openai import OpenAIGenerator, parse_endpoint
+from helpers import free_port
 
 
 class FakeServer:
@@ -227,14 +228,6 @@ def test_evaluate_resumes_after_the_server_fails(server_factory, tmp_path):
 # ---------------------------------------------------------------- against llama.cpp's server
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_llama_cpp_server_matches_the_local_evaluator(tmp_path, smollm):
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
@@ -248,7 +241,7 @@ def test_llama_cpp_server_matches_the_local_evaluator(tmp_path, smollm):
     from cgaps.models.llamacpp import LlamaCppBackend
     from cgaps.pipeline import items_run
 
-    port = _free_port()
+    port = free_port()
     # a file, not a pipe: llama.cpp's start-up log would fill an unread pipe and stall the server
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(

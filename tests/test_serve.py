@@ -519,12 +519,6 @@ def test_unscored_or_missing_runs_are_one_line_errors(runs, tmp_path):
 # ---------------------------------------------------------------- the command
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_serves_on_a_picked_port_and_prints_the_url(runs):
     import httpx
 
