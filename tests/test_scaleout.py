@@ -33,7 +33,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from cgaps import rundir
 from cgaps.config import RunConfig
@@ -187,12 +186,7 @@ def _isolation_problem() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
