@@ -245,7 +245,7 @@ def extract_chunk(
     return pd.DataFrame({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
 
-def _extract_one(
+def extract_one(
     reader: ResidualReader, sae: SAEEncoder, layer: int, chunk: list[Encoded], cfg: RunConfig
 ) -> tuple[pd.DataFrame, Counter, dict[str, Counter]]:
     """One chunk's rows, token counts and per-item token counts (one shard's contents)."""
@@ -445,7 +445,7 @@ def _extract_run(
         done = (
             pool.extract(chunks, layer)
             if pool is not None
-            else ((n, *_extract_one(backend, loaded, layer, c, cfg)) for n, c in enumerate(chunks))
+            else ((n, *extract_one(backend, loaded, layer, c, cfg)) for n, c in enumerate(chunks))
         )
         for n, df, chunk_stats, item_stats in done:
             chunk = chunks[n]

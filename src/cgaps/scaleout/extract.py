@@ -81,11 +81,11 @@ class ExtractWorker(Worker):
         )
 
     def extract(self, n: int, chunk: list[Any], layer: int) -> tuple[int, Any, Counter, dict[str, Counter]]:
-        from cgaps.extract.stage import _extract_one
+        from cgaps.extract.stage import extract_one
 
         for e in chunk:  # Ray hands arrays over read-only (zero-copy); torch wants them writable
             e.mask = e.mask.copy()
-        return (n, *_extract_one(self.reader, self.sae, layer, chunk, self.cfg))
+        return (n, *extract_one(self.reader, self.sae, layer, chunk, self.cfg))
 
 
 class ExtractionPool:
