@@ -380,7 +380,7 @@ def test_run_json_round_trip(tmp_path):
 
 def test_run_json_keys_are_documented():
     """Every key of RunJson carries a docstring (the schema's documentation)."""
-    tree = ast.parse((SRC / "rundir.py").read_text())
+    tree = ast.parse((SRC / "rundir" / "runjson.py").read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "RunJson")
     documented = {
         a.target.id

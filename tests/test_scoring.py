@@ -323,14 +323,21 @@ def test_score_run_uses_stored_config(tmp_path):
 
 
 def test_score_run_calls_the_validating_readers(tmp_path, monkeypatch):
-    from cgaps import rundir
+    from cgaps import rundir, runtables
 
     calls = []
-    for name in ("read_run_json", "n_concepts", "read_items", "read_saliency"):
-        orig = getattr(rundir, name)
-        monkeypatch.setattr(rundir, name, lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    for module, name in (
+        (rundir, "read_run_json"),
+        (rundir, "n_concepts"),
+        (rundir, "read_items"),
+        (runtables, "read_saliency_coded"),  # the fast reader; the plain one where it declines the file
+        (rundir, "read_saliency"),
+    ):
+        orig = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
     score_run(write_run(tmp_path))
-    assert {"read_run_json", "n_concepts", "read_items", "read_saliency"} <= set(calls)
+    assert {"read_run_json", "n_concepts", "read_items"} <= set(calls)
+    assert {"read_saliency_coded", "read_saliency"} & set(calls)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ use): the saliency's ``item_id`` is a :class:`pandas.Categorical` whose categori
 items' ids in items order, so its codes are the item rows (int32). A paper-scale run has ~50M
 saliency rows over 100k items: as strings the column costs ~850 MB and every lookup hashes
 50M strings; as codes it is 200 MB and the matrix is built from numpy arrays. The coded
-reader (:func:`read_saliency_coded`, behind ``rundir.read_saliency(..., coded=True)``) reads the Parquet file one row group at a time with the
+reader (:func:`read_saliency_coded`, which :func:`load_run` tries first) reads the Parquet file one row group at a time with the
 item ids dictionary-encoded (each distinct id is looked up once per dictionary, not once per
 row) into preallocated int32 / int32 / float32 arrays, and checks what
 :func:`cgaps.rundir.validate_saliency` checks on those arrays. Anything it does not take as it
@@ -241,7 +241,11 @@ def load_run(run_dir: str | Path, *, results: bool = False, coded: bool = False)
     benchmarks = list(dict.fromkeys(items["benchmark"]))
     # concepts before saliency: a run that was never scored says so before anything else
     concepts = _read_concepts(run_dir, benchmarks) if results else None
-    saliency = rundir.read_saliency(run_dir, pd.Index(items["item_id"]), width, coded=coded)
+    ids = pd.Index(items["item_id"])
+    saliency = read_saliency_coded(run_dir, ids, width) if coded else None
+    if saliency is None:
+        saliency = rundir.read_saliency(run_dir, ids, width)
+        saliency = coded_item_ids(saliency, ids) if coded else saliency
     run = RunTables(run_dir, meta, width, items, saliency, concepts)
     if not results:
         return run

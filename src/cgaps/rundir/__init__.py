@@ -1,0 +1,139 @@
+"""The run directory (docs/method.md §6), one module per concern.
+
+A run directory is the contract between stages: each stage reads what earlier stages wrote and
+writes its own files, so any stage can be rerun or replaced by another tool. Every read
+validates its table and fails with a :class:`~cgaps.errors.CGapsError` that names the file, the
+field and the fix.
+
+| module | what it holds |
+| --- | --- |
+| :mod:`~cgaps.rundir.names` | the files' fixed names, the whole-suite scope, the rules for names and ids |
+| :mod:`~cgaps.rundir.atomic` | atomic writes and checked reads of Parquet, JSON and text |
+| :mod:`~cgaps.rundir.runjson` | ``run.json``: its documented keys, the checked reader, the merging writer |
+| :mod:`~cgaps.rundir.tables` | the main tables' columns, the validating readers of items and saliency |
+| :mod:`~cgaps.rundir.provenance` | digests of what a stage read, recorded in run.json ``inputs`` |
+| :mod:`~cgaps.rundir.lock` | one writer at a time: the advisory lock on the directory |
+
+The names below are re-exported so that callers write ``rundir.ITEMS`` or ``rundir.writing``
+without knowing which concern holds them.
+"""
+
+from cgaps.rundir.atomic import (
+    TABLE_KNOBS_KEY,
+    atomic_path,
+    read_json_file,
+    read_table,
+    read_table_knobs,
+    write_json,
+    write_table,
+    write_text,
+)
+from cgaps.rundir.lock import LOCK, remove_stale_temporaries, writing
+from cgaps.rundir.names import (
+    ALL_SCOPE,
+    CONCEPTS,
+    CONTEXTS,
+    CONTROL_CHARS,
+    ITEMS,
+    LABELS,
+    LABELS_LLM_CACHE,
+    MAX_NAME,
+    OPTION_LOGLIKS,
+    OVERLAP,
+    REPORT,
+    RESPONSES_PARTIAL,
+    RESPONSES_SETTINGS,
+    ROBUSTNESS,
+    RUN_FILES,
+    RUN_JSON,
+    SALIENCY,
+    SALIENCY_SHARDS,
+    SCHEMA_VERSION,
+    THEMES,
+    VALIDATION,
+)
+from cgaps.rundir.provenance import (
+    STAGE_INPUTS,
+    file_digest,
+    items_digest,
+    mark_stale,
+    stage_check,
+    stage_is_current,
+    stage_record,
+)
+from cgaps.rundir.runjson import RUN_JSON_KEYS, RunJson, n_concepts, read_run_json, update_run_json
+from cgaps.rundir.tables import (
+    CONCEPT_COLUMNS,
+    CONTEXT_COLUMNS,
+    ITEM_COLUMNS,
+    ITEM_OPTIONAL,
+    ITEM_REQUIRED,
+    ITEM_SCORED,
+    LABEL_COLUMNS,
+    OVERLAP_COLUMNS,
+    SALIENCY_COLUMNS,
+    read_items,
+    read_saliency,
+    validate_items,
+    validate_saliency,
+)
+
+__all__ = [
+    "ALL_SCOPE",
+    "CONCEPTS",
+    "CONCEPT_COLUMNS",
+    "CONTEXTS",
+    "CONTEXT_COLUMNS",
+    "CONTROL_CHARS",
+    "ITEMS",
+    "ITEM_COLUMNS",
+    "ITEM_OPTIONAL",
+    "ITEM_REQUIRED",
+    "ITEM_SCORED",
+    "LABELS",
+    "LABELS_LLM_CACHE",
+    "LABEL_COLUMNS",
+    "LOCK",
+    "MAX_NAME",
+    "OPTION_LOGLIKS",
+    "OVERLAP",
+    "OVERLAP_COLUMNS",
+    "REPORT",
+    "RESPONSES_PARTIAL",
+    "RESPONSES_SETTINGS",
+    "ROBUSTNESS",
+    "RUN_FILES",
+    "RUN_JSON",
+    "RUN_JSON_KEYS",
+    "SALIENCY",
+    "SALIENCY_COLUMNS",
+    "SALIENCY_SHARDS",
+    "SCHEMA_VERSION",
+    "STAGE_INPUTS",
+    "TABLE_KNOBS_KEY",
+    "THEMES",
+    "VALIDATION",
+    "RunJson",
+    "atomic_path",
+    "file_digest",
+    "items_digest",
+    "mark_stale",
+    "n_concepts",
+    "read_items",
+    "read_json_file",
+    "read_run_json",
+    "read_saliency",
+    "read_table",
+    "read_table_knobs",
+    "remove_stale_temporaries",
+    "stage_check",
+    "stage_is_current",
+    "stage_record",
+    "update_run_json",
+    "validate_items",
+    "validate_saliency",
+    "write_json",
+    "write_table",
+    "write_text",
+    "writing",
+]

@@ -1,0 +1,140 @@
+"""Atomic writes and checked reads of the run's files (Parquet, JSON, text).
+
+The one atomic-write rule of the project lives here: a killed writer leaves the old file or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cgaps.errors import CGapsError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    The one atomic-write rule of the project: a killed writer leaves the old file (or none),
+    never half a new one, and its temporary file is removed. Write whatever format into the
+    yielded path (Parquet, JSON, safetensors, a folder is not supported).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    # mkstemp creates 0600; run files are meant to be read by other tools and users
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # again: some writers (safetensors) replace the file they were given
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# The key of the settings a table was computed with, in its Parquet schema metadata.
+TABLE_KNOBS_KEY = b"cgaps.knobs"
+
+
+def write_table(df: pd.DataFrame, path: str | Path, knobs: dict[str, Any] | None = None) -> None:
+    """Write a Parquet table atomically (a crash never leaves half a file behind).
+
+    ``knobs`` (a JSON object) is stored in the file's schema metadata, so the table says how it
+    was made even when the file beside it that would say so (run.json) was not updated: a
+    multi-file write killed halfway cannot pair this table with another configuration.
+    """
+    with atomic_path(path) as tmp:
+        if knobs is None:
+            df.to_parquet(tmp, index=False)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            meta = {
+                **(table.schema.metadata or {}),
+                TABLE_KNOBS_KEY: json.dumps(_nan_to_none(knobs)).encode(),
+            }
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
+
+
+def read_table_knobs(path: str | Path) -> dict[str, Any] | None:
+    """The ``knobs`` :func:`write_table` stored in a Parquet file; None for a file without them
+    (written by an older cgaps or another tool)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception as e:  # pyarrow raises several unrelated types for a bad file
+        raise CGapsError(
+            f"{path}: not a readable Parquet file ({e}); rewrite it with pandas.DataFrame.to_parquet"
+        ) from e
+    raw = meta.get(TABLE_KNOBS_KEY)
+    if raw is None:
+        return None
+    try:
+        knobs = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CGapsError(f"{path}: damaged settings in the schema metadata ({e}); rerun `cgaps score`") from e
+    if not isinstance(knobs, dict):
+        raise CGapsError(
+            f"{path}: the settings in the schema metadata are not a JSON object; rerun `cgaps score`"
+        )
+    return knobs
+
+
+def write_text(text: str, path: str | Path) -> None:
+    """Write a UTF-8 text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically, NaN written as null."""
+    write_text(json.dumps(_nan_to_none(obj), indent=2, sort_keys=False) + "\n", path)
+
+
+def read_json_file(path: str | Path, fix: str) -> Any:
+    """Read a JSON file this project wrote; a damaged one is a one-line error saying ``fix``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CGapsError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); {fix}") from e
+    except json.JSONDecodeError as e:
+        raise CGapsError(f"{path}: invalid JSON at line {e.lineno} ({e.msg}); {fix}") from e
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise CGapsError(f"{path}: no such file; {what}")
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a bad file
+        raise CGapsError(
+            f"{path}: not a readable Parquet file ({e}); rewrite it with pandas.DataFrame.to_parquet"
+        ) from e
