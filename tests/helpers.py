@@ -310,6 +310,55 @@ def make_null_or_planted_suite(
     return pd.DataFrame(items), sal_df, set(planted)
 
 
+def make_topic_suite(
+    seed: int,
+    *,
+    topics: int = 6,
+    per_topic: int = 30,
+    planted: tuple[int, ...] = (0,),
+    null: bool = False,
+    per_subtopic: int = 4,
+    generic: int = 40,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Items in ``topics`` topics of ``per_topic`` items (topic t is the item's ``category``; topics
+    0, 2, 4... in benchmark "exam", the others in "quiz"), each topic made of three sub-topics;
+    ``per_subtopic`` concepts per sub-topic fire on most of its items (and a few stray ones), so
+    they co-activate; ``generic`` concepts fire anywhere. Accuracy 0.7, except 0.1 on the
+    ``planted`` topics (unless ``null``). Concepts: sub-topic ones first, then the generic ones."""
+    rng = np.random.default_rng(seed)
+    n_sub = 3 * topics
+    n_concepts = n_sub * per_subtopic + generic
+    items, sal = [], []
+    generic_rate = rng.uniform(0.03, 0.4, generic)
+    for t in range(topics):
+        for k in range(per_topic):
+            iid = f"t{t}-{k}"
+            p = 0.1 if (t in planted and not null) else 0.7
+            items.append(
+                {
+                    "item_id": iid,
+                    "benchmark": "exam" if t % 2 == 0 else "quiz",
+                    "prompt": f"p {iid}",
+                    "reference": "r",
+                    "response": "x",
+                    "score": float(rng.random() < p),
+                    "category": f"topic{t}",
+                }
+            )
+            sub = 3 * t + k % 3
+            fires = np.zeros(n_concepts, dtype=bool)
+            own = np.arange(sub * per_subtopic, (sub + 1) * per_subtopic)
+            fires[own] = rng.random(per_subtopic) < 0.85
+            fires[: n_sub * per_subtopic] |= rng.random(n_sub * per_subtopic) < 0.01  # stray
+            fires[n_sub * per_subtopic :] = rng.random(generic) < generic_rate
+            for c in np.flatnonzero(fires):
+                sal.append((iid, int(c), float(rng.gamma(3.0, 1.0)) + 1e-3))
+    sal_df = pd.DataFrame(sal, columns=["item_id", "concept", "value"]).astype(
+        {"concept": "int32", "value": "float32"}
+    )
+    return pd.DataFrame(items), sal_df
+
+
 def write_run(
     root: Path,
     items: pd.DataFrame | None = None,

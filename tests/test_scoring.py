@@ -20,7 +20,8 @@ from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.rundir import CONCEPT_COLUMNS
 from cgaps.scoring import compute_scores, score_run
-from cgaps.scoring.reference import assert_same_tables, reference_scores
+from cgaps.scoring.core import CONCEPT_EXTRA_COLUMNS
+from cgaps.scoring.reference import assert_same_tables, reference_scores, reference_tables
 from helpers import (
     NEVER,
     NOT_IN_BIAS,
@@ -274,11 +275,14 @@ def test_score_run_writes_tables_and_run_json(tmp_path):
     concepts, overlap = score_run(run)
     assert (run / "concepts.parquet").exists() and (run / "overlap.parquet").exists()
     back = pd.read_parquet(run / "concepts.parquet")
-    assert list(back.columns) == list(CONCEPT_COLUMNS) and len(back) == len(concepts)
+    assert list(back.columns) == [*CONCEPT_COLUMNS, *CONCEPT_EXTRA_COLUMNS] and len(back) == len(concepts)
     assert back["concept"].dtype == np.int32
+    tests = pd.read_parquet(run / "theme_tests.parquet")
+    members = [json.loads(m) for m in tests.loc[tests["scope"] == "ALL", "members"]]
     items, sal = make_suite(0)
-    ref, _ = reference_scores(items, sal, 200, RunConfig())
+    ref, ref_tests, _ = reference_tables(items, sal, 200, RunConfig(), themes=[sorted(m) for m in members])
     assert_same_tables(back, ref, ["scope", "concept"])
+    assert_same_tables(tests.drop(columns=["n_members", "members"]), ref_tests, ["scope", "theme"])
     meta = json.loads((run / "run.json").read_text())
     assert meta["config"]["min_support"] == 5 and meta["counts"]["scored_items"] == 310
     assert "score_compute_s" in meta["timings"]

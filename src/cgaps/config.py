@@ -36,6 +36,8 @@ CONTEXT_OVERFLOW = ("truncate", "refuse")
 # generation backends (cgaps.models.backends); auto: vLLM on a CUDA GPU, llama.cpp for a GGUF on the CPU
 BACKENDS = ("auto", "transformers", "llamacpp", "vllm")
 MC_FIRST_PASS = 1000  # Monte Carlo resamples every small-count concept gets (cgaps.scoring.core)
+# what the expected score of an item is taken from (docs/method.md §3, "adjust_by")
+ADJUST_BY = ("benchmark", "category", "none")
 # The fields the scoring stage reads (``cgaps score`` takes each as an option; written back to run.json)
 SCORING_KNOBS = (
     "presence",
@@ -46,6 +48,8 @@ SCORING_KNOBS = (
     "ci_level",
     "mc_below",
     "mc_resamples",
+    "adjust_by",
+    "theme_cut",
 )
 
 
@@ -212,6 +216,17 @@ class RunConfig:
         "Monte Carlo resamples for candidates (p <= 0.01 after the first 1,000); None: 2 x tested "
         "concepts / fdr (at least 20,000), so the smallest p-value can pass BH.",
     )
+    adjust_by: str = documented(
+        "benchmark",
+        "What an item's expected score is taken from: 'benchmark' (its benchmark's mean), 'category' "
+        "(the mean of its benchmark and category, so gaps are what fails beyond what the categories "
+        "explain) or 'none' (the whole suite's mean).",
+    )
+    theme_cut: float = documented(
+        0.4,
+        "Themes tested beside the concepts: average-linkage distance (1 - similarity of co-activation "
+        "and decoder direction) at which the concept tree is cut (docs/method.md §3).",
+    )
     # --- execution
     device: str = documented("auto", "Torch device: auto, cpu, cuda, cuda:N, mps.")
     dtype: str = documented(
@@ -233,6 +248,7 @@ class RunConfig:
             ("mc_scoring", MC_SCORING),
             ("context_overflow", CONTEXT_OVERFLOW),
             ("backend", BACKENDS),
+            ("adjust_by", ADJUST_BY),
         ):
             value = getattr(self, name)
             if value not in choices:
@@ -270,6 +286,8 @@ class RunConfig:
             raise CGapsError(
                 f"config field 'mc_resamples' must be >= {MC_FIRST_PASS} (the first pass), got {self.mc_resamples}"
             )
+        if not 0 < self.theme_cut < 1:
+            raise CGapsError(f"config field 'theme_cut' must be in (0, 1), got {self.theme_cut}")
         if self.min_support < 1:
             raise CGapsError(f"config field 'min_support' must be >= 1, got {self.min_support}")
         if self.max_norm_ratio is not None and self.max_norm_ratio <= 1:

@@ -35,11 +35,6 @@ class LabelOptions:
     enrich_p: float = documented(
         0.001, "Significance (hypergeometric p) a metadata group needs to appear in the provisional label."
     )
-    theme_cut: float = documented(
-        0.4,
-        "Average-linkage distance at which the concept tree is cut into themes (1 - similarity; "
-        "similarity combines co-activation over items and decoder cosine).",
-    )
     labels_file: str | None = documented(
         None,
         "A label file to import: a Neuronpedia explanations export (.json/.jsonl, optionally .gz) or a "
@@ -77,7 +72,6 @@ class LabelOptions:
                 ("min_log_odds", number(self.min_log_odds) and self.min_log_odds >= 0, "a number >= 0"),
                 ("output_tokens", integer(self.output_tokens) and self.output_tokens >= 0, "an integer >= 0"),
                 ("enrich_p", number(self.enrich_p) and 0 < self.enrich_p <= 1, "a number in (0, 1]"),
-                ("theme_cut", number(self.theme_cut) and 0 < self.theme_cut < 1, "a number in (0, 1)"),
                 ("llm_concepts", integer(self.llm_concepts) and self.llm_concepts >= 1, "an integer >= 1"),
                 ("llm_rate", number(self.llm_rate) and self.llm_rate > 0, "a number > 0"),
                 ("llm_retries", integer(self.llm_retries) and self.llm_retries >= 0, "an integer >= 0"),

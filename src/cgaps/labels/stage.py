@@ -112,22 +112,15 @@ def _label_run(
     shat = m.shat_matrix()
     groups = evidence.item_groups(run.items)
     fingerprint = _fingerprint(run, opts, cfg.presence)
-    w_dec: np.ndarray | None = None
     previous = run.labels
     if _evidence_is_current(run_dir, run, fingerprint):
         assert previous is not None
         ev = previous[["concept", *EVIDENCE_COLUMNS]].copy()
         tokens = _tokens_long(ev)
-        if "sae" in run.meta and cfg.sae is not None:
-            # the themes need only the SAE's decoder: no reader model is loaded to reuse evidence
-            from cgaps.sae import decoder_directions
-
-            w_dec = decoder_rows(sae) if sae is not None else decoder_directions(cfg.sae)[0]
         info("labels: evidence is current, reusing it")
     else:
         if "sae" in run.meta:
             backend, sae = _load(run, backend, sae)
-            w_dec = decoder_rows(sae)
         ev, tokens = compute_evidence(run, m, shat, groups, opts, backend, sae)
     t1 = time.perf_counter()
 
@@ -152,12 +145,18 @@ def _label_run(
             table.loc[c, "llm_score"] = score
     table["label"], table["source"] = choose_labels(table)
 
-    theme_table = themes.build_themes(
-        m, run.concepts, cfg, groups, tokens, w_dec, opts.theme_cut, opts.enrich_p
+    # the themes were made and tested by `cgaps score` (theme_tests.parquet); a run scored before
+    # that file existed gets them now, by the same rule
+    tests_path = run_dir / rundir.THEME_TESTS
+    tests = (
+        rundir.read_table(tests_path, "rerun `cgaps score RUN_DIR`")
+        if tests_path.exists()
+        else themes.scored_themes(m, cfg)
     )
+    theme_table = themes.build_themes(m, tests, groups, tokens, opts.enrich_p)
     t2 = time.perf_counter()
     knobs = rundir.read_table_knobs(run_dir / rundir.CONCEPTS) or {}
-    rundir.write_table(theme_table, run_dir / THEMES, knobs={**knobs, "theme_cut": opts.theme_cut})
+    rundir.write_table(theme_table, run_dir / THEMES, knobs=knobs)
     table = table[list(LABELS_TABLE_COLUMNS)]
     table["llm_score"] = table["llm_score"].astype("float64")
     rundir.write_table(table, run_dir / rundir.LABELS)

@@ -1,38 +1,20 @@
-"""Themes: concepts grouped by what they fire on and what they write (docs/method.md §5).
+"""Theme words: what the themes that ``cgaps score`` tested are about (docs/method.md §5).
 
-A run calls hundreds of concepts gaps, many of them near-duplicates (a dozen latents for the
-digit "2"). A theme is a cluster of concepts, scored as one concept:
+The themes themselves (which concepts, their saliency, test and call) are made at scoring
+time, by :mod:`cgaps.scoring.themes`, because they take part in the calls of §3: scoring writes
+``theme_tests.parquet``. This module adds, per theme, what a reader needs to tell what it is:
 
-- **Which concepts.** Those with support ≥ ``min_support`` in ``ALL`` (the ones that can be
-  called at all), gaps and strengths first, at most :data:`MAX_THEME_CONCEPTS` (the distance
-  matrix is quadratic).
-- **Similarity** of concepts a and b combines two kinds of evidence, either of which is enough:
-  co-activation, the cosine ρ of their thresholded normalised saliency ŝ' over the items, and
-  the cosine κ of their decoder directions (clipped at 0):
+- **Members**, strongest first (by q, then p-value in ``ALL``), as scoring ranked them.
+- **Enrichment** (:func:`cgaps.labels.evidence.enrichment`) of the members' summed ŝ' (where the
+  concepts' mass falls; a max over many near-duplicates would spread a theme over the union of
+  their stray items), its ``enrich_mass`` the mass-weighted purity, and ``spread``: the groups of
+  the enriched facet holding most of the mass (:func:`cgaps.labels.evidence.group_shares`).
+- **Tokens**: the members' distinctive tokens, by how many members share them (then δ).
+- **Label**: those words and the enriched group (:func:`cgaps.labels.evidence.compose_label`).
 
-      sim = 1 − (1 − ρ)(1 − κ),   distance = (1 − ρ)(1 − κ).
-
-  Two latents with one decoder direction (near-duplicates) are close whatever their items; two
-  latents that fire on the same items are close whatever their directions. Without decoder
-  weights (saliency imported from another tool) κ = 0.
-- **The cut.** Average-linkage agglomerative clustering (``scipy.cluster.hierarchy``), cut where
-  the average distance between two clusters exceeds ``theme_cut`` (default 0.4: members are on
-  average at least 60 % similar). Measured on the demo run (538 called concepts): cuts 0.3 /
-  0.4 / 0.65 give 59 / 37 / 14 themes; 0.4 keeps dates, weekdays and reversed words apart
-  while collapsing near-duplicates.
-- **Scores.** A theme's saliency on an item is the max over its members of ŝ' (each member on
-  its own scale, so no member dominates by its units); with it, χ_bench, χ_model, the Wilson
-  interval, the score test and the Benjamini–Hochberg calls of §3 come from the same functions
-  as the concepts' (:mod:`cgaps.scoring.core`), over the themes of each scope.
-- **Words.** The theme's enrichment is :func:`cgaps.labels.evidence.enrichment` of its members'
-  summed ŝ' (where its concepts' mass falls: the max over members would spread a theme of
-  many near-duplicates over the union of their stray items, measured on the demo: 129
-  date-arithmetic latents, each 95 % on that family, whose max covers 200 of 384 items); its
-  tokens are its members' distinctive tokens, by how many members share them (then δ); its
-  ``enrich_mass`` is its mass-weighted purity.
-
-Rows of ``themes.parquet``: one per theme and scope (each benchmark, then ``ALL``), themes
-numbered gap themes first (by q in ``ALL``), then strength themes, then the rest by support.
+Rows of ``themes.parquet``: those of ``theme_tests.parquet`` (one per theme and scope, themes
+numbered gap themes first by q in ``ALL``, then strength themes, then the rest by support) with
+the words beside them.
 """
 
 from __future__ import annotations
@@ -48,162 +30,85 @@ import scipy.sparse as sp
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.labels import evidence
-from cgaps.scoring.core import SuiteMatrix, chi_tables, concept_table
+from cgaps.scoring.core import TEST_COLUMNS, SuiteMatrix, score_tables
+from cgaps.scoring.themes import ThemeSet, number_themes, theme_structure, theme_test_table
 
 THEMES = rundir.THEMES  # the table's file name in a run directory
-MAX_THEME_CONCEPTS = 4000
-LINKAGE = "average"
+# the columns every themes.parquet has (readers require these: tables written before the themes
+# were tested at scoring time have them too) ...
 THEME_COLUMNS = (
     "theme",
     "scope",
     "label",
     "n_members",
-    "members",  # JSON list of concept ids, strongest gap/strength first
+    "members",  # JSON list of concept ids, strongest first
     "tokens",  # JSON list of the members' distinctive tokens
     "spread",  # JSON list of [group, mass share, item share]: the enriched facet's largest groups
     *evidence.ENRICH_COLUMNS,
     *(c for c in rundir.CONCEPT_COLUMNS if c not in ("concept", "scope")),
 )
-
-
-def theme_concepts(all_scope: pd.DataFrame, limit: int = MAX_THEME_CONCEPTS) -> np.ndarray:
-    """The concepts clustered into themes: those called a gap or a strength in ALL (by q)."""
-    called = all_scope[all_scope["gap"].isin(["weak", "strong"])]
-    called = called.sort_values(["q_value", "concept"], kind="stable")
-    return np.sort(called["concept"].to_numpy(np.int64)[:limit])
-
-
-def _cosine_columns(x: sp.csr_matrix) -> np.ndarray:
-    x = x.tocsc().astype(np.float64)
-    gram = np.asarray((x.T @ x).todense())
-    norm = np.sqrt(np.clip(np.diag(gram), 1e-30, None))
-    return gram / norm[:, None] / norm[None, :]
-
-
-def cluster(shat: sp.csr_matrix, w_dec: np.ndarray | None, cut: float) -> np.ndarray:
-    """Cluster labels (0-based) of the columns of ``shat`` (items x concepts), by the distance of
-    the module docstring; ``w_dec`` holds the same concepts' decoder rows (or None)."""
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from scipy.spatial.distance import squareform
-
-    n = shat.shape[1]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    if n == 1:
-        return np.zeros(1, dtype=np.int64)
-    dist = 1.0 - np.clip(_cosine_columns(shat), 0.0, 1.0)
-    if w_dec is not None:
-        w = w_dec / np.clip(np.linalg.norm(w_dec, axis=1, keepdims=True), 1e-30, None)
-        dist *= 1.0 - np.clip(w @ w.T, 0.0, 1.0)
-    np.fill_diagonal(dist, 0.0)
-    dist = np.clip((dist + dist.T) / 2, 0.0, 1.0)
-    tree = linkage(squareform(dist, checks=False), method=LINKAGE)
-    return fcluster(tree, t=cut, criterion="distance").astype(np.int64) - 1
-
-
-def theme_matrix(shat: sp.csr_matrix, groups: list[np.ndarray]) -> sp.csr_matrix:
-    """items x themes: the max over each theme's member columns of ``shat``."""
-    csc = shat.tocsc()
-    cols = []
-    for members in groups:
-        sub = csc[:, members]
-        cols.append(sp.csr_matrix(sub.max(axis=1)))
-    return sp.hstack(cols, format="csr") if cols else sp.csr_matrix((shat.shape[0], 0))
+# ... and the ones written now: the test's p-value and smallest achievable p-value as well
+THEME_TABLE_COLUMNS = (*THEME_COLUMNS, *(c for c in TEST_COLUMNS if c not in THEME_COLUMNS))
 
 
 def member_mass(shat: sp.csr_matrix, groups: list[np.ndarray]) -> sp.csr_matrix:
     """items x themes: the sum over each theme's members of ``shat`` (where its concepts' mass falls)."""
-    rows = np.concatenate(groups) if groups else np.zeros(0, dtype=np.int64)
-    cols = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
-    member_of = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(shat.shape[1], len(groups)))
-    return sp.csr_matrix(shat @ member_of)
+    return ThemeSet(tuple(groups), shat.shape[1]).saliency(shat)
+
+
+def scored_themes(m: SuiteMatrix, cfg: RunConfig) -> pd.DataFrame:
+    """``theme_tests.parquet`` as ``cgaps score`` makes it, for a run scored before it wrote one."""
+    structure = theme_structure(m, cfg)
+    concepts, tests = score_tables(
+        m, cfg, themes=structure.saliency(m.shat_matrix()), theme_of=structure.theme_of()
+    )
+    assert tests is not None
+    structure, concepts, tests = number_themes(structure, concepts, tests)
+    return theme_test_table(structure, tests, concepts)
 
 
 def build_themes(
     m: SuiteMatrix,
-    concepts: pd.DataFrame,
-    cfg: RunConfig,
+    tests: pd.DataFrame,
     groups: dict[str, pd.Series],
     tokens: pd.DataFrame,
-    w_dec: np.ndarray | None,
-    cut: float,
     enrich_p: float,
 ) -> pd.DataFrame:
-    """The themes table (module docstring) of a suite matrix ``m`` thresholded at the run's
-    presence, its ``concepts`` table, the items' metadata ``groups``
-    (:func:`cgaps.labels.evidence.item_groups`), the distinctive ``tokens``
-    (:func:`cgaps.labels.evidence.distinctive_tokens`) and the decoder rows ``w_dec`` [F, d]."""
+    """The themes table (module docstring): the theme tests of ``cgaps score`` (``tests``, i.e.
+    ``theme_tests.parquet``) with the words computed from the suite matrix ``m`` thresholded at
+    the run's presence, the items' metadata ``groups`` (:func:`cgaps.labels.evidence.item_groups`)
+    and the distinctive ``tokens`` (:func:`cgaps.labels.evidence.distinctive_tokens`)."""
+    all_rows = tests[tests["scope"] == rundir.ALL_SCOPE].sort_values("theme", kind="stable")
+    if not len(all_rows):
+        return pd.DataFrame(columns=list(THEME_TABLE_COLUMNS))
+    ids = all_rows["theme"].to_numpy(np.int64)
+    members = [np.asarray(json.loads(raw), dtype=np.int64) for raw in all_rows["members"]]
     shat = m.shat_matrix()
-    all_scope = concepts[concepts["scope"] == rundir.ALL_SCOPE].set_index("concept")
-    chosen = theme_concepts(all_scope.reset_index())
-    # gaps and strengths are clustered apart: a theme never mixes the two calls
-    labels = np.zeros(len(chosen), dtype=np.int64)
-    offset = 0
-    for call in ("weak", "strong"):
-        part = (all_scope.loc[chosen, "gap"] == call).to_numpy()
-        if part.any():
-            cs = chosen[part]
-            labels[part] = cluster(shat[:, cs], None if w_dec is None else w_dec[cs], cut) + offset
-            offset = int(labels[part].max()) + 1
-    order_key = all_scope.loc[chosen]
-    # members, strongest call first: gaps by q, then strengths, then by support
-    members: list[np.ndarray] = []
-    for k in range(labels.max() + 1 if len(labels) else 0):
-        cs = chosen[labels == k]
-        sub = order_key.loc[cs]
-        rank = sub.assign(
-            called=~sub["gap"].isin(["weak", "strong"]), q=sub["q_value"].fillna(2.0)
-        ).sort_values(["called", "q", "support"], ascending=[True, True, False], kind="stable")
-        members.append(rank.index.to_numpy(np.int64))
-    tm = SuiteMatrix(
-        theme_matrix(shat, members),
-        m.scores,
-        m.bench,
-        m.benchmarks,
-        m.item_ids,
-        np.ones(len(members)),
-    )
-    if not members:
-        return pd.DataFrame(columns=list(THEME_COLUMNS))
-    table = concept_table(tm, cfg, chi_tables(tm)).rename(columns={"concept": "theme"})
-    mass = member_mass(shat, members)
-    enrich = evidence.enrichment(mass, groups)
+    mass = member_mass(shat, [np.sort(cs) for cs in members])
+    enrich = evidence.enrichment(mass, groups)  # one row per theme, in ``ids`` order
     spread: dict[int, str] = {}
     for facet, cols in enrich.groupby("enrich_facet").groups.items():
         if facet in groups:
             idx = np.asarray(cols, dtype=np.int64)
             for t, rows in zip(idx, evidence.group_shares(mass[:, idx], groups[facet]), strict=True):
-                spread[int(t)] = json.dumps(rows, ensure_ascii=False)
+                spread[int(ids[t])] = json.dumps(rows, ensure_ascii=False)
     theme_tokens = _theme_tokens(tokens, members)
-    rows_all = table[table["scope"] == rundir.ALL_SCOPE].reset_index(drop=True)
-    call_rank = rows_all["gap"].map({"weak": 0, "strong": 1}).fillna(2)
-    order = (
-        rows_all.assign(call=call_rank, q=rows_all["q_value"].fillna(2.0))
-        .sort_values(["call", "q", "support", "theme"], ascending=[True, True, False, True], kind="stable")[
-            "theme"
-        ]
-        .to_numpy()
-    )
-    new_id = np.empty(len(members), dtype=np.int32)
-    new_id[order] = np.arange(len(members), dtype=np.int32)
     words = {}
     for t in range(len(members)):
         e = enrich.iloc[t]
-        words[t] = evidence.compose_label(
+        words[int(ids[t])] = evidence.compose_label(
             theme_tokens[t], [], e["enrich_group"], e["enrich_mass"], e["enrich_p"], enrich_p
         )
-    table = table.merge(enrich.rename(columns={"concept": "theme"}), on="theme", how="left")
+    enrich = enrich.assign(concept=ids).rename(columns={"concept": "theme"})
+    table = tests.merge(enrich, on="theme", how="left")
     table["label"] = table["theme"].map(words)
-    table["n_members"] = table["theme"].map(lambda t: len(members[t])).astype(np.int32)
-    table["members"] = table["theme"].map(lambda t: json.dumps([int(c) for c in members[t]]))
-    table["tokens"] = table["theme"].map(lambda t: json.dumps(theme_tokens[t], ensure_ascii=False))
+    as_json = {
+        int(t): json.dumps(words_of, ensure_ascii=False)
+        for t, words_of in zip(ids, theme_tokens, strict=True)
+    }
+    table["tokens"] = table["theme"].map(as_json)
     table["spread"] = table["theme"].map(lambda t: spread.get(int(t), "[]"))
-    table["theme"] = new_id[table["theme"].to_numpy()]
-    scope_order = {s: i for i, s in enumerate([*m.benchmarks, rundir.ALL_SCOPE])}
-    table = table.sort_values(
-        ["scope", "theme"], key=lambda s: s.map(scope_order) if s.name == "scope" else s, kind="stable"
-    )
-    return table[list(THEME_COLUMNS)].reset_index(drop=True)
+    return table[list(THEME_TABLE_COLUMNS)].reset_index(drop=True)
 
 
 def _theme_tokens(tokens: pd.DataFrame, members: list[np.ndarray], k: int = 5) -> list[list[str]]:

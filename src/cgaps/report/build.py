@@ -400,7 +400,9 @@ def read_themes(run_dir: Path, knobs: dict[str, Any]) -> tuple[pd.DataFrame | No
     missing = [c for c in THEME_COLUMNS if c not in df.columns]
     if missing:
         raise CGapsError(f"{path}: missing column(s) {', '.join(missing)}; rerun `cgaps label RUN_DIR`")
-    made = {k: v for k, v in (rundir.read_table_knobs(path) or {}).items() if k != "theme_cut"}
+    made = dict(rundir.read_table_knobs(path) or {})
+    if "theme_cut" not in knobs:  # scored before theme_cut was a scoring knob: the label option then
+        made.pop("theme_cut", None)
     if knobs and made != knobs:
         return (
             None,

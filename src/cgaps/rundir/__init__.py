@@ -49,6 +49,7 @@ from cgaps.rundir.names import (
     SALIENCY,
     SALIENCY_SHARDS,
     SCHEMA_VERSION,
+    THEME_TESTS,
     THEMES,
     VALIDATION,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "STAGE_INPUTS",
     "TABLE_KNOBS_KEY",
+    "THEME_TESTS",
     "THEMES",
     "VALIDATION",
     "RunJson",

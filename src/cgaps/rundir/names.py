@@ -22,6 +22,7 @@ RESPONSES_PARTIAL = "responses.partial.jsonl"
 RESPONSES_SETTINGS = Path(RESPONSES_PARTIAL).with_suffix(".json").name  # the settings signature beside it
 OPTION_LOGLIKS = "option_logliks.parquet"  # every option's log-likelihood (docs/benchmarks.md)
 THEMES = "themes.parquet"  # concept themes (written by `cgaps label`, cgaps.labels.themes)
+THEME_TESTS = "theme_tests.parquet"  # the themes' score tests and calls (written by `cgaps score`)
 LABELS_LLM_CACHE = "labels_llm_cache.jsonl"  # auto-interp answers, resumable (cgaps.labels.autointerp)
 
 # Everything the stages write into a run directory, working files included: `cgaps run --force`
@@ -40,6 +41,7 @@ RUN_FILES = (
     LABELS_LLM_CACHE,
     CONCEPTS,
     OVERLAP,
+    THEME_TESTS,
     ROBUSTNESS,
     VALIDATION,
     REPORT,

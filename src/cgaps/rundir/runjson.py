@@ -47,6 +47,10 @@ class RunJson(TypedDict, total=False):
     """Written by ``cgaps import`` instead of ``evaluate``: where the responses and scores came
     from (``format`` lm-eval / inspect / table, ``files``, the chosen ``metric`` or scorer, the
     harness's own per-task means beside ours); ``model.evaluated`` names the model that answered."""
+    power: dict[str, Any]
+    """What the run could have found (written by ``score``, :mod:`cgaps.scoring.power`): per scope
+    its items, mean score, null variance, the hypotheses kept, the bar a single call must pass
+    and the smallest detectable accuracy drop and rise by support (docs/method.md §3)."""
     inputs: dict[str, Any]
     """Per stage (``evaluate``, ``extract``, ``score``), ``{"columns": [...], "digest": "...",
     "by_column": {...}}`` (``score`` also ``"files"``: the saliency's digest): the item columns

@@ -100,13 +100,27 @@ class SuiteMatrix:
     benchmarks: tuple[str, ...]  # sorted benchmark names
     item_ids: np.ndarray
     scale: np.ndarray  # m_c per concept: the suite's max of the raw s_c, or a reference max
+    # the adjustment group of each row (``adjust_by``: what mu(x), v(x) and e(c, S) are taken
+    # from); None: the benchmark
+    group: np.ndarray | None = None
 
     @property
     def n_concepts(self) -> int:
         return self.saliency.shape[1]
 
+    @property
+    def adjust(self) -> np.ndarray:
+        """The adjustment group code of each row (the benchmark unless ``group`` says otherwise)."""
+        return self.bench if self.group is None else self.group
+
+    @property
+    def n_groups(self) -> int:
+        if self.group is None:
+            return len(self.benchmarks)
+        return int(self.group.max()) + 1 if len(self.group) else 0
+
     def subset(self, rows: np.ndarray) -> SuiteMatrix:
-        """The same suite restricted to ``rows`` (benchmarks keep their codes)."""
+        """The same suite restricted to ``rows`` (benchmarks and groups keep their codes)."""
         rows = np.asarray(rows)
         return SuiteMatrix(
             self.saliency[rows],
@@ -115,6 +129,7 @@ class SuiteMatrix:
             self.benchmarks,
             self.item_ids[rows],
             self.scale,
+            None if self.group is None else self.group[rows],
         )
 
     def shat_data(self) -> np.ndarray:
@@ -157,6 +172,29 @@ def item_rows(item_col: pd.Series, ids: pd.Index) -> np.ndarray:
     return np.where(codes >= 0, lookup[codes], -1)
 
 
+def adjustment_groups(items: pd.DataFrame, bench: np.ndarray, adjust_by: str) -> np.ndarray | None:
+    """The adjustment group code of each item (module docstring, ``adjust_by``); None for
+    ``benchmark`` (the benchmark codes themselves). ``category``: one group per (benchmark,
+    category) pair, numbered in the pairs' sorted order (an item without a category forms the
+    group of its benchmark and ""); ``none``: one group for the suite."""
+    if adjust_by == "benchmark":
+        return None
+    if adjust_by == "none":
+        return np.zeros(len(bench), dtype=np.int64)
+    if adjust_by != "category":
+        raise CGapsError(f"adjust_by is {adjust_by!r}; valid: benchmark, category, none")
+    if "category" not in items.columns:
+        raise CGapsError(
+            "items: no field 'category', which adjust_by 'category' needs; give the items a category "
+            "(cgaps import table --map category=PATH) or score with --adjust-by benchmark"
+        )
+    cat = items["category"].fillna("").astype(str).to_numpy()
+    _, cat_code = np.unique(cat, return_inverse=True)
+    pair = bench.astype(np.int64) * (int(cat_code.max()) + 1 if len(cat_code) else 1) + cat_code
+    _, group = np.unique(pair, return_inverse=True)  # (benchmark, category) pairs in sorted order
+    return group.astype(np.int64)
+
+
 def build_matrix(
     items: pd.DataFrame,
     saliency: pd.DataFrame,
@@ -164,11 +202,13 @@ def build_matrix(
     *,
     presence: float = 0.0,
     scale: np.ndarray | None = None,
+    adjust_by: str = "benchmark",
 ) -> SuiteMatrix:
     """Turn the items table (with scores) and the sparse saliency table into a :class:`SuiteMatrix`.
 
     ``presence`` drops every s_c(x) < presence * m_c (the thresholded saliency s' of the
-    module docstring); ``scale`` is m_c (default: each concept's max over the suite).
+    module docstring); ``scale`` is m_c (default: each concept's max over the suite);
+    ``adjust_by`` names the grouping the expected scores come from.
     """
     ids = pd.Index(items["item_id"].astype(str))
     if not ids.is_unique:
@@ -211,7 +251,9 @@ def build_matrix(
     vals = vals.astype(np.float64)
     mat = sp.csr_matrix((vals, (rows, cols)), shape=(len(ids), n_concepts))
     mat.sort_indices()
-    return SuiteMatrix(mat, y, bench.astype(np.int64), tuple(str(n) for n in names), ids.to_numpy(), scale)
+    bench = bench.astype(np.int64)
+    group = adjustment_groups(items, bench, adjust_by)
+    return SuiteMatrix(mat, y, bench, tuple(str(n) for n in names), ids.to_numpy(), scale, group)
 
 
 def _with_data(mat: sp.csr_matrix, data: np.ndarray) -> sp.csr_matrix:
@@ -245,11 +287,13 @@ class ChiTables:
 
 
 def benchmark_moments(m: SuiteMatrix) -> tuple[np.ndarray, np.ndarray]:
-    """ybar(B) and the population variance v(B) of each benchmark's scores (its items weigh equally)."""
-    counts = np.maximum(np.bincount(m.bench, minlength=len(m.benchmarks)).astype(np.float64), 1)
-    ybar = np.bincount(m.bench, weights=m.scores, minlength=len(m.benchmarks)) / counts
-    dev = m.scores - ybar[m.bench]  # second pass: no cancellation in E[y^2] - E[y]^2
-    var = np.bincount(m.bench, weights=dev * dev, minlength=len(m.benchmarks)) / counts
+    """ybar(g) and the population variance v(g) of each adjustment group's scores (its items weigh
+    equally); the groups are the benchmarks unless ``adjust_by`` chose another grouping."""
+    g, n = m.adjust, m.n_groups
+    counts = np.maximum(np.bincount(g, minlength=n).astype(np.float64), 1)
+    ybar = np.bincount(g, weights=m.scores, minlength=n) / counts
+    dev = m.scores - ybar[g]  # second pass: no cancellation in E[y^2] - E[y]^2
+    var = np.bincount(g, weights=dev * dev, minlength=n) / counts
     return ybar, var
 
 
@@ -266,7 +310,7 @@ def chi_tables(m: SuiteMatrix) -> ChiTables:
     data = s.data
     y_nz = m.scores[row_of]
     ybar, var_b = benchmark_moments(m)
-    mu_nz = ybar[m.bench][row_of]
+    mu_nz = ybar[m.adjust][row_of]
     p = _scope_indicator(m)
 
     def scope_sum(values: np.ndarray) -> np.ndarray:
@@ -279,7 +323,7 @@ def chi_tables(m: SuiteMatrix) -> ChiTables:
     sum_sybar = scope_sum(data * mu_nz)
     sum_shat = scope_sum(m.shat_data())
     stat = scope_sum(data * (y_nz - mu_nz))
-    null_var = scope_sum(data * data * var_b[m.bench][row_of])
+    null_var = scope_sum(data * data * var_b[m.adjust][row_of])
     n_items = np.asarray(p.sum(axis=1)).ravel()
 
     fires = sum_s > 0
@@ -342,9 +386,9 @@ class NullSampler:
     @classmethod
     def for_rows(cls, m: SuiteMatrix, rows: np.ndarray) -> NullSampler:
         ybar, _ = benchmark_moments(m)
-        bench_of = m.bench[rows]
-        positions = tuple(np.flatnonzero(bench_of == b) for b in range(len(m.benchmarks)))
-        pools = tuple(m.scores[m.bench == b] for b in range(len(m.benchmarks)))
+        group_of = m.adjust[rows]
+        positions = tuple(np.flatnonzero(group_of == g) for g in range(m.n_groups))
+        pools = tuple(m.scores[m.adjust == g] for g in range(m.n_groups))
         return cls(positions, pools, ybar, len(rows))
 
     def draws(self, seed: int, stream: tuple[int, int], chunk: int, size: int) -> np.ndarray:
@@ -393,7 +437,14 @@ def mc_resamples(cfg: RunConfig, n_tested: int) -> int:
 
 
 def _mc_counts(
-    m: SuiteMatrix, t: ChiTables, k: int, cols: np.ndarray, seed: int, stage: int, draws_total: int
+    m: SuiteMatrix,
+    t: ChiTables,
+    k: int,
+    cols: np.ndarray,
+    seed: int,
+    stage: int,
+    draws_total: int,
+    stream: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """#{T* <= T} and #{T* >= T} over ``draws_total`` draws for concepts ``cols`` of scope k.
 
@@ -419,7 +470,7 @@ def _mc_counts(
     ge = np.zeros(len(cols))
     for chunk in range(-(-draws_total // size)):
         n = min(size, draws_total - chunk * size)
-        tstar = np.asarray(block @ sampler.draws_grouped(seed, (k, stage), chunk, size)[:, :n])
+        tstar = np.asarray(block @ sampler.draws_grouped(seed, (k + stream, stage), chunk, size)[:, :n])
         le += (tstar <= (obs + tol)[:, None]).sum(axis=1)
         ge += (tstar >= (obs - tol)[:, None]).sum(axis=1)
     return le, ge
@@ -433,21 +484,37 @@ def mc_passes(total: int) -> list[int]:
     return sizes
 
 
-def p_values(m: SuiteMatrix, t: ChiTables, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """z, p_weak and p_strong per scope and concept (the rules of the module docstring)."""
+def p_values(
+    m: SuiteMatrix,
+    t: ChiTables,
+    cfg: RunConfig,
+    n_tests: np.ndarray | None = None,
+    only: np.ndarray | None = None,
+    stream: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """z, p_weak and p_strong per scope and concept (the rules of the module docstring).
+
+    ``n_tests``: the number of hypotheses of each scope, which sets the Monte Carlo resolution
+    (default: the columns with support >= min_support); ``only``: a (K + 1) x F mask of the
+    columns whose p-values are wanted (the others keep the normal approximation's: no draws);
+    ``stream``: added to the scope's number in the draws' seeds (the themes draw their own)."""
     z = z_scores(t)
     p_weak, p_strong = stats.norm.cdf(z), stats.norm.sf(z)
     mc = mc_concepts(t, cfg)
+    if only is not None:
+        mc &= only
+    if n_tests is None:
+        n_tests = (t.support >= cfg.min_support).sum(axis=1)
     for k in range(mc.shape[0]):
         cols = np.flatnonzero(mc[k])
         if not len(cols):
             continue
-        sizes = mc_passes(mc_resamples(cfg, int((t.support[k] >= cfg.min_support).sum())))
+        sizes = mc_passes(mc_resamples(cfg, int(n_tests[k])))
         pw, ps = np.ones(len(cols)), np.ones(len(cols))
         active = np.ones(len(cols), dtype=bool)
         for stage, size in enumerate(sizes):
             # a fresh sample for the concepts still near the floor of the last pass's resolution
-            le, ge = _mc_counts(m, t, k, cols[active], cfg.seed, stage, size)
+            le, ge = _mc_counts(m, t, k, cols[active], cfg.seed, stage, size, stream)
             pw[active], ps[active] = (1 + le) / (1 + size), (1 + ge) / (1 + size)
             active &= np.minimum(pw, ps) * (1 + size) <= MC_CONTINUE
             if not active.any():
@@ -460,35 +527,163 @@ def compute_scores(
     items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int, cfg: RunConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The concepts table (every concept in every scope) and the benchmark-overlap table."""
-    m = build_matrix(items, saliency, n_concepts, presence=cfg.presence)
+    m = build_matrix(items, saliency, n_concepts, presence=cfg.presence, adjust_by=cfg.adjust_by)
     t = chi_tables(m)
     return concept_table(m, cfg, t), overlap_table(m, t)
 
 
-def concept_table(m: SuiteMatrix, cfg: RunConfig, t: ChiTables | None = None) -> pd.DataFrame:
-    t = chi_tables(m) if t is None else t
+# columns concepts.parquet carries beyond rundir.CONCEPT_COLUMNS (docs/method.md §3 and §6)
+CONCEPT_EXTRA_COLUMNS = ("p_value", "p_min", "theme")
+# the columns of a theme's test (theme_tests.parquet after `theme`, `scope`, `n_members`, `members`)
+TEST_COLUMNS = (
+    "support",
+    "chi_bench",
+    "chi_bench_raw",
+    "chi_model",
+    "expected",
+    "n_eff",
+    "ci_low",
+    "ci_high",
+    "status",
+    "gap",
+    "q_value",
+    "p_value",
+    "p_min",
+)
+
+
+def smallest_p(m: SuiteMatrix, t: ChiTables, cfg: RunConfig, n_tests: np.ndarray) -> np.ndarray:
+    """(K + 1) x F: the smallest two-sided p-value each column could get in each scope, whatever
+    the scores of its items (Tarone's bound; module docstring). NaN where support < min_support.
+
+    The most extreme outcomes are every firing item at its group's lowest score (weak side) or
+    highest (strong side). Under the normal approximation that is Phi(z) at that T; for a
+    Monte Carlo column it is the probability that every redrawn score is at that extreme (the
+    product over its items of the share of the group's scores at it), and never below the
+    resolution 1 / (R + 1) of the draws.
+    """
+    s = m.saliency
+    row_of = np.repeat(np.arange(s.shape[0]), np.diff(s.indptr))
+    g = m.adjust
+    n_g = m.n_groups
+    ybar, _ = benchmark_moments(m)
+    lo = np.full(n_g, np.inf)
+    hi = np.full(n_g, -np.inf)
+    np.minimum.at(lo, g, m.scores)
+    np.maximum.at(hi, g, m.scores)
+    counts = np.maximum(np.bincount(g, minlength=n_g), 1)
+    share_lo = np.bincount(g, weights=(m.scores == lo[g]).astype(float), minlength=n_g) / counts
+    share_hi = np.bincount(g, weights=(m.scores == hi[g]).astype(float), minlength=n_g) / counts
+    lo, hi = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(hi), hi, 0.0)
+    g_nz = g[row_of]
+    p = _scope_indicator(m)
+
+    def scope_sum(values: np.ndarray) -> np.ndarray:
+        return (p @ _with_data(s, values)).toarray()
+
+    t_lo = scope_sum(s.data * (lo[g_nz] - ybar[g_nz]))
+    t_hi = scope_sum(s.data * (hi[g_nz] - ybar[g_nz]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sd = np.sqrt(t.null_var)
+        z_lo = np.where(t.null_var > 0, t_lo / sd, 0.0)
+        z_hi = np.where(t.null_var > 0, t_hi / sd, 0.0)
+        # log of the probability that every item of the column is redrawn at its extreme
+        log_lo = scope_sum(np.log(np.maximum(share_lo[g_nz], 1e-300)))
+        log_hi = scope_sum(np.log(np.maximum(share_hi[g_nz], 1e-300)))
+    normal = 2 * np.minimum(stats.norm.cdf(z_lo), stats.norm.sf(z_hi))
+    floor = np.array([1.0 / (1 + mc_resamples(cfg, int(n))) for n in n_tests])[:, None]
+    exact = 2 * np.maximum(np.exp(np.minimum(log_lo, log_hi)), floor)
+    out = np.minimum(1.0, np.where(mc_concepts(t, cfg), exact, normal))
+    return np.where(t.support >= cfg.min_support, out, np.nan)
+
+
+def tarone_keep(p_min: np.ndarray, alpha: float) -> np.ndarray:
+    """Tarone's rule as Gilbert (2005) applies it before Benjamini-Hochberg: the smallest K with
+    #{i : p_min_i <= alpha / K} <= K; the hypotheses kept are those with p_min <= alpha / K."""
+    ordered = np.sort(p_min)
+    lo, hi = 1, max(len(ordered), 1)
+    while lo < hi:  # #{p_min <= alpha / K} falls as K grows: the first K where it is <= K
+        mid = (lo + hi) // 2
+        if np.searchsorted(ordered, alpha / mid, side="right") <= mid:
+            hi = mid
+        else:
+            lo = mid + 1
+    return p_min <= alpha / lo
+
+
+@dataclass
+class Tests:
+    """One table's per-scope test results (K + 1) x F: z, two-sided p, p_min, q (NaN: not kept)."""
+
+    z: np.ndarray
+    p: np.ndarray
+    p_min: np.ndarray
+    q: np.ndarray
+
+
+def kept_hypotheses(p_mins: list[np.ndarray], fdr: float) -> list[np.ndarray]:
+    """Per table (concepts, themes) a (K + 1) x F mask of the hypotheses Tarone's rule keeps: per
+    scope, over the p_min of every table's tested columns (NaN: not tested) together."""
+    keeps = [np.zeros(p.shape, dtype=bool) for p in p_mins]
+    for k in range(p_mins[0].shape[0]):
+        cols = [np.flatnonzero(~np.isnan(p[k])) for p in p_mins]
+        kept = tarone_keep(np.concatenate([p[k, c] for p, c in zip(p_mins, cols, strict=True)]), fdr)
+        at = 0
+        for keep, c in zip(keeps, cols, strict=True):
+            keep[k, c] = kept[at : at + len(c)]
+            at += len(c)
+    return keeps
+
+
+def bh_scopes(ps: list[np.ndarray]) -> list[np.ndarray]:
+    """Per scope, one Benjamini-Hochberg adjustment over the p-values of every table together
+    (NaN: not a hypothesis); the q-values in the same shapes."""
+    qs = [np.full(p.shape, np.nan) for p in ps]
+    for k in range(ps[0].shape[0]):
+        cols = [np.flatnonzero(~np.isnan(p[k])) for p in ps]
+        q = bh_adjust(np.concatenate([p[k, c] for p, c in zip(ps, cols, strict=True)]))
+        at = 0
+        for qq, c in zip(qs, cols, strict=True):
+            qq[k, c] = q[at : at + len(c)]
+            at += len(c)
+    return qs
+
+
+def joint_tests(pairs: list[tuple[SuiteMatrix, ChiTables]], cfg: RunConfig) -> list[Tests]:
+    """The calls of docs/method.md §3 over several tables of hypotheses of one suite (the
+    concepts, the themes): per scope, Tarone's rule on their smallest achievable p-values, the
+    p-values of the hypotheses kept (Monte Carlo only for those), then one Benjamini-Hochberg
+    over them all (gaps and strengths share the false discovery rate)."""
+    n_tests = sum((t.support >= cfg.min_support).sum(axis=1) for _, t in pairs)
+    p_mins = [smallest_p(m, t, cfg, n_tests) for m, t in pairs]
+    keeps = kept_hypotheses(p_mins, cfg.fdr)
+    out = []
+    for i, ((m, t), p_min, keep) in enumerate(zip(pairs, p_mins, keeps, strict=True)):
+        # table i draws from streams i(K + 1) + scope: no two tables share random numbers
+        z, p_weak, p_strong = p_values(m, t, cfg, n_tests, only=keep, stream=i * len(n_tests))
+        p = np.where(keep, np.minimum(1.0, 2 * np.minimum(p_weak, p_strong)), np.nan)
+        out.append(Tests(z, p, p_min, np.full(p.shape, np.nan)))
+    for tests, q in zip(out, bh_scopes([x.p for x in out]), strict=True):
+        tests.q = q
+    return out
+
+
+def _table(t: ChiTables, tests: Tests, cfg: RunConfig, scopes: list[str], key: str) -> pd.DataFrame:
     n_scopes, f = t.chi_model.shape
-    z, p_weak, p_strong = p_values(m, t, cfg)
     ci_low, ci_high = wilson(t.chi_model, t.n_eff, cfg.ci_level)
     status = np.full((n_scopes, f), "missing", dtype=object)
-    q_value = np.full((n_scopes, f), np.nan)
-    gap = np.full((n_scopes, f), "", dtype=object)
-    for k in range(n_scopes):  # per-scope ranking and BH: a loop over scopes only
+    for k in range(n_scopes):  # per-scope ranking: a loop over scopes only
         present = t.support[k] > 0
         pct = percentile_of(t.chi_bench[k, present])
         status[k, present] = np.where(
             pct < cfg.under_pct, "under", np.where(pct > cfg.over_pct, "over", "normal")
         )
-        tested = t.support[k] >= cfg.min_support
-        # one BH over two-sided p-values: gaps and strengths share the false discovery rate
-        q = bh_adjust(np.minimum(1.0, 2 * np.minimum(p_weak[k, tested], p_strong[k, tested])))
-        zk = z[k, tested]
-        q_value[k, tested] = q
-        gap[k, tested] = np.where((zk != 0) & (q <= cfg.fdr), np.where(zk < 0, "weak", "strong"), "")
-    scopes = [*m.benchmarks, ALL_SCOPE]
-    df = pd.DataFrame(
+    with np.errstate(invalid="ignore"):
+        called = (tests.z != 0) & (tests.q <= cfg.fdr)
+    gap = np.where(called, np.where(tests.z < 0, "weak", "strong"), "").astype(object)
+    return pd.DataFrame(
         {
-            "concept": np.tile(np.arange(f, dtype=np.int32), n_scopes),
+            key: np.tile(np.arange(f, dtype=np.int32), n_scopes),
             "scope": np.repeat(np.array(scopes, dtype=object), f),
             "support": t.support.ravel().round().astype(np.int64),
             "chi_bench": t.chi_bench.ravel(),
@@ -500,10 +695,50 @@ def concept_table(m: SuiteMatrix, cfg: RunConfig, t: ChiTables | None = None) ->
             "ci_high": ci_high.ravel(),
             "status": status.ravel(),
             "gap": gap.ravel(),
-            "q_value": q_value.ravel(),
+            "q_value": tests.q.ravel(),
+            "p_value": tests.p.ravel(),
+            "p_min": tests.p_min.ravel(),
         }
     )
-    return df[list(CONCEPT_COLUMNS)]
+
+
+def score_tables(
+    m: SuiteMatrix,
+    cfg: RunConfig,
+    t: ChiTables | None = None,
+    themes: sp.csr_matrix | None = None,
+    theme_of: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The concepts table and, given ``themes`` (items x themes saliency, :mod:`cgaps.scoring.themes`),
+    the themes' test table, with the calls of one joint procedure per scope (:func:`call_scopes`).
+    ``theme_of``: the theme of each concept (-1: none), the concepts table's ``theme`` column."""
+    t = chi_tables(m) if t is None else t
+    scopes = [*m.benchmarks, ALL_SCOPE]
+    tm = tt = None
+    if themes is not None and themes.shape[1]:
+        # a theme's scale is its own largest saliency over the suite (its chi_bench stays in [0, 1])
+        scale = np.asarray(themes.max(axis=0).todense()).ravel().astype(np.float64)
+        tm = SuiteMatrix(themes, m.scores, m.bench, m.benchmarks, m.item_ids, scale, m.group)
+        tt = chi_tables(tm)
+    pairs = [(m, t)] if tm is None or tt is None else [(m, t), (tm, tt)]
+    parts = joint_tests(pairs, cfg)
+    concepts = _table(t, parts[0], cfg, scopes, "concept")
+    f = m.n_concepts
+    concepts["theme"] = np.tile(
+        (np.full(f, -1) if theme_of is None else np.asarray(theme_of)).astype(np.int32), len(scopes)
+    )
+    concepts = concepts[[*CONCEPT_COLUMNS, *CONCEPT_EXTRA_COLUMNS]]
+    theme_table = None
+    if tt is not None:
+        theme_table = _table(tt, parts[1], cfg, scopes, "theme")
+    elif themes is not None:
+        theme_table = pd.DataFrame(columns=["theme", "scope", *TEST_COLUMNS])
+    return concepts, theme_table
+
+
+def concept_table(m: SuiteMatrix, cfg: RunConfig, t: ChiTables | None = None) -> pd.DataFrame:
+    """The concepts table of :func:`score_tables` without themes."""
+    return score_tables(m, cfg, t)[0]
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

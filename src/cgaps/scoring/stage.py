@@ -20,7 +20,9 @@ from cgaps.config import SCORING_KNOBS, RunConfig
 from cgaps.errors import CGapsError
 from cgaps.runtables import RunTables, load_run
 from cgaps.sae import read_latent_scale
-from cgaps.scoring.core import build_matrix, chi_tables, concept_table, overlap_table
+from cgaps.scoring.core import build_matrix, chi_tables, overlap_table, score_tables
+from cgaps.scoring.power import run_power
+from cgaps.scoring.themes import THEME_TESTS, number_themes, theme_structure, theme_test_table
 
 
 def concept_scale(run: RunTables, cfg: RunConfig) -> tuple[np.ndarray | None, str]:
@@ -63,15 +65,24 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
         )
     t1 = time.perf_counter()
     scale, scale_source = concept_scale(run, cfg)
-    m = build_matrix(items, saliency, run.n_concepts, presence=cfg.presence, scale=scale)
+    m = build_matrix(
+        items, saliency, run.n_concepts, presence=cfg.presence, scale=scale, adjust_by=cfg.adjust_by
+    )
     tables = chi_tables(m)
-    concepts = concept_table(m, cfg, tables)
+    themes = theme_structure(m, cfg)
+    concepts, tests = score_tables(m, cfg, tables, themes.saliency(m.shat_matrix()), themes.theme_of())
+    assert tests is not None
+    themes, concepts, tests = number_themes(themes, concepts, tests)
+    theme_tests = theme_test_table(themes, tests, concepts)
     overlap = overlap_table(m, tables)
+    power = run_power(m, cfg, concepts, theme_tests)
     t2 = time.perf_counter()
     knobs = {k: getattr(cfg, k) for k in (*SCORING_KNOBS, "seed")}
     rundir.write_table(overlap, run_dir / rundir.OVERLAP, knobs=knobs)
+    rundir.write_table(theme_tests, run_dir / THEME_TESTS, knobs=knobs)
     rundir.write_table(concepts, run_dir / rundir.CONCEPTS, knobs=knobs)
     all_rows = concepts[concepts["scope"] == rundir.ALL_SCOPE]
+    all_themes = theme_tests[theme_tests["scope"] == rundir.ALL_SCOPE]
     rundir.update_run_json(
         run_dir,
         config=knobs,
@@ -83,7 +94,11 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
             "concepts_firing": int((all_rows["support"] > 0).sum()),
             "gaps_weak": int((all_rows["gap"] == "weak").sum()),
             "gaps_strong": int((all_rows["gap"] == "strong").sum()),
+            "themes_tested": len(all_themes),
+            "theme_gaps_weak": int((all_themes["gap"] == "weak").sum()),
+            "theme_gaps_strong": int((all_themes["gap"] == "strong").sum()),
         },
+        power=power,
         timings={"score_read_s": round(t1 - t0, 3), "score_compute_s": round(t2 - t1, 3)},
     )
     return concepts, overlap

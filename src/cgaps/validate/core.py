@@ -1,10 +1,14 @@
 """Checks that the gap calls of a run can be trusted, on the run's own saliency matrix.
 
-Three checks, all with the run's own scoring knobs (presence, concept scale, min_support,
-fdr, Monte Carlo settings), written to ``validation.json``:
+The checks use the run's own scoring knobs (presence, concept scale, min_support, fdr,
+Monte Carlo settings, ``adjust_by``) and the full calling procedure of docs/method.md §3
+(concepts and themes, Tarone's rule, one Benjamini-Hochberg per scope), with the run's theme
+structure (built from the saliency alone, so every draw reuses it); they are written to
+``validation.json``. A draw "calls something" when a concept or a theme is called:
 
-* **Null calibration.** The run's scores are permuted within each benchmark (so every
-  benchmark keeps its accuracy, but no score depends on any concept) ``null_draws`` times and
+* **Null calibration.** The run's scores are permuted within each benchmark (within each
+  adjustment group: ``adjust_by``) (so every group keeps its accuracy, but no score depends on
+  any concept) ``null_draws`` times and
   the run is rescored. The method promises that at most 1 run in 20 calls any gap or strength
   on such data (docs/method.md §3); the share of draws that called something is reported.
 * **Planted power curve.** Scores are drawn afresh: accuracy ``base_accuracy`` everywhere,
@@ -14,6 +18,12 @@ fdr, Monte Carlo settings), written to ``validation.json``:
   planting a concept that fires on most items lowers every concept alike. Concepts that fire on the same
   items as a planted one share its lowered scores, so some of them are called too: they are
   counted as "other weak calls", not as errors of the test.
+* **Planted topics** (:mod:`cgaps.validate.topics`; runs whose items have a grouping facet):
+  failure planted on whole metadata groups withheld from the scoring, at 30 and 100 items per
+  group: the gap concepts and themes called, and the share of the 20 strongest that point to
+  a planted group.
+* **What the data could have found**: the ``power`` summary of ``cgaps score`` (the smallest
+  detectable effect by support, :mod:`cgaps.scoring.power`), recomputed from the run.
 * **Probe-family alignment** (suites with a ``category`` per item, such as the probe suite):
   where the saliency mass of the concepts called weak lands, as the mass-weighted accuracy of
   the families, against the same figure for random sets of as many tested concepts
@@ -32,36 +42,57 @@ import numpy as np
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.runtables import load_run
-from cgaps.scoring.core import SuiteMatrix, build_matrix, concept_table
+from cgaps.scoring.core import SuiteMatrix, build_matrix, score_tables
+from cgaps.scoring.power import run_power
 from cgaps.scoring.stage import concept_scale
+from cgaps.scoring.themes import ThemeSet, theme_structure
 from cgaps.validate.options import ValidateOptions
+from cgaps.validate.topics import item_facet, planted_topics
 
 SUPPORT_BINS: tuple[tuple[int, int | None], ...] = ((5, 10), (10, 20), (20, 50), (50, 100))
 EFFECTS = (0.2, 0.35, 0.5)
 
 
 def permuted_scores(m: SuiteMatrix, rng: np.random.Generator) -> np.ndarray:
-    """The run's scores shuffled within each benchmark: the same accuracies, no link to any concept."""
+    """The run's scores shuffled within each adjustment group (each benchmark by default): the same
+    accuracies, no link to any concept."""
     y = m.scores.copy()
-    for b in range(len(m.benchmarks)):
-        idx = np.flatnonzero(m.bench == b)
+    for g in range(m.n_groups):
+        idx = np.flatnonzero(m.adjust == g)
         y[idx] = rng.permutation(y[idx])
     return y
 
 
-def _calls(m: SuiteMatrix, y: np.ndarray, cfg: RunConfig) -> Any:
-    table = concept_table(m.with_scores(y), cfg)
-    return table[table["gap"] != ""]
+def _calls(m: SuiteMatrix, y: np.ndarray, cfg: RunConfig, themes: ThemeSet | None = None) -> tuple[Any, Any]:
+    """The called concept rows and theme rows (every scope) of the suite scored with scores ``y``."""
+    if themes is None:
+        themes = ThemeSet((), m.n_concepts)
+    table, tests = score_tables(
+        m.with_scores(y), cfg, themes=themes.saliency(m.shat_matrix()), theme_of=themes.theme_of()
+    )
+    assert tests is not None
+    return table[table["gap"] != ""], tests[tests["gap"] != ""]
 
 
-def null_calibration(m: SuiteMatrix, cfg: RunConfig, opts: ValidateOptions, rng: np.random.Generator) -> dict:
+def null_calibration(
+    m: SuiteMatrix,
+    cfg: RunConfig,
+    opts: ValidateOptions,
+    rng: np.random.Generator,
+    themes: ThemeSet | None = None,
+) -> dict:
     per_draw = []
     for r in range(opts.null_draws):
-        called = _calls(m, permuted_scores(m, rng), cfg.replace(seed=cfg.seed + 1 + r))
+        called, called_t = _calls(m, permuted_scores(m, rng), cfg.replace(seed=cfg.seed + 1 + r), themes)
         per_draw.append(
-            {"weak": int((called["gap"] == "weak").sum()), "strong": int((called["gap"] == "strong").sum())}
+            {
+                "weak": int((called["gap"] == "weak").sum()),
+                "strong": int((called["gap"] == "strong").sum()),
+                "themes_weak": int((called_t["gap"] == "weak").sum()),
+                "themes_strong": int((called_t["gap"] == "strong").sum()),
+            }
         )
-    with_calls = sum(1 for d in per_draw if d["weak"] + d["strong"] > 0)
+    with_calls = sum(1 for d in per_draw if sum(d.values()) > 0)
     return {
         "draws": opts.null_draws,
         "draws_with_calls": with_calls,
@@ -76,7 +107,11 @@ def _bin_name(lo: int, hi: int | None) -> str:
 
 
 def planted_power(
-    m: SuiteMatrix, cfg: RunConfig, opts: ValidateOptions, rng: np.random.Generator
+    m: SuiteMatrix,
+    cfg: RunConfig,
+    opts: ValidateOptions,
+    rng: np.random.Generator,
+    themes: ThemeSet | None = None,
 ) -> list[dict]:
     support = np.diff(m.saliency.tocsc().indptr)  # ALL-scope support of each concept
     rows = []
@@ -93,7 +128,7 @@ def planted_power(
                 p = np.where(hit, opts.base_accuracy - effect, opts.base_accuracy)
                 y = (rng.random(len(p)) < p).astype(np.float64)
                 draw += 1
-                called = _calls(m, y, cfg.replace(seed=cfg.seed + 10_000 + draw))
+                called, _ = _calls(m, y, cfg.replace(seed=cfg.seed + 10_000 + draw), themes)
                 weak = set(
                     called.loc[(called["scope"] == rundir.ALL_SCOPE) & (called["gap"] == "weak"), "concept"]
                 )
@@ -166,6 +201,13 @@ def family_alignment(
     return out
 
 
+def _read_theme_tests(run_dir: Path) -> Any:
+    from cgaps.scoring.themes import THEME_TESTS
+
+    path = run_dir / THEME_TESTS
+    return rundir.read_table(path, "rerun `cgaps score RUN_DIR`") if path.exists() else None
+
+
 def validate_run(run_dir: str | Path, options: ValidateOptions | None = None) -> dict[str, Any]:
     """Run the three checks on a scored run and write ``validation.json``."""
     opts = options if options is not None else ValidateOptions()
@@ -174,13 +216,33 @@ def validate_run(run_dir: str | Path, options: ValidateOptions | None = None) ->
     run = load_run(run_dir, results=True)
     cfg = run.config()
     scale, _ = concept_scale(run, cfg)
-    m = build_matrix(run.items, run.saliency, run.n_concepts, presence=cfg.presence, scale=scale)
+    m = build_matrix(
+        run.items, run.saliency, run.n_concepts, presence=cfg.presence, scale=scale, adjust_by=cfg.adjust_by
+    )
+    themes = theme_structure(m, cfg)
     rng = np.random.default_rng([cfg.seed, 7])
     result: dict[str, Any] = {
-        "null": null_calibration(m, cfg, opts, rng),
-        "planted": planted_power(m, cfg, opts, rng) if opts.planted_repeats else [],
+        "null": null_calibration(m, cfg, opts, rng, themes),
+        "planted": planted_power(m, cfg, opts, rng, themes) if opts.planted_repeats else [],
+        "topics": None,
         "families": None,
     }
+    groups = item_facet(run.items.set_index("item_id").loc[m.item_ids].reset_index(), opts.topic_facet)
+    if opts.topic_repeats and groups is not None:
+        result["topics"] = {
+            "facet": opts.topic_facet,
+            "sizes": planted_topics(
+                m,
+                groups,
+                cfg,
+                np.random.default_rng([cfg.seed, 8]),
+                sizes=opts.sizes(),
+                repeats=opts.topic_repeats,
+            ),
+        }
+    if run.concepts is not None:
+        tests = _read_theme_tests(run_dir)
+        result["power"] = run_power(m, cfg, run.concepts, tests)
     if "category" in run.items.columns and run.concepts is not None:
         categories = run.items.set_index("item_id").loc[m.item_ids, "category"].fillna("").to_numpy()
         result["families"] = family_alignment(m, categories, run.concepts, cfg, opts, rng)

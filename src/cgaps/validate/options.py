@@ -10,6 +10,13 @@ from dataclasses import dataclass
 from cgaps.config import check_options, documented, is_integer, is_number
 
 
+def _sizes_ok(text: object) -> bool:
+    if not isinstance(text, str):
+        return False
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    return bool(parts) and all(x.isdigit() and int(x) >= 5 for x in parts)
+
+
 @dataclass(frozen=True)
 class ValidateOptions:
     """How many null and planted draws the validation runs."""
@@ -25,6 +32,21 @@ class ValidateOptions:
         0.7, "Accuracy of the items no planted concept fires on, in planted draws."
     )
     shuffles: int = documented(200, "Random concept sets behind the probe-family baseline.")
+    topic_facet: str = documented(
+        "category",
+        "Planted topics: the item facet whose groups get planted failure ('category' or 'meta.FIELD', "
+        "e.g. meta.level); a run without it skips the check.",
+    )
+    topic_sizes: str = documented(
+        "30,100", "Planted topics: items per group, comma-separated (groups with fewer items are left out)."
+    )
+    topic_repeats: int = documented(
+        5, "Planted topics: draws per size, each planting 2 random groups (0 skips the check)."
+    )
+
+    def sizes(self) -> tuple[int, ...]:
+        """``topic_sizes`` as numbers."""
+        return tuple(int(x) for x in self.topic_sizes.split(",") if x.strip())
 
     def __post_init__(self) -> None:
         check_options(
@@ -48,5 +70,17 @@ class ValidateOptions:
                     "a number in (0.5, 1)",
                 ),
                 ("shuffles", is_integer(self.shuffles) and self.shuffles >= 10, "an integer >= 10"),
+                (
+                    "topic_facet",
+                    isinstance(self.topic_facet, str)
+                    and (self.topic_facet == "category" or self.topic_facet.startswith("meta.")),
+                    "'category' or 'meta.FIELD'",
+                ),
+                ("topic_sizes", _sizes_ok(self.topic_sizes), "comma-separated integers >= 5, e.g. 30,100"),
+                (
+                    "topic_repeats",
+                    is_integer(self.topic_repeats) and self.topic_repeats >= 0,
+                    "an integer >= 0 (0 skips the planted topics)",
+                ),
             ),
         )
