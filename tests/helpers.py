@@ -317,17 +317,22 @@ def make_topic_suite(
     per_topic: int = 30,
     planted: tuple[int, ...] = (0,),
     null: bool = False,
-    per_subtopic: int = 4,
+    per_subtopic: int = 5,
     generic: int = 40,
+    coverage: float = 0.9,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Items in ``topics`` topics of ``per_topic`` items (topic t is the item's ``category``; topics
-    0, 2, 4... in benchmark "exam", the others in "quiz"), each topic made of three sub-topics;
-    ``per_subtopic`` concepts per sub-topic fire on most of its items (and a few stray ones), so
-    they co-activate; ``generic`` concepts fire anywhere. Accuracy 0.7, except 0.1 on the
-    ``planted`` topics (unless ``null``). Concepts: sub-topic ones first, then the generic ones."""
+    0, 2, 4... in benchmark "exam", the others in "quiz"), each topic made of two sub-topics;
+    ``per_subtopic`` concepts per sub-topic fire strongly on a share ``coverage`` of its items, at
+    random (and faintly, below
+    the default presence, on a few stray ones), so they co-activate; ``generic`` concepts fire
+    anywhere. Accuracy 0.7, except 0.1 on the ``planted`` topics (unless ``null``). Concepts:
+    sub-topic s's are s * per_subtopic ..., then the generic ones (:data:`TOPIC_SUITE_CONCEPTS`
+    in all with the defaults)."""
     rng = np.random.default_rng(seed)
-    n_sub = 3 * topics
-    n_concepts = n_sub * per_subtopic + generic
+    n_sub = 2 * topics
+    n_own = n_sub * per_subtopic
+    n_concepts = n_own + generic
     items, sal = [], []
     generic_rate = rng.uniform(0.03, 0.4, generic)
     for t in range(topics):
@@ -345,18 +350,22 @@ def make_topic_suite(
                     "category": f"topic{t}",
                 }
             )
-            sub = 3 * t + k % 3
-            fires = np.zeros(n_concepts, dtype=bool)
+            sub = 2 * t + k % 2
             own = np.arange(sub * per_subtopic, (sub + 1) * per_subtopic)
-            fires[own] = rng.random(per_subtopic) < 0.85
-            fires[: n_sub * per_subtopic] |= rng.random(n_sub * per_subtopic) < 0.01  # stray
-            fires[n_sub * per_subtopic :] = rng.random(generic) < generic_rate
-            for c in np.flatnonzero(fires):
-                sal.append((iid, int(c), float(rng.gamma(3.0, 1.0)) + 1e-3))
+            for c in own[rng.random(per_subtopic) < coverage]:
+                sal.append((iid, int(c), float(rng.uniform(0.5, 1.0))))
+            for c in np.flatnonzero(rng.random(n_own) < 0.02):  # faint stray firing
+                if c not in own:
+                    sal.append((iid, int(c), float(rng.uniform(0.05, 0.3))))
+            for c in np.flatnonzero(rng.random(generic) < generic_rate):
+                sal.append((iid, int(n_own + c), float(rng.gamma(3.0, 1.0)) + 1e-3))
     sal_df = pd.DataFrame(sal, columns=["item_id", "concept", "value"]).astype(
         {"concept": "int32", "value": "float32"}
     )
     return pd.DataFrame(items), sal_df
+
+
+TOPIC_SUITE_CONCEPTS = 2 * 6 * 5 + 40  # make_topic_suite's concepts with its defaults
 
 
 def write_run(
