@@ -332,7 +332,6 @@ def make_topic_suite(
     rng = np.random.default_rng(seed)
     n_sub = 2 * topics
     n_own = n_sub * per_subtopic
-    n_concepts = n_own + generic
     items, sal = [], []
     generic_rate = rng.uniform(0.03, 0.4, generic)
     for t in range(topics):

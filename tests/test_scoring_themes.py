@@ -35,7 +35,9 @@ N_TOPIC_CONCEPTS = TOPIC_SUITE_CONCEPTS
 def _scored(items, sal, n, cfg):
     m = build_matrix(items, sal, n, presence=cfg.presence, adjust_by=cfg.adjust_by)
     themes = theme_structure(m, cfg)
-    concepts, tests = score_tables(m, cfg, themes=themes.saliency(m.shat_matrix()), theme_of=themes.theme_of())
+    concepts, tests = score_tables(
+        m, cfg, themes=themes.saliency(m.shat_matrix()), theme_of=themes.theme_of()
+    )
     return m, themes, concepts, tests
 
 
@@ -195,7 +197,9 @@ def test_number_themes_keeps_members_and_calls():
     cfg = RunConfig()
     m, themes, concepts, tests = _scored(items, sal, N_TOPIC_CONCEPTS, cfg)
     renum, c2, t2 = number_themes(themes, concepts, tests)
-    before = {tuple(themes.members[t]): g for t, g in tests.loc[tests["scope"] == "ALL", ["theme", "gap"]].values}
+    before = {
+        tuple(themes.members[t]): g for t, g in tests.loc[tests["scope"] == "ALL", ["theme", "gap"]].values
+    }
     after = {tuple(renum.members[t]): g for t, g in t2.loc[t2["scope"] == "ALL", ["theme", "gap"]].values}
     assert before == after
     assert (c2["theme"] >= 0).sum() == (concepts["theme"] >= 0).sum()

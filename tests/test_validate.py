@@ -12,7 +12,14 @@ from cgaps.errors import CGapsError
 from cgaps.scoring import score_run
 from cgaps.validate.core import permuted_scores, validate_run
 from cgaps.validate.options import ValidateOptions
-from helpers import WEAK_PLANTED, make_null_or_planted_suite, make_suite, write_run
+from helpers import (
+    TOPIC_SUITE_CONCEPTS,
+    WEAK_PLANTED,
+    make_null_or_planted_suite,
+    make_suite,
+    make_topic_suite,
+    write_run,
+)
 
 
 def test_permuted_scores_keep_each_benchmark_accuracy():
@@ -70,3 +77,74 @@ def test_cli_validate(tmp_path):
     assert res.exit_code == 0, res.output
     assert "null draws calling anything" in res.output
     assert json.loads((run / "validation.json").read_text())["null"]["draws"] == 2
+
+
+def test_planted_topics_point_to_the_planted_groups():
+    from cgaps.config import RunConfig
+    from cgaps.scoring.core import build_matrix
+    from cgaps.validate.topics import planted_topics
+
+    items, sal = make_topic_suite(0, null=True, per_topic=100)
+    cfg = RunConfig()
+    m = build_matrix(items, sal, TOPIC_SUITE_CONCEPTS, presence=cfg.presence)
+    out = planted_topics(
+        m, items["category"].to_numpy(), cfg, np.random.default_rng(0), sizes=(30, 100, 200), repeats=3
+    )
+    assert [o["per_group"] for o in out] == [30, 100]  # no group has 200 items
+    for o in out:
+        assert o["groups"] == 6 and o["themes"] == 12
+        assert o["weak_concepts"] + o["weak_themes"] >= 5 and o["weak_themes"] >= 1
+        assert o["top_pointing"] == 1.0
+        for d in o["draws"]:
+            assert len(d["planted"]) == 2 and d["top"] == min(20, d["weak_concepts"] + d["weak_themes"])
+
+
+def test_planted_topics_withhold_the_facet_even_when_scores_adjust_by_it():
+    from cgaps.config import RunConfig
+    from cgaps.scoring.core import build_matrix
+    from cgaps.validate.topics import planted_topics
+
+    items, sal = make_topic_suite(1, null=True, per_topic=40)
+    cfg = RunConfig(adjust_by="category")
+    m = build_matrix(items, sal, TOPIC_SUITE_CONCEPTS, presence=cfg.presence, adjust_by="category")
+    out = planted_topics(
+        m, items["category"].to_numpy(), cfg, np.random.default_rng(1), sizes=(30,), repeats=2
+    )
+    assert out[0]["weak_concepts"] > 0  # adjusting by the planted facet would explain everything away
+
+
+def test_item_facet_reads_category_and_meta_fields():
+    import pandas as pd
+
+    from cgaps.validate.topics import item_facet
+
+    items = pd.DataFrame(
+        {"category": ["a", None, "b"], "meta": ['{"level": "Level 1"}', "{}", '{"level": 3}']}
+    )
+    assert item_facet(items, "category").tolist() == ["a", "", "b"]
+    assert item_facet(items, "meta.level").tolist() == ["Level 1", "", "3"]
+    assert item_facet(items.drop(columns="meta"), "meta.level") is None
+
+
+def test_validate_run_writes_topics_and_power(tmp_path):
+    items, sal = make_topic_suite(2, null=True, per_topic=40)
+    run = write_run(tmp_path / "run", items, sal, {"n_concepts": TOPIC_SUITE_CONCEPTS})
+    score_run(run)
+    out = validate_run(
+        run, ValidateOptions(null_draws=3, planted_repeats=0, topic_repeats=2, topic_sizes="30")
+    )
+    stored = json.loads((run / "validation.json").read_text())
+    assert stored["topics"]["facet"] == "category" and stored["topics"]["sizes"][0]["per_group"] == 30
+    assert stored["power"] == out["power"]
+    assert stored["power"]["scopes"]["ALL"]["items"] == len(items)
+    assert out["null"]["draws_with_calls"] <= 1
+    assert {"themes_weak", "themes_strong"} <= set(out["null"]["calls_per_draw"][0])
+
+
+@pytest.mark.parametrize(
+    "field, value, flag",
+    [("topic_sizes", "30,x", "--topic-sizes"), ("topic_facet", "level", "--topic-facet")],
+)
+def test_validate_topic_options_name_the_flag(field, value, flag):
+    with pytest.raises(CGapsError, match=flag):
+        ValidateOptions(**{field: value})

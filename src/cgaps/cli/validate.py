@@ -11,7 +11,7 @@ from cgaps.validate.options import ValidateOptions
 
 @options_from(ValidateOptions)
 def validate(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
-    """Check that the run's gap calls can be trusted: null draws, planted gaps, probe families."""
+    """Check that the run's gap calls can be trusted: null draws, planted gaps, planted topics, probe families."""
     from rich.table import Table
 
     from cgaps import rundir
@@ -34,6 +34,21 @@ def validate(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
                 f"planted recall, support {row['support']}, accuracy drop {row['effect']}",
                 f"{row['recall']:.2f} (+{row['other_weak_calls_per_draw']:.1f} co-firing calls)",
             )
+    topics = out.get("topics") or {}
+    for row in topics.get("sizes", []):
+        share = row["top_pointing"]
+        table.add_row(
+            f"planted topics ({topics['facet']}), {row['per_group']} items per group: gap concepts + themes, "
+            "share of the top 20 on a planted group",
+            f"{row['weak_concepts']:.1f} + {row['weak_themes']:.1f}, "
+            + ("—" if share is None else f"{share:.2f}"),
+        )
+    if out.get("power"):
+        from cgaps.scoring.power import detectable_sentence
+
+        table.add_row(
+            "what the data could have found (ALL)", detectable_sentence(out["power"]["scopes"]["ALL"])
+        )
     fam = out["families"]
     if fam:
         for side in ("weak", "strong"):

@@ -715,9 +715,9 @@ def score_tables(
     t = chi_tables(m) if t is None else t
     scopes = [*m.benchmarks, ALL_SCOPE]
     tm = tt = None
-    if themes is not None and themes.shape[1]:
+    if themes is not None:
         # a theme's scale is its own largest saliency over the suite (its chi_bench stays in [0, 1])
-        scale = np.asarray(themes.max(axis=0).todense()).ravel().astype(np.float64)
+        scale = concept_max(themes.tocoo().col, themes.tocoo().data, themes.shape[1])
         tm = SuiteMatrix(themes, m.scores, m.bench, m.benchmarks, m.item_ids, scale, m.group)
         tt = chi_tables(tm)
     pairs = [(m, t)] if tm is None or tt is None else [(m, t), (tm, tt)]
@@ -728,11 +728,7 @@ def score_tables(
         (np.full(f, -1) if theme_of is None else np.asarray(theme_of)).astype(np.int32), len(scopes)
     )
     concepts = concepts[[*CONCEPT_COLUMNS, *CONCEPT_EXTRA_COLUMNS]]
-    theme_table = None
-    if tt is not None:
-        theme_table = _table(tt, parts[1], cfg, scopes, "theme")
-    elif themes is not None:
-        theme_table = pd.DataFrame(columns=["theme", "scope", *TEST_COLUMNS])
+    theme_table = None if tt is None else _table(tt, parts[1], cfg, scopes, "theme")
     return concepts, theme_table
 
 

@@ -108,8 +108,8 @@ def run_power(m: Any, cfg: Any, concepts: Any, theme_tests: Any = None) -> dict[
     _, var_g = benchmark_moments(m)
     item_var = var_g[m.adjust]
     tables = [concepts] + ([theme_tests] if theme_tests is not None else [])
-    kept = {}
-    tested = {}
+    kept: dict[str, int] = {}
+    tested: dict[str, int] = {}
     for table in tables:
         for scope, q in table.groupby("scope", sort=False)["q_value"]:
             kept[scope] = kept.get(scope, 0) + int(q.notna().sum())

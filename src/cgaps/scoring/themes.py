@@ -132,13 +132,14 @@ def number_themes(
         {"call": call, "q": all_rows["q_value"].fillna(2.0), "support": -all_rows["support"]},
         index=all_rows.index,
     )
-    order = key.sort_values(["call", "q", "support"], kind="stable").index.to_numpy()
+    order = key.sort_values(["call", "q", "support"], kind="stable").index.to_numpy(np.int64)
     new_id = np.empty(len(themes), dtype=np.int32)
     new_id[order] = np.arange(len(themes), dtype=np.int32)
     renumbered = ThemeSet(tuple(themes.members[i] for i in order), themes.n_concepts)
     concepts = concepts.copy()
     old = concepts["theme"].to_numpy()
-    concepts["theme"] = np.where(old >= 0, new_id[np.maximum(old, 0)], -1).astype(np.int32)
+    concepts["theme"] = np.full(len(old), -1, dtype=np.int32)
+    concepts.loc[old >= 0, "theme"] = new_id[old[old >= 0]]
     tests = tests.copy()
     tests["theme"] = new_id[tests["theme"].to_numpy()]
     scope_order = {name: i for i, name in enumerate(dict.fromkeys(tests["scope"]))}
