@@ -78,18 +78,23 @@ class ThemeSet:
 
 
 def distances(shat: sp.csr_matrix, w_dec: np.ndarray | None) -> np.ndarray:
-    """(1 − ρ)(1 − κ) between the columns of ``shat`` (module docstring), dense float64, symmetric,
-    0 on the diagonal; ``w_dec``: the same concepts' decoder rows, or None (κ = 0)."""
+    """(1 − ρ)(1 − κ) between the columns of ``shat`` (module docstring), dense float64, 0 on the
+    diagonal, symmetric up to rounding (the clustering reads the upper triangle); ``w_dec``: the
+    same concepts' decoder rows, or None (κ = 0)."""
     x = shat.tocsc().astype(np.float64)
-    gram = np.asarray((x.T @ x).todense())
-    norm = np.sqrt(np.clip(np.diag(gram), 1e-300, None))
-    dist = 1.0 - np.clip(gram / norm[:, None] / norm[None, :], 0.0, 1.0)
+    # in place: at 8,192 concepts each n x n temporary is 0.5 GB
+    dist = (x.T @ x).toarray()
+    norm = np.sqrt(np.clip(np.diag(dist).copy(), 1e-300, None))
+    dist /= norm[:, None]
+    dist /= norm[None, :]
+    np.clip(dist, 0.0, 1.0, out=dist)
+    np.subtract(1.0, dist, out=dist)
     if w_dec is not None:
         w = np.asarray(w_dec, dtype=np.float64)
         w = w / np.clip(np.linalg.norm(w, axis=1, keepdims=True), 1e-300, None)
         dist *= 1.0 - np.clip(w @ w.T, 0.0, 1.0)
     np.fill_diagonal(dist, 0.0)
-    return np.clip((dist + dist.T) / 2, 0.0, 1.0)
+    return dist
 
 
 def cluster(shat: sp.csr_matrix, w_dec: np.ndarray | None, cut: float) -> np.ndarray:
@@ -100,7 +105,8 @@ def cluster(shat: sp.csr_matrix, w_dec: np.ndarray | None, cut: float) -> np.nda
     n = shat.shape[1]
     if n <= 1:
         return np.zeros(n, dtype=np.int64)
-    tree = linkage(squareform(distances(shat, w_dec), checks=False), method=LINKAGE)
+    condensed = squareform(distances(shat, w_dec), checks=False)  # the square matrix is freed here
+    tree = linkage(condensed, method=LINKAGE)
     return fcluster(tree, t=cut, criterion="distance").astype(np.int64) - 1
 
 
@@ -115,7 +121,7 @@ def theme_structure(m: SuiteMatrix, cfg: RunConfig, w_dec: np.ndarray | None = N
     labels = cluster(shat[:, clustered], None if w_dec is None else w_dec[clustered], cfg.theme_cut)
     groups = [clustered[labels == k] for k in range(int(labels.max()) + 1 if len(labels) else 0)]
     groups = [g for g in groups if len(g) > 1]
-    theme_support = [np.count_nonzero(np.diff(shat[:, g].tocsr().indptr) > 0) for g in groups]
+    theme_support = np.diff(ThemeSet(tuple(groups), m.n_concepts).saliency(shat).tocsc().indptr)
     order = sorted(range(len(groups)), key=lambda i: (-theme_support[i], int(groups[i][0])))
     return ThemeSet(tuple(groups[i] for i in order), m.n_concepts)
 
