@@ -565,10 +565,8 @@ def test_label_command(tmp_path):
     assert done.returncode == 0, done.stderr
     out = " ".join(done.stdout.split())
     assert "first gap and strength themes" in out and "│ weak │" in out and "probes:add 100%" in out
-    bad = subprocess.run([*cmd, "--theme-cut", "2"], capture_output=True, text=True, timeout=300)
-    assert (
-        bad.returncode == 2 and "'theme_cut' (--theme-cut) must be a number in (0, 1), got 2.0" in bad.stderr
-    )
+    bad = subprocess.run([*cmd, "--enrich-p", "2"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "'enrich_p' (--enrich-p) must be a number in (0, 1], got 2.0" in bad.stderr
     assert "Traceback" not in bad.stderr
     export = tmp_path / "np.jsonl"
     export.write_text(

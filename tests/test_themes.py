@@ -1,9 +1,10 @@
-"""The labels stage end to end on a tiny model and SAE, and themes checked against a plain reference.
+"""The labels stage end to end on a tiny model and SAE, and the themes' words.
 
-The themes' scores come from :mod:`cgaps.scoring.core` (tested there); here a loop over items
-recomputes each theme's saliency (max over its members of ŝ') and χ_model from it, and the
-clustering is checked on planted structure: concepts that co-fire, and near-duplicate decoder
-directions that fire on different items.
+The themes and their tests come from :mod:`cgaps.scoring.themes` and :mod:`cgaps.scoring.core`
+(tested against the plain reference in test_scoring_themes.py); here a loop over items
+recomputes each theme's saliency (the sum of its members' ŝ') and χ_model from it, the words
+are checked on planted families, and the clustering on planted structure: concepts that
+co-fire, and near-duplicate decoder directions that fire on different items.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from cgaps.labels.options import LabelOptions
 from cgaps.labels.stage import LABELS_TABLE_COLUMNS, THEMES, label_run, thresholded_matrix
 from cgaps.runtables import load_run
 from cgaps.sae import load_sae
-from cgaps.scoring.core import build_matrix, chi_tables, concept_table
+from cgaps.scoring.core import build_matrix
+from cgaps.scoring.themes import cluster
 from helpers import save_random_sae
 
 
@@ -37,11 +39,11 @@ def test_cluster_joins_cofiring_and_near_duplicate_concepts():
     x[:, 5] = rng.uniform(0, 1, n) * (rng.random(n) < 0.3)
     w = rng.normal(size=(6, 16))
     w[3] = w[2] + 0.01 * rng.normal(size=16)
-    labels = themes.cluster(sp.csr_matrix(x), w, cut=0.4)
+    labels = cluster(sp.csr_matrix(x), w, cut=0.4)
     assert labels[0] == labels[1] and labels[2] == labels[3]
     assert len({labels[0], labels[2], labels[4], labels[5]}) == 4
     # without decoder directions only co-activation joins
-    labels = themes.cluster(sp.csr_matrix(x), None, cut=0.4)
+    labels = cluster(sp.csr_matrix(x), None, cut=0.4)
     assert labels[0] == labels[1] and labels[2] != labels[3]
 
 
@@ -84,7 +86,7 @@ def test_themes_match_plain_reference():
     items, sal = _suite()
     cfg = RunConfig(presence=0.2, min_support=5)
     m = build_matrix(items, sal, 40, presence=cfg.presence)
-    concepts = concept_table(m, cfg, chi_tables(m))
+    tests = themes.scored_themes(m, cfg)
     groups = evidence.item_groups(items)
     tokens = pd.DataFrame(
         {
@@ -95,11 +97,14 @@ def test_themes_match_plain_reference():
             "delta": [4.0, 4.0, 4.0],
         }
     )
-    table = themes.build_themes(m, concepts, cfg, groups, tokens, None, 0.4, 1e-3)
+    table = themes.build_themes(m, tests, groups, tokens, 1e-3)
+    assert list(table.columns) == list(themes.THEME_TABLE_COLUMNS)
     all_rows = table[table["scope"] == rundir.ALL_SCOPE].reset_index(drop=True)
-    called = set(concepts[(concepts["scope"] == "ALL") & concepts["gap"].isin(["weak", "strong"])]["concept"])
     members = [json.loads(x) for x in all_rows["members"]]
-    assert sorted(c for ms in members for c in ms) == sorted(called)  # a partition of the called concepts
+    # the words sit beside the scoring stage's rows, unchanged
+    pd.testing.assert_frame_equal(
+        table[list(tests.columns)].reset_index(drop=True), tests.reset_index(drop=True), check_dtype=False
+    )
     # the planted families end up in one gap theme and one strength theme, listed first
     assert all_rows["gap"].iloc[0] == "weak" and set(range(6)) <= set(members[0])
     first_strong = int(np.flatnonzero(all_rows["gap"] == "strong")[0])
@@ -111,7 +116,7 @@ def test_themes_match_plain_reference():
         0
     ] == pytest.approx(1.0)
     assert "zero" in json.loads(all_rows["tokens"].iloc[0])
-    # plain reference: theme saliency = max over members of s/m_c where present; chi_model by a loop
+    # plain reference: theme saliency = sum over members of s/m_c where present; chi_model by a loop
     scale = sal.groupby("concept")["value"].max()
     score = items.set_index("item_id")["score"]
     for t, ms in enumerate(members):
@@ -124,7 +129,7 @@ def test_themes_match_plain_reference():
                 if c in ms and v >= cfg.presence * scale[c]
             ]
             if vals:
-                s = min(max(vals), 1.0)
+                s = sum(min(v, 1.0) for v in vals)
                 num += s * score[iid]
                 den += s
                 support += 1

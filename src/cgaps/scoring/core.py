@@ -27,34 +27,50 @@ Rules where the method leaves a choice open (the plain reference implementation 
   thresholded saliency. m_c is the concept's scale: the suite's max of s_c (default) or a
   reference max shipped with the SAE (``scale``); s_hat = s / m_c is clipped to 1 when a
   reference max is below the suite's.
-* **Score test** (the null: given its benchmark, an item's score does not depend on the concept).
-  With mu(x) = ybar(B(x)) and v(x) = the population variance of B(x)'s scores,
+* **Adjustment groups** (knob ``adjust_by``): the group g(x) an item's expected score comes from
+  is its benchmark (``benchmark``), its (benchmark, category) pair (``category``: codes in the
+  pairs' sorted order, :func:`adjustment_groups`) or the whole suite (``none``). Scopes stay the
+  benchmarks and ALL; only mu, v, e and the resampling pools follow the groups.
+* **Score test** (the null: given its group, an item's score does not depend on the concept).
+  With mu(x) = ybar(g(x)) and v(x) = the population variance of g(x)'s scores,
   T = sum s (y - mu) and z = T / sqrt(sum s^2 v), sums over the items of S where c is present.
   The variance comes from the null, never from the firing items (a plug-in variance is ~0 when a
   few firing items agree, and then noise is called a gap). sum s^2 v = 0 means every firing item
-  sits in a benchmark whose scores are all equal, so T = 0 too: z = 0, never a call.
+  sits in a group whose scores are all equal, so T = 0 too: z = 0, never a call.
 * **p-values.** Normal approximation, p_weak = Phi(z), p_strong = 1 - Phi(z), where the expected
   minority count n_eff * min(e, 1 - e) >= ``mc_below``. Below it (few items, or a benchmark near
   0 or 1 accuracy, where one correct item gives z ~ 7 but happens in 1 run of 10), a Monte Carlo
-  p-value from the same statistic T: every item's score is redrawn from its own benchmark's
+  p-value from the same statistic T: every item's score is redrawn from its own group's
   scores (with replacement, which has exactly the variance v), T* is recomputed for all such
   concepts of a scope at once as one sparse product per chunk of draws (only the items where
   they fire are drawn), and p = (1 + #{T* <= T}) / (1 + R) (>= for strong; ties count as
   extreme). The draws come in passes of 1,000, 20,000, ... (each 20x the last) up to R =
-  ``mc_resamples``, by default 2 m / fdr for m tested concepts (at least :data:`MC_AUTO_MIN`),
+  ``mc_resamples``, by default 2 m / fdr for m tested hypotheses (concepts and themes; at least
+  :data:`MC_AUTO_MIN`),
   so that the smallest p-value a concept can get, 1 / (R + 1), can still pass BH. Each pass is
   a fresh sample for the concepts whose previous pass found at most :data:`MC_CONTINUE` - 1
   draws as extreme (their p-value was at its resolution's floor); the p-value is that of the
   last pass a concept took part in. Under the null few concepts go on, so the large passes
-  draw only the few items where those concepts fire. Draw chunk j of scope k and pass p comes
-  from ``numpy.random.default_rng([seed, k, p, j])`` (:class:`NullSampler`), so results do not
-  depend on the machine. Measured calibration: see docs/results.md.
+  draw only the few items where those concepts fire. Only the hypotheses Tarone's rule keeps
+  are drawn for. Draw chunk j of stream s and pass p comes from
+  ``numpy.random.default_rng([seed, s, p, j])`` (:class:`NullSampler`), s the scope's number k
+  for the concepts and K + 1 + k for the themes, so results do not depend on the machine.
+  Measured calibration: see docs/results.md.
+* **Themes** (:mod:`cgaps.scoring.themes` builds them from the saliency alone): an items x themes
+  saliency matrix handed to :func:`score_tables`, tested with the same formulas; a theme's
+  scale is its largest saliency.
+* **Tarone's rule** (:func:`smallest_p`, :func:`tarone_keep`): p_min, the smallest two-sided
+  p-value a hypothesis can get whatever its items' scores (every item at its group's lowest,
+  or highest, score: Phi of that z, or for a Monte Carlo hypothesis the probability of drawing
+  exactly that, at least 1 / (R + 1)); per scope, over concepts and themes together, the
+  smallest K with #{p_min <= fdr / K} <= K, and only those hypotheses are kept.
 * **BH**: one Benjamini-Hochberg adjustment (:func:`cgaps.stats.bh_adjust`, i.e. scipy's
   ``false_discovery_control``) per scope over the two-sided p-values 2 min(p_weak, p_strong)
-  of the concepts with n_c(S) >= min_support; ``q_value`` is the adjusted value (NaN when not
-  tested) and ``gap`` is ``weak`` (z < 0) or ``strong`` (z > 0) when q <= fdr. Gaps and
-  strengths share the rate: two one-sided adjustments at fdr each called something on 4 of
-  20 null draws of the demo's saliency, where the method asks for at most 1.
+  of the kept concepts and themes together; ``q_value`` is the adjusted value (NaN when not
+  tested or not kept), ``p_value`` the two-sided p-value (NaN likewise), ``p_min`` the bound
+  (NaN when not tested), and ``gap`` is ``weak`` (z < 0) or ``strong`` (z > 0) when q <= fdr.
+  Gaps and strengths share the rate: two one-sided adjustments at fdr each called something
+  on 4 of 20 null draws of the demo's saliency, where the method asks for at most 1.
 * **Never firing in S**: support 0, chi_bench 0, chi_bench_raw 0, n_eff 0; chi_model,
   expected, ci_low, ci_high and q_value NaN; status ``missing``; gap empty.
 * **Wilson interval** with n = n_eff and p = chi_model (scores may be fractional), clipped

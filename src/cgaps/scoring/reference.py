@@ -9,14 +9,20 @@ in the tests, so that both can import it; nothing in the pipeline calls it.
 
 It applies the rules that :mod:`cgaps.scoring.core`'s docstring fixes where the method
 (docs/method.md §3) leaves a choice open: presence drops s < tau * (the concept's suite max);
-percentile = 100 * (#less + 0.5 * #equal) / m on chi_bench rounded to 12 decimals; the score
-test z = sum s (y - mu) / sqrt(sum s^2 v), 0 when the null variance is 0; Monte Carlo p-values
-for tested concepts with n_eff * min(e, 1 - e) < mc_below, from the same seeded draw protocol
-(:func:`reference_draws` re-implements it: chunk j of scope k's pass p comes from
-``default_rng([seed, k, p, j])``, only the items where the pass's concepts fire, benchmarks in
-sorted order, items in table order), 1,000 draws and
-then fresh passes 20x larger (up to ``mc_resamples``) for concepts with at most 9 draws as
-extreme; one BH over two-sided p-values; the side of z.
+the adjustment group of each item (``adjust_by``); percentile = 100 * (#less + 0.5 * #equal) / m
+on chi_bench rounded to 12 decimals; the score test z = sum s (y - mu) / sqrt(sum s^2 v), 0
+when the null variance is 0; themes given by their members, a theme's saliency the sum of its
+members' s_hat and its scale the largest of those; p_min of every tested hypothesis by its
+extreme outcome (:func:`_p_min`) and Tarone's rule by its definition (:func:`reference_tarone`);
+Monte Carlo p-values for the kept hypotheses with n_eff * min(e, 1 - e) < mc_below, from the
+same seeded draw protocol (:func:`reference_draws` re-implements it: chunk j of stream s's pass
+p comes from ``default_rng([seed, s, p, j])``, s the scope's number for concepts and K + 1 plus
+it for themes, only the items where the pass's hypotheses fire, groups in sorted order, items
+in table order), 1,000 draws and then fresh passes 20x larger (up to ``mc_resamples``) for
+those with at most 9 draws as extreme; one BH over the kept concepts' and themes' two-sided
+p-values; the side of z. :func:`reference_themes` clusters by merging the closest pair of
+clusters (average member distance) while it is within ``theme_cut``. Only column names come
+from :mod:`cgaps.scoring.core`.
 """
 
 from __future__ import annotations
