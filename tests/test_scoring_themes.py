@@ -211,3 +211,16 @@ def test_calibration_suite_unchanged_by_the_themes_of_random_concepts():
     cfg = RunConfig(presence=0.0)
     m, themes, concepts, _ = _scored(items, sal, 300, cfg)
     assert len(themes) == 0
+
+
+def test_compute_scores_with_numbered_themes_matches_reference():
+    from cgaps.scoring import compute_scores
+    from cgaps.scoring.reference import reference_scores
+
+    items, sal = make_topic_suite(7, planted=(0, 5), per_topic=40)
+    cfg = RunConfig(seed=2)
+    concepts, overlap = compute_scores(items, sal, N_TOPIC_CONCEPTS, cfg)
+    ref, ref_overlap = reference_scores(items, sal, N_TOPIC_CONCEPTS, cfg)
+    assert_same_tables(concepts, ref, ["scope", "concept"])
+    assert_same_tables(overlap, ref_overlap, ["a", "b"])
+    assert (concepts["theme"] == 0).any() and concepts["theme"].max() >= 5

@@ -148,3 +148,41 @@ def test_validate_run_writes_topics_and_power(tmp_path):
 def test_validate_topic_options_name_the_flag(field, value, flag):
     with pytest.raises(CGapsError, match=flag):
         ValidateOptions(**{field: value})
+
+
+@pytest.mark.slow
+def test_planted_topics_on_real_text(tmp_path, smollm, benchmarks_dir):
+    """AGIEval sub-tasks (30 items each, prompts only, the sub-task withheld from scoring) through
+    SmolLM2 and the shipped SAE: failure planted on two sub-tasks is found, and the strongest gap
+    concepts and themes point to them (docs/results.md has the full-size figures)."""
+    import pandas as pd
+
+    from cgaps import rundir
+    from cgaps.config import RunConfig
+    from cgaps.extract.stage import extract_run
+    from cgaps.items import load_suite
+
+    items = load_suite("agieval", data_dir=str(benchmarks_dir))
+    tasks = ["aqua-rat", "math", "sat-math", "sat-en-without-passage", "logiqa-en"]
+    rng = np.random.default_rng(0)
+    picked = [
+        rng.choice(np.flatnonzero((items["category"] == t).to_numpy()), size=30, replace=False) for t in tasks
+    ]
+    items = items.iloc[np.sort(np.concatenate(picked))].reset_index(drop=True)
+    items["response"] = ""
+    items["score"] = rng.integers(0, 2, len(items)).astype(float)  # replaced by the planted draws
+    run = tmp_path / "run"
+    run.mkdir()
+    items.to_parquet(run / rundir.ITEMS, index=False)
+    cfg = RunConfig(span="prompt")
+    rundir.update_run_json(run, config=cfg.to_dict())
+    extract_run(run, cfg, backend=smollm)
+    score_run(run)
+    out = validate_run(
+        run, ValidateOptions(null_draws=2, planted_repeats=0, topic_sizes="30", topic_repeats=3, shuffles=10)
+    )
+    (size,) = out["topics"]["sizes"]
+    assert size["groups"] == 5 and size["per_group"] == 30
+    assert size["weak_concepts"] + size["weak_themes"] >= 5
+    assert size["top_pointing"] >= 0.9
+    assert pd.read_parquet(run / "theme_tests.parquet")["theme"].nunique() >= 20

@@ -30,8 +30,8 @@ import scipy.sparse as sp
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.labels import evidence
-from cgaps.scoring.core import TEST_COLUMNS, SuiteMatrix, score_tables
-from cgaps.scoring.themes import ThemeSet, number_themes, theme_structure, theme_test_table
+from cgaps.scoring.core import TEST_COLUMNS, SuiteMatrix
+from cgaps.scoring.themes import ThemeSet, score_with_themes
 
 THEMES = rundir.THEMES  # the table's file name in a run directory
 # the columns every themes.parquet has (readers require these: tables written before the themes
@@ -58,13 +58,7 @@ def member_mass(shat: sp.csr_matrix, groups: list[np.ndarray]) -> sp.csr_matrix:
 
 def scored_themes(m: SuiteMatrix, cfg: RunConfig) -> pd.DataFrame:
     """``theme_tests.parquet`` as ``cgaps score`` makes it, for a run scored before it wrote one."""
-    structure = theme_structure(m, cfg)
-    concepts, tests = score_tables(
-        m, cfg, themes=structure.saliency(m.shat_matrix()), theme_of=structure.theme_of()
-    )
-    assert tests is not None
-    structure, concepts, tests = number_themes(structure, concepts, tests)
-    return theme_test_table(structure, tests, concepts)
+    return score_with_themes(m, cfg)[2]
 
 
 def build_themes(

@@ -542,10 +542,13 @@ def p_values(
 def compute_scores(
     items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int, cfg: RunConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The concepts table (every concept in every scope) and the benchmark-overlap table."""
+    """The concepts table (every concept in every scope, called with its themes as ``cgaps score``
+    calls them) and the benchmark-overlap table."""
+    from cgaps.scoring.themes import score_with_themes  # it builds on this module
+
     m = build_matrix(items, saliency, n_concepts, presence=cfg.presence, adjust_by=cfg.adjust_by)
     t = chi_tables(m)
-    return concept_table(m, cfg, t), overlap_table(m, t)
+    return score_with_themes(m, cfg, t)[1], overlap_table(m, t)
 
 
 # columns concepts.parquet carries beyond rundir.CONCEPT_COLUMNS (docs/method.md §3 and §6)
@@ -665,14 +668,15 @@ def bh_scopes(ps: list[np.ndarray]) -> list[np.ndarray]:
     return qs
 
 
-def joint_tests(pairs: list[tuple[SuiteMatrix, ChiTables]], cfg: RunConfig) -> list[Tests]:
+def joint_tests(pairs: list[tuple[SuiteMatrix, ChiTables]], cfg: RunConfig, *, tarone: bool = True) -> list[Tests]:
     """The calls of docs/method.md §3 over several tables of hypotheses of one suite (the
     concepts, the themes): per scope, Tarone's rule on their smallest achievable p-values, the
     p-values of the hypotheses kept (Monte Carlo only for those), then one Benjamini-Hochberg
-    over them all (gaps and strengths share the false discovery rate)."""
+    over them all (gaps and strengths share the false discovery rate). ``tarone=False`` keeps
+    every tested hypothesis (the plain adjustment of :func:`concept_table`)."""
     n_tests = sum((t.support >= cfg.min_support).sum(axis=1) for _, t in pairs)
     p_mins = [smallest_p(m, t, cfg, n_tests) for m, t in pairs]
-    keeps = kept_hypotheses(p_mins, cfg.fdr)
+    keeps = kept_hypotheses(p_mins, cfg.fdr) if tarone else [~np.isnan(p) for p in p_mins]
     out = []
     for i, ((m, t), p_min, keep) in enumerate(zip(pairs, p_mins, keeps, strict=True)):
         # table i draws from streams i(K + 1) + scope: no two tables share random numbers
@@ -749,8 +753,14 @@ def score_tables(
 
 
 def concept_table(m: SuiteMatrix, cfg: RunConfig, t: ChiTables | None = None) -> pd.DataFrame:
-    """The concepts table of :func:`score_tables` without themes."""
-    return score_tables(m, cfg, t)[0]
+    """A concepts table with the plain adjustment: one Benjamini-Hochberg per scope over every
+    tested concept, no themes, no Tarone's rule (``cgaps compare`` applies it to paired
+    differences; the scoring stage's calls are :func:`score_tables`')."""
+    t = chi_tables(m) if t is None else t
+    (tests,) = joint_tests([(m, t)], cfg, tarone=False)
+    concepts = _table(t, tests, cfg, [*m.benchmarks, ALL_SCOPE], "concept")
+    concepts["theme"] = np.int32(-1)
+    return concepts[[*CONCEPT_COLUMNS, *CONCEPT_EXTRA_COLUMNS]]
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -234,8 +234,10 @@ def reference_tarone(p_min: list[float], alpha: float) -> list[bool]:
 def reference_scores(
     items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int, cfg: RunConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The concepts and overlap tables of :func:`cgaps.scoring.compute_scores`, by plain loops."""
-    concepts, _, overlap = reference_tables(items, saliency, n_concepts, cfg)
+    """The concepts and overlap tables of :func:`cgaps.scoring.compute_scores`, by plain loops: the
+    themes of :func:`reference_themes`, tested with the concepts, numbered as shown."""
+    themes = reference_themes(items, saliency, n_concepts, cfg)
+    concepts, _, overlap = reference_tables(items, saliency, n_concepts, cfg, themes=themes, number=True)
     return concepts, overlap
 
 
@@ -245,10 +247,12 @@ def reference_tables(
     n_concepts: int,
     cfg: RunConfig,
     themes: list[list[int]] | None = None,
+    number: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame]:
     """The concepts table, the themes' test table (given the ``themes``' members) and the overlap
     table of :func:`cgaps.scoring.core.score_tables` and :func:`~cgaps.scoring.core.overlap_table`,
-    by plain loops."""
+    by plain loops; ``number``: the themes renumbered as shown (gap themes by q in ALL, then
+    strength themes, then the rest by support, ties in the given order)."""
     ids = [str(i) for i in items["item_id"]]
     y = {i: float(s) for i, s in zip(ids, items["score"], strict=True)}
     bench = {i: str(b) for i, b in zip(ids, items["benchmark"], strict=True)}
@@ -346,6 +350,24 @@ def reference_tables(
         per_scope[scope] = recs
         rows.extend(recs)
         theme_rows.extend(trecs)
+    if number:
+        in_all = [r for r in theme_rows if r["scope"] == "ALL"]
+        rank = {"weak": 0, "strong": 1}
+        order = sorted(
+            in_all,
+            key=lambda r: (
+                rank.get(r["gap"], 2),
+                2.0 if math.isnan(r["q_value"]) else r["q_value"],
+                -r["support"],
+                r["theme"],
+            ),
+        )
+        new_id = {r["theme"]: i for i, r in enumerate(order)}
+        for r in theme_rows:
+            r["theme"] = new_id[r["theme"]]
+        for r in rows:
+            r["theme"] = new_id.get(r["theme"], -1) if r["theme"] >= 0 else -1
+        theme_rows.sort(key=lambda r: (scopes.index(r["scope"]), r["theme"]))
     concepts = pd.DataFrame(rows)[[*CONCEPT_COLUMNS, *CONCEPT_EXTRA_COLUMNS]]
     theme_table = None
     if themes is not None:

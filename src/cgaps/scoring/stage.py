@@ -20,9 +20,9 @@ from cgaps.config import SCORING_KNOBS, RunConfig
 from cgaps.errors import CGapsError
 from cgaps.runtables import RunTables, load_run
 from cgaps.sae import read_latent_scale
-from cgaps.scoring.core import build_matrix, chi_tables, overlap_table, score_tables
+from cgaps.scoring.core import build_matrix, chi_tables, overlap_table
 from cgaps.scoring.power import run_power
-from cgaps.scoring.themes import THEME_TESTS, number_themes, theme_structure, theme_test_table
+from cgaps.scoring.themes import THEME_TESTS, score_with_themes
 
 
 def concept_scale(run: RunTables, cfg: RunConfig) -> tuple[np.ndarray | None, str]:
@@ -69,11 +69,7 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
         items, saliency, run.n_concepts, presence=cfg.presence, scale=scale, adjust_by=cfg.adjust_by
     )
     tables = chi_tables(m)
-    themes = theme_structure(m, cfg)
-    concepts, tests = score_tables(m, cfg, tables, themes.saliency(m.shat_matrix()), themes.theme_of())
-    assert tests is not None
-    themes, concepts, tests = number_themes(themes, concepts, tests)
-    theme_tests = theme_test_table(themes, tests, concepts)
+    _, concepts, theme_tests = score_with_themes(m, cfg, tables)
     overlap = overlap_table(m, tables)
     power = run_power(m, cfg, concepts, theme_tests)
     t2 = time.perf_counter()

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from cgaps import rundir
 from cgaps.config import RunConfig
-from cgaps.scoring.core import TEST_COLUMNS, SuiteMatrix
+from cgaps.scoring.core import TEST_COLUMNS, ChiTables, SuiteMatrix, chi_tables, score_tables
 
 THEME_TESTS = rundir.THEME_TESTS  # written by `cgaps score` (one row per theme and scope)
 THEME_TEST_COLUMNS = ("theme", "scope", "n_members", "members", *TEST_COLUMNS)
@@ -172,3 +172,16 @@ def theme_test_table(themes: ThemeSet, tests: pd.DataFrame, concepts: pd.DataFra
     out["n_members"] = out["theme"].map(lambda i: len(themes.members[i])).astype(np.int32)
     out["members"] = out["theme"].map(lambda i: members[i])
     return out[list(THEME_TEST_COLUMNS)]
+
+
+def score_with_themes(
+    m: SuiteMatrix, cfg: RunConfig, t: ChiTables | None = None
+) -> tuple[ThemeSet, pd.DataFrame, pd.DataFrame]:
+    """The calls of docs/method.md §3 on a suite matrix: its themes (:func:`theme_structure`), the
+    concepts table and ``theme_tests.parquet``'s table, themes numbered as shown."""
+    t = chi_tables(m) if t is None else t
+    themes = theme_structure(m, cfg)
+    concepts, tests = score_tables(m, cfg, t, themes.saliency(m.shat_matrix()), themes.theme_of())
+    assert tests is not None
+    themes, concepts, tests = number_themes(themes, concepts, tests)
+    return themes, concepts, theme_test_table(themes, tests, concepts)
