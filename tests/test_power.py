@@ -95,6 +95,11 @@ def test_sentences():
         f"A topic holding 10% of a benchmark's items, 20 points below expected, would be called with about "
         f"{need} items per benchmark (this run has 240)."
     )
+    low = {**scope, "mean": 0.2, "detectable": [{"support": 30, "drop": None, "rise": 0.38}]}
+    assert detectable_sentence(low) == (
+        "With these items, a concept firing on 30 items is called a strength when its accuracy is 38 points "
+        "above expected, and never a gap: the mean accuracy, 20%, leaves no room for a drop that large."
+    )
     power = {"fdr": 0.05, "items_per_benchmark": 240, "scopes": {"ALL": scope}}
     lines = summary_sentences(power, calls=0)
     assert lines[0] == "Nothing was called a gap or a strength." and len(lines) == 3

@@ -157,12 +157,15 @@ def detectable_sentence(scope: dict[str, Any], support: int | None = None) -> st
                 "below expected."
             )
         return f"With these items, no concept on up to {rows[-1]['support']} items can be called whatever its accuracy."
-    parts = []
-    if r["drop"] is not None:
-        parts.append(f"{_points(r['drop'])} below expected")
+    if r["drop"] is None:
+        return (
+            f"With these items, a concept firing on {n} items is called a strength when its accuracy is "
+            f"{_points(r['rise'])} above expected, and never a gap: the mean accuracy, "
+            f"{round(100 * scope['mean'])}%, leaves no room for a drop that large."
+        )
+    text = f"{_points(r['drop'])} below expected"
     if r["rise"] is not None:
-        parts.append(f"{_points(r['rise'])} above" if parts else f"{_points(r['rise'])} above expected")
-    text = parts[0] if len(parts) == 1 else f"{parts[0]} (or {parts[1]})"
+        text += f" (or {_points(r['rise'])} above)"
     return f"With these items, a concept firing on {n} items is called when its accuracy is {text}."
 
 

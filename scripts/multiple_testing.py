@@ -1,0 +1,197 @@
+"""Which multiple-testing procedure finds a planted topic (docs/results.md, "Power at the sizes
+users have"): the procedures docs/method.md §3 weighed, on the same planted draws.
+
+The run is one prepared by ``scripts/planted_topics.py prepare`` (real prompts, a metadata facet
+withheld from scoring). Each draw keeps ``--size`` items of every group, plants accuracy 0.1 on
+two random groups and 0.7 elsewhere, and scores the ALL scope with every procedure:
+
+- ``flat``: one Benjamini-Hochberg over every tested concept (the procedure before issue 19);
+- ``filter10`` / ``filter20``: the same over the concepts with support >= 10 / 20 (independent
+  filtering, Bourgon, Gentleman & Huber 2010);
+- ``tarone``: the same over the concepts Tarone's rule keeps (Gilbert 2005);
+- ``hierarchical``: the themes by BH, then the members of the R selected themes among M at
+  fdr * R / M (Benjamini & Bogomolov 2014);
+- ``concepts+themes``: one BH over the concepts and the themes;
+- ``tarone, concepts+themes``: the same after Tarone's rule (what ``cgaps score`` does).
+
+Printed: a markdown table of the mean gap concepts and gap themes called per draw and the share
+of the 20 strongest (by q) that point to a planted group (:mod:`cgaps.validate.topics`)::
+
+    python scripts/multiple_testing.py RUNS/math_type --size 30 --repeats 8
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+
+from cgaps.runtables import load_run
+from cgaps.scoring.core import (
+    SuiteMatrix,
+    build_matrix,
+    chi_tables,
+    concept_max,
+    p_values,
+    smallest_p,
+    tarone_keep,
+)
+from cgaps.scoring.stage import concept_scale
+from cgaps.scoring.themes import theme_structure
+from cgaps.stats import bh_adjust
+from cgaps.validate.topics import item_facet
+
+PROCEDURES = (
+    "flat",
+    "filter10",
+    "filter20",
+    "tarone",
+    "hierarchical",
+    "concepts+themes",
+    "tarone, concepts+themes",
+)
+
+
+def bh(p: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    q = np.full(len(p), np.nan)
+    q[keep] = bh_adjust(p[keep])
+    return q
+
+
+def hierarchical(
+    p_theme: np.ndarray, p_concept: np.ndarray, theme_of: np.ndarray, fdr: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Benjamini-Bogomolov: BH over the themes (each concept outside a theme is its own family),
+    then BH within each selected family at fdr * R / M. Returns the called themes and concepts."""
+    # families: every theme, and every tested concept in none
+    alone = np.flatnonzero(theme_of < 0)
+    fam_p = np.r_[p_theme, p_concept[alone]]
+    q_fam = bh_adjust(fam_p)
+    selected = q_fam <= fdr
+    r, m = int(selected.sum()), len(fam_p)
+    level = fdr * r / max(m, 1)
+    called = np.zeros(len(p_concept), dtype=bool)
+    for t in np.flatnonzero(selected[: len(p_theme)]):
+        members = np.flatnonzero(theme_of == t)
+        called[members] = bh_adjust(p_concept[members]) <= level
+    called[alone[selected[len(p_theme) :]]] = True
+    return selected[: len(p_theme)], called
+
+
+def one_draw(
+    m: Any, themes: Any, groups: np.ndarray, names: np.ndarray, planted: np.ndarray, y: np.ndarray, cfg: Any
+) -> dict[str, tuple[int, int, float | None]]:
+    m = m.with_scores(y)
+    shat = m.shat_matrix()
+    t = chi_tables(m)
+    ts = themes.saliency(shat)
+    coo = ts.tocoo()
+    tm = SuiteMatrix(
+        ts, y, m.bench, m.benchmarks, m.item_ids, concept_max(coo.col, coo.data, ts.shape[1]), m.group
+    )
+    tt = chi_tables(tm)
+    k = -1  # the ALL scope
+    n_tests = (t.support >= cfg.min_support).sum(axis=1) + (tt.support >= cfg.min_support).sum(axis=1)
+    zc, pwc, psc = p_values(m, t, cfg, n_tests)
+    zt, pwt, pst = p_values(tm, tt, cfg, n_tests, stream=len(n_tests))
+    pc = np.minimum(1, 2 * np.minimum(pwc[k], psc[k]))
+    pt = np.minimum(1, 2 * np.minimum(pwt[k], pst[k]))
+    tested_c, tested_t = t.support[k] >= cfg.min_support, tt.support[k] >= cfg.min_support
+    pmin_c, pmin_t = smallest_p(m, t, cfg, n_tests)[k], smallest_p(tm, tt, cfg, n_tests)[k]
+    code = np.searchsorted(names, groups)
+    onehot = np.zeros((len(code), len(names)))
+    onehot[np.arange(len(code)), code] = 1.0
+    mass = np.asarray(shat.T @ onehot)
+    sizes = np.maximum(onehot.sum(axis=0), 1)
+
+    def points(vec: np.ndarray) -> bool:
+        return bool(planted[int(np.argmax(vec / sizes))])
+
+    def summary(qc: np.ndarray, qt: np.ndarray) -> tuple[int, int, float | None]:
+        with np.errstate(invalid="ignore"):
+            wc = np.flatnonzero((qc <= cfg.fdr) & (zc[k] < 0))
+            wt = np.flatnonzero((qt <= cfg.fdr) & (zt[k] < 0))
+        found = [(qc[c], points(mass[c])) for c in wc] + [
+            (qt[i], points(mass[themes.members[i]].sum(axis=0))) for i in wt
+        ]
+        top = [pt_ for _, pt_ in sorted(found, key=lambda r: r[0])[:20]]
+        return len(wc), len(wt), (float(np.mean(top)) if top else None)
+
+    none_t = np.full(len(pt), np.nan)
+    out = {
+        "flat": summary(bh(pc, tested_c), none_t),
+        "filter10": summary(bh(pc, t.support[k] >= max(10, cfg.min_support)), none_t),
+        "filter20": summary(bh(pc, t.support[k] >= 20), none_t),
+    }
+    keep_c = np.zeros(len(pc), dtype=bool)
+    keep_c[tested_c] = tarone_keep(pmin_c[tested_c], cfg.fdr)
+    out["tarone"] = summary(bh(pc, keep_c), none_t)
+    sel, called = hierarchical(pt[tested_t], pc[tested_c], themes.theme_of()[tested_c], cfg.fdr)
+    qc = np.full(len(pc), np.nan)
+    qc[np.flatnonzero(tested_c)[called]] = 0.0
+    qt = np.full(len(pt), np.nan)
+    qt[np.flatnonzero(tested_t)[sel]] = 0.0
+    out["hierarchical"] = summary(qc, qt)
+    for name, tarone in (("concepts+themes", False), ("tarone, concepts+themes", True)):
+        p_all = np.r_[pc[tested_c], pt[tested_t]]
+        keep = np.ones(len(p_all), dtype=bool)
+        if tarone:
+            keep = tarone_keep(np.r_[pmin_c[tested_c], pmin_t[tested_t]], cfg.fdr)
+        q = bh(p_all, keep)
+        qc = np.full(len(pc), np.nan)
+        qc[tested_c] = q[: int(tested_c.sum())]
+        qt = np.full(len(pt), np.nan)
+        qt[tested_t] = q[int(tested_c.sum()) :]
+        out[name] = summary(qc, qt)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run")
+    ap.add_argument("--facet", default="category")
+    ap.add_argument("--size", type=int, default=30, help="items per group")
+    ap.add_argument("--repeats", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    run = load_run(args.run)
+    cfg = run.config()
+    scale, _ = concept_scale(run, cfg)
+    groups_all = item_facet(run.items, args.facet)
+    assert groups_all is not None, f"no facet {args.facet}"
+    names = np.unique(groups_all[groups_all != ""])
+    rng = np.random.default_rng([args.seed, args.size])
+    rows = np.sort(
+        np.concatenate([rng.choice(np.flatnonzero(groups_all == g), args.size, replace=False) for g in names])
+    )
+    items = run.items.iloc[rows].reset_index(drop=True)
+    sal = run.saliency[run.saliency["item_id"].isin(set(items["item_id"]))]
+    m = build_matrix(items, sal, run.n_concepts, presence=cfg.presence, scale=scale)
+    groups = groups_all[rows]
+    themes = theme_structure(m, cfg)
+    results: dict[str, list[tuple[int, int, float | None]]] = {p: [] for p in PROCEDURES}
+    for r in range(args.repeats):
+        draw = np.random.default_rng([args.seed, args.size, r])
+        planted = np.zeros(len(names), dtype=bool)
+        planted[draw.choice(len(names), 2, replace=False)] = True
+        p = np.where(planted[np.searchsorted(names, groups)], 0.1, 0.7)
+        y = (draw.random(len(p)) < p).astype(float)
+        for name, res in one_draw(
+            m, themes, groups, names, planted, y, cfg.replace(seed=cfg.seed + r)
+        ).items():
+            results[name].append(res)
+    print(f"{args.run}: {len(names)} groups x {args.size} items, {len(themes)} themes, {args.repeats} draws")
+    print("| procedure | gap concepts | gap themes | top 20 on a planted group |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, rows_ in results.items():
+        shares = [s for *_, s in rows_ if s is not None]
+        print(
+            f"| {name} | {np.mean([a for a, _, _ in rows_]):.1f} | {np.mean([b for _, b, _ in rows_]):.1f} | "
+            + (f"{np.mean(shares):.2f}" if shares else "—")
+            + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()
