@@ -366,6 +366,7 @@ def test_run_json_round_trip(tmp_path):
         "versions": {"cgaps": "0.1.0"},
         "inputs": {"evaluate": "0123456789abcdef", "extract": "fedcba9876543210"},
         "imported": {"format": "table", "files": ["x.jsonl"]},
+        "power": {"fdr": 0.05, "items_per_benchmark": 2, "scopes": {}},
     }
     assert set(every) | {"schema_version"} == set(rundir.RUN_JSON_KEYS)
     written = rundir.update_run_json(tmp_path, **every)

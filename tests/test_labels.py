@@ -390,7 +390,10 @@ class _Endpoint(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _weekday_run(root):
+def _weekday_run(root, twins=False):
+    """40 probe items, weekday (mostly wrong) and add (right); concept 0 fires on the weekday items,
+    1 on the add items, 2 everywhere. ``twins``: concepts 3 and 4 co-fire with 0 and 1, so that
+    each pair forms a theme (docs/method.md §3), and 2 fires on every third item only."""
     from cgaps.scoring.stage import score_run
 
     rows, sal, ctx = [], [], []
@@ -408,7 +411,11 @@ def _weekday_run(root):
                 "category": "weekday" if monday else "add",
             }
         )
-        sal += [(f"i{k}", 0 if monday else 1, 1.0 + k / 100), (f"i{k}", 2, 0.5 + (k % 7) / 10)]
+        sal.append((f"i{k}", 0 if monday else 1, 1.0 + k / 100))
+        if not twins or k % 3 == 0:  # with twins, concept 2 fires on a third of the items only
+            sal.append((f"i{k}", 2, 0.5 + (k % 7) / 10))
+        if twins:
+            sal.append((f"i{k}", 3 if monday else 4, 0.8 + k / 200))
     for c, ids in ((0, range(19, 11, -1)), (1, range(39, 31, -1)), (2, range(8))):
         for r, k in enumerate(ids):
             tok = "Monday" if c == 0 else "+"
@@ -425,7 +432,8 @@ def _weekday_run(root):
             )
     root.mkdir(parents=True, exist_ok=True)
     rundir.write_json(
-        {"n_concepts": 3, "config": RunConfig(presence=0.0, min_support=3).to_dict()}, root / rundir.RUN_JSON
+        {"n_concepts": 5 if twins else 3, "config": RunConfig(presence=0.0, min_support=3).to_dict()},
+        root / rundir.RUN_JSON,
     )
     pd.DataFrame(rows).to_parquet(root / rundir.ITEMS, index=False)
     pd.DataFrame(sal, columns=["item_id", "concept", "value"]).to_parquet(root / rundir.SALIENCY, index=False)
@@ -559,7 +567,7 @@ def test_label_command(tmp_path):
     import subprocess
     import sys
 
-    run = _weekday_run(tmp_path / "run")
+    run = _weekday_run(tmp_path / "run", twins=True)
     cmd = [sys.executable, "-m", "cgaps", "label", str(run)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -128,8 +128,11 @@ def make_run(
     contexts: bool = True,
     words_per_text: int = 25,
     seed: int = 0,
+    cofire: bool = False,
 ) -> Path:
-    """Write a consistent synthetic run directory; ``silent`` names a benchmark where nothing fires."""
+    """Write a consistent synthetic run directory; ``silent`` names a benchmark where nothing fires;
+    ``cofire``: the planted concepts fire all together, not four at a time, and every activation
+    counts (presence 0), so that they form a theme (docs/method.md §3)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     words = [
@@ -193,7 +196,9 @@ def make_run(
         vals = rng.exponential(2.0, per_item) + 0.01
         # Planted gaps: concepts 0-9 fire mostly on incorrect items.
         if rng.random() < (0.9 if r.score < 0.5 else 0.15):
-            cs = np.unique(np.concatenate([cs, rng.choice(list(PLANTED), 4, replace=False)]))
+            cs = np.unique(
+                np.concatenate([cs, rng.choice(list(PLANTED), len(PLANTED) if cofire else 4, replace=False)])
+            )
             vals = rng.exponential(2.0, len(cs)) + 0.01
         sal_rows.append(pd.DataFrame({"item_id": r.item_id, "concept": cs, "value": vals}))
     sal = pd.concat(sal_rows, ignore_index=True)
@@ -218,6 +223,7 @@ def make_run(
                 "min_support": 5,
                 "under_pct": 10.0,
                 "over_pct": 90.0,
+                **({"presence": 0.0} if cofire else {}),
             },
             "versions": {"cgaps": "0.1.0"},
             "timings": {"extract_s": 1.5},
@@ -577,7 +583,7 @@ def test_findings_and_themes_from_the_labels_stage(tmp_path):
     report: generated findings first, each theme link pointing at its row, hostile text escaped."""
     from cgaps.labels.stage import THEMES, label_run
 
-    run = make_run(tmp_path / "r")
+    run = make_run(tmp_path / "r", cofire=True)
     table = label_run(run)
     # a label another tool wrote survives, as an imported label that wins over evidence
     assert table.loc[2, "label"] == "label of concept 2" and table.loc[2, "source"] == "synthetic"

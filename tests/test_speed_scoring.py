@@ -41,7 +41,7 @@ def test_build_matrix_takes_categorical_item_ids_alike():
     np.testing.assert_array_equal(plain.scale, fast.scale)
 
 
-def _mc_counts_plain(m, t, k, cols, seed, stage, draws_total):
+def _mc_counts_plain(m, t, k, cols, seed, stage, draws_total, stream=0):
     """The Monte Carlo counts as they were before the grouped draws: draws in row order."""
     sub = m.saliency[:, cols]
     if k != len(m.benchmarks):
@@ -57,7 +57,7 @@ def _mc_counts_plain(m, t, k, cols, seed, stage, draws_total):
     le, ge = np.zeros(len(cols)), np.zeros(len(cols))
     for chunk in range(-(-draws_total // size)):
         n = min(size, draws_total - chunk * size)
-        tstar = np.asarray(block @ sampler.draws(seed, (k, stage), chunk, size)[:, :n])
+        tstar = np.asarray(block @ sampler.draws(seed, (k + stream, stage), chunk, size)[:, :n])
         le += (tstar <= (obs + tol)[:, None]).sum(axis=1)
         ge += (tstar >= (obs - tol)[:, None]).sum(axis=1)
     return le, ge

@@ -268,7 +268,8 @@ def test_score_stores_its_knobs_in_both_tables(scorable):
     assert rundir.read_table_knobs(scorable / rundir.OVERLAP) == want
     # the metadata does not change what the table reads back as
     back = pd.read_parquet(scorable / rundir.CONCEPTS)
-    assert list(back.columns) == list(rundir.CONCEPT_COLUMNS) and len(back) == 8 * 3
+    assert list(back.columns) == [*rundir.CONCEPT_COLUMNS, "p_value", "p_min", "theme"] and len(back) == 8 * 3
+    assert rundir.read_table_knobs(scorable / rundir.THEME_TESTS) == want
 
 
 def test_score_killed_before_run_json_never_mislabels_the_report(scorable, monkeypatch):

@@ -668,7 +668,9 @@ def bh_scopes(ps: list[np.ndarray]) -> list[np.ndarray]:
     return qs
 
 
-def joint_tests(pairs: list[tuple[SuiteMatrix, ChiTables]], cfg: RunConfig, *, tarone: bool = True) -> list[Tests]:
+def joint_tests(
+    pairs: list[tuple[SuiteMatrix, ChiTables]], cfg: RunConfig, *, tarone: bool = True
+) -> list[Tests]:
     """The calls of docs/method.md §3 over several tables of hypotheses of one suite (the
     concepts, the themes): per scope, Tarone's rule on their smallest achievable p-values, the
     p-values of the hypotheses kept (Monte Carlo only for those), then one Benjamini-Hochberg
