@@ -3,33 +3,42 @@
 Four kinds of evidence per concept, each a plain function of arrays so that the tests can check
 it against a hand computation:
 
-- **Distinctive tokens** (:func:`distinctive_tokens`). For every item where the concept is
-  present (s ≥ τ·m_c, the presence rule of §2) extraction recorded the token where it peaked.
-  A token is distinctive when the concept peaks on it more often than the token's base rate
-  among all analysed tokens of the run would give. The ranking is the z-score of the log-odds
-  ratio with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008, "Fightin' Words"):
-  with y_w peaks of the concept on token w out of n, Y_w occurrences of w among the run's N
-  analysed tokens, and a prior α_w = a0·Y_w/N (``prior`` = a0),
+- **Distinctive words** (:func:`distinctive_tokens`). For every item where the concept is
+  present (s ≥ τ·m_c, the presence rule of §2) extraction recorded the token where it peaked;
+  it is counted as the whole word of the run's text it belongs to (:mod:`cgaps.labels.text`:
+  "▁Ved" + "as" are both "Vedas", whatever the tokenizer). A word is distinctive when the
+  concept peaks on it more often than the word's base rate among all analysed tokens of the
+  run would give (a word of three tokens counts three times there: three chances to be the
+  peak). The ranking is the log-odds ratio with an informative Dirichlet prior (Monroe,
+  Colaresi & Quinn 2008, "Fightin' Words"): with y_w peaks of the concept on word w out of
+  n, Y_w occurrences of w among the run's N analysed tokens, and a prior α_w = a0·Y_w/N
+  (``prior`` = a0),
 
       δ_w = log((y_w+α_w)/(n+a0−y_w−α_w)) − log((Y_w+α_w)/(N+a0−Y_w−α_w)),
       σ²_w = 1/(y_w+α_w) + 1/(Y_w+α_w),   z_w = δ_w/σ_w.
 
-  A token is distinctive when the concept peaked on it at least twice, z_w ≥ 1.96 (it is more
+  A word is distinctive when the concept peaked on it at least twice, z_w ≥ 1.96 (it is more
   frequent than its base rate, at the 5 % level) and δ_w ≥ ``min_log_odds`` (default 3: its odds
-  among the concept's peaks are ≥ e³ ≈ 20 times its odds in the run); distinctive tokens are
-  ranked by δ_w, the prior-shrunk log-odds ratio. A frequent token ("the") has a large Y_w, so
+  among the concept's peaks are ≥ e³ ≈ 20 times its odds in the run); distinctive words are
+  ranked by δ_w, the prior-shrunk log-odds ratio. A frequent word ("the") has a large Y_w, so
   it only qualifies when the concept peaks on it far more often than "the" occurs; raw
-  frequency never decides, and a concept whose peaks merely follow the run's token mix has no
-  distinctive token (its label then shows output tokens). Measured on the demo run: with
+  frequency never decides, and a concept whose peaks merely follow the run's word mix has no
+  distinctive word (its label then shows output tokens). Measured on the demo run: with
   ``min_log_odds`` 0 and ranking by z, "." or "to" came first for over 1 % of concepts each;
-  with these rules each stop-word stays below 0.5 % (docs/results.md). Tokens are compared
-  stripped of surrounding whitespace (" Monday" and "Monday" are one token here).
+  with these rules each stop-word stays below 0.5 % (docs/results.md). A token that is no word
+  (punctuation, a line break) is counted as itself, stripped of surrounding whitespace.
 - **Top activating contexts**: ``contexts.parquet`` (written by extraction,
   :mod:`cgaps.labels.contexts`): the items of highest saliency with the firing token and the
   text around it.
 - **Output tokens** (:func:`logit_lens`): the tokens the concept's decoder direction promotes,
   W_dec[c] · diag(g) · W_Uᵀ, with g the final norm's scale (what Neuronpedia shows as positive
-  logits; the norm's own division is left out, as there).
+  logits; the norm's own division is left out, as there). Only tokens that are words of the
+  run's text are kept (:func:`word_outputs`): a vocabulary entry is often a word piece
+  ("comprom") or a partial byte, which reads as noise.
+- **Phrase** (:mod:`cgaps.labels.phrases`): the word window the concept's strongest
+  activations share ("Answer with the day only").
+- **Format** (:mod:`cgaps.labels.format`): whether the concept fires on prompt text that
+  many items repeat verbatim (instructions, templates, answer formats).
 - **Metadata enrichment** (:func:`enrichment`): where the concept's thresholded, normalised
   saliency mass ŝ' falls among groups of items (each benchmark; each benchmark's categories;
   meta fields ``subject``, ``task``, ``family``), against the share of items in each group.
@@ -40,13 +49,15 @@ it against a hand computation:
   items by chance.
 
 :func:`compose_label` writes the provisional label from them, e.g.
-``“Monday” “Friday” “Sunday” · probes:weekday 91%``.
+``“Monday” “Friday” “Sunday” · probes:weekday 91%`` or
+``format: “only” in “Answer with the day only” · probes:weekday 16%``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,20 +66,13 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
+from cgaps.labels.format import format_label
+from cgaps.labels.text import is_word, token_key
+
 # Meta-JSON fields that name a group of items (a suite's subject, task or probe family).
 ENRICH_META_KEYS = ("subject", "task", "family")
-STOP_WORDS = frozenset({"the", "a", "of", "to", "."})
 EVIDENCE_SOURCE = "evidence"
 Z_MIN = 1.96  # a distinctive token is more frequent than its base rate at the 5 % level
-
-
-def token_key(text: str) -> str:
-    """How a token is compared and shown: stripped of surrounding whitespace; a whitespace-only
-    token by a visible sign (⏎ for a line break, ␣ for spaces)."""
-    stripped = text.strip()
-    if stripped:
-        return stripped
-    return "⏎" if "\n" in text else "␣"
 
 
 # ---------------------------------------------------------------- distinctive tokens
@@ -294,16 +298,54 @@ def quote(tokens: Sequence[str]) -> str:
     return " ".join(f"“{t}”" for t in tokens)
 
 
+def word_outputs(outputs: Sequence[Sequence[Any]], vocabulary: set[str], k: int) -> list[list[Any]]:
+    """The first ``k`` output tokens (decoded vocabulary entries with their logits, best first) that
+    are words of the run's text (``vocabulary``), stripped of surrounding whitespace; each word once."""
+    out: list[list[Any]] = []
+    seen: set[str] = set()
+    for tok, logit in outputs:
+        word = tok.strip()
+        if word in seen or not is_word(word) or word not in vocabulary:
+            continue
+        seen.add(word)
+        out.append([word, logit])
+        if len(out) == k:
+            break
+    return out
+
+
 def compose_label(
-    tokens: Sequence[str], outputs: Sequence[str], group: str, mass: float, p: float, enrich_p: float
+    tokens: Sequence[str],
+    outputs: Sequence[str],
+    group: str,
+    mass: float,
+    p: float,
+    enrich_p: float,
+    phrase: str = "",
+    is_format: bool = False,
 ) -> str:
-    """``“Monday” “Friday” · probes:weekday 91%``: the top distinctive tokens (else the output
-    tokens, after an arrow), and the enriched group when its p is below ``enrich_p``."""
+    """``“Monday” “Friday” · probes:weekday 91%``: the top distinctive words with the phrase
+    when it holds one of them (``“only” in “Answer with the day only”``; a phrase around other
+    words would mislead), else the phrase alone, else the output tokens after an arrow; then
+    the enriched group when its p is below ``enrich_p``; ``format: `` in front for a format
+    concept."""
     parts = []
     if tokens:
-        parts.append(quote(tokens[:3]))
+        words = quote(tokens[:3])
+        if phrase and any(_holds(phrase, t) for t in tokens[:3]):
+            words = f"{words} in “{phrase}”"
+        parts.append(words)
+    elif phrase:  # what it fires on says more than what it writes
+        parts.append(f"“{phrase}”")
     elif outputs:
         parts.append("→ " + quote([token_key(t) for t in outputs[:3]]))
     if group and math.isfinite(p) and p < enrich_p and math.isfinite(mass):
         parts.append(f"{group} {100 * mass:.0f}%")
-    return " · ".join(parts)
+    return format_label(" · ".join(parts), is_format)
+
+
+def _holds(phrase: str, token: str) -> bool:
+    """Whether ``phrase`` holds ``token``: as a whole word when it is one, else anywhere."""
+    if not is_word(token):
+        return token in phrase
+    return re.search(rf"(?<!\w){re.escape(token)}(?!\w)", phrase) is not None

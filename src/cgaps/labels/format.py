@@ -1,0 +1,137 @@
+"""Format or competency: concepts that fire on the prompt's repeated text (docs/method.md §5).
+
+Benchmarks wrap every question in the same words: instructions ("Give only the final
+number"), templates ("Question: … Answer:"), answer formats ("as YYYY-MM-DD"), option
+letters. A concept that fires on those words can be a real gap under the test (the items that
+share an instruction fail together), but a reader takes its label for a competency. This
+module tells the two apart from the run's text alone, with no metadata:
+
+- **Repeated text.** The prompt of every item (its message contents, not the evaluated
+  model's response) is cut into units (:mod:`cgaps.labels.text`: words, punctuation marks,
+  line breaks), each content span framed by a start and an end mark, so a field label at
+  the very start or end of a prompt ("Answer:") has neighbours too. An n-gram of
+  :data:`NGRAM` (4) consecutive units is *repeated* when it occurs verbatim in the prompts of
+  at least ``max(MIN_ITEMS, ⌈format_items · N⌉)`` of the run's N items (``--format-items``,
+  default 0.1). A unit is repeated text when some repeated n-gram covers it. Four units are
+  long enough that a topic's words rarely recur verbatim in a tenth of all prompts ("the
+  Vedas are" fills one slot of a template at most), and short enough to catch an
+  instruction that a family varies slightly ("Answer with the day only" and "Answer with
+  the date only" share "? Answer with the").
+- **Format concept.** Every present (item, concept) pair has the token where the concept
+  peaked (§2). Its *format share* is the share of the concept's thresholded normalised
+  saliency ŝ' (§2) on items where that token overlaps repeated text; the concept is
+  *format* when the share is at least ``format_mass`` (``--format-mass``, default 0.5).
+- **Format theme** (:func:`theme_is_format`): the same share over a theme's members,
+  each weighted by its own ŝ' mass.
+
+The cut-off in items is a share of the suite, so the rule scales with the run: on the probe
+suite (12 families of 32 items, 8 % each) a family's own wording ("Write the word … backwards")
+is not format, while the instructions several families share ("Give only the final number",
+"Answer with yes or no") are; a benchmark's template in a suite of few benchmarks is.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cgaps.labels.text import ItemText
+
+NGRAM = 4
+MIN_ITEMS = 3  # a text shared by two items is a coincidence, however small the run
+START, END = "\x02", "\x03"  # the marks that frame a content span (never a unit's text)
+FORMAT_PREFIX = "format: "
+
+
+def min_items(n_items: int, share: float) -> int:
+    """How many items' prompts must hold an n-gram for it to count as repeated."""
+    return max(MIN_ITEMS, int(np.ceil(share * n_items - 1e-9)))
+
+
+def _prompt_runs(it: ItemText) -> list[tuple[list[str], list[int]]]:
+    """Each prompt span's unit texts framed by the start and end marks, with each position's unit
+    index (-1 for a mark)."""
+    runs: list[tuple[list[str], list[int]]] = []
+    idx = np.flatnonzero(it.prompt)
+    if not len(idx):
+        return runs
+    for k in np.unique(it.span[idx]):
+        units = idx[it.span[idx] == k]
+        runs.append(([START, *(it.units[u] for u in units), END], [-1, *(int(u) for u in units), -1]))
+    return runs
+
+
+def repeated_units(items: Mapping[str, ItemText], share: float, n: int = NGRAM) -> dict[str, np.ndarray]:
+    """Per item, a bool per unit: the unit lies in repeated prompt text (module docstring)."""
+    runs = {i: _prompt_runs(it) for i, it in items.items()}
+    counts: Counter[tuple[str, ...]] = Counter()
+    for item_runs in runs.values():
+        grams: set[tuple[str, ...]] = set()
+        for texts, _ in item_runs:
+            grams.update(tuple(texts[j : j + n]) for j in range(len(texts) - n + 1))
+        counts.update(grams)
+    need = min_items(len(items), share)
+    out: dict[str, np.ndarray] = {}
+    for i, it in items.items():
+        mask = np.zeros(len(it), dtype=bool)
+        for texts, index in runs[i]:
+            for j in range(len(texts) - n + 1):
+                if counts[tuple(texts[j : j + n])] >= need:
+                    for u in index[j : j + n]:
+                        if u >= 0:
+                            mask[u] = True
+        out[i] = mask
+    return out
+
+
+def token_is_repeated(
+    tokens: pd.DataFrame, items: Mapping[str, ItemText], repeated: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """For every row of ``tokens`` (``item_id``, ``start``, ``end``: a token's character span),
+    whether the token overlaps repeated text."""
+    out = np.zeros(len(tokens), dtype=bool)
+    for r, (i, a, b) in enumerate(tokens[["item_id", "start", "end"]].itertuples(index=False)):
+        it = items.get(i)
+        if it is None:
+            continue
+        lo, hi = it.overlapping(int(a), int(b))
+        out[r] = bool(repeated[i][lo:hi].any())
+    return out
+
+
+def format_shares(peaks: pd.DataFrame, n_concepts: int) -> np.ndarray:
+    """Per concept, the share of its ŝ' mass whose peak token lies in repeated text.
+
+    ``peaks``: one row per present (item, concept) with columns ``concept``, ``shat`` (ŝ') and
+    ``repeated`` (bool). NaN for a concept with no peak."""
+    mass = np.bincount(peaks["concept"], weights=peaks["shat"], minlength=n_concepts)
+    on = np.bincount(
+        peaks["concept"], weights=peaks["shat"] * peaks["repeated"].astype(np.float64), minlength=n_concepts
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mass > 0, on / mass, np.nan)
+
+
+def theme_is_format(
+    members: Sequence[int], format_share: np.ndarray, mass: np.ndarray | None = None, threshold: float = 0.5
+) -> bool:
+    """Whether a theme is format: the mean of its ``members``' format shares (``format_share`` per
+    concept, NaN = unknown, left out), weighted by each member's ŝ' ``mass`` (per concept; equal
+    weights when None), is at least ``threshold`` (the run's ``format_mass``)."""
+    idx = np.asarray(members, dtype=np.int64)
+    share = np.asarray(format_share, dtype=np.float64)[idx]
+    weight = np.ones(len(idx)) if mass is None else np.asarray(mass, dtype=np.float64)[idx]
+    known = np.isfinite(share) & (weight > 0)
+    if not known.any():
+        return False
+    return bool(np.average(share[known], weights=weight[known]) >= threshold)
+
+
+def format_label(label: str, is_format: bool) -> str:
+    """The label as shown: prefixed with ``format: `` for a format concept or theme."""
+    if not is_format or not label or label.startswith(FORMAT_PREFIX):
+        return label
+    return FORMAT_PREFIX + label
