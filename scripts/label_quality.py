@@ -12,10 +12,10 @@ words), not with the labelling code it checks:
   responses). Printed: the share of whole words, and of labels whose words are all whole.
 - **Planted topics** (``--groups``): a CSV with columns ``item_id``, ``group``, ``planted``
   (1 for the groups made to fail). The *typical words* of each planted group are the
-  ``--typical`` (30) words of largest z of the log-odds ratio of the group's prompt words
-  against the rest's, with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008;
-  prior 100 pseudo-words spread by the words' overall rates; lower case; a word must occur
-  in at least 3 of the group's items). Printed: the share of the ``--planted-top`` (20)
+  ``--typical`` (20) words of largest log-odds ratio δ of the group's prompt words against
+  the rest's, with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008; prior 100
+  pseudo-words spread by the words' overall rates; lower case), among the words with
+  z ≥ 1.96 that occur in at least 3 of the group's items. Printed: the share of the ``--planted-top`` (20)
   strongest gap concepts whose label (quoted parts, lower case) carries a typical word, the
   same for gap themes, and the share of their labels that are marked format.
 
@@ -62,7 +62,8 @@ def item_texts(items: pd.DataFrame, response: bool = True) -> list[str]:
 def typical_words(
     texts: list[str], in_group: list[bool], k: int, prior: float = 100.0
 ) -> list[tuple[str, float]]:
-    """The k words of largest log-odds z of the group's texts against the rest's."""
+    """The k words of largest log-odds ratio δ of the group's texts against the rest's, among those
+    more frequent in the group at the 5 % level (z ≥ 1.96)."""
     grp: Counter[str] = Counter()
     rest: Counter[str] = Counter()
     docs: Counter[str] = Counter()
@@ -81,9 +82,10 @@ def typical_words(
         r = rest[w]
         d = math.log((y + a) / (n_g + prior - y - a)) - math.log((r + a) / (n_r + prior - r - a))
         z = d / math.sqrt(1 / (y + a) + 1 / (r + a))
-        scored.append((z, w))
+        if z >= 1.96:
+            scored.append((d, w))
     scored.sort(key=lambda t: (-t[0], t[1]))
-    return [(w, round(z, 2)) for z, w in scored[:k]]
+    return [(w, round(d, 2)) for d, w in scored[:k]]
 
 
 def main() -> None:
@@ -92,7 +94,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=50, help="gap concepts whose label words are checked")
     parser.add_argument("--groups", type=Path, help="CSV item_id,group,planted (planted-topic check)")
     parser.add_argument("--planted-top", type=int, default=20, help="gap concepts checked for planted words")
-    parser.add_argument("--typical", type=int, default=30, help="typical words per planted group")
+    parser.add_argument("--typical", type=int, default=20, help="typical words per planted group")
     parser.add_argument("--show", type=int, default=10, help="labels printed")
     args = parser.parse_args()
     run = args.run_dir

@@ -244,16 +244,30 @@ def test_repeated_prompt_text():
     rep = fmt.repeated_units(items, share=0.5)  # 3 of 6 items
     it = items["i0"]
     marked = [u for u, r in zip(it.units, rep["i0"], strict=True) if r]
-    # the instruction (and the line breaks before it) is repeated; the numbers are not
-    assert marked == ["?", "⏎", "⏎", "Give", "only", "the", "final", "number", "."]
-    # "What is" starts the prompt in four items: framed by the start mark, it is repeated too
-    assert not rep["i0"][:2].any()  # but only three units + the mark: "^ What is 1" differs by number
+    # the instruction (and the line breaks before it) is repeated, and so is "What is" at the
+    # prompt's start (three units with the start mark); the numbers are not
+    assert marked == ["What", "is", "?", "⏎", "⏎", "Give", "only", "the", "final", "number", "."]
     assert not rep["i4"].any() and not rep["i5"].any()
     assert fmt.min_items(6, 0.5) == 3 and fmt.min_items(10, 0.1) == 3 and fmt.min_items(400, 0.1) == 40
     # a field label at a prompt's end is repeated through the end mark
     fields = _items([f"Question {k}\nAnswer:" for k in range(4)])
     rep = fmt.repeated_units(fields, share=0.5)
     assert [u for u, r in zip(fields["i0"].units, rep["i0"], strict=True) if r] == ["⏎", "Answer", ":"]
+    # an option letter starts its line: "⏎ B )" is repeated though the text before it varies
+    options = _items([f"Pick one.\nA) {k}\nB) {k + 1}" for k in range(4)] + ["B) is here", "no"])
+    rep = fmt.repeated_units(options, share=0.5)
+    assert [u for u, r in zip(options["i0"].units, rep["i0"], strict=True) if r] == [
+        "Pick",
+        "one",
+        ".",
+        "⏎",
+        "A",
+        ")",
+        "⏎",
+        "B",
+        ")",
+    ]
+    assert not rep["i4"].any()  # "B)" at the start of a prompt: another line edge (the start mark)
 
 
 def test_token_is_repeated_and_format_shares():
@@ -262,12 +276,12 @@ def test_token_is_repeated_and_format_shares():
     rep = fmt.repeated_units(items, share=0.5)
     tokens = pd.DataFrame(
         {
-            "item_id": ["i0", "i0", "i1", "i9"],
-            "start": [len("What is 0? Give "), len("What is "), 0, 0],
-            "end": [len("What is 0? Give on"), len("What is 0"), 4, 4],
+            "item_id": ["i0", "i0", "i1", "i9", "i2"],
+            "start": [len("What is 0? Give "), len("What is "), 0, 0, len("What is 2")],
+            "end": [len("What is 0? Give on"), len("What is 0"), 4, 4, len("What is 2? ")],
         }
     )
-    assert fmt.token_is_repeated(tokens, items, rep).tolist() == [True, False, False, False]
+    assert fmt.token_is_repeated(tokens, items, rep).tolist() == [True, False, True, False, True]
     peaks = pd.DataFrame(
         {
             "concept": [0, 0, 0, 1, 1, 3],
@@ -282,6 +296,10 @@ def test_token_is_repeated_and_format_shares():
     assert fmt.theme_is_format([0, 1], shares, mass=np.array([3.0, 1.0, 0, 0]))  # (0.8*3 + 0)/4 = 0.6
     assert not fmt.theme_is_format([0, 1], shares)  # equal weights: 0.4
     assert fmt.theme_is_format([0, 2], shares) and not fmt.theme_is_format([2], shares)
+    themes = pd.DataFrame({"theme": [0, 1], "label": ["“only”", "“Vedas”"], "members": ["[0, 1]", "[1, 2]"]})
+    marked = fmt.mark_themes(themes, shares, np.array([3.0, 1.0, 1.0, 1.0]), 0.5)
+    assert marked["format"].tolist() == [True, False] and marked["format"].dtype == bool
+    assert marked["label"].tolist() == ["format: “only”", "“Vedas”"]
     assert fmt.format_label("“only”", True) == "format: “only”"
     assert (
         fmt.format_label("format: “only”", True) == "format: “only”" and fmt.format_label("x", False) == "x"
@@ -425,6 +443,8 @@ def test_label_stage_writes_words_phrases_and_format(tmp_path):
         and table.loc[3, "phrase"] == ""
         and np.isnan(table.loc[3, "format_share"])
     )
+    theme_table = pd.read_parquet(run / rundir.THEMES)
+    assert theme_table["format"].dtype == bool
     stored = pd.read_parquet(run / rundir.LABELS)
     assert stored["format"].dtype == bool and stored["phrase"].map(type).eq(str).all()
     # an imported label of a format concept says so too

@@ -8,12 +8,14 @@ module tells the two apart from the run's text alone, with no metadata:
 
 - **Repeated text.** The prompt of every item (its message contents, not the evaluated
   model's response) is cut into units (:mod:`cgaps.labels.text`: words, punctuation marks,
-  line breaks), each content span framed by a start and an end mark, so a field label at
-  the very start or end of a prompt ("Answer:") has neighbours too. An n-gram of
+  line breaks), each content span framed by a start and an end mark. An n-gram of
   :data:`NGRAM` (4) consecutive units is *repeated* when it occurs verbatim in the prompts of
   at least ``max(MIN_ITEMS, ⌈format_items · N⌉)`` of the run's N items (``--format-items``,
-  default 0.1). A unit is repeated text when some repeated n-gram covers it. Four units are
-  long enough that a topic's words rarely recur verbatim in a tenth of all prompts ("the
+  default 0.1); so is an n-gram of three units that begins at a line's start or ends at a
+  line's end (a line break or a span mark among its units), because lines start and end with
+  field labels ("Question:", "B)", "Answer:") that the varying text beside them would
+  otherwise hide. A unit is repeated text when some repeated n-gram covers it. Four units
+  are long enough that a topic's words rarely recur verbatim in a tenth of all prompts ("the
   Vedas are" fills one slot of a template at most), and short enough to catch an
   instruction that a family varies slightly ("Answer with the day only" and "Answer with
   the date only" share "? Answer with the").
@@ -32,17 +34,19 @@ is not format, while the instructions several families share ("Give only the fin
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from cgaps.labels.text import ItemText
+from cgaps.labels.text import LINE_BREAK, ItemText
 
 NGRAM = 4
 MIN_ITEMS = 3  # a text shared by two items is a coincidence, however small the run
 START, END = "\x02", "\x03"  # the marks that frame a content span (never a unit's text)
+LINE_EDGES = frozenset({START, END, LINE_BREAK})
 FORMAT_PREFIX = "format: "
 
 
@@ -64,6 +68,17 @@ def _prompt_runs(it: ItemText) -> list[tuple[list[str], list[int]]]:
     return runs
 
 
+def _windows(texts: list[str], n: int) -> list[tuple[int, int]]:
+    """The [start, end) positions of the n-grams of one framed run, and of the (n-1)-grams that
+    begin at a line's start or end at a line's end (module docstring)."""
+    out = [(j, j + n) for j in range(len(texts) - n + 1)]
+    short = n - 1
+    for j in range(len(texts) - short + 1):
+        if texts[j] in LINE_EDGES or texts[j + short - 1] in LINE_EDGES:
+            out.append((j, j + short))
+    return out
+
+
 def repeated_units(items: Mapping[str, ItemText], share: float, n: int = NGRAM) -> dict[str, np.ndarray]:
     """Per item, a bool per unit: the unit lies in repeated prompt text (module docstring)."""
     runs = {i: _prompt_runs(it) for i, it in items.items()}
@@ -71,16 +86,16 @@ def repeated_units(items: Mapping[str, ItemText], share: float, n: int = NGRAM) 
     for item_runs in runs.values():
         grams: set[tuple[str, ...]] = set()
         for texts, _ in item_runs:
-            grams.update(tuple(texts[j : j + n]) for j in range(len(texts) - n + 1))
+            grams.update(tuple(texts[a:b]) for a, b in _windows(texts, n))
         counts.update(grams)
     need = min_items(len(items), share)
     out: dict[str, np.ndarray] = {}
     for i, it in items.items():
         mask = np.zeros(len(it), dtype=bool)
         for texts, index in runs[i]:
-            for j in range(len(texts) - n + 1):
-                if counts[tuple(texts[j : j + n])] >= need:
-                    for u in index[j : j + n]:
+            for a, b in _windows(texts, n):
+                if counts[tuple(texts[a:b])] >= need:
+                    for u in index[a:b]:
                         if u >= 0:
                             mask[u] = True
         out[i] = mask
@@ -128,6 +143,18 @@ def theme_is_format(
     if not known.any():
         return False
     return bool(np.average(share[known], weights=weight[known]) >= threshold)
+
+
+def mark_themes(
+    themes: pd.DataFrame, format_share: np.ndarray, mass: np.ndarray, threshold: float
+) -> pd.DataFrame:
+    """``themes`` (``themes.parquet``'s rows, ``members`` as JSON lists) with a bool column
+    ``format`` (:func:`theme_is_format`) and the labels of format themes prefixed."""
+    out = themes.copy()
+    flags = [theme_is_format(json.loads(m), format_share, mass, threshold) for m in out["members"]]
+    out["format"] = np.asarray(flags, dtype=bool)
+    out["label"] = [format_label(str(lab), f) for lab, f in zip(out["label"], flags, strict=True)]
+    return out
 
 
 def format_label(label: str, is_format: bool) -> str:

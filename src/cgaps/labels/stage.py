@@ -163,6 +163,10 @@ def _label_run(
     theme_table = themes.build_themes(
         m, run.concepts, cfg, groups, tokens, w_dec, opts.theme_cut, opts.enrich_p
     )
+    if "format" not in theme_table.columns:  # until the theme builder marks them itself
+        mass = np.asarray(shat.sum(axis=0)).ravel()
+        share = pd.to_numeric(table["format_share"], errors="coerce").to_numpy(np.float64)
+        theme_table = fmt.mark_themes(theme_table, share, mass, opts.format_mass)
     t2 = time.perf_counter()
     knobs = rundir.read_table_knobs(run_dir / rundir.CONCEPTS) or {}
     rundir.write_table(theme_table, run_dir / THEMES, knobs={**knobs, "theme_cut": opts.theme_cut})
