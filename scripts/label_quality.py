@@ -17,7 +17,8 @@ words), not with the labelling code it checks:
   pseudo-words spread by the words' overall rates; lower case), among the words with
   z ≥ 1.96 that occur in at least 3 of the group's items. Printed: the share of the ``--planted-top`` (20)
   strongest gap concepts whose label (quoted parts, lower case) carries a typical word, the
-  same for gap themes, and the share of their labels that are marked format.
+  same for gap themes. With ``--uncalled`` the ranking takes every tested concept whose
+  χ_model is below its expected accuracy, called or not (for runs too small to call 20).
 
 Also printed: the share of gap concepts (and of their saliency mass, Σ χ_bench over ALL)
 marked format, when the labels table has a ``format`` column.
@@ -96,14 +97,20 @@ def main() -> None:
     parser.add_argument("--planted-top", type=int, default=20, help="gap concepts checked for planted words")
     parser.add_argument("--typical", type=int, default=20, help="typical words per planted group")
     parser.add_argument("--show", type=int, default=10, help="labels printed")
+    parser.add_argument(
+        "--uncalled", action="store_true", help="rank every tested concept below expected by q, called or not"
+    )
     args = parser.parse_args()
     run = args.run_dir
     items = pd.read_parquet(run / "items.parquet")
     concepts = pd.read_parquet(run / "concepts.parquet")
     labels = pd.read_parquet(run / "labels.parquet").set_index("concept")
-    gaps = concepts[(concepts["scope"] == "ALL") & (concepts["gap"] == "weak")]
+    all_scope = concepts[concepts["scope"] == "ALL"]
+    gaps = all_scope[all_scope["gap"] == "weak"]
+    if args.uncalled:  # every tested concept below its expected accuracy, called or not
+        gaps = all_scope[all_scope["q_value"].notna() & (all_scope["chi_model"] < all_scope["expected"])]
     gaps = gaps.sort_values(["q_value", "concept"], kind="stable")
-    print(f"run: {run}  items: {len(items)}  gap concepts: {len(gaps)}")
+    print(f"run: {run}  items: {len(items)}  gap concepts: {len(gaps)}{' (called or not)' if args.uncalled else ''}")
 
     vocab = set()
     for text in item_texts(items):

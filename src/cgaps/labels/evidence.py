@@ -291,6 +291,63 @@ def group_shares(
     return out
 
 
+# ---------------------------------------------------------------- what the concept's items are about
+
+ITEM_PRIOR = 10.0  # pseudo-items of the prior, spread by the run's rate of each word
+ITEM_Z_MIN = 3.29  # one-sided p < 0.0005: thousands of words are tested per concept
+ITEM_MIN = 3  # a word of the concept's items is held by at least three of them
+
+
+def item_words(
+    present: sp.spmatrix, docs: sp.spmatrix, words: Sequence[str], k: int, chunk: int = 256
+) -> dict[int, list[list[Any]]]:
+    """Per concept, the ``k`` words most typical of the items where it is present (module docstring).
+
+    ``present``: items x concepts, nonzero where the concept is present; ``docs``: items x
+    words, nonzero where the item's text holds the word (``words`` names the columns). With k_w
+    of the concept's n items holding word w, K_w of the run's N items, and a prior of
+    a0 = :data:`ITEM_PRIOR` pseudo-items at the run's rate (α = a0·K/N, β = a0 − α),
+
+        δ_w = log((k_w+α)/(n−k_w+β)) − log((K_w+α)/(N−K_w+β)),
+        σ²_w = 1/(k_w+α) + 1/(n−k_w+β) + 1/(K_w+α) + 1/(N−K_w+β),  z_w = δ_w/σ_w;
+
+    a word is typical when k_w ≥ :data:`ITEM_MIN` and z_w ≥ :data:`ITEM_Z_MIN`; ranked by δ_w
+    (then the word). Returns ``{concept: [[word, k_w, z, δ], ...]}`` for concepts with any.
+    """
+    pres = sp.csc_matrix(present, dtype=np.float64)
+    pres.data[:] = 1.0
+    d = sp.csr_matrix(docs, dtype=np.float64)
+    d.data[:] = 1.0
+    n_items = pres.shape[0]
+    big_k = np.asarray(d.sum(axis=0)).ravel()
+    n_of = np.asarray(pres.sum(axis=0)).ravel()
+    names = np.asarray(words, dtype=object)
+    out: dict[int, list[list[Any]]] = {}
+    for start in range(0, pres.shape[1], chunk):
+        counts = sp.coo_matrix(pres[:, start : start + chunk].T @ d)
+        keep = (counts.data >= ITEM_MIN) & (big_k[counts.col] < n_items)  # a word of every item is no topic
+        c, w, y = counts.row[keep], counts.col[keep], counts.data[keep]
+        if not len(c):
+            continue
+        n = n_of[start + c]
+        big = big_k[w]
+        a = ITEM_PRIOR * big / n_items
+        b = ITEM_PRIOR - a
+        delta = np.log((y + a) / (n - y + b)) - np.log((big + a) / (n_items - big + b))
+        z = delta / np.sqrt(1 / (y + a) + 1 / (n - y + b) + 1 / (big + a) + 1 / (n_items - big + b))
+        ok = z >= ITEM_Z_MIN
+        table = pd.DataFrame(
+            {"concept": start + c[ok], "word": names[w[ok]], "k": y[ok], "z": z[ok], "delta": delta[ok]}
+        )
+        table = table.sort_values(["concept", "delta", "word"], ascending=[True, False, True], kind="stable")
+        for concept, grp in table.groupby("concept", sort=False):
+            out[int(concept)] = [
+                [str(wd), int(kk), round(float(zz), 3), round(float(dd), 3)]
+                for wd, kk, zz, dd in grp.head(k)[["word", "k", "z", "delta"]].itertuples(index=False)
+            ]
+    return out
+
+
 # ---------------------------------------------------------------- the provisional label
 
 
@@ -323,25 +380,33 @@ def compose_label(
     enrich_p: float,
     phrase: str = "",
     is_format: bool = False,
+    about: Sequence[str] = (),
 ) -> str:
-    """``“Monday” “Friday” · probes:weekday 91%``: the top distinctive words with the phrase
-    when it holds one of them (``“only” in “Answer with the day only”``; a phrase around other
-    words would mislead), else the phrase alone, else the output tokens after an arrow; then
-    the enriched group when its p is below ``enrich_p``; ``format: `` in front for a format
-    concept."""
-    parts = []
+    """``“Monday” “Friday” · probes:weekday 91%``: what the concept fires on — the top
+    distinctive words with the phrase when it holds one of them (``“only” in “Answer with the
+    day only”``; a phrase around other words would mislead), else the phrase alone — then
+    what its items are about: the enriched group when its p is below ``enrich_p``, else the
+    words typical of its items (``about``, :func:`item_words`: ``items: “Muslim” “Hindu”``).
+    The output tokens (after an arrow) stand in for the first part when it has nothing;
+    ``format: `` in front for a format concept."""
+    head = ""
     if tokens:
-        words = quote(tokens[:3])
+        head = quote(tokens[:3])
         if phrase and any(_holds(phrase, t) for t in tokens[:3]):
-            words = f"{words} in “{phrase}”"
-        parts.append(words)
-    elif phrase:  # what it fires on says more than what it writes
-        parts.append(f"“{phrase}”")
-    elif outputs:
-        parts.append("→ " + quote([token_key(t) for t in outputs[:3]]))
+            head = f"{head} in “{phrase}”"
+    elif phrase:
+        head = f"“{phrase}”"
+    tail = ""
     if group and math.isfinite(p) and p < enrich_p and math.isfinite(mass):
-        parts.append(f"{group} {100 * mass:.0f}%")
-    return format_label(" · ".join(parts), is_format)
+        tail = f"{group} {100 * mass:.0f}%"
+    else:
+        shown = set(tokens[:3])
+        fresh = [w for w in about if w not in shown and not (phrase and _holds(phrase, w))][:3]
+        if fresh:
+            tail = "items: " + quote(fresh)
+    if not head and outputs:
+        head = "→ " + quote([token_key(t) for t in outputs[:3]])
+    return format_label(" · ".join(x for x in (head, tail) if x), is_format)
 
 
 def _holds(phrase: str, token: str) -> bool:

@@ -51,6 +51,7 @@ EVIDENCE_COLUMNS = (
     "tokens",  # JSON [[word, count, z, delta], ...], most distinctive first
     "output_tokens",  # JSON [[word, logit], ...]: logit-lens tokens that are words of the run's text
     "phrase",  # the word window the strongest activations share ('' when none)
+    "item_words",  # JSON [[word, items, z, delta], ...]: words typical of the items where it is present
     "format",  # bool: the concept fires on prompt text many items repeat verbatim
     "format_share",  # the share of its ŝ' mass peaking on that text (NaN: no peak tokens)
     *evidence.ENRICH_COLUMNS,
@@ -87,7 +88,7 @@ def _fingerprint(run: RunTables, opts: LabelOptions, presence: float) -> str:
         "phrase_share": opts.phrase_share,
         "format_items": opts.format_items,
         "format_mass": opts.format_mass,
-        "version": 3,  # bumped when the evidence rules change
+        "version": 4,  # bumped when the evidence rules change
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -322,6 +323,7 @@ def compute_evidence(
     enrich = evidence.enrichment(shat, groups)
     tokens = pd.DataFrame({"concept": [], "token": [], "count": [], "z": [], "delta": []})
     phrases = [""] * f
+    about: dict[int, list[list[Any]]] = {}
     shares = np.full(f, np.nan)
     vocabulary: set[str] = set()
     if backend is not None:
@@ -332,6 +334,8 @@ def compute_evidence(
             peaks.rename(columns={"word": "token"}), text.base(), opts.prior, opts.tokens, opts.min_log_odds
         )
         phrases = concept_phrases(peaks, text, f, opts.phrase_share)
+        docs, words = text.documents(list(m.item_ids))
+        about = evidence.item_words(shat, docs, words, opts.tokens)
         if not peaks.empty:
             shares = fmt.format_shares(peaks, f)
     is_format = np.nan_to_num(shares, nan=0.0) >= opts.format_mass
@@ -358,6 +362,7 @@ def compute_evidence(
             opts.enrich_p,
             phrase=phrases[c],
             is_format=bool(is_format[c]),
+            about=[t[0] for t in about.get(c, [])],
         )
         for c, group, mass, p in enrich[["concept", "enrich_group", "enrich_mass", "enrich_p"]].itertuples(
             index=False
@@ -370,6 +375,7 @@ def compute_evidence(
             "tokens": [json.dumps(tok_lists.get(c, []), ensure_ascii=False) for c in range(f)],
             "output_tokens": [json.dumps(out_lists.get(c, []), ensure_ascii=False) for c in range(f)],
             "phrase": phrases,
+            "item_words": [json.dumps(about.get(c, []), ensure_ascii=False) for c in range(f)],
             "format": is_format,
             "format_share": shares,
         }

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 WORD = r"\w+(?:(?:['’]|(?<=\d)[.,:](?=\d))\w+)*"
 UNIT = re.compile(rf"({WORD})|(\n)|([^\w\s])")
@@ -155,6 +156,25 @@ class RunText:
     def vocabulary(self) -> set[str]:
         """The words of the run's analysed text."""
         return {u for it in self.items.values() for u, w in zip(it.units, it.word, strict=True) if w}
+
+    def documents(self, item_ids: Sequence[str]) -> tuple[sp.csr_matrix, list[str]]:
+        """items x words, 1 where the item's analysed text holds the word (rows in ``item_ids``'
+        order; an item without text has an empty row), and the words naming the columns."""
+        index: dict[str, int] = {}
+        rows: list[int] = []
+        cols: list[int] = []
+        for r, i in enumerate(item_ids):
+            it = self.items.get(i)
+            if it is None:
+                continue
+            for u in {u for u, w in zip(it.units, it.word, strict=True) if w}:
+                rows.append(r)
+                cols.append(index.setdefault(u, len(index)))
+        docs = sp.csr_matrix(
+            (np.ones(len(rows)), (np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))),
+            shape=(len(item_ids), len(index)),
+        )
+        return docs, list(index)
 
 
 def run_text(
