@@ -110,7 +110,9 @@ def main() -> None:
     if args.uncalled:  # every tested concept below its expected accuracy, called or not
         gaps = all_scope[all_scope["q_value"].notna() & (all_scope["chi_model"] < all_scope["expected"])]
     gaps = gaps.sort_values(["q_value", "concept"], kind="stable")
-    print(f"run: {run}  items: {len(items)}  gap concepts: {len(gaps)}{' (called or not)' if args.uncalled else ''}")
+    print(
+        f"run: {run}  items: {len(items)}  gap concepts: {len(gaps)}{' (called or not)' if args.uncalled else ''}"
+    )
 
     vocab = set()
     for text in item_texts(items):

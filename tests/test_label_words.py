@@ -322,6 +322,54 @@ def test_output_tokens_are_words_of_the_run():
     ]
 
 
+def _reference_item_words(present, docs, words, k):
+    """Loop-by-loop item words (the formulas of evidence.item_words)."""
+    import math
+
+    n_items = present.shape[0]
+    out = {}
+    for c in range(present.shape[1]):
+        mine = [x for x in range(n_items) if present[x, c]]
+        rows = []
+        for w, word in enumerate(words):
+            big = sum(1 for x in range(n_items) if docs[x, w])
+            y = sum(1 for x in mine if docs[x, w])
+            if y < evidence.ITEM_MIN or big == n_items:
+                continue
+            n = len(mine)
+            a = evidence.ITEM_PRIOR * big / n_items
+            b = evidence.ITEM_PRIOR - a
+            d = math.log((y + a) / (n - y + b)) - math.log((big + a) / (n_items - big + b))
+            z = d / math.sqrt(1 / (y + a) + 1 / (n - y + b) + 1 / (big + a) + 1 / (n_items - big + b))
+            if z >= evidence.ITEM_Z_MIN:
+                rows.append((-d, word, y, z))
+        if rows:
+            out[c] = [(word, y, z, -nd) for nd, word, y, z in sorted(rows)[:k]]
+    return out
+
+
+def test_item_words_match_a_plain_reference():
+    rng = np.random.default_rng(1)
+    n_items, f = 80, 12
+    words = [f"w{j}" for j in range(30)] + ["everywhere"]
+    docs = rng.random((n_items, len(words))) < 0.15
+    docs[:, -1] = True  # a word of every item is never typical
+    present = rng.random((n_items, f)) < 0.2
+    present[:20, 0] = True  # concept 0: the items about w3
+    present[20:, 0] = False
+    docs[:20, 3] = True
+    got = evidence.item_words(sp.csr_matrix(present), sp.csr_matrix(docs), words, k=4, chunk=5)
+    ref = _reference_item_words(present, docs, words, 4)
+    assert set(got) == set(ref) and 0 in got
+    assert got[0][0][0] == "w3"
+    for c, rows in ref.items():
+        assert [r[0] for r in got[c]] == [r[0] for r in rows]
+        assert [r[1] for r in got[c]] == [r[1] for r in rows]
+        np.testing.assert_allclose([r[2] for r in got[c]], [r[2] for r in rows], atol=1e-3)
+        np.testing.assert_allclose([r[3] for r in got[c]], [r[3] for r in rows], atol=1e-3)
+    assert all(r[0] != "everywhere" for rows in got.values() for r in rows)
+
+
 def test_compose_label_with_phrase_and_format():
     assert (
         evidence.compose_label(
@@ -337,6 +385,15 @@ def test_compose_label_with_phrase_and_format():
         == "“days after 2024”"
     )
     assert evidence.compose_label([], ["craft"], "", np.nan, np.nan, 1e-3) == "→ “craft”"
+    # without a significant metadata group: the words typical of its items, those not shown yet
+    assert (
+        evidence.compose_label(["Vedas"], [], "b", 1.0, 1.0, 1e-3, "", False, ["Vedas", "Hindu", "sacred"])
+        == "“Vedas” · items: “Hindu” “sacred”"
+    )
+    assert (
+        evidence.compose_label([], ["x"], "", np.nan, np.nan, 1e-3, about=["Muslim"])
+        == "→ “x” · items: “Muslim”"
+    )
     # punctuation is found inside words
     assert (
         evidence.compose_label(["-"], [], "", np.nan, np.nan, 1e-3, "as YYYY-MM-DD")
@@ -435,6 +492,10 @@ def test_label_stage_writes_words_phrases_and_format(tmp_path):
     assert set(words) == {"Vedas", "Quran", "Torah", "Gospels"}
     assert not table.loc[1, "format"] and table.loc[1, "format_share"] == 0.0
     assert not table.loc[1, "label"].startswith("format")
+    # no metadata group: the words its items share say what they are about
+    about = [t[0] for t in json.loads(table.loc[1, "item_words"])]
+    assert {"faith", "sacred", "holds"} <= set(about) and "Answer" not in about
+    assert " · items: “" in table.loc[1, "label"]
     # the weekday concept: its phrase is the window a quarter of its items share (one day's items)
     assert re.fullmatch(r"Today is (Monday|Tuesday|Friday|Sunday)", table.loc[2, "phrase"])
     assert not table.loc[2, "format"] and table.loc[2, "label"].startswith("“")

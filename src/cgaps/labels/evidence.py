@@ -39,6 +39,9 @@ it against a hand computation:
   activations share ("Answer with the day only").
 - **Format** (:mod:`cgaps.labels.format`): whether the concept fires on prompt text that
   many items repeat verbatim (instructions, templates, answer formats).
+- **Words of its items** (:func:`item_words`): the words the items where the concept is
+  present hold far more often than the run's items do (a word-presence log-odds test): what
+  they are about, from the text alone, where the items carry no metadata.
 - **Metadata enrichment** (:func:`enrichment`): where the concept's thresholded, normalised
   saliency mass ŝ' falls among groups of items (each benchmark; each benchmark's categories;
   meta fields ``subject``, ``task``, ``family``), against the share of items in each group.
@@ -390,18 +393,18 @@ def compose_label(
     The output tokens (after an arrow) stand in for the first part when it has nothing;
     ``format: `` in front for a format concept."""
     head = ""
+    shown = ""  # the phrase, when the label shows it
     if tokens:
         head = quote(tokens[:3])
         if phrase and any(_holds(phrase, t) for t in tokens[:3]):
-            head = f"{head} in “{phrase}”"
+            head, shown = f"{head} in “{phrase}”", phrase
     elif phrase:
-        head = f"“{phrase}”"
+        head, shown = f"“{phrase}”", phrase
     tail = ""
     if group and math.isfinite(p) and p < enrich_p and math.isfinite(mass):
         tail = f"{group} {100 * mass:.0f}%"
     else:
-        shown = set(tokens[:3])
-        fresh = [w for w in about if w not in shown and not (phrase and _holds(phrase, w))][:3]
+        fresh = [w for w in about if w not in tokens[:3] and not (shown and _holds(shown, w))][:3]
         if fresh:
             tail = "items: " + quote(fresh)
     if not head and outputs:
