@@ -334,7 +334,7 @@ def _reference_item_words(present, docs, words, k):
         for w, word in enumerate(words):
             big = sum(1 for x in range(n_items) if docs[x, w])
             y = sum(1 for x in mine if docs[x, w])
-            if y < evidence.ITEM_MIN or big == n_items:
+            if y < evidence.ITEM_MIN or big > evidence.ITEM_MAX_SHARE * n_items:
                 continue
             n = len(mine)
             a = evidence.ITEM_PRIOR * big / n_items
@@ -353,7 +353,7 @@ def test_item_words_match_a_plain_reference():
     n_items, f = 80, 12
     words = [f"w{j}" for j in range(30)] + ["everywhere"]
     docs = rng.random((n_items, len(words))) < 0.15
-    docs[:, -1] = True  # a word of every item is never typical
+    docs[:, -1] = rng.random(n_items) < 0.6  # a word of most items is never typical
     present = rng.random((n_items, f)) < 0.2
     present[:20, 0] = True  # concept 0: the items about w3
     present[20:, 0] = False

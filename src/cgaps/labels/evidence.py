@@ -299,6 +299,7 @@ def group_shares(
 ITEM_PRIOR = 10.0  # pseudo-items of the prior, spread by the run's rate of each word
 ITEM_Z_MIN = 3.29  # one-sided p < 0.0005: thousands of words are tested per concept
 ITEM_MIN = 3  # a word of the concept's items is held by at least three of them
+ITEM_MAX_SHARE = 0.5  # a word most of the run's items hold says nothing about a subset's topic
 
 
 def item_words(
@@ -314,8 +315,8 @@ def item_words(
         δ_w = log((k_w+α)/(n−k_w+β)) − log((K_w+α)/(N−K_w+β)),
         σ²_w = 1/(k_w+α) + 1/(n−k_w+β) + 1/(K_w+α) + 1/(N−K_w+β),  z_w = δ_w/σ_w;
 
-    a word is typical when k_w ≥ :data:`ITEM_MIN` and z_w ≥ :data:`ITEM_Z_MIN`; ranked by δ_w
-    (then the word). Returns ``{concept: [[word, k_w, z, δ], ...]}`` for concepts with any.
+    a word is typical when k_w ≥ :data:`ITEM_MIN`, z_w ≥ :data:`ITEM_Z_MIN` and at most
+    :data:`ITEM_MAX_SHARE` of the run's items hold it; ranked by δ_w (then the word). Returns ``{concept: [[word, k_w, z, δ], ...]}`` for concepts with any.
     """
     pres = sp.csc_matrix(present, dtype=np.float64)
     pres.data[:] = 1.0
@@ -328,7 +329,7 @@ def item_words(
     out: dict[int, list[list[Any]]] = {}
     for start in range(0, pres.shape[1], chunk):
         counts = sp.coo_matrix(pres[:, start : start + chunk].T @ d)
-        keep = (counts.data >= ITEM_MIN) & (big_k[counts.col] < n_items)  # a word of every item is no topic
+        keep = (counts.data >= ITEM_MIN) & (big_k[counts.col] <= ITEM_MAX_SHARE * n_items)
         c, w, y = counts.row[keep], counts.col[keep], counts.data[keep]
         if not len(c):
             continue
