@@ -17,7 +17,8 @@ words), not with the labelling code it checks:
   pseudo-words spread by the words' overall rates; lower case), among the words with
   z ≥ 1.96 that occur in at least 3 of the group's items. Printed: the share of the ``--planted-top`` (20)
   strongest gap concepts whose label (quoted parts, lower case) carries a typical word, the
-  same for gap themes. With ``--uncalled`` the ranking takes every tested concept whose
+  same for the strongest gaps not marked format (the competency list) and for gap themes.
+  With ``--uncalled`` the ranking takes every tested concept whose
   χ_model is below its expected accuracy, called or not (for runs too small to call 20).
 
 Also printed: the share of gap concepts (and of their saliency mass, Σ χ_bench over ALL)
@@ -163,6 +164,17 @@ def main() -> None:
         )
         for c, ok in zip(top_p["concept"], carry, strict=True):
             print(f"  {'+' if ok else '-'} {c:>6}  {labels.loc[c, 'label']}")
+        if "format" in labels.columns:  # the competency list: the gaps not marked format
+            comp = gaps[~labels.loc[gaps["concept"], "format"].fillna(False).astype(bool).to_numpy()]
+            comp = comp.head(args.planted_top)
+            n_comp = sum(
+                any(w.lower() in typical for w in label_words(labels.loc[c, "label"]))
+                for c in comp["concept"]
+            )
+            print(
+                f"top-{len(comp)} competency (not format) gap labels carrying a typical word: "
+                f"{n_comp}/{len(comp)} = {n_comp / max(len(comp), 1):.2f}"
+            )
         themes_path = run / "themes.parquet"
         if themes_path.exists():
             themes = pd.read_parquet(themes_path)

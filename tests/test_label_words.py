@@ -270,6 +270,29 @@ def test_repeated_prompt_text():
     assert not rep["i4"].any()  # "B)" at the start of a prompt: another line edge (the start mark)
 
 
+def test_repeated_sentences():
+    prompts = [
+        f"Write the word '{w}' backwards. Answer with the reversed word only." for w in ("abc", "xyz", "ok")
+    ]
+    prompts += [f"What is {k} + 1? Today is Friday. Give only the final number." for k in range(3)]
+    prompts += [f"{k} alone" for k in range(14)]  # 20 items: the n-gram rule needs 10 of them
+    items = _items(prompts)
+    assert not any(m.any() for m in fmt.repeated_units(items, share=0.5).values())
+    rep = fmt.repeated_units(items, share=0.5, sentence_share=0.15)  # a sentence in 3 of 20 items
+    marked = [u for u, r in zip(items["i0"].units, rep["i0"], strict=True) if r]
+    assert marked == ["Answer", "with", "the", "reversed", "word", "only", "."]  # the slot sentence differs
+    marked = [u for u, r in zip(items["i3"].units, rep["i3"], strict=True) if r]
+    assert marked == ["Give", "only", "the", "final", "number", "."]  # "Today is Friday." has 3 words
+    assert not rep["i6"].any()
+    # a template whose slot takes few values: the template is repeated text, the slot is not
+    slots = _items(
+        [f"Which faith holds the {w} sacred?" for w in ("Vedas", "Quran", "Torah") * 3] + ["x y"] * 11
+    )
+    rep = fmt.repeated_units(slots, share=0.9, sentence_share=0.15)
+    marked = [u for u, r in zip(slots["i0"].units, rep["i0"], strict=True) if r]
+    assert marked == ["Which", "faith", "holds", "the", "sacred", "?"]
+
+
 def test_token_is_repeated_and_format_shares():
     prompts = [f"What is {k}? Give only the final number." for k in range(4)]
     items = _items(prompts)

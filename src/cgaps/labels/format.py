@@ -19,6 +19,18 @@ module tells the two apart from the run's text alone, with no metadata:
   Vedas are" fills one slot of a template at most), and short enough to catch an
   instruction that a family varies slightly ("Answer with the day only" and "Answer with
   the date only" share "? Answer with the").
+- **Repeated sentences.** A whole sentence of at least :data:`SENTENCE_WORDS` (4) words (the
+  units between two sentence ends: ".", "?", "!", a line break or a span's edge, the closing
+  mark included) that occurs verbatim in the prompts of at least
+  ``max(MIN_ITEMS, ⌈format_sentences · N⌉)`` items (``--format-sentences``, default 0.01) is
+  repeated text too: a fixed sentence is an instruction or boilerplate, however few
+  families use it ("Express your answer as a common fraction.", "Answer with the day only."),
+  while a task's own sentences carry the item's values and differ ("Write the word 'abc'
+  backwards."). Four words keep out short sentences whose few values collide by chance
+  ("Today is Friday."). A template whose slot takes few values repeats too ("Which faith
+  holds the Vedas sacred?" in every fourth item): a position where sentences that agree
+  on every other unit take two or more values is a *slot*, and a slot is never repeated
+  text by this rule — the template around it is.
 - **Format concept.** Every present (item, concept) pair has the token where the concept
   peaked (§2). Its *format share* is the share of the concept's thresholded normalised
   saliency ŝ' (§2) on items where that token overlaps repeated text; the concept is
@@ -44,6 +56,8 @@ import pandas as pd
 from cgaps.labels.text import LINE_BREAK, ItemText
 
 NGRAM = 4
+SENTENCE_WORDS = 4
+SENTENCE_ENDS = frozenset({".", "?", "!", "。", "？", "！"})
 MIN_ITEMS = 3  # a text shared by two items is a coincidence, however small the run
 START, END = "\x02", "\x03"  # the marks that frame a content span (never a unit's text)
 LINE_EDGES = frozenset({START, END, LINE_BREAK})
@@ -79,25 +93,65 @@ def _windows(texts: list[str], n: int) -> list[tuple[int, int]]:
     return out
 
 
-def repeated_units(items: Mapping[str, ItemText], share: float, n: int = NGRAM) -> dict[str, np.ndarray]:
-    """Per item, a bool per unit: the unit lies in repeated prompt text (module docstring)."""
+def _sentences(texts: list[str], words: list[bool]) -> list[tuple[int, int]]:
+    """The [start, end) positions of the sentences of one framed run with at least
+    :data:`SENTENCE_WORDS` words (the closing mark included, the framing marks left out)."""
+    out = []
+    start = 1
+    for j in range(1, len(texts)):
+        t = texts[j]
+        if t in SENTENCE_ENDS or t in LINE_EDGES:
+            end = j + 1 if t in SENTENCE_ENDS else j
+            if sum(words[start:end]) >= SENTENCE_WORDS:
+                out.append((start, end))
+            start = j + 1
+    return out
+
+
+def repeated_units(
+    items: Mapping[str, ItemText], share: float, sentence_share: float | None = None, n: int = NGRAM
+) -> dict[str, np.ndarray]:
+    """Per item, a bool per unit: the unit lies in repeated prompt text (module docstring):
+    an n-gram in at least ``share`` of the items' prompts, or a sentence in at least
+    ``sentence_share`` of them, its slots left out (no sentence rule when None)."""
     runs = {i: _prompt_runs(it) for i, it in items.items()}
     counts: Counter[tuple[str, ...]] = Counter()
-    for item_runs in runs.values():
+    sentences: Counter[tuple[str, ...]] = Counter()
+    spans_of: dict[str, list[list[tuple[int, int]]]] = {}
+    for i, item_runs in runs.items():
         grams: set[tuple[str, ...]] = set()
-        for texts, _ in item_runs:
+        said: set[tuple[str, ...]] = set()
+        spans_of[i] = []
+        for texts, index in item_runs:
             grams.update(tuple(texts[a:b]) for a, b in _windows(texts, n))
+            found = []
+            if sentence_share is not None:
+                found = _sentences(texts, [u >= 0 and bool(items[i].word[u]) for u in index])
+                said.update(tuple(texts[a:b]) for a, b in found)
+            spans_of[i].append(found)
         counts.update(grams)
+        sentences.update(said)
     need = min_items(len(items), share)
+    need_sentence = min_items(len(items), sentence_share) if sentence_share is not None else 0
+    # every sentence with one position left open: the values each frame's hole takes
+    fillers: dict[tuple[tuple[str, ...], tuple[str, ...]], set[str]] = {}
+    for sentence in sentences:
+        for j, unit in enumerate(sentence):
+            fillers.setdefault((sentence[:j], sentence[j + 1 :]), set()).add(unit)
     out: dict[str, np.ndarray] = {}
     for i, it in items.items():
         mask = np.zeros(len(it), dtype=bool)
-        for texts, index in runs[i]:
+        for (texts, index), found in zip(runs[i], spans_of[i], strict=True):
             for a, b in _windows(texts, n):
                 if counts[tuple(texts[a:b])] >= need:
-                    for u in index[a:b]:
-                        if u >= 0:
-                            mask[u] = True
+                    mask[[u for u in index[a:b] if u >= 0]] = True
+            for a, b in found:
+                sentence = tuple(texts[a:b])
+                if sentences[sentence] < need_sentence:
+                    continue
+                for j, u in enumerate(index[a:b]):
+                    if u >= 0 and len(fillers[(sentence[:j], sentence[j + 1 :])]) < 2:  # not a slot
+                        mask[u] = True
         out[i] = mask
     return out
 

@@ -45,6 +45,11 @@ class LabelOptions:
         "Prompt text counts as repeated (instructions, templates, answer formats) when the same 4 words "
         "or marks occur verbatim in at least this share of the items' prompts.",
     )
+    format_sentences: float = documented(
+        0.01,
+        "A whole sentence of 4 words or more counts as repeated prompt text (an instruction, boilerplate) "
+        "when it occurs verbatim in at least this share of the items' prompts.",
+    )
     format_mass: float = documented(
         0.5,
         "A concept (or theme) is marked format when at least this share of its saliency peaks on "
@@ -100,6 +105,11 @@ class LabelOptions:
                 (
                     "format_items",
                     number(self.format_items) and 0 < self.format_items <= 1,
+                    "a number in (0, 1]",
+                ),
+                (
+                    "format_sentences",
+                    number(self.format_sentences) and 0 < self.format_sentences <= 1,
                     "a number in (0, 1]",
                 ),
                 ("format_mass", number(self.format_mass) and 0 < self.format_mass <= 1, "a number in (0, 1]"),

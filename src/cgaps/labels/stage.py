@@ -86,8 +86,9 @@ def _fingerprint(run: RunTables, opts: LabelOptions, presence: float) -> str:
         "enrich_p": opts.enrich_p,
         "phrase_share": opts.phrase_share,
         "format_items": opts.format_items,
+        "format_sentences": opts.format_sentences,
         "format_mass": opts.format_mass,
-        "version": 4,  # bumped when the evidence rules change
+        "version": 5,  # bumped when the evidence rules change
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -329,7 +330,7 @@ def compute_evidence(
     if backend is not None:
         text, digests = read_run_text(run, backend.tokenizer)
         vocabulary = text.vocabulary()
-        peaks = peak_words(run, m, shat, text, digests, opts.format_items)
+        peaks = peak_words(run, m, shat, text, digests, opts.format_items, opts.format_sentences)
         tokens = evidence.distinctive_tokens(
             peaks.rename(columns={"word": "token"}), text.base(), opts.prior, opts.tokens, opts.min_log_odds
         )
@@ -431,6 +432,7 @@ def peak_words(
     text: RunText,
     digests: dict[str, str],
     format_items: float,
+    format_sentences: float | None = None,
 ) -> pd.DataFrame:
     """The firing token of every present (item, concept), with its word.
 
@@ -471,7 +473,7 @@ def peak_words(
     peaks["concept"] = peaks["concept"].astype(np.int64)
     peaks = peaks.merge(present, on=["row", "concept"], how="inner")
     tokens = text.tokens.copy()
-    repeated = fmt.repeated_units(text.items, format_items)
+    repeated = fmt.repeated_units(text.items, format_items, format_sentences)
     tokens["repeated"] = fmt.token_is_repeated(tokens, text.items, repeated)
     tokens = tokens.drop_duplicates(["item_id", "start", "end"])
     peaks[["start", "end"]] = peaks[["start", "end"]].astype(np.int64)
