@@ -120,6 +120,10 @@ def test_run_text_counts_a_word_once_per_token():
     assert rt.tokens["word"].tolist() == ["Vedas", "Vedas", "Vedas", "bb"]
     assert rt.base().to_dict() == {"Vedas": 3, "bb": 1}
     assert rt.vocabulary() == {"aa", "Vedas", "bb"}
+    docs, words = rt.documents(["i0", "missing"])
+    assert sorted(words) == ["Vedas", "aa", "bb"] and docs.toarray().tolist()[1] == [0, 0, 0]
+    docs, words = rt.documents(["i0"], skip={"i0": np.array([True, False, False])})
+    assert words == ["Vedas", "bb"] or sorted(words) == ["Vedas", "bb"]
 
 
 # ---------------------------------------------------------------- phrases
@@ -515,10 +519,12 @@ def test_label_stage_writes_words_phrases_and_format(tmp_path):
     assert set(words) == {"Vedas", "Quran", "Torah", "Gospels"}
     assert not table.loc[1, "format"] and table.loc[1, "format_share"] == 0.0
     assert not table.loc[1, "label"].startswith("format")
-    # no metadata group: the words its items share say what they are about
-    about = [t[0] for t in json.loads(table.loc[1, "item_words"])]
-    assert {"faith", "sacred", "holds"} <= set(about) and "Answer" not in about
-    assert " · items: “" in table.loc[1, "label"]
+    # no metadata group: the words its items share say what they are about, but never the
+    # template's (here every word of the religion prompts but the slot is template)
+    about = {c: [t[0] for t in json.loads(table.loc[c, "item_words"])] for c in range(4)}
+    assert about[1] == [] and "items:" not in table.loc[1, "label"]
+    assert about[2] == [] and about[3] == []
+    # the sums items' own words (the numbers vary) are theirs: concept 0 peaks on every item, so none
     # the weekday concept: its phrase is the window a quarter of its items share (one day's items)
     assert re.fullmatch(r"Today is (Monday|Tuesday|Friday|Sunday)", table.loc[2, "phrase"])
     assert not table.loc[2, "format"] and table.loc[2, "label"].startswith("“")
@@ -551,7 +557,7 @@ def test_every_present_peak_gets_one_word(tmp_path):
     run = load_run(run_dir, results=True)
     m = thresholded_matrix(run)
     text, digests = read_run_text(run, tok)
-    peaks = peak_words(run, m, m.shat_matrix(), text, digests, 0.1)
+    peaks = peak_words(run, m, m.shat_matrix(), text, digests, fmt.repeated_units(text.items, 0.1))
     assert len(peaks) == sp.csr_matrix(m.saliency).nnz
     assert peaks["word"].notna().all() and (peaks["unit"] >= 0).all()
     vocab = text.vocabulary()

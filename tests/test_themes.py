@@ -167,6 +167,7 @@ def _tiny_run(tmp_path, backend):
 
 
 def test_label_stage_end_to_end(tmp_path, tiny_backend):
+    from cgaps.labels.format import repeated_units
     from cgaps.labels.stage import peak_words, read_run_text
 
     spec = _tiny_run(tmp_path, tiny_backend)
@@ -179,7 +180,7 @@ def test_label_stage_end_to_end(tmp_path, tiny_backend):
     m = thresholded_matrix(run)
     # distinctive words: recomputed from the peaks with the documented formula
     text, digests = read_run_text(run, tiny_backend.tokenizer)
-    peaks = peak_words(run, m, m.shat_matrix(), text, digests, 0.1)
+    peaks = peak_words(run, m, m.shat_matrix(), text, digests, repeated_units(text.items, 0.1))
     assert len(peaks) == m.saliency.nnz  # one firing token per present cell
     ref = evidence.distinctive_tokens(peaks.rename(columns={"word": "token"}), text.base(), 5.0, 8, 0.0)
     for c in range(24):

@@ -330,12 +330,13 @@ def compute_evidence(
     if backend is not None:
         text, digests = read_run_text(run, backend.tokenizer)
         vocabulary = text.vocabulary()
-        peaks = peak_words(run, m, shat, text, digests, opts.format_items, opts.format_sentences)
+        repeated = fmt.repeated_units(text.items, opts.format_items, opts.format_sentences)
+        peaks = peak_words(run, m, shat, text, digests, repeated)
         tokens = evidence.distinctive_tokens(
             peaks.rename(columns={"word": "token"}), text.base(), opts.prior, opts.tokens, opts.min_log_odds
         )
         phrases = concept_phrases(peaks, text, f, opts.phrase_share)
-        docs, words = text.documents(list(m.item_ids))
+        docs, words = text.documents(list(m.item_ids), skip=repeated)  # their own words, not the template's
         about = evidence.item_words(shat, docs, words, opts.tokens)
         if not peaks.empty:
             shares = fmt.format_shares(peaks, f)
@@ -431,14 +432,14 @@ def peak_words(
     shat: sp.csr_matrix,
     text: RunText,
     digests: dict[str, str],
-    format_items: float,
-    format_sentences: float | None = None,
+    repeated: dict[str, np.ndarray],
 ) -> pd.DataFrame:
     """The firing token of every present (item, concept), with its word.
 
     Columns ``item_id``, ``concept``, ``value`` (raw saliency), ``shat`` (ŝ'), ``start``,
     ``end`` (the token's characters), ``word``, ``unit`` (:meth:`cgaps.labels.text.ItemText.word_at`)
-    and ``repeated`` (the token lies in repeated prompt text, :mod:`cgaps.labels.format`).
+    and ``repeated`` (the token lies in repeated prompt text: ``repeated``, per item a bool per
+    unit, :func:`cgaps.labels.format.repeated_units`).
 
     The tokens come from the extraction's shards (each row's peak character span), read for
     the items whose input digest (``digests``, :func:`read_run_text`) still matches the
@@ -473,7 +474,6 @@ def peak_words(
     peaks["concept"] = peaks["concept"].astype(np.int64)
     peaks = peaks.merge(present, on=["row", "concept"], how="inner")
     tokens = text.tokens.copy()
-    repeated = fmt.repeated_units(text.items, format_items, format_sentences)
     tokens["repeated"] = fmt.token_is_repeated(tokens, text.items, repeated)
     tokens = tokens.drop_duplicates(["item_id", "start", "end"])
     peaks[["start", "end"]] = peaks[["start", "end"]].astype(np.int64)

@@ -30,7 +30,7 @@ marks format concepts (:mod:`cgaps.labels.format`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,9 +157,12 @@ class RunText:
         """The words of the run's analysed text."""
         return {u for it in self.items.values() for u, w in zip(it.units, it.word, strict=True) if w}
 
-    def documents(self, item_ids: Sequence[str]) -> tuple[sp.csr_matrix, list[str]]:
+    def documents(
+        self, item_ids: Sequence[str], skip: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[sp.csr_matrix, list[str]]:
         """items x words, 1 where the item's analysed text holds the word (rows in ``item_ids``'
-        order; an item without text has an empty row), and the words naming the columns."""
+        order; an item without text has an empty row), and the words naming the columns. Units
+        that ``skip`` marks (per item a bool per unit) are left out."""
         index: dict[str, int] = {}
         rows: list[int] = []
         cols: list[int] = []
@@ -167,7 +170,9 @@ class RunText:
             it = self.items.get(i)
             if it is None:
                 continue
-            for u in {u for u, w in zip(it.units, it.word, strict=True) if w}:
+            drop = skip.get(i) if skip is not None else None
+            kept = it.word if drop is None else it.word & ~drop
+            for u in {u for u, w in zip(it.units, kept, strict=True) if w}:
                 rows.append(r)
                 cols.append(index.setdefault(u, len(index)))
         docs = sp.csr_matrix(
