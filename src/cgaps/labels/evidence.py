@@ -316,7 +316,8 @@ def item_words(
         σ²_w = 1/(k_w+α) + 1/(n−k_w+β) + 1/(K_w+α) + 1/(N−K_w+β),  z_w = δ_w/σ_w;
 
     a word is typical when k_w ≥ :data:`ITEM_MIN`, z_w ≥ :data:`ITEM_Z_MIN` and at most
-    :data:`ITEM_MAX_SHARE` of the run's items hold it; ranked by δ_w (then the word). Returns ``{concept: [[word, k_w, z, δ], ...]}`` for concepts with any.
+    :data:`ITEM_MAX_SHARE` of the run's items hold it; ranked by δ_w (then the word).
+    Returns ``{concept: [[word, k_w, z, δ], ...]}`` for concepts with any.
     """
     pres = sp.csc_matrix(present, dtype=np.float64)
     pres.data[:] = 1.0
@@ -326,6 +327,8 @@ def item_words(
     big_k = np.asarray(d.sum(axis=0)).ravel()
     n_of = np.asarray(pres.sum(axis=0)).ravel()
     names = np.asarray(words, dtype=object)
+    rank = np.empty(len(names), dtype=np.int64)  # each word's place in sorted order (ties of δ)
+    rank[np.argsort(names, kind="stable")] = np.arange(len(names))
     out: dict[int, list[list[Any]]] = {}
     for start in range(0, pres.shape[1], chunk):
         counts = sp.coo_matrix(pres[:, start : start + chunk].T @ d)
@@ -340,14 +343,16 @@ def item_words(
         delta = np.log((y + a) / (n - y + b)) - np.log((big + a) / (n_items - big + b))
         z = delta / np.sqrt(1 / (y + a) + 1 / (n - y + b) + 1 / (big + a) + 1 / (n_items - big + b))
         ok = z >= ITEM_Z_MIN
-        table = pd.DataFrame(
-            {"concept": start + c[ok], "word": names[w[ok]], "k": y[ok], "z": z[ok], "delta": delta[ok]}
-        )
-        table = table.sort_values(["concept", "delta", "word"], ascending=[True, False, True], kind="stable")
-        for concept, grp in table.groupby("concept", sort=False):
-            out[int(concept)] = [
-                [str(wd), int(kk), round(float(zz), 3), round(float(dd), 3)]
-                for wd, kk, zz, dd in grp.head(k)[["word", "k", "z", "delta"]].itertuples(index=False)
+        c, w, y, z, delta = c[ok] + start, w[ok], y[ok], z[ok], delta[ok]
+        if not len(c):
+            continue
+        order = np.lexsort((rank[w], -delta, c))  # by concept, then δ, then the word
+        c, w, y, z, delta = c[order], w[order], y[order], z[order], delta[order]
+        firsts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        for lo, hi in zip(firsts, np.r_[firsts[1:], len(c)], strict=True):
+            out[int(c[lo])] = [
+                [str(names[w[j]]), int(y[j]), round(float(z[j]), 3), round(float(delta[j]), 3)]
+                for j in range(lo, min(hi, lo + k))
             ]
     return out
 

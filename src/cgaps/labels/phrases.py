@@ -97,6 +97,7 @@ def phrase(
 def _neighbour(it: ItemText, u: int, step: int) -> str | None:
     """The unit ``step`` places from unit u, if a window may take it (same span, no sentence end)."""
     v = u + step
-    if 0 <= v < len(it) and it.span[v] == it.span[u] and it.units[v] not in SENTENCE_ENDS:
-        return it.units[v]
+    units, span = it.units, it.span_ids
+    if 0 <= v < len(units) and span[v] == span[u] and units[v] not in SENTENCE_ENDS:
+        return units[v]
     return None

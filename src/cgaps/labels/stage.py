@@ -498,10 +498,13 @@ def concept_phrases(peaks: pd.DataFrame, text: RunText, n_concepts: int, share: 
     if peaks.empty:
         return out
     top = peaks.sort_values(["concept", "value", "item_id"], ascending=[True, False, True], kind="stable")
-    top = top.groupby("concept", sort=False).head(PHRASE_ITEMS)
-    for c, grp in top.groupby("concept", sort=False):
-        occ = [(text.items[i], int(u)) for i, u in zip(grp["item_id"], grp["unit"], strict=True)]
-        out[int(c)] = phrase(occ, share)
+    concept = top["concept"].to_numpy(np.int64)
+    items = [text.items[i] for i in top["item_id"].astype(str)]
+    units = top["unit"].to_numpy(np.int64)
+    firsts = np.flatnonzero(np.r_[True, concept[1:] != concept[:-1]])
+    for lo, hi in zip(firsts, np.r_[firsts[1:], len(concept)], strict=True):
+        hi = min(hi, lo + PHRASE_ITEMS)
+        out[int(concept[lo])] = phrase([(items[j], int(units[j])) for j in range(lo, hi)], share)
     return out
 
 

@@ -29,6 +29,7 @@ marks format concepts (:mod:`cgaps.labels.format`).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,11 @@ class ItemText:
 
     def __len__(self) -> int:
         return len(self.units)
+
+    @functools.cached_property
+    def span_ids(self) -> list[int]:
+        """``span`` as a list (read unit by unit when phrases grow)."""
+        return self.span.tolist()
 
     def overlapping(self, a: int, b: int) -> tuple[int, int]:
         """Units [lo, hi) that overlap the characters a:b (a zero-width span is taken as one character)."""
