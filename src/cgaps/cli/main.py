@@ -106,6 +106,7 @@ COMMANDS = [
     ("train-sae", "train_sae", "train_sae"),
     ("compare", "compare", "compare"),
     ("status", "status", "status"),
+    ("schema", "schema", "schema"),
 ]
 
 # Commands that write a folder but whose library function does not take its writer lock

@@ -51,7 +51,7 @@ EVIDENCE_COLUMNS = (
     *evidence.ENRICH_COLUMNS,
 )
 OTHER_SOURCE_COLUMNS = ("imported_label", "imported_source", "llm_label", "llm_score")
-LABELS_TABLE_COLUMNS = (*rundir.LABEL_COLUMNS, *EVIDENCE_COLUMNS, *OTHER_SOURCE_COLUMNS)
+LABELS_TABLE_COLUMNS = rundir.columns(rundir.LABELS)  # the required three, EVIDENCE_, OTHER_SOURCE_COLUMNS
 # the item columns the evidence depends on besides the extraction's (enrichment's groups)
 LABEL_ITEM_COLUMNS = ("item_id", "benchmark", "category", "meta")
 LLM_MIN_SCORE = 0.5  # an LLM label replaces the evidence label only when detection beats chance

@@ -23,6 +23,7 @@ RESPONSES_SETTINGS = Path(RESPONSES_PARTIAL).with_suffix(".json").name  # the se
 OPTION_LOGLIKS = "option_logliks.parquet"  # every option's log-likelihood (docs/benchmarks.md)
 THEMES = "themes.parquet"  # concept themes (written by `cgaps label`, cgaps.labels.themes)
 LABELS_LLM_CACHE = "labels_llm_cache.jsonl"  # auto-interp answers, resumable (cgaps.labels.autointerp)
+COMPARE = "compare.parquet"  # written by `cgaps compare` into its own --out folder, not a run directory
 
 # Everything the stages write into a run directory, working files included: `cgaps run --force`
 # deletes exactly these to start over (a file missing here would survive into the new run).
