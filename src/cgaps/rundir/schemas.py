@@ -113,7 +113,8 @@ class TableSchema:
     written_by: str
     """The commands that write the file."""
     schema: pa.Schema
-    """Every column the file may have, in the order the writers write them."""
+    """Every column the file may have; the writers that select :meth:`columns` write them in this
+    order (items.parquet keeps the order its loaders give)."""
     closed: bool = False
     """No other columns allowed (items and saliency); other tables may carry more, which are kept."""
 
