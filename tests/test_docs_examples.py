@@ -219,13 +219,14 @@ def test_the_spec_file_example_loads(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_model_documented_commands_run(tmp_path, monkeypatch, capsys):
-    """items, evaluate and extract as the docs show them, on two probes with the embedded model."""
+    """The stages as the docs show them, on two probes with the embedded model; then every stage is done."""
     run = str(tmp_path / "run")
     for args in (
         ["items", "probes", "--out", run, "--limit", "2", "--seed", "1"],
         ["evaluate", run, "--max-new-tokens", "16"],
         ["extract", run],
         ["score", run, "--presence", "0.3"],
+        ["label", run],
         ["report", run],
         ["status", run],
     ):

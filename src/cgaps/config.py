@@ -40,19 +40,6 @@ CONTEXT_OVERFLOW = ("truncate", "refuse")
 # generation backends (cgaps.models.backends); auto: vLLM on a CUDA GPU, llama.cpp for a GGUF on the CPU
 BACKENDS = ("auto", "transformers", "llamacpp", "vllm")
 MC_FIRST_PASS = 1000  # Monte Carlo resamples every small-count concept gets (cgaps.scoring.core)
-# The fields the scoring stage reads (``cgaps score`` takes each as an option; written back to run.json)
-SCORING_KNOBS = (
-    "presence",
-    "min_support",
-    "under_pct",
-    "over_pct",
-    "fdr",
-    "ci_level",
-    "mc_below",
-    "mc_resamples",
-)
-
-
 # Torch devices a run may name (checked before any model loads).
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
@@ -333,7 +320,13 @@ class RunConfig:
         return from_dict(current)
 
 
-SECTIONS = ("label", "robustness", "validate", "report")
+# The sections of the config (a stage's own options, a dataclass each) and their types.
+_SECTION_TYPES: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in fields(RunConfig)
+    if f.metadata.get("section")
+}
+SECTIONS = tuple(_SECTION_TYPES)
 # Fields a stage resolves when the config leaves them None (the layer: the SAE's own): a stage's
 # record holds the resolved value, which a None in the run's config matches.
 RESOLVED_FIELDS = ("layer",)
@@ -358,14 +351,6 @@ def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
         return RunConfig(**values)
     except CGapsError as e:  # name the file the bad value came from
         raise CGapsError(f"{source}: {e}") from e
-
-
-_SECTION_TYPES: dict[str, type] = {
-    "label": LabelOptions,
-    "robustness": RobustnessOptions,
-    "validate": ValidateOptions,
-    "report": ReportOptions,
-}
 
 
 def section_from_dict(cls: type, data: Any, source: str) -> Any:
@@ -444,3 +429,8 @@ def load_yaml(path: str | Path) -> RunConfig:
 def config_from_run(meta: dict[str, Any], run_dir: str | Path) -> RunConfig:
     """The config stored in run.json (defaults for keys an older writer left out)."""
     return from_dict(meta.get("config", {}), source=str(Path(run_dir) / "run.json"))
+
+
+# The scoring stage's fields besides the seed, in the order the tables' metadata lists them
+# (cgaps.scoring.stage writes them with the seed into both tables): tagged in RunConfig.
+SCORING_KNOBS = tuple(f for f in stage_fields("score") if f != "seed")
