@@ -121,6 +121,11 @@ def inspect_log(
     scorer: str | None = typer.Option(
         None, "--scorer", help="Scorer whose value is the score (default: the first)."
     ),
+    skip_errors: bool = typer.Option(
+        False,
+        "--skip-errors",
+        help="Import the samples that did not error and record how many did (default: refuse, naming them).",
+    ),
     force: bool = ForceOption,
     reader: str = ReaderOption,
     sae: str = SaeOption,
@@ -133,5 +138,10 @@ def inspect_log(
     """
     from cgaps.importers.inspect_log import read_inspect
 
-    imported = read_inspect(log, scorer)
+    imported = read_inspect(log, scorer, skip_errors=skip_errors)
+    if imported.source.get("skipped_errors"):
+        from cgaps.console import info
+
+        skipped = imported.source["skipped_errors"]
+        info(f"[yellow]skipped {len(skipped)} errored sample(s): {', '.join(skipped[:5])}")
     _write(imported, str(log), out, reader, sae, force)
