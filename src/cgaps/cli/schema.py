@@ -21,12 +21,21 @@ def schema(
         None,
         help="A run file: a table (items, items.parquet, saliency, concepts...), run.json, or another file.",
         show_default=False,
+        metavar="FILE",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead."),
 ) -> None:
     """Print the run directory's files, or the columns of one table (name, type, presence, meaning).
 
-    Examples: `cgaps schema`, `cgaps schema items`, `cgaps schema run.json`, `cgaps schema concepts --json`.
+    Examples:
+
+        cgaps schema
+
+        cgaps schema items
+
+        cgaps schema run.json
+
+        cgaps schema concepts --json
     """
     import json
 
