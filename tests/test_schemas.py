@@ -370,3 +370,19 @@ def test_method_section6_names_every_column():
         assert sorted(set(table.schema.names) - named) == [], f"{file}: in the schema, not named in the docs"
     for file in ("run.json", "robustness.json", "validation.json", "report.html"):
         assert file in rows
+
+
+def test_writers_agree_with_the_stage_graph():
+    """Who writes what, as the schemas say it, is what cgaps.stages declares."""
+    from cgaps import stages
+
+    for stage in stages.STAGES:
+        for file in stage.writes:
+            if file in schemas.TABLES:
+                assert stage.name in schemas.TABLES[file].written_by, (stage.name, file)
+        for col in stage.writes_columns:
+            field = schemas.ITEMS_TABLE.schema.field(col)
+            assert schemas.doc(field)["presence"] == "scored"
+            assert {stage.name, *stage.also_written_by} <= set(schemas.doc(field)["written_by"].split(", "))
+    scored = {c for s in stages.STAGES for c in s.writes_columns}
+    assert scored == set(rundir.ITEM_SCORED)

@@ -39,8 +39,10 @@ the command that writes it; ``json``: ``true`` where each value is JSON text.
 **Adding a column** is one edit: a :func:`column` line in its table's schema below, at the
 position the writer puts it (a writer that selects :func:`columns` gets it in that order).
 Everything listed above follows; then name it in docs/method.md §6 (the test says where it is
-missing). **Adding a table**: its file name in :mod:`cgaps.rundir.names`, a :class:`TableSchema`
-in :data:`TABLES`, and a line in docs/method.md §6.
+missing). **Adding a table**: its file name with the stage that writes it (:mod:`cgaps.stages`,
+which declares every run file), a :class:`TableSchema` in :data:`TABLES`, and a row in
+docs/method.md §6; another run file (JSON, a working file) gets its line in :data:`OTHER_FILES`.
+``tests/test_schemas.py`` says which of these is missing.
 """
 
 from __future__ import annotations
