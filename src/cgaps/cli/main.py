@@ -103,6 +103,7 @@ COMMANDS = [
     ("validate", "validate", "validate"),
     ("report", "report", "report"),
     ("serve", "serve", "serve"),
+    ("export", "export", "export"),
     ("train-sae", "train_sae", "train_sae"),
     ("compare", "compare", "compare"),
     ("status", "status", "status"),
