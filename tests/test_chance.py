@@ -197,3 +197,46 @@ def test_score_and_export_count_the_strengths_at_chance(coin_run, tmp_path):
     assert csv["chance"].tolist() == [pytest.approx(0.5)]
     result = CliRunner().invoke(app, ["export", str(coin_run), "--gap", "maybe"])
     assert isinstance(result.exception, CGapsError) and "option 'gap' (--gap)" in str(result.exception)
+
+
+def test_the_explorer_marks_the_same_strengths_and_shows_phrases(coin_run, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from cgaps.serve.app import create_app
+    from cgaps.serve.store import Store
+
+    run = tmp_path / "run"
+    shutil.copytree(coin_run, run)
+    labels = pd.DataFrame(
+        {
+            "concept": np.arange(40, dtype="int32"),
+            "label": [f"“tok{c}”" for c in range(40)],
+            "source": "evidence",
+            "phrase": [f"phrase {c}" if c != 5 else None for c in range(40)],
+            "format": [c == 2 for c in range(40)],
+        }
+    )
+    rundir.write_table(labels, run / rundir.LABELS)
+    client = TestClient(create_app(Store([run])))
+    summary = client.get("/api/runs").json()["runs"][0]
+    assert summary["calls"] == {"gaps": 1, "strengths": 2, "strengths_at_chance": 1}
+    assert summary["suite"]["verdict"] == "above chance"
+    rows = client.get("/api/concepts", params={"gap": "strong"}).json()["rows"]
+    assert {r["concept"]: r["at_chance"] for r in rows} == {0: True, 1: False}
+    at = client.get("/api/concepts", params={"gap": "strong_at_chance"}).json()["rows"]
+    assert [r["concept"] for r in at] == [0] and at[0]["chance"] == pytest.approx(0.5)
+    above = client.get("/api/concepts", params={"gap": "strong_above_chance"}).json()["rows"]
+    assert [r["concept"] for r in above] == [1]
+    # the phrase names the concept (the label where there is none); format is carried along
+    gap = client.get("/api/concepts", params={"gap": "weak"}).json()["rows"][0]
+    assert gap["label"] == "phrase 2" and gap["format"] is True
+    assert client.get("/api/concepts", params={"q": "c5"}).json()["rows"][0]["label"] == "“tok5”"
+    assert client.get("/api/concepts", params={"q": "phrase 7"}).json()["total"] == 1
+    groups = {g["group"]: g for g in client.get("/api/benchmarks").json()["groups"]}
+    assert groups["probes:coin"]["verdict"] == "at chance" and groups["probes:coin"]["chance"] == 0.5
+    detail = client.get("/api/concept/0").json()
+    all_scope = next(s for s in detail["scopes"] if s["scope"] == "ALL")
+    assert all_scope["at_chance"] is True and all_scope["chance"] == pytest.approx(0.5)
+    assert detail["evidence_names"]["format"].startswith("fires on prompt text repeated")

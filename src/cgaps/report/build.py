@@ -956,9 +956,11 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
         "findings": findings,
         "themes": theme_rows[: opts.top],
         "n_themes": len(theme_rows),
-        # Sentences on what the data could have found (the smallest gap each scope could call)
-        # and theme-level calls come from the scoring stage (issue 21): none is invented here.
-        "power_notes": [],
+        # The first screen's place for the scoring stage's own sentences (theme-level calls; what
+        # the data could have found: the smallest gap each scope could call), each a list of
+        # segments like the findings'. Filled when the scoring stage writes them (issue 21);
+        # nothing is invented here.
+        "scoring_notes": [],
         "has_robustness_section": bool(t.robustness) or (run_dir / "validation.json").exists(),
         "themes_note": themes_note,
         "has_evidence": bool(describe.evidence),

@@ -73,7 +73,14 @@ EXAMPLES = 4  # example items per side (high / low score)
 NEAREST = 10
 NEAREST_ITEMS = 1000  # the concept's highest-saliency items the neighbours are measured on
 # labels.parquet columns searched besides the label (written by the labels stage, when present)
-SEARCHED_LABEL_COLUMNS = ("tokens", "evidence_label", "imported_label", "llm_label", "output_tokens")
+SEARCHED_LABEL_COLUMNS = (
+    "tokens",
+    "evidence_label",
+    "imported_label",
+    "llm_label",
+    "output_tokens",
+    "phrase",
+)
 NUMERIC = ("support", "chi_bench", "chi_bench_raw", "chi_model", "expected", "n_eff", "ci_low", "ci_high")
 
 
@@ -442,10 +449,20 @@ class Store:
                 "ORDER BY concept, rank",
                 [str(f["contexts"])],
             )
-        lab = [c for c in ("label", "source") if c in cols.get("labels", [])]
+        lab = [c for c in ("label", "source", "phrase", "format") if c in cols.get("labels", [])]
         label_sql = ", ".join(
             f"CAST(l.{c} AS VARCHAR) AS {c}" if c in lab else f"NULL::VARCHAR AS {c}"
             for c in ("label", "source")
+        )
+        if "phrase" in lab:  # the labels stage's phrase, when it wrote one, is the name shown
+            label_sql = label_sql.replace(
+                "CAST(l.label AS VARCHAR) AS label",
+                "coalesce(nullif(CAST(l.phrase AS VARCHAR), ''), CAST(l.label AS VARCHAR)) AS label",
+            )
+        label_sql += (
+            ", coalesce(CAST(l.format AS BOOLEAN), false) AS format"
+            if "format" in lab
+            else ", false AS format"
         )
         sql = f"CREATE TABLE {t}_lab AS SELECT k.concept, {label_sql}, "
         sql += "x.tokens" if "contexts" in f else "NULL::VARCHAR AS tokens"
@@ -613,7 +630,7 @@ class Store:
             {
                 int(r["concept"]): r
                 for r in self._rows(
-                    f"SELECT concept, label, source, tokens FROM {t}_lab WHERE concept = ANY(?)",
+                    f"SELECT concept, label, source, tokens, format FROM {t}_lab WHERE concept = ANY(?)",
                     [[int(r["concept"]) for r in rows]],
                 )
             }
@@ -633,6 +650,7 @@ class Store:
                     "label": r["label"],
                     "source": r["source"],
                     "tokens": (r["tokens"] or "")[:200] or None,
+                    "format": bool(r.get("format")),
                     "support": int(r["support"]),
                     **{
                         k: _num(r[k])

@@ -68,7 +68,9 @@
   const pill = (text, cls) => (text ? h("span", { class: `pill ${cls || text}` }, text) : "");
   // a call in the page's words: the tables keep weak / strong, the page says gap / strength
   const callWords = (gap, atChance) => (gap === "weak" ? "gap" : gap === "strong" ? (atChance ? "strength · at chance" : "strength") : "");
-  const callPill = (gap, atChance) => pill(callWords(gap, atChance), gap === "strong" && atChance ? "chance" : gap);
+  // a strength at chance: "strength" greyed, with "at chance" under it (the column stays narrow)
+  const callPill = (gap, atChance) =>
+    gap === "strong" && atChance ? h("span", { class: "call-chance", title: "a strength at chance level: not significantly above what guessing scores on its items" }, pill("strength", "chance"), " ", pill("at chance", "chance")) : pill(callWords(gap, atChance), gap);
   const chanceWords = (c) => (c === null || c === undefined ? "chance unknown" : c === 0 ? "guessing ~0" : `guessing ${pct(c)}`);
   const GAP_FILTERS = [["", "any call"], ["weak", "gaps"], ["strong", "strengths"], ["strong_above_chance", "strengths above chance"], ["strong_at_chance", "strengths at chance"], ["none", "no call"]];
 
@@ -78,7 +80,8 @@
 
   function describe(r) {
     // a concept's name: its label, else its contexts' tokens, else its number
-    if (r.label) return h("span", { class: "lbl" }, r.label);
+    const fmtPill = r.format ? h("span", { class: "pill format", title: "fires on prompt text repeated verbatim across items, such as instructions" }, "format") : null;
+    if (r.label) return h("span", { class: "lbl" }, r.label, fmtPill ? " " : null, fmtPill);
     if (r.tokens) return h("span", { class: "tokens" }, `tokens: ${r.tokens}`);
     return h("span", { class: "muted" }, `concept ${r.concept}`);
   }
