@@ -160,7 +160,7 @@ def test_a_coin_flip_strength_is_at_chance_and_a_real_one_is_not(coin_run):
 
 
 def test_the_report_says_which_strengths_are_at_chance(coin_run, tmp_path):
-    from cgaps.report import build_report
+    from cgaps.report.build import build_report
 
     text = build_report(coin_run, tmp_path / "r.html").read_text()
     findings = text[text.index('id="findings"') : text.index('id="config"')]

@@ -54,8 +54,8 @@ def _params(command: str) -> dict:
         ("extract", RunConfig, True),
         ("score", RunConfig, True),
         ("run", RunConfig, True),
-        ("report", ReportOptions, False),
-        ("robustness", RobustnessOptions, False),
+        ("report", ReportOptions, True),
+        ("robustness", RobustnessOptions, True),
     ],
 )
 def test_options_are_the_dataclass_fields(command, cls, overrides):
@@ -70,8 +70,12 @@ def test_options_are_the_dataclass_fields(command, cls, overrides):
         assert p.default == (None if overrides else f.default), name
     if cls is not RunConfig:  # report and robustness expose every knob of their options
         assert set(fields) <= set(params)
-    if command == "run":  # every field can override the YAML file
-        assert set(fields) <= set(params)
+    if command == "run":  # every field can override the YAML file, a section's as --SECTION-FIELD
+        sections = [f for f in fields.values() if f.metadata.get("section")]
+        assert {f.name for f in fields.values() if f not in sections} <= set(params)
+        for f in sections:
+            sub = {g.name for g in dataclasses.fields(f.default_factory())}
+            assert {f"{f.name}_{g}" for g in sub} <= set(params), f.name
 
 
 def test_boolean_fields_get_their_flag_names():

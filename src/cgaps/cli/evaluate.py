@@ -6,24 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from cgaps.cli._common import RunDirArg, options_from, run_config
-from cgaps.config import RunConfig
+from cgaps.config import RunConfig, command_fields
 from cgaps.scaleout.options import RayOptions
 
 
-@options_from(
-    RunConfig,
-    "model",
-    "max_new_tokens",
-    "batch_size",
-    "generate_batch_size",
-    "mc_scoring",
-    "chat_template",
-    "context_overflow",
-    "backend",
-    "device",
-    "dtype",
-    over="run.json",
-)
+@options_from(RunConfig, *command_fields("evaluate"), over="run.json")
 @options_from(RayOptions, into="ray_opts")
 def evaluate(run_dir: Path = RunDirArg, *, options: dict[str, Any], ray_opts: dict[str, Any]) -> None:
     """Answer every item (greedy generation or option log-likelihoods, docs/benchmarks.md) and grade the answers."""

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from cgaps.cli._common import RunDirArg, options_from
-from cgaps.config import check_options, documented
+from cgaps.config_fields import check_options, documented
 
 GAPS = ("", "weak", "strong", "strong_above_chance", "strong_at_chance", "none")
 

@@ -17,7 +17,7 @@ def score(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
 
     from cgaps import rundir
     from cgaps.chance import concept_chance, group_table, scored_matrix
-    from cgaps.config import SCORING_KNOBS, config_from_run
+    from cgaps.config import config_from_run
     from cgaps.console import info, result
     from cgaps.runtables import load_run
     from cgaps.scoring import score_run

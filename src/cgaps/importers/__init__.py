@@ -142,9 +142,7 @@ def write_imported_run(
                 f"{out}: already holds a run ({present[0]}); choose another --out or pass --force to replace it"
             )
         if present:
-            from cgaps.pipeline import clear_run
-
-            clear_run(out)
+            rundir.clear_run(out)
         rundir.write_table(items, out / rundir.ITEMS)
         acc = items.groupby("benchmark", sort=False)["score"].agg(["count", "mean"])
         rundir.update_run_json(
