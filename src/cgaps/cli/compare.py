@@ -31,7 +31,9 @@ def compare(
     Compare view show: Δ = B − A; "B better" / "A better" by the paired test, and against the
     benchmarks' mean Δ.
 
-    Example: cgaps compare runs/model-a runs/model-b --out runs/a-vs-b
+    Examples:
+
+        cgaps compare runs/model-a runs/model-b --out runs/a-vs-b
     """
     import pandas as pd
 

@@ -52,7 +52,13 @@ def export(
 ) -> None:
     """Write the concept table (every concept x scope, with chance levels and labels) as CSV.
 
-    Example: cgaps export runs/demo --gap weak --scope ALL -o gaps.csv
+    Examples:
+
+        cgaps export runs/demo -o concepts.csv
+
+        cgaps export runs/demo --gap weak --scope ALL -o gaps.csv
+
+        cgaps export runs/demo --gap strong_at_chance
     """
     from cgaps import rundir
     from cgaps.console import info, result
