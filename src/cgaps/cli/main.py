@@ -149,6 +149,7 @@ COMMANDS = [
     ("grade", "grade", "grade"),
     ("status", "status", "status"),
     ("serve", "serve", "serve"),
+    ("export", "export", "export"),
     ("compare", "compare", "compare"),
     ("train-sae", "train_sae", "train_sae"),
     ("schema", "schema", "schema"),
