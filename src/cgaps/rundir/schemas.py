@@ -387,6 +387,21 @@ LABELS_TABLE = TableSchema(
                 written_by=_LABEL,
                 presence="optional",
             ),
+            column(
+                "phrase",
+                TEXT,
+                "the concept in a few words; the report and the explorer name it by this when present",
+                written_by=_LABEL,
+                presence="optional",
+            ),
+            column(
+                "format",
+                pa.bool_(),
+                "true when it fires on prompt text repeated verbatim across items (instructions, "
+                "templates): a format finding, listed apart from the competencies",
+                written_by=_LABEL,
+                presence="optional",
+            ),
         ]
     ),
 )
