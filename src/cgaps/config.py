@@ -40,18 +40,10 @@ CONTEXT_OVERFLOW = ("truncate", "refuse")
 # generation backends (cgaps.models.backends); auto: vLLM on a CUDA GPU, llama.cpp for a GGUF on the CPU
 BACKENDS = ("auto", "transformers", "llamacpp", "vllm")
 MC_FIRST_PASS = 1000  # Monte Carlo resamples every small-count concept gets (cgaps.scoring.core)
-# The fields the scoring stage reads (``cgaps score`` takes each as an option; written back to run.json)
-SCORING_KNOBS = (
-    "presence",
-    "min_support",
-    "under_pct",
-    "over_pct",
-    "fdr",
-    "ci_level",
-    "mc_below",
-    "mc_resamples",
-)
-
+# A model, SAE, suite or folder argument: at most this many characters, no control characters (they
+# are printed in messages, run.json and the report).
+MAX_ARGUMENT = 1000
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 # Torch devices a run may name (checked before any model loads).
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
@@ -272,6 +264,18 @@ class RunConfig:
             raise CGapsError(
                 f"config field 'generate_batch_size' must be >= 1 or null, got {self.generate_batch_size}"
             )
+        if self.seed < 0:
+            raise CGapsError(
+                f"config field 'seed' must be >= 0 (numpy seeds are non-negative), got {self.seed}"
+            )
+        for name in ("model", "reader", "sae", "suite", "data_dir"):
+            value = getattr(self, name)
+            if value is not None and (len(value) > MAX_ARGUMENT or CONTROL_CHARS.search(value)):
+                shown = CONTROL_CHARS.sub("?", value[:60])
+                raise CGapsError(
+                    f"config field '{name}' must be at most {MAX_ARGUMENT} printable characters, got "
+                    f"{len(value):,} characters starting {shown!r}"
+                )
         if self.limit is not None and self.limit < 1:
             raise CGapsError(f"config field 'limit' must be >= 1 or null, got {self.limit}")
         if self.top_k is not None and self.top_k < 1:
@@ -333,7 +337,13 @@ class RunConfig:
         return from_dict(current)
 
 
-SECTIONS = ("label", "robustness", "validate", "report")
+# The sections of the config (a stage's own options, a dataclass each) and their types.
+_SECTION_TYPES: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in fields(RunConfig)
+    if f.metadata.get("section")
+}
+SECTIONS = tuple(_SECTION_TYPES)
 # Fields a stage resolves when the config leaves them None (the layer: the SAE's own): a stage's
 # record holds the resolved value, which a None in the run's config matches.
 RESOLVED_FIELDS = ("layer",)
@@ -358,14 +368,6 @@ def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
         return RunConfig(**values)
     except CGapsError as e:  # name the file the bad value came from
         raise CGapsError(f"{source}: {e}") from e
-
-
-_SECTION_TYPES: dict[str, type] = {
-    "label": LabelOptions,
-    "robustness": RobustnessOptions,
-    "validate": ValidateOptions,
-    "report": ReportOptions,
-}
 
 
 def section_from_dict(cls: type, data: Any, source: str) -> Any:
@@ -426,7 +428,7 @@ def load_yaml(path: str | Path) -> RunConfig:
     if not path.exists():
         raise CGapsError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_keys_loader()) or {}
     except UnicodeDecodeError as e:
         raise CGapsError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
     except yaml.YAMLError as e:
@@ -441,6 +443,37 @@ def load_yaml(path: str | Path) -> RunConfig:
         raise CGapsError(f"{path}: {e}") from e
 
 
+def _unique_keys_loader() -> Any:
+    """PyYAML's safe loader, refusing a key given twice in one mapping: YAML lets the last one
+    win, which silently drops the first (a config that says `presence` twice means one of them)."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return loader.construct_mapping(node, deep=deep)
+
+    UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return UniqueKeys
+
+
 def config_from_run(meta: dict[str, Any], run_dir: str | Path) -> RunConfig:
     """The config stored in run.json (defaults for keys an older writer left out)."""
     return from_dict(meta.get("config", {}), source=str(Path(run_dir) / "run.json"))
+
+
+# The scoring stage's fields besides the seed, in the order the tables' metadata lists them
+# (cgaps.scoring.stage writes them with the seed into both tables): tagged in RunConfig.
+SCORING_KNOBS = tuple(f for f in stage_fields("score") if f != "seed")

@@ -13,7 +13,16 @@ from cgaps.scaleout.options import RayOptions
 @options_from(RunConfig, *command_fields("evaluate"), over="run.json")
 @options_from(RayOptions, into="ray_opts")
 def evaluate(run_dir: Path = RunDirArg, *, options: dict[str, Any], ray_opts: dict[str, Any]) -> None:
-    """Answer every item (greedy generation or option log-likelihoods, docs/benchmarks.md) and grade the answers."""
+    """Answer every item (greedy generation or option log-likelihoods, docs/benchmarks.md) and grade the answers.
+
+    Examples:
+
+        cgaps evaluate runs/p
+
+        cgaps evaluate runs/p --model openai://127.0.0.1:8080/v1/my-model --mc-scoring generate
+
+        cgaps evaluate runs/p --ray --ray-workers 4
+    """
     from cgaps.console import result
     from cgaps.evaluate.stage import evaluate_run
     from cgaps.scaleout import ray_options

@@ -29,6 +29,14 @@ def items(
 
     Into a run that already holds responses, saliency or scores made from other items, this
     is refused unless --force; the same items again are kept as they are.
+
+    Examples:
+
+        cgaps items probes --out runs/p
+
+        cgaps items paper10 --data-dir ../shared/benchmarks --limit 100 --out runs/p10
+
+        cgaps items my_benchmark.yaml --out runs/mine
     """
     from cgaps.items.stage import items_run
 

@@ -16,7 +16,16 @@ from cgaps.labels.options import LabelOptions
 
 @options_from(LabelOptions, over="run.json")
 def label(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
-    """Say what each concept is: distinctive tokens, output tokens, where its mass falls among the items' metadata, imported or LLM labels, and themes of similar concepts with their own gap test."""
+    """Say what each concept is: distinctive tokens, output tokens, where its mass falls among the items' metadata, imported or LLM labels, and themes of similar concepts with their own gap test.
+
+    Examples:
+
+        cgaps label runs/p
+
+        cgaps label runs/p --labels-file explanations.jsonl.gz
+
+        cgaps label runs/p --labeler http://127.0.0.1:8080/v1 --labeler-model qwen --llm-concepts 20
+    """
     from rich.table import Table
 
     from cgaps import rundir

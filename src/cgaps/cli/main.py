@@ -149,8 +149,10 @@ COMMANDS = [
     ("grade", "grade", "grade"),
     ("status", "status", "status"),
     ("serve", "serve", "serve"),
+    ("export", "export", "export"),
     ("compare", "compare", "compare"),
     ("train-sae", "train_sae", "train_sae"),
+    ("schema", "schema", "schema"),
 ]
 
 # Every command that writes a folder holds its writer lock (cgaps.rundir.writing) for the whole
@@ -202,6 +204,24 @@ for _name, _module, _func in COMMANDS:
 app.add_typer(importlib.import_module("cgaps.cli.import_").app, name="import")
 
 
+def os_error_line(e: OSError) -> str:
+    """One line for an operating-system error at a stage boundary: the file, what went wrong and
+    what to do. Every run file is written atomically, so whatever was complete is kept."""
+    import errno
+
+    where = f"{e.filename}: " if e.filename else ""
+    what = e.strerror or str(e)
+    fixes = {
+        errno.ENOSPC: "free some space and run the command again: completed work is kept",
+        errno.EDQUOT: "free some space and run the command again: completed work is kept",
+        errno.EACCES: "check the permissions of that path, or write the run elsewhere (--out)",
+        errno.EPERM: "check the permissions of that path, or write the run elsewhere (--out)",
+        errno.EROFS: "the file system is read-only: write the run elsewhere (--out)",
+    }
+    fix = fixes.get(e.errno or 0, "check that path and run the command again: completed work is kept")
+    return f"{where}{what}; {fix}"
+
+
 def main() -> None:
     """The ``cgaps`` console script."""
     import os
@@ -219,3 +239,6 @@ def main() -> None:
     except CGapsError as e:
         error(str(e))
         sys.exit(2)
+    except OSError as e:  # disk full, permissions, a read-only folder: one line naming the file
+        error(os_error_line(e))
+        sys.exit(1)

@@ -24,7 +24,14 @@ def report(
     *,
     options: dict[str, Any],
 ) -> None:
-    """Write one offline HTML file with the χ_bench / χ_model figures, gap tables and example items."""
+    """Write one offline HTML file with the χ_bench / χ_model figures, gap tables and example items.
+
+    Examples:
+
+        cgaps report runs/p
+
+        cgaps report runs/p --top 100 --out /tmp/p.html
+    """
     from cgaps.console import info
     from cgaps.report.build import build_report
 

@@ -23,7 +23,14 @@ def robustness(
     *,
     options: dict[str, Any],
 ) -> None:
-    """Check how stable the chi values are: seeded subsamples, adversarial item deletion and, with --against, a second SAE."""
+    """Check how stable the chi values are: seeded subsamples, adversarial item deletion and, with --against, a second SAE.
+
+    Examples:
+
+        cgaps robustness runs/p
+
+        cgaps robustness runs/p --repeats 20 --against runs/p-other-sae
+    """
     from rich.table import Table
 
     from cgaps import rundir

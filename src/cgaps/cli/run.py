@@ -48,6 +48,7 @@ def run(
         help="YAML config: the fields of cgaps.config.RunConfig, and a mapping per stage section "
         "(label, robustness, validate, report). Optional: the options alone can describe a run.",
         dir_okay=False,
+        metavar="CONFIG",
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Run directory to write (resumed if it exists).", file_okay=False

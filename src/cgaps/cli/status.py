@@ -16,7 +16,12 @@ from cgaps.cli._common import RunDirArg
 
 
 def status(run_dir: Path = RunDirArg) -> None:
-    """Show which stages of RUN_DIR are done, stale or missing, why, and the command that redoes each."""
+    """Show which stages of RUN_DIR are done, stale or missing, why, and the command that redoes each.
+
+    Examples:
+
+        cgaps status runs/p
+    """
     from cgaps.console import result
     from cgaps.runstate import run_status
 

@@ -11,7 +11,14 @@ from cgaps.validate.options import ValidateOptions
 
 @options_from(ValidateOptions, over="run.json")
 def validate(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
-    """Check that the run's gap calls can be trusted: null draws, planted gaps, probe families."""
+    """Check that the run's gap calls can be trusted: null draws, planted gaps, probe families.
+
+    Examples:
+
+        cgaps validate runs/p
+
+        cgaps validate runs/p --null-draws 50
+    """
     from rich.table import Table
 
     from cgaps import rundir

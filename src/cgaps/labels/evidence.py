@@ -69,6 +69,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
+from cgaps import rundir
 from cgaps.labels.format import format_label
 from cgaps.labels.text import is_word, token_key
 
@@ -213,7 +214,7 @@ def group_indicator(labels: pd.Series) -> tuple[sp.csr_matrix, pd.Index]:
     return ind, names
 
 
-ENRICH_COLUMNS = ("enrich_facet", "enrich_group", "enrich_mass", "enrich_items", "enrich_p")
+ENRICH_COLUMNS = rundir.ENRICH_COLUMNS  # documented in cgaps.rundir.schemas
 
 
 def enrichment(shat: sp.csr_matrix, groups: dict[str, pd.Series]) -> pd.DataFrame:

@@ -52,13 +52,14 @@ EVIDENCE_COLUMNS = (
     "tokens",  # JSON [[word, count, z, delta], ...], most distinctive first
     "output_tokens",  # JSON [[word, logit], ...]: logit-lens tokens that are words of the run's text
     "phrase",  # the word window the strongest activations share ('' when none)
-    "item_words",  # JSON [[word, items, z, delta], ...]: words typical of the items where it is present
     "format",  # bool: the concept fires on prompt text many items repeat verbatim
+    "item_words",  # JSON [[word, items, z, delta], ...]: words typical of the items where it is present
     "format_share",  # the share of its ŝ' mass peaking on that text (NaN: no peak tokens)
     *evidence.ENRICH_COLUMNS,
 )
 OTHER_SOURCE_COLUMNS = ("imported_label", "imported_source", "llm_label", "llm_score")
-LABELS_TABLE_COLUMNS = (*rundir.LABEL_COLUMNS, *EVIDENCE_COLUMNS, *OTHER_SOURCE_COLUMNS)
+# the required three, EVIDENCE_ and OTHER_SOURCE_COLUMNS, in the schema's order
+LABELS_TABLE_COLUMNS = rundir.columns(rundir.LABELS)
 LLM_MIN_SCORE = 0.5  # an LLM label replaces the evidence label only when detection beats chance
 
 
@@ -161,13 +162,10 @@ def _label_run(
             table.loc[c, "llm_score"] = score
     table["label"], table["source"] = choose_labels(table)
 
+    share = pd.to_numeric(table["format_share"], errors="coerce").to_numpy(np.float64)
     theme_table = themes.build_themes(
-        m, run.concepts, cfg, groups, tokens, w_dec, opts.theme_cut, opts.enrich_p
+        m, run.concepts, cfg, groups, tokens, w_dec, opts.theme_cut, opts.enrich_p, share, opts.format_mass
     )
-    if "format" not in theme_table.columns:  # until the theme builder marks them itself
-        mass = np.asarray(shat.sum(axis=0)).ravel()
-        share = pd.to_numeric(table["format_share"], errors="coerce").to_numpy(np.float64)
-        theme_table = fmt.mark_themes(theme_table, share, mass, opts.format_mass)
     t2 = time.perf_counter()
     knobs = rundir.read_table_knobs(run_dir / rundir.CONCEPTS) or {}
     rundir.write_table(theme_table, run_dir / THEMES, knobs={**knobs, "theme_cut": opts.theme_cut})
