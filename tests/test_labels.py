@@ -11,19 +11,30 @@ from helpers import free_port
 
 
 def _contexts() -> pd.DataFrame:
-    tokens = {0: [" cat", "cat", "dog", " ", "cat"], 2: ["7"]}
+    # (left, token, right): a firing token is shown as the whole word it is part of
+    tokens = {
+        0: [
+            ("the", " cat", "s"),
+            ("", "cat", ""),
+            ("hot", "dog", " stand"),
+            ("a", " ", "b"),
+            ("", "cat", ""),
+        ],
+        2: [("", "7", "")],
+        3: [("the ", "Ved", "as say"), ("holy ", "Ved", "as,"), ("", "V", "edas")],
+    }
     rows = [
         {
             "concept": c,
             "rank": r,
             "item_id": f"i{r}",
             "value": 1.0 - r / 10,
-            "left": "",
+            "left": left,
             "token": t,
-            "right": "",
+            "right": right,
         }
         for c, toks in tokens.items()
-        for r, t in enumerate(toks)
+        for r, (left, t, right) in enumerate(toks)
     ]
     return pd.DataFrame(rows, columns=list(rundir.CONTEXT_COLUMNS))
 
@@ -31,13 +42,13 @@ def _contexts() -> pd.DataFrame:
 def test_top_context_labels_is_a_label_source(tmp_path):
     source = TopContextLabels(_contexts())
     assert isinstance(source, LabelSource) and source.name == "top_contexts"
-    labels = source.labels(4)
+    labels = source.labels(5)
     assert list(labels.columns) == list(rundir.LABEL_COLUMNS)
-    assert labels["concept"].tolist() == [0, 1, 2, 3]
-    # most frequent first; a whitespace token is shown by its repr
-    assert labels["label"].tolist() == ["“cat” · “dog” · “' '”", "", "“7”", ""]
-    assert labels["source"].tolist() == ["top_contexts", "", "top_contexts", ""]
-    pd.testing.assert_frame_equal(provisional_labels(_contexts(), 4), labels)
+    assert labels["concept"].tolist() == [0, 1, 2, 3, 4]
+    # most frequent first; "cat" + "s" is the word "cats"; a whitespace token is shown as ␣
+    assert labels["label"].tolist() == ["“cat” · “cats” · “hotdog”", "", "“7”", "“Vedas”", ""]
+    assert labels["source"].tolist() == ["top_contexts", "", "top_contexts", "top_contexts", ""]
+    pd.testing.assert_frame_equal(provisional_labels(_contexts(), 5), labels)
     rundir.write_table(labels, tmp_path / rundir.LABELS)
     assert labels_are_provisional(tmp_path)
     rundir.write_table(labels.assign(source="llm"), tmp_path / rundir.LABELS)

@@ -5,8 +5,9 @@ firing token (``contexts.parquet``): a window of :data:`WINDOW_TOKENS` tokens on
 cut on the reader's own token boundaries (so a window never splits a token, and it is as
 long in tokens whatever the script or tokenizer), or :data:`SNIPPET_CHARS` characters where
 the tokens' character spans are not known; the provisional label of a concept is the most frequent
-firing tokens of those contexts (``labels.parquet``, source ``top_contexts``), kept until a
-better label source writes the table.
+firing words of those contexts (the whole word of the text each firing token is part of,
+:func:`cgaps.labels.text.word_in_context`: "Ved" + "as" is "Vedas" whatever the tokenizer;
+``labels.parquet``, source ``top_contexts``), kept until a better label source writes the table.
 
 :class:`TopContextLabels` is that label source (a :class:`cgaps.seams.LabelSource`);
 :func:`provisional_labels` is its table in one call, as ``cgaps extract`` writes it.
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cgaps import rundir
+from cgaps.labels.text import word_in_context
 
 TOP_CONTEXTS = 8
 WINDOW_TOKENS = 12  # tokens kept on each side of the firing token
@@ -75,7 +77,7 @@ def top_contexts(
 
 
 class TopContextLabels:
-    """:class:`cgaps.seams.LabelSource`: a concept's label is the most frequent firing tokens of
+    """:class:`cgaps.seams.LabelSource`: a concept's label is the most frequent firing words of
     its top contexts (a table of :data:`cgaps.rundir.CONTEXT_COLUMNS`, from :func:`top_contexts`)."""
 
     name = TOP_CONTEXTS_SOURCE
@@ -86,7 +88,11 @@ class TopContextLabels:
     def labels(self, n_concepts: int) -> pd.DataFrame:
         labels = ["" for _ in range(n_concepts)]
         for concept, grp in self.contexts.groupby("concept"):
-            common = Counter(t.strip() or repr(t) for t in grp["token"]).most_common(3)
+            words = (
+                word_in_context(str(a), str(t), str(b))
+                for a, t, b in zip(grp["left"], grp["token"], grp["right"], strict=True)
+            )
+            common = Counter(words).most_common(3)
             labels[int(concept)] = " · ".join(f"“{t}”" for t, _ in common)
         return pd.DataFrame(
             {

@@ -30,6 +30,8 @@ digit "2"). A theme is a cluster of concepts, scored as one concept:
   date-arithmetic latents, each 95 % on that family, whose max covers 200 of 384 items); its
   tokens are its members' distinctive tokens, by how many members share them (then δ); its
   ``enrich_mass`` is its mass-weighted purity.
+- **Format.** A theme is format when its members' format shares, weighted by their ŝ' mass,
+  reach ``format_mass`` (:func:`cgaps.labels.format.theme_is_format`); its label says so.
 
 Rows of ``themes.parquet``: one per theme and scope (each benchmark, then ``ALL``), themes
 numbered gap themes first (by q in ``ALL``), then strength themes, then the rest by support.
@@ -48,6 +50,7 @@ import scipy.sparse as sp
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.labels import evidence
+from cgaps.labels.format import mark_themes
 from cgaps.scoring.core import SuiteMatrix, chi_tables, concept_table
 
 THEMES = rundir.THEMES  # the table's file name in a run directory
@@ -118,11 +121,15 @@ def build_themes(
     w_dec: np.ndarray | None,
     cut: float,
     enrich_p: float,
+    format_share: np.ndarray | None = None,
+    format_mass: float = 0.5,
 ) -> pd.DataFrame:
     """The themes table (module docstring) of a suite matrix ``m`` thresholded at the run's
     presence, its ``concepts`` table, the items' metadata ``groups``
     (:func:`cgaps.labels.evidence.item_groups`), the distinctive ``tokens``
-    (:func:`cgaps.labels.evidence.distinctive_tokens`) and the decoder rows ``w_dec`` [F, d]."""
+    (:func:`cgaps.labels.evidence.distinctive_tokens`) and the decoder rows ``w_dec`` [F, d].
+    ``format_share`` (per concept, :func:`cgaps.labels.format.format_shares`) marks format
+    themes (:func:`cgaps.labels.format.theme_is_format` at ``format_mass``); none without it."""
     shat = m.shat_matrix()
     all_scope = concepts[concepts["scope"] == rundir.ALL_SCOPE].set_index("concept")
     chosen = theme_concepts(all_scope.reset_index())
@@ -189,6 +196,10 @@ def build_themes(
     table["tokens"] = table["theme"].map(lambda t: json.dumps(theme_tokens[t], ensure_ascii=False))
     table["spread"] = table["theme"].map(lambda t: spread.get(int(t), "[]"))
     table["theme"] = new_id[table["theme"].to_numpy()]
+    if format_share is not None:
+        table = mark_themes(table, format_share, np.asarray(shat.sum(axis=0)).ravel(), format_mass)
+    else:
+        table["format"] = False
     scope_order = {s: i for i, s in enumerate([*m.benchmarks, rundir.ALL_SCOPE])}
     table = table.sort_values(
         ["scope", "theme"], key=lambda s: s.map(scope_order) if s.name == "scope" else s, kind="stable"

@@ -345,7 +345,8 @@ LABELS_TABLE = TableSchema(
             column(
                 "tokens",
                 TEXT,
-                "distinctive peak tokens, JSON [[token, count, z, δ], ...], most distinctive first",
+                "distinctive peak words (whole words of the run's text), JSON [[word, count, z, δ], ...], "
+                "most distinctive first",
                 written_by=_LABEL,
                 presence="optional",
                 json=True,
@@ -353,10 +354,42 @@ LABELS_TABLE = TableSchema(
             column(
                 "output_tokens",
                 TEXT,
-                "logit lens of the decoder direction, JSON [[token, logit], ...]",
+                "logit lens of the decoder direction over the words of the run's text, JSON [[word, logit], ...]",
                 written_by=_LABEL,
                 presence="optional",
                 json=True,
+            ),
+            column(
+                "phrase",
+                TEXT,
+                "the word window the concept's strongest activations share ('' when none); the report and "
+                "the explorer name it by this when present",
+                written_by=_LABEL,
+                presence="optional",
+            ),
+            column(
+                "format",
+                pa.bool_(),
+                "true when it fires on prompt text repeated verbatim across items (instructions, "
+                "templates): a format finding, listed apart from the competencies",
+                written_by=_LABEL,
+                presence="optional",
+            ),
+            column(
+                "item_words",
+                TEXT,
+                "words typical of the items where the concept is present, from their own text (not the "
+                "template's), JSON [[word, items, z, δ], ...]",
+                written_by=_LABEL,
+                presence="optional",
+                json=True,
+            ),
+            column(
+                "format_share",
+                F64,
+                "share of the concept's saliency mass peaking on repeated prompt text; NaN without peak tokens",
+                written_by=_LABEL,
+                presence="optional",
             ),
             *_enrich(_LABEL, "concept"),
             column(
@@ -384,21 +417,6 @@ LABELS_TABLE = TableSchema(
                 "llm_score",
                 F64,
                 "detection balanced accuracy of the LLM label (0.5 = chance); NaN without one",
-                written_by=_LABEL,
-                presence="optional",
-            ),
-            column(
-                "phrase",
-                TEXT,
-                "the concept in a few words; the report and the explorer name it by this when present",
-                written_by=_LABEL,
-                presence="optional",
-            ),
-            column(
-                "format",
-                pa.bool_(),
-                "true when it fires on prompt text repeated verbatim across items (instructions, "
-                "templates): a format finding, listed apart from the competencies",
                 written_by=_LABEL,
                 presence="optional",
             ),
@@ -444,6 +462,13 @@ THEMES_TABLE = TableSchema(
                 json=True,
             ),
             *_enrich(_LABEL, "theme"),
+            column(
+                "format",
+                pa.bool_(),
+                "true when its members' saliency mass peaks mostly on repeated prompt text (a format theme)",
+                written_by=_LABEL,
+                presence="optional",
+            ),
             *_scores(_LABEL, "theme"),
         ]
     ),
