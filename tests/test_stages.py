@@ -27,7 +27,8 @@ def test_every_run_file_has_one_writer_and_run_files_are_their_union():
 
 def test_the_edges_are_what_the_stages_read():
     assert stages.upstream("score") == ("items", "evaluate", "extract")
-    assert stages.upstream("label") == ("items", "extract", "score")  # it reads concepts.parquet
+    # it reads concepts.parquet, and the item text (its words) which holds evaluation's responses
+    assert stages.upstream("label") == ("items", "evaluate", "extract", "score")
     # an extraction of the prompts alone does not read the responses
     assert "evaluate" not in stages.upstream("extract", ("item_id", "prompt", "messages"))
     assert stages.downstream("score") == ("label", "report")

@@ -103,15 +103,15 @@ def test_pipeline_reruns_only_stages_whose_inputs_changed(tmp_path, fake_stages)
     run_pipeline(cfg, tmp_path)  # everything current: nothing runs
     assert fake_stages == []
     # other responses (`cgaps grade --responses`): extraction is stale; it writes the same saliency,
-    # so scoring and labels stay current; the report shows responses, so it runs again
+    # so scoring stays current; labels (their words) and the report read the responses: run again
     rundir.write_table(ITEMS.assign(response=["two", "four", "six"]), tmp_path / rundir.ITEMS)
     run_pipeline(cfg, tmp_path)
-    assert fake_stages == ["extract", "report"]
+    assert fake_stages == ["extract", "label", "report"]
     fake_stages.clear()
-    # scored items whose prompts changed since evaluation: evaluation, extraction and the report
+    # scored items whose prompts changed since evaluation: every stage that reads the prompts
     rundir.write_table(ITEMS.assign(prompt=["9+9?", "2+2?", "3+3?"]), tmp_path / rundir.ITEMS)
     run_pipeline(cfg, tmp_path)
-    assert fake_stages == ["evaluate", "extract", "report"]
+    assert fake_stages == ["evaluate", "extract", "label", "report"]
     fake_stages.clear()
     # one score changed: scoring, then what reads the concepts (labels, the report); nothing else
     items = rundir.read_items(tmp_path)

@@ -109,8 +109,10 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "label",
-        "what each concept is (tokens, phrases, logit lens, metadata), themes of similar concepts",
-        item_columns=("item_id", "benchmark", "category", "meta"),
+        "what each concept is (words, phrases, logit lens, metadata), themes of similar concepts",
+        # the item text: whole words and phrases are read from it; every peak comes from the
+        # extraction's shards, which its record (and so the label's evidence fingerprint) covers
+        item_columns=("item_id", "benchmark", "category", "meta", "prompt", "messages", "response"),
         reads=(SALIENCY, CONCEPTS),
         may_read=(CONTEXTS, LABELS),  # the top contexts; labels another tool or an earlier run imported
         writes=(LABELS, THEMES),
