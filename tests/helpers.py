@@ -339,3 +339,60 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------- a reader whose concepts are tokens
+
+
+class TokenReader:
+    """A :class:`cgaps.seams.ResidualReader` whose residual at a token is the one-hot of its token id
+    modulo ``width``, and (:meth:`sae`) the identity SAE over it: concept c is present on an item
+    exactly when the item holds a token id ≡ c. Coverage that the test can foresee from the words,
+    for the commands that read new items (fill, confirm), without a model's arbitrary features."""
+
+    name = "token-reader"
+    n_layers = 1
+    device = "cpu"
+
+    def __init__(self, width: int = 64):
+        import torch
+
+        self.hidden_size = width
+        self.tokenizer = embedded_tokenizer()
+        self._dtype = torch.float32
+
+    @property
+    def dtype(self) -> Any:
+        return self._dtype
+
+    def check_layer(self, layer: int) -> None:
+        assert layer == 0
+
+    def residuals_at(self, input_ids: Any, attention_mask: Any, layers: Any) -> dict[int, Any]:
+        import torch
+
+        return {0: torch.nn.functional.one_hot(input_ids % self.hidden_size, self.hidden_size).float()}
+
+    def logits_with_edit(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def sae(self) -> Any:
+        """The identity SAE of the one-hot residuals (every code is 0 or 1)."""
+        import torch
+
+        width = self.hidden_size
+
+        class Identity:
+            sae_id, layer, hook_name = "identity", 0, "blocks.0.hook_resid_post"
+            fingerprint = f"identity-{width}"
+
+            def __init__(self) -> None:
+                self.width = width
+
+            def encode(self, residuals: Any) -> Any:
+                return torch.relu(residuals.float())
+
+            def decode(self, codes: Any) -> Any:
+                return codes.float()
+
+        return Identity()
