@@ -105,6 +105,8 @@ COMMANDS = [
     ("serve", "serve", "serve"),
     ("train-sae", "train_sae", "train_sae"),
     ("compare", "compare", "compare"),
+    ("fill", "fill", "fill"),
+    ("confirm", "confirm", "confirm"),
     ("status", "status", "status"),
 ]
 
