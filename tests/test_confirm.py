@@ -4,6 +4,7 @@ calibration on null data and its power on planted gaps, and the command end to e
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -222,3 +223,48 @@ def test_confirm_refuses_a_pool_of_the_run_itself(scored_run):
         confirm_run(run, ConfirmOptions(themes=False), PoolOptions(pool=str(run)))
     with pytest.raises(CGapsError, match=r"--scope 'ALLL' is not a scope"):
         confirm_run(run, ConfirmOptions(scope="ALLL"), PoolOptions(pool=str(run)))
+
+
+# ---------------------------------------------------------------- report section and explorer routes
+
+
+def test_report_and_explorer_show_fill_and_confirm(scored_run, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from cgaps.confirm.stage import confirm_run
+    from cgaps.fill.options import FillOptions
+    from cgaps.fill.stage import fill_run
+    from cgaps.pools import Reader
+    from cgaps.report.build import build_report
+    from cgaps.serve.app import create_app
+    from cgaps.serve.store import Store
+
+    run, pool, responses, x, _, reader, spec = scored_run
+    monkeypatch.setattr(Reader, "get", lambda self: (reader, spec))
+    # benchmark text that must reach the page as text: a label with markup in it
+    labels = rundir.read_table(run / rundir.LABELS, "labels")
+    labels.loc[labels["concept"] == x, "label"] = "<script>alert(1)</script> & co"
+    rundir.write_table(labels, run / rundir.LABELS)
+    out = confirm_run(
+        run,
+        ConfirmOptions(per_concept=30, responses=str(responses), themes=False),
+        PoolOptions(pool=str(pool)),
+    )
+    fill_run(
+        run, FillOptions(benchmark="bench", budget=4), PoolOptions(pool=str(pool)), backend=reader, sae=spec
+    )
+    report = build_report(run)
+    html = Path(report).read_text()
+    called = out[out["role"] == "called"]
+    assert f"Confirmed on {len(rundir.read_items(run / 'confirm'))} fresh items" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in html and "<script>alert(1)" not in html
+    assert f"<td>{int(called['replicated'].sum())}</td>" in html.replace('<td class="num">', "<td>")
+    assert "Filling what the benchmarks miss" in html and "(predicted)" in html
+    client = TestClient(create_app(Store([run])))
+    body = client.get("/api/confirm", params={"concept": x}).json()["confirm"]
+    assert [r["id"] for r in body["rows"]] == [x] and body["rows"][0]["replicated"] is True
+    assert body["rates"]["concepts"]["replicated"] == int(called["replicated"].sum())
+    fills = client.get("/api/fill").json()["fills"]
+    assert [f["benchmark"] for f in fills] == ["bench"] and fills[0]["selected"] == 4
+    assert client.get("/static/fillconfirm.js").status_code == 200
+    assert client.get("/api/confirm", params={"concept": -1}).status_code == 400

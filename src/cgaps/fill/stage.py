@@ -41,6 +41,7 @@ from cgaps.fill.options import BUDGET_SHARE, FillOptions
 from cgaps.pools import (
     Covered,
     Reader,
+    distinct_ids,
     exclude_known,
     fixed_scale,
     load_pool,
@@ -175,6 +176,12 @@ def _fill(
                 f"--pool {pool_opts.pool}: every item of the pool is an item of {opts.benchmark}"
             )
         pool = prompt_coverage(pool_items, out / "pool", reader, want=want, source=pool_src, what="pool")
+        # the benchmark's items and the chosen ones share the verify run directory: one id each
+        renamed = distinct_ids(pool.items, bench_items)
+        new_id = dict(zip(pool.items["item_id"], renamed["item_id"], strict=True))
+        pool = Covered(
+            renamed, pool.saliency.assign(item_id=pool.saliency["item_id"].map(new_id)), pool.where
+        )
         pool_source = pool_opts.pool
 
     scale, scale_source = fixed_scale(
@@ -197,7 +204,7 @@ def _fill(
         gen, generated = generate_pool(
             run_dir, by_reach, pool_opts, out / "generated", reader, cfg, scale, labels, seed=opts.seed
         )
-        gen_items, _ = exclude_known(gen.items, bench_items)
+        gen_items = distinct_ids(exclude_known(gen.items, bench_items)[0], bench_items)
         pool = Covered(
             pd.concat([pool.items, gen_items], ignore_index=True),
             pd.concat([pool.saliency, gen.saliency], ignore_index=True),

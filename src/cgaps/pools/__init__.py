@@ -25,9 +25,12 @@ everything they compare (:func:`fixed_scale`): the SAE's shipped reference max w
 one (docs/method.md §2), else the target's own suite max, and only for concepts that never fire
 there (m_c = 0) the pool's max, so a pool never moves the scale of a concept the target has seen.
 
-**Never the run's own items.** A pool item whose id, or whose prompt and messages, equal an item
-of the target is left out (:func:`exclude_known`): AGIEval's ``math`` items are MATH items, and
-a confirmation on items the calls were made from would confirm nothing.
+**Never the run's own items.** A pool item whose prompt and messages equal an item of the
+target's is left out (:func:`exclude_known`): AGIEval's ``math`` items are MATH items, a
+regenerated probe suite repeats some probes, and a confirmation on items the calls were made
+from would confirm nothing. Ids do not decide it (two generator seeds number their items
+alike); a pool item whose id a target item already uses is renamed ``pool:ID`` where both
+must live in one run directory (:func:`distinct_ids`).
 """
 
 from __future__ import annotations
@@ -98,9 +101,25 @@ def item_keys(items: pd.DataFrame) -> pd.Series:
 
 
 def exclude_known(pool: pd.DataFrame, known: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """``pool`` without the items of ``known`` (same id, or same prompt and messages); and how many went."""
-    same = pool["item_id"].isin(set(known["item_id"])) | item_keys(pool).isin(set(item_keys(known)))
-    return pool[~same.to_numpy()].reset_index(drop=True), int(same.sum())
+    """``pool`` without the items of ``known`` (same prompt and messages); and how many went."""
+    same = item_keys(pool).isin(set(item_keys(known))).to_numpy()
+    return pool[~same].reset_index(drop=True), int(same.sum())
+
+
+def distinct_ids(pool: pd.DataFrame, known: pd.DataFrame) -> pd.DataFrame:
+    """``pool`` with every id that ``known`` also uses renamed ``pool:ID`` (then ``pool2:ID``...)."""
+    taken = set(known["item_id"]) | set(pool["item_id"])
+    ids = []
+    for i in pool["item_id"].astype(str):
+        if i in set(known["item_id"]):
+            n, new = 1, f"pool:{i}"
+            while new in taken:
+                n += 1
+                new = f"pool{n}:{i}"
+            taken.add(new)
+            i = new
+        ids.append(i)
+    return pool.assign(item_id=ids)
 
 
 def read_signature(run_dir: Path) -> dict[str, Any] | None:

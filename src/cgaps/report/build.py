@@ -37,7 +37,7 @@ from cgaps import rundir
 # defined with the other user-facing configs, so that the CLI reads its fields without pandas
 from cgaps.config import ReportOptions
 from cgaps.errors import CGapsError, settings_diff
-from cgaps.report import figures
+from cgaps.report import figures, fill_confirm
 from cgaps.report.checks import checks_section
 from cgaps.runtables import RunTables, load_run
 from cgaps.stats import mean_interval
@@ -798,6 +798,7 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
         "table_titles": TABLES,
         # robustness.json and validation.json as tables (cgaps.report.checks); empty without both
         "robustness": checks_section(run_dir, t.robustness),
+        "fill_confirm": fill_confirm.section(run_dir),  # cgaps fill / cgaps confirm, when run
         "options": asdict(opts),
     }
 

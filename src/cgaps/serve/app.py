@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "charts.js": "text/javascript; charset=utf-8",
+    "fillconfirm.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 PAGES = ("/", "/concepts", "/benchmarks", "/themes", "/compare")
@@ -224,4 +225,7 @@ def create_app(store: Store) -> FastAPI:
         )
         return _json(body)
 
+    from cgaps.serve import fill_confirm  # /api/fill and /api/confirm
+
+    fill_confirm.register(app, store, _json)
     return app
