@@ -25,6 +25,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -396,3 +398,44 @@ class TokenReader:
                 return codes.float()
 
         return Identity()
+
+
+# ---------------------------------------------------------------- a real llama.cpp server
+
+
+@contextmanager
+def llama_cpp_server(log_path: Path, alias: str = "smollm2", n_ctx: int = 2048) -> Iterator[int]:
+    """llama-cpp-python's OpenAI-compatible server with the embedded SmolLM2 GGUF on 127.0.0.1;
+    yields its port. The caller skips first where ``llama_cpp.server`` is not installed. Its log
+    goes to a file, not a pipe: llama.cpp's start-up output would fill an unread pipe and stall it."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from cgaps.models import embedded_gguf
+
+    port = free_port()
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--host", "127.0.0.1",
+         "--port", str(port), "--model_alias", alias, "--n_ctx", str(n_ctx), "--seed", "0"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("llama.cpp server did not start: " + log_path.read_text()[-2000:])
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

@@ -148,7 +148,7 @@ def scored_run(tmp_path):
     """A tiny run whose model fails exactly where concept X is present, and a pool of other items."""
     from cgaps.evaluate.stage import grade_run
     from cgaps.extract.stage import extract_run
-    from cgaps.fill.core import presence_matrix
+    from cgaps.pools import presence_matrix
     from cgaps.scoring import score_run
 
     reader = TokenReader(256)

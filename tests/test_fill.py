@@ -15,6 +15,7 @@ from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.fill import core
 from cgaps.fill.options import FillOptions
+from cgaps.pools import presence_matrix
 from cgaps.pools.options import PoolOptions
 from cgaps.scoring.core import compute_scores
 from helpers import TokenReader, make_suite
@@ -110,10 +111,8 @@ def test_targets_and_prediction_match_a_rescoring_of_the_augmented_benchmark():
     cov = core.coverage(b, bsal, 200, cfg, scale)
     pool = items[items["benchmark"] != "bias"].reset_index(drop=True)
     psal = sal[sal["item_id"].isin(set(pool["item_id"]))]
-    pshat = core.presence_matrix(pool, psal, 200, cfg.presence, scale)
-    present = (
-        np.asarray((core.presence_matrix(items, sal, 200, cfg.presence, scale) > 0).sum(axis=0)).ravel() > 0
-    )
+    pshat = presence_matrix(pool, psal, 200, cfg.presence, scale)
+    present = np.asarray((presence_matrix(items, sal, 200, cfg.presence, scale) > 0).sum(axis=0)).ravel() > 0
     tg = core.targets(cov, present, 10, cfg.under_pct)
     # NOT_IN_BIAS concepts (150-169) fire everywhere but in "bias": all missing targets
     assert set(range(150, 170)) <= set(tg.missing)

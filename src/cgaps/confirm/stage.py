@@ -31,7 +31,15 @@ from cgaps.confirm import core
 from cgaps.confirm.options import ConfirmOptions
 from cgaps.console import info
 from cgaps.errors import CGapsError, did_you_mean
-from cgaps.pools import Covered, Reader, exclude_known, load_pool, prompt_coverage, wanted_signature
+from cgaps.pools import (
+    Covered,
+    Reader,
+    exclude_known,
+    load_pool,
+    presence_matrix,
+    prompt_coverage,
+    wanted_signature,
+)
 from cgaps.pools.options import PoolOptions
 from cgaps.runtables import RunTables, load_run
 from cgaps.scoring.core import SuiteMatrix, build_matrix, concept_max
@@ -157,7 +165,6 @@ def _confirm(run_dir: Path, run: RunTables, opts: ConfirmOptions, pool_opts: Poo
         pool = Covered(pool.items[has].reset_index(drop=True), pool.saliency, pool.where)
     if not len(pool.items):
         raise CGapsError("no fresh items: the pool holds only items of the run (or none with a response)")
-    from cgaps.fill.core import presence_matrix
     from cgaps.labels.themes import theme_matrix
 
     shat = presence_matrix(pool.items, pool.saliency[pool.saliency["item_id"].isin(set(pool.items["item_id"]))],

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import heapq
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,14 +57,6 @@ class Coverage:
     chi_bench: np.ndarray
     status: np.ndarray  # missing / under / normal / over
     shat: sp.csr_matrix  # items x concepts, thresholded, on the fixed scale, clipped to 1
-
-
-def presence_matrix(
-    items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int, presence: float, scale: np.ndarray
-) -> sp.csr_matrix:
-    """ŝ' (items x concepts, rows in ``items`` order): thresholded at ``presence`` on ``scale``."""
-    scored = items[["item_id", "benchmark"]].assign(score=0.0)
-    return build_matrix(scored, saliency, n_concepts, presence=presence, scale=scale).shat_matrix()
 
 
 def coverage(
@@ -171,6 +164,7 @@ def greedy(
     w_missing: float = 1.0,
     w_under: float = 0.5,
     eligible: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Selection:
     """Lazy greedy maximisation of f (module docstring).
 
@@ -198,6 +192,8 @@ def greedy(
         out.gains.append(gain)
         out.covers.append(new)
         out.fills.append(filled)
+        if progress is not None:
+            progress(1)
     return out
 
 

@@ -45,6 +45,7 @@ from cgaps.pools import (
     exclude_known,
     fixed_scale,
     load_pool,
+    presence_matrix,
     prompt_coverage,
     wanted_signature,
 )
@@ -190,7 +191,7 @@ def _fill(
     bench_sal = base.saliency[base.saliency["item_id"].isin(set(bench_items["item_id"]))]
     cov = core.coverage(bench_items, bench_sal, width, cfg, scale)
     reference = ref if ref is not None else base
-    ref_shat = core.presence_matrix(reference.items, reference.saliency, width, cfg.presence, scale)
+    ref_shat = presence_matrix(reference.items, reference.saliency, width, cfg.presence, scale)
     ref_support = np.asarray((ref_shat > 0).sum(axis=0)).ravel()
     ref_present = ref_support > 0
     tg = core.targets(cov, ref_present, budget, cfg.under_pct)
@@ -213,7 +214,7 @@ def _fill(
     if not len(pool.items):
         raise CGapsError("no pool items to choose from: the generator kept no draft; give --pool as well")
 
-    pool_shat = core.presence_matrix(pool.items, pool.saliency, width, cfg.presence, scale)
+    pool_shat = presence_matrix(pool.items, pool.saliency, width, cfg.presence, scale)
     info(
         f"{opts.benchmark}: {len(tg.missing)} missing and {len(tg.under)} under-represented concepts to cover "
         f"from {len(pool.items)} pool items ({excluded} left out as items of the benchmark)"
@@ -226,8 +227,8 @@ def _fill(
             budget,
             w_missing=opts.missing_weight,
             w_under=opts.under_weight,
+            progress=advance,
         )
-        advance(budget)
     if len(sel.rows) < budget:
         info(f"[yellow]only {len(sel.rows)} pool items add coverage; the selection stops there")
     arms: dict[str, list[int]] = {

@@ -49,6 +49,8 @@ from cgaps.console import info
 from cgaps.errors import CGapsError
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp
+
     from cgaps.seams import ResidualReader, SAEEncoder
 
 MANIFEST = Path(rundir.SALIENCY_SHARDS) / "manifest.json"  # the extraction's settings signature
@@ -248,3 +250,13 @@ def fixed_scale(
         m = concept_max(sal["concept"].to_numpy(), sal["value"].to_numpy(), n_concepts)
         out = np.where(out > 0, out, m)
     return out, "suite max of the target's prompts (the pool's max for concepts it never fires)"
+
+
+def presence_matrix(
+    items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int, presence: float, scale: np.ndarray
+) -> sp.csr_matrix:
+    """ŝ' (items x concepts, rows in ``items`` order): thresholded at ``presence`` on ``scale``."""
+    from cgaps.scoring.core import build_matrix
+
+    scored = items[["item_id", "benchmark"]].assign(score=0.0)  # presence does not depend on scores
+    return build_matrix(scored, saliency, n_concepts, presence=presence, scale=scale).shat_matrix()

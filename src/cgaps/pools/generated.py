@@ -40,7 +40,7 @@ import pandas as pd
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.console import info, progress_bar
-from cgaps.pools import Covered, Reader, prompt_coverage, wanted_signature
+from cgaps.pools import Covered, Reader, presence_matrix, prompt_coverage, wanted_signature
 from cgaps.pools.options import PoolOptions
 
 DRAFTS = "drafts.jsonl"
@@ -167,7 +167,6 @@ def generate_pool(
 ) -> tuple[Covered, dict[str, Any]]:
     """The kept drafts for the first ``generate_concepts`` of ``concepts`` (module docstring), with
     their prompt-span saliency, and the yield figures (also written to ``generated.json``)."""
-    from cgaps.fill.core import presence_matrix
     from cgaps.items import prompts
     from cgaps.models.openai import OpenAIGenerator
 
