@@ -1,8 +1,10 @@
 """Do a run's gap calls replicate on items it has not seen? (issue 22), as one JSON of figures.
 
-    python scripts/confirm_split.py RUN_DIR --out DIR [--seed 0] [--null-draws 20]
+    python scripts/confirm_split.py RUN_DIR [--also RUN_DIR2 ...] --out DIR [--seed 0] [--null-draws 20]
 
-The run's items are split in two halves at random (seeded, within each ``category`` so both
+``--also`` adds the items of other runs of the same model, reader and SAE (e.g. the probe suite
+generated with another seed), leaving out repeated prompts and renaming repeated ids, so each
+half is as large as one run. The items are split in two halves at random (seeded, within each ``category`` so both
 halves hold every probe family alike). Half A becomes a run of its own (its items with their
 responses and scores, its saliency rows, the run's extraction record), scored and labelled
 with the stages' own commands; half B becomes the pool, its responses a responses file. Then
@@ -33,7 +35,11 @@ def split(items: pd.DataFrame, seed: int) -> np.ndarray:
     """A boolean mask of half A: half of every category (rounded down), drawn with ``seed``."""
     rng = np.random.default_rng(seed)
     in_a = np.zeros(len(items), dtype=bool)
-    groups = items["category"].fillna("").astype(str) if "category" in items.columns else pd.Series([""] * len(items))
+    groups = (
+        items["category"].fillna("").astype(str)
+        if "category" in items.columns
+        else pd.Series([""] * len(items))
+    )
     for _, idx in sorted(groups.groupby(groups).groups.items()):
         idx = np.asarray(idx)
         in_a[rng.permutation(idx)[: len(idx) // 2]] = True
@@ -47,6 +53,7 @@ def cgaps(*args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--also", type=Path, action="append", default=[])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--null-draws", type=int, default=20)
@@ -54,26 +61,46 @@ def main() -> None:
     src: Path = args.run_dir
     a_dir, b_dir = args.out / "A", args.out / "B"
     items = rundir.read_items(src, scored=True)
-    in_a = split(items, args.seed)
     meta = rundir.read_run_json(src)
     width = rundir.n_concepts(meta, src)
     sal = rundir.read_saliency(src, pd.Index(items["item_id"]), width)
+    for other in args.also:
+        from cgaps.pools import distinct_ids, exclude_known
+
+        more = rundir.read_items(other, scored=True)
+        more_sal = rundir.read_saliency(other, pd.Index(more["item_id"]), width)
+        if rundir.read_run_json(other)["sae"]["fingerprint"] != meta["sae"]["fingerprint"]:
+            raise SystemExit(f"{other}: another SAE than {src}")
+        kept, _ = exclude_known(more, items)
+        renamed = distinct_ids(kept, items)
+        new_id = dict(zip(kept["item_id"], renamed["item_id"], strict=True))
+        more_sal = more_sal[more_sal["item_id"].isin(set(kept["item_id"]))]
+        items = pd.concat([items, renamed], ignore_index=True)
+        sal = pd.concat([sal, more_sal.assign(item_id=more_sal["item_id"].map(new_id))], ignore_index=True)
+    in_a = split(items, args.seed)
     if not (a_dir / rundir.CONCEPTS).is_file():
         a_dir.mkdir(parents=True, exist_ok=True)
         a = items[in_a].reset_index(drop=True)
         rundir.write_table(a, a_dir / rundir.ITEMS)
-        rundir.write_table(sal[sal["item_id"].isin(set(a["item_id"]))].reset_index(drop=True), a_dir / rundir.SALIENCY)
+        rundir.write_table(
+            sal[sal["item_id"].isin(set(a["item_id"]))].reset_index(drop=True), a_dir / rundir.SALIENCY
+        )
         record = {k: meta[k] for k in ("config", "model", "sae", "n_concepts") if k in meta}
         rundir.write_json({"schema_version": rundir.SCHEMA_VERSION, **record}, a_dir / rundir.RUN_JSON)
         span = meta["config"]["span"]
         columns = tuple(c for c in rundir.STAGE_INPUTS["extract"] if c != "response" or span != "prompt")
         rundir.update_run_json(
             a_dir,
-            inputs={"evaluate": rundir.stage_record(a, "evaluate"), "extract": rundir.stage_record(a, "extract", columns)},
+            inputs={
+                "evaluate": rundir.stage_record(a, "evaluate"),
+                "extract": rundir.stage_record(a, "extract", columns),
+            },
         )
         # the extraction's settings signature: what lets the pool's prompt extraction be recognised
         (a_dir / rundir.SALIENCY_SHARDS).mkdir(exist_ok=True)
-        shutil.copy(src / rundir.SALIENCY_SHARDS / "manifest.json", a_dir / rundir.SALIENCY_SHARDS / "manifest.json")
+        shutil.copy(
+            src / rundir.SALIENCY_SHARDS / "manifest.json", a_dir / rundir.SALIENCY_SHARDS / "manifest.json"
+        )
         cgaps("score", str(a_dir))
         cgaps("label", str(a_dir))
     b = items[~in_a].reset_index(drop=True)
@@ -82,7 +109,10 @@ def main() -> None:
         rundir.write_table(b.drop(columns=["response", "score"]), b_dir / rundir.ITEMS)
     responses = args.out / "B_responses.jsonl"
     responses.write_text(
-        "".join(json.dumps({"item_id": i, "response": r}, ensure_ascii=False) + "\n" for i, r in zip(b["item_id"], b["response"], strict=True))
+        "".join(
+            json.dumps({"item_id": i, "response": r}, ensure_ascii=False) + "\n"
+            for i, r in zip(b["item_id"], b["response"], strict=True)
+        )
     )
     t0 = time.perf_counter()
     cgaps("confirm", str(a_dir), "--pool", str(b_dir), "--responses", str(responses), "--per-concept", str(len(b)),
@@ -126,7 +156,11 @@ def main() -> None:
             }
             for call in ("weak", "strong")
         },
-        "null": {"draws": args.null_draws, "draws_confirming_anything": sum(1 for n in null if n), "confirmed_per_draw": null},
+        "null": {
+            "draws": args.null_draws,
+            "draws_confirming_anything": sum(1 for n in null if n),
+            "confirmed_per_draw": null,
+        },
         "confirm_s": round(confirm_s, 1),
     }
     text = json.dumps(fig, indent=1)

@@ -268,3 +268,45 @@ def test_report_and_explorer_show_fill_and_confirm(scored_run, monkeypatch):
     assert [f["benchmark"] for f in fills] == ["bench"] and fills[0]["selected"] == 4
     assert client.get("/static/fillconfirm.js").status_code == 200
     assert client.get("/api/confirm", params={"concept": -1}).status_code == 400
+
+
+def test_confirm_evaluates_fresh_items_with_the_runs_model(scored_run, monkeypatch):
+    """Without --responses the fresh items are answered by the evaluate stage (the own evaluator
+    around the run's model, here a scripted generator that fails where concept X is present)."""
+    from cgaps.confirm.stage import confirm_run
+    from cgaps.evaluate import stage as evaluate_stage
+    from cgaps.pools import Reader
+
+    run, pool, responses, x, _, reader, spec = scored_run
+    answers = {
+        json.loads(line)["item_id"]: json.loads(line)["response"]
+        for line in responses.read_text().splitlines()
+    }
+    prompts = rundir.read_items(pool).set_index("prompt")["item_id"].to_dict()
+
+    class Scripted:
+        name, backend = "scripted", "transformers"
+
+        def generate(self, conversations, max_new_tokens, batch_size, progress=None):
+            if progress:
+                progress(len(conversations))
+            return [answers[prompts[c[-1]["content"]]] for c in conversations]
+
+        def loglikelihood(self, requests, batch_size, progress=None):
+            raise AssertionError("no option items here")
+
+    asked = []
+    monkeypatch.setattr(
+        evaluate_stage, "load_generator", lambda cfg, gen=None: asked.append(cfg.model) or Scripted()
+    )
+    monkeypatch.setattr(Reader, "get", lambda self: (reader, spec))
+    out = confirm_run(
+        run, ConfirmOptions(per_concept=30, themes=False, model="other-model"), PoolOptions(pool=str(pool))
+    )
+    assert asked == ["other-model"]  # --model answers; the run's reader still reads
+    stored = rundir.read_run_json(run / "confirm")["config"]
+    assert stored["model"] == "other-model" and stored["reader"] == "embedded"  # the run's reader_model
+    called = out[out["role"] == "called"].set_index("id")
+    assert bool(called.loc[x, "replicated"])
+    graded = rundir.read_items(run / "confirm", scored=True).set_index("item_id")
+    assert all(graded.loc[i, "response"] == answers[i] for i in graded.index)

@@ -361,7 +361,7 @@ def _score_and_extract(
     scored_items = rundir.read_items(work, scored=True)
     if not ((work / rundir.SALIENCY).is_file() and rundir.stage_is_current(work, "extract", scored_items)):
         backend, sae = reader.get()
-        extract_run(work, cfg, backend, sae)
+        extract_run(work, ecfg, backend, sae)  # ecfg: the run's reader, whoever answered
     width = rundir.n_concepts(rundir.read_run_json(work), work)
     sal = rundir.read_saliency(work, pd.Index(scored_items["item_id"]), width)
     return Covered(scored_items, sal, work)
