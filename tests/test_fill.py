@@ -299,3 +299,43 @@ def test_spec_rows_carry_their_own_answer_type_meta_and_messages(tmp_path):
     (tmp_path / "d.jsonl").write_text(json.dumps({**rows[1], "choices": None}) + "\n")
     with pytest.raises(CGapsError, match="d.jsonl:1: field 'choices' is empty"):
         load_suite(str(tmp_path / "mix.json"))
+
+
+def test_a_reference_run_decides_what_counts(tiny_run, tmp_path):
+    from cgaps.fill.stage import fill_run
+
+    run, reader, spec = tiny_run
+    cfg = RunConfig(span="prompt", sae="identity", max_norm_ratio=None)
+    ref = tmp_path / "ref"
+    words = ["Monday violin", "sugar tiger", "lighthouse harbour"]  # beta's words, and new ones
+    items = pd.DataFrame(
+        [{"item_id": f"r/{k}", "benchmark": "r", "prompt": p, "reference": "1"} for k, p in enumerate(words)]
+    )
+    _write_run(ref, items, cfg, reader, spec)
+    common = fill_run(
+        run, FillOptions(benchmark="beta", budget=2), PoolOptions(pool=str(run)), tmp_path / "a"
+    )
+    narrow = fill_run(
+        run,
+        FillOptions(benchmark="beta", budget=2, reference=str(ref)),
+        PoolOptions(pool=str(run)),
+        tmp_path / "b",
+        backend=reader,
+        sae=spec,
+    )
+    # the suite as reference: alpha's and gamma's words count; the reference run holds none of them
+    assert narrow["targets"]["missing"] < common["targets"]["missing"]
+    cov = pd.read_parquet(tmp_path / "b" / "coverage.parquet")
+    ref_concepts = {
+        int(c) % 256 for p in words for c in reader.tokenizer(p, add_special_tokens=False)["input_ids"]
+    }
+    assert set(cov.loc[cov["target"] == "missing", "concept"]) <= ref_concepts
+    other = tmp_path / "other"
+    _write_run(other, items, cfg, TokenReader(128), TokenReader(128).sae())
+    with pytest.raises(CGapsError, match="--reference .* another SAE"):
+        fill_run(
+            run,
+            FillOptions(benchmark="beta", reference=str(other)),
+            PoolOptions(pool=str(run)),
+            tmp_path / "c",
+        )

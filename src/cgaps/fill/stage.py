@@ -147,8 +147,9 @@ def _fill(
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     want = wanted_signature(run_dir)
-    base = prompt_coverage(items, out / "base", reader, want=want, source=run_dir, what="run")
     bench_items = items[items["benchmark"] == opts.benchmark].reset_index(drop=True)
+    # the whole suite, also with --reference: its max is the concept scale when the SAE ships none
+    base = prompt_coverage(items, out / "base", reader, want=want, source=run_dir, what="run")
     budget = opts.budget or max(1, math.ceil(BUDGET_SHARE * len(bench_items)))
 
     ref: Covered | None = None
