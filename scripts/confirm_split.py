@@ -65,7 +65,7 @@ def main() -> None:
     width = rundir.n_concepts(meta, src)
     sal = rundir.read_saliency(src, pd.Index(items["item_id"]), width)
     for other in args.also:
-        from cgaps.pools import distinct_ids, exclude_known
+        from cgaps.pools.coverage import distinct_ids, exclude_known
 
         more = rundir.read_items(other, scored=True)
         more_sal = rundir.read_saliency(other, pd.Index(more["item_id"]), width)

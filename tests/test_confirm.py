@@ -148,7 +148,7 @@ def scored_run(tmp_path):
     """A tiny run whose model fails exactly where concept X is present, and a pool of other items."""
     from cgaps.evaluate.stage import grade_run
     from cgaps.extract.stage import extract_run
-    from cgaps.pools import presence_matrix
+    from cgaps.pools.coverage import presence_matrix
     from cgaps.scoring import score_run
 
     reader = TokenReader(256)
@@ -186,7 +186,7 @@ def scored_run(tmp_path):
 
 def test_confirm_end_to_end(scored_run, monkeypatch):
     from cgaps.confirm.stage import CONFIRMATION, CONFIRMATION_COLUMNS, confirm_run
-    from cgaps.pools import Reader
+    from cgaps.pools.coverage import Reader
 
     run, pool, responses, x, concepts, backend, spec = scored_run
     calls = concepts[(concepts["scope"] == "ALL") & (concepts["gap"] != "")]
@@ -234,7 +234,7 @@ def test_report_and_explorer_show_fill_and_confirm(scored_run, monkeypatch):
     from cgaps.confirm.stage import confirm_run
     from cgaps.fill.options import FillOptions
     from cgaps.fill.stage import fill_run
-    from cgaps.pools import Reader
+    from cgaps.pools.coverage import Reader
     from cgaps.report.build import build_report
     from cgaps.serve.app import create_app
     from cgaps.serve.store import Store
@@ -275,7 +275,7 @@ def test_confirm_evaluates_fresh_items_with_the_runs_model(scored_run, monkeypat
     around the run's model, here a scripted generator that fails where concept X is present)."""
     from cgaps.confirm.stage import confirm_run
     from cgaps.evaluate import stage as evaluate_stage
-    from cgaps.pools import Reader
+    from cgaps.pools.coverage import Reader
 
     run, pool, responses, x, _, reader, spec = scored_run
     answers = {

@@ -15,7 +15,7 @@ from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.fill import core
 from cgaps.fill.options import FillOptions
-from cgaps.pools import presence_matrix
+from cgaps.pools.coverage import presence_matrix
 from cgaps.pools.options import PoolOptions
 from cgaps.scoring.core import compute_scores
 from helpers import TokenReader, make_suite

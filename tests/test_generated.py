@@ -14,7 +14,7 @@ import pytest
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.models.openai import OpenAIGenerator
-from cgaps.pools import Reader
+from cgaps.pools.coverage import Reader
 from cgaps.pools.generated import DRAFTS, checkable, generate_pool, parse, request
 from cgaps.pools.options import PoolOptions
 from helpers import TokenReader, llama_cpp_server
@@ -130,7 +130,7 @@ def test_generated_items_against_a_real_llama_cpp_server(tmp_path, smollm):
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
     from cgaps.extract.stage import extract_run
     from cgaps.pipeline import items_run
-    from cgaps.pools import presence_matrix
+    from cgaps.pools.coverage import presence_matrix
     from cgaps.runtables import RunTables
     from cgaps.scoring.stage import concept_scale
 

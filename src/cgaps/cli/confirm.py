@@ -15,7 +15,13 @@ from cgaps.pools.options import PoolOptions
 def confirm(run_dir: Path = RunDirArg, *, options: dict[str, Any], pool_opts: dict[str, Any]) -> None:
     """Is a gap real, or an accident of these items? Test each call again on fresh pool items.
 
-    Example: cgaps confirm runs/demo --pool heldout.yaml --per-concept 20
+    Writes RUN_DIR/confirmation.parquet: per call (and per random concept of matched support) the
+    same score test on the fresh items alone, and whether it replicates.
+
+    Examples:
+
+        cgaps confirm runs/demo --pool heldout.yaml --per-concept 20
+        cgaps confirm runs/demo --pool runs/other --responses answers.jsonl
     """
     from rich.table import Table
 

@@ -28,7 +28,14 @@ def fill(
 ) -> None:
     """Choose pool items that cover the concepts a benchmark misses or under-represents.
 
-    Example: cgaps fill runs/paper10 --benchmark gsm8k --pool runs/paper10 --budget 20 --verify
+    Writes the choice as a benchmark spec file (selection.yaml, each item with the concepts it
+    covers), a coverage table and fill.json; --verify extracts the augmented benchmark again and
+    measures it against a random and a by-group selection of the same budget.
+
+    Examples:
+
+        cgaps fill runs/paper10 --benchmark gsm8k --pool runs/paper10 --verify
+        cgaps fill runs/demo --benchmark probes --pool paper10 --data-dir ../shared/benchmarks --pool-limit 50
     """
     from rich.table import Table
 

@@ -4,7 +4,7 @@ Steps, each through the stage that owns it, in the working run directory ``RUN_D
 (resumable: a rerun continues where it stopped):
 
 1. the run's calls (:mod:`cgaps.confirm.core`) and where each is present on the pool's prompts
-   (:func:`cgaps.pools.prompt_coverage`; never an item of the run);
+   (:func:`cgaps.pools.coverage.prompt_coverage`; never an item of the run);
 2. the drawn items written as a run directory's ``items.parquet``;
 3. their scores: the own evaluator with the run's model settings (``--model`` to serve it, e.g.
    ``openai://``), or ``--responses`` graded (:mod:`cgaps.evaluate.stage`);
@@ -31,7 +31,7 @@ from cgaps.confirm import core
 from cgaps.confirm.options import ConfirmOptions
 from cgaps.console import info
 from cgaps.errors import CGapsError, did_you_mean
-from cgaps.pools import (
+from cgaps.pools.coverage import (
     Covered,
     Reader,
     exclude_known,
@@ -322,7 +322,7 @@ def _score_and_extract(
     ``work``; a rerun reuses what is still current."""
     from cgaps.evaluate.stage import evaluate_run, grade_run
     from cgaps.extract.stage import extract_run
-    from cgaps.pools import POOL_COLUMNS
+    from cgaps.pools.coverage import POOL_COLUMNS
 
     ecfg = cfg.replace(model=opts.model) if opts.model else cfg
     items = rundir.validate_items(items[[c for c in POOL_COLUMNS if c in items.columns]], "fresh items")

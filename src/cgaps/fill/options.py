@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cgaps.config import check_options, documented, is_integer, is_number
+from cgaps.config_fields import check_options, documented, is_integer, is_number
 
 BUDGET_SHARE = 0.2  # the default budget: this share of the benchmark's items
 

@@ -38,7 +38,7 @@ from cgaps.console import info, progress_bar
 from cgaps.errors import CGapsError, did_you_mean
 from cgaps.fill import core
 from cgaps.fill.options import BUDGET_SHARE, FillOptions
-from cgaps.pools import (
+from cgaps.pools.coverage import (
     Covered,
     Reader,
     distinct_ids,

@@ -40,7 +40,7 @@ import pandas as pd
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.console import info, progress_bar
-from cgaps.pools import Covered, Reader, presence_matrix, prompt_coverage, wanted_signature
+from cgaps.pools.coverage import Covered, Reader, presence_matrix, prompt_coverage, wanted_signature
 from cgaps.pools.options import PoolOptions
 
 DRAFTS = "drafts.jsonl"
