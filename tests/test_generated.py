@@ -34,6 +34,13 @@ def test_parse_json_and_question_answer_lines():
         "answer_type": "yesno",
     }
     assert parse('{"question": "Capital of Peru?", "answer": "Lima"}')["answer_type"] == "short"
+    # what SmolLM2 writes when asked for JSON
+    assert parse('The answer to the question "How many legs has a cat?" is "4".') == {
+        "question": "How many legs has a cat?",
+        "answer": "4",
+        "answer_type": "number",
+    }
+    assert parse('The answer to the question "answer" is The 60-year-old')["answer_type"] == "short"
     assert parse("I cannot help with that.") is None
     assert parse('{"question": "x"') is None
 
@@ -45,7 +52,17 @@ def test_only_checkable_answers_pass():
     assert checkable({**ok, "answer_type": "essay"}) == "answer type 'essay'"
     assert checkable({**ok, "answer_type": "yesno", "answer": "maybe"}) == "the answer fails its own grader"
     assert checkable({**ok, "answer": "x" * 200}) == "answer empty or too long"
-    assert checkable({**ok, "question": ""}) == "question empty or too long"
+    assert checkable({**ok, "question": ""}) == "question too short or too long"
+    assert checkable({**ok, "question": "answer"}) == "question too short or too long"
+    assert checkable({**ok, "question": "Seven days", "answer": "seven days", "answer_type": "short"}) == (
+        "question too short or too long"
+    )
+    repeat = {
+        "question": "The whites are protesting",
+        "answer": "The whites are protesting",
+        "answer_type": "short",
+    }
+    assert checkable(repeat) == "the answer repeats the question"
 
 
 def test_requests_differ_per_draft_and_mark_the_firing_token():

@@ -34,6 +34,7 @@ from cgaps.errors import CGapsError, did_you_mean
 from cgaps.pools.coverage import (
     Covered,
     Reader,
+    empty_saliency,
     exclude_known,
     load_pool,
     presence_matrix,
@@ -300,9 +301,7 @@ def _pool(
         gen_items, _ = exclude_known(gen.items, run.items)
         parts.append(Covered(gen_items, gen.saliency, gen.where))
     if not parts:
-        return Covered(
-            pd.DataFrame(columns=["item_id"]), pd.DataFrame(columns=["item_id", "concept", "value"]), work
-        )
+        return Covered(pd.DataFrame(columns=["item_id"]), empty_saliency(), work)
     return Covered(
         pd.concat([p.items for p in parts], ignore_index=True),
         pd.concat([p.saliency for p in parts], ignore_index=True),

@@ -42,6 +42,7 @@ from cgaps.pools.coverage import (
     Covered,
     Reader,
     distinct_ids,
+    empty_saliency,
     exclude_known,
     fixed_scale,
     load_pool,
@@ -165,7 +166,9 @@ def _fill(
             ref_items, out / "reference", reader, want=want, source=ref_dir, what="reference"
         )
 
-    pool = Covered(pd.DataFrame(columns=["item_id", "benchmark", "prompt", "reference"]), pd.DataFrame(), out)
+    pool = Covered(
+        pd.DataFrame(columns=["item_id", "benchmark", "prompt", "reference"]), empty_saliency(), out
+    )
     excluded = 0
     pool_source = None
     if pool_opts.pool is not None:

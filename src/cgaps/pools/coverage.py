@@ -58,6 +58,17 @@ MANIFEST = Path(rundir.SALIENCY_SHARDS) / "manifest.json"  # the extraction's se
 POOL_COLUMNS = tuple(c for c in rundir.ITEM_COLUMNS if c not in rundir.ITEM_SCORED)
 
 
+def empty_saliency() -> pd.DataFrame:
+    """A saliency table without rows, with the column types of a real one (a concat keeps them)."""
+    return pd.DataFrame(
+        {
+            "item_id": pd.Series(dtype=object),
+            "concept": pd.Series(dtype=np.int32),
+            "value": pd.Series(dtype=np.float32),
+        }
+    )
+
+
 @dataclass
 class Covered:
     """Items with their prompt-span saliency (one row per item x concept present or not, raw values)."""

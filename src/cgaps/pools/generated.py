@@ -11,8 +11,10 @@ variant it is.
 A draft is **kept** only when both checks pass:
 
 1. *a checkable answer*: the reply parses (a JSON object ``{"question", "answer",
-   "answer_type"}``, or ``Question: ... Answer: ...`` lines), the answer type is ``number``,
-   ``yesno`` or ``short``, and the reference passes its own grader
+   "answer_type"}``, ``Question: ... Answer: ...`` lines, or the sentence small chat models
+   write instead, ``The answer to the question "Q" is "A"``), the question has at least three
+   words and is not its own answer, the answer type is ``number``, ``yesno`` or ``short``, and
+   the reference passes its own grader
    (:func:`cgaps.evaluate.grade.grade_one`, the rule every benchmark's references follow): a
    ``number`` answer holds a number, a ``yesno`` answer says yes or no;
 2. *the target concept is present* (docs/method.md §2) on the item's prompt, formatted as any
@@ -40,7 +42,14 @@ import pandas as pd
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.console import info, progress_bar
-from cgaps.pools.coverage import Covered, Reader, presence_matrix, prompt_coverage, wanted_signature
+from cgaps.pools.coverage import (
+    Covered,
+    Reader,
+    empty_saliency,
+    presence_matrix,
+    prompt_coverage,
+    wanted_signature,
+)
 from cgaps.pools.options import PoolOptions
 
 DRAFTS = "drafts.jsonl"
@@ -48,6 +57,7 @@ GENERATED_JSON = "generated.json"
 BENCHMARK = "generated"
 TYPES = ("number", "yesno", "short")
 MAX_QUESTION = 1500  # characters
+MIN_QUESTION_WORDS = 3
 MAX_ANSWER = 80
 MAX_NEW_TOKENS = 200
 CONTEXTS_SHOWN = 4
@@ -82,6 +92,10 @@ def request(label: str, contexts: list[tuple[str, str, str]], k: int, n: int) ->
 _QA = re.compile(
     r"question\s*[:：]\s*(?P<q>.+?)\s*\n+\s*answer\s*[:：]\s*(?P<a>.+)", re.IGNORECASE | re.DOTALL
 )
+# what small chat models write when asked for JSON: The answer to the question "Q" is "A".
+_SENTENCE = re.compile(
+    r'the answer to the question\s*"(?P<q>[^"]+)"\s*is:?\s*(?P<a>"[^"\n]+"|[^"\n.]+)', re.IGNORECASE
+)
 
 
 def parse(reply: str) -> dict[str, str] | None:
@@ -102,7 +116,14 @@ def parse(reply: str) -> dict[str, str] | None:
     if m:
         answer = m.group("a").strip().splitlines()[0].strip()
         return {"question": m.group("q").strip(), "answer": answer, "answer_type": _infer_type(answer)}
+    m = _SENTENCE.search(reply)
+    if m:
+        answer = m.group("a").strip().strip('"').strip()
+        return {"question": m.group("q").strip(), "answer": answer, "answer_type": _infer_type(answer)}
     return None
+
+
+_NUMERIC = re.compile(r"[-+$]?[\d,]*\.?\d+\s*%?")  # "12", "-3.5", "$1,000", "40 %"
 
 
 def _infer_type(answer: str) -> str:
@@ -111,7 +132,7 @@ def _infer_type(answer: str) -> str:
     a = answer.strip().lower().rstrip(".")
     if a in ("yes", "no", "true", "false"):
         return "yesno"
-    return "number" if extract_number(a) is not None and len(a) <= 20 else "short"
+    return "number" if _NUMERIC.fullmatch(a) and extract_number(a) is not None else "short"
 
 
 def checkable(draft: dict[str, str]) -> str | None:
@@ -120,8 +141,10 @@ def checkable(draft: dict[str, str]) -> str | None:
 
     if draft["answer_type"] not in TYPES:
         return f"answer type {draft['answer_type']!r}"
-    if not draft["question"] or len(draft["question"]) > MAX_QUESTION:
-        return "question empty or too long"
+    if len(draft["question"].split()) < MIN_QUESTION_WORDS or len(draft["question"]) > MAX_QUESTION:
+        return "question too short or too long"
+    if draft["answer"].strip().lower() == draft["question"].strip().lower():
+        return "the answer repeats the question"
     if not draft["answer"] or len(draft["answer"]) > MAX_ANSWER:
         return "answer empty or too long"
     if grade_one(draft["answer_type"], draft["answer"], draft["answer"]) != 1.0:
@@ -237,7 +260,7 @@ def generate_pool(
         )
         row_target.append(c)
     kept_rows: list[int] = []
-    empty = pd.DataFrame(columns=["item_id", "concept", "value"])
+    empty = empty_saliency()
     covered = Covered(
         pd.DataFrame(
             rows,
