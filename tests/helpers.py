@@ -440,10 +440,14 @@ class TokenReader:
 
 
 @contextmanager
-def llama_cpp_server(log_path: Path, alias: str = "smollm2", n_ctx: int = 2048) -> Iterator[int]:
+def llama_cpp_server(
+    log_path: Path, alias: str = "smollm2", n_ctx: int = 2048, n_batch: int | None = None
+) -> Iterator[int]:
     """llama-cpp-python's OpenAI-compatible server with the embedded SmolLM2 GGUF on 127.0.0.1;
     yields its port. The caller skips first where ``llama_cpp.server`` is not installed. Its log
-    goes to a file, not a pipe: llama.cpp's start-up output would fill an unread pipe and stall it."""
+    goes to a file, not a pipe: llama.cpp's start-up output would fill an unread pipe and stall it.
+    ``n_batch`` 1 evaluates prompts one token at a time (slower prompts, same answers): the
+    llama-cpp-python 0.3.36 build of the project machine segfaults on any batched prompt."""
     import subprocess
     import sys
     import time
@@ -456,7 +460,8 @@ def llama_cpp_server(log_path: Path, alias: str = "smollm2", n_ctx: int = 2048) 
     log = log_path.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--host", "127.0.0.1",
-         "--port", str(port), "--model_alias", alias, "--n_ctx", str(n_ctx), "--seed", "0"],
+         "--port", str(port), "--model_alias", alias, "--n_ctx", str(n_ctx), "--seed", "0",
+         *(["--n_batch", str(n_batch)] if n_batch else [])],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
