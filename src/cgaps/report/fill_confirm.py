@@ -128,7 +128,10 @@ def confirm_results(run_dir: str | Path) -> dict[str, Any] | None:
     return {
         "fresh_items": info.get("fresh_items"),
         "pool": info.get("pool"),
-        "model": info.get("model"),
+        # who answered the fresh items: the model, or the responses file that was graded
+        "answered_by": f"the responses in {info['responses']}"
+        if info.get("responses")
+        else info.get("model"),
         "scope": info.get("scope", rundir.ALL_SCOPE),
         "rates": info.get("rates", {}),
         "fdr": knobs.get("fdr"),
@@ -145,9 +148,9 @@ _TEMPLATE = """
 <section id="confirm">
 <h2>Confirmed on {{ confirm.fresh_items }} fresh items</h2>
 {% if confirm.stale %}<p class="meta">Made from an earlier <code>concepts.parquet</code>: rerun <code>cgaps confirm RUN_DIR</code>.</p>{% endif %}
-<p>Each call of {{ confirm.scope }} tested again with the same score test on items the run never saw (pool {{ confirm.pool }}, answered by {{ confirm.model }}), one-sided in the called direction, Benjamini–Hochberg at q ≤ {{ confirm.fdr }} over each family.</p>
+<p>Each call of {{ confirm.scope }} tested again with the same score test on items the run never saw (pool {{ confirm.pool }}, answered by {{ confirm.answered_by }}), one-sided in the called direction, Benjamini–Hochberg at q ≤ {{ confirm.fdr }} over each family.</p>
 <table><thead><tr><th>re-tested</th><th class="num">calls</th><th class="num">tested</th><th class="num">replicated</th><th class="num">rate</th></tr></thead><tbody>
-{% for name, r in confirm.rates.items() if r.calls %}<tr><td>{{ {'concepts': 'called concepts', 'controls': 'random concepts, matched support', 'themes': 'themes'}[name] }}</td><td class="num">{{ r.calls }}</td><td class="num">{{ r.tested }}</td><td class="num">{{ r.replicated }}</td><td class="num">{{ '–' if r.rate is none else '%.0f%%' % (100 * r.rate) }}</td></tr>
+{% for name, r in confirm.rates.items() if r.calls %}<tr><td>{{ {'concepts': 'called concepts', 'controls': 'random concepts, matched support', 'themes': 'themes'}[name] }}</td><td class="num">{{ r.calls }}</td><td class="num">{{ r.tested }}</td><td class="num">{{ r.replicated }}</td><td class="num">{{ '–' if r.rate is none else ('%.0f%%' if r.rate >= 0.1 else '%.1f%%') % (100 * r.rate) }}</td></tr>
 {% endfor %}</tbody></table>
 <details><summary>every called concept and theme</summary>
 <table><thead><tr><th></th><th>call</th><th>label</th><th class="num">support (run / fresh)</th><th class="num">χ_model run vs expected</th><th class="num">χ_model fresh vs expected</th><th class="num">q fresh</th><th></th></tr></thead><tbody>

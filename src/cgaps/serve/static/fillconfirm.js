@@ -13,7 +13,7 @@
       h("thead", {}, h("tr", {}, ["re-tested", "calls", "tested", "replicated", "rate"].map((t, i) => h("th", { class: i ? "num" : "" }, t)))),
       h("tbody", {}, Object.entries(c.rates || {}).filter(([, r]) => r.calls).map(([k, r]) =>
         h("tr", {}, h("td", {}, RATES[k] || k), h("td", { class: "num" }, String(r.calls)), h("td", { class: "num" }, String(r.tested)),
-          h("td", { class: "num" }, String(r.replicated)), h("td", { class: "num" }, r.rate === null ? "–" : `${Math.round(100 * r.rate)}%`)))));
+          h("td", { class: "num" }, String(r.replicated)), h("td", { class: "num" }, r.rate === null ? "–" : `${(100 * r.rate).toFixed(r.rate >= 0.1 ? 0 : 1)}%`)))));
   }
 
   function benchmarks(box, run, u) {
@@ -25,7 +25,7 @@
       if (conf) {
         card.append(h("h2", {}, `Confirmed on ${conf.fresh_items} fresh items`),
           conf.stale ? h("p", { class: "error" }, "made from an earlier concepts.parquet: rerun cgaps confirm") : "",
-          h("p", { class: "muted" }, `calls of ${conf.scope} tested again on pool ${conf.pool} (answered by ${conf.model}), one-sided, BH at q ≤ ${conf.fdr} per family`),
+          h("p", { class: "muted" }, `calls of ${conf.scope} tested again on pool ${conf.pool} (answered by ${conf.answered_by}), one-sided, BH at q ≤ ${conf.fdr} per family`),
           rates(h, conf));
       }
       if (f.fills && f.fills.length) {
