@@ -339,3 +339,27 @@ def test_a_reference_run_decides_what_counts(tiny_run, tmp_path):
             PoolOptions(pool=str(run)),
             tmp_path / "c",
         )
+
+
+def test_a_one_benchmark_run_takes_the_pool_as_reference(tmp_path):
+    from cgaps.fill.stage import fill_run
+
+    reader = TokenReader(256)
+    spec = reader.sae()
+    cfg = RunConfig(span="prompt", sae="identity", max_norm_ratio=None)
+    suite = _suite()
+    run, pool = tmp_path / "run", tmp_path / "pool"
+    _write_run(run, suite[suite["benchmark"] == "beta"], cfg, reader, spec)
+    _write_run(pool, suite[suite["benchmark"] != "beta"], cfg, reader, spec)
+    summary = fill_run(
+        run, FillOptions(benchmark="beta", budget=2), PoolOptions(pool=str(pool)), tmp_path / "o"
+    )
+    assert summary["reference"].startswith("the pool") and summary["targets"]["missing"] >= 10
+    assert summary["arms"]["fill"]["predicted"]["missing"] < summary["before"]["missing"]
+    with pytest.raises(CGapsError, match="only benchmark .* give --pool or --reference"):
+        fill_run(
+            run,
+            FillOptions(benchmark="beta"),
+            PoolOptions(generator="openai://127.0.0.1:9/v1/m"),
+            tmp_path / "p",
+        )

@@ -23,7 +23,7 @@ class FillOptions:
     reference: str | None = documented(
         None,
         "A reference run (same reader and SAE) whose concepts define what counts; default: the "
-        "concepts present anywhere in RUN_DIR's suite.",
+        "concepts present anywhere in RUN_DIR's suite (in the pool when the benchmark is the run's only one).",
     )
     missing_weight: float = documented(1.0, "Objective weight of covering one missing concept.")
     under_weight: float = documented(

@@ -194,7 +194,20 @@ def _fill(
     )
     bench_sal = base.saliency[base.saliency["item_id"].isin(set(bench_items["item_id"]))]
     cov = core.coverage(bench_items, bench_sal, width, cfg, scale)
-    reference = ref if ref is not None else base
+    # which concepts count: a reference run, else the run's suite; a run of this one benchmark
+    # says nothing about what it misses, so then the pool does (what it could cover)
+    if ref is not None:
+        reference, ref_name = ref, str(opts.reference)
+    elif items["benchmark"].nunique() > 1:
+        reference, ref_name = base, "the run's suite"
+    elif len(pool.items):
+        reference, ref_name = pool, "the pool (the run holds no other benchmark)"
+        info(f"{opts.benchmark} is the run's only benchmark: its missing concepts are those the pool covers")
+    else:
+        raise CGapsError(
+            f"{opts.benchmark} is the only benchmark of {run_dir}: give --pool or --reference RUN, which say "
+            "what it misses"
+        )
     ref_shat = presence_matrix(reference.items, reference.saliency, width, cfg.presence, scale)
     ref_support = np.asarray((ref_shat > 0).sum(axis=0)).ravel()
     ref_present = ref_support > 0
@@ -250,7 +263,7 @@ def _fill(
         "pool_items": len(pool.items),
         "pool_excluded": excluded,
         "generated": generated,
-        "reference": opts.reference or "the run's suite",
+        "reference": ref_name,
         "budget": budget,
         "selected": len(sel.rows),
         "benchmark_items": len(bench_items),
