@@ -401,7 +401,7 @@ def test_missing_required_file(tmp_path, name, stage):
 
 def test_bad_concepts_columns(tmp_path):
     run = make_run(tmp_path / "r", n_items=20, width=60, per_item=10)
-    rundir.write_table(_concepts_table(run).drop(columns=["q_value"]), run / rundir.CONCEPTS)
+    _concepts_table(run).drop(columns=["q_value"]).to_parquet(run / rundir.CONCEPTS)  # not a stage's
     with pytest.raises(CGapsError, match="q_value.*cgaps score"):
         build_report(run)
 
@@ -417,7 +417,7 @@ def test_optional_files_shown_or_named_when_damaged(tmp_path):
     with pytest.raises(CGapsError, match=r"robustness\.json.*`cgaps robustness RUN_DIR`"):
         build_report(run)
     (run / rundir.ROBUSTNESS).unlink()
-    rundir.write_table(pd.DataFrame({"concept": [0]}), run / rundir.LABELS)
+    pd.DataFrame({"concept": [0]}).to_parquet(run / rundir.LABELS)  # another tool's (write_table refuses it)
     with pytest.raises(
         CGapsError, match=r"labels\.parquet: missing column\(s\) label, source; rerun `cgaps extract"
     ):
