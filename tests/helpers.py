@@ -25,6 +25,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -375,3 +377,106 @@ def make_chance_suite(seed: int = 0, n_concepts: int = 40) -> tuple[pd.DataFrame
                         {"item_id": iid, "concept": int(c), "value": float(rng.gamma(2.0, 1.5)) + 1e-3}
                     )
     return pd.DataFrame(items), pd.DataFrame(sal).astype({"concept": "int32", "value": "float32"})
+
+
+# ---------------------------------------------------------------- a reader whose concepts are tokens
+
+
+class TokenReader:
+    """A :class:`cgaps.seams.ResidualReader` whose residual at a token is the one-hot of its token id
+    modulo ``width``, and (:meth:`sae`) the identity SAE over it: concept c is present on an item
+    exactly when the item holds a token id ≡ c. Coverage that the test can foresee from the words,
+    for the commands that read new items (fill, confirm), without a model's arbitrary features."""
+
+    name = "token-reader"
+    n_layers = 1
+    device = "cpu"
+
+    def __init__(self, width: int = 64):
+        import torch
+
+        self.hidden_size = width
+        self.tokenizer = embedded_tokenizer()
+        self._dtype = torch.float32
+
+    @property
+    def dtype(self) -> Any:
+        return self._dtype
+
+    def check_layer(self, layer: int) -> None:
+        assert layer == 0
+
+    def residuals_at(self, input_ids: Any, attention_mask: Any, layers: Any) -> dict[int, Any]:
+        import torch
+
+        return {0: torch.nn.functional.one_hot(input_ids % self.hidden_size, self.hidden_size).float()}
+
+    def logits_with_edit(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def sae(self) -> Any:
+        """The identity SAE of the one-hot residuals (every code is 0 or 1)."""
+        import torch
+
+        width = self.hidden_size
+
+        class Identity:
+            sae_id, layer, hook_name = "identity", 0, "blocks.0.hook_resid_post"
+            fingerprint = f"identity-{width}"
+
+            def __init__(self) -> None:
+                self.width = width
+
+            def encode(self, residuals: Any) -> Any:
+                return torch.relu(residuals.float())
+
+            def decode(self, codes: Any) -> Any:
+                return codes.float()
+
+        return Identity()
+
+
+# ---------------------------------------------------------------- a real llama.cpp server
+
+
+@contextmanager
+def llama_cpp_server(
+    log_path: Path, alias: str = "smollm2", n_ctx: int = 2048, n_batch: int | None = None
+) -> Iterator[int]:
+    """llama-cpp-python's OpenAI-compatible server with the embedded SmolLM2 GGUF on 127.0.0.1;
+    yields its port. The caller skips first where ``llama_cpp.server`` is not installed. Its log
+    goes to a file, not a pipe: llama.cpp's start-up output would fill an unread pipe and stall it.
+    ``n_batch`` 1 evaluates prompts one token at a time (slower prompts, same answers): the
+    llama-cpp-python 0.3.36 build of the project machine segfaults on any batched prompt."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from cgaps.models import embedded_gguf
+
+    port = free_port()
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--host", "127.0.0.1",
+         "--port", str(port), "--model_alias", alias, "--n_ctx", str(n_ctx), "--seed", "0",
+         *(["--n_batch", str(n_batch)] if n_batch else [])],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("llama.cpp server did not start: " + log_path.read_text()[-2000:])
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

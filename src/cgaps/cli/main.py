@@ -147,6 +147,8 @@ COMMANDS = [
     ("demo", "run", "demo"),
     *((s.name, s.name, s.name) for s in stages.STAGES),
     ("grade", "grade", "grade"),
+    ("fill", "fill", "fill"),
+    ("confirm", "confirm", "confirm"),
     ("status", "status", "status"),
     ("serve", "serve", "serve"),
     ("export", "export", "export"),

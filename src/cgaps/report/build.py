@@ -36,7 +36,7 @@ from cgaps import rundir
 from cgaps.chance import concept_chance, group_table, matrix_chance, scored_matrix
 from cgaps.config import config_from_run
 from cgaps.errors import CGapsError, settings_diff
-from cgaps.report import figures
+from cgaps.report import figures, fill_confirm
 from cgaps.report.checks import checks_section
 
 # defined with the other user-facing configs, so that the CLI reads its fields without pandas
@@ -968,6 +968,7 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
         "table_titles": TABLES,
         # robustness.json and validation.json as tables (cgaps.report.checks); empty without both
         "robustness": checks_section(run_dir, t.robustness),
+        "fill_confirm": fill_confirm.section(run_dir),  # cgaps fill / cgaps confirm, when run
         "options": asdict(opts),
     }
 

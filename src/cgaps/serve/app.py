@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "charts.js": "text/javascript; charset=utf-8",
+    "fillconfirm.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 PAGES = ("/", "/concepts", "/benchmarks", "/themes", "/compare")
@@ -279,4 +280,7 @@ def create_app(store: Store) -> FastAPI:
         ra, rb = _pair(a, b)
         return _json(store.compare_points(ra, rb, store.scope(ra, scope)))
 
+    from cgaps.serve import fill_confirm  # /api/fill and /api/confirm
+
+    fill_confirm.register(app, store, _json)
     return app

@@ -334,6 +334,7 @@
           h("div", { class: "controls" }, h("label", {}, "examples and calls from ", scopeSel)),
           ...detailBody(d, run, false)
         );
+        if (window.CgFillConfirm) window.CgFillConfirm.concept(box, params.get("run") || "", concept, { h, api });
         frame(() => {
           perf.details += 1;
           perf.lastDetail = performance.now();
@@ -453,6 +454,7 @@
           h("h2", {}, "One benchmark against another, concept by concept"), scatterCard(run, r),
           h("h2", {}, "Each benchmark's most missing, under- and over-represented concepts"), lists
         );
+        if (window.CgFillConfirm) window.CgFillConfirm.benchmarks(box, r, { h, api }); // cgaps fill / confirm
         frame(() => (perf.benchmarks = (perf.benchmarks || 0) + 1));
       })
       .catch((e) => seq === state.seq && box.replaceChildren(errorBox(e)));
