@@ -423,10 +423,10 @@ def test_force_clears_every_stage_output(tmp_path):
         for k, v in vars(rundir).items()
         if k.isupper() and isinstance(v, str) and re.fullmatch(r"[\w.]+\.(parquet|json|jsonl|html)", v)
     }
-    assert names | {rundir.SALIENCY_SHARDS} == set(rundir.RUN_FILES)
+    assert names | {rundir.SALIENCY_SHARDS, rundir.CONFIRM_DIR} == set(rundir.RUN_FILES)
     assert Path(rundir.RESPONSES_PARTIAL).with_suffix(".json").name == rundir.RESPONSES_SETTINGS
     for name in rundir.RUN_FILES:
-        if name == rundir.SALIENCY_SHARDS:
+        if name in (rundir.SALIENCY_SHARDS, rundir.CONFIRM_DIR):
             (tmp_path / name).mkdir()
             (tmp_path / name / "shard-00000.parquet").write_text("x")
         else:

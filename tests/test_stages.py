@@ -31,8 +31,8 @@ def test_the_edges_are_what_the_stages_read():
     assert stages.upstream("label") == ("items", "evaluate", "extract", "score")
     # an extraction of the prompts alone does not read the responses
     assert "evaluate" not in stages.upstream("extract", ("item_id", "prompt", "messages"))
-    assert stages.downstream("score") == ("label", "report")
-    assert stages.downstream("label") == ("report",)
+    assert stages.downstream("score") == ("label", "confirm", "report")
+    assert stages.downstream("label") == ("confirm", "report")  # confirm reads the labels it names
 
 
 def test_every_stage_is_a_command_with_a_cli_module_and_a_pipeline_runner():

@@ -423,9 +423,10 @@ def test_status_names_each_stage_state_and_why(scorable):
         "label": "done",
         "robustness": "missing",
         "validate": "missing",
+        "confirm": "missing",
         "report": "done",
     }
-    assert code == 0  # robustness and validate are optional
+    assert code == 0  # robustness, validate and confirm are optional
     # other scores (`cgaps grade --responses`): scoring and what follows it are stale
     items = rundir.read_items(scorable)
     rundir.write_table(items.assign(score=1.0 - items["score"]), scorable / rundir.ITEMS)

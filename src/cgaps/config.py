@@ -23,9 +23,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from cgaps import stages
 from cgaps.config_fields import check_field_types, documented, section
+from cgaps.confirm.options import ConfirmOptions
 from cgaps.errors import CGapsError, did_you_mean
 from cgaps.labels.options import LabelOptions
+from cgaps.pools.options import PoolOptions
 from cgaps.report.options import ReportOptions
 from cgaps.robustness.options import RobustnessOptions
 from cgaps.validate.options import ValidateOptions
@@ -72,7 +75,7 @@ class RunConfig:
     seed: int = documented(
         0,
         "Seed for item sampling, the probe generator, subsampling and anything else random.",
-        stages=("items", "score", "robustness", "validate"),
+        stages=("items", "score", "robustness", "validate", "confirm"),
     )
     # --- evaluated model and generation
     model: str = documented(
@@ -169,12 +172,12 @@ class RunConfig:
         0.4,
         "Presence threshold tau in [0, 1): concept c counts as present in an item when s_c(x) >= tau x its "
         "scale m_c; fainter activations count as 0 in every score (0 keeps every activation).",
-        stages=("score", "label", "robustness", "validate"),
+        stages=("score", "label", "robustness", "validate", "confirm"),
     )
     min_support: int = documented(
         5,
         "Concepts firing on fewer items are reported but never called gaps.",
-        stages=("score", "robustness", "validate"),
+        stages=("score", "robustness", "validate", "confirm"),
     )
     under_pct: float = documented(
         10.0,
@@ -187,7 +190,7 @@ class RunConfig:
     fdr: float = documented(
         0.05,
         "Benjamini-Hochberg false discovery rate for model gaps and strengths.",
-        stages=("score", "validate"),
+        stages=("score", "validate", "confirm"),
     )
     ci_level: float = documented(
         0.95, "Confidence level of the Wilson interval on chi_model.", stages=("score",)
@@ -196,13 +199,13 @@ class RunConfig:
         10.0,
         "Monte Carlo p-value (scores resampled within benchmark) for concepts whose expected minority "
         "count n_eff x min(e, 1 - e) is below this; the normal approximation above it.",
-        stages=("score", "validate"),
+        stages=("score", "validate", "confirm"),
     )
     mc_resamples: int | None = documented(
         None,
         "Monte Carlo resamples for candidates (p <= 0.01 after the first 1,000); None: 2 x tested "
         "concepts / fdr (at least 20,000), so the smallest p-value can pass BH.",
-        stages=("score", "validate"),
+        stages=("score", "validate", "confirm"),
     )
     # --- execution
     device: str = documented(
@@ -216,8 +219,8 @@ class RunConfig:
 
     also_run: str = documented(
         "",
-        "Optional stages `cgaps run` runs too, comma-separated: robustness, validate (default: none; "
-        "each can also be run alone, `cgaps robustness RUN_DIR`).",
+        "Optional stages `cgaps run` runs too, comma-separated: robustness, validate, confirm (default: "
+        "none; each can also be run alone, `cgaps robustness RUN_DIR`; confirm needs its pool section).",
     )
     # --- the stages with options of their own: one section each, a mapping in YAML
     # (`label: {theme_cut: 0.3}`); `cgaps run` takes them as --SECTION-FIELD options
@@ -229,6 +232,16 @@ class RunConfig:
         ValidateOptions, "validate", "The validation checks (docs/method.md §3), when run."
     )
     report: ReportOptions = section(ReportOptions, "report", "What the report shows.")
+    confirm: ConfirmOptions = section(
+        ConfirmOptions,
+        "confirm",
+        "Testing the run's calls again on fresh items (docs/method.md §7), when run.",
+    )
+    fresh: PoolOptions = section(
+        PoolOptions,
+        "confirm",
+        "Where confirm (and fill) draw fresh items from: the pool (docs/method.md §7).",
+    )
 
     @property
     def generation_batch(self) -> int:
@@ -302,7 +315,7 @@ class RunConfig:
             )
         if self.min_support < 1:
             raise CGapsError(f"config field 'min_support' must be >= 1, got {self.min_support}")
-        optional = ("robustness", "validate")  # cgaps.stages: the stages that are not in the pipeline
+        optional = tuple(s.name for s in stages.STAGES if not s.pipeline)
         for name in self.optional_stages:
             if name not in optional:
                 raise CGapsError(

@@ -115,6 +115,12 @@ def _validate(run: _Run) -> None:
     validate_run(run.run_dir, run.cfg.validate)
 
 
+def _confirm(run: _Run) -> None:
+    from cgaps.confirm.stage import confirm_run
+
+    confirm_run(run.run_dir, run.cfg.confirm, run.cfg.fresh)
+
+
 def _report(run: _Run) -> None:
     from cgaps.report.build import build_report
 
@@ -130,6 +136,7 @@ RUNNERS: dict[str, Callable[[_Run], None]] = {
     "label": _label,
     "robustness": _robustness,
     "validate": _validate,
+    "confirm": _confirm,
     "report": _report,
 }
 if set(RUNNERS) != set(stages.BY_NAME):  # the graph is the list; this only says how to run each

@@ -48,6 +48,8 @@ LABELS_LLM_CACHE = "labels_llm_cache.jsonl"  # auto-interp answers, resumable (c
 ROBUSTNESS = "robustness.json"
 VALIDATION = "validation.json"
 REPORT = "report.html"
+CONFIRMATION = "confirmation.parquet"  # the run's calls tested again on fresh items (cgaps confirm)
+CONFIRM_DIR = "confirm"  # confirm's working run directory: the fresh items, their scores and saliency
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,17 @@ STAGES: tuple[Stage, ...] = (
         pipeline=False,
     ),
     Stage(
+        "confirm",
+        "the run's gap and strength calls tested again on fresh pool items (method §7)",
+        # the run's items: the pool never draws an item of the run (by content)
+        item_columns=("item_id", "benchmark", "prompt", "messages", "score"),
+        reads=(SALIENCY, CONCEPTS),
+        may_read=(THEMES, LABELS, CONTEXTS),
+        writes=(CONFIRMATION,),
+        working=(CONFIRM_DIR,),
+        pipeline=False,
+    ),
+    Stage(
         "report",
         "one self-contained offline page with the findings, figures and gap tables",
         item_columns=(
@@ -150,7 +163,7 @@ STAGES: tuple[Stage, ...] = (
             "choices",
         ),
         reads=(SALIENCY, CONCEPTS),
-        may_read=(OVERLAP, LABELS, THEMES, CONTEXTS, ROBUSTNESS, VALIDATION),
+        may_read=(OVERLAP, LABELS, THEMES, CONTEXTS, ROBUSTNESS, VALIDATION, CONFIRMATION),
         writes=(REPORT,),
     ),
 )

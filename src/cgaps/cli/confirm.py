@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cgaps.cli._common import RunDirArg, options_from
+from cgaps.cli._common import RunDirArg, options_from, run_config
 from cgaps.confirm.options import ConfirmOptions
 from cgaps.pools.options import PoolOptions
 
 
-@options_from(ConfirmOptions)
-@options_from(PoolOptions, into="pool_opts")
+@options_from(ConfirmOptions, over="run.json")
+@options_from(PoolOptions, into="pool_opts", over="run.json")
 def confirm(run_dir: Path = RunDirArg, *, options: dict[str, Any], pool_opts: dict[str, Any]) -> None:
     """Is a gap real, or an accident of these items? Test each call again on fresh pool items.
 
@@ -29,7 +29,9 @@ def confirm(run_dir: Path = RunDirArg, *, options: dict[str, Any], pool_opts: di
     from cgaps.confirm.stage import CONFIRMATION, confirm_run
     from cgaps.console import result
 
-    out = confirm_run(run_dir, ConfirmOptions(**options), PoolOptions(**pool_opts))
+    # the run's confirm and fresh sections (run.json), then the options given here
+    cfg = run_config(run_dir, {"confirm": options, "fresh": pool_opts})
+    out = confirm_run(run_dir, cfg.confirm, cfg.fresh)
     table = Table(title=f"{run_dir / CONFIRMATION}: confirmed on fresh items")
     table.add_column("re-tested")
     table.add_column("calls", justify="right")

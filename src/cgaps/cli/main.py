@@ -148,7 +148,6 @@ COMMANDS = [
     *((s.name, s.name, s.name) for s in stages.STAGES),
     ("grade", "grade", "grade"),
     ("fill", "fill", "fill"),
-    ("confirm", "confirm", "confirm"),
     ("status", "status", "status"),
     ("serve", "serve", "serve"),
     ("export", "export", "export"),

@@ -45,30 +45,10 @@ from cgaps.pools.options import PoolOptions
 from cgaps.runtables import RunTables, load_run
 from cgaps.scoring.core import SuiteMatrix, build_matrix, concept_max
 
-CONFIRMATION = "confirmation.parquet"
-CONFIRM_DIR = "confirm"  # RUN_DIR/confirm: the fresh items' run directory
+CONFIRMATION = rundir.CONFIRMATION
+CONFIRM_DIR = rundir.CONFIRM_DIR  # RUN_DIR/confirm: the fresh items' run directory
 RESPONSES_COPY = "responses.jsonl"  # the drawn items' lines of --responses, graded there
-CONFIRMATION_COLUMNS = (
-    "kind",
-    "id",
-    "role",
-    "matched_to",
-    "label",
-    "call",
-    "support_run",
-    "chi_model_run",
-    "expected_run",
-    "q_run",
-    "drawn",
-    "support_fresh",
-    "chi_model_fresh",
-    "expected_fresh",
-    "z_fresh",
-    "p_fresh",
-    "q_fresh",
-    "tested",
-    "replicated",
-)
+CONFIRMATION_COLUMNS = rundir.columns(CONFIRMATION)  # cgaps.rundir.schemas
 
 
 def run_scale(run: RunTables, cfg: RunConfig) -> np.ndarray:
@@ -239,7 +219,7 @@ def _confirm(run_dir: Path, run: RunTables, opts: ConfirmOptions, pool_opts: Poo
             ).join(res)
         )
     out = pd.concat(parts, ignore_index=True) if parts else _empty()
-    out = out[list(CONFIRMATION_COLUMNS)]
+    out = out[list(CONFIRMATION_COLUMNS)]  # the schema's order (cgaps.rundir.schemas)
     summary = {
         "scope": opts.scope,
         "pool": pool_opts.pool,
@@ -256,6 +236,7 @@ def _confirm(run_dir: Path, run: RunTables, opts: ConfirmOptions, pool_opts: Poo
         "confirm": summary,
     }
     rundir.write_table(out, run_dir / CONFIRMATION, knobs=knobs)
+    rundir.record_completion(run_dir, "confirm", cfg.replace(confirm=opts, fresh=pool_opts), run.items)
     return out
 
 

@@ -34,6 +34,8 @@ from cgaps.rundir.lock import LOCK, remove_stale_temporaries, writing
 from cgaps.rundir.names import (
     ALL_SCOPE,
     CONCEPTS,
+    CONFIRM_DIR,
+    CONFIRMATION,
     CONTEXTS,
     CONTROL_CHARS,
     ITEMS,
@@ -91,6 +93,8 @@ from cgaps.rundir.tables import (
 __all__ = [
     "ALL_SCOPE",
     "CONCEPTS",
+    "CONFIRM_DIR",
+    "CONFIRMATION",
     "CONCEPT_COLUMNS",
     "CONTEXTS",
     "CONTEXT_COLUMNS",

@@ -7,6 +7,8 @@ import re
 
 from cgaps.stages import (
     CONCEPTS,
+    CONFIRM_DIR,
+    CONFIRMATION,
     CONTEXTS,
     ITEMS,
     LABELS,
@@ -40,6 +42,8 @@ __all__ = [
     "ALL_SCOPE",
     "COMPARE",
     "CONCEPTS",
+    "CONFIRM_DIR",
+    "CONFIRMATION",
     "CONTEXTS",
     "CONTROL_CHARS",
     "ITEMS",

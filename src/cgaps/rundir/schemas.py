@@ -61,6 +61,8 @@ from cgaps.errors import CGapsError, did_you_mean
 from cgaps.rundir.names import (
     COMPARE,
     CONCEPTS,
+    CONFIRM_DIR,
+    CONFIRMATION,
     CONTEXTS,
     ITEMS,
     LABELS,
@@ -604,6 +606,56 @@ COMPARE_TABLE = TableSchema(
     ),
 )
 
+_CONFIRM = "confirm"
+CONFIRMATION_TABLE = TableSchema(
+    CONFIRMATION,
+    "call (and matched control) × what it was (concept or theme)",
+    _CONFIRM,
+    pa.schema(
+        [
+            column("kind", TEXT, "`concept` or `theme`", written_by=_CONFIRM),
+            column("id", pa.int32(), "the concept or theme number", written_by=_CONFIRM),
+            column(
+                "role",
+                TEXT,
+                "`called` (a call of the run) or `control` (a random concept of matched support)",
+                written_by=_CONFIRM,
+            ),
+            column(
+                "matched_to",
+                pa.int32(),
+                "the called concept a control is matched to; −1 for a called row",
+                written_by=_CONFIRM,
+            ),
+            column("label", TEXT, "the concept's or theme's label", written_by=_CONFIRM),
+            column("call", TEXT, "`weak` or `strong`: the direction tested again", written_by=_CONFIRM),
+            column("support_run", pa.int64(), "support in the run", written_by=_CONFIRM),
+            column("chi_model_run", F64, "χ_model in the run", written_by=_CONFIRM),
+            column("expected_run", F64, "expected score in the run", written_by=_CONFIRM),
+            column("q_run", F64, "q-value in the run", written_by=_CONFIRM),
+            column("drawn", pa.int64(), "fresh items drawn for it", written_by=_CONFIRM),
+            column("support_fresh", pa.int64(), "support on the fresh items", written_by=_CONFIRM),
+            column("chi_model_fresh", F64, "χ_model on the fresh items", written_by=_CONFIRM),
+            column("expected_fresh", F64, "expected score on the fresh items", written_by=_CONFIRM),
+            column("z_fresh", F64, "the score test's z on the fresh items", written_by=_CONFIRM),
+            column(
+                "p_fresh",
+                F64,
+                "one-sided p-value in the called direction; NaN when not tested",
+                written_by=_CONFIRM,
+            ),
+            column(
+                "q_fresh",
+                F64,
+                "Benjamini–Hochberg q within its family (called, controls, themes)",
+                written_by=_CONFIRM,
+            ),
+            column("tested", pa.bool_(), "fresh support ≥ min_support", written_by=_CONFIRM),
+            column("replicated", pa.bool_(), "tested, q ≤ fdr and z on the called side", written_by=_CONFIRM),
+        ]
+    ),
+)
+
 TABLES: dict[str, TableSchema] = {
     t.file: t
     for t in (
@@ -615,6 +667,7 @@ TABLES: dict[str, TableSchema] = {
         THEMES_TABLE,
         CONCEPTS_TABLE,
         OVERLAP_TABLE,
+        CONFIRMATION_TABLE,
         COMPARE_TABLE,
     )
 }
@@ -793,6 +846,7 @@ OTHER_FILES: dict[str, tuple[str, str]] = {
     ROBUSTNESS: ("robustness", "subsampling, adversarial ablation, SAE swap (docs/method.md §4)"),
     VALIDATION: ("validate", "null calibration, planted power curve, probe-family alignment"),
     REPORT: ("report", "the static report: one self-contained offline page"),
+    CONFIRM_DIR: ("confirm", "working folder: the fresh items' own run directory (items, scores, saliency)"),
 }
 
 
