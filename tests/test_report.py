@@ -416,7 +416,7 @@ def test_optional_files_shown_or_named_when_damaged(tmp_path):
     (run / rundir.ROBUSTNESS).unlink()
     rundir.write_table(pd.DataFrame({"concept": [0]}), run / rundir.LABELS)
     with pytest.raises(
-        CGapsError, match=r"labels\.parquet: missing column\(s\) label, source; rerun `cgaps extract"
+        CGapsError, match=r"labels\.parquet: missing column\(s\) label, source; rerun `cgaps label"
     ):
         build_report(run)
 

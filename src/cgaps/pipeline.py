@@ -15,8 +15,6 @@ starts over.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +27,7 @@ from cgaps.errors import CGapsError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cgaps.scaleout.options import RayOptions
+    from cgaps.seams import ChunkRunner
 
 
 # The RunConfig fields that decide the items: `cgaps items` records exactly these in run.json.
@@ -151,23 +149,20 @@ def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def run_pipeline(
-    cfg: RunConfig, run_dir: str | Path, *, force: bool = False, ray: RayOptions | None = None
+    cfg: RunConfig, run_dir: str | Path, *, force: bool = False, runner: ChunkRunner | None = None
 ) -> dict[str, float]:
     """Run every stage that is not complete and current yet; return the wall time per stage (seconds).
 
-    With ``ray``, evaluation and extraction run on Ray workers (:mod:`cgaps.scaleout`), on one
-    cluster started (or connected to) when the first of them needs it."""
+    Without ``runner`` every stage runs in this process and the model is loaded once for
+    evaluation, extraction and labels. With one (``--ray``: :class:`cgaps.scaleout.RayRunner`),
+    evaluation and extraction run where it computes; it is entered for the whole pipeline, so a
+    Ray cluster it starts serves both stages."""
     run_dir = Path(run_dir)
-    with rundir.writing(run_dir), ExitStack() as stack:
-
-        def ray_cluster(opts: RayOptions) -> RayOptions:
-            # one cluster for both stages, started when the first needs it (the stages reuse it)
-            from cgaps.scaleout.cluster import cluster
-
-            stack.enter_context(cluster(opts))
-            return opts
-
-        return _run_stages(cfg, run_dir, force, ray, ray_cluster)
+    with rundir.writing(run_dir):
+        if runner is None:
+            return _run_stages(cfg, run_dir, force)
+        with runner:
+            return _run_stages(cfg, run_dir, force, runner)
 
 
 def stale_reason(run_dir: Path, stage: str, items: pd.DataFrame, meta: dict | None = None) -> str | None:
@@ -194,11 +189,7 @@ def stale_reason(run_dir: Path, stage: str, items: pd.DataFrame, meta: dict | No
 
 
 def _run_stages(
-    cfg: RunConfig,
-    run_dir: Path,
-    force: bool,
-    ray: RayOptions | None = None,
-    ray_cluster: Callable[[RayOptions], RayOptions] = lambda opts: opts,
+    cfg: RunConfig, run_dir: Path, force: bool, runner: ChunkRunner | None = None
 ) -> dict[str, float]:
     from cgaps.evaluate.stage import evaluate_run
     from cgaps.extract.stage import extract_run
@@ -228,8 +219,8 @@ def _run_stages(
     if stale:
         info(f"evaluating again: {stale}")
     if not scored or stale or (run_dir / rundir.RESPONSES_PARTIAL).exists():
-        if ray is not None:  # the workers load the model, not this process
-            items = evaluate_run(run_dir, cfg, ray=ray_cluster(ray))
+        if runner is not None:  # the runner loads the model where it computes
+            items = evaluate_run(run_dir, cfg, runner=runner)
         else:
             from cgaps.models.backends import choose, open_generator
 
@@ -248,8 +239,8 @@ def _run_stages(
     extracted_here = False
     if not (run_dir / rundir.SALIENCY).exists() or stale:
         extracted_here = True
-        if ray is not None:
-            extract_run(run_dir, cfg, ray=ray_cluster(ray))
+        if runner is not None:
+            extract_run(run_dir, cfg, runner=runner)
         else:
             if backend is None or cfg.reader_model != cfg.model:
                 info(f"loading reader model {cfg.reader_model}")

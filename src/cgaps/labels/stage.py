@@ -16,9 +16,13 @@ digest (:func:`cgaps.rundir.stage_record`) and an ``evidence`` fingerprint of ev
 it depends on (the extraction's record, the SAE's fingerprint, presence and the options). A
 rerun reuses the evidence while that record matches, and always keeps the imported and LLM
 labels already in the table: completed work is never lost. The evidence needs the reader
-model's tokenizer and unembedding and the SAE's decoder, loaded here unless the caller (the
+model's tokenizer and unembedding (:meth:`cgaps.seams.ResidualReader.unembed`) and the SAE's
+decoder rows (:attr:`cgaps.seams.SAEEncoder.W_dec`), loaded here unless the caller (the
 pipeline) passes them; a run whose saliency came from another tool (no ``sae`` in run.json)
-gets enrichment and themes by co-activation only.
+gets enrichment and themes by co-activation only, and where it has ``contexts.parquet``, its
+concepts without an evidence label are named by their top contexts
+(:class:`cgaps.labels.top_contexts.TopContextLabels`). This stage is the only writer of
+``labels.parquet``.
 """
 
 from __future__ import annotations
@@ -151,6 +155,8 @@ def _label_run(
             table.loc[c, "llm_label"] = label
             table.loc[c, "llm_score"] = score
     table["label"], table["source"] = choose_labels(table)
+    if "sae" not in run.meta and run.contexts is not None:  # no evidence from the reader
+        table["label"], table["source"] = top_context_fallback(table, run.contexts, run.n_concepts)
 
     theme_table = themes.build_themes(
         m, run.concepts, cfg, groups, tokens, w_dec, opts.theme_cut, opts.enrich_p
@@ -184,7 +190,7 @@ def carried_labels(previous: pd.DataFrame | None, n_concepts: int) -> dict[str, 
     own columns when this stage wrote it, else (a table another tool or person wrote, with
     ``concept``, ``label``, ``source`` only) every label whose source is not provisional, as
     an imported label under its own source name."""
-    from cgaps.labels.contexts import PROVISIONAL_SOURCES
+    from cgaps.labels.top_contexts import PROVISIONAL_SOURCES
 
     out = {c: np.full(n_concepts, "", dtype=object) for c in OTHER_SOURCE_COLUMNS if c != "llm_score"}
     out["llm_score"] = np.full(n_concepts, np.nan)
@@ -276,14 +282,22 @@ def decoder_rows(sae: SAEEncoder | None) -> np.ndarray | None:
     """W_dec [F, d] of a loaded SAE as float32 numpy (None when there is none)."""
     if sae is None:
         return None
-    inner = getattr(sae, "sae", None)
-    w = getattr(inner, "W_dec", None)
-    if w is None:
-        import torch
+    return sae.W_dec.detach().float().cpu().numpy()
 
-        eye = torch.eye(sae.width)
-        w = sae.decode(eye) - sae.decode(torch.zeros(1, sae.width))
-    return w.detach().float().cpu().numpy()
+
+def top_context_fallback(
+    table: pd.DataFrame, contexts: pd.DataFrame, n_concepts: int
+) -> tuple[list[str], list[str]]:
+    """``label`` and ``source`` with every concept that has no label named by its top contexts
+    (:class:`~cgaps.labels.top_contexts.TopContextLabels`), for a run without evidence from the reader."""
+    from cgaps.labels.top_contexts import TopContextLabels
+
+    top = TopContextLabels(contexts).labels(n_concepts)
+    labels, sources = table["label"].tolist(), table["source"].tolist()
+    for c, (label, source) in enumerate(zip(top["label"], top["source"], strict=True)):
+        if not labels[c] and label:
+            labels[c], sources[c] = label, source
+    return labels, sources
 
 
 # ---------------------------------------------------------------- evidence
@@ -406,19 +420,16 @@ def peak_tokens(run: RunTables, m: SuiteMatrix, tokenizer: Any) -> tuple[pd.Data
 def output_tokens(
     backend: ResidualReader, sae: SAEEncoder, concepts: np.ndarray, k: int
 ) -> dict[int, list[list[Any]]]:
-    """The logit lens of each concept's decoder row (cgaps.labels.evidence.logit_lens)."""
+    """The logit lens of each concept's decoder row (cgaps.labels.evidence.logit_lens) through the
+    reader's unembedding (:meth:`cgaps.seams.ResidualReader.unembed`)."""
     import torch
 
-    model = getattr(backend, "model", None)
-    head = model.get_output_embeddings() if model is not None else None
-    if model is None or head is None:  # a backend without an unembedding to read
+    unembedding = backend.unembed()
+    if unembedding is None:  # a reader without an LM head
         return {}
-    norm = getattr(getattr(model, "model", None), "norm", None)
-    scale = getattr(norm, "weight", None)
-    if scale is not None and "gemma" in str(getattr(model.config, "model_type", "")):
-        scale = scale + 1  # Gemma's RMSNorm multiplies by (1 + weight)
+    scale, head = unembedding
     w_dec = torch.as_tensor(decoder_rows(sae))
-    ids, vals = evidence.logit_lens(w_dec, head.weight, scale, concepts.tolist(), k)
+    ids, vals = evidence.logit_lens(w_dec, head, scale, concepts.tolist(), k)
     tok = backend.tokenizer
     vocab = {int(i): tok.decode([int(i)]) for i in np.unique(ids)}
     return {

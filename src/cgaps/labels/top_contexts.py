@@ -1,0 +1,48 @@
+"""Labels from the top activating contexts: a concept named by the tokens it fires on most.
+
+:class:`TopContextLabels` is a :class:`cgaps.seams.LabelSource` over ``contexts.parquet``
+(written by ``cgaps extract``, :mod:`cgaps.extract.contexts`): a concept's label is the three
+most frequent firing tokens of its top contexts, ``source`` ``top_contexts``. The labels stage
+falls back on it where it finds no evidence of its own (saliency that another tool wrote, read
+without the reader model), so such a run still has words for its concepts.
+
+The labels stage is the only writer of ``labels.parquet``. Runs made by earlier versions hold
+these labels there, written by extraction as provisional ones: :data:`PROVISIONAL_SOURCES`
+names the sources the stage recomputes rather than keeps as another tool's labels.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+TOP_CONTEXTS_SOURCE = "top_contexts"
+# Label sources that the labels stage recomputes rather than keeps: '' (a concept without a
+# label), the top contexts' and its own evidence labels, which all follow from the extraction.
+PROVISIONAL_SOURCES = {TOP_CONTEXTS_SOURCE, "", "evidence"}
+
+
+class TopContextLabels:
+    """:class:`cgaps.seams.LabelSource`: a concept's label is the most frequent firing tokens of
+    its top contexts (a table of :data:`cgaps.rundir.CONTEXT_COLUMNS`)."""
+
+    name = TOP_CONTEXTS_SOURCE
+
+    def __init__(self, contexts: pd.DataFrame):
+        self.contexts = contexts
+
+    def labels(self, n_concepts: int) -> pd.DataFrame:
+        labels = ["" for _ in range(n_concepts)]
+        for concept, grp in self.contexts.groupby("concept"):
+            if 0 <= int(concept) < n_concepts:
+                common = Counter(t.strip() or repr(t) for t in grp["token"]).most_common(3)
+                labels[int(concept)] = " · ".join(f"“{t}”" for t, _ in common)
+        return pd.DataFrame(
+            {
+                "concept": np.arange(n_concepts, dtype=np.int32),
+                "label": labels,
+                "source": [self.name if s else "" for s in labels],
+            }
+        )
