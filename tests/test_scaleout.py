@@ -157,8 +157,9 @@ with RayRunner(opts) as ray:  # one local cluster for every scenario (the CLI's 
         for p in sorted((root / "resume" / "saliency_shards").glob("shard-*"))
     }
     # 4. a model the workers cannot load: the worker's own one-line error, nothing written
+    # (span prompt: the items, which hold no responses, pass the checks made before any load)
     try:
-        extract_run(root / "bad", cfg.replace(reader="/nonexistent/reader"), runner=ray)
+        extract_run(root / "bad", cfg.replace(reader="/nonexistent/reader", span="prompt"), runner=ray)
     except CGapsError as e:
         result["bad_reader"] = str(e)
 (root / "result.json").write_text(json.dumps(result))
