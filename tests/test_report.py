@@ -581,7 +581,7 @@ def test_findings_and_themes_from_the_labels_stage(tmp_path):
     table = label_run(run)
     # a label another tool wrote survives, as an imported label that wins over evidence
     assert table.loc[2, "label"] == "label of concept 2" and table.loc[2, "source"] == "synthetic"
-    assert table.loc[1, "source"] in ("evidence", "")
+    assert table.loc[1, "source"] in ("evidence", "top_contexts", "")  # no reader: top contexts fill in
     text = build_report(run).read_text()
     assert text.index('id="findings"') < text.index('id="config"') < text.index('id="gaps"')
     findings = text[text.index('id="findings"') : text.index('id="themes"')]
