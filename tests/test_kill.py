@@ -225,7 +225,7 @@ def test_a_killed_score_never_labels_a_report_with_other_knobs(tmp_path, backend
 
 
 def test_report_killed_and_rebuilt(tmp_path, backend, sae):
-    from cgaps.report import build_report
+    from cgaps.report.build import build_report
     from cgaps.scoring import score_run
 
     source = _extracted(tmp_path, backend, sae)

@@ -24,7 +24,8 @@ from scipy import stats
 
 from cgaps import rundir
 from cgaps.errors import CGapsError
-from cgaps.report import ReportOptions, build_report, figures
+from cgaps.report import ReportOptions, figures
+from cgaps.report.build import build_report
 from cgaps.scoring.stage import score_run
 from cgaps.stats import bh_adjust, wilson
 

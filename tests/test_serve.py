@@ -739,7 +739,7 @@ def test_browser_hostile_text_is_shown_as_text_and_runs_nothing(page, runs):
 
 
 def test_the_report_names_the_command_that_opens_the_explorer(runs, tmp_path):
-    from cgaps.report import build_report
+    from cgaps.report.build import build_report
 
     html = build_report(runs["b"], tmp_path / "report.html").read_text()
     assert "<code>cgaps serve RUN_DIR</code>" in html

@@ -200,7 +200,7 @@ def test_label_stage_end_to_end(tmp_path, tiny_backend):
     knobs = rundir.read_table_knobs(tmp_path / THEMES)
     assert knobs["presence"] == 0.2 and knobs["theme_cut"] == 0.4
     meta = rundir.read_run_json(tmp_path)
-    assert meta["inputs"]["labels"]["evidence"] and "themes" in meta["counts"]
+    assert meta["inputs"]["label"]["evidence"] and "themes" in meta["counts"]
 
     # an imported table wins over evidence and survives a rerun that imports nothing
     pd.DataFrame({"concept": [1], "label": ["hand label"]}).to_csv(tmp_path / "l.csv", index=False)

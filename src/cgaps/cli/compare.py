@@ -25,7 +25,12 @@ def compare(
     *,
     options: dict[str, Any],
 ) -> None:
-    """Where model B beats model A and the reverse, concept by concept (paired test, BH per scope)."""
+    """Where model B beats model A and the reverse, concept by concept (paired test, BH per scope).
+
+    Examples:
+
+        cgaps compare runs/model-a runs/model-b --out runs/a-vs-b
+    """
     from cgaps.compare import compare_runs
     from cgaps.console import result
 

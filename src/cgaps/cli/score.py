@@ -6,12 +6,19 @@ from pathlib import Path
 from typing import Any
 
 from cgaps.cli._common import RunDirArg, options_from
-from cgaps.config import SCORING_KNOBS, RunConfig
+from cgaps.config import RunConfig, command_fields
 
 
-@options_from(RunConfig, *SCORING_KNOBS, over="run.json")
+@options_from(RunConfig, *command_fields("score"), over="run.json")
 def score(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
-    """Score concepts: benchmark coverage, model performance and gaps; knobs given here are saved into run.json."""
+    """Score concepts: benchmark coverage, model performance and gaps; the config given here is saved into run.json.
+
+    Examples:
+
+        cgaps score runs/p
+
+        cgaps score runs/p --presence 0.3 --fdr 0.1
+    """
     import pandas as pd
     from rich.table import Table
 

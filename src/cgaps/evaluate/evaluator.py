@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from cgaps import rundir
 from cgaps.answers import CHOICE_TYPES, LETTERS, LOGLIK_ALWAYS, too_many_options
-from cgaps.config import RunConfig
+from cgaps.config import RunConfig, stage_fields
 from cgaps.console import info, progress_bar
 from cgaps.errors import CGapsError, settings_diff
 from cgaps.seams import Chunks, Generator, Messages
@@ -66,9 +66,10 @@ LOGLIK_PROTOCOLS = ("loglik", "loglik_norm", "loglik_letter")
 # mc_scoring "auto": the protocol each benchmark is usually reported with (docs/benchmarks.md);
 # a benchmark not named here (and every spec-file benchmark) is generated.
 AUTO_PROTOCOL = {"socialiqa": "loglik", "bbq": "loglik", "crows_pairs": "loglik"}
-# The config fields that change an evaluation's answers: recorded with the evaluate stage's inputs
-# (a pipeline run with other values evaluates again) and in the resume file's settings.
-EVAL_SETTINGS = ("model", "mc_scoring", "chat_template", "dtype", "max_new_tokens")
+# The config fields that change an evaluation's answers (tagged with the stage in cgaps.config):
+# recorded with the evaluate stage's inputs (a pipeline run with other values evaluates again) and
+# in the resume file's settings.
+EVAL_SETTINGS = stage_fields("evaluate")
 # The settings that change a response; a resume file from other values is refused. ``backend`` is
 # the backend that generates (the stage passes the one :func:`cgaps.models.backends.choose_backend`
 # resolved, so a resume on a machine where ``auto`` means another backend is refused too).

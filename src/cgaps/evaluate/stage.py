@@ -175,7 +175,7 @@ def _evaluate_run(
     run_dir: Path, cfg: RunConfig, generator: Generator | None, runner: ChunkRunner
 ) -> pd.DataFrame:
     from cgaps.config import BACKENDS
-    from cgaps.evaluate.evaluator import EVAL_SETTINGS, OwnEvaluator, check_options
+    from cgaps.evaluate.evaluator import OwnEvaluator, check_options
     from cgaps.models.backends import used_backend
     from cgaps.models.loading import loaded_record
 
@@ -214,9 +214,9 @@ def _evaluate_run(
             "evaluate": rundir.stage_record(
                 items,
                 "evaluate",
+                config=cfg,
                 # the backend that generated (models.backends.backend_change compares it)
-                settings={k: getattr(cfg, k) for k in EVAL_SETTINGS}
-                | {"backend_used": used_backend(generator)},
+                backend_used=used_backend(generator),
             )
         },
         config=cfg.to_dict(),

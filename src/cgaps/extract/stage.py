@@ -570,6 +570,8 @@ def _extract(
                 items,
                 "extract",
                 tuple(c for c in rundir.STAGE_INPUTS["extract"] if c != "response" or cfg.span != "prompt"),
+                run_dir,
+                config=cfg.replace(layer=layer),  # the layer it resolved (None: the SAE's own)
             )
         },
         n_concepts=int(width),

@@ -61,6 +61,9 @@ class Imported:
     """Provenance for run.json ``imported``: the format, files, metric, tool version..."""
     where: dict[str, str] = field(default_factory=dict)
     """item_id -> ``file:line`` it came from (for the error on a duplicate id)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Config fields the log itself says (e.g. ``max_new_tokens`` from its generation config), so
+    the run records what the evaluation used, not this tool's defaults."""
 
 
 def meta_json(obj: Any) -> str:
@@ -150,6 +153,7 @@ def write_imported_run(
         model=imported.evaluated,
         reader=reader or "embedded",
         sae=sae or "embedded",
+        **imported.config,
     )
     with rundir.writing(out):
         present = [n for n in rundir.RUN_FILES if (out / n).exists()]
@@ -158,9 +162,7 @@ def write_imported_run(
                 f"{out}: already holds a run ({present[0]}); choose another --out or pass --force to replace it"
             )
         if present:
-            from cgaps.pipeline import clear_run
-
-            clear_run(out)
+            rundir.clear_run(out)
         # no response and no score until the score source gives them (its columns keep their places)
         unscored = items.assign(response=None, score=float("nan"))
         items = record_scores(out, ImportedScores(items, name), unscored)

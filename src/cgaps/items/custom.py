@@ -149,6 +149,10 @@ def read_spec(path: str | Path) -> dict[str, Any]:
                 f"{path}: unknown key fields.{key}.{did_you_mean(str(key), FIELD_KEYS)} Known: {', '.join(FIELD_KEYS)}"
             )
     atype = spec.get("answer_type", "short")
+    if not isinstance(atype, str):
+        raise CGapsError(
+            f"{path}: answer_type must be one of {', '.join(ANSWER_TYPES)}, got {atype!r} ({type(atype).__name__})"
+        )
     if atype not in ANSWER_TYPES:
         raise CGapsError(
             f"{path}: answer_type {atype!r}.{did_you_mean(atype, ANSWER_TYPES)} Valid: {', '.join(ANSWER_TYPES)}"
@@ -282,8 +286,16 @@ def load_custom(spec_path: str | Path, chain_of_thought: bool = False) -> tuple[
         if "aliases" in fields:
             aliases = field_path(rec, fields["aliases"], required=False) or []
             if isinstance(aliases, str):
-                aliases = json.loads(aliases) if aliases.startswith("[") else [aliases]
-            meta["answers"] = [reference, *map(str, list(aliases))]
+                try:
+                    aliases = json.loads(aliases) if aliases.startswith("[") else [aliases]
+                except json.JSONDecodeError as e:
+                    raise CGapsError(
+                        f"{rec.where}: field {fields['aliases']!r} starts like a JSON list but is not one "
+                        f"({e.msg} at character {e.pos}); write a JSON list of strings or one answer"
+                    ) from e
+            if not isinstance(aliases, list):
+                aliases = [aliases]
+            meta["answers"] = [reference, *map(str, aliases)]
         if template:
             try:
                 # {options} is the formatted block even when the row has a column of that name

@@ -11,7 +11,7 @@ Reads the run directory (items, saliency, concepts, the extraction's shards) and
   ``concepts.parquet`` in its schema metadata, so the report can tell a theme table made
   before a rescoring from a current one.
 
-Provenance: run.json ``inputs.labels`` records the item columns the evidence used with their
+Provenance: run.json ``inputs.label`` records the item columns the evidence used with their
 digest (:func:`cgaps.rundir.stage_record`) and an ``evidence`` fingerprint of everything else
 it depends on (the extraction's record, the SAE's fingerprint, presence and the options). A
 rerun reuses the evidence while that record matches, and always keeps the imported and LLM
@@ -27,6 +27,7 @@ concepts without an evidence label are named by their top contexts
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -56,8 +57,6 @@ EVIDENCE_COLUMNS = (
 )
 OTHER_SOURCE_COLUMNS = ("imported_label", "imported_source", "llm_label", "llm_score")
 LABELS_TABLE_COLUMNS = (*rundir.LABEL_COLUMNS, *EVIDENCE_COLUMNS, *OTHER_SOURCE_COLUMNS)
-# the item columns the evidence depends on besides the extraction's (enrichment's groups)
-LABEL_ITEM_COLUMNS = ("item_id", "benchmark", "category", "meta")
 LLM_MIN_SCORE = 0.5  # an LLM label replaces the evidence label only when detection beats chance
 
 
@@ -89,10 +88,10 @@ def _fingerprint(run: RunTables, opts: LabelOptions, presence: float) -> str:
 
 
 def _evidence_is_current(run_dir: Path, run: RunTables, fingerprint: str) -> bool:
-    recorded = run.meta.get("inputs", {}).get("labels")
+    recorded = run.meta.get("inputs", {}).get("label")
     if not isinstance(recorded, dict) or recorded.get("evidence") != fingerprint:
         return False
-    if not rundir.stage_is_current(run_dir, "labels", run.items, meta=run.meta):
+    if not rundir.stage_is_current(run_dir, "label", run.items, meta=run.meta):
         return False
     return run.labels is not None and all(c in run.labels.columns for c in EVIDENCE_COLUMNS)
 
@@ -167,11 +166,12 @@ def _label_run(
     table = table[list(LABELS_TABLE_COLUMNS)]
     table["llm_score"] = table["llm_score"].astype("float64")
     rundir.write_table(table, run_dir / rundir.LABELS)
-    record = rundir.stage_record(run.items, "labels", LABEL_ITEM_COLUMNS)
+    record = rundir.stage_record(run.items, "label", run_dir=run_dir, config=cfg.replace(label=opts))
     s = themes.summary(theme_table)
     rundir.update_run_json(
         run_dir,
-        inputs={"labels": {**record, "evidence": fingerprint}},
+        inputs={"label": {**record, "evidence": fingerprint}},
+        config={"label": dataclasses.asdict(opts)},  # the run's config says what its labels were made with
         counts={
             "labels": {k: int(v) for k, v in table["source"].value_counts().items() if k},
             **s,

@@ -333,12 +333,14 @@ def backend_change(meta: dict[str, Any]) -> str | None:
     from cgaps.config import config_from_run
     from cgaps.errors import settings_diff
 
-    settings = meta.get("inputs", {}).get("evaluate", {}).get("settings")
+    recorded = meta.get("inputs", {}).get("evaluate", {})
+    settings = recorded.get("config", recorded.get("settings"))  # `settings`: runs written before
     if not isinstance(settings, dict) or "config" not in meta:
-        return None  # graded responses, or an evaluation from before settings were recorded
+        return None  # graded responses, or an evaluation from before its config was recorded
     cfg = config_from_run(meta, "run")
     # evaluations recorded before the backend was: transformers (or the server) generated them
-    was = settings.get("backend_used", SERVED if cfg.model.startswith("openai://") else "transformers")
+    fallback = SERVED if cfg.model.startswith("openai://") else "transformers"
+    was = recorded.get("backend_used", settings.get("backend_used", fallback))
     if str(was).split(":")[0] not in (*BACKENDS, SERVED):
         return None  # a generator given through the Python API: nothing to compare
     try:

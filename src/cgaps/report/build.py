@@ -33,12 +33,13 @@ import numpy as np
 import pandas as pd
 
 from cgaps import rundir
-
-# defined with the other user-facing configs, so that the CLI reads its fields without pandas
-from cgaps.config import ReportOptions
+from cgaps.config import config_from_run
 from cgaps.errors import CGapsError, settings_diff
 from cgaps.report import figures
 from cgaps.report.checks import checks_section
+
+# defined with the other user-facing configs, so that the CLI reads its fields without pandas
+from cgaps.report.options import ReportOptions
 from cgaps.runtables import RunTables, load_run
 from cgaps.stats import mean_interval
 
@@ -861,5 +862,10 @@ def build_report(
     """Write the self-contained HTML report of a run; return its path (default ``RUN_DIR/report.html``)."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / rundir.REPORT
-    rundir.write_text(render(report_context(run_dir, options)), out)
+    opts = options or ReportOptions()
+    context = report_context(run_dir, opts)
+    rundir.write_text(render(context), out)
+    if out.resolve() == (run_dir / rundir.REPORT).resolve():  # the run's own report: it is current now
+        cfg = config_from_run(rundir.read_run_json(run_dir), run_dir)
+        rundir.record_completion(run_dir, "report", cfg.replace(report=opts))
     return out

@@ -138,3 +138,18 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
         raise CGapsError(
             f"{path}: not a readable Parquet file ({e}); rewrite it with pandas.DataFrame.to_parquet"
         ) from e
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Delete every file the stages write into a run directory (:data:`cgaps.stages.RUN_FILES`,
+    working files included): ``cgaps run --force`` starts over; other files stay."""
+    import shutil
+
+    from cgaps.stages import RUN_FILES
+
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

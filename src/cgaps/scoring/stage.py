@@ -75,7 +75,7 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
     rundir.update_run_json(
         run_dir,
         config=knobs,
-        inputs={"score": rundir.stage_record(items, "score", run_dir=run_dir)},  # for `cgaps status`
+        inputs={"score": rundir.stage_record(items, "score", run_dir=run_dir, config=cfg)},  # `cgaps status`
         counts={
             "concept_scale": scale_source,
             "scored_items": len(items),
