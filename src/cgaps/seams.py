@@ -238,6 +238,7 @@ class Chunks(Protocol[Model]):
         ...
 
 
+@runtime_checkable
 class ChunkRunner(Protocol):
     """Where a stage's chunks are computed (see the module docstring).
 
