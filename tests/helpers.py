@@ -355,3 +355,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def make_chance_suite(seed: int = 0, n_concepts: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(items, saliency) of one benchmark ``probes`` whose items say their answer format, for the
+    chance levels (cgaps.chance): category ``coin`` (yes/no, answered right half the time: chance
+    level 1/2), ``sum`` (free-form numbers, 3% right: chance ~0) and ``quiz`` (four options, 85%
+    right: chance 1/4). Concept 0 fires on every ``coin`` item (a strength against the benchmark's
+    ~24% that is a coin flip), concept 1 on every ``quiz`` item (a strength above chance), concept 2
+    on every ``sum`` item (a gap); the others fire at random."""
+    rng = np.random.default_rng(seed)
+    spec = {"coin": (80, 0.5, "yesno"), "quiz": (80, 0.85, "choice"), "sum": (320, 0.03, "number")}
+    items, sal = [], []
+    for planted, (cat, (n, acc, kind)) in enumerate(spec.items()):
+        for k in range(n):
+            iid = f"probes/{cat}/{k:03d}"
+            items.append(
+                {
+                    "item_id": iid,
+                    "benchmark": "probes",
+                    "prompt": f"question {iid}",
+                    "reference": "yes" if kind == "yesno" else "A" if kind == "choice" else "4",
+                    "answer_type": kind,
+                    "choices": json.dumps(["w", "x", "y", "z"]) if kind == "choice" else None,
+                    "category": cat,
+                    "response": "x",
+                    # the coin flips: exactly every other one right
+                    "score": float(k % 2 == 0) if kind == "yesno" else float(rng.random() < acc),
+                }
+            )
+            sal.append({"item_id": iid, "concept": planted, "value": float(rng.uniform(5.0, 10.0))})
+            for c in np.flatnonzero(rng.random(n_concepts) < 0.2):
+                if c > 2:
+                    sal.append(
+                        {"item_id": iid, "concept": int(c), "value": float(rng.gamma(2.0, 1.5)) + 1e-3}
+                    )
+    return pd.DataFrame(items), pd.DataFrame(sal).astype({"concept": "int32", "value": "float32"})

@@ -310,7 +310,7 @@ def test_results_on_stdout_status_on_stderr(tmp_path):
     run = write_run(tmp_path)
     result = CliRunner().invoke(app, ["score", str(run)])
     assert result.exit_code == 0, result.output
-    assert "ALL" in result.stdout and "strong" in result.stdout  # the score table
+    assert "ALL" in result.stdout and "strengths" in result.stdout  # the score table
     assert "ALL" not in result.stderr
 
 

@@ -55,7 +55,8 @@ def fake_stages(monkeypatch):
         rundir.write_table(
             pd.DataFrame({"item_id": ["a"], "concept": [0], "value": [1.0]}), run_dir / rundir.SALIENCY
         )
-        rundir.write_table(pd.DataFrame({"concept": [0]}), run_dir / rundir.CONTEXTS)
+        # stand-in tables are not the schemas' (write_table would refuse them): plain pandas
+        pd.DataFrame({"concept": [0]}).to_parquet(run_dir / rundir.CONTEXTS)
         rundir.update_run_json(
             run_dir,
             inputs={"extract": rundir.stage_record(rundir.read_items(run_dir), "extract", run_dir=run_dir)},
@@ -69,7 +70,7 @@ def fake_stages(monkeypatch):
             for name in files:  # like the real ones: the output follows the scores and the config
                 if name.endswith(".parquet"):
                     made = {"stage": [stage], "scores": [items["score"].sum()], "presence": [cfg.presence]}
-                    rundir.write_table(pd.DataFrame(made), run_dir / name)
+                    pd.DataFrame(made).to_parquet(run_dir / name)  # a stand-in: not write_table
                 else:
                     (run_dir / name).write_text(stage)
             record = rundir.stage_record(items, stage, run_dir=run_dir, config=cfg)

@@ -210,7 +210,9 @@ class RunState:
         if stage == "extract":
             return f"{counts.get('saliency_rows', '?')} saliency rows"
         if stage == "score":
-            return f"{counts.get('gaps_weak', '?')} gaps, {counts.get('gaps_strong', '?')} strengths"
+            at_chance = counts.get("strengths_at_chance")
+            chance = f" ({at_chance} at chance)" if at_chance is not None else ""
+            return f"{counts.get('gaps_weak', '?')} gaps, {counts.get('gaps_strong', '?')} strengths{chance}"
         if stage == "label":
             return f"{counts.get('themes', '?')} themes ({counts.get('themes_weak', '?')} gap themes)"
         return stages.stage(stage).writes[0]

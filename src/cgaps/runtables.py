@@ -2,7 +2,9 @@
 
 Every stage after extraction starts the same way: ``run.json`` (with ``n_concepts``), the
 scored items and the saliency, each through the validating readers of :mod:`cgaps.rundir`,
-so bad input fails with the file, the field and the fix named. The scoring and robustness
+so bad input fails with the file, the field and the fix named. Every table read here has its
+column types checked against its schema (:mod:`cgaps.rundir.schemas`) on the file's Arrow
+schema before a row is read, and everything is read before anything is written. The scoring and robustness
 stages need only these. The report also needs what the scoring stage wrote and shows the
 optional files when they are there; ``load_run(run_dir, results=True)`` reads those too:
 
@@ -44,20 +46,12 @@ import pandas as pd
 from cgaps import rundir
 from cgaps.config import RunConfig, config_from_run
 from cgaps.errors import CGapsError
+from cgaps.rundir import schemas
 
 _SCORE_FIX = "run `cgaps score RUN_DIR` to write it"
 _RESCORE = "rerun `cgaps score RUN_DIR`"
 # concepts.parquet columns read as float64 whatever the writer used (NaN for anything unreadable)
-_CONCEPT_FLOATS = (
-    "chi_bench",
-    "chi_bench_raw",
-    "chi_model",
-    "expected",
-    "n_eff",
-    "ci_low",
-    "ci_high",
-    "q_value",
-)
+_CONCEPT_FLOATS = tuple(f.name for f in schemas.CONCEPTS_TABLE.schema if f.type == schemas.F64)
 
 
 @dataclass

@@ -144,6 +144,8 @@ STAGES: tuple[Stage, ...] = (
             "response",
             "score",
             "category",
+            "answer_type",  # with choices: each item's chance level
+            "choices",
         ),
         reads=(SALIENCY, CONCEPTS),
         may_read=(OVERLAP, LABELS, THEMES, CONTEXTS, ROBUSTNESS, VALIDATION),

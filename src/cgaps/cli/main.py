@@ -149,8 +149,10 @@ COMMANDS = [
     ("grade", "grade", "grade"),
     ("status", "status", "status"),
     ("serve", "serve", "serve"),
+    ("export", "export", "export"),
     ("compare", "compare", "compare"),
     ("train-sae", "train_sae", "train_sae"),
+    ("schema", "schema", "schema"),
 ]
 
 # Every command that writes a folder holds its writer lock (cgaps.rundir.writing) for the whole

@@ -75,7 +75,7 @@ EVAL_SETTINGS = stage_fields("evaluate")
 # resolved, so a resume on a machine where ``auto`` means another backend is refused too).
 PARTIAL_SIGNATURE = (*EVAL_SETTINGS, "chain_of_thought", "backend")
 # option_logliks.parquet: one row per (item, option) answered by log-likelihood
-OPTION_COLUMNS = ("item_id", "option", "letter", "continuation", "loglik", "chars", "chosen", "protocol")
+OPTION_COLUMNS = rundir.columns(rundir.OPTION_LOGLIKS)  # documented in cgaps.rundir.schemas
 
 
 def budget(item: dict[str, Any], cfg: RunConfig) -> int:

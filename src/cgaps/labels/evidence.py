@@ -55,6 +55,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
+from cgaps import rundir
+
 # Meta-JSON fields that name a group of items (a suite's subject, task or probe family).
 ENRICH_META_KEYS = ("subject", "task", "family")
 STOP_WORDS = frozenset({"the", "a", "of", "to", "."})
@@ -206,7 +208,7 @@ def group_indicator(labels: pd.Series) -> tuple[sp.csr_matrix, pd.Index]:
     return ind, names
 
 
-ENRICH_COLUMNS = ("enrich_facet", "enrich_group", "enrich_mass", "enrich_items", "enrich_p")
+ENRICH_COLUMNS = rundir.ENRICH_COLUMNS  # documented in cgaps.rundir.schemas
 
 
 def enrichment(shat: sp.csr_matrix, groups: dict[str, pd.Series]) -> pd.DataFrame:

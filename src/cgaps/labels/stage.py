@@ -56,7 +56,8 @@ EVIDENCE_COLUMNS = (
     *evidence.ENRICH_COLUMNS,
 )
 OTHER_SOURCE_COLUMNS = ("imported_label", "imported_source", "llm_label", "llm_score")
-LABELS_TABLE_COLUMNS = (*rundir.LABEL_COLUMNS, *EVIDENCE_COLUMNS, *OTHER_SOURCE_COLUMNS)
+# the required three, EVIDENCE_ and OTHER_SOURCE_COLUMNS; phrase and format: not computed here yet
+LABELS_TABLE_COLUMNS = tuple(c for c in rundir.columns(rundir.LABELS) if c not in ("phrase", "format"))
 LLM_MIN_SCORE = 0.5  # an LLM label replaces the evidence label only when detection beats chance
 
 

@@ -53,17 +53,7 @@ from cgaps.scoring.core import SuiteMatrix, chi_tables, concept_table
 THEMES = rundir.THEMES  # the table's file name in a run directory
 MAX_THEME_CONCEPTS = 4000
 LINKAGE = "average"
-THEME_COLUMNS = (
-    "theme",
-    "scope",
-    "label",
-    "n_members",
-    "members",  # JSON list of concept ids, strongest gap/strength first
-    "tokens",  # JSON list of the members' distinctive tokens
-    "spread",  # JSON list of [group, mass share, item share]: the enriched facet's largest groups
-    *evidence.ENRICH_COLUMNS,
-    *(c for c in rundir.CONCEPT_COLUMNS if c not in ("concept", "scope")),
-)
+THEME_COLUMNS = rundir.columns(THEMES)  # documented in cgaps.rundir.schemas
 
 
 def theme_concepts(all_scope: pd.DataFrame, limit: int = MAX_THEME_CONCEPTS) -> np.ndarray:

@@ -10,7 +10,8 @@ field and the fix.
 | :mod:`~cgaps.rundir.names` | the files' fixed names, the whole-suite scope, the rules for names and ids |
 | :mod:`~cgaps.rundir.atomic` | atomic writes and checked reads of Parquet, JSON and text |
 | :mod:`~cgaps.rundir.runjson` | ``run.json``: its documented keys, the checked reader, the merging writer |
-| :mod:`~cgaps.rundir.tables` | the main tables' columns, the validating readers of items and saliency |
+| :mod:`~cgaps.rundir.schemas` | every table's typed schema (a description per column), the column tuples, the type checks of writers and readers |
+| :mod:`~cgaps.rundir.tables` | the validating readers of items and saliency |
 | :mod:`~cgaps.rundir.provenance` | digests of what a stage read, recorded in run.json ``inputs`` |
 | :mod:`~cgaps.rundir.lock` | one writer at a time: the advisory lock on the directory |
 
@@ -64,9 +65,10 @@ from cgaps.rundir.provenance import (
     stage_record,
 )
 from cgaps.rundir.runjson import RUN_JSON_KEYS, RunJson, n_concepts, read_run_json, update_run_json
-from cgaps.rundir.tables import (
+from cgaps.rundir.schemas import (
     CONCEPT_COLUMNS,
     CONTEXT_COLUMNS,
+    ENRICH_COLUMNS,
     ITEM_COLUMNS,
     ITEM_OPTIONAL,
     ITEM_REQUIRED,
@@ -74,6 +76,12 @@ from cgaps.rundir.tables import (
     LABEL_COLUMNS,
     OVERLAP_COLUMNS,
     SALIENCY_COLUMNS,
+    TABLES,
+    TableSchema,
+    columns,
+    table_schema,
+)
+from cgaps.rundir.tables import (
     read_items,
     read_saliency,
     validate_items,
@@ -87,6 +95,7 @@ __all__ = [
     "CONTEXTS",
     "CONTEXT_COLUMNS",
     "CONTROL_CHARS",
+    "ENRICH_COLUMNS",
     "ITEMS",
     "ITEM_COLUMNS",
     "ITEM_OPTIONAL",
@@ -112,10 +121,13 @@ __all__ = [
     "SALIENCY_SHARDS",
     "SCHEMA_VERSION",
     "STAGE_INPUTS",
+    "TABLES",
     "TABLE_KNOBS_KEY",
     "THEMES",
     "VALIDATION",
     "RunJson",
+    "TableSchema",
+    "columns",
     "atomic_path",
     "clear_run",
     "file_digest",
@@ -133,6 +145,7 @@ __all__ = [
     "stage_check",
     "stage_is_current",
     "stage_record",
+    "table_schema",
     "update_run_json",
     "validate_items",
     "validate_saliency",

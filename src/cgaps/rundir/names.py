@@ -27,6 +27,8 @@ from cgaps.stages import (
 
 SCHEMA_VERSION = 1
 
+COMPARE = "compare.parquet"  # written by `cgaps compare` into its own --out folder, not a run directory
+
 ALL_SCOPE = "ALL"
 
 # Benchmark names and item ids: at most this many characters, and no control characters (they
@@ -36,6 +38,7 @@ CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 __all__ = [
     "ALL_SCOPE",
+    "COMPARE",
     "CONCEPTS",
     "CONTEXTS",
     "CONTROL_CHARS",
