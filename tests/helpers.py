@@ -15,7 +15,9 @@ the ``smollm`` fixture of conftest.py, used by ``slow`` tests only, is for).
 - :func:`preset_standin_spec` / :func:`make_standin`: a tiny model of a preset's architecture
   plus a random SAE in the preset SAE's format (configs/*.yaml);
 - :func:`make_suite` / :func:`write_run`: a synthetic scored suite with planted concepts, and
-  a run directory holding it.
+  a run directory holding it;
+- :class:`FakeGenerator`: what a generator reports besides its answers (the
+  :class:`cgaps.seams.Generator` protocol), for the tests' fake generators to inherit.
 """
 
 from __future__ import annotations
@@ -34,6 +36,20 @@ import numpy as np
 import pandas as pd
 
 TINY_HIDDEN = 64
+
+
+class FakeGenerator:
+    """The part of :class:`cgaps.seams.Generator` a fake does not care about: a generator of one's
+    own (``backend`` "given", never compared for staleness) in the model's dtype, that cuts no
+    prompt. Subclasses add ``generate`` and ``loglikelihood`` (and may override these)."""
+
+    name = "fake"
+    backend = "given"
+    generation_dtype: str | None = None
+    context_overflow = "truncate"
+    prompts_truncated = 0
+    loaded: dict[str, Any] | None = None
+
 
 # ---------------------------------------------------------------- the embedded tokenizer
 

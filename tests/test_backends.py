@@ -14,7 +14,7 @@ from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.models.backends import Choice, Routed, backend_change, choose_backend
-from helpers import embedded_tokenizer, tiny_causal_lm
+from helpers import FakeGenerator, embedded_tokenizer, tiny_causal_lm
 
 
 def pick(
@@ -131,14 +131,14 @@ def test_a_bfloat16_copy_that_would_not_fit_is_refused(monkeypatch):
     monkeypatch.setattr(hf, "available_memory", lambda: int(need / 0.8) - 1)
     with pytest.raises(CGapsError, match=r"needs a .* GB copy of tiny .* pass --dtype float32"):
         backend.generate_in("bfloat16")
-    assert backend.gen_model is model and backend.gen_dtype is None  # nothing half-done
+    assert backend.gen_model is model and backend.generation_dtype is None  # nothing half-done
     monkeypatch.setattr(hf, "available_memory", lambda: int(need / 0.8) + 1)
     backend.generate_in("bfloat16")
-    assert backend.gen_dtype == "bfloat16"
+    assert backend.generation_dtype == "bfloat16"
     monkeypatch.setattr(hf, "available_memory", lambda: None)  # unknown: the copy is made
     other = hf.HFBackend(model, embedded_tokenizer(), "tiny", "cpu")
     other.generate_in("bfloat16")
-    assert other.gen_dtype == "bfloat16"
+    assert other.generation_dtype == "bfloat16"
 
 
 def test_available_memory_reads_proc_meminfo():
@@ -225,7 +225,7 @@ def test_cli_evaluate_takes_backend(tmp_path):
 # ------------------------------------------------------------------ recorded with the evaluation
 
 
-class Fake:
+class Fake(FakeGenerator):
     """A generator that answers "2" and says which backend it is."""
 
     name = "fake"
@@ -456,7 +456,7 @@ def test_a_resume_file_from_another_generation_dtype_is_refused(tmp_path):
     from cgaps.evaluate.stage import evaluate_run
 
     class Bfloat16(Fake):
-        gen_dtype = "bfloat16"  # HFBackend.generate_in("bfloat16")
+        generation_dtype = "bfloat16"  # HFBackend.generate_in("bfloat16")
 
     _interrupted_under_transformers(tmp_path)
     with pytest.raises(CGapsError, match=r"other settings \(dtype 'auto' there, 'bfloat16' now\)"):

@@ -29,6 +29,7 @@ from cgaps.items import load_suite, prompts
 
 sys.path.insert(0, str(Path(__file__).parent))
 import harness  # noqa: E402
+from helpers import FakeGenerator  # noqa: E402
 
 OPTIONS = ["a red fox", "the moon", "42"]
 
@@ -46,7 +47,7 @@ def _item(**kw):
     return {**base, **kw}
 
 
-class Recording:
+class Recording(FakeGenerator):
     """A generator whose option log-likelihoods are given per continuation; records every request."""
 
     name = "recording"

@@ -419,7 +419,7 @@ def test_optional_files_shown_or_named_when_damaged(tmp_path):
     (run / rundir.ROBUSTNESS).unlink()
     pd.DataFrame({"concept": [0]}).to_parquet(run / rundir.LABELS)  # another tool's (write_table refuses it)
     with pytest.raises(
-        CGapsError, match=r"labels\.parquet: missing column\(s\) label, source; rerun `cgaps extract"
+        CGapsError, match=r"labels\.parquet: missing column\(s\) label, source; rerun `cgaps label"
     ):
         build_report(run)
 
@@ -584,7 +584,7 @@ def test_findings_and_themes_from_the_labels_stage(tmp_path):
     table = label_run(run)
     # a label another tool wrote survives, as an imported label that wins over evidence
     assert table.loc[2, "label"] == "label of concept 2" and table.loc[2, "source"] == "synthetic"
-    assert table.loc[1, "source"] in ("evidence", "")
+    assert table.loc[1, "source"] in ("evidence", "top_contexts", "")  # no reader: top contexts fill in
     text = build_report(run).read_text()
     assert text.index('id="findings"') < text.index('id="config"') < text.index('id="gaps"')
     findings = text[text.index('id="findings"') : text.index('id="themes"')]

@@ -735,7 +735,9 @@ def test_a_loaded_backend_says_what_it_loaded(tmp_path):
     }
     assert backend.loaded == want
     assert loaded_record(backend, "reader") == {"reader": "tiny", "reader_loaded": want}
-    assert loaded_record(object.__new__(type("Bare", (), {"name": "x"})), "evaluated") == {"evaluated": "x"}
+    from helpers import FakeGenerator
+
+    assert loaded_record(FakeGenerator(), "evaluated") == {"evaluated": "fake"}  # loaded: None
 
 
 # ---------------------------------------------------------------- prompts past the context

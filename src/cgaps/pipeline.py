@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,20 +31,19 @@ from cgaps.items.stage import items_run
 from cgaps.runstate import RunState
 
 if TYPE_CHECKING:
-    from cgaps.scaleout.options import RayOptions
-    from cgaps.seams import ResidualReader
+    from cgaps.seams import ChunkRunner, ResidualReader
 
 __all__ = ["RUNNERS", "items_run", "run_pipeline"]
 
 
 @dataclass
 class _Run:
-    """What the stages of one pipeline run share: the config, the models loaded so far, Ray."""
+    """What the stages of one pipeline run share: the config, the models loaded so far, and the
+    chunk runner of evaluation and extraction (None: this process, with the models loaded here)."""
 
     run_dir: Path
     cfg: RunConfig
-    ray: RayOptions | None
-    ray_cluster: Callable[[RayOptions], RayOptions]
+    runner: ChunkRunner | None
     backend: Any = None  # the model loaded last (evaluated model or reader), reused where it fits
     backend_name: str | None = None
     extracted: bool = False
@@ -73,8 +71,8 @@ def _items(run: _Run) -> None:
 def _evaluate(run: _Run) -> None:
     from cgaps.evaluate.stage import evaluate_run
 
-    if run.ray is not None:  # the workers load the model, not this process
-        evaluate_run(run.run_dir, run.cfg, ray=run.ray_cluster(run.ray))
+    if run.runner is not None:  # the runner loads the model where it computes, not this process
+        evaluate_run(run.run_dir, run.cfg, runner=run.runner)
         return
     from cgaps.models.backends import choose, open_generator
 
@@ -85,8 +83,8 @@ def _evaluate(run: _Run) -> None:
 def _extract(run: _Run) -> None:
     from cgaps.extract.stage import extract_run
 
-    if run.ray is not None:
-        extract_run(run.run_dir, run.cfg, ray=run.ray_cluster(run.ray))
+    if run.runner is not None:
+        extract_run(run.run_dir, run.cfg, runner=run.runner)
     else:
         extract_run(run.run_dir, run.cfg, run.model(run.cfg.reader_model))
 
@@ -162,24 +160,21 @@ def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def run_pipeline(
-    cfg: RunConfig, run_dir: str | Path, *, force: bool = False, ray: RayOptions | None = None
+    cfg: RunConfig, run_dir: str | Path, *, force: bool = False, runner: ChunkRunner | None = None
 ) -> dict[str, float]:
     """Run every pipeline stage that is not done (and the optional ones ``cfg.also_run`` names);
     return the wall time per stage run (seconds; a stage that was current is not listed).
 
-    With ``ray``, evaluation and extraction run on Ray workers (:mod:`cgaps.scaleout`), on one
-    cluster started (or connected to) when the first of them needs it."""
+    Without ``runner`` every stage runs in this process and a model is loaded once for the stages
+    that share it. With one (``--ray``: :class:`cgaps.scaleout.RayRunner`, which the command line
+    builds), evaluation and extraction run where it computes; it is entered for the whole
+    pipeline, so a Ray cluster it starts serves both stages."""
     run_dir = Path(run_dir)
-    with rundir.writing(run_dir), ExitStack() as stack:
-
-        def ray_cluster(opts: RayOptions) -> RayOptions:
-            # one cluster for both stages, started when the first needs it (the stages reuse it)
-            from cgaps.scaleout.cluster import cluster
-
-            stack.enter_context(cluster(opts))
-            return opts
-
-        return _run_stages(_Run(run_dir, cfg, ray, ray_cluster), force)
+    with rundir.writing(run_dir):
+        if runner is None:
+            return _run_stages(_Run(run_dir, cfg, None), force)
+        with runner:
+            return _run_stages(_Run(run_dir, cfg, runner), force)
 
 
 def _run_stages(run: _Run, force: bool) -> dict[str, float]:

@@ -10,7 +10,7 @@ optional files when they are there; ``load_run(run_dir, results=True)`` reads th
 
 * required: ``concepts.parquet`` and, with two or more benchmarks, ``overlap.parquet``; a
   missing one is an error naming ``cgaps score``;
-* optional: ``labels.parquet``, ``contexts.parquet`` (both written by ``cgaps extract``) and
+* optional: ``labels.parquet`` (``cgaps label``), ``contexts.parquet`` (``cgaps extract``) and
   ``robustness.json`` (``cgaps robustness``); absent is None, present but damaged is an error
   saying which command rewrites it.
 
@@ -248,9 +248,10 @@ def load_run(run_dir: str | Path, *, results: bool = False, coded: bool = False)
         run.overlap = _check_columns(
             rundir.read_table(path, _SCORE_FIX), path, rundir.OVERLAP_COLUMNS, _RESCORE
         )
-    extract = "`cgaps extract RUN_DIR`"  # writes the contexts and the provisional labels
-    run.labels = _optional_table(run_dir, rundir.LABELS, rundir.LABEL_COLUMNS, extract)
-    run.contexts = _optional_table(run_dir, rundir.CONTEXTS, rundir.CONTEXT_COLUMNS, extract)
+    run.labels = _optional_table(run_dir, rundir.LABELS, rundir.LABEL_COLUMNS, "`cgaps label RUN_DIR`")
+    run.contexts = _optional_table(
+        run_dir, rundir.CONTEXTS, rundir.CONTEXT_COLUMNS, "`cgaps extract RUN_DIR`"
+    )
     path = run_dir / rundir.ROBUSTNESS
     if path.exists():
         run.robustness = rundir.read_json_file(path, "rerun `cgaps robustness RUN_DIR` or delete the file")

@@ -25,7 +25,7 @@ def evaluate(run_dir: Path = RunDirArg, *, options: dict[str, Any], ray_opts: di
     """
     from cgaps.console import result
     from cgaps.evaluate.stage import evaluate_run
-    from cgaps.scaleout import ray_options
+    from cgaps.scaleout import ray_runner
 
-    items = evaluate_run(run_dir, run_config(run_dir, options), ray=ray_options(ray_opts))
+    items = evaluate_run(run_dir, run_config(run_dir, options), runner=ray_runner(ray_opts))
     result(f"graded {len(items)} items; mean score {items['score'].mean():.3f}")

@@ -25,7 +25,7 @@ def extract(run_dir: Path = RunDirArg, *, options: dict[str, Any], ray_opts: dic
     """
     from cgaps.console import result
     from cgaps.extract.stage import extract_run
-    from cgaps.scaleout import ray_options
+    from cgaps.scaleout import ray_runner
 
-    sal = extract_run(run_dir, run_config(run_dir, options), ray=ray_options(ray_opts))
+    sal = extract_run(run_dir, run_config(run_dir, options), runner=ray_runner(ray_opts))
     result(f"wrote {len(sal)} saliency rows for {sal['item_id'].nunique()} items")

@@ -73,11 +73,11 @@ def run(
     """
     from cgaps.config import load_yaml
     from cgaps.pipeline import run_pipeline
-    from cgaps.scaleout import ray_options
+    from cgaps.scaleout import ray_runner
 
     base = load_yaml(config) if config is not None else RunConfig()
     cfg = base.replace(**options)
-    _summary(out, run_pipeline(cfg, out, force=force, ray=ray_options(ray_opts)))
+    _summary(out, run_pipeline(cfg, out, force=force, runner=ray_runner(ray_opts)))
 
 
 def demo(

@@ -28,7 +28,7 @@ it against a hand computation:
   with these rules each stop-word stays below 0.5 % (docs/results.md). A token that is no word
   (punctuation, a line break) is counted as itself, stripped of surrounding whitespace.
 - **Top activating contexts**: ``contexts.parquet`` (written by extraction,
-  :mod:`cgaps.labels.contexts`): the items of highest saliency with the firing token and the
+  :mod:`cgaps.extract.contexts`): the items of highest saliency with the firing token and the
   text around it.
 - **Output tokens** (:func:`logit_lens`): the tokens the concept's decoder direction promotes,
   W_dec[c] · diag(g) · W_Uᵀ, with g the final norm's scale (what Neuronpedia shows as positive

@@ -16,9 +16,13 @@ digest (:func:`cgaps.rundir.stage_record`) and an ``evidence`` fingerprint of ev
 it depends on (the extraction's record, the SAE's fingerprint, presence and the options). A
 rerun reuses the evidence while that record matches, and always keeps the imported and LLM
 labels already in the table: completed work is never lost. The evidence needs the reader
-model's tokenizer and unembedding and the SAE's decoder, loaded here unless the caller (the
+model's tokenizer and unembedding (:meth:`cgaps.seams.ResidualReader.unembed`) and the SAE's
+decoder rows (:attr:`cgaps.seams.SAEEncoder.W_dec`), loaded here unless the caller (the
 pipeline) passes them; a run whose saliency came from another tool (no ``sae`` in run.json)
-gets enrichment and themes by co-activation only.
+gets enrichment and themes by co-activation only, and where it has ``contexts.parquet``, its
+concepts without an evidence label are named by their top contexts
+(:class:`cgaps.labels.top_contexts.TopContextLabels`). This stage is the only writer of
+``labels.parquet``.
 """
 
 from __future__ import annotations
@@ -161,6 +165,8 @@ def _label_run(
             table.loc[c, "llm_label"] = label
             table.loc[c, "llm_score"] = score
     table["label"], table["source"] = choose_labels(table)
+    if "sae" not in run.meta and run.contexts is not None:  # no evidence from the reader
+        table["label"], table["source"] = top_context_fallback(table, run.contexts, run.n_concepts)
 
     share = pd.to_numeric(table["format_share"], errors="coerce").to_numpy(np.float64)
     theme_table = themes.build_themes(
@@ -196,7 +202,7 @@ def carried_labels(previous: pd.DataFrame | None, n_concepts: int) -> dict[str, 
     own columns when this stage wrote it, else (a table another tool or person wrote, with
     ``concept``, ``label``, ``source`` only) every label whose source is not provisional, as
     an imported label under its own source name."""
-    from cgaps.labels.contexts import PROVISIONAL_SOURCES
+    from cgaps.labels.top_contexts import PROVISIONAL_SOURCES
 
     out = {c: np.full(n_concepts, "", dtype=object) for c in OTHER_SOURCE_COLUMNS if c != "llm_score"}
     out["llm_score"] = np.full(n_concepts, np.nan)
@@ -295,14 +301,22 @@ def decoder_rows(sae: SAEEncoder | None) -> np.ndarray | None:
     """W_dec [F, d] of a loaded SAE as float32 numpy (None when there is none)."""
     if sae is None:
         return None
-    inner = getattr(sae, "sae", None)
-    w = getattr(inner, "W_dec", None)
-    if w is None:
-        import torch
+    return sae.W_dec.detach().float().cpu().numpy()
 
-        eye = torch.eye(sae.width)
-        w = sae.decode(eye) - sae.decode(torch.zeros(1, sae.width))
-    return w.detach().float().cpu().numpy()
+
+def top_context_fallback(
+    table: pd.DataFrame, contexts: pd.DataFrame, n_concepts: int
+) -> tuple[list[str], list[str]]:
+    """``label`` and ``source`` with every concept that has no label named by its top contexts
+    (:class:`~cgaps.labels.top_contexts.TopContextLabels`), for a run without evidence from the reader."""
+    from cgaps.labels.top_contexts import TopContextLabels
+
+    top = TopContextLabels(contexts).labels(n_concepts)
+    labels, sources = table["label"].tolist(), table["source"].tolist()
+    for c, (label, source) in enumerate(zip(top["label"], top["source"], strict=True)):
+        if not labels[c] and label:
+            labels[c], sources[c] = label, source
+    return labels, sources
 
 
 # ---------------------------------------------------------------- evidence
@@ -513,20 +527,17 @@ def output_tokens(
     k: int,
     vocab_ids: np.ndarray | None = None,
 ) -> dict[int, list[list[Any]]]:
-    """The logit lens of each concept's decoder row (cgaps.labels.evidence.logit_lens), over the
-    vocabulary entries ``vocab_ids`` only when given (:func:`word_vocab_ids`)."""
+    """The logit lens of each concept's decoder row (cgaps.labels.evidence.logit_lens) through the
+    reader's unembedding (:meth:`cgaps.seams.ResidualReader.unembed`), over the vocabulary
+    entries ``vocab_ids`` only when given (:func:`word_vocab_ids`)."""
     import torch
 
-    model = getattr(backend, "model", None)
-    head = model.get_output_embeddings() if model is not None else None
-    if model is None or head is None:  # a backend without an unembedding to read
+    unembedding = backend.unembed()
+    if unembedding is None:  # a reader without an LM head
         return {}
-    norm = getattr(getattr(model, "model", None), "norm", None)
-    scale = getattr(norm, "weight", None)
-    if scale is not None and "gemma" in str(getattr(model.config, "model_type", "")):
-        scale = scale + 1  # Gemma's RMSNorm multiplies by (1 + weight)
+    scale, head = unembedding
     w_dec = torch.as_tensor(decoder_rows(sae))
-    w_u = head.weight if vocab_ids is None else head.weight[torch.as_tensor(vocab_ids, dtype=torch.long)]
+    w_u = head if vocab_ids is None else head[torch.as_tensor(vocab_ids, dtype=torch.long)]
     ids, vals = evidence.logit_lens(w_dec, w_u, scale, concepts.tolist(), k)
     if vocab_ids is not None:
         ids = np.asarray(vocab_ids, dtype=np.int64)[ids]

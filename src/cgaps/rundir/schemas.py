@@ -48,9 +48,7 @@ docs/method.md §6; another run file (JSON, a working file) gets its line in :da
 from __future__ import annotations
 
 import ast
-import inspect
 import re
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -809,11 +807,13 @@ def check_written(schema: pa.Schema, table: TableSchema, path: str | Path) -> No
 
 def run_json_keys() -> list[tuple[str, str, str]]:
     """``(key, type, description)`` per key of ``run.json``, read from the source of
-    :class:`~cgaps.rundir.RunJson` itself: its annotations and the docstring under each."""
-    from cgaps.rundir.runjson import RunJson
-
-    body = ast.parse(textwrap.dedent(inspect.getsource(RunJson))).body[0]
-    assert isinstance(body, ast.ClassDef)
+    :class:`~cgaps.rundir.RunJson` itself: its annotations and the docstring under each. The
+    source is parsed, not imported: :mod:`cgaps.rundir.runjson` writes through
+    :mod:`cgaps.rundir.atomic`, which checks tables with this module (no import cycle)."""
+    source = Path(__file__).with_name("runjson.py").read_text(encoding="utf-8")
+    body = next(
+        node for node in ast.parse(source).body if isinstance(node, ast.ClassDef) and node.name == "RunJson"
+    )
     keys = []
     for node, after in zip(body.body, [*body.body[1:], None], strict=True):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
