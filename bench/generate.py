@@ -54,6 +54,7 @@ def real(args: argparse.Namespace) -> str:
     from cgaps.evaluate.grade import grade_items
     from cgaps.items.probes import load_probes
     from cgaps.models import conversation, format_chat, length_batches, load_backend
+    from cgaps.runner import Local
 
     t0 = time.perf_counter()
     backend = load_backend(args.model, device=args.device, dtype=args.dtype)
@@ -87,7 +88,7 @@ def real(args: argparse.Namespace) -> str:
         def task(unit: tuple[int, list[int]]) -> None:
             _, idx = unit
             partial = work / f"{name}{idx[0]}.jsonl"
-            answers[name].update(respond(items.iloc[idx], generators[name], cfg, partial))
+            answers[name].update(respond(items.iloc[idx], Local(generators[name]), cfg, partial).done)
             partial.unlink()
 
         return task

@@ -1,7 +1,7 @@
 """Which multiple-testing procedure finds a planted topic (docs/results.md, "Power at the sizes
 users have"): the procedures docs/method.md §3 weighed, on the same planted draws.
 
-The run is one prepared by ``scripts/planted_topics.py prepare`` (real prompts, a metadata facet
+The run is one prepared by ``scripts/planted_power.py prepare`` (real prompts, a metadata facet
 withheld from scoring). Each draw keeps ``--size`` items of every group, plants accuracy 0.1 on
 two random groups and 0.7 elsewhere, and scores the ALL scope with every procedure:
 

@@ -15,7 +15,9 @@ the ``smollm`` fixture of conftest.py, used by ``slow`` tests only, is for).
 - :func:`preset_standin_spec` / :func:`make_standin`: a tiny model of a preset's architecture
   plus a random SAE in the preset SAE's format (configs/*.yaml);
 - :func:`make_suite` / :func:`write_run`: a synthetic scored suite with planted concepts, and
-  a run directory holding it.
+  a run directory holding it;
+- :class:`FakeGenerator`: what a generator reports besides its answers (the
+  :class:`cgaps.seams.Generator` protocol), for the tests' fake generators to inherit.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,20 @@ import numpy as np
 import pandas as pd
 
 TINY_HIDDEN = 64
+
+
+class FakeGenerator:
+    """The part of :class:`cgaps.seams.Generator` a fake does not care about: a generator of one's
+    own (``backend`` "given", never compared for staleness) in the model's dtype, that cuts no
+    prompt. Subclasses add ``generate`` and ``loglikelihood`` (and may override these)."""
+
+    name = "fake"
+    backend = "given"
+    generation_dtype: str | None = None
+    context_overflow = "truncate"
+    prompts_truncated = 0
+    loaded: dict[str, Any] | None = None
+
 
 # ---------------------------------------------------------------- the embedded tokenizer
 
@@ -396,3 +414,142 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def make_chance_suite(seed: int = 0, n_concepts: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(items, saliency) of one benchmark ``probes`` whose items say their answer format, for the
+    chance levels (cgaps.chance): category ``coin`` (yes/no, answered right half the time: chance
+    level 1/2), ``sum`` (free-form numbers, 3% right: chance ~0) and ``quiz`` (four options, 85%
+    right: chance 1/4). Concept 0 fires on every ``coin`` item (a strength against the benchmark's
+    ~24% that is a coin flip), concept 1 on every ``quiz`` item (a strength above chance), concept 2
+    on every ``sum`` item (a gap); the others fire at random."""
+    rng = np.random.default_rng(seed)
+    spec = {"coin": (80, 0.5, "yesno"), "quiz": (80, 0.85, "choice"), "sum": (320, 0.03, "number")}
+    items, sal = [], []
+    for planted, (cat, (n, acc, kind)) in enumerate(spec.items()):
+        for k in range(n):
+            iid = f"probes/{cat}/{k:03d}"
+            items.append(
+                {
+                    "item_id": iid,
+                    "benchmark": "probes",
+                    "prompt": f"question {iid}",
+                    "reference": "yes" if kind == "yesno" else "A" if kind == "choice" else "4",
+                    "answer_type": kind,
+                    "choices": json.dumps(["w", "x", "y", "z"]) if kind == "choice" else None,
+                    "category": cat,
+                    "response": "x",
+                    # the coin flips: exactly every other one right
+                    "score": float(k % 2 == 0) if kind == "yesno" else float(rng.random() < acc),
+                }
+            )
+            sal.append({"item_id": iid, "concept": planted, "value": float(rng.uniform(5.0, 10.0))})
+            for c in np.flatnonzero(rng.random(n_concepts) < 0.2):
+                if c > 2:
+                    sal.append(
+                        {"item_id": iid, "concept": int(c), "value": float(rng.gamma(2.0, 1.5)) + 1e-3}
+                    )
+    return pd.DataFrame(items), pd.DataFrame(sal).astype({"concept": "int32", "value": "float32"})
+
+
+# ---------------------------------------------------------------- a reader whose concepts are tokens
+
+
+class TokenReader:
+    """A :class:`cgaps.seams.ResidualReader` whose residual at a token is the one-hot of its token id
+    modulo ``width``, and (:meth:`sae`) the identity SAE over it: concept c is present on an item
+    exactly when the item holds a token id ≡ c. Coverage that the test can foresee from the words,
+    for the commands that read new items (fill, confirm), without a model's arbitrary features."""
+
+    name = "token-reader"
+    n_layers = 1
+    device = "cpu"
+
+    def __init__(self, width: int = 64):
+        import torch
+
+        self.hidden_size = width
+        self.tokenizer = embedded_tokenizer()
+        self._dtype = torch.float32
+
+    @property
+    def dtype(self) -> Any:
+        return self._dtype
+
+    def check_layer(self, layer: int) -> None:
+        assert layer == 0
+
+    def residuals_at(self, input_ids: Any, attention_mask: Any, layers: Any) -> dict[int, Any]:
+        import torch
+
+        return {0: torch.nn.functional.one_hot(input_ids % self.hidden_size, self.hidden_size).float()}
+
+    def logits_with_edit(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def sae(self) -> Any:
+        """The identity SAE of the one-hot residuals (every code is 0 or 1)."""
+        import torch
+
+        width = self.hidden_size
+
+        class Identity:
+            sae_id, layer, hook_name = "identity", 0, "blocks.0.hook_resid_post"
+            fingerprint = f"identity-{width}"
+
+            def __init__(self) -> None:
+                self.width = width
+
+            def encode(self, residuals: Any) -> Any:
+                return torch.relu(residuals.float())
+
+            def decode(self, codes: Any) -> Any:
+                return codes.float()
+
+        return Identity()
+
+
+# ---------------------------------------------------------------- a real llama.cpp server
+
+
+@contextmanager
+def llama_cpp_server(
+    log_path: Path, alias: str = "smollm2", n_ctx: int = 2048, n_batch: int | None = None
+) -> Iterator[int]:
+    """llama-cpp-python's OpenAI-compatible server with the embedded SmolLM2 GGUF on 127.0.0.1;
+    yields its port. The caller skips first where ``llama_cpp.server`` is not installed. Its log
+    goes to a file, not a pipe: llama.cpp's start-up output would fill an unread pipe and stall it.
+    ``n_batch`` 1 evaluates prompts one token at a time (slower prompts, same answers): the
+    llama-cpp-python 0.3.36 build of the project machine segfaults on any batched prompt."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from cgaps.models import embedded_gguf
+
+    port = free_port()
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--host", "127.0.0.1",
+         "--port", str(port), "--model_alias", alias, "--n_ctx", str(n_ctx), "--seed", "0",
+         *(["--n_batch", str(n_batch)] if n_batch else [])],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("llama.cpp server did not start: " + log_path.read_text()[-2000:])
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

@@ -54,8 +54,8 @@ def _params(command: str) -> dict:
         ("extract", RunConfig, True),
         ("score", RunConfig, True),
         ("run", RunConfig, True),
-        ("report", ReportOptions, False),
-        ("robustness", RobustnessOptions, False),
+        ("report", ReportOptions, True),
+        ("robustness", RobustnessOptions, True),
     ],
 )
 def test_options_are_the_dataclass_fields(command, cls, overrides):
@@ -70,8 +70,12 @@ def test_options_are_the_dataclass_fields(command, cls, overrides):
         assert p.default == (None if overrides else f.default), name
     if cls is not RunConfig:  # report and robustness expose every knob of their options
         assert set(fields) <= set(params)
-    if command == "run":  # every field can override the YAML file
-        assert set(fields) <= set(params)
+    if command == "run":  # every field can override the YAML file, a section's as --SECTION-FIELD
+        sections = [f for f in fields.values() if f.metadata.get("section")]
+        assert {f.name for f in fields.values() if f not in sections} <= set(params)
+        for f in sections:
+            sub = {g.name for g in dataclasses.fields(f.default_factory())}
+            assert {f"{f.name}_{g}" for g in sub} <= set(params), f.name
 
 
 def test_boolean_fields_get_their_flag_names():
@@ -306,7 +310,7 @@ def test_results_on_stdout_status_on_stderr(tmp_path):
     run = write_run(tmp_path)
     result = CliRunner().invoke(app, ["score", str(run)])
     assert result.exit_code == 0, result.output
-    assert "ALL" in result.stdout and "strong" in result.stdout  # the score table
+    assert "ALL" in result.stdout and "strengths" in result.stdout  # the score table
     assert "ALL" not in result.stderr
 
 
@@ -420,10 +424,10 @@ def test_force_clears_every_stage_output(tmp_path):
         for k, v in vars(rundir).items()
         if k.isupper() and isinstance(v, str) and re.fullmatch(r"[\w.]+\.(parquet|json|jsonl|html)", v)
     }
-    assert names | {rundir.SALIENCY_SHARDS} == set(rundir.RUN_FILES)
+    assert names | {rundir.SALIENCY_SHARDS, rundir.CONFIRM_DIR} == set(rundir.RUN_FILES)
     assert Path(rundir.RESPONSES_PARTIAL).with_suffix(".json").name == rundir.RESPONSES_SETTINGS
     for name in rundir.RUN_FILES:
-        if name == rundir.SALIENCY_SHARDS:
+        if name in (rundir.SALIENCY_SHARDS, rundir.CONFIRM_DIR):
             (tmp_path / name).mkdir()
             (tmp_path / name / "shard-00000.parquet").write_text("x")
         else:
@@ -439,3 +443,46 @@ def test_every_command_is_registered_once():
     assert len(names) == len(set(names)) and set(names) <= set(group)
     # the rest are groups of sub-commands (`cgaps import FORMAT`)
     assert all(isinstance(group[n], TyperGroup) for n in set(group) - set(names))
+
+
+def test_config_refuses_duplicate_yaml_keys_negative_seeds_and_unprintable_names(tmp_path):
+    from cgaps.config import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("presence: 0.3\nlimit: 3\npresence: 0.5\n")
+    with pytest.raises(CGapsError, match=r"line 3: .*key 'presence' is given twice \(lines 1 and 3\)"):
+        load_yaml(path)
+    path.write_text("label:\n  tokens: 3\n  tokens: 4\n")
+    with pytest.raises(CGapsError, match="key 'tokens' is given twice"):
+        load_yaml(path)
+    with pytest.raises(CGapsError, match="field 'seed' must be >= 0"):
+        RunConfig(seed=-1)
+    with pytest.raises(
+        CGapsError, match="field 'model' must be at most 1000 printable characters, got 10,001"
+    ):
+        RunConfig(model="m" * 10_000 + "\x1b")
+    with pytest.raises(CGapsError, match=r"starting 'a\?\[31m'"):
+        RunConfig(sae="a\x1b[31m")
+
+
+def test_os_errors_are_one_line_naming_the_file_and_the_fix(tmp_path, monkeypatch, capsys):
+    import errno
+    import sys
+
+    import cgaps.scoring.stage
+    from cgaps.cli.main import main
+    from helpers import make_suite, write_run
+
+    run = write_run(tmp_path, *make_suite(0))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "concepts.parquet"))
+
+    monkeypatch.setattr(cgaps.scoring.stage, "_score_run", full)
+    monkeypatch.setattr(sys, "argv", ["cgaps", "score", str(run)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert f"{run / 'concepts.parquet'}: No space left on device; free some space" in err

@@ -233,3 +233,69 @@ def test_cli_and_page_escape_labels(tmp_path):
     page = (out / "report.html").read_text()
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert rundir.read_table_knobs(out / "compare.parquet")["fdr"] == 0.1
+
+
+def test_the_command_its_page_and_the_explorer_report_the_same_counts(tmp_path):
+    """One compare: the lines `cgaps compare` prints, the summary table of its page and the
+    explorer's Compare view give the same counts per scope, with the same sign (Δ = B − A)."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from cgaps.scoring.stage import score_run
+    from cgaps.serve.app import create_app
+    from cgaps.serve.store import Store
+
+    a, b, (items_a, _, items_b, _), planted = _pair(tmp_path)
+    for run in (a, b):
+        score_run(run)
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(app, ["compare", str(a), str(b), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out / "compare.parquet")
+    line = re.compile(
+        r"^(\S+): (\d+) items, mean score A ([\d.]+), B ([\d.]+) \(Δ = B − A = ([+-][\d.]+)\); of (\d+) concepts "
+        r"tested, B better on (\d+), A better on (\d+); against the benchmarks' mean Δ, B better on (\d+), A better on (\d+)$"
+    )
+    cli = {}
+    for text in result.stdout.splitlines():
+        m = line.match(text)
+        assert m, text
+        cli[m[1]] = [int(m[2]), float(m[5]), int(m[6]), int(m[7]), int(m[8]), int(m[9]), int(m[10])]
+    assert list(cli) == ["arith", "bias", "code", "ALL"]
+    page = (out / "report.html").read_text()
+    rows = re.findall(r'<tr(?: class="all")? data-scope="([^"]+)">(.*?)</tr>', page)
+    html = {}
+    for scope, cells in rows:
+        values = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", cells)]
+        html[scope] = [int(values[1]), float(values[4]), *map(int, values[5:10])]
+    client = TestClient(create_app(Store([a, b])))
+    for scope, want in cli.items():
+        rows = table[table["scope"] == scope]
+        from_table = [
+            int((rows["call"] == "b_better").sum()),
+            int((rows["call"] == "a_better").sum()),
+            int((rows["call_adjusted"] == "b_better").sum()),
+            int((rows["call_adjusted"] == "a_better").sum()),
+        ]
+        assert want[3:] == from_table and html[scope][3:] == from_table, scope
+        assert want[0] == html[scope][0] and want[2] == html[scope][2] == int(rows["q_value"].notna().sum())
+        s = client.get("/api/compare", params={"scope": scope}).json()["summary"]
+        assert [s["n_items"], s["tested"], s["b_better"], s["a_better"], s["b_beyond"], s["a_beyond"]] == [
+            want[0],
+            want[2],
+            *from_table,
+        ]
+        # one sign: Δ = B − A, from the scores themselves
+        ids = items_a["item_id"] if scope == "ALL" else items_a.loc[items_a["benchmark"] == scope, "item_id"]
+        delta = (
+            items_b.set_index("item_id").loc[ids, "score"].mean()
+            - items_a.set_index("item_id").loc[ids, "score"].mean()
+        )
+        assert want[1] == pytest.approx(delta, abs=6e-4) and html[scope][1] == pytest.approx(delta, abs=6e-4)
+        assert s["delta"] == pytest.approx(delta)
+    # B answers the planted concept's items right: "B better" everywhere it is called
+    row = table[(table["scope"] == "ALL") & (table["concept"] == planted)].iloc[0]
+    assert row["call"] == "b_better" and row["delta"] > 0
+    got = client.get("/api/compare", params={"call": "b_better", "per_page": 500}).json()["rows"]
+    assert planted in [r["concept"] for r in got] and all(r["delta"] > 0 for r in got)

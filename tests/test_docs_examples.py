@@ -219,13 +219,14 @@ def test_the_spec_file_example_loads(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_model_documented_commands_run(tmp_path, monkeypatch, capsys):
-    """items, evaluate and extract as the docs show them, on two probes with the embedded model."""
+    """The stages as the docs show them, on two probes with the embedded model; then every stage is done."""
     run = str(tmp_path / "run")
     for args in (
         ["items", "probes", "--out", run, "--limit", "2", "--seed", "1"],
         ["evaluate", run, "--max-new-tokens", "16"],
         ["extract", run],
         ["score", run, "--presence", "0.3"],
+        ["label", run],
         ["report", run],
         ["status", run],
     ):
@@ -234,3 +235,37 @@ def test_model_documented_commands_run(tmp_path, monkeypatch, capsys):
         assert code == 0, f"`cgaps {' '.join(args)}` exited {code}: {err}"
     items, _ = make_suite(0)
     assert (tmp_path / "run" / rundir.REPORT).exists() and len(items) > 0
+
+
+def _help_examples() -> list[tuple[str, str]]:
+    """The example command lines of every command's `--help` (the lines after "Examples:")."""
+    out = []
+
+    def walk(command, path):
+        if isinstance(command, TyperGroup):
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+            return
+        doc = command.help or ""
+        if "Examples:" in doc:
+            for line in doc.split("Examples:", 1)[1].splitlines():
+                if line.strip().startswith("cgaps "):
+                    out.append((" ".join(path), line.strip()))
+
+    walk(get_command(app), [])
+    return out
+
+
+HELP_EXAMPLES = _help_examples()
+
+
+def test_every_command_shows_an_example():
+    from cgaps.cli.main import COMMANDS as CLI_COMMANDS
+
+    shown = {where.split()[0] for where, _ in HELP_EXAMPLES}
+    assert {name for name, _, _ in CLI_COMMANDS} | {"import"} <= shown
+
+
+@pytest.mark.parametrize(("where", "command"), HELP_EXAMPLES, ids=[c for _, c in HELP_EXAMPLES])
+def test_every_help_example_parses(where, command):
+    parse(shlex.split(command)[1:])

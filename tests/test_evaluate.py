@@ -11,9 +11,10 @@ from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.evaluate.stage import evaluate_run
+from helpers import FakeGenerator
 
 
-class FakeBackend:
+class FakeBackend(FakeGenerator):
     """Answers from a lookup table; prefers the option whose text is longest."""
 
     name = "fake"
@@ -348,9 +349,10 @@ class Listed:
 def test_every_score_source_implements_the_seam(run_dir):
     from cgaps.evaluate.evaluator import OwnEvaluator
     from cgaps.evaluate.responses import RecordedResponses, ResponsesFile
+    from cgaps.runner import Local
     from cgaps.seams import ScoreSource
 
-    own = OwnEvaluator(FakeBackend({}), RunConfig(), run_dir / rundir.RESPONSES_PARTIAL)
+    own = OwnEvaluator(Local(FakeBackend({})), RunConfig(), run_dir / rundir.RESPONSES_PARTIAL)
     for source in (own, ResponsesFile(run_dir / "r.jsonl"), RecordedResponses(run_dir), Listed([])):
         assert isinstance(source, ScoreSource)
 

@@ -139,7 +139,7 @@ def test_top_k_and_contexts(tmp_path, tiny_backend):
         assert grp.loc[grp["rank"] == 0, "value"].iloc[0] == pytest.approx(top)
         assert (grp["token"].str.len() > 0).all()
     # the text around the firing token is a window of the reader's tokens (12 each side)
-    from cgaps.labels.contexts import WINDOW_TOKENS
+    from cgaps.extract.contexts import WINDOW_TOKENS
 
     for r in ctx.itertuples():
         item = ITEMS[ITEMS["item_id"] == r.item_id].iloc[0].to_dict()
@@ -150,8 +150,66 @@ def test_top_k_and_contexts(tmp_path, tiny_backend):
         i = starts.index(at + len(r.left))
         assert at == starts[max(i - WINDOW_TOKENS, 0)]
         assert len(r.left) > 0 or i == 0
-    labels = pd.read_parquet(tmp_path / "full" / rundir.LABELS)
-    assert len(labels) == spec.width and set(labels["source"]) <= {"top_contexts", ""}
+    # labels.parquet is the labels stage's alone (its top-context labels come from this table)
+    assert not (tmp_path / "full" / rundir.LABELS).exists()
+
+
+# ---------------------------------------------------------------- top contexts (cgaps.extract.contexts)
+
+
+def _window_reference(offsets, start, end, n):
+    """Plain reference for token_window: index the tokens one by one."""
+    first = [i for i, (a, b) in enumerate(offsets) if a <= start < max(b, a + 1)][0]
+    last = [i for i, (a, b) in enumerate(offsets) if a < end <= b][-1]
+    lo = offsets[max(first - n, 0)][0]
+    hi = offsets[min(last + n, len(offsets) - 1)][1]
+    return min(lo, start), max(hi, end)
+
+
+def test_token_window_matches_a_plain_reference():
+    from cgaps.extract.contexts import token_window
+
+    rng = __import__("random").Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 6) for _ in range(rng.randint(1, 40))]
+        offsets, pos = [], 0
+        for n_chars in lengths:
+            offsets.append((pos, pos + n_chars))
+            pos += n_chars
+        i = rng.randrange(len(offsets))
+        j = min(i + rng.randint(0, 2), len(offsets) - 1)  # a span over up to three tokens
+        n = rng.randint(0, 15)
+        a, b = offsets[i][0], offsets[j][1]
+        assert token_window(offsets, a, b, n) == _window_reference(offsets, a, b, n)
+    # twelve tokens each side, clipped at the text's ends
+    offsets = [(k * 2, k * 2 + 2) for k in range(30)]
+    assert token_window(offsets, 40, 42, 12) == (16, 60)
+    assert token_window(offsets, 2, 4, 12) == (0, 28)
+
+
+def test_top_contexts_keeps_a_window_of_tokens():
+    from cgaps.extract.contexts import WINDOW_TOKENS, top_contexts
+
+    words = [f"w{k:02d} " for k in range(40)]
+    text = "".join(words)
+    offsets = [(k * 4, k * 4 + 4) for k in range(40)]
+    shards = pd.DataFrame(
+        {
+            "item_id": ["a", "a"],
+            "concept": [0, 1],
+            "value": [2.0, 1.0],
+            "peak_start": [80, 4],
+            "peak_end": [84, 8],
+        }
+    )
+    ctx = top_contexts(shards, {"a": text}, offsets={"a": offsets}).set_index("concept")
+    assert ctx.loc[0, "token"] == "w20 "
+    assert ctx.loc[0, "left"] == "".join(words[20 - WINDOW_TOKENS : 20])
+    assert ctx.loc[0, "right"] == "".join(words[21 : 21 + WINDOW_TOKENS])
+    assert ctx.loc[1, "left"] == "w00 " and ctx.loc[1, "right"] == "".join(words[2 : 2 + WINDOW_TOKENS])
+    # without token spans: characters
+    chars = top_contexts(shards, {"a": text}).set_index("concept")
+    assert chars.loc[0, "left"] == text[0:80] and chars.loc[0, "right"] == text[84:164]
 
 
 def test_resume_after_interruption(tmp_path, tiny_backend, monkeypatch):

@@ -101,6 +101,11 @@ GOOD_SPEC = "name: caps\npath: data.jsonl\nanswer_type: short\nfields: {question
 for _name, _args, _frag in [
     ("cli-unknown-option", ["score", "RUN", "--bogus"], "No such option: --bogus"),
     ("cli-bad-integer", ["items", "probes", "--out", "RUN", "--limit", "x"], "'--limit'"),
+    (
+        "cli-negative-seed",
+        ["items", "probes", "--out", "RUN", "--seed", "-1", "--limit", "2"],
+        "'seed' must be >= 0",
+    ),
     ("cli-missing-out", ["items", "probes"], "Missing option '--out'"),
     ("cli-unknown-command", ["scroe", "RUN"], "No such command 'scroe'"),
     ("cli-run-dir-is-a-file", ["score", "FILE"], "is a file"),
@@ -152,6 +157,11 @@ for _name, _yaml, _frag in [
     ("config-str-as-int", "pool: 5\n", "'pool'"),
     ("config-float-for-int", "max_new_tokens: 1.5\n", "'max_new_tokens'"),
     ("config-limit-zero", "limit: 0\n", "'limit'"),
+    ("config-duplicate-key", "presence: 0.3\npresence: 0.5\n", "'presence' is given twice"),
+    ("config-negative-seed", "seed: -1\n", "'seed' must be >= 0"),
+    ("config-section-unknown-key", "label:\n  enrich_pp: 0.3\n", "Did you mean 'enrich_p'"),
+    ("config-section-not-a-mapping", "report: 3\n", "section 'report' must be a mapping"),
+    ("config-model-name-escape", 'model: "' + "m" * 10_000 + '\\e[31m"\n', "at most 1000 printable"),
     ("config-layer-negative", "layer: -1\n", "'layer'"),
     ("config-fdr-string", "fdr: small\n", "'fdr'"),
     ("config-list-value", "model: [a, b]\n", "'model'"),
@@ -173,6 +183,7 @@ for _name, _body, _frag in [
     ("spec-no-fields", "name: caps\npath: data.jsonl\nanswer_type: short\n", "fields"),
     ("spec-unknown-field", GOOD_SPEC.replace("answer: a}", "answer: a, anwser: b}"), "anwser"),
     ("spec-unknown-answer-type", GOOD_SPEC.replace("short", "essay"), "essay"),
+    ("spec-answer-type-a-number", GOOD_SPEC.replace("answer_type: short", "answer_type: 5"), "got 5 (int)"),
     ("spec-missing-data-file", GOOD_SPEC.replace("data.jsonl", "nowhere.jsonl"), "nowhere.jsonl"),
     ("spec-template-unclosed", GOOD_SPEC + 'prompt_template: "Q: {q\\nA:"\n', "prompt_template"),
     ("spec-template-attribute", GOOD_SPEC + 'prompt_template: "Q: {q.upper}"\n', "prompt_template"),
@@ -224,6 +235,12 @@ for _name, _data, _frag in [
         return spec(env, body, data)
 
     case(_name, _frag)(_data)
+
+
+@case("data-aliases-not-json", "starts like a JSON list but is not one")
+def _aliases_not_json(env: Env) -> list[str]:
+    body = GOOD_SPEC.replace("answer: a}", "answer: a, aliases: al}")
+    return spec(env, body, '{"q": "2+2?", "a": "4", "al": "[\\"four\\", "}\n')
 
 
 CHOICE_SPEC = (

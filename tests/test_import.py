@@ -178,7 +178,7 @@ def resolve_embedded() -> str:
 def test_lm_eval_import_then_extract_score_report(lm_eval_logs, tmp_path, smollm):
     from cgaps.config import config_from_run
     from cgaps.extract.stage import extract_run
-    from cgaps.report import build_report
+    from cgaps.report.build import build_report
     from cgaps.scoring import score_run
 
     run = tmp_path / "run"

@@ -142,3 +142,106 @@ def test_bad_inspect_logs(qa_log, tmp_path):
         )
         with pytest.raises(CGapsError, match=rf"{path}: sample 's1': {message}"):
             read_inspect(path)
+
+
+def test_the_import_keeps_what_the_model_saw_and_what_the_log_says(tmp_path):
+    """A multiple-choice template with its options and a system_message() prompt reach the items;
+    the log's generation config, limit and epochs reach run.json, never our defaults."""
+    from inspect_ai import Task, eval
+    from inspect_ai.dataset import Sample
+    from inspect_ai.model import ModelOutput, ModelUsage, get_model
+    from inspect_ai.scorer import choice
+    from inspect_ai.solver import multiple_choice, system_message
+
+    samples = [
+        Sample(input="Which is a fruit?", choices=["car", "apple", "rock"], target="B", id="q1"),
+        Sample(input="Which is blue?", choices=["sky", "grass"], target="A", id="q2"),
+        Sample(input="Which is hot?", choices=["ice", "fire"], target="B", id="q3"),
+    ]
+    outs = []
+    for text in ("ANSWER: B", "ANSWER: B"):
+        out = ModelOutput.from_content("mockllm/model", text)
+        out.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+        outs.append(out)
+    task = Task(
+        dataset=samples,
+        solver=[system_message("You are careful."), multiple_choice()],
+        scorer=choice(),
+        name="mc",
+    )
+    (log,) = eval(
+        task,
+        model=get_model("mockllm/model", custom_outputs=outs),
+        log_dir=str(tmp_path / "logs"),
+        display="none",
+        max_connections=1,
+        limit=2,
+        max_tokens=16,
+    )
+    items = write_imported_run(tmp_path / "run", read_inspect(log.location), name=log.location)
+    first = items.set_index("item_id").loc["mc/q1"]
+    assert "Which is a fruit?" in first["prompt"] and "B) apple" in first["prompt"]  # the template, listed
+    messages = json.loads(first["messages"])
+    assert [m["role"] for m in messages] == ["system", "user"] and messages[0][
+        "content"
+    ] == "You are careful."
+    assert json.loads(first["meta"])["input"] == "Which is a fruit?"
+    meta = rundir.read_run_json(tmp_path / "run")
+    assert meta["config"]["max_new_tokens"] == 16  # the log's, not our default 256
+    assert meta["imported"]["generate_config"]["max_tokens"] == 16
+    assert meta["imported"]["subset"] == {
+        "limit": 2,
+        "sample_id": None,
+        "samples_in_task": 3,
+        "samples_logged": 2,
+    }
+    assert meta["imported"]["epochs"] == 1
+
+
+def test_errored_samples_are_named_and_skipped_only_on_request(tmp_path):
+    from inspect_ai import Task, eval
+    from inspect_ai.dataset import Sample
+    from inspect_ai.model import ModelOutput, ModelUsage, get_model
+    from inspect_ai.scorer import includes
+    from inspect_ai.solver import Generate, TaskState, generate, solver
+
+    @solver
+    def breaks_on_b():
+        async def solve(state: TaskState, gen: Generate) -> TaskState:
+            if state.sample_id == "b":
+                raise RuntimeError("the tool server went away")
+            return state
+
+        return solve
+
+    outs = []
+    for text in ("4", "Jupiter"):
+        out = ModelOutput.from_content("mockllm/model", text)
+        out.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+        outs.append(out)
+    samples = [
+        Sample(input="2+2?", target="4", id="a"),
+        Sample(input="Capital?", target="Paris", id="b"),
+        Sample(input="Largest planet?", target="Jupiter", id="c"),
+    ]
+    task = Task(dataset=samples, solver=[breaks_on_b(), generate()], scorer=includes(), name="tiny_qa")
+    (log,) = eval(
+        task,
+        model=get_model("mockllm/model", custom_outputs=outs),
+        log_dir=str(tmp_path / "logs"),
+        display="none",
+        max_connections=1,
+        fail_on_error=False,
+    )
+    assert log.status == "success"
+    with pytest.raises(
+        CGapsError,
+        match=r"1 of 3 sample\(s\) errored .* sample 'b' .*the tool server went away.*; pass --skip-errors to import the other 2",
+    ):
+        read_inspect(log.location)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["import", "inspect", log.location, "--out", str(run), "--skip-errors"])
+    assert result.exit_code == 0, result.output
+    items = rundir.read_items(run)
+    assert items["item_id"].tolist() == ["tiny_qa/a", "tiny_qa/c"]
+    assert rundir.read_run_json(run)["imported"]["skipped_errors"] == ["b#1"]

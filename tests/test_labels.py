@@ -1,102 +1,55 @@
-"""The provisional label source: the most frequent firing tokens of each concept's top contexts."""
+"""Labels: the top-context label source, the evidence, imported and LLM labels, the stage."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from cgaps import rundir
-from cgaps.labels.contexts import TopContextLabels, labels_are_provisional, provisional_labels
+from cgaps.labels.top_contexts import TopContextLabels
 from cgaps.seams import LabelSource
 from helpers import free_port
 
 
 def _contexts() -> pd.DataFrame:
-    tokens = {0: [" cat", "cat", "dog", " ", "cat"], 2: ["7"]}
+    # (left, token, right): a firing token is shown as the whole word it is part of
+    tokens = {
+        0: [
+            ("the", " cat", "s"),
+            ("", "cat", ""),
+            ("hot", "dog", " stand"),
+            ("a", " ", "b"),
+            ("", "cat", ""),
+        ],
+        2: [("", "7", "")],
+        3: [("the ", "Ved", "as say"), ("holy ", "Ved", "as,"), ("", "V", "edas")],
+    }
     rows = [
         {
             "concept": c,
             "rank": r,
             "item_id": f"i{r}",
             "value": 1.0 - r / 10,
-            "left": "",
+            "left": left,
             "token": t,
-            "right": "",
+            "right": right,
         }
         for c, toks in tokens.items()
-        for r, t in enumerate(toks)
+        for r, (left, t, right) in enumerate(toks)
     ]
     return pd.DataFrame(rows, columns=list(rundir.CONTEXT_COLUMNS))
 
 
-def test_top_context_labels_is_a_label_source(tmp_path):
+def test_top_context_labels_is_a_label_source():
     source = TopContextLabels(_contexts())
     assert isinstance(source, LabelSource) and source.name == "top_contexts"
-    labels = source.labels(4)
+    labels = source.labels(5)
     assert list(labels.columns) == list(rundir.LABEL_COLUMNS)
-    assert labels["concept"].tolist() == [0, 1, 2, 3]
-    # most frequent first; a whitespace token is shown by its repr
-    assert labels["label"].tolist() == ["“cat” · “dog” · “' '”", "", "“7”", ""]
-    assert labels["source"].tolist() == ["top_contexts", "", "top_contexts", ""]
-    pd.testing.assert_frame_equal(provisional_labels(_contexts(), 4), labels)
-    rundir.write_table(labels, tmp_path / rundir.LABELS)
-    assert labels_are_provisional(tmp_path)
-    rundir.write_table(labels.assign(source="llm"), tmp_path / rundir.LABELS)
-    assert not labels_are_provisional(tmp_path)
-
-
-def _window_reference(offsets, start, end, n):
-    """Plain reference for token_window: index the tokens one by one."""
-    first = [i for i, (a, b) in enumerate(offsets) if a <= start < max(b, a + 1)][0]
-    last = [i for i, (a, b) in enumerate(offsets) if a < end <= b][-1]
-    lo = offsets[max(first - n, 0)][0]
-    hi = offsets[min(last + n, len(offsets) - 1)][1]
-    return min(lo, start), max(hi, end)
-
-
-def test_token_window_matches_a_plain_reference():
-    from cgaps.labels.contexts import token_window
-
-    rng = __import__("random").Random(0)
-    for _ in range(200):
-        lengths = [rng.randint(1, 6) for _ in range(rng.randint(1, 40))]
-        offsets, pos = [], 0
-        for n_chars in lengths:
-            offsets.append((pos, pos + n_chars))
-            pos += n_chars
-        i = rng.randrange(len(offsets))
-        j = min(i + rng.randint(0, 2), len(offsets) - 1)  # a span over up to three tokens
-        n = rng.randint(0, 15)
-        a, b = offsets[i][0], offsets[j][1]
-        assert token_window(offsets, a, b, n) == _window_reference(offsets, a, b, n)
-    # twelve tokens each side, clipped at the text's ends
-    offsets = [(k * 2, k * 2 + 2) for k in range(30)]
-    assert token_window(offsets, 40, 42, 12) == (16, 60)
-    assert token_window(offsets, 2, 4, 12) == (0, 28)
-
-
-def test_top_contexts_keeps_a_window_of_tokens():
-    from cgaps.labels.contexts import WINDOW_TOKENS, top_contexts
-
-    words = [f"w{k:02d} " for k in range(40)]
-    text = "".join(words)
-    offsets = [(k * 4, k * 4 + 4) for k in range(40)]
-    shards = pd.DataFrame(
-        {
-            "item_id": ["a", "a"],
-            "concept": [0, 1],
-            "value": [2.0, 1.0],
-            "peak_start": [80, 4],
-            "peak_end": [84, 8],
-        }
-    )
-    ctx = top_contexts(shards, {"a": text}, offsets={"a": offsets}).set_index("concept")
-    assert ctx.loc[0, "token"] == "w20 "
-    assert ctx.loc[0, "left"] == "".join(words[20 - WINDOW_TOKENS : 20])
-    assert ctx.loc[0, "right"] == "".join(words[21 : 21 + WINDOW_TOKENS])
-    assert ctx.loc[1, "left"] == "w00 " and ctx.loc[1, "right"] == "".join(words[2 : 2 + WINDOW_TOKENS])
-    # without token spans: characters
-    chars = top_contexts(shards, {"a": text}).set_index("concept")
-    assert chars.loc[0, "left"] == text[0:80] and chars.loc[0, "right"] == text[84:164]
+    assert labels["concept"].tolist() == [0, 1, 2, 3, 4]
+    # most frequent first; "cat" + "s" is the word "cats"; "Ved" + "as" the word "Vedas"
+    assert labels["label"].tolist() == ["“cat” · “cats” · “hotdog”", "", "“7”", "“Vedas”", ""]
+    assert labels["source"].tolist() == ["top_contexts", "", "top_contexts", "top_contexts", ""]
+    # a table narrower than the contexts (another tool's) names only the concepts it has
+    assert TopContextLabels(_contexts()).labels(1)["label"].tolist() == ["“cat” · “cats” · “hotdog”"]
 
 
 # ---------------------------------------------------------------- evidence (issue 10)
@@ -440,6 +393,26 @@ def _weekday_run(root, twins=False):
     pd.DataFrame(ctx, columns=list(rundir.CONTEXT_COLUMNS)).to_parquet(root / rundir.CONTEXTS, index=False)
     score_run(root)
     return root
+
+
+def test_without_reader_evidence_the_label_stage_names_concepts_by_their_top_contexts(tmp_path):
+    """Saliency another tool wrote (no `sae` in run.json): no distinctive or output tokens, so a
+    concept without an enrichment label is named by its top contexts; the stage, not extraction,
+    writes them into labels.parquet."""
+    from cgaps.labels.stage import label_run
+
+    run = _weekday_run(tmp_path / "run")
+    assert not (run / rundir.LABELS).exists()
+    table = label_run(run).set_index("concept")
+    top = TopContextLabels(pd.read_parquet(run / rundir.CONTEXTS)).labels(3).set_index("concept")
+    fell_back = table["evidence_label"] == ""
+    assert fell_back.any() and not fell_back.all()  # both kinds of concept are in this run
+    assert (table.loc[fell_back, "label"] == top.loc[fell_back, "label"]).all()
+    assert (table.loc[fell_back, "source"] == "top_contexts").all()
+    assert (table.loc[~fell_back, "label"] == table.loc[~fell_back, "evidence_label"]).all()
+    assert (table.loc[~fell_back, "source"] == "evidence").all()
+    stored = pd.read_parquet(run / rundir.LABELS).set_index("concept")
+    assert stored["label"].tolist() == table["label"].tolist()
 
 
 def test_detection_scoring_helpers():

@@ -81,3 +81,26 @@ def test_generate_with_one_budget_per_conversation(tiny):
     assert len(ids[0]) <= 2 < len(ids[1])
     with pytest.raises(ValueError, match="2 token budgets for 1 conversations"):
         tiny.generate(convs[:1], [2, 6], batch_size=2)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma2"])
+def test_unembed_is_the_logit_lens_of_the_models_own_norm_and_head(architecture):
+    """(v * g) @ W_U.T is the model's own final norm and LM head applied to v, up to the norm's
+    1 / rms(v): with g = weight for Llama's RMSNorm and 1 + weight for Gemma's."""
+    model = tiny_causal_lm(architecture, n_layers=1, hidden=32)
+    norm = model.model.norm
+    with torch.no_grad():  # random scales (Gemma's start at zero, which would hide a missing + 1)
+        norm.weight.copy_(torch.randn(norm.weight.shape, generator=torch.Generator().manual_seed(3)))
+    backend = HFBackend(model, embedded_tokenizer(), "tiny", "cpu")
+    got = backend.unembed()
+    assert got is not None
+    scale, head = got
+    assert head is model.get_output_embeddings().weight
+    v = torch.randn(5, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        eps = getattr(norm, "eps", None) or norm.variance_epsilon  # gemma2 and llama name it differently
+        want = model.lm_head(norm(v)) * torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps)
+        torch.testing.assert_close((v * scale) @ head.T, want, rtol=1e-4, atol=1e-4)
+    # Gemma's norm multiplies by 1 + weight: the rule lives in cgaps.models.families
+    plus_one = architecture == "gemma2"
+    torch.testing.assert_close(scale, norm.weight + 1 if plus_one else norm.weight)

@@ -29,6 +29,7 @@ from cgaps.items import load_suite, prompts
 
 sys.path.insert(0, str(Path(__file__).parent))
 import harness  # noqa: E402
+from helpers import FakeGenerator  # noqa: E402
 
 OPTIONS = ["a red fox", "the moon", "42"]
 
@@ -46,7 +47,7 @@ def _item(**kw):
     return {**base, **kw}
 
 
-class Recording:
+class Recording(FakeGenerator):
     """A generator whose option log-likelihoods are given per continuation; records every request."""
 
     name = "recording"
@@ -153,8 +154,8 @@ def test_option_table_and_settings_recorded(tmp_path):
     assert first["chosen"].tolist() == [False, True, False]
     assert set(table["protocol"]) == {"loglik"}
     meta = rundir.read_run_json(tmp_path)
-    assert meta["inputs"]["evaluate"]["settings"]["mc_scoring"] == "loglik"
-    assert meta["inputs"]["evaluate"]["settings"]["chat_template"] is False
+    assert meta["inputs"]["evaluate"]["config"]["mc_scoring"] == "loglik"
+    assert meta["inputs"]["evaluate"]["config"]["chat_template"] is False
     assert rundir.stage_check(tmp_path, "evaluate", rundir.read_items(tmp_path))[0] is True
     # the run's config now asks for another protocol: the evaluation is stale, naming the setting
     rundir.update_run_json(tmp_path, config={**meta["config"], "mc_scoring": "loglik_norm"})

@@ -24,7 +24,8 @@ from scipy import stats
 
 from cgaps import rundir
 from cgaps.errors import CGapsError
-from cgaps.report import ReportOptions, build_report, figures
+from cgaps.report import ReportOptions, figures
+from cgaps.report.build import build_report
 from cgaps.scoring.stage import score_run
 from cgaps.stats import bh_adjust, wilson
 
@@ -215,10 +216,12 @@ def make_run(
             "n_concepts": width,
             "config": {
                 "model": "synthetic/model",
+                "reader": None,  # as RunConfig writes it: the evaluated model reads
                 "sae": "synthetic/sae",
                 "layer": 3,
                 "span": "both",
                 "pool": "max",
+                "presence": 0.0,  # the concepts above count every activation
                 "fdr": 0.05,
                 "min_support": 5,
                 "under_pct": 10.0,
@@ -404,7 +407,7 @@ def test_missing_required_file(tmp_path, name, stage):
 
 def test_bad_concepts_columns(tmp_path):
     run = make_run(tmp_path / "r", n_items=20, width=60, per_item=10)
-    rundir.write_table(_concepts_table(run).drop(columns=["q_value"]), run / rundir.CONCEPTS)
+    _concepts_table(run).drop(columns=["q_value"]).to_parquet(run / rundir.CONCEPTS)  # not a stage's
     with pytest.raises(CGapsError, match="q_value.*cgaps score"):
         build_report(run)
 
@@ -420,9 +423,9 @@ def test_optional_files_shown_or_named_when_damaged(tmp_path):
     with pytest.raises(CGapsError, match=r"robustness\.json.*`cgaps robustness RUN_DIR`"):
         build_report(run)
     (run / rundir.ROBUSTNESS).unlink()
-    rundir.write_table(pd.DataFrame({"concept": [0]}), run / rundir.LABELS)
+    pd.DataFrame({"concept": [0]}).to_parquet(run / rundir.LABELS)  # another tool's (write_table refuses it)
     with pytest.raises(
-        CGapsError, match=r"labels\.parquet: missing column\(s\) label, source; rerun `cgaps extract"
+        CGapsError, match=r"labels\.parquet: missing column\(s\) label, source; rerun `cgaps label"
     ):
         build_report(run)
 
@@ -587,7 +590,7 @@ def test_findings_and_themes_from_the_labels_stage(tmp_path):
     table = label_run(run)
     # a label another tool wrote survives, as an imported label that wins over evidence
     assert table.loc[2, "label"] == "label of concept 2" and table.loc[2, "source"] == "synthetic"
-    assert table.loc[1, "source"] in ("evidence", "")
+    assert table.loc[1, "source"] in ("evidence", "top_contexts", "")  # no reader: top contexts fill in
     text = build_report(run).read_text()
     assert text.index('id="findings"') < text.index('id="config"') < text.index('id="gaps"')
     findings = text[text.index('id="findings"') : text.index('id="themes"')]
@@ -623,3 +626,88 @@ def test_findings_and_themes_from_the_labels_stage(tmp_path):
     rundir.write_table(concepts, run / rundir.CONCEPTS, knobs={"fdr": 0.2})
     text = build_report(run).read_text()
     assert 'id="themes"' not in text and "rerun `cgaps label RUN_DIR`" in text
+
+
+# ---------------------------------------------------------------- findings a reader can act on
+
+
+def test_examples_and_contexts_obey_presence(tmp_path):
+    """Example items and contexts come from the saliency the scores count (s >= presence x scale),
+    so a concept never shows more examples than its support, nor an item below the threshold."""
+    from cgaps.report.build import report_context
+
+    run = make_run(tmp_path / "r", n_items=40, width=120, per_item=15)
+    meta = rundir.read_run_json(run)
+    meta["config"]["presence"] = 0.4
+    rundir.write_json(meta, run / rundir.RUN_JSON)
+    (run / rundir.CONCEPTS).unlink()
+    score_run(run)
+    sal = pd.read_parquet(run / rundir.SALIENCY)
+    present = sal[sal["value"] >= 0.4 * sal.groupby("concept")["value"].transform("max")]
+    pairs = set(zip(present["item_id"], present["concept"], strict=True))
+    assert len(pairs) < len(sal)  # the threshold drops rows: the check below is not idle
+    items = pd.read_parquet(run / rundir.ITEMS).set_index("item_id")["benchmark"]
+    ctx = report_context(run, ReportOptions(examples=3, contexts=3))
+    small = 0
+    for kind, blocks in ctx["tables"].items():
+        for block in blocks:
+            for r in block["rows"]:
+                ids = [e["item_id"] for e in r["examples"]]
+                assert all((i, r["concept"]) in pairs for i in ids), (kind, r["concept"])
+                if block["scope"] != "ALL":
+                    assert all(items[i] == block["scope"] for i in ids)
+                assert len(ids) <= min(r["support"], 6)
+                small += r["support"] < 6
+                for c in r["desc"]["contexts"]:
+                    assert (c["item_id"], r["concept"]) in pairs
+    assert small > 0  # some rows have fewer present items than examples asked for
+
+
+def test_words_run_table_and_help(run3):
+    run, text = run3
+    # one vocabulary: gaps and strengths, the table values named once as such
+    assert "Model gaps</h2>" in text and "(weak concepts)" not in text
+    assert "table value <code>weak</code>" in text
+    # the run table names the models, never a null
+    assert ">reader</td><td>the evaluated model</td>" in text and ">null<" not in text
+    # no robustness.json or validation.json: the help says how to get them instead of pointing at nothing
+    assert 'id="robustness"' not in text and 'href="#robustness"' not in text
+    assert "neither has run, so this report has no such section" in text
+    # the chance column and its tick
+    assert '<th data-type="num">chance</th>' in text
+
+
+def test_format_findings_are_listed_apart(tmp_path):
+    """With the labels stage's `phrase` and `format`, the first screen names concepts by their
+    phrase and lists the format findings apart from the competencies, hiding neither."""
+    from cgaps.report.build import report_context
+
+    run = make_run(tmp_path / "r")
+    concepts = pd.read_parquet(run / rundir.CONCEPTS)
+    gaps = concepts[(concepts["scope"] == "ALL") & (concepts["gap"] == "weak")].sort_values("q_value")
+    assert len(gaps) >= 3
+    fmt = int(gaps["concept"].iloc[0])  # the strongest gap is a format one
+    labels = pd.read_parquet(run / rundir.LABELS)
+    labels = pd.DataFrame({"concept": np.arange(400, dtype="int32")}).merge(labels, how="left")
+    labels["phrase"] = [f"phrase {c}" for c in labels["concept"]]
+    labels["format"] = labels["concept"] == fmt
+    rundir.write_table(labels, run / rundir.LABELS)
+    ctx = report_context(run)
+    words = ["".join(seg.get("text", "") for seg in s if "sub" not in seg) for s in ctx["findings"]]
+    subs = {
+        w: [s for s in sentence if "sub" in s] for w, sentence in zip(words, ctx["findings"], strict=True)
+    }
+    fails = next(w for w in words if w.startswith("It fails most on"))
+    fmt_line = next(w for w in words if w.startswith("Format findings"))
+
+    def named(w: str) -> list[str]:
+        return [
+            x[0]["text"] if x[0]["text"] not in ("gap: ", "strength: ") else x[1]["text"]
+            for x in subs[w][0]["sub"]
+        ]
+
+    assert f"phrase {fmt}" not in named(fails) and f"phrase {fmt}" in named(fmt_line)
+    assert named(fails)[0] == f"phrase {int(gaps['concept'].iloc[1])}"
+    assert "1 gap and 0 strength concepts" in fmt_line
+    text = build_report(run).read_text()
+    assert f"phrase {fmt}</span>" in text and ">format</span>" in text

@@ -22,7 +22,7 @@ from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.robustness.core import RobustnessOptions, ablation, robustness_run, subsampling
 from cgaps.runtables import load_run, no_duplicate_pairs, read_saliency_coded
-from cgaps.scoring.core import build_matrix, compute_scores
+from cgaps.scoring import build_matrix, compute_scores
 from cgaps.scoring.stage import score_run
 from helpers import make_suite, write_run
 

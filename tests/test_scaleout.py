@@ -76,8 +76,8 @@ from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.evaluate.stage import evaluate_run
 from cgaps.extract.stage import extract_run
-from cgaps.scaleout import RayOptions, evaluate as ray_eval, extract as ray_extract
-from cgaps.scaleout.cluster import cluster
+from cgaps.scaleout import RayOptions, RayRunner, runner as ray_runner
+from cgaps.scaleout.cluster import Worker
 
 root, cfg_json = Path(sys.argv[1]), sys.argv[2]
 cfg = RunConfig(**json.loads(cfg_json))
@@ -93,82 +93,73 @@ def cli(*args):
     return out.output
 
 
-def dies_once(result, marker):
-    """SIGKILL this worker on its second call, once per marker: after computing, before returning."""
-    calls = int(os.environ.get("CALLS", "0")) + 1
-    os.environ["CALLS"] = str(calls)  # per worker process: a restarted worker counts from 0
-    if calls == 2 and not Path(marker).exists():
-        Path(marker).write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
-    return result
+class DiesOnce(Worker):
+    """SIGKILLed on its second chunk of each stage, once per stage: after computing, before returning."""
+
+    root = str(root)  # class attributes travel with the class
+
+    def run(self, index, work, *job):
+        out = super().run(index, work, *job)
+        stage = "evaluate" if work.__name__ == "generate_chunk" else "extract"
+        if work.__name__ not in ("generate_chunk", "extract_one"):
+            return out
+        key = f"CALLS_{stage}"
+        calls = int(os.environ.get(key, "0")) + 1
+        os.environ[key] = str(calls)  # per worker process: a restarted worker counts from 0
+        marker = Path(self.root) / f"killed-{stage}.marker"
+        if calls == 2 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
 
 
-class DyingExtract(ray_extract.ExtractWorker):
-    marker = str(root / "killed-extract.marker")  # class attributes travel with the class
+class FailsAtChunk(Worker):
+    """A worker error at generation chunk 2 and at extraction chunk 3."""
 
-    def extract(self, n, chunk, layer):
-        return dies_once(super().extract(n, chunk, layer), self.marker)
-
-
-class DyingEval(ray_eval.EvalWorker):
-    marker = str(root / "killed-evaluate.marker")
-
-    def generate(self, n, prompts, max_new):
-        return dies_once(super().generate(n, prompts, max_new), self.marker)
+    def run(self, index, work, *job):
+        if (work.__name__, index) in (("generate_chunk", 2), ("extract_one", 3)):
+            raise CGapsError(f"stopped on purpose at chunk {index}")
+        return super().run(index, work, *job)
 
 
-class FailingExtract(ray_extract.ExtractWorker):
-    def extract(self, n, chunk, layer):
-        if n == 3:
-            raise CGapsError("stopped on purpose at chunk 3")
-        return super().extract(n, chunk, layer)
-
-
-class FailingEval(ray_eval.EvalWorker):
-    def generate(self, n, prompts, max_new):
-        if n == 2:
-            raise CGapsError("stopped on purpose at chunk 2")
-        return super().generate(n, prompts, max_new)
-
-
-with cluster(opts):  # one local cluster for every scenario
+with RayRunner(opts) as ray:  # one local cluster for every scenario (the CLI's runners join it)
     # 1. the CLI with --ray, evaluation then extraction
     cli("evaluate", str(root / "ray"))
     cli("extract", str(root / "ray"))
 
     # 2. a worker killed mid-evaluation, then one mid-extraction
-    ray_eval.WORKER, ray_extract.WORKER = DyingEval, DyingExtract
+    ray_runner.WORKER = DiesOnce
     cli("evaluate", str(root / "killed"))
     cli("extract", str(root / "killed"))
-    ray_eval.WORKER, ray_extract.WORKER = ray_eval.EvalWorker, ray_extract.ExtractWorker
 
     # 3. interrupted on Ray, then resumed on Ray
-    ray_eval.WORKER = FailingEval
+    ray_runner.WORKER = FailsAtChunk
     try:
-        evaluate_run(root / "resume", cfg, ray=opts)
+        evaluate_run(root / "resume", cfg, runner=ray)
     except CGapsError as e:
         result["eval_error"] = str(e)
-    ray_eval.WORKER = ray_eval.EvalWorker
+    ray_runner.WORKER = Worker
     result["partial_lines"] = len((root / "resume" / "responses.partial.jsonl").read_text().splitlines())
     shutil.copytree(root / "resume", root / "resume-eval-local")  # resumed in one process by the test
-    evaluate_run(root / "resume", cfg, ray=opts)
-    ray_extract.WORKER = FailingExtract
+    evaluate_run(root / "resume", cfg, runner=ray)
+    ray_runner.WORKER = FailsAtChunk
     try:
-        extract_run(root / "resume", cfg, ray=opts)
+        extract_run(root / "resume", cfg, runner=ray)
     except CGapsError as e:
         result["extract_error"] = str(e)
-    ray_extract.WORKER = ray_extract.ExtractWorker
+    ray_runner.WORKER = Worker
     shutil.copytree(root / "resume", root / "resume-extract-local", copy_function=shutil.copy2)
     shards = sorted((root / "resume" / "saliency_shards").glob("shard-*"))
     result["kept"] = {p.name: [p.stat().st_ino, p.stat().st_mtime_ns] for p in shards}
-    extract_run(root / "resume", cfg, ray=opts)
+    extract_run(root / "resume", cfg, runner=ray)
     result["after"] = {
         p.name: [p.stat().st_ino, p.stat().st_mtime_ns]
         for p in sorted((root / "resume" / "saliency_shards").glob("shard-*"))
     }
     # 4. a model the workers cannot load: the worker's own one-line error, nothing written
+    # (span prompt: the items, which hold no responses, pass the checks made before any load)
     try:
-        extract_run(root / "bad", cfg.replace(reader="/nonexistent/reader"), ray=opts)
+        extract_run(root / "bad", cfg.replace(reader="/nonexistent/reader", span="prompt"), runner=ray)
     except CGapsError as e:
         result["bad_reader"] = str(e)
 (root / "result.json").write_text(json.dumps(result))
@@ -406,7 +397,8 @@ def test_a_model_the_workers_cannot_load_is_one_line(ray_runs, cfg):
 
 def test_the_commands_hand_their_ray_options_to_the_stages(tmp_path, monkeypatch):
     """--ray, --ray-address and --ray-workers of evaluate, extract and run reach the stage
-    functions as RayOptions (None without them); the stages are stubbed, nothing starts Ray."""
+    functions as a RayRunner with those options (no runner without them); the stages are
+    stubbed, nothing starts Ray."""
     from typer.testing import CliRunner
 
     import cgaps.evaluate.stage
@@ -420,8 +412,8 @@ def test_the_commands_hand_their_ray_options_to_the_stages(tmp_path, monkeypatch
     sal = pd.DataFrame({"item_id": ["s/00"], "concept": [0], "value": [1.0]})
 
     def stage(name, value):
-        def run(*args, ray=None, **kw):
-            seen.append((name, ray))
+        def run(*args, runner=None, **kw):
+            seen.append((name, runner.opts if runner is not None else None))
             return value
 
         return run

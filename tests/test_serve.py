@@ -9,6 +9,7 @@ the Compare view has one concept that must differ.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -23,14 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from cgaps import rundir
 from cgaps.console import visible_controls
 from cgaps.errors import CGapsError
 from cgaps.scoring.stage import score_run
-from cgaps.serve.store import EXAMPLES, NEAREST, Store, compare_table
-from cgaps.stats import bh_adjust
+from cgaps.serve.store import EXAMPLES, NEAREST, Store
 from helpers import make_suite, write_run
 
 XSS_PROMPT = 'Solve <script>window.__xss = 1</script> and <img src=x onerror="window.__xss = 2"> now'
@@ -126,6 +125,12 @@ def client(store):
 def _all_rows(run: Path, scope: str = "ALL") -> pd.DataFrame:
     c = pd.read_parquet(run / rundir.CONCEPTS)
     return c[c["scope"] == scope].reset_index(drop=True)
+
+
+def _present(sal: pd.DataFrame, presence: float = 0.4) -> pd.DataFrame:
+    """The saliency rows the scores count: s >= presence x the concept's suite max (docs/method.md §2;
+    the runs here ship no reference scale), as a plain filter."""
+    return sal[sal["value"] >= presence * sal.groupby("concept")["value"].transform("max")]
 
 
 def _same(a: float | None, b: float) -> bool:
@@ -246,17 +251,32 @@ def test_detail_scopes_contexts_and_evidence(client, runs):
         assert _same(s["ci_high"], row["ci_high"]) and s["gap"] == row["gap"]
     assert d["label"] == XSS_LABEL  # verbatim: escaping is the page's job, as text
     assert d["evidence"] == {"enrich_group": "family 0", "tokens": [["dtok0", 3, 2.5, 0.1]]}
+    # the columns by their names in words, not as the table spells them
+    assert d["evidence_names"] == {
+        "enrich_group": "group holding most of its weight",
+        "tokens": "distinctive tokens (where it peaks, against the run's text)",
+    }
     assert d["themes"] == [{"theme": 1, "label": "digits"}]
-    ref = _contexts(pd.read_parquet(runs["a"] / rundir.SALIENCY))
-    ref = ref[ref["concept"] == 0]
-    assert [x["item_id"] for x in d["contexts"]] == ref["item_id"].tolist()
+    sal = pd.read_parquet(runs["a"] / rundir.SALIENCY)
+    present = set(zip(*_present(sal)[["item_id", "concept"]].to_numpy().T, strict=True))
+    for concept in range(40):
+        ref = _contexts(sal)
+        ref = ref[(ref["concept"] == concept)]
+        # only the contexts on items where the concept is present (what its scores count)
+        ref = ref[[(i, concept) in present for i in ref["item_id"]]]
+        got = client.get(f"/api/concept/{concept}").json()["contexts"]
+        assert [x["item_id"] for x in got] == ref["item_id"].tolist(), concept
     assert {x["token"] for x in d["contexts"]} == {XSS_TOKEN}
+    # some contexts are of items below the threshold: the filter is not idle
+    full = _contexts(sal)
+    assert sum((i, c) not in present for i, c in zip(full["item_id"], full["concept"], strict=True)) > 0
 
 
 @pytest.mark.parametrize("scope", ["ALL", "code"])
 def test_examples_are_the_top_saliency_items_per_side(client, runs, scope):
     items = pd.read_parquet(runs["a"] / rundir.ITEMS).set_index("item_id")
-    sal = pd.read_parquet(runs["a"] / rundir.SALIENCY)
+    sal = _present(pd.read_parquet(runs["a"] / rundir.SALIENCY))
+    support = pd.read_parquet(runs["a"] / rundir.CONCEPTS).set_index(["concept", "scope"])["support"]
     for concept in (0, 2, 42):
         s = sal[sal["concept"] == concept].copy()
         s["score"] = s["item_id"].map(items["score"])
@@ -270,6 +290,9 @@ def test_examples_are_the_top_saliency_items_per_side(client, runs, scope):
         for e in d["high"] + d["low"]:
             assert e["prompt"] == items.loc[e["item_id"], "prompt"]
             assert e["score"] == items.loc[e["item_id"], "score"]
+        # as many examples as the scores count items, at most EXAMPLES a side
+        n = int(support.loc[(concept, scope)])
+        assert len(s) == n and len(d["high"]) + len(d["low"]) <= n
     weak = client.get("/api/concept/0").json()["examples"]
     assert weak["low"][0]["prompt"] == XSS_PROMPT
     assert weak["low"][0]["response"] == visible_controls(XSS_RESPONSE) != XSS_RESPONSE
@@ -284,7 +307,7 @@ def test_a_concept_that_never_fires(client):
 
 
 def test_nearest_concepts_match_a_cosine_reference(client, runs):
-    sal = pd.read_parquet(runs["a"] / rundir.SALIENCY)
+    sal = _present(pd.read_parquet(runs["a"] / rundir.SALIENCY))
     fires = sal.groupby("concept")["item_id"].apply(set)
     for concept in (0, 42):
         a = fires[concept]  # fewer than NEAREST_ITEMS: the measure is the exact cosine
@@ -351,54 +374,126 @@ def test_themes_table_and_missing_themes(client):
     }
 
 
-def _compare_reference(a: pd.DataFrame, b: pd.DataFrame, min_support: int) -> pd.DataFrame:
-    """The comparison test, one concept at a time (the plain reference of compare_table)."""
-    rows = []
-    half = stats.norm.ppf(0.975)
-    for (_, x), (_, y) in zip(a.iterrows(), b.iterrows(), strict=True):
-        ca, cb = float(x["chi_model"]), float(y["chi_model"])
-        d = ca - cb
-        if math.isnan(d):  # a concept that never fires in one of the runs
-            z = math.nan
-        else:
-            se_a = (x["ci_high"] - x["ci_low"]) / (2 * half)
-            se_b = (y["ci_high"] - y["ci_low"]) / (2 * half)
-            var = se_a**2 + se_b**2
-            z = 0.0 if d == 0 and var == 0 else d / math.sqrt(var) if var > 0 else math.copysign(math.inf, d)
-        p = 2 * stats.norm.sf(abs(z)) if not math.isnan(z) else math.nan
-        tested = x["support"] >= min_support and y["support"] >= min_support and p == p
-        rows.append({"concept": x["concept"], "diff": d, "z": z, "p": p, "tested": tested})
-    out = pd.DataFrame(rows)
-    out["q"] = np.nan
-    out.loc[out["tested"], "q"] = bh_adjust(out.loc[out["tested"], "p"].to_numpy())
-    return out
+def test_compare_is_the_paired_table_of_cgaps_compare(client, runs, tmp_path):
+    """The Compare view shows the table `cgaps compare` writes: the same rows, the same Δ = B − A,
+    the same calls and counts (tests/test_compare.py checks the command's lines and page too)."""
+    from cgaps.compare import compare_runs
 
-
-def test_compare_matches_the_reference_and_finds_the_planted_difference(client, runs):
-    a, b = _all_rows(runs["a"]), _all_rows(runs["b"])
-    ref = _compare_reference(a, b, 5)
-    frame = a[["concept", "chi_model", "ci_low", "ci_high", "support"]].rename(
-        columns={"chi_model": "chi_a", "ci_low": "lo_a", "ci_high": "hi_a", "support": "support_a"}
+    table = compare_runs(runs["a"], runs["b"], tmp_path / "cmp")
+    for scope in ("ALL", "arith"):
+        rows = table[table["scope"] == scope]
+        body = client.get("/api/compare", params={"scope": scope, "per_page": 500, "sort": "concept"}).json()
+        assert body["total"] == len(rows) == 200
+        got = pd.DataFrame(body["rows"])
+        for col in ("chi_model_a", "chi_model_b", "delta", "q_value", "q_adjusted"):
+            np.testing.assert_allclose(got[col].astype(float), rows[col], rtol=1e-12, equal_nan=True)
+        assert got["call"].tolist() == rows["call"].tolist()
+        s = body["summary"]
+        assert s["b_better"] == int((rows["call"] == "b_better").sum())
+        assert s["a_better"] == int((rows["call"] == "a_better").sum())
+        assert s["a_beyond"] == int((rows["call_adjusted"] == "a_better").sum())
+    # B grades the planted concept's items wrong: A better there, Δ = B − A < 0
+    planted = table[(table["scope"] == "ALL") & (table["concept"] == runs["planted"])].iloc[0]
+    assert planted["call"] == "a_better" and planted["delta"] < -0.3
+    sig = client.get("/api/compare", params={"call": "significant", "per_page": 500}).json()
+    assert {r["concept"] for r in sig["rows"]} == set(
+        table[(table["scope"] == "ALL") & (table["call"] != "")]["concept"]
     )
-    frame[["chi_b", "lo_b", "hi_b", "support_b"]] = b[
-        ["chi_model", "ci_low", "ci_high", "support"]
-    ].to_numpy()
-    fast = compare_table(frame, 5)
-    np.testing.assert_allclose(fast["diff"], ref["diff"], equal_nan=True)
-    np.testing.assert_allclose(fast["z"], ref["z"], equal_nan=True)
-    np.testing.assert_allclose(fast["q_value"], ref["q"], equal_nan=True)
-    body = client.get("/api/compare", params={"significant": "true", "per_page": 500}).json()
-    assert body["items"] == {"a": 310, "b": 310, "shared": 310}
-    planted = next(r for r in body["rows"] if r["concept"] == runs["planted"])
-    assert planted["chi_b"] == 0.0 and planted["diff"] > 0.3 and planted["q_value"] < 1e-3
-    assert body["n_significant"] == int((ref["q"] <= 0.05).sum()) == body["total"]
+    assert (
+        client.get("/api/compare", params={"significant": "true", "per_page": 500}).json()["total"]
+        == sig["total"]
+    )
     page = client.get("/api/compare", params={"sort": "abs_z", "order": "desc", "per_page": 5}).json()
+    ref = table[table["scope"] == "ALL"].assign(a=lambda d: d["z"].abs())
     assert [r["concept"] for r in page["rows"]] == (
-        ref.assign(a=ref["z"].abs())
-        .sort_values(["a", "concept"], ascending=[False, True])["concept"]
+        ref.sort_values(["a", "concept"], ascending=[False, True], na_position="last")["concept"]
         .head(5)
         .tolist()
     )
+    points = client.get("/api/compare/points").json()
+    fires = table[(table["scope"] == "ALL") & table["chi_model_a"].notna()]
+    assert points["concepts"] == fires["concept"].tolist()
+    assert points["calls"].count("A better") == int((fires["call"] == "a_better").sum())
+
+
+def test_compare_refuses_runs_on_other_items(runs, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from cgaps.serve.app import create_app
+
+    items = pd.read_parquet(runs["a"] / rundir.ITEMS)
+    sal = pd.read_parquet(runs["a"] / rundir.SALIENCY)
+    keep = items["item_id"] != items["item_id"].iloc[0]
+    other = write_run(tmp_path / "fewer", items[keep], sal[sal["item_id"].isin(items.loc[keep, "item_id"])])
+    score_run(other)
+    client = TestClient(create_app(Store([runs["a"], other])))
+    r = client.get("/api/compare")
+    assert r.status_code == 400 and "other items than" in r.json()["error"]
+
+
+def test_csv_export_is_the_file_cgaps_export_writes(client, runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from cgaps.cli.main import app
+
+    for scope, gap in (("ALL", "weak"), ("code", ""), ("ALL", "strong_at_chance")):
+        r = client.get("/api/concepts.csv", params={"scope": scope, "gap": gap, "sort": "concept"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+        assert r.headers["content-disposition"] == f'attachment; filename="model-a-{scope}-concepts.csv"'
+        out = tmp_path / f"{scope}-{gap}.csv"
+        args = ["export", str(runs["a"]), "--scope", scope, "-o", str(out)] + (["--gap", gap] if gap else [])
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert r.text == out.read_text()
+        frame = pd.read_csv(out)
+        concepts = _all_rows(runs["a"], scope)
+        want = concepts if not gap else concepts[concepts["gap"] == "weak"] if gap == "weak" else None
+        if want is not None:
+            assert frame["concept"].tolist() == want["concept"].tolist()
+            np.testing.assert_allclose(frame["chi_model"], want["chi_model"], equal_nan=True)
+    listed = client.get("/api/concepts", params={"q": "needle"}).json()["total"]
+    assert (
+        len(pd.read_csv(io.StringIO(client.get("/api/concepts.csv", params={"q": "needle"}).text))) == listed
+    )
+
+
+def test_scatter_is_the_overlap_tables_correlation(client, runs):
+    o = pd.read_parquet(runs["a"] / rundir.OVERLAP).set_index(["a", "b"])
+    c = pd.read_parquet(runs["a"] / rundir.CONCEPTS)
+    for x, y in (("arith", "bias"), ("arith", "code")):
+        d = client.get("/api/scatter", params={"x": x, "y": y}).json()
+        both = set(c[(c["scope"] == x) & (c["support"] > 0)]["concept"]) & set(
+            c[(c["scope"] == y) & (c["support"] > 0)]["concept"]
+        )
+        assert d["concepts"] == sorted(both) and d["n"] == len(both)
+        assert d["rho"] == pytest.approx(o.loc[(x, y), "spearman_chi_model"], rel=1e-9)
+        by = c[c["scope"] == x].set_index("concept")["chi_model"]
+        np.testing.assert_allclose(d["xs"], by.loc[d["concepts"]])
+    d = client.get("/api/scatter", params={"x": "arith", "y": "code", "metric": "chi_bench"}).json()
+    assert d["rho"] == pytest.approx(o.loc[("arith", "code"), "spearman_chi_bench"], rel=1e-9)
+
+
+def test_concept_rows_carry_their_chance_level(client, runs):
+    """The explorer's chance columns are cgaps.chance's for the same run (test_chance.py checks those
+    against plain references); the runs here say no answer format, so no level is known."""
+    from cgaps.chance import run_chance
+    from cgaps.runtables import load_run
+
+    ref = run_chance(load_run(runs["a"], results=True), rundir.read_table_knobs(runs["a"] / rundir.CONCEPTS))
+    rows = client.get("/api/concepts", params={"sort": "concept", "per_page": 500}).json()["rows"]
+    want = ref[ref["scope"] == "ALL"].set_index("concept")
+    for r in rows:
+        assert _same(r["chance"], want.loc[r["concept"], "chance"]) and r["at_chance"] is False
+    runs_body = client.get("/api/runs").json()["runs"][0]
+    c = _all_rows(runs["a"])
+    assert runs_body["calls"] == {
+        "gaps": int((c["gap"] == "weak").sum()),
+        "strengths": int((c["gap"] == "strong").sum()),
+        "strengths_at_chance": 0,
+    }
+    groups = client.get("/api/benchmarks").json()["groups"]
+    assert [g["group"] for g in groups] == ["ALL", "arith", "bias", "code"]
+    assert {g["verdict"] for g in groups} == {"chance unknown"}
 
 
 # ---------------------------------------------------------------- safety
@@ -416,7 +511,13 @@ def test_compare_matches_the_reference_and_finds_the_planted_difference(client, 
         ("/api/concepts", {"min_support": "-1"}, "min_support"),
         ("/api/concepts", {"scope": "nope"}, "scope 'nope' is not a benchmark"),
         ("/api/concepts", {"run": "../etc"}, "run '../etc' is not served"),
-        ("/api/concepts", {"gap": "maybe"}, "gap must be one of weak, strong, none"),
+        ("/api/concepts", {"gap": "maybe"}, "gap must be one of weak, strong, strong_above_chance"),
+        ("/api/concepts.csv", {"gap": "maybe"}, "gap must be one of weak"),
+        ("/api/scatter", {"x": "arith", "y": "code", "metric": "q"}, "metric must be one of chi_model"),
+        ("/api/scatter", {"x": "arith"}, "scatter needs two scopes"),
+        ("/api/scatter", {"x": "arith", "y": "nope"}, "scope 'nope' is not a benchmark"),
+        ("/api/compare", {"call": "sideways"}, "call must be one of significant"),
+        ("/api/compare", {"sort": "chi_a"}, "cannot sort the comparison by 'chi_a'"),
         ("/api/concepts", {"status": "lost"}, "status must be one of missing"),
         ("/api/concepts", {"q": "x" * 500}, "q"),
         ("/api/concept/200", {}, "concept 200 is out of range"),
@@ -700,24 +801,56 @@ def test_browser_benchmarks_themes_and_compare_views(page, runs):
     assert page.locator("#matrices svg").first.locator("rect.cell").count() == 9
     assert page.locator("#histograms svg").count() == 4
     assert page.locator("#bench-table tbody tr").count() == 4
+    assert page.locator("#group-table tbody tr").count() == 4
+    _wait(page, "scatters", 1)
+    n = page.evaluate("() => fetch('/api/scatter?x=arith&y=bias').then(r => r.json())")["n"]
+    assert page.locator("#scatter-note").text_content().startswith(f"{n:,} concepts present in both")
     page.click("nav >> text=Themes")
     page.wait_for_selector("#themes")
     assert page.locator("#themes tbody tr").count() == 2
     page.click("nav >> text=Compare")
     _wait(page, "compares", 1)
-    assert "310 shared items" in page.locator("#compare-summary").text_content()
-    page.check("text=significant only")
+    summary = page.locator("#compare-summary").text_content()
+    api = page.evaluate("() => fetch('/api/compare').then(r => r.json())")["summary"]
+    assert summary.startswith("ALL: 310 items") and f"(Δ = B − A = {api['delta']:+.3f})" in summary
+    assert page.locator("#n-a-better").text_content() == f"A better on {api['a_better']}"
+    assert page.locator("#n-b-better").text_content() == f"B better on {api['b_better']}"
+    page.select_option("select[aria-label=call]", "a_better")
     _wait(page, "compares", 2)
-    assert "significant=true" in page.url
+    assert "call=a_better" in page.url
     shown = page.locator("#compare tbody tr").evaluate_all("rs => rs.map(r => r.dataset.concept)")
     assert str(runs["planted"]) in shown
+    # A better: Δ = B − A is negative, shown as a loss for B
+    assert page.locator(f"#compare tr[data-concept='{runs['planted']}'] td.neg").count() == 1
     page.go_back()
     _wait(page, "compares", 3)
-    assert "significant" not in page.url
+    assert "call" not in page.url
     page.go_back()
     page.wait_for_selector("#themes")
     page.go_back()
     page.wait_for_selector("#matrices")
+
+
+def test_browser_opens_on_the_gaps_in_words(page, runs):
+    """The landing page is the run's gaps, said as gaps; strengths say when they are at chance."""
+    page.goto(page.base + "/")
+    _wait(page, "lists", 1)
+    assert page.url == page.base + "/concepts?gap=weak"
+    n_weak = int((_all_rows(runs["a"])["gap"] == "weak").sum())
+    assert page.locator("#list-title").text_content().startswith("Gaps — model-a")
+    assert page.locator("#count").text_content().startswith(f"{n_weak} concepts")
+    calls = page.locator("#concepts tbody tr td:nth-child(10)").all_text_contents()
+    assert calls and set(calls) == {"gap"}
+    assert f"{n_weak} gaps" in page.locator("#run-summary").text_content()
+    href = page.locator("#csv").get_attribute("href")
+    assert href.startswith("/api/concepts.csv?") and "gap=weak" in href
+    page.select_option("select[aria-label=gap]", "strong")
+    _wait(page, "lists", 2)
+    assert page.locator("#list-title").text_content().startswith("Strengths — model-a")
+    assert set(page.locator("#concepts tbody tr td:nth-child(10)").all_text_contents()) <= {
+        "strength",
+        "strength at chance",
+    }
 
 
 def test_browser_hostile_text_is_shown_as_text_and_runs_nothing(page, runs):
@@ -739,7 +872,7 @@ def test_browser_hostile_text_is_shown_as_text_and_runs_nothing(page, runs):
 
 
 def test_the_report_names_the_command_that_opens_the_explorer(runs, tmp_path):
-    from cgaps.report import build_report
+    from cgaps.report.build import build_report
 
     html = build_report(runs["b"], tmp_path / "report.html").read_text()
     assert "<code>cgaps serve RUN_DIR</code>" in html

@@ -33,13 +33,13 @@ ITEMS = pd.DataFrame(
 
 @pytest.fixture
 def fake_stages(monkeypatch):
-    """Replace every stage the pipeline calls with one that records its call (and, like the real
-    ones, records its input digest); returns the list of calls."""
+    """Replace every stage the pipeline runs with one that records its call and, like the real
+    ones, writes its output and records its inputs; returns the list of calls."""
     import cgaps.evaluate.stage
     import cgaps.extract.stage
     import cgaps.labels.stage
     import cgaps.models
-    import cgaps.report
+    import cgaps.report.build
     import cgaps.scoring
 
     calls: list[str] = []
@@ -55,20 +55,40 @@ def fake_stages(monkeypatch):
         rundir.write_table(
             pd.DataFrame({"item_id": ["a"], "concept": [0], "value": [1.0]}), run_dir / rundir.SALIENCY
         )
+        # stand-in tables are not the schemas' (write_table would refuse them): plain pandas
+        pd.DataFrame({"concept": [0]}).to_parquet(run_dir / rundir.CONTEXTS)
         rundir.update_run_json(
-            run_dir, inputs={"extract": rundir.stage_record(rundir.read_items(run_dir), "extract")}
+            run_dir,
+            inputs={"extract": rundir.stage_record(rundir.read_items(run_dir), "extract", run_dir=run_dir)},
         )
+
+    def writes(stage, *files):
+        def run(run_dir, *args, **kwargs):
+            calls.append(stage)
+            items = rundir.read_items(run_dir)
+            cfg = args[0] if args and isinstance(args[0], RunConfig) else RunConfig()
+            for name in files:  # like the real ones: the output follows the scores and the config
+                if name.endswith(".parquet"):
+                    made = {"stage": [stage], "scores": [items["score"].sum()], "presence": [cfg.presence]}
+                    pd.DataFrame(made).to_parquet(run_dir / name)  # a stand-in: not write_table
+                else:
+                    (run_dir / name).write_text(stage)
+            record = rundir.stage_record(items, stage, run_dir=run_dir, config=cfg)
+            rundir.update_run_json(run_dir, inputs={stage: record})
+
+        return run
 
     monkeypatch.setattr(cgaps.evaluate.stage, "evaluate_run", evaluate_run)
     monkeypatch.setattr(cgaps.extract.stage, "extract_run", extract_run)
     monkeypatch.setattr(cgaps.models, "load_backend", lambda name, *a, **k: SimpleNamespace(name=name))
-    monkeypatch.setattr(cgaps.scoring, "score_run", lambda run_dir: calls.append("score"))
-    monkeypatch.setattr(cgaps.report, "build_report", lambda run_dir: calls.append("report"))
-    monkeypatch.setattr(cgaps.labels.stage, "label_run", lambda run_dir, **kw: None)
+    monkeypatch.setattr(cgaps.scoring, "score_run", writes("score", rundir.CONCEPTS, rundir.OVERLAP))
+    monkeypatch.setattr(cgaps.labels.stage, "label_run", writes("label", rundir.LABELS, rundir.THEMES))
+    monkeypatch.setattr(cgaps.report.build, "build_report", writes("report", rundir.REPORT))
     return calls
 
 
-def test_pipeline_reruns_only_stages_whose_items_changed(tmp_path, fake_stages):
+def test_pipeline_reruns_only_stages_whose_inputs_changed(tmp_path, fake_stages):
+    """Staleness is by content: a stage runs again only when what it read changed."""
     from cgaps.pipeline import run_pipeline
 
     cfg = RunConfig()
@@ -78,20 +98,30 @@ def test_pipeline_reruns_only_stages_whose_items_changed(tmp_path, fake_stages):
         tmp_path, config=cfg.to_dict(), inputs={"evaluate": rundir.stage_record(ITEMS, "evaluate")}
     )
     run_pipeline(cfg, tmp_path)  # no saliency yet
-    assert fake_stages == ["extract", "score", "report"]
+    assert fake_stages == ["extract", "score", "label", "report"]
     fake_stages.clear()
-    run_pipeline(cfg, tmp_path)  # everything current
-    assert fake_stages == ["score", "report"]
-    fake_stages.clear()
-    # other responses (`cgaps grade --responses`): extraction is stale, evaluation is not
+    run_pipeline(cfg, tmp_path)  # everything current: nothing runs
+    assert fake_stages == []
+    # other responses (`cgaps grade --responses`): extraction is stale; it writes the same saliency,
+    # so scoring stays current; labels (their words) and the report read the responses: run again
     rundir.write_table(ITEMS.assign(response=["two", "four", "six"]), tmp_path / rundir.ITEMS)
     run_pipeline(cfg, tmp_path)
-    assert fake_stages == ["extract", "score", "report"]
+    assert fake_stages == ["extract", "label", "report"]
     fake_stages.clear()
-    # scored items whose prompts changed since evaluation: both are stale
+    # scored items whose prompts changed since evaluation: every stage that reads the prompts
     rundir.write_table(ITEMS.assign(prompt=["9+9?", "2+2?", "3+3?"]), tmp_path / rundir.ITEMS)
     run_pipeline(cfg, tmp_path)
-    assert fake_stages == ["evaluate", "extract", "score", "report"]
+    assert fake_stages == ["evaluate", "extract", "label", "report"]
+    fake_stages.clear()
+    # one score changed: scoring, then what reads the concepts (labels, the report); nothing else
+    items = rundir.read_items(tmp_path)
+    rundir.write_table(items.assign(score=[1.0, 0.0, 0.0]), tmp_path / rundir.ITEMS)
+    run_pipeline(cfg, tmp_path)
+    assert fake_stages == ["score", "label", "report"]
+    fake_stages.clear()
+    # another scoring config: scoring and its readers again
+    run_pipeline(cfg.replace(presence=0.3), tmp_path)
+    assert fake_stages == ["score", "label", "report"]
 
 
 def test_extraction_without_recorded_inputs_is_redone(tmp_path, fake_stages):
@@ -105,7 +135,7 @@ def test_extraction_without_recorded_inputs_is_redone(tmp_path, fake_stages):
     # a cgaps extraction from before digests
     rundir.update_run_json(tmp_path, config=cfg.to_dict(), sae={"id": "s", "width": 8})
     run_pipeline(cfg, tmp_path)
-    assert fake_stages == ["extract", "score", "report"]
+    assert fake_stages == ["extract", "score", "label", "report"]
 
 
 def test_imported_saliency_is_trusted(tmp_path, fake_stages):
@@ -118,7 +148,21 @@ def test_imported_saliency_is_trusted(tmp_path, fake_stages):
     )
     rundir.update_run_json(tmp_path, config=cfg.to_dict(), n_concepts=8)  # no `sae`: another tool's
     run_pipeline(cfg, tmp_path)
-    assert fake_stages == ["score", "report"]
+    assert fake_stages == ["score", "label", "report"]
+
+
+def test_a_first_extraction_killed_before_run_json_is_stale(tmp_path):
+    """saliency.parquet in place, run.json not updated, the shard folder left: stale, not done."""
+    from cgaps.runstate import run_status
+
+    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
+    rundir.update_run_json(tmp_path, inputs={"evaluate": rundir.stage_record(ITEMS, "evaluate")})
+    rundir.write_table(
+        pd.DataFrame({"item_id": ["a"], "concept": [0], "value": [1.0]}), tmp_path / rundir.SALIENCY
+    )
+    (tmp_path / rundir.SALIENCY_SHARDS).mkdir()
+    state = {s.stage: s for s in run_status(tmp_path)}["extract"]
+    assert state.state == "stale" and "stopped before it recorded its inputs" in state.reason
 
 
 def test_stages_record_the_digest_of_their_inputs(tmp_path):
@@ -356,7 +400,8 @@ def _status(run):
 
 def test_status_names_each_stage_state_and_why(scorable):
     from cgaps.evaluate.stage import grade_run
-    from cgaps.report import build_report
+    from cgaps.labels.stage import label_run
+    from cgaps.report.build import build_report
     from cgaps.scoring import score_run
 
     code, rows = _status(scorable)
@@ -365,9 +410,10 @@ def test_status_names_each_stage_state_and_why(scorable):
     assert rows["evaluate"][0] == "done"  # scored before digests: trusted, like the pipeline does
     assert rows["extract"][0] == "done"  # saliency from another tool (no `sae` record)
     assert rows["score"] == ("missing", f"no concepts.parquet  -> cgaps score {scorable}")
-    assert rows["report"][0] == "missing" and "labels" not in rows
+    assert rows["label"][0] == "missing" and rows["report"][0] == "missing"
     grade_run(scorable)
     score_run(scorable)
+    label_run(scorable)
     build_report(scorable)
     code, rows = _status(scorable)
     assert {s: r[0] for s, r in rows.items()} == {
@@ -375,32 +421,69 @@ def test_status_names_each_stage_state_and_why(scorable):
         "evaluate": "done",
         "extract": "done",
         "score": "done",
+        "label": "done",
         "robustness": "missing",
         "validate": "missing",
+        "confirm": "missing",
         "report": "done",
     }
-    assert code == 0  # robustness and validate are optional
+    assert code == 0  # robustness, validate and confirm are optional
     # other scores (`cgaps grade --responses`): scoring and what follows it are stale
     items = rundir.read_items(scorable)
     rundir.write_table(items.assign(score=1.0 - items["score"]), scorable / rundir.ITEMS)
     code, rows = _status(scorable)
     assert code == 1
     assert rows["score"][0] == "stale" and "column(s) score of items.parquet changed" in rows["score"][1]
+    assert rows["label"] == ("stale", f"depends on score, which is stale  -> cgaps label {scorable}")
     assert rows["report"] == ("stale", f"depends on score, which is stale  -> cgaps report {scorable}")
+    assert rows["evaluate"][0] == rows["extract"][0] == "done"
     # other prompts: the evaluation is stale, and names the column
     rundir.write_table(items.assign(prompt="new"), scorable / rundir.ITEMS)
     _, rows = _status(scorable)
     assert rows["evaluate"][0] == "stale" and "column(s) prompt of items.parquet" in rows["evaluate"][1]
     assert rows["score"][0] == "stale" and "depends on evaluate" in rows["score"][1]
+    # the same items again: by content, every stage is current again (file times do not count)
     rundir.write_table(items, scorable / rundir.ITEMS)
-    _, rows = _status(scorable)
-    assert rows["score"][0] == "done" and rows["report"][0] == "stale"  # the report is older
-    build_report(scorable)
+    code, rows = _status(scorable)
+    assert code == 0 and rows["score"][0] == rows["label"][0] == rows["report"][0] == "done"
     # a changed saliency file makes the score stale (its digest is recorded)
     sal = pd.read_parquet(scorable / rundir.SALIENCY)
     rundir.write_table(sal.iloc[1:], scorable / rundir.SALIENCY)
     _, rows = _status(scorable)
     assert rows["score"][0] == "stale" and "saliency.parquet changed since it ran" in rows["score"][1]
+
+
+def test_status_by_content_a_copied_run_is_current_and_a_rescore_reaches_its_readers(scorable, tmp_path):
+    import shutil
+    import time
+
+    from cgaps.evaluate.stage import grade_run
+    from cgaps.labels.stage import label_run
+    from cgaps.report.build import build_report
+    from cgaps.scoring import score_run
+
+    grade_run(scorable)
+    score_run(scorable)
+    label_run(scorable)
+    build_report(scorable)
+    time.sleep(0.01)
+    copy = tmp_path / "copy"
+    shutil.copytree(scorable, copy)  # new file times, the same content
+    (copy / rundir.ITEMS).touch()
+    code, rows = _status(copy)
+    assert code == 0 and all(state == "done" for state, _ in (rows[s] for s in ("score", "label", "report")))
+    # a rescore that changes concepts.parquet makes the labels and the report stale, nothing else
+    score_run(copy, RunConfig(min_support=2, fdr=0.2))
+    _, rows = _status(copy)
+    assert rows["score"][0] == "done"
+    assert rows["label"][0] == "stale" and "concepts.parquet changed since it ran" in rows["label"][1]
+    assert rows["report"][0] == "stale"
+    assert rows["evaluate"][0] == rows["extract"][0] == "done"
+    # a rewritten output is not what its stage wrote
+    concepts = pd.read_parquet(copy / rundir.CONCEPTS)
+    rundir.write_table(concepts.iloc[::-1], copy / rundir.CONCEPTS)
+    _, rows = _status(copy)
+    assert rows["score"][0] == "stale" and "is not what `cgaps score` wrote" in rows["score"][1]
 
 
 def test_status_flags_a_score_killed_before_run_json(scorable, monkeypatch):
@@ -653,7 +736,9 @@ def test_a_loaded_backend_says_what_it_loaded(tmp_path):
     }
     assert backend.loaded == want
     assert loaded_record(backend, "reader") == {"reader": "tiny", "reader_loaded": want}
-    assert loaded_record(object.__new__(type("Bare", (), {"name": "x"})), "evaluated") == {"evaluated": "x"}
+    from helpers import FakeGenerator
+
+    assert loaded_record(FakeGenerator(), "evaluated") == {"evaluated": "fake"}  # loaded: None
 
 
 # ---------------------------------------------------------------- prompts past the context
@@ -720,7 +805,7 @@ def test_extraction_counts_what_max_length_cut():
 def test_control_characters_never_reach_the_report(tmp_path):
     import re
 
-    from cgaps.report import build_report
+    from cgaps.report.build import build_report
     from cgaps.scoring import score_run
     from helpers import make_suite, write_run
 

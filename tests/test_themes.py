@@ -172,7 +172,8 @@ def _tiny_run(tmp_path, backend):
 
 
 def test_label_stage_end_to_end(tmp_path, tiny_backend):
-    from cgaps.labels.stage import peak_tokens
+    from cgaps.labels.format import repeated_units
+    from cgaps.labels.stage import peak_words, read_run_text
 
     spec = _tiny_run(tmp_path, tiny_backend)
     table = label_run(tmp_path, LabelOptions(min_log_odds=0.0, prior=5.0), backend=tiny_backend, sae=spec)
@@ -182,10 +183,11 @@ def test_label_stage_end_to_end(tmp_path, tiny_backend):
     pd.testing.assert_frame_equal(stored, table.reset_index(drop=True), check_dtype=False)
     run = load_run(tmp_path, results=True)
     m = thresholded_matrix(run)
-    # distinctive tokens: recomputed from the peaks with the documented formula
-    peaks, base = peak_tokens(run, m, tiny_backend.tokenizer)
+    # distinctive words: recomputed from the peaks with the documented formula
+    text, digests = read_run_text(run, tiny_backend.tokenizer)
+    peaks = peak_words(run, m, m.shat_matrix(), text, digests, repeated_units(text.items, 0.1))
     assert len(peaks) == m.saliency.nnz  # one firing token per present cell
-    ref = evidence.distinctive_tokens(peaks, base, 5.0, 8, 0.0)
+    ref = evidence.distinctive_tokens(peaks.rename(columns={"word": "token"}), text.base(), 5.0, 8, 0.0)
     for c in range(24):
         got = [t[0] for t in json.loads(stored["tokens"].iloc[c])]
         assert got == ref[ref["concept"] == c]["token"].tolist()
@@ -193,11 +195,11 @@ def test_label_stage_end_to_end(tmp_path, tiny_backend):
     # enrichment = the function on the run's ŝ'
     enrich = evidence.enrichment(m.shat_matrix(), evidence.item_groups(run.items))
     np.testing.assert_array_equal(stored["enrich_group"].to_numpy(), enrich["enrich_group"].to_numpy())
-    # output tokens: the logit lens of W_dec through the model's unembedding
+    # output tokens: the logit lens of W_dec through the model's unembedding, words of the run only
     outs = json.loads(
         stored["output_tokens"].iloc[int(np.flatnonzero(np.diff(m.saliency.tocsc().indptr))[0])]
     )
-    assert len(outs) == 8 and all(isinstance(t[0], str) for t in outs)
+    assert 0 < len(outs) <= 8 and {t[0] for t in outs} <= text.vocabulary()
     present = np.diff(m.saliency.tocsc().indptr) > 0
     assert (stored.loc[present, "source"] == "evidence").all()
     assert (stored.loc[~present, "label"] == "").all()
@@ -205,7 +207,7 @@ def test_label_stage_end_to_end(tmp_path, tiny_backend):
     knobs = rundir.read_table_knobs(tmp_path / THEMES)
     assert knobs["presence"] == 0.2 and knobs["theme_cut"] == 0.4
     meta = rundir.read_run_json(tmp_path)
-    assert meta["inputs"]["labels"]["evidence"] and "themes" in meta["counts"]
+    assert meta["inputs"]["label"]["evidence"] and "themes" in meta["counts"]
 
     # an imported table wins over evidence and survives a rerun that imports nothing
     pd.DataFrame({"concept": [1], "label": ["hand label"]}).to_csv(tmp_path / "l.csv", index=False)

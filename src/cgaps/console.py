@@ -230,8 +230,47 @@ def setup_logging(level: int = logging.INFO) -> None:
     Called by the CLI, never at import: a library user keeps their own logging setup.
     Records still propagate to the root logger, so pytest's ``caplog`` and a user's
     handlers see them too (the root has no handler in a plain ``cgaps`` process).
+    Also quiets the libraries underneath (:func:`quiet_third_party`).
     """
     logger = logging.getLogger(LOGGER)
     if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
         logger.addHandler(ConsoleHandler())
     logger.setLevel(level)
+    quiet_third_party()
+
+
+# progress bars of the libraries underneath: each reads its variable when it is imported
+_THIRD_PARTY_PROGRESS = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")
+
+
+def quiet_third_party() -> None:
+    """Keep the libraries underneath (torch, transformers, huggingface_hub, datasets) out of the
+    command's output; called by the CLI (:func:`setup_logging`), never at import.
+
+    - Their ``FutureWarning`` and ``DeprecationWarning`` (e.g. transformers deprecating
+      ``past_key_values`` inside a forward call) address the code that calls them, not the
+      person running ``cgaps``, who can do nothing about them: always ignored. cgaps's own are kept.
+    - With ``CGAPS_NO_PROGRESS=1`` their progress bars ("Loading weights", downloads, dataset
+      maps) are turned off too, through the variables they read at import
+      (:data:`_THIRD_PARTY_PROGRESS`, ``TRANSFORMERS_VERBOSITY=error``) and, for those already
+      imported, their own switches; a variable the user set is left as it is.
+    """
+    import sys
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(?!cgaps\b)")
+    if os.environ.get("CGAPS_NO_PROGRESS") != "1":
+        return
+    for name in _THIRD_PARTY_PROGRESS:
+        os.environ.setdefault(name, "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()

@@ -2,13 +2,15 @@
 
 Every stage after extraction starts the same way: ``run.json`` (with ``n_concepts``), the
 scored items and the saliency, each through the validating readers of :mod:`cgaps.rundir`,
-so bad input fails with the file, the field and the fix named. The scoring and robustness
+so bad input fails with the file, the field and the fix named. Every table read here has its
+column types checked against its schema (:mod:`cgaps.rundir.schemas`) on the file's Arrow
+schema before a row is read, and everything is read before anything is written. The scoring and robustness
 stages need only these. The report also needs what the scoring stage wrote and shows the
 optional files when they are there; ``load_run(run_dir, results=True)`` reads those too:
 
 * required: ``concepts.parquet`` and, with two or more benchmarks, ``overlap.parquet``; a
   missing one is an error naming ``cgaps score``;
-* optional: ``labels.parquet``, ``contexts.parquet`` (both written by ``cgaps extract``) and
+* optional: ``labels.parquet`` (``cgaps label``), ``contexts.parquet`` (``cgaps extract``) and
   ``robustness.json`` (``cgaps robustness``); absent is None, present but damaged is an error
   saying which command rewrites it.
 
@@ -44,20 +46,12 @@ import pandas as pd
 from cgaps import rundir
 from cgaps.config import RunConfig, config_from_run
 from cgaps.errors import CGapsError
+from cgaps.rundir import schemas
 
 _SCORE_FIX = "run `cgaps score RUN_DIR` to write it"
 _RESCORE = "rerun `cgaps score RUN_DIR`"
 # concepts.parquet columns read as float64 whatever the writer used (NaN for anything unreadable)
-_CONCEPT_FLOATS = (
-    "chi_bench",
-    "chi_bench_raw",
-    "chi_model",
-    "expected",
-    "n_eff",
-    "ci_low",
-    "ci_high",
-    "q_value",
-)
+_CONCEPT_FLOATS = tuple(f.name for f in schemas.CONCEPTS_TABLE.schema if f.type == schemas.F64)
 
 
 @dataclass
@@ -100,7 +94,8 @@ def _read_concepts(run_dir: Path, benchmarks: list[str]) -> pd.DataFrame:
     concepts["gap"] = concepts["gap"].fillna("").astype(str)
     concepts["status"] = concepts["status"].astype(str)
     for col in _CONCEPT_FLOATS:
-        concepts[col] = pd.to_numeric(concepts[col], errors="coerce").astype("float64")
+        if col in concepts.columns:  # the optional ones (p_value, p_min) are absent from older tables
+            concepts[col] = pd.to_numeric(concepts[col], errors="coerce").astype("float64")
     scopes = set(concepts["scope"])
     absent = [s for s in [rundir.ALL_SCOPE, *benchmarks] if s not in scopes]
     if absent:
@@ -254,9 +249,10 @@ def load_run(run_dir: str | Path, *, results: bool = False, coded: bool = False)
         run.overlap = _check_columns(
             rundir.read_table(path, _SCORE_FIX), path, rundir.OVERLAP_COLUMNS, _RESCORE
         )
-    extract = "`cgaps extract RUN_DIR`"  # writes the contexts and the provisional labels
-    run.labels = _optional_table(run_dir, rundir.LABELS, rundir.LABEL_COLUMNS, extract)
-    run.contexts = _optional_table(run_dir, rundir.CONTEXTS, rundir.CONTEXT_COLUMNS, extract)
+    run.labels = _optional_table(run_dir, rundir.LABELS, rundir.LABEL_COLUMNS, "`cgaps label RUN_DIR`")
+    run.contexts = _optional_table(
+        run_dir, rundir.CONTEXTS, rundir.CONTEXT_COLUMNS, "`cgaps extract RUN_DIR`"
+    )
     path = run_dir / rundir.ROBUSTNESS
     if path.exists():
         run.robustness = rundir.read_json_file(path, "rerun `cgaps robustness RUN_DIR` or delete the file")

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from cgaps.config import RunConfig
 
 # A run directory that is a file is a usage error (exit 2) before any command code runs.
-RunDirArg = typer.Argument(..., help="Run directory (see docs/method.md section 6).", file_okay=False)
+RunDirArg = typer.Argument(
+    ..., help="Run directory (see docs/method.md section 6).", file_okay=False, metavar="RUN_DIR"
+)
 
 # The types a field may have to become an option (after dropping None from `X | None`).
 _OPTION_TYPES = (str, int, float, bool, Path)
@@ -70,6 +72,20 @@ def options_from(cls: type, *names: str, into: str = "options", over: str | None
         raise TypeError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
     chosen = [fields[n] for n in (names or fields)]
     hints = typing.get_type_hints(cls)
+    # (parameter name, field, the dataclass it belongs to, its type, its section or None): a section
+    # of the config (a dataclass field, e.g. RunConfig.label) becomes one option per field of its
+    # own, named after the section (--label-enrich-p)
+    specs: list[tuple[str, dataclasses.Field[Any], type, Any, str | None]] = []
+    for f in chosen:
+        if f.metadata.get("section"):
+            owner = hints[f.name]
+            owner_hints = typing.get_type_hints(owner)
+            specs += [
+                (f"{f.name}_{sf.name}", sf, owner, owner_hints[sf.name], f.name)
+                for sf in dataclasses.fields(owner)
+            ]
+        else:
+            specs.append((f.name, f, cls, hints[f.name], None))
 
     def decorate(func: F) -> F:
         signature = inspect.signature(func, eval_str=True)
@@ -78,18 +94,18 @@ def options_from(cls: type, *names: str, into: str = "options", over: str | None
                 f"{func.__name__} needs a keyword parameter {into!r} for the {cls.__name__} options"
             )
         own = [p for p in signature.parameters.values() if p.name != into]
-        clash = {p.name for p in own} & {f.name for f in chosen}
+        clash = {p.name for p in own} & {name for name, *_ in specs}
         if clash:
             raise TypeError(
                 f"{func.__name__}: parameter(s) {', '.join(sorted(clash))} clash with {cls.__name__}"
             )
         generated = []
-        for f in chosen:
-            base = _option_type(cls, f.name, hints[f.name])
-            flags = (f.metadata["flags"],) if "flags" in f.metadata else ()
+        for param, f, owner, hint, section in specs:
+            base = _option_type(owner, f.name, hint)
+            flags = (_section_flags(f.metadata["flags"], section),) if "flags" in f.metadata else ()
             if over is None:
                 if f.default is dataclasses.MISSING:
-                    raise TypeError(f"{cls.__name__}.{f.name}: an option needs a plain default")
+                    raise TypeError(f"{owner.__name__}.{f.name}: an option needs a plain default")
                 option = typer.Option(f.default, *flags, help=f.metadata["help"])
             else:
                 shown = _shown_default(f)
@@ -101,15 +117,21 @@ def options_from(cls: type, *names: str, into: str = "options", over: str | None
                 )
             generated.append(
                 inspect.Parameter(
-                    f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=base | None
+                    param, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=base | None
                 )
             )
 
         @functools.wraps(func)
         def command(**kwargs: Any) -> Any:
-            values = {f.name: kwargs.pop(f.name) for f in chosen}
-            if over is not None:  # None: not given, the stored value stays
-                values = {k: v for k, v in values.items() if v is not None}
+            values: dict[str, Any] = {}
+            for param, f, _, _, section in specs:
+                value = kwargs.pop(param)
+                if over is not None and value is None:  # None: not given, the stored value stays
+                    continue
+                if section is None:
+                    values[f.name] = value
+                else:  # a section's options: only those given, merged into the stored section
+                    values.setdefault(section, {})[f.name] = value
             return func(**kwargs, **{into: values})
 
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + generated
@@ -123,6 +145,19 @@ def options_from(cls: type, *names: str, into: str = "options", over: str | None
     return decorate
 
 
+def _section_flags(flags: str, section: str | None) -> str:
+    """A boolean's flag pair (``--x/--no-x``) with a section's prefix (``--label-x/--no-label-x``)."""
+    if section is None:
+        return flags
+    prefix = section.replace("_", "-")
+    return "/".join(
+        f"--no-{prefix}-{f.removeprefix('--no-')}"
+        if f.startswith("--no-")
+        else f"--{prefix}-{f.removeprefix('--')}"
+        for f in flags.split("/")
+    )
+
+
 def _shown_default(field: dataclasses.Field[Any]) -> str:
     """A field's default as ``--help`` shows it ('' for None); a boolean as the flag it means."""
     default = field.default
@@ -132,6 +167,11 @@ def _shown_default(field: dataclasses.Field[Any]) -> str:
         on, _, off = field.metadata.get("flags", f"--{field.name}/--no-{field.name}").partition("/")
         return (on if default else off).removeprefix("--").replace("_", "-")
     return str(default)
+
+
+def section_config(run_dir: Path, section: str, options: dict[str, Any]) -> Any:
+    """A stage's section of the run's config (run.json; defaults without one) with the options given."""
+    return getattr(run_config(run_dir, {section: options}), section)
 
 
 def run_config(run_dir: Path, options: dict[str, Any]) -> RunConfig:

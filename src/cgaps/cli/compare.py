@@ -25,13 +25,27 @@ def compare(
     *,
     options: dict[str, Any],
 ) -> None:
-    """Where model B beats model A and the reverse, concept by concept (paired test, BH per scope)."""
-    from cgaps.compare import compare_runs
-    from cgaps.console import result
+    """Where model B beats model A and the reverse, concept by concept (paired test, BH per scope).
+
+    Prints one line per scope (benchmarks, then ALL) with the counts the page and the explorer's
+    Compare view show: Δ = B − A; "B better" / "A better" by the paired test, and against the
+    benchmarks' mean Δ.
+
+    Examples:
+
+        cgaps compare runs/model-a runs/model-b --out runs/a-vs-b
+    """
+    import pandas as pd
+
+    from cgaps import rundir
+    from cgaps.compare import COMPARE, compare_runs, summary, summary_line
+    from cgaps.console import info, result
 
     table = compare_runs(run_a, run_b, out, options)
-    calls = table["call"].value_counts()
-    result(
-        f"wrote {out / 'compare.parquet'}: B better on {int(calls.get('b_better', 0))}, "
-        f"A better on {int(calls.get('a_better', 0))} concept x scope rows"
-    )
+    # validated by compare_runs just above; the counts need three columns
+    items = [
+        pd.read_parquet(r / rundir.ITEMS, columns=["item_id", "benchmark", "score"]) for r in (run_a, run_b)
+    ]
+    for row in summary(table, *items):
+        result(summary_line(row))
+    info(f"wrote {out / COMPARE} and {out / 'report.html'}")

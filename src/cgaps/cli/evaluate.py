@@ -6,30 +6,26 @@ from pathlib import Path
 from typing import Any
 
 from cgaps.cli._common import RunDirArg, options_from, run_config
-from cgaps.config import RunConfig
+from cgaps.config import RunConfig, command_fields
 from cgaps.scaleout.options import RayOptions
 
 
-@options_from(
-    RunConfig,
-    "model",
-    "max_new_tokens",
-    "batch_size",
-    "generate_batch_size",
-    "mc_scoring",
-    "chat_template",
-    "context_overflow",
-    "backend",
-    "device",
-    "dtype",
-    over="run.json",
-)
+@options_from(RunConfig, *command_fields("evaluate"), over="run.json")
 @options_from(RayOptions, into="ray_opts")
 def evaluate(run_dir: Path = RunDirArg, *, options: dict[str, Any], ray_opts: dict[str, Any]) -> None:
-    """Answer every item (greedy generation or option log-likelihoods, docs/benchmarks.md) and grade the answers."""
+    """Answer every item (greedy generation or option log-likelihoods, docs/benchmarks.md) and grade the answers.
+
+    Examples:
+
+        cgaps evaluate runs/p
+
+        cgaps evaluate runs/p --model openai://127.0.0.1:8080/v1/my-model --mc-scoring generate
+
+        cgaps evaluate runs/p --ray --ray-workers 4
+    """
     from cgaps.console import result
     from cgaps.evaluate.stage import evaluate_run
-    from cgaps.scaleout import ray_options
+    from cgaps.scaleout import ray_runner
 
-    items = evaluate_run(run_dir, run_config(run_dir, options), ray=ray_options(ray_opts))
+    items = evaluate_run(run_dir, run_config(run_dir, options), runner=ray_runner(ray_opts))
     result(f"graded {len(items)} items; mean score {items['score'].mean():.3f}")

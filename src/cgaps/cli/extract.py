@@ -6,21 +6,26 @@ from pathlib import Path
 from typing import Any
 
 from cgaps.cli._common import RunDirArg, options_from, run_config
-from cgaps.config import RunConfig
+from cgaps.config import RunConfig, command_fields
 from cgaps.scaleout.options import RayOptions
 
 
-@options_from(
-    RunConfig,
-    *("reader", "sae", "layer", "span", "pool", "skip_special", "top_k", "batch_size", "device"),
-    over="run.json",
-)
+@options_from(RunConfig, *command_fields("extract"), over="run.json")
 @options_from(RayOptions, into="ray_opts")
 def extract(run_dir: Path = RunDirArg, *, options: dict[str, Any], ray_opts: dict[str, Any]) -> None:
-    """Encode the residual stream after layer L with the SAE and pool it per item."""
+    """Encode the residual stream after layer L with the SAE and pool it per item.
+
+    Examples:
+
+        cgaps extract runs/p
+
+        cgaps extract runs/p --span prompt --pool mean
+
+        cgaps extract runs/p --sae gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical
+    """
     from cgaps.console import result
     from cgaps.extract.stage import extract_run
-    from cgaps.scaleout import ray_options
+    from cgaps.scaleout import ray_runner
 
-    sal = extract_run(run_dir, run_config(run_dir, options), ray=ray_options(ray_opts))
+    sal = extract_run(run_dir, run_config(run_dir, options), runner=ray_runner(ray_opts))
     result(f"wrote {len(sal)} saliency rows for {sal['item_id'].nunique()} items")

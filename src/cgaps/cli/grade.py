@@ -18,7 +18,14 @@ def grade(
         dir_okay=False,
     ),
 ) -> None:
-    """Grade every item's response and write the `score` column of items.parquet."""
+    """Grade every item's response and write the `score` column of items.parquet.
+
+    Examples:
+
+        cgaps grade runs/p
+
+        cgaps grade runs/p --responses other_model.jsonl
+    """
     from cgaps.evaluate.stage import grade_run
 
     grade_run(run_dir, responses)

@@ -69,7 +69,14 @@ def lm_eval(
     reader: str = ReaderOption,
     sae: str = SaeOption,
 ) -> None:
-    """Import lm-evaluation-harness per-sample logs (one item per sample, benchmark = task)."""
+    """Import lm-evaluation-harness per-sample logs (one item per sample, benchmark = task).
+
+    Examples:
+
+        cgaps import lm-eval results/ --out runs/mine
+
+        cgaps import lm-eval results/ --out runs/mine --metric acc_norm
+    """
     from cgaps.importers.lmeval import read_lm_eval
 
     imported = read_lm_eval(paths, metric, filter_name)
@@ -95,7 +102,12 @@ def table(
     reader: str = ReaderOption,
     sae: str = SaeOption,
 ) -> None:
-    """Import any table of per-item prompts, responses and scores."""
+    """Import any table of per-item prompts, responses and scores.
+
+    Examples:
+
+        cgaps import table answers.jsonl --out runs/mine --evaluated gpt-4o --map item_id=id,prompt=question,response=output,score=correct,benchmark='arc'
+    """
     from cgaps.importers.table import read_table_import
 
     imported = read_table_import(file, mapping, evaluated)
@@ -109,12 +121,27 @@ def inspect_log(
     scorer: str | None = typer.Option(
         None, "--scorer", help="Scorer whose value is the score (default: the first)."
     ),
+    skip_errors: bool = typer.Option(
+        False,
+        "--skip-errors",
+        help="Import the samples that did not error and record how many did (default: refuse, naming them).",
+    ),
     force: bool = ForceOption,
     reader: str = ReaderOption,
     sae: str = SaeOption,
 ) -> None:
-    """Import an inspect-ai eval log through inspect's own log reader."""
+    """Import an inspect-ai eval log through inspect's own log reader.
+
+    Examples:
+
+        cgaps import inspect logs/2025-01-01T00-00-00_task_X.eval --out runs/mine
+    """
     from cgaps.importers.inspect_log import read_inspect
 
-    imported = read_inspect(log, scorer)
+    imported = read_inspect(log, scorer, skip_errors=skip_errors)
+    if imported.source.get("skipped_errors"):
+        from cgaps.console import info
+
+        skipped = imported.source["skipped_errors"]
+        info(f"[yellow]skipped {len(skipped)} errored sample(s): {', '.join(skipped[:5])}")
     _write(imported, str(log), out, reader, sae, force)

@@ -8,10 +8,10 @@ from typing import Any
 import typer
 
 from cgaps.cli._common import field_help, options_from
-from cgaps.config import RunConfig
+from cgaps.config import RunConfig, command_fields
 
 
-@options_from(RunConfig, "data_dir", "limit", "seed", "chain_of_thought")
+@options_from(RunConfig, *(f for f in command_fields("items") if f != "suite"))
 def items(
     suite: str = typer.Argument(..., help=field_help(RunConfig, "suite")),
     out: Path = typer.Option(
@@ -29,7 +29,15 @@ def items(
 
     Into a run that already holds responses, saliency or scores made from other items, this
     is refused unless --force; the same items again are kept as they are.
+
+    Examples:
+
+        cgaps items probes --out runs/p
+
+        cgaps items paper10 --data-dir ../shared/benchmarks --limit 100 --out runs/p10
+
+        cgaps items my_benchmark.yaml --out runs/mine
     """
-    from cgaps.pipeline import items_run
+    from cgaps.items.stage import items_run
 
     items_run(out, RunConfig(suite=suite, **options), force=force)

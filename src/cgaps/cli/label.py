@@ -10,21 +10,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cgaps.cli._common import RunDirArg, options_from
+from cgaps.cli._common import RunDirArg, options_from, section_config
 from cgaps.labels.options import LabelOptions
 
 
-@options_from(LabelOptions)
+@options_from(LabelOptions, over="run.json")
 def label(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
-    """Say what each concept is: distinctive tokens, output tokens, where its mass falls among the
-    items' metadata, imported or LLM labels, and themes of similar concepts with their own gap test."""
+    """Say what each concept is: distinctive tokens, output tokens, where its mass falls among the items' metadata, imported or LLM labels, and themes of similar concepts with their own gap test.
+
+    Examples:
+
+        cgaps label runs/p
+
+        cgaps label runs/p --labels-file explanations.jsonl.gz
+
+        cgaps label runs/p --labeler http://127.0.0.1:8080/v1 --labeler-model qwen --llm-concepts 20
+    """
     from rich.table import Table
 
     from cgaps import rundir
     from cgaps.console import result
     from cgaps.labels.stage import THEMES, label_run
 
-    opts = LabelOptions(**options)  # checks the values: a bad one is a one-line error naming the option
+    opts = section_config(run_dir, "label", options)  # a bad value is a one-line error naming the option
     label_run(run_dir, opts)
     import pandas as pd
 

@@ -26,7 +26,9 @@ from typing import Any
 
 import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
+
+from cgaps import stages
 
 # A usage line longer than this is left out of the error; `--help` shows it.
 MAX_USAGE = 100
@@ -45,6 +47,9 @@ def usage_error_line(e: ClickException) -> str:
 
 class _Group(TyperGroup):
     """The ``cgaps`` command group: click's errors as one line (see the module docstring)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_as_flags(super().get_params(ctx))
 
     def main(  # type: ignore[override]
         self,
@@ -80,38 +85,87 @@ class _Group(TyperGroup):
         return rv
 
 
-app = typer.Typer(
+def _flags_as_flags(params: list[Any]) -> list[Any]:
+    """A flag's help shows the flag, not a ``<bool>`` value it does not take."""
+    for p in params:
+        if getattr(p, "is_flag", False) and getattr(p, "metavar", None) is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    """A ``cgaps`` command (:func:`_flags_as_flags`)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_as_flags(super().get_params(ctx))
+
+
+class _Typer(typer.Typer):
+    """The commands of ``cgaps`` are :class:`_Command`s."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        from cgaps.console import result
+
+        result(f"cgaps {version('competency-gaps')}")
+        raise typer.Exit()
+
+
+app = _Typer(
     name="cgaps",
     cls=_Group,
-    help="Competency Gaps: which SAE concepts a benchmark misses, and which ones a model fails on.",
+    help="Competency Gaps: which SAE concepts a benchmark misses, and which ones a model fails on.\n\n"
+    "Start with `cgaps demo`, then `cgaps status RUN_DIR` and `cgaps serve RUN_DIR`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# (command name, module under cgaps.cli, function): the order is the pipeline's.
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Competency Gaps: which SAE concepts a benchmark misses, and which ones a model fails on."""
+
+
+# The commands, in the order `cgaps --help` lists them: the whole pipeline, then every stage of
+# the graph (cgaps.stages: a stage's command is its name, in cgaps/cli/NAME.py), then the others.
+# Each is (command name, module under cgaps.cli, function).
 COMMANDS = [
     ("run", "run", "run"),
     ("demo", "run", "demo"),
-    ("items", "items", "items"),
-    ("evaluate", "evaluate", "evaluate"),
+    *((s.name, s.name, s.name) for s in stages.STAGES),
     ("grade", "grade", "grade"),
-    ("extract", "extract", "extract"),
-    ("score", "score", "score"),
-    ("label", "label", "label"),
-    ("robustness", "robustness", "robustness"),
-    ("validate", "validate", "validate"),
-    ("report", "report", "report"),
-    ("serve", "serve", "serve"),
-    ("train-sae", "train_sae", "train_sae"),
-    ("compare", "compare", "compare"),
+    ("fill", "fill", "fill"),
     ("status", "status", "status"),
+    ("serve", "serve", "serve"),
+    ("export", "export", "export"),
+    ("compare", "compare", "compare"),
+    ("train-sae", "train_sae", "train_sae"),
+    ("schema", "schema", "schema"),
 ]
 
-# Commands that write a folder but whose library function does not take its writer lock
-# (cgaps.rundir.writing) itself: the parameter naming that folder. The pipeline's stages lock
-# inside their library functions; these are locked here, around the whole command.
-LOCKED = {"report": "run_dir", "robustness": "run_dir", "validate": "run_dir", "train-sae": "out"}
+# Every command that writes a folder holds its writer lock (cgaps.rundir.writing) for the whole
+# command: the stages and the other writers. The parameter that names the folder; the stages'
+# library functions lock again inside (the lock is re-entrant), so a caller of the library is
+# safe too.
+LOCKED = {
+    **{s.name: "run_dir" for s in stages.STAGES if s.name != "items"},
+    "items": "out",
+    "grade": "run_dir",
+    "train-sae": "out",
+}
 
 
 def _locked(func: Callable[..., Any], param: str) -> Callable[..., Any]:
@@ -151,6 +205,24 @@ for _name, _module, _func in COMMANDS:
 app.add_typer(importlib.import_module("cgaps.cli.import_").app, name="import")
 
 
+def os_error_line(e: OSError) -> str:
+    """One line for an operating-system error at a stage boundary: the file, what went wrong and
+    what to do. Every run file is written atomically, so whatever was complete is kept."""
+    import errno
+
+    where = f"{e.filename}: " if e.filename else ""
+    what = e.strerror or str(e)
+    fixes = {
+        errno.ENOSPC: "free some space and run the command again: completed work is kept",
+        errno.EDQUOT: "free some space and run the command again: completed work is kept",
+        errno.EACCES: "check the permissions of that path, or write the run elsewhere (--out)",
+        errno.EPERM: "check the permissions of that path, or write the run elsewhere (--out)",
+        errno.EROFS: "the file system is read-only: write the run elsewhere (--out)",
+    }
+    fix = fixes.get(e.errno or 0, "check that path and run the command again: completed work is kept")
+    return f"{where}{what}; {fix}"
+
+
 def main() -> None:
     """The ``cgaps`` console script."""
     import os
@@ -168,3 +240,6 @@ def main() -> None:
     except CGapsError as e:
         error(str(e))
         sys.exit(2)
+    except OSError as e:  # disk full, permissions, a read-only folder: one line naming the file
+        error(os_error_line(e))
+        sys.exit(1)

@@ -11,11 +11,11 @@ from typing import Any
 
 import typer
 
-from cgaps.cli._common import RunDirArg, options_from
-from cgaps.config import ReportOptions
+from cgaps.cli._common import RunDirArg, options_from, section_config
+from cgaps.report.options import ReportOptions
 
 
-@options_from(ReportOptions)
+@options_from(ReportOptions, over="run.json")
 def report(
     run_dir: Path = RunDirArg,
     out: Path | None = typer.Option(
@@ -24,10 +24,17 @@ def report(
     *,
     options: dict[str, Any],
 ) -> None:
-    """Write one offline HTML file with the χ_bench / χ_model figures, gap tables and example items."""
+    """Write one offline HTML file with the χ_bench / χ_model figures, gap tables and example items.
+
+    Examples:
+
+        cgaps report runs/p
+
+        cgaps report runs/p --top 100 --out /tmp/p.html
+    """
     from cgaps.console import info
-    from cgaps.report import build_report
+    from cgaps.report.build import build_report
 
     info(f"building the report of {run_dir}")
-    path = build_report(run_dir, out, ReportOptions(**options))
+    path = build_report(run_dir, out, section_config(run_dir, "report", options))
     info(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")

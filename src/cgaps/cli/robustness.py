@@ -8,11 +8,11 @@ from typing import Any
 
 import typer
 
-from cgaps.cli._common import RunDirArg, options_from
+from cgaps.cli._common import RunDirArg, options_from, section_config
 from cgaps.robustness.options import RobustnessOptions
 
 
-@options_from(RobustnessOptions)
+@options_from(RobustnessOptions, over="run.json")
 def robustness(
     run_dir: Path = RunDirArg,
     against: Path | None = typer.Option(
@@ -23,8 +23,14 @@ def robustness(
     *,
     options: dict[str, Any],
 ) -> None:
-    """Check how stable the chi values are: seeded subsamples, adversarial item deletion and,
-    with --against, a second SAE."""
+    """Check how stable the chi values are: seeded subsamples, adversarial item deletion and, with --against, a second SAE.
+
+    Examples:
+
+        cgaps robustness runs/p
+
+        cgaps robustness runs/p --repeats 20 --against runs/p-other-sae
+    """
     from rich.table import Table
 
     from cgaps import rundir
@@ -32,7 +38,7 @@ def robustness(
     from cgaps.robustness.core import robustness_run
 
     # RobustnessOptions checks the values (a bad one is a CGapsError naming the option)
-    opts = RobustnessOptions(**options)
+    opts = section_config(run_dir, "robustness", options)
     out = robustness_run(run_dir, options=opts, against=against)
     sub, abl = out["subsampling"], out["ablation"]
     table = Table(title=f"{run_dir}: {rundir.ROBUSTNESS}")

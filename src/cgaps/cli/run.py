@@ -26,7 +26,11 @@ def _summary(run_dir: Path, times: dict[str, float]) -> None:
     from cgaps import rundir
     from cgaps.console import get_console, info
 
-    table = Table(title=f"{run_dir} — wall time per stage")
+    if not times or set(times) == {"items"}:
+        info(f"{run_dir}: every stage is current; nothing to do (`cgaps status {run_dir}` shows why)")
+        info(f"report: {run_dir / rundir.REPORT}")
+        return
+    table = Table(title=f"{run_dir} — wall time per stage run")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     for stage, secs in times.items():
@@ -39,27 +43,41 @@ def _summary(run_dir: Path, times: dict[str, float]) -> None:
 @options_from(RunConfig, over="the YAML file")
 @options_from(RayOptions, into="ray_opts")
 def run(
-    config: Path = typer.Argument(
-        ..., help="YAML config (keys: the fields of cgaps.config.RunConfig).", dir_okay=False
+    config: Path | None = typer.Argument(
+        None,
+        help="YAML config: the fields of cgaps.config.RunConfig, and a mapping per stage section "
+        "(label, robustness, validate, report). Optional: the options alone can describe a run.",
+        dir_okay=False,
+        metavar="CONFIG",
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Run directory to write (resumed if it exists).", file_okay=False
     ),
-    force: bool = typer.Option(False, help="Start over: delete this run's stage outputs first."),
+    force: bool = typer.Option(False, "--force", help="Start over: delete this run's stage outputs first."),
     *,
     options: dict[str, Any],
     ray_opts: dict[str, Any],
 ) -> None:
-    """Run every stage (items, evaluate, extract, score, report), skipping the ones already done.
+    """Run every stage that is not done yet (items, evaluate, extract, score, label, report, and the optional ones `also_run` names), by the rule `cgaps status` shows.
 
-    Every field of the config can be given as an option too; options override the YAML file.
+    Every field of the config can be given as an option too (a section's as --SECTION-FIELD);
+    options override the YAML file, which overrides the defaults.
+
+    Examples:
+
+        cgaps run configs/gemma2-2b-it.yaml --data-dir benchmarks/ --out runs/gemma
+
+        cgaps run --suite gsm8k,math --limit 100 --model embedded --out runs/small
+
+        cgaps run cfg.yaml --out runs/a --presence 0.3 --label-enrich-p 0.01 --also-run validate
     """
     from cgaps.config import load_yaml
     from cgaps.pipeline import run_pipeline
-    from cgaps.scaleout import ray_options
+    from cgaps.scaleout import ray_runner
 
-    cfg = load_yaml(config).replace(**options)
-    _summary(out, run_pipeline(cfg, out, force=force, ray=ray_options(ray_opts)))
+    base = load_yaml(config) if config is not None else RunConfig()
+    cfg = base.replace(**options)
+    _summary(out, run_pipeline(cfg, out, force=force, runner=ray_runner(ray_opts)))
 
 
 def demo(
@@ -72,10 +90,19 @@ def demo(
         None,
         help=f"{field_help(RunConfig, 'limit')} Default: all probes; {DEMO_PAPER10['limit']} per benchmark of paper10.",
     ),
-    force: bool = typer.Option(False, help="Start over."),
+    force: bool = typer.Option(False, "--force", help="Start over."),
     backend: str | None = typer.Option(None, help=f"{field_help(RunConfig, 'backend')} Default: auto."),
 ) -> None:
-    """The embedded default end to end: SmolLM2-135M-Instruct, its shipped SAE, the probe suite."""
+    """The embedded default end to end: SmolLM2-135M-Instruct, its shipped SAE, the probe suite.
+
+    On a finished run it does nothing (every stage is current); see `cgaps status`.
+
+    Examples:
+
+        cgaps demo --out runs/demo
+
+        cgaps demo --data-dir ../shared/benchmarks --limit 20 --out runs/paper10
+    """
     from cgaps.pipeline import run_pipeline
 
     if data_dir:

@@ -6,37 +6,60 @@ from pathlib import Path
 from typing import Any
 
 from cgaps.cli._common import RunDirArg, options_from
-from cgaps.config import SCORING_KNOBS, RunConfig
+from cgaps.config import RunConfig, command_fields
 
 
-@options_from(RunConfig, *SCORING_KNOBS, over="run.json")
+@options_from(RunConfig, *command_fields("score"), over="run.json")
 def score(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
-    """Score concepts: benchmark coverage, model performance and gaps; knobs given here are saved into run.json."""
+    """Score concepts: benchmark coverage, model performance and gaps; the config given here is saved into run.json.
+
+    Examples:
+
+        cgaps score runs/p
+
+        cgaps score runs/p --presence 0.3 --fdr 0.1
+    """
     import pandas as pd
     from rich.table import Table
 
     from cgaps import rundir
-    from cgaps.config import config_from_run
-    from cgaps.console import result
+    from cgaps.chance import concept_chance, group_table, scored_matrix
+    from cgaps.config import SCORING_KNOBS, config_from_run
+    from cgaps.console import info, result
+    from cgaps.runtables import load_run
     from cgaps.scoring import score_run
 
     meta = rundir.read_run_json(run_dir)
     cfg = config_from_run(meta, run_dir).replace(**options)
     concepts, _ = score_run(run_dir, cfg)
-    # validated by score_run just above; the summary needs two columns only
-    items = pd.read_parquet(Path(run_dir) / rundir.ITEMS, columns=["benchmark", "score"])
+    # the strengths at chance level (cgaps.chance), on the saliency the scores just used
+    run = load_run(run_dir, coded=True)
+    knobs = {k: getattr(cfg, k) for k in SCORING_KNOBS}
+    at_chance = concept_chance(scored_matrix(run, knobs), concepts, run.items, cfg.fdr)[
+        "at_chance"
+    ].to_numpy()
+    groups = group_table(run.items, cfg.fdr).set_index("group")
+    items = run.items
 
     table = Table(title=f"{run_dir}: {rundir.CONCEPTS}")
-    for col in ("scope", "items", "accuracy", "% missing", "weak", "strong"):
+    for col in ("scope", "items", "accuracy", "chance", "% missing", "gaps", "strengths", "at chance"):
         table.add_column(col, justify="left" if col == "scope" else "right")
     for scope, rows in concepts.groupby("scope", sort=False):
         sel = items if scope == rundir.ALL_SCOPE else items[items["benchmark"] == scope]
+        strong = (rows["gap"] == "strong").to_numpy()
+        chance = groups["chance"].get(str(scope), float("nan"))
         table.add_row(
             str(scope),
             str(len(sel)),
             f"{sel['score'].mean():.3f}",
+            "–" if pd.isna(chance) else f"{chance:.3f}",
             f"{100 * (rows['status'] == 'missing').mean():.1f}",
             str(int((rows["gap"] == "weak").sum())),
-            str(int((rows["gap"] == "strong").sum())),
+            str(int(strong.sum())),
+            str(int((strong & at_chance[rows.index.to_numpy()]).sum())),
         )
     result(table)
+    info(
+        "gaps: the model does significantly worse where the concept fires than its benchmarks predict "
+        "(gap = weak); strengths: better (strong); at chance: strengths no better than guessing on their items"
+    )

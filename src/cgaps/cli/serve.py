@@ -28,7 +28,14 @@ def serve(
     *,
     options: dict[str, Any],
 ) -> None:
-    """Explore every concept of one or more runs in the browser: search, details, benchmarks, compare."""
+    """Explore every concept of one or more runs in the browser: search, details, benchmarks, compare.
+
+    Examples:
+
+        cgaps serve runs/p
+
+        cgaps serve runs/gemma runs/llama --port 8080
+    """
     import socket
 
     from cgaps.console import info, result

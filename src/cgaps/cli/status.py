@@ -1,7 +1,7 @@
 """``cgaps status RUN_DIR``: each stage as done / stale / missing, with the reason, like ``make -n``.
 
 Reads only (no lock, nothing written). The rule is the pipeline's own
-(:func:`cgaps.pipeline.run_status`); the exit status says whether anything needs doing: 0 when
+(:func:`cgaps.runstate.run_status`); the exit status says whether anything needs doing: 0 when
 every stage of ``cgaps run`` is done and nothing is stale, 1 otherwise (2 for a bad argument).
 """
 
@@ -11,16 +11,19 @@ from pathlib import Path
 
 import typer
 
+from cgaps import stages
 from cgaps.cli._common import RunDirArg
-
-# The stages `cgaps run` makes: one of them missing means the run is not complete.
-PIPELINE_STAGES = ("items", "evaluate", "extract", "score", "report")
 
 
 def status(run_dir: Path = RunDirArg) -> None:
-    """Show which stages of RUN_DIR are done, stale or missing, why, and the command that redoes each."""
+    """Show which stages of RUN_DIR are done, stale or missing, why, and the command that redoes each.
+
+    Examples:
+
+        cgaps status runs/p
+    """
     from cgaps.console import result
-    from cgaps.pipeline import run_status
+    from cgaps.runstate import run_status
 
     rows = run_status(run_dir)
     # plain aligned lines (one per stage), readable in a log and by grep
@@ -28,6 +31,6 @@ def status(run_dir: Path = RunDirArg) -> None:
     for r in rows:
         todo = f"  -> {r.command}" if r.command else ""
         result(f"{r.stage:<{width}}  {r.state:<7}  {r.reason}{todo}")
-    pending = any(r.state == "stale" or (r.state == "missing" and r.stage in PIPELINE_STAGES) for r in rows)
+    pending = any(r.state == "stale" or (r.state == "missing" and r.stage in stages.PIPELINE) for r in rows)
     if pending:
         raise typer.Exit(1)

@@ -47,6 +47,10 @@ def train_sae(
     """Cache residuals of CONVERSATIONS, train a TopK SAE (AuxK, unit-norm decoder), measure it, save it.
 
     Every stage resumes: rerun the same command after an interruption.
+
+    Examples:
+
+        cgaps train-sae corpus.jsonl --out saes/mine --layer 15 --width 8192
     """
     import random
     from collections import Counter

@@ -5,20 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cgaps.cli._common import RunDirArg, options_from
+from cgaps.cli._common import RunDirArg, options_from, section_config
 from cgaps.validate.options import ValidateOptions
 
 
-@options_from(ValidateOptions)
+@options_from(ValidateOptions, over="run.json")
 def validate(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
-    """Check that the run's gap calls can be trusted: null draws, planted gaps, planted topics, probe families."""
+    """Check that the run's gap calls can be trusted: null draws, planted gaps, planted topics, probe families.
+
+    Examples:
+
+        cgaps validate runs/p
+
+        cgaps validate runs/p --null-draws 50 --topic-facet meta.level
+    """
     from rich.table import Table
 
     from cgaps import rundir
     from cgaps.console import result
     from cgaps.validate.core import validate_run
 
-    opts = ValidateOptions(**options)
+    opts = section_config(run_dir, "validate", options)
     out = validate_run(run_dir, opts)
     null = out["null"]
     table = Table(title=f"{run_dir}: {rundir.VALIDATION}")

@@ -5,6 +5,10 @@ pairs that are not comparable (other items, another reader model, another SAE or
 extraction settings, naming which), computes the paired table of :mod:`cgaps.compare.core`
 and writes ``DIR/compare.parquet`` (the knobs in its schema metadata) and ``DIR/report.html``
 (:mod:`cgaps.compare.page`).
+
+One compare, three views: :func:`paired` computes the table and :func:`summary` its counts per
+scope; the command's lines, its page and the explorer's Compare view (``cgaps serve RUN_A RUN_B``)
+all show those, with one sign convention: Δ = B − A, a call is "B better" or "A better".
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ from cgaps.runtables import RunTables, load_run
 EXTRACTION_KNOBS = ("span", "pool", "skip_special", "max_norm_ratio", "max_length", "layer", "top_k")
 ITEM_TEXT = ("prompt", "messages", "choices")
 
-__all__ = ["COMPARE", "COMPARE_REPORT", "compare_runs", "check_comparable"]
+__all__ = [
+    "COMPARE",
+    "COMPARE_REPORT",
+    "check_comparable",
+    "compare_runs",
+    "paired",
+    "summary",
+    "summary_line",
+]
 
 
 def _item_texts(run: RunTables) -> pd.DataFrame:
@@ -77,19 +89,15 @@ def check_comparable(a: RunTables, b: RunTables) -> None:
             )
 
 
-def compare_runs(
-    run_a: str | Path, run_b: str | Path, out: str | Path, overrides: dict[str, Any] | None = None
-) -> pd.DataFrame:
-    """Write ``out/compare.parquet`` and ``out/report.html``; return the table.
-
-    ``overrides``: ``presence``, ``min_support``, ``fdr`` (default: run A's run.json config).
-    """
-    from cgaps.compare.page import compare_page
+def paired(
+    a: RunTables, b: RunTables, overrides: dict[str, Any] | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The paired table of two loaded runs (:func:`cgaps.compare.core.paired_table`) and the record
+    of how it was made (the knobs, both runs, the concept scale); refuses incomparable runs.
+    ``cgaps compare`` writes what this returns; the explorer's Compare view shows it."""
     from cgaps.scoring.core import build_matrix
     from cgaps.scoring.stage import concept_scale
 
-    t0 = time.perf_counter()
-    a, b = load_run(run_a), load_run(run_b)
     check_comparable(a, b)
     cfg: RunConfig = a.config().replace(**(overrides or {}))
     items_a = a.items.sort_values("item_id", kind="stable").reset_index(drop=True)
@@ -116,14 +124,65 @@ def compare_runs(
         "concept_scale": scale_source,
         "n_items": len(items_a),
     }
+    return table, record
+
+
+def summary(table: pd.DataFrame, items_a: pd.DataFrame, items_b: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per scope (benchmarks, then ALL): items, each model's mean score, Δ = B − A, and how many
+    concepts each call names (``b_better`` / ``a_better``, and against the benchmarks' own mean
+    difference). The CLI's lines, the page's table and the explorer's summary are these rows;
+    ``items_a`` / ``items_b`` need ``item_id``, ``benchmark`` and ``score``."""
+    score_a = items_a.set_index("item_id")["score"]
+    score_b = items_b.set_index("item_id")["score"].reindex(score_a.index)
+    bench = items_a.set_index("item_id")["benchmark"].astype(str)
+    out = []
+    for scope in [*sorted(set(bench)), rundir.ALL_SCOPE]:
+        ids = score_a.index if scope == rundir.ALL_SCOPE else bench.index[bench == scope]
+        rows = table[table["scope"] == scope]
+        mean_a, mean_b = float(score_a[ids].mean()), float(score_b[ids].mean())
+        out.append(
+            {
+                "scope": scope,
+                "n_items": len(ids),
+                "mean_a": mean_a,
+                "mean_b": mean_b,
+                "delta": mean_b - mean_a,
+                "tested": int(rows["q_value"].notna().sum()),
+                "b_better": int((rows["call"] == "b_better").sum()),
+                "a_better": int((rows["call"] == "a_better").sum()),
+                "b_beyond": int((rows["call_adjusted"] == "b_better").sum()),
+                "a_beyond": int((rows["call_adjusted"] == "a_better").sum()),
+            }
+        )
+    return out
+
+
+def summary_line(row: dict[str, Any]) -> str:
+    """One scope's :func:`summary` in words (the CLI prints one per scope)."""
+    return (
+        f"{row['scope']}: {row['n_items']} items, mean score A {row['mean_a']:.3f}, B {row['mean_b']:.3f} "
+        f"(Δ = B − A = {row['delta']:+.3f}); of {row['tested']} concepts tested, B better on {row['b_better']}, "
+        f"A better on {row['a_better']}; against the benchmarks' mean Δ, B better on {row['b_beyond']}, "
+        f"A better on {row['a_beyond']}"
+    )
+
+
+def compare_runs(
+    run_a: str | Path, run_b: str | Path, out: str | Path, overrides: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """Write ``out/compare.parquet`` and ``out/report.html``; return the table.
+
+    ``overrides``: ``presence``, ``min_support``, ``fdr`` (default: run A's run.json config).
+    """
+    from cgaps.compare.page import compare_page
+
+    t0 = time.perf_counter()
+    a, b = load_run(run_a), load_run(run_b)
+    table, record = paired(a, b, overrides)
+    rows = summary(table, a.items, b.items)
     out = Path(out)
     with rundir.writing(out):
         rundir.write_table(table, out / COMPARE, knobs=record)
-        rundir.write_text(compare_page(table, a, b, record), out / COMPARE_REPORT)
-    calls = table["call"].value_counts()
-    info(
-        f"compared {len(items_a)} items in {time.perf_counter() - t0:.1f} s: "
-        f"{int(calls.get('b_better', 0))} concept x scope rows where B is better, "
-        f"{int(calls.get('a_better', 0))} where A is better -> {out / COMPARE_REPORT}"
-    )
+        rundir.write_text(compare_page(table, a, b, record, rows), out / COMPARE_REPORT)
+    info(f"compared {record['n_items']} items in {time.perf_counter() - t0:.1f} s -> {out / COMPARE_REPORT}")
     return table

@@ -50,29 +50,13 @@ import pandas as pd
 from scipy import stats
 
 from cgaps.config import RunConfig
-from cgaps.rundir import ALL_SCOPE
+from cgaps.rundir import ALL_SCOPE, columns
 from cgaps.scoring.core import SuiteMatrix, _scope_indicator, _with_data, concept_max, concept_table
 from cgaps.stats import bh_adjust
 
 COMPARE = "compare.parquet"
 COMPARE_REPORT = "report.html"
-COMPARE_COLUMNS = (
-    "concept",
-    "scope",
-    "chi_model_a",
-    "chi_model_b",
-    "delta",
-    "q_value",
-    "call",
-    # beside the issue's seven: the evidence behind each call
-    "support",  # items of the scope where the concept is present in A or B
-    "discordant",  # of those, items where the two scores differ
-    "z",
-    "p_value",
-    "delta_expected",  # the mean paired difference of the concept's benchmarks, weighted by w
-    "q_adjusted",
-    "call_adjusted",  # a_better / b_better than the benchmarks' own difference, or empty
-)
+COMPARE_COLUMNS = columns(COMPARE)  # documented in cgaps.rundir.schemas
 CALLS = ("a_better", "b_better", "")
 
 

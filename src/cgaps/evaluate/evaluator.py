@@ -46,10 +46,10 @@ from typing import TYPE_CHECKING, Any
 
 from cgaps import rundir
 from cgaps.answers import CHOICE_TYPES, LETTERS, LOGLIK_ALWAYS, too_many_options
-from cgaps.config import RunConfig
+from cgaps.config import RunConfig, stage_fields
 from cgaps.console import info, progress_bar
 from cgaps.errors import CGapsError, settings_diff
-from cgaps.seams import Generator, Messages
+from cgaps.seams import Chunks, Generator, Messages
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,15 +66,16 @@ LOGLIK_PROTOCOLS = ("loglik", "loglik_norm", "loglik_letter")
 # mc_scoring "auto": the protocol each benchmark is usually reported with (docs/benchmarks.md);
 # a benchmark not named here (and every spec-file benchmark) is generated.
 AUTO_PROTOCOL = {"socialiqa": "loglik", "bbq": "loglik", "crows_pairs": "loglik"}
-# The config fields that change an evaluation's answers: recorded with the evaluate stage's inputs
-# (a pipeline run with other values evaluates again) and in the resume file's settings.
-EVAL_SETTINGS = ("model", "mc_scoring", "chat_template", "dtype", "max_new_tokens")
+# The config fields that change an evaluation's answers (tagged with the stage in cgaps.config):
+# recorded with the evaluate stage's inputs (a pipeline run with other values evaluates again) and
+# in the resume file's settings.
+EVAL_SETTINGS = stage_fields("evaluate")
 # The settings that change a response; a resume file from other values is refused. ``backend`` is
 # the backend that generates (the stage passes the one :func:`cgaps.models.backends.choose_backend`
 # resolved, so a resume on a machine where ``auto`` means another backend is refused too).
 PARTIAL_SIGNATURE = (*EVAL_SETTINGS, "chain_of_thought", "backend")
 # option_logliks.parquet: one row per (item, option) answered by log-likelihood
-OPTION_COLUMNS = ("item_id", "option", "letter", "continuation", "loglik", "chars", "chosen", "protocol")
+OPTION_COLUMNS = rundir.columns(rundir.OPTION_LOGLIKS)  # documented in cgaps.rundir.schemas
 
 
 def budget(item: dict[str, Any], cfg: RunConfig) -> int:
@@ -292,15 +293,17 @@ def _append(path: Path, records: Sequence[tuple[str, str, str, list[float] | Non
 
 
 class Plan:
-    """The work of one evaluation, shared by :func:`respond` and its Ray twin
-    (:func:`cgaps.scaleout.evaluate.respond`) so both cut the same chunks and write the same records.
+    """The work of one evaluation: the chunks a :class:`cgaps.seams.ChunkRunner` answers, and the
+    resume file their answers go to, whichever runner answers them and in whatever order.
 
     Making it checks a resume file's settings, reads its reusable answers (:attr:`done`), records
     the settings, and decides every remaining item's protocol and options before any model call.
     :attr:`generate_chunks` are ``(max_new_tokens, items)``: grouped by new-token budget, every
     ``generation_batch x _CHUNK_BATCHES`` items; :attr:`loglik_chunks` every ``batch_size x
     _CHUNK_BATCHES`` log-likelihood items. :meth:`record_generated` / :meth:`record_logliks` append
-    a chunk's answers to the resume file and to :attr:`done`, in whatever order chunks complete.
+    a chunk's answers to the resume file and to :attr:`done`, and add up :attr:`truncated`.
+    A chunk is a runner's unit of work, so its batches are cut exactly as in one process (a
+    generation batch's padding is set by its members: regrouping them could change an answer).
     """
 
     def __init__(self, items: pd.DataFrame, cfg: RunConfig, partial: Path):
@@ -310,6 +313,9 @@ class Plan:
         records = items.to_dict("records")
         self.cfg, self.partial = cfg, partial
         self.done = reusable(read_partial(partial), records, partial)
+        self.truncated = 0
+        """Prompts the generator cut to fit its context while answering the chunks (not counting
+        the answers reused from the resume file)."""
         rundir.write_json(signature, _settings_path(partial))
         if self.done:
             info(f"resuming evaluation: {len(self.done)} of {len(items)} responses already in {partial.name}")
@@ -350,14 +356,17 @@ class Plan:
             )
         ]
 
-    def record_generated(self, batch: list[dict[str, Any]], out: Sequence[str]) -> None:
+    def record_generated(self, batch: list[dict[str, Any]], out: Sequence[str], truncated: int = 0) -> None:
         recs: list[tuple[str, str, str, list[float] | None]] = [
             (r["item_id"], o, item_digest(r), None) for r, o in zip(batch, out, strict=True)
         ]
         _append(self.partial, recs)
         self.done.update((i, (o, None)) for i, o, _, _ in recs)
+        self.truncated += truncated
 
-    def record_logliks(self, batch: list[dict[str, Any]], logliks: Sequence[float]) -> None:
+    def record_logliks(
+        self, batch: list[dict[str, Any]], logliks: Sequence[float], truncated: int = 0
+    ) -> None:
         """Pick each item's option from its share of ``logliks`` (:meth:`requests` order) and record it."""
         recs: list[tuple[str, str, str, list[float] | None]] = []
         offset = 0
@@ -369,22 +378,49 @@ class Plan:
             recs.append((r["item_id"], f"{LETTERS[best]}) {opts[best]}", item_digest(r), mine))
         _append(self.partial, recs)
         self.done.update((i, (o, ll)) for i, o, _, ll in recs)
+        self.truncated += truncated
 
 
-def respond(items: pd.DataFrame, generator: Generator, cfg: RunConfig, partial: Path) -> dict[str, Answer]:
-    """Answers for every item, resuming from ``partial`` (:class:`Plan`)."""
+def generate_chunk(
+    generator: Generator, prompts: list[Messages | str], max_new: int, batch_size: int
+) -> tuple[list[str], int]:
+    """One chunk's greedy responses, and how many of its prompts the generator cut to fit its
+    context (the work a :class:`cgaps.seams.ChunkRunner` does for :class:`Plan`'s generate chunks)."""
+    before = generator.prompts_truncated
+    out = list(generator.generate(prompts, max_new, batch_size))
+    return out, generator.prompts_truncated - before
+
+
+def loglik_chunk(
+    generator: Generator, requests: list[tuple[Messages | str, str]], batch_size: int
+) -> tuple[list[float], int]:
+    """One chunk's option log-likelihoods, and the contexts cut to fit (:func:`generate_chunk`)."""
+    before = generator.prompts_truncated
+    out = [float(x) for x in generator.loglikelihood(requests, batch_size)]
+    return out, generator.prompts_truncated - before
+
+
+def respond(items: pd.DataFrame, chunks: Chunks[Generator], cfg: RunConfig, partial: Path) -> Plan:
+    """Answer every item not answered yet in ``partial`` (:class:`Plan`), chunk by chunk on
+    ``chunks``; each chunk is appended to the resume file as it completes. Returns the plan:
+    every answer in :attr:`Plan.done`, the truncated prompts in :attr:`Plan.truncated`."""
     plan = Plan(items, cfg, partial)
     if plan.generate_chunks:
+        jobs: list[tuple[Any, ...]] = [
+            (plan.prompts(batch), max_new, cfg.generation_batch) for max_new, batch in plan.generate_chunks
+        ]
         with progress_bar("generating", plan.n_generate) as advance:
-            for max_new, batch in plan.generate_chunks:
-                out = generator.generate(plan.prompts(batch), max_new, cfg.generation_batch, advance)
-                plan.record_generated(batch, out)
-    if plan.loglik_chunks:
-        with progress_bar("option log-likelihoods", plan.n_loglik) as advance:
-            for batch in plan.loglik_chunks:
-                plan.record_logliks(batch, generator.loglikelihood(plan.requests(batch), cfg.batch_size))
+            for n, (out, truncated) in chunks.map(generate_chunk, jobs):
+                batch = plan.generate_chunks[n][1]
+                plan.record_generated(batch, out, truncated)
                 advance(len(batch))
-    return plan.done
+    if plan.loglik_chunks:
+        jobs = [(plan.requests(batch), cfg.batch_size) for batch in plan.loglik_chunks]
+        with progress_bar("option log-likelihoods", plan.n_loglik) as advance:
+            for n, (logliks, truncated) in chunks.map(loglik_chunk, jobs):
+                plan.record_logliks(plan.loglik_chunks[n], logliks, truncated)
+                advance(len(plan.loglik_chunks[n]))
+    return plan
 
 
 def option_table(items: pd.DataFrame, answers: dict[str, Answer], cfg: RunConfig) -> pd.DataFrame:
@@ -423,28 +459,28 @@ def option_table(items: pd.DataFrame, answers: dict[str, Answer], cfg: RunConfig
 
 
 class OwnEvaluator:
-    """:class:`cgaps.seams.ScoreSource`: ``generator`` answers the items, the graders grade them.
+    """:class:`cgaps.seams.ScoreSource`: the generator of ``chunks`` answers the items (wherever
+    the runner that made them computes), the graders grade them.
 
     ``partial`` is the resume file (``RUN_DIR/responses.partial.jsonl``); call
     :meth:`discard_partial` once the scores are stored.
     """
 
-    def __init__(self, generator: Generator, cfg: RunConfig, partial: str | Path):
-        self.generator = generator
+    def __init__(self, chunks: Chunks[Generator], cfg: RunConfig, partial: str | Path):
+        self.chunks = chunks
         self.cfg = cfg
         self.partial = Path(partial)
-        self.name = f"the evaluated model {generator.name}"
+        self.name = f"the evaluated model {chunks.model.name}"
         self.options: pd.DataFrame | None = None
         """After :meth:`score`: :func:`option_table` of the items answered by log-likelihood."""
-
-    def respond(self, items: pd.DataFrame) -> dict[str, Answer]:
-        """:func:`respond` with this evaluator's generator (a subclass answers elsewhere)."""
-        return respond(items, self.generator, self.cfg, self.partial)
+        self.prompts_truncated = 0
+        """After :meth:`score`: the prompts cut to fit the model's context (docs/method.md §6)."""
 
     def score(self, items: pd.DataFrame) -> pd.DataFrame:
         from cgaps.evaluate.grade import grade_items
 
-        answers = self.respond(items)
+        plan = respond(items, self.chunks, self.cfg, self.partial)
+        answers, self.prompts_truncated = plan.done, plan.truncated
         self.options = option_table(items, answers, self.cfg)
         graded = items.copy()
         graded["response"] = items["item_id"].map({i: a[0] for i, a in answers.items()}).fillna("")

@@ -11,15 +11,26 @@ score in [0, 1], and writes the table back. The commands pick the source:
   evaluates again;
 * ``cgaps grade`` (:func:`grade_run`): :class:`~cgaps.evaluate.responses.ResponsesFile`
   (``--responses``) or :class:`~cgaps.evaluate.responses.RecordedResponses` (the responses
-  already in the table).
+  already in the table);
+* ``cgaps import`` (:mod:`cgaps.importers`): :class:`~cgaps.importers.ImportedScores`, another
+  tool's responses and scores.
+
+Where the evaluated model answers is a :class:`cgaps.seams.ChunkRunner`'s business: this
+process (:class:`cgaps.runner.InProcess`, the default) or Ray workers (``--ray``, which the
+command line passes in as :class:`cgaps.scaleout.RayRunner`). The runner loads the model with
+:func:`load_generator`; the driver sees it through the :class:`~cgaps.seams.Generator`
+protocol only (on Ray, a :class:`GeneratorDescription` of the workers' model), plans the same
+chunks and writes the resume file either way.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from contextlib import ExitStack
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import Any
 
 import pandas as pd
 
@@ -27,10 +38,8 @@ from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.console import info
 from cgaps.errors import CGapsError
-from cgaps.seams import Generator, ScoreSource
-
-if TYPE_CHECKING:
-    from cgaps.scaleout.options import RayOptions
+from cgaps.runner import InProcess
+from cgaps.seams import ChunkRunner, Generator, Messages, Progress, ScoreSource
 
 
 def items_to_score(run_dir: str | Path) -> pd.DataFrame:
@@ -87,20 +96,26 @@ def record_scores(
 
 
 def evaluate_run(
-    run_dir: str | Path, cfg: RunConfig, generator: Generator | None = None, *, ray: RayOptions | None = None
+    run_dir: str | Path,
+    cfg: RunConfig,
+    generator: Generator | None = None,
+    *,
+    runner: ChunkRunner | None = None,
 ) -> pd.DataFrame:
     """The evaluated model answers (or resumes answering) every item; grade and store the answers.
 
-    With ``ray``, Ray workers that each load the model answer the same chunks
-    (:mod:`cgaps.scaleout`), and the resume file is written here as in one process."""
+    ``generator``: a model already loaded, answering in this process. Otherwise ``runner``
+    (default: :class:`~cgaps.runner.InProcess`) loads ``cfg.model`` where it computes, and the
+    resume file is written here as in one process."""
+    if generator is not None and runner is not None:
+        raise ValueError("evaluate_run: give a loaded generator (it answers here) or a runner, not both")
     with rundir.writing(run_dir):
-        return _evaluate_run(Path(run_dir), cfg, generator, ray)
+        return _evaluate_run(Path(run_dir), cfg, generator, runner or InProcess())
 
 
 def load_generator(cfg: RunConfig, generator: Generator | None = None) -> Generator:
-    """The evaluated model of ``cfg`` (loaded unless given), set up for the evaluation; also what
-    each Ray worker loads."""
-    from cgaps.models import HFBackend
+    """The evaluated model of ``cfg`` (loaded unless given), set up for the evaluation: what a
+    :class:`~cgaps.seams.ChunkRunner` loads (in this process, or once on each Ray worker)."""
     from cgaps.models.backends import choose, open_generator
 
     if generator is None and cfg.model.startswith("openai://"):  # a served model (cgaps.models.openai)
@@ -110,39 +125,81 @@ def load_generator(cfg: RunConfig, generator: Generator | None = None) -> Genera
         generator = OpenAIGenerator(cfg.model, seed=cfg.seed)
     if generator is None:  # the backend cfg.backend picks (auto: printed with its reason)
         generator = open_generator(cfg, choose(cfg))
-    if isinstance(generator, HFBackend):  # prompts past its context: docs/method.md §6 counts
-        generator.context_overflow, generator.prompts_truncated = cfg.context_overflow, 0
+    generator.context_overflow = cfg.context_overflow  # prompts past its context: docs/method.md §6
     return generator
 
 
+@dataclass
+class GeneratorDescription:
+    """The evaluated model as the driver sees it when a runner's workers hold it: a
+    :class:`~cgaps.seams.Generator` that says what it is (name, backend, dtype, what was loaded)
+    and answers nothing. The truncated prompts are counted per chunk by the workers."""
+
+    name: str
+    backend: str
+    generation_dtype: str | None
+    loaded: dict[str, Any] | None
+    context_overflow: str = "truncate"
+    prompts_truncated: int = 0
+
+    def generate(
+        self,
+        conversations: Sequence[Messages | str],
+        max_new_tokens: int | Sequence[int],
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> list[str]:
+        raise CGapsError("the workers hold the evaluated model; this driver-side copy only describes it")
+
+    def loglikelihood(
+        self,
+        requests: Sequence[tuple[Messages | str, str]],
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> list[float]:
+        raise CGapsError("the workers hold the evaluated model; this driver-side copy only describes it")
+
+
+def describe_generator(generator: Generator) -> Generator:
+    """What a worker tells the driver about the generator it loaded (:class:`GeneratorDescription`)."""
+    return GeneratorDescription(
+        generator.name,
+        generator.backend,
+        generator.generation_dtype,
+        generator.loaded,
+        generator.context_overflow,
+    )
+
+
 def _evaluate_run(
-    run_dir: Path, cfg: RunConfig, generator: Generator | None, ray: RayOptions | None = None
+    run_dir: Path, cfg: RunConfig, generator: Generator | None, runner: ChunkRunner
 ) -> pd.DataFrame:
     from cgaps.config import BACKENDS
-    from cgaps.evaluate.evaluator import EVAL_SETTINGS, OwnEvaluator, check_options
+    from cgaps.evaluate.evaluator import OwnEvaluator, check_options
     from cgaps.models.backends import used_backend
     from cgaps.models.loading import loaded_record
 
     items = items_to_score(run_dir)  # a bad table is reported before the model loads
     check_options(items, cfg)
     t0 = time.perf_counter()
-    with ExitStack() as stack:
-        source: OwnEvaluator
-        partial = run_dir / rundir.RESPONSES_PARTIAL
-        if ray is not None:  # the workers load the model; the driver keeps the resume file
-            from cgaps.scaleout.evaluate import evaluation_pool
-
-            pool = stack.enter_context(evaluation_pool(cfg, ray))
-            # describes the workers' model and the backend they resolved; never runs here
-            generator = cast("Generator", pool.generator)
-        else:
-            generator = load_generator(cfg, generator)
-        # the resume file records the backend that generates, not "auto"
-        used = getattr(generator, "backend", None)
-        ecfg = cfg.replace(backend=used) if used in BACKENDS else cfg
-        if getattr(generator, "gen_dtype", None):  # and the dtype it generates in (HFBackend.generate_in)
-            ecfg = ecfg.replace(dtype=getattr(generator, "gen_dtype"))  # noqa: B009
-        source = pool.evaluator(ecfg, partial) if ray is not None else OwnEvaluator(generator, ecfg, partial)
+    load = functools.partial(load_generator, generator=generator)
+    with runner.start("evaluation", cfg, load, describe_generator) as chunks:
+        # the model here, or on a runner's workers what each of them loaded (which must agree)
+        kinds = {
+            (g.name, g.backend, g.generation_dtype, str((g.loaded or {}).get("dtype"))) for g in chunks.models
+        }
+        if len(kinds) > 1:  # nodes that resolve `auto` differently would answer differently
+            raise CGapsError(
+                f"the {chunks.name} workers loaded the model differently ({sorted(kinds, key=str)}); "
+                "give --backend and --dtype explicitly, or use nodes of one kind"
+            )
+        generator = chunks.model
+        # the resume file records the backend that generates, not "auto", and the dtype it
+        # generates in (HFBackend.generate_in)
+        ecfg = cfg.replace(backend=generator.backend) if generator.backend in BACKENDS else cfg
+        if generator.generation_dtype:
+            ecfg = ecfg.replace(dtype=generator.generation_dtype)
+        source = OwnEvaluator(chunks, ecfg, run_dir / rundir.RESPONSES_PARTIAL)
         items = record_scores(run_dir, source, items)
     options_path = run_dir / rundir.OPTION_LOGLIKS
     if source.options is not None and len(source.options):
@@ -157,21 +214,18 @@ def _evaluate_run(
             "evaluate": rundir.stage_record(
                 items,
                 "evaluate",
+                config=cfg,
                 # the backend that generated (models.backends.backend_change compares it)
-                settings={k: getattr(cfg, k) for k in EVAL_SETTINGS}
-                | {"backend_used": used_backend(generator)},
+                backend_used=used_backend(generator),
             )
         },
         config=cfg.to_dict(),
         model=loaded_record(generator, "evaluated"),  # what was really loaded, not only its name
-        counts={
-            "scored_items": int(len(items)),
-            "prompts_truncated": int(getattr(generator, "prompts_truncated", 0)),
-        },
+        counts={"scored_items": int(len(items)), "prompts_truncated": source.prompts_truncated},
         accuracy={b: {"n": int(r["count"]), "mean": float(r["mean"])} for b, r in acc.iterrows()},
         # where it ran is recorded beside the time, never with the inputs: it changes no answer
         timings={"evaluate_s": round(time.perf_counter() - t0, 2)}
-        | ({"evaluate_ray_workers": pool.workers} if ray is not None else {}),
+        | ({f"evaluate_{chunks.name}_workers": chunks.workers} if chunks.workers else {}),
     )
     return items
 

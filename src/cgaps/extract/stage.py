@@ -19,8 +19,18 @@ The model and the SAE are seen only through :class:`~cgaps.seams.ResidualReader`
 small (:mod:`cgaps.models.batching`), and results go to
 ``saliency_shards/`` one shard per chunk: a rerun skips the items already written, so an
 interrupted extraction resumes. The shards are merged into ``saliency.parquet``; the
-peak token of each (item, concept) feeds ``contexts.parquet`` (top activating contexts)
-and the provisional ``labels.parquet``.
+peak token of each (item, concept) feeds ``contexts.parquet`` (top activating contexts,
+:mod:`cgaps.extract.contexts`), which the labels stage reads.
+
+Where the chunks are computed is a :class:`cgaps.seams.ChunkRunner`'s business: this process
+(:class:`cgaps.runner.InProcess`, the default) or Ray workers (``--ray``:
+:class:`cgaps.scaleout.RayRunner`, passed in by the command line). The runner loads the model
+and the SAE with :func:`load_reader` and computes each chunk with :func:`extract_one`; the
+driver plans the chunks (the items not in a reusable shard, sorted by length, cut every
+:data:`SHARD_ITEMS`), numbers their shards and writes every shard and sidecar itself, so the
+tables and shards are the same whoever computed them, in whatever order they completed. On
+Ray the driver never loads the model: it plans with a :class:`ReaderDescription` and an
+:class:`SAEDescription` of the workers' (the tokenizer and what the shard manifest records).
 
 Shards are keyed by content, never trusted by count: each shard's sidecar (written last, so
 its presence marks the shard complete) lists its items with a digest of each item's encoded
@@ -30,18 +40,18 @@ items whose prompt or response changed (``cgaps items``, ``cgaps grade --respons
 extracted again, items no longer in the run are left out of the merge, and a shard none of
 whose items is reusable is deleted. The merge checks that every item of the run is covered
 exactly once. A new shard takes the number after the highest existing one, so it can never
-overwrite a complete shard. Every run rewrites ``saliency.parquet``, ``contexts.parquet`` and
-(provisional) labels from the valid shards, so none of them outlives a change of the items.
+overwrite a complete shard. Every run rewrites ``saliency.parquet`` and ``contexts.parquet``
+from the valid shards, so neither outlives a change of the items.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +63,7 @@ from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.console import info, progress_bar
 from cgaps.errors import CGapsError
-from cgaps.labels.contexts import labels_are_provisional, provisional_labels, top_contexts
+from cgaps.extract.contexts import top_contexts
 from cgaps.models import (
     CONTENT_RULE,
     conversation,
@@ -63,11 +73,11 @@ from cgaps.models import (
     right_pad,
     tokenize_content,
 )
-from cgaps.seams import ResidualReader, SAEEncoder
+from cgaps.runner import InProcess
+from cgaps.seams import ChunkRunner, Chunks, ResidualReader, SAEEncoder
 
 if TYPE_CHECKING:
-    from cgaps.scaleout.extract import ExtractionPool
-    from cgaps.scaleout.options import RayOptions
+    import torch
 
 SHARD_ITEMS = 128
 MANIFEST = "manifest.json"
@@ -246,9 +256,14 @@ def extract_chunk(
 
 
 def extract_one(
-    reader: ResidualReader, sae: SAEEncoder, layer: int, chunk: list[Encoded], cfg: RunConfig
+    model: tuple[ResidualReader, SAEEncoder], chunk: list[Encoded], layer: int, cfg: RunConfig
 ) -> tuple[pd.DataFrame, Counter, dict[str, Counter]]:
-    """One chunk's rows, token counts and per-item token counts (one shard's contents)."""
+    """One chunk's rows, token counts and per-item token counts (one shard's contents): the work a
+    :class:`~cgaps.seams.ChunkRunner` does for each chunk, on the reader and SAE it loaded."""
+    reader, sae = model
+    for e in chunk:  # a chunk from another process may hold read-only arrays; torch wants them writable
+        if not e.mask.flags.writeable:
+            e.mask = e.mask.copy()
     stats: Counter = Counter()
     item_stats: dict[str, Counter] = {}
     return extract_chunk(reader, sae, layer, chunk, cfg, stats, item_stats), stats, item_stats
@@ -335,8 +350,8 @@ def load_reader(
     cfg: RunConfig, backend: ResidualReader | None = None, sae_spec: SAEEncoder | None = None
 ) -> tuple[ResidualReader, SAEEncoder]:
     """The reader model and the SAE of ``cfg`` (each loaded unless given), the layer checked; the
-    SAE beside the model, in its dtype, so codes and pooling never leave the device. Also what each
-    Ray worker loads (:mod:`cgaps.scaleout`)."""
+    SAE beside the model, in its dtype, so codes and pooling never leave the device. What a
+    :class:`~cgaps.seams.ChunkRunner` loads (in this process, or once on each Ray worker)."""
     from cgaps.models import load_backend
     from cgaps.sae import load_sae
 
@@ -359,28 +374,79 @@ def load_reader(
     return backend, loaded
 
 
+def _remote_only(*_: Any, **__: Any) -> Any:
+    raise CGapsError("the workers hold the reader and the SAE; this driver-side copy only describes them")
+
+
+@dataclass
+class ReaderDescription:
+    """The reader model as the driver sees it when a runner's workers hold it (a
+    :class:`~cgaps.seams.ResidualReader`): a worker's tokenizer and description, all the planning
+    and the shard manifest need; its forward passes run on the workers only."""
+
+    name: str
+    n_layers: int
+    hidden_size: int
+    device: str
+    tokenizer: Any
+    dtype: torch.dtype
+    loaded: dict[str, Any] | None
+
+    def check_layer(self, layer: int) -> None:  # checked by each worker as it loads
+        pass
+
+    residuals_at = _remote_only
+    logits_with_edit = _remote_only
+    unembed = _remote_only
+
+
+@dataclass
+class SAEDescription:
+    """The SAE as the driver sees it when a runner's workers hold it (a
+    :class:`~cgaps.seams.SAEEncoder`): what the shard manifest and run.json record."""
+
+    sae_id: str
+    width: int
+    layer: int
+    hook_name: str
+    fingerprint: str
+
+    encode = _remote_only
+    decode = _remote_only
+
+    @property
+    def W_dec(self) -> torch.Tensor:  # sae-lens calls it so
+        return _remote_only()
+
+
+def describe_reader(model: tuple[ResidualReader, SAEEncoder]) -> tuple[ResidualReader, SAEEncoder]:
+    """What a worker tells the driver about the reader and SAE it loaded."""
+    r, s = model
+    return (
+        ReaderDescription(r.name, r.n_layers, r.hidden_size, r.device, r.tokenizer, r.dtype, r.loaded),
+        SAEDescription(s.sae_id, s.width, s.layer, s.hook_name, s.fingerprint),
+    )
+
+
 def extract_run(
     run_dir: str | Path,
     cfg: RunConfig,
     backend: ResidualReader | None = None,
     sae_spec: SAEEncoder | None = None,
     *,
-    ray: RayOptions | None = None,
+    runner: ChunkRunner | None = None,
 ) -> pd.DataFrame:
-    """Write saliency.parquet (+ contexts, provisional labels) for a run; resumes from shards.
+    """Write saliency.parquet and contexts.parquet for a run; resumes from shards.
 
-    ``backend`` and ``sae_spec`` default to ``cfg.reader_model`` and ``cfg.sae``, loaded here;
-    with ``ray``, the chunks are extracted by Ray workers that each load them
-    (:mod:`cgaps.scaleout`) and the same shards are written here.
-    Holds the run directory's writer lock (:func:`cgaps.rundir.writing`).
+    ``backend`` and ``sae_spec``: a reader and an SAE already loaded, used in this process
+    (each defaults to ``cfg.reader_model`` / ``cfg.sae``, loaded here). Otherwise ``runner``
+    (default :class:`~cgaps.runner.InProcess`) loads them where it computes, and the same shards
+    are written here. Holds the run directory's writer lock (:func:`cgaps.rundir.writing`).
     """
-    with rundir.writing(run_dir), ExitStack() as stack:
-        pool = None
-        if ray is not None:
-            from cgaps.scaleout.extract import extraction_pool
-
-            pool = stack.enter_context(extraction_pool(cfg, ray))
-        return _extract_run(Path(run_dir), cfg, backend, sae_spec, pool)
+    if (backend is not None or sae_spec is not None) and runner is not None:
+        raise ValueError("extract_run: give a loaded reader and SAE (they run here) or a runner, not both")
+    with rundir.writing(run_dir):
+        return _extract_run(Path(run_dir), cfg, backend, sae_spec, runner or InProcess())
 
 
 def _extract_run(
@@ -388,11 +454,8 @@ def _extract_run(
     cfg: RunConfig,
     backend: ResidualReader | None,
     sae_spec: SAEEncoder | None,
-    pool: ExtractionPool | None = None,
+    runner: ChunkRunner,
 ) -> pd.DataFrame:
-
-    from cgaps.models.loading import loaded_record
-
     t0 = time.perf_counter()
     items = rundir.read_items(run_dir)
     if cfg.span != "prompt" and "response" not in items.columns:
@@ -400,8 +463,28 @@ def _extract_run(
             f"{run_dir / rundir.ITEMS}: no 'response' column but span={cfg.span!r}; "
             "run `cgaps evaluate` first or pass --span prompt"
         )
-    # on Ray the workers hold the model; the driver sees its tokenizer and description
-    backend, loaded = (pool.reader, pool.sae) if pool is not None else load_reader(cfg, backend, sae_spec)
+    load = functools.partial(load_reader, backend=backend, sae_spec=sae_spec)
+    with runner.start("extraction", cfg, load, describe_reader) as chunks:
+        return _extract(run_dir, cfg, items, chunks, t0)
+
+
+def _extract(
+    run_dir: Path,
+    cfg: RunConfig,
+    items: pd.DataFrame,
+    chunks: Chunks[tuple[ResidualReader, SAEEncoder]],
+    t0: float,
+) -> pd.DataFrame:
+    from cgaps.models.loading import loaded_record
+
+    # the model here, or on a runner's workers what each of them loaded (which must agree)
+    kinds = {(r.name, str(r.dtype), s.fingerprint) for r, s in chunks.models}
+    if len(kinds) > 1:  # nodes that resolve `auto` differently would extract differently
+        raise CGapsError(
+            f"the {chunks.name} workers loaded the reader or the SAE differently ({sorted(kinds)}); "
+            "give --dtype explicitly, or use nodes of one kind"
+        )
+    backend, loaded = chunks.model
     layer, width = loaded.layer, loaded.width
 
     shard_dir = run_dir / rundir.SALIENCY_SHARDS
@@ -439,16 +522,12 @@ def _extract_run(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgaps-shards") as writer,
     ):
         pending: Future[None] | None = None
-        chunks = [todo[start : start + SHARD_ITEMS] for start in range(0, len(todo), SHARD_ITEMS)]
-        # one chunk after the other here; on Ray the same chunks, as the workers complete them
+        planned = [todo[start : start + SHARD_ITEMS] for start in range(0, len(todo), SHARD_ITEMS)]
+        # in this process one chunk after the other; elsewhere as the workers complete them
         # (each keeps its planned shard number, so the shards are the same either way)
-        done = (
-            pool.extract(chunks, layer)
-            if pool is not None
-            else ((n, *extract_one(backend, loaded, layer, c, cfg)) for n, c in enumerate(chunks))
-        )
-        for n, df, chunk_stats, item_stats in done:
-            chunk = chunks[n]
+        jobs = [(chunk, layer, cfg) for chunk in planned]
+        for n, (df, chunk_stats, item_stats) in chunks.map(extract_one, jobs):
+            chunk = planned[n]
             name = f"shard-{next_index + n:05d}"
             sidecar = {
                 "item_ids": [e.item_id for e in chunk],
@@ -482,8 +561,6 @@ def _extract_run(
     texts = {e.item_id: e.text for e in encoded}
     contexts = top_contexts(shards, texts, offsets={e.item_id: e.offsets for e in encoded})
     rundir.write_table(contexts, run_dir / rundir.CONTEXTS)
-    if not (run_dir / rundir.LABELS).exists() or labels_are_provisional(run_dir):
-        rundir.write_table(provisional_labels(contexts, width), run_dir / rundir.LABELS)
     firing = saliency.groupby("item_id").size()
     rundir.update_run_json(
         run_dir,
@@ -493,6 +570,8 @@ def _extract_run(
                 items,
                 "extract",
                 tuple(c for c in rundir.STAGE_INPUTS["extract"] if c != "response" or cfg.span != "prompt"),
+                run_dir,
+                config=cfg.replace(layer=layer),  # the layer it resolved (None: the SAE's own)
             )
         },
         n_concepts=int(width),
@@ -516,7 +595,7 @@ def _extract_run(
         },
         # where it ran is recorded beside the time, never with the inputs: it changes no value
         timings={"extract_s": round(time.perf_counter() - t0, 2)}
-        | ({"extract_ray_workers": pool.workers} if pool is not None else {}),
+        | ({f"extract_{chunks.name}_workers": chunks.workers} if chunks.workers else {}),
     )
     if empty:
         info(

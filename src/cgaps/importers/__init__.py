@@ -7,7 +7,9 @@ the report (docs/method.md §1: scores may come from the own evaluator or be imp
 
 Every importer turns its input into the rows of ``items.parquet`` with ``response`` and
 ``score`` already filled, plus a provenance record, and hands both to
-:func:`write_imported_run`, the one writer:
+:func:`write_imported_run`, which writes the items through
+:func:`cgaps.evaluate.stage.record_scores` (the one writer of ``response`` and ``score``, with
+:class:`ImportedScores` as the score source) and then ``run.json``:
 
 * :mod:`cgaps.importers.lmeval`: lm-evaluation-harness ``--log_samples`` output;
 * :mod:`cgaps.importers.inspect_log`: inspect-ai eval logs, read by inspect's own reader;
@@ -45,6 +47,7 @@ from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.console import info
 from cgaps.errors import CGapsError
+from cgaps.evaluate.stage import record_scores
 
 
 @dataclass
@@ -58,6 +61,9 @@ class Imported:
     """Provenance for run.json ``imported``: the format, files, metric, tool version..."""
     where: dict[str, str] = field(default_factory=dict)
     """item_id -> ``file:line`` it came from (for the error on a duplicate id)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Config fields the log itself says (e.g. ``max_new_tokens`` from its generation config), so
+    the run records what the evaluation used, not this tool's defaults."""
 
 
 def meta_json(obj: Any) -> str:
@@ -110,6 +116,19 @@ def to_table(imported: Imported, name: str) -> pd.DataFrame:
     return rundir.validate_items(df[cols], name, scored=True)
 
 
+class ImportedScores:
+    """:class:`cgaps.seams.ScoreSource` of rows another tool answered and scored: ``table`` holds
+    each item's ``response`` and ``score`` (every one already checked by the importer, which
+    names the file, line and field of a bad one)."""
+
+    def __init__(self, table: pd.DataFrame, name: str):
+        self.table = table
+        self.name = name
+
+    def score(self, items: pd.DataFrame) -> pd.DataFrame:
+        return self.table[["item_id", "response", "score"]]
+
+
 def write_imported_run(
     out: str | Path,
     imported: Imported,
@@ -134,6 +153,7 @@ def write_imported_run(
         model=imported.evaluated,
         reader=reader or "embedded",
         sae=sae or "embedded",
+        **imported.config,
     )
     with rundir.writing(out):
         present = [n for n in rundir.RUN_FILES if (out / n).exists()]
@@ -142,10 +162,10 @@ def write_imported_run(
                 f"{out}: already holds a run ({present[0]}); choose another --out or pass --force to replace it"
             )
         if present:
-            from cgaps.pipeline import clear_run
-
-            clear_run(out)
-        rundir.write_table(items, out / rundir.ITEMS)
+            rundir.clear_run(out)
+        # no response and no score until the score source gives them (its columns keep their places)
+        unscored = items.assign(response=None, score=float("nan"))
+        items = record_scores(out, ImportedScores(items, name), unscored)
         acc = items.groupby("benchmark", sort=False)["score"].agg(["count", "mean"])
         rundir.update_run_json(
             out,

@@ -6,8 +6,11 @@ read the way inspect reads it. One item per sample and epoch:
 
 * ``benchmark`` = the task name, ``item_id`` = ``TASK/SAMPLE_ID`` (``#EPOCH`` appended when the
   eval ran several epochs);
-* ``prompt`` = the sample's input text; a conversation input (several messages, or a system
-  prompt) is also kept whole in ``messages``, which the reader model then sees;
+* ``prompt`` and ``messages`` = **what the evaluated model saw**: the sample's message history
+  before the model's final answer (``sample.messages``), so a system prompt and the text a
+  solver built (a multiple-choice template with its listed options, a chain-of-thought
+  instruction) are kept; ``prompt`` is the last user message and ``messages`` the whole list
+  when there is more than that one user turn, which the reader model then reads;
 * ``response`` = the model's final completion (``output.completion``);
 * ``score`` = the chosen scorer's value (``--scorer``, default the first), turned into a
   number by inspect's own :func:`inspect_ai.scorer.value_to_float` (C = 1, I = 0, P = 0.5,
@@ -16,8 +19,12 @@ read the way inspect reads it. One item per sample and epoch:
   extracted answer and every scorer's value.
 
 An eval that did not finish (status other than ``success``) is refused: its samples are a
-subset chosen by where it stopped, not the task. inspect's headline mean of the scorer
-(``accuracy`` or ``mean``) is recorded beside ours in ``run.json`` ``imported``.
+subset chosen by where it stopped, not the task. A sample that errored has no score: it is
+named, and only ``skip_errors`` imports the others (the count is recorded). inspect's headline
+mean of the scorer (``accuracy`` or ``mean``) is recorded beside ours in ``run.json``
+``imported``, with what the log says of how the samples were made: the generation config
+(``max_tokens`` also becomes ``config.max_new_tokens``), the epochs, and whether the samples
+are a subset of the task (``--limit`` or ``--sample-id``: ``imported.subset``).
 """
 
 from __future__ import annotations
@@ -32,7 +39,33 @@ from cgaps.importers import Imported, check_score, meta_json
 _KNOWN_STRINGS = {"c", "i", "p", "n", "yes", "no", "true", "false", "correct", "incorrect"}
 
 
-def read_inspect(path: str | Path, scorer: str | None = None) -> Imported:
+def _seen_by_model(s: object) -> tuple[str, list[dict[str, str]] | None]:
+    """The prompt and the conversation the model answered: the sample's messages before its final
+    assistant message (the input alone when the log kept no messages)."""
+    messages = list(getattr(s, "messages", None) or [])
+    while messages and str(messages[-1].role) == "assistant":
+        messages.pop()
+    if not messages:
+        raw = getattr(s, "input", "")
+        if isinstance(raw, str):
+            return raw, None
+        messages = list(raw)
+    msgs = [{"role": str(m.role), "content": m.text} for m in messages]
+    users = [m["content"] for m in msgs if m["role"] == "user"]
+    prompt = users[-1] if users else (msgs[-1]["content"] if msgs else "")
+    return prompt, (msgs if len(msgs) > 1 else None)
+
+
+def _generation(log: object) -> dict[str, object]:
+    """The generation config the eval ran with (the model's and the plan's, the fields it set)."""
+    out: dict[str, object] = {}
+    for config in (getattr(log.eval, "model_generate_config", None), getattr(log.plan, "config", None)):  # type: ignore[attr-defined]
+        if config is not None:
+            out.update(config.model_dump(exclude_none=True))
+    return {k: v for k, v in out.items() if k not in ("max_connections", "max_retries", "timeout")}
+
+
+def read_inspect(path: str | Path, scorer: str | None = None, *, skip_errors: bool = False) -> Imported:
     """Every sample of the inspect-ai log at ``path`` (see the module docstring)."""
     try:
         from inspect_ai.log import read_eval_log
@@ -73,6 +106,18 @@ def read_inspect(path: str | Path, scorer: str | None = None) -> Imported:
         raise CGapsError(
             f"{path}: no scorer {scorer!r}.{did_you_mean(scorer, names)} Scorers: {', '.join(names)}"
         )
+    errored = [s for s in samples if s.error is not None]
+    if errored and not skip_errors:
+        bad = errored[0]
+        message = " ".join(str(bad.error.message).split())[:120] if bad.error else ""
+        raise CGapsError(
+            f"{path}: {len(errored)} of {len(samples)} sample(s) errored and have no score, e.g. sample "
+            f"{bad.id!r} (epoch {bad.epoch}): {message}; pass --skip-errors to import the other "
+            f"{len(samples) - len(errored)}, or rerun them (inspect eval-retry)"
+        )
+    samples = [s for s in samples if s.error is None]
+    if not samples:
+        raise CGapsError(f"{path}: every sample errored; nothing to import")
     to_float = value_to_float()
     epochs = max(int(s.epoch) for s in samples) > 1
     out = Imported(rows=[], evaluated=str(log.eval.model))
@@ -103,13 +148,7 @@ def read_inspect(path: str | Path, scorer: str | None = None) -> Imported:
                 ) from None
         number = value if isinstance(value, float) and math.isnan(value) else to_float(value)
         y = check_score(number, where, f"scores.{scorer}")
-        if isinstance(s.input, str):
-            prompt, messages = s.input, None
-        else:
-            msgs = [{"role": str(m.role), "content": m.text} for m in s.input]
-            users = [m["content"] for m in msgs if m["role"] == "user"]
-            prompt = users[-1] if users else (msgs[-1]["content"] if msgs else "")
-            messages = msgs if len(msgs) > 1 else None
+        prompt, messages = _seen_by_model(s)
         target = s.target
         reference = target if isinstance(target, str) else " | ".join(map(str, target))
         out.rows.append(
@@ -126,6 +165,7 @@ def read_inspect(path: str | Path, scorer: str | None = None) -> Imported:
                     {
                         "sample_id": s.id,
                         "epoch": s.epoch,
+                        "input": s.input if isinstance(s.input, str) else None,
                         "metadata": s.metadata,
                         "answer": score.answer,
                         "scores": {k: v.value for k, v in (s.scores or {}).items()},
@@ -139,6 +179,32 @@ def read_inspect(path: str | Path, scorer: str | None = None) -> Imported:
             metric = es.metrics.get("accuracy") or es.metrics.get("mean")
             headline = float(metric.value) if metric is not None else None
     mean = sum(r["score"] for r in out.rows) / len(out.rows)
+    generation = _generation(log)
+    max_tokens = generation.get("max_tokens")
+    if isinstance(max_tokens, int) and max_tokens > 0:
+        out.config["max_new_tokens"] = max_tokens
+    run_config = log.eval.config
+    dataset_n = getattr(log.eval.dataset, "samples", None)
+    logged = len({s.id for s in log.samples or []})
+    subset = {
+        "limit": run_config.limit,
+        "sample_id": run_config.sample_id,
+        "samples_in_task": dataset_n,
+        "samples_logged": logged,
+    }
+    is_subset = (
+        run_config.limit is not None
+        or run_config.sample_id is not None
+        or (isinstance(dataset_n, int) and logged < dataset_n)
+    )
+    if is_subset:
+        from cgaps.console import info
+
+        info(
+            f"[yellow]{path}: the log holds {logged} of the task's "
+            f"{dataset_n if dataset_n is not None else '?'} samples (limit {run_config.limit}, "
+            f"sample_id {run_config.sample_id}): the run describes that subset, not the task"
+        )
     out.source = {
         "format": "inspect",
         "file": str(path),
@@ -149,5 +215,9 @@ def read_inspect(path: str | Path, scorer: str | None = None) -> Imported:
         "mean": mean,
         "inspect_mean": headline,
         "inspect_version": (log.eval.packages or {}).get("inspect_ai"),
+        "generate_config": generation,
+        "epochs": run_config.epochs,
+        "subset": subset if is_subset else None,
+        "skipped_errors": [f"{s.id}#{s.epoch}" for s in errored],
     }
     return out

@@ -16,6 +16,9 @@ Example (``my_bench.yaml``)::
       aliases: other_answers    # optional: more gold answers (short)
       category: topic           # optional
       id: qid                   # optional: use the table's own ids in item_id
+      answer_type: kind         # optional: a per-row answer type (overrides the spec's)
+      meta: extra               # optional: a JSON object of metadata (grader aliases, groups...)
+      messages: turns           # optional: a conversation, a list of {role, content}
     prompt_template: "Q: {q}\nA:"   # optional; {column} placeholders, plus {options}
 
 For choice types the answer may be a letter ("B"), a 0-based index (1), or the option's
@@ -50,7 +53,18 @@ from cgaps.items.sources import Record, hub_records, read_table_file
 from cgaps.rundir import read_json_file
 
 SPEC_KEYS = ("name", "path", "hub", "config", "split", "answer_type", "fields", "prompt_template")
-FIELD_KEYS = ("question", "answer", "choices", "choice_labels", "aliases", "category", "id")
+FIELD_KEYS = (
+    "question",
+    "answer",
+    "choices",
+    "choice_labels",
+    "aliases",
+    "category",
+    "id",
+    "answer_type",
+    "meta",
+    "messages",
+)
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 _SEGMENT = re.compile(r"(?P<name>[^.\[\]]+)(?P<index>\[\d*\])?")
@@ -149,6 +163,10 @@ def read_spec(path: str | Path) -> dict[str, Any]:
                 f"{path}: unknown key fields.{key}.{did_you_mean(str(key), FIELD_KEYS)} Known: {', '.join(FIELD_KEYS)}"
             )
     atype = spec.get("answer_type", "short")
+    if not isinstance(atype, str):
+        raise CGapsError(
+            f"{path}: answer_type must be one of {', '.join(ANSWER_TYPES)}, got {atype!r} ({type(atype).__name__})"
+        )
     if atype not in ANSWER_TYPES:
         raise CGapsError(
             f"{path}: answer_type {atype!r}.{did_you_mean(atype, ANSWER_TYPES)} Valid: {', '.join(ANSWER_TYPES)}"
@@ -261,20 +279,64 @@ def _letter(
     return LETTERS[index]
 
 
+def _row_type(rec: Record, fields: dict[str, Any], default: str) -> str:
+    """The row's answer type: its ``fields.answer_type`` value when the spec maps one, else the spec's."""
+    if "answer_type" not in fields:
+        return default
+    value = field_path(rec, fields["answer_type"], required=False)
+    if value is None or str(value).strip() == "":
+        return default
+    if str(value) not in ANSWER_TYPES:
+        raise rec.fail(
+            fields["answer_type"],
+            f"is {value!r}.{did_you_mean(str(value), ANSWER_TYPES)} Valid: {', '.join(ANSWER_TYPES)}",
+        )
+    return str(value)
+
+
+def _json_field(rec: Record, fields: dict[str, Any], key: str, kind: type) -> Any:
+    """An optional field holding a JSON object (``meta``) or list (``messages``), or the same as text."""
+    if key not in fields:
+        return None
+    value = field_path(rec, fields[key], required=False)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else None
+        except json.JSONDecodeError as e:
+            raise rec.fail(fields[key], f"is not valid JSON ({e.msg})") from e
+    if value is not None and not isinstance(value, list | tuple) and hasattr(value, "tolist"):
+        value = value.tolist()
+    if value is not None and not isinstance(value, kind):
+        raise rec.fail(fields[key], f"should be a JSON {'object' if kind is dict else 'list'}")
+    return value
+
+
 def load_custom(spec_path: str | Path, chain_of_thought: bool = False) -> tuple[str, list[dict[str, Any]]]:
     """(benchmark name, items) from a spec file; item ids come from fields.id or the row position."""
     spec = read_spec(spec_path)
-    fields, atype = spec["fields"], spec["answer_type"]
+    fields = spec["fields"]
     template = spec.get("prompt_template")
     items = []
     for i, rec in enumerate(_records(spec)):
         question = str(field_path(rec, fields["question"]))
         answer = field_path(rec, fields["answer"])
-        options = _choices(rec, fields["choices"]) if "choices" in fields else None
+        atype = _row_type(rec, fields, spec["answer_type"])
+        options = None
+        if "choices" in fields and (
+            atype in CHOICE_TYPES
+            or isinstance(fields["choices"], list)
+            or field_path(rec, fields["choices"], required=False) is not None
+        ):
+            options = _choices(rec, fields["choices"])
+        elif atype in CHOICE_TYPES:
+            raise rec.fail(
+                fields.get("answer_type", "answer_type"), f"is {atype!r}, which needs fields.choices"
+            )
         labels = None
-        if "choice_labels" in fields:
+        if "choice_labels" in fields and options is not None:
             labels = [str(v).strip() for v in _choices(rec, fields["choice_labels"])]
-        meta: dict[str, Any] = {}
+        meta: dict[str, Any] = _json_field(rec, fields, "meta", dict) or {}
+        messages = _json_field(rec, fields, "messages", list)
         if atype in CHOICE_TYPES:
             reference = _letter(rec, fields["answer"], answer, options or [], labels)
         else:
@@ -282,8 +344,16 @@ def load_custom(spec_path: str | Path, chain_of_thought: bool = False) -> tuple[
         if "aliases" in fields:
             aliases = field_path(rec, fields["aliases"], required=False) or []
             if isinstance(aliases, str):
-                aliases = json.loads(aliases) if aliases.startswith("[") else [aliases]
-            meta["answers"] = [reference, *map(str, list(aliases))]
+                try:
+                    aliases = json.loads(aliases) if aliases.startswith("[") else [aliases]
+                except json.JSONDecodeError as e:
+                    raise CGapsError(
+                        f"{rec.where}: field {fields['aliases']!r} starts like a JSON list but is not one "
+                        f"({e.msg} at character {e.pos}); write a JSON list of strings or one answer"
+                    ) from e
+            if not isinstance(aliases, list):
+                aliases = [aliases]
+            meta["answers"] = [reference, *map(str, aliases)]
         if template:
             try:
                 # {options} is the formatted block even when the row has a column of that name
@@ -307,6 +377,7 @@ def load_custom(spec_path: str | Path, chain_of_thought: bool = False) -> tuple[
                 if "category" in fields
                 else "",
                 "meta": meta,
+                **({"messages": messages} if messages else {}),
             }
         )
     if not items:

@@ -3,33 +3,45 @@
 Four kinds of evidence per concept, each a plain function of arrays so that the tests can check
 it against a hand computation:
 
-- **Distinctive tokens** (:func:`distinctive_tokens`). For every item where the concept is
-  present (s ≥ τ·m_c, the presence rule of §2) extraction recorded the token where it peaked.
-  A token is distinctive when the concept peaks on it more often than the token's base rate
-  among all analysed tokens of the run would give. The ranking is the z-score of the log-odds
-  ratio with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008, "Fightin' Words"):
-  with y_w peaks of the concept on token w out of n, Y_w occurrences of w among the run's N
-  analysed tokens, and a prior α_w = a0·Y_w/N (``prior`` = a0),
+- **Distinctive words** (:func:`distinctive_tokens`). For every item where the concept is
+  present (s ≥ τ·m_c, the presence rule of §2) extraction recorded the token where it peaked;
+  it is counted as the whole word of the run's text it belongs to (:mod:`cgaps.labels.text`:
+  "▁Ved" + "as" are both "Vedas", whatever the tokenizer). A word is distinctive when the
+  concept peaks on it more often than the word's base rate among all analysed tokens of the
+  run would give (a word of three tokens counts three times there: three chances to be the
+  peak). The ranking is the log-odds ratio with an informative Dirichlet prior (Monroe,
+  Colaresi & Quinn 2008, "Fightin' Words"): with y_w peaks of the concept on word w out of
+  n, Y_w occurrences of w among the run's N analysed tokens, and a prior α_w = a0·Y_w/N
+  (``prior`` = a0),
 
       δ_w = log((y_w+α_w)/(n+a0−y_w−α_w)) − log((Y_w+α_w)/(N+a0−Y_w−α_w)),
       σ²_w = 1/(y_w+α_w) + 1/(Y_w+α_w),   z_w = δ_w/σ_w.
 
-  A token is distinctive when the concept peaked on it at least twice, z_w ≥ 1.96 (it is more
+  A word is distinctive when the concept peaked on it at least twice, z_w ≥ 1.96 (it is more
   frequent than its base rate, at the 5 % level) and δ_w ≥ ``min_log_odds`` (default 3: its odds
-  among the concept's peaks are ≥ e³ ≈ 20 times its odds in the run); distinctive tokens are
-  ranked by δ_w, the prior-shrunk log-odds ratio. A frequent token ("the") has a large Y_w, so
+  among the concept's peaks are ≥ e³ ≈ 20 times its odds in the run); distinctive words are
+  ranked by δ_w, the prior-shrunk log-odds ratio. A frequent word ("the") has a large Y_w, so
   it only qualifies when the concept peaks on it far more often than "the" occurs; raw
-  frequency never decides, and a concept whose peaks merely follow the run's token mix has no
-  distinctive token (its label then shows output tokens). Measured on the demo run: with
+  frequency never decides, and a concept whose peaks merely follow the run's word mix has no
+  distinctive word (its label then shows output tokens). Measured on the demo run: with
   ``min_log_odds`` 0 and ranking by z, "." or "to" came first for over 1 % of concepts each;
-  with these rules each stop-word stays below 0.5 % (docs/results.md). Tokens are compared
-  stripped of surrounding whitespace (" Monday" and "Monday" are one token here).
+  with these rules each stop-word stays below 0.5 % (docs/results.md). A token that is no word
+  (punctuation, a line break) is counted as itself, stripped of surrounding whitespace.
 - **Top activating contexts**: ``contexts.parquet`` (written by extraction,
-  :mod:`cgaps.labels.contexts`): the items of highest saliency with the firing token and the
+  :mod:`cgaps.extract.contexts`): the items of highest saliency with the firing token and the
   text around it.
 - **Output tokens** (:func:`logit_lens`): the tokens the concept's decoder direction promotes,
   W_dec[c] · diag(g) · W_Uᵀ, with g the final norm's scale (what Neuronpedia shows as positive
-  logits; the norm's own division is left out, as there).
+  logits; the norm's own division is left out, as there). Only tokens that are words of the
+  run's text are kept (:func:`word_outputs`): a vocabulary entry is often a word piece
+  ("comprom") or a partial byte, which reads as noise.
+- **Phrase** (:mod:`cgaps.labels.phrases`): the word window the concept's strongest
+  activations share ("Answer with the day only").
+- **Format** (:mod:`cgaps.labels.format`): whether the concept fires on prompt text that
+  many items repeat verbatim (instructions, templates, answer formats).
+- **Words of its items** (:func:`item_words`): the words the items where the concept is
+  present hold far more often than the run's items do (a word-presence log-odds test): what
+  they are about, from the text alone, where the items carry no metadata.
 - **Metadata enrichment** (:func:`enrichment`): where the concept's thresholded, normalised
   saliency mass ŝ' falls among groups of items (each benchmark; each benchmark's categories;
   meta fields ``subject``, ``task``, ``family``), against the share of items in each group.
@@ -40,13 +52,15 @@ it against a hand computation:
   items by chance.
 
 :func:`compose_label` writes the provisional label from them, e.g.
-``“Monday” “Friday” “Sunday” · probes:weekday 91%``.
+``“Monday” “Friday” “Sunday” · probes:weekday 91%`` or
+``format: “only” in “Answer with the day only” · probes:weekday 16%``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,20 +69,14 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
+from cgaps import rundir
+from cgaps.labels.format import format_label
+from cgaps.labels.text import is_word, token_key
+
 # Meta-JSON fields that name a group of items (a suite's subject, task or probe family).
 ENRICH_META_KEYS = ("subject", "task", "family")
-STOP_WORDS = frozenset({"the", "a", "of", "to", "."})
 EVIDENCE_SOURCE = "evidence"
 Z_MIN = 1.96  # a distinctive token is more frequent than its base rate at the 5 % level
-
-
-def token_key(text: str) -> str:
-    """How a token is compared and shown: stripped of surrounding whitespace; a whitespace-only
-    token by a visible sign (⏎ for a line break, ␣ for spaces)."""
-    stripped = text.strip()
-    if stripped:
-        return stripped
-    return "⏎" if "\n" in text else "␣"
 
 
 # ---------------------------------------------------------------- distinctive tokens
@@ -206,7 +214,7 @@ def group_indicator(labels: pd.Series) -> tuple[sp.csr_matrix, pd.Index]:
     return ind, names
 
 
-ENRICH_COLUMNS = ("enrich_facet", "enrich_group", "enrich_mass", "enrich_items", "enrich_p")
+ENRICH_COLUMNS = rundir.ENRICH_COLUMNS  # documented in cgaps.rundir.schemas
 
 
 def enrichment(shat: sp.csr_matrix, groups: dict[str, pd.Series]) -> pd.DataFrame:
@@ -287,6 +295,69 @@ def group_shares(
     return out
 
 
+# ---------------------------------------------------------------- what the concept's items are about
+
+ITEM_PRIOR = 10.0  # pseudo-items of the prior, spread by the run's rate of each word
+ITEM_Z_MIN = 3.29  # one-sided p < 0.0005: thousands of words are tested per concept
+ITEM_MIN = 3  # a word of the concept's items is held by at least three of them
+ITEM_MAX_SHARE = 0.5  # a word most of the run's items hold says nothing about a subset's topic
+
+
+def item_words(
+    present: sp.spmatrix, docs: sp.spmatrix, words: Sequence[str], k: int, chunk: int = 256
+) -> dict[int, list[list[Any]]]:
+    """Per concept, the ``k`` words most typical of the items where it is present (module docstring).
+
+    ``present``: items x concepts, nonzero where the concept is present; ``docs``: items x
+    words, nonzero where the item's text holds the word (``words`` names the columns). With k_w
+    of the concept's n items holding word w, K_w of the run's N items, and a prior of
+    a0 = :data:`ITEM_PRIOR` pseudo-items at the run's rate (α = a0·K/N, β = a0 − α),
+
+        δ_w = log((k_w+α)/(n−k_w+β)) − log((K_w+α)/(N−K_w+β)),
+        σ²_w = 1/(k_w+α) + 1/(n−k_w+β) + 1/(K_w+α) + 1/(N−K_w+β),  z_w = δ_w/σ_w;
+
+    a word is typical when k_w ≥ :data:`ITEM_MIN`, z_w ≥ :data:`ITEM_Z_MIN` and at most
+    :data:`ITEM_MAX_SHARE` of the run's items hold it; ranked by δ_w (then the word).
+    Returns ``{concept: [[word, k_w, z, δ], ...]}`` for concepts with any.
+    """
+    pres = sp.csc_matrix(present, dtype=np.float64)
+    pres.data[:] = 1.0
+    d = sp.csr_matrix(docs, dtype=np.float64)
+    d.data[:] = 1.0
+    n_items = pres.shape[0]
+    big_k = np.asarray(d.sum(axis=0)).ravel()
+    n_of = np.asarray(pres.sum(axis=0)).ravel()
+    names = np.asarray(words, dtype=object)
+    rank = np.empty(len(names), dtype=np.int64)  # each word's place in sorted order (ties of δ)
+    rank[np.argsort(names, kind="stable")] = np.arange(len(names))
+    out: dict[int, list[list[Any]]] = {}
+    for start in range(0, pres.shape[1], chunk):
+        counts = sp.coo_matrix(pres[:, start : start + chunk].T @ d)
+        keep = (counts.data >= ITEM_MIN) & (big_k[counts.col] <= ITEM_MAX_SHARE * n_items)
+        c, w, y = counts.row[keep], counts.col[keep], counts.data[keep]
+        if not len(c):
+            continue
+        n = n_of[start + c]
+        big = big_k[w]
+        a = ITEM_PRIOR * big / n_items
+        b = ITEM_PRIOR - a
+        delta = np.log((y + a) / (n - y + b)) - np.log((big + a) / (n_items - big + b))
+        z = delta / np.sqrt(1 / (y + a) + 1 / (n - y + b) + 1 / (big + a) + 1 / (n_items - big + b))
+        ok = z >= ITEM_Z_MIN
+        c, w, y, z, delta = c[ok] + start, w[ok], y[ok], z[ok], delta[ok]
+        if not len(c):
+            continue
+        order = np.lexsort((rank[w], -delta, c))  # by concept, then δ, then the word
+        c, w, y, z, delta = c[order], w[order], y[order], z[order], delta[order]
+        firsts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        for lo, hi in zip(firsts, np.r_[firsts[1:], len(c)], strict=True):
+            out[int(c[lo])] = [
+                [str(names[w[j]]), int(y[j]), round(float(z[j]), 3), round(float(delta[j]), 3)]
+                for j in range(lo, min(hi, lo + k))
+            ]
+    return out
+
+
 # ---------------------------------------------------------------- the provisional label
 
 
@@ -294,16 +365,62 @@ def quote(tokens: Sequence[str]) -> str:
     return " ".join(f"“{t}”" for t in tokens)
 
 
+def word_outputs(outputs: Sequence[Sequence[Any]], vocabulary: set[str], k: int) -> list[list[Any]]:
+    """The first ``k`` output tokens (decoded vocabulary entries with their logits, best first) that
+    are words of the run's text (``vocabulary``), stripped of surrounding whitespace; each word once."""
+    out: list[list[Any]] = []
+    seen: set[str] = set()
+    for tok, logit in outputs:
+        word = tok.strip()
+        if word in seen or not is_word(word) or word not in vocabulary:
+            continue
+        seen.add(word)
+        out.append([word, logit])
+        if len(out) == k:
+            break
+    return out
+
+
 def compose_label(
-    tokens: Sequence[str], outputs: Sequence[str], group: str, mass: float, p: float, enrich_p: float
+    tokens: Sequence[str],
+    outputs: Sequence[str],
+    group: str,
+    mass: float,
+    p: float,
+    enrich_p: float,
+    phrase: str = "",
+    is_format: bool = False,
+    about: Sequence[str] = (),
 ) -> str:
-    """``“Monday” “Friday” · probes:weekday 91%``: the top distinctive tokens (else the output
-    tokens, after an arrow), and the enriched group when its p is below ``enrich_p``."""
-    parts = []
+    """``“Monday” “Friday” · probes:weekday 91%``: what the concept fires on — the top
+    distinctive words with the phrase when it holds one of them (``“only” in “Answer with the
+    day only”``; a phrase around other words would mislead), else the phrase alone — then
+    what its items are about: the enriched group when its p is below ``enrich_p``, else the
+    words typical of its items (``about``, :func:`item_words`: ``items: “Muslim” “Hindu”``).
+    The output tokens (after an arrow) stand in for the first part when it has nothing;
+    ``format: `` in front for a format concept."""
+    head = ""
+    shown = ""  # the phrase, when the label shows it
     if tokens:
-        parts.append(quote(tokens[:3]))
-    elif outputs:
-        parts.append("→ " + quote([token_key(t) for t in outputs[:3]]))
+        head = quote(tokens[:3])
+        if phrase and any(_holds(phrase, t) for t in tokens[:3]):
+            head, shown = f"{head} in “{phrase}”", phrase
+    elif phrase:
+        head, shown = f"“{phrase}”", phrase
+    tail = ""
     if group and math.isfinite(p) and p < enrich_p and math.isfinite(mass):
-        parts.append(f"{group} {100 * mass:.0f}%")
-    return " · ".join(parts)
+        tail = f"{group} {100 * mass:.0f}%"
+    else:
+        fresh = [w for w in about if w not in tokens[:3] and not (shown and _holds(shown, w))][:3]
+        if fresh:
+            tail = "items: " + quote(fresh)
+    if not head and outputs:
+        head = "→ " + quote([token_key(t) for t in outputs[:3]])
+    return format_label(" · ".join(x for x in (head, tail) if x), is_format)
+
+
+def _holds(phrase: str, token: str) -> bool:
+    """Whether ``phrase`` holds ``token``: as a whole word when it is one, else anywhere."""
+    if not is_word(token):
+        return token in phrase
+    return re.search(rf"(?<!\w){re.escape(token)}(?!\w)", phrase) is not None

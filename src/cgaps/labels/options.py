@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cgaps.config import check_options, documented, is_integer, is_number
+from cgaps.config_fields import check_options, documented, is_integer, is_number
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,26 @@ class LabelOptions:
     )
     enrich_p: float = documented(
         0.001, "Significance (hypergeometric p) a metadata group needs to appear in the provisional label."
+    )
+    phrase_share: float = documented(
+        0.25,
+        "A phrase label grows word by word while at least this share of the concept's strongest "
+        "items (50) share the next word.",
+    )
+    format_items: float = documented(
+        0.1,
+        "Prompt text counts as repeated (instructions, templates, answer formats) when the same 4 words "
+        "or marks occur verbatim in at least this share of the items' prompts.",
+    )
+    format_sentences: float = documented(
+        0.01,
+        "A whole sentence of 4 words or more counts as repeated prompt text (an instruction, boilerplate) "
+        "when it occurs verbatim in at least this share of the items' prompts.",
+    )
+    format_mass: float = documented(
+        0.5,
+        "A concept (or theme) is marked format when at least this share of its saliency peaks on "
+        "repeated prompt text.",
     )
     labels_file: str | None = documented(
         None,
@@ -72,6 +92,22 @@ class LabelOptions:
                 ("min_log_odds", number(self.min_log_odds) and self.min_log_odds >= 0, "a number >= 0"),
                 ("output_tokens", integer(self.output_tokens) and self.output_tokens >= 0, "an integer >= 0"),
                 ("enrich_p", number(self.enrich_p) and 0 < self.enrich_p <= 1, "a number in (0, 1]"),
+                (
+                    "phrase_share",
+                    number(self.phrase_share) and 0 < self.phrase_share <= 1,
+                    "a number in (0, 1]",
+                ),
+                (
+                    "format_items",
+                    number(self.format_items) and 0 < self.format_items <= 1,
+                    "a number in (0, 1]",
+                ),
+                (
+                    "format_sentences",
+                    number(self.format_sentences) and 0 < self.format_sentences <= 1,
+                    "a number in (0, 1]",
+                ),
+                ("format_mass", number(self.format_mass) and 0 < self.format_mass <= 1, "a number in (0, 1]"),
                 ("llm_concepts", integer(self.llm_concepts) and self.llm_concepts >= 1, "an integer >= 1"),
                 ("llm_rate", number(self.llm_rate) and self.llm_rate > 0, "a number > 0"),
                 ("llm_retries", integer(self.llm_retries) and self.llm_retries >= 0, "an integer >= 0"),

@@ -11,22 +11,26 @@ Reads the run directory (items, saliency, concepts, the extraction's shards) and
   ``concepts.parquet`` in its schema metadata, so the report can tell a theme table made
   before a rescoring from a current one.
 
-Provenance: run.json ``inputs.labels`` records the item columns the evidence used with their
+Provenance: run.json ``inputs.label`` records the item columns the evidence used with their
 digest (:func:`cgaps.rundir.stage_record`) and an ``evidence`` fingerprint of everything else
 it depends on (the extraction's record, the SAE's fingerprint, presence and the options). A
 rerun reuses the evidence while that record matches, and always keeps the imported and LLM
 labels already in the table: completed work is never lost. The evidence needs the reader
-model's tokenizer and unembedding and the SAE's decoder, loaded here unless the caller (the
+model's tokenizer and unembedding (:meth:`cgaps.seams.ResidualReader.unembed`) and the SAE's
+decoder rows (:attr:`cgaps.seams.SAEEncoder.W_dec`), loaded here unless the caller (the
 pipeline) passes them; a run whose saliency came from another tool (no ``sae`` in run.json)
-gets enrichment and themes by co-activation only.
+gets enrichment and themes by co-activation only, and where it has ``contexts.parquet``, its
+concepts without an evidence label are named by their top contexts
+(:class:`cgaps.labels.top_contexts.TopContextLabels`). This stage is the only writer of
+``labels.parquet``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,10 @@ from cgaps import rundir
 from cgaps.console import info
 from cgaps.errors import CGapsError
 from cgaps.labels import evidence, themes
+from cgaps.labels import format as fmt
 from cgaps.labels.options import LabelOptions
+from cgaps.labels.phrases import PHRASE_ITEMS, phrase
+from cgaps.labels.text import RunText, run_text
 from cgaps.runtables import RunTables, load_run
 from cgaps.scoring.core import SuiteMatrix, build_matrix
 from cgaps.seams import ResidualReader, SAEEncoder
@@ -46,14 +53,17 @@ from cgaps.seams import ResidualReader, SAEEncoder
 THEMES = themes.THEMES
 EVIDENCE_COLUMNS = (
     "evidence_label",
-    "tokens",  # JSON [[token, count, z, delta], ...], most distinctive first
-    "output_tokens",  # JSON [[token, logit], ...]
+    "tokens",  # JSON [[word, count, z, delta], ...], most distinctive first
+    "output_tokens",  # JSON [[word, logit], ...]: logit-lens tokens that are words of the run's text
+    "phrase",  # the word window the strongest activations share ('' when none)
+    "format",  # bool: the concept fires on prompt text many items repeat verbatim
+    "item_words",  # JSON [[word, items, z, delta], ...]: words typical of the items where it is present
+    "format_share",  # the share of its ŝ' mass peaking on that text (NaN: no peak tokens)
     *evidence.ENRICH_COLUMNS,
 )
 OTHER_SOURCE_COLUMNS = ("imported_label", "imported_source", "llm_label", "llm_score")
-LABELS_TABLE_COLUMNS = (*rundir.LABEL_COLUMNS, *EVIDENCE_COLUMNS, *OTHER_SOURCE_COLUMNS)
-# the item columns the evidence depends on besides the extraction's (enrichment's groups)
-LABEL_ITEM_COLUMNS = ("item_id", "benchmark", "category", "meta")
+# the required three, EVIDENCE_ and OTHER_SOURCE_COLUMNS, in the schema's order
+LABELS_TABLE_COLUMNS = rundir.columns(rundir.LABELS)
 LLM_MIN_SCORE = 0.5  # an LLM label replaces the evidence label only when detection beats chance
 
 
@@ -79,16 +89,20 @@ def _fingerprint(run: RunTables, opts: LabelOptions, presence: float) -> str:
         "min_log_odds": opts.min_log_odds,
         "output_tokens": opts.output_tokens,
         "enrich_p": opts.enrich_p,
-        "version": 2,  # bumped when the evidence rules change
+        "phrase_share": opts.phrase_share,
+        "format_items": opts.format_items,
+        "format_sentences": opts.format_sentences,
+        "format_mass": opts.format_mass,
+        "version": 5,  # bumped when the evidence rules change
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _evidence_is_current(run_dir: Path, run: RunTables, fingerprint: str) -> bool:
-    recorded = run.meta.get("inputs", {}).get("labels")
+    recorded = run.meta.get("inputs", {}).get("label")
     if not isinstance(recorded, dict) or recorded.get("evidence") != fingerprint:
         return False
-    if not rundir.stage_is_current(run_dir, "labels", run.items, meta=run.meta):
+    if not rundir.stage_is_current(run_dir, "label", run.items, meta=run.meta):
         return False
     return run.labels is not None and all(c in run.labels.columns for c in EVIDENCE_COLUMNS)
 
@@ -144,6 +158,8 @@ def _label_run(
             table.loc[c, "llm_label"] = label
             table.loc[c, "llm_score"] = score
     table["label"], table["source"] = choose_labels(table)
+    if "sae" not in run.meta and run.contexts is not None:  # no evidence from the reader
+        table["label"], table["source"] = top_context_fallback(table, run.contexts, run.n_concepts)
 
     # the themes were made and tested by `cgaps score` (theme_tests.parquet); a run scored before
     # that file existed gets them now, by the same rule
@@ -153,18 +169,20 @@ def _label_run(
         if tests_path.exists()
         else themes.scored_themes(m, cfg)
     )
-    theme_table = themes.build_themes(m, tests, groups, tokens, opts.enrich_p)
+    share = pd.to_numeric(table["format_share"], errors="coerce").to_numpy(np.float64)
+    theme_table = themes.build_themes(m, tests, groups, tokens, opts.enrich_p, share, opts.format_mass)
     t2 = time.perf_counter()
     knobs = rundir.read_table_knobs(run_dir / rundir.CONCEPTS) or {}
     rundir.write_table(theme_table, run_dir / THEMES, knobs=knobs)
     table = table[list(LABELS_TABLE_COLUMNS)]
     table["llm_score"] = table["llm_score"].astype("float64")
     rundir.write_table(table, run_dir / rundir.LABELS)
-    record = rundir.stage_record(run.items, "labels", LABEL_ITEM_COLUMNS)
+    record = rundir.stage_record(run.items, "label", run_dir=run_dir, config=cfg.replace(label=opts))
     s = themes.summary(theme_table)
     rundir.update_run_json(
         run_dir,
-        inputs={"labels": {**record, "evidence": fingerprint}},
+        inputs={"label": {**record, "evidence": fingerprint}},
+        config={"label": dataclasses.asdict(opts)},  # the run's config says what its labels were made with
         counts={
             "labels": {k: int(v) for k, v in table["source"].value_counts().items() if k},
             **s,
@@ -183,7 +201,7 @@ def carried_labels(previous: pd.DataFrame | None, n_concepts: int) -> dict[str, 
     own columns when this stage wrote it, else (a table another tool or person wrote, with
     ``concept``, ``label``, ``source`` only) every label whose source is not provisional, as
     an imported label under its own source name."""
-    from cgaps.labels.contexts import PROVISIONAL_SOURCES
+    from cgaps.labels.top_contexts import PROVISIONAL_SOURCES
 
     out = {c: np.full(n_concepts, "", dtype=object) for c in OTHER_SOURCE_COLUMNS if c != "llm_score"}
     out["llm_score"] = np.full(n_concepts, np.nan)
@@ -215,16 +233,23 @@ def carried_labels(previous: pd.DataFrame | None, n_concepts: int) -> dict[str, 
 
 
 def choose_labels(table: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """Per concept the best label and its source: imported, else a good LLM label, else evidence."""
+    """Per concept the best label and its source: imported, else a good LLM label, else evidence;
+    a format concept's label says so whatever its source (``format: ``, :mod:`cgaps.labels.format`)."""
     labels, sources = [], []
-    for imp, imp_src, llm, score, ev in table[
-        ["imported_label", "imported_source", "llm_label", "llm_score", "evidence_label"]
-    ].itertuples(index=False):
+    is_format = table["format"] if "format" in table.columns else pd.Series(False, index=table.index)
+    for imp, imp_src, llm, score, ev, form in zip(
+        *(
+            table[c]
+            for c in ("imported_label", "imported_source", "llm_label", "llm_score", "evidence_label")
+        ),
+        is_format.fillna(False).astype(bool),
+        strict=True,
+    ):
         if isinstance(imp, str) and imp:
-            labels.append(imp)
+            labels.append(fmt.format_label(imp, form))
             sources.append(str(imp_src) or "imported")
         elif isinstance(llm, str) and llm and isinstance(score, float) and score > LLM_MIN_SCORE:
-            labels.append(llm)
+            labels.append(fmt.format_label(llm, form))
             sources.append("llm")
         elif isinstance(ev, str) and ev:
             labels.append(ev)
@@ -275,14 +300,22 @@ def decoder_rows(sae: SAEEncoder | None) -> np.ndarray | None:
     """W_dec [F, d] of a loaded SAE as float32 numpy (None when there is none)."""
     if sae is None:
         return None
-    inner = getattr(sae, "sae", None)
-    w = getattr(inner, "W_dec", None)
-    if w is None:
-        import torch
+    return sae.W_dec.detach().float().cpu().numpy()
 
-        eye = torch.eye(sae.width)
-        w = sae.decode(eye) - sae.decode(torch.zeros(1, sae.width))
-    return w.detach().float().cpu().numpy()
+
+def top_context_fallback(
+    table: pd.DataFrame, contexts: pd.DataFrame, n_concepts: int
+) -> tuple[list[str], list[str]]:
+    """``label`` and ``source`` with every concept that has no label named by its top contexts
+    (:class:`~cgaps.labels.top_contexts.TopContextLabels`), for a run without evidence from the reader."""
+    from cgaps.labels.top_contexts import TopContextLabels
+
+    top = TopContextLabels(contexts).labels(n_concepts)
+    labels, sources = table["label"].tolist(), table["source"].tolist()
+    for c, (label, source) in enumerate(zip(top["label"], top["source"], strict=True)):
+        if not labels[c] and label:
+            labels[c], sources[c] = label, source
+    return labels, sources
 
 
 # ---------------------------------------------------------------- evidence
@@ -297,13 +330,28 @@ def compute_evidence(
     backend: ResidualReader | None,
     sae: SAEEncoder | None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The evidence columns for every concept, and the long table of distinctive tokens."""
+    """The evidence columns for every concept, and the long table of distinctive words."""
     f = run.n_concepts
     enrich = evidence.enrichment(shat, groups)
     tokens = pd.DataFrame({"concept": [], "token": [], "count": [], "z": [], "delta": []})
+    phrases = [""] * f
+    about: dict[int, list[list[Any]]] = {}
+    shares = np.full(f, np.nan)
+    vocabulary: set[str] = set()
     if backend is not None:
-        peaks, base = peak_tokens(run, m, backend.tokenizer)
-        tokens = evidence.distinctive_tokens(peaks, base, opts.prior, opts.tokens, opts.min_log_odds)
+        text, digests = read_run_text(run, backend.tokenizer)
+        vocabulary = text.vocabulary()
+        repeated = fmt.repeated_units(text.items, opts.format_items, opts.format_sentences)
+        peaks = peak_words(run, m, shat, text, digests, repeated)
+        tokens = evidence.distinctive_tokens(
+            peaks.rename(columns={"word": "token"}), text.base(), opts.prior, opts.tokens, opts.min_log_odds
+        )
+        phrases = concept_phrases(peaks, text, f, opts.phrase_share)
+        docs, words = text.documents(list(m.item_ids), skip=repeated)  # their own words, not the template's
+        about = evidence.item_words(shat, docs, words, opts.tokens)
+        if not peaks.empty:
+            shares = fmt.format_shares(peaks, f)
+    is_format = np.nan_to_num(shares, nan=0.0) >= opts.format_mass
     tok_lists: dict[int, list[list[Any]]] = {}
     for c, tok, n, z, d in tokens[["concept", "token", "count", "z", "delta"]].itertuples(index=False):
         tok_lists.setdefault(int(c), []).append([str(tok), int(n), round(float(z), 3), round(float(d), 3)])
@@ -311,7 +359,12 @@ def compute_evidence(
     if backend is not None and sae is not None and opts.output_tokens > 0:
         # the concepts present somewhere in the run (a never-present concept gets no label)
         present = np.flatnonzero(np.diff(m.saliency.tocsc().indptr) > 0)
-        out_lists = output_tokens(backend, sae, present, opts.output_tokens)
+        # only entries that are words of the run's text; twice k, as " Monday" and "Monday" are one word
+        ids = word_vocab_ids(backend.tokenizer, vocabulary)
+        out_lists = {
+            c: evidence.word_outputs(outs, vocabulary, opts.output_tokens)
+            for c, outs in output_tokens(backend, sae, present, 2 * opts.output_tokens, ids).items()
+        }
     labels = [
         evidence.compose_label(
             [t[0] for t in tok_lists.get(c, [])],
@@ -320,6 +373,9 @@ def compute_evidence(
             mass,
             p,
             opts.enrich_p,
+            phrase=phrases[c],
+            is_format=bool(is_format[c]),
+            about=[t[0] for t in about.get(c, [])],
         )
         for c, group, mass, p in enrich[["concept", "enrich_group", "enrich_mass", "enrich_p"]].itertuples(
             index=False
@@ -331,10 +387,21 @@ def compute_evidence(
             "evidence_label": labels,
             "tokens": [json.dumps(tok_lists.get(c, []), ensure_ascii=False) for c in range(f)],
             "output_tokens": [json.dumps(out_lists.get(c, []), ensure_ascii=False) for c in range(f)],
+            "phrase": phrases,
+            "item_words": [json.dumps(about.get(c, []), ensure_ascii=False) for c in range(f)],
+            "format": is_format,
+            "format_share": shares,
         }
     )
     ev = ev.merge(enrich, on="concept", how="left")
     return ev, tokens
+
+
+def word_vocab_ids(tokenizer: Any, vocabulary: set[str]) -> np.ndarray:
+    """The reader's vocabulary entries that decode to a word of the run's text (surrounding
+    whitespace aside): the only ones the logit lens may show (never a word piece or a byte)."""
+    keep = [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip() in vocabulary]
+    return np.asarray(keep, dtype=np.int64)
 
 
 def _tokens_long(ev: pd.DataFrame) -> pd.DataFrame:
@@ -346,26 +413,50 @@ def _tokens_long(ev: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["concept", "token", "count", "z", "delta"])
 
 
-def peak_tokens(run: RunTables, m: SuiteMatrix, tokenizer: Any) -> tuple[pd.DataFrame, pd.Series]:
-    """The firing token of every present (item, concept), and the base counts of the run's
-    analysed tokens (both as :func:`cgaps.labels.evidence.token_key`).
-
-    The tokens come from the extraction's shards (each row's peak character span), read for
-    the items whose input digest still matches (the shards' sidecars); the text they index is
-    the formatted conversation, rebuilt here with the reader's tokenizer exactly as extraction
-    built it (:func:`cgaps.extract.stage.encode_items`).
-    """
+def read_run_text(run: RunTables, tokenizer: Any) -> tuple[RunText, dict[str, str]]:
+    """The run's analysed text in words (:mod:`cgaps.labels.text`): every item's conversation
+    formatted and tokenised exactly as extraction did (:func:`cgaps.extract.stage.encode_items`),
+    with the content spans of the run's ``span`` and which of them are the prompt; and each
+    item's input digest (:func:`cgaps.extract.stage.input_digest`)."""
     from cgaps.extract.stage import encode_items, input_digest
+    from cgaps.models import conversation, format_chat
 
     cfg = run.config()
     encoded = encode_items(run.items, tokenizer, cfg)
-    texts = {e.item_id: e.text for e in encoded}
-    digests = {e.item_id: input_digest(e) for e in encoded}
-    base: Counter[str] = Counter()
-    for e in encoded:
-        for (a, b), keep in zip(e.offsets, e.mask, strict=True):
-            if keep:
-                base[evidence.token_key(e.text[a:b])] += 1
+    rows = []
+    for item, e in zip(run.items.to_dict("records"), encoded, strict=True):
+        response = item.get("response") if cfg.span != "prompt" else None
+        spans = format_chat(tokenizer, conversation(item), response if isinstance(response, str) else None)
+        assert spans.text == e.text  # the same rendering as extraction's
+        content = {
+            "prompt": spans.prompt_spans,
+            "response": spans.response_spans,
+            "both": spans.prompt_spans + spans.response_spans,
+        }[cfg.span]
+        rows.append((e.item_id, e.text, content, spans.prompt_spans, e.offsets, e.mask))
+    return run_text(rows), {e.item_id: input_digest(e) for e in encoded}
+
+
+def peak_words(
+    run: RunTables,
+    m: SuiteMatrix,
+    shat: sp.csr_matrix,
+    text: RunText,
+    digests: dict[str, str],
+    repeated: dict[str, np.ndarray],
+) -> pd.DataFrame:
+    """The firing token of every present (item, concept), with its word.
+
+    Columns ``item_id``, ``concept``, ``value`` (raw saliency), ``shat`` (ŝ'), ``start``,
+    ``end`` (the token's characters), ``word``, ``unit`` (:meth:`cgaps.labels.text.ItemText.word_at`)
+    and ``repeated`` (the token lies in repeated prompt text: ``repeated``, per item a bool per
+    unit, :func:`cgaps.labels.format.repeated_units`).
+
+    The tokens come from the extraction's shards (each row's peak character span), read for
+    the items whose input digest (``digests``, :func:`read_run_text`) still matches the
+    shards' sidecars; the text they index is the formatted conversation, rebuilt with the
+    reader's tokenizer exactly as extraction built it.
+    """
     shard_dir = run.path / rundir.SALIENCY_SHARDS
     current = rundir.stage_is_current(run.path, "extract", run.items, meta=run.meta)
     frames = []
@@ -378,46 +469,77 @@ def peak_tokens(run: RunTables, m: SuiteMatrix, tokenizer: Any) -> tuple[pd.Data
             ok = set(ids) if current is not False else set()
         parquet = side.with_suffix(".parquet")
         if ok and parquet.exists():
-            df = pd.read_parquet(parquet, columns=["item_id", "concept", "peak_start", "peak_end"])
+            df = pd.read_parquet(parquet, columns=["item_id", "concept", "value", "peak_start", "peak_end"])
             frames.append(df[df["item_id"].isin(ok)])
-    empty = pd.DataFrame({"item_id": [], "concept": [], "token": []})
+    columns = ["item_id", "concept", "value", "shat", "start", "end", "word", "unit", "repeated"]
     if not frames:
-        info(f"labels: no extraction shards in {shard_dir}; distinctive tokens left out")
-        return empty, pd.Series(base, dtype=np.int64)
-    peaks = pd.concat(frames, ignore_index=True)
-    # keep the present cells only (the thresholded matrix's nonzeros)
-    row_of = pd.Index(m.item_ids).get_indexer(peaks["item_id"].astype(str))
-    coo = m.saliency.tocoo()
-    present = pd.MultiIndex.from_arrays([coo.row.astype(np.int64), coo.col.astype(np.int64)])
-    keep = pd.MultiIndex.from_arrays([row_of.astype(np.int64), peaks["concept"].to_numpy(np.int64)]).isin(
-        present
+        info(f"labels: no extraction shards in {shard_dir}; distinctive words, phrases and format left out")
+        return pd.DataFrame({c: [] for c in columns})
+    peaks = pd.concat(frames, ignore_index=True).rename(columns={"peak_start": "start", "peak_end": "end"})
+    # keep the present cells only (the thresholded matrix's nonzeros), with their ŝ'
+    coo = shat.tocoo()
+    present = pd.DataFrame(
+        {"row": coo.row.astype(np.int64), "concept": coo.col.astype(np.int64), "shat": coo.data}
     )
-    peaks = peaks[keep & (row_of >= 0)]
-    peaks = peaks.assign(
-        token=[
-            evidence.token_key(texts[i][a:b])
-            for i, a, b in zip(peaks["item_id"], peaks["peak_start"], peaks["peak_end"], strict=True)
+    peaks["row"] = pd.Index(m.item_ids).get_indexer(peaks["item_id"].astype(str)).astype(np.int64)
+    peaks["concept"] = peaks["concept"].astype(np.int64)
+    peaks = peaks.merge(present, on=["row", "concept"], how="inner")
+    tokens = text.tokens.copy()
+    tokens["repeated"] = fmt.token_is_repeated(tokens, text.items, repeated)
+    tokens = tokens.drop_duplicates(["item_id", "start", "end"])
+    peaks[["start", "end"]] = peaks[["start", "end"]].astype(np.int64)
+    peaks = peaks.merge(tokens, on=["item_id", "start", "end"], how="left")
+    lost = peaks["word"].isna().to_numpy()
+    if lost.any():  # a peak on a token the analysed mask leaves out (shards of another rule): its own word
+        found = [
+            text.items[i].word_at(int(a), int(b))
+            for i, a, b in peaks.loc[lost, ["item_id", "start", "end"]].itertuples(index=False)
         ]
-    )
-    return peaks[["item_id", "concept", "token"]].reset_index(drop=True), pd.Series(base, dtype=np.int64)
+        peaks.loc[lost, "word"] = [w for w, _ in found]
+        peaks.loc[lost, "unit"] = [u for _, u in found]
+        peaks.loc[lost, "repeated"] = False
+    peaks["unit"] = peaks["unit"].astype(np.int64)
+    peaks["repeated"] = peaks["repeated"].astype(bool)
+    return peaks[columns].reset_index(drop=True)
+
+
+def concept_phrases(peaks: pd.DataFrame, text: RunText, n_concepts: int, share: float) -> list[str]:
+    """Per concept its phrase (:func:`cgaps.labels.phrases.phrase`) over its strongest items."""
+    out = [""] * n_concepts
+    if peaks.empty:
+        return out
+    top = peaks.sort_values(["concept", "value", "item_id"], ascending=[True, False, True], kind="stable")
+    concept = top["concept"].to_numpy(np.int64)
+    items = [text.items[i] for i in top["item_id"].astype(str)]
+    units = top["unit"].to_numpy(np.int64)
+    firsts = np.flatnonzero(np.r_[True, concept[1:] != concept[:-1]])
+    for lo, hi in zip(firsts, np.r_[firsts[1:], len(concept)], strict=True):
+        hi = min(hi, lo + PHRASE_ITEMS)
+        out[int(concept[lo])] = phrase([(items[j], int(units[j])) for j in range(lo, hi)], share)
+    return out
 
 
 def output_tokens(
-    backend: ResidualReader, sae: SAEEncoder, concepts: np.ndarray, k: int
+    backend: ResidualReader,
+    sae: SAEEncoder,
+    concepts: np.ndarray,
+    k: int,
+    vocab_ids: np.ndarray | None = None,
 ) -> dict[int, list[list[Any]]]:
-    """The logit lens of each concept's decoder row (cgaps.labels.evidence.logit_lens)."""
+    """The logit lens of each concept's decoder row (cgaps.labels.evidence.logit_lens) through the
+    reader's unembedding (:meth:`cgaps.seams.ResidualReader.unembed`), over the vocabulary
+    entries ``vocab_ids`` only when given (:func:`word_vocab_ids`)."""
     import torch
 
-    model = getattr(backend, "model", None)
-    head = model.get_output_embeddings() if model is not None else None
-    if model is None or head is None:  # a backend without an unembedding to read
+    unembedding = backend.unembed()
+    if unembedding is None:  # a reader without an LM head
         return {}
-    norm = getattr(getattr(model, "model", None), "norm", None)
-    scale = getattr(norm, "weight", None)
-    if scale is not None and "gemma" in str(getattr(model.config, "model_type", "")):
-        scale = scale + 1  # Gemma's RMSNorm multiplies by (1 + weight)
+    scale, head = unembedding
     w_dec = torch.as_tensor(decoder_rows(sae))
-    ids, vals = evidence.logit_lens(w_dec, head.weight, scale, concepts.tolist(), k)
+    w_u = head if vocab_ids is None else head[torch.as_tensor(vocab_ids, dtype=torch.long)]
+    ids, vals = evidence.logit_lens(w_dec, w_u, scale, concepts.tolist(), k)
+    if vocab_ids is not None:
+        ids = np.asarray(vocab_ids, dtype=np.int64)[ids]
     tok = backend.tokenizer
     vocab = {int(i): tok.decode([int(i)]) for i in np.unique(ids)}
     return {

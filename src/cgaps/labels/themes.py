@@ -11,6 +11,8 @@ time, by :mod:`cgaps.scoring.themes`, because they take part in the calls of §3
   the enriched facet holding most of the mass (:func:`cgaps.labels.evidence.group_shares`).
 - **Tokens**: the members' distinctive tokens, by how many members share them (then δ).
 - **Label**: those words and the enriched group (:func:`cgaps.labels.evidence.compose_label`).
+- **Format.** A theme is format when its members' format shares, weighted by their ŝ' mass,
+  reach ``format_mass`` (:func:`cgaps.labels.format.theme_is_format`); its label says so.
 
 Rows of ``themes.parquet``: those of ``theme_tests.parquet`` (one per theme and scope, themes
 numbered gap themes first by q in ``ALL``, then strength themes, then the rest by support) with
@@ -30,30 +32,22 @@ import scipy.sparse as sp
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.labels import evidence
-from cgaps.scoring.core import TEST_COLUMNS, SuiteMatrix
+from cgaps.labels.format import mark_themes
+from cgaps.scoring.core import SuiteMatrix
 from cgaps.scoring.themes import ThemeSet, score_with_themes
 
 THEMES = rundir.THEMES  # the table's file name in a run directory
-# the columns every themes.parquet has (readers require these: tables written before the themes
-# were tested at scoring time have them too) ...
-THEME_COLUMNS = (
-    "theme",
-    "scope",
-    "label",
-    "n_members",
-    "members",  # JSON list of concept ids, strongest first
-    "tokens",  # JSON list of the members' distinctive tokens
-    "spread",  # JSON list of [group, mass share, item share]: the enriched facet's largest groups
-    *evidence.ENRICH_COLUMNS,
-    *(c for c in rundir.CONCEPT_COLUMNS if c not in ("concept", "scope")),
-)
-# ... and the ones written now: the test's p-value and smallest achievable p-value as well
-THEME_TABLE_COLUMNS = (*THEME_COLUMNS, *(c for c in TEST_COLUMNS if c not in THEME_COLUMNS))
+# written now: every column of the schema (cgaps.rundir.schemas) ...
+THEME_TABLE_COLUMNS = rundir.columns(THEMES)
+# ... and what a reader may expect of any themes.parquet (those written before issue 19 lack the
+# test's p-value and smallest achievable p-value)
+THEME_COLUMNS = tuple(c for c in THEME_TABLE_COLUMNS if c not in ("p_value", "p_min"))
 
 
-def member_mass(shat: sp.csr_matrix, groups: list[np.ndarray]) -> sp.csr_matrix:
-    """items x themes: the sum over each theme's members of ``shat`` (where its concepts' mass falls)."""
-    return ThemeSet(tuple(groups), shat.shape[1]).saliency(shat)
+def theme_matrix(shat: sp.csr_matrix, members: list[np.ndarray]) -> sp.csr_matrix:
+    """items x themes: each theme's saliency as scoring defines it, the sum over its members of
+    ``shat`` (:meth:`cgaps.scoring.themes.ThemeSet.saliency`; docs/method.md §3)."""
+    return ThemeSet(tuple(np.asarray(cs, dtype=np.int64) for cs in members), shat.shape[1]).saliency(shat)
 
 
 def scored_themes(m: SuiteMatrix, cfg: RunConfig) -> pd.DataFrame:
@@ -67,18 +61,22 @@ def build_themes(
     groups: dict[str, pd.Series],
     tokens: pd.DataFrame,
     enrich_p: float,
+    format_share: np.ndarray | None = None,
+    format_mass: float = 0.5,
 ) -> pd.DataFrame:
     """The themes table (module docstring): the theme tests of ``cgaps score`` (``tests``, i.e.
     ``theme_tests.parquet``) with the words computed from the suite matrix ``m`` thresholded at
     the run's presence, the items' metadata ``groups`` (:func:`cgaps.labels.evidence.item_groups`)
-    and the distinctive ``tokens`` (:func:`cgaps.labels.evidence.distinctive_tokens`)."""
+    and the distinctive ``tokens`` (:func:`cgaps.labels.evidence.distinctive_tokens`).
+    ``format_share`` (per concept, :func:`cgaps.labels.format.format_shares`) marks format
+    themes (:func:`cgaps.labels.format.theme_is_format` at ``format_mass``); none without it."""
     all_rows = tests[tests["scope"] == rundir.ALL_SCOPE].sort_values("theme", kind="stable")
     if not len(all_rows):
         return pd.DataFrame(columns=list(THEME_TABLE_COLUMNS))
     ids = all_rows["theme"].to_numpy(np.int64)
     members = [np.asarray(json.loads(raw), dtype=np.int64) for raw in all_rows["members"]]
     shat = m.shat_matrix()
-    mass = member_mass(shat, [np.sort(cs) for cs in members])
+    mass = theme_matrix(shat, members)
     enrich = evidence.enrichment(mass, groups)  # one row per theme, in ``ids`` order
     spread: dict[int, str] = {}
     for facet, cols in enrich.groupby("enrich_facet").groups.items():
@@ -102,6 +100,10 @@ def build_themes(
     }
     table["tokens"] = table["theme"].map(as_json)
     table["spread"] = table["theme"].map(lambda t: spread.get(int(t), "[]"))
+    if format_share is not None:
+        table = mark_themes(table, format_share, np.asarray(shat.sum(axis=0)).ravel(), format_mass)
+    else:
+        table["format"] = False
     return table[list(THEME_TABLE_COLUMNS)].reset_index(drop=True)
 
 

@@ -222,7 +222,21 @@ class Routed:
         self._loaded_scorer: HFBackend | None = None
         self.backend = backend
         self.name = name
+        self.generation_dtype: str | None = None  # llama.cpp and vLLM run the model as loaded
         self.prompts_truncated = 0
+        self._context_overflow = "truncate"
+
+    @property
+    def context_overflow(self) -> str:
+        """The transformers scorer cuts (or refuses) long contexts by it; llama.cpp and vLLM refuse
+        a prompt past their context whatever it says."""
+        return self._context_overflow
+
+    @context_overflow.setter
+    def context_overflow(self, value: str) -> None:
+        self._context_overflow = value
+        if self._loaded_scorer is not None:
+            self._loaded_scorer.context_overflow = value
 
     @property
     def generator(self) -> Any:
@@ -233,7 +247,7 @@ class Routed:
     @property
     def loaded(self) -> dict[str, Any] | None:
         """What generated (run.json ``model.evaluated_loaded``); None before any answer."""
-        return getattr(self._generator, "loaded", None)
+        return None if self._generator is None else self._generator.loaded
 
     def generate(
         self,
@@ -256,6 +270,7 @@ class Routed:
                 "docs/scaling.md, Generation)"
             )
             self._loaded_scorer = self._scorer()
+            self._loaded_scorer.context_overflow = self._context_overflow
         before = self._loaded_scorer.prompts_truncated
         out = self._loaded_scorer.loglikelihood(requests, batch_size, progress)
         self.prompts_truncated += self._loaded_scorer.prompts_truncated - before
@@ -302,14 +317,14 @@ def open_generator(cfg: RunConfig, choice: Choice, transformers: HFBackend | Non
     raise CGapsError(f"no local generator for backend {choice.name!r}")
 
 
-def used_backend(generator: Any) -> str:
+def used_backend(generator: Generator) -> str:
     """What run.json records as the backend that generated (``inputs.evaluate.settings.backend_used``):
     the generator's ``backend``, with the dtype transformers generated in when not the model's
-    (``transformers:bfloat16``, :attr:`Choice.recorded`); ``given`` for a generator that does not
-    say (one passed through the Python API), which :func:`backend_change` does not compare."""
-    name = str(getattr(generator, "backend", "given"))
-    dtype = getattr(generator, "gen_dtype", None)
-    return f"{name}:{dtype}" if dtype else name
+    (``transformers:bfloat16``, :attr:`Choice.recorded`). A name that is not one of
+    :data:`cgaps.config.BACKENDS` (a generator of one's own, passed through the Python API, says
+    ``given``) is recorded but never compared by :func:`backend_change`."""
+    dtype = generator.generation_dtype
+    return f"{generator.backend}:{dtype}" if dtype else generator.backend
 
 
 def backend_change(meta: dict[str, Any]) -> str | None:
@@ -318,12 +333,14 @@ def backend_change(meta: dict[str, Any]) -> str | None:
     from cgaps.config import config_from_run
     from cgaps.errors import settings_diff
 
-    settings = meta.get("inputs", {}).get("evaluate", {}).get("settings")
+    recorded = meta.get("inputs", {}).get("evaluate", {})
+    settings = recorded.get("config", recorded.get("settings"))  # `settings`: runs written before
     if not isinstance(settings, dict) or "config" not in meta:
-        return None  # graded responses, or an evaluation from before settings were recorded
+        return None  # graded responses, or an evaluation from before its config was recorded
     cfg = config_from_run(meta, "run")
     # evaluations recorded before the backend was: transformers (or the server) generated them
-    was = settings.get("backend_used", SERVED if cfg.model.startswith("openai://") else "transformers")
+    fallback = SERVED if cfg.model.startswith("openai://") else "transformers"
+    was = recorded.get("backend_used", settings.get("backend_used", fallback))
     if str(was).split(":")[0] not in (*BACKENDS, SERVED):
         return None  # a generator given through the Python API: nothing to compare
     try:

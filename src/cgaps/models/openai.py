@@ -133,6 +133,10 @@ class OpenAIGenerator:
     """:class:`cgaps.seams.Generator` for an OpenAI-compatible chat-completions server."""
 
     backend = "served"  # the server generates (cgaps.models.backends)
+    generation_dtype: str | None = None  # whatever the server runs; not ours to say
+    # the server refuses a prompt past its context whatever this says; nothing is cut here
+    context_overflow = "truncate"
+    prompts_truncated = 0
 
     def __init__(self, spec: str, *, seed: int = 0):
         import httpx

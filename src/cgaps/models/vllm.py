@@ -52,6 +52,10 @@ class VLLMBackend:
     """Greedy generation with vLLM on a CUDA GPU (see the module docstring)."""
 
     backend = "vllm"  # the generation backend's name (cgaps.models.backends)
+    generation_dtype: str | None = None  # the engine runs the dtype it was loaded in
+    # vLLM refuses a prompt past its context whatever this says: nothing is cut here
+    context_overflow = "truncate"
+    prompts_truncated = 0
 
     def __init__(
         self,

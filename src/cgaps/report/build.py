@@ -27,20 +27,25 @@ import math
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from cgaps import rundir
+from cgaps.chance import concept_chance, group_table, matrix_chance, scored_matrix
+from cgaps.config import config_from_run
+from cgaps.errors import CGapsError, settings_diff
+from cgaps.report import figures, fill_confirm
+from cgaps.report.checks import checks_section
 
 # defined with the other user-facing configs, so that the CLI reads its fields without pandas
-from cgaps.config import ReportOptions
-from cgaps.errors import CGapsError, settings_diff
-from cgaps.report import figures
-from cgaps.report.checks import checks_section
+from cgaps.report.options import ReportOptions
 from cgaps.runtables import RunTables, load_run
 from cgaps.stats import mean_interval
+
+if TYPE_CHECKING:
+    from cgaps.scoring.core import SuiteMatrix
 
 # ---------------------------------------------------------------- shaping
 
@@ -53,21 +58,39 @@ def _num(x: Any) -> float:
     return v
 
 
-def _accuracy(items: pd.DataFrame, benchmarks: list[str]) -> list[dict[str, Any]]:
+def _accuracy(items: pd.DataFrame, benchmarks: list[str], groups: pd.DataFrame) -> list[dict[str, Any]]:
+    """The accuracy table: each benchmark with its categories beneath it, then the suite, each
+    with its Wilson interval, chance level and verdict (:func:`cgaps.chance.group_table`)."""
+    by_group = groups.set_index("group")
     rows = []
-    for name, df in [*((b, items[items["benchmark"] == b]) for b in benchmarks), (rundir.ALL_SCOPE, items)]:
+
+    def add(name: str, df: pd.DataFrame, kind: str, shown: str) -> None:
         mean = float(df["score"].mean())
         lo, hi = mean_interval(df["score"].to_numpy())
+        g = by_group.loc[name] if name in by_group.index else None
         rows.append(
             {
                 "scope": name,
+                "shown": shown,
+                "kind": kind,
                 "n": len(df),
                 "mean": mean,
                 "ci_low": lo,
                 "ci_high": hi,
+                "chance": _num(g["chance"]) if g is not None else math.nan,
+                "verdict": str(g["verdict"]) if g is not None else "chance unknown",
                 "is_all": name == rundir.ALL_SCOPE,
             }
         )
+
+    for b in benchmarks:
+        sub = items[items["benchmark"] == b]
+        add(b, sub, "benchmark", b)
+        if "category" in items.columns:
+            cats = sub["category"].dropna().astype(str)
+            for c in dict.fromkeys(cats[cats != ""]):
+                add(f"{b}:{c}", sub[sub["category"].astype(str) == c], "category", c)
+    add(rundir.ALL_SCOPE, items, "all", rundir.ALL_SCOPE)
     return rows
 
 
@@ -80,6 +103,8 @@ def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
         key = f"{prefix}.{k}" if prefix else str(k)
         if isinstance(v, dict) and v:
             out.extend(_flat(v, key))
+        elif v is None:  # a knob left at its default, not a value called "null"
+            out.append((key, "default"))
         else:
             out.append((key, v if isinstance(v, str) else json.dumps(v)))
     return out
@@ -88,13 +113,23 @@ def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
 HEADLINE_KEYS = ("model", "reader", "sae", "layer", "span", "pool", "suite", "presence", "min_support", "fdr")
 
 
+def _shown(key: str, value: Any, model: dict[str, Any]) -> str:
+    """A headline value in words: the model names run.json recorded, not the config's null defaults."""
+    if key in ("model", "reader"):
+        recorded = model.get("evaluated" if key == "model" else "reader")
+        if isinstance(recorded, str) and recorded:
+            return recorded if recorded == value or value in (None, "embedded") else f"{recorded} ({value})"
+        if value is None:
+            return "the evaluated model" if key == "reader" else "–"
+    if value is None:
+        return {"layer": "the SAE's own", "top_k": "all"}.get(key, "default")
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _header(meta: dict[str, Any], width: int, run_dir: Path) -> dict[str, Any]:
     config: dict[str, Any] = meta["config"] if isinstance(meta.get("config"), dict) else {}
-    headline = [
-        (k, config[k] if isinstance(config[k], str) else json.dumps(config[k]))
-        for k in HEADLINE_KEYS
-        if k in config
-    ]
+    model: dict[str, Any] = meta["model"] if isinstance(meta.get("model"), dict) else {}
+    headline = [(k, _shown(k, config[k], model)) for k in HEADLINE_KEYS if k in config]
     rest = {k: v for k, v in meta.items() if k not in ("config", "schema_version")}
     return {
         "run_name": run_dir.resolve().name,
@@ -130,20 +165,34 @@ def _turns(messages: Any) -> list[tuple[str, str]] | None:
     return turns or None
 
 
+def present_rows(m: SuiteMatrix, concepts: set[int] | list[int]) -> pd.DataFrame:
+    """(item_id, concept, value) of ``concepts`` where they are present: the thresholded saliency
+    the scores were computed from (:func:`cgaps.chance.scored_matrix`), never the raw table."""
+    cols = np.asarray(sorted(concepts), dtype=np.int64)
+    sub = m.saliency.tocsc()[:, cols].tocoo()
+    return pd.DataFrame(
+        {
+            "item_id": m.item_ids[sub.row].astype(str),
+            "concept": cols[sub.col].astype(np.int32),
+            "value": sub.data,
+        }
+    )
+
+
 class _Examples:
     """Top example items per (concept, scope): highest saliency first, correct and incorrect apart.
 
-    Only the concepts that appear in a table are looked at, so the cost is one filter of the
-    saliency table, not a pass per row.
+    Only the concepts that appear in a table are looked at, and only the items where they are
+    present (``present``, :func:`present_rows`): a concept of support 1 has one example, as its
+    χ_model has one item.
     """
 
-    def __init__(self, tables: RunTables, concepts: set[int], opts: ReportOptions) -> None:
+    def __init__(self, tables: RunTables, present: pd.DataFrame, opts: ReportOptions) -> None:
         self.opts = opts
         k = opts.examples
         items = tables.items.set_index("item_id", drop=False)
         self.items = items
-        sal = tables.saliency[tables.saliency["concept"].isin(list(concepts))]
-        sal = sal.merge(tables.items[["item_id", "benchmark", "score"]], on="item_id", how="inner")
+        sal = present.merge(tables.items[["item_id", "benchmark", "score"]], on="item_id", how="inner")
         sal["correct"] = sal["score"] >= 0.5
         sal = sal.sort_values(["concept", "value", "item_id"], ascending=[True, False, True], kind="stable")
         self.all: dict[int, list[tuple[str, float]]] = {}
@@ -210,11 +259,42 @@ class _Examples:
         return out
 
 
-class _Describer:
-    """A concept's description: its label, else its top contexts, else 'concept N'."""
+def _is_true(x: Any) -> bool:
+    """A bool column's value (None / NaN in a column another writer left empty: False)."""
+    try:
+        return bool(x) and not (isinstance(x, float) and math.isnan(x))
+    except (TypeError, ValueError):
+        return False
 
-    def __init__(self, tables: RunTables, opts: ReportOptions) -> None:
+
+def present_contexts(contexts: pd.DataFrame, m: SuiteMatrix) -> pd.DataFrame:
+    """The top contexts whose (item, concept) is present at the scores' threshold; a context on an
+    item where the concept stays below it is not evidence of what the scores measured."""
+    if contexts.empty:
+        return contexts
+    row_of = pd.Index(m.item_ids.astype(str))
+    rows = row_of.get_indexer(contexts["item_id"].astype(str))
+    cols = contexts["concept"].to_numpy(dtype=np.int64)
+    ok = (rows >= 0) & (cols >= 0) & (cols < m.saliency.shape[1])
+    keep = np.zeros(len(contexts), dtype=bool)
+    if ok.any():
+        keep[ok] = np.asarray(m.saliency[rows[ok], cols[ok]]).ravel() > 0
+    return contexts[keep]
+
+
+class _Describer:
+    """A concept's description: its phrase or label, else its top contexts, else 'concept N'.
+
+    ``phrase`` (a short description in words) and ``format`` (the concept fires on prompt text
+    repeated verbatim across items, such as instructions) are read from ``labels.parquet`` when
+    the labels stage wrote them; without them the label alone is shown.
+    """
+
+    def __init__(self, tables: RunTables, opts: ReportOptions, m: SuiteMatrix | None = None) -> None:
         self.labels: dict[int, tuple[str, str]] = {}
+        self.phrases: dict[int, str] = {}
+        self.format: set[int] = set()
+        self.has_format = False
         if tables.labels is not None:
             for c, label, source in tables.labels[list(rundir.LABEL_COLUMNS)].itertuples(index=False):
                 if isinstance(label, str) and label.strip():
@@ -222,9 +302,21 @@ class _Describer:
                         label.strip(),
                         "" if source is None or pd.isna(source) else str(source),
                     )
+            if "phrase" in tables.labels.columns:
+                for c, phrase in tables.labels[["concept", "phrase"]].itertuples(index=False):
+                    if isinstance(phrase, str) and phrase.strip():
+                        self.phrases[int(c)] = phrase.strip()
+            if "format" in tables.labels.columns:
+                self.has_format = True
+                self.format = {
+                    int(c)
+                    for c, f in tables.labels[["concept", "format"]].itertuples(index=False)
+                    if _is_true(f)
+                }
         self.contexts: dict[int, list[dict[str, Any]]] = {}
         if tables.contexts is not None and opts.contexts > 0:
-            ctx = tables.contexts.sort_values(["concept", "rank"], kind="stable")
+            ctx = tables.contexts if m is None else present_contexts(tables.contexts, m)
+            ctx = ctx.sort_values(["concept", "rank"], kind="stable")
             ctx = ctx.groupby("concept", sort=False).head(opts.contexts)
             n = opts.context_chars
             for r in ctx.itertuples(index=False):
@@ -249,9 +341,16 @@ class _Describer:
         return {
             "label": label[0] if label else None,
             "source": label[1] if label else None,
+            "phrase": self.phrases.get(concept),
+            "format": concept in self.format,
             "contexts": self.contexts.get(concept, []),
             "evidence": self.evidence.get(concept),
         }
+
+    def name(self, concept: int) -> str:
+        """The concept in words, for a sentence: its phrase, else its label, else its number."""
+        label = self.labels.get(concept)
+        return self.phrases.get(concept) or (label[0] if label else f"concept {concept}")
 
 
 def _json_list(raw: Any) -> list[Any]:
@@ -292,7 +391,7 @@ def _evidence_lines(labels: pd.DataFrame) -> dict[int, dict[str, Any]]:
 
 # Table kinds: (key, gap/status filter, sort columns, ascending, caption).
 TABLES = {
-    "gaps": "Model gaps (weak concepts)",
+    "gaps": "Model gaps",
     "strengths": "Model strengths",
     "over": "Most over-represented concepts",
     "under": "Most under-represented concepts",
@@ -307,8 +406,17 @@ def _select(df: pd.DataFrame, kind: str, n: int) -> pd.DataFrame:
             ["q_value", "delta", "concept"], ascending=[True, True, True], na_position="last", kind="stable"
         )
     elif kind == "strengths":
-        sel = df[df["gap"] == "strong"].sort_values(
-            ["q_value", "delta", "concept"], ascending=[True, False, True], na_position="last", kind="stable"
+        # strengths above chance first: one at chance level is no better than guessing
+        chance = df["at_chance"] if "at_chance" in df.columns else pd.Series(False, index=df.index)
+        sel = (
+            df.assign(_chance=chance.astype(bool))[df["gap"] == "strong"]
+            .sort_values(
+                ["_chance", "q_value", "delta", "concept"],
+                ascending=[True, True, False, True],
+                na_position="last",
+                kind="stable",
+            )
+            .drop(columns="_chance")
         )
     elif kind == "over":
         sel = df[df["status"] == "over"].sort_values(
@@ -322,7 +430,8 @@ def _select(df: pd.DataFrame, kind: str, n: int) -> pd.DataFrame:
 
 
 def _figures(r: Any) -> dict[str, Any]:
-    """The scored figures of a concepts.parquet or themes.parquet row, as the tables show them."""
+    """The scored figures of a concepts.parquet or themes.parquet row, as the tables show them,
+    with its chance level (:mod:`cgaps.chance`) where the row carries one."""
     chi, exp = _num(r.chi_model), _num(r.expected)
     return {
         "support": int(r.support),
@@ -333,6 +442,9 @@ def _figures(r: Any) -> dict[str, Any]:
         "ci_low": _num(r.ci_low),
         "ci_high": _num(r.ci_high),
         "q": _num(r.q_value),
+        "chance": _num(getattr(r, "chance", math.nan)),
+        "p_chance": _num(getattr(r, "p_chance", math.nan)),
+        "at_chance": bool(getattr(r, "at_chance", False)) and r.gap == "strong",
     }
 
 
@@ -351,7 +463,13 @@ def _row(r: Any, scope: str, describe: _Describer, examples: _Examples) -> dict[
         "desc": describe(c),
         "examples": examples.get(c, scope),
         # Positions (percent of the [0, 1] track) for the CSS forest-plot cell.
-        "bar": {"lo": pct(lo), "hi": pct(hi), "chi": pct(chi), "exp": pct(exp)},
+        "bar": {
+            "lo": pct(lo),
+            "hi": pct(hi),
+            "chi": pct(chi),
+            "exp": pct(exp),
+            "chance": pct(_num(getattr(r, "chance", math.nan))),
+        },
     }
 
 
@@ -450,10 +568,39 @@ def theme_phrase(
     return " · ".join(parts)
 
 
-def _theme_rows(themes: pd.DataFrame, describe: _Describer, limit: int) -> list[dict[str, Any]]:
+def theme_chance(themes: pd.DataFrame, m: SuiteMatrix, chance: np.ndarray, alpha: float) -> pd.DataFrame:
+    """``themes`` with ``chance``, ``p_chance`` and ``at_chance`` (:mod:`cgaps.chance`): a theme's
+    chance level weighs its items as its χ_model does, by the theme's saliency (the sum over its
+    members of ŝ', docs/method.md §3, :func:`cgaps.labels.themes.theme_matrix`)."""
+    from cgaps.chance import at_chance, weighted_chance
+    from cgaps.labels.themes import theme_matrix
+
+    ids = sorted({int(t) for t in themes["theme"]})
+    first = themes.drop_duplicates("theme").set_index("theme")["members"]
+    members = [np.asarray([int(c) for c in _json_list(first.loc[t])], dtype=np.int64) for t in ids]
+    members = [c[(c >= 0) & (c < m.n_concepts)] for c in members]
+    out = themes.copy()
+    if not ids or any(len(c) == 0 for c in members):
+        return out.assign(chance=np.nan, p_chance=np.nan, at_chance=False)
+    levels = weighted_chance(theme_matrix(m.shat_matrix(), members), chance, m.bench, len(m.benchmarks))
+    row = {name: k for k, name in enumerate(m.benchmarks)} | {rundir.ALL_SCOPE: len(m.benchmarks)}
+    col = {t: j for j, t in enumerate(ids)}
+    k = out["scope"].map(row)
+    j = out["theme"].map(col)
+    ok = (k.notna() & j.notna()).to_numpy()
+    level = np.full(len(out), np.nan)
+    level[ok] = levels[k[ok].astype(int).to_numpy(), j[ok].astype(int).to_numpy()]
+    p, flag = at_chance(out["chi_model"], out["n_eff"], level, alpha)
+    return out.assign(chance=level, p_chance=p, at_chance=flag)
+
+
+def _theme_rows(themes: pd.DataFrame, describe: _Describer, limit: int | None) -> list[dict[str, Any]]:
     """The ALL-scope themes shown in the report: every gap and strength theme, then the rest, up to ``limit``."""
     rows = []
-    all_rows = themes[themes["scope"] == rundir.ALL_SCOPE].sort_values("theme", kind="stable").head(limit)
+    all_rows = themes[themes["scope"] == rundir.ALL_SCOPE].sort_values("theme", kind="stable")
+    if limit is not None:
+        all_rows = all_rows.head(limit)
+    has_format = "format" in themes.columns
     for r in all_rows.itertuples(index=False):
         members = [int(c) for c in _json_list(r.members)]
         tokens = [str(t) for t in _json_list(r.tokens)]
@@ -465,6 +612,7 @@ def _theme_rows(themes: pd.DataFrame, describe: _Describer, limit: int) -> list[
                 )
                 or f"theme {int(r.theme)}",
                 "gap": r.gap,
+                "format": has_format and _is_true(r.format),
                 "n_members": int(r.n_members),
                 "members": [{"concept": c, "desc": describe(c)} for c in members[:12]],
                 "more_members": max(0, len(members) - 12),
@@ -479,6 +627,49 @@ def _link(text: str, href: str | None = None) -> dict[str, Any]:
     return {"text": text, "href": href}
 
 
+def _entries(
+    all_df: pd.DataFrame, theme_rows: list[dict[str, Any]] | None, describe: _Describer
+) -> list[dict[str, Any]]:
+    """The called themes (or, without themes, concepts) best first, as :mod:`cgaps.report.findings` lists them."""
+    if theme_rows is not None:
+        return [
+            {
+                "name": r["phrase"],
+                "href": f"#theme-{r['theme']}",
+                "kind": r["gap"],
+                "theme": True,
+                "format": r["format"],
+                "chi_model": r["chi_model"],
+                "expected": r["expected"],
+                "chance": r["chance"],
+                "at_chance": r["at_chance"],
+                "detail": f"{r['n_members']} concept{'' if r['n_members'] == 1 else 's'}, {r['support']} items",
+            }
+            for r in theme_rows
+            if r["gap"] in ("weak", "strong")
+        ]
+    out = []
+    for kind in ("gaps", "strengths"):
+        for r in _select(all_df, kind, len(all_df)).itertuples(index=False):
+            c = int(r.concept)
+            f = _figures(r)
+            out.append(
+                {
+                    "name": describe.name(c),
+                    "href": "#gaps" if kind == "gaps" else "#strengths",
+                    "kind": r.gap,
+                    "format": c in describe.format,
+                    "chi_model": f["chi_model"],
+                    "expected": f["expected"],
+                    "chance": f["chance"],
+                    "at_chance": f["at_chance"],
+                    "detail": (f"concept {c}, " if describe.name(c) != f"concept {c}" else "")
+                    + f"{int(r.support)} items",
+                }
+            )
+    return out
+
+
 def _findings(
     t: RunTables,
     all_df: pd.DataFrame,
@@ -486,77 +677,38 @@ def _findings(
     theme_rows: list[dict[str, Any]],
     describe: _Describer,
     fdr: float,
+    groups: pd.DataFrame,
 ) -> list[list[dict[str, Any]]]:
-    """The report's opening sentences, each a list of text segments (a segment with ``href``
-    links to its evidence). Generated from the tables alone: nothing is written for one run."""
+    """The report's opening sentences (:mod:`cgaps.report.findings`), each a list of text segments
+    (a segment with ``href`` links to its evidence). Generated from the tables alone."""
+    from cgaps.report import findings as words
+
     items = t.items
-    n_weak = int((all_df["gap"] == "weak").sum())
-    n_strong = int((all_df["gap"] == "strong").sum())
-    out: list[list[dict[str, Any]]] = []
     acc = float(items["score"].mean())
-    first = [
-        _link(f"The model answers {100 * acc:.0f}% of the {len(items)} items correctly ("),
-        _link("accuracy", "#accuracy"),
-        _link("). "),
-    ]
+    suite = groups[groups["group"] == rundir.ALL_SCOPE].iloc[0].to_dict()
+    out = [words.accuracy_sentence(len(items), acc, suite), *words.group_sentences(groups)]
+    strong = all_df["gap"] == "strong"
+    n_chance = int((strong & all_df["at_chance"]).sum()) if "at_chance" in all_df.columns else 0
+    theme_counts = None
     if themes is not None:
         all_t = themes[themes["scope"] == rundir.ALL_SCOPE]
-        tw, ts = int((all_t["gap"] == "weak").sum()), int((all_t["gap"] == "strong").sum())
-        first += [
-            _link(f"{n_weak} concepts are "),
-            _link("gaps", "#gaps"),
-            _link(
-                f" (it does significantly worse where they fire than their benchmarks' accuracy predicts, FDR {fdr:g}) and {n_strong} are "
-            ),
-            _link("strengths", "#strengths"),
-            _link("; grouped by what they fire on, they form "),
-            _link(
-                f"{tw} gap theme{'' if tw == 1 else 's'} and {ts} strength theme{'' if ts == 1 else 's'}",
-                "#themes",
-            ),
-            _link("."),
-        ]
-    else:
-        first += [
-            _link(f"{n_weak} concepts are "),
-            _link("gaps", "#gaps"),
-            _link(f" and {n_strong} are "),
-            _link("strengths", "#strengths"),
-            _link(f" (FDR {fdr:g})."),
-        ]
-    out.append(first)
-
-    def theme_list(kind: str) -> list[list[dict[str, Any]]]:
-        return [
-            [
-                _link(r["phrase"], f"#theme-{r['theme']}"),
-                _link(
-                    f": right on {100 * r['chi_model']:.0f}% where {100 * r['expected']:.0f}% was expected "
-                    f"({r['n_members']} concept{'' if r['n_members'] == 1 else 's'}, {r['support']} items)"
-                ),
-            ]
-            for r in [r for r in theme_rows if r["gap"] == kind][:3]
-        ]
-
-    def concept_list(kind: str) -> list[list[dict[str, Any]]]:
-        rows = _select(all_df, "gaps" if kind == "weak" else "strengths", 3)
-        return [
-            [
-                _link(
-                    describe(int(r.concept))["label"] or f"concept {int(r.concept)}",
-                    "#gaps" if kind == "weak" else "#strengths",
-                ),
-                _link(
-                    f": right on {100 * _num(r.chi_model):.0f}% where {100 * _num(r.expected):.0f}% was expected ({int(r.support)} items)"
-                ),
-            ]
-            for r in rows.itertuples(index=False)
-        ]
-
-    for kind, lead in (("weak", "It fails most on:"), ("strong", "It does best on:")):
-        sub = theme_list(kind) if themes is not None else concept_list(kind)
-        if sub:
-            out.append([_link(lead), {"sub": sub}])
+        t_strong = all_t["gap"] == "strong"
+        theme_counts = {
+            "weak": int((all_t["gap"] == "weak").sum()),
+            "strong": int(t_strong.sum()),
+            "strong_chance": int((t_strong & all_t["at_chance"]).sum())
+            if "at_chance" in all_t.columns
+            else 0,
+        }
+    out.append(
+        words.calls_sentence(
+            int((all_df["gap"] == "weak").sum()), int(strong.sum()), n_chance, fdr, theme_counts
+        )
+    )
+    has_format = ("format" in themes.columns) if themes is not None else describe.has_format
+    out += words.call_lists(
+        _entries(all_df, theme_rows if themes is not None else None, describe), has_format
+    )
 
     # where the gap themes' weight falls, with each group's accuracy (a category's, or a benchmark's)
     if themes is not None:
@@ -571,14 +723,20 @@ def _findings(
             for g, share, *_ in rows:
                 if isinstance(g, str) and g and math.isfinite(_num(share)):
                     weight[g] = weight.get(g, 0.0) + _num(r.support) * _num(share)
-        groups = pd.Series(weight, dtype=np.float64).sort_values(ascending=False, kind="stable").head(4)
-        accs = _group_accuracy(items)
-        if len(groups):
+        top = pd.Series(weight, dtype=np.float64).sort_values(ascending=False, kind="stable").head(4)
+        by_group = groups.set_index("group")
+        if len(top):
             segs = [_link("The gap themes concentrate on ")]
-            for n, g in enumerate(groups.index):
-                a = accs.get(str(g))
-                segs.append(_link(str(g) + (f" (accuracy {100 * a:.0f}%)" if a is not None else "")))
-                segs.append(_link(", " if n < len(groups) - 1 else f", against {100 * acc:.0f}% overall."))
+            for n, g in enumerate(top.index):
+                shown = str(g)
+                if str(g) in by_group.index:
+                    row = by_group.loc[str(g)]
+                    shown += f" (accuracy {100 * row['accuracy']:.0f}%"
+                    shown += (
+                        f"; {words.chance_words(row['chance'])})" if math.isfinite(row["chance"]) else ")"
+                    )
+                segs.append(_link(shown))
+                segs.append(_link(", " if n < len(top) - 1 else f", against {100 * acc:.0f}% overall."))
             out.append(segs)
         # benchmark gaps per benchmark: the least covered and the missing themes
         if len(t.benchmarks) > 1:
@@ -608,16 +766,6 @@ def _findings(
     return out
 
 
-def _group_accuracy(items: pd.DataFrame) -> dict[str, float]:
-    """Mean score per benchmark and per ``benchmark:category`` (the enrichment groups' names)."""
-    out = {str(b): float(v) for b, v in items.groupby("benchmark")["score"].mean().items()}
-    if "category" in items.columns:
-        cat = items.dropna(subset=["category"])
-        key = cat["benchmark"].astype(str) + ":" + cat["category"].astype(str)
-        out.update({str(k): float(v) for k, v in cat.groupby(key)["score"].mean().items()})
-    return out
-
-
 def report_context(run_dir: str | Path, options: ReportOptions | None = None) -> dict[str, Any]:
     """Everything the template shows, as plain data (and SVG markup for the figures)."""
     opts = options or ReportOptions()
@@ -634,6 +782,16 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
     min_support = config.get("min_support", 5)
     under_pct, over_pct = config.get("under_pct", 10), config.get("over_pct", 90)
     benches = t.benchmarks
+    # the saliency as the scores saw it (presence, concept scale): examples, contexts and chance
+    # levels come from it, never from the raw table
+    m = scored_matrix(t, knobs)
+    chance = concept_chance(m, concepts, t.items, fdr)
+    concepts = concepts.reset_index(drop=True).assign(
+        chance=chance["chance"].to_numpy(),
+        p_chance=chance["p_chance"].to_numpy(),
+        at_chance=chance["at_chance"].to_numpy(),
+    )
+    groups = group_table(t.items, fdr)
     by_scope = {s: df for s, df in concepts.groupby("scope", sort=False)}
     all_df = by_scope[rundir.ALL_SCOPE]
 
@@ -740,8 +898,8 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
             selections[kind][b] = _select(by_scope[b], kind, opts.top_per_benchmark)
         for df in selections[kind].values():
             needed.update(int(c) for c in df["concept"])
-    examples = _Examples(t, needed, opts)
-    describe = _Describer(t, opts)
+    examples = _Examples(t, present_rows(m, needed), opts)
+    describe = _Describer(t, opts, m)
     tables = {
         kind: [
             {
@@ -750,6 +908,9 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
                 "count": int((by_scope[scope]["gap"] == {"gaps": "weak", "strengths": "strong"}[kind]).sum())
                 if kind in ("gaps", "strengths")
                 else int((by_scope[scope]["status"] == kind).sum()),
+                "at_chance": int(((by_scope[scope]["gap"] == "strong") & by_scope[scope]["at_chance"]).sum())
+                if kind == "strengths"
+                else 0,
             }
             for scope, df in selections[kind].items()
         ]
@@ -757,8 +918,10 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
     }
 
     themes, themes_note = read_themes(run_dir, knobs)
-    theme_rows = [] if themes is None else _theme_rows(themes, describe, opts.top)
-    findings = _findings(t, all_df, themes, theme_rows, describe, fdr)
+    if themes is not None:
+        themes = theme_chance(themes, m, matrix_chance(m, t.items), fdr)
+    theme_rows = [] if themes is None else _theme_rows(themes, describe, None)
+    findings = _findings(t, all_df, themes, theme_rows, describe, fdr, groups)
 
     status_counts = {
         s: {k: int((by_scope[s]["status"] == k).sum()) for k in ("missing", "under", "normal", "over")}
@@ -766,7 +929,7 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
     }
     return {
         "header": _header({**t.meta, "config": config}, t.n_concepts, run_dir),
-        "accuracy": _accuracy(t.items, benches),
+        "accuracy": _accuracy(t.items, benches, groups),
         "benchmarks": benches,
         "n_items": len(t.items),
         "n_concepts": t.n_concepts,
@@ -794,12 +957,20 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
         ],
         "tables": tables,
         "findings": findings,
-        "themes": theme_rows,
+        "themes": theme_rows[: opts.top],
+        "n_themes": len(theme_rows),
+        # The first screen's place for the scoring stage's own sentences (theme-level calls; what
+        # the data could have found: the smallest gap each scope could call), each a list of
+        # segments like the findings'. Filled when the scoring stage writes them (issue 21);
+        # nothing is invented here.
+        "scoring_notes": [],
+        "has_robustness_section": bool(t.robustness) or (run_dir / "validation.json").exists(),
         "themes_note": themes_note,
         "has_evidence": bool(describe.evidence),
         "table_titles": TABLES,
         # robustness.json and validation.json as tables (cgaps.report.checks); empty without both
         "robustness": checks_section(run_dir, t.robustness),
+        "fill_confirm": fill_confirm.section(run_dir),  # cgaps fill / cgaps confirm, when run
         "options": asdict(opts),
     }
 
@@ -838,6 +1009,21 @@ def _visible(value: Any) -> Any:
 @functools.cache
 def _template() -> Any:
     # Compiled once per process: compiling costs more than rendering a small run.
+    source = resources.files("cgaps.report").joinpath("template.html.j2").read_text(encoding="utf-8")
+    return jinja_env().from_string(source)
+
+
+@functools.cache
+def report_css() -> Any:
+    """The report's stylesheet (``report.css``) as markup to inline; the compare page shares it."""
+    from markupsafe import Markup
+
+    return Markup(resources.files("cgaps.report").joinpath("report.css").read_text(encoding="utf-8"))
+
+
+def jinja_env() -> Any:
+    """The report's Jinja environment: autoescape on, no control character reaching the page, the
+    number filters (``f``, ``q``, ``sortval``); the compare page renders through it too."""
     from jinja2 import Environment, StrictUndefined
 
     env = Environment(
@@ -848,13 +1034,12 @@ def _template() -> Any:
         finalize=_visible,  # no control character (NUL, ESC...) of benchmark text reaches the page
     )
     env.filters.update(f=_fmt, q=_fmt_q, sortval=_sortval)
-    source = resources.files("cgaps.report").joinpath("template.html.j2").read_text(encoding="utf-8")
-    return env.from_string(source)
+    return env
 
 
 def render(context: dict[str, Any]) -> str:
     """The report's HTML for a :func:`report_context`."""
-    return _template().render(**context)
+    return _template().render(**{"css": report_css(), **context})
 
 
 def build_report(
@@ -863,5 +1048,10 @@ def build_report(
     """Write the self-contained HTML report of a run; return its path (default ``RUN_DIR/report.html``)."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / rundir.REPORT
-    rundir.write_text(render(report_context(run_dir, options)), out)
+    opts = options or ReportOptions()
+    context = report_context(run_dir, opts)
+    rundir.write_text(render(context), out)
+    if out.resolve() == (run_dir / rundir.REPORT).resolve():  # the run's own report: it is current now
+        cfg = config_from_run(rundir.read_run_json(run_dir), run_dir)
+        rundir.record_completion(run_dir, "report", cfg.replace(report=opts))
     return out

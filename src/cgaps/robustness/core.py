@@ -270,5 +270,11 @@ def robustness_run(
         "sae_swap": swap,
     }
     rundir.write_json(result, run_dir / rundir.ROBUSTNESS)
-    rundir.update_run_json(run_dir, timings={"robustness_s": round(time.perf_counter() - t0, 3)})
+    rundir.record_completion(
+        run_dir,
+        "robustness",
+        cfg.replace(robustness=opts),
+        run.items,
+        timings={"robustness_s": round(time.perf_counter() - t0, 3)},
+    )
     return result

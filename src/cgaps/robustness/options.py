@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cgaps.config import check_options, documented, is_integer, is_number
+from cgaps.config_fields import check_options, documented, is_integer, is_number
 
 
 @dataclass(frozen=True)

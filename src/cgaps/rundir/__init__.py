@@ -10,7 +10,8 @@ field and the fix.
 | :mod:`~cgaps.rundir.names` | the files' fixed names, the whole-suite scope, the rules for names and ids |
 | :mod:`~cgaps.rundir.atomic` | atomic writes and checked reads of Parquet, JSON and text |
 | :mod:`~cgaps.rundir.runjson` | ``run.json``: its documented keys, the checked reader, the merging writer |
-| :mod:`~cgaps.rundir.tables` | the main tables' columns, the validating readers of items and saliency |
+| :mod:`~cgaps.rundir.schemas` | every table's typed schema (a description per column), the column tuples, the type checks of writers and readers |
+| :mod:`~cgaps.rundir.tables` | the validating readers of items and saliency |
 | :mod:`~cgaps.rundir.provenance` | digests of what a stage read, recorded in run.json ``inputs`` |
 | :mod:`~cgaps.rundir.lock` | one writer at a time: the advisory lock on the directory |
 
@@ -21,6 +22,7 @@ without knowing which concern holds them.
 from cgaps.rundir.atomic import (
     TABLE_KNOBS_KEY,
     atomic_path,
+    clear_run,
     read_json_file,
     read_table,
     read_table_knobs,
@@ -32,6 +34,8 @@ from cgaps.rundir.lock import LOCK, remove_stale_temporaries, writing
 from cgaps.rundir.names import (
     ALL_SCOPE,
     CONCEPTS,
+    CONFIRM_DIR,
+    CONFIRMATION,
     CONTEXTS,
     CONTROL_CHARS,
     ITEMS,
@@ -58,14 +62,16 @@ from cgaps.rundir.provenance import (
     file_digest,
     items_digest,
     mark_stale,
+    record_completion,
     stage_check,
     stage_is_current,
     stage_record,
 )
 from cgaps.rundir.runjson import RUN_JSON_KEYS, RunJson, n_concepts, read_run_json, update_run_json
-from cgaps.rundir.tables import (
+from cgaps.rundir.schemas import (
     CONCEPT_COLUMNS,
     CONTEXT_COLUMNS,
+    ENRICH_COLUMNS,
     ITEM_COLUMNS,
     ITEM_OPTIONAL,
     ITEM_REQUIRED,
@@ -73,6 +79,12 @@ from cgaps.rundir.tables import (
     LABEL_COLUMNS,
     OVERLAP_COLUMNS,
     SALIENCY_COLUMNS,
+    TABLES,
+    TableSchema,
+    columns,
+    table_schema,
+)
+from cgaps.rundir.tables import (
     read_items,
     read_saliency,
     validate_items,
@@ -82,10 +94,13 @@ from cgaps.rundir.tables import (
 __all__ = [
     "ALL_SCOPE",
     "CONCEPTS",
+    "CONFIRM_DIR",
+    "CONFIRMATION",
     "CONCEPT_COLUMNS",
     "CONTEXTS",
     "CONTEXT_COLUMNS",
     "CONTROL_CHARS",
+    "ENRICH_COLUMNS",
     "ITEMS",
     "ITEM_COLUMNS",
     "ITEM_OPTIONAL",
@@ -111,12 +126,16 @@ __all__ = [
     "SALIENCY_SHARDS",
     "SCHEMA_VERSION",
     "STAGE_INPUTS",
+    "TABLES",
     "TABLE_KNOBS_KEY",
     "THEME_TESTS",
     "THEMES",
     "VALIDATION",
     "RunJson",
+    "TableSchema",
+    "columns",
     "atomic_path",
+    "clear_run",
     "file_digest",
     "items_digest",
     "mark_stale",
@@ -127,10 +146,12 @@ __all__ = [
     "read_saliency",
     "read_table",
     "read_table_knobs",
+    "record_completion",
     "remove_stale_temporaries",
     "stage_check",
     "stage_is_current",
     "stage_record",
+    "table_schema",
     "update_run_json",
     "validate_items",
     "validate_saliency",

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from cgaps.errors import CGapsError
+from cgaps.rundir.schemas import TABLES, TableSchema, check_read, check_written
 
 
 @contextlib.contextmanager
@@ -48,26 +49,43 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 TABLE_KNOBS_KEY = b"cgaps.knobs"
 
 
-def write_table(df: pd.DataFrame, path: str | Path, knobs: dict[str, Any] | None = None) -> None:
+def write_table(
+    df: pd.DataFrame,
+    path: str | Path,
+    knobs: dict[str, Any] | None = None,
+    *,
+    schema: TableSchema | None = None,
+) -> None:
     """Write a Parquet table atomically (a crash never leaves half a file behind).
+
+    The table is checked against ``schema`` first (:func:`cgaps.rundir.schemas.check_written`:
+    a :class:`TypeError` for a column the schema does not have, or of another type, before a
+    byte is written); by default the schema is the one of the table named like the file
+    (:data:`cgaps.rundir.schemas.TABLES`), so every run table is checked, and a file of another
+    name (an extraction shard) is written as it is. The bytes are those of
+    ``df.to_parquet(path, index=False)``.
 
     ``knobs`` (a JSON object) is stored in the file's schema metadata, so the table says how it
     was made even when the file beside it that would say so (run.json) was not updated: a
     multi-file write killed halfway cannot pair this table with another configuration.
     """
-    with atomic_path(path) as tmp:
-        if knobs is None:
-            df.to_parquet(tmp, index=False)
-        else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-            table = pa.Table.from_pandas(df, preserve_index=False)
-            meta = {
-                **(table.schema.metadata or {}),
-                TABLE_KNOBS_KEY: json.dumps(_nan_to_none(knobs)).encode(),
-            }
-            pq.write_table(table.replace_schema_metadata(meta), tmp)
+    path = Path(path)
+    table = pa.Table.from_pandas(df, preserve_index=False)  # what DataFrame.to_parquet writes
+    spec = schema if schema is not None else TABLES.get(path.name)
+    if spec is not None:
+        check_written(table.schema, spec, path)
+    meta = dict(table.schema.metadata or {})
+    if df.attrs:  # as DataFrame.to_parquet stores them
+        meta[b"PANDAS_ATTRS"] = json.dumps(df.attrs).encode()
+    if knobs is not None:
+        meta[TABLE_KNOBS_KEY] = json.dumps(_nan_to_none(knobs)).encode()
+    if meta != (table.schema.metadata or {}):
+        table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_table_knobs(path: str | Path) -> dict[str, Any] | None:
@@ -129,12 +147,45 @@ def _nan_to_none(obj: Any) -> Any:
 
 
 def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """Read a Parquet table; ``what`` says how to create it when it is missing.
+
+    A table of :data:`cgaps.rundir.schemas.TABLES` (by file name) has its column types checked
+    on the file's schema before any row is read (:func:`cgaps.rundir.schemas.check_read`).
+    """
+    import pyarrow.parquet as pq
+
     path = Path(path)
     if not path.exists():
         raise CGapsError(f"{path}: no such file; {what}")
     try:
-        return pd.read_parquet(path)
+        schema = pq.read_schema(path)
     except Exception as e:  # pyarrow raises several unrelated types for a bad file
-        raise CGapsError(
-            f"{path}: not a readable Parquet file ({e}); rewrite it with pandas.DataFrame.to_parquet"
-        ) from e
+        raise _unreadable(path, e) from e
+    spec = TABLES.get(path.name)
+    if spec is not None:
+        check_read(schema, spec, path)
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: Path, e: Exception) -> CGapsError:
+    return CGapsError(
+        f"{path}: not a readable Parquet file ({e}); rewrite it with pandas.DataFrame.to_parquet"
+    )
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Delete every file the stages write into a run directory (:data:`cgaps.stages.RUN_FILES`,
+    working files included): ``cgaps run --force`` starts over; other files stay."""
+    import shutil
+
+    from cgaps.stages import RUN_FILES
+
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

@@ -1,51 +1,36 @@
-"""The run directory's fixed names: its files, the whole-suite scope and the name rules."""
+"""The run directory's fixed names: its files (declared with the stages that write them, in
+:mod:`cgaps.stages`), the whole-suite scope and the rules for names and ids."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+
+from cgaps.stages import (
+    CONCEPTS,
+    CONFIRM_DIR,
+    CONFIRMATION,
+    CONTEXTS,
+    ITEMS,
+    LABELS,
+    LABELS_LLM_CACHE,
+    OPTION_LOGLIKS,
+    OVERLAP,
+    REPORT,
+    RESPONSES_PARTIAL,
+    RESPONSES_SETTINGS,
+    ROBUSTNESS,
+    RUN_FILES,
+    RUN_JSON,
+    SALIENCY,
+    SALIENCY_SHARDS,
+    THEME_TESTS,
+    THEMES,
+    VALIDATION,
+)
 
 SCHEMA_VERSION = 1
 
-RUN_JSON = "run.json"
-ITEMS = "items.parquet"
-SALIENCY = "saliency.parquet"
-SALIENCY_SHARDS = "saliency_shards"
-CONCEPTS = "concepts.parquet"
-LABELS = "labels.parquet"
-OVERLAP = "overlap.parquet"
-ROBUSTNESS = "robustness.json"
-VALIDATION = "validation.json"  # written by `cgaps validate`
-REPORT = "report.html"
-CONTEXTS = "contexts.parquet"  # top activating contexts per concept (written by `cgaps extract`)
-RESPONSES_PARTIAL = "responses.partial.jsonl"
-RESPONSES_SETTINGS = Path(RESPONSES_PARTIAL).with_suffix(".json").name  # the settings signature beside it
-OPTION_LOGLIKS = "option_logliks.parquet"  # every option's log-likelihood (docs/benchmarks.md)
-THEMES = "themes.parquet"  # concept themes (written by `cgaps label`, cgaps.labels.themes)
-THEME_TESTS = "theme_tests.parquet"  # the themes' score tests and calls (written by `cgaps score`)
-LABELS_LLM_CACHE = "labels_llm_cache.jsonl"  # auto-interp answers, resumable (cgaps.labels.autointerp)
-
-# Everything the stages write into a run directory, working files included: `cgaps run --force`
-# deletes exactly these to start over (a file missing here would survive into the new run).
-RUN_FILES = (
-    RUN_JSON,
-    ITEMS,
-    RESPONSES_PARTIAL,
-    RESPONSES_SETTINGS,
-    OPTION_LOGLIKS,
-    SALIENCY,
-    SALIENCY_SHARDS,  # a folder
-    CONTEXTS,
-    LABELS,
-    THEMES,
-    LABELS_LLM_CACHE,
-    CONCEPTS,
-    OVERLAP,
-    THEME_TESTS,
-    ROBUSTNESS,
-    VALIDATION,
-    REPORT,
-)
+COMPARE = "compare.parquet"  # written by `cgaps compare` into its own --out folder, not a run directory
 
 ALL_SCOPE = "ALL"
 
@@ -53,3 +38,31 @@ ALL_SCOPE = "ALL"
 # are printed in messages, tables and HTML; a 10 MB name or an ESC sequence must not get there).
 MAX_NAME = 200
 CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+__all__ = [
+    "ALL_SCOPE",
+    "COMPARE",
+    "CONCEPTS",
+    "CONFIRM_DIR",
+    "CONFIRMATION",
+    "CONTEXTS",
+    "CONTROL_CHARS",
+    "ITEMS",
+    "LABELS",
+    "LABELS_LLM_CACHE",
+    "MAX_NAME",
+    "OPTION_LOGLIKS",
+    "OVERLAP",
+    "REPORT",
+    "RESPONSES_PARTIAL",
+    "RESPONSES_SETTINGS",
+    "ROBUSTNESS",
+    "RUN_FILES",
+    "RUN_JSON",
+    "SALIENCY",
+    "SALIENCY_SHARDS",
+    "SCHEMA_VERSION",
+    "THEME_TESTS",
+    "THEMES",
+    "VALIDATION",
+]

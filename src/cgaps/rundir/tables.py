@@ -1,4 +1,4 @@
-"""The run's main tables: their columns, and the validating readers of items and saliency."""
+"""The validating readers of items and saliency (their columns: :mod:`cgaps.rundir.schemas`)."""
 
 from __future__ import annotations
 
@@ -10,39 +10,7 @@ import pandas as pd
 from cgaps.errors import CGapsError
 from cgaps.rundir.atomic import read_table
 from cgaps.rundir.names import ALL_SCOPE, CONTROL_CHARS, ITEMS, MAX_NAME, SALIENCY
-
-# items.parquet: what every item has, what evaluation adds, and what is optional.
-ITEM_REQUIRED = ("item_id", "benchmark", "prompt", "reference")
-ITEM_SCORED = ("response", "score")
-ITEM_OPTIONAL = (
-    "messages",  # JSON list of {role, content}; overrides `prompt` for multi-turn items
-    "answer_type",  # grader key (see cgaps.evaluate.grade)
-    "choices",  # JSON list of option strings, for log-likelihood scoring
-    "category",  # sub-category for display (subject, family, axiom...)
-    "meta",  # JSON object with anything else (gold aliases, bias metadata...)
-)
-ITEM_COLUMNS = ITEM_REQUIRED + ITEM_SCORED + ITEM_OPTIONAL
-SALIENCY_COLUMNS = ("item_id", "concept", "value")
-
-CONCEPT_COLUMNS = (
-    "concept",
-    "scope",
-    "support",
-    "chi_bench",
-    "chi_bench_raw",
-    "chi_model",
-    "expected",
-    "n_eff",
-    "ci_low",
-    "ci_high",
-    "status",
-    "gap",
-    "q_value",
-)
-LABEL_COLUMNS = ("concept", "label", "source")
-OVERLAP_COLUMNS = ("a", "b", "jaccard", "spearman_chi_model", "spearman_chi_bench")
-# The firing token of a top context is `token`; `left` / `right` are the text around it.
-CONTEXT_COLUMNS = ("concept", "rank", "item_id", "value", "left", "token", "right")
+from cgaps.rundir.schemas import ITEM_COLUMNS, ITEM_REQUIRED, ITEM_SCORED, SALIENCY_COLUMNS
 
 # ---------------------------------------------------------------- items
 

@@ -48,8 +48,8 @@ _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 class LoadedSAE:
     """An SAE ready to encode residuals of ``layer`` (hook ``hook_name``): a :class:`~cgaps.seams.SAEEncoder`.
 
-    The stages and metrics call :meth:`encode` / :meth:`decode` only; the sae-lens object in
-    ``sae`` (its dtype, device, config) stays behind this class.
+    The stages and metrics use :meth:`encode`, :meth:`decode` and :attr:`W_dec` only; the sae-lens
+    object in ``sae`` (its dtype, device, config) stays behind this class.
     """
 
     sae: SAE
@@ -93,6 +93,12 @@ class LoadedSAE:
 
         with torch.no_grad():
             return self.sae.decode(codes.to(device=self.sae.W_enc.device, dtype=self.dtype)).float()
+
+    @property
+    def W_dec(self) -> torch.Tensor:  # sae-lens calls it so
+        """The decoder rows [F, d] (each latent's direction in the residual stream), in the SAE's
+        dtype and on its device; read-only (no gradient)."""
+        return self.sae.W_dec.detach()
 
     @cached_property
     def fingerprint(self) -> str:

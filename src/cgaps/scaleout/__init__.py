@@ -1,10 +1,13 @@
 """Scale-out on Ray: ``--ray`` spreads evaluation and extraction over workers (docs/scaling.md, "Ray").
 
-Design. The driver (the ``cgaps`` process) does everything it does in one process except the
-model's work: it reads the run, plans the same chunks, owns the resume files, writes every
-shard and table, and shows the progress. Each worker is a Ray actor that loads the model (and
-the SAE) once and computes whole chunks with the very functions one process uses
-(:func:`cgaps.extract.stage.extract_chunk`, the generator's ``generate`` and ``loglikelihood``).
+Design. ``--ray`` makes the command line pass a :class:`RayRunner` (a
+:class:`cgaps.seams.ChunkRunner`) to the stage instead of the in-process one; the stages never
+import this package. The driver (the ``cgaps`` process) does everything it does in one process
+except the model's work: it reads the run, plans the same chunks, owns the resume files, writes
+every shard and table, and shows the progress. Each worker is a Ray actor that loads the model
+(and the SAE) once with the stage's own loader and computes whole chunks with the very functions
+one process uses (:func:`cgaps.extract.stage.extract_one`,
+:func:`cgaps.evaluate.evaluator.generate_chunk` and :func:`~cgaps.evaluate.evaluator.loglik_chunk`).
 Hence:
 
 - **the same tables**: a chunk is cut exactly as in one process (extraction's outlier limit is a
@@ -28,10 +31,21 @@ Ray does not make a finished run stale. Ray is imported only when ``--ray`` is g
 cluster has GPUs, else one per CPU core.
 
 Modules: :mod:`.options` (:class:`RayOptions`, the command-line fields), :mod:`.cluster`
-(connecting, the actor pool with retries), :mod:`.extract` and :mod:`.evaluate` (the workers and
-the driver's side of each stage).
+(connecting, the generic worker actor, the actor pool with retries), :mod:`.runner`
+(:class:`RayRunner`). Importing this package imports neither Ray nor torch.
 """
 
-from cgaps.scaleout.options import RayOptions, ray_options
+from __future__ import annotations
 
-__all__ = ["RayOptions", "ray_options"]
+from cgaps.scaleout.options import RayOptions, ray_options
+from cgaps.scaleout.runner import RayRunner
+
+
+def ray_runner(values: dict[str, object]) -> RayRunner | None:
+    """The runner a command's Ray options ask for (:func:`cgaps.cli._common.options_from`), None
+    without ``--ray`` (the stage then runs in this process)."""
+    opts = ray_options(values)
+    return RayRunner(opts) if opts is not None else None
+
+
+__all__ = ["RayOptions", "RayRunner", "ray_options", "ray_runner"]

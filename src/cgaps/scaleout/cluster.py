@@ -93,34 +93,35 @@ def worker_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 class Worker:
-    """Base of the Ray actors: the worker's config (:func:`worker_config`), no progress bars (the
-    driver shows the progress), and :meth:`load` run once. A CGapsError while loading (a model
-    that is not there, a layer out of range) is kept and raised by :meth:`describe`, the first
-    call the driver makes: it reaches the driver as the one line it is, where an exception in
-    the actor's constructor would kill the actor, be retried, and surface as an actor death."""
+    """A Ray actor: loads a stage's model once (``load(cfg)``, the stage's own function), then runs
+    chunk after chunk on it (``work(model, *job)``, the stage's own function, sent by name).
 
-    def __init__(self, cfg: dict[str, Any]):
+    The worker's config is :func:`worker_config`'s; it shows no progress bars (the driver shows
+    the progress). A CGapsError while loading (a model that is not there, a layer out of range) is
+    kept and raised by :meth:`describe`, the first call the driver makes: it reaches the driver
+    as the one line it is, where an exception in the actor's constructor would kill the actor, be
+    retried, and surface as an actor death."""
+
+    def __init__(self, cfg: dict[str, Any], load: Callable[[Any], Any]):
         from cgaps.config import from_dict
 
         os.environ["CGAPS_NO_PROGRESS"] = "1"
         self.cfg = from_dict(worker_config(cfg))
         self.failed: CGapsError | None = None
         try:
-            self.load()
+            self.model = load(self.cfg)
         except CGapsError as e:
             self.failed = e
 
-    def load(self) -> None:
-        raise NotImplementedError
-
-    def describe(self) -> Any:
+    def describe(self, describe: Callable[[Any], Any]) -> Any:
+        """What the driver needs to know of the loaded model: ``describe(model)``."""
         if self.failed is not None:
             raise self.failed
-        return self.description()
+        return describe(self.model)
 
-    def description(self) -> Any:
-        """What the driver needs to know of the loaded model."""
-        raise NotImplementedError
+    def run(self, index: int, work: Callable[..., Any], *job: Any) -> Any:
+        """Chunk ``index`` of the stage: ``work(model, *job)``."""
+        return work(self.model, *job)
 
 
 def task_error(ray: Any, e: Exception, what: str) -> Exception:
@@ -150,18 +151,18 @@ class ActorPool:
         remote = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES, **resources)(cls)
         self.actors = [remote.remote(*args) for _ in range(n)]
 
-    def each(self, method: str) -> list[Any]:
-        """``method`` of every actor (once its model is loaded): what the driver needs to know,
-        and whether the workers agree on it."""
+    def each(self, method: str, *args: Any) -> list[Any]:
+        """``method(*args)`` of every actor (once its model is loaded): what the driver needs to
+        know, and whether the workers agree on it."""
         try:
-            return list(self.ray.get([getattr(a, method).remote() for a in self.actors]))
+            return list(self.ray.get([getattr(a, method).remote(*args) for a in self.actors]))
         except self.ray.exceptions.RayError as e:
             raise task_error(self.ray, e, "while loading the model") from e
 
     def map(
         self, method: str, jobs: Sequence[tuple[Any, ...]], what: Callable[[int], str]
     ) -> Iterator[tuple[int, Any]]:
-        """``(index, result)`` of ``method(*job)`` for every job, as they complete."""
+        """``(index, result)`` of ``method(index, *job)`` for every job, as they complete."""
         ray = self.ray
         queue = list(range(len(jobs)))[::-1]
         running: dict[Any, tuple[int, int]] = {}  # object ref -> (job, actor)
@@ -169,7 +170,7 @@ class ActorPool:
         def submit(actor: int) -> None:
             if queue:
                 j = queue.pop()
-                running[getattr(self.actors[actor], method).remote(*jobs[j])] = (j, actor)
+                running[getattr(self.actors[actor], method).remote(j, *jobs[j])] = (j, actor)
 
         for _ in range(IN_FLIGHT):
             for a in range(len(self.actors)):

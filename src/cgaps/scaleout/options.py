@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cgaps.config import check_field_types, documented
+from cgaps.config_fields import check_field_types, documented
 from cgaps.errors import CGapsError
 
 

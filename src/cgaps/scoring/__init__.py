@@ -6,7 +6,7 @@ products per scope); :mod:`cgaps.scoring.stage` reads and writes the run directo
 ``bench/scoring_vs_reference.py`` check the vectorised one against.
 """
 
-from cgaps.scoring.core import SuiteMatrix, build_matrix, chi_tables, compute_scores
-from cgaps.scoring.stage import score_run
+from cgaps.scoring.core import SuiteMatrix, build_matrix, chi_tables
+from cgaps.scoring.stage import compute_scores, score_run
 
 __all__ = ["SuiteMatrix", "build_matrix", "chi_tables", "compute_scores", "score_run"]

@@ -539,18 +539,6 @@ def p_values(
     return z, p_weak, p_strong
 
 
-def compute_scores(
-    items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int, cfg: RunConfig
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The concepts table (every concept in every scope, called with its themes as ``cgaps score``
-    calls them) and the benchmark-overlap table."""
-    from cgaps.scoring.themes import score_with_themes  # it builds on this module
-
-    m = build_matrix(items, saliency, n_concepts, presence=cfg.presence, adjust_by=cfg.adjust_by)
-    t = chi_tables(m)
-    return score_with_themes(m, cfg, t)[1], overlap_table(m, t)
-
-
 # columns concepts.parquet carries beyond rundir.CONCEPT_COLUMNS (docs/method.md §3 and §6)
 CONCEPT_EXTRA_COLUMNS = ("p_value", "p_min", "theme")
 # the columns of a theme's test (theme_tests.parquet after `theme`, `scope`, `n_members`, `members`)

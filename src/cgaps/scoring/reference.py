@@ -234,7 +234,7 @@ def reference_tarone(p_min: list[float], alpha: float) -> list[bool]:
 def reference_scores(
     items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int, cfg: RunConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The concepts and overlap tables of :func:`cgaps.scoring.compute_scores`, by plain loops: the
+    """The concepts and overlap tables of :func:`cgaps.scoring.stage.compute_scores`, by plain loops: the
     themes of :func:`reference_themes`, tested with the concepts, numbered as shown."""
     themes = reference_themes(items, saliency, n_concepts, cfg)
     concepts, _, overlap = reference_tables(items, saliency, n_concepts, cfg, themes=themes, number=True)

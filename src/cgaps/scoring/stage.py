@@ -25,6 +25,16 @@ from cgaps.scoring.power import run_power
 from cgaps.scoring.themes import THEME_TESTS, score_with_themes
 
 
+def compute_scores(
+    items: pd.DataFrame, saliency: pd.DataFrame, n_concepts: int, cfg: RunConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The concepts table (every concept in every scope, called with its themes as ``cgaps score``
+    calls them) and the benchmark-overlap table, in memory (no run directory)."""
+    m = build_matrix(items, saliency, n_concepts, presence=cfg.presence, adjust_by=cfg.adjust_by)
+    t = chi_tables(m)
+    return score_with_themes(m, cfg, t)[1], overlap_table(m, t)
+
+
 def concept_scale(run: RunTables, cfg: RunConfig) -> tuple[np.ndarray | None, str]:
     """m_c of docs/method.md §2: the SAE's shipped reference max when the run was extracted with
     an SAE folder that has latent statistics, else None (the suite's own max); and a description."""
@@ -82,7 +92,7 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
     rundir.update_run_json(
         run_dir,
         config=knobs,
-        inputs={"score": rundir.stage_record(items, "score", run_dir=run_dir)},  # for `cgaps status`
+        inputs={"score": rundir.stage_record(items, "score", run_dir=run_dir, config=cfg)},  # `cgaps status`
         counts={
             "concept_scale": scale_source,
             "scored_items": len(items),

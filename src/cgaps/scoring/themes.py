@@ -170,7 +170,7 @@ def theme_test_table(themes: ThemeSet, tests: pd.DataFrame, concepts: pd.DataFra
         members.append(json.dumps(ranked))
     out = tests.copy()
     out["n_members"] = out["theme"].map(lambda i: len(themes.members[i])).astype(np.int32)
-    out["members"] = out["theme"].map(lambda i: members[i])
+    out["members"] = pd.Series([members[i] for i in out["theme"]], index=out.index, dtype=object)
     return out[list(THEME_TEST_COLUMNS)]
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from importlib import resources
 from typing import Any
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "charts.js": "text/javascript; charset=utf-8",
+    "fillconfirm.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 PAGES = ("/", "/concepts", "/benchmarks", "/themes", "/compare")
@@ -179,6 +181,50 @@ def create_app(store: Store) -> FastAPI:
         )
         return _json(body)
 
+    @app.get("/api/concepts.csv")
+    def concepts_csv(
+        run: str = "",
+        scope: str = Query("", max_length=MAX_QUERY),
+        q: str = Query("", max_length=MAX_QUERY),
+        gap: str = "",
+        status: str = "",
+        min_support: int = Query(0, ge=0),
+        sort: str = "q_value",
+        order: str = "asc",
+    ) -> Response:
+        r = store.run(run)
+        chosen = store.scope(r, scope)
+        text = store.export(
+            r,
+            scope=chosen,
+            q=q,
+            gap=_choice("gap", gap, GAPS),
+            status=_choice("status", status, STATUSES),
+            min_support=min_support,
+            sort=sort,
+            order=_choice("order", order, ("asc", "desc")),
+        )
+        # a file name from the run's (already sanitised) name and the scope, nothing else
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{r.name}-{chosen}-concepts.csv")
+        return Response(
+            text,
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    @app.get("/api/scatter")
+    def scatter(
+        run: str = "",
+        x: str = Query("", max_length=MAX_QUERY),
+        y: str = Query("", max_length=MAX_QUERY),
+        metric: str = "chi_model",
+        min_support: int = Query(1, ge=1),
+    ) -> Response:
+        r = store.run(run)
+        if not x or not y:
+            raise BadRequest("scatter needs two scopes: x and y (benchmark names, or ALL)")
+        return _json(store.scatter(r, store.scope(r, x), store.scope(r, y), metric, min_support))
+
     @app.get("/api/concept/{concept}")
     def concept(concept: int, run: str = "", scope: str = Query("", max_length=MAX_QUERY)) -> Response:
         r = store.run(run)
@@ -193,30 +239,35 @@ def create_app(store: Store) -> FastAPI:
         r = store.run(run)
         return _json(store.themes(r, store.scope(r, scope)))
 
-    @app.get("/api/compare")
-    def compare(
-        a: str = "",
-        b: str = "",
-        scope: str = Query("", max_length=MAX_QUERY),
-        q: str = Query("", max_length=MAX_QUERY),
-        significant: bool = False,
-        sort: str = "q_value",
-        order: str = "asc",
-        page: int = Query(1, ge=1, le=MAX_PAGE),
-        per_page: int = Query(50, ge=1, le=MAX_PER_PAGE),
-    ) -> Response:
+    def _pair(a: str, b: str) -> tuple[Any, Any]:
         if len(store.runs) < 2:
             raise BadRequest("compare needs two served runs: `cgaps serve RUN_A RUN_B`")
         ra = store.run(a or store.runs[0].name)
         rb = store.run(b or store.runs[1].name)
         if ra is rb:
             raise BadRequest(f"compare needs two different runs, got {ra.name!r} twice")
+        return ra, rb
+
+    @app.get("/api/compare")
+    def compare(
+        a: str = "",
+        b: str = "",
+        scope: str = Query("", max_length=MAX_QUERY),
+        q: str = Query("", max_length=MAX_QUERY),
+        call: str = "",
+        significant: bool = False,
+        sort: str = "q_value",
+        order: str = "asc",
+        page: int = Query(1, ge=1, le=MAX_PAGE),
+        per_page: int = Query(50, ge=1, le=MAX_PER_PAGE),
+    ) -> Response:
+        ra, rb = _pair(a, b)
         body = store.compare(
             ra,
             rb,
             scope=store.scope(ra, scope),
             q=q,
-            significant=significant,
+            call=call or ("significant" if significant else ""),
             sort=sort,
             order=_choice("order", order, ("asc", "desc")),
             page=page,
@@ -224,4 +275,12 @@ def create_app(store: Store) -> FastAPI:
         )
         return _json(body)
 
+    @app.get("/api/compare/points")
+    def compare_points(a: str = "", b: str = "", scope: str = Query("", max_length=MAX_QUERY)) -> Response:
+        ra, rb = _pair(a, b)
+        return _json(store.compare_points(ra, rb, store.scope(ra, scope)))
+
+    from cgaps.serve import fill_confirm  # /api/fill and /api/confirm
+
+    fill_confirm.register(app, store, _json)
     return app

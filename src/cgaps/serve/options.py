@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cgaps.config import check_options, documented, is_integer
+from cgaps.config_fields import check_options, documented, is_integer
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

@@ -44,6 +44,7 @@ import pandas as pd
 
 from cgaps import rundir
 from cgaps.errors import CGapsError
+from cgaps.report.export import GAP_FILTERS, export_frame
 
 THEMES = rundir.THEMES  # written by `cgaps label` (cgaps.labels.themes); optional
 
@@ -62,17 +63,49 @@ SORTS = {
     "status": "c.status",
     "gap": "c.gap",
     "q_value": "c.q_value",
+    "chance": "c.chance",
 }
 STATUSES = ("missing", "under", "normal", "over")
-GAPS = ("weak", "strong", "none")
+GAPS = GAP_FILTERS  # weak, strong, strong_above_chance, strong_at_chance, none
 # Text cut per example field; the page says how much more there was.
 TEXT_CHARS = 1500
 EXAMPLES = 4  # example items per side (high / low score)
 NEAREST = 10
 NEAREST_ITEMS = 1000  # the concept's highest-saliency items the neighbours are measured on
 # labels.parquet columns searched besides the label (written by the labels stage, when present)
-SEARCHED_LABEL_COLUMNS = ("tokens", "evidence_label", "imported_label", "llm_label", "output_tokens")
+SEARCHED_LABEL_COLUMNS = (
+    "tokens",
+    "evidence_label",
+    "imported_label",
+    "llm_label",
+    "output_tokens",
+    "phrase",
+)
 NUMERIC = ("support", "chi_bench", "chi_bench_raw", "chi_model", "expected", "n_eff", "ci_low", "ci_high")
+
+
+# labels.parquet's columns (docs/method.md §5) as the evidence panel names them
+EVIDENCE_NAMES = {
+    "phrase": "in words",
+    "format": "fires on prompt text repeated across items (format)",
+    "evidence_label": "label from its evidence",
+    "tokens": "distinctive tokens (where it peaks, against the run's text)",
+    "output_tokens": "output tokens (logit lens of its direction)",
+    "enrich_facet": "grouping it is enriched in",
+    "enrich_group": "group holding most of its weight",
+    "enrich_mass": "share of its weight on that group",
+    "enrich_items": "that group's share of the items",
+    "enrich_p": "enrichment p-value (hypergeometric)",
+    "imported_label": "imported label",
+    "imported_source": "imported from",
+    "llm_label": "label written by a language model",
+    "llm_score": "that label's detection score (0.5 = chance)",
+}
+
+
+def evidence_name(column: str) -> str:
+    """An evidence column's name in words (:data:`EVIDENCE_NAMES`, else its own with spaces)."""
+    return EVIDENCE_NAMES.get(column, column.replace("_", " "))
 
 
 class BadRequest(ValueError):
@@ -163,6 +196,10 @@ class Run:
     fires: np.ndarray = field(default_factory=lambda: np.zeros(0))
     per_bench: dict[str, np.ndarray] = field(default_factory=dict)
     theme_rows: list[dict[str, Any]] | None = None  # themes.parquet, read on first use
+    # accuracy and chance level per benchmark and category (cgaps.chance.group_table)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)  # ALL scope: gaps, strengths, at chance
+    theme_chance: dict[tuple[Any, str], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def t(self) -> str:
@@ -185,6 +222,8 @@ class Run:
             "sae": _plain(sae.get("id", config.get("sae"))),
             "knobs": _plain(self.knobs),
             "label_columns": self.label_columns,
+            "calls": self.calls,
+            "suite": next((g for g in self.groups if g["group"] == rundir.ALL_SCOPE), None),
         }
 
 
@@ -247,8 +286,8 @@ class Store:
         self.con.execute(f"SET allowed_directories = [{allowed}]")
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
-        # (a, b, scope) -> the comparison table and the items the runs share (the tables never change)
-        self._compare_cache: dict[tuple[str, str, str], tuple[Any, dict[str, int]]] = {}
+        # (a, b) -> the paired comparison table, its summary per scope and its record
+        self._compare_cache: dict[tuple[str, str], tuple[Any, list[dict[str, Any]], dict[str, Any]]] = {}
         self._bench_cache: dict[tuple[str, int], dict[str, Any]] = {}
 
     # ------------------------------------------------------------ loading
@@ -305,6 +344,9 @@ class Store:
 
     def _load(self, run: Run, cols: dict[str, list[str]]) -> None:
         """Copy what every request filters on into DuckDB's memory (see the module docstring)."""
+        from cgaps.chance import concept_chance, group_table, scored_matrix
+        from cgaps.runtables import load_run
+
         t, con, f = run.t, self.con, run.files
         # items: the row number `i` stands for the item id in the saliency index (4 bytes, not a string)
         con.execute(
@@ -320,14 +362,37 @@ class Store:
         run.accuracy = {str(b): {"n": int(n), "mean": _num(m) or 0.0} for b, n, m, _ in bench}
         n, m = con.execute(f"SELECT count(*), avg(score) FROM {t}_items").fetchone() or (0, 0.0)
         run.accuracy[rundir.ALL_SCOPE] = {"n": int(n), "mean": _num(m) or 0.0}
+        fdr = self._fdr(run)
+        # the saliency as the scores saw it: thresholded at the tables' presence knob on the same
+        # concept scale (cgaps.chance.scored_matrix), so that examples, contexts, neighbours and
+        # counts never show an item the scores did not count
+        tables = load_run(run.path, coded=True)
+        matrix = scored_matrix(tables, run.knobs)
+        run.groups = [
+            {k: (_num(v) if isinstance(v, float) else v) for k, v in g.items()}
+            for g in group_table(tables.items, fdr).to_dict("records")
+        ]
         floats = ", ".join(f"CAST({c} AS DOUBLE) AS {c}" for c in NUMERIC[1:] + ("q_value",))
+        # each row's chance level and its test (cgaps.chance), joined to the scoring table
+        scored = con.execute(
+            "SELECT CAST(concept AS INTEGER) AS concept, CAST(scope AS VARCHAR) AS scope, "
+            "CAST(chi_model AS DOUBLE) AS chi_model, CAST(n_eff AS DOUBLE) AS n_eff FROM read_parquet(?)",
+            [str(f["concepts"])],
+        ).df()
+        chance = concept_chance(matrix, scored, tables.items, fdr)
+        con.register("chance_rows", chance)
         # sorted by scope: a page of one scope reads one stretch of the table (DuckDB's zone maps)
         con.execute(
-            f"CREATE TABLE {t}_c AS SELECT CAST(concept AS INTEGER) AS concept, CAST(scope AS VARCHAR) AS scope, "
-            f"CAST(support AS BIGINT) AS support, {floats}, CAST(status AS VARCHAR) AS status, "
-            "coalesce(CAST(gap AS VARCHAR), '') AS gap FROM read_parquet(?) ORDER BY scope, concept",
+            f"CREATE TABLE {t}_c AS SELECT CAST(c.concept AS INTEGER) AS concept, CAST(c.scope AS VARCHAR) AS scope, "
+            f"CAST(c.support AS BIGINT) AS support, {floats}, CAST(c.status AS VARCHAR) AS status, "
+            "coalesce(CAST(c.gap AS VARCHAR), '') AS gap, CAST(h.chance AS DOUBLE) AS chance, "
+            "CAST(h.p_chance AS DOUBLE) AS p_chance, coalesce(h.at_chance, false) AS at_chance "
+            "FROM read_parquet(?) c LEFT JOIN chance_rows h ON h.concept = CAST(c.concept AS INTEGER) "
+            "AND h.scope = CAST(c.scope AS VARCHAR) ORDER BY scope, concept",
             [str(f["concepts"])],
         )
+        con.unregister("chance_rows")
+        del scored, chance
         scopes = {s for (s,) in con.execute(f"SELECT DISTINCT scope FROM {t}_c").fetchall()}
         absent = [s for s in [*run.benchmarks, rundir.ALL_SCOPE] if s not in scopes]
         if absent:
@@ -335,6 +400,37 @@ class Store:
                 f"{f['concepts']}: no rows for scope(s) {', '.join(map(repr, absent))}; "
                 "rerun `cgaps score RUN_DIR`"
             )
+        weak, strong, at = con.execute(
+            f"SELECT count(*) FILTER (gap = 'weak'), count(*) FILTER (gap = 'strong'), "
+            f"count(*) FILTER (gap = 'strong' AND at_chance) FROM {t}_c WHERE scope = ?",
+            [rundir.ALL_SCOPE],
+        ).fetchone() or (0, 0, 0)
+        run.calls = {"gaps": int(weak), "strengths": int(strong), "strengths_at_chance": int(at)}
+        # the present saliency twice: as (concept, item, value) sorted by concept in DuckDB (a
+        # concept's items are one short stretch, 12 bytes a row), and by item as two arrays (a CSR
+        # index: the concepts firing on an item set, the neighbours, in one gather)
+        order = con.execute(f"SELECT item_id FROM {t}_items ORDER BY i").fetchnumpy()["item_id"]
+        place = pd.Index(np.asarray(order, dtype=object).astype(str)).get_indexer(matrix.item_ids.astype(str))
+        coo = matrix.saliency.tocoo()
+        rows = pd.DataFrame(
+            {
+                "concept": coo.col.astype(np.int32),
+                "item": place[coo.row].astype(np.int32),
+                "value": coo.data.astype(np.float32),
+            }
+        )
+        run.theme_chance = self._theme_chance(run, matrix, tables.items, fdr)
+        del tables, matrix, coo
+        con.register("present_rows", rows)
+        con.execute(
+            f"CREATE TABLE {t}_s AS SELECT concept, item, value FROM present_rows ORDER BY concept, value DESC, item"
+        )
+        con.unregister("present_rows")
+        by_item = rows.sort_values(["item", "concept"], kind="stable")
+        counts = np.bincount(by_item["item"].to_numpy(), minlength=int(run.accuracy[rundir.ALL_SCOPE]["n"]))
+        run.item_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        run.item_concepts = by_item["concept"].to_numpy(dtype=np.int32)
+        del by_item, rows
         # labels as written (any columns), and one search row per concept: id, label, source, tokens
         if "labels" in f:
             con.execute(
@@ -343,17 +439,30 @@ class Store:
                 [str(f["labels"])],
             )
         if "contexts" in f:
+            # only the contexts on items where the concept is present (the scores' threshold)
             con.execute(
-                f"CREATE TABLE {t}_ctx AS SELECT CAST(concept AS INTEGER) AS concept, CAST(rank AS INTEGER) AS rank, "
-                'CAST(item_id AS VARCHAR) AS item_id, CAST(value AS DOUBLE) AS value, CAST("left" AS VARCHAR) AS '
-                '"left", CAST(token AS VARCHAR) AS token, CAST("right" AS VARCHAR) AS "right" '
-                "FROM read_parquet(?) ORDER BY concept, rank",
+                f"CREATE TABLE {t}_ctx AS SELECT CAST(x.concept AS INTEGER) AS concept, CAST(x.rank AS INTEGER) AS rank, "
+                'CAST(x.item_id AS VARCHAR) AS item_id, CAST(x.value AS DOUBLE) AS value, CAST(x."left" AS VARCHAR) AS '
+                '"left", CAST(x.token AS VARCHAR) AS token, CAST(x."right" AS VARCHAR) AS "right" '
+                f"FROM read_parquet(?) x JOIN {t}_items i ON i.item_id = CAST(x.item_id AS VARCHAR) "
+                f"WHERE EXISTS (SELECT 1 FROM {t}_s s WHERE s.concept = CAST(x.concept AS INTEGER) AND s.item = i.i) "
+                "ORDER BY concept, rank",
                 [str(f["contexts"])],
             )
-        lab = [c for c in ("label", "source") if c in cols.get("labels", [])]
+        lab = [c for c in ("label", "source", "phrase", "format") if c in cols.get("labels", [])]
         label_sql = ", ".join(
             f"CAST(l.{c} AS VARCHAR) AS {c}" if c in lab else f"NULL::VARCHAR AS {c}"
             for c in ("label", "source")
+        )
+        if "phrase" in lab:  # the labels stage's phrase, when it wrote one, is the name shown
+            label_sql = label_sql.replace(
+                "CAST(l.label AS VARCHAR) AS label",
+                "coalesce(nullif(CAST(l.phrase AS VARCHAR), ''), CAST(l.label AS VARCHAR)) AS label",
+            )
+        label_sql += (
+            ", coalesce(CAST(l.format AS BOOLEAN), false) AS format"
+            if "format" in lab
+            else ", false AS format"
         )
         sql = f"CREATE TABLE {t}_lab AS SELECT k.concept, {label_sql}, "
         sql += "x.tokens" if "contexts" in f else "NULL::VARCHAR AS tokens"
@@ -384,30 +493,16 @@ class Store:
         con.register("search_rows", search)
         con.execute(f"CREATE TABLE {t}_q AS SELECT concept, search FROM search_rows ORDER BY concept")
         con.unregister("search_rows")
-        # the saliency twice, as (concept, item, value) sorted by concept and by item: a concept's
-        # items and an item set's concepts are then each one short stretch (12 bytes a row)
-        con.execute(
-            f"CREATE TABLE {t}_s AS SELECT CAST(s.concept AS INTEGER) AS concept, i.i AS item, "
-            f"CAST(s.value AS FLOAT) AS value FROM read_parquet(?) s JOIN {t}_items i "
-            "ON i.item_id = CAST(s.item_id AS VARCHAR) ORDER BY concept, value DESC, item",
-            [str(f["saliency"])],
-        )
-        # by item, as arrays: the concepts firing on an item set (the neighbours) in one gather
-        by_item = con.execute(f"SELECT item, concept FROM {t}_s ORDER BY item, concept").fetchnumpy()
-        counts = np.bincount(by_item["item"], minlength=int(run.accuracy[rundir.ALL_SCOPE]["n"]))
-        run.item_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        run.item_concepts = by_item["concept"].astype(np.int32)
-        del by_item
         # χ_bench and χ_model as benchmark x concept arrays: a page's per-benchmark bars by indexing
         for key in ("chi_bench", "chi_model"):
-            m = np.full((len(run.benchmarks), run.n_concepts), np.nan)
+            mat = np.full((len(run.benchmarks), run.n_concepts), np.nan)
             for k, b in enumerate(run.benchmarks):
                 got = con.execute(
                     f"SELECT concept, {key} FROM {t}_c WHERE scope = ? AND concept BETWEEN 0 AND ?",
                     [b, run.n_concepts - 1],
                 ).fetchnumpy()
-                m[k, got["concept"]] = np.ma.filled(np.ma.asarray(got[key], dtype=np.float64), np.nan)
-            run.per_bench[key] = m
+                mat[k, got["concept"]] = np.ma.filled(np.ma.asarray(got[key], dtype=np.float64), np.nan)
+            run.per_bench[key] = mat
         # the concept table again, by concept: one concept's rows are one stretch (the detail view)
         con.execute(f"CREATE TABLE {t}_cc AS SELECT * FROM {t}_c ORDER BY concept, scope")
         # the item texts the pages show, cut to what they show (the rest is counted, not kept)
@@ -423,7 +518,38 @@ class Store:
         )
         run.fires = np.bincount(run.item_concepts, minlength=run.n_concepts).astype(np.float64)
 
+    @staticmethod
+    def _theme_chance(
+        run: Run, matrix: Any, items: pd.DataFrame, fdr: float
+    ) -> dict[tuple[Any, str], dict[str, Any]]:
+        """(theme, scope) -> its chance level, p-value and ``at_chance`` (as the report computes
+        them, :func:`cgaps.report.build.theme_chance`), for a themes table the labels stage wrote."""
+        if "themes" not in run.files:
+            return {}
+        from cgaps.chance import matrix_chance
+        from cgaps.report.build import theme_chance
+
+        themes = pd.read_parquet(run.files["themes"])
+        if not {"theme", "scope", "members", "chi_model", "n_eff"} <= set(themes.columns) or themes.empty:
+            return {}  # another writer's table: shown as it is, without chance levels
+        themes["scope"] = themes["scope"].astype(str)
+        done = theme_chance(themes, matrix, matrix_chance(matrix, items), fdr)
+        return {
+            (_plain(r.theme), str(r.scope)): {
+                "chance": _num(r.chance),
+                "p_chance": _num(r.p_chance),
+                "at_chance": bool(r.at_chance) and r.gap == "strong",
+            }
+            for r in done.itertuples(index=False)
+        }
+
     # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _fdr(run: Run) -> float:
+        """The run's ``fdr`` (from its scoring tables' knobs): the level of its calls and chance tests."""
+        v = _num(run.knobs.get("fdr"))
+        return v if v is not None else 0.05
 
     def cursor(self) -> Any:
         """This thread's cursor on the shared database."""
@@ -482,29 +608,8 @@ class Store:
         """One page of the concept list, filtered and sorted server-side."""
         if sort not in SORTS:
             raise BadRequest(f"cannot sort by {sort!r}; sortable columns: {', '.join(SORTS)}")
-        where: list[str] = ["c.scope = ?"]
-        params: list[Any] = [scope]
         q = q.strip()
-        if q:
-            like = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            cond = f"c.concept IN (SELECT concept FROM {run.t}_q WHERE search LIKE ? ESCAPE '\\')"
-            params.append(like)
-            digits = q.lstrip("#c").strip()
-            if digits.isdigit():
-                cond = f"({cond} OR c.concept = ?)"
-                params.append(int(digits))
-            where.append(cond)
-        if gap == "none":
-            where.append("c.gap = ''")
-        elif gap:
-            where.append("c.gap = ?")
-            params.append(gap)
-        if status:
-            where.append("c.status = ?")
-            params.append(status)
-        if min_support:
-            where.append("c.support >= ?")
-            params.append(int(min_support))
+        where, params = self._where(run, scope, q, gap, status, min_support)
         direction = "DESC" if order == "desc" else "ASC"
         t = run.t
         # the labels are joined to the page only, unless the sort needs them (a search is a semi-join)
@@ -514,7 +619,8 @@ class Store:
         sql = (
             f"WITH f AS {'MATERIALIZED' if q else ''} (SELECT c.* FROM {t}_c c WHERE {' AND '.join(where)}) "
             "SELECT c.concept, c.support, c.chi_bench, c.chi_model, c.expected, c.ci_low, c.ci_high, c.n_eff, "
-            f"c.status, c.gap, c.q_value, (SELECT count(*) FROM f) AS total FROM f c {join} "
+            "c.status, c.gap, c.q_value, c.chance, c.p_chance, c.at_chance, "
+            f"(SELECT count(*) FROM f) AS total FROM f c {join} "
             f"ORDER BY {SORTS[sort]} {direction} NULLS LAST, c.concept ASC LIMIT ? OFFSET ?"
         )
         rows = self._rows(sql, [*params, per_page, (page - 1) * per_page])
@@ -524,7 +630,7 @@ class Store:
             {
                 int(r["concept"]): r
                 for r in self._rows(
-                    f"SELECT concept, label, source, tokens FROM {t}_lab WHERE concept = ANY(?)",
+                    f"SELECT concept, label, source, tokens, format FROM {t}_lab WHERE concept = ANY(?)",
                     [[int(r["concept"]) for r in rows]],
                 )
             }
@@ -544,12 +650,16 @@ class Store:
                     "label": r["label"],
                     "source": r["source"],
                     "tokens": (r["tokens"] or "")[:200] or None,
+                    "format": bool(r.get("format")),
                     "support": int(r["support"]),
                     **{
                         k: _num(r[k])
                         for k in ("chi_bench", "chi_model", "expected", "ci_low", "ci_high", "n_eff")
                     },
                     "q_value": _num(r["q_value"]),
+                    "chance": _num(r["chance"]),
+                    "p_chance": _num(r["p_chance"]),
+                    "at_chance": bool(r["at_chance"]) and r["gap"] == "strong",
                     "status": r["status"],
                     "gap": r["gap"],
                     "per_benchmark": per.get(c, {}),
@@ -563,6 +673,80 @@ class Store:
             "per_page": per_page,
             "rows": out,
         }
+
+    def _where(
+        self, run: Run, scope: str, q: str, gap: str, status: str, min_support: int
+    ) -> tuple[list[str], list[Any]]:
+        """The list's filters as SQL conditions on ``c`` (a run's concept table) and their parameters."""
+        where: list[str] = ["c.scope = ?"]
+        params: list[Any] = [scope]
+        if q:
+            like = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            cond = f"c.concept IN (SELECT concept FROM {run.t}_q WHERE search LIKE ? ESCAPE '\\')"
+            params.append(like)
+            digits = q.lstrip("#c").strip()
+            if digits.isdigit():
+                cond = f"({cond} OR c.concept = ?)"
+                params.append(int(digits))
+            where.append(cond)
+        where += self._gap_filter(gap)
+        if status:
+            where.append("c.status = ?")
+            params.append(status)
+        if min_support:
+            where.append("c.support >= ?")
+            params.append(int(min_support))
+        return where, params
+
+    def export(
+        self,
+        run: Run,
+        *,
+        scope: str,
+        q: str = "",
+        gap: str = "",
+        status: str = "",
+        min_support: int = 0,
+        sort: str = "q_value",
+        order: str = "asc",
+    ) -> str:
+        """Every row the list's filters keep, in its order, as the CSV of :mod:`cgaps.report.export`
+        (the file ``cgaps export`` writes for the same rows)."""
+        if sort not in SORTS:
+            raise BadRequest(f"cannot sort by {sort!r}; sortable columns: {', '.join(SORTS)}")
+        where, params = self._where(run, scope, q.strip(), gap, status, min_support)
+        direction = "DESC" if order == "desc" else "ASC"
+        join = f"JOIN {run.t}_lab l ON l.concept = c.concept" if sort == "label" else ""
+        rows = (
+            self.cursor()
+            .execute(
+                f"SELECT c.* FROM {run.t}_c c {join} WHERE {' AND '.join(where)} "
+                f"ORDER BY {SORTS[sort]} {direction} NULLS LAST, c.concept ASC",
+                params,
+            )
+            .df()
+        )
+        labels = None
+        if "labels" in run.files:
+            keep = [c for c in ("concept", "label", "phrase", "format") if c in run.label_columns]
+            labels = (
+                self.cursor().execute(f"SELECT {', '.join(map(_sql_name, keep))} FROM {run.t}_labels").df()
+            )
+        from cgaps.report.export import to_csv
+
+        return to_csv(export_frame(rows, labels))
+
+    @staticmethod
+    def _gap_filter(gap: str) -> list[str]:
+        """SQL conditions for one of :data:`GAPS` (values from the allow-list only, never the request)."""
+        return {
+            "": [],
+            "weak": ["c.gap = 'weak'"],
+            "strong": ["c.gap = 'strong'"],
+            "strong_above_chance": ["c.gap = 'strong'", "NOT c.at_chance"],
+            "strong_at_chance": ["c.gap = 'strong'", "c.at_chance"],
+            "none": ["c.gap = ''"],
+        }[gap]
 
     def _count(self, t: str, where: list[str], params: list[Any]) -> int:
         sql = f"SELECT count(*) FROM {t}_c c WHERE {' AND '.join(where)}"
@@ -584,9 +768,10 @@ class Store:
             {
                 "scope": r["scope"],
                 "support": int(r["support"]),
-                **{k: _num(r[k]) for k in (*NUMERIC[1:], "q_value")},
+                **{k: _num(r[k]) for k in (*NUMERIC[1:], "q_value", "chance", "p_chance")},
                 "status": r["status"],
                 "gap": r["gap"],
+                "at_chance": bool(r["at_chance"]) and r["gap"] == "strong",
                 "n_items": run.accuracy.get(r["scope"], {}).get("n"),
                 "accuracy": run.accuracy.get(r["scope"], {}).get("mean"),
             }
@@ -594,6 +779,7 @@ class Store:
         ]
         lab = self._rows(f"SELECT label, source, tokens FROM {t}_lab WHERE concept = ?", [concept])
         evidence: dict[str, Any] = {}
+        enrichment = None
         if "labels" in f:
             rows = self._rows(f"SELECT * FROM {t}_labels WHERE concept = ? LIMIT 1", [concept])
             if rows:
@@ -602,6 +788,12 @@ class Store:
                     for k, v in rows[0].items()
                     if k not in ("concept", "label", "source")
                 }
+                from cgaps.report.build import enrichment_words
+
+                r = rows[0]
+                enrichment = enrichment_words(
+                    r.get("enrich_group"), r.get("enrich_mass"), r.get("enrich_items"), r.get("enrich_p")
+                )
         contexts = []
         if "contexts" in f:
             contexts = [
@@ -620,6 +812,9 @@ class Store:
             "source": lab[0]["source"] if lab else None,
             "tokens": lab[0]["tokens"] if lab else None,
             "evidence": evidence,
+            # the evidence columns' names in words (EVIDENCE_NAMES; an unknown column by its own name)
+            "evidence_names": {k: evidence_name(k) for k in evidence},
+            "enrichment": enrichment,
             "themes": self._themes_of(run, concept),
             "scopes": per_scope,
             "contexts": contexts,
@@ -800,6 +995,8 @@ class Store:
         return {
             "run": run.name,
             "benchmarks": out,
+            # accuracy and chance level per benchmark and category (cgaps.chance.group_table)
+            "groups": run.groups,
             "bin_edges": [float(e) for e in edges],
             "matrices": matrices,
             "names": run.benchmarks,
@@ -817,6 +1014,8 @@ class Store:
                 {k: _plain(v) for k, v in r.items()}
                 for r in self._rows("SELECT * FROM read_parquet(?)", [str(run.files["themes"])])
             ]
+            for r in cache:  # the chance level of each theme and scope, where it could be computed
+                r.update(run.theme_chance.get((r.get("theme"), str(r.get("scope"))), {}))
             run.theme_rows = cache
         return cache
 
@@ -901,6 +1100,54 @@ class Store:
                 )
         return {k: v[:10] for k, v in out.items()}
 
+    # ------------------------------------------------------------ one benchmark against another
+
+    def scatter(self, run: Run, x: str, y: str, metric: str, min_support: int = 1) -> dict[str, Any]:
+        """Per concept, ``metric`` (χ_model or χ_bench) in scope ``x`` against scope ``y``, over the
+        concepts present on at least ``min_support`` items of both, with their call in ``ALL``; and
+        the Spearman ρ of the points (with ``min_support`` 1, the cell of ``overlap.parquet``'s
+        matrix: values rounded to 12 decimals, average ranks, docs/method.md §3)."""
+        from scipy import stats
+
+        if metric not in ("chi_model", "chi_bench"):
+            raise BadRequest(f"metric must be one of chi_model, chi_bench, got {metric!r}")
+        rows = (
+            self.cursor()
+            .execute(
+                f"SELECT a.concept, a.{metric} AS x, b.{metric} AS y, g.gap, g.at_chance FROM {run.t}_c a "
+                f"JOIN {run.t}_c b ON b.concept = a.concept AND b.scope = ? "
+                f"JOIN {run.t}_c g ON g.concept = a.concept AND g.scope = ? "
+                "WHERE a.scope = ? AND a.support >= ? AND b.support >= ? ORDER BY a.concept",
+                [y, rundir.ALL_SCOPE, x, max(int(min_support), 1), max(int(min_support), 1)],
+            )
+            .fetchnumpy()
+        )
+        xs = np.asarray(rows["x"], dtype=np.float64)
+        ys = np.asarray(rows["y"], dtype=np.float64)
+        ok = np.isfinite(xs) & np.isfinite(ys)
+        rho = None
+        if ok.sum() >= 3 and np.ptp(xs[ok]) > 0 and np.ptp(ys[ok]) > 0:
+            rho = _num(stats.spearmanr(np.round(xs[ok], 12), np.round(ys[ok], 12))[0])
+        call = [
+            "strength at chance"
+            if g == "strong" and bool(c)
+            else {"weak": "gap", "strong": "strength"}.get(g, "")
+            for g, c in zip(rows["gap"], rows["at_chance"], strict=True)
+        ]
+        return {
+            "run": run.name,
+            "x": x,
+            "y": y,
+            "metric": metric,
+            "min_support": max(int(min_support), 1),
+            "n": int(ok.sum()),
+            "rho": rho,
+            "concepts": [int(c) for c in np.asarray(rows["concept"])[ok]],
+            "xs": [float(v) for v in xs[ok]],
+            "ys": [float(v) for v in ys[ok]],
+            "calls": [c for c, k in zip(call, ok, strict=True) if k],
+        }
+
     # ------------------------------------------------------------ compare two runs
 
     def compare(
@@ -910,127 +1157,132 @@ class Store:
         *,
         scope: str,
         q: str = "",
-        significant: bool = False,
+        call: str = "",
         sort: str = "q_value",
         order: str = "asc",
         page: int = 1,
         per_page: int = 50,
     ) -> dict[str, Any]:
-        """Per-concept χ_model differences between two runs on the same items (see :func:`compare_table`)."""
-        if a.n_concepts != b.n_concepts:
-            raise BadRequest(
-                f"runs {a.name!r} ({a.n_concepts} concepts) and {b.name!r} ({b.n_concepts}) do not share an SAE; "
-                "compare needs the same concepts"
-            )
+        """One page of the paired comparison of two runs on the same items: the table
+        ``cgaps compare`` writes (:func:`cgaps.compare.paired`, computed once per pair of runs)
+        for one scope, with the counts of :func:`cgaps.compare.summary`. ``call`` keeps the rows
+        called ``b_better`` or ``a_better``, or those called against the benchmarks' mean Δ
+        (``b_beyond``, ``a_beyond``); ``significant`` any of the first two."""
         if scope != rundir.ALL_SCOPE and scope not in b.benchmarks:
             raise BadRequest(f"scope {scope!r} is not a benchmark of run {b.name!r}")
-        key = (a.name, b.name, scope)
-        if key not in self._compare_cache:
-            self._compare_cache[key] = (self._compare_table(a, b, scope), self._shared_items(a, b))
-        df, shared = self._compare_cache[key]
-        fdr = self._fdr(a)
-        view = df
+        if call not in COMPARE_CALLS:
+            raise BadRequest(
+                f"call must be one of {', '.join(c for c in COMPARE_CALLS if c)} (or empty), got {call!r}"
+            )
+        if sort not in COMPARE_SORTS:
+            raise BadRequest(f"cannot sort the comparison by {sort!r}; sortable: {', '.join(COMPARE_SORTS)}")
+        df, scopes, record = self._paired(a, b)
+        view = df[df["scope"] == scope]
         if q.strip():
             needle = q.strip().lower()
             mask = view["search"].str.contains(needle, regex=False)
             if needle.lstrip("#c").isdigit():
                 mask |= view["concept"] == int(needle.lstrip("#c"))
             view = view[mask]
-        if significant:
-            view = view[view["q_value"] <= fdr]
-        cols = {"concept", "diff", "abs_z", "q_value", "chi_a", "chi_b", "support_a", "support_b"}
-        if sort not in cols:
-            raise BadRequest(f"cannot sort the comparison by {sort!r}; sortable: {', '.join(sorted(cols))}")
+        if call == "significant":
+            view = view[view["call"] != ""]
+        elif call in ("b_better", "a_better"):
+            view = view[view["call"] == call]
+        elif call:
+            view = view[view["call_adjusted"] == call.replace("_beyond", "_better")]
         view = view.sort_values(
-            [sort, "concept"], ascending=[order != "desc", True], na_position="last", kind="stable"
+            [COMPARE_SORTS[sort], "concept"],
+            ascending=[order != "desc", True],
+            na_position="last",
+            kind="stable",
         )
         total = len(view)
         page_df = view.iloc[(page - 1) * per_page : page * per_page]
         rows = [
-            {k: (_plain(v) if k in ("label", "tokens") else _num(v)) for k, v in r.items() if k != "search"}
+            {
+                k: (_plain(v) if k in ("label", "tokens", "call", "call_adjusted", "scope") else _num(v))
+                for k, v in r.items()
+                if k not in ("search", "abs_z")
+            }
             for r in page_df.to_dict("records")
         ]
         for r in rows:
             r["concept"] = int(r["concept"] or 0)
+            r["support"] = int(r["support"] or 0)
+            r["discordant"] = int(r["discordant"] or 0)
         return {
             "a": a.name,
             "b": b.name,
             "scope": scope,
-            "items": shared,
-            "fdr": fdr,
-            "n_significant": int((df["q_value"] <= fdr).sum()),
+            "fdr": _num(record["fdr"]),
+            "min_support": int(record["min_support"]),
+            "n_items": int(record["n_items"]),
+            "summary": next(s for s in scopes if s["scope"] == scope),
+            "scopes": scopes,
             "total": total,
             "page": page,
             "per_page": per_page,
             "rows": rows,
         }
 
-    @staticmethod
-    def _fdr(run: Run) -> float:
-        v = _num(run.knobs.get("fdr"))
-        return v if v is not None else 0.05
+    def compare_points(self, a: Run, b: Run, scope: str) -> dict[str, Any]:
+        """χ_model of A against B per concept of ``scope`` (the Compare view's scatter), with each call."""
+        df, _, _ = self._paired(a, b)
+        view = df[(df["scope"] == scope) & df["chi_model_a"].notna() & df["chi_model_b"].notna()]
+        return {
+            "a": a.name,
+            "b": b.name,
+            "scope": scope,
+            "concepts": [int(c) for c in view["concept"]],
+            "xs": [float(v) for v in view["chi_model_a"]],
+            "ys": [float(v) for v in view["chi_model_b"]],
+            "calls": [{"b_better": "B better", "a_better": "A better"}.get(c, "") for c in view["call"]],
+        }
 
-    def _shared_items(self, a: Run, b: Run) -> dict[str, int]:
-        n_a, n_b, both = (
-            self.cursor()
-            .execute(
-                f"SELECT (SELECT count(*) FROM {a.t}_items), (SELECT count(*) FROM {b.t}_items), "
-                f"(SELECT count(*) FROM {a.t}_items x JOIN {b.t}_items y USING (item_id))"
+    def _paired(self, a: Run, b: Run) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+        """The paired table of runs A and B (with A's labels and search text), its per-scope
+        summary and its record; computed on first use and kept (the runs never change)."""
+        key = (a.name, b.name)
+        if key not in self._compare_cache:
+            from cgaps.compare import paired, summary
+            from cgaps.runtables import load_run
+
+            if a.n_concepts != b.n_concepts:
+                raise BadRequest(
+                    f"runs {a.name!r} ({a.n_concepts} concepts) and {b.name!r} ({b.n_concepts}) do not share "
+                    "an SAE; compare needs the same concepts"
+                )
+            ta, tb = load_run(a.path), load_run(b.path)
+            try:
+                table, record = paired(ta, tb)
+            except CGapsError as e:  # not comparable: the request cannot be answered, say why
+                raise BadRequest(str(e)) from e
+            scopes = [{k: _plain(v) for k, v in r.items()} for r in summary(table, ta.items, tb.items)]
+            del ta, tb
+            labels = (
+                self.cursor()
+                .execute(
+                    f"SELECT l.concept, l.label, l.tokens, q.search FROM {a.t}_lab l "
+                    f"JOIN {a.t}_q q USING (concept)"
+                )
+                .df()
             )
-            .fetchone()
-        )
-        return {"a": int(n_a), "b": int(n_b), "shared": int(both)}
-
-    def _compare_table(self, a: Run, b: Run, scope: str) -> Any:
-        cur = self.cursor()
-        df = cur.execute(
-            f"SELECT x.concept, x.chi_model AS chi_a, y.chi_model AS chi_b, x.n_eff AS n_a, y.n_eff AS n_b, "
-            f"x.support AS support_a, y.support AS support_b, x.ci_low AS lo_a, x.ci_high AS hi_a, "
-            f"y.ci_low AS lo_b, y.ci_high AS hi_b, l.label, l.tokens, q.search FROM {a.t}_c x "
-            f"JOIN {b.t}_c y ON y.concept = x.concept AND y.scope = x.scope "
-            f"JOIN {a.t}_lab l ON l.concept = x.concept JOIN {a.t}_q q ON q.concept = x.concept "
-            "WHERE x.scope = ? ORDER BY x.concept",
-            [scope],
-        ).df()
-        table = compare_table(
-            df, int(_num(a.knobs.get("min_support")) or 5), _num(a.knobs.get("ci_level")) or 0.95
-        )
-        table["search"] = table["search"].fillna("")
-        return table
+            table = table.merge(labels, on="concept", how="left")
+            table["search"] = table["search"].fillna("")
+            table["abs_z"] = table["z"].abs()
+            self._compare_cache[key] = (table, scopes, record)
+        return self._compare_cache[key]
 
 
-def compare_table(df: Any, min_support: int, ci_level: float = 0.95) -> Any:
-    """Add ``diff``, ``z``, ``abs_z``, ``p_value`` and ``q_value`` to a frame of paired χ_model.
-
-    Each run's χ_model gets the standard error its own Wilson interval implies,
-    se = (ci_high − ci_low) / (2 z), z the normal quantile of ``ci_level`` (docs/method.md §3);
-    unlike the plug-in sqrt(χ(1 − χ)/n_eff), it does not vanish when χ is 0 or 1 on a few
-    items. Then z = (χ_a − χ_b)/sqrt(se_a² + se_b²), a two-sided p, and Benjamini–Hochberg over
-    the concepts with support ≥ ``min_support`` in both runs (the others get no q). The runs
-    are treated as independent; both grade the same items, so the two χ are positively
-    correlated when their saliency agrees, and ignoring that makes the test conservative.
-    """
-    from scipy import stats
-
-    from cgaps.stats import bh_adjust
-
-    out = df.copy()
-    out["diff"] = out["chi_a"] - out["chi_b"]
-    width = 2 * stats.norm.ppf(0.5 + ci_level / 2)
-    se_a = (out["hi_a"] - out["lo_a"]) / width
-    se_b = (out["hi_b"] - out["lo_b"]) / width
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = se_a**2 + se_b**2
-        z = out["diff"] / np.sqrt(var)
-    # equal χ with zero variance: no evidence of a difference
-    z = z.where(~((out["diff"] == 0) & (var == 0)), 0.0)
-    out["z"] = z
-    out["abs_z"] = z.abs()
-    out["p_value"] = 2 * stats.norm.sf(np.abs(z.to_numpy(dtype=float)))
-    tested = (
-        (out["support_a"] >= min_support) & (out["support_b"] >= min_support) & np.isfinite(out["p_value"])
-    ).to_numpy()
-    q = np.full(len(out), np.nan)
-    q[tested] = bh_adjust(out["p_value"].to_numpy()[tested])
-    out["q_value"] = q
-    return out
+# the Compare view's filters and sort keys (request name -> column of the paired table)
+COMPARE_CALLS = ("", "significant", "b_better", "a_better", "b_beyond", "a_beyond")
+COMPARE_SORTS = {
+    "concept": "concept",
+    "delta": "delta",
+    "abs_z": "abs_z",
+    "q_value": "q_value",
+    "q_adjusted": "q_adjusted",
+    "chi_model_a": "chi_model_a",
+    "chi_model_b": "chi_model_b",
+    "support": "support",
+}

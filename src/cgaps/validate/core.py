@@ -248,5 +248,11 @@ def validate_run(run_dir: str | Path, options: ValidateOptions | None = None) ->
         result["families"] = family_alignment(m, categories, run.concepts, cfg, opts, rng)
     result["options"] = {k: getattr(opts, k) for k in opts.__dataclass_fields__}
     rundir.write_json(result, run_dir / rundir.VALIDATION)
-    rundir.update_run_json(run_dir, timings={"validate_s": round(time.perf_counter() - t0, 2)})
+    rundir.record_completion(
+        run_dir,
+        "validate",
+        cfg.replace(validate=opts),
+        run.items,
+        timings={"validate_s": round(time.perf_counter() - t0, 2)},
+    )
     return result

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cgaps.config import check_options, documented, is_integer, is_number
+from cgaps.config_fields import check_options, documented, is_integer, is_number
 
 
 def _sizes_ok(text: object) -> bool:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cgaps.config import documented
+from cgaps.config_fields import documented
 from cgaps.errors import CGapsError, did_you_mean
 from cgaps.sae import resid_post_hook
 

@@ -61,10 +61,18 @@
   }
 
   const pct = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`);
-  const fq = (q) => (q === null || q === undefined ? "–" : q < 1e-3 ? q.toExponential(1) : q.toFixed(3));
+  // a q- or p-value: 3 decimals, small ones in exponent form ("2.1e-5"); 0 (an underflow) as "< 1e-300"
+  const fq = (q) => (q === null || q === undefined ? "–" : q === 0 ? "< 1e-300" : q < 1e-3 ? q.toExponential(1) : q.toFixed(3));
   const delta = (a, b) => (a === null || b === null || a === undefined || b === undefined ? null : a - b);
   const signed = (x, d = 3) => (x === null ? "–" : (x >= 0 ? "+" : "") + x.toFixed(d));
   const pill = (text, cls) => (text ? h("span", { class: `pill ${cls || text}` }, text) : "");
+  // a call in the page's words: the tables keep weak / strong, the page says gap / strength
+  const callWords = (gap, atChance) => (gap === "weak" ? "gap" : gap === "strong" ? (atChance ? "strength · at chance" : "strength") : "");
+  // a strength at chance: "strength" greyed, with "at chance" under it (the column stays narrow)
+  const callPill = (gap, atChance) =>
+    gap === "strong" && atChance ? h("span", { class: "call-chance", title: "a strength at chance level: not significantly above what guessing scores on its items" }, pill("strength", "chance"), " ", pill("at chance", "chance")) : pill(callWords(gap, atChance), gap);
+  const chanceWords = (c) => (c === null || c === undefined ? "chance unknown" : c === 0 ? "guessing ~0" : `guessing ${pct(c)}`);
+  const GAP_FILTERS = [["", "any call"], ["weak", "gaps"], ["strong", "strengths"], ["strong_above_chance", "strengths above chance"], ["strong_at_chance", "strengths at chance"], ["none", "no call"]];
 
   function runInfo(name) {
     return state.runs.find((r) => r.name === name) || state.runs[0];
@@ -72,7 +80,8 @@
 
   function describe(r) {
     // a concept's name: its label, else its contexts' tokens, else its number
-    if (r.label) return h("span", { class: "lbl" }, r.label);
+    const fmtPill = r.format ? h("span", { class: "pill format", title: "fires on prompt text repeated verbatim across items, such as instructions" }, "format") : null;
+    if (r.label) return h("span", { class: "lbl" }, r.label, fmtPill ? " " : null, fmtPill);
     if (r.tokens) return h("span", { class: "tokens" }, `tokens: ${r.tokens}`);
     return h("span", { class: "muted" }, `concept ${r.concept}`);
   }
@@ -105,7 +114,13 @@
   });
 
   function route() {
-    const u = new URL(location.href);
+    let u = new URL(location.href);
+    // the landing page is the run's gaps (what it fails on), when it has any
+    const first = runInfo(u.searchParams.get("run"));
+    if (u.pathname === "/" && !u.search && first && first.calls && first.calls.gaps > 0) {
+      history.replaceState(null, "", "/concepts?gap=weak");
+      u = new URL(location.href);
+    }
     const p = u.searchParams;
     const m = u.pathname.match(/^\/concept\/(\d+)$/);
     const name = m ? "detail" : { "/": "concepts", "/concepts": "concepts", "/benchmarks": "benchmarks", "/themes": "themes", "/compare": "compare" }[u.pathname];
@@ -113,7 +128,7 @@
     const run = runInfo(p.get("run"));
     runSelect.value = run ? run.name : "";
     perf.views += 1;
-    if (name === "concepts" && state.current && state.current.name === "concepts") return state.current.update(p);
+    if (name === "concepts" && state.current && state.current.name === "concepts" && state.current.run === (p.get("run") || "")) return state.current.update(p);
     state.current = null;
     view.replaceChildren();
     if (!name) return view.appendChild(h("p", { class: "error" }, "No such page. "), link("/concepts", {}, "Go to the concept list."));
@@ -132,12 +147,34 @@
     ["chi_model", "χ_model [CI] vs expected", "num"],
     ["delta", "Δ", "num"],
     ["status", "status", ""],
-    ["gap", "gap", ""],
+    ["gap", "call", ""],
     ["q_value", "q", "num"],
   ];
 
+  // The run in one line above the list: accuracy against guessing, gaps, strengths (and how many
+  // of those are at chance), each a link to its filter.
+  function summary(run, runParam) {
+    const box = h("p", { class: "summary", id: "run-summary" });
+    const s = run.suite;
+    if (s) {
+      const verdict = { "above chance": "above chance", "at chance": "no better than guessing", "below chance": "worse than guessing" }[s.verdict];
+      box.append(`Accuracy ${pct(s.accuracy)} of ${s.n.toLocaleString()} items`);
+      if (s.chance !== null && s.chance !== undefined) box.append(` (${chanceWords(s.chance)}: `, h("b", { class: s.verdict === "above chance" ? "pos" : "neg" }, verdict), ")");
+      box.append(" · ", link("/benchmarks", { run: runParam }, "per benchmark and category"), " · ");
+    }
+    const c = run.calls || {};
+    box.append(
+      link("/concepts", { run: runParam, gap: "weak" }, `${(c.gaps || 0).toLocaleString()} gaps`), " · ",
+      link("/concepts", { run: runParam, gap: "strong_above_chance" }, `${((c.strengths || 0) - (c.strengths_at_chance || 0)).toLocaleString()} strengths above chance`), " · ",
+      link("/concepts", { run: runParam, gap: "strong_at_chance" }, `${(c.strengths_at_chance || 0).toLocaleString()} strengths at chance level`),
+      h("span", { class: "muted" }, ` (FDR ${run.knobs && run.knobs.fdr !== undefined ? run.knobs.fdr : 0.05}, suite-wide)`)
+    );
+    if (!c.gaps) box.append(h("span", { class: "muted", id: "no-gaps" }, " · this run calls no gap."));
+    return box;
+  }
+
   function Concepts(params) {
-    const self = { name: "concepts" };
+    const self = { name: "concepts", run: params.get("run") || "" };
     let ctrl = null;
     const read = (p) => ({
       run: p.get("run") || "",
@@ -154,7 +191,7 @@
     const run = runInfo(cur.run);
     const search = h("input", { type: "search", placeholder: "search labels, tokens, concept ids…", "aria-label": "search", id: "search", value: cur.q });
     const scope = h("select", { "aria-label": "benchmark" }, h("option", { value: "" }, "all benchmarks (ALL)"), run.benchmarks.map((b) => h("option", { value: b }, b)));
-    const gap = h("select", { "aria-label": "gap" }, h("option", { value: "" }, "any call"), h("option", { value: "weak" }, "gaps (weak)"), h("option", { value: "strong" }, "strengths"), h("option", { value: "none" }, "no call"));
+    const gap = h("select", { "aria-label": "gap" }, GAP_FILTERS.map(([v, t]) => h("option", { value: v }, t)));
     const status = h("select", { "aria-label": "status" }, h("option", { value: "" }, "any status"), ["missing", "under", "normal", "over"].map((s) => h("option", { value: s }, s)));
     const minSupport = h("input", { type: "number", min: 0, "aria-label": "minimum support", placeholder: "0" });
     const info = h("span", { class: "muted", id: "count" });
@@ -166,12 +203,15 @@
     gap.addEventListener("change", () => push({ gap: gap.value }));
     status.addEventListener("change", () => push({ status: status.value }));
     minSupport.addEventListener("change", () => push({ min_support: minSupport.value }));
+    const title = h("h1", { id: "list-title" });
+    const csv = h("a", { id: "csv", download: "" }, "CSV");
     view.append(
-      h("h1", {}, `Concepts — ${run.name}`, h("span", { class: "muted" }, ` · ${run.n_concepts.toLocaleString()} concepts · ${run.benchmarks.length} benchmarks`)),
-      h("div", { class: "controls" }, search, scope, gap, status, h("label", {}, "min support ", minSupport), info),
+      summary(run, cur.run),
+      title,
+      h("div", { class: "controls" }, search, scope, gap, status, h("label", {}, "min support ", minSupport), info, csv),
       table,
       pager,
-      h("p", { class: "muted" }, "Per benchmark: one bar per benchmark (", run.benchmarks.join(", "), "), χ_model on [0, 1] above, χ_bench scaled to the row's largest below; grey = the concept never fires there. Click a column to sort, ▸ to expand a concept in place, its number to open it.")
+      h("p", { class: "muted" }, "Per benchmark: one bar per benchmark (", run.benchmarks.join(", "), "), χ_model on [0, 1] above, χ_bench scaled to the row's largest below; grey = the concept never fires there. In the χ_model cell the dot is χ_model, the bar its interval, the black tick the expected score and the dotted tick the chance level (what guessing scores on its items). A gap is a concept where the model does significantly worse than its benchmarks predict (table value weak), a strength significantly better (strong); a strength at chance is no better than guessing. Click a column to sort, ▸ to expand a concept in place, its number to open it; CSV downloads every row of this filter.")
     );
     search.focus();
 
@@ -182,6 +222,9 @@
       if (document.activeElement !== search) search.value = cur.q;
       scope.value = cur.scope;
       gap.value = cur.gap;
+      const named = { weak: "Gaps", strong: "Strengths", strong_above_chance: "Strengths above chance", strong_at_chance: "Strengths at chance level", none: "Concepts without a call" }[cur.gap] || "Concepts";
+      title.replaceChildren(`${named} — ${run.name}`, h("span", { class: "muted" }, ` · ${cur.scope || "all benchmarks"} · ${run.n_concepts.toLocaleString()} concepts · ${run.benchmarks.length} benchmark${run.benchmarks.length === 1 ? "" : "s"}`));
+      csv.setAttribute("href", url("/api/concepts.csv", { run: cur.run, scope: cur.scope, q: cur.q, gap: cur.gap, status: cur.status, min_support: cur.min_support, sort: cur.sort, order: cur.order }));
       status.value = cur.status;
       minSupport.value = cur.min_support;
       let data;
@@ -226,10 +269,10 @@
             C.spark(r.per_benchmark.chi_bench || [], run.benchmarks, { max: Math.max(...(r.per_benchmark.chi_bench || []).map((v) => v || 0), 1e-12), fill: "#e0a030", label: "χ_bench" })),
           h("td", { class: "num" }, String(r.support)),
           h("td", { class: "num" }, fmt(r.chi_bench, 4)),
-          h("td", { class: "num" }, C.forest(r.chi_model, r.ci_low, r.ci_high, r.expected), ` ${fmt(r.chi_model)} vs ${fmt(r.expected)}`),
+          h("td", { class: "num" }, C.forest(r.chi_model, r.ci_low, r.ci_high, r.expected, r.chance), ` ${fmt(r.chi_model)} vs ${fmt(r.expected)}`),
           h("td", { class: `num ${d === null ? "" : d < 0 ? "neg" : "pos"}` }, signed(d)),
           h("td", {}, pill(r.status)),
-          h("td", {}, pill(r.gap)),
+          h("td", { title: r.gap === "strong" ? `${chanceWords(r.chance)} on its items (p = ${fq(r.p_chance)})` : null }, callPill(r.gap, r.at_chance)),
           h("td", { class: "num" }, fq(r.q_value))
         );
         btn.addEventListener("click", () => toggle(tr, btn, r.concept));
@@ -291,6 +334,7 @@
           h("div", { class: "controls" }, h("label", {}, "examples and calls from ", scopeSel)),
           ...detailBody(d, run, false)
         );
+        if (window.CgFillConfirm) window.CgFillConfirm.concept(box, params.get("run") || "", concept, { h, api });
         frame(() => {
           perf.details += 1;
           perf.lastDetail = performance.now();
@@ -308,32 +352,37 @@
     const add = (k, v) => info.append(h("dt", {}, k), h("dd", {}, v));
     if (d.source) add("label source", d.source);
     if (d.tokens) add("context tokens", d.tokens);
-    add("suite-wide", `support ${all.support}, χ_bench ${fmt(all.chi_bench, 4)}, χ_model ${fmt(all.chi_model)} [${fmt(all.ci_low)}, ${fmt(all.ci_high)}] vs expected ${fmt(all.expected)}, q ${fq(all.q_value)}`);
-    add("calls", h("span", {}, pill(all.status), " ", pill(all.gap || "no gap call", all.gap || "")));
+    add("suite-wide", `support ${all.support}, χ_bench ${fmt(all.chi_bench, 4)}, χ_model ${fmt(all.chi_model)} [${fmt(all.ci_low)}, ${fmt(all.ci_high)}] vs expected ${fmt(all.expected)}, q ${fq(all.q_value)}; ${chanceWords(all.chance)} on its items`);
+    add("calls", h("span", {}, pill(all.status), " ", all.gap ? callPill(all.gap, all.at_chance) : pill("no call", "none"),
+      all.at_chance ? h("span", { class: "muted" }, ` χ_model is not significantly above the chance level of its items (p = ${fq(all.p_chance)})`) : null));
     if (d.themes && d.themes.length) add("theme", d.themes.map((t) => `${t.label || t.theme}`).join("; "));
-    for (const [k, v] of Object.entries(d.evidence || {})) if (v !== null && v !== "" && !(Array.isArray(v) && !v.length)) add(k, evidenceText(v));
+    if (d.enrichment) add("where it fires", d.enrichment);
+    const names = d.evidence_names || {};
+    // the enrichment's columns are said in the line above; the others by their names in words
+    const shown = Object.entries(d.evidence || {}).filter(([k]) => !(d.enrichment && k.startsWith("enrich_")));
+    for (const [k, v] of shown) if (v !== null && v !== "" && !(Array.isArray(v) && !v.length)) add(names[k] || k, evidenceText(v));
     out.push(h("div", { class: "card", id: "evidence" }, h("h3", {}, "Evidence"), info));
 
     const benches = d.scopes.filter((s) => s.scope !== "ALL");
-    const gapColour = (s) => (s.gap === "weak" ? "#c62828" : s.gap === "strong" ? "#2e7d32" : "#3b6ea5");
+    const gapColour = (s) => (s.gap === "weak" ? "#c62828" : s.gap === "strong" ? (s.at_chance ? "#8a8a8a" : "#2e7d32") : "#3b6ea5");
     out.push(
       h(
         "div",
         { class: "cols", id: "bars" },
-        h("div", { class: "card" }, h("h3", {}, "χ_model per benchmark (dot), 95% CI (bar), expected score (tick)"),
-          C.ciRows(d.scopes.map((s) => ({ name: s.scope, value: s.chi_model, lo: s.ci_low, hi: s.ci_high, expected: s.expected, color: gapColour(s) })), { title: "chi_model per benchmark" })),
+        h("div", { class: "card" }, h("h3", {}, "χ_model per benchmark (dot), 95% CI (bar), expected score (tick), chance level (dotted)"),
+          C.ciRows(d.scopes.map((s) => ({ name: s.scope, value: s.chi_model, lo: s.ci_low, hi: s.ci_high, expected: s.expected, chance: s.chance, color: gapColour(s) })), { title: "chi_model per benchmark" })),
         h("div", { class: "card" }, h("h3", {}, "χ_bench per benchmark (coverage)"),
-          C.bars(benches.map((s) => ({ name: s.scope, value: s.chi_bench, text: `${fmt(s.chi_bench, 4)} · ${s.support} items · ${s.status}`, color: s.status === "missing" ? "#c62828" : s.status === "under" ? "#e0a030" : s.status === "over" ? "#3b6ea5" : "#8fb3d9" })), { title: "chi_bench per benchmark" }))
+          C.bars(benches.map((s) => ({ name: s.scope, value: s.chi_bench, text: `${fmt(s.chi_bench, 4)} · ${s.support} items · ${s.status}`, color: s.status === "missing" ? "#c62828" : s.status === "under" ? "#e0a030" : s.status === "over" ? "#3b6ea5" : "#8fb3d9" })), { title: "chi_bench per benchmark", textWidth: 190 }))
       )
     );
     const ctx = h("ul", { class: "ctx" });
     for (const c of d.contexts) ctx.appendChild(h("li", {}, h("span", { class: "muted" }, `${c.item_id} (${fmt(c.value, 2)})  `), c.left || "", h("mark", {}, c.token || ""), c.right || ""));
     if (!d.contexts.length) ctx.appendChild(h("li", { class: "muted" }, "No contexts (contexts.parquet is written by `cgaps extract`)."));
-    out.push(h("div", { class: "card", id: "contexts" }, h("h3", {}, "Top activating contexts (firing token marked)"), ctx));
+    out.push(h("div", { class: "card", id: "contexts" }, h("h3", {}, "Top activating contexts where it is present (firing token marked)"), ctx));
     const side = (key, title) =>
       h("div", { class: `side ${key}` }, h("h3", {}, title),
         d.examples[key].length ? d.examples[key].map((e) => example(e, key)) : h("p", { class: "muted" }, "None."));
-    out.push(h("div", { class: "card", id: "examples" }, h("h3", {}, `Example items${d.scope && d.scope !== "ALL" ? ` from ${d.scope}` : ""}, highest saliency first`),
+    out.push(h("div", { class: "card", id: "examples" }, h("h3", {}, `Example items${d.scope && d.scope !== "ALL" ? ` from ${d.scope}` : ""} where it is present, highest saliency first`),
       h("div", { class: "cols" }, side("high", "High score (≥ 0.5)"), side("low", "Low score (< 0.5)"))));
     const near = h("ol", { class: "lst", id: "nearest" });
     for (const n of d.nearest) near.appendChild(h("li", {}, link(`/concept/${n.concept}`, { run: d.run === state.runs[0].name ? "" : d.run }, `concept ${n.concept}`), " ", describe(n), h("span", { class: "muted" }, ` · cosine ${fmt(n.cosine, 2)}, ${n.shared} shared items`)));
@@ -387,31 +436,83 @@
         const lists = h("div", { class: "grid", id: "bench-lists" });
         for (const b of benches) {
           const card = h("div", { class: "card" }, h("h3", {}, b.benchmark));
-          for (const [k, title] of [["missing", "most missing (present elsewhere)"], ["under", "most under-represented"], ["over", "most over-represented"], ["weak", "strongest model gaps"]]) {
+          for (const [k, title] of [["missing", "most missing (present elsewhere)"], ["under", "most under-represented"], ["over", "most over-represented"], ["weak", "most significant gaps"]]) {
             const items = b.lists[k] || [];
             card.appendChild(h("div", { class: "fld" }, title));
             card.appendChild(items.length ? h("ol", { class: "lst" }, items.map((c) => h("li", {}, link(`/concept/${c.concept}`, { run: r, scope: b.benchmark }, `#${c.concept}`), " ", describe(c)))) : h("p", { class: "muted" }, "none"));
           }
           const th = (d.themes || {})[b.benchmark] || [];
-          if (th.length) card.append(h("div", { class: "fld" }, "themes"), h("ol", { class: "lst" }, th.map((t) => h("li", {}, `${t.label || t.theme} `, pill(t.gap || t.status)))));
+          if (th.length) card.append(h("div", { class: "fld" }, "themes"), h("ol", { class: "lst" }, th.map((t) => h("li", {}, `${t.label || t.theme} `, t.gap ? callPill(t.gap, false) : pill(t.status)))));
           lists.appendChild(card);
         }
         box.replaceChildren(
           tbl,
+          h("h2", {}, "Accuracy against chance, per benchmark and category"), groupTable(d.groups || [], run),
           h("div", { class: "card", id: "missing" }, h("h3", {}, "Share of concepts missing per benchmark"), C.bars(benches.map((b) => ({ name: b.benchmark, value: b.missing_share, text: pct(b.missing_share), color: "#c62828" })), { max: 1 })),
           h("h2", {}, "Coverage histograms"), hist,
           h("h2", {}, "Overlap and correlation"), mats,
+          h("h2", {}, "One benchmark against another, concept by concept"), scatterCard(run, r),
           h("h2", {}, "Each benchmark's most missing, under- and over-represented concepts"), lists
         );
+        if (window.CgFillConfirm) window.CgFillConfirm.benchmarks(box, r, { h, api }); // cgaps fill / confirm
         frame(() => (perf.benchmarks = (perf.benchmarks || 0) + 1));
       })
       .catch((e) => seq === state.seq && box.replaceChildren(errorBox(e)));
     return { name: "benchmarks" };
   }
 
+  // Accuracy per benchmark and category beside what guessing would score (cgaps.chance).
+  function groupTable(groups, run) {
+    const rows = groups.filter((g) => g.group !== "ALL").concat(groups.filter((g) => g.group === "ALL"));
+    const one = run.benchmarks.length === 1;
+    return h("table", { id: "group-table" },
+      h("thead", {}, h("tr", {}, ["benchmark / category", "items", "accuracy", "chance", "against chance"].map((t, i) => h("th", { class: i && i < 4 ? "num" : "" }, t)))),
+      h("tbody", {}, rows.map((g) => h("tr", { class: g.category ? "category" : "bench", dataset: { group: g.group } },
+        h("td", {}, g.category ? h("span", { class: "indent" }, one ? g.category : g.group) : g.group === "ALL" ? "ALL (suite)" : g.group),
+        h("td", { class: "num" }, String(g.n)),
+        h("td", { class: "num" }, pct(g.accuracy)),
+        h("td", { class: "num" }, g.chance === null ? "–" : pct(g.chance)),
+        h("td", { class: `verdict ${g.verdict.replace(" ", "-")}` }, g.verdict)))),
+      h("caption", { class: "muted" }, "Chance: what guessing scores on these items, from each item's answer format (1/k for k options, ½ for yes/no decisions, ~0 for free-form answers); at chance = not significantly above or below it (one-sided binomial tests, docs/method.md §3)."));
+  }
+
+  // χ_model (or χ_bench) of every concept in one benchmark against another: the per-concept view
+  // behind the Spearman matrices above (one point per concept present in both).
+  function scatterCard(run, r) {
+    const scopes = [...run.benchmarks, "ALL"];
+    const pick = (v, label) => {
+      const s = h("select", { "aria-label": label }, scopes.map((b) => h("option", { value: b }, b)));
+      s.value = v;
+      return s;
+    };
+    const x = pick(scopes[0], "x benchmark"), y = pick(scopes.length > 2 ? scopes[1] : "ALL", "y benchmark");
+    const metric = h("select", { "aria-label": "metric" }, h("option", { value: "chi_model" }, "χ_model"), h("option", { value: "chi_bench" }, "χ_bench"));
+    const plot = h("div", { id: "scatter" });
+    const card = h("div", { class: "card" }, h("div", { class: "controls" }, "x ", x, " y ", y, " ", metric), plot);
+    const draw = () => {
+      api("/api/scatter", { run: r, x: x.value, y: y.value, metric: metric.value })
+        .then((d) => {
+          const name = (i) => `concept ${d.concepts[i]}: ${fmt(d.xs[i], metric.value === "chi_bench" ? 4 : 3)}, ${fmt(d.ys[i], metric.value === "chi_bench" ? 4 : 3)}${d.calls[i] ? ` (${d.calls[i]})` : ""}`;
+          plot.replaceChildren(
+            C.scatter(d.xs, d.ys, d.calls, {
+              log: d.metric === "chi_bench", xLabel: `${d.metric === "chi_bench" ? "χ_bench" : "χ_model"} in ${d.x}`, yLabel: `in ${d.y}`,
+              colours: { gap: "#c62828", strength: "#2e7d32", "strength at chance": "#8a8a8a" }, name,
+              onPick: (i) => go(url(`/concept/${d.concepts[i]}`, { run: r })), title: `${d.metric} ${d.x} against ${d.y}`,
+            }),
+            h("p", { class: "muted", id: "scatter-note" }, `${d.n.toLocaleString()} concepts present in both; Spearman ρ ${d.rho === null ? "–" : d.rho.toFixed(3)} (the matrix's cell). Red: gaps, green: strengths, grey: strengths at chance (suite-wide calls). Click a point to open its concept.`)
+          );
+          frame(() => (perf.scatters = (perf.scatters || 0) + 1));
+        })
+        .catch((e) => plot.replaceChildren(errorBox(e)));
+    };
+    for (const s of [x, y, metric]) s.addEventListener("change", draw);
+    draw();
+    return card;
+  }
+
   // ---------------------------------------------------------------- themes
 
-  const THEME_COLUMNS = ["label", "n_members", "gap", "status", "chi_model", "expected", "ci_low", "ci_high", "q_value", "support", "chi_bench", "enrich_group", "enrich_mass", "tokens"];
+  const THEME_COLUMNS = ["label", "n_members", "gap", "format", "status", "chi_model", "expected", "chance", "ci_low", "ci_high", "q_value", "support", "chi_bench", "enrich_group", "enrich_mass", "tokens"];
 
   function Themes(params) {
     const run = runInfo(params.get("run"));
@@ -429,20 +530,26 @@
         if (!d.available) return box.replaceChildren(h("p", { class: "muted", id: "no-themes" }, "This run has no themes.parquet: `cgaps label RUN_DIR` writes it."));
         if (!d.themes.length) return box.replaceChildren(h("p", { class: "muted", id: "no-themes" }, "themes.parquet has no theme in this scope (themes group the concepts called a gap or a strength)."));
         const preferred = THEME_COLUMNS.filter((c) => d.columns.includes(c));
-        const cols = (preferred.length ? preferred : d.columns.filter((c) => !["theme", "theme_id", "id", "scope"].includes(c))).slice(0, 9);
+        const cols = (preferred.length ? preferred : d.columns.filter((c) => !["theme", "theme_id", "id", "scope"].includes(c))).slice(0, 11);
         const cell = (v) => (v === null || v === undefined ? "" : evidenceText(v));
         const members = (t) => [
           ...t.members.slice(0, 6).map((m) => h("span", {}, link(`/concept/${m.concept}`, { run: r, scope: scopeName }, `#${m.concept}`), m.label ? ` ${m.label}; ` : "; ")),
           t.size > 6 ? h("span", { class: "muted" }, `… ${t.size - 6} more`) : null,
         ];
-        const rows = d.themes.map((t) => h("tr", {}, h("td", {}, String(t.theme)), cols.map((c) => h("td", { class: typeof t.fields[c] === "number" ? "num" : "" }, c === "gap" || c === "status" ? pill(t.fields[c]) : cell(t.fields[c]))), h("td", {}, `${t.size}: `, members(t))));
-        box.replaceChildren(h("table", { id: "themes" }, h("thead", {}, h("tr", {}, h("th", {}, "theme"), cols.map((c) => h("th", {}, c)), h("th", {}, "members"))), h("tbody", {}, rows)));
+        const head = { label: "label", n_members: "concepts", gap: "call", chance: "chance", status: "status", chi_model: "χ_model", expected: "expected", ci_low: "CI low", ci_high: "CI high", q_value: "q", support: "support", chi_bench: "χ_bench", enrich_group: "group holding most weight", enrich_mass: "its share", tokens: "tokens", format: "format" };
+        const rows = d.themes.map((t) => h("tr", {}, h("td", {}, String(t.theme)), cols.map((c) => h("td", { class: typeof t.fields[c] === "number" ? "num" : "" }, c === "gap" ? callPill(t.fields[c], t.fields.at_chance) : c === "status" ? pill(t.fields[c]) : cell(t.fields[c]))), h("td", {}, `${t.size}: `, members(t))));
+        box.replaceChildren(h("table", { id: "themes" }, h("thead", {}, h("tr", {}, h("th", {}, "theme"), cols.map((c) => h("th", {}, head[c] || c.replace(/_/g, " "))), h("th", {}, "members"))), h("tbody", {}, rows)));
       })
       .catch((e) => seq === state.seq && box.replaceChildren(errorBox(e)));
     return { name: "themes" };
   }
 
   // ---------------------------------------------------------------- compare two runs
+
+  // The paired comparison `cgaps compare` computes (the same table and counts): Δ = B − A, a call
+  // is "B better" or "A better"; a second call against the benchmarks' mean Δ.
+  const COMPARE_CALLS = [["", "every concept"], ["significant", "called either way"], ["b_better", "B better"], ["a_better", "A better"], ["b_beyond", "B better than the mean Δ"], ["a_beyond", "A better than the mean Δ"]];
+  const compareWords = (c) => ({ b_better: "B better", a_better: "A better" })[c] || "";
 
   function Compare(params) {
     const names = state.runs.map((r) => r.name);
@@ -452,8 +559,8 @@
     }
     const cur = {
       a: params.get("a") || names[0], b: params.get("b") || names[1], scope: params.get("scope") || "",
-      q: params.get("q") || "", significant: params.get("significant") === "true", sort: params.get("sort") || "q_value",
-      order: params.get("order") || "asc", page: Number(params.get("page") || 1),
+      q: params.get("q") || "", call: params.get("call") || (params.get("significant") === "true" ? "significant" : ""),
+      sort: params.get("sort") || "q_value", order: params.get("order") || "asc", page: Number(params.get("page") || 1),
     };
     const push = (c, replace) => go(url("/compare", { ...cur, ...c, page: c.page || 1 }), replace);
     const sel = (key) => {
@@ -468,41 +575,58 @@
     scope.addEventListener("change", () => push({ scope: scope.value }));
     const search = h("input", { type: "search", placeholder: "search…", value: cur.q, "aria-label": "search" });
     search.addEventListener("change", () => push({ q: search.value }));
-    const sig = h("input", { type: "checkbox" });
-    sig.checked = cur.significant;
-    sig.addEventListener("change", () => push({ significant: sig.checked }));
-    const box = h("div", {}, h("p", { class: "muted" }, "Loading…"));
-    view.append(h("h1", {}, "Compare χ_model of two runs"), h("div", { class: "controls" }, "A ", sel("a"), " B ", sel("b"), scope, search, h("label", {}, sig, " significant only")), box);
+    const call = h("select", { "aria-label": "call" }, COMPARE_CALLS.map(([v, t]) => h("option", { value: v }, t)));
+    call.value = cur.call;
+    call.addEventListener("change", () => push({ call: call.value }));
+    const box = h("div", {}, h("p", { class: "muted" }, "Loading… (the paired test is computed on the first visit)"));
+    view.append(h("h1", {}, "Compare two runs: Δ = B − A"), h("div", { class: "controls" }, "A ", sel("a"), " B ", sel("b"), scope, search, call), box);
     const seq = ++state.seq;
     api("/api/compare", { ...cur, per_page: PAGE })
       .then((d) => {
         if (seq !== state.seq) return;
-        const cols = [["concept", "concept"], [null, "label / tokens"], ["chi_a", `χ_model A (${d.a})`], ["chi_b", `χ_model B (${d.b})`], ["diff", "A − B"], ["abs_z", "|z|"], ["q_value", "q"]];
+        const cols = [["concept", "concept"], [null, "label / tokens"], ["chi_model_a", `χ_model A (${d.a})`], ["chi_model_b", `χ_model B (${d.b})`], ["delta", "Δ = B − A"], ["q_value", "q"], [null, "call"], ["q_adjusted", "against the mean Δ"], ["support", "support (discordant)"]];
         const head = h("tr", {}, cols.map(([k, t]) => {
           if (!k) return h("th", {}, t);
           const th = h("th", { class: `sortable num ${cur.sort === k ? cur.order : ""}` }, t);
           th.addEventListener("click", () => push({ sort: k, order: cur.sort === k && cur.order === "asc" ? "desc" : "asc" }));
           return th;
         }));
-        const body = h("tbody", {}, d.rows.map((x) => h("tr", { dataset: { concept: x.concept } },
+        const body = h("tbody", {}, d.rows.map((x) => h("tr", { dataset: { concept: x.concept, call: x.call } },
           h("td", { class: "num" }, link(`/concept/${x.concept}`, { run: d.a === names[0] ? "" : d.a }, String(x.concept))),
           h("td", { class: "label" }, describe(x)),
-          h("td", { class: "num" }, `${fmt(x.chi_a)} (${x.support_a})`),
-          h("td", { class: "num" }, `${fmt(x.chi_b)} (${x.support_b})`),
-          h("td", { class: `num ${x.diff === null ? "" : x.diff < 0 ? "neg" : "pos"}` }, signed(x.diff)),
-          h("td", { class: "num" }, fmt(x.abs_z, 2)),
-          h("td", { class: "num" }, fq(x.q_value), x.q_value !== null && x.q_value <= d.fdr ? h("span", { class: "pill weak" }, "significant") : null))));
+          h("td", { class: "num" }, fmt(x.chi_model_a)),
+          h("td", { class: "num" }, fmt(x.chi_model_b)),
+          h("td", { class: `num ${x.delta === null ? "" : x.delta > 0 ? "pos" : x.delta < 0 ? "neg" : ""}` }, signed(x.delta)),
+          h("td", { class: "num" }, fq(x.q_value)),
+          h("td", {}, pill(compareWords(x.call), x.call)),
+          h("td", { class: "num", title: `the benchmarks' mean Δ here: ${signed(x.delta_expected)}` }, fq(x.q_adjusted), " ", pill(compareWords(x.call_adjusted), x.call_adjusted)),
+          h("td", { class: "num" }, `${x.support} (${x.discordant})`))));
+        const s = d.summary;
         const pages = Math.max(Math.ceil(d.total / d.per_page), 1);
+        const points = h("div", { id: "compare-scatter" });
         box.replaceChildren(
-          ...[h("p", { id: "compare-summary" }, `${d.items.shared.toLocaleString()} shared items (A ${d.items.a.toLocaleString()}, B ${d.items.b.toLocaleString()}); ${d.n_significant} concepts differ at FDR ${d.fdr}. z from the standard errors the two Wilson intervals imply (support in brackets); for the paired test of two models use “cgaps compare”.`),
-          d.items.shared < Math.max(d.items.a, d.items.b) ? h("p", { class: "error" }, "The two runs do not hold the same items: differences mix items and models.") : null,
+          h("p", { id: "compare-summary" },
+            `${s.scope}: ${s.n_items.toLocaleString()} items, mean score A ${fmt(s.mean_a)}, B ${fmt(s.mean_b)} (Δ = B − A = ${signed(s.delta)}); of ${s.tested.toLocaleString()} concepts tested, `,
+            h("b", { class: "pos", id: "n-b-better" }, `B better on ${s.b_better}`), ", ", h("b", { class: "neg", id: "n-a-better" }, `A better on ${s.a_better}`),
+            `; against the benchmarks' mean Δ, B better on ${s.b_beyond}, A better on ${s.a_beyond}.`),
+          h("p", { class: "muted" }, `The paired test of cgaps compare (the same counts as its page and its lines): per concept, Δ of χ_model on the items where it is present, tested by flipping which model got which score on the items where they differ; Benjamini–Hochberg per scope at FDR ${d.fdr}, concepts present on at least ${d.min_support} items. "Against the mean Δ" asks whether the concept's Δ differs from its benchmarks' own Δ.`),
           h("table", { id: "compare" }, h("thead", {}, head), body),
           h("div", { class: "pager" },
             cur.page > 1 ? link("/compare", { ...cur, page: cur.page - 1 }, "‹ previous") : "",
             h("span", {}, `page ${cur.page} of ${pages} (${d.total.toLocaleString()} concepts)`),
-            cur.page < pages ? link("/compare", { ...cur, page: cur.page + 1 }, "next ›") : "")].filter(Boolean)
+            cur.page < pages ? link("/compare", { ...cur, page: cur.page + 1 }, "next ›") : ""),
+          h("h2", {}, "χ_model of A against B, concept by concept"), points
         );
         frame(() => (perf.compares = (perf.compares || 0) + 1));
+        api("/api/compare/points", { a: cur.a, b: cur.b, scope: cur.scope }).then((p) => {
+          if (seq !== state.seq) return;
+          points.replaceChildren(C.scatter(p.xs, p.ys, p.calls, {
+            xLabel: `χ_model A (${p.a})`, yLabel: `χ_model B (${p.b})`, max: 1,
+            colours: { "B better": "#2e7d32", "A better": "#c62828" },
+            name: (i) => `concept ${p.concepts[i]}: A ${fmt(p.xs[i])}, B ${fmt(p.ys[i])}${p.calls[i] ? ` (${p.calls[i]})` : ""}`,
+            onPick: (i) => go(url(`/concept/${p.concepts[i]}`, { run: p.a === names[0] ? "" : p.a })),
+          }), h("p", { class: "muted" }, "Above the diagonal B does better. Green: B better, red: A better (the paired test)."));
+        });
       })
       .catch((e) => seq === state.seq && box.replaceChildren(errorBox(e)));
     return { name: "compare" };

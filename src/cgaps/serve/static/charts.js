@@ -45,21 +45,24 @@
       const g = el("g", {});
       if (r.lo !== null && r.hi !== null && r.lo !== undefined)
         g.appendChild(el("line", { x1: x(r.lo), x2: x(r.hi), y1: y, y2: y, stroke: "#9ecae1", "stroke-width": 4 }));
+      if (r.chance !== null && r.chance !== undefined)
+        g.appendChild(el("line", { x1: x(r.chance), x2: x(r.chance), y1: y - 7, y2: y + 7, stroke: "#888", "stroke-width": 2, "stroke-dasharray": "2 2", class: "chance" }));
       if (r.expected !== null && r.expected !== undefined)
         g.appendChild(el("line", { x1: x(r.expected), x2: x(r.expected), y1: y - 7, y2: y + 7, stroke: "#333", "stroke-width": 2, class: "expected" }));
       if (r.value !== null && r.value !== undefined)
         g.appendChild(el("circle", { cx: x(r.value), cy: y, r: 4.5, fill: r.color || "#3b6ea5", class: "value" }));
       s.appendChild(el("text", { x: w - 56, y: y + 4 }, r.value === null || r.value === undefined ? "no firing" : fmt(r.value, 2)));
-      tip(g, `${r.name}: ${fmt(r.value)} [${fmt(r.lo)}, ${fmt(r.hi)}], expected ${fmt(r.expected)}`);
+      tip(g, `${r.name}: ${fmt(r.value)} [${fmt(r.lo)}, ${fmt(r.hi)}], expected ${fmt(r.expected)}${r.chance !== null && r.chance !== undefined ? `, chance ${fmt(r.chance)}` : ""}`);
       s.appendChild(g);
     });
     return s;
   }
 
-  // Horizontal bars from 0: rows [{name, value, color, text}]; max = the axis end (default: largest value).
+  // Horizontal bars from 0: rows [{name, value, color, text}]; max = the axis end (default: largest
+  // value); textWidth = the room kept right of the longest bar for its text (default 70 px).
   function bars(rows, opts = {}) {
     const left = opts.left || 110, w = opts.width || 520, rowH = 18, top = 18;
-    const plotW = w - left - 70;
+    const plotW = w - left - (opts.textWidth || 70);
     const h = top + rows.length * rowH + 6;
     const s = svg(w, h, opts.title);
     const vals = rows.map((r) => r.value).filter((v) => Number.isFinite(v));
@@ -154,18 +157,77 @@
     return s;
   }
 
-  // A small [0, 1] track: interval, expected tick and value dot (the list's χ_model cell).
-  function forest(value, lo, hi, expected) {
+  // A small [0, 1] track: interval, chance tick (dotted), expected tick and value dot (the list's χ_model cell).
+  function forest(value, lo, hi, expected, chance) {
     const w = 110, h = 12;
     const s = el("svg", { width: w, height: h, class: "spark" });
     s.appendChild(el("rect", { x: 0, y: 0, width: w, height: h, fill: "#f2f2f2" }));
     const x = (v) => clamp01(v) * (w - 2) + 1;
     if (lo !== null && hi !== null) s.appendChild(el("rect", { x: x(lo), y: 4, width: Math.max(x(hi) - x(lo), 1), height: 4, fill: "#9ecae1" }));
+    if (chance !== null && chance !== undefined) s.appendChild(el("line", { x1: x(chance), x2: x(chance), y1: 0, y2: h, stroke: "#888", "stroke-width": 2, "stroke-dasharray": "2 2", class: "chance" }));
     if (expected !== null) s.appendChild(el("rect", { x: x(expected) - 1, y: 0, width: 2, height: h, fill: "#333" }));
     if (value !== null) s.appendChild(el("circle", { cx: x(value), cy: h / 2, r: 3.5, fill: "#3b6ea5" }));
-    tip(s, `χ_model ${fmt(value)} [${fmt(lo)}, ${fmt(hi)}], expected ${fmt(expected)}`);
+    tip(s, `χ_model ${fmt(value)} [${fmt(lo)}, ${fmt(hi)}], expected ${fmt(expected)}${chance !== null && chance !== undefined ? `, chance ${fmt(chance)}` : ""}`);
     return s;
   }
 
-  window.CgCharts = { ciRows, bars, histogram, heatmap, spark, forest, colour, fmt };
+  // One point per concept: xs[i] against ys[i], coloured by classes[i] (colours: {class: colour};
+  // others grey), with the diagonal; axes [0, max] (linear, or log10 with opts.log). Points are drawn
+  // as one path per colour (tens of thousands stay fast); the point nearest the pointer is named
+  // in a label and opts.onPick(i) is called on a click.
+  function scatter(xs, ys, classes, opts = {}) {
+    const w = opts.width || 460, h = opts.height || 420, left = 52, bottom = 40, top = 14, right = 14;
+    const s = svg(w, h, opts.title);
+    const pw = w - left - right, ph = h - top - bottom;
+    const log = !!opts.log;
+    const floor = 1e-5;
+    const tr = (v) => (log ? Math.log10(Math.max(v, floor)) : v);
+    const all = xs.concat(ys).filter((v) => Number.isFinite(v));
+    const lo = log ? Math.log10(floor) : 0;
+    const hi = log ? 0 : Math.max(opts.max || 0, ...all, 1e-12);
+    const X = (v) => left + ((tr(v) - lo) / (hi - lo || 1)) * pw;
+    const Y = (v) => top + ph - ((tr(v) - lo) / (hi - lo || 1)) * ph;
+    s.appendChild(el("rect", { x: left, y: top, width: pw, height: ph, fill: "#fff", stroke: "#ccc" }));
+    s.appendChild(el("line", { x1: X(log ? floor : 0), y1: Y(log ? floor : 0), x2: X(log ? 1 : hi), y2: Y(log ? 1 : hi), stroke: "#bbb", "stroke-dasharray": "4 3" }));
+    const ticks = log ? [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1] : [0, 0.25, 0.5, 0.75, 1].map((t) => t * hi);
+    for (const t of ticks) {
+      s.appendChild(el("text", { x: X(t), y: h - bottom + 14, "text-anchor": "middle" }, log ? `1e${Math.round(Math.log10(t))}` : t.toFixed(2)));
+      s.appendChild(el("text", { x: left - 4, y: Y(t) + 4, "text-anchor": "end" }, log ? `1e${Math.round(Math.log10(t))}` : t.toFixed(2)));
+    }
+    s.appendChild(el("text", { x: left + pw / 2, y: h - 6, "text-anchor": "middle", class: "axis-label" }, opts.xLabel || "x"));
+    s.appendChild(el("text", { transform: `translate(12,${top + ph / 2}) rotate(-90)`, "text-anchor": "middle", class: "axis-label" }, opts.yLabel || "y"));
+    const colours = opts.colours || {};
+    const paths = {};
+    xs.forEach((v, i) => {
+      const c = colours[classes[i]] ? classes[i] : "";
+      paths[c] = (paths[c] || "") + `M${X(v).toFixed(1)} ${Y(ys[i]).toFixed(1)}h0`;
+    });
+    // grey first, the called concepts on top
+    for (const c of ["", ...Object.keys(colours)]) if (paths[c]) s.appendChild(el("path", { d: paths[c], stroke: colours[c] || "#9aa5b1", "stroke-width": 5, "stroke-linecap": "round", "stroke-opacity": c ? 0.9 : 0.5, class: `points ${c ? "called" : ""}` }));
+    const ring = el("circle", { r: 6, fill: "none", stroke: "#000", "stroke-width": 1.5, visibility: "hidden" });
+    const label = el("text", { x: left + 6, y: top + 14, class: "picked" }, "");
+    s.appendChild(ring);
+    s.appendChild(label);
+    let picked = -1;
+    s.addEventListener("mousemove", (e) => {
+      const box = s.getBoundingClientRect();
+      const mx = ((e.clientX - box.left) / box.width) * w, my = ((e.clientY - box.top) / box.height) * h;
+      let best = -1, bd = 100;
+      for (let i = 0; i < xs.length; i++) {
+        const dx = X(xs[i]) - mx, dy = Y(ys[i]) - my, dd = dx * dx + dy * dy;
+        if (dd < bd) { bd = dd; best = i; }
+      }
+      picked = best;
+      ring.setAttribute("visibility", best < 0 ? "hidden" : "visible");
+      if (best >= 0) {
+        ring.setAttribute("cx", X(xs[best]));
+        ring.setAttribute("cy", Y(ys[best]));
+      }
+      label.textContent = best < 0 ? "" : opts.name ? opts.name(best) : `${fmt(xs[best])}, ${fmt(ys[best])}`;
+    });
+    s.addEventListener("click", () => picked >= 0 && opts.onPick && opts.onPick(picked));
+    return s;
+  }
+
+  window.CgCharts = { ciRows, bars, histogram, heatmap, spark, forest, scatter, colour, fmt };
 })();
