@@ -487,6 +487,13 @@ class TokenReader:
     def logits_with_edit(self, *args: Any) -> Any:
         raise NotImplementedError
 
+    @property
+    def loaded(self) -> dict[str, Any] | None:
+        return None
+
+    def unembed(self) -> None:
+        return None  # no LM head: no logit lens
+
     def sae(self) -> Any:
         """The identity SAE of the one-hot residuals (every code is 0 or 1)."""
         import torch
@@ -505,6 +512,10 @@ class TokenReader:
 
             def decode(self, codes: Any) -> Any:
                 return codes.float()
+
+            @property
+            def W_dec(self) -> Any:  # noqa: N802 (sae-lens's name)
+                return torch.eye(width)
 
         return Identity()
 

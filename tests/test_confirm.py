@@ -18,7 +18,7 @@ from cgaps.errors import CGapsError
 from cgaps.pools.options import PoolOptions
 from cgaps.scoring.core import build_matrix, concept_table
 from cgaps.stats import bh_adjust
-from helpers import TokenReader, make_null_or_planted_suite
+from helpers import FakeGenerator, TokenReader, make_null_or_planted_suite
 
 
 def test_matched_controls_are_uncalled_tested_and_closest_in_support():
@@ -242,8 +242,9 @@ def test_report_and_explorer_show_fill_and_confirm(scored_run, monkeypatch):
     run, pool, responses, x, _, reader, spec = scored_run
     monkeypatch.setattr(Reader, "get", lambda self: (reader, spec))
     # benchmark text that must reach the page as text: a label with markup in it
-    labels = rundir.read_table(run / rundir.LABELS, "labels")
-    labels.loc[labels["concept"] == x, "label"] = "<script>alert(1)</script> & co"
+    width = rundir.read_run_json(run)["n_concepts"]
+    labels = pd.DataFrame({"concept": range(width), "label": "", "source": ""}).astype({"concept": "int32"})
+    labels.loc[labels["concept"] == x, ["label", "source"]] = ["<script>alert(1)</script> & co", "mine"]
     rundir.write_table(labels, run / rundir.LABELS)
     out = confirm_run(
         run,
@@ -284,7 +285,7 @@ def test_confirm_evaluates_fresh_items_with_the_runs_model(scored_run, monkeypat
     }
     prompts = rundir.read_items(pool).set_index("prompt")["item_id"].to_dict()
 
-    class Scripted:
+    class Scripted(FakeGenerator):
         name, backend = "scripted", "transformers"
 
         def generate(self, conversations, max_new_tokens, batch_size, progress=None):
@@ -297,7 +298,7 @@ def test_confirm_evaluates_fresh_items_with_the_runs_model(scored_run, monkeypat
 
     asked = []
     monkeypatch.setattr(
-        evaluate_stage, "load_generator", lambda cfg, gen=None: asked.append(cfg.model) or Scripted()
+        evaluate_stage, "load_generator", lambda cfg, generator=None: asked.append(cfg.model) or Scripted()
     )
     monkeypatch.setattr(Reader, "get", lambda self: (reader, spec))
     out = confirm_run(
