@@ -98,7 +98,7 @@ def test_column_tuples_come_from_the_schemas():
 
     assert (*rundir.CONCEPT_COLUMNS, *CONCEPT_EXTRA_COLUMNS) == schemas.CONCEPT_TABLE_COLUMNS
     assert rundir.columns(rundir.THEME_TESTS) == THEME_TEST_COLUMNS
-    assert TEST_COLUMNS == (*rundir.CONCEPT_COLUMNS[2:], "p_value", "p_min")
+    assert (*rundir.CONCEPT_COLUMNS[2:], "p_value", "p_min") == TEST_COLUMNS
     assert (*rundir.LABEL_COLUMNS, *EVIDENCE_COLUMNS, *OTHER_SOURCE_COLUMNS) == LABELS_TABLE_COLUMNS
     assert (
         evidence.ENRICH_COLUMNS

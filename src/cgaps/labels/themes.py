@@ -71,8 +71,12 @@ def build_themes(
     ``format_share`` (per concept, :func:`cgaps.labels.format.format_shares`) marks format
     themes (:func:`cgaps.labels.format.theme_is_format` at ``format_mass``); none without it."""
     all_rows = tests[tests["scope"] == rundir.ALL_SCOPE].sort_values("theme", kind="stable")
-    if not len(all_rows):
-        return pd.DataFrame(columns=list(THEME_TABLE_COLUMNS))
+    if not len(all_rows):  # no theme: an empty table whose columns keep their types
+        empty = tests.head(0).copy()
+        for col in THEME_TABLE_COLUMNS:
+            if col not in empty.columns:
+                empty[col] = pd.Series(dtype=bool if col == "format" else object)
+        return empty[list(THEME_TABLE_COLUMNS)].reset_index(drop=True)
     ids = all_rows["theme"].to_numpy(np.int64)
     members = [np.asarray(json.loads(raw), dtype=np.int64) for raw in all_rows["members"]]
     shat = m.shat_matrix()
