@@ -3,7 +3,9 @@
     PYTHONPATH=src .venv/bin/python bench/extract_dtypes.py RUN_DIR [--work /tmp/dtypes] [--keep]
 
 ``RUN_DIR`` is a run with items and scores (``cgaps demo``'s, or ``cgaps items`` + ``cgaps
-evaluate``/``grade``/``import``); it is only read. Its items, responses, scores and config are
+evaluate``/``grade``/``import``); it is only read. ``--planted-scores SEED`` replaces its scores
+by synthetic ones with planted weaknesses (:func:`planted_scores`), for a run whose own scores
+give no gap calls to compare. Its items, responses, scores and config are
 copied twice under ``--work``; each copy is extracted by :func:`cgaps.extract.stage.extract_run`
 with ``dtype`` float32 and bfloat16 (everything else as the run's config says), one after the
 other in this process, and scored (:func:`cgaps.scoring.score_run`). Printed, bfloat16 against
@@ -41,15 +43,39 @@ import pandas as pd
 KEEP = ("items.parquet", "run.json", "option_logliks.parquet")
 
 
-def prepare(run: Path, out: Path) -> Path:
-    """A copy of ``run`` with its items, scores and config only."""
+def prepare(run: Path, out: Path, planted: int | None = None) -> Path:
+    """A copy of ``run`` with its items, scores and config only (``planted``: the scores replaced
+    by :func:`planted_scores` with that seed)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     for name in KEEP:
         if (run / name).exists():
             shutil.copy2(run / name, out / name)
+    if planted is not None:
+        items = pd.read_parquet(out / "items.parquet")
+        items["score"] = planted_scores(items, planted)
+        items.to_parquet(out / "items.parquet", index=False)
     return out
+
+
+def planted_scores(items: pd.DataFrame, seed: int) -> np.ndarray:
+    """Synthetic 0/1 scores with planted weaknesses, for a run whose real scores give no calls
+    (SmolLM2 on a few dozen items per benchmark): each benchmark has its own base accuracy
+    (0.5-0.85); an item whose prompt is longer than its benchmark's median is answered right
+    0.15 times as often, and one whose prompt holds a negation half as often (both vary within a
+    benchmark, which is what the scores are tested against: on 100 items of each paper10
+    benchmark this gives ~2,600 calls). The rule reads the text only, never
+    either extraction, so it favours neither dtype."""
+    rng = np.random.default_rng(seed)
+    bench = items["benchmark"].astype(str)
+    base = {b: rng.uniform(0.5, 0.85) for b in sorted(bench.unique())}
+    p = bench.map(base).to_numpy(dtype=float)
+    text = items["prompt"].astype(str)
+    length = text.str.len()
+    p = np.where(length > length.groupby(bench).transform("median"), p * 0.15, p)
+    p = np.where(text.str.contains(r"\b(?:not|no|never)\b|n't", case=False, regex=True), p / 2, p)
+    return (rng.random(len(items)) < p).astype(float)
 
 
 def extract_and_score(run: Path, dtype: str) -> dict[str, float]:
@@ -132,8 +158,14 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("run", type=Path, help="a run with items and scores (only read)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/extract_dtypes"), help="where the two copies go")
     ap.add_argument("--keep", action="store_true", help="keep the copies (default: deleted at the end)")
+    ap.add_argument(
+        "--planted-scores",
+        type=int,
+        metavar="SEED",
+        help="replace the scores by planted ones (planted_scores): for runs whose own give no calls",
+    )
     args = ap.parse_args(argv)
-    runs = {d: prepare(args.run, args.work / d) for d in ("float32", "bfloat16")}
+    runs = {d: prepare(args.run, args.work / d, args.planted_scores) for d in ("float32", "bfloat16")}
     times = {d: extract_and_score(r, d) for d, r in runs.items()}
     res = compare(runs["float32"], runs["bfloat16"])
     for d, t in times.items():

@@ -379,12 +379,13 @@ class HFBackend:
 
 
 def cast_parameters(model: Any, dtype: torch.dtype, shared: Any = None) -> Any:
-    """A copy of ``model`` with its parameters in ``dtype`` and its buffers as they are, which is
-    what ``from_pretrained(dtype=...)`` loads: rotary frequencies (``inv_freq``) stay float32 there,
-    while ``model.to(dtype)`` would round them to bfloat16 too (positions then drift: residuals
-    differ). Modules the model keeps in float32 (``_keep_in_fp32_modules``) are kept. ``shared``: a
-    copy of the same model whose parameters already are in ``dtype`` (taken, not copied); tied
-    parameters stay tied."""
+    """A copy of ``model`` as ``from_pretrained(dtype=...)`` loads it: its parameters in ``dtype``
+    (but those of modules the model keeps in float32, ``_keep_in_fp32_modules``) and each buffer
+    in the dtype the model's own construction in ``dtype`` gives it. That is not
+    ``model.to(dtype)``, which also rounds buffers a load keeps in float32: the rotary
+    frequencies (``inv_freq``; positions then drift and the residuals differ). ``shared``: a copy of
+    the same model whose parameters already are in ``dtype`` (taken, not copied); tied parameters
+    stay tied."""
     import copy
 
     import torch
@@ -400,9 +401,31 @@ def cast_parameters(model: Any, dtype: torch.dtype, shared: Any = None) -> Any:
             q = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
         memo[id(p)] = q
     out = copy.deepcopy(model, memo)
+    built = _buffer_dtypes(model, dtype)
+    for name, buf in list(out.named_buffers()):
+        want = built.get(name, buf.dtype)
+        if buf.dtype != want:
+            module_name, _, attr = name.rpartition(".")
+            module = out.get_submodule(module_name) if module_name else out
+            persistent = attr not in module._non_persistent_buffers_set
+            module.register_buffer(attr, buf.to(want), persistent=persistent)
     if hasattr(out.config, "dtype"):
         out.config.dtype = dtype
     return out.eval()
+
+
+def _buffer_dtypes(model: Any, dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The dtype of each buffer of ``model`` when transformers builds it in ``dtype`` (on the meta
+    device: no memory, no weights); empty for a model it cannot build from its config."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(model.config, dtype=dtype)
+    except Exception:  # a model class of one's own: its buffers stay as they are
+        return {}
+    return {name: buf.dtype for name, buf in skeleton.named_buffers()}
 
 
 def load_backend(name: str, device: str = "auto", dtype: str = "auto") -> HFBackend:
