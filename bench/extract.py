@@ -6,23 +6,33 @@
 On the same length-sorted batches, in one process, interleaved batch by batch
 (``bench/_common.py``):
 
-* **project**: :func:`cgaps.extract.stage.extract_chunk` (forward stopped after block L, SAE
-  codes and sparse pooling on the device in the model's dtype, rows for positive cells only);
-* **naive**: :func:`cgaps.extract.reference.dense_chunk` with ``full_forward``: the whole model
-  with ``output_hidden_states``, residuals to the CPU in float32, dense codes, dense pooling;
-* **bare**: the forward pass to block L and nothing else (the floor extraction cannot beat).
+* **project**: :func:`cgaps.extract.stage.extract_chunk` in the dtype extraction reads in
+  (``--dtype auto``: :func:`cgaps.models.loading.reader_dtype`, bfloat16 on a CPU that computes
+  it natively) — forward stopped after block L, SAE codes and sparse pooling on the device in
+  that dtype, rows for positive cells only;
+* **bare**: the forward pass to block L in that same dtype and nothing else (the floor
+  extraction cannot beat);
+* **project_float32** and **bare_float32**: the same in float32, when extraction reads in
+  another dtype (the float32 path as it was, and its floor: both floors are printed);
+* **naive**: :func:`cgaps.extract.reference.dense_chunk` with ``full_forward`` in float32: the
+  whole model with ``output_hidden_states``, residuals to the CPU in float32, dense codes, dense
+  pooling.
 
 The default suite is the probe suite with synthetic responses of mixed length (span both),
 so batches mix lengths as a real run does. ``--synthetic NAME`` builds a random-weight model
 from the real config in ``bench/model_configs.json`` and random token ids instead (no
 tokenizer, no SAE file, no sae-lens: what ``bench/gpu.sh`` runs). Last line:
-``ratio_vs_naive=X ratio_vs_bare=Y tok_s=Z`` (speed-ups: naive time / project time and bare
-time / project time; tok_s = analysed tokens per second of the project path).
+``ratio_vs_naive=X ratio_vs_bare=Y tok_s=Z [ratio_vs_float32=W floor_ratio=V]`` (speed-ups:
+naive time / project time and bare time / project time, bare in the project's dtype; tok_s =
+analysed tokens per second of the project path; ratio_vs_float32 = the float32 path's time /
+the project's, i.e. its tokens per second over float32's; floor_ratio = bare float32 time /
+bare time).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
@@ -33,7 +43,7 @@ import _common
 import numpy as np
 
 
-def real_setup(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Any]:
+def real_setup(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Any, Any, Any]:
     from cgaps.config import RunConfig
     from cgaps.extract.stage import encode_items, load_reader
 
@@ -41,11 +51,15 @@ def real_setup(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Any]:
         model=args.model, sae=args.sae, device=args.device, dtype=args.dtype, batch_size=args.batch_size
     )
     backend, sae = load_reader(cfg)  # as extraction loads them: the SAE beside the model, in its dtype
+    if str(backend.dtype) != "torch.float32":  # the float32 path, for comparison
+        backend32, sae32 = load_reader(cfg.replace(dtype="float32"))
+    else:
+        backend32, sae32 = backend, sae
     items = _common.probe_items(args.items, args.max_words)
-    return backend, sae, encode_items(items, backend.tokenizer, cfg), cfg
+    return backend, sae, encode_items(items, backend.tokenizer, cfg), cfg, backend32, sae32
 
 
-def synthetic_setup(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Any]:
+def synthetic_setup(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Any, Any, Any]:
     import torch
 
     from cgaps.config import RunConfig
@@ -69,7 +83,7 @@ def synthetic_setup(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Any]
         mask[0] = False  # position 0 never counts (docs/method.md §2)
         encoded.append(Encoded(f"i{i}", "", ids, [(t, t + 1) for t in range(n)], mask))
     torch.set_grad_enabled(False)
-    return backend, sae, encoded, RunConfig(batch_size=args.batch_size)
+    return backend, sae, encoded, RunConfig(batch_size=args.batch_size), backend, sae
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -100,7 +114,7 @@ def main(argv: list[str] | None = None) -> str:
     from cgaps.models import length_batches, pad_batch
 
     t0 = time.perf_counter()
-    backend, sae, encoded, cfg = (synthetic_setup if args.synthetic else real_setup)(args)
+    backend, sae, encoded, cfg, backend32, sae32 = (synthetic_setup if args.synthetic else real_setup)(args)
     layer = sae.layer
     # the batches every path runs, exactly as extraction cuts them (length-sorted)
     batches = [
@@ -108,18 +122,28 @@ def main(argv: list[str] | None = None) -> str:
     ]
     pad = backend.tokenizer.pad_token_id
     on_gpu = not str(backend.device).startswith("cpu")
+    other = backend32 is not backend
 
-    def bare(batch: list[Any]) -> None:
-        ids, att = pad_batch([e.input_ids for e in batch], pad)
-        backend.residuals_at(ids, att, [layer])
+    def bare_in(reader: Any) -> Any:
+        def bare(batch: list[Any]) -> None:
+            ids, att = pad_batch([e.input_ids for e in batch], pad)
+            reader.residuals_at(ids, att, [layer])
 
-    def project(batch: list[Any]) -> None:
-        extract_chunk(backend, sae, layer, batch, cfg, Counter())
+        return bare
+
+    def project_in(reader: Any, encoder: Any) -> Any:
+        def project(batch: list[Any]) -> None:
+            extract_chunk(reader, encoder, layer, batch, cfg, Counter())
+
+        return project
 
     def naive(batch: list[Any]) -> None:
-        dense_chunk(backend, sae, layer, batch, cfg, Counter(), full_forward=True, on_device=on_gpu)
+        dense_chunk(backend32, sae32, layer, batch, cfg, Counter(), full_forward=True, on_device=on_gpu)
 
-    tasks = {"bare": bare, "project": project, "naive": naive}
+    tasks = {"bare": bare_in(backend), "project": project_in(backend, sae)}
+    if other:
+        tasks |= {"bare_float32": bare_in(backend32), "project_float32": project_in(backend32, sae32)}
+    tasks["naive"] = naive
     for task in tasks.values():  # warm-up: kernels, allocator, lazy imports
         task(batches[0][:2])
     with torch.no_grad():
@@ -127,17 +151,29 @@ def main(argv: list[str] | None = None) -> str:
     n_tokens = sum(len(e.input_ids) for e in encoded)
     padded = sum(len(b) * max(len(e.input_ids) for e in b) for b in batches)
     analysed = sum(int(e.mask.sum()) for e in encoded) * args.rounds
+    dtype = str(backend.dtype).removeprefix("torch.")
     print(
-        f"{backend.name} layer {layer}, SAE width {sae.width}, {args.device} {str(backend.dtype).removeprefix('torch.')}: "
+        f"{backend.name} layer {layer}, SAE width {sae.width}, {args.device} {dtype} (--dtype {args.dtype}): "
         f"{len(encoded)} items, {n_tokens} tokens ({analysed // args.rounds} analysed), {len(batches)} batches, "
         f"padding {1 - n_tokens / padded:.1%} of the padded tokens; setup {time.perf_counter() - t0 - sum(spent.values()):.1f} s"
     )
     print("  ".join(f"{k} {v:.2f} s" for k, v in spent.items()))
-    line = _common.last_line(
-        ratio_vs_naive=spent["naive"] / spent["project"],
-        ratio_vs_bare=spent["bare"] / spent["project"],
-        tok_s=analysed / spent["project"],
-    )
+    floors = f"bare forward to layer {layer}: {dtype} {analysed / spent['bare']:.0f} analysed tokens/s"
+    if other:
+        floors += f", float32 {analysed / spent['bare_float32']:.0f}"
+    print(f"{floors}; load average {os.getloadavg()[0]:.1f}")
+    figures = {
+        "ratio_vs_naive": spent["naive"] / spent["project"],
+        "ratio_vs_bare": spent["bare"] / spent["project"],
+        "tok_s": analysed / spent["project"],
+    }
+    if other:
+        figures |= {
+            "ratio_vs_float32": spent["project_float32"] / spent["project"],
+            "floor_ratio": spent["bare_float32"] / spent["bare"],
+            "float32_ratio_vs_bare": spent["bare_float32"] / spent["project_float32"],
+        }
+    line = _common.last_line(**figures)
     print(line)
     return line
 

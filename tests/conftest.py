@@ -19,11 +19,15 @@ import numpy as np
 
 # see cgaps.cli.main.main: spinning OpenMP threads collapse under shared cores
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# `auto` as on a CPU without native bfloat16 (cgaps.models.loading.cpu_bf16_native), in this
+# process and every process it starts (CLI runs, Ray workers): the tables the tests expect do not
+# depend on the CPU; the tests of the bfloat16 paths ask for them (the native_bf16 fixture)
+os.environ["CGAPS_CPU_BF16"] = "0"
 import pytest
 
 # the test run's own settings: where converted models are cached, where the benchmark files
 # are, and whether test_report.py rewrites its golden figures
-KEEP_ENV = {"CGAPS_CACHE", "CGAPS_BENCHMARKS", "CGAPS_UPDATE_GOLDEN"}
+KEEP_ENV = {"CGAPS_CACHE", "CGAPS_BENCHMARKS", "CGAPS_UPDATE_GOLDEN", "CGAPS_CPU_BF16"}
 
 
 def _no_conversion(gguf, *args, **kwargs):
@@ -61,6 +65,12 @@ def pytest_collection_modifyitems(config, items):
     ]
     if unmarked:
         raise pytest.UsageError(f"the smollm fixture loads the real model; mark these slow: {unmarked}")
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """``auto`` as on a CPU that computes bfloat16 natively (generation and extraction in bfloat16)."""
+    monkeypatch.setenv("CGAPS_CPU_BF16", "1")
 
 
 @pytest.fixture(scope="module")

@@ -104,3 +104,93 @@ def test_unembed_is_the_logit_lens_of_the_models_own_norm_and_head(architecture)
     # Gemma's norm multiplies by 1 + weight: the rule lives in cgaps.models.families
     plus_one = architecture == "gemma2"
     torch.testing.assert_close(scale, norm.weight + 1 if plus_one else norm.weight)
+
+
+# ---------------------------------------------------------------- the reader's dtype (issue 24)
+
+
+def test_reader_dtype_rules(monkeypatch):
+    from cgaps.models.loading import cpu_bf16_native, reader_dtype
+
+    assert reader_dtype("auto", "cpu", lambda: True) == "bfloat16"
+    assert reader_dtype("auto", "cpu", lambda: False) == "float32"
+    assert reader_dtype("auto", "cuda:0", lambda: False) == "bfloat16"
+    assert reader_dtype("auto", "mps", lambda: True) == "float32"
+    assert reader_dtype("float32", "cpu", lambda: True) == "float32"
+    assert reader_dtype("float16", "cuda", lambda: True) == "float16"
+    with pytest.raises(CGapsError, match="unknown dtype 'half'"):
+        reader_dtype("half", "cpu")
+    # the probe is looked up when called, and the environment pins it (the suite runs with 0)
+    monkeypatch.setenv("CGAPS_CPU_BF16", "1")
+    assert cpu_bf16_native() and reader_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setenv("CGAPS_CPU_BF16", "0")
+    assert not cpu_bf16_native() and reader_dtype("auto", "cpu") == "float32"
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma2"])
+def test_reading_in_bfloat16_equals_a_bfloat16_load(tmp_path, architecture):
+    from helpers import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "m", architecture, n_layers=3, hidden=32)
+    loaded32 = HFBackend.load(str(folder), device="cpu", dtype="float32")
+    loaded16 = HFBackend.load(str(folder), device="cpu", dtype="bfloat16")
+    reader = loaded32.reading_in("bfloat16")
+    assert reader.dtype is torch.bfloat16 and loaded32.dtype is torch.float32  # the model is untouched
+    assert reader.loaded == loaded16.loaded and reader.loaded["dtype"] == "bfloat16"
+    assert loaded32.reading_in("bfloat16") is reader and loaded32.reading_in("float32") is loaded32
+    ids, mask = pad_batch([[1, 500, 600, 700, 800, 900], [1, 800, 5]], loaded32.tokenizer.pad_token_id)
+    # bit for bit: parameters rounded alike, buffers (the rotary frequencies) kept in float32
+    for layer in (0, 2):
+        assert torch.equal(
+            reader.residuals(ids, mask, layer), loaded16.residuals(ids, mask, layer)
+        ), f"layer {layer}"
+    buffers = dict(reader.model.named_buffers())
+    assert all(b.dtype == dict(loaded16.model.named_buffers())[n].dtype for n, b in buffers.items())
+    # model.to(bfloat16), what the generation copy is, rounds the rotary frequencies too
+    if architecture == "llama":
+        assert any(b.dtype == torch.float32 for b in buffers.values())
+    tied = reader.model.get_output_embeddings().weight is reader.model.get_input_embeddings().weight
+    assert tied == (loaded32.model.get_output_embeddings().weight is loaded32.model.get_input_embeddings().weight)
+
+
+def test_reading_in_shares_the_generation_copy(tmp_path):
+    from helpers import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "m", n_layers=2, hidden=32)
+    backend = HFBackend.load(str(folder), device="cpu", dtype="float32")
+    backend.generate_in("bfloat16")
+    reader = backend.reading_in("bfloat16")
+    ours = dict(reader.model.named_parameters())
+    for name, p in backend.gen_model.named_parameters():
+        assert ours[name] is p  # no second copy of the weights
+    assert "generation_dtype" not in reader.loaded and reader.loaded["dtype"] == "bfloat16"
+    fresh = HFBackend.load(str(folder), device="cpu", dtype="bfloat16")
+    ids, mask = pad_batch([[1, 500, 600, 700]], backend.tokenizer.pad_token_id)
+    assert torch.equal(reader.residuals(ids, mask, 1), fresh.residuals(ids, mask, 1))
+
+
+def test_reading_in_refuses_a_copy_that_does_not_fit(tiny, monkeypatch):
+    from cgaps.models import hf
+
+    fresh = HFBackend(tiny.model, tiny.tokenizer, "tiny", "cpu")
+    monkeypatch.setattr(hf, "available_memory", lambda: 1000)
+    with pytest.raises(CGapsError, match=r"reading residuals in bfloat16 needs a .* GB copy.*--dtype float32"):
+        fresh.reading_in("bfloat16")
+
+
+def test_a_dtype_change_makes_extraction_stale(monkeypatch):
+    from cgaps.models.loading import reader_dtype_change
+
+    meta = {
+        "config": {"dtype": "auto", "device": "cpu"},
+        "model": {"reader_loaded": {"dtype": "float32", "device": "cpu"}},
+    }
+    monkeypatch.setenv("CGAPS_CPU_BF16", "0")
+    assert reader_dtype_change(meta) is None
+    monkeypatch.setenv("CGAPS_CPU_BF16", "1")
+    assert reader_dtype_change(meta) == (
+        "the residuals were read in another dtype (reader_dtype 'float32' there, 'bfloat16' now)"
+    )
+    pinned = {**meta, "config": {"dtype": "float32", "device": "cpu"}}
+    assert reader_dtype_change(pinned) is None  # --dtype float32 reads in float32 on any CPU
+    assert reader_dtype_change({"config": {}, "model": {"reader": "x"}}) is None  # nothing recorded

@@ -197,6 +197,10 @@ class RunState:
             from cgaps.models.backends import backend_change
 
             return backend_change(self.meta)
+        if stage == "extract":  # `dtype: auto` reads in bfloat16 only where the CPU computes it
+            from cgaps.models.loading import reader_dtype_change
+
+            return reader_dtype_change(self.meta)
         if stage == "score":
             return _knob_mismatch(self.run_dir, self.meta)
         return None

@@ -131,29 +131,49 @@ def pool_batch(acts: Any, token_item: Any, n_items: int, pool: str) -> tuple[Any
 
     Only the nonzero codes are visited: an SAE fires on a few dozen of its F latents per token, so
     a scatter over the T x F cells (zeros included, as :func:`cgaps.extract.reference.pool_dense`
-    does) would cost ~100x more memory traffic than the pooling itself. Runs on the codes' device
-    and in their dtype. ``nonzero`` lists cells in token order, so each cell's sum adds its tokens
-    in the same order as the dense path and gives the same float (checked in
-    ``tests/test_speed_extract.py``).
+    does) would cost ~100x more memory traffic than the pooling itself. ``nonzero`` lists cells in
+    token order, so each cell's sum adds its tokens in the same order as the dense path and gives
+    the same float (checked in ``tests/test_speed_extract.py``).
     """
+    tok, feat = acts.nonzero(as_tuple=True)
+    return pool_cells(tok, feat, acts[tok, feat], token_item, n_items, acts.shape[1], pool)
+
+
+def pool_topk(values: Any, indices: Any, token_item: Any, n_items: int, n_feat: int, pool: str) -> tuple[Any, Any]:
+    """:func:`pool_batch` of a TopK SAE's codes given as their k latents per token (``values`` and
+    ``indices`` [T, k], :meth:`cgaps.sae.LoadedSAE.topk_codes`): the same cells in the same order
+    (each token's latents by index, the zeros left out, as ``nonzero`` lists the dense codes), so
+    the same floats, without the dense T x F codes. Values are pooled in float32: a max is the
+    same in any dtype, and sums of bfloat16 codes keep float32's precision."""
     import torch
 
-    n_feat = acts.shape[1]
-    tok, feat = acts.nonzero(as_tuple=True)
-    vals = acts[tok, feat]
-    key = token_item.to(acts.device).long()[tok] * n_feat + feat
+    indices, order = indices.sort(dim=-1)
+    values = values.gather(-1, order)
+    keep = values > 0
+    tok = torch.arange(values.shape[0], device=values.device).unsqueeze(1).expand_as(indices)[keep]
+    return pool_cells(tok, indices[keep], values[keep].float(), token_item, n_items, n_feat, pool)
+
+
+def pool_cells(
+    tok: Any, feat: Any, vals: Any, token_item: Any, n_items: int, n_feat: int, pool: str
+) -> tuple[Any, Any]:
+    """The pooling of :func:`pool_batch` from the nonzero cells: token ``tok[i]`` fires latent
+    ``feat[i]`` with ``vals[i]`` (cells in token order). Runs on the values' device, in their dtype."""
+    import torch
+
+    key = token_item.to(vals.device).long()[tok] * n_feat + feat
     size = n_items * n_feat
-    peak_val = torch.zeros(size, dtype=acts.dtype, device=acts.device).scatter_reduce(
+    peak_val = torch.zeros(size, dtype=vals.dtype, device=vals.device).scatter_reduce(
         0, key, vals, "amax", include_self=True
     )
     is_peak = vals == peak_val[key]
-    peak_tok = torch.full((size,), -1, dtype=torch.long, device=acts.device).scatter_reduce(
+    peak_tok = torch.full((size,), -1, dtype=torch.long, device=vals.device).scatter_reduce(
         0, key[is_peak], tok[is_peak], "amax", include_self=True
     )
     if pool == "max":
         value = peak_val
     else:
-        value = torch.zeros(size, dtype=acts.dtype, device=acts.device).index_add_(0, key, vals)
+        value = torch.zeros(size, dtype=vals.dtype, device=vals.device).index_add_(0, key, vals)
         if pool == "mean":
             counts = torch.bincount(token_item.long(), minlength=n_items).clamp(min=1)
             value = (value.view(n_items, n_feat) / counts.to(value).unsqueeze(1)).view(-1)
@@ -221,7 +241,14 @@ def extract_chunk(
         rr, tt = mask.nonzero(as_tuple=True)
         if len(rr) == 0:
             continue
-        value, peak = pool_batch(sae.encode(resid[rr, tt]), rr, len(encs), cfg.pool)
+        x = resid[rr, tt]
+        # a TopK SAE's k latents per token are pooled as they are; any other SAE's dense codes
+        sparse = getattr(sae, "topk_codes", None)
+        codes = sparse(x) if sparse is not None else None
+        if codes is not None:
+            value, peak = pool_topk(*codes, rr, len(encs), sae.width, cfg.pool)
+        else:
+            value, peak = pool_batch(sae.encode(x), rr, len(encs), cfg.pool)
         if cfg.top_k is None:
             r_idx, c_idx = (value > 0).nonzero(as_tuple=True)  # row-major: items in order, concepts rising
         else:  # the k largest of each item, in topk's order (as the rows were always written)
@@ -351,13 +378,27 @@ def load_reader(
 ) -> tuple[ResidualReader, SAEEncoder]:
     """The reader model and the SAE of ``cfg`` (each loaded unless given), the layer checked; the
     SAE beside the model, in its dtype, so codes and pooling never leave the device. What a
-    :class:`~cgaps.seams.ChunkRunner` loads (in this process, or once on each Ray worker)."""
+    :class:`~cgaps.seams.ChunkRunner` loads (in this process, or once on each Ray worker).
+
+    The reader reads in :func:`cgaps.models.loading.reader_dtype` (``auto``: bfloat16 on a GPU
+    and on a CPU that computes it natively): loaded in it, or, for a model given in another dtype
+    (the pipeline's, loaded in float32 to evaluate), a copy in it (``HFBackend.reading_in``: the
+    same residuals as a model loaded in that dtype). Any other given reader is used as it is (a
+    model given in bfloat16 is not widened); the shard manifest records the dtype it really ran in."""
     from cgaps.models import load_backend
+    from cgaps.models.loading import pick_device, reader_dtype
     from cgaps.sae import load_sae
 
     if backend is None:
-        info(f"loading reader model {cfg.reader_model}")
-        backend = load_backend(cfg.reader_model, cfg.device, cfg.dtype)
+        dtype = reader_dtype(cfg.dtype, pick_device(cfg.device))
+        info(f"loading reader model {cfg.reader_model} ({dtype})")
+        backend = load_backend(cfg.reader_model, cfg.device, dtype)
+    else:  # a float32 model (the pipeline's, loaded to evaluate) is read in the dtype resolved
+        dtype = reader_dtype(cfg.dtype, str(backend.device))
+        reading_in = getattr(backend, "reading_in", None)
+        if reading_in is not None and str(backend.dtype) == "torch.float32" and dtype != "float32":
+            info(f"reading residuals in {dtype}")
+            backend = reading_in(dtype)
     loaded: SAEEncoder = (
         sae_spec
         if sae_spec is not None

@@ -56,6 +56,7 @@ class HFBackend:
         # generation (only) may run a copy in another dtype: generate_in()
         self.gen_model = model
         self.generation_dtype: str | None = None  # the copy's dtype (None: the model generates)
+        self._readers: dict[str, HFBackend] = {}  # this model read in other dtypes: reading_in()
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.n_layers = int(cfg.num_hidden_layers)
         self.hidden_size = int(cfg.hidden_size)
@@ -236,6 +237,38 @@ class HFBackend:
         if isinstance(self.loaded, dict):
             self.loaded = {**self.loaded, "generation_dtype": dtype}
 
+    def reading_in(self, dtype: str) -> HFBackend:
+        """This model as a reader whose parameters are in ``dtype`` (extraction in bfloat16 on a
+        CPU that computes it natively, :func:`cgaps.models.loading.reader_dtype`): itself when it
+        already is, else a copy made once and kept. The copy equals the model loaded in ``dtype``
+        (:func:`cast_parameters`: residuals bit for bit), so a pipeline that loaded the model in
+        float32 to evaluate extracts exactly as ``cgaps extract`` loading it in bfloat16. Its
+        parameters are those of the generation copy when that one is in ``dtype`` (no more memory)."""
+        from cgaps.models.loading import torch_dtype
+
+        want = torch_dtype(dtype)
+        if want == self.dtype:
+            return self
+        if dtype not in self._readers:
+            shared = self.gen_model if self.gen_model is not self.model else None
+            if shared is None or next(shared.parameters()).dtype != want:
+                shared = None
+                need = sum(p.numel() for p in self.model.parameters()) * want.itemsize
+                free = available_memory()
+                if free is not None and need > 0.8 * free:
+                    raise CGapsError(
+                        f"reading residuals in {dtype} needs a {need / 2**30:.1f} GB copy of {self.name} beside "
+                        f"the model, but only {free / 2**30:.1f} GB of memory is available; pass --dtype "
+                        f"{str(self.dtype).removeprefix('torch.')} (read with the model itself)"
+                    )
+            reader = HFBackend(cast_parameters(self.model, want, shared), self.tokenizer, self.name, self.device)
+            if isinstance(self.loaded, dict):
+                loaded = {k: v for k, v in self.loaded.items() if k != "generation_dtype"}
+                reader.loaded = {**loaded, "dtype": dtype}
+            reader.context_overflow = self.context_overflow
+            self._readers[dtype] = reader
+        return self._readers[dtype]
+
     def generate(
         self,
         conversations: Sequence[Messages | str],
@@ -343,6 +376,56 @@ class HFBackend:
             if progress:
                 progress(len(idx))
         return out
+
+
+def cast_parameters(model: Any, dtype: torch.dtype, shared: Any = None) -> Any:
+    """A copy of ``model`` as ``from_pretrained(dtype=...)`` loads it: its parameters in ``dtype``
+    (but those of modules the model keeps in float32, ``_keep_in_fp32_modules``) and each buffer
+    in the dtype the model's own construction in ``dtype`` gives it. That is not
+    ``model.to(dtype)``, which also rounds buffers a load keeps in float32: the rotary
+    frequencies (``inv_freq``; positions then drift and the residuals differ). ``shared``: a copy of
+    the same model whose parameters already are in ``dtype`` (taken, not copied); tied parameters
+    stay tied."""
+    import copy
+
+    import torch
+
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    theirs = dict(shared.named_parameters()) if shared is not None else {}
+    memo: dict[int, Any] = {}
+    for name, p in model.named_parameters():
+        if p.dtype == dtype or not p.is_floating_point() or any(k in name.split(".") for k in keep):
+            continue
+        q = theirs.get(name)
+        if q is None or q.dtype != dtype or q.shape != p.shape:
+            q = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+        memo[id(p)] = q
+    out = copy.deepcopy(model, memo)
+    built = _buffer_dtypes(model, dtype)
+    for name, buf in list(out.named_buffers()):
+        want = built.get(name, buf.dtype)
+        if buf.dtype != want:
+            module_name, _, attr = name.rpartition(".")
+            module = out.get_submodule(module_name) if module_name else out
+            persistent = attr not in module._non_persistent_buffers_set
+            module.register_buffer(attr, buf.to(want), persistent=persistent)
+    if hasattr(out.config, "dtype"):
+        out.config.dtype = dtype
+    return out.eval()
+
+
+def _buffer_dtypes(model: Any, dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The dtype of each buffer of ``model`` when transformers builds it in ``dtype`` (on the meta
+    device: no memory, no weights); empty for a model it cannot build from its config."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(model.config, dtype=dtype)
+    except Exception:  # a model class of one's own: its buffers stay as they are
+        return {}
+    return {name: buf.dtype for name, buf in skeleton.named_buffers()}
 
 
 def load_backend(name: str, device: str = "auto", dtype: str = "auto") -> HFBackend:

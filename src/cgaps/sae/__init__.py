@@ -87,6 +87,41 @@ class LoadedSAE:
             codes = self.sae.encode(residuals.to(device=self.sae.W_enc.device, dtype=self.dtype))
         return codes.float().clamp(min=0)
 
+    def topk_codes(self, residuals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The codes of a TopK SAE as its k latents per row: ``(values, indices)``, both [n, k], the
+        values in the SAE's dtype after the ReLU (a value of 0 is a latent that does not fire);
+        None for any other architecture (then :meth:`encode`).
+
+        The same numbers as :meth:`encode` (the same sae-lens steps: input processing, the encoder
+        product and bias, ``torch.topk``, ReLU) without the dense [n, F] tensor that encode
+        scatters them into and its cast to float32: extraction pools the k values of each token
+        directly (:func:`cgaps.extract.stage.pool_topk`), which in bfloat16 saves ~half of the
+        encoding time. ``tests/test_sae.py`` checks that scattering them gives :meth:`encode`'s
+        codes bit for bit.
+        """
+        import torch
+        from sae_lens.saes.topk_sae import TopK, TopKSAE
+
+        sae = self.sae
+        act = getattr(sae, "activation_fn", None)
+        # only where encode is exactly sae-lens's TopKSAE.encode (whose steps are repeated here)
+        if not (
+            isinstance(sae, TopKSAE)
+            and type(sae).encode is TopKSAE.encode
+            and isinstance(act, TopK)
+            and not act.use_sparse_activations
+        ):
+            return None
+        with torch.no_grad():
+            sae_in = sae.process_sae_in(residuals.to(device=sae.W_enc.device, dtype=self.dtype))
+            pre = sae_in @ sae.W_enc
+            pre += sae.b_enc  # in place: the rounding of `+`, without a second [n, F] tensor
+            pre = sae.hook_sae_acts_pre(pre)
+            if sae.cfg.rescale_acts_by_decoder_norm:
+                pre = pre * sae.W_dec.norm(dim=-1)
+            values, indices = torch.topk(pre, k=act.k, dim=-1, sorted=False)
+        return values.relu(), indices
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Reconstructed residuals [n, d] (float32) from codes [n, F]."""
         import torch
