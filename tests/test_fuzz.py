@@ -513,12 +513,15 @@ def _partial_damaged(env: Env) -> list[str]:
     return ["evaluate", str(env.run), "--model", str(env.model), "--device", "cpu"]
 
 
-@case("shard-sidecar-damaged", "shard-00000.json")
-def _shard_damaged(env: Env) -> list[str]:
+# a damaged extraction shard or sidecar is redone, not an error (tests/test_extract.py); shards
+# made with other settings are refused, naming each setting that differs (issue 23)
+@case("shard-other-settings", "pool 'sum' there, 'max' now")
+def _shard_settings(env: Env) -> list[str]:
     shards = env.run / rundir.SALIENCY_SHARDS
     shards.mkdir()
     GOOD_SAL.assign(peak_start=0, peak_end=1).to_parquet(shards / "shard-00000.parquet")
-    (shards / "shard-00000.json").write_text('{"item_ids": ')
+    (shards / "shard-00000.json").write_text(json.dumps({"item_ids": list(GOOD_SAL["item_id"])}))
+    (shards / "manifest.json").write_text(json.dumps({"signature": {"pool": "sum", "span": "both"}}))
     return ["extract", str(env.run), "--reader", str(env.model), "--sae", str(env.sae), "--device", "cpu"]
 
 
