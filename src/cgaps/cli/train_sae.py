@@ -69,7 +69,12 @@ def train_sae(
     from cgaps.sae.training.train import METRICS, save_sae, to_sae
     from cgaps.sae.training.train import train_sae as run_training
 
+    from cgaps.rundir import check_output
+
     cfg = TrainConfig(**(train or {}))
+    work = work or out.with_name(out.name + ".work")
+    for folder, what in ((out, "--out"), (work, "--work")):  # an SAE is no file of a run
+        check_output(folder, what)
     if threads:
         torch.set_num_threads(threads)
     if not conversations.exists():
@@ -81,7 +86,6 @@ def train_sae(
         random.Random(cfg.seed).shuffle(convs)
         n_held = max(1, len(convs) // 20)
         held, convs = convs[:n_held], convs[n_held:]
-    work = work or out.with_name(out.name + ".work")
     backend = load_backend(model, device=device, dtype="float32")
     backend.check_layer(layer)
     mix = dict(Counter(c.get("source", "unknown") for c in convs))

@@ -247,7 +247,8 @@ class AutoInterp:
                         "score": score,
                         "answer": answer,
                     }
-                    with self.cache_path.open("a", encoding="utf-8") as fh:  # one finished concept per line
+                    # one finished concept per line; an OS error (a full disk) names the file
+                    with rundir.naming_errors(self.cache_path), self.cache_path.open("a", encoding="utf-8") as fh:
                         fh.write(json.dumps(hit, ensure_ascii=False) + "\n")
                     asked += 1
                 out[c] = (str(hit["label"]), float(hit["score"]))

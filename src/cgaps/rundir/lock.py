@@ -63,13 +63,17 @@ def writing(run_dir: str | Path) -> Iterator[None]:
             f"{run_dir}: another cgaps process (pid {holder}) is writing this run directory; "
             "wait for it to finish, or use another --out"
         ) from e
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    try:  # the holder's pid is for the message above; a disk too full for it must not stop here
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError:
+        pass
     _held[key] = fd
     try:
         remove_stale_temporaries(run_dir)
         yield
     finally:
         del _held[key]
-        os.ftruncate(fd, 0)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
         os.close(fd)  # closing releases the flock
