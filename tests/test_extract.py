@@ -256,7 +256,9 @@ def test_resume_after_interruption(tmp_path, tiny_backend, monkeypatch):
     # so does an SAE with the same id but other weights (a folder retrained in place)
     retrained = loaded_sae(tiny_backend.hidden_size, seed=2)
     assert retrained.sae_id == spec.sae_id and retrained.fingerprint != spec.fingerprint
-    with pytest.raises(CGapsError, match=r"other settings \(sae_fingerprint '[0-9a-f]+' there, '[0-9a-f]+' now\)"):
+    with pytest.raises(
+        CGapsError, match=r"other settings \(sae_fingerprint '[0-9a-f]+' there, '[0-9a-f]+' now\)"
+    ):
         extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=retrained)
     assert loaded_sae(tiny_backend.hidden_size).fingerprint == spec.fingerprint  # same weights, same hash
     # and a reader in another dtype (its residuals differ): the resolved dtype is in the signature

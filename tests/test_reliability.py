@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from cgaps import rundir
-from helpers import write_run
 
 
 def cgaps(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -60,8 +57,7 @@ def test_label_on_an_import_without_categories(tmp_path, monkeypatch, capsys):
     """`cgaps import table` without a category mapping gives an all-empty category column: a
     facet with no groups, left out of the enrichment (it crashed with `argmax of an empty sequence`)."""
     rows = [
-        {"id": f"r{k}", "q": f"What is {k} plus {k}?", "out": str(2 * k), "ok": k % 3 != 0}
-        for k in range(24)
+        {"id": f"r{k}", "q": f"What is {k} plus {k}?", "out": str(2 * k), "ok": k % 3 != 0} for k in range(24)
     ]
     data = tmp_path / "results.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

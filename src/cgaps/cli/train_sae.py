@@ -60,7 +60,7 @@ def train_sae(
     from cgaps.console import info, progress_bar
     from cgaps.errors import CGapsError
     from cgaps.models import load_backend
-    from cgaps.rundir import write_json
+    from cgaps.rundir import check_output, write_json
     from cgaps.sae import load_sae, write_latent_stats
     from cgaps.sae.training.cache import build_cache, load_layer
     from cgaps.sae.training.corpus import read_jsonl
@@ -68,8 +68,6 @@ def train_sae(
     from cgaps.sae.training.metrics import latent_stats
     from cgaps.sae.training.train import METRICS, save_sae, to_sae
     from cgaps.sae.training.train import train_sae as run_training
-
-    from cgaps.rundir import check_output
 
     cfg = TrainConfig(**(train or {}))
     work = work or out.with_name(out.name + ".work")

@@ -33,7 +33,6 @@ from cgaps.rundir.atomic import (
     write_text,
 )
 from cgaps.rundir.lock import LOCK, remove_stale_temporaries, writing
-from cgaps.rundir.places import check_output, is_run_dir, run_root
 from cgaps.rundir.names import (
     ALL_SCOPE,
     CONCEPTS,
@@ -59,6 +58,7 @@ from cgaps.rundir.names import (
     THEMES,
     VALIDATION,
 )
+from cgaps.rundir.places import check_output, is_run_dir, run_root
 from cgaps.rundir.provenance import (
     STAGE_INPUTS,
     file_digest,

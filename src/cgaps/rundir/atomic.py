@@ -57,7 +57,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with naming_errors(path):
             os.chmod(tmp, 0o666 & ~umask)
             yield Path(tmp)
-            os.chmod(tmp, 0o666 & ~umask)  # again: some writers (safetensors) replace the file they were given
+            os.chmod(
+                tmp, 0o666 & ~umask
+            )  # again: some writers (safetensors) replace the file they were given
             os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

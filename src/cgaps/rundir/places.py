@@ -43,7 +43,9 @@ def run_root(path: str | Path) -> Path | None:
     return None
 
 
-def check_output(path: str | Path, what: str, *, owner: str | Path | None = None, own: tuple[str, ...] = ()) -> None:
+def check_output(
+    path: str | Path, what: str, *, owner: str | Path | None = None, own: tuple[str, ...] = ()
+) -> None:
     """Refuse to write ``path`` (a file or folder ``what`` names, e.g. "--out") inside a run
     directory other than ``owner``, or over one of the run's files other than ``own`` (names the
     command itself writes there). A one-line :class:`~cgaps.errors.CGapsError` naming the run."""

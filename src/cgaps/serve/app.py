@@ -163,7 +163,11 @@ def create_app(store: Store) -> FastAPI:
     @app.get("/api/runs")
     def runs() -> Response:
         return _json(
-            {"runs": [_names_cut(r.summary()) for r in store.runs], "sorts": list(SORTS), "all": rundir.ALL_SCOPE}
+            {
+                "runs": [_names_cut(r.summary()) for r in store.runs],
+                "sorts": list(SORTS),
+                "all": rundir.ALL_SCOPE,
+            }
         )
 
     @app.get("/api/concepts")
