@@ -41,8 +41,13 @@ def writing(run_dir: str | Path) -> Iterator[None]:
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
+    except (FileExistsError, NotADirectoryError) as e:  # a file in the way
         raise CGapsError(f"{run_dir}: cannot be used as a run directory ({e.strerror}); pass a folder") from e
+    except OSError as e:  # read-only, permissions, a full disk
+        raise CGapsError(
+            f"{run_dir}: cannot create the folder ({e.strerror}); check that its parent is writable, or "
+            "write elsewhere"
+        ) from e
     key = run_dir.resolve()
     if key in _held:
         yield
