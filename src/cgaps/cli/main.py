@@ -52,6 +52,14 @@ def usage_error_line(e: ClickException) -> str:
 INTERRUPTED = 130  # the shell's status for a command stopped by SIGINT (128 + 2)
 
 
+def interrupted_line() -> str:
+    """The one line of a command stopped by Ctrl-C."""
+    return (
+        "interrupted: the work completed so far is kept (every run file is written whole or not at "
+        "all); run the command again to resume"
+    )
+
+
 class _Group(TyperGroup):
     """The ``cgaps`` command group: click's errors as one line (see the module docstring)."""
 
@@ -65,10 +73,7 @@ class _Group(TyperGroup):
             # typer would exit 130 without a word; say what the interrupted command left
             from cgaps.console import error
 
-            error(
-                "interrupted: the work completed so far is kept (every run file is written whole or "
-                "not at all); run the command again to resume"
-            )
+            error(interrupted_line())
             raise typer.Exit(INTERRUPTED) from None
 
     def main(  # type: ignore[override]
