@@ -95,11 +95,12 @@ def run_harness(
     device: str = "cpu",
     chat_template: bool = False,
     timeout: float = 1200,
+    limit: int | None = None,
 ) -> Path:
     """Run ``lm_eval run`` on ``task`` (from ``task_dir``) with ``--log_samples``; return ``out_dir``.
 
-    ``model_dir``: a transformers folder (default: the embedded SmolLM2's). Raises with the
-    harness's output when it fails.
+    ``model_dir``: a transformers folder (default: the embedded SmolLM2's); ``limit``: the
+    harness's ``--limit``. Raises with the harness's output when it fails.
     """
     model_dir = Path(model_dir) if model_dir is not None else embedded_model_folder()
     out_dir = Path(out_dir)
@@ -126,6 +127,8 @@ def run_harness(
     ]
     if chat_template:
         cmd.append("--apply_chat_template")
+    if limit is not None:  # the first `limit` documents of each task
+        cmd += ["--limit", str(limit)]
     with tempfile.TemporaryDirectory(prefix="lm-eval-datasets-") as cache:
         env = {
             **os.environ,

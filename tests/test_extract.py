@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -249,12 +250,15 @@ def test_resume_after_interruption(tmp_path, tiny_backend, monkeypatch):
     pd.testing.assert_frame_equal(resumed.reset_index(drop=True), uninterrupted.reset_index(drop=True))
     # changed settings do not silently mix with the old shards
     (tmp_path / rundir.SALIENCY).unlink()
-    with pytest.raises(CGapsError, match="other settings"):
+    # (the message names the setting that differs: issue 23)
+    with pytest.raises(CGapsError, match=r"other settings \(pool 'max' there, 'sum' now\)"):
         extract_run(tmp_path, cfg.replace(pool="sum"), backend=tiny_backend, sae_spec=spec)
     # so does an SAE with the same id but other weights (a folder retrained in place)
     retrained = loaded_sae(tiny_backend.hidden_size, seed=2)
     assert retrained.sae_id == spec.sae_id and retrained.fingerprint != spec.fingerprint
-    with pytest.raises(CGapsError, match="other settings"):
+    with pytest.raises(
+        CGapsError, match=r"other settings \(sae_fingerprint '[0-9a-f]+' there, '[0-9a-f]+' now\)"
+    ):
         extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=retrained)
     assert loaded_sae(tiny_backend.hidden_size).fingerprint == spec.fingerprint  # same weights, same hash
     # and a reader in another dtype (its residuals differ): the resolved dtype is in the signature
@@ -266,7 +270,7 @@ def test_resume_after_interruption(tmp_path, tiny_backend, monkeypatch):
         tiny_backend.name,
         tiny_backend.device,
     )
-    with pytest.raises(CGapsError, match=r"other settings.*'reader_dtype': 'float32'"):
+    with pytest.raises(CGapsError, match=r"other settings \(reader_dtype 'float32' there, 'bfloat16' now\)"):
         extract_run(tmp_path, cfg, backend=half, sae_spec=spec)
 
 
@@ -379,21 +383,84 @@ def test_content_mask_rule():
     assert content_mask(offsets, spans, special).tolist() == want
 
 
-def test_damaged_manifest_and_sidecar_are_one_line_errors(tmp_path, tiny_backend):
+def _damage_sidecar_not_json(shards: Path) -> None:
+    (shards / "shard-00001.json").write_text('{"item_ids": ["a", ')
+
+
+def _damage_sidecar_wrong_types(shards: Path) -> None:
+    (shards / "shard-00001.json").write_text('{"item_ids": "k/1", "digests": 3}')
+
+
+def _damage_sidecar_unequal_lists(shards: Path) -> None:
+    path = shards / "shard-00001.json"
+    meta = json.loads(path.read_text())
+    path.write_text(json.dumps({**meta, "digests": meta["digests"][:-1]}))
+
+
+def _damage_shard_truncated(shards: Path) -> None:
+    path = shards / "shard-00001.parquet"
+    path.write_bytes(path.read_bytes()[:200])  # what a full disk or a stopped copy leaves
+
+
+def _damage_shard_column(shards: Path) -> None:
+    path = shards / "shard-00001.parquet"
+    pd.read_parquet(path).drop(columns="peak_end").to_parquet(path)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _damage_sidecar_not_json,
+        _damage_sidecar_wrong_types,
+        _damage_sidecar_unequal_lists,
+        _damage_shard_truncated,
+        _damage_shard_column,
+    ],
+)
+def test_a_damaged_shard_is_redone_not_fatal(tmp_path, tiny_backend, monkeypatch, damage):
+    """Issue 23: a damaged shard (its Parquet cut short, its sidecar not the JSON it should be)
+    is deleted and only its items are extracted again; the tables equal an undamaged run's."""
+    import cgaps.extract.stage as act
+
+    monkeypatch.setattr(act, "SHARD_ITEMS", 4)
     spec = loaded_sae(tiny_backend.hidden_size)
-    rundir.write_table(ITEMS, tmp_path / rundir.ITEMS)
     cfg = RunConfig(max_norm_ratio=None)
-    extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
-    shards = tmp_path / rundir.SALIENCY_SHARDS
-    (sidecar,) = shards.glob("shard-*.json")
-    sidecar.write_text('{"item_ids": ["a", ')
-    with pytest.raises(
-        CGapsError, match=r"shard-00000.json: invalid JSON .*delete it and shard-00000.parquet"
-    ):
-        extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
-    (shards / "manifest.json").write_bytes(b"\xff\xfe")
-    with pytest.raises(CGapsError, match=r"manifest.json: not UTF-8 .*to start the extraction over"):
-        extract_run(tmp_path, cfg, backend=tiny_backend, sae_spec=spec)
+    reference = _fresh(tmp_path, "reference", ITEMS, cfg, tiny_backend, spec)
+    run = tmp_path / "reference"
+    shards = run / rundir.SALIENCY_SHARDS
+    in_shard = json.loads((shards / "shard-00001.json").read_text())["item_ids"]
+    contexts = pd.read_parquet(run / rundir.CONTEXTS)
+    damage(shards)
+    seen = _counting(monkeypatch)
+    again = extract_run(run, cfg, backend=tiny_backend, sae_spec=spec)
+    assert sorted(seen) == sorted(in_shard)  # that shard's items, and only those
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), reference.reset_index(drop=True))
+    pd.testing.assert_frame_equal(pd.read_parquet(run / rundir.CONTEXTS), contexts)
+    # the damaged shard is gone; its items are in a new, whole one
+    covered = [i for f in shards.glob("shard-*.json") for i in json.loads(f.read_text())["item_ids"]]
+    assert sorted(covered) == sorted(ITEMS["item_id"])
+
+
+@pytest.mark.parametrize("manifest", [b"\xff\xfe", b'{"signature": ', b"[1]", None])
+def test_a_damaged_or_missing_manifest_redoes_every_shard(tmp_path, tiny_backend, monkeypatch, manifest):
+    """The manifest holds the shards' settings: damaged (or deleted by hand, shards left), the
+    settings of the shards are unknown, so every item is extracted again."""
+    import cgaps.extract.stage as act
+
+    monkeypatch.setattr(act, "SHARD_ITEMS", 4)
+    spec = loaded_sae(tiny_backend.hidden_size)
+    cfg = RunConfig(max_norm_ratio=None)
+    reference = _fresh(tmp_path, "run", ITEMS, cfg, tiny_backend, spec)
+    path = tmp_path / "run" / rundir.SALIENCY_SHARDS / act.MANIFEST
+    if manifest is None:
+        path.unlink()
+    else:
+        path.write_bytes(manifest)
+    seen = _counting(monkeypatch)
+    again = extract_run(tmp_path / "run", cfg, backend=tiny_backend, sae_spec=spec)
+    assert sorted(seen) == sorted(ITEMS["item_id"])
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), reference.reset_index(drop=True))
+    assert json.loads(path.read_text())["signature"]["pool"] == cfg.pool
 
 
 # ------------------------------------------------------------------ shards keyed by content (issue 14)

@@ -6,7 +6,14 @@ SAE folder, a config or command-line arguments) beside a good run directory, run
 
 - it exits with status 2,
 - stderr ends with exactly one ``error: ...`` line, no traceback, nothing on stdout,
-- the run directory is byte-for-byte what it was (no completed work lost, nothing half-written).
+- the run directory is byte-for-byte what it was (no completed work lost, nothing half-written),
+  and nothing at all was written anywhere else: no file or folder appeared or changed under the
+  case's folder (a command that refuses writes nothing, issue 23).
+
+Some cases start from a run that was scored, labelled and reported (``env.scored()``), so a
+command that failed after rewriting a table would be caught; others point a command's output
+into a run it does not own (``compare --out RUN``, ``report --out OTHER/...``), which must be
+refused before anything is read.
 
 No case loads a real model: the ones that need a reader use a tiny random model and SAE
 (tests/helpers.py), and the rest must fail before any model would load.
@@ -71,6 +78,24 @@ class Env:
         import shutil
 
         return Path(shutil.copytree(self.sae, self.tmp / name))
+
+    scored_template: Path | None = None
+
+    def scored(self) -> Path:
+        """Make ``run`` a run that was scored, labelled and reported (concepts, overlap, labels,
+        themes, report, run.json with every record); returns it."""
+        import shutil
+
+        assert self.scored_template is not None
+        shutil.rmtree(self.run)
+        shutil.copytree(self.scored_template, self.run)
+        return self.run
+
+    def other(self) -> Path:
+        """A second run directory (a copy of the good run), another command's."""
+        import shutil
+
+        return Path(shutil.copytree(self.run, self.tmp / "other_run"))
 
 
 Case = Callable[[Env], list[str]]  # builds the bad input, returns the arguments of `cgaps`
@@ -410,6 +435,157 @@ def _runjson_utf8(env: Env) -> None:
     (env.run / rundir.RUN_JSON).write_bytes(b'{"n_concepts": 8, "x": "\xff"}')
 
 
+def _truncated(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # a copy that stopped halfway
+
+
+@_run_case("table-items-truncated", "not a readable Parquet file")
+def _items_truncated(env: Env) -> None:
+    _truncated(env.run / rundir.ITEMS)
+
+
+@_run_case("table-saliency-truncated", "not a readable Parquet file")
+def _sal_truncated(env: Env) -> None:
+    _truncated(env.run / rundir.SALIENCY)
+
+
+@_run_case("runjson-config-not-an-object", "key 'config' must be a JSON object")
+def _runjson_config_list(env: Env) -> None:
+    env.meta({"n_concepts": 8, "config": [1, 2]})
+
+
+@_run_case("runjson-n-concepts-a-string", "field 'n_concepts' must be a positive integer")
+def _runjson_width_string(env: Env) -> None:
+    env.meta({"n_concepts": "many"})
+
+
+# ---------------------------------------------------------------- a scored run: nothing is rewritten
+# (issue 23: `cgaps score` on a string score column rewrote concepts, overlap and run.json, then failed)
+
+
+def _scored_case(name: str, fragment: str, command: str) -> Callable[[Callable[[Env], None]], Case]:
+    def register(mutate: Callable[[Env], None]) -> Case:
+        def build(env: Env) -> list[str]:
+            env.scored()
+            mutate(env)
+            return [command, str(env.run)]
+
+        return case(name, fragment)(build)
+
+    return register
+
+
+@_scored_case("scored-items-string-score", "field 'score'", "score")
+def _scored_string_score(env: Env) -> None:
+    items = pd.read_parquet(env.run / rundir.ITEMS)
+    env.table(rundir.ITEMS, items.assign(score=["right", "1", "0", "1", "0", "1"]))
+
+
+@_scored_case("scored-saliency-truncated", "not a readable Parquet file", "score")
+def _scored_sal_truncated(env: Env) -> None:
+    _truncated(env.run / rundir.SALIENCY)
+
+
+@_scored_case("scored-saliency-string-value", "field 'value'", "label")
+def _scored_sal_string(env: Env) -> None:
+    env.table(rundir.SALIENCY, GOOD_SAL.assign(value=["a", "b", "c", "d", "e", "f"]))
+
+
+@_scored_case("scored-concepts-truncated-label", "concepts.parquet", "label")
+def _scored_concepts_label(env: Env) -> None:
+    _truncated(env.run / rundir.CONCEPTS)
+
+
+@_scored_case("scored-concepts-truncated-report", "concepts.parquet", "report")
+def _scored_concepts_report(env: Env) -> None:
+    _truncated(env.run / rundir.CONCEPTS)
+
+
+@_scored_case("scored-labels-garbage-report", "labels.parquet", "report")
+def _scored_labels(env: Env) -> None:
+    (env.run / rundir.LABELS).write_bytes(b"PAR1 not a table")
+
+
+@_scored_case("scored-themes-truncated-report", "themes.parquet", "report")
+def _scored_themes(env: Env) -> None:
+    _truncated(env.run / rundir.THEMES)
+
+
+@_scored_case("scored-runjson-model-a-number", "key 'model' must be a JSON object", "report")
+def _scored_runjson_model(env: Env) -> None:
+    meta = json.loads((env.run / rundir.RUN_JSON).read_text())
+    env.meta({**meta, "model": 5})
+
+
+@_scored_case("scored-runjson-not-json", "invalid JSON", "robustness")
+def _scored_runjson_garbage(env: Env) -> None:
+    (env.run / rundir.RUN_JSON).write_text('{"config": {"fdr": ')
+
+
+# ---------------------------------------------------------------- outputs into a run the command does not own
+
+
+for _name, _args, _frag in [
+    ("place-compare-out-is-a-run", ["compare", "RUN", "RUN", "--out", "RUN"], "is the run directory"),
+    ("place-compare-out-inside-a-run", ["compare", "RUN", "RUN", "--out", "RUN/cmp"], "lies inside the run"),
+    ("place-report-out-another-run", ["report", "RUN", "--out", "OTHER/report.html"], "lies inside the run"),
+    ("place-report-out-over-items", ["report", "RUN", "--out", "RUN/items.parquet"], "is a file of run"),
+    ("place-export-out-another-run", ["export", "RUN", "-o", "OTHER/gaps.csv"], "lies inside the run"),
+    ("place-export-out-over-run-json", ["export", "RUN", "-o", "RUN/run.json"], "is a file of run"),
+    (
+        "place-train-sae-out-a-run",
+        ["train-sae", "CONV", "--out", "RUN", "--layer", "0"],
+        "is the run directory",
+    ),
+    (
+        "place-fill-out-another-run",
+        ["fill", "RUN", "--benchmark", "x", "--pool", "probes", "--out", "OTHER/fill"],
+        "lies inside the run",
+    ),
+]:
+
+    def _place(env: Env, args: list[str] = _args) -> list[str]:
+        other = env.other() if any("OTHER" in a for a in args) else env.tmp
+        conv = env.write("conv.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n')
+        names = {"RUN": str(env.run), "OTHER": str(other), "CONV": str(conv)}
+        return [names.get(a.split("/")[0], a.split("/")[0]) + a[len(a.split("/")[0]) :] for a in args]
+
+    case(_name, _frag)(_place)
+
+
+# ---------------------------------------------------------------- connections: a stated time, configurable
+
+for _name, _args, _frag in [
+    ("opt-ray-timeout-zero", ["extract", "RUN", "--ray-timeout", "0"], "'ray_timeout'"),
+    ("opt-llm-timeout-zero", ["label", "RUN", "--llm-timeout", "0"], "'llm_timeout'"),
+    (
+        "opt-openai-timeout-zero",
+        ["evaluate", "RUN", "--model", "openai://127.0.0.1:9/v1/m?timeout=0"],
+        "timeout > 0",
+    ),
+]:
+
+    def _conn(env: Env, args: list[str] = _args) -> list[str]:
+        return [str(env.run) if a == "RUN" else a for a in args]
+
+    case(_name, _frag)(_conn)
+
+
+@case("import-lmeval-results-not-json", "results_2026-01-01T00-00-00.000001.json")
+def _lmeval_results(env: Env) -> list[str]:
+    stamp = "2026-01-01T00-00-00.000001"
+    line = {
+        "doc_id": 0,
+        "arguments": {"gen_args_0": {"arg_0": "Q: 2+2?\nA:", "arg_1": {"until": ["\n"], "max_gen_toks": 8}}},
+        "filtered_resps": [" 4"],
+        "metrics": ["exact_match"],
+        "exact_match": 1.0,
+    }
+    env.write(f"logs/samples_t_{stamp}.jsonl", json.dumps(line) + "\n")
+    env.write(f"logs/results_{stamp}.json", '{"results": ')
+    return ["import", "lm-eval", str(env.tmp / "logs"), "--out", str(env.tmp / "imported")]
+
+
 @_run_case("report-concepts-garbage", "not a readable Parquet file", command="report")
 def _report_concepts(env: Env) -> None:
     (env.run / rundir.CONCEPTS).write_bytes(b"garbage")
@@ -513,12 +689,15 @@ def _partial_damaged(env: Env) -> list[str]:
     return ["evaluate", str(env.run), "--model", str(env.model), "--device", "cpu"]
 
 
-@case("shard-sidecar-damaged", "shard-00000.json")
-def _shard_damaged(env: Env) -> list[str]:
+# a damaged extraction shard or sidecar is redone, not an error (tests/test_extract.py); shards
+# made with other settings are refused, naming each setting that differs (issue 23)
+@case("shard-other-settings", "pool 'sum' there, 'max' now")
+def _shard_settings(env: Env) -> list[str]:
     shards = env.run / rundir.SALIENCY_SHARDS
     shards.mkdir()
     GOOD_SAL.assign(peak_start=0, peak_end=1).to_parquet(shards / "shard-00000.parquet")
-    (shards / "shard-00000.json").write_text('{"item_ids": ')
+    (shards / "shard-00000.json").write_text(json.dumps({"item_ids": list(GOOD_SAL["item_id"])}))
+    (shards / "manifest.json").write_text(json.dumps({"signature": {"pool": "sum", "span": "both"}}))
     return ["extract", str(env.run), "--reader", str(env.model), "--sae", str(env.sae), "--device", "cpu"]
 
 
@@ -544,31 +723,68 @@ def tiny_reader(tmp_path_factory):
     return model, sae
 
 
+@pytest.fixture(scope="module")
+def scored_template(tmp_path_factory):
+    """The good run, scored, labelled and reported by the commands themselves (every record)."""
+    from _pytest.monkeypatch import MonkeyPatch
+
+    from cgaps.cli.main import main
+
+    run = write_run(tmp_path_factory.mktemp("scored") / "run", GOOD_ITEMS, GOOD_SAL, meta={"n_concepts": 8})
+    mp = MonkeyPatch()
+    try:
+        for args in (["score", run, "--min-support", "1"], ["label", run], ["report", run]):
+            mp.setattr(sys, "argv", ["cgaps", *map(str, args)])
+            with pytest.raises(SystemExit) as done:
+                main()
+            assert done.value.code in (0, None), args
+    finally:
+        mp.undo()
+    for name in (rundir.CONCEPTS, rundir.OVERLAP, rundir.LABELS, rundir.THEMES, rundir.REPORT):
+        assert (run / name).exists(), name
+    return run
+
+
 def tree_digest(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (its lock file aside) and the sha256 of its bytes."""
+    """Every file and folder under ``folder`` (lock files aside) and the sha256 of each file's bytes."""
     return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != rundir.LOCK
+        if p.name != rundir.LOCK
     }
 
 
 def test_the_corpus_is_large_enough():
     assert len(CASES) >= 60
     kinds = {name.split("-")[0] for name in CASES}
-    assert {"cli", "opt", "config", "spec", "data", "responses", "table", "runjson", "sae"} <= kinds
+    assert {
+        "cli",
+        "opt",
+        "config",
+        "spec",
+        "data",
+        "responses",
+        "table",
+        "runjson",
+        "sae",
+        "scored",
+        "place",
+    } <= kinds
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_malformed_input_is_one_line_and_changes_nothing(name, tmp_path, tiny_reader, monkeypatch, capsys):
+def test_malformed_input_is_one_line_and_changes_nothing(
+    name, tmp_path, tiny_reader, scored_template, monkeypatch, capsys
+):
     from cgaps.cli.main import main
 
     build, fragment = CASES[name]
     model, sae = tiny_reader
     run = write_run(tmp_path / "run", GOOD_ITEMS, GOOD_SAL, meta={"n_concepts": 8})
     env = Env(tmp=tmp_path, run=run, model=model, sae=sae)
+    env.scored_template = scored_template
     args = build(env)
-    before = tree_digest(run)
+    before = tree_digest(tmp_path)  # the run and everything the case built beside it
     monkeypatch.setattr(sys, "argv", ["cgaps", *args])
     with pytest.raises(SystemExit) as exit_info:
         main()
@@ -580,5 +796,4 @@ def test_malformed_input_is_one_line_and_changes_nothing(name, tmp_path, tiny_re
     assert len(errors) == 1 and lines[-1] == errors[0], out.err
     assert fragment in errors[0], errors[0]
     assert len(errors[0]) < 2100  # a huge name is cut, never printed whole
-    assert tree_digest(run) == before
-    assert not (tmp_path / "sae_out").exists()  # a failed train-sae leaves no empty SAE folder
+    assert tree_digest(tmp_path) == before  # nothing written, in the run or anywhere beside it

@@ -89,12 +89,13 @@ metric_list:
 }
 
 
-def run_lm_eval(folder: Path, tasks: dict = TASKS) -> Path:
+def run_lm_eval(folder: Path, tasks: dict = TASKS, limit: int | None = None) -> Path:
     """Run lm-evaluation-harness offline on local JSONL tasks (tests/harness.py); return its --output_path.
 
     The multiple-choice task is written by :func:`harness.write_mc_task`, the others as task
     YAML of the same layout (the harness helper writes multiple choice only)."""
     task_dir = folder / "tasks"
+    task_dir.mkdir(parents=True, exist_ok=True)
     for name, (docs, body) in tasks.items():
         if name == "tiny_mc":
             harness.write_mc_task(
@@ -107,7 +108,9 @@ def run_lm_eval(folder: Path, tasks: dict = TASKS) -> Path:
             f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
             f"test_split: test\n{body}"
         )
-    return harness.run_harness(task_dir, ",".join(tasks), folder / "lm_eval_out", batch_size=4, timeout=900)
+    return harness.run_harness(
+        task_dir, ",".join(tasks), folder / "lm_eval_out", batch_size=4, timeout=900, limit=limit
+    )
 
 
 @pytest.fixture(scope="module")
@@ -397,3 +400,70 @@ def test_default_metric_that_is_no_score_names_the_choices(tmp_path):
         read_lm_eval([path], metric="l=acc")
     (row,) = read_lm_eval([path], metric="ll=acc").rows
     assert row["score"] == 1.0
+
+
+def test_what_the_model_saw_is_recorded_subset_and_generation(tmp_path):
+    """Issue 23: a --limit run is recorded (and warned about) as a subset, and the harness's own
+    generation settings (max_gen_toks, until...) are recorded instead of our defaults."""
+    stamp = "2026-01-01T00-00-00.000001"
+    write_log(tmp_path, "gsm", [gen_line(0, 1.0), gen_line(1, 0.0)], stamp)
+    write_log(tmp_path, "mc", [mc_line(0, 1.0)], stamp)
+    results = {
+        "results": {"gsm": {"exact_match,none": 0.5}, "mc": {"acc,none": 1.0}},
+        "n-samples": {"gsm": {"original": 1319, "effective": 2}, "mc": {"original": 1, "effective": 1}},
+        "config": {"model": "hf", "limit": 2},
+        "model_name": "org/m",
+    }
+    (tmp_path / f"results_{stamp}.json").write_text(json.dumps(results))
+    run = tmp_path / "run"
+    items = write_imported_run(run, read_lm_eval([tmp_path]), name="x")
+    assert len(items) == 3
+    meta = rundir.read_run_json(run)
+    tasks = meta["imported"]["tasks"]
+    assert tasks["gsm"]["subset"] == {"limit": 2, "samples_in_task": 1319, "samples_logged": 2}
+    assert tasks["mc"]["subset"] == {"limit": 2, "samples_in_task": 1, "samples_logged": 1}  # --limit applies
+    assert meta["imported"]["subset"] is True
+    assert tasks["gsm"]["generation"] == {"until": ["\n"], "max_gen_toks": 8}
+    assert tasks["mc"]["generation"] is None  # log-likelihoods: nothing generated
+    assert meta["config"]["max_new_tokens"] == 8  # the harness's, not our default of 256
+    # the whole task, no --limit: no subset; without the results file it cannot be known
+    results.update({"config": {"limit": None}, "n-samples": {"gsm": {"original": 2, "effective": 2}}})
+    (tmp_path / f"results_{stamp}.json").write_text(json.dumps(results))
+    whole = read_lm_eval([tmp_path / f"samples_gsm_{stamp}.jsonl"])
+    assert whole.source["tasks"]["gsm"]["subset"] is None and whole.source["tasks"]["gsm"]["subset_known"]
+    (tmp_path / f"results_{stamp}.json").unlink()
+    unknown = read_lm_eval([tmp_path / f"samples_gsm_{stamp}.jsonl"])
+    assert unknown.source["tasks"]["gsm"]["subset_known"] is False
+
+
+def test_generation_budgets_of_several_tasks(tmp_path):
+    """Tasks generated with different max_gen_toks: config records the largest, each its own."""
+    a = write_log(tmp_path / "a", "short", [gen_line(0, 1.0)])
+    long_line = gen_line(0, 1.0)
+    long_line["arguments"]["gen_args_0"]["arg_1"] = {
+        "until": ["\n\n"],
+        "max_gen_toks": 512,
+        "do_sample": False,
+    }
+    b = write_log(tmp_path / "b", "long", [long_line])
+    imported = read_lm_eval([a, b])
+    assert imported.config == {"max_new_tokens": 512}
+    assert imported.source["tasks"]["short"]["generation"]["max_gen_toks"] == 8
+    assert imported.source["tasks"]["long"]["generation"]["do_sample"] is False
+
+
+@pytest.mark.slow
+def test_a_limited_harness_run_is_imported_as_a_subset_with_its_generation(tmp_path):
+    """The real harness with --limit 2 on the generation task (4 documents, max_gen_toks 6): the
+    import records the subset and the harness's generation settings (issue 23)."""
+    out = run_lm_eval(tmp_path, {"tiny_gen": TASKS["tiny_gen"]}, limit=2)
+    imported = read_lm_eval([out])
+    task = imported.source["tasks"]["tiny_gen"]
+    assert len(imported.rows) == 2
+    assert task["subset"] == {
+        "limit": 2,
+        "samples_in_task": 4,
+        "samples_logged": 2,
+    }  # (the harness writes 2.0)
+    assert task["generation"]["max_gen_toks"] == 6 and task["generation"]["until"] == ["\n"]
+    assert imported.config["max_new_tokens"] == 6

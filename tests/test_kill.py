@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from cgaps import rundir
+from cgaps.cli import main as entry_point
 from cgaps.config import RunConfig
 from helpers import embedded_tokenizer, loaded_sae, tiny_causal_lm
 
@@ -272,4 +273,191 @@ def test_sae_training_killed_and_resumed(tmp_path):
         assert resumed["done"]
         for key in full["params"]:
             torch.testing.assert_close(resumed["params"][key], full["params"][key], rtol=0, atol=0)
+    assert landed >= 1
+
+
+# ---------------------------------------------------------------- more stages (issue 23)
+
+
+def _scored(tmp_path: Path, backend, sae) -> Path:
+    from cgaps.scoring import score_run
+
+    source = _extracted(tmp_path, backend, sae)
+    score_run(source, CFG)
+    return source
+
+
+def _copy_run(source: Path, run: Path, leave_out: tuple[str, ...] = ()) -> None:
+    for p in source.iterdir():
+        if p.name in leave_out or p.name == rundir.LOCK:
+            continue
+        if p.is_dir():
+            shutil.copytree(p, run / p.name)
+        else:
+            shutil.copy(p, run / p.name)
+
+
+def test_label_killed_and_resumed(tmp_path, backend, sae):
+    from cgaps.labels.stage import label_run
+
+    source = _scored(tmp_path, backend, sae)
+
+    def compare(ref: Path, run: Path) -> None:
+        for name in (rundir.LABELS, rundir.THEMES):
+            same_table(ref, run, name)
+
+    prepare = lambda run: _copy_run(source, run, (rundir.LABELS, rundir.THEMES))  # noqa: E731
+    stage = lambda run: label_run(run, backend=backend, sae=sae)  # noqa: E731
+    kill_and_resume(tmp_path, stage, prepare, compare, seed=7)
+
+
+def test_compare_killed_and_rerun(tmp_path, backend, sae):
+    """`cgaps compare` writes two files into its own folder: killed anywhere, a rerun gives the
+    table and page of a compare that was never interrupted."""
+    from cgaps.compare import compare_runs
+
+    a = _scored(tmp_path, backend, sae)
+    b = tmp_path / "model_b"
+    shutil.copytree(a, b)
+    items = rundir.read_items(b)
+    rundir.write_table(items.assign(score=[float(i % 2 == 0) for i in range(N_ITEMS)]), b / rundir.ITEMS)
+
+    def compare(ref: Path, run: Path) -> None:
+        same_table(ref, run, "compare.parquet")
+        assert rundir.read_table_knobs(run / "compare.parquet") == rundir.read_table_knobs(
+            ref / "compare.parquet"
+        )
+        assert (ref / rundir.REPORT).read_text() == (run / rundir.REPORT).read_text()
+
+    kill_and_resume(tmp_path, lambda out: compare_runs(a, b, out), lambda out: None, compare, seed=8)
+
+
+# ---------------------------------------------------------------- Ctrl-C through the command line
+
+
+def _interrupted(args: list[str], log: Path, patch: Callable[[], None], delay: float) -> int | None:
+    """``cgaps ARGS`` in a forked child (stderr to ``log``) sent SIGINT after ``delay`` seconds;
+    its exit status (None if it finished before the signal: 0 then)."""
+    import sys
+
+    def child() -> None:
+        sys.stderr = open(log, "w", buffering=1)  # noqa: SIM115 (the child exits with os._exit)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        patch()
+        sys.argv = ["cgaps", *args]
+        try:
+            entry_point()  # the console script: it loads the commands, so a signal may land there too
+        except SystemExit as e:
+            sys.stderr.flush()
+            os._exit(int(e.code or 0))
+        os._exit(0)
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(delay)
+    landed = proc.is_alive()
+    if landed:
+        os.kill(proc.pid, signal.SIGINT)
+    proc.join(60)
+    assert not proc.is_alive(), "an interrupted command did not stop within a minute"
+    return proc.exitcode if landed else None
+
+
+def _ctrl_c_and_resume(
+    tmp_path: Path,
+    stage: Callable[[Path], object],
+    args: Callable[[Path], list[str]],
+    patch: Callable[[], None],
+    prepare: Callable[[Path], None],
+    compare: Callable[[Path, Path], None],
+    seed: int,
+) -> int:
+    """Like :func:`kill_and_resume`, with Ctrl-C through ``cgaps ARGS``: each interrupted command
+    exits 130 with one line and no traceback; the rerun (``stage``, in this process) equals the
+    uninterrupted command's run."""
+    reference = tmp_path / "run_uninterrupted"
+    reference.mkdir(parents=True)
+    prepare(reference)
+    # the uninterrupted command line, timed: its run is the reference
+    code, seconds = timed(lambda: _interrupted(args(reference), tmp_path / "stderr.txt", patch, 600))
+    assert code is None, (tmp_path / "stderr.txt").read_text()
+    rng = random.Random(seed)
+    landed = 0
+    for n in range(KILLS_PER_STAGE):
+        run = tmp_path / f"run_interrupted{n}"
+        run.mkdir()
+        prepare(run)
+        log = tmp_path / f"stderr{n}.txt"
+        code = _interrupted(args(run), log, patch, rng.uniform(0.05, 1.0) * seconds)
+        err = log.read_text()
+        assert "Traceback" not in err, err
+        if code is not None and code != 0:
+            landed += 1
+            assert code == 130, err
+            lines = err.strip().splitlines()
+            assert lines[-1].startswith("error: interrupted"), err  # while starting, or working
+            assert sum(line.startswith("error: ") for line in lines) == 1, err
+        stage(run)
+        compare(reference, run)
+        no_temporaries(run)
+    return landed
+
+
+def test_ctrl_c_during_evaluate_extract_and_score(tmp_path, backend, sae):
+    import cgaps.evaluate.stage as evaluate_stage
+    import cgaps.extract.stage as extract_stage
+    from cgaps.scoring import score_run
+
+    real_generator = evaluate_stage.load_generator
+
+    reader = backend
+
+    def load_reader(cfg, backend=None, sae_spec=None):
+        return reader, sae
+
+    def in_memory() -> None:  # the child's command line uses the models already in memory
+        evaluate_stage.load_generator = lambda cfg, generator=None: real_generator(cfg, reader)  # type: ignore[assignment]
+        extract_stage.load_reader = load_reader  # type: ignore[assignment]
+
+    def items_same(ref: Path, run: Path) -> None:
+        same_table(ref, run, rundir.ITEMS)
+
+    landed = _ctrl_c_and_resume(
+        tmp_path / "evaluate",
+        lambda run: evaluate_stage.evaluate_run(run, CFG, backend),
+        lambda run: ["evaluate", str(run)],
+        in_memory,
+        write_items,
+        items_same,
+        seed=11,
+    )
+
+    def extracted_same(ref: Path, run: Path) -> None:
+        for name in (rundir.SALIENCY, rundir.CONTEXTS):
+            same_table(ref, run, name)
+
+    landed += _ctrl_c_and_resume(
+        tmp_path / "extract",
+        lambda run: extract_stage.extract_run(run, CFG, backend, sae),
+        lambda run: ["extract", str(run)],
+        in_memory,
+        _graded,
+        extracted_same,
+        seed=12,
+    )
+    source = _extracted(tmp_path, backend, sae)
+
+    def scored_same(ref: Path, run: Path) -> None:
+        for name in (rundir.CONCEPTS, rundir.OVERLAP):
+            same_table(ref, run, name)
+
+    _ctrl_c_and_resume(
+        tmp_path / "score",
+        lambda run: score_run(run, CFG),
+        lambda run: ["score", str(run)],
+        lambda: None,
+        lambda run: _copy_run(source, run, (rundir.CONCEPTS, rundir.OVERLAP)),
+        scored_same,
+        seed=13,
+    )
     assert landed >= 1

@@ -1,5 +1,5 @@
 """``python -m cgaps``: the same entry point as the ``cgaps`` script."""
 
-from cgaps.cli.main import main
+from cgaps.cli import main
 
 main()

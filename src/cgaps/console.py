@@ -63,11 +63,18 @@ def visible_controls(text: str) -> str:
     return _CONTROLS.sub(_control_picture, text)
 
 
+def shorten(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` as it may be shown (a terminal line, a name in the explorer): control characters
+    made visible (:func:`visible_controls`) and cut after ``limit`` characters, saying how many
+    more there were, so a 10 MB name never reaches a screen whole."""
+    text = visible_controls(text)
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+    return text
+
+
 def _line(message: str) -> str:
-    message = visible_controls(message)
-    if len(message) > MAX_LINE:
-        message = f"{message[:MAX_LINE]}... ({len(message) - MAX_LINE:,} more characters)"
-    return message
+    return shorten(message, MAX_LINE)
 
 
 def info(message: str) -> None:

@@ -65,6 +65,8 @@ def export(
     from cgaps.report.export import export_run, to_csv
 
     opts = ExportOptions(**options)
+    if out is not None:  # never into another run, nor over one of this run's files
+        rundir.check_output(out, "--out", owner=run_dir)
     text = to_csv(export_run(run_dir, scope=opts.scope, gap=opts.gap))
     if out is None:
         result(text.rstrip("\n"))

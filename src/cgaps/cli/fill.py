@@ -43,6 +43,10 @@ def fill(
     from cgaps.fill.stage import default_out, fill_run
 
     opts = FillOptions(**options)
+    if out is not None:  # the default, RUN_DIR/fill/BENCHMARK, is this run's own
+        from cgaps import rundir
+
+        rundir.check_output(out, "--out", owner=run_dir)
     summary = fill_run(run_dir, opts, PoolOptions(**pool_opts), out)
     table = Table(
         title=f"{opts.benchmark}: {summary['selected']} of {summary['pool_items']} pool items chosen"

@@ -12,7 +12,11 @@ Errors reach the user as one line on stderr (:func:`cgaps.console.error`), never
   three-line usage block, so ``CliRunner`` tests see the same output as the terminal;
 - a :class:`~cgaps.errors.CGapsError` (bad input files, bad config values) exits with
   status 2 in :func:`main`. Commands let it propagate out of the click group so that tests
-  and library callers of :data:`app` get the exception object itself.
+  and library callers of :data:`app` get the exception object itself;
+- an operating-system error (disk full, permissions, a read-only folder) exits with status 1
+  in :func:`main`, as one line naming the file (every run file is written atomically, so what
+  was complete is kept);
+- Ctrl-C exits with status 130 and one line saying that completed work is kept.
 """
 
 from __future__ import annotations
@@ -45,11 +49,32 @@ def usage_error_line(e: ClickException) -> str:
     return f"{message} (usage: {usage}; {hint})" if len(usage) <= MAX_USAGE else f"{message} ({hint})"
 
 
+INTERRUPTED = 130  # the shell's status for a command stopped by SIGINT (128 + 2)
+
+
+def interrupted_line() -> str:
+    """The one line of a command stopped by Ctrl-C."""
+    return (
+        "interrupted: the work completed so far is kept (every run file is written whole or not at "
+        "all); run the command again to resume"
+    )
+
+
 class _Group(TyperGroup):
     """The ``cgaps`` command group: click's errors as one line (see the module docstring)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _flags_as_flags(super().get_params(ctx))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # typer would exit 130 without a word; say what the interrupted command left
+            from cgaps.console import error
+
+            error(interrupted_line())
+            raise typer.Exit(INTERRUPTED) from None
 
     def main(  # type: ignore[override]
         self,
@@ -165,6 +190,7 @@ LOCKED = {
     "items": "out",
     "grade": "run_dir",
     "train-sae": "out",
+    "compare": "out",  # its own folder; it refuses a folder inside a run (cgaps.rundir.places)
 }
 
 

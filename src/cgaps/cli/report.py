@@ -35,6 +35,10 @@ def report(
     from cgaps.console import info
     from cgaps.report.build import build_report
 
+    if out is not None:  # never into another run, nor over one of this run's other files
+        from cgaps import rundir
+
+        rundir.check_output(out, "--out", owner=run_dir, own=(rundir.REPORT,))
     info(f"building the report of {run_dir}")
     path = build_report(run_dir, out, section_config(run_dir, "report", options))
     info(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")

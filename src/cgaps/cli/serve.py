@@ -17,6 +17,21 @@ from cgaps.cli._common import options_from
 from cgaps.serve.options import LOOPBACK, ServeOptions
 
 
+def distinct_runs(run_dirs: list[Path]) -> list[Path]:
+    """``run_dirs`` with each run once: a run given twice (``runs/a runs/a/``, a link to it) would
+    be served under two names as if it were two runs, and compared with itself."""
+    from cgaps.console import info
+
+    seen: dict[Path, Path] = {}
+    for path in run_dirs:
+        key = path.resolve()
+        if key in seen:
+            info(f"[yellow]{path} is the same run as {seen[key]}: served once[/yellow]")
+            continue
+        seen[key] = path
+    return list(seen.values())
+
+
 @options_from(ServeOptions)
 def serve(
     run_dirs: list[Path] = typer.Argument(
@@ -42,6 +57,7 @@ def serve(
     from cgaps.errors import CGapsError
 
     opts = ServeOptions(**options)
+    run_dirs = distinct_runs(run_dirs)
     info(f"opening {len(run_dirs)} run(s)")
     from cgaps.serve.app import create_app
     from cgaps.serve.store import Store

@@ -60,7 +60,7 @@ def train_sae(
     from cgaps.console import info, progress_bar
     from cgaps.errors import CGapsError
     from cgaps.models import load_backend
-    from cgaps.rundir import write_json
+    from cgaps.rundir import check_output, write_json
     from cgaps.sae import load_sae, write_latent_stats
     from cgaps.sae.training.cache import build_cache, load_layer
     from cgaps.sae.training.corpus import read_jsonl
@@ -70,6 +70,9 @@ def train_sae(
     from cgaps.sae.training.train import train_sae as run_training
 
     cfg = TrainConfig(**(train or {}))
+    work = work or out.with_name(out.name + ".work")
+    for folder, what in ((out, "--out"), (work, "--work")):  # an SAE is no file of a run
+        check_output(folder, what)
     if threads:
         torch.set_num_threads(threads)
     if not conversations.exists():
@@ -81,7 +84,6 @@ def train_sae(
         random.Random(cfg.seed).shuffle(convs)
         n_held = max(1, len(convs) // 20)
         held, convs = convs[:n_held], convs[n_held:]
-    work = work or out.with_name(out.name + ".work")
     backend = load_backend(model, device=device, dtype="float32")
     backend.check_layer(layer)
     mix = dict(Counter(c.get("source", "unknown") for c in convs))

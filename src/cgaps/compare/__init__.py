@@ -4,7 +4,9 @@ Reads two scored-and-extracted run directories (:func:`cgaps.runtables.load_run`
 pairs that are not comparable (other items, another reader model, another SAE or other
 extraction settings, naming which), computes the paired table of :mod:`cgaps.compare.core`
 and writes ``DIR/compare.parquet`` (the knobs in its schema metadata) and ``DIR/report.html``
-(:mod:`cgaps.compare.page`).
+(:mod:`cgaps.compare.page`). ``DIR`` is the command's own folder, under its writer lock; a
+folder inside a run directory is refused before anything is read (its ``report.html`` would
+replace the run's).
 
 One compare, three views: :func:`paired` computes the table and :func:`summary` its counts per
 scope; the command's lines, its page and the explorer's Compare view (``cgaps serve RUN_A RUN_B``)
@@ -173,10 +175,13 @@ def compare_runs(
     """Write ``out/compare.parquet`` and ``out/report.html``; return the table.
 
     ``overrides``: ``presence``, ``min_support``, ``fdr`` (default: run A's run.json config).
+    ``out`` must lie outside every run directory (:func:`cgaps.rundir.check_output`: its
+    ``report.html`` would replace the run's own) and is written under its writer lock.
     """
     from cgaps.compare.page import compare_page
 
     t0 = time.perf_counter()
+    rundir.check_output(out, "--out")
     a, b = load_run(run_a), load_run(run_b)
     table, record = paired(a, b, overrides)
     rows = summary(table, a.items, b.items)

@@ -280,8 +280,9 @@ def reusable(
 
 
 def _append(path: Path, records: Sequence[tuple[str, str, str, list[float] | None]]) -> None:
-    # one write per record (json.dumps escapes newlines), so a crash can cut only the last line
-    with path.open("a", encoding="utf-8") as f:
+    # one write per record (json.dumps escapes newlines), so a crash or a full disk can cut only the
+    # last line, which the resume drops; an OS error names the file
+    with rundir.naming_errors(path), path.open("a", encoding="utf-8") as f:
         for item_id, response, digest, logliks in records:
             record: dict[str, Any] = {"item_id": item_id, "response": response, "digest": digest}
             if logliks is not None:

@@ -46,7 +46,14 @@ def top_contexts(
     """The k highest-saliency items per concept with the firing token and the text around it:
     :data:`WINDOW_TOKENS` tokens each side when ``offsets`` (each item's token spans) are
     given, else :data:`SNIPPET_CHARS` characters."""
-    top = shards.sort_values(["concept", "value"], ascending=[True, False]).groupby("concept").head(k).copy()
+    # ties broken by item id: the rows' order depends on which shard held an item, and a resumed or
+    # repaired extraction numbers its shards differently (issue 23)
+    top = (
+        shards.sort_values(["concept", "value", "item_id"], ascending=[True, False, True], kind="stable")
+        .groupby("concept")
+        .head(k)
+        .copy()
+    )
     top["rank"] = top.groupby("concept").cumcount().astype(np.int16)
     lefts, toks, rights = [], [], []
     for item_id, a, b in zip(top["item_id"], top["peak_start"], top["peak_end"], strict=True):

@@ -42,6 +42,12 @@ whose items is reusable is deleted. The merge checks that every item of the run 
 exactly once. A new shard takes the number after the highest existing one, so it can never
 overwrite a complete shard. Every run rewrites ``saliency.parquet`` and ``contexts.parquet``
 from the valid shards, so neither outlives a change of the items.
+
+A damaged shard is redone, never fatal: a shard whose Parquet file cannot be read whole (cut
+short by a full disk, a copy that stopped) or whose sidecar is not the JSON object it should
+be is deleted with its sidecar, and its items are extracted again; a manifest that cannot be
+read says nothing about the shards' settings, so all of them are redone. Shards made with
+other settings than the run's are refused, naming each setting that differs.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ import pandas as pd
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.console import info, progress_bar
-from cgaps.errors import CGapsError
+from cgaps.errors import CGapsError, settings_diff
 from cgaps.extract.contexts import top_contexts
 from cgaps.models import (
     CONTENT_RULE,
@@ -327,24 +333,26 @@ def _reusable_shards(shard_dir: Path, digests: dict[str, str]) -> tuple[dict[Pat
     stats: Counter = Counter()
     taken: set[str] = set()
     changed = gone = legacy = 0
+    damaged: list[str] = []
     for shard in sorted(shard_dir.glob("shard-*.parquet")):
         sidecar = shard.with_suffix(".json")
         if not sidecar.exists():  # a shard without its sidecar was cut short: redo its items
             shard.unlink()
             continue
-        fix = f"delete it and {shard.name} to redo that shard's items"
-        meta = rundir.read_json_file(sidecar, fix=fix)
-        ids = meta.get("item_ids") if isinstance(meta, dict) else None
-        if not isinstance(ids, list):
-            raise CGapsError(f"{sidecar}: expected a JSON object with a list 'item_ids'; {fix}")
+        meta = _read_sidecar(sidecar)
+        problem = _shard_problem(shard) if meta is not None else f"{sidecar.name} is damaged"
+        if meta is None or problem is not None:  # damaged: redo its items, never fatal
+            damaged.append(problem or shard.name)
+            sidecar.unlink()
+            shard.unlink()
+            continue
+        ids = meta["item_ids"]
         shard_digests = meta.get("digests")
         per_item = meta.get("item_stats")
         if not isinstance(shard_digests, list) or not isinstance(per_item, list):
             legacy += len(ids)  # written before digests: cannot be checked, so redone
             ok: set[str] = set()
         else:
-            if len(shard_digests) != len(ids) or len(per_item) != len(ids):
-                raise CGapsError(f"{sidecar}: 'item_ids', 'digests' and 'item_stats' differ in length; {fix}")
             ok = set()
             for item_id, digest, counts in zip(ids, shard_digests, per_item, strict=True):
                 if item_id not in digests:
@@ -360,6 +368,11 @@ def _reusable_shards(shard_dir: Path, digests: dict[str, str]) -> tuple[dict[Pat
         else:
             sidecar.unlink()  # the sidecar first: a shard without it is never read again
             shard.unlink()
+    if damaged:
+        info(
+            f"[yellow]{shard_dir.name}/: {len(damaged)} damaged shard(s) deleted ({'; '.join(damaged[:3])}"
+            f"{'; ...' if len(damaged) > 3 else ''}); extracting their items again[/yellow]"
+        )
     if legacy:
         info(
             f"{shard_dir.name}/: {legacy} item(s) in shards without content digests (older cgaps); extracting them again"
@@ -371,6 +384,73 @@ def _reusable_shards(shard_dir: Path, digests: dict[str, str]) -> tuple[dict[Pat
     if gone:
         info(f"{shard_dir.name}/: {gone} extracted item(s) are no longer in the run; left out")
     return kept, stats
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    """A shard's sidecar, or None when it is damaged (not UTF-8 JSON, not an object with a list
+    ``item_ids``, or lists of unequal length): the shard is then redone."""
+    import json
+
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("item_ids"), list):
+        return None
+    ids = meta["item_ids"]
+    if not all(isinstance(i, str) for i in ids):
+        return None
+    for key in ("digests", "item_stats"):
+        value = meta.get(key)
+        if isinstance(value, list) and len(value) != len(ids):
+            return None
+    if isinstance(meta.get("item_stats"), list) and not all(isinstance(c, dict) for c in meta["item_stats"]):
+        return None
+    return meta
+
+
+def _shard_problem(path: Path) -> str | None:
+    """Why a shard's Parquet file cannot be merged (None when it can): it must read whole, with
+    the columns :func:`empty_shard` has."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_table(path).schema.names
+    except Exception as e:  # pyarrow raises several unrelated types for a damaged file
+        return f"{path.name}: {' '.join(str(e).split())[:120]}"
+    missing = [c for c in empty_shard().columns if c not in names]
+    return f"{path.name}: no column(s) {', '.join(missing)}" if missing else None
+
+
+def _shard_settings(manifest_path: Path, signature: dict[str, Any]) -> bool:
+    """Whether the shards beside ``manifest_path`` can be reused with ``signature``: True when they
+    were made with it (or there are none), False when the manifest is missing or damaged (the
+    shards' settings are unknown, so they are all redone); shards made with other settings are
+    refused, naming each setting that differs."""
+    import json
+
+    shard_dir = manifest_path.parent
+    if not manifest_path.exists():  # written before any shard: shards without it were left by hand
+        if not any(shard_dir.glob("shard-*.json")):
+            return True
+        old = None
+    else:
+        try:
+            old = json.loads(manifest_path.read_text(encoding="utf-8")).get("signature")
+        except (UnicodeDecodeError, ValueError, AttributeError):
+            old = None
+    if not isinstance(old, dict):
+        info(
+            f"[yellow]{shard_dir.name}/{MANIFEST} is missing or damaged: the settings of its shards are "
+            "unknown; extracting every item again[/yellow]"
+        )
+        return False
+    if old != signature:
+        raise CGapsError(
+            f"{shard_dir}: shards extracted with other settings ({settings_diff(old, signature)}); rerun with "
+            "the settings there to resume that extraction, or delete that folder to extract again with the new ones"
+        )
+    return True
 
 
 def load_reader(
@@ -531,13 +611,9 @@ def _extract(
     shard_dir = run_dir / rundir.SALIENCY_SHARDS
     signature = _signature(cfg, loaded, layer, backend.name, str(backend.dtype).removeprefix("torch."))
     manifest_path = shard_dir / MANIFEST
-    if manifest_path.exists():
-        old = rundir.read_json_file(manifest_path, fix=f"delete {shard_dir} to start the extraction over")
-        if old.get("signature") != signature:
-            raise CGapsError(
-                f"{shard_dir}: partial extraction with other settings ({old.get('signature')}); "
-                f"delete that folder to start over with the new ones"
-            )
+    if shard_dir.is_dir() and not _shard_settings(manifest_path, signature):
+        for old_shard in sorted(shard_dir.glob("shard-*.*")):
+            old_shard.unlink()
     encoded = encode_items(items, backend.tokenizer, cfg)
     empty = [e.item_id for e in encoded if not e.mask.any()]
     digests = {e.item_id: input_digest(e) for e in encoded}

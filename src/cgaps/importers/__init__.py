@@ -98,6 +98,28 @@ def check_score(value: Any, where: str, field_name: str) -> float:
     return value
 
 
+# The longest evaluated-model name kept from a log (config.model allows 1000 printable characters;
+# a name is shown in every summary line, the report and the explorer).
+MAX_MODEL_NAME = 200
+
+
+def model_name(raw: str) -> str:
+    """The evaluated model's name as a log gives it, made fit to record and show: control
+    characters as visible symbols, cut after :data:`MAX_MODEL_NAME` characters. Another tool's
+    log is not ours to refuse for its model's name, so it is cleaned, with a warning."""
+    from cgaps.console import visible_controls
+
+    name = visible_controls(" ".join(raw.split()) if raw.strip() else raw) or "unknown model"
+    if len(name) > MAX_MODEL_NAME:
+        name = name[: MAX_MODEL_NAME - 1] + "…"
+    if name != raw:
+        info(
+            f"[yellow]the log's model name ({len(raw):,} characters) is recorded as {name[:80]!r}"
+            f"{'...' if len(name) > 80 else ''} (control characters shown, cut to {MAX_MODEL_NAME})[/yellow]"
+        )
+    return name
+
+
 def to_table(imported: Imported, name: str) -> pd.DataFrame:
     """The rows as a validated, scored items table (duplicate ids named with their lines)."""
     seen: dict[str, str] = {}
@@ -148,6 +170,7 @@ def write_imported_run(
     t0 = time.perf_counter()
     out = Path(out)
     items = to_table(imported, name)  # every check before anything is written
+    imported.evaluated = model_name(imported.evaluated)
     cfg = RunConfig(
         suite=f"import:{imported.source.get('format', 'table')}:{name}",
         model=imported.evaluated,

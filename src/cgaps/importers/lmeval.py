@@ -27,6 +27,18 @@ A task logged with several filters (GSM8K's ``strict-match`` and ``flexible-extr
 line per document and filter; ``--filter`` picks one (default: the first in the file). When the
 run's ``results_*.json`` is found beside the samples, its per-task mean of the chosen metric is
 recorded next to ours (``run.json`` ``imported.harness_mean``) and a difference is reported.
+
+What the model saw is recorded with each task, not this tool's defaults (issue 23):
+
+* ``generation``: the generation settings the harness sent with a *generate_until* task's
+  requests (``arg_1``: ``until``, ``max_gen_toks``, ``do_sample``, ``temperature``...), as
+  logged; ``max_gen_toks`` also becomes ``config.max_new_tokens`` (the largest over the tasks,
+  when they differ), so the run does not claim our default of 256;
+* ``subset``: a ``--limit`` run (``results_*.json`` ``config.limit``) or one whose logged samples
+  are fewer than the task's documents (``n-samples``: ``effective`` < ``original``) is a subset
+  chosen by position, not the task: recorded (``limit``, ``samples_in_task``,
+  ``samples_logged``) and warned about. Without the results file this cannot be known
+  (``subset_known`` false).
 """
 
 from __future__ import annotations
@@ -214,6 +226,31 @@ def _config_metrics(sf: SamplesFile, read: _ResultsFiles) -> list[str]:
     return [str(m["metric"]) for m in metric_list if isinstance(m, dict) and "metric" in m]
 
 
+def _subset(sf: SamplesFile, read: _ResultsFiles) -> dict[str, Any] | None:
+    """How the task's logged samples were chosen, when they are not the whole task (module
+    docstring); None when they are, or when there is no results file to say."""
+    if sf.results is None:
+        return None
+    data = read(sf.results)
+    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    limit = config.get("limit")
+    counts = (data.get("n-samples") or {}).get(sf.task) if isinstance(data.get("n-samples"), dict) else None
+    counts = counts if isinstance(counts, dict) else {}
+    original, effective = counts.get("original"), counts.get("effective")
+    fewer = isinstance(original, int) and isinstance(effective, int) and effective < original
+    if limit is None and not fewer:
+        return None
+    return {"limit": limit, "samples_in_task": original, "samples_logged": effective}
+
+
+def _generation_settings(rec: Record, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The generation settings a generate_until request carried (``arg_1``), as logged."""
+    settings = pairs[0][1]
+    if not isinstance(settings, dict):
+        raise rec.fail("arguments", "has generation settings (arg_1) that are not an object")
+    return dict(settings)
+
+
 def _evaluated_name(files: list[SamplesFile], read: _ResultsFiles) -> str:
     for f in files:
         if f.results is not None:
@@ -236,6 +273,7 @@ def read_samples(
     kind = ""
     defaulted = False
     filters: list[str] = []
+    generation: dict[str, Any] | None = None
     for rec in read_jsonl(sf.path):
         row = rec.row
         for key in REQUIRED_KEYS:
@@ -307,6 +345,8 @@ def read_samples(
         choices = None
         if kind == "generate_until":
             response = _generation(rec)
+            if generation is None:  # the task's settings: the first request's (the harness sends one set)
+                generation = _generation_settings(rec, pairs)
         else:
             resps = rec.row["filtered_resps"]
             if kind == "loglikelihood":
@@ -365,6 +405,13 @@ def read_samples(
             f"[yellow]{sf.path.name}: the mean {metric} of the samples is {mean:.6f}, the harness's "
             f"results file says {harness:.6f} (a metric not aggregated by the mean?)"
         )
+    subset = _subset(sf, read)
+    if subset is not None:
+        info(
+            f"[yellow]{sf.path.name}: the harness logged {subset['samples_logged'] or len(rows)} of the task's "
+            f"{subset['samples_in_task'] if subset['samples_in_task'] is not None else '?'} documents "
+            f"(--limit {subset['limit']}): the run describes that subset, not the task[/yellow]"
+        )
     record = {
         "file": str(sf.path),
         "results": str(sf.results) if sf.results else None,
@@ -375,6 +422,9 @@ def read_samples(
         "n": len(rows),
         "mean": mean,
         "harness_mean": harness,
+        "generation": generation,
+        "subset": subset,
+        "subset_known": sf.results is not None,
     }
     return rows, where, record
 
@@ -424,10 +474,27 @@ def read_lm_eval(paths: list[Path], metric: str | None = None, filt: str | None 
             "[yellow]the harness applied the model's chat template (--apply_chat_template): each prompt "
             "already holds it, and the reader model will wrap it in its own template as well"
         )
+    # what the model was allowed to generate, as the harness sent it (not our default)
+    budgets = {
+        t: r["generation"]["max_gen_toks"]
+        for t, r in tasks.items()
+        if isinstance(r["generation"], dict)
+        and isinstance(r["generation"].get("max_gen_toks"), int)
+        and not isinstance(r["generation"].get("max_gen_toks"), bool)
+        and r["generation"]["max_gen_toks"] > 0
+    }
+    if budgets:
+        out.config["max_new_tokens"] = max(budgets.values())
+        if len(set(budgets.values())) > 1:
+            info(
+                f"the tasks generated with different max_gen_toks ({', '.join(f'{t} {n}' for t, n in budgets.items())}); "
+                f"config.max_new_tokens records the largest, each task's is in run.json imported.tasks"
+            )
     out.source = {
         "format": "lm-eval",
         "lm_eval_version": version,
         "chat_template_applied": templated,
         "tasks": tasks,
+        "subset": any(r["subset"] is not None for r in tasks.values()),
     }
     return out

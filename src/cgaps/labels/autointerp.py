@@ -21,7 +21,10 @@ sends no request for a key already there, so an interrupted run resumes and a ch
 (other contexts, another model) is asked again. **Rate limit and retries**: requests are spaced
 at least 1 / ``llm_rate`` seconds apart; a connection error, a 429 or a 5xx is retried
 ``llm_retries`` times with exponential backoff (0.5 s, 1 s, 2 s...); then the stage stops with
-a one-line error, keeping the concepts already cached. The API key is read from the
+a one-line error, keeping the concepts already cached. **Timeouts**: each attempt waits at most
+``llm_timeout`` seconds for the reply (:data:`CONNECT_TIMEOUT` of them for the connection), so a
+labeler that never answers is an error after at most ``(llm_retries + 1) x llm_timeout`` seconds
+plus the backoff; nothing listening, after the backoff alone (~7.5 s with the defaults). The API key is read from the
 environment variable ``api_key_env`` names, never from the command line.
 """
 
@@ -46,6 +49,7 @@ from cgaps.runtables import RunTables
 from cgaps.scoring.core import SuiteMatrix
 
 CACHE = rundir.LABELS_LLM_CACHE
+CONNECT_TIMEOUT = 10.0  # seconds to wait for a TCP connection to the labeler
 SNIPPET = 160  # characters of an absent item's prompt shown
 N_ABSENT_EXPLAIN = 3
 EXPLAIN_SYSTEM = (
@@ -70,7 +74,9 @@ class ChatClient:
         self.model = model
         self.opts = opts
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(timeout=opts.llm_timeout, headers=headers)
+        # a host that drops packets gets CONNECT_TIMEOUT seconds, not the whole reply timeout
+        timeout = httpx.Timeout(opts.llm_timeout, connect=min(opts.llm_timeout, CONNECT_TIMEOUT))
+        self.client = httpx.Client(timeout=timeout, headers=headers)
         self.last = 0.0
         self.requests = 0
 
@@ -79,6 +85,7 @@ class ChatClient:
 
         body = {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": max_tokens}
         error = ""
+        start = time.monotonic()
         for attempt in range(self.opts.llm_retries + 1):
             wait = self.last + 1.0 / self.opts.llm_rate - time.monotonic()
             if wait > 0:
@@ -104,8 +111,9 @@ class ChatClient:
             if attempt < self.opts.llm_retries:
                 time.sleep(0.5 * 2**attempt)
         raise CGapsError(
-            f"{self.url}: labeler request failed ({' '.join(error.split())}); the concepts done so far "
-            f"are cached in {CACHE}: rerun to resume"
+            f"{self.url}: labeler request failed after {attempt + 1} attempt(s) in "
+            f"{time.monotonic() - start:.0f} s ({' '.join(error.split())[:300]}); the concepts done so far "
+            f"are cached in {CACHE}: rerun to resume (--llm-timeout and --llm-retries set how long to wait)"
         )
 
 
@@ -247,7 +255,11 @@ class AutoInterp:
                         "score": score,
                         "answer": answer,
                     }
-                    with self.cache_path.open("a", encoding="utf-8") as fh:  # one finished concept per line
+                    # one finished concept per line; an OS error (a full disk) names the file
+                    with (
+                        rundir.naming_errors(self.cache_path),
+                        self.cache_path.open("a", encoding="utf-8") as fh,
+                    ):
                         fh.write(json.dumps(hit, ensure_ascii=False) + "\n")
                     asked += 1
                 out[c] = (str(hit["label"]), float(hit["score"]))

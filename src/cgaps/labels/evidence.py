@@ -150,7 +150,8 @@ def item_groups(items: pd.DataFrame) -> dict[str, pd.Series]:
 
     ``benchmark`` always; ``category`` and the :data:`ENRICH_META_KEYS` of the ``meta`` JSON as
     ``benchmark:value``. A facet that splits the items exactly like an earlier one is left out
-    (a probe's ``family`` repeats its category).
+    (a probe's ``family`` repeats its category), and so is a facet with no group at all (an
+    imported table without a category mapping has an all-empty ``category`` column).
     """
     bench = items["benchmark"].astype(str).reset_index(drop=True)
     facets: dict[str, pd.Series] = {"benchmark": bench}
@@ -176,6 +177,8 @@ def item_groups(items: pd.DataFrame) -> dict[str, pd.Series]:
     kept: dict[str, pd.Series] = {}
     seen: list[np.ndarray] = []
     for name, groups in facets.items():
+        if groups.isna().all():
+            continue
         codes = pd.factorize(groups.fillna("\0"))[0]
         if any(len(codes) == len(s) and _same_partition(codes, s) for s in seen):
             continue
@@ -234,6 +237,8 @@ def enrichment(shat: sp.csr_matrix, groups: dict[str, pd.Series]) -> pd.DataFram
     out_p = np.full(f, np.nan)
     for facet, labels in groups.items():
         ind, names = group_indicator(labels)
+        if not len(names):  # a facet with no group names nothing
+            continue
         mass = np.asarray((ind @ shat_c).todense())  # groups x concepts
         hits = np.asarray((ind @ present).todense())
         sizes = np.asarray(ind.sum(axis=1)).ravel()

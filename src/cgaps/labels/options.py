@@ -79,7 +79,11 @@ class LabelOptions:
     )
     llm_rate: float = documented(2.0, "At most this many labeler requests per second.")
     llm_retries: int = documented(4, "Retries of a failed labeler request (exponential backoff).")
-    llm_timeout: float = documented(120.0, "Seconds to wait for one labeler reply.")
+    llm_timeout: float = documented(
+        120.0,
+        "Seconds to wait for one labeler reply (at most 10 of them for the connection); a labeler "
+        "that never answers is an error after (llm_retries + 1) times this, plus the backoff.",
+    )
 
     def __post_init__(self) -> None:
         integer, number = is_integer, is_number

@@ -17,6 +17,12 @@ The model argument: ``openai://HOST:PORT/v1/MODEL`` (http), or
 * ``rate``: at most this many request starts per second (a hosted API's limit), default none;
 * ``retries``: attempts after a connection error, 408, 409, 429 or 5xx, with exponential
   backoff (``Retry-After`` honoured); other 4xx answers are errors naming the server's message;
+* ``timeout``: seconds to wait for one answer (default 120); a connection is given at most
+  :data:`CONNECT_TIMEOUT` seconds of it. So a request gives up, with a one-line error, after at
+  most ``(retries + 1) x timeout`` seconds plus the backoff (nothing listening: the backoff alone,
+  ~15 s with the defaults); once one request has failed, the others in flight are abandoned
+  (their connections closed) instead of each waiting out its own retries, and so they are on
+  Ctrl-C;
 * ``key_env``: the environment variable holding the API key (default ``OPENAI_API_KEY``; no
   key, no ``Authorization`` header, as local servers want). The key is never written anywhere;
 * ``body.NAME=VALUE``: an extra field of every request's JSON body (VALUE read as JSON when it
@@ -36,7 +42,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -46,6 +52,9 @@ from cgaps.models.batching import token_budgets
 from cgaps.seams import Messages, Progress
 
 SCHEME = "openai://"
+# Seconds to wait for a TCP connection (a host that drops packets would otherwise take the whole
+# answer timeout of every attempt).
+CONNECT_TIMEOUT = 10.0
 QUERY_KEYS = ("concurrency", "rate", "retries", "timeout", "key_env")
 BODY_PREFIX = "body."
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -139,19 +148,13 @@ class OpenAIGenerator:
     prompts_truncated = 0
 
     def __init__(self, spec: str, *, seed: int = 0):
-        import httpx
-
         self.endpoint = parse_endpoint(spec)
         self.name = f"{self.endpoint.model} @ {self.endpoint.base_url}"
         self.seed = seed
         key = os.environ.get(self.endpoint.key_env)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(
-            base_url=self.endpoint.base_url,
-            headers=headers,
-            timeout=self.endpoint.timeout,
-            limits=httpx.Limits(max_connections=self.endpoint.concurrency),
-        )
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._client = self._new_client()
+        self._stop = threading.Event()  # set when one request failed: the others give up too
         self._limit = _RateLimit(self.endpoint.rate)
         # run.json model.evaluated_loaded (cgaps.models.loading.loaded_record): never the key itself
         self.loaded = {
@@ -163,20 +166,37 @@ class OpenAIGenerator:
         }
         self.requests = 0  # sent, retries included (for throughput figures)
 
+    def _new_client(self) -> Any:
+        import httpx
+
+        return httpx.Client(
+            base_url=self.endpoint.base_url,
+            headers=self._headers,
+            timeout=httpx.Timeout(self.endpoint.timeout, connect=min(self.endpoint.timeout, CONNECT_TIMEOUT)),
+            limits=httpx.Limits(max_connections=self.endpoint.concurrency),
+        )
+
     def _post(self, route: str, payload: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
         delay = 0.5
+        start = time.monotonic()
         for attempt in range(self.endpoint.retries + 1):
+            if self._stop.is_set():
+                raise _Abandoned
             self._limit.wait()
             self.requests += 1
             try:
                 r = self._client.post(route, json=payload)
             except httpx.TransportError as e:
+                if self._stop.is_set():
+                    raise _Abandoned from e
                 if attempt == self.endpoint.retries:
                     raise CGapsError(
-                        f"{self.endpoint.base_url}: no answer after {attempt + 1} attempts ({type(e).__name__}: {e}); "
-                        "is the server running? (resume with the same command once it is)"
+                        f"{self.endpoint.base_url}: no answer after {attempt + 1} attempts in "
+                        f"{time.monotonic() - start:.0f} s ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                        "is the server running? (resume with the same command once it is; ?timeout= and "
+                        "?retries= set how long to wait)"
                     ) from e
             else:
                 if r.status_code == 200:
@@ -190,7 +210,8 @@ class OpenAIGenerator:
                 retry_after = r.headers.get("retry-after")
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
                     delay = max(delay, float(retry_after))
-            time.sleep(delay)
+            if self._stop.wait(delay):  # the backoff, cut short when another request failed
+                raise _Abandoned
             delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")
 
@@ -238,8 +259,28 @@ class OpenAIGenerator:
                 progress(1)
             return out
 
+        self._stop.clear()
         with ThreadPoolExecutor(max_workers=self.endpoint.concurrency) as pool:
-            return list(pool.map(task, range(len(conversations))))
+            futures = [pool.submit(task, i) for i in range(len(conversations))]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)  # the first failure, wherever it is
+                for f in futures:
+                    error = f.exception() if f.done() else None
+                    if error is not None:
+                        raise error
+                return [f.result() for f in futures]
+            except BaseException:  # a failed request, or Ctrl-C: abandon the rest now
+                self._abandon(futures)
+                raise
+
+    def _abandon(self, futures: list[Future[str]]) -> None:
+        """Stop every other request: queued ones are cancelled, those waiting on the server end
+        when their connections close, those in backoff at once. A new client serves later calls."""
+        self._stop.set()
+        for f in futures:
+            f.cancel()
+        self._client.close()
+        self._client = self._new_client()
 
     def loglikelihood(
         self,
@@ -255,3 +296,7 @@ class OpenAIGenerator:
 
     def close(self) -> None:
         self._client.close()
+
+
+class _Abandoned(Exception):
+    """A request given up because another one failed (never reaches the user)."""

@@ -14,6 +14,7 @@ field and the fix.
 | :mod:`~cgaps.rundir.tables` | the validating readers of items and saliency |
 | :mod:`~cgaps.rundir.provenance` | digests of what a stage read, recorded in run.json ``inputs`` |
 | :mod:`~cgaps.rundir.lock` | one writer at a time: the advisory lock on the directory |
+| :mod:`~cgaps.rundir.places` | where a command may write: never inside another run's directory |
 
 The names below are re-exported so that callers write ``rundir.ITEMS`` or ``rundir.writing``
 without knowing which concern holds them.
@@ -23,6 +24,7 @@ from cgaps.rundir.atomic import (
     TABLE_KNOBS_KEY,
     atomic_path,
     clear_run,
+    naming_errors,
     read_json_file,
     read_table,
     read_table_knobs,
@@ -57,6 +59,7 @@ from cgaps.rundir.names import (
     THEMES,
     VALIDATION,
 )
+from cgaps.rundir.places import check_output, is_run_dir, run_root
 from cgaps.rundir.provenance import (
     STAGE_INPUTS,
     file_digest,
@@ -135,11 +138,14 @@ __all__ = [
     "TableSchema",
     "columns",
     "atomic_path",
+    "check_output",
     "clear_run",
     "file_digest",
+    "is_run_dir",
     "items_digest",
     "mark_stale",
     "n_concepts",
+    "naming_errors",
     "read_items",
     "read_json_file",
     "read_run_json",
@@ -148,6 +154,7 @@ __all__ = [
     "read_table_knobs",
     "record_completion",
     "remove_stale_temporaries",
+    "run_root",
     "stage_check",
     "stage_is_current",
     "stage_record",

@@ -21,25 +21,46 @@ from cgaps.rundir.schemas import TABLES, TableSchema, check_read, check_written
 
 
 @contextlib.contextmanager
+def naming_errors(path: str | Path) -> Iterator[None]:
+    """Operating-system errors raised inside the block name ``path``: a full disk reaches the
+    user as ``items.parquet: No space left on device``, not as pyarrow's or a buffered write's
+    error that names no file (or a temporary one). The error keeps its errno, so the command
+    line still tells disk full from permissions (:func:`cgaps.cli.main.os_error_line`)."""
+    try:
+        yield
+    except OSError as e:
+        named = e.filename is not None and not str(e.filename).endswith(".tmp")
+        if named or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
     The one atomic-write rule of the project: a killed writer leaves the old file (or none),
     never half a new one, and its temporary file is removed. Write whatever format into the
-    yielded path (Parquet, JSON, safetensors, a folder is not supported).
+    yielded path (Parquet, JSON, safetensors, a folder is not supported). An OS error while
+    writing (a full disk, a read-only folder) names ``path`` (:func:`naming_errors`), and the old
+    file is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with naming_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     # mkstemp creates 0600; run files are meant to be read by other tools and users
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # again: some writers (safetensors) replace the file they were given
-        os.replace(tmp, path)
+        with naming_errors(path):
+            os.chmod(tmp, 0o666 & ~umask)
+            yield Path(tmp)
+            os.chmod(
+                tmp, 0o666 & ~umask
+            )  # again: some writers (safetensors) replace the file they were given
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -41,8 +41,13 @@ def writing(run_dir: str | Path) -> Iterator[None]:
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
+    except (FileExistsError, NotADirectoryError) as e:  # a file in the way
         raise CGapsError(f"{run_dir}: cannot be used as a run directory ({e.strerror}); pass a folder") from e
+    except OSError as e:  # read-only, permissions, a full disk
+        raise CGapsError(
+            f"{run_dir}: cannot create the folder ({e.strerror}); check that its parent is writable, or "
+            "write elsewhere"
+        ) from e
     key = run_dir.resolve()
     if key in _held:
         yield
@@ -63,13 +68,17 @@ def writing(run_dir: str | Path) -> Iterator[None]:
             f"{run_dir}: another cgaps process (pid {holder}) is writing this run directory; "
             "wait for it to finish, or use another --out"
         ) from e
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    try:  # the holder's pid is for the message above; a disk too full for it must not stop here
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError:
+        pass
     _held[key] = fd
     try:
         remove_stale_temporaries(run_dir)
         yield
     finally:
         del _held[key]
-        os.ftruncate(fd, 0)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
         os.close(fd)  # closing releases the flock

@@ -3,6 +3,12 @@
 Ray is imported only here, only when a command is given ``--ray``: a missing Ray is the one-line
 error naming the extra. Every Ray call of the project goes through this module, so the settings
 that keep a local cluster quiet (no dashboard, no usage statistics) are set once.
+
+Joining a cluster gives up within a stated time (``--ray-timeout``, :func:`reach`): left to
+itself, ``ray.init(address=...)`` retries an address nothing answers for more than ten minutes
+(20 attempts of ~40 s). The address is first tried with a plain TCP connection (nothing
+listening: an error at once; a host that drops packets: after the timeout), and Ray's own
+connection waits are set to fit in the timeout, for a port that accepts but is no Ray.
 """
 
 from __future__ import annotations
@@ -38,11 +44,52 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """HOST and PORT of a ``--ray-address`` (``HOST:PORT`` or ``ray://HOST:PORT``); None for
+    ``auto`` (Ray finds the local cluster itself, and says at once when there is none)."""
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def bound_ray_waits(timeout: float) -> None:
+    """Ray's own connection waits, set to fit in ``timeout`` seconds: one attempt (its Python
+    loop makes 20) of three waits (its C++ client's, read when Ray is imported, so this runs
+    before). A variable the user set is left alone."""
+    each = str(max(1, round(timeout / 3)))
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "1")
+    os.environ.setdefault("RAY_py_gcs_connect_timeout_s", each)
+    os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", each)
+
+
+def reach(address: str, timeout: float) -> None:
+    """A one-line error, within ``timeout`` seconds, when nothing accepts a TCP connection at
+    ``address`` (module docstring)."""
+    import socket
+
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except OSError as e:
+        why = f"no answer within {timeout:g} s" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise CGapsError(
+            f"--ray-address {address}: cannot connect ({why}); is the cluster running there (`ray start "
+            "--head` prints its address)? Or drop --ray-address to start a local cluster"
+        ) from None
+
+
 @contextmanager
 def cluster(opts: RayOptions) -> Iterator[Any]:
     """Ray, initialised for ``opts`` (a local cluster or the one at ``opts.ray_address``); yields the
     ``ray`` module. Reentrant: inside another ``cluster`` block the running connection is reused,
     and only the outermost block shuts it down."""
+    if opts.ray_address is not None:
+        bound_ray_waits(opts.ray_timeout)
     ray = import_ray()
     if ray.is_initialized():
         yield ray
@@ -55,11 +102,15 @@ def cluster(opts: RayOptions) -> Iterator[Any]:
         info(f"starting a local Ray cluster ({kw['num_cpus']} CPU slots)")
     else:
         kw["address"] = opts.ray_address
-        info(f"connecting to the Ray cluster at {opts.ray_address}")
+        info(f"connecting to the Ray cluster at {opts.ray_address} (giving up after {opts.ray_timeout:g} s)")
+        reach(opts.ray_address, opts.ray_timeout)
     try:
         ray.init(**kw)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise CGapsError(f"--ray: could not start or reach a Ray cluster ({e}); check --ray-address") from e
+        first = " ".join(str(e).split())[:300]
+        raise CGapsError(
+            f"--ray: could not start or reach a Ray cluster ({first}); check --ray-address (or a longer --ray-timeout)"
+        ) from e
     try:
         yield ray
     finally:

@@ -35,9 +35,16 @@ class RayOptions:
         "Ray workers (each loads the model once). Default: the cluster's GPUs, else its CPU cores "
         "(a local cluster: this machine's cores).",
     )
+    ray_timeout: float = documented(
+        30.0,
+        "Seconds to wait for the Ray cluster at --ray-address to answer: an address nothing listens "
+        "on is an error at once, one that does not answer after about this long.",
+    )
 
     def __post_init__(self) -> None:
         check_field_types(self, "ray options")
+        if not self.ray_timeout > 0:
+            raise CGapsError(f"ray option 'ray_timeout' (--ray-timeout) must be > 0, got {self.ray_timeout}")
         if self.ray_workers is not None and self.ray_workers < 1:
             raise CGapsError(f"ray option 'ray_workers' (--ray-workers) must be >= 1, got {self.ray_workers}")
         if self.ray_workers is not None and not self.enabled:

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cgaps import rundir
-from cgaps.console import visible_controls
+from cgaps.console import shorten, visible_controls
 from cgaps.serve.store import GAPS, SORTS, STATUSES, BadRequest, Store
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,19 @@ def _visible(value: Any) -> Any:
     if isinstance(value, list):
         return [_visible(v) for v in value]
     return value
+
+
+# The longest model or SAE name the page shows: run.json's names come from other tools' logs too
+# (an imported evaluation's model), unchecked, and a page must not carry a 10,000-character name.
+MAX_SHOWN_NAME = 300
+
+
+def _names_cut(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run's summary with its model and SAE names cut to :data:`MAX_SHOWN_NAME` characters."""
+    return {
+        k: shorten(v, MAX_SHOWN_NAME) if k in ("model", "sae") and isinstance(v, str) else v
+        for k, v in summary.items()
+    }
 
 
 def _json(body: Any) -> Response:
@@ -150,7 +163,11 @@ def create_app(store: Store) -> FastAPI:
     @app.get("/api/runs")
     def runs() -> Response:
         return _json(
-            {"runs": [r.summary() for r in store.runs], "sorts": list(SORTS), "all": rundir.ALL_SCOPE}
+            {
+                "runs": [_names_cut(r.summary()) for r in store.runs],
+                "sorts": list(SORTS),
+                "all": rundir.ALL_SCOPE,
+            }
         )
 
     @app.get("/api/concepts")
