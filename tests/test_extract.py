@@ -638,13 +638,16 @@ def test_auto_reads_in_bfloat16_on_a_cpu_that_computes_it(tmp_path, tiny_backend
     assert tiny_backend.dtype is torch.float32  # the given model itself is untouched
     # --dtype float32 keeps the float32 path; its shards do not mix with the bfloat16 ones
     (tmp_path / rundir.SALIENCY).unlink()
-    with pytest.raises(CGapsError, match=r"other settings.*'reader_dtype': 'bfloat16'"):
+    with pytest.raises(CGapsError, match=r"other settings \(reader_dtype 'bfloat16' there, 'float32' now\)"):
         extract_run(tmp_path, RunConfig(dtype="float32"), backend=tiny_backend, sae_spec=spec)
     other = tmp_path / "f32"
     rundir.write_table(ITEMS, other / rundir.ITEMS)
     sal32 = extract_run(other, RunConfig(dtype="float32"), backend=tiny_backend, sae_spec=spec)
-    assert json.loads((other / rundir.SALIENCY_SHARDS / "manifest.json").read_text())["signature"][
-        "reader_dtype"
-    ] == "float32"
+    assert (
+        json.loads((other / rundir.SALIENCY_SHARDS / "manifest.json").read_text())["signature"][
+            "reader_dtype"
+        ]
+        == "float32"
+    )
     merged = sal.merge(sal32, on=["item_id", "concept"])
     assert len(merged) >= 0.9 * len(sal32) and not sal["value"].equals(sal32["value"])

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from cgaps import rundir
-from cgaps.cli import main as entry_point
+from cgaps.cli.entry import main as entry_point
 from cgaps.config import RunConfig
 from helpers import embedded_tokenizer, loaded_sae, tiny_causal_lm
 

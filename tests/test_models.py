@@ -141,16 +141,18 @@ def test_reading_in_bfloat16_equals_a_bfloat16_load(tmp_path, architecture):
     ids, mask = pad_batch([[1, 500, 600, 700, 800, 900], [1, 800, 5]], loaded32.tokenizer.pad_token_id)
     # bit for bit: parameters rounded alike, buffers (the rotary frequencies) kept in float32
     for layer in (0, 2):
-        assert torch.equal(
-            reader.residuals(ids, mask, layer), loaded16.residuals(ids, mask, layer)
-        ), f"layer {layer}"
+        assert torch.equal(reader.residuals(ids, mask, layer), loaded16.residuals(ids, mask, layer)), (
+            f"layer {layer}"
+        )
     buffers = dict(reader.model.named_buffers())
     assert all(b.dtype == dict(loaded16.model.named_buffers())[n].dtype for n, b in buffers.items())
     # model.to(bfloat16), what the generation copy is, rounds the rotary frequencies too
     if architecture == "llama":
         assert any(b.dtype == torch.float32 for b in buffers.values())
     tied = reader.model.get_output_embeddings().weight is reader.model.get_input_embeddings().weight
-    assert tied == (loaded32.model.get_output_embeddings().weight is loaded32.model.get_input_embeddings().weight)
+    assert tied == (
+        loaded32.model.get_output_embeddings().weight is loaded32.model.get_input_embeddings().weight
+    )
 
 
 def test_reading_in_shares_the_generation_copy(tmp_path):
@@ -174,7 +176,9 @@ def test_reading_in_refuses_a_copy_that_does_not_fit(tiny, monkeypatch):
 
     fresh = HFBackend(tiny.model, tiny.tokenizer, "tiny", "cpu")
     monkeypatch.setattr(hf, "available_memory", lambda: 1000)
-    with pytest.raises(CGapsError, match=r"reading residuals in bfloat16 needs a .* GB copy.*--dtype float32"):
+    with pytest.raises(
+        CGapsError, match=r"reading residuals in bfloat16 needs a .* GB copy.*--dtype float32"
+    ):
         fresh.reading_in("bfloat16")
 
 

@@ -97,7 +97,9 @@ def test_other_saes_have_no_topk_codes_and_pool_densely(tiny_backend, architectu
     cfg = RunConfig(pool="mean", batch_size=3)
     chunk = encode_items(_items(2), tiny_backend.tokenizer, cfg)
     fast = extract_chunk(tiny_backend, spec, spec.layer, chunk, cfg, Counter())
-    pd.testing.assert_frame_equal(fast, reference.dense_chunk(tiny_backend, spec, spec.layer, chunk, cfg, Counter()))
+    pd.testing.assert_frame_equal(
+        fast, reference.dense_chunk(tiny_backend, spec, spec.layer, chunk, cfg, Counter())
+    )
 
 
 @pytest.mark.parametrize("pool", ["max", "mean", "sum"])

@@ -1,5 +1,5 @@
 """``python -m cgaps``: the same entry point as the ``cgaps`` script."""
 
-from cgaps.cli import main
+from cgaps.cli.entry import main
 
 main()

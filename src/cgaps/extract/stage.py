@@ -145,7 +145,9 @@ def pool_batch(acts: Any, token_item: Any, n_items: int, pool: str) -> tuple[Any
     return pool_cells(tok, feat, acts[tok, feat], token_item, n_items, acts.shape[1], pool)
 
 
-def pool_topk(values: Any, indices: Any, token_item: Any, n_items: int, n_feat: int, pool: str) -> tuple[Any, Any]:
+def pool_topk(
+    values: Any, indices: Any, token_item: Any, n_items: int, n_feat: int, pool: str
+) -> tuple[Any, Any]:
     """:func:`pool_batch` of a TopK SAE's codes given as their k latents per token (``values`` and
     ``indices`` [T, k], :meth:`cgaps.sae.LoadedSAE.topk_codes`): the same cells in the same order
     (each token's latents by index, the zeros left out, as ``nonzero`` lists the dense codes), so
@@ -252,7 +254,8 @@ def extract_chunk(
         sparse = getattr(sae, "topk_codes", None)
         codes = sparse(x) if sparse is not None else None
         if codes is not None:
-            value, peak = pool_topk(*codes, rr, len(encs), sae.width, cfg.pool)
+            top_values, top_indices = codes
+            value, peak = pool_topk(top_values, top_indices, rr, len(encs), sae.width, cfg.pool)
         else:
             value, peak = pool_batch(sae.encode(x), rr, len(encs), cfg.pool)
         if cfg.top_k is None:

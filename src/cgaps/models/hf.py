@@ -261,7 +261,9 @@ class HFBackend:
                         f"the model, but only {free / 2**30:.1f} GB of memory is available; pass --dtype "
                         f"{str(self.dtype).removeprefix('torch.')} (read with the model itself)"
                     )
-            reader = HFBackend(cast_parameters(self.model, want, shared), self.tokenizer, self.name, self.device)
+            reader = HFBackend(
+                cast_parameters(self.model, want, shared), self.tokenizer, self.name, self.device
+            )
             if isinstance(self.loaded, dict):
                 loaded = {k: v for k, v in self.loaded.items() if k != "generation_dtype"}
                 reader.loaded = {**loaded, "dtype": dtype}

@@ -21,8 +21,8 @@ import logging
 import os
 import shutil
 from collections import Counter
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cgaps.config import EMBEDDED
