@@ -1,7 +1,7 @@
 """Measure the explorer (``cgaps serve``) at the paper's scale, in real headless Chromium.
 
     .venv/bin/python bench/explorer.py [--out /tmp/explorer_bench] [--concepts 65536]
-        [--benchmarks 10] [--items 100000] [--per-item 64] [--repeats 5]
+        [--benchmarks 10] [--items 100000] [--per-item 64] [--repeats 5] [--load] [--threads N]
 
 A benchmark script, not a timed test. It writes a synthetic run directory once (reused
 when its ``run.json`` says the same sizes), starts ``cgaps serve`` on it in a child process
@@ -14,6 +14,9 @@ the median of ``--repeats`` tries:
 - ``detail_ms``: from clicking a concept to its detail view (bars, contexts, examples,
   nearest concepts) on screen;
 - ``server_gb``: the server process's peak resident memory (``VmHWM``) after all of the above.
+
+``--load`` measures with other work on the machine: a second process spins on one core (a
+busy Python loop, not niced) from before the server starts until the measurements end.
 
 The synthetic run is sparse and made in seconds: every item fires on ``--per-item`` concepts
 (half drawn from a suite-wide Zipf-like popularity, half from its benchmark's own), saliency is
@@ -193,10 +196,11 @@ def _peak_rss_gb(pid: int) -> float:
     return float("nan")
 
 
-def _start_server(run: Path) -> tuple[subprocess.Popen[str], str, float]:
+def _start_server(run: Path, threads: int | None = None) -> tuple[subprocess.Popen[str], str, float]:
     t0 = time.perf_counter()
+    extra = [] if threads is None else ["--threads", str(threads)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cgaps", "serve", str(run), "--port", "0"],
+        [sys.executable, "-m", "cgaps", "serve", str(run), "--port", "0", *extra],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "CGAPS_NO_PROGRESS": "1"},
@@ -207,6 +211,11 @@ def _start_server(run: Path) -> tuple[subprocess.Popen[str], str, float]:
         proc.kill()
         raise SystemExit(f"cgaps serve did not start (got {url!r})")
     return proc, url, time.perf_counter() - t0
+
+
+def _spin() -> subprocess.Popen[bytes]:
+    """A process that keeps one core busy until it is killed (``--load``)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
 def measure(url: str, repeats: int, chromium: str) -> dict[str, list[float]]:
@@ -266,6 +275,8 @@ def main() -> None:
     )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--load", action="store_true", help="a second process spinning on one core meanwhile")
+    ap.add_argument("--threads", type=int, help="cgaps serve --threads (default: serve's own)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     run = make_synthetic_run(
@@ -280,19 +291,28 @@ def main() -> None:
         f"run {run}: {args.concepts} concepts x {args.benchmarks} benchmarks x {args.items} items, "
         f"{sal_rows} saliency rows (ready in {time.perf_counter() - t0:.0f} s)"
     )
-    proc, url, start_s = _start_server(run)
+    spinner = _spin() if args.load else None
     try:
-        print(f"server {url} up in {start_s:.1f} s")
-        times = measure(url, args.repeats, args.chromium)
-        gb = _peak_rss_gb(proc.pid)
+        proc, url, start_s = _start_server(run, args.threads)
+        try:
+            print(f"server {url} up in {start_s:.1f} s")
+            times = measure(url, args.repeats, args.chromium)
+            gb = _peak_rss_gb(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
     for name, values in times.items():
         print(
             f"{name}: " + " ".join(f"{v:.0f}" for v in values) + f" (median {statistics.median(values):.0f})"
         )
-    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        + (" (with a spinning process: --load)" if args.load else "")
+    )
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
         f"first_render_ms={med['first_render_ms']:.0f} search_ms={med['search_ms']:.0f} "

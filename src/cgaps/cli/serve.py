@@ -62,7 +62,7 @@ def serve(
     from cgaps.serve.app import create_app
     from cgaps.serve.store import Store
 
-    store = Store(run_dirs, memory_limit=opts.memory_limit)
+    store = Store(run_dirs, memory_limit=opts.memory_limit, threads=opts.threads)
     if opts.host not in LOOPBACK:
         info(
             f"[yellow]warning: listening on {opts.host}: anyone who can reach this machine can read the "

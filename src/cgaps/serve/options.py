@@ -24,6 +24,12 @@ class ServeOptions:
     )
     port: int = documented(8000, "Port to listen on (0 = pick a free one; the URL is printed).")
     memory_limit: str = documented("1GB", "Most memory DuckDB may use for queries (e.g. 512MB, 2GB).")
+    threads: int = documented(
+        1,
+        "Threads DuckDB may use per request once the runs are loaded (loading uses every core; "
+        "0 = every core for requests too). A page's queries are small: one thread answers them "
+        "fastest on a busy machine.",
+    )
 
     def __post_init__(self) -> None:
         check_options(
@@ -36,6 +42,7 @@ class ServeOptions:
                     "an address such as 127.0.0.1",
                 ),
                 ("port", is_integer(self.port) and 0 <= self.port <= 65535, "an integer in 0-65535"),
+                ("threads", is_integer(self.threads) and self.threads >= 0, "an integer >= 0"),
                 (
                     "memory_limit",
                     isinstance(self.memory_limit, str)

@@ -263,9 +263,7 @@ def _unique_names(paths: list[Path]) -> list[str]:
 class Store:
     """The served runs and the one in-memory DuckDB database that queries them."""
 
-    def __init__(
-        self, run_dirs: list[Path], *, memory_limit: str = "1GB", threads: int | None = None
-    ) -> None:
+    def __init__(self, run_dirs: list[Path], *, memory_limit: str = "1GB", threads: int = 1) -> None:
         import duckdb
 
         if not run_dirs:
@@ -274,8 +272,6 @@ class Store:
             raise CGapsError(f"memory limit {memory_limit!r}: give a size such as 512MB or 2GB")
         self.con = duckdb.connect(":memory:")
         self.con.execute(f"SET memory_limit = '{memory_limit}'")
-        if threads:
-            self.con.execute(f"SET threads = {int(threads)}")
         self._local = threading.local()
         self.runs: list[Run] = []
         roots = [Path(p).resolve() for p in run_dirs]
@@ -285,6 +281,10 @@ class Store:
         allowed = ", ".join("'" + str(r).replace("'", "''") + "/'" for r in roots)
         self.con.execute(f"SET allowed_directories = [{allowed}]")
         self.con.execute("SET enable_external_access = false")
+        # loading sorts millions of rows on every core; a request's queries are small, and on shared
+        # cores DuckDB's worker threads cost more than they save (docs/explorer.md, Speed)
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
         self.con.execute("SET lock_configuration = true")
         # (a, b) -> the paired comparison table, its summary per scope and its record
         self._compare_cache: dict[tuple[str, str], tuple[Any, list[dict[str, Any]], dict[str, Any]]] = {}
