@@ -128,3 +128,25 @@ def test_embedded_sae_reconstructs_smollm2_residuals(smollm):
     x_hat = loaded.decode(loaded.encode(h))
     fvu = float((h - x_hat).pow(2).sum() / (h - h.mean(0)).pow(2).sum())
     assert fvu < 0.4, fvu
+
+
+def test_a_cast_sae_keeps_its_float32_fingerprint(tmp_path):
+    """The fingerprint names the weights, not the dtype they compute in: extraction reads in
+    bfloat16 and the label stage loads the SAE in float32, and both must name the same SAE."""
+    from sae_lens import SAE as LensSAE
+
+    random_sae("topk", **SAE).save_model(tmp_path / "sae")
+    f32 = load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=6)
+    bf16 = load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=6, dtype="bfloat16")
+    assert bf16.dtype == torch.bfloat16 and bf16.sae.cfg.dtype == "bfloat16"
+    assert bf16.fingerprint == f32.fingerprint
+    # cast after a float32 load: the weights of a load in bfloat16, bit for bit
+    direct = LensSAE.load_from_disk(tmp_path / "sae", dtype="bfloat16").state_dict()
+    got = bf16.sae.state_dict()
+    assert got.keys() == direct.keys()
+    for name, tensor in direct.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    # other weights still differ in any dtype
+    random_sae("topk", **SAE, seed=1).save_model(tmp_path / "other")
+    other = load_sae(str(tmp_path / "other"), hidden_size=16, n_layers=6, dtype="bfloat16")
+    assert other.fingerprint != f32.fingerprint

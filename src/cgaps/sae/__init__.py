@@ -57,6 +57,9 @@ class LoadedSAE:
     sae_id: str
     width: int
     hook_name: str
+    # the fingerprint of the weights loaded in float32, for an SAE cast to another dtype after
+    # (load_sae): the weights, not the dtype they compute in, identify an SAE
+    cast_from: str | None = None
 
     def __post_init__(self) -> None:
         self.sae.eval()
@@ -138,9 +141,13 @@ class LoadedSAE:
     @cached_property
     def fingerprint(self) -> str:
         """A short hash of the weights: tells apart two SAEs behind the same id (a folder retrained
-        in place, a new package release), so resumed work never mixes their activations."""
+        in place, a new package release), so resumed work never mixes their activations. An SAE
+        that :func:`load_sae` cast from float32 has the float32 weights' hash, so extracting in
+        bfloat16 and labelling in float32 name the same SAE."""
         import torch
 
+        if self.cast_from is not None:
+            return self.cast_from
         h = hashlib.sha1()
         for name, tensor in sorted(self.sae.state_dict().items()):
             h.update(name.encode())
@@ -264,9 +271,15 @@ def load_sae(
 
     ``layer`` (the configured residual layer, if any) must equal the SAE's own hook layer.
     ``dtype`` is the SAE's compute dtype (the shipped SAE is stored in float16; None keeps the
-    stored one); :meth:`LoadedSAE.encode` casts residuals to it.
+    stored one); :meth:`LoadedSAE.encode` casts residuals to it. Another dtype than float32 is
+    loaded in float32 and cast (the same weights as a load in that dtype: float32 holds the
+    stored values exactly, and each is rounded once), so that :attr:`LoadedSAE.fingerprint` is
+    the float32 one whatever the compute dtype.
     """
-    sae, sae_id = _load(spec, device, dtype)
+    import torch
+
+    cast = dtype not in (None, "float32")
+    sae, sae_id = _load(spec, device, "float32" if cast else dtype)
     hook_name = sae.cfg.metadata.hook_name
     sae_layer = hook_layer(hook_name, sae_id)
     if layer is not None and layer != sae_layer:
@@ -284,7 +297,11 @@ def load_sae(
             f"SAE {sae_id}: layer {sae_layer} is beyond the model's depth {n_layers}; "
             "pass an SAE trained on this model"
         )
-    return LoadedSAE(sae=sae, layer=sae_layer, sae_id=sae_id, width=int(sae.cfg.d_sae), hook_name=hook_name)
+    loaded = LoadedSAE(sae=sae, layer=sae_layer, sae_id=sae_id, width=int(sae.cfg.d_sae), hook_name=hook_name)
+    if cast:
+        loaded.cast_from = loaded.fingerprint
+        sae.to(dtype=getattr(torch, str(dtype)))
+    return loaded
 
 
 def sae_folder(spec: str) -> Path | None:
