@@ -117,6 +117,17 @@ def test_bfloat16_generation_keeps_the_reader_in_its_dtype():
     assert backend.gen_model.dtype == torch.bfloat16 and backend.dtype == torch.float32
     assert backend.model is model and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert used_backend(backend) == "transformers:bfloat16"
+    # the copy is the plain deepcopy-then-cast, every parameter and buffer bit for bit, ties kept
+    import copy
+
+    plain = copy.deepcopy(model).to(torch.bfloat16).state_dict()
+    got = backend.gen_model.state_dict()
+    assert got.keys() == plain.keys()
+    assert all(got[k].dtype == plain[k].dtype and torch.equal(got[k], plain[k]) for k in plain)
+    assert {n for n, _ in backend.gen_model.named_buffers()} == {n for n, _ in model.named_buffers()}
+    tied = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    assert [n for n, _ in backend.gen_model.named_parameters(remove_duplicate=False)] == tied
+    assert len(list(backend.gen_model.parameters())) == len(list(model.parameters()))
     backend.generate_in("float32")  # back to the model itself
     assert backend.gen_model is model and used_backend(backend) == "transformers"
 
