@@ -358,6 +358,16 @@ def test_self_contained(run3):
     assert ".innerHTML" not in text and "document.write" not in text
 
 
+def test_a_rebuilt_page_equals_the_first(tmp_path):
+    """The page does not show the stages' bookkeeping: the report's own record in run.json,
+    written by the first build, leaves a second build's page unchanged (a report killed after
+    recording itself and rebuilt is the page of an uninterrupted build)."""
+    run = make_run(tmp_path / "run")
+    first = build_report(run).read_text()
+    assert "report" in rundir.read_run_json(run).get("inputs", {})
+    assert build_report(run).read_text() == first
+
+
 def test_examples_and_descriptions(run3):
     _, text = run3
     assert "badge ok" in text and "badge bad" in text
