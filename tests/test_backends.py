@@ -102,6 +102,7 @@ def test_auto_is_printed_with_its_reason_and_recorded():
     assert (fast.recorded, pick().recorded) == ("transformers:bfloat16", "llamacpp")
 
 
+@pytest.mark.integration
 def test_bfloat16_generation_keeps_the_reader_in_its_dtype():
     """The copy generates; residuals and option log-likelihoods come from the float32 model."""
     import torch
@@ -121,6 +122,7 @@ def test_bfloat16_generation_keeps_the_reader_in_its_dtype():
     assert backend.gen_model is model and used_backend(backend) == "transformers"
 
 
+@pytest.mark.integration
 def test_a_bfloat16_copy_that_would_not_fit_is_refused(monkeypatch):
     """The copy is made only when it fits beside the model; otherwise one line names the fix."""
     import cgaps.models.hf as hf

@@ -37,6 +37,7 @@ def test_suite_names():
     assert "probes" in BENCHMARKS
 
 
+@pytest.mark.integration
 def test_counts_match_manifest(paper):
     assert paper.groupby("benchmark").size().to_dict() == MANIFEST_COUNTS
     assert list(paper.columns) == [
@@ -104,6 +105,7 @@ def _self_and_shuffled(df: pd.DataFrame, max_shuffled: int = 300) -> tuple[float
     return own, grade_items(sample).mean()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("bench", sorted(MANIFEST_COUNTS))
 def test_reference_grades_itself_and_shuffled_does_not(paper, bench):
     own, shuffled = _self_and_shuffled(paper[paper["benchmark"] == bench])
@@ -341,6 +343,7 @@ def test_hub_path_shares_the_parsers(monkeypatch, benchmarks_dir, paper):
 # ------------------------------------------------------------------ answer formats shared with grading
 
 
+@pytest.mark.integration
 def test_items_do_not_import_the_evaluate_stage():
     """Data flows items -> evaluate: the loaders read letters and answer types from cgaps.answers."""
     import subprocess

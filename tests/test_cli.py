@@ -257,6 +257,7 @@ def test_old_schema_and_missing_width_get_one_line_errors(tmp_path, monkeypatch,
     assert code == 2 and "n_concepts" in err
 
 
+@pytest.mark.integration
 def test_installed_entry_point_exit_codes(tmp_path):
     """The real `cgaps` script: 0 for --help, 2 for a usage error, 2 for a CGapsError; one line each."""
     script = Path(sys.executable).with_name("cgaps")

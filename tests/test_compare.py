@@ -235,6 +235,7 @@ def test_cli_and_page_escape_labels(tmp_path):
     assert rundir.read_table_knobs(out / "compare.parquet")["fdr"] == 0.1
 
 
+@pytest.mark.integration
 def test_the_command_its_page_and_the_explorer_report_the_same_counts(tmp_path):
     """One compare: the lines `cgaps compare` prints, the summary table of its page and the
     explorer's Compare view give the same counts per scope, with the same sign (Δ = B − A)."""

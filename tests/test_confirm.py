@@ -80,6 +80,7 @@ def test_retest_is_the_scoring_test_on_the_chosen_columns():
     assert not res2["replicated"].any()
 
 
+@pytest.mark.integration
 def test_null_fresh_scores_confirm_nothing_in_at_least_19_of_20_draws():
     """Calls fixed in advance (the planted concepts and 30 others, in both directions), fresh items
     whose scores do not depend on any concept: at most 1 draw in 20 confirms anything."""
@@ -228,6 +229,7 @@ def test_confirm_refuses_a_pool_of_the_run_itself(scored_run):
 # ---------------------------------------------------------------- report section and explorer routes
 
 
+@pytest.mark.integration
 def test_report_and_explorer_show_fill_and_confirm(scored_run, monkeypatch):
     from fastapi.testclient import TestClient
 

@@ -213,6 +213,7 @@ def test_top_contexts_keeps_a_window_of_tokens():
     assert chars.loc[0, "left"] == text[0:80] and chars.loc[0, "right"] == text[84:164]
 
 
+@pytest.mark.integration
 def test_resume_after_interruption(tmp_path, tiny_backend, monkeypatch):
     import cgaps.extract.stage as act
 

@@ -197,6 +197,7 @@ def tiny_run(tmp_path):
     return run, reader, spec
 
 
+@pytest.mark.integration
 def test_fill_end_to_end_with_verify(tiny_run, tmp_path):
     from cgaps.fill.stage import COVERAGE, FILL_JSON, SELECTION_SPEC, fill_run
     from cgaps.items import load_suite
@@ -301,6 +302,7 @@ def test_spec_rows_carry_their_own_answer_type_meta_and_messages(tmp_path):
         load_suite(str(tmp_path / "mix.json"))
 
 
+@pytest.mark.integration
 def test_a_reference_run_decides_what_counts(tiny_run, tmp_path):
     from cgaps.fill.stage import fill_run
 
@@ -341,6 +343,7 @@ def test_a_reference_run_decides_what_counts(tiny_run, tmp_path):
         )
 
 
+@pytest.mark.integration
 def test_a_one_benchmark_run_takes_the_pool_as_reference(tmp_path):
     from cgaps.fill.stage import fill_run
 

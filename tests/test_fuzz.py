@@ -772,6 +772,7 @@ def test_the_corpus_is_large_enough():
     } <= kinds
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_malformed_input_is_one_line_and_changes_nothing(
     name, tmp_path, tiny_reader, scored_template, monkeypatch, capsys

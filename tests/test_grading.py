@@ -185,6 +185,7 @@ def test_answer_types_are_one_list_with_one_grader_each():
 # ------------------------------------------------------------------ BBQ bias scores
 
 
+@pytest.mark.integration
 def test_bbq_bias_scores_match_lm_evaluation_harness(benchmarks_dir):
     """Random answers to real BBQ items: our s_DIS / s_AMB against the harness's own bbq utils."""
     import datasets

@@ -61,6 +61,7 @@ def qa_log(tmp_path_factory):
     )
 
 
+@pytest.mark.integration
 def test_inspect_import_matches_inspect_scores(qa_log, tmp_path):
     from inspect_ai.log import read_eval_log
 
@@ -89,6 +90,7 @@ def test_inspect_import_matches_inspect_scores(qa_log, tmp_path):
     assert meta["imported"]["scorer"] == "match"
 
 
+@pytest.mark.integration
 def test_inspect_epochs_and_partial_credit(tmp_path):
     from inspect_ai.dataset import Sample
     from inspect_ai.scorer import Score, Target, accuracy, scorer

@@ -422,6 +422,7 @@ def test_detection_scoring_helpers():
     assert balanced_accuracy(set(), {1}, 4) == 0.5
 
 
+@pytest.mark.integration
 def test_llm_labels_cached_resumed_rate_limited_and_retried(tmp_path):
     from cgaps.labels.stage import label_run
 
@@ -534,6 +535,7 @@ def test_llm_labels_against_a_real_llama_cpp_server(tmp_path):
         assert table.loc[c, "llm_score"] == pytest.approx(expected) and 0.0 <= expected <= 1.0
 
 
+@pytest.mark.integration
 def test_label_command(tmp_path):
     """`cgaps label` through the real command group: a summary of the first themes, and a bad
     option or a mismatched import as one line with exit status 2."""

@@ -127,6 +127,7 @@ def test_reader_dtype_rules(monkeypatch):
     assert not cpu_bf16_native() and reader_dtype("auto", "cpu") == "float32"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("architecture", ["llama", "gemma2"])
 def test_reading_in_bfloat16_equals_a_bfloat16_load(tmp_path, architecture):
     from helpers import save_tiny_model
@@ -155,6 +156,7 @@ def test_reading_in_bfloat16_equals_a_bfloat16_load(tmp_path, architecture):
     )
 
 
+@pytest.mark.integration
 def test_reading_in_shares_the_generation_copy(tmp_path):
     from helpers import save_tiny_model
 

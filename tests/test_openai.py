@@ -165,6 +165,7 @@ def test_extra_body_fields_reach_every_request(server_factory):
     assert parse_endpoint("openai://h:1/v1/m?body.x=true").body == (("x", True),)
 
 
+@pytest.mark.integration
 def test_retries_rate_limit_and_key(server_factory, monkeypatch):
     srv = server_factory(fail_first=2, fail_status=429)
     monkeypatch.setenv("MY_KEY", "sk-test")
@@ -178,6 +179,7 @@ def test_retries_rate_limit_and_key(server_factory, monkeypatch):
     assert "sk-test" not in json.dumps(gen.loaded)
 
 
+@pytest.mark.integration
 def test_errors_are_one_line(server_factory):
     srv = server_factory()
     bad = OpenAIGenerator(srv.url().replace("/tiny", "/other"))

@@ -17,6 +17,7 @@ PRESETS = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_is_a_valid_config_of_a_known_release(name):
     import yaml
@@ -28,6 +29,7 @@ def test_preset_is_a_valid_config_of_a_known_release(name):
     assert cfg.layer == spec["layer"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_standin_runs_load_sae_capture_encode(name, tmp_path):
     from sae_lens import JumpReLUSAE, StandardSAE

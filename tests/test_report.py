@@ -445,6 +445,7 @@ def test_not_a_directory(tmp_path):
         build_report(tmp_path / "nowhere")
 
 
+@pytest.mark.integration
 def test_size_bounded(run3, tmp_path):
     """Golden-ish: the synthetic run's report stays in a fixed size band, and a paper-sized
     run (16k concepts, ten benchmarks) stays under 5 MB thanks to the table caps."""
@@ -591,6 +592,7 @@ def test_theme_phrase_names_the_groups_a_spread_theme_falls_on():
     assert theme_phrase([], "probes:a", 0.15, 0.08) == "probes:a items (15% of its weight, 8% of all items)"
 
 
+@pytest.mark.integration
 def test_findings_and_themes_from_the_labels_stage(tmp_path):
     """The labels stage on a synthetic run (no SAE: enrichment and co-activation themes), then the
     report: generated findings first, each theme link pointing at its row, hostile text escaped."""
@@ -687,6 +689,7 @@ def test_words_run_table_and_help(run3):
     assert '<th data-type="num">chance</th>' in text
 
 
+@pytest.mark.integration
 def test_format_findings_are_listed_apart(tmp_path):
     """With the labels stage's `phrase` and `format`, the first screen names concepts by their
     phrase and lists the format findings apart from the competencies, hiding neither."""

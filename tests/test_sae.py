@@ -61,6 +61,7 @@ def test_folder_without_weights(tmp_path):
         load_sae(str(tmp_path / "sae"), hidden_size=16, n_layers=6)
 
 
+@pytest.mark.integration
 def test_missing_path_and_unknown_release():
     with pytest.raises(CGapsError, match="no such folder"):
         load_sae("./nowhere", hidden_size=16, n_layers=6)

@@ -236,6 +236,7 @@ def _reference_ce(model, sae, conversations, layer, max_norm, mean_act):
     return {f"ce_{k}": v / n_targets for k, v in totals.items()}, n_targets, spliced.count("sae")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("limit", [False, True])
 def test_ce_increase_matches_plain_reference(backend, cache, tmp_path, limit):
     """Batched, padded, spliced through the reader's logits_with_edit vs one conversation at a time."""
@@ -298,6 +299,7 @@ def test_custom_backward_matches_autograd_reference():
         torch.testing.assert_close(fast[key].grad, ref[key].grad)
 
 
+@pytest.mark.integration
 def test_cli_train_sae_end_to_end(backend, tmp_path):
     from sae_lens import SAE
     from typer.testing import CliRunner
@@ -531,6 +533,7 @@ def test_own_responses_resume_after_a_kill(tmp_path):
     assert Echo.calls == 2 + 2  # the rerun generated only the two missing chunks
 
 
+@pytest.mark.integration
 def test_benchmark_conversations_are_the_shipped_sae_mix(benchmarks_dir):
     """Read through the item loaders, the ten benchmarks give the conversations (content and order)
     that the recipe's own file parsers gave when the shipped SAE was trained."""

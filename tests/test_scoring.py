@@ -37,6 +37,7 @@ from helpers import (
 # threshold (tested on its own below) would mostly measure how many activations it drops.
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fast_path_matches_reference(seed):
     items, sal = make_suite(seed)
@@ -53,6 +54,7 @@ def test_fast_path_matches_reference(seed):
     assert concepts["q_value"].notna().any() and concepts["q_value"].isna().any()
 
 
+@pytest.mark.integration
 def test_fast_path_matches_reference_other_knobs():
     items, sal = make_suite(7)
     cfg = RunConfig(min_support=12, under_pct=25, over_pct=60, fdr=0.2, ci_level=0.8, presence=0.3)
@@ -62,6 +64,7 @@ def test_fast_path_matches_reference_other_knobs():
     assert_same_tables(overlap, ref_overlap, ["a", "b"])
 
 
+@pytest.mark.integration
 def test_fast_path_matches_reference_monte_carlo_everywhere():
     # every tested concept takes the Monte Carlo path, with the refining second pass
     items, sal = make_suite(5)
@@ -131,6 +134,7 @@ def test_null_scores_call_nothing_in_at_least_19_of_20_seeds():
     assert seeds_with_calls <= 1
 
 
+@pytest.mark.integration
 def test_planted_gaps_are_found_with_precision_and_recall():
     called_total = true_calls = due_total = due_found = 0
     for seed in range(5):

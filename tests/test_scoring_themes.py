@@ -56,6 +56,7 @@ def test_theme_structure_matches_reference(presence):
             assert len({c // 5 for c in cs}) == 1, cs
 
 
+@pytest.mark.integration
 def test_theme_structure_with_decoder_and_a_limit_matches_reference(monkeypatch):
     from cgaps.scoring import themes as scoring_themes
 
@@ -97,6 +98,7 @@ def test_theme_structure_never_reads_scores():
         {"mc_below": 1e9, "mc_resamples": 3000, "seed": 3},  # every hypothesis by Monte Carlo
     ],
 )
+@pytest.mark.integration
 def test_joint_calls_match_reference(knobs):
     items, sal = make_topic_suite(0, planted=(0, 3))
     cfg = RunConfig(**knobs)

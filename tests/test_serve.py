@@ -241,6 +241,7 @@ def test_search_covers_labels_tokens_and_ids(client, runs):
 # ---------------------------------------------------------------- one concept
 
 
+@pytest.mark.integration
 def test_detail_scopes_contexts_and_evidence(client, runs):
     d = client.get("/api/concept/0").json()
     assert [s["scope"] for s in d["scopes"]] == ["arith", "bias", "code", "ALL"]
@@ -620,6 +621,7 @@ def test_unscored_or_missing_runs_are_one_line_errors(runs, tmp_path):
 # ---------------------------------------------------------------- the command
 
 
+@pytest.mark.integration
 def test_cli_serves_on_a_picked_port_and_prints_the_url(runs):
     import httpx
 
@@ -737,6 +739,7 @@ def _wait(page, counter: str, at_least: int) -> None:
     page.wait_for_function(f"() => window.__cgaps && (window.__cgaps.{counter} || 0) >= {at_least}")
 
 
+@pytest.mark.integration
 def test_browser_search_detail_and_back_forward(page, runs):
     page.goto(page.base + "/concepts")
     _wait(page, "lists", 1)
@@ -767,6 +770,7 @@ def test_browser_search_detail_and_back_forward(page, runs):
     assert page.url.startswith(page.base + "/concept/7")
 
 
+@pytest.mark.integration
 def test_browser_sort_filter_expand_and_deep_link(page, runs):
     n_missing = int((_all_rows(runs["a"], "bias")["status"] == "missing").sum())
     page.goto(page.base + "/concepts?scope=bias&status=missing")
@@ -791,6 +795,7 @@ def test_browser_sort_filter_expand_and_deep_link(page, runs):
     assert "out of range" in page.locator("p.error").text_content()
 
 
+@pytest.mark.integration
 def test_browser_benchmarks_themes_and_compare_views(page, runs):
     page.goto(page.base + "/concepts")
     _wait(page, "lists", 1)
@@ -831,6 +836,7 @@ def test_browser_benchmarks_themes_and_compare_views(page, runs):
     page.wait_for_selector("#matrices")
 
 
+@pytest.mark.integration
 def test_browser_opens_on_the_gaps_in_words(page, runs):
     """The landing page is the run's gaps, said as gaps; strengths say when they are at chance."""
     page.goto(page.base + "/")
@@ -853,6 +859,7 @@ def test_browser_opens_on_the_gaps_in_words(page, runs):
     }
 
 
+@pytest.mark.integration
 def test_browser_hostile_text_is_shown_as_text_and_runs_nothing(page, runs):
     page.goto(page.base + "/concepts?q=c0")
     _wait(page, "lists", 1)

@@ -171,6 +171,7 @@ def _tiny_run(tmp_path, backend):
     return spec
 
 
+@pytest.mark.integration
 def test_label_stage_end_to_end(tmp_path, tiny_backend):
     from cgaps.labels.format import repeated_units
     from cgaps.labels.stage import peak_words, read_run_text

@@ -34,6 +34,7 @@ def test_permuted_scores_keep_each_benchmark_accuracy():
         assert sorted(y[idx]) == sorted(m.scores[idx])
 
 
+@pytest.mark.integration
 def test_validate_run_on_a_suite_with_families(tmp_path):
     items, sal = make_suite(1)
     # families: the items planted weak concepts fire on are mostly wrong ("hard" family)
