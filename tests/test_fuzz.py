@@ -689,7 +689,7 @@ def _partial_damaged(env: Env) -> list[str]:
     return ["evaluate", str(env.run), "--model", str(env.model), "--device", "cpu"]
 
 
-# a damaged extraction shard or sidecar is redone, not an error (tests/test_extract.py); shards
+# a damaged extraction shard or sidecar is redone, not an error (tests/extract/test_extract.py); shards
 # made with other settings are refused, naming each setting that differs (issue 23)
 @case("shard-other-settings", "pool 'sum' there, 'max' now")
 def _shard_settings(env: Env) -> list[str]:

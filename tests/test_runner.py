@@ -4,7 +4,7 @@ in which order their chunks are computed.
 A runner like Ray's, in this process and without Ray: the driver sees only the descriptions a
 worker would send (``describe(model)``, two "workers"), and the chunks complete in reverse
 order. Evaluation and extraction through it must write the tables, shards and counts of the
-in-process runner bit for bit (tests/test_scaleout.py checks the same on a real Ray cluster,
+in-process runner bit for bit (tests/scaleout/test_scaleout.py checks the same on a real Ray cluster,
 where it can start one).
 """
 

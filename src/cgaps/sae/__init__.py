@@ -96,7 +96,7 @@ class LoadedSAE:
         product and bias, ``torch.topk``, ReLU) without the dense [n, F] tensor that encode
         scatters them into and its cast to float32: extraction pools the k values of each token
         directly (:func:`cgaps.extract.stage.pool_topk`), which in bfloat16 saves ~half of the
-        encoding time. ``tests/test_sae.py`` checks that scattering them gives :meth:`encode`'s
+        encoding time. ``tests/sae/test_sae.py`` checks that scattering them gives :meth:`encode`'s
         codes bit for bit.
         """
         import torch

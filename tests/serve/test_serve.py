@@ -377,7 +377,7 @@ def test_themes_table_and_missing_themes(client):
 
 def test_compare_is_the_paired_table_of_cgaps_compare(client, runs, tmp_path):
     """The Compare view shows the table `cgaps compare` writes: the same rows, the same Δ = B − A,
-    the same calls and counts (tests/test_compare.py checks the command's lines and page too)."""
+    the same calls and counts (tests/compare/test_compare.py checks the command's lines and page too)."""
     from cgaps.compare import compare_runs
 
     table = compare_runs(runs["a"], runs["b"], tmp_path / "cmp")

@@ -32,7 +32,7 @@ from cgaps.errors import CGapsError
 from cgaps.robustness.options import RobustnessOptions
 from helpers import write_run
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "cgaps"
+SRC = Path(__file__).resolve().parents[2] / "src" / "cgaps"
 
 
 def _group():

@@ -9,12 +9,12 @@ from collections import Counter
 import pandas as pd
 import pytest
 import torch
+from test_extract import ITEMS
 
 from cgaps.config import RunConfig
 from cgaps.extract import reference
 from cgaps.extract.stage import encode_items, extract_chunk, pool_batch
 from helpers import loaded_sae
-from test_extract import ITEMS
 
 
 def _items(n_copies: int = 4) -> pd.DataFrame:
@@ -141,7 +141,7 @@ def test_bfloat16_rows_are_close_to_float32(tiny_backend):
     can swap with its neighbour. This model gives every row in both, a median difference of 0.2 %
     and 99 % of rows within 0.7 %; the bounds leave 5x room. SmolLM2 with its own SAE on the demo:
     96 % of rows in both, median 0.9 %, top-10 concepts per item 97.7 % the same (docs/scaling.md;
-    the slow test in tests/test_extract.py)."""
+    the slow test in tests/extract/test_extract.py)."""
     cfg = RunConfig(pool="max", batch_size=4)
     spec32, spec16 = _sae_in(torch.float32), _sae_in(torch.bfloat16)
     chunk = encode_items(_items(), tiny_backend.tokenizer, cfg)

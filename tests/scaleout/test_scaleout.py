@@ -231,7 +231,7 @@ def ray_runs(cfg, reference, tmp_path_factory) -> Path:
         "RAY_USAGE_STATS_ENABLED": "0",
         "CGAPS_NO_PROGRESS": "1",
         "PYTHONPATH": os.pathsep.join(
-            p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p
+            p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p
         ),
     }
     cmd = [

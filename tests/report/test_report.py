@@ -499,7 +499,7 @@ def test_with_the_scoring_stage(tmp_path):
 
 # ---------------------------------------------------------------- golden figures
 
-GOLDEN = Path(__file__).parent / "golden" / "figures"
+GOLDEN = Path(__file__).parents[1] / "golden" / "figures"
 # Read at import: the autouse fixture of conftest.py clears CGAPS_* variables inside tests.
 UPDATE_GOLDEN = os.environ.get("CGAPS_UPDATE_GOLDEN") == "1"
 _VALUES = np.array([0.02, 0.05, 0.11, 0.12, 0.3, 0.31, 0.33, 0.5, 0.52, 0.8, 0.97, np.nan, np.inf])
@@ -551,7 +551,7 @@ def test_figures_match_golden_svg(name):
     """The figures are deterministic text: any change to what they draw shows here.
 
     After an intended change, rewrite the files with
-    ``CGAPS_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_report.py -k golden`` and review the
+    ``CGAPS_UPDATE_GOLDEN=1 .venv/bin/pytest tests/report/test_report.py -k golden`` and review the
     diff of tests/golden/figures/ before committing it.
     """
     text = str(FIGURE_CASES[name]())
@@ -625,7 +625,7 @@ def test_findings_and_themes_from_the_labels_stage(tmp_path):
     assert "<x>" not in text and text.count("<script") == 1
     # the purity script: the themes' mass-weighted purity never exceeds its bound (the gap concepts')
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).parents[1] / "scripts" / "theme_purity.py"), str(run)],
+        [sys.executable, str(Path(__file__).parents[2] / "scripts" / "theme_purity.py"), str(run)],
         capture_output=True,
         text=True,
         check=True,

@@ -10,7 +10,7 @@ import torch
 from cgaps.config import load_yaml
 from helpers import TINY_HIDDEN, make_standin, preset_standin_spec
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PRESETS = {
     "gemma2-2b-it.yaml": ("gemma2", "jumprelu", 20),
     "llama31-8b-instruct.yaml": ("llama", "standard", 19),

@@ -27,7 +27,7 @@ from cgaps.evaluate.evaluator import loglik_requests, pick, protocol
 from cgaps.evaluate.stage import evaluate_run
 from cgaps.items import load_suite, prompts
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 import harness  # noqa: E402
 from helpers import FakeGenerator  # noqa: E402
 
@@ -246,7 +246,7 @@ def _siqa_docs() -> tuple[list[dict], str]:
 
     root = Path(
         os.environ.get(
-            "CGAPS_BENCHMARKS", Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+            "CGAPS_BENCHMARKS", Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks"
         )
     )
     if (root / "socialiqa" / "dev.jsonl").exists():

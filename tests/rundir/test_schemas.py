@@ -23,7 +23,7 @@ from cgaps.runtables import load_run
 from cgaps.scoring.stage import score_run
 from helpers import make_suite, write_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- the schemas themselves

@@ -25,7 +25,7 @@ from cgaps.errors import CGapsError
 from cgaps.importers import write_imported_run
 from cgaps.importers.lmeval import read_lm_eval
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/harness.py, as test_protocols.py imports it
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/harness.py, as test_protocols.py imports it
 import harness  # noqa: E402
 
 MC_DOCS = [
