@@ -79,6 +79,45 @@ def test_embedded_missing_says_pass_sae(monkeypatch, tmp_path):
         load_sae("embedded", hidden_size=576, n_layers=30)
 
 
+def test_the_fingerprint_is_the_weights_whatever_dtype_computes():
+    """Extraction reads in bfloat16 where the CPU has it while labels, fill and confirm load the
+    SAE in float32: one SAE has one fingerprint (`cgaps demo` refused its own run before), and a
+    float32 load hashes as it always did (runs extracted before keep theirs); other weights
+    have another fingerprint."""
+    import hashlib
+
+    from cgaps.sae import sae_folder
+
+    def plain(sae) -> str:  # the fingerprint of earlier versions: the float32 load's bytes
+        h = hashlib.sha1()
+        for name, tensor in sorted(sae.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    prints = {
+        dtype: load_sae("embedded", hidden_size=576, n_layers=30, dtype=dtype)
+        for dtype in ("float32", "bfloat16", None)
+    }
+    assert prints["bfloat16"].dtype == torch.bfloat16 and prints["float32"].dtype == torch.float32
+    assert len({s.fingerprint for s in prints.values()}) == 1
+    assert prints["float32"].fingerprint == plain(prints["float32"].sae)
+    # the bfloat16 load computes as sae-lens' own bfloat16 load of the folder
+    from sae_lens import SAE as SaeLens
+
+    direct = SaeLens.load_from_disk(sae_folder("embedded"), device="cpu", dtype="bfloat16")
+    x = torch.randn(5, 576) * 4
+    with torch.no_grad():
+        torch.testing.assert_close(
+            prints["bfloat16"].encode(x), direct.encode(x.to(torch.bfloat16)).float(), rtol=0, atol=0
+        )
+    other = load_sae("embedded", hidden_size=576, n_layers=30)
+    with torch.no_grad():
+        other.sae.W_enc[0, 0] += 1.0
+    other.__dict__.pop("fingerprint")
+    assert other.fingerprint != prints["float32"].fingerprint
+
+
 @pytest.mark.parametrize("architecture", ["topk", "jumprelu"])
 def test_loaded_sae_is_an_encoder_in_any_dtype(tmp_path, architecture):
     """encode takes residuals in any float dtype and gives float32 codes >= 0; decode gives float32."""
