@@ -57,9 +57,6 @@ class LoadedSAE:
     sae_id: str
     width: int
     hook_name: str
-    # the fingerprint of the weights loaded in float32, for an SAE cast to another dtype after
-    # (load_sae): the weights, not the dtype they compute in, identify an SAE
-    cast_from: str | None = None
 
     def __post_init__(self) -> None:
         self.sae.eval()
@@ -99,7 +96,7 @@ class LoadedSAE:
         product and bias, ``torch.topk``, ReLU) without the dense [n, F] tensor that encode
         scatters them into and its cast to float32: extraction pools the k values of each token
         directly (:func:`cgaps.extract.stage.pool_topk`), which in bfloat16 saves ~half of the
-        encoding time. ``tests/test_sae.py`` checks that scattering them gives :meth:`encode`'s
+        encoding time. ``tests/sae/test_sae.py`` checks that scattering them gives :meth:`encode`'s
         codes bit for bit.
         """
         import torch
@@ -141,18 +138,25 @@ class LoadedSAE:
     @cached_property
     def fingerprint(self) -> str:
         """A short hash of the weights: tells apart two SAEs behind the same id (a folder retrained
-        in place, a new package release), so resumed work never mixes their activations. An SAE
-        that :func:`load_sae` cast from float32 has the float32 weights' hash, so extracting in
-        bfloat16 and labelling in float32 name the same SAE."""
-        import torch
+        in place, a new package release), so resumed work never mixes their activations. It is
+        the weights' own, not the compute dtype's: :func:`load_sae` hashes them in float32 before
+        casting (extraction in bfloat16 and labels in float32 load the same SAE)."""
+        return weights_fingerprint(self.sae)
 
-        if self.cast_from is not None:
-            return self.cast_from
-        h = hashlib.sha1()
-        for name, tensor in sorted(self.sae.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:16]
+
+def weights_fingerprint(sae: SAE) -> str:
+    """:attr:`LoadedSAE.fingerprint` of an SAE's weights, each hashed as float32 (so a float16
+    file loaded as stored or widened to float32 hashes the same; float32 weights as they are)."""
+    import torch
+
+    h = hashlib.sha1()
+    for name, tensor in sorted(sae.state_dict().items()):
+        h.update(name.encode())
+        w = tensor.detach().cpu()
+        if w.is_floating_point():
+            w = w.float()
+        h.update(w.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def as_encoder(sae: SAEEncoder | SAE) -> SAEEncoder:
@@ -271,15 +275,16 @@ def load_sae(
 
     ``layer`` (the configured residual layer, if any) must equal the SAE's own hook layer.
     ``dtype`` is the SAE's compute dtype (the shipped SAE is stored in float16; None keeps the
-    stored one); :meth:`LoadedSAE.encode` casts residuals to it. Another dtype than float32 is
-    loaded in float32 and cast (the same weights as a load in that dtype: float32 holds the
-    stored values exactly, and each is rounded once), so that :attr:`LoadedSAE.fingerprint` is
-    the float32 one whatever the compute dtype.
+    stored one); :meth:`LoadedSAE.encode` casts residuals to it.
     """
-    import torch
+    # loaded in float32 (or as stored) and hashed there, then cast: the fingerprint is the
+    # weights', whatever dtype this load computes in
+    sae, sae_id = _load(spec, device, None if dtype is None else "float32")
+    fingerprint = weights_fingerprint(sae)
+    if dtype is not None and dtype != "float32":
+        import torch
 
-    cast = dtype not in (None, "float32")
-    sae, sae_id = _load(spec, device, "float32" if cast else dtype)
+        sae = sae.to(dtype=getattr(torch, dtype))
     hook_name = sae.cfg.metadata.hook_name
     sae_layer = hook_layer(hook_name, sae_id)
     if layer is not None and layer != sae_layer:
@@ -298,9 +303,7 @@ def load_sae(
             "pass an SAE trained on this model"
         )
     loaded = LoadedSAE(sae=sae, layer=sae_layer, sae_id=sae_id, width=int(sae.cfg.d_sae), hook_name=hook_name)
-    if cast:
-        loaded.cast_from = loaded.fingerprint
-        sae.to(dtype=getattr(torch, str(dtype)))
+    loaded.__dict__["fingerprint"] = fingerprint  # the cached property, taken before the cast
     return loaded
 
 
