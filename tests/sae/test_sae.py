@@ -168,4 +168,3 @@ def test_embedded_sae_reconstructs_smollm2_residuals(smollm):
     x_hat = loaded.decode(loaded.encode(h))
     fvu = float((h - x_hat).pow(2).sum() / (h - h.mean(0)).pow(2).sum())
     assert fvu < 0.4, fvu
-
