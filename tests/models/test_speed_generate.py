@@ -88,3 +88,37 @@ def test_bfloat16_generation_agrees_with_float32_on_probe_items(smollm):
     assert sum(a == b for a, b in zip(want, got, strict=True)) >= len(items) // 2, list(
         zip(want, got, strict=True)
     )
+
+
+def test_batches_generated_at_once_give_the_tokens_of_one_at_a_time(monkeypatch):
+    """HFBackend.generate runs two batches at once on a CPU; each batch still computes alone, so
+    the answers equal those generated one batch at a time (and the progress is per batch, in order)."""
+    import cgaps.models.hf as hf
+    from helpers import embedded_tokenizer
+
+    model = tiny_causal_lm(n_layers=2, hidden=32, max_positions=512)
+    backend = hf.HFBackend(model, embedded_tokenizer(), "tiny", "cpu")
+    words = [
+        "add",
+        "the",
+        "numbers",
+        "seven",
+        "and",
+        "nine",
+        "then",
+        "say",
+        "which",
+        "is",
+        "larger",
+        "and",
+        "why",
+    ]
+    prompts = [" ".join(words[: 2 + (3 * i) % 11]) + f" #{i}" for i in range(23)]
+    budgets = [4 + i % 9 for i in range(23)]
+    seen: list[int] = []
+    monkeypatch.setattr(hf, "GENERATION_WORKERS", 2)
+    together = backend.generate(prompts, budgets, 4, progress=seen.append)
+    assert seen == [4, 4, 4, 4, 4, 3]
+    monkeypatch.setattr(hf, "GENERATION_WORKERS", 1)  # the plain loop, no pool
+    one_at_a_time = backend.generate(prompts, budgets, 4)
+    assert together == one_at_a_time and len(set(together)) > 3
