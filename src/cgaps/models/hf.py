@@ -9,6 +9,7 @@ asked for, so extraction never pays for the layers above L or the LM head.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,17 @@ if TYPE_CHECKING:
 # batches generated at once on a CPU (HFBackend.generate): measured on 2 cores, 128 demo probes
 # in batches of 32, 1.09-1.27x faster than one at a time under load ~4, the same tokens
 GENERATION_WORKERS = 2
+# a process forked from one that ran torch may not start torch work in new threads (its thread
+# pool is gone: "Invalid thread pool"), so a forked child generates one batch at a time
+_forked = False
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
 
 
 def available_memory() -> int | None:
@@ -313,7 +325,7 @@ class HFBackend:
             )
 
         pool = None
-        if str(self.device).startswith("cpu") and len(batches) > 1 and GENERATION_WORKERS > 1:
+        if str(self.device).startswith("cpu") and len(batches) > 1 and GENERATION_WORKERS > 1 and not _forked:
             # two batches at once on a CPU: a decoding step is many small operations, and one
             # batch alone leaves a core idle between them; each batch still computes alone with
             # the same threads per operation, so the tokens are those of one batch at a time
