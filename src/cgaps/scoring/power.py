@@ -137,36 +137,43 @@ def _points(x: float) -> str:
 
 
 def detectable_sentence(scope: dict[str, Any], support: int | None = None) -> str:
-    """ "With these items, a concept firing on 30 items is called when its accuracy is 25 points
-    below expected (or 21 above)." for the largest tabulated support <= ``support`` (default 30,
-    or the largest the scope has)."""
+    """What a concept on ``support`` items (default 30, else the largest tabulated support below
+    it) must show to be called, gaps first (a gap is *below* expected), e.g. "With these items, a
+    concept firing on 30 items is called a gap when its accuracy is 25 points below expected (a
+    strength when 21 points above)." When no drop on that many items can pass the bar, the
+    sentence says so and names the smallest support at which one can."""
     rows = scope.get("detectable") or []
     if not rows:
         return "These items are too few for any concept to be tested."
     want = 30 if support is None else support
-    row = [r for r in rows if r["support"] <= want] or rows[:1]
-    r = row[-1]
+    r = ([x for x in rows if x["support"] <= want] or rows[:1])[-1]
     n = r["support"]
-    if r["drop"] is None and r["rise"] is None:
-        reachable = [x for x in rows if x["drop"] is not None]
-        if reachable:
-            first = reachable[0]
-            return (
-                f"With these items, a concept firing on {n} items cannot be called whatever its accuracy; "
-                f"one on {first['support']} items is called when its accuracy is {_points(first['drop'])} "
-                "below expected."
-            )
-        return f"With these items, no concept on up to {rows[-1]['support']} items can be called whatever its accuracy."
-    if r["drop"] is None:
-        return (
-            f"With these items, a concept firing on {n} items is called a strength when its accuracy is "
-            f"{_points(r['rise'])} above expected, and never a gap: the mean accuracy, "
-            f"{round(100 * scope['mean'])}%, leaves no room for a drop that large."
+    head = f"With these items, a concept firing on {n} items"
+    if r["drop"] is not None:
+        text = f"{head} is called a gap when its accuracy is {_points(r['drop'])} below expected"
+        if r["rise"] is not None:
+            text += f" (a strength when {_points(r['rise'])} above)"
+        return text + "."
+    # no drop on n items passes the bar: even none of them right is too likely under the null
+    text = (
+        f"{head} cannot be called a gap whatever its accuracy: even none of them right, "
+        f"{_points(scope['mean'])} below the mean, does not pass this run's bar (p ≤ {scope['bar']:.1e}, "
+        f"{scope['hypotheses']} tests)"
+    )
+    larger = [x for x in rows if x["support"] > n and x["drop"] is not None]
+    if larger:
+        text += (
+            f"; one firing on {larger[0]['support']} items is called a gap when its accuracy is "
+            f"{_points(larger[0]['drop'])} below expected"
         )
-    text = f"{_points(r['drop'])} below expected"
+    elif rows[-1]["support"] > n:
+        text += f", nor on up to {rows[-1]['support']} items"
+    text += "."
     if r["rise"] is not None:
-        text += f" (or {_points(r['rise'])} above)"
-    return f"With these items, a concept firing on {n} items is called when its accuracy is {text}."
+        text += (
+            f" A strength on {n} items is called when its accuracy is {_points(r['rise'])} above expected."
+        )
+    return text
 
 
 def needed_sentence(
@@ -178,21 +185,46 @@ def needed_sentence(
     topic = f"A topic holding {round(100 * share)}% of a benchmark's items, {_points(drop)} below expected,"
     if n is None:
         return f"{topic} cannot be told apart here: the scores do not vary."
+    if scope["mean"] < drop:
+        return f"{topic} cannot occur here: the mean accuracy is {round(100 * scope['mean'])}%."
     if n <= per_benchmark:
         return f"{topic} would be called with these {per_benchmark} items per benchmark."
     return f"{topic} would be called with about {n} items per benchmark (this run has {per_benchmark})."
 
 
-def summary_sentences(power: dict[str, Any], calls: int) -> list[str]:
-    """The report's and ``cgaps status``'s lines about power: what the run could detect and, when
-    nothing was called, that nothing was and what would be needed."""
-    scope = power["scopes"].get("ALL")
-    if scope is None:
+def summary_sentences(power: dict[str, Any], calls: int, scope: str = "ALL") -> list[str]:
+    """The lines about power of one scope (default ``ALL``: the report's first screen and
+    ``cgaps status``): that nothing was called when ``calls`` (its gaps and strengths, concepts
+    and themes) is 0, what a concept on 30 items must show, and, when nothing was called, the
+    items per benchmark a topic would need (a benchmark's scope: its own items)."""
+    entry = power.get("scopes", {}).get(scope)
+    if entry is None:
         return []
+    where = "" if scope == "ALL" else f" in {scope}"
     lines = []
     if calls == 0:
-        lines.append("Nothing was called a gap or a strength.")
-    lines.append(detectable_sentence(scope))
+        lines.append(f"Nothing was called a gap or a strength{where}.")
+    lines.append(detectable_sentence(entry))
     if calls == 0:
-        lines.append(needed_sentence(scope, power.get("items_per_benchmark", scope["items"])))
+        per_benchmark = power.get("items_per_benchmark", entry["items"]) if scope == "ALL" else entry["items"]
+        lines.append(needed_sentence(entry, per_benchmark))
     return lines
+
+
+def scope_calls(*tables: Any) -> dict[str, int]:
+    """Gaps and strengths per scope over ``tables`` (``concepts.parquet``, ``theme_tests.parquet``:
+    anything with ``scope`` and ``gap`` columns; None is skipped)."""
+    out: dict[str, int] = {}
+    for table in tables:
+        if table is None or not len(table):
+            continue
+        called = table["gap"].isin(["weak", "strong"])
+        for scope, n in called.groupby(table["scope"].astype(str), sort=False).sum().items():
+            out[str(scope)] = out.get(str(scope), 0) + int(n)
+    return out
+
+
+def all_sentences(power: dict[str, Any], calls: dict[str, int]) -> dict[str, list[str]]:
+    """:func:`summary_sentences` of every scope of ``power``, ``calls`` from :func:`scope_calls`
+    (``validation.json`` ``power.sentences``)."""
+    return {scope: summary_sentences(power, calls.get(scope, 0), scope) for scope in power.get("scopes", {})}

@@ -21,6 +21,7 @@ from cgaps.errors import CGapsError
 from cgaps.runtables import RunTables, load_run
 from cgaps.sae import read_latent_scale
 from cgaps.scoring.core import build_matrix, chi_tables, overlap_table
+from cgaps.chance import concept_chance, strengths_at_chance
 from cgaps.scoring.power import run_power
 from cgaps.scoring.themes import THEME_TESTS, score_with_themes
 
@@ -82,6 +83,8 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
     _, concepts, theme_tests = score_with_themes(m, cfg, tables)
     overlap = overlap_table(m, tables)
     power = run_power(m, cfg, concepts, theme_tests)
+    # `cgaps status` says how many strengths are at chance, as the report counts them (cgaps.chance)
+    at_chance = strengths_at_chance(concepts, concept_chance(m, concepts, items, cfg.fdr))
     t2 = time.perf_counter()
     knobs = {k: getattr(cfg, k) for k in (*SCORING_KNOBS, "seed")}
     rundir.write_table(overlap, run_dir / rundir.OVERLAP, knobs=knobs)
@@ -100,6 +103,7 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
             "concepts_firing": int((all_rows["support"] > 0).sum()),
             "gaps_weak": int((all_rows["gap"] == "weak").sum()),
             "gaps_strong": int((all_rows["gap"] == "strong").sum()),
+            "strengths_at_chance": at_chance,
             "themes_tested": len(all_themes),
             "theme_gaps_weak": int((all_themes["gap"] == "weak").sum()),
             "theme_gaps_strong": int((all_themes["gap"] == "strong").sum()),
