@@ -366,9 +366,11 @@ def test_themes_table_and_missing_themes(client):
         {"theme": 1, "label": "digits", "gap": "weak", "status": "normal"}
     ]
     assert bench["bias"]["n_items"] == 60
+    # run B is not labelled: its themes are those `cgaps score` tested, none here
     assert client.get("/api/themes", params={"run": "model-b"}).json() == {
         "run": "model-b",
-        "available": False,
+        "available": True,
+        "source": "theme_tests.parquet",
         "columns": [],
         "themes": [],
     }
@@ -876,3 +878,55 @@ def test_the_report_names_the_command_that_opens_the_explorer(runs, tmp_path):
 
     html = build_report(runs["b"], tmp_path / "report.html").read_text()
     assert "<code>cgaps serve RUN_DIR</code>" in html
+
+
+def test_a_gap_theme_without_a_called_member_before_labels(tmp_path, browser):
+    """Not labelled yet: the explorer shows the themes `cgaps score` tested (theme_tests.parquet),
+    a gap theme among them though no member is called alone, with its members and a note."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from helpers import theme_only_run
+
+    from cgaps.serve.app import create_app
+
+    run = theme_only_run(tmp_path / "themed")
+    store = Store([run])
+    d = TestClient(create_app(store)).get("/api/themes").json()
+    assert d["available"] and d["source"] == "theme_tests.parquet"
+    tests = pd.read_parquet(run / rundir.THEME_TESTS)
+    all_t = tests[tests["scope"] == "ALL"]
+    assert [t["theme"] for t in d["themes"]] == all_t["theme"].tolist()
+    gap = [t for t in d["themes"] if t["fields"]["gap"] == "weak"]
+    want = all_t[all_t["gap"] == "weak"].iloc[0]
+    assert len(gap) == 1 and [m["concept"] for m in gap[0]["members"]] == json.loads(want["members"])
+    assert gap[0]["fields"]["q_value"] == pytest.approx(want["q_value"])
+    concepts = pd.read_parquet(run / rundir.CONCEPTS).set_index(["scope", "concept"])
+    assert all(concepts.loc[("ALL", m["concept"]), "gap"] == "" for m in gap[0]["members"])
+    # in the browser: the note, and the gap theme's row with its call and members linked
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(store), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        context = browser.new_context()
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}/themes")
+        page.wait_for_selector("#themes")
+        assert "cgaps label RUN_DIR" in page.locator("#themes-unlabelled").text_content()
+        assert page.locator("#themes tbody tr").count() == len(all_t)
+        first = page.locator("#themes tbody tr").first
+        assert first.locator("td").first.text_content() == str(int(want["theme"]))
+        links = first.locator("a").evaluate_all("as => as.map(a => a.textContent)")
+        assert links == [f"#{c}" for c in json.loads(want["members"])]
+        assert errors == []
+        context.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 
 from cgaps import rundir
+from cgaps.chance import concept_chance, strengths_at_chance
 from cgaps.config import SCORING_KNOBS, RunConfig
 from cgaps.errors import CGapsError
 from cgaps.runtables import RunTables, load_run
 from cgaps.sae import read_latent_scale
 from cgaps.scoring.core import build_matrix, chi_tables, overlap_table
-from cgaps.chance import concept_chance, strengths_at_chance
 from cgaps.scoring.power import run_power
 from cgaps.scoring.themes import THEME_TESTS, score_with_themes
 
