@@ -162,12 +162,20 @@ def test_run_power_counts_the_kept_hypotheses():
     for scope, entry in power["scopes"].items():
         rows = concepts[concepts["scope"] == scope]
         assert entry["hypotheses"] == int(rows["q_value"].notna().sum())
-        assert entry["bar"] == pytest.approx(cfg.fdr / entry["hypotheses"])
+        called = int(rows["gap"].isin(["weak", "strong"]).sum())
+        assert entry["calls"] == called
+        assert entry["bar"] == pytest.approx(cfg.fdr * max(called, 1) / entry["hypotheses"])
+        # the bar is the one BH reached: every call's p-value is within it, every p-value within it called
+        p = rows["p_value"].to_numpy()
+        is_call = rows["gap"].isin(["weak", "strong"]).to_numpy()
+        assert (p[is_call] <= entry["bar"] * (1 + 1e-12)).all()
+        assert not (np.nan_to_num(p[~is_call], nan=1.0) <= entry["bar"] * (1 - 1e-12)).any()
         sel = items if scope == "ALL" else items[items["benchmark"] == scope]
         assert entry["mean"] == pytest.approx(sel["score"].mean())
         assert entry["items"] == len(sel)
         drops = [r["drop"] for r in entry["detectable"] if r["drop"] is not None]
         assert drops == sorted(drops, reverse=True)  # more support, smaller detectable drop
+    assert max(e["calls"] for e in power["scopes"].values()) > 1  # the bar BH reached is exercised
     # the null variance of ALL is the mean over items of their benchmark's score variance
     var_b = items.groupby("benchmark")["score"].var(ddof=0)
     assert power["scopes"]["ALL"]["variance"] == pytest.approx(items["benchmark"].map(var_b).mean())

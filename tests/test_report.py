@@ -717,9 +717,8 @@ def test_a_gap_theme_without_a_called_member_is_a_finding_before_labels(tmp_path
     """Scored, not labelled: the one call is a theme none of whose members is called alone. The
     report lists it as a finding with its members (from theme_tests.parquet), says the themes await
     `cgaps label`, and the empty concept table of gaps says what the items could have found."""
-    from helpers import theme_only_run
-
     from cgaps.scoring.power import detectable_sentence, needed_sentence
+    from helpers import theme_only_run
 
     run = theme_only_run(tmp_path / "r")
     tests = pd.read_parquet(run / rundir.THEME_TESTS)

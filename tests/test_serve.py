@@ -885,9 +885,9 @@ def test_a_gap_theme_without_a_called_member_before_labels(tmp_path, browser):
     a gap theme among them though no member is called alone, with its members and a note."""
     import uvicorn
     from fastapi.testclient import TestClient
-    from helpers import theme_only_run
 
     from cgaps.serve.app import create_app
+    from helpers import theme_only_run
 
     run = theme_only_run(tmp_path / "themed")
     store = Store([run])

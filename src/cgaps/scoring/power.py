@@ -3,15 +3,17 @@
 
 For a scope S with mean score ȳ and null variance v per item (the mean over its items of their
 group's score variance, ``adjust_by``), a concept that fires with equal saliency on n items
-has z = (χ_model − e) · √n / √v under the score test. It is called, when it is the only call of
-its scope, if its two-sided p-value is at most the bar fdr / M, M the hypotheses of that scope
-that Tarone's rule keeps (a later discovery raises the bar, so this is the conservative
-figure). Hence the smallest drop that is called:
+has z = (χ_model − e) · √n / √v under the score test. It is called if its two-sided p-value is
+at most the bar fdr · max(R, 1) / M, M the hypotheses of that scope that Tarone's rule keeps and
+R the calls (concepts and themes) the run made there: the bar Benjamini–Hochberg reached, so a
+concept with that p-value ranks among the discoveries. With R = 0 it is the bar of a lone call;
+with many calls, the lone-call bar would say that a concept on 30 items can never be called in
+a run that calls dozens like it. Hence the smallest drop that is called:
 
 - normal approximation (expected minority count n · min(ȳ, 1 − ȳ) ≥ ``mc_below``):
   δ = Φ⁻¹(1 − bar / 2) · √(v / n);
 - below it (the Monte Carlo test, 0/1 scores): the accuracy k / n of the largest k with
-  2 · max(P(Binomial(n, ȳ) ≤ k), 1 / (R + 1)) ≤ bar, δ = ȳ − k / n (the binomial tail is what
+  2 · max(P(Binomial(n, ȳ) ≤ k), 1 / (D + 1)) ≤ bar (D the Monte Carlo draws), δ = ȳ − k / n (the binomial tail is what
   redrawing n scores from a pool of mean ȳ gives);
 - none when even accuracy 0 is not enough (δ would exceed ȳ). Rises (strengths) likewise.
 
@@ -63,14 +65,15 @@ def detectable(
 
 
 def scope_power(
-    scores: np.ndarray, null_var: np.ndarray, hypotheses: int, cfg: Any, resamples: int
+    scores: np.ndarray, null_var: np.ndarray, hypotheses: int, cfg: Any, resamples: int, calls: int = 0
 ) -> dict[str, Any]:
     """The ``power`` entry of one scope: its items' ``scores`` and per-item null variances
-    (their group's score variance), the number of hypotheses Tarone's rule kept."""
+    (their group's score variance), the number of hypotheses Tarone's rule kept and the calls
+    (gaps and strengths, concepts and themes) the run made there."""
     n_items = len(scores)
     mean = float(np.mean(scores)) if n_items else float("nan")
     var = float(np.mean(null_var)) if n_items else float("nan")
-    bar = cfg.fdr / max(hypotheses, 1)
+    bar = min(1.0, cfg.fdr * max(calls, 1) / max(hypotheses, 1))
     rows = []
     for n in SUPPORTS:
         if n > n_items:
@@ -84,6 +87,7 @@ def scope_power(
         "mean": mean,
         "variance": var,
         "hypotheses": int(hypotheses),
+        "calls": int(calls),
         "bar": bar,
         "detectable": rows,
     }
@@ -115,11 +119,17 @@ def run_power(m: Any, cfg: Any, concepts: Any, theme_tests: Any = None) -> dict[
             kept[scope] = kept.get(scope, 0) + int(q.notna().sum())
         for scope, sup in table.groupby("scope", sort=False)["support"]:
             tested[scope] = tested.get(scope, 0) + int((sup >= cfg.min_support).sum())
+    called = scope_calls(*tables)
     scopes = {}
     for k, name in enumerate([*m.benchmarks, ALL_SCOPE]):
         rows = np.ones(len(m.scores), dtype=bool) if name == ALL_SCOPE else m.bench == k
         scopes[name] = scope_power(
-            m.scores[rows], item_var[rows], kept.get(name, 0), cfg, mc_resamples(cfg, tested.get(name, 0))
+            m.scores[rows],
+            item_var[rows],
+            kept.get(name, 0),
+            cfg,
+            mc_resamples(cfg, tested.get(name, 0)),
+            called.get(name, 0),
         )
     per_bench = np.bincount(m.bench, minlength=len(m.benchmarks))
     return {
@@ -134,6 +144,10 @@ def run_power(m: Any, cfg: Any, concepts: Any, theme_tests: Any = None) -> dict[
 
 def _points(x: float) -> str:
     return f"{round(100 * x)} points"
+
+
+def calls_words(calls: int) -> str:
+    return "" if calls <= 1 else f", {calls} calls"
 
 
 def detectable_sentence(scope: dict[str, Any], support: int | None = None) -> str:
@@ -158,7 +172,7 @@ def detectable_sentence(scope: dict[str, Any], support: int | None = None) -> st
     text = (
         f"{head} cannot be called a gap whatever its accuracy: even none of them right, "
         f"{_points(scope['mean'])} below the mean, does not pass this run's bar (p ≤ {scope['bar']:.1e}, "
-        f"{scope['hypotheses']} tests)"
+        f"{scope['hypotheses']} tests{calls_words(scope.get('calls', 0))})"
     )
     larger = [x for x in rows if x["support"] > n and x["drop"] is not None]
     if larger:
