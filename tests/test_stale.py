@@ -35,6 +35,7 @@ ITEMS = pd.DataFrame(
 def fake_stages(monkeypatch):
     """Replace every stage the pipeline runs with one that records its call and, like the real
     ones, writes its output and records its inputs; returns the list of calls."""
+    import cgaps.chance
     import cgaps.evaluate.stage
     import cgaps.extract.stage
     import cgaps.labels.stage
@@ -82,6 +83,8 @@ def fake_stages(monkeypatch):
     monkeypatch.setattr(cgaps.extract.stage, "extract_run", extract_run)
     monkeypatch.setattr(cgaps.models, "load_backend", lambda name, *a, **k: SimpleNamespace(name=name))
     monkeypatch.setattr(cgaps.scoring, "score_run", writes("score", rundir.CONCEPTS, rundir.OVERLAP))
+    # the score step's count of strengths at chance reads real tables: nothing to count in stand-ins
+    monkeypatch.setattr(cgaps.chance, "record_strengths_at_chance", lambda *a, **k: None)
     monkeypatch.setattr(cgaps.labels.stage, "label_run", writes("label", rundir.LABELS, rundir.THEMES))
     monkeypatch.setattr(cgaps.report.build, "build_report", writes("report", rundir.REPORT))
     return calls
@@ -466,7 +469,6 @@ def test_status_says_what_the_data_could_have_found(tmp_path):
     from cgaps.chance import run_chance, strengths_at_chance
     from cgaps.cli.main import app
     from cgaps.runtables import load_run
-    from cgaps.scoring import score_run
     from cgaps.scoring.power import summary_sentences
 
     # yes/no items (chance 50%) at 10% accuracy; concept 0 on 40 items with 22 right (a strength
@@ -496,7 +498,7 @@ def test_status_says_what_the_data_could_have_found(tmp_path):
         pd.DataFrame(rows, columns=["item_id", "concept", "value"]), tmp_path / rundir.SALIENCY
     )
     rundir.update_run_json(tmp_path, n_concepts=8, config=RunConfig(presence=0.0).to_dict())
-    score_run(tmp_path)
+    assert CliRunner().invoke(app, ["score", str(tmp_path)]).exit_code == 0  # the command writes the count
     meta = json.loads((tmp_path / rundir.RUN_JSON).read_text())
     run = load_run(tmp_path, results=True)
     want = strengths_at_chance(run.concepts, run_chance(run))

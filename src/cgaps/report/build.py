@@ -647,6 +647,7 @@ def _theme_rows(themes: pd.DataFrame, describe: _Describer, limit: int | None) -
                 "format": has_format and _is_true(r.format),
                 "n_members": int(r.n_members),
                 "members": [{"concept": c, "desc": describe(c)} for c in members[:12]],
+                "member_ids": members,
                 "more_members": max(0, len(members) - 12),
                 **_figures(r),
                 "enrich_p": _num(r.enrich_p),
@@ -703,9 +704,17 @@ def _link(text: str, href: str | None = None) -> dict[str, Any]:
 def _entries(
     all_df: pd.DataFrame, theme_rows: list[dict[str, Any]] | None, describe: _Describer
 ) -> list[dict[str, Any]]:
-    """The called themes (or, without themes, concepts) best first, as :mod:`cgaps.report.findings` lists them."""
-    if theme_rows is not None:
-        return [
+    """The findings :mod:`cgaps.report.findings` lists, best first (by q): every called theme (one
+    finding with its members, called or not) and every called concept that no called theme
+    holds (themes are built from all concepts, so a concept may be called alone outside them)."""
+    themed: set[int] = set()
+    out: list[dict[str, Any]] = []
+    for r in theme_rows or []:
+        if r["gap"] not in ("weak", "strong"):
+            continue
+        themed.update(int(m["concept"]) for m in r["members"])
+        themed.update(r.get("member_ids", []))
+        out.append(
             {
                 "name": r["phrase"],
                 "href": f"#theme-{r['theme']}",
@@ -716,15 +725,15 @@ def _entries(
                 "expected": r["expected"],
                 "chance": r["chance"],
                 "at_chance": r["at_chance"],
+                "q": r["q"],
                 "detail": f"{r['n_members']} concept{'' if r['n_members'] == 1 else 's'}, {r['support']} items",
             }
-            for r in theme_rows
-            if r["gap"] in ("weak", "strong")
-        ]
-    out = []
+        )
     for kind in ("gaps", "strengths"):
         for r in _select(all_df, kind, len(all_df)).itertuples(index=False):
             c = int(r.concept)
+            if c in themed:
+                continue
             f = _figures(r)
             out.append(
                 {
@@ -736,11 +745,13 @@ def _entries(
                     "expected": f["expected"],
                     "chance": f["chance"],
                     "at_chance": f["at_chance"],
+                    "q": f["q"],
                     "detail": (f"concept {c}, " if describe.name(c) != f"concept {c}" else "")
                     + f"{int(r.support)} items",
                 }
             )
-    return out
+    # best first: the smallest q (NaN last); ties keep themes before concepts
+    return sorted(out, key=lambda e: (not math.isfinite(e["q"]), e["q"] if math.isfinite(e["q"]) else 0.0))
 
 
 def _findings(

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from cgaps import rundir
-from cgaps.chance import concept_chance, strengths_at_chance
 from cgaps.config import SCORING_KNOBS, RunConfig
 from cgaps.errors import CGapsError
 from cgaps.runtables import RunTables, load_run
@@ -83,8 +82,6 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
     _, concepts, theme_tests = score_with_themes(m, cfg, tables)
     overlap = overlap_table(m, tables)
     power = run_power(m, cfg, concepts, theme_tests)
-    # `cgaps status` says how many strengths are at chance, as the report counts them (cgaps.chance)
-    at_chance = strengths_at_chance(concepts, concept_chance(m, concepts, items, cfg.fdr))
     t2 = time.perf_counter()
     knobs = {k: getattr(cfg, k) for k in (*SCORING_KNOBS, "seed")}
     rundir.write_table(overlap, run_dir / rundir.OVERLAP, knobs=knobs)
@@ -103,7 +100,6 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
             "concepts_firing": int((all_rows["support"] > 0).sum()),
             "gaps_weak": int((all_rows["gap"] == "weak").sum()),
             "gaps_strong": int((all_rows["gap"] == "strong").sum()),
-            "strengths_at_chance": at_chance,
             "themes_tested": len(all_themes),
             "theme_gaps_weak": int((all_themes["gap"] == "weak").sum()),
             "theme_gaps_strong": int((all_themes["gap"] == "strong").sum()),
