@@ -492,6 +492,9 @@ def test_concept_rows_carry_their_chance_level(client, runs):
         "gaps": int((c["gap"] == "weak").sum()),
         "strengths": int((c["gap"] == "strong").sum()),
         "strengths_at_chance": 0,
+        # the themes table's calls in ALL (themes.parquet of the fixture: theme 1 a gap)
+        "theme_gaps": 1,
+        "theme_strengths": 0,
     }
     groups = client.get("/api/benchmarks").json()["groups"]
     assert [g["group"] for g in groups] == ["ALL", "arith", "bias", "code"]
@@ -902,7 +905,10 @@ def test_a_gap_theme_without_a_called_member_before_labels(tmp_path, browser):
     assert gap[0]["fields"]["q_value"] == pytest.approx(want["q_value"])
     concepts = pd.read_parquet(run / rundir.CONCEPTS).set_index(["scope", "concept"])
     assert all(concepts.loc[("ALL", m["concept"]), "gap"] == "" for m in gap[0]["members"])
-    # in the browser: the note, and the gap theme's row with its call and members linked
+    body = TestClient(create_app(store)).get("/api/runs").json()["runs"][0]
+    assert body["calls"]["gaps"] == 0 and body["calls"]["theme_gaps"] == 1
+    # in the browser: the landing page opens on the themes (no concept is a gap alone), with the
+    # note and the gap theme's row, its members linked
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(store), log_level="warning"))
@@ -917,8 +923,11 @@ def test_a_gap_theme_without_a_called_member_before_labels(tmp_path, browser):
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}/themes")
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        page.goto(base + "/")
         page.wait_for_selector("#themes")
+        assert page.url == base + "/themes"
+        assert page.locator("#no-gaps").count() == 0
         assert "cgaps label RUN_DIR" in page.locator("#themes-unlabelled").text_content()
         assert page.locator("#themes tbody tr").count() == len(all_t)
         first = page.locator("#themes tbody tr").first

@@ -426,6 +426,10 @@ class Store:
             }
         )
         run.theme_chance = self._theme_chance(run, matrix, tables.items, fdr)
+        # gap and strength themes of ALL: findings of their own, even where no member is called
+        all_themes = [r for r in self._theme_rows(run) if str(r.get("scope")) == rundir.ALL_SCOPE]
+        run.calls["theme_gaps"] = sum(r.get("gap") == "weak" for r in all_themes)
+        run.calls["theme_strengths"] = sum(r.get("gap") == "strong" for r in all_themes)
         del tables, matrix, coo
         con.register("present_rows", rows)
         con.execute(

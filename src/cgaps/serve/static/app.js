@@ -120,6 +120,10 @@
     if (u.pathname === "/" && !u.search && first && first.calls && first.calls.gaps > 0) {
       history.replaceState(null, "", "/concepts?gap=weak");
       u = new URL(location.href);
+    } else if (u.pathname === "/" && !u.search && first && first.calls && first.calls.theme_gaps > 0) {
+      // no concept is a gap alone, but a theme is: its members together carry a weak topic
+      history.replaceState(null, "", "/themes");
+      u = new URL(location.href);
     }
     const p = u.searchParams;
     const m = u.pathname.match(/^\/concept\/(\d+)$/);
@@ -169,7 +173,8 @@
       link("/concepts", { run: runParam, gap: "strong_at_chance" }, `${(c.strengths_at_chance || 0).toLocaleString()} strengths at chance level`),
       h("span", { class: "muted" }, ` (FDR ${run.knobs && run.knobs.fdr !== undefined ? run.knobs.fdr : 0.05}, suite-wide)`)
     );
-    if (!c.gaps) box.append(h("span", { class: "muted", id: "no-gaps" }, " · this run calls no gap."));
+    if (c.theme_gaps || c.theme_strengths) box.append(" · ", link("/themes", { run: runParam }, `${(c.theme_gaps || 0).toLocaleString()} gap themes, ${(c.theme_strengths || 0).toLocaleString()} strength themes`));
+    if (!c.gaps && !c.theme_gaps) box.append(h("span", { class: "muted", id: "no-gaps" }, " · this run calls no gap."));
     return box;
   }
 
