@@ -754,6 +754,18 @@ def test_a_gap_theme_without_a_called_member_is_a_finding_before_labels(tmp_path
         needed_sentence(scope, meta["power"]["items_per_benchmark"]),
     ]
     assert scope["items"] == 180 and meta["power"]["items_per_benchmark"] == 90
+    # labelled: themes.parquet holds the same gap theme with every member, and the report names it in words
+    from cgaps.labels.stage import label_run
+
+    label_run(run)
+    themes = pd.read_parquet(run / "themes.parquet")
+    row = themes[(themes["scope"] == "ALL") & (themes["theme"] == theme)].iloc[0]
+    assert row["gap"] == "weak" and json.loads(row["members"]) == members
+    assert row["q_value"] == pytest.approx(gap["q_value"].iloc[0])
+    text = build_report(run).read_text()
+    assert "These themes are as `cgaps score` tested them" not in text
+    fails = text[text.index("It fails most on:") :]
+    assert re.match(rf'It fails most on:<ul><li><a href="#theme-{theme}">', fails)
 
 
 def test_a_run_that_calls_nothing_says_so_and_what_would_be_needed(tmp_path):
