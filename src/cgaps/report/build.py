@@ -131,6 +131,9 @@ def _header(meta: dict[str, Any], width: int, run_dir: Path) -> dict[str, Any]:
     model: dict[str, Any] = meta["model"] if isinstance(meta.get("model"), dict) else {}
     headline = [(k, _shown(k, config[k], model)) for k in HEADLINE_KEYS if k in config]
     rest = {k: v for k, v in meta.items() if k not in ("config", "schema_version")}
+    if isinstance(rest.get("inputs"), dict):  # the report's own record is written after it: never shown,
+        # or a report rebuilt over a recorded one would differ from the first (tests/test_kill.py)
+        rest["inputs"] = {k: v for k, v in rest["inputs"].items() if k != "report"}
     return {
         "run_name": run_dir.resolve().name,
         "n_concepts": width,
@@ -1137,8 +1140,13 @@ def build_report(
     out = Path(out) if out is not None else run_dir / rundir.REPORT
     opts = options or ReportOptions()
     context = report_context(run_dir, opts)
-    rundir.write_text(render(context), out)
-    if out.resolve() == (run_dir / rundir.REPORT).resolve():  # the run's own report: it is current now
+    if out.resolve() != (run_dir / rundir.REPORT).resolve():
+        rundir.write_text(render(context), out)
+        return out
+    # the run's own report, under the run's lock like every stage (score_run...): taking it removes
+    # the temporary file of a report killed while writing, and it is current once recorded
+    with rundir.writing(run_dir):
+        rundir.write_text(render(context), out)
         cfg = config_from_run(rundir.read_run_json(run_dir), run_dir)
         rundir.record_completion(run_dir, "report", cfg.replace(report=opts))
     return out
