@@ -25,8 +25,9 @@ demo: venv
 test: venv
 	$(BIN)/pytest -q
 
+# the unit tests on both cores (under 30 s on 2 quiet cores); `make test` runs every test
 test-fast: venv
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n 2 -m "not slow and not integration"
 
 lint: venv
 	$(BIN)/ruff check src tests scripts bench

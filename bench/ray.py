@@ -10,7 +10,7 @@ wall times (run.json ``timings``), so the Ray figures include starting the clust
 worker loading the model. The tables are compared too: the workers compute with one thread each,
 the single process with torch's default threads, so on a CPU the floats may differ in their last
 bits, and a greedy answer can then change (``--one-threads 1`` gives the one process the workers'
-single thread; ``tests/test_scaleout.py`` checks identity at equal thread counts). The figures
+single thread; ``tests/scaleout/test_scaleout.py`` checks identity at equal thread counts). The figures
 line says how many responses and saliency rows differ.
 
 Last line: ``one_evaluate_s= ray_evaluate_s= one_extract_s= ray_extract_s= identical=``.

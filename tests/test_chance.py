@@ -199,6 +199,7 @@ def test_score_and_export_count_the_strengths_at_chance(coin_run, tmp_path):
     assert isinstance(result.exception, CGapsError) and "option 'gap' (--gap)" in str(result.exception)
 
 
+@pytest.mark.integration
 def test_the_explorer_marks_the_same_strengths_and_shows_phrases(coin_run, tmp_path):
     import shutil
 

@@ -44,6 +44,7 @@ def test_progress_off_turns_the_libraries_bars_off(monkeypatch):
     assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and os.environ["TQDM_DISABLE"] == "0"
 
 
+@pytest.mark.integration
 def test_a_command_with_progress_off_prints_no_library_bar(tmp_path):
     """In a fresh process, as `cgaps` runs: after the CLI's setup, transformers' own progress bar
     (the "Loading weights" one) is off and its deprecations are not shown."""

@@ -45,7 +45,7 @@ import pytest
 from cgaps import rundir
 from helpers import TINY_HIDDEN, save_random_sae, save_tiny_model
 
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
+pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.integration]
 
 N_ITEMS = 16
 

@@ -29,6 +29,8 @@ from cgaps import rundir
 from cgaps.cli.main import app, main
 from helpers import make_suite, write_run
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)

@@ -689,7 +689,7 @@ def _partial_damaged(env: Env) -> list[str]:
     return ["evaluate", str(env.run), "--model", str(env.model), "--device", "cpu"]
 
 
-# a damaged extraction shard or sidecar is redone, not an error (tests/test_extract.py); shards
+# a damaged extraction shard or sidecar is redone, not an error (tests/extract/test_extract.py); shards
 # made with other settings are refused, naming each setting that differs (issue 23)
 @case("shard-other-settings", "pool 'sum' there, 'max' now")
 def _shard_settings(env: Env) -> list[str]:
@@ -772,6 +772,7 @@ def test_the_corpus_is_large_enough():
     } <= kinds
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_malformed_input_is_one_line_and_changes_nothing(
     name, tmp_path, tiny_reader, scored_template, monkeypatch, capsys

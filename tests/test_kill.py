@@ -49,7 +49,7 @@ CFG = RunConfig(
 )
 
 
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
+pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")

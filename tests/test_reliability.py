@@ -383,6 +383,7 @@ def test_a_ray_address_that_never_answers_gives_up_within_the_timeout(silent, tm
     assert elapsed < 60, elapsed  # ~6 s of waiting, the rest is starting Python and Ray
 
 
+@pytest.mark.integration
 def test_a_labeler_that_never_answers_gives_up_within_the_stated_time(silent, tmp_path):
     import time
 
@@ -403,6 +404,7 @@ def test_a_labeler_that_never_answers_gives_up_within_the_stated_time(silent, tm
     assert time.monotonic() - t0 < 2 * 1 + 0.5 + 2
 
 
+@pytest.mark.integration
 def test_a_served_model_that_never_answers_gives_up_and_abandons_the_rest(silent):
     """One request timed out twice: the error comes within the stated bound, and the other
     conversations are not each retried in turn (they would take 50 x 2 timeouts)."""

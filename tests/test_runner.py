@@ -4,7 +4,7 @@ in which order their chunks are computed.
 A runner like Ray's, in this process and without Ray: the driver sees only the descriptions a
 worker would send (``describe(model)``, two "workers"), and the chunks complete in reverse
 order. Evaluation and extraction through it must write the tables, shards and counts of the
-in-process runner bit for bit (tests/test_scaleout.py checks the same on a real Ray cluster,
+in-process runner bit for bit (tests/scaleout/test_scaleout.py checks the same on a real Ray cluster,
 where it can start one).
 """
 
@@ -116,6 +116,7 @@ def _run(root, cfg, runner, monkeypatch):
     return root
 
 
+@pytest.mark.integration
 def test_tables_do_not_depend_on_where_or_in_which_order_chunks_complete(tmp_path, cfg, monkeypatch):
     here = _run(tmp_path / "here", cfg, None, monkeypatch)
     there = _run(tmp_path / "there", cfg, Backwards(), monkeypatch)
@@ -136,6 +137,7 @@ def test_tables_do_not_depend_on_where_or_in_which_order_chunks_complete(tmp_pat
     assert "evaluate_local_workers" not in ours["timings"]
 
 
+@pytest.mark.integration
 def test_the_driver_never_runs_a_description(cfg):
     from cgaps.evaluate.stage import describe_generator, load_generator
     from cgaps.extract.stage import describe_reader, load_reader

@@ -220,6 +220,7 @@ def _demo_sized_run(run_dir: Path, n_items: int = 384, width: int = 8192, seed: 
     return run_dir
 
 
+@pytest.mark.integration
 def test_demo_sized_run_scores_and_robustness_identical(tmp_path):
     """score_run and robustness_run (coded reader) against the plain reader's frames through
     the same computation: tables bit for bit, robustness figures equal."""

@@ -47,6 +47,7 @@ def test_every_stage_is_a_command_with_a_cli_module_and_a_pipeline_runner():
     assert set(RUNNERS) == set(stages.BY_NAME)
 
 
+@pytest.mark.integration
 def test_no_second_list_of_stages_in_the_package():
     """A tuple or list literal naming three or more stages outside stages.py is a second list (a
     config field's ``stages=`` tag names the stages that read it, which is not a list of stages)."""

@@ -668,6 +668,7 @@ def test_items_cli_refusal_is_one_line_and_exit_2(tmp_path, suite, monkeypatch, 
 # ---------------------------------------------------------------- every writing command holds the lock
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", ["report", "robustness", "validate", "train-sae"])
 def test_every_writing_command_refuses_a_second_writer(tmp_path, command):
     run = tmp_path / "run"
@@ -784,6 +785,7 @@ def test_gguf_source_names_file_quantisation_and_dequantisation(tmp_path, monkey
     }
 
 
+@pytest.mark.integration
 def test_a_loaded_backend_says_what_it_loaded(tmp_path):
     from cgaps.models import load_backend
     from cgaps.models.loading import loaded_record

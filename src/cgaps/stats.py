@@ -8,7 +8,7 @@ accuracy table and ``scripts/accuracy_table.py`` (docs/method.md §3).
   of trials" is the effective sample size n_eff, not an integer. :func:`wilson_counts` takes
   integer counts (k successes out of n) and asks scipy
   (``binomtest(k, n).proportion_ci(method="wilson")``); on integer inputs the two agree
-  (``tests/test_scoring.py`` checks it). :func:`mean_interval` picks between them for a set of
+  (``tests/scoring/test_scoring.py`` checks it). :func:`mean_interval` picks between them for a set of
   item scores: counts when every score is 0 or 1, else the mean score on n items (partial
   credit has no integer count).
 * **Benjamini-Hochberg.** :func:`bh_adjust` is ``scipy.stats.false_discovery_control`` plus the

@@ -1,7 +1,7 @@
 """The plain extraction path that the fast one in :mod:`cgaps.extract.stage` is checked against.
 
 This is extraction as it was before it was made fast (issue 13), kept on purpose as the
-reference of ``tests/test_speed_extract.py`` and the *naive* pipeline of ``bench/extract.py``:
+reference of ``tests/extract/test_speed_extract.py`` and the *naive* pipeline of ``bench/extract.py``:
 
 * the forward pass runs the whole model (``output_hidden_states=True``: every block, the final
   norm and the LM head) and takes ``hidden_states[L + 1]`` — or, with ``full_forward=False``, the

@@ -139,7 +139,7 @@ def pool_batch(acts: Any, token_item: Any, n_items: int, pool: str) -> tuple[Any
     a scatter over the T x F cells (zeros included, as :func:`cgaps.extract.reference.pool_dense`
     does) would cost ~100x more memory traffic than the pooling itself. ``nonzero`` lists cells in
     token order, so each cell's sum adds its tokens in the same order as the dense path and gives
-    the same float (checked in ``tests/test_speed_extract.py``).
+    the same float (checked in ``tests/extract/test_speed_extract.py``).
     """
     tok, feat = acts.nonzero(as_tuple=True)
     return pool_cells(tok, feat, acts[tok, feat], token_item, n_items, acts.shape[1], pool)

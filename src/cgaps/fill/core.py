@@ -25,7 +25,7 @@ rules (docs/method.md §7):
   For a monotone submodular f this is within 1 − 1/e of the best selection (Nemhauser, Wolsey
   & Fisher 1978). Gains only shrink as X grows, so a stale gain is an upper bound and the
   lazy evaluation of Minoux (1978) picks exactly what the plain loop picks
-  (``tests/test_fill.py`` checks it against :func:`greedy_reference`).
+  (``tests/fill/test_fill.py`` checks it against :func:`greedy_reference`).
 * **Baselines**: ``random`` (the same budget drawn uniformly from the eligible pool, seeded)
   and ``group`` (round-robin over the pool's metadata groups, its benchmarks or else its
   categories, a seeded shuffle within each: what a builder balancing sources would add).

@@ -78,7 +78,7 @@ def greedy_generate(
     decoding step costs what the unfinished rows need. The tokens are those of
     ``model.generate(do_sample=False)``: the same positions (``cumsum(mask) - 1``), the same
     argmax, the end-of-sequence token kept and the rest of a finished row filled with the pad id
-    (checked against ``generate`` in ``tests/test_speed_generate.py``).
+    (checked against ``generate`` in ``tests/models/test_speed_generate.py``).
     """
     import torch
     from transformers import DynamicCache

@@ -9,7 +9,7 @@ Hugging Face tokenizer's chat template, :func:`cgaps.models.chat.format_chat`), 
 (that tokenizer, not llama.cpp's own, is used to tokenise and to decode), the end-of-sequence
 ids (the converted model's generation config) and greedy decoding (argmax of the last logits,
 no sampler, no repetition penalty). What differs: the weights are the quantised ones, so a
-logit near a tie can fall the other way; `tests/test_llamacpp.py` and `bench/generate.py
+logit near a tie can fall the other way; `tests/models/test_llamacpp.py` and `bench/generate.py
 --backend llamacpp` measure on how many probe items the answers are identical.
 
 One sequence at a time (llama.cpp's high-level API has no batched decoding), each prompt
@@ -19,7 +19,7 @@ evaluated: every chat-templated prompt starts with the same system turn (~25 tok
 the probe suite), and prompts are answered in the order of their token ids, so neighbours share
 more. llama.cpp computes each position's keys and values from that position's row alone,
 so the reused cache holds what a fresh evaluation would (answers checked identical with and
-without reuse, ``tests/test_llamacpp.py``).
+without reuse, ``tests/models/test_llamacpp.py``).
 Option log-likelihoods are not implemented here: multiple-choice scoring by log-likelihood
 stays with the transformers backend (:class:`cgaps.models.backends.Routed` sends them there).
 """

@@ -15,7 +15,7 @@ tokenizer, special tokens skipped, stripped, as :meth:`cgaps.models.hf.HFBackend
 **Untested on a GPU in this project** (docs/scaling.md, "Generation"): vLLM pulls a CUDA build
 of torch and cannot be installed beside the project's CPU torch, and no GPU test has run it. The
 parts that do not need vLLM (the requests built from the prompts and budgets, the decoding of
-the outputs, the errors) are tested with a stand-in engine in ``tests/test_backends.py``.
+the outputs, the errors) are tested with a stand-in engine in ``tests/models/test_backends.py``.
 
 Option log-likelihoods are not implemented here: :class:`cgaps.models.backends.Routed` sends
 them to the transformers backend.

@@ -21,6 +21,7 @@ Design:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -130,10 +131,9 @@ def _header(meta: dict[str, Any], width: int, run_dir: Path) -> dict[str, Any]:
     config: dict[str, Any] = meta["config"] if isinstance(meta.get("config"), dict) else {}
     model: dict[str, Any] = meta["model"] if isinstance(meta.get("model"), dict) else {}
     headline = [(k, _shown(k, config[k], model)) for k in HEADLINE_KEYS if k in config]
-    rest = {k: v for k, v in meta.items() if k not in ("config", "schema_version")}
-    if isinstance(rest.get("inputs"), dict):  # the report's own record is written after it: never shown,
-        # or a report rebuilt over a recorded one would differ from the first (tests/test_kill.py)
-        rest["inputs"] = {k: v for k, v in rest["inputs"].items() if k != "report"}
+    # inputs is the stages' staleness bookkeeping (digests), the report's own record included:
+    # shown, a rebuilt page would differ from the first one by its own record
+    rest = {k: v for k, v in meta.items() if k not in ("config", "schema_version", "inputs")}
     return {
         "run_name": run_dir.resolve().name,
         "n_concepts": width,
@@ -1018,7 +1018,11 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
         for s in [*benches, rundir.ALL_SCOPE]
     }
     return {
-        "header": _header({**t.meta, "config": config}, t.n_concepts, run_dir),
+        # the report section shown is this build's options: run.json holds the last build's
+        # (a rebuilt page equals the first one)
+        "header": _header(
+            {**t.meta, "config": {**config, "report": dataclasses.asdict(opts)}}, t.n_concepts, run_dir
+        ),
         "accuracy": _accuracy(t.items, benches, groups),
         "benchmarks": benches,
         "n_items": len(t.items),

@@ -4,7 +4,7 @@ One row per concept x scope, the columns of :data:`EXPORT_COLUMNS`: the scoring 
 (``concepts.parquet``), Δ = χ_model − expected, the chance level and its test (:mod:`cgaps.chance`),
 the call in words, and the concept's label. Both writers build their rows with
 :func:`export_frame` and write them with :func:`to_csv`, so a file from one equals the file
-from the other for the same filter (``tests/test_serve.py`` checks it).
+from the other for the same filter (``tests/serve/test_serve.py`` checks it).
 
 ``gap`` keeps the table's values (``weak``, ``strong`` or empty); ``call`` says the same in the
 report's words (``gap``, ``strength``, ``strength at chance`` or empty). Labels, ``phrase`` and

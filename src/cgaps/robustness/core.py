@@ -4,7 +4,7 @@ Both work on row subsets of the suite's CSR matrix and compute what
 :func:`~cgaps.scoring.core.chi_tables` would on the subset without copying it: a subsample
 from the full suite's sums less those of the rows it leaves out (:class:`_SubsetSums`,
 within 1e-12), the ablation's chi_model from the kept rows' nonzeros (:func:`chi_model_all`,
-bit for bit); ``tests/test_speed_scoring.py`` checks both against ``chi_tables`` of
+bit for bit); ``tests/scoring/test_speed_scoring.py`` checks both against ``chi_tables`` of
 :meth:`SuiteMatrix.subset`. The run is read with item ids as codes
 (``load_run(coded=True)``). A subset keeps the full suite's concept scale m_c
 (``SuiteMatrix.scale``: the reference max shipped with the SAE, or the full suite's max), so
@@ -100,7 +100,7 @@ class _SubsetSums:
     over the nonzeros of those rows, keyed by benchmark x F + concept; ``ALL`` is the sum over
     benchmarks. Supports are counts (exact in float64), so "fires in the subset" is decided
     exactly; the sums differ from a recomputation only by float rounding of a subtraction
-    (``tests/test_speed_scoring.py`` checks them against :func:`chi_tables` on the subset).
+    (``tests/scoring/test_speed_scoring.py`` checks them against :func:`chi_tables` on the subset).
     """
 
     def __init__(self, m: SuiteMatrix) -> None:
@@ -155,7 +155,7 @@ class _Moments:
     def add(self, x: np.ndarray) -> None:
         # in place into two reused buffers (at F = 65,536 the temporaries of the np.where form
         # cost more than the sums): the same operations on the same values, skipped cells set
-        # to +0.0 as np.where(ok, ..., 0.0) set them (tests/test_speed_scoring.py, bit for bit)
+        # to +0.0 as np.where(ok, ..., 0.0) set them (tests/scoring/test_speed_scoring.py, bit for bit)
         skip = np.isnan(x)
         self.n += ~skip
         delta, step = self._delta, self._step

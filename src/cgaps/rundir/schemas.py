@@ -15,7 +15,7 @@ follows from it:
   file at fault, a one-line :class:`~cgaps.errors.CGapsError` naming file, column and fix;
 * ``cgaps schema [TABLE]`` (:mod:`cgaps.cli.schema`), which prints them;
 * docs/method.md §6, whose table of files names every column here and no other
-  (``tests/test_schemas.py``).
+  (``tests/rundir/test_schemas.py``).
 
 **Types** are the Arrow types the writers produce today (pandas 3 writes text as
 ``large_string``; pandas turns the overlap's benchmark names into ``string``), so the schemas
@@ -23,7 +23,7 @@ describe the files byte for byte, and checking changes no byte (the writer check
 was going to write anyway, and writes it unchanged). The writers' check is by kind of value —
 text, integer, float, boolean, at any width — so a harmless dtype variation on a path the tests
 do not reach never stops a user's run, while a number written as text, or text as a number,
-does; ``tests/test_schemas.py`` pins the exact types on the scoring tables, and the byte
+does; ``tests/rundir/test_schemas.py`` pins the exact types on the scoring tables, and the byte
 comparisons of issue 20 pinned them on the demo and a ten-benchmark run. A column without a
 single value (an empty table, an optional column no item uses) has Arrow type ``null``, as
 pandas cannot tell its type: accepted everywhere. Readers are more lenient where the stage
@@ -42,7 +42,7 @@ Everything listed above follows; then name it in docs/method.md §6 (the test sa
 missing). **Adding a table**: its file name with the stage that writes it (:mod:`cgaps.stages`,
 which declares every run file), a :class:`TableSchema` in :data:`TABLES`, and a row in
 docs/method.md §6; another run file (JSON, a working file) gets its line in :data:`OTHER_FILES`.
-``tests/test_schemas.py`` says which of these is missing.
+``tests/rundir/test_schemas.py`` says which of these is missing.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ class LoadedSAE:
         product and bias, ``torch.topk``, ReLU) without the dense [n, F] tensor that encode
         scatters them into and its cast to float32: extraction pools the k values of each token
         directly (:func:`cgaps.extract.stage.pool_topk`), which in bfloat16 saves ~half of the
-        encoding time. ``tests/test_sae.py`` checks that scattering them gives :meth:`encode`'s
+        encoding time. ``tests/sae/test_sae.py`` checks that scattering them gives :meth:`encode`'s
         codes bit for bit.
         """
         import torch
@@ -138,14 +138,25 @@ class LoadedSAE:
     @cached_property
     def fingerprint(self) -> str:
         """A short hash of the weights: tells apart two SAEs behind the same id (a folder retrained
-        in place, a new package release), so resumed work never mixes their activations."""
-        import torch
+        in place, a new package release), so resumed work never mixes their activations. It is
+        the weights' own, not the compute dtype's: :func:`load_sae` hashes them in float32 before
+        casting (extraction in bfloat16 and labels in float32 load the same SAE)."""
+        return weights_fingerprint(self.sae)
 
-        h = hashlib.sha1()
-        for name, tensor in sorted(self.sae.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:16]
+
+def weights_fingerprint(sae: SAE) -> str:
+    """:attr:`LoadedSAE.fingerprint` of an SAE's weights, each hashed as float32 (so a float16
+    file loaded as stored or widened to float32 hashes the same; float32 weights as they are)."""
+    import torch
+
+    h = hashlib.sha1()
+    for name, tensor in sorted(sae.state_dict().items()):
+        h.update(name.encode())
+        w = tensor.detach().cpu()
+        if w.is_floating_point():
+            w = w.float()
+        h.update(w.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def as_encoder(sae: SAEEncoder | SAE) -> SAEEncoder:
@@ -266,7 +277,14 @@ def load_sae(
     ``dtype`` is the SAE's compute dtype (the shipped SAE is stored in float16; None keeps the
     stored one); :meth:`LoadedSAE.encode` casts residuals to it.
     """
-    sae, sae_id = _load(spec, device, dtype)
+    # loaded in float32 (or as stored) and hashed there, then cast: the fingerprint is the
+    # weights', whatever dtype this load computes in
+    sae, sae_id = _load(spec, device, None if dtype is None else "float32")
+    fingerprint = weights_fingerprint(sae)
+    if dtype is not None and dtype != "float32":
+        import torch
+
+        sae = sae.to(dtype=getattr(torch, dtype))
     hook_name = sae.cfg.metadata.hook_name
     sae_layer = hook_layer(hook_name, sae_id)
     if layer is not None and layer != sae_layer:
@@ -284,7 +302,9 @@ def load_sae(
             f"SAE {sae_id}: layer {sae_layer} is beyond the model's depth {n_layers}; "
             "pass an SAE trained on this model"
         )
-    return LoadedSAE(sae=sae, layer=sae_layer, sae_id=sae_id, width=int(sae.cfg.d_sae), hook_name=hook_name)
+    loaded = LoadedSAE(sae=sae, layer=sae_layer, sae_id=sae_id, width=int(sae.cfg.d_sae), hook_name=hook_name)
+    loaded.__dict__["fingerprint"] = fingerprint  # the cached property, taken before the cast
+    return loaded
 
 
 def sae_folder(spec: str) -> Path | None:

@@ -3,7 +3,7 @@
 :func:`reference_scores` recomputes ``concepts.parquet`` and ``overlap.parquet`` with Python
 loops over items and concepts and Python floats. It shares no code with
 :mod:`cgaps.scoring.core` (it uses ``math`` and the normal cdf/quantile of scipy only), so
-that the vectorised path can be checked against it: ``tests/test_scoring.py`` compares the two
+that the vectorised path can be checked against it: ``tests/scoring/test_scoring.py`` compares the two
 on synthetic suites, and ``bench/scoring_vs_reference.py`` times them. It lives in the package, not
 in the tests, so that both can import it; nothing in the pipeline calls it.
 
