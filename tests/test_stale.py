@@ -460,6 +460,7 @@ def test_status_names_each_stage_state_and_why(scorable):
     assert rows["score"][0] == "stale" and "saliency.parquet changed since it ran" in rows["score"][1]
 
 
+@pytest.mark.integration
 def test_status_says_what_the_data_could_have_found(tmp_path):
     """After `cgaps score`: the score line counts strengths at chance as the report does
     (run.json counts.strengths_at_chance), and the power sentences of run.json follow the stages."""

@@ -726,6 +726,7 @@ def test_format_findings_are_listed_apart(tmp_path):
     assert f"phrase {fmt}</span>" in text and ">format</span>" in text
 
 
+@pytest.mark.integration
 def test_a_gap_theme_without_a_called_member_is_a_finding_before_labels(tmp_path):
     """Scored, not labelled: the one call is a theme none of whose members is called alone. The
     report lists it as a finding with its members (from theme_tests.parquet), says the themes await
@@ -781,6 +782,7 @@ def test_a_gap_theme_without_a_called_member_is_a_finding_before_labels(tmp_path
     assert re.match(rf'It fails most on:<ul><li><a href="#theme-{theme}">', fails)
 
 
+@pytest.mark.integration
 def test_a_run_that_calls_nothing_says_so_and_what_would_be_needed(tmp_path):
     """Scores independent of everything: no call in any scope; the first screen says so, with the
     detectable effect and the items per benchmark needed, from run.json power."""

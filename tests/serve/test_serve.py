@@ -890,6 +890,7 @@ def test_the_report_names_the_command_that_opens_the_explorer(runs, tmp_path):
     assert "<code>cgaps serve RUN_DIR</code>" in html
 
 
+@pytest.mark.integration
 def test_a_gap_theme_without_a_called_member_before_labels(tmp_path, browser):
     """Not labelled yet: the explorer shows the themes `cgaps score` tested (theme_tests.parquet),
     a gap theme among them though no member is called alone, with its members and a note."""
