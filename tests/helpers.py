@@ -564,3 +564,15 @@ def llama_cpp_server(
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def theme_only_run(root: Path) -> Path:
+    """A scored run (not labelled) whose one call is a gap theme none of whose members is called
+    alone: topic 0 of :func:`make_topic_suite` (4) planted, each concept on 60% of its sub-topic's
+    items (measured: theme 0 = concepts 1-4, q < fdr; no concept called)."""
+    from cgaps.scoring import score_run
+
+    items, sal = make_topic_suite(4, planted=(0,), per_topic=30, coverage=0.6)
+    run = write_run(root, items, sal, {"n_concepts": TOPIC_SUITE_CONCEPTS, "config": {"seed": 4}})
+    score_run(run)
+    return run

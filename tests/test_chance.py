@@ -222,7 +222,15 @@ def test_the_explorer_marks_the_same_strengths_and_shows_phrases(coin_run, tmp_p
     rundir.write_table(labels, run / rundir.LABELS)
     client = TestClient(create_app(Store([run])))
     summary = client.get("/api/runs").json()["runs"][0]
-    assert summary["calls"] == {"gaps": 1, "strengths": 2, "strengths_at_chance": 1}
+    tests = pd.read_parquet(coin_run / rundir.THEME_TESTS)  # not labelled: the themes scoring tested
+    all_t = tests[tests["scope"] == "ALL"]
+    assert summary["calls"] == {
+        "gaps": 1,
+        "strengths": 2,
+        "strengths_at_chance": 1,
+        "theme_gaps": int((all_t["gap"] == "weak").sum()),
+        "theme_strengths": int((all_t["gap"] == "strong").sum()),
+    }
     assert summary["suite"]["verdict"] == "above chance"
     rows = client.get("/api/concepts", params={"gap": "strong"}).json()["rows"]
     assert {r["concept"]: r["at_chance"] for r in rows} == {0: True, 1: False}

@@ -35,6 +35,7 @@ ITEMS = pd.DataFrame(
 def fake_stages(monkeypatch):
     """Replace every stage the pipeline runs with one that records its call and, like the real
     ones, writes its output and records its inputs; returns the list of calls."""
+    import cgaps.chance
     import cgaps.evaluate.stage
     import cgaps.extract.stage
     import cgaps.labels.stage
@@ -82,6 +83,8 @@ def fake_stages(monkeypatch):
     monkeypatch.setattr(cgaps.extract.stage, "extract_run", extract_run)
     monkeypatch.setattr(cgaps.models, "load_backend", lambda name, *a, **k: SimpleNamespace(name=name))
     monkeypatch.setattr(cgaps.scoring, "score_run", writes("score", rundir.CONCEPTS, rundir.OVERLAP))
+    # the score step's count of strengths at chance reads real tables: nothing to count in stand-ins
+    monkeypatch.setattr(cgaps.chance, "record_strengths_at_chance", lambda *a, **k: None)
     monkeypatch.setattr(cgaps.labels.stage, "label_run", writes("label", rundir.LABELS, rundir.THEMES))
     monkeypatch.setattr(cgaps.report.build, "build_report", writes("report", rundir.REPORT))
     return calls
@@ -393,6 +396,10 @@ def _status(run):
     result = CliRunner().invoke(app, ["status", str(run)])
     rows = {}
     for line in result.stdout.splitlines():
+        if (
+            not line.strip()
+        ):  # what the data could have found follows (test_status_says_what_the_data_could_have_found)
+            break
         stage, state, reason = line.split(None, 2)
         rows[stage] = (state, reason)
     return result.exit_code, rows
@@ -451,6 +458,64 @@ def test_status_names_each_stage_state_and_why(scorable):
     rundir.write_table(sal.iloc[1:], scorable / rundir.SALIENCY)
     _, rows = _status(scorable)
     assert rows["score"][0] == "stale" and "saliency.parquet changed since it ran" in rows["score"][1]
+
+
+@pytest.mark.integration
+def test_status_says_what_the_data_could_have_found(tmp_path):
+    """After `cgaps score`: the score line counts strengths at chance as the report does
+    (run.json counts.strengths_at_chance), and the power sentences of run.json follow the stages."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from cgaps.chance import run_chance, strengths_at_chance
+    from cgaps.cli.main import app
+    from cgaps.runtables import load_run
+    from cgaps.scoring.power import summary_sentences
+
+    # yes/no items (chance 50%) at 10% accuracy; concept 0 on 40 items with 22 right (a strength
+    # against 10%, at chance against 50%), concept 1 on 40 others with 38 right (above chance)
+    rng = np.random.default_rng(1)
+    n = 200
+    score = (rng.random(n) < 0.1).astype(float)
+    score[:40] = (np.arange(40) < 22).astype(float)
+    score[40:80] = (np.arange(40) < 38).astype(float)
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{k}" for k in range(n)],
+            "benchmark": "x",
+            "prompt": [f"q{k}" for k in range(n)],
+            "reference": "yes",
+            "response": "yes",
+            "answer_type": "yesno",
+            "score": score,
+        }
+    )
+    rows = [(f"i{k}", 0, 1.0) for k in range(40)] + [(f"i{k}", 1, 1.0) for k in range(40, 80)]
+    rows += [
+        (f"i{k}", c, float(rng.random() + 0.1)) for k in range(n) for c in range(2, 8) if rng.random() < 0.3
+    ]
+    rundir.write_table(items, tmp_path / rundir.ITEMS)
+    rundir.write_table(
+        pd.DataFrame(rows, columns=["item_id", "concept", "value"]), tmp_path / rundir.SALIENCY
+    )
+    rundir.update_run_json(tmp_path, n_concepts=8, config=RunConfig(presence=0.0).to_dict())
+    assert CliRunner().invoke(app, ["score", str(tmp_path)]).exit_code == 0  # the command writes the count
+    meta = json.loads((tmp_path / rundir.RUN_JSON).read_text())
+    run = load_run(tmp_path, results=True)
+    want = strengths_at_chance(run.concepts, run_chance(run))
+    counts = meta["counts"]
+    assert counts["gaps_strong"] == 2 and counts["strengths_at_chance"] == want == 1
+    _, rows_ = _status(tmp_path)
+    assert rows_["score"] == ("done", f"{counts['gaps_weak']} gaps, 2 strengths (1 at chance)")
+    out = CliRunner().invoke(app, ["status", str(tmp_path)]).stdout.splitlines()
+    notes = out[out.index("") + 1 :]
+    calls = sum(counts[k] for k in ("gaps_weak", "gaps_strong", "theme_gaps_weak", "theme_gaps_strong"))
+    assert notes == summary_sentences(meta["power"], calls) and len(notes) == 1
+    assert notes[0].startswith("With these items, a concept firing on 30 items")
+    # a stale score says nothing about what it could have found
+    rundir.write_table(items.assign(score=1.0 - items["score"]), tmp_path / rundir.ITEMS)
+    out = CliRunner().invoke(app, ["status", str(tmp_path)]).stdout.splitlines()
+    assert "" not in out
 
 
 def test_status_by_content_a_copied_run_is_current_and_a_rescore_reaches_its_readers(scorable, tmp_path):

@@ -312,3 +312,28 @@ def strengths_at_chance(concepts: pd.DataFrame, chance: pd.DataFrame, scope: str
     scope = scope or ALL_SCOPE
     rows = (concepts["scope"] == scope).to_numpy() & (concepts["gap"] == "strong").to_numpy()
     return int((rows & chance["at_chance"].to_numpy()).sum())
+
+
+def record_strengths_at_chance(
+    run_dir: Any, cfg: Any, concepts: pd.DataFrame | None = None
+) -> tuple[np.ndarray, RunTables]:
+    """After ``cgaps score`` (the command and the pipeline's score step): ``at_chance`` for every
+    row of the ``concepts`` it wrote (read from the run without them), on the saliency its scores used, and the count of the
+    strengths of ``ALL`` at chance into run.json ``counts.strengths_at_chance`` (what ``cgaps
+    status`` shows). Here and not in :mod:`cgaps.scoring`: chance levels read the scored matrix,
+    so scoring cannot depend on this module. Returns the flags and the run it loaded."""
+    from pathlib import Path
+
+    from cgaps import rundir
+    from cgaps.config import SCORING_KNOBS
+    from cgaps.runtables import load_run
+
+    run = load_run(run_dir, coded=True)
+    if concepts is None:
+        concepts = rundir.read_table(Path(run_dir) / rundir.CONCEPTS, "rerun `cgaps score RUN_DIR`")
+    knobs = {k: getattr(cfg, k) for k in SCORING_KNOBS}
+    flags = concept_chance(scored_matrix(run, knobs), concepts, run.items, cfg.fdr)["at_chance"].to_numpy()
+    count = strengths_at_chance(concepts, pd.DataFrame({"at_chance": flags}))
+    with rundir.writing(run_dir):
+        rundir.update_run_json(run_dir, counts={"strengths_at_chance": count})
+    return flags, run

@@ -90,9 +90,11 @@ def _extract(run: _Run) -> None:
 
 
 def _score(run: _Run) -> None:
+    from cgaps.chance import record_strengths_at_chance
     from cgaps.scoring import score_run
 
     score_run(run.run_dir, run.cfg)
+    record_strengths_at_chance(run.run_dir, run.cfg)  # for `cgaps status`, as `cgaps score` does
 
 
 def _label(run: _Run) -> None:

@@ -61,6 +61,23 @@ def run_status(run_dir: str | Path) -> list[StageStatus]:
     return RunState(run_dir).all()
 
 
+def power_notes(run_dir: str | Path, rows: list[StageStatus] | None = None) -> list[str]:
+    """What the data could have found (:func:`cgaps.scoring.power.summary_sentences` of run.json
+    ``power``), when ``score`` is done: the sentences the report opens with, so a run that called
+    nothing says so, with what a concept on 30 items must show and what would be needed."""
+    rows = run_status(run_dir) if rows is None else rows
+    if not any(r.stage == "score" and r.state == "done" for r in rows):
+        return []
+    meta = rundir.read_run_json(run_dir)
+    power, counts = meta.get("power"), meta.get("counts", {})
+    if not isinstance(power, dict):
+        return []
+    from cgaps.scoring.power import summary_sentences
+
+    keys = ("gaps_weak", "gaps_strong", "theme_gaps_weak", "theme_gaps_strong")
+    return summary_sentences(power, sum(int(counts.get(k) or 0) for k in keys))
+
+
 class RunState:
     """The states of one run's stages, each computed once, upstream first (module docstring)."""
 

@@ -166,7 +166,8 @@ STAGES: tuple[Stage, ...] = (
             "choices",
         ),
         reads=(SALIENCY, CONCEPTS),
-        may_read=(OVERLAP, LABELS, THEMES, CONTEXTS, ROBUSTNESS, VALIDATION, CONFIRMATION),
+        # theme_tests.parquet: the themes scoring tested, shown until `cgaps label` describes them
+        may_read=(OVERLAP, LABELS, THEMES, THEME_TESTS, CONTEXTS, ROBUSTNESS, VALIDATION, CONFIRMATION),
         writes=(REPORT,),
     ),
 )

@@ -724,3 +724,86 @@ def test_format_findings_are_listed_apart(tmp_path):
     assert "1 gap and 0 strength concepts" in fmt_line
     text = build_report(run).read_text()
     assert f"phrase {fmt}</span>" in text and ">format</span>" in text
+
+
+@pytest.mark.integration
+def test_a_gap_theme_without_a_called_member_is_a_finding_before_labels(tmp_path):
+    """Scored, not labelled: the one call is a theme none of whose members is called alone. The
+    report lists it as a finding with its members (from theme_tests.parquet), says the themes await
+    `cgaps label`, and the empty concept table of gaps says what the items could have found."""
+    from cgaps.scoring.power import detectable_sentence, needed_sentence
+    from helpers import theme_only_run
+
+    run = theme_only_run(tmp_path / "r")
+    tests = pd.read_parquet(run / rundir.THEME_TESTS)
+    concepts = pd.read_parquet(run / rundir.CONCEPTS)
+    gap = tests[(tests["scope"] == "ALL") & (tests["gap"] == "weak")]
+    assert len(gap) == 1 and (concepts.loc[concepts["scope"] == "ALL", "gap"] == "").all()
+    members = json.loads(gap["members"].iloc[0])
+    theme = int(gap["theme"].iloc[0])
+    text = build_report(run).read_text()
+    findings = text[text.index('id="findings"') : text.index('id="themes"')]
+    words = re.sub(r"<[^>]+>", "", findings)
+    assert "0 concepts are gaps" in words and "there are 1 gap theme and 0 strength themes" in words
+    # the theme is the first entry of "It fails most on", named by its strongest members, linked to its row
+    fails = findings[findings.index("It fails most on:") :]
+    name = f"theme {theme}: " + ", ".join(f"concept {c}" for c in members[:3])
+    assert re.search(rf'<a href="#theme-{theme}">{re.escape(name)}( and \d+ more)?</a>', fails)
+    assert "These themes are as `cgaps score` tested them" in text
+    # the themes section has its row with every member linked
+    row = text[text.index(f'id="theme-{theme}"') :]
+    row = row[: row.index("</tr>")]
+    for c in members:
+        assert f"concept {c}" in row or f">{c}<" in row
+    # a call was made (a theme), so the first screen says what a 30-item concept needs, not "nothing"
+    meta = json.loads((run / rundir.RUN_JSON).read_text())
+    notes = re.findall(r'<li class="scoring-note">(.*?)</li>', text)
+    assert [n.replace("&#39;", "'") for n in notes] == [detectable_sentence(meta["power"]["scopes"]["ALL"])]
+    # the empty gap table of ALL says what the data could have found and what would be needed
+    gaps = text[text.index('<section id="gaps"') :]
+    scope = meta["power"]["scopes"]["ALL"]
+    shown = re.findall(r'<span class="power-note">(.*?)</span>', gaps[: gaps.index("<h3>Per benchmark")])
+    assert [s.replace("&#39;", "'") for s in shown] == [
+        detectable_sentence(scope),
+        needed_sentence(scope, meta["power"]["items_per_benchmark"]),
+    ]
+    assert scope["items"] == 180 and meta["power"]["items_per_benchmark"] == 90
+    # labelled: themes.parquet holds the same gap theme with every member, and the report names it in words
+    from cgaps.labels.stage import label_run
+
+    label_run(run)
+    themes = pd.read_parquet(run / "themes.parquet")
+    row = themes[(themes["scope"] == "ALL") & (themes["theme"] == theme)].iloc[0]
+    assert row["gap"] == "weak" and json.loads(row["members"]) == members
+    assert row["q_value"] == pytest.approx(gap["q_value"].iloc[0])
+    text = build_report(run).read_text()
+    assert "These themes are as `cgaps score` tested them" not in text
+    fails = text[text.index("It fails most on:") :]
+    assert re.match(rf'It fails most on:<ul><li><a href="#theme-{theme}">', fails)
+
+
+@pytest.mark.integration
+def test_a_run_that_calls_nothing_says_so_and_what_would_be_needed(tmp_path):
+    """Scores independent of everything: no call in any scope; the first screen says so, with the
+    detectable effect and the items per benchmark needed, from run.json power."""
+    from cgaps.scoring.power import summary_sentences
+
+    run = make_run(tmp_path / "r")
+    items = rundir.read_items(run)
+    rng = np.random.default_rng(3)
+    items["score"] = rng.permutation(items["score"].to_numpy())
+    rundir.write_table(items, run / rundir.ITEMS)
+    score_run(run)
+    concepts = pd.read_parquet(run / rundir.CONCEPTS)
+    if (concepts["gap"] != "").any():
+        pytest.skip("this permutation called something")
+    meta = json.loads((run / rundir.RUN_JSON).read_text())
+    text = build_report(run).read_text()
+    notes = [n.replace("&#39;", "'") for n in re.findall(r'<li class="scoring-note">(.*?)</li>', text)]
+    assert notes == summary_sentences(meta["power"], 0)
+    assert notes[0] == "Nothing was called a gap or a strength."
+    assert re.fullmatch(
+        r"A topic holding 10% of a benchmark's items, 20 points below expected, .*\.", notes[2]
+    )
+    # every benchmark's empty gap table says it too
+    assert text.count('<span class="power-note">') == 2 * (1 + len(meta["power"]["scopes"]) - 1)

@@ -83,27 +83,73 @@ def test_sentences():
         ],
     }
     assert detectable_sentence(scope) == (
-        "With these items, a concept firing on 30 items is called when its accuracy is 39 points below "
-        "expected (or 38 points above)."
+        "With these items, a concept firing on 30 items is called a gap when its accuracy is 39 points below "
+        "expected (a strength when 38 points above)."
     )
     assert detectable_sentence(scope, 10) == (
-        "With these items, a concept firing on 10 items cannot be called whatever its accuracy; one on 20 "
-        "items is called when its accuracy is 48 points below expected."
+        "With these items, a concept firing on 10 items cannot be called a gap whatever its accuracy: even "
+        "none of them right, 55 points below the mean, does not pass this run's bar (p ≤ 2.5e-05, 2000 tests); "
+        "one firing on 20 items is called a gap when its accuracy is 48 points below expected."
     )
     need = items_needed(0.2, 0.1, 0.2475, 2.5e-5)
     assert needed_sentence(scope, 240) == (
         f"A topic holding 10% of a benchmark's items, 20 points below expected, would be called with about "
         f"{need} items per benchmark (this run has 240)."
     )
-    low = {**scope, "mean": 0.2, "detectable": [{"support": 30, "drop": None, "rise": 0.38}]}
-    assert detectable_sentence(low) == (
-        "With these items, a concept firing on 30 items is called a strength when its accuracy is 38 points "
-        "above expected, and never a gap: the mean accuracy, 20%, leaves no room for a drop that large."
+    assert needed_sentence({**scope, "mean": 0.04}, 24) == (
+        "A topic holding 10% of a benchmark's items, 20 points below expected, cannot occur here: the mean "
+        "accuracy is 4%."
     )
-    power = {"fdr": 0.05, "items_per_benchmark": 240, "scopes": {"ALL": scope}}
+    power = {"fdr": 0.05, "items_per_benchmark": 240, "scopes": {"ALL": scope, "arith": scope}}
     lines = summary_sentences(power, calls=0)
-    assert lines[0] == "Nothing was called a gap or a strength." and len(lines) == 3
+    assert lines == [
+        "Nothing was called a gap or a strength.",
+        detectable_sentence(scope),
+        needed_sentence(scope, 240),
+    ]
     assert summary_sentences(power, calls=4) == [detectable_sentence(scope)]
+    assert summary_sentences(power, 0, "arith")[0] == "Nothing was called a gap or a strength in arith."
+    assert summary_sentences(power, 0, "nowhere") == []
+
+
+def test_sentences_of_a_real_run_put_gaps_below_expected():
+    """run.json power of ALL in a 10-benchmark run of 240 items (SmolLM2, mean accuracy 0.275, 6,158
+    hypotheses kept): on 30 items even 0 right is not enough for a gap (2 * 0.725^30 = 1.3e-4 > the
+    bar), so the sentence must say so, never offer the strength's rise as the gap's effect."""
+    n_items, mean, hyp = 240, 0.275, 6158
+    bar = 0.05 / hyp
+    var = 0.1447916666666667
+    rows = []
+    for n in (5, 10, 20, 30, 50, 100, 200):
+        drop, rise = detectable(
+            n, mean, var, bar, mc_below=RunConfig().mc_below, floor=1 / 280001, binary=True
+        )
+        rows.append({"support": n, "drop": drop, "rise": rise})
+    assert 2 * (1 - mean) ** 30 > bar and rows[3]["drop"] is None and rows[3]["rise"] is not None
+    assert rows[4]["drop"] == pytest.approx(stats.norm.isf(bar / 2) * math.sqrt(var / 50))
+    scope = {
+        "items": n_items,
+        "mean": mean,
+        "variance": var,
+        "hypotheses": hyp,
+        "bar": bar,
+        "detectable": rows,
+    }
+    text = detectable_sentence(scope)
+    assert text == (
+        "With these items, a concept firing on 30 items cannot be called a gap whatever its accuracy: even "
+        "none of them right, 28 points below the mean, does not pass this run's bar (p ≤ 8.1e-06, 6158 tests); "
+        f"one firing on 50 items is called a gap when its accuracy is {round(100 * rows[4]['drop'])} points "
+        f"below expected. A strength on 30 items is called when its accuracy is {round(100 * rows[3]['rise'])} "
+        "points above expected."
+    )
+    assert "24 points below" in text and "42 points above" in text
+    # nothing reachable at any tabulated support
+    none = {**scope, "detectable": [{**r, "drop": None} for r in rows]}
+    assert detectable_sentence(none).endswith(
+        "(p ≤ 8.1e-06, 6158 tests), nor on up to 200 items. A strength on 30 items is called when its "
+        f"accuracy is {round(100 * rows[3]['rise'])} points above expected."
+    )
 
 
 def test_run_power_counts_the_kept_hypotheses():
@@ -116,12 +162,20 @@ def test_run_power_counts_the_kept_hypotheses():
     for scope, entry in power["scopes"].items():
         rows = concepts[concepts["scope"] == scope]
         assert entry["hypotheses"] == int(rows["q_value"].notna().sum())
-        assert entry["bar"] == pytest.approx(cfg.fdr / entry["hypotheses"])
+        called = int(rows["gap"].isin(["weak", "strong"]).sum())
+        assert entry["calls"] == called
+        assert entry["bar"] == pytest.approx(cfg.fdr * max(called, 1) / entry["hypotheses"])
+        # the bar is the one BH reached: every call's p-value is within it, every p-value within it called
+        p = rows["p_value"].to_numpy()
+        is_call = rows["gap"].isin(["weak", "strong"]).to_numpy()
+        assert (p[is_call] <= entry["bar"] * (1 + 1e-12)).all()
+        assert not (np.nan_to_num(p[~is_call], nan=1.0) <= entry["bar"] * (1 - 1e-12)).any()
         sel = items if scope == "ALL" else items[items["benchmark"] == scope]
         assert entry["mean"] == pytest.approx(sel["score"].mean())
         assert entry["items"] == len(sel)
         drops = [r["drop"] for r in entry["detectable"] if r["drop"] is not None]
         assert drops == sorted(drops, reverse=True)  # more support, smaller detectable drop
+    assert max(e["calls"] for e in power["scopes"].values()) > 1  # the bar BH reached is exercised
     # the null variance of ALL is the mean over items of their benchmark's score variance
     var_b = items.groupby("benchmark")["score"].var(ddof=0)
     assert power["scopes"]["ALL"]["variance"] == pytest.approx(items["benchmark"].map(var_b).mean())

@@ -367,9 +367,11 @@ def test_themes_table_and_missing_themes(client):
         {"theme": 1, "label": "digits", "gap": "weak", "status": "normal"}
     ]
     assert bench["bias"]["n_items"] == 60
+    # run B is not labelled: its themes are those `cgaps score` tested, none here
     assert client.get("/api/themes", params={"run": "model-b"}).json() == {
         "run": "model-b",
-        "available": False,
+        "available": True,
+        "source": "theme_tests.parquet",
         "columns": [],
         "themes": [],
     }
@@ -491,6 +493,9 @@ def test_concept_rows_carry_their_chance_level(client, runs):
         "gaps": int((c["gap"] == "weak").sum()),
         "strengths": int((c["gap"] == "strong").sum()),
         "strengths_at_chance": 0,
+        # the themes table's calls in ALL (themes.parquet of the fixture: theme 1 a gap)
+        "theme_gaps": 1,
+        "theme_strengths": 0,
     }
     groups = client.get("/api/benchmarks").json()["groups"]
     assert [g["group"] for g in groups] == ["ALL", "arith", "bias", "code"]
@@ -883,3 +888,62 @@ def test_the_report_names_the_command_that_opens_the_explorer(runs, tmp_path):
 
     html = build_report(runs["b"], tmp_path / "report.html").read_text()
     assert "<code>cgaps serve RUN_DIR</code>" in html
+
+
+@pytest.mark.integration
+def test_a_gap_theme_without_a_called_member_before_labels(tmp_path, browser):
+    """Not labelled yet: the explorer shows the themes `cgaps score` tested (theme_tests.parquet),
+    a gap theme among them though no member is called alone, with its members and a note."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from cgaps.serve.app import create_app
+    from helpers import theme_only_run
+
+    run = theme_only_run(tmp_path / "themed")
+    store = Store([run])
+    d = TestClient(create_app(store)).get("/api/themes").json()
+    assert d["available"] and d["source"] == "theme_tests.parquet"
+    tests = pd.read_parquet(run / rundir.THEME_TESTS)
+    all_t = tests[tests["scope"] == "ALL"]
+    assert [t["theme"] for t in d["themes"]] == all_t["theme"].tolist()
+    gap = [t for t in d["themes"] if t["fields"]["gap"] == "weak"]
+    want = all_t[all_t["gap"] == "weak"].iloc[0]
+    assert len(gap) == 1 and [m["concept"] for m in gap[0]["members"]] == json.loads(want["members"])
+    assert gap[0]["fields"]["q_value"] == pytest.approx(want["q_value"])
+    concepts = pd.read_parquet(run / rundir.CONCEPTS).set_index(["scope", "concept"])
+    assert all(concepts.loc[("ALL", m["concept"]), "gap"] == "" for m in gap[0]["members"])
+    body = TestClient(create_app(store)).get("/api/runs").json()["runs"][0]
+    assert body["calls"]["gaps"] == 0 and body["calls"]["theme_gaps"] == 1
+    # in the browser: the landing page opens on the themes (no concept is a gap alone), with the
+    # note and the gap theme's row, its members linked
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(store), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        context = browser.new_context()
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        page.goto(base + "/")
+        page.wait_for_selector("#themes")
+        assert page.url == base + "/themes"
+        assert page.locator("#no-gaps").count() == 0
+        assert "cgaps label RUN_DIR" in page.locator("#themes-unlabelled").text_content()
+        assert page.locator("#themes tbody tr").count() == len(all_t)
+        first = page.locator("#themes tbody tr").first
+        assert first.locator("td").first.text_content() == str(int(want["theme"]))
+        links = first.locator("a").evaluate_all("as => as.map(a => a.textContent)")
+        assert links == [f"#{c}" for c in json.loads(want["members"])]
+        assert errors == []
+        context.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

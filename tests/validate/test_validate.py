@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -138,6 +139,20 @@ def test_validate_run_writes_topics_and_power(tmp_path):
     assert stored["topics"]["facet"] == "category" and stored["topics"]["sizes"][0]["per_group"] == 30
     assert stored["power"] == out["power"]
     assert stored["power"]["scopes"]["ALL"]["items"] == len(items)
+    # the sentences of every scope, as the report and `cgaps status` say them (null scores: no call)
+    from cgaps.scoring.power import summary_sentences
+
+    power = stored["power"]
+    concepts = pd.read_parquet(run / "concepts.parquet")
+    assert set(power["sentences"]) == {"exam", "quiz", "ALL"}
+    for scope, lines in power["sentences"].items():
+        calls = power["scopes"][scope]["calls"]  # concepts and themes
+        assert calls >= int(concepts.loc[concepts["scope"] == scope, "gap"].isin(["weak", "strong"]).sum())
+        assert lines == summary_sentences(power, calls, scope)
+        if calls == 0:
+            where = "" if scope == "ALL" else f" in {scope}"
+            assert lines[0] == f"Nothing was called a gap or a strength{where}." and len(lines) == 3
+        assert lines[0 if calls else 1].startswith("With these items, a concept firing on")
     assert out["null"]["draws_with_calls"] <= 1
     assert {"themes_weak", "themes_strong"} <= set(out["null"]["calls_per_draw"][0])
 

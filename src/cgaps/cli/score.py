@@ -23,21 +23,17 @@ def score(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
     from rich.table import Table
 
     from cgaps import rundir
-    from cgaps.chance import concept_chance, group_table, scored_matrix
-    from cgaps.config import SCORING_KNOBS, config_from_run
+    from cgaps.chance import group_table, record_strengths_at_chance
+    from cgaps.config import config_from_run
     from cgaps.console import info, result
-    from cgaps.runtables import load_run
     from cgaps.scoring import score_run
 
     meta = rundir.read_run_json(run_dir)
     cfg = config_from_run(meta, run_dir).replace(**options)
     concepts, _ = score_run(run_dir, cfg)
-    # the strengths at chance level (cgaps.chance), on the saliency the scores just used
-    run = load_run(run_dir, coded=True)
-    knobs = {k: getattr(cfg, k) for k in SCORING_KNOBS}
-    at_chance = concept_chance(scored_matrix(run, knobs), concepts, run.items, cfg.fdr)[
-        "at_chance"
-    ].to_numpy()
+    # the strengths at chance level (cgaps.chance), on the saliency the scores just used; their
+    # count goes into run.json for `cgaps status`
+    at_chance, run = record_strengths_at_chance(run_dir, cfg, concepts)
     groups = group_table(run.items, cfg.fdr).set_index("group")
     items = run.items
 

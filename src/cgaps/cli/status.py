@@ -23,7 +23,7 @@ def status(run_dir: Path = RunDirArg) -> None:
         cgaps status runs/p
     """
     from cgaps.console import result
-    from cgaps.runstate import run_status
+    from cgaps.runstate import power_notes, run_status
 
     rows = run_status(run_dir)
     # plain aligned lines (one per stage), readable in a log and by grep
@@ -31,6 +31,11 @@ def status(run_dir: Path = RunDirArg) -> None:
     for r in rows:
         todo = f"  -> {r.command}" if r.command else ""
         result(f"{r.stage:<{width}}  {r.state:<7}  {r.reason}{todo}")
+    notes = power_notes(run_dir, rows)  # what the scores could have shown (run.json power)
+    if notes:
+        result("")  # after a blank line: the stage lines stay one per stage for grep
+        for line in notes:
+            result(line)
     pending = any(r.state == "stale" or (r.state == "missing" and r.stage in stages.PIPELINE) for r in rows)
     if pending:
         raise typer.Exit(1)

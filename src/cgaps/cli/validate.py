@@ -51,11 +51,8 @@ def validate(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
             + ("—" if share is None else f"{share:.2f}"),
         )
     if out.get("power"):
-        from cgaps.scoring.power import detectable_sentence
-
-        table.add_row(
-            "what the data could have found (ALL)", detectable_sentence(out["power"]["scopes"]["ALL"])
-        )
+        lines = out["power"].get("sentences", {}).get("ALL", [])
+        table.add_row("what the data could have found (ALL)", " ".join(lines))
     fam = out["families"]
     if fam:
         for side in ("weak", "strong"):

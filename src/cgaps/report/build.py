@@ -514,7 +514,7 @@ def read_themes(run_dir: Path, knobs: dict[str, Any]) -> tuple[pd.DataFrame | No
 
     path = run_dir / THEMES
     if not path.exists():
-        return None, None
+        return _tested_themes(run_dir, knobs)
     df = rundir.read_table(path, "rerun `cgaps label RUN_DIR`")
     if "spread" not in df.columns:  # written before the column existed: the enriched group alone
         df = df.assign(spread="[]")
@@ -533,6 +533,38 @@ def read_themes(run_dir: Path, knobs: dict[str, Any]) -> tuple[pd.DataFrame | No
     df["scope"] = df["scope"].astype(str)
     df["gap"] = df["gap"].fillna("").astype(str)
     return df, None
+
+
+UNLABELLED_NOTE = (
+    "These themes are as `cgaps score` tested them, named by their members: run `cgaps label RUN_DIR` "
+    "to say in words what each is about."
+)
+
+
+def _tested_themes(run_dir: Path, knobs: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
+    """Without ``themes.parquet`` (no ``cgaps label`` yet), the themes ``cgaps score`` tested
+    (``theme_tests.parquet``): their calls are findings of their own, whether or not any member
+    is called alone, so they are shown, named by their members, with empty word columns."""
+    path = run_dir / rundir.THEME_TESTS
+    if not path.exists():
+        return None, None
+    made = dict(rundir.read_table_knobs(path) or {})
+    if knobs and made != knobs:  # scored apart from concepts.parquet (an interrupted score)
+        return None, f"{rundir.THEME_TESTS} is not from the last `cgaps score`; rerun `cgaps score RUN_DIR`"
+    df = rundir.read_table(path, "rerun `cgaps score RUN_DIR`").copy()
+    df["scope"] = df["scope"].astype(str)
+    df["gap"] = df["gap"].fillna("").astype(str)
+    return (
+        df.assign(
+            tokens="[]",
+            enrich_group=None,
+            enrich_mass=np.nan,
+            enrich_items=np.nan,
+            enrich_p=np.nan,
+            spread="[]",
+        ),
+        UNLABELLED_NOTE,
+    )
 
 
 SPREAD_BELOW = 0.5  # a theme whose largest group holds less than this is named by its largest groups
@@ -613,17 +645,59 @@ def _theme_rows(themes: pd.DataFrame, describe: _Describer, limit: int | None) -
                 "phrase": theme_phrase(
                     tokens, r.enrich_group, r.enrich_mass, r.enrich_items, _json_list(r.spread)
                 )
-                or f"theme {int(r.theme)}",
+                or _members_phrase(int(r.theme), members, describe),
                 "gap": r.gap,
                 "format": has_format and _is_true(r.format),
                 "n_members": int(r.n_members),
                 "members": [{"concept": c, "desc": describe(c)} for c in members[:12]],
+                "member_ids": members,
                 "more_members": max(0, len(members) - 12),
                 **_figures(r),
                 "enrich_p": _num(r.enrich_p),
             }
         )
     return rows
+
+
+def _members_phrase(theme: int, members: list[int], describe: _Describer, shown: int = 3) -> str:
+    """A theme without words (not labelled yet) named by its strongest members, e.g.
+    'theme 4: “Vedas” (concept 12), concept 40, concept 7 and 5 more'."""
+    names = [
+        describe.name(c) if describe.name(c) == f"concept {c}" else f"{describe.name(c)} (concept {c})"
+        for c in members[:shown]
+    ]
+    more = f" and {len(members) - shown} more" if len(members) > shown else ""
+    return f"theme {theme}: " + ", ".join(names) + more if names else f"theme {theme}"
+
+
+def _power_lines(power: dict[str, Any] | None, scope: str) -> list[str]:
+    """Under an empty gap table: what a concept on 30 items of ``scope`` must show to be called,
+    and the items per benchmark a topic would need (:mod:`cgaps.scoring.power`)."""
+    from cgaps.scoring.power import detectable_sentence, needed_sentence
+
+    power = power or {}
+    entry = power.get("scopes", {}).get(scope)
+    if not entry:
+        return []
+    per_bench = (
+        power.get("items_per_benchmark", entry["items"]) if scope == rundir.ALL_SCOPE else entry["items"]
+    )
+    return [detectable_sentence(entry), needed_sentence(entry, per_bench)]
+
+
+def _scoring_notes(
+    power: dict[str, Any] | None, all_df: pd.DataFrame, themes: pd.DataFrame | None
+) -> list[list[dict[str, Any]]]:
+    """The first screen's lines on what the data could have found (run.json ``power``, written by
+    ``cgaps score``): that nothing was called when no concept or theme of ``ALL`` is, what a
+    concept on 30 items must show, and then what would be needed."""
+    from cgaps.scoring.power import scope_calls, summary_sentences
+
+    if not power:
+        return []
+    all_themes = None if themes is None else themes[themes["scope"] == rundir.ALL_SCOPE]
+    calls = scope_calls(all_df, all_themes).get(rundir.ALL_SCOPE, 0)
+    return [[_link(line)] for line in summary_sentences(power, calls)]
 
 
 def _link(text: str, href: str | None = None) -> dict[str, Any]:
@@ -633,9 +707,17 @@ def _link(text: str, href: str | None = None) -> dict[str, Any]:
 def _entries(
     all_df: pd.DataFrame, theme_rows: list[dict[str, Any]] | None, describe: _Describer
 ) -> list[dict[str, Any]]:
-    """The called themes (or, without themes, concepts) best first, as :mod:`cgaps.report.findings` lists them."""
-    if theme_rows is not None:
-        return [
+    """The findings :mod:`cgaps.report.findings` lists, best first (by q): every called theme (one
+    finding with its members, called or not) and every called concept that no called theme
+    holds (themes are built from all concepts, so a concept may be called alone outside them)."""
+    themed: set[int] = set()
+    out: list[dict[str, Any]] = []
+    for r in theme_rows or []:
+        if r["gap"] not in ("weak", "strong"):
+            continue
+        themed.update(int(m["concept"]) for m in r["members"])
+        themed.update(r.get("member_ids", []))
+        out.append(
             {
                 "name": r["phrase"],
                 "href": f"#theme-{r['theme']}",
@@ -646,15 +728,15 @@ def _entries(
                 "expected": r["expected"],
                 "chance": r["chance"],
                 "at_chance": r["at_chance"],
+                "q": r["q"],
                 "detail": f"{r['n_members']} concept{'' if r['n_members'] == 1 else 's'}, {r['support']} items",
             }
-            for r in theme_rows
-            if r["gap"] in ("weak", "strong")
-        ]
-    out = []
+        )
     for kind in ("gaps", "strengths"):
         for r in _select(all_df, kind, len(all_df)).itertuples(index=False):
             c = int(r.concept)
+            if c in themed:
+                continue
             f = _figures(r)
             out.append(
                 {
@@ -666,11 +748,13 @@ def _entries(
                     "expected": f["expected"],
                     "chance": f["chance"],
                     "at_chance": f["at_chance"],
+                    "q": f["q"],
                     "detail": (f"concept {c}, " if describe.name(c) != f"concept {c}" else "")
                     + f"{int(r.support)} items",
                 }
             )
-    return out
+    # best first: the smallest q (NaN last); ties keep themes before concepts
+    return sorted(out, key=lambda e: (not math.isfinite(e["q"]), e["q"] if math.isfinite(e["q"]) else 0.0))
 
 
 def _findings(
@@ -903,6 +987,7 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
             needed.update(int(c) for c in df["concept"])
     examples = _Examples(t, present_rows(m, needed), opts)
     describe = _Describer(t, opts, m)
+    power = t.meta.get("power") if isinstance(t.meta.get("power"), dict) else None
     tables = {
         kind: [
             {
@@ -914,6 +999,8 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
                 "at_chance": int(((by_scope[scope]["gap"] == "strong") & by_scope[scope]["at_chance"]).sum())
                 if kind == "strengths"
                 else 0,
+                # an empty gap table says what the items could have shown and what would be needed
+                "power": _power_lines(power, scope) if kind == "gaps" and not len(df) else [],
             }
             for scope, df in selections[kind].items()
         ]
@@ -970,7 +1057,7 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
         # the data could have found: the smallest gap each scope could call), each a list of
         # segments like the findings'. Filled when the scoring stage writes them (issue 21);
         # nothing is invented here.
-        "scoring_notes": [],
+        "scoring_notes": _scoring_notes(power, all_df, themes),
         "has_robustness_section": bool(t.robustness) or (run_dir / "validation.json").exists(),
         "themes_note": themes_note,
         "has_evidence": bool(describe.evidence),
@@ -1057,8 +1144,13 @@ def build_report(
     out = Path(out) if out is not None else run_dir / rundir.REPORT
     opts = options or ReportOptions()
     context = report_context(run_dir, opts)
-    rundir.write_text(render(context), out)
-    if out.resolve() == (run_dir / rundir.REPORT).resolve():  # the run's own report: it is current now
+    if out.resolve() != (run_dir / rundir.REPORT).resolve():
+        rundir.write_text(render(context), out)
+        return out
+    # the run's own report, under the run's lock like every stage (score_run...): taking it removes
+    # the temporary file of a report killed while writing, and it is current once recorded
+    with rundir.writing(run_dir):
+        rundir.write_text(render(context), out)
         cfg = config_from_run(rundir.read_run_json(run_dir), run_dir)
         rundir.record_completion(run_dir, "report", cfg.replace(report=opts))
     return out

@@ -154,7 +154,8 @@ def calls_sentence(
     if themes is not None:
         tw, ts, tc = themes["weak"], themes["strong"], themes["strong_chance"]
         out += [
-            seg("; grouped by what they fire on, they form "),
+            # themes are tested on their own (method §3): a gap theme need not hold a gap concept
+            seg("; tested as groups of concepts that fire on the same items, there are "),
             seg(
                 f"{tw} gap theme{'' if tw == 1 else 's'} and {ts} strength theme{'' if ts == 1 else 's'}"
                 + (f" ({tc} at chance)" if tc else ""),

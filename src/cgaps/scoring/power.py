@@ -3,15 +3,17 @@
 
 For a scope S with mean score ȳ and null variance v per item (the mean over its items of their
 group's score variance, ``adjust_by``), a concept that fires with equal saliency on n items
-has z = (χ_model − e) · √n / √v under the score test. It is called, when it is the only call of
-its scope, if its two-sided p-value is at most the bar fdr / M, M the hypotheses of that scope
-that Tarone's rule keeps (a later discovery raises the bar, so this is the conservative
-figure). Hence the smallest drop that is called:
+has z = (χ_model − e) · √n / √v under the score test. It is called if its two-sided p-value is
+at most the bar fdr · max(R, 1) / M, M the hypotheses of that scope that Tarone's rule keeps and
+R the calls (concepts and themes) the run made there: the bar Benjamini–Hochberg reached, so a
+concept with that p-value ranks among the discoveries. With R = 0 it is the bar of a lone call;
+with many calls, the lone-call bar would say that a concept on 30 items can never be called in
+a run that calls dozens like it. Hence the smallest drop that is called:
 
 - normal approximation (expected minority count n · min(ȳ, 1 − ȳ) ≥ ``mc_below``):
   δ = Φ⁻¹(1 − bar / 2) · √(v / n);
 - below it (the Monte Carlo test, 0/1 scores): the accuracy k / n of the largest k with
-  2 · max(P(Binomial(n, ȳ) ≤ k), 1 / (R + 1)) ≤ bar, δ = ȳ − k / n (the binomial tail is what
+  2 · max(P(Binomial(n, ȳ) ≤ k), 1 / (D + 1)) ≤ bar (D the Monte Carlo draws), δ = ȳ − k / n (the binomial tail is what
   redrawing n scores from a pool of mean ȳ gives);
 - none when even accuracy 0 is not enough (δ would exceed ȳ). Rises (strengths) likewise.
 
@@ -63,14 +65,15 @@ def detectable(
 
 
 def scope_power(
-    scores: np.ndarray, null_var: np.ndarray, hypotheses: int, cfg: Any, resamples: int
+    scores: np.ndarray, null_var: np.ndarray, hypotheses: int, cfg: Any, resamples: int, calls: int = 0
 ) -> dict[str, Any]:
     """The ``power`` entry of one scope: its items' ``scores`` and per-item null variances
-    (their group's score variance), the number of hypotheses Tarone's rule kept."""
+    (their group's score variance), the number of hypotheses Tarone's rule kept and the calls
+    (gaps and strengths, concepts and themes) the run made there."""
     n_items = len(scores)
     mean = float(np.mean(scores)) if n_items else float("nan")
     var = float(np.mean(null_var)) if n_items else float("nan")
-    bar = cfg.fdr / max(hypotheses, 1)
+    bar = min(1.0, cfg.fdr * max(calls, 1) / max(hypotheses, 1))
     rows = []
     for n in SUPPORTS:
         if n > n_items:
@@ -84,6 +87,7 @@ def scope_power(
         "mean": mean,
         "variance": var,
         "hypotheses": int(hypotheses),
+        "calls": int(calls),
         "bar": bar,
         "detectable": rows,
     }
@@ -115,11 +119,17 @@ def run_power(m: Any, cfg: Any, concepts: Any, theme_tests: Any = None) -> dict[
             kept[scope] = kept.get(scope, 0) + int(q.notna().sum())
         for scope, sup in table.groupby("scope", sort=False)["support"]:
             tested[scope] = tested.get(scope, 0) + int((sup >= cfg.min_support).sum())
+    called = scope_calls(*tables)
     scopes = {}
     for k, name in enumerate([*m.benchmarks, ALL_SCOPE]):
         rows = np.ones(len(m.scores), dtype=bool) if name == ALL_SCOPE else m.bench == k
         scopes[name] = scope_power(
-            m.scores[rows], item_var[rows], kept.get(name, 0), cfg, mc_resamples(cfg, tested.get(name, 0))
+            m.scores[rows],
+            item_var[rows],
+            kept.get(name, 0),
+            cfg,
+            mc_resamples(cfg, tested.get(name, 0)),
+            called.get(name, 0),
         )
     per_bench = np.bincount(m.bench, minlength=len(m.benchmarks))
     return {
@@ -136,37 +146,48 @@ def _points(x: float) -> str:
     return f"{round(100 * x)} points"
 
 
+def calls_words(calls: int) -> str:
+    return "" if calls <= 1 else f", {calls} calls"
+
+
 def detectable_sentence(scope: dict[str, Any], support: int | None = None) -> str:
-    """ "With these items, a concept firing on 30 items is called when its accuracy is 25 points
-    below expected (or 21 above)." for the largest tabulated support <= ``support`` (default 30,
-    or the largest the scope has)."""
+    """What a concept on ``support`` items (default 30, else the largest tabulated support below
+    it) must show to be called, gaps first (a gap is *below* expected), e.g. "With these items, a
+    concept firing on 30 items is called a gap when its accuracy is 25 points below expected (a
+    strength when 21 points above)." When no drop on that many items can pass the bar, the
+    sentence says so and names the smallest support at which one can."""
     rows = scope.get("detectable") or []
     if not rows:
         return "These items are too few for any concept to be tested."
     want = 30 if support is None else support
-    row = [r for r in rows if r["support"] <= want] or rows[:1]
-    r = row[-1]
+    r = ([x for x in rows if x["support"] <= want] or rows[:1])[-1]
     n = r["support"]
-    if r["drop"] is None and r["rise"] is None:
-        reachable = [x for x in rows if x["drop"] is not None]
-        if reachable:
-            first = reachable[0]
-            return (
-                f"With these items, a concept firing on {n} items cannot be called whatever its accuracy; "
-                f"one on {first['support']} items is called when its accuracy is {_points(first['drop'])} "
-                "below expected."
-            )
-        return f"With these items, no concept on up to {rows[-1]['support']} items can be called whatever its accuracy."
-    if r["drop"] is None:
-        return (
-            f"With these items, a concept firing on {n} items is called a strength when its accuracy is "
-            f"{_points(r['rise'])} above expected, and never a gap: the mean accuracy, "
-            f"{round(100 * scope['mean'])}%, leaves no room for a drop that large."
+    head = f"With these items, a concept firing on {n} items"
+    if r["drop"] is not None:
+        text = f"{head} is called a gap when its accuracy is {_points(r['drop'])} below expected"
+        if r["rise"] is not None:
+            text += f" (a strength when {_points(r['rise'])} above)"
+        return text + "."
+    # no drop on n items passes the bar: even none of them right is too likely under the null
+    text = (
+        f"{head} cannot be called a gap whatever its accuracy: even none of them right, "
+        f"{_points(scope['mean'])} below the mean, does not pass this run's bar (p ≤ {scope['bar']:.1e}, "
+        f"{scope['hypotheses']} tests{calls_words(scope.get('calls', 0))})"
+    )
+    larger = [x for x in rows if x["support"] > n and x["drop"] is not None]
+    if larger:
+        text += (
+            f"; one firing on {larger[0]['support']} items is called a gap when its accuracy is "
+            f"{_points(larger[0]['drop'])} below expected"
         )
-    text = f"{_points(r['drop'])} below expected"
+    elif rows[-1]["support"] > n:
+        text += f", nor on up to {rows[-1]['support']} items"
+    text += "."
     if r["rise"] is not None:
-        text += f" (or {_points(r['rise'])} above)"
-    return f"With these items, a concept firing on {n} items is called when its accuracy is {text}."
+        text += (
+            f" A strength on {n} items is called when its accuracy is {_points(r['rise'])} above expected."
+        )
+    return text
 
 
 def needed_sentence(
@@ -178,21 +199,46 @@ def needed_sentence(
     topic = f"A topic holding {round(100 * share)}% of a benchmark's items, {_points(drop)} below expected,"
     if n is None:
         return f"{topic} cannot be told apart here: the scores do not vary."
+    if scope["mean"] < drop:
+        return f"{topic} cannot occur here: the mean accuracy is {round(100 * scope['mean'])}%."
     if n <= per_benchmark:
         return f"{topic} would be called with these {per_benchmark} items per benchmark."
     return f"{topic} would be called with about {n} items per benchmark (this run has {per_benchmark})."
 
 
-def summary_sentences(power: dict[str, Any], calls: int) -> list[str]:
-    """The report's and ``cgaps status``'s lines about power: what the run could detect and, when
-    nothing was called, that nothing was and what would be needed."""
-    scope = power["scopes"].get("ALL")
-    if scope is None:
+def summary_sentences(power: dict[str, Any], calls: int, scope: str = "ALL") -> list[str]:
+    """The lines about power of one scope (default ``ALL``: the report's first screen and
+    ``cgaps status``): that nothing was called when ``calls`` (its gaps and strengths, concepts
+    and themes) is 0, what a concept on 30 items must show, and, when nothing was called, the
+    items per benchmark a topic would need (a benchmark's scope: its own items)."""
+    entry = power.get("scopes", {}).get(scope)
+    if entry is None:
         return []
+    where = "" if scope == "ALL" else f" in {scope}"
     lines = []
     if calls == 0:
-        lines.append("Nothing was called a gap or a strength.")
-    lines.append(detectable_sentence(scope))
+        lines.append(f"Nothing was called a gap or a strength{where}.")
+    lines.append(detectable_sentence(entry))
     if calls == 0:
-        lines.append(needed_sentence(scope, power.get("items_per_benchmark", scope["items"])))
+        per_benchmark = power.get("items_per_benchmark", entry["items"]) if scope == "ALL" else entry["items"]
+        lines.append(needed_sentence(entry, per_benchmark))
     return lines
+
+
+def scope_calls(*tables: Any) -> dict[str, int]:
+    """Gaps and strengths per scope over ``tables`` (``concepts.parquet``, ``theme_tests.parquet``:
+    anything with ``scope`` and ``gap`` columns; None is skipped)."""
+    out: dict[str, int] = {}
+    for table in tables:
+        if table is None or not len(table):
+            continue
+        called = table["gap"].isin(["weak", "strong"])
+        for scope, n in called.groupby(table["scope"].astype(str), sort=False).sum().items():
+            out[str(scope)] = out.get(str(scope), 0) + int(n)
+    return out
+
+
+def all_sentences(power: dict[str, Any], calls: dict[str, int]) -> dict[str, list[str]]:
+    """:func:`summary_sentences` of every scope of ``power``, ``calls`` from :func:`scope_calls`
+    (``validation.json`` ``power.sentences``)."""
+    return {scope: summary_sentences(power, calls.get(scope, 0), scope) for scope in power.get("scopes", {})}

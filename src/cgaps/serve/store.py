@@ -305,6 +305,12 @@ class Store:
                 raise CGapsError(
                     f"{given / fname}: missing (or a link out of the run directory); {fix} first"
                 )
+        if "themes" not in files:
+            # not labelled yet: the themes `cgaps score` tested are findings of their own (a gap
+            # theme may have no member called alone), shown named by their members
+            tested = _inside(root / rundir.THEME_TESTS, root)
+            if tested is not None:
+                files["themes"] = tested
         meta = rundir.read_run_json(root)
         run = Run(index, name, root, meta, rundir.n_concepts(meta, given), files)
         run.knobs = rundir.read_table_knobs(files["concepts"]) or {
@@ -420,6 +426,10 @@ class Store:
             }
         )
         run.theme_chance = self._theme_chance(run, matrix, tables.items, fdr)
+        # gap and strength themes of ALL: findings of their own, even where no member is called
+        all_themes = [r for r in self._theme_rows(run) if str(r.get("scope")) == rundir.ALL_SCOPE]
+        run.calls["theme_gaps"] = sum(r.get("gap") == "weak" for r in all_themes)
+        run.calls["theme_strengths"] = sum(r.get("gap") == "strong" for r in all_themes)
         del tables, matrix, coo
         con.register("present_rows", rows)
         con.execute(
@@ -1044,8 +1054,16 @@ class Store:
         or ``concepts``) or one row per (theme, concept); rows of another scope than the chosen
         one are left out when the table has a ``scope`` column."""
         rows = self._theme_rows(run)
+        # which table: themes.parquet (with words, `cgaps label`) or theme_tests.parquet (`cgaps score`)
+        source = run.files["themes"].name if "themes" in run.files else None
         if not rows:
-            return {"run": run.name, "available": "themes" in run.files, "columns": [], "themes": []}
+            return {
+                "run": run.name,
+                "available": "themes" in run.files,
+                "source": source,
+                "columns": [],
+                "themes": [],
+            }
         if "scope" in rows[0]:
             rows = [r for r in rows if r.get("scope") in (scope, None)]
         grouped: dict[Any, dict[str, Any]] = {}
@@ -1075,7 +1093,7 @@ class Store:
             g["members"] = [{"concept": c, "label": labels.get(c)} for c in members[:50]]
             themes.append(g)
         columns = list(dict.fromkeys(k for g in themes for k in g["fields"]))
-        return {"run": run.name, "available": True, "columns": columns, "themes": themes}
+        return {"run": run.name, "available": True, "source": source, "columns": columns, "themes": themes}
 
     def _themes_of(self, run: Run, concept: int) -> list[dict[str, Any]]:
         found = []

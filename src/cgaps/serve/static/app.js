@@ -120,6 +120,10 @@
     if (u.pathname === "/" && !u.search && first && first.calls && first.calls.gaps > 0) {
       history.replaceState(null, "", "/concepts?gap=weak");
       u = new URL(location.href);
+    } else if (u.pathname === "/" && !u.search && first && first.calls && first.calls.theme_gaps > 0) {
+      // no concept is a gap alone, but a theme is: its members together carry a weak topic
+      history.replaceState(null, "", "/themes");
+      u = new URL(location.href);
     }
     const p = u.searchParams;
     const m = u.pathname.match(/^\/concept\/(\d+)$/);
@@ -169,7 +173,8 @@
       link("/concepts", { run: runParam, gap: "strong_at_chance" }, `${(c.strengths_at_chance || 0).toLocaleString()} strengths at chance level`),
       h("span", { class: "muted" }, ` (FDR ${run.knobs && run.knobs.fdr !== undefined ? run.knobs.fdr : 0.05}, suite-wide)`)
     );
-    if (!c.gaps) box.append(h("span", { class: "muted", id: "no-gaps" }, " · this run calls no gap."));
+    if (c.theme_gaps || c.theme_strengths) box.append(" · ", link("/themes", { run: runParam }, `${(c.theme_gaps || 0).toLocaleString()} gap themes, ${(c.theme_strengths || 0).toLocaleString()} strength themes`));
+    if (!c.gaps && !c.theme_gaps) box.append(h("span", { class: "muted", id: "no-gaps" }, " · this run calls no gap."));
     return box;
   }
 
@@ -527,8 +532,10 @@
     api("/api/themes", { run: r, scope: scopeName })
       .then((d) => {
         if (seq !== state.seq) return;
-        if (!d.available) return box.replaceChildren(h("p", { class: "muted", id: "no-themes" }, "This run has no themes.parquet: `cgaps label RUN_DIR` writes it."));
-        if (!d.themes.length) return box.replaceChildren(h("p", { class: "muted", id: "no-themes" }, "themes.parquet has no theme in this scope (themes group the concepts called a gap or a strength)."));
+        if (!d.available) return box.replaceChildren(h("p", { class: "muted", id: "no-themes" }, "This run has no themes: `cgaps score RUN_DIR` tests them and `cgaps label RUN_DIR` describes them."));
+        if (!d.themes.length) return box.replaceChildren(h("p", { class: "muted", id: "no-themes" }, `${d.source} has no theme in this scope (themes group concepts that fire on the same items).`));
+        // theme_tests.parquet: tested by `cgaps score`, not described yet; a gap theme is a finding even when no member is called alone
+        const note = d.source === "theme_tests.parquet" ? h("p", { class: "muted", id: "themes-unlabelled" }, "These themes are as `cgaps score` tested them, named by their members: `cgaps label RUN_DIR` describes them in words. A theme is called on its own test, even when no member is called alone.") : null;
         const preferred = THEME_COLUMNS.filter((c) => d.columns.includes(c));
         const cols = (preferred.length ? preferred : d.columns.filter((c) => !["theme", "theme_id", "id", "scope"].includes(c))).slice(0, 11);
         const cell = (v) => (v === null || v === undefined ? "" : evidenceText(v));
@@ -538,7 +545,7 @@
         ];
         const head = { label: "label", n_members: "concepts", gap: "call", chance: "chance", status: "status", chi_model: "χ_model", expected: "expected", ci_low: "CI low", ci_high: "CI high", q_value: "q", support: "support", chi_bench: "χ_bench", enrich_group: "group holding most weight", enrich_mass: "its share", tokens: "tokens", format: "format" };
         const rows = d.themes.map((t) => h("tr", {}, h("td", {}, String(t.theme)), cols.map((c) => h("td", { class: typeof t.fields[c] === "number" ? "num" : "" }, c === "gap" ? callPill(t.fields[c], t.fields.at_chance) : c === "status" ? pill(t.fields[c]) : cell(t.fields[c]))), h("td", {}, `${t.size}: `, members(t))));
-        box.replaceChildren(h("table", { id: "themes" }, h("thead", {}, h("tr", {}, h("th", {}, "theme"), cols.map((c) => h("th", {}, head[c] || c.replace(/_/g, " "))), h("th", {}, "members"))), h("tbody", {}, rows)));
+        box.replaceChildren(...(note ? [note] : []), h("table", { id: "themes" }, h("thead", {}, h("tr", {}, h("th", {}, "theme"), cols.map((c) => h("th", {}, head[c] || c.replace(/_/g, " "))), h("th", {}, "members"))), h("tbody", {}, rows)));
       })
       .catch((e) => seq === state.seq && box.replaceChildren(errorBox(e)));
     return { name: "themes" };
