@@ -90,14 +90,14 @@ def make_run(run_dir: Path, n_items: int, n_concepts: int, seed: int = 0) -> int
 
 def child(run_dir: Path, subsamples: int, presence: float | None) -> None:
     from cgaps.config import RunConfig
-    from cgaps.robustness.core import RobustnessOptions, robustness_run
+    from cgaps.robustness.core import RobustnessConfig, robustness_run
     from cgaps.scoring.stage import score_run
 
     cfg = RunConfig() if presence is None else RunConfig(presence=presence)
     t0 = time.perf_counter()
     concepts, _ = score_run(run_dir, cfg)
     t1 = time.perf_counter()
-    robustness_run(run_dir, cfg, RobustnessOptions(repeats=subsamples))
+    robustness_run(run_dir, cfg, RobustnessConfig(repeats=subsamples))
     t2 = time.perf_counter()
     meta = json.loads((run_dir / "run.json").read_text())
     usage = resource.getrusage(resource.RUSAGE_SELF)

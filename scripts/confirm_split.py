@@ -119,7 +119,7 @@ def main() -> None:
           "--seed", str(args.seed))  # fmt: skip
     confirm_s = time.perf_counter() - t0
     out = pd.read_parquet(a_dir / "confirmation.parquet")
-    knobs = rundir.read_table_knobs(a_dir / "confirmation.parquet") or {}
+    scoring_config = rundir.read_table_config(a_dir / "confirmation.parquet") or {}
 
     # null draws: A's calls re-tested on B's items with the scores permuted within benchmark
     from cgaps.config import config_from_run
@@ -147,7 +147,7 @@ def main() -> None:
         "split_seed": args.seed,
         "items": {"A": int(in_a.sum()), "B": int((~in_a).sum()), "fresh": len(fresh)},
         "accuracy": {"A": float(items.loc[in_a, "score"].mean()), "B": float(b["score"].mean())},
-        "rates": knobs.get("confirm", {}).get("rates"),
+        "rates": scoring_config.get("confirm", {}).get("rates"),
         "by_call": {
             call: {
                 "calls": int((called["call"] == call).sum()),

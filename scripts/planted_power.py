@@ -9,7 +9,7 @@ Two stages, each resumable from its output:
              item's ``category``; then ``cgaps extract`` runs on it. The group is in the run
              only as metadata: scoring never reads it (unless ``--adjust-by category``).
 ``measure``  plants failure on whole groups of an extracted run (accuracy ``--low`` on
-             ``--planted`` groups, ``--high`` elsewhere), scores with the run's knobs, and counts
+             ``--planted`` groups, ``--high`` elsewhere), scores with the run's config, and counts
              the gap concepts and themes and the share of the top 20 whose saliency mass points
              to a planted group (:func:`cgaps.validate.topics.planted_topics`), at
              ``--per-group`` 30 and 100 (subsamples of the prepared items).

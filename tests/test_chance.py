@@ -141,7 +141,7 @@ def test_a_coin_flip_strength_is_at_chance_and_a_real_one_is_not(coin_run):
     all_rows = c[c["scope"] == "ALL"].set_index("concept")
     assert all_rows.loc[0, "gap"] == "strong" and all_rows.loc[1, "gap"] == "strong"
     assert all_rows.loc[2, "gap"] == "weak"
-    table = chance.run_chance(run, rundir.read_table_knobs(coin_run / rundir.CONCEPTS))
+    table = chance.run_chance(run, rundir.read_table_config(coin_run / rundir.CONCEPTS))
     assert list(table.columns) == list(chance.CHANCE_COLUMNS) and len(table) == len(c)
     got = table[table["scope"] == "ALL"].set_index("concept")
     # concept 0 fires on the yes/no items only: its chance level is 1/2, its χ_model about that

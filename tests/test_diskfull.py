@@ -262,7 +262,7 @@ def same_tables(ref: Path, run: Path, names: list[str]) -> None:
     for name in names:
         if name.endswith(".parquet"):
             pd.testing.assert_frame_equal(pd.read_parquet(ref / name), pd.read_parquet(run / name))
-            assert rundir.read_table_knobs(ref / name) == rundir.read_table_knobs(run / name)
+            assert rundir.read_table_config(ref / name) == rundir.read_table_config(run / name)
         elif name == rundir.RUN_JSON:
             a, b = (json.loads((r / name).read_text()) for r in (ref, run))
             a.pop("timings", None), b.pop("timings", None)

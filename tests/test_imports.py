@@ -19,7 +19,7 @@ The parts of the package are its subpackages and top-level modules (``cgaps.extr
 ``cgaps.labels``, ``cgaps.rundir``, ``cgaps.config``...). Data flows one way between them (items ->
 evaluate -> extract -> scoring -> labels / robustness -> report), so the graph of parts is
 acyclic too: ``cgaps.extract`` and ``cgaps.labels`` may not depend on each other, even through a
-third part. One exception to "a module belongs to its subpackage": a stage's ``options.py``
+third part. One exception to "a module belongs to its subpackage": a stage's ``config.py``
 declares that stage's section of the one config object, which :mod:`cgaps.config` gathers, so it
 is a part of its own, and a leaf: it imports nothing but the field helpers
 (:mod:`cgaps.config_fields`) and :mod:`cgaps.errors` (checked below).
@@ -137,7 +137,7 @@ def find_cycle(edges: dict[str, set[str]] | dict[str, dict[str, str]]) -> list[s
 def part(module: str) -> str:
     """The part of the package a module belongs to: ``cgaps.extract.stage`` -> ``cgaps.extract``;
     a stage's options module is its own (module docstring)."""
-    return module if module.endswith(".options") else ".".join(module.split(".")[:2])
+    return module if is_stage_config(module) else ".".join(module.split(".")[:2])
 
 
 def part_graph(edges: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
@@ -178,10 +178,15 @@ def test_no_cycle_between_the_parts_of_the_package(cgaps_graph):
     assert cycle is None, f"the parts of cgaps depend on each other: {describe(cycle, parts)}"
 
 
-def test_options_modules_are_leaves(cgaps_graph):
+def is_stage_config(module: str) -> bool:
+    """``cgaps.STAGE.config``: a stage's config section (``cgaps.config`` itself is not one)."""
+    return module.count(".") == 2 and module.endswith(".config")
+
+
+def test_config_modules_are_leaves(cgaps_graph):
     """What lets cgaps.config gather every stage's options without depending on the stages."""
-    options = {m: t for m, t in cgaps_graph.items() if m.endswith(".options")}
-    assert "cgaps.labels.options" in options and "cgaps.labels.options" in cgaps_graph["cgaps.config"]
+    options = {m: t for m, t in cgaps_graph.items() if is_stage_config(m)}
+    assert "cgaps.labels.config" in options and "cgaps.labels.config" in cgaps_graph["cgaps.config"]
     allowed = {"cgaps.config_fields", "cgaps.errors"}
     assert {m: sorted(set(t) - allowed) for m, t in options.items() if set(t) - allowed} == {}
 

@@ -191,15 +191,15 @@ def test_score_killed_and_resumed(tmp_path, backend, sae):
     def compare(ref: Path, run: Path) -> None:
         for name in (rundir.CONCEPTS, rundir.OVERLAP):
             same_table(ref, run, name)
-            assert rundir.read_table_knobs(run / name) == rundir.read_table_knobs(ref / name)
+            assert rundir.read_table_config(run / name) == rundir.read_table_config(ref / name)
         assert report_context(run)["fdr"] == CFG.fdr
 
     kill_and_resume(tmp_path, lambda run: score_run(run, CFG), prepare, compare, seed=3)
 
 
-def test_a_killed_score_never_labels_a_report_with_other_knobs(tmp_path, backend, sae):
+def test_a_killed_score_never_labels_a_report_with_other_config(tmp_path, backend, sae):
     """Scored at fdr 0.05, then killed at random while rescoring at fdr 0.2: whatever the kill
-    left, the report either refuses (tables from two scorings) or shows the knobs of its tables."""
+    left, the report either refuses (tables from two scorings) or shows the config of its tables."""
     from cgaps.errors import CGapsError
     from cgaps.report.build import report_context
     from cgaps.scoring import score_run
@@ -219,9 +219,9 @@ def test_a_killed_score_never_labels_a_report_with_other_knobs(tmp_path, backend
             assert "`cgaps score` was interrupted" in str(e)
             outcomes.add("refused")
             continue
-        knobs = rundir.read_table_knobs(run / rundir.CONCEPTS)
-        assert ctx["fdr"] == knobs["fdr"] and knobs["fdr"] in (0.05, 0.2)
-        outcomes.add(knobs["fdr"])
+        scoring_config = rundir.read_table_config(run / rundir.CONCEPTS)
+        assert ctx["fdr"] == scoring_config["fdr"] and scoring_config["fdr"] in (0.05, 0.2)
+        outcomes.add(scoring_config["fdr"])
     assert outcomes  # and every outcome was one of the three honest ones
 
 
@@ -324,7 +324,7 @@ def test_compare_killed_and_rerun(tmp_path, backend, sae):
 
     def compare(ref: Path, run: Path) -> None:
         same_table(ref, run, "compare.parquet")
-        assert rundir.read_table_knobs(run / "compare.parquet") == rundir.read_table_knobs(
+        assert rundir.read_table_config(run / "compare.parquet") == rundir.read_table_config(
             ref / "compare.parquet"
         )
         assert (ref / rundir.REPORT).read_text() == (run / rundir.REPORT).read_text()

@@ -320,7 +320,7 @@ def test_a_ray_address_nothing_listens_on_is_an_error_at_once(monkeypatch):
     pytest.importorskip("ray", reason="the 'ray' extra is not installed")
     from cgaps.errors import CGapsError
     from cgaps.scaleout.cluster import cluster
-    from cgaps.scaleout.options import RayOptions
+    from cgaps.scaleout.config import RayConfig
     from helpers import free_port
 
     for name in RAY_WAITS:
@@ -331,7 +331,7 @@ def test_a_ray_address_nothing_listens_on_is_an_error_at_once(monkeypatch):
         pytest.raises(
             CGapsError, match=rf"--ray-address 127.0.0.1:{port}: cannot connect \(Connection refused\)"
         ),
-        cluster(RayOptions(ray_address=f"127.0.0.1:{port}", ray_timeout=30)),
+        cluster(RayConfig(ray_address=f"127.0.0.1:{port}", ray_timeout=30)),
     ):
         pass
     assert time.monotonic() - t0 < 5
@@ -389,9 +389,9 @@ def test_a_labeler_that_never_answers_gives_up_within_the_stated_time(silent, tm
 
     from cgaps.errors import CGapsError
     from cgaps.labels.autointerp import ChatClient
-    from cgaps.labels.options import LabelOptions
+    from cgaps.labels.config import LabelConfig
 
-    opts = LabelOptions(
+    opts = LabelConfig(
         labeler=f"http://127.0.0.1:{silent.port}/v1", labeler_model="m", llm_timeout=1, llm_retries=1
     )
     client = ChatClient(opts.labeler or "", "m", opts)

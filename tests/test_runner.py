@@ -75,10 +75,10 @@ class Backwards:
 
 def test_the_runners_implement_the_seam():
     from cgaps.runner import InProcess, Local
-    from cgaps.scaleout import RayOptions, RayRunner
+    from cgaps.scaleout import RayConfig, RayRunner
     from cgaps.seams import ChunkRunner
 
-    for runner in (Backwards(), InProcess(), RayRunner(RayOptions(ray=True))):  # RayRunner starts nothing yet
+    for runner in (Backwards(), InProcess(), RayRunner(RayConfig(ray=True))):  # RayRunner starts nothing yet
         assert isinstance(runner, ChunkRunner), runner
     # in this process: the chunks in their planned order, each computed only when asked for
     calls = []

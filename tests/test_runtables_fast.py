@@ -20,7 +20,7 @@ import pytest
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
-from cgaps.robustness.core import RobustnessOptions, ablation, robustness_run, subsampling
+from cgaps.robustness.core import RobustnessConfig, ablation, robustness_run, subsampling
 from cgaps.runtables import load_run, no_duplicate_pairs, read_saliency_coded
 from cgaps.scoring import build_matrix, compute_scores
 from cgaps.scoring.stage import score_run
@@ -238,7 +238,7 @@ def test_demo_sized_run_scores_and_robustness_identical(tmp_path):
     planted = concepts[(concepts["concept"] == 8191) & (concepts["scope"] == rundir.ALL_SCOPE)]
     assert planted["gap"].tolist() == ["weak"]  # the test ran
 
-    opts = RobustnessOptions(repeats=5)
+    opts = RobustnessConfig(repeats=5)
     got = robustness_run(run, cfg, opts)
     m = build_matrix(items, plain, 8192, presence=cfg.presence)
     assert got["subsampling"] == subsampling(m, cfg, opts)

@@ -1,5 +1,5 @@
 """Never silently wrong (issue 14): stale stages rerun, one writer per run, no stray temporaries,
-tables that carry the knobs that made them."""
+tables that carry the config that made them."""
 
 from __future__ import annotations
 
@@ -274,7 +274,7 @@ def test_a_run_directory_that_is_a_file_is_a_one_line_error(tmp_path):
         pass
 
 
-# ---------------------------------------------------------------- tables carry their scoring knobs
+# ---------------------------------------------------------------- tables carry their scoring config
 
 
 @pytest.fixture
@@ -303,20 +303,20 @@ def scorable(tmp_path):
     return tmp_path
 
 
-def test_score_stores_its_knobs_in_both_tables(scorable):
-    from cgaps.config import SCORING_KNOBS
+def test_score_stores_its_config_in_both_tables(scorable):
+    from cgaps.config import SCORING_FIELDS
     from cgaps.scoring import score_run
 
     score_run(scorable, RunConfig(fdr=0.2, min_support=2))
     stored = rundir.read_run_json(scorable)["config"]
-    want = {k: stored[k] for k in (*SCORING_KNOBS, "seed")}
+    want = {k: stored[k] for k in (*SCORING_FIELDS, "seed")}
     assert want["fdr"] == 0.2
-    assert rundir.read_table_knobs(scorable / rundir.CONCEPTS) == want
-    assert rundir.read_table_knobs(scorable / rundir.OVERLAP) == want
+    assert rundir.read_table_config(scorable / rundir.CONCEPTS) == want
+    assert rundir.read_table_config(scorable / rundir.OVERLAP) == want
     # the metadata does not change what the table reads back as
     back = pd.read_parquet(scorable / rundir.CONCEPTS)
     assert list(back.columns) == [*rundir.CONCEPT_COLUMNS, "p_value", "p_min", "theme"] and len(back) == 8 * 3
-    assert rundir.read_table_knobs(scorable / rundir.THEME_TESTS) == want
+    assert rundir.read_table_config(scorable / rundir.THEME_TESTS) == want
 
 
 def test_score_killed_before_run_json_never_mislabels_the_report(scorable, monkeypatch):
@@ -346,29 +346,29 @@ def test_tables_from_two_score_runs_are_refused(scorable, monkeypatch):
     score_run(scorable, RunConfig(fdr=0.05, min_support=2))
     real = rundir.write_table
 
-    def killed_before_concepts(df, path, knobs=None):
+    def killed_before_concepts(df, path, scoring_config=None):
         if path.name == rundir.CONCEPTS:
             raise KeyboardInterrupt
-        real(df, path, knobs)
+        real(df, path, scoring_config)
 
     monkeypatch.setattr(rundir, "write_table", killed_before_concepts)
     with pytest.raises(KeyboardInterrupt):
         score_run(scorable, RunConfig(fdr=0.2, min_support=2))
     monkeypatch.undo()
     with pytest.raises(
-        CGapsError, match=r"overlap.parquet: computed with other scoring knobs .*fdr 0.2 there, 0.05"
+        CGapsError, match=r"overlap.parquet: computed with other scoring config .*fdr 0.2 there, 0.05"
     ):
         report_context(scorable)
 
 
-def test_report_falls_back_to_run_json_for_tables_without_knobs(scorable):
+def test_report_falls_back_to_run_json_for_tables_without_config(scorable):
     from cgaps.report.build import report_context
     from cgaps.scoring import score_run
 
     score_run(scorable, RunConfig(fdr=0.1, min_support=2))
     for name in (rundir.CONCEPTS, rundir.OVERLAP):  # as an older cgaps wrote them
         rundir.write_table(pd.read_parquet(scorable / name), scorable / name)
-        assert rundir.read_table_knobs(scorable / name) is None
+        assert rundir.read_table_config(scorable / name) is None
     assert report_context(scorable)["fdr"] == 0.1
 
 

@@ -244,17 +244,17 @@ def at_chance(chi_model: Any, n_eff: Any, chance: Any, alpha: float) -> tuple[np
     return p, np.isfinite(p) & (p > alpha)
 
 
-def scored_matrix(run: RunTables, knobs: dict[str, Any] | None = None) -> SuiteMatrix:
-    """The run's saliency as its scores saw it: thresholded at the presence knob the scoring
-    tables were made with (``knobs``, from their metadata; else run.json's), on the same concept
+def scored_matrix(run: RunTables, scoring_config: dict[str, Any] | None = None) -> SuiteMatrix:
+    """The run's saliency as its scores saw it: thresholded at the presence config field the scoring
+    tables were made with (``scoring_config``, from their metadata; else run.json's), on the same concept
     scale (docs/method.md §2). Examples, contexts, counts and chance levels use this, never the
     raw table."""
-    from cgaps.config import SCORING_KNOBS
+    from cgaps.config import SCORING_FIELDS
     from cgaps.scoring.core import build_matrix
     from cgaps.scoring.stage import concept_scale
 
     cfg = run.config()
-    stored = {k: v for k, v in (knobs or {}).items() if k in SCORING_KNOBS}
+    stored = {k: v for k, v in (scoring_config or {}).items() if k in SCORING_FIELDS}
     if stored:
         cfg = cfg.replace(**stored)
     scale, _ = concept_scale(run, cfg)
@@ -297,12 +297,12 @@ def concept_chance(m: SuiteMatrix, concepts: pd.DataFrame, items: pd.DataFrame, 
     )
 
 
-def run_chance(run: RunTables, knobs: dict[str, Any] | None = None) -> pd.DataFrame:
+def run_chance(run: RunTables, scoring_config: dict[str, Any] | None = None) -> pd.DataFrame:
     """:func:`concept_chance` of a run loaded with ``results=True`` (α = its ``fdr``)."""
     if run.concepts is None:
         raise ValueError("run_chance needs the run's concepts table (load_run(..., results=True))")
-    alpha = float((knobs or {}).get("fdr", run.meta.get("config", {}).get("fdr", 0.05)))
-    return concept_chance(scored_matrix(run, knobs), run.concepts, run.items, alpha)
+    alpha = float((scoring_config or {}).get("fdr", run.meta.get("config", {}).get("fdr", 0.05)))
+    return concept_chance(scored_matrix(run, scoring_config), run.concepts, run.items, alpha)
 
 
 def strengths_at_chance(concepts: pd.DataFrame, chance: pd.DataFrame, scope: str | None = None) -> int:
@@ -325,14 +325,16 @@ def record_strengths_at_chance(
     from pathlib import Path
 
     from cgaps import rundir
-    from cgaps.config import SCORING_KNOBS
+    from cgaps.config import SCORING_FIELDS
     from cgaps.runtables import load_run
 
     run = load_run(run_dir, coded=True)
     if concepts is None:
         concepts = rundir.read_table(Path(run_dir) / rundir.CONCEPTS, "rerun `cgaps score RUN_DIR`")
-    knobs = {k: getattr(cfg, k) for k in SCORING_KNOBS}
-    flags = concept_chance(scored_matrix(run, knobs), concepts, run.items, cfg.fdr)["at_chance"].to_numpy()
+    scoring_config = {k: getattr(cfg, k) for k in SCORING_FIELDS}
+    flags = concept_chance(scored_matrix(run, scoring_config), concepts, run.items, cfg.fdr)[
+        "at_chance"
+    ].to_numpy()
     count = strengths_at_chance(concepts, pd.DataFrame({"at_chance": flags}))
     with rundir.writing(run_dir):
         rundir.update_run_json(run_dir, counts={"strengths_at_chance": count})

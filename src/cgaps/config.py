@@ -1,7 +1,7 @@
 """The user-facing configuration objects, documented field by field.
 
 - :class:`RunConfig`: everything that determines a run (items, model, SAE, scoring).
-- :class:`ReportOptions`: what ``report.html`` shows and how much of it.
+- :class:`ReportConfig`: what ``report.html`` shows and how much of it.
 
 Each field carries its help text in ``metadata["help"]`` (and, for a boolean with other
 flag names, ``metadata["flags"]``): the command-line options are generated from these
@@ -25,13 +25,13 @@ from typing import Any
 
 from cgaps import stages
 from cgaps.config_fields import check_field_types, documented, section
-from cgaps.confirm.options import ConfirmOptions
+from cgaps.confirm.config import ConfirmConfig
 from cgaps.errors import CGapsError, did_you_mean
-from cgaps.labels.options import LabelOptions
-from cgaps.pools.options import PoolOptions
-from cgaps.report.options import ReportOptions
-from cgaps.robustness.options import RobustnessOptions
-from cgaps.validate.options import ValidateOptions
+from cgaps.labels.config import LabelConfig
+from cgaps.pools.config import PoolConfig
+from cgaps.report.config import ReportConfig
+from cgaps.robustness.config import RobustnessConfig
+from cgaps.validate.config import ValidateConfig
 
 EMBEDDED = "embedded"
 
@@ -239,21 +239,21 @@ class RunConfig:
     )
     # --- the stages with options of their own: one section each, a mapping in YAML
     # (`label: {enrich_p: 0.01}`); `cgaps run` takes them as --SECTION-FIELD options
-    label: LabelOptions = section(LabelOptions, "label", "The label stage (docs/method.md §5).")
-    robustness: RobustnessOptions = section(
-        RobustnessOptions, "robustness", "The robustness checks (docs/method.md §4), when run."
+    label: LabelConfig = section(LabelConfig, "label", "The label stage (docs/method.md §5).")
+    robustness: RobustnessConfig = section(
+        RobustnessConfig, "robustness", "The robustness checks (docs/method.md §4), when run."
     )
-    validate: ValidateOptions = section(
-        ValidateOptions, "validate", "The validation checks (docs/method.md §3), when run."
+    validate: ValidateConfig = section(
+        ValidateConfig, "validate", "The validation checks (docs/method.md §3), when run."
     )
-    report: ReportOptions = section(ReportOptions, "report", "What the report shows.")
-    confirm: ConfirmOptions = section(
-        ConfirmOptions,
+    report: ReportConfig = section(ReportConfig, "report", "What the report shows.")
+    confirm: ConfirmConfig = section(
+        ConfirmConfig,
         "confirm",
         "Testing the run's calls again on fresh items (docs/method.md §7), when run.",
     )
-    fresh: PoolOptions = section(
-        PoolOptions,
+    fresh: PoolConfig = section(
+        PoolConfig,
         "confirm",
         "Where confirm (and fill) draw fresh items from: the pool (docs/method.md §7).",
     )
@@ -507,4 +507,4 @@ def config_from_run(meta: dict[str, Any], run_dir: str | Path) -> RunConfig:
 
 # The scoring stage's fields besides the seed, in the order the tables' metadata lists them
 # (cgaps.scoring.stage writes them with the seed into both tables): tagged in RunConfig.
-SCORING_KNOBS = tuple(f for f in stage_fields("score") if f != "seed")
+SCORING_FIELDS = tuple(f for f in stage_fields("score") if f != "seed")

@@ -219,7 +219,7 @@ class RunState:
 
             return reader_dtype_change(self.meta)
         if stage == "score":
-            return _knob_mismatch(self.run_dir, self.meta)
+            return _config_mismatch(self.run_dir, self.meta)
         return None
 
     def _summary(self, stage: str) -> str:
@@ -239,23 +239,25 @@ class RunState:
         return stages.stage(stage).writes[0]
 
 
-def _knob_mismatch(run_dir: Path, meta: dict[str, Any]) -> str | None:
+def _config_mismatch(run_dir: Path, meta: dict[str, Any]) -> str | None:
     """A score killed between writing its tables and run.json leaves tables whose config differs
     from run.json's (each table states its own in its metadata); the report trusts the tables, so
     this is stale, never wrong, and the reason names the fields."""
     try:
-        knobs = rundir.read_table_knobs(run_dir / rundir.CONCEPTS) or {}
+        scoring_config = rundir.read_table_config(run_dir / rundir.CONCEPTS) or {}
         other = (
-            rundir.read_table_knobs(run_dir / rundir.OVERLAP) if (run_dir / rundir.OVERLAP).exists() else None
+            rundir.read_table_config(run_dir / rundir.OVERLAP)
+            if (run_dir / rundir.OVERLAP).exists()
+            else None
         )
     except CGapsError as e:
         return f"unreadable: {e}"
-    if other is not None and knobs and other != knobs:
+    if other is not None and scoring_config and other != scoring_config:
         return f"{rundir.OVERLAP} and {rundir.CONCEPTS} were scored with other config (an interrupted score)"
     config = meta.get("config", {})
     diff = [
         f"{k} {v!r} there, {config[k]!r} in run.json"
-        for k, v in knobs.items()
+        for k, v in scoring_config.items()
         if k in config and config[k] != v
     ]
     if diff:

@@ -28,7 +28,7 @@ the plain reader, which then names the problem with the same message as ever, or
 the odd types as it always did. ``tests/test_runtables_fast.py`` checks that both readers
 give the same frame.
 
-The config is not resolved here: the report reads the knobs it shows from the scoring
+The config is not resolved here: the report reads the config it shows from the scoring
 tables' metadata (``run.json`` for older tables) and renders a run written by another tool,
 while the stages that compute call
 :meth:`RunTables.config`, which validates the stored config (docs/method.md §6).

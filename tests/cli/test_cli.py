@@ -27,9 +27,9 @@ from typer.testing import CliRunner
 from cgaps import rundir
 from cgaps.cli._common import options_from
 from cgaps.cli.main import COMMANDS, app, main
-from cgaps.config import ReportOptions, RunConfig
+from cgaps.config import ReportConfig, RunConfig
 from cgaps.errors import CGapsError
-from cgaps.robustness.options import RobustnessOptions
+from cgaps.robustness.config import RobustnessConfig
 from helpers import write_run
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "cgaps"
@@ -54,8 +54,8 @@ def _params(command: str) -> dict:
         ("extract", RunConfig, True),
         ("score", RunConfig, True),
         ("run", RunConfig, True),
-        ("report", ReportOptions, True),
-        ("robustness", RobustnessOptions, True),
+        ("report", ReportConfig, True),
+        ("robustness", RobustnessConfig, True),
     ],
 )
 def test_options_are_the_dataclass_fields(command, cls, overrides):
@@ -68,7 +68,7 @@ def test_options_are_the_dataclass_fields(command, cls, overrides):
         p, f = params[name], fields[name]
         assert p.help == f.metadata["help"], name
         assert p.default == (None if overrides else f.default), name
-    if cls is not RunConfig:  # report and robustness expose every knob of their options
+    if cls is not RunConfig:  # report and robustness expose every config field of their options
         assert set(fields) <= set(params)
     if command == "run":  # every field can override the YAML file, a section's as --SECTION-FIELD
         sections = [f for f in fields.values() if f.metadata.get("section")]
@@ -89,7 +89,7 @@ def test_no_literal_defaults_in_the_commands():
     """A field's default lives in its dataclass only: no command repeats one as a literal."""
     defaults = {
         repr(f.default)
-        for cls in (RunConfig, ReportOptions, RobustnessOptions)
+        for cls in (RunConfig, ReportConfig, RobustnessConfig)
         for f in dataclasses.fields(cls)
         if isinstance(f.default, int | float | str) and not isinstance(f.default, bool)
     }

@@ -136,7 +136,7 @@ def test_paired_table_matches_the_plain_reference(tmp_path):
     assert row["call_adjusted"] == "b_better"
     written = pd.read_parquet(tmp_path / "cmp" / "compare.parquet")
     pd.testing.assert_frame_equal(written, table)
-    assert rundir.read_table_knobs(tmp_path / "cmp" / "compare.parquet")["run_b"] == str(b)
+    assert rundir.read_table_config(tmp_path / "cmp" / "compare.parquet")["run_b"] == str(b)
 
 
 def test_same_saliency_gives_each_runs_own_chi_model(tmp_path):
@@ -232,7 +232,7 @@ def test_cli_and_page_escape_labels(tmp_path):
     assert result.exit_code == 0, result.output
     page = (out / "report.html").read_text()
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert rundir.read_table_knobs(out / "compare.parquet")["fdr"] == 0.1
+    assert rundir.read_table_config(out / "compare.parquet")["fdr"] == 0.1
 
 
 @pytest.mark.integration

@@ -13,9 +13,9 @@ import pytest
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.confirm import core
-from cgaps.confirm.options import ConfirmOptions
+from cgaps.confirm.config import ConfirmConfig
 from cgaps.errors import CGapsError
-from cgaps.pools.options import PoolOptions
+from cgaps.pools.config import PoolConfig
 from cgaps.scoring.core import build_matrix, concept_table
 from cgaps.stats import bh_adjust
 from helpers import FakeGenerator, TokenReader, make_null_or_planted_suite
@@ -194,8 +194,8 @@ def test_confirm_end_to_end(scored_run, monkeypatch):
     assert x in set(calls["concept"]) and calls.set_index("concept").loc[x, "gap"] == "weak"
     # the stage loads the reader through Reader.get: hand it the tiny one
     monkeypatch.setattr(Reader, "get", lambda self: (backend, spec))
-    opts = ConfirmOptions(per_concept=30, responses=str(responses), themes=False)
-    out = confirm_run(run, opts, PoolOptions(pool=str(pool)))
+    opts = ConfirmConfig(per_concept=30, responses=str(responses), themes=False)
+    out = confirm_run(run, opts, PoolConfig(pool=str(pool)))
     assert list(out.columns) == list(CONFIRMATION_COLUMNS)
     assert pd.read_parquet(run / CONFIRMATION).shape == out.shape
     called = out[out["role"] == "called"].set_index("id")
@@ -207,12 +207,12 @@ def test_confirm_end_to_end(scored_run, monkeypatch):
     fresh = rundir.read_items(run / "confirm")
     assert fresh["item_id"].str.startswith("other/").all()
     assert (fresh["score"] >= 0).all() and len(fresh) <= 60
-    knobs = rundir.read_table_knobs(run / CONFIRMATION)
-    assert knobs["confirm"]["rates"]["concepts"]["replicated"] == int(called["replicated"].sum())
-    assert knobs["concepts_digest"] == rundir.file_digest(run / rundir.CONCEPTS)
+    scoring_config = rundir.read_table_config(run / CONFIRMATION)
+    assert scoring_config["confirm"]["rates"]["concepts"]["replicated"] == int(called["replicated"].sum())
+    assert scoring_config["concepts_digest"] == rundir.file_digest(run / rundir.CONCEPTS)
     # a rerun reuses the graded and extracted fresh items (nothing to load, same table)
     monkeypatch.setattr(Reader, "get", lambda self: pytest.fail("extracted again"))
-    again = confirm_run(run, opts, PoolOptions(pool=str(pool)))
+    again = confirm_run(run, opts, PoolConfig(pool=str(pool)))
     pd.testing.assert_frame_equal(again, out)
 
 
@@ -221,9 +221,9 @@ def test_confirm_refuses_a_pool_of_the_run_itself(scored_run):
 
     run, *_ = scored_run
     with pytest.raises(CGapsError, match="no fresh items"):
-        confirm_run(run, ConfirmOptions(themes=False), PoolOptions(pool=str(run)))
+        confirm_run(run, ConfirmConfig(themes=False), PoolConfig(pool=str(run)))
     with pytest.raises(CGapsError, match=r"--scope 'ALLL' is not a scope"):
-        confirm_run(run, ConfirmOptions(scope="ALLL"), PoolOptions(pool=str(run)))
+        confirm_run(run, ConfirmConfig(scope="ALLL"), PoolConfig(pool=str(run)))
 
 
 # ---------------------------------------------------------------- report section and explorer routes
@@ -234,7 +234,7 @@ def test_report_and_explorer_show_fill_and_confirm(scored_run, monkeypatch):
     from fastapi.testclient import TestClient
 
     from cgaps.confirm.stage import confirm_run
-    from cgaps.fill.options import FillOptions
+    from cgaps.fill.config import FillConfig
     from cgaps.fill.stage import fill_run
     from cgaps.pools.coverage import Reader
     from cgaps.report.build import build_report
@@ -250,11 +250,11 @@ def test_report_and_explorer_show_fill_and_confirm(scored_run, monkeypatch):
     rundir.write_table(labels, run / rundir.LABELS)
     out = confirm_run(
         run,
-        ConfirmOptions(per_concept=30, responses=str(responses), themes=False),
-        PoolOptions(pool=str(pool)),
+        ConfirmConfig(per_concept=30, responses=str(responses), themes=False),
+        PoolConfig(pool=str(pool)),
     )
     fill_run(
-        run, FillOptions(benchmark="bench", budget=4), PoolOptions(pool=str(pool)), backend=reader, sae=spec
+        run, FillConfig(benchmark="bench", budget=4), PoolConfig(pool=str(pool)), backend=reader, sae=spec
     )
     report = build_report(run)
     html = Path(report).read_text()
@@ -304,7 +304,7 @@ def test_confirm_evaluates_fresh_items_with_the_runs_model(scored_run, monkeypat
     )
     monkeypatch.setattr(Reader, "get", lambda self: (reader, spec))
     out = confirm_run(
-        run, ConfirmOptions(per_concept=30, themes=False, model="other-model"), PoolOptions(pool=str(pool))
+        run, ConfirmConfig(per_concept=30, themes=False, model="other-model"), PoolConfig(pool=str(pool))
     )
     assert asked == ["other-model"]  # --model answers; the run's reader still reads
     stored = rundir.read_run_json(run / "confirm")["config"]

@@ -66,7 +66,7 @@ def run_dir(tmp_path):
     return tmp_path
 
 
-def test_generation_batch_is_its_own_knob(run_dir):
+def test_generation_batch_is_its_own_config_field(run_dir):
     """generate_batch_size sizes generation calls only; log-likelihoods (and extraction) keep batch_size."""
     seen: dict[str, list[tuple[int, int]]] = {"generate": [], "loglik": []}
 

@@ -14,9 +14,9 @@ from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.fill import core
-from cgaps.fill.options import FillOptions
+from cgaps.fill.config import FillConfig
+from cgaps.pools.config import PoolConfig
 from cgaps.pools.coverage import presence_matrix
-from cgaps.pools.options import PoolOptions
 from cgaps.scoring import compute_scores
 from helpers import TokenReader, make_suite
 
@@ -206,8 +206,8 @@ def test_fill_end_to_end_with_verify(tiny_run, tmp_path):
     out = tmp_path / "out"
     summary = fill_run(
         run,
-        FillOptions(benchmark="beta", budget=3, verify=True),
-        PoolOptions(pool=str(run)),
+        FillConfig(benchmark="beta", budget=3, verify=True),
+        PoolConfig(pool=str(run)),
         out,
         backend=backend,
         sae=spec,
@@ -243,9 +243,7 @@ def test_fill_end_to_end_with_verify(tiny_run, tmp_path):
     first = json.loads((out / "selection.jsonl").read_text().splitlines()[0])
     assert first["covers"] and {"concept", "label", "target"} <= set(first["covers"][0])
     # a rerun reads everything back without extracting (the reader is not even asked)
-    again = fill_run(
-        run, FillOptions(benchmark="beta", budget=3, verify=True), PoolOptions(pool=str(run)), out
-    )
+    again = fill_run(run, FillConfig(benchmark="beta", budget=3, verify=True), PoolConfig(pool=str(run)), out)
     assert again["arms"]["fill"]["items"] == summary["arms"]["fill"]["items"]
 
 
@@ -254,13 +252,13 @@ def test_fill_errors_are_one_line(tiny_run, tmp_path):
 
     run, _, _ = tiny_run
     with pytest.raises(CGapsError, match=r"--benchmark 'betta' is not a benchmark .* Did you mean 'beta'"):
-        fill_run(run, FillOptions(benchmark="betta"), PoolOptions(pool=str(run)), tmp_path / "o")
+        fill_run(run, FillConfig(benchmark="betta"), PoolConfig(pool=str(run)), tmp_path / "o")
     with pytest.raises(CGapsError, match="give --pool"):
-        fill_run(run, FillOptions(benchmark="beta"), PoolOptions(), tmp_path / "o")
+        fill_run(run, FillConfig(benchmark="beta"), PoolConfig(), tmp_path / "o")
     with pytest.raises(CGapsError, match="--pool-limit applies to a suite"):
-        fill_run(run, FillOptions(benchmark="beta"), PoolOptions(pool=str(run), pool_limit=3), tmp_path / "o")
+        fill_run(run, FillConfig(benchmark="beta"), PoolConfig(pool=str(run), pool_limit=3), tmp_path / "o")
     with pytest.raises(CGapsError, match="fill option 'budget'"):
-        FillOptions(benchmark="beta", budget=0)
+        FillConfig(benchmark="beta", budget=0)
     assert not (tmp_path / "o" / "fill.json").exists()
 
 
@@ -314,13 +312,11 @@ def test_a_reference_run_decides_what_counts(tiny_run, tmp_path):
         [{"item_id": f"r/{k}", "benchmark": "r", "prompt": p, "reference": "1"} for k, p in enumerate(words)]
     )
     _write_run(ref, items, cfg, reader, spec)
-    common = fill_run(
-        run, FillOptions(benchmark="beta", budget=2), PoolOptions(pool=str(run)), tmp_path / "a"
-    )
+    common = fill_run(run, FillConfig(benchmark="beta", budget=2), PoolConfig(pool=str(run)), tmp_path / "a")
     narrow = fill_run(
         run,
-        FillOptions(benchmark="beta", budget=2, reference=str(ref)),
-        PoolOptions(pool=str(run)),
+        FillConfig(benchmark="beta", budget=2, reference=str(ref)),
+        PoolConfig(pool=str(run)),
         tmp_path / "b",
         backend=reader,
         sae=spec,
@@ -337,8 +333,8 @@ def test_a_reference_run_decides_what_counts(tiny_run, tmp_path):
     with pytest.raises(CGapsError, match="--reference .* another SAE"):
         fill_run(
             run,
-            FillOptions(benchmark="beta", reference=str(other)),
-            PoolOptions(pool=str(run)),
+            FillConfig(benchmark="beta", reference=str(other)),
+            PoolConfig(pool=str(run)),
             tmp_path / "c",
         )
 
@@ -355,14 +351,14 @@ def test_a_one_benchmark_run_takes_the_pool_as_reference(tmp_path):
     _write_run(run, suite[suite["benchmark"] == "beta"], cfg, reader, spec)
     _write_run(pool, suite[suite["benchmark"] != "beta"], cfg, reader, spec)
     summary = fill_run(
-        run, FillOptions(benchmark="beta", budget=2), PoolOptions(pool=str(pool)), tmp_path / "o"
+        run, FillConfig(benchmark="beta", budget=2), PoolConfig(pool=str(pool)), tmp_path / "o"
     )
     assert summary["reference"].startswith("the pool") and summary["targets"]["missing"] >= 10
     assert summary["arms"]["fill"]["predicted"]["missing"] < summary["before"]["missing"]
     with pytest.raises(CGapsError, match="only benchmark .* give --pool or --reference"):
         fill_run(
             run,
-            FillOptions(benchmark="beta"),
-            PoolOptions(generator="openai://127.0.0.1:9/v1/m"),
+            FillConfig(benchmark="beta"),
+            PoolConfig(generator="openai://127.0.0.1:9/v1/m"),
             tmp_path / "p",
         )

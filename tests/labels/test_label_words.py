@@ -503,13 +503,13 @@ def _planted_run(root, tokenizer):
 
 
 def test_label_stage_writes_words_phrases_and_format(tmp_path):
-    from cgaps.labels.options import LabelOptions
+    from cgaps.labels.config import LabelConfig
     from cgaps.labels.stage import label_run
     from helpers import embedded_tokenizer
 
     tok = embedded_tokenizer()
     run = _planted_run(tmp_path / "run", tok)
-    table = label_run(run, LabelOptions(min_log_odds=1.0), backend=_Reader(tok)).set_index("concept")
+    table = label_run(run, LabelConfig(min_log_odds=1.0), backend=_Reader(tok)).set_index("concept")
     assert {"phrase", "format", "format_share"} <= set(table.columns)
     # "only" ends three instructions shared by every item: format, and its label says so
     assert bool(table.loc[0, "format"]) and table.loc[0, "format_share"] == 1.0
@@ -542,7 +542,7 @@ def test_label_stage_writes_words_phrases_and_format(tmp_path):
     pd.DataFrame({"concept": [0, 1], "label": ["the word only", "scriptures"]}).to_csv(
         labels_file, index=False
     )
-    again = label_run(run, LabelOptions(min_log_odds=1.0, labels_file=str(labels_file)), backend=_Reader(tok))
+    again = label_run(run, LabelConfig(min_log_odds=1.0, labels_file=str(labels_file)), backend=_Reader(tok))
     assert again.set_index("concept").loc[[0, 1], "label"].tolist() == ["format: the word only", "scriptures"]
 
 

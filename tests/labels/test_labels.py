@@ -309,7 +309,7 @@ import threading  # noqa: E402
 
 from cgaps.config import RunConfig  # noqa: E402
 from cgaps.labels.autointerp import CACHE, balanced_accuracy, parse_numbers  # noqa: E402
-from cgaps.labels.options import LabelOptions  # noqa: E402
+from cgaps.labels.config import LabelConfig  # noqa: E402
 
 
 class _Endpoint(http.server.BaseHTTPRequestHandler):
@@ -432,7 +432,7 @@ def test_llm_labels_cached_resumed_rate_limited_and_retried(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        opts = LabelOptions(labeler=url, labeler_model="fake", llm_concepts=2, llm_rate=5.0, llm_retries=2)
+        opts = LabelConfig(labeler=url, labeler_model="fake", llm_concepts=2, llm_rate=5.0, llm_retries=2)
         table = label_run(run, opts)
         assert table.loc[0, "llm_label"] == "weekday names"
         assert table.loc[0, "llm_score"] == 1.0  # the held-out Monday texts found, the others left out
@@ -448,7 +448,7 @@ def test_llm_labels_cached_resumed_rate_limited_and_retried(tmp_path):
         assert again.loc[0, "llm_score"] == 1.0
     finally:
         server.shutdown()
-    opts = LabelOptions(labeler="http://127.0.0.1:9/v1", labeler_model="fake", llm_concepts=3, llm_retries=0)
+    opts = LabelConfig(labeler="http://127.0.0.1:9/v1", labeler_model="fake", llm_concepts=3, llm_retries=0)
     with pytest.raises(CGapsError, match="labeler request failed.*rerun to resume"):
         label_run(run, opts)  # the third concept is not cached and nothing answers
 
@@ -457,11 +457,11 @@ def test_api_key_env_must_be_set(tmp_path, monkeypatch):
     from cgaps.labels.autointerp import AutoInterp
 
     monkeypatch.delenv("CGAPS_TEST_KEY", raising=False)
-    opts = LabelOptions(labeler="http://127.0.0.1:9/v1", labeler_model="m", api_key_env="CGAPS_TEST_KEY")
+    opts = LabelConfig(labeler="http://127.0.0.1:9/v1", labeler_model="m", api_key_env="CGAPS_TEST_KEY")
     with pytest.raises(CGapsError, match="'CGAPS_TEST_KEY' is not set"):
         AutoInterp(tmp_path, opts)
     with pytest.raises(CGapsError, match="needs --labeler-model"):
-        LabelOptions(labeler="http://127.0.0.1:9/v1")
+        LabelConfig(labeler="http://127.0.0.1:9/v1")
 
 
 @pytest.mark.slow
@@ -515,7 +515,7 @@ def test_llm_labels_against_a_real_llama_cpp_server(tmp_path):
             assert proc.poll() is None, "the llama.cpp server exited"
             assert time.monotonic() < deadline, "the llama.cpp server did not start in 180 s"
             time.sleep(1)
-        opts = LabelOptions(labeler=url, labeler_model="smollm2", llm_concepts=2, llm_timeout=300.0)
+        opts = LabelConfig(labeler=url, labeler_model="smollm2", llm_concepts=2, llm_timeout=300.0)
         table = label_run(run, opts)
     finally:
         proc.terminate()

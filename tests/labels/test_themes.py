@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.labels import evidence, themes
-from cgaps.labels.options import LabelOptions
+from cgaps.labels.config import LabelConfig
 from cgaps.labels.stage import LABELS_TABLE_COLUMNS, THEMES, label_run, thresholded_matrix
 from cgaps.runtables import load_run
 from cgaps.sae import load_sae
@@ -177,7 +177,7 @@ def test_label_stage_end_to_end(tmp_path, tiny_backend):
     from cgaps.labels.stage import peak_words, read_run_text
 
     spec = _tiny_run(tmp_path, tiny_backend)
-    table = label_run(tmp_path, LabelOptions(min_log_odds=0.0, prior=5.0), backend=tiny_backend, sae=spec)
+    table = label_run(tmp_path, LabelConfig(min_log_odds=0.0, prior=5.0), backend=tiny_backend, sae=spec)
     stored = pd.read_parquet(tmp_path / rundir.LABELS)
     assert list(stored.columns) == list(LABELS_TABLE_COLUMNS)
     assert stored["concept"].tolist() == list(range(24))
@@ -205,8 +205,8 @@ def test_label_stage_end_to_end(tmp_path, tiny_backend):
     assert (stored.loc[present, "source"] == "evidence").all()
     assert (stored.loc[~present, "label"] == "").all()
     assert (tmp_path / THEMES).exists()
-    knobs = rundir.read_table_knobs(tmp_path / THEMES)
-    assert knobs["presence"] == 0.2 and knobs["theme_cut"] == 0.4
+    scoring_config = rundir.read_table_config(tmp_path / THEMES)
+    assert scoring_config["presence"] == 0.2 and scoring_config["theme_cut"] == 0.4
     meta = rundir.read_run_json(tmp_path)
     assert meta["inputs"]["label"]["evidence"] and "themes" in meta["counts"]
 
@@ -214,10 +214,10 @@ def test_label_stage_end_to_end(tmp_path, tiny_backend):
     pd.DataFrame({"concept": [1], "label": ["hand label"]}).to_csv(tmp_path / "l.csv", index=False)
     label_run(
         tmp_path,
-        LabelOptions(min_log_odds=0.0, prior=5.0, labels_file=str(tmp_path / "l.csv")),
+        LabelConfig(min_log_odds=0.0, prior=5.0, labels_file=str(tmp_path / "l.csv")),
         backend=tiny_backend,
         sae=spec,
     )
-    again = label_run(tmp_path, LabelOptions(min_log_odds=0.0, prior=5.0), backend=tiny_backend, sae=spec)
+    again = label_run(tmp_path, LabelConfig(min_log_odds=0.0, prior=5.0), backend=tiny_backend, sae=spec)
     assert again.loc[1, "label"] == "hand label" and again.loc[1, "source"] == "imported"
     pd.testing.assert_series_equal(again["tokens"], stored["tokens"])

@@ -152,7 +152,7 @@ def test_order_concurrency_and_greedy_settings(server_factory):
 
 
 def test_extra_body_fields_reach_every_request(server_factory):
-    """``body.NAME=VALUE``: the server's own sampling knobs (llama.cpp's repeat_penalty), JSON-typed,
+    """``body.NAME=VALUE``: the server's own sampling config (llama.cpp's repeat_penalty), JSON-typed,
     on chat and plain-text requests alike, and recorded with the decoding settings."""
     srv = server_factory()
     gen = OpenAIGenerator(srv.url("body.repeat_penalty=1&body.top_k=1&body.mirostat_mode=off"))

@@ -14,9 +14,9 @@ import pytest
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.models.openai import OpenAIGenerator
+from cgaps.pools.config import PoolConfig
 from cgaps.pools.coverage import Reader
 from cgaps.pools.generated import DRAFTS, checkable, generate_pool, parse, request
-from cgaps.pools.options import PoolOptions
 from helpers import TokenReader, llama_cpp_server
 
 
@@ -113,7 +113,7 @@ def test_drafts_are_kept_only_where_the_target_is_present_and_cached(tmp_path, m
         return [next(replies) for _ in conversations]
 
     monkeypatch.setattr(OpenAIGenerator, "generate", scripted)
-    opts = PoolOptions(generator="openai://127.0.0.1:9/v1/m", drafts=4)
+    opts = PoolConfig(generator="openai://127.0.0.1:9/v1/m", drafts=4)
     scale = np.ones(256)
     labels = {target: "rivers"}
     kept, stats = generate_pool(
@@ -162,7 +162,7 @@ def test_generated_items_against_a_real_llama_cpp_server(tmp_path, smollm):
     counts = firing[firing["on"]].groupby("concept").size()
     concepts = counts[(counts >= 3) & (counts <= 12)].index.to_numpy()[:3]
     with llama_cpp_server(tmp_path / "server.log", n_batch=1) as port:  # see the helper: a build bug
-        opts = PoolOptions(generator=f"openai://127.0.0.1:{port}/v1/smollm2?concurrency=2", drafts=3)
+        opts = PoolConfig(generator=f"openai://127.0.0.1:{port}/v1/smollm2?concurrency=2", drafts=3)
         t0 = time.perf_counter()
         kept, stats = generate_pool(
             run, concepts, opts, tmp_path / "gen", Reader(cfg, smollm), cfg, scale, {}

@@ -24,7 +24,7 @@ from scipy import stats
 
 from cgaps import rundir
 from cgaps.errors import CGapsError
-from cgaps.report import ReportOptions, figures
+from cgaps.report import ReportConfig, figures
 from cgaps.report.build import build_report
 from cgaps.scoring.stage import score_run
 from cgaps.stats import bh_adjust, wilson
@@ -481,7 +481,7 @@ def test_cli(tmp_path):
 
 def test_options_validated():
     with pytest.raises(CGapsError, match="top"):
-        ReportOptions(top=0)
+        ReportConfig(top=0)
 
 
 def test_with_the_scoring_stage(tmp_path):
@@ -633,9 +633,9 @@ def test_findings_and_themes_from_the_labels_stage(tmp_path):
     figures = dict(kv.split("=") for kv in out.split())
     assert int(figures["gap_themes"]) == n_gap_themes
     assert 0 < float(figures["purity_mass"]) <= float(figures["bound"]) + 1e-9 <= 1 + 1e-9
-    # themes made under other scoring knobs are left out, saying why
+    # themes made under other scoring config are left out, saying why
     concepts = pd.read_parquet(run / rundir.CONCEPTS)
-    rundir.write_table(concepts, run / rundir.CONCEPTS, knobs={"fdr": 0.2})
+    rundir.write_table(concepts, run / rundir.CONCEPTS, scoring_config={"fdr": 0.2})
     text = build_report(run).read_text()
     assert 'id="themes"' not in text and "rerun `cgaps label RUN_DIR`" in text
 
@@ -659,7 +659,7 @@ def test_examples_and_contexts_obey_presence(tmp_path):
     pairs = set(zip(present["item_id"], present["concept"], strict=True))
     assert len(pairs) < len(sal)  # the threshold drops rows: the check below is not idle
     items = pd.read_parquet(run / rundir.ITEMS).set_index("item_id")["benchmark"]
-    ctx = report_context(run, ReportOptions(examples=3, contexts=3))
+    ctx = report_context(run, ReportConfig(examples=3, contexts=3))
     small = 0
     for kind, blocks in ctx["tables"].items():
         for block in blocks:

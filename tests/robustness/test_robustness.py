@@ -12,7 +12,7 @@ from cgaps.config import RunConfig
 
 # the recomputations below are presence-free (tau = 0); presence itself is tested in test_scoring.py
 from cgaps.errors import CGapsError
-from cgaps.robustness.core import RobustnessOptions, ablation, subsample_rows, subsampling
+from cgaps.robustness.core import RobustnessConfig, ablation, subsample_rows, subsampling
 from cgaps.scoring import build_matrix, compute_scores
 from helpers import make_suite, write_run
 
@@ -33,7 +33,7 @@ def test_subsampling_matches_recomputation(suite):
     items, sal, m = suite
     cfg = RunConfig(seed=4, presence=0.0)
     repeats = 3
-    res = subsampling(m, cfg, RobustnessOptions(repeats=repeats, drop=0.2))
+    res = subsampling(m, cfg, RobustnessConfig(repeats=repeats, drop=0.2))
     # Same draws, recomputed from scratch on the items tables.
     rng = np.random.default_rng(cfg.seed)
     chi_model, chi_bench = [], []
@@ -63,18 +63,18 @@ def test_subsampling_matches_recomputation(suite):
 
 def test_subsampling_is_seeded(suite):
     _, _, m = suite
-    a = subsampling(m, RunConfig(seed=1, presence=0.0), RobustnessOptions(repeats=4))
-    b = subsampling(m, RunConfig(seed=1, presence=0.0), RobustnessOptions(repeats=4))
-    c = subsampling(m, RunConfig(seed=2, presence=0.0), RobustnessOptions(repeats=4))
+    a = subsampling(m, RunConfig(seed=1, presence=0.0), RobustnessConfig(repeats=4))
+    b = subsampling(m, RunConfig(seed=1, presence=0.0), RobustnessConfig(repeats=4))
+    c = subsampling(m, RunConfig(seed=2, presence=0.0), RobustnessConfig(repeats=4))
     assert a == b and a["mean_std_chi_model"] != c["mean_std_chi_model"]
-    none = subsampling(m, RunConfig(presence=0.0), RobustnessOptions(repeats=3, drop=0.0))
+    none = subsampling(m, RunConfig(presence=0.0), RobustnessConfig(repeats=3, drop=0.0))
     assert none["mean_std_chi_model"] == pytest.approx(0, abs=1e-12)
 
 
 def test_ablation_matches_recomputation_and_moves_the_median(suite):
     items, sal, m = suite
     cfg = RunConfig(presence=0.0)
-    res = ablation(m, cfg, RobustnessOptions(top=20, max_delete=0.02))
+    res = ablation(m, cfg, RobustnessConfig(top=20, max_delete=0.02))
     full, _ = compute_scores(items, sal, 200, cfg)
     allc = full[full["scope"] == "ALL"]
     eligible = allc[allc["support"] >= cfg.min_support]
@@ -115,9 +115,9 @@ def test_options_defaults_and_validation():
     """The one set of defaults, and a bad value named with its option and the rule."""
     import dataclasses
 
-    defaults = {f.name: f.default for f in dataclasses.fields(RobustnessOptions)}
+    defaults = {f.name: f.default for f in dataclasses.fields(RobustnessConfig)}
     assert defaults == {"repeats": 100, "drop": 0.2, "top": 100, "max_delete": 0.01}
-    assert all(f.metadata["help"] for f in dataclasses.fields(RobustnessOptions))
+    assert all(f.metadata["help"] for f in dataclasses.fields(RobustnessConfig))
     for bad, flag in (
         ({"repeats": 1}, "--repeats"),
         ({"drop": 1.0}, "--drop"),
@@ -128,7 +128,7 @@ def test_options_defaults_and_validation():
         ({"repeats": 2.5}, "--repeats"),
     ):
         with pytest.raises(CGapsError, match=flag):
-            RobustnessOptions(**bad)
+            RobustnessConfig(**bad)
 
 
 def test_cli_rejects_bad_option(tmp_path):

@@ -130,7 +130,7 @@ def test_table_names_and_near_misses():
 
 
 def _same_as_pandas(df: pd.DataFrame, tmp_path: Path, name: str, **kw) -> None:
-    """write_table writes exactly the bytes of DataFrame.to_parquet (knobs aside)."""
+    """write_table writes exactly the bytes of DataFrame.to_parquet (config aside)."""
     ours, theirs = tmp_path / "a" / name, tmp_path / "b" / name
     theirs.parent.mkdir(parents=True, exist_ok=True)
     rundir.write_table(df, ours, **kw)
@@ -174,7 +174,7 @@ def test_writers_refuse_what_the_schema_does_not_declare(tmp_path):
     with pytest.raises(
         TypeError, match="concept is double, not int32; scope is double, not large_string; support is double"
     ):
-        rundir.write_table(concepts, tmp_path / rundir.CONCEPTS, knobs={"x": 1})
+        rundir.write_table(concepts, tmp_path / rundir.CONCEPTS, scoring_config={"x": 1})
     assert path.read_bytes() == before and not (tmp_path / rundir.CONCEPTS).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [rundir.ITEMS]  # no temporary left
     # an explicit schema checks a file of any name

@@ -76,13 +76,13 @@ from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
 from cgaps.evaluate.stage import evaluate_run
 from cgaps.extract.stage import extract_run
-from cgaps.scaleout import RayOptions, RayRunner, runner as ray_runner
+from cgaps.scaleout import RayConfig, RayRunner, runner as ray_runner
 from cgaps.scaleout.cluster import Worker
 
 root, cfg_json = Path(sys.argv[1]), sys.argv[2]
 cfg = RunConfig(**json.loads(cfg_json))
 stage.SHARD_ITEMS = int(sys.argv[3])
-opts = RayOptions(ray=True, ray_workers=2)
+opts = RayConfig(ray=True, ray_workers=2)
 runner = CliRunner()
 result = {}
 
@@ -319,16 +319,16 @@ def test_without_ray_the_flag_names_the_extra(monkeypatch):
 
 def test_ray_options_are_checked():
     from cgaps.errors import CGapsError
-    from cgaps.scaleout import RayOptions, ray_options
+    from cgaps.scaleout import RayConfig, ray_options
 
     assert ray_options({"ray": False, "ray_address": None, "ray_workers": None}) is None
-    assert ray_options({"ray": False, "ray_address": "auto", "ray_workers": None}) == RayOptions(
+    assert ray_options({"ray": False, "ray_address": "auto", "ray_workers": None}) == RayConfig(
         ray_address="auto"
     )
     with pytest.raises(CGapsError, match="--ray-workers"):
-        RayOptions(ray=True, ray_workers=0)
+        RayConfig(ray=True, ray_workers=0)
     with pytest.raises(CGapsError, match="needs --ray"):
-        RayOptions(ray_workers=2)
+        RayConfig(ray_workers=2)
 
 
 @pytest.mark.slow
@@ -361,19 +361,19 @@ class _FakeRay:
 
 def test_one_worker_per_gpu_else_per_core():
     from cgaps.errors import CGapsError
-    from cgaps.scaleout import RayOptions
+    from cgaps.scaleout import RayConfig
     from cgaps.scaleout.cluster import worker_resources
 
     gpus = _FakeRay({"GPU": 8.0, "CPU": 64.0})
-    assert worker_resources(gpus, RayOptions(ray=True), "auto") == (8, {"num_gpus": 1, "num_cpus": 1})
-    assert worker_resources(gpus, RayOptions(ray=True, ray_workers=3), "cuda") == (
+    assert worker_resources(gpus, RayConfig(ray=True), "auto") == (8, {"num_gpus": 1, "num_cpus": 1})
+    assert worker_resources(gpus, RayConfig(ray=True, ray_workers=3), "cuda") == (
         3,
         {"num_gpus": 1, "num_cpus": 1},
     )
-    assert worker_resources(gpus, RayOptions(ray=True), "cpu") == (64, {"num_cpus": 1})
-    assert worker_resources(_FakeRay({"CPU": 2.0}), RayOptions(ray=True), "auto") == (2, {"num_cpus": 1})
+    assert worker_resources(gpus, RayConfig(ray=True), "cpu") == (64, {"num_cpus": 1})
+    assert worker_resources(_FakeRay({"CPU": 2.0}), RayConfig(ray=True), "auto") == (2, {"num_cpus": 1})
     with pytest.raises(CGapsError, match="--ray-workers 9, but the Ray cluster has 8 GPU"):
-        worker_resources(gpus, RayOptions(ray=True, ray_workers=9), "auto")
+        worker_resources(gpus, RayConfig(ray=True, ray_workers=9), "auto")
 
 
 def test_a_worker_reads_cuda_n_as_its_own_gpu():
@@ -405,7 +405,7 @@ def test_the_commands_hand_their_ray_options_to_the_stages(tmp_path, monkeypatch
     import cgaps.extract.stage
     import cgaps.pipeline
     from cgaps.cli.main import app
-    from cgaps.scaleout import RayOptions
+    from cgaps.scaleout import RayConfig
 
     seen: list[tuple[str, object]] = []
     items = ITEMS.assign(response="x", score=1.0)
@@ -433,8 +433,8 @@ def test_the_commands_hand_their_ray_options_to_the_stages(tmp_path, monkeypatch
         result = CliRunner().invoke(app, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
     assert seen == [
-        ("evaluate", RayOptions(ray=True, ray_workers=3)),
-        ("extract", RayOptions(ray_address="auto")),
+        ("evaluate", RayConfig(ray=True, ray_workers=3)),
+        ("extract", RayConfig(ray_address="auto")),
         ("extract", None),
-        ("run", RayOptions(ray=True)),
+        ("run", RayConfig(ray=True)),
     ]

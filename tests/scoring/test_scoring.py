@@ -55,7 +55,7 @@ def test_fast_path_matches_reference(seed):
 
 
 @pytest.mark.integration
-def test_fast_path_matches_reference_other_knobs():
+def test_fast_path_matches_reference_other_config():
     items, sal = make_suite(7)
     cfg = RunConfig(min_support=12, under_pct=25, over_pct=60, fdr=0.2, ci_level=0.8, presence=0.3)
     concepts, overlap = compute_scores(items, sal, 200, cfg)
@@ -423,7 +423,7 @@ def test_cli_score(tmp_path):
     assert concepts.loc[concepts["support"] < 8, "q_value"].isna().all()
 
 
-def test_cli_score_rejects_bad_knob(tmp_path):
+def test_cli_score_rejects_bad_config_field(tmp_path):
     from typer.testing import CliRunner
 
     from cgaps.cli.main import app

@@ -89,7 +89,7 @@ def test_theme_structure_never_reads_scores():
 
 
 @pytest.mark.parametrize(
-    "knobs",
+    "scoring_config",
     [
         {},
         {"presence": 0.3, "fdr": 0.2, "min_support": 8},
@@ -99,9 +99,9 @@ def test_theme_structure_never_reads_scores():
     ],
 )
 @pytest.mark.integration
-def test_joint_calls_match_reference(knobs):
+def test_joint_calls_match_reference(scoring_config):
     items, sal = make_topic_suite(0, planted=(0, 3))
-    cfg = RunConfig(**knobs)
+    cfg = RunConfig(**scoring_config)
     m, themes, concepts, tests = _scored(items, sal, N_TOPIC_CONCEPTS, cfg)
     members = [sorted(int(c) for c in cs) for cs in themes.members]
     ref, ref_tests, _ = reference_tables(items, sal, N_TOPIC_CONCEPTS, cfg, themes=members)

@@ -482,7 +482,7 @@ def test_concept_rows_carry_their_chance_level(client, runs):
     from cgaps.chance import run_chance
     from cgaps.runtables import load_run
 
-    ref = run_chance(load_run(runs["a"], results=True), rundir.read_table_knobs(runs["a"] / rundir.CONCEPTS))
+    ref = run_chance(load_run(runs["a"], results=True), rundir.read_table_config(runs["a"] / rundir.CONCEPTS))
     rows = client.get("/api/concepts", params={"sort": "concept", "per_page": 500}).json()["rows"]
     want = ref[ref["scope"] == "ALL"].set_index("concept")
     for r in rows:

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from cgaps.errors import CGapsError
 from cgaps.scoring import score_run
+from cgaps.validate.config import ValidateConfig
 from cgaps.validate.core import permuted_scores, validate_run
-from cgaps.validate.options import ValidateOptions
 from helpers import (
     TOPIC_SUITE_CONCEPTS,
     WEAK_PLANTED,
@@ -43,7 +43,7 @@ def test_validate_run_on_a_suite_with_families(tmp_path):
     items["category"] = ["hard" if i in weak_items else "easy" for i in items["item_id"]]
     run = write_run(tmp_path / "run", items, sal, {"n_concepts": 200})
     score_run(run)
-    out = validate_run(run, ValidateOptions(null_draws=5, planted_repeats=2, shuffles=50))
+    out = validate_run(run, ValidateConfig(null_draws=5, planted_repeats=2, shuffles=50))
     assert json.loads((run / "validation.json").read_text())["null"]["draws"] == 5
     assert out["null"]["draws_with_calls"] <= 1
     cell = {(r["support"], r["effect"]): r for r in out["planted"]}
@@ -59,7 +59,7 @@ def test_validate_null_calibration_over_20_draws(tmp_path):
     items, sal, _ = make_null_or_planted_suite(3, null=True)
     run = write_run(tmp_path / "run", items, sal, {"n_concepts": 300})
     score_run(run)
-    out = validate_run(run, ValidateOptions(null_draws=40, planted_repeats=0))
+    out = validate_run(run, ValidateConfig(null_draws=40, planted_repeats=0))
     # permutations of one suite's scores: measured 3 of 120 draws call anything (2.5%) on three such
     # suites; the 1-in-20 promise over independent suites is asserted in test_scoring.py
     assert out["null"]["draws_with_calls"] <= 4 and out["families"] is None
@@ -67,7 +67,7 @@ def test_validate_null_calibration_over_20_draws(tmp_path):
 
 def test_validate_options_name_the_flag():
     with pytest.raises(CGapsError, match="--null-draws"):
-        ValidateOptions(null_draws=0)
+        ValidateConfig(null_draws=0)
 
 
 def test_cli_validate(tmp_path):
@@ -133,7 +133,7 @@ def test_validate_run_writes_topics_and_power(tmp_path):
     run = write_run(tmp_path / "run", items, sal, {"n_concepts": TOPIC_SUITE_CONCEPTS})
     score_run(run)
     out = validate_run(
-        run, ValidateOptions(null_draws=3, planted_repeats=0, topic_repeats=2, topic_sizes="30")
+        run, ValidateConfig(null_draws=3, planted_repeats=0, topic_repeats=2, topic_sizes="30")
     )
     stored = json.loads((run / "validation.json").read_text())
     assert stored["topics"]["facet"] == "category" and stored["topics"]["sizes"][0]["per_group"] == 30
@@ -163,7 +163,7 @@ def test_validate_run_writes_topics_and_power(tmp_path):
 )
 def test_validate_topic_options_name_the_flag(field, value, flag):
     with pytest.raises(CGapsError, match=flag):
-        ValidateOptions(**{field: value})
+        ValidateConfig(**{field: value})
 
 
 @pytest.mark.slow
@@ -195,7 +195,7 @@ def test_planted_topics_on_real_text(tmp_path, smollm, benchmarks_dir):
     extract_run(run, cfg, backend=smollm)
     score_run(run)
     out = validate_run(
-        run, ValidateOptions(null_draws=2, planted_repeats=0, topic_sizes="30", topic_repeats=3, shuffles=10)
+        run, ValidateConfig(null_draws=2, planted_repeats=0, topic_sizes="30", topic_repeats=3, shuffles=10)
     )
     (size,) = out["topics"]["sizes"]
     assert size["groups"] == 5 and size["per_group"] == 30

@@ -1,7 +1,7 @@
 """What several subcommands share: the run-directory argument, and options generated from dataclasses.
 
-Every knob a command exposes is a field of a documented dataclass (:class:`~cgaps.config.RunConfig`,
-:class:`~cgaps.config.ReportOptions`, :class:`~cgaps.robustness.options.RobustnessOptions`,
+Every config field a command exposes is a field of a documented dataclass (:class:`~cgaps.config.RunConfig`,
+:class:`~cgaps.config.ReportConfig`, :class:`~cgaps.robustness.config.RobustnessConfig`,
 :class:`~cgaps.sae.training.train.TrainConfig`): :func:`options_from` turns the chosen fields into
 ``--options`` whose help is the field's own ``metadata["help"]`` and whose default comes from the
 field, so a default is written once, in its dataclass, and ``--help`` shows the same text as the

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from cgaps.cli._common import RunDirArg, options_from, run_config
-from cgaps.confirm.options import ConfirmOptions
-from cgaps.pools.options import PoolOptions
+from cgaps.confirm.config import ConfirmConfig
+from cgaps.pools.config import PoolConfig
 
 
-@options_from(ConfirmOptions, over="run.json")
-@options_from(PoolOptions, into="pool_opts", over="run.json")
+@options_from(ConfirmConfig, over="run.json")
+@options_from(PoolConfig, into="pool_opts", over="run.json")
 def confirm(run_dir: Path = RunDirArg, *, options: dict[str, Any], pool_opts: dict[str, Any]) -> None:
     """Is a gap real, or an accident of these items? Test each call again on fresh pool items.
 

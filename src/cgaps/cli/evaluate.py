@@ -7,11 +7,11 @@ from typing import Any
 
 from cgaps.cli._common import RunDirArg, options_from, run_config
 from cgaps.config import RunConfig, command_fields
-from cgaps.scaleout.options import RayOptions
+from cgaps.scaleout.config import RayConfig
 
 
 @options_from(RunConfig, *command_fields("evaluate"), over="run.json")
-@options_from(RayOptions, into="ray_opts")
+@options_from(RayConfig, into="ray_opts")
 def evaluate(run_dir: Path = RunDirArg, *, options: dict[str, Any], ray_opts: dict[str, Any]) -> None:
     """Answer every item (greedy generation or option log-likelihoods, docs/benchmarks.md) and grade the answers.
 

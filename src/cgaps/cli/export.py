@@ -20,7 +20,7 @@ GAPS = ("", "weak", "strong", "strong_above_chance", "strong_at_chance", "none")
 
 
 @dataclass(frozen=True)
-class ExportOptions:
+class ExportConfig:
     """Which rows of the concept table ``cgaps export`` writes."""
 
     scope: str = documented("", "Only this scope (a benchmark name, or ALL); empty: every scope.")
@@ -41,7 +41,7 @@ class ExportOptions:
         )
 
 
-@options_from(ExportOptions)
+@options_from(ExportConfig)
 def export(
     run_dir: Path = RunDirArg,
     out: Path | None = typer.Option(
@@ -64,7 +64,7 @@ def export(
     from cgaps.console import info, result
     from cgaps.report.export import export_run, to_csv
 
-    opts = ExportOptions(**options)
+    opts = ExportConfig(**options)
     if out is not None:  # never into another run, nor over one of this run's files
         rundir.check_output(out, "--out", owner=run_dir)
     text = to_csv(export_run(run_dir, scope=opts.scope, gap=opts.gap))

@@ -8,12 +8,12 @@ from typing import Any
 import typer
 
 from cgaps.cli._common import RunDirArg, options_from
-from cgaps.fill.options import FillOptions
-from cgaps.pools.options import PoolOptions
+from cgaps.fill.config import FillConfig
+from cgaps.pools.config import PoolConfig
 
 
-@options_from(FillOptions)
-@options_from(PoolOptions, into="pool_opts")
+@options_from(FillConfig)
+@options_from(PoolConfig, into="pool_opts")
 def fill(
     run_dir: Path = RunDirArg,
     out: Path | None = typer.Option(
@@ -42,12 +42,12 @@ def fill(
     from cgaps.console import result
     from cgaps.fill.stage import default_out, fill_run
 
-    opts = FillOptions(**options)
+    opts = FillConfig(**options)
     if out is not None:  # the default, RUN_DIR/fill/BENCHMARK, is this run's own
         from cgaps import rundir
 
         rundir.check_output(out, "--out", owner=run_dir)
-    summary = fill_run(run_dir, opts, PoolOptions(**pool_opts), out)
+    summary = fill_run(run_dir, opts, PoolConfig(**pool_opts), out)
     table = Table(
         title=f"{opts.benchmark}: {summary['selected']} of {summary['pool_items']} pool items chosen"
     )

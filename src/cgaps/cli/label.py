@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from cgaps.cli._common import RunDirArg, options_from, section_config
-from cgaps.labels.options import LabelOptions
+from cgaps.labels.config import LabelConfig
 
 
-@options_from(LabelOptions, over="run.json")
+@options_from(LabelConfig, over="run.json")
 def label(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
     """Say what each concept is: distinctive tokens, output tokens, where its mass falls among the items' metadata, imported or LLM labels, and themes of similar concepts with their own gap test.
 

@@ -12,10 +12,10 @@ from typing import Any
 import typer
 
 from cgaps.cli._common import RunDirArg, options_from, section_config
-from cgaps.report.options import ReportOptions
+from cgaps.report.config import ReportConfig
 
 
-@options_from(ReportOptions, over="run.json")
+@options_from(ReportConfig, over="run.json")
 def report(
     run_dir: Path = RunDirArg,
     out: Path | None = typer.Option(

@@ -9,10 +9,10 @@ from typing import Any
 import typer
 
 from cgaps.cli._common import RunDirArg, options_from, section_config
-from cgaps.robustness.options import RobustnessOptions
+from cgaps.robustness.config import RobustnessConfig
 
 
-@options_from(RobustnessOptions, over="run.json")
+@options_from(RobustnessConfig, over="run.json")
 def robustness(
     run_dir: Path = RunDirArg,
     against: Path | None = typer.Option(
@@ -37,7 +37,7 @@ def robustness(
     from cgaps.console import result
     from cgaps.robustness.core import robustness_run
 
-    # RobustnessOptions checks the values (a bad one is a CGapsError naming the option)
+    # RobustnessConfig checks the values (a bad one is a CGapsError naming the option)
     opts = section_config(run_dir, "robustness", options)
     out = robustness_run(run_dir, options=opts, against=against)
     sub, abl = out["subsampling"], out["ablation"]

@@ -9,7 +9,7 @@ import typer
 
 from cgaps.cli._common import field_help, options_from
 from cgaps.config import RunConfig
-from cgaps.scaleout.options import RayOptions
+from cgaps.scaleout.config import RayConfig
 
 # `cgaps demo`: the embedded model, SAE and probe suite end to end; with --data-dir, a
 # small paper10 run. Short generation budgets keep it to minutes on a laptop CPU.
@@ -41,7 +41,7 @@ def _summary(run_dir: Path, times: dict[str, float]) -> None:
 
 
 @options_from(RunConfig, over="the YAML file")
-@options_from(RayOptions, into="ray_opts")
+@options_from(RayConfig, into="ray_opts")
 def run(
     config: Path | None = typer.Argument(
         None,

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from cgaps.cli._common import options_from
-from cgaps.serve.options import LOOPBACK, ServeOptions
+from cgaps.serve.config import LOOPBACK, ServeConfig
 
 
 def distinct_runs(run_dirs: list[Path]) -> list[Path]:
@@ -32,7 +32,7 @@ def distinct_runs(run_dirs: list[Path]) -> list[Path]:
     return list(seen.values())
 
 
-@options_from(ServeOptions)
+@options_from(ServeConfig)
 def serve(
     run_dirs: list[Path] = typer.Argument(
         ...,
@@ -56,7 +56,7 @@ def serve(
     from cgaps.console import info, result
     from cgaps.errors import CGapsError
 
-    opts = ServeOptions(**options)
+    opts = ServeConfig(**options)
     run_dirs = distinct_runs(run_dirs)
     info(f"opening {len(run_dirs)} run(s)")
     from cgaps.serve.app import create_app

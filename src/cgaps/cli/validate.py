@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from cgaps.cli._common import RunDirArg, options_from, section_config
-from cgaps.validate.options import ValidateOptions
+from cgaps.validate.config import ValidateConfig
 
 
-@options_from(ValidateOptions, over="run.json")
+@options_from(ValidateConfig, over="run.json")
 def validate(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
     """Check that the run's gap calls can be trusted: null draws, planted gaps, planted topics, probe families.
 

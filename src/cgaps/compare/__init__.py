@@ -3,7 +3,7 @@
 Reads two scored-and-extracted run directories (:func:`cgaps.runtables.load_run`), refuses
 pairs that are not comparable (other items, another reader model, another SAE or other
 extraction settings, naming which), computes the paired table of :mod:`cgaps.compare.core`
-and writes ``DIR/compare.parquet`` (the knobs in its schema metadata) and ``DIR/report.html``
+and writes ``DIR/compare.parquet`` (the config in its schema metadata) and ``DIR/report.html``
 (:mod:`cgaps.compare.page`). ``DIR`` is the command's own folder, under its writer lock; a
 folder inside a run directory is refused before anything is read (its ``report.html`` would
 replace the run's).
@@ -95,7 +95,7 @@ def paired(
     a: RunTables, b: RunTables, overrides: dict[str, Any] | None = None
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The paired table of two loaded runs (:func:`cgaps.compare.core.paired_table`) and the record
-    of how it was made (the knobs, both runs, the concept scale); refuses incomparable runs.
+    of how it was made (the config, both runs, the concept scale); refuses incomparable runs.
     ``cgaps compare`` writes what this returns; the explorer's Compare view shows it."""
     from cgaps.scoring.core import build_matrix
     from cgaps.scoring.stage import concept_scale
@@ -187,7 +187,7 @@ def compare_runs(
     rows = summary(table, a.items, b.items)
     out = Path(out)
     with rundir.writing(out):
-        rundir.write_table(table, out / COMPARE, knobs=record)
+        rundir.write_table(table, out / COMPARE, scoring_config=record)
         rundir.write_text(compare_page(table, a, b, record, rows), out / COMPARE_REPORT)
     info(f"compared {record['n_items']} items in {time.perf_counter() - t0:.1f} s -> {out / COMPARE_REPORT}")
     return table

@@ -10,7 +10,7 @@ the items where c is present.
 
 * **Common weights.** Both runs' saliency is thresholded on one concept scale (the SAE's
   reference max when run A's SAE ships one, else the larger of the two suites' maxima) with
-  the presence knob (docs/method.md §2), and the pair is weighted by w_c(x) = (s'_a + s'_b) / 2.
+  the presence config field (docs/method.md §2), and the pair is weighted by w_c(x) = (s'_a + s'_b) / 2.
   With ``span=prompt`` both runs have the same saliency, w = s', and chi_model_a and
   chi_model_b below are exactly each run's own chi_model (docs/method.md §3).
 * **Values.** chi_model_a = sum w y_a / sum w, chi_model_b = sum w y_b / sum w,
@@ -61,15 +61,15 @@ CALLS = ("a_better", "b_better", "")
 
 
 @dataclass(frozen=True)
-class PairedKnobs:
+class PairedConfig:
     min_support: int = 5
     fdr: float = 0.05
 
 
 def paired_table(a: SuiteMatrix, b: SuiteMatrix, cfg: RunConfig) -> pd.DataFrame:
     """The compare table of two suites on the same rows (same item order, same benchmarks);
-    ``cfg``: min_support, fdr and the Monte Carlo knobs of the adjusted test."""
-    knobs = PairedKnobs(min_support=cfg.min_support, fdr=cfg.fdr)
+    ``cfg``: min_support, fdr and the Monte Carlo config of the adjusted test."""
+    scoring_config = PairedConfig(min_support=cfg.min_support, fdr=cfg.fdr)
     if not np.array_equal(a.item_ids, b.item_ids) or a.benchmarks != b.benchmarks:
         raise ValueError("paired_table needs both suites on the same items in the same order")
     w = ((a.saliency + b.saliency) * 0.5).tocsr()
@@ -100,10 +100,10 @@ def paired_table(a: SuiteMatrix, b: SuiteMatrix, cfg: RunConfig) -> pd.DataFrame
     p_val = np.where(fires, p_val, np.nan)
     q = np.full_like(p_val, np.nan)
     for k in range(p_val.shape[0]):
-        tested = support[k] >= knobs.min_support
+        tested = support[k] >= scoring_config.min_support
         q[k, tested] = bh_adjust(p_val[k, tested])
     delta = chi_b - chi_a
-    called = q <= knobs.fdr  # NaN compares False
+    called = q <= scoring_config.fdr  # NaN compares False
     call = np.where(called & (delta > 0), "b_better", np.where(called & (delta < 0), "a_better", ""))
     n_scopes, n_concepts = chi_a.shape
     scopes = [*a.benchmarks, ALL_SCOPE]

@@ -2,5 +2,5 @@
 
 :mod:`cgaps.confirm.core` holds the arithmetic (matched controls, item draws, the re-test with
 the scoring stage's own score test); :mod:`cgaps.confirm.stage` draws, scores, extracts and
-writes ``confirmation.parquet``; :mod:`cgaps.confirm.options` its knobs.
+writes ``confirmation.parquet``; :mod:`cgaps.confirm.config` its config.
 """

@@ -11,7 +11,7 @@ Steps, each through the stage that owns it, in the working run directory ``RUN_D
 4. their saliency with the run's extraction settings, responses included as the run's span says
    (:func:`cgaps.extract.stage.extract_run`);
 5. the test, written to ``RUN_DIR/confirmation.parquet`` (:data:`CONFIRMATION_COLUMNS`), with
-   the scoring knobs, the digest of the ``concepts.parquet`` it tested and the summary (replication
+   the scoring config, the digest of the ``concepts.parquet`` it tested and the summary (replication
    per family) in its schema metadata.
 """
 
@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 
 from cgaps import rundir
-from cgaps.config import SCORING_KNOBS, RunConfig
+from cgaps.config import SCORING_FIELDS, RunConfig
 from cgaps.confirm import core
-from cgaps.confirm.options import ConfirmOptions
+from cgaps.confirm.config import ConfirmConfig
 from cgaps.console import info
 from cgaps.errors import CGapsError, did_you_mean
+from cgaps.pools.config import PoolConfig
 from cgaps.pools.coverage import (
     Covered,
     Reader,
@@ -41,7 +42,6 @@ from cgaps.pools.coverage import (
     prompt_coverage,
     wanted_signature,
 )
-from cgaps.pools.options import PoolOptions
 from cgaps.runtables import RunTables, load_run
 from cgaps.scoring.core import SuiteMatrix, build_matrix, concept_max
 
@@ -64,14 +64,14 @@ def run_scale(run: RunTables, cfg: RunConfig) -> np.ndarray:
 
 def current_themes(run_dir: Path) -> pd.DataFrame | None:
     """``themes.parquet`` when it was made from the current ``concepts.parquet`` (the same scoring
-    knobs in both tables' metadata), else None."""
+    config in both tables' metadata), else None."""
     from cgaps.labels.themes import THEMES
 
     path = run_dir / THEMES
     if not path.is_file():
         return None
-    made = {k: v for k, v in (rundir.read_table_knobs(path) or {}).items() if k != "theme_cut"}
-    if made != (rundir.read_table_knobs(run_dir / rundir.CONCEPTS) or {}):
+    made = {k: v for k, v in (rundir.read_table_config(path) or {}).items() if k != "theme_cut"}
+    if made != (rundir.read_table_config(run_dir / rundir.CONCEPTS) or {}):
         info(f"[yellow]{THEMES} was made before the last `cgaps score`; its themes are not re-tested")
         return None
     df = rundir.read_table(path, "rerun `cgaps label RUN_DIR`")
@@ -85,7 +85,7 @@ def _labels(run: RunTables) -> dict[int, str]:
     return {int(c): str(v) for c, v in zip(run.labels["concept"], run.labels["label"], strict=True)}
 
 
-def confirm_run(run_dir: str | Path, opts: ConfirmOptions, pool_opts: PoolOptions) -> pd.DataFrame:
+def confirm_run(run_dir: str | Path, opts: ConfirmConfig, pool_opts: PoolConfig) -> pd.DataFrame:
     """Test the run's calls again on fresh pool items; write and return ``confirmation.parquet``.
 
     Holds the run directory's writer lock (it writes ``confirmation.parquet`` there)."""
@@ -97,7 +97,7 @@ def confirm_run(run_dir: str | Path, opts: ConfirmOptions, pool_opts: PoolOption
         return _confirm(run_dir, run, opts, pool_opts)
 
 
-def _confirm(run_dir: Path, run: RunTables, opts: ConfirmOptions, pool_opts: PoolOptions) -> pd.DataFrame:
+def _confirm(run_dir: Path, run: RunTables, opts: ConfirmConfig, pool_opts: PoolConfig) -> pd.DataFrame:
     t0 = time.perf_counter()
     # the run's reader stays the reader whatever model answers the fresh items (--model)
     cfg = run.config()
@@ -230,12 +230,12 @@ def _confirm(run_dir: Path, run: RunTables, opts: ConfirmOptions, pool_opts: Poo
         "rates": core.rates(out),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    knobs = {
-        **{k: getattr(cfg, k) for k in (*SCORING_KNOBS, "seed")},
+    scoring_config = {
+        **{k: getattr(cfg, k) for k in (*SCORING_FIELDS, "seed")},
         "concepts_digest": rundir.file_digest(run_dir / rundir.CONCEPTS),
         "confirm": summary,
     }
-    rundir.write_table(out, run_dir / CONFIRMATION, knobs=knobs)
+    rundir.write_table(out, run_dir / CONFIRMATION, scoring_config=scoring_config)
     rundir.record_completion(run_dir, "confirm", cfg.replace(confirm=opts, fresh=pool_opts), run.items)
     return out
 
@@ -246,8 +246,8 @@ def _empty() -> pd.DataFrame:
 
 def _pool(
     run: RunTables,
-    pool_opts: PoolOptions,
-    opts: ConfirmOptions,
+    pool_opts: PoolConfig,
+    opts: ConfirmConfig,
     reader: Reader,
     want: dict[str, Any] | None,
     work: Path,
@@ -294,7 +294,7 @@ def _score_and_extract(
     work: Path,
     items: pd.DataFrame,
     cfg: RunConfig,
-    opts: ConfirmOptions,
+    opts: ConfirmConfig,
     reader: Reader,
     responses: dict[str, str] | None,
 ) -> Covered:

@@ -2,5 +2,5 @@
 
 :mod:`cgaps.fill.core` holds the arithmetic (coverage on a fixed scale, targets, the greedy
 selection and its baselines); :mod:`cgaps.fill.stage` reads the run and the pool and writes
-the output folder; :mod:`cgaps.fill.options` its knobs. Pools are :mod:`cgaps.pools`.
+the output folder; :mod:`cgaps.fill.config` its config. Pools are :mod:`cgaps.pools`.
 """

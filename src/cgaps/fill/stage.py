@@ -37,7 +37,8 @@ from cgaps.config import RunConfig, config_from_run
 from cgaps.console import info, progress_bar
 from cgaps.errors import CGapsError, did_you_mean
 from cgaps.fill import core
-from cgaps.fill.options import BUDGET_SHARE, FillOptions
+from cgaps.fill.config import BUDGET_SHARE, FillConfig
+from cgaps.pools.config import PoolConfig
 from cgaps.pools.coverage import (
     Covered,
     Reader,
@@ -50,7 +51,6 @@ from cgaps.pools.coverage import (
     prompt_coverage,
     wanted_signature,
 )
-from cgaps.pools.options import PoolOptions
 
 if TYPE_CHECKING:
     from cgaps.seams import ResidualReader, SAEEncoder
@@ -107,8 +107,8 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], RunConfig, int, pd.DataFra
 
 def fill_run(
     run_dir: str | Path,
-    opts: FillOptions,
-    pool_opts: PoolOptions,
+    opts: FillConfig,
+    pool_opts: PoolConfig,
     out: str | Path | None = None,
     *,
     backend: ResidualReader | None = None,
@@ -142,8 +142,8 @@ def _fill(
     cfg: RunConfig,
     width: int,
     items: pd.DataFrame,
-    opts: FillOptions,
-    pool_opts: PoolOptions,
+    opts: FillConfig,
+    pool_opts: PoolConfig,
     reader: Reader,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()

@@ -44,7 +44,7 @@ import pandas as pd
 from cgaps import rundir
 from cgaps.console import info, progress_bar
 from cgaps.errors import CGapsError
-from cgaps.labels.options import LabelOptions
+from cgaps.labels.config import LabelConfig
 from cgaps.runtables import RunTables
 from cgaps.scoring.core import SuiteMatrix
 
@@ -67,7 +67,7 @@ DETECT_SYSTEM = (
 class ChatClient:
     """``POST {base}/chat/completions`` with rate limiting and retries (module docstring)."""
 
-    def __init__(self, base: str, model: str, opts: LabelOptions, api_key: str | None = None):
+    def __init__(self, base: str, model: str, opts: LabelConfig, api_key: str | None = None):
         import httpx
 
         self.url = base.rstrip("/") + "/chat/completions"
@@ -148,7 +148,7 @@ def choose_concepts(concepts: pd.DataFrame, k: int) -> list[int]:
 class AutoInterp:
     """Labels and detection scores for the chosen concepts of a run (module docstring)."""
 
-    def __init__(self, run_dir: Path, opts: LabelOptions):
+    def __init__(self, run_dir: Path, opts: LabelConfig):
         assert opts.labeler and opts.labeler_model
         key = None
         if opts.api_key_env:

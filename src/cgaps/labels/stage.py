@@ -7,7 +7,7 @@ Reads the run directory (items, saliency, concepts, the extraction's shards) and
   (:data:`EVIDENCE_COLUMNS`) with the labels of other sources beside it (``imported_label``,
   ``llm_label``, ``llm_score``). ``label`` is the best available: imported, else an LLM label
   whose detection score beats chance, else the evidence label.
-- ``themes.parquet`` (:mod:`cgaps.labels.themes`), carrying the scoring knobs of
+- ``themes.parquet`` (:mod:`cgaps.labels.themes`), carrying the scoring config of
   ``concepts.parquet`` in its schema metadata, so the report can tell a theme table made
   before a rescoring from a current one.
 
@@ -43,7 +43,7 @@ from cgaps.console import info
 from cgaps.errors import CGapsError
 from cgaps.labels import evidence, themes
 from cgaps.labels import format as fmt
-from cgaps.labels.options import LabelOptions
+from cgaps.labels.config import LabelConfig
 from cgaps.labels.phrases import PHRASE_ITEMS, phrase
 from cgaps.labels.text import RunText, run_text
 from cgaps.runtables import RunTables, load_run
@@ -69,17 +69,17 @@ LLM_MIN_SCORE = 0.5  # an LLM label replaces the evidence label only when detect
 
 def label_run(
     run_dir: str | Path,
-    options: LabelOptions | None = None,
+    options: LabelConfig | None = None,
     backend: ResidualReader | None = None,
     sae: SAEEncoder | None = None,
 ) -> pd.DataFrame:
     """Write labels.parquet and themes.parquet (module docstring); return the labels table.
     Holds the run directory's writer lock (:func:`cgaps.rundir.writing`)."""
     with rundir.writing(run_dir):
-        return _label_run(Path(run_dir), options or LabelOptions(), backend, sae)
+        return _label_run(Path(run_dir), options or LabelConfig(), backend, sae)
 
 
-def _fingerprint(run: RunTables, opts: LabelOptions, presence: float) -> str:
+def _fingerprint(run: RunTables, opts: LabelConfig, presence: float) -> str:
     parts = {
         "extract": run.meta.get("inputs", {}).get("extract"),
         "sae": run.meta.get("sae", {}).get("fingerprint"),
@@ -117,7 +117,7 @@ def thresholded_matrix(run: RunTables) -> SuiteMatrix:
 
 
 def _label_run(
-    run_dir: Path, opts: LabelOptions, backend: ResidualReader | None, sae: SAEEncoder | None
+    run_dir: Path, opts: LabelConfig, backend: ResidualReader | None, sae: SAEEncoder | None
 ) -> pd.DataFrame:
     t0 = time.perf_counter()
     run = load_run(run_dir, results=True)
@@ -172,8 +172,8 @@ def _label_run(
     share = pd.to_numeric(table["format_share"], errors="coerce").to_numpy(np.float64)
     theme_table = themes.build_themes(m, tests, groups, tokens, opts.enrich_p, share, opts.format_mass)
     t2 = time.perf_counter()
-    knobs = rundir.read_table_knobs(run_dir / rundir.CONCEPTS) or {}
-    rundir.write_table(theme_table, run_dir / THEMES, knobs=knobs)
+    scoring_config = rundir.read_table_config(run_dir / rundir.CONCEPTS) or {}
+    rundir.write_table(theme_table, run_dir / THEMES, scoring_config=scoring_config)
     table = table[list(LABELS_TABLE_COLUMNS)]
     table["llm_score"] = table["llm_score"].astype("float64")
     rundir.write_table(table, run_dir / rundir.LABELS)
@@ -260,7 +260,7 @@ def choose_labels(table: pd.DataFrame) -> tuple[list[str], list[str]]:
     return labels, sources
 
 
-def run_ids(run: RunTables, opts: LabelOptions) -> dict[str, str]:
+def run_ids(run: RunTables, opts: LabelConfig) -> dict[str, str]:
     """The run's model and SAE ids as a label file must name them (cgaps.labels.imported)."""
     model = opts.neuronpedia_model or str(
         run.meta.get("model", {}).get("reader") or run.config().reader_model
@@ -326,7 +326,7 @@ def compute_evidence(
     m: SuiteMatrix,
     shat: sp.csr_matrix,
     groups: dict[str, pd.Series],
-    opts: LabelOptions,
+    opts: LabelConfig,
     backend: ResidualReader | None,
     sae: SAEEncoder | None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -26,7 +26,7 @@ The model argument: ``openai://HOST:PORT/v1/MODEL`` (http), or
 * ``key_env``: the environment variable holding the API key (default ``OPENAI_API_KEY``; no
   key, no ``Authorization`` header, as local servers want). The key is never written anywhere;
 * ``body.NAME=VALUE``: an extra field of every request's JSON body (VALUE read as JSON when it
-  parses: ``1`` is a number, ``true`` a boolean), for the server's own sampling knobs. Servers
+  parses: ``1`` is a number, ``true`` a boolean), for the server's own sampling parameters. Servers
   differ in what "greedy" means beyond temperature 0: llama-cpp-python's server applies a
   repeat penalty of 1.1 unless told ``body.repeat_penalty=1``; with it, its answers equal the
   local llama.cpp backend's on every probe item measured (30 of 30; 16 of 30 without).

@@ -12,7 +12,7 @@ Generated items (:mod:`cgaps.pools.generated`) are a third source, added by the 
 **Prompt coverage.** Where a concept is present on a pool item is read from that item's
 *prompt* (docs/method.md §2 with span = prompt): a pool item has no response yet, and what a
 benchmark covers is a property of its items, not of one model's answers. The saliency comes
-from the target run's own reader and SAE, with every extraction knob of the run except the
+from the target run's own reader and SAE, with every extraction config field of the run except the
 span (:func:`prompt_config`), through the extraction stage itself
 (:func:`cgaps.extract.stage.extract_run`) in a working run directory, so it is sharded,
 resumable and written by the same code as any run's. A source run whose extraction already has

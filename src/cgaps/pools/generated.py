@@ -42,6 +42,7 @@ import pandas as pd
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.console import info, progress_bar
+from cgaps.pools.config import PoolConfig
 from cgaps.pools.coverage import (
     Covered,
     Reader,
@@ -50,7 +51,6 @@ from cgaps.pools.coverage import (
     prompt_coverage,
     wanted_signature,
 )
-from cgaps.pools.options import PoolOptions
 
 DRAFTS = "drafts.jsonl"
 GENERATED_JSON = "generated.json"
@@ -179,7 +179,7 @@ def _read_cache(path: Path) -> dict[str, str]:
 def generate_pool(
     run_dir: Path,
     concepts: np.ndarray,
-    pool_opts: PoolOptions,
+    pool_opts: PoolConfig,
     work: Path,
     reader: Reader,
     cfg: RunConfig,

@@ -4,12 +4,12 @@
 :mod:`cgaps.report.figures` draws the figures as inline SVG. The output is one
 self-contained file: it loads nothing from the network and opens from a laptop offline.
 
-Import-light: the package itself loads only :mod:`cgaps.report.options` (the config reads it
+Import-light: the package itself loads only :mod:`cgaps.report.config` (the config reads it
 for ``--help``); the code that builds the page is :func:`cgaps.report.build.build_report`.
 """
 
 from __future__ import annotations
 
-from cgaps.report.options import ReportOptions
+from cgaps.report.config import ReportConfig
 
-__all__ = ["ReportOptions"]
+__all__ = ["ReportConfig"]

@@ -14,7 +14,7 @@ Design:
   benchmark names) reaches the page through the template's escaping or the figures' ``_esc``;
   nothing from the data is marked safe.
 - **Self-contained and bounded**: no external resource (CSS and a little JS are inline, figures
-  are inline SVG); tables are capped (:class:`ReportOptions`) and example texts truncated, so
+  are inline SVG); tables are capped (:class:`ReportConfig`) and example texts truncated, so
   a 16k-concept run stays a few megabytes. The file is written atomically
   (:func:`cgaps.rundir.write_text`).
 """
@@ -41,7 +41,7 @@ from cgaps.report import figures, fill_confirm
 from cgaps.report.checks import checks_section
 
 # defined with the other user-facing configs, so that the CLI reads its fields without pandas
-from cgaps.report.options import ReportOptions
+from cgaps.report.config import ReportConfig
 from cgaps.runtables import RunTables, load_run
 from cgaps.stats import mean_interval
 
@@ -104,7 +104,7 @@ def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
         key = f"{prefix}.{k}" if prefix else str(k)
         if isinstance(v, dict) and v:
             out.extend(_flat(v, key))
-        elif v is None:  # a knob left at its default, not a value called "null"
+        elif v is None:  # a config field left at its default, not a value called "null"
             out.append((key, "default"))
         else:
             out.append((key, v if isinstance(v, str) else json.dumps(v)))
@@ -190,7 +190,7 @@ class _Examples:
     χ_model has one item.
     """
 
-    def __init__(self, tables: RunTables, present: pd.DataFrame, opts: ReportOptions) -> None:
+    def __init__(self, tables: RunTables, present: pd.DataFrame, opts: ReportConfig) -> None:
         self.opts = opts
         k = opts.examples
         items = tables.items.set_index("item_id", drop=False)
@@ -293,7 +293,7 @@ class _Describer:
     the labels stage wrote them; without them the label alone is shown.
     """
 
-    def __init__(self, tables: RunTables, opts: ReportOptions, m: SuiteMatrix | None = None) -> None:
+    def __init__(self, tables: RunTables, opts: ReportConfig, m: SuiteMatrix | None = None) -> None:
         self.labels: dict[int, tuple[str, str]] = {}
         self.phrases: dict[int, str] = {}
         self.format: set[int] = set()
@@ -489,42 +489,44 @@ def _matrix(overlap: pd.DataFrame | None, names: list[str], column: str) -> np.n
     return m
 
 
-def table_knobs(run_dir: Path) -> dict[str, Any]:
-    """The scoring knobs stored in ``concepts.parquet`` ({} for a table without them); a
-    ``overlap.parquet`` made with other knobs (a `cgaps score` killed between its writes) is an error."""
-    knobs = rundir.read_table_knobs(run_dir / rundir.CONCEPTS) or {}
+def table_config(run_dir: Path) -> dict[str, Any]:
+    """The scoring config stored in ``concepts.parquet`` ({} for a table without them); a
+    ``overlap.parquet`` made with other config (a `cgaps score` killed between its writes) is an error."""
+    scoring_config = rundir.read_table_config(run_dir / rundir.CONCEPTS) or {}
     overlap = run_dir / rundir.OVERLAP
-    other = rundir.read_table_knobs(overlap) if overlap.exists() else None
-    if knobs and other is not None and other != knobs:
-        diff = settings_diff(other, knobs, new_name="in concepts")
+    other = rundir.read_table_config(overlap) if overlap.exists() else None
+    if scoring_config and other is not None and other != scoring_config:
+        diff = settings_diff(other, scoring_config, new_name="in concepts")
         raise CGapsError(
-            f"{overlap}: computed with other scoring knobs than {rundir.CONCEPTS} ({diff}); "
+            f"{overlap}: computed with other scoring config than {rundir.CONCEPTS} ({diff}); "
             "`cgaps score` was interrupted: run it again"
         )
-    return knobs
+    return scoring_config
 
 
 # ---------------------------------------------------------------- themes and findings
 
 
-def read_themes(run_dir: Path, knobs: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
+def read_themes(run_dir: Path, scoring_config: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
     """``themes.parquet`` when present and made from the current ``concepts.parquet`` (same scoring
-    knobs in both tables' metadata), else None and, for a stale table, why it is left out."""
+    config in both tables' metadata), else None and, for a stale table, why it is left out."""
     from cgaps.labels.themes import THEME_COLUMNS, THEMES
 
     path = run_dir / THEMES
     if not path.exists():
-        return _tested_themes(run_dir, knobs)
+        return _tested_themes(run_dir, scoring_config)
     df = rundir.read_table(path, "rerun `cgaps label RUN_DIR`")
     if "spread" not in df.columns:  # written before the column existed: the enriched group alone
         df = df.assign(spread="[]")
     missing = [c for c in THEME_COLUMNS if c not in df.columns]
     if missing:
         raise CGapsError(f"{path}: missing column(s) {', '.join(missing)}; rerun `cgaps label RUN_DIR`")
-    made = dict(rundir.read_table_knobs(path) or {})
-    if "theme_cut" not in knobs:  # scored before theme_cut was a scoring knob: the label option then
+    made = dict(rundir.read_table_config(path) or {})
+    if (
+        "theme_cut" not in scoring_config
+    ):  # scored before theme_cut was a scoring config field: the label option then
         made.pop("theme_cut", None)
-    if knobs and made != knobs:
+    if scoring_config and made != scoring_config:
         return (
             None,
             f"{THEMES} was made before the last `cgaps score`; rerun `cgaps label RUN_DIR` to update the themes",
@@ -541,15 +543,15 @@ UNLABELLED_NOTE = (
 )
 
 
-def _tested_themes(run_dir: Path, knobs: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
+def _tested_themes(run_dir: Path, scoring_config: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
     """Without ``themes.parquet`` (no ``cgaps label`` yet), the themes ``cgaps score`` tested
     (``theme_tests.parquet``): their calls are findings of their own, whether or not any member
     is called alone, so they are shown, named by their members, with empty word columns."""
     path = run_dir / rundir.THEME_TESTS
     if not path.exists():
         return None, None
-    made = dict(rundir.read_table_knobs(path) or {})
-    if knobs and made != knobs:  # scored apart from concepts.parquet (an interrupted score)
+    made = dict(rundir.read_table_config(path) or {})
+    if scoring_config and made != scoring_config:  # scored apart from concepts.parquet (an interrupted score)
         return None, f"{rundir.THEME_TESTS} is not from the last `cgaps score`; rerun `cgaps score RUN_DIR`"
     df = rundir.read_table(path, "rerun `cgaps score RUN_DIR`").copy()
     df["scope"] = df["scope"].astype(str)
@@ -853,25 +855,25 @@ def _findings(
     return out
 
 
-def report_context(run_dir: str | Path, options: ReportOptions | None = None) -> dict[str, Any]:
+def report_context(run_dir: str | Path, options: ReportConfig | None = None) -> dict[str, Any]:
     """Everything the template shows, as plain data (and SVG markup for the figures)."""
-    opts = options or ReportOptions()
+    opts = options or ReportConfig()
     run_dir = Path(run_dir)
     t = load_run(run_dir, results=True)
     concepts = t.concepts
     assert concepts is not None  # results=True reads it or raises
     config: dict[str, Any] = t.meta["config"] if isinstance(t.meta.get("config"), dict) else {}
-    # the knobs the tables were computed with are those in their own metadata (run.json may
+    # the config the tables were computed with are those in their own metadata (run.json may
     # be one `cgaps score` behind after a kill); run.json only for tables from older versions
-    knobs = table_knobs(run_dir)
-    config = {**config, **knobs}
+    scoring_config = table_config(run_dir)
+    config = {**config, **scoring_config}
     fdr = _num(config.get("fdr", 0.05))
     min_support = config.get("min_support", 5)
     under_pct, over_pct = config.get("under_pct", 10), config.get("over_pct", 90)
     benches = t.benchmarks
     # the saliency as the scores saw it (presence, concept scale): examples, contexts and chance
     # levels come from it, never from the raw table
-    m = scored_matrix(t, knobs)
+    m = scored_matrix(t, scoring_config)
     chance = concept_chance(m, concepts, t.items, fdr)
     concepts = concepts.reset_index(drop=True).assign(
         chance=chance["chance"].to_numpy(),
@@ -1007,7 +1009,7 @@ def report_context(run_dir: str | Path, options: ReportOptions | None = None) ->
         for kind in TABLES
     }
 
-    themes, themes_note = read_themes(run_dir, knobs)
+    themes, themes_note = read_themes(run_dir, scoring_config)
     if themes is not None:
         themes = theme_chance(themes, m, matrix_chance(m, t.items), fdr)
     theme_rows = [] if themes is None else _theme_rows(themes, describe, None)
@@ -1137,12 +1139,12 @@ def render(context: dict[str, Any]) -> str:
 
 
 def build_report(
-    run_dir: str | Path, out: str | Path | None = None, options: ReportOptions | None = None
+    run_dir: str | Path, out: str | Path | None = None, options: ReportConfig | None = None
 ) -> Path:
     """Write the self-contained HTML report of a run; return its path (default ``RUN_DIR/report.html``)."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / rundir.REPORT
-    opts = options or ReportOptions()
+    opts = options or ReportConfig()
     context = report_context(run_dir, opts)
     if out.resolve() != (run_dir / rundir.REPORT).resolve():
         rundir.write_text(render(context), out)

@@ -105,7 +105,7 @@ def export_run(run_dir: str | Path, *, scope: str = "", gap: str = "") -> pd.Dat
     """The export rows of a scored run: every concept x scope (``scope``: one of them), ``gap``
     one of :data:`GAP_FILTERS`, in the table's order (scopes as ``concepts.parquet`` holds them)."""
     from cgaps.chance import run_chance
-    from cgaps.report.build import table_knobs
+    from cgaps.report.build import table_config
     from cgaps.runtables import load_run
 
     run_dir = Path(run_dir)
@@ -115,7 +115,7 @@ def export_run(run_dir: str | Path, *, scope: str = "", gap: str = "") -> pd.Dat
         raise CGapsError(
             f"{run_dir / rundir.CONCEPTS}: no scope {scope!r}; choose ALL or one of {', '.join(run.benchmarks)}"
         )
-    chance = run_chance(run, table_knobs(run_dir))
+    chance = run_chance(run, table_config(run_dir))
     rows = run.concepts.reset_index(drop=True).assign(
         chance=chance["chance"].to_numpy(),
         p_chance=chance["p_chance"].to_numpy(),

@@ -100,9 +100,9 @@ def confirm_results(run_dir: str | Path) -> dict[str, Any] | None:
     missing = [c for c in CONFIRMATION_COLUMNS if c not in table.columns]
     if missing:
         raise CGapsError(f"{path}: missing column(s) {', '.join(missing)}; rerun `cgaps confirm RUN_DIR`")
-    knobs = rundir.read_table_knobs(path) or {}
-    info = knobs.get("confirm", {})
-    stale = knobs.get("concepts_digest") != rundir.file_digest(Path(run_dir) / rundir.CONCEPTS)
+    scoring_config = rundir.read_table_config(path) or {}
+    info = scoring_config.get("confirm", {})
+    stale = scoring_config.get("concepts_digest") != rundir.file_digest(Path(run_dir) / rundir.CONCEPTS)
     rows = []
     for r in table.sort_values(["kind", "role", "q_fresh"], na_position="last").itertuples(index=False):
         rows.append(
@@ -134,7 +134,7 @@ def confirm_results(run_dir: str | Path) -> dict[str, Any] | None:
         else info.get("model"),
         "scope": info.get("scope", rundir.ALL_SCOPE),
         "rates": info.get("rates", {}),
-        "fdr": knobs.get("fdr"),
+        "fdr": scoring_config.get("fdr"),
         "stale": stale,
         "rows": rows,
     }

@@ -1,5 +1,5 @@
 """Robustness stage (``cgaps robustness``): the paper's subsampling and adversarial-ablation checks.
 
-:mod:`cgaps.robustness.options` holds the knobs (:class:`RobustnessOptions`, import-light so the
+:mod:`cgaps.robustness.config` holds the config (:class:`RobustnessConfig`, import-light so the
 CLI reads its fields for ``--help``); :mod:`cgaps.robustness.core` runs the checks.
 """

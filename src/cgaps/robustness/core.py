@@ -27,8 +27,8 @@ Choices where the method is open:
 * The SAE-swap check compares this run with a second run on the same items read through
   another SAE (``against``); it lives in :mod:`cgaps.robustness.swap`.
 
-The knobs of both checks live in one documented dataclass,
-:class:`~cgaps.robustness.options.RobustnessOptions` (re-exported here): its defaults are the
+The config of both checks live in one documented dataclass,
+:class:`~cgaps.robustness.config.RobustnessConfig` (re-exported here): its defaults are the
 only ones, its ``__post_init__`` the only validation, and the command line
 (``cgaps robustness``) takes its flags from its fields.
 """
@@ -43,12 +43,12 @@ import numpy as np
 
 from cgaps import rundir
 from cgaps.config import RunConfig
-from cgaps.robustness.options import RobustnessOptions
+from cgaps.robustness.config import RobustnessConfig
 from cgaps.runtables import load_run
 from cgaps.scoring.core import ChiTables, SuiteMatrix, build_matrix, chi_tables
 from cgaps.scoring.stage import concept_scale
 
-__all__ = ["RobustnessOptions", "ablation", "robustness_run", "subsample_rows", "subsampling"]
+__all__ = ["RobustnessConfig", "ablation", "robustness_run", "subsample_rows", "subsampling"]
 
 
 def subsample_rows(m: SuiteMatrix, rng: np.random.Generator, drop: float) -> np.ndarray:
@@ -61,7 +61,7 @@ def subsample_rows(m: SuiteMatrix, rng: np.random.Generator, drop: float) -> np.
 
 
 def subsampling(
-    m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions, full: ChiTables | None = None
+    m: SuiteMatrix, cfg: RunConfig, opts: RobustnessConfig, full: ChiTables | None = None
 ) -> dict[str, Any]:
     """Per-concept std of chi_model and chi_bench over ``opts.repeats`` seeded subsamples, averaged
     per scope; ``full``: ``chi_tables(m)`` when the caller has it."""
@@ -202,7 +202,7 @@ def chi_model_all(m: SuiteMatrix, keep: np.ndarray) -> np.ndarray:
 
 
 def ablation(
-    m: SuiteMatrix, cfg: RunConfig, opts: RobustnessOptions, full: ChiTables | None = None
+    m: SuiteMatrix, cfg: RunConfig, opts: RobustnessConfig, full: ChiTables | None = None
 ) -> dict[str, Any]:
     """Delete the items most aligned with the best (worst) concepts; report the median chi_model
     shift; ``full``: ``chi_tables(m)`` when the caller has it."""
@@ -242,12 +242,12 @@ def ablation(
 def robustness_run(
     run_dir: str | Path,
     config: RunConfig | None = None,
-    options: RobustnessOptions | None = None,
+    options: RobustnessConfig | None = None,
     against: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the checks on a run directory and write ``robustness.json``: subsampling and
     ablation always, the SAE swap when ``against`` names a second run on the same items."""
-    opts = options if options is not None else RobustnessOptions()
+    opts = options if options is not None else RobustnessConfig()
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     # the swap reads this run's concepts too; item ids as codes: the matrix is built from arrays

@@ -21,13 +21,13 @@ without knowing which concern holds them.
 """
 
 from cgaps.rundir.atomic import (
-    TABLE_KNOBS_KEY,
+    TABLE_CONFIG_KEY,
     atomic_path,
     clear_run,
     naming_errors,
     read_json_file,
     read_table,
-    read_table_knobs,
+    read_table_config,
     write_json,
     write_table,
     write_text,
@@ -130,7 +130,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "STAGE_INPUTS",
     "TABLES",
-    "TABLE_KNOBS_KEY",
+    "TABLE_CONFIG_KEY",
     "THEME_TESTS",
     "THEMES",
     "VALIDATION",
@@ -151,7 +151,7 @@ __all__ = [
     "read_run_json",
     "read_saliency",
     "read_table",
-    "read_table_knobs",
+    "read_table_config",
     "record_completion",
     "remove_stale_temporaries",
     "run_root",

@@ -67,13 +67,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 # The key of the settings a table was computed with, in its Parquet schema metadata.
-TABLE_KNOBS_KEY = b"cgaps.knobs"
+TABLE_CONFIG_KEY = b"cgaps.knobs"
 
 
 def write_table(
     df: pd.DataFrame,
     path: str | Path,
-    knobs: dict[str, Any] | None = None,
+    scoring_config: dict[str, Any] | None = None,
     *,
     schema: TableSchema | None = None,
 ) -> None:
@@ -86,7 +86,7 @@ def write_table(
     name (an extraction shard) is written as it is. The bytes are those of
     ``df.to_parquet(path, index=False)``.
 
-    ``knobs`` (a JSON object) is stored in the file's schema metadata, so the table says how it
+    ``scoring_config`` (a JSON object) is stored in the file's schema metadata, so the table says how it
     was made even when the file beside it that would say so (run.json) was not updated: a
     multi-file write killed halfway cannot pair this table with another configuration.
     """
@@ -101,16 +101,16 @@ def write_table(
     meta = dict(table.schema.metadata or {})
     if df.attrs:  # as DataFrame.to_parquet stores them
         meta[b"PANDAS_ATTRS"] = json.dumps(df.attrs).encode()
-    if knobs is not None:
-        meta[TABLE_KNOBS_KEY] = json.dumps(_nan_to_none(knobs)).encode()
+    if scoring_config is not None:
+        meta[TABLE_CONFIG_KEY] = json.dumps(_nan_to_none(scoring_config)).encode()
     if meta != (table.schema.metadata or {}):
         table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
 
-def read_table_knobs(path: str | Path) -> dict[str, Any] | None:
-    """The ``knobs`` :func:`write_table` stored in a Parquet file; None for a file without them
+def read_table_config(path: str | Path) -> dict[str, Any] | None:
+    """The ``scoring_config`` :func:`write_table` stored in a Parquet file; None for a file without them
     (written by an older cgaps or another tool)."""
     import pyarrow.parquet as pq
 
@@ -121,18 +121,18 @@ def read_table_knobs(path: str | Path) -> dict[str, Any] | None:
         raise CGapsError(
             f"{path}: not a readable Parquet file ({e}); rewrite it with pandas.DataFrame.to_parquet"
         ) from e
-    raw = meta.get(TABLE_KNOBS_KEY)
+    raw = meta.get(TABLE_CONFIG_KEY)
     if raw is None:
         return None
     try:
-        knobs = json.loads(raw.decode("utf-8"))
+        scoring_config = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CGapsError(f"{path}: damaged settings in the schema metadata ({e}); rerun `cgaps score`") from e
-    if not isinstance(knobs, dict):
+    if not isinstance(scoring_config, dict):
         raise CGapsError(
             f"{path}: the settings in the schema metadata are not a JSON object; rerun `cgaps score`"
         )
-    return knobs
+    return scoring_config
 
 
 def write_text(text: str, path: str | Path) -> None:

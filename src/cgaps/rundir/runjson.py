@@ -25,7 +25,7 @@ class RunJson(TypedDict, total=False):
     """The SAE width F (written by ``extract``); required by ``score``, ``robustness`` and ``report``."""
     config: dict[str, Any]
     """The resolved :class:`~cgaps.config.RunConfig` fields; ``items`` writes the item fields,
-    ``score`` the scoring knobs it used, ``extract`` the layer it resolved."""
+    ``score`` the scoring config it used, ``extract`` the layer it resolved."""
     model: dict[str, Any]
     """Model names as loaded: ``evaluated`` (by ``evaluate``) and ``reader`` (by ``extract``), and
     beside each (``evaluated_loaded``, ``reader_loaded``) what was really loaded

@@ -30,14 +30,14 @@ Ray does not make a finished run stale. Ray is imported only when ``--ray`` is g
 (:func:`cluster.import_ray`: a missing Ray names the ``ray`` extra). One worker per GPU where the
 cluster has GPUs, else one per CPU core.
 
-Modules: :mod:`.options` (:class:`RayOptions`, the command-line fields), :mod:`.cluster`
+Modules: :mod:`.options` (:class:`RayConfig`, the command-line fields), :mod:`.cluster`
 (connecting, the generic worker actor, the actor pool with retries), :mod:`.runner`
 (:class:`RayRunner`). Importing this package imports neither Ray nor torch.
 """
 
 from __future__ import annotations
 
-from cgaps.scaleout.options import RayOptions, ray_options
+from cgaps.scaleout.config import RayConfig, ray_options
 from cgaps.scaleout.runner import RayRunner
 
 
@@ -48,4 +48,4 @@ def ray_runner(values: dict[str, object]) -> RayRunner | None:
     return RayRunner(opts) if opts is not None else None
 
 
-__all__ = ["RayOptions", "RayRunner", "ray_options", "ray_runner"]
+__all__ = ["RayConfig", "RayRunner", "ray_options", "ray_runner"]

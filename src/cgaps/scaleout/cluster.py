@@ -20,7 +20,7 @@ from typing import Any
 
 from cgaps.console import info
 from cgaps.errors import CGapsError
-from cgaps.scaleout.options import RayOptions
+from cgaps.scaleout.config import RayConfig
 
 # A worker that dies (killed, out of memory, a lost node) is restarted and its task run again
 # this many times before the stage stops with an error (the completed shards are kept).
@@ -84,7 +84,7 @@ def reach(address: str, timeout: float) -> None:
 
 
 @contextmanager
-def cluster(opts: RayOptions) -> Iterator[Any]:
+def cluster(opts: RayConfig) -> Iterator[Any]:
     """Ray, initialised for ``opts`` (a local cluster or the one at ``opts.ray_address``); yields the
     ``ray`` module. Reentrant: inside another ``cluster`` block the running connection is reused,
     and only the outermost block shuts it down."""
@@ -117,7 +117,7 @@ def cluster(opts: RayOptions) -> Iterator[Any]:
         ray.shutdown()
 
 
-def worker_resources(ray: Any, opts: RayOptions, device: str) -> tuple[int, dict[str, float]]:
+def worker_resources(ray: Any, opts: RayConfig, device: str) -> tuple[int, dict[str, float]]:
     """How many workers, and what each one reserves: one GPU per worker where the cluster has GPUs
     and ``device`` allows one, else one CPU core."""
     total = ray.cluster_resources()

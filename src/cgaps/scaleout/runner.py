@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cgaps.console import info
 from cgaps.scaleout.cluster import ActorPool, Worker, cluster, worker_resources
-from cgaps.scaleout.options import RayOptions
+from cgaps.scaleout.config import RayConfig
 
 if TYPE_CHECKING:
     from cgaps.config import RunConfig
@@ -59,7 +59,7 @@ class RayChunks(Generic[Model]):
 class RayRunner:
     """:class:`cgaps.seams.ChunkRunner` on a Ray cluster (module docstring); ``opts`` says which."""
 
-    def __init__(self, opts: RayOptions):
+    def __init__(self, opts: RayConfig):
         self.opts = opts
         self._held: ExitStack | None = None
 

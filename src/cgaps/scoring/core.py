@@ -22,12 +22,12 @@ Rules where the method leaves a choice open (the plain reference implementation 
   :data:`ROUND` decimals so that ties do not depend on summation order.
   Status: ``under`` if pct < under_pct, ``over`` if pct > over_pct, else ``normal``
   (``missing`` if n_c(S) = 0).
-* **Presence** (knob ``presence`` = tau): :func:`build_matrix` drops every s_c(x) < tau * m_c
+* **Presence** (config field ``presence`` = tau): :func:`build_matrix` drops every s_c(x) < tau * m_c
   before anything is summed, so support, chi_bench, chi_model, n_eff and the test all see the
   thresholded saliency. m_c is the concept's scale: the suite's max of s_c (default) or a
   reference max shipped with the SAE (``scale``); s_hat = s / m_c is clipped to 1 when a
   reference max is below the suite's.
-* **Adjustment groups** (knob ``adjust_by``): the group g(x) an item's expected score comes from
+* **Adjustment groups** (config field ``adjust_by``): the group g(x) an item's expected score comes from
   is its benchmark (``benchmark``), its (benchmark, category) pair (``category``: codes in the
   pairs' sorted order, :func:`adjustment_groups`) or the whole suite (``none``). Scopes stay the
   benchmarks and ALL; only mu, v, e and the resampling pools follow the groups.

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cgaps import rundir
-from cgaps.config import SCORING_KNOBS, RunConfig
+from cgaps.config import SCORING_FIELDS, RunConfig
 from cgaps.errors import CGapsError
 from cgaps.runtables import RunTables, load_run
 from cgaps.sae import read_latent_scale
@@ -50,12 +50,12 @@ def concept_scale(run: RunTables, cfg: RunConfig) -> tuple[np.ndarray | None, st
 def score_run(run_dir: str | Path, config: RunConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Compute and write ``concepts.parquet`` and ``overlap.parquet``; return both tables.
 
-    ``config`` overrides the config stored in run.json; the scoring knobs used are saved
+    ``config`` overrides the config stored in run.json; the scoring config used are saved
     back into run.json's ``config`` so that the tables document how they were made, and
     into the schema metadata of both tables (:func:`cgaps.rundir.write_table`), which is
     what the report trusts: ``concepts.parquet`` is written last, so a kill between the
-    writes leaves tables whose knobs disagree (refused by the report), never tables shown
-    under another run's knobs.
+    writes leaves tables whose config disagree (refused by the report), never tables shown
+    under another run's config.
     Holds the run directory's writer lock (:func:`cgaps.rundir.writing`).
     """
     with rundir.writing(run_dir):
@@ -83,15 +83,15 @@ def _score_run(run_dir: Path, config: RunConfig | None) -> tuple[pd.DataFrame, p
     overlap = overlap_table(m, tables)
     power = run_power(m, cfg, concepts, theme_tests)
     t2 = time.perf_counter()
-    knobs = {k: getattr(cfg, k) for k in (*SCORING_KNOBS, "seed")}
-    rundir.write_table(overlap, run_dir / rundir.OVERLAP, knobs=knobs)
-    rundir.write_table(theme_tests, run_dir / THEME_TESTS, knobs=knobs)
-    rundir.write_table(concepts, run_dir / rundir.CONCEPTS, knobs=knobs)
+    scoring_config = {k: getattr(cfg, k) for k in (*SCORING_FIELDS, "seed")}
+    rundir.write_table(overlap, run_dir / rundir.OVERLAP, scoring_config=scoring_config)
+    rundir.write_table(theme_tests, run_dir / THEME_TESTS, scoring_config=scoring_config)
+    rundir.write_table(concepts, run_dir / rundir.CONCEPTS, scoring_config=scoring_config)
     all_rows = concepts[concepts["scope"] == rundir.ALL_SCOPE]
     all_themes = theme_tests[theme_tests["scope"] == rundir.ALL_SCOPE]
     rundir.update_run_json(
         run_dir,
-        config=knobs,
+        config=scoring_config,
         inputs={"score": rundir.stage_record(items, "score", run_dir=run_dir, config=cfg)},  # `cgaps status`
         counts={
             "concept_scale": scale_source,

@@ -188,7 +188,7 @@ class Run:
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     label_columns: list[str] = field(default_factory=list)
     item_columns: list[str] = field(default_factory=list)
-    knobs: dict[str, Any] = field(default_factory=dict)
+    scoring_config: dict[str, Any] = field(default_factory=dict)
     # the saliency by item (CSR: item i's firing concepts are item_concepts[item_ptr[i]:item_ptr[i+1]])
     # and how many items each concept fires on
     item_ptr: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
@@ -220,7 +220,7 @@ class Run:
             "has": {k: k in self.files for k in ("labels", "contexts", "themes", "overlap")},
             "model": _plain(model.get("evaluated", config.get("model"))),
             "sae": _plain(sae.get("id", config.get("sae"))),
-            "knobs": _plain(self.knobs),
+            "scoring_config": _plain(self.scoring_config),
             "label_columns": self.label_columns,
             "calls": self.calls,
             "suite": next((g for g in self.groups if g["group"] == rundir.ALL_SCOPE), None),
@@ -313,7 +313,7 @@ class Store:
                 files["themes"] = tested
         meta = rundir.read_run_json(root)
         run = Run(index, name, root, meta, rundir.n_concepts(meta, given), files)
-        run.knobs = rundir.read_table_knobs(files["concepts"]) or {
+        run.scoring_config = rundir.read_table_config(files["concepts"]) or {
             k: v
             for k, v in (meta.get("config") or {}).items()
             if k in ("presence", "min_support", "fdr", "ci_level")
@@ -369,11 +369,11 @@ class Store:
         n, m = con.execute(f"SELECT count(*), avg(score) FROM {t}_items").fetchone() or (0, 0.0)
         run.accuracy[rundir.ALL_SCOPE] = {"n": int(n), "mean": _num(m) or 0.0}
         fdr = self._fdr(run)
-        # the saliency as the scores saw it: thresholded at the tables' presence knob on the same
+        # the saliency as the scores saw it: thresholded at the tables' presence config field on the same
         # concept scale (cgaps.chance.scored_matrix), so that examples, contexts, neighbours and
         # counts never show an item the scores did not count
         tables = load_run(run.path, coded=True)
-        matrix = scored_matrix(tables, run.knobs)
+        matrix = scored_matrix(tables, run.scoring_config)
         run.groups = [
             {k: (_num(v) if isinstance(v, float) else v) for k, v in g.items()}
             for g in group_table(tables.items, fdr).to_dict("records")
@@ -557,8 +557,8 @@ class Store:
 
     @staticmethod
     def _fdr(run: Run) -> float:
-        """The run's ``fdr`` (from its scoring tables' knobs): the level of its calls and chance tests."""
-        v = _num(run.knobs.get("fdr"))
+        """The run's ``fdr`` (from its scoring tables' config): the level of its calls and chance tests."""
+        v = _num(run.scoring_config.get("fdr"))
         return v if v is not None else 0.05
 
     def cursor(self) -> Any:

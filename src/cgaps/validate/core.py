@@ -1,6 +1,6 @@
 """Checks that the gap calls of a run can be trusted, on the run's own saliency matrix.
 
-The checks use the run's own scoring knobs (presence, concept scale, min_support, fdr,
+The checks use the run's own scoring config (presence, concept scale, min_support, fdr,
 Monte Carlo settings, ``adjust_by``) and the full calling procedure of docs/method.md §3
 (concepts and themes, Tarone's rule, one Benjamini-Hochberg per scope), with the run's theme
 structure (built from the saliency alone, so every draw reuses it); they are written to
@@ -46,7 +46,7 @@ from cgaps.scoring.core import SuiteMatrix, build_matrix, score_tables
 from cgaps.scoring.power import all_sentences, run_power, scope_calls
 from cgaps.scoring.stage import concept_scale
 from cgaps.scoring.themes import ThemeSet, theme_structure
-from cgaps.validate.options import ValidateOptions
+from cgaps.validate.config import ValidateConfig
 from cgaps.validate.topics import item_facet, planted_topics
 
 SUPPORT_BINS: tuple[tuple[int, int | None], ...] = ((5, 10), (10, 20), (20, 50), (50, 100))
@@ -77,7 +77,7 @@ def _calls(m: SuiteMatrix, y: np.ndarray, cfg: RunConfig, themes: ThemeSet | Non
 def null_calibration(
     m: SuiteMatrix,
     cfg: RunConfig,
-    opts: ValidateOptions,
+    opts: ValidateConfig,
     rng: np.random.Generator,
     themes: ThemeSet | None = None,
 ) -> dict:
@@ -109,7 +109,7 @@ def _bin_name(lo: int, hi: int | None) -> str:
 def planted_power(
     m: SuiteMatrix,
     cfg: RunConfig,
-    opts: ValidateOptions,
+    opts: ValidateConfig,
     rng: np.random.Generator,
     themes: ThemeSet | None = None,
 ) -> list[dict]:
@@ -154,7 +154,7 @@ def family_alignment(
     categories: np.ndarray,
     concepts: Any,
     cfg: RunConfig,
-    opts: ValidateOptions,
+    opts: ValidateConfig,
     rng: np.random.Generator,
 ) -> dict | None:
     """Mass-weighted family accuracy of the weak / strong concepts against random concept sets."""
@@ -208,9 +208,9 @@ def _read_theme_tests(run_dir: Path) -> Any:
     return rundir.read_table(path, "rerun `cgaps score RUN_DIR`") if path.exists() else None
 
 
-def validate_run(run_dir: str | Path, options: ValidateOptions | None = None) -> dict[str, Any]:
+def validate_run(run_dir: str | Path, options: ValidateConfig | None = None) -> dict[str, Any]:
     """Run the three checks on a scored run and write ``validation.json``."""
-    opts = options if options is not None else ValidateOptions()
+    opts = options if options is not None else ValidateConfig()
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     run = load_run(run_dir, results=True)

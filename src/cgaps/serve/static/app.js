@@ -171,7 +171,7 @@
       link("/concepts", { run: runParam, gap: "weak" }, `${(c.gaps || 0).toLocaleString()} gaps`), " · ",
       link("/concepts", { run: runParam, gap: "strong_above_chance" }, `${((c.strengths || 0) - (c.strengths_at_chance || 0)).toLocaleString()} strengths above chance`), " · ",
       link("/concepts", { run: runParam, gap: "strong_at_chance" }, `${(c.strengths_at_chance || 0).toLocaleString()} strengths at chance level`),
-      h("span", { class: "muted" }, ` (FDR ${run.knobs && run.knobs.fdr !== undefined ? run.knobs.fdr : 0.05}, suite-wide)`)
+      h("span", { class: "muted" }, ` (FDR ${run.scoring_config && run.scoring_config.fdr !== undefined ? run.scoring_config.fdr : 0.05}, suite-wide)`)
     );
     if (c.theme_gaps || c.theme_strengths) box.append(" · ", link("/themes", { run: runParam }, `${(c.theme_gaps || 0).toLocaleString()} gap themes, ${(c.theme_strengths || 0).toLocaleString()} strength themes`));
     if (!c.gaps && !c.theme_gaps) box.append(h("span", { class: "muted", id: "no-gaps" }, " · this run calls no gap."));

@@ -1,9 +1,9 @@
-"""The knobs of the labels stage (``cgaps label``), documented field by field.
+"""The config of the labels stage (``cgaps label``), documented field by field.
 
 One dataclass holds every default and every check: :func:`cgaps.labels.stage.label_run` takes
 it, and the command line generates its flags from the fields (the help text is each field's
 ``metadata["help"]``). Only the standard library and the light :mod:`cgaps.config` load here,
-so ``cgaps --help`` reads the fields without numpy. The method behind each knob is
+so ``cgaps --help`` reads the fields without numpy. The method behind each config field is
 docs/method.md §5.
 """
 
@@ -15,7 +15,7 @@ from cgaps.config_fields import check_options, documented, is_integer, is_number
 
 
 @dataclass(frozen=True)
-class LabelOptions:
+class LabelConfig:
     """What the labels stage computes, imports and asks a language model."""
 
     tokens: int = documented(8, "Distinctive tokens kept per concept.")

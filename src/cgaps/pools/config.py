@@ -11,7 +11,7 @@ from cgaps.config_fields import check_options, documented, is_integer
 
 
 @dataclass(frozen=True)
-class PoolOptions:
+class PoolConfig:
     """The pool (docs/method.md §7) and the optional generated items."""
 
     pool: str | None = documented(

@@ -12,7 +12,7 @@ from cgaps.errors import CGapsError
 
 
 @dataclass(frozen=True)
-class ReportOptions:
+class ReportConfig:
     """What the report shows and how much of it (the caps keep the file small)."""
 
     top: int = documented(50, "Rows per table in the suite-wide (ALL) scope.")

@@ -1,4 +1,4 @@
-"""The Ray options of ``cgaps evaluate``, ``cgaps extract`` and ``cgaps run`` (:class:`RayOptions`).
+"""The Ray options of ``cgaps evaluate``, ``cgaps extract`` and ``cgaps run`` (:class:`RayConfig`).
 
 Import-light (the standard library and :mod:`cgaps.config` only), so ``cgaps --help`` reads the
 fields without importing Ray. The options are not part of :class:`~cgaps.config.RunConfig` on
@@ -16,7 +16,7 @@ from cgaps.errors import CGapsError
 
 
 @dataclass(frozen=True)
-class RayOptions:
+class RayConfig:
     """Whether and where a stage spreads its work over Ray workers (docs/scaling.md, "Ray")."""
 
     ray: bool = documented(
@@ -55,7 +55,7 @@ class RayOptions:
         return self.ray or self.ray_address is not None
 
 
-def ray_options(values: dict[str, object]) -> RayOptions | None:
+def ray_options(values: dict[str, object]) -> RayConfig | None:
     """The options a command received (:func:`cgaps.cli._common.options_from`), None without --ray."""
-    opts = RayOptions(**values)  # type: ignore[arg-type]
+    opts = RayConfig(**values)  # type: ignore[arg-type]
     return opts if opts.enabled else None

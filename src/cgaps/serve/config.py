@@ -14,7 +14,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
-class ServeOptions:
+class ServeConfig:
     """Where the explorer listens and how much memory its query engine may take."""
 
     host: str = documented(

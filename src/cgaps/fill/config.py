@@ -1,4 +1,4 @@
-"""The knobs of ``cgaps fill``, documented field by field (the CLI generates its flags from them).
+"""The config of ``cgaps fill``, documented field by field (the CLI generates its flags from them).
 
 Imports only the standard library and :mod:`cgaps.config`, so ``cgaps --help`` stays instant.
 """
@@ -13,7 +13,7 @@ BUDGET_SHARE = 0.2  # the default budget: this share of the benchmark's items
 
 
 @dataclass(frozen=True)
-class FillOptions:
+class FillConfig:
     """Which benchmark to fill, with how many items, weighted how (docs/method.md §7)."""
 
     benchmark: str = documented("", "The benchmark of RUN_DIR to fill (one of its benchmark names).")

@@ -1,4 +1,4 @@
-"""The knobs of ``cgaps validate``, documented field by field (the CLI generates its flags from them).
+"""The config of ``cgaps validate``, documented field by field (the CLI generates its flags from them).
 
 Imports only the standard library and :mod:`cgaps.config`, so ``cgaps --help`` stays instant.
 """
@@ -18,7 +18,7 @@ def _sizes_ok(text: object) -> bool:
 
 
 @dataclass(frozen=True)
-class ValidateOptions:
+class ValidateConfig:
     """How many null and planted draws the validation runs."""
 
     null_draws: int = documented(

@@ -1,4 +1,4 @@
-"""The knobs of ``cgaps confirm``, documented field by field (the CLI generates its flags from them).
+"""The config of ``cgaps confirm``, documented field by field (the CLI generates its flags from them).
 
 Imports only the standard library and :mod:`cgaps.config`, so ``cgaps --help`` stays instant.
 """
@@ -11,7 +11,7 @@ from cgaps.config_fields import check_options, documented, is_integer
 
 
 @dataclass(frozen=True)
-class ConfirmOptions:
+class ConfirmConfig:
     """Which calls are tested again, on how many fresh items, against what (docs/method.md §7)."""
 
     per_concept: int = documented(

@@ -1,4 +1,4 @@
-"""The knobs of the robustness checks (``cgaps robustness``), documented field by field.
+"""The config of the robustness checks (``cgaps robustness``), documented field by field.
 
 One dataclass holds every default and every check: :func:`cgaps.robustness.core.robustness_run`
 takes it, and the command line generates its flags from the fields (the help text is each
@@ -15,7 +15,7 @@ from cgaps.config_fields import check_options, documented, is_integer, is_number
 
 
 @dataclass(frozen=True)
-class RobustnessOptions:
+class RobustnessConfig:
     """How many subsamples and how much ablation the robustness checks run."""
 
     repeats: int = documented(100, "Subsampling repeats (seeded by the run's seed).")
