@@ -25,9 +25,10 @@ demo: venv
 test: venv
 	$(BIN)/pytest -q
 
-# the unit tests on both cores (under 30 s on 2 quiet cores); `make test` runs every test
+# the unit tests on both cores, one thread each (two workers of two torch threads fight over
+# two cores); `make test` runs every test
 test-fast: venv
-	$(BIN)/pytest -q -n 2 -m "not slow and not integration"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/pytest -q -n 2 -m "not slow and not integration"
 
 lint: venv
 	$(BIN)/ruff check src tests scripts bench

@@ -277,6 +277,7 @@ def test_installed_entry_point_exit_codes(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
 
 
+@pytest.mark.integration
 def test_help_is_fast(tmp_path):
     import time
 

@@ -185,6 +185,7 @@ def scored_run(tmp_path):
     return run, pool, tmp_path / "responses.jsonl", x, concepts, reader, spec
 
 
+@pytest.mark.integration
 def test_confirm_end_to_end(scored_run, monkeypatch):
     from cgaps.confirm.stage import CONFIRMATION, CONFIRMATION_COLUMNS, confirm_run
     from cgaps.pools.coverage import Reader
@@ -216,6 +217,7 @@ def test_confirm_end_to_end(scored_run, monkeypatch):
     pd.testing.assert_frame_equal(again, out)
 
 
+@pytest.mark.integration
 def test_confirm_refuses_a_pool_of_the_run_itself(scored_run):
     from cgaps.confirm.stage import confirm_run
 
@@ -273,6 +275,7 @@ def test_report_and_explorer_show_fill_and_confirm(scored_run, monkeypatch):
     assert client.get("/api/confirm", params={"concept": -1}).status_code == 400
 
 
+@pytest.mark.integration
 def test_confirm_evaluates_fresh_items_with_the_runs_model(scored_run, monkeypatch):
     """Without --responses the fresh items are answered by the evaluate stage (the own evaluator
     around the run's model, here a scripted generator that fails where concept X is present)."""

@@ -200,6 +200,7 @@ def _reference_loglik(model, tok, context: str, cont: str, raw: bool) -> float:
     return float(sum(logp[len(ctx) - 1 + k, t] for k, t in enumerate(cid)))
 
 
+@pytest.mark.integration
 def test_backend_loglikelihood_matches_a_plain_reference():
     from cgaps.models import HFBackend, format_chat
     from helpers import embedded_tokenizer, tiny_causal_lm

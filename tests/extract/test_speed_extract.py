@@ -77,6 +77,7 @@ def _sae_in(dtype: torch.dtype, architecture: str = "topk", d_in: int = 32):
     return LoadedSAE(sae=sae, layer=2, width=64, sae_id="tiny", hook_name="blocks.2.hook_resid_post")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_topk_codes_are_the_dense_codes(dtype):
     spec = _sae_in(dtype)

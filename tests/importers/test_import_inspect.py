@@ -109,6 +109,7 @@ def test_inspect_epochs_and_partial_credit(tmp_path):
     assert [r["score"] for r in imported.rows] == [0.5, 0.5]
 
 
+@pytest.mark.integration
 def test_bad_inspect_logs(qa_log, tmp_path):
     from inspect_ai.dataset import Sample
     from inspect_ai.scorer import Score, Target, accuracy, scorer
@@ -146,6 +147,7 @@ def test_bad_inspect_logs(qa_log, tmp_path):
             read_inspect(path)
 
 
+@pytest.mark.integration
 def test_the_import_keeps_what_the_model_saw_and_what_the_log_says(tmp_path):
     """A multiple-choice template with its options and a system_message() prompt reach the items;
     the log's generation config, limit and epochs reach run.json, never our defaults."""
@@ -200,6 +202,7 @@ def test_the_import_keeps_what_the_model_saw_and_what_the_log_says(tmp_path):
     assert meta["imported"]["epochs"] == 1
 
 
+@pytest.mark.integration
 def test_errored_samples_are_named_and_skipped_only_on_request(tmp_path):
     from inspect_ai import Task, eval
     from inspect_ai.dataset import Sample

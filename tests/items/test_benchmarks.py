@@ -54,6 +54,7 @@ def test_counts_match_manifest(paper):
     rundir.validate_items(paper, "paper10")
 
 
+@pytest.mark.integration
 def test_items_are_well_formed(paper):
     assert paper["item_id"].iloc[0] == "gsm8k/00000"
     assert (paper["prompt"].str.len() > 0).all() and (paper["reference"].str.len() > 0).all()
@@ -74,6 +75,7 @@ def test_items_are_well_formed(paper):
     assert all(ref in json.loads(m)["answers"] for ref, m in zip(nq["reference"], nq["meta"], strict=True))
 
 
+@pytest.mark.integration
 def test_limit_is_seeded_sample_in_source_order_with_stable_ids(benchmarks_dir, paper):
     small = load_suite("gsm8k,vectara", data_dir=str(benchmarks_dir), limit=25, seed=3)
     assert small.groupby("benchmark").size().to_dict() == {"gsm8k": 25, "vectara": 25}
@@ -265,6 +267,7 @@ def test_custom_spec_template_and_errors(tmp_path):
 # ------------------------------------------------------------------ CLI
 
 
+@pytest.mark.integration
 def test_cli_items_and_grade(tmp_path, benchmarks_dir):
     from typer.testing import CliRunner
 
@@ -302,6 +305,7 @@ def test_cli_items_and_grade(tmp_path, benchmarks_dir):
 # ------------------------------------------------------------------ the hub path, without a network
 
 
+@pytest.mark.integration
 def test_hub_path_shares_the_parsers(monkeypatch, benchmarks_dir, paper):
     """No download here: the fetchers are stubbed with the local files, the rest runs as for hub users."""
     import cgaps.items.paper as paper_mod

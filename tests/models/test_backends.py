@@ -386,6 +386,7 @@ CONVS = [
 ]
 
 
+@pytest.mark.integration
 def test_every_backend_feeds_the_model_the_same_token_ids(monkeypatch):
     """transformers (what reaches the model), llama.cpp (what reaches llama.cpp) and vLLM (what
     reaches the engine) read the same ids: the chat template rendered and tokenised by the

@@ -24,6 +24,8 @@ from cgaps.errors import CGapsError
 from cgaps.models.openai import OpenAIGenerator, parse_endpoint
 from helpers import free_port
 
+pytestmark = pytest.mark.integration  # every test here starts a server
+
 
 class FakeServer:
     """An OpenAI-style chat-completions server on 127.0.0.1 (uvicorn in a thread)."""

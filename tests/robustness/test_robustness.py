@@ -211,6 +211,7 @@ def test_sae_swap_recovers_a_permuted_sae(tmp_path):
         } <= {p["b"]["concept"] for p in pairs}
 
 
+@pytest.mark.integration
 def test_sae_swap_of_unrelated_saes_does_not_correlate(tmp_path):
     """Another suite's saliency through an unrelated SAE: matched chi_model ranks do not agree
     and the chi_model distributions differ (KS > 0)."""

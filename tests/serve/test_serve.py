@@ -661,6 +661,7 @@ def test_cli_serves_on_a_picked_port_and_prints_the_url(runs):
     assert "warning: listening on 127.0.0.2" in err  # not the default address: said so
 
 
+@pytest.mark.integration
 def test_cli_errors_are_one_line(runs, tmp_path):
     from typer.testing import CliRunner
 
