@@ -488,3 +488,26 @@ def test_os_errors_are_one_line_naming_the_file_and_the_fix(tmp_path, monkeypatc
     assert e.value.code == 1 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert f"{run / 'concepts.parquet'}: No space left on device; free some space" in err
+
+
+@pytest.mark.parametrize("where", ["parsing", "command"])
+def test_ctrl_c_is_one_line_wherever_it_lands(tmp_path, monkeypatch, capsys, where):
+    """Ctrl-C while typer parses the arguments (typer turns it into exit 130 without a word)
+    or while the command runs: exit 130 and the one line, said once."""
+    import cgaps.cli.main as cli_main
+    import cgaps.runstate
+
+    def interrupt(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    if where == "parsing":
+        monkeypatch.setattr(cli_main._Group, "make_context", interrupt)
+    else:
+        monkeypatch.setattr(cgaps.runstate, "run_status", interrupt)
+    code, out, err = _main(monkeypatch, capsys, "status", str(tmp_path))
+    assert code == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted: the work completed so far is kept"), (
+        err
+    )
+    assert out == ""

@@ -70,11 +70,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            # typer would exit 130 without a word; say what the interrupted command left
-            from cgaps.console import error
-
-            error(interrupted_line())
-            raise typer.Exit(INTERRUPTED) from None
+            raise typer.Exit(INTERRUPTED) from None  # the line is said once, in main
 
     def main(  # type: ignore[override]
         self,
@@ -104,6 +100,11 @@ class _Group(TyperGroup):
         except typer.Abort:
             error("aborted")
             sys.exit(1)
+        if rv == INTERRUPTED:
+            # Ctrl-C in the command, or in typer's parsing or teardown around it (typer turns
+            # those into exit 130 without a word): say what the interrupted command left
+            error(interrupted_line())
+            sys.exit(INTERRUPTED)
         # without standalone mode, click returns the exit code of `--help` or typer.Exit
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
