@@ -38,6 +38,19 @@ def _no_conversion(gguf, *args, **kwargs):
 
 
 @pytest.fixture(autouse=True)
+def _ctrl_c_handler_restored():
+    """The Ctrl-C handler of the session as each test found it: a library a test starts (a
+    server, a harness) may install its own and leave it, and later tests fork children that
+    inherit it."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    if handler is not None and signal.getsignal(signal.SIGINT) is not handler:
+        signal.signal(signal.SIGINT, handler)
+
+
+@pytest.fixture(autouse=True)
 def _seed_and_isolate(request, monkeypatch):
     import torch  # a dependency: a broken install must fail here, not be skipped
 

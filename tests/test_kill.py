@@ -341,6 +341,10 @@ def _interrupted(args: list[str], log: Path, patch: Callable[[], None], delay: f
     import sys
 
     def child() -> None:
+        # Python's own Ctrl-C handler, as in a fresh `cgaps` process: a forked child inherits the
+        # parent's, and a test earlier in the session (a server, a harness) may have left another
+        # (in CI's full run no signal landed: every interrupted command ran to the end)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.stderr = open(log, "w", buffering=1)  # noqa: SIM115 (the child exits with os._exit)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         patch()
