@@ -382,18 +382,9 @@ def _ctrl_c_and_resume(
     reference = tmp_path / "run_uninterrupted"
     reference.mkdir(parents=True)
     prepare(reference)
-    # the uninterrupted command line: its run is the reference
-    code = _interrupted(args(reference), tmp_path / "stderr.txt", patch, 600)
+    # the uninterrupted command line, timed: its run is the reference
+    code, seconds = timed(lambda: _interrupted(args(reference), tmp_path / "stderr.txt", patch, 600))
     assert code is None, (tmp_path / "stderr.txt").read_text()
-    # timed a second time, warm (the first run pays one-off costs, and signals drawn from its
-    # time fell after most interrupted runs had finished: none landed once in CI); the warm
-    # run must equal the first
-    warm = tmp_path / "run_warm"
-    warm.mkdir()
-    prepare(warm)
-    code, seconds = timed(lambda: _interrupted(args(warm), tmp_path / "stderr_warm.txt", patch, 600))
-    assert code is None, (tmp_path / "stderr_warm.txt").read_text()
-    compare(reference, warm)
     rng = random.Random(seed)
     landed = 0
     for n in range(KILLS_PER_STAGE):
@@ -401,7 +392,7 @@ def _ctrl_c_and_resume(
         run.mkdir()
         prepare(run)
         log = tmp_path / f"stderr{n}.txt"
-        code = _interrupted(args(run), log, patch, rng.uniform(0.05, 0.8) * seconds)
+        code = _interrupted(args(run), log, patch, rng.uniform(0.05, 1.0) * seconds)
         err = log.read_text()
         assert "Traceback" not in err, err
         if code is not None and code != 0:
