@@ -318,8 +318,8 @@ def record_strengths_at_chance(
     run_dir: Any, cfg: Any, concepts: pd.DataFrame | None = None
 ) -> tuple[np.ndarray, RunTables]:
     """After ``cgaps score`` (the command and the pipeline's score step): ``at_chance`` for every
-    row of the ``concepts`` it wrote (read from the run without them), on the saliency its scores used, and the count of the
-    strengths of ``ALL`` at chance into run.json ``counts.strengths_at_chance`` (what ``cgaps
+    row of the ``concepts`` it wrote (read from the run when not given), on the saliency its
+    scores used, and the count of the strengths of ``ALL`` at chance into run.json ``counts.strengths_at_chance`` (what ``cgaps
     status`` shows). Here and not in :mod:`cgaps.scoring`: chance levels read the scored matrix,
     so scoring cannot depend on this module. Returns the flags and the run it loaded."""
     from pathlib import Path
