@@ -16,7 +16,7 @@ from cgaps.scaleout.config import RayConfig
 # Generation batches of 32: probe answers are short, so decoding steps are small and their fixed
 # cost dominates; 32 rows per step generate 1.3x faster than 16 here (docs/scaling.md,
 # Generation). Extraction keeps batches of 16, so identical responses give identical tables.
-DEMO_PROBES: dict[str, Any] = {"suite": "probes", "max_new_tokens": 48, "generate_batch_size": 128}
+DEMO_PROBES: dict[str, Any] = {"suite": "probes", "max_new_tokens": 48, "generate_batch_size": 128, "batch_size": 32}
 DEMO_PAPER10: dict[str, Any] = {"suite": "paper10", "limit": 20, "max_new_tokens": 128}
 
 
