@@ -583,6 +583,51 @@ def test_read_only_and_security_headers(client):
         assert client.get(page).text == r.text
 
 
+def test_the_page_carries_the_runs_list_as_inert_json(client):
+    """The page embeds /api/runs' answer (one request fewer before the first view), and no name
+    in it can end the data block or open markup."""
+    import html.parser
+
+    page = client.get("/concepts").text
+    blocks: list[tuple[dict[str, str | None], list[str]]] = []  # each script element: attributes, text
+
+    class Blocks(html.parser.HTMLParser):
+        inside = False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "script":
+                blocks.append((dict(attrs), []))
+                self.inside = True
+
+        def handle_endtag(self, tag):
+            self.inside = self.inside and tag != "script"
+
+        def handle_data(self, data):
+            if self.inside:
+                blocks[-1][1].append(data)
+
+    Blocks().feed(page)
+    data = ["".join(text) for attrs, text in blocks if attrs.get("id") == "cgaps-runs"]
+    assert len(data) == 1 and json.loads(data[0]) == client.get("/api/runs").json()
+    assert [a.get("src") for a, _ in blocks if a.get("id") != "cgaps-runs"] == [
+        "/static/charts.js",
+        "/static/fillconfirm.js",
+        "/static/app.js",
+    ]
+
+
+def test_a_hostile_name_stays_inside_the_runs_data_block():
+    from cgaps.serve.app import RUNS_SLOT, _with_runs
+
+    hostile = {"runs": [{"name": "</script><script>window.__xss = 6</script><!--", "benchmarks": ["a&b>"]}]}
+    page = _with_runs(b"<body>" + RUNS_SLOT + b"</body>", hostile).decode()
+    inside = page.removeprefix('<body><script type="application/json" id="cgaps-runs">').removesuffix(
+        "</script></body>"
+    )
+    assert not any(ch in inside for ch in "<>&"), inside
+    assert json.loads(inside) == hostile
+
+
 def test_the_engine_reads_only_the_served_directories(store, tmp_path):
     outside = tmp_path / "outside.parquet"
     pd.DataFrame({"secret": [1]}).to_parquet(outside)
