@@ -230,6 +230,7 @@ def test_search_covers_labels_tokens_and_ids(client, runs):
         "c42",
         "%",
         "_",
+        "\\",
         "no such thing",
     ):
         body = client.get("/api/concepts", params={"q": q, "per_page": 500}).json()

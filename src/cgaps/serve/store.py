@@ -691,9 +691,10 @@ class Store:
         where: list[str] = ["c.scope = ?"]
         params: list[Any] = [scope]
         if q:
-            like = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            cond = f"c.concept IN (SELECT concept FROM {run.t}_q WHERE search LIKE ? ESCAPE '\\')"
-            params.append(like)
+            # a plain substring test: nothing in q is a pattern, and it scans the 65,536 search rows
+            # of a large run in half the time of LIKE with an escape clause (docs/explorer.md)
+            cond = f"c.concept IN (SELECT concept FROM {run.t}_q WHERE contains(search, ?))"
+            params.append(q.lower())
             digits = q.lstrip("#c").strip()
             if digits.isdigit():
                 cond = f"({cond} OR c.concept = ?)"
