@@ -349,12 +349,24 @@ def _interrupted(args: list[str], log: Path, patch: Callable[[], None], delay: f
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         patch()
         sys.argv = ["cgaps", *args]
+        code: list[int] = []  # the command's exit status, once it is over
         try:
-            entry_point()  # the console script: it loads the commands, so a signal may land there too
-        except SystemExit as e:
+            try:
+                entry_point()  # the console script: it loads the commands, so a signal may land there too
+                code.append(0)
+            except SystemExit as e:
+                code.append(int(e.code or 0))
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # over: a Ctrl-C now is after it
             sys.stderr.flush()
-            os._exit(int(e.code or 0))
-        os._exit(0)
+        except KeyboardInterrupt as k:
+            # it landed between the console script's return and the mask, after the command (CI
+            # once sent it there): entry_point catches every Ctrl-C that lands inside it, so one
+            # with no exit status before it is a failure of the command line, and is raised
+            if not code and isinstance(k.__context__, SystemExit):
+                code.append(int(k.__context__.code or 0))
+            if not code:
+                raise
+        os._exit(code[0])
 
     proc = multiprocessing.get_context("fork").Process(target=child)
     proc.start()
