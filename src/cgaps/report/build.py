@@ -522,9 +522,7 @@ def read_themes(run_dir: Path, scoring_config: dict[str, Any]) -> tuple[pd.DataF
     if missing:
         raise CGapsError(f"{path}: missing column(s) {', '.join(missing)}; rerun `cgaps label RUN_DIR`")
     made = dict(rundir.read_table_config(path) or {})
-    if (
-        "theme_cut" not in scoring_config
-    ):  # scored before theme_cut was a scoring config field: the label option then
+    if "theme_cut" not in scoring_config:  # scored before theme_cut was a scoring config field
         made.pop("theme_cut", None)
     if scoring_config and made != scoring_config:
         return (
@@ -674,17 +672,11 @@ def _members_phrase(theme: int, members: list[int], describe: _Describer, shown:
 
 def _power_lines(power: dict[str, Any] | None, scope: str) -> list[str]:
     """Under an empty gap table: what a concept on 30 items of ``scope`` must show to be called,
-    and the items per benchmark a topic would need (:mod:`cgaps.scoring.power`)."""
-    from cgaps.scoring.power import detectable_sentence, needed_sentence
+    and the items per benchmark a topic would need: the power lines of a scope that called
+    nothing (:func:`cgaps.scoring.power.summary_sentences`), less their first, "nothing was called"."""
+    from cgaps.scoring.power import summary_sentences
 
-    power = power or {}
-    entry = power.get("scopes", {}).get(scope)
-    if not entry:
-        return []
-    per_bench = (
-        power.get("items_per_benchmark", entry["items"]) if scope == rundir.ALL_SCOPE else entry["items"]
-    )
-    return [detectable_sentence(entry), needed_sentence(entry, per_bench)]
+    return summary_sentences(power or {}, 0, scope)[1:]
 
 
 def _scoring_notes(
@@ -717,8 +709,7 @@ def _entries(
     for r in theme_rows or []:
         if r["gap"] not in ("weak", "strong"):
             continue
-        themed.update(int(m["concept"]) for m in r["members"])
-        themed.update(r.get("member_ids", []))
+        themed.update(r["member_ids"])  # every member, not only the 12 shown
         out.append(
             {
                 "name": r["phrase"],
