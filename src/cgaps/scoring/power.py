@@ -238,7 +238,10 @@ def scope_calls(*tables: Any) -> dict[str, int]:
     return out
 
 
-def all_sentences(power: dict[str, Any], calls: dict[str, int]) -> dict[str, list[str]]:
-    """:func:`summary_sentences` of every scope of ``power``, ``calls`` from :func:`scope_calls`
-    (``validation.json`` ``power.sentences``)."""
-    return {scope: summary_sentences(power, calls.get(scope, 0), scope) for scope in power.get("scopes", {})}
+def all_sentences(power: dict[str, Any]) -> dict[str, list[str]]:
+    """:func:`summary_sentences` of every scope of ``power`` (:func:`run_power`'s, which counts each
+    scope's ``calls``), for ``validation.json`` ``power.sentences``."""
+    return {
+        scope: summary_sentences(power, int(entry.get("calls", 0)), scope)
+        for scope, entry in power.get("scopes", {}).items()
+    }

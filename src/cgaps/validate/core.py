@@ -43,7 +43,7 @@ from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.runtables import load_run
 from cgaps.scoring.core import SuiteMatrix, build_matrix, score_tables
-from cgaps.scoring.power import all_sentences, run_power, scope_calls
+from cgaps.scoring.power import all_sentences, run_power
 from cgaps.scoring.stage import concept_scale
 from cgaps.scoring.themes import ThemeSet, theme_structure
 from cgaps.validate.config import ValidateConfig
@@ -244,7 +244,7 @@ def validate_run(run_dir: str | Path, options: ValidateConfig | None = None) -> 
         tests = _read_theme_tests(run_dir)
         power = run_power(m, cfg, run.concepts, tests)
         # the sentences the report and `cgaps status` show, per scope, for readers of this file
-        power["sentences"] = all_sentences(power, scope_calls(run.concepts, tests))
+        power["sentences"] = all_sentences(power)
         result["power"] = power
     if "category" in run.items.columns and run.concepts is not None:
         categories = run.items.set_index("item_id").loc[m.item_ids, "category"].fillna("").to_numpy()
