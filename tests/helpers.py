@@ -192,6 +192,24 @@ def save_random_sae(folder: Path, architecture: str = "topk", **kw: Any) -> Path
     return folder
 
 
+def tiny_run_config(root: Path, **fields: Any) -> Any:
+    """A :class:`~cgaps.config.RunConfig` on a 2-layer tiny model and a 32-latent random SAE saved
+    under ``root``, answering 6 new tokens in batches of 4 by option log-likelihood on the CPU in
+    float32 (what the chunk-runner and Ray tests run); ``fields`` add to it or override."""
+    from cgaps.config import RunConfig
+
+    model = save_tiny_model(root / "model", n_layers=2)
+    sae = save_random_sae(root / "sae", d_in=TINY_HIDDEN, d_sae=32, layer=1, k=4, scale=0.3)
+    base = {
+        "max_new_tokens": 6,
+        "batch_size": 4,
+        "mc_scoring": "loglik",
+        "device": "cpu",
+        "dtype": "float32",
+    }
+    return RunConfig(model=str(model), sae=str(sae), **{**base, **fields})
+
+
 def loaded_sae(
     d_in: int, width: int = 48, *, k: int = 6, layer: int = 2, seed: int = 1, scale: float = 0.3
 ) -> Any:

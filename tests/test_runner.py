@@ -19,7 +19,7 @@ import pytest
 from cgaps import rundir
 from cgaps.config import RunConfig
 from cgaps.errors import CGapsError
-from helpers import TINY_HIDDEN, save_random_sae, save_tiny_model
+from helpers import tiny_run_config
 
 N_ITEMS = 24
 
@@ -89,19 +89,8 @@ def test_the_runners_implement_the_seam():
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory) -> RunConfig:
-    root = tmp_path_factory.mktemp("runner-model")
-    model = save_tiny_model(root / "model", n_layers=2)
-    sae = save_random_sae(root / "sae", d_in=TINY_HIDDEN, d_sae=32, layer=1, k=4, scale=0.3)
-    return RunConfig(
-        model=str(model),
-        sae=str(sae),
-        max_new_tokens=6,
-        batch_size=4,
-        generate_batch_size=3,
-        mc_scoring="loglik",
-        device="cpu",
-        dtype="float32",
-        backend="transformers",
+    return tiny_run_config(
+        tmp_path_factory.mktemp("runner-model"), generate_batch_size=3, backend="transformers"
     )
 
 

@@ -36,7 +36,7 @@ import pytest
 
 from cgaps import rundir
 from cgaps.config import RunConfig
-from helpers import TINY_HIDDEN, save_random_sae, save_tiny_model
+from helpers import tiny_run_config
 
 N_ITEMS = 40
 SHARD_ITEMS = 8  # several shards from a few items (set in the child too)
@@ -182,18 +182,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory) -> RunConfig:
-    root = tmp_path_factory.mktemp("scaleout-model")
-    model = save_tiny_model(root / "model", n_layers=2)
-    sae = save_random_sae(root / "sae", d_in=TINY_HIDDEN, d_sae=32, layer=1, k=4, scale=0.3)
-    return RunConfig(
-        model=str(model),
-        sae=str(sae),
-        max_new_tokens=6,
-        batch_size=4,
-        mc_scoring="loglik",
-        device="cpu",
-        dtype="float32",
-    )
+    return tiny_run_config(tmp_path_factory.mktemp("scaleout-model"))
 
 
 @pytest.fixture(scope="module")
