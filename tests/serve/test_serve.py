@@ -584,6 +584,21 @@ def test_read_only_and_security_headers(client):
         assert client.get(page).text == r.text
 
 
+def test_the_page_names_an_icon_the_browser_can_cache(client):
+    """Without a cacheable icon Chromium asks for /favicon.ico on every history entry, i.e. on every
+    key typed into the search box, beside the search's own request."""
+    import re
+
+    page = client.get("/concepts").text
+    link = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', page)
+    assert link is not None and link.group(1) == "/static/icon.svg"
+    icon = client.get(link.group(1))
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    assert icon.headers["cache-control"] == "max-age=3600" and icon.content.startswith(b"<svg ")
+    fav = client.get("/favicon.ico")
+    assert fav.content == icon.content and fav.headers["cache-control"] == "max-age=3600"
+
+
 def test_the_page_carries_the_runs_list_as_inert_json(client):
     """The page embeds /api/runs' answer (one request fewer before the first view), and no name
     in it can end the data block or open markup."""

@@ -44,6 +44,7 @@ ASSETS = {
     "charts.js": "text/javascript; charset=utf-8",
     "fillconfirm.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
 }
 PAGES = ("/", "/concepts", "/benchmarks", "/themes", "/compare")
 CSP = (
@@ -171,15 +172,16 @@ def create_app(store: Store) -> FastAPI:
     def concept_page(concept: int) -> Response:
         return page()
 
-    @app.get("/favicon.ico", include_in_schema=False)
-    def favicon() -> Response:
-        return Response(status_code=204)
-
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> Response:
         if name not in assets:
             raise StarletteHTTPException(404)
         return Response(assets[name], media_type=ASSETS[name], headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        # the page names /static/icon.svg; a browser that asks here anyway gets the same icon, cached
+        return static("icon.svg")
 
     @app.get("/api/runs")
     def runs() -> Response:
