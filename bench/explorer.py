@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/explorer.py [--out /tmp/explorer_bench] [--concepts 65536]
         [--benchmarks 10] [--items 100000] [--per-item 64] [--repeats 5] [--load] [--threads N]
+        [--floor]
 
 A benchmark script, not a timed test. It writes a synthetic run directory once (reused
 when its ``run.json`` says the same sizes), starts ``cgaps serve`` on it in a child process
@@ -18,6 +19,12 @@ the median of ``--repeats`` tries:
 ``--load`` measures with other work on the machine: a second process spins on one core (a
 busy Python loop, not niced) from before the server starts until the measurements end.
 
+``--floor`` then measures the same interactions again against a server whose concept list
+answers from memory: the same app and HTTP stack, with every list request the page will make
+computed once beforehand. Its ``search_ms`` is what the page, Chromium and the HTTP round trip
+cost on their own under the same load (``search_floor_ms``): the part of the search no work on
+the server's query can take away.
+
 The synthetic run is sparse and made in seconds: every item fires on ``--per-item`` concepts
 (half drawn from a suite-wide Zipf-like popularity, half from its benchmark's own), saliency is
 the long table of docs/method.md §6 (item × firing concept), 50 planted concepts (each firing on 0.1-1%
@@ -25,7 +32,7 @@ of the items) lower the score of the items they fire on, and ``concepts.parquet`
 real scoring stage (``cgaps.scoring.stage.score_run``). Contexts and labels are made from a
 small vocabulary. The last line printed is
 
-    first_render_ms=A search_ms=B detail_ms=C server_gb=D
+    first_render_ms=A search_ms=B detail_ms=C server_gb=D [search_floor_ms=E with --floor]
 """
 
 from __future__ import annotations
@@ -213,6 +220,54 @@ def _start_server(run: Path, threads: int | None = None) -> tuple[subprocess.Pop
     return proc, url, time.perf_counter() - t0
 
 
+def _serve_from_memory(run: Path) -> None:
+    """``--floor``'s server (run in a child process): ``cgaps serve``'s app on 127.0.0.1, with the
+    store's concept list memoised. The parent fills the memo by requesting each page beforehand."""
+    import socket
+
+    import uvicorn
+
+    from cgaps.serve.app import create_app
+    from cgaps.serve.store import Store
+
+    memo: dict[str, dict] = {}
+    compute = Store.concepts
+
+    def remembered(self: Store, run_: object, **kw: object) -> dict:
+        key = repr(sorted(kw.items()))
+        if key not in memo:
+            memo[key] = compute(self, run_, **kw)
+        return memo[key]
+
+    Store.concepts = remembered  # type: ignore[method-assign]
+    app = create_app(Store([run]))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    print(f"http://127.0.0.1:{sock.getsockname()[1]}/", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+def _start_memory_server(run: Path, repeats: int) -> tuple[subprocess.Popen[str], str]:
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-from-memory", str(run)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    # the list requests measure() will make, in the page's own words (app.js: sort, order, page, per_page)
+    words = [""] + [VOCAB[(3 * k + 1) % len(VOCAB)] for k in range(repeats)]
+    for w in words:
+        q = f"q={w}&" if w else ""
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{url}api/concepts?{q}sort=q_value&order=asc&page=1&per_page=25").read()
+                break
+            except OSError:
+                time.sleep(0.1)
+    return proc, url
+
+
 def _spin() -> subprocess.Popen[bytes]:
     """A process that keeps one core busy until it is killed (``--load``)."""
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -277,7 +332,16 @@ def main() -> None:
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--load", action="store_true", help="a second process spinning on one core meanwhile")
     ap.add_argument("--threads", type=int, help="cgaps serve --threads (default: serve's own)")
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="then the same against a server whose concept list answers from memory (search_floor_ms)",
+    )
+    ap.add_argument("--serve-from-memory", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_from_memory:
+        _serve_from_memory(args.serve_from_memory)
+        return
     t0 = time.perf_counter()
     run = make_synthetic_run(
         args.out,
@@ -301,6 +365,15 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
+        if args.floor:
+            mem, mem_url = _start_memory_server(run, args.repeats)
+            try:
+                floor = measure(mem_url, args.repeats, args.chromium)
+            finally:
+                mem.send_signal(signal.SIGTERM)
+                mem.wait(timeout=30)
+            times["search_floor_ms"] = floor["search_ms"]
+            times["search_floor_request_ms"] = floor["search_request_ms"]
     finally:
         if spinner is not None:
             spinner.kill()
@@ -317,6 +390,7 @@ def main() -> None:
     print(
         f"first_render_ms={med['first_render_ms']:.0f} search_ms={med['search_ms']:.0f} "
         f"detail_ms={med['detail_ms']:.0f} server_gb={gb:.2f}"
+        + (f" search_floor_ms={med['search_floor_ms']:.0f}" if args.floor else "")
     )
 
 
