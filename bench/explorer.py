@@ -261,7 +261,9 @@ def _start_memory_server(run: Path, repeats: int) -> tuple[subprocess.Popen[str]
         q = f"q={w}&" if w else ""
         for _ in range(100):
             try:
-                urllib.request.urlopen(f"{url}api/concepts?{q}sort=q_value&order=asc&page=1&per_page=25").read()
+                urllib.request.urlopen(
+                    f"{url}api/concepts?{q}sort=q_value&order=asc&page=1&per_page=25"
+                ).read()
                 break
             except OSError:
                 time.sleep(0.1)
