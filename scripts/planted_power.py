@@ -8,6 +8,9 @@ Two stages, each resumable from its output:
              (``cgaps import table``, no response, placeholder scores), with the group as the
              item's ``category``; then ``cgaps extract`` runs on it. The group is in the run
              only as metadata: scoring never reads it (unless ``--adjust-by category``).
+``oracle``   what the same score test gives a hypothesis that fires on exactly the items of one
+             planted group (or of both), on simulated draws of the same design: the information
+             limit any concept or theme is measured against (no run needed).
 ``measure``  plants failure on whole groups of an extracted run (accuracy ``--low`` on
              ``--planted`` groups, ``--high`` elsewhere), scores with the run's config, and counts
              the gap concepts and themes and the share of the top 20 whose saliency mass points
@@ -18,6 +21,7 @@ Usage::
 
     python scripts/planted_power.py prepare math --facet category --per-group 100 --out RUNS/math_type
     python scripts/planted_power.py measure RUNS/math_type --sizes 30,100 --repeats 5
+    python scripts/planted_power.py oracle --groups 5 --per-group 30
 
 Needs ``CGAPS_BENCHMARKS`` or ``--data-dir`` (the benchmarks' original files). Figures:
 docs/results.md, "Power at the sizes users have".
@@ -128,6 +132,41 @@ def measure(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(out, indent=1))
 
 
+def _unit_p(y: np.ndarray, mask: np.ndarray) -> float:
+    """Two-sided p of the score test for unit saliency on ``mask``, one benchmark, normal form."""
+    from scipy.stats import norm
+
+    mu = y.mean()
+    z = (y[mask] - mu).sum() / np.sqrt(mask.sum() * mu * (1 - mu))
+    return float(2 * norm.cdf(-abs(z)))
+
+
+def oracle(args: argparse.Namespace) -> None:
+    """The score test of method §3 (normal form, one benchmark) on a hypothesis of unit saliency
+    on exactly the items of the best planted group, and of both planted groups, over simulated draws."""
+
+    rng = np.random.default_rng(args.seed)
+    code = np.repeat(np.arange(args.groups), args.per_group)
+    one, both = [], []
+    for _ in range(args.repeats):
+        chosen = rng.choice(args.groups, size=args.planted, replace=False)
+        y = (rng.random(len(code)) < np.where(np.isin(code, chosen), args.low, args.high)).astype(float)
+        one.append(min(_unit_p(y, code == g) for g in chosen))
+        both.append(_unit_p(y, np.isin(code, chosen)))
+    print(
+        json.dumps(
+            {
+                "groups": args.groups,
+                "per_group": args.per_group,
+                "draws": args.repeats,
+                "best_group_p_median": float(np.median(one)),
+                "best_group_p_90pct": float(np.quantile(one, 0.9)),
+                "planted_groups_p_median": float(np.median(both)),
+            }
+        )
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="stage", required=True)
@@ -150,8 +189,16 @@ def main() -> None:
     b.add_argument("--decoder", action="store_true", help="themes by co-activation and decoder cosine")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json")
+    o = sub.add_parser("oracle")
+    o.add_argument("--groups", type=int, default=5)
+    o.add_argument("--per-group", type=int, default=30)
+    o.add_argument("--repeats", type=int, default=2000)
+    o.add_argument("--planted", type=int, default=2)
+    o.add_argument("--low", type=float, default=0.1)
+    o.add_argument("--high", type=float, default=0.7)
+    o.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    prepare(args) if args.stage == "prepare" else measure(args)
+    {"prepare": prepare, "measure": measure, "oracle": oracle}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,33 @@ def test_planted_topics_point_to_the_planted_groups():
         assert o["top_pointing"] == 1.0
         for d in o["draws"]:
             assert len(d["planted"]) == 2 and d["top"] == min(20, d["weak_concepts"] + d["weak_themes"])
+            # a draw that calls something had a kept hypothesis at or under BH's first step's bar
+            assert d["kept"] >= d["weak_concepts"] + d["weak_themes"] and 0 < d["best_p"] <= 0.05 / d["kept"]
+
+
+def test_planted_topics_say_how_far_a_draw_without_calls_was_from_the_bar():
+    """A draw with nothing planted calls nothing, and its best kept p-value is above fdr / kept (else
+    Benjamini-Hochberg would have called it): the figure the docs compare with an oracle's."""
+    from cgaps.config import RunConfig
+    from cgaps.scoring.core import build_matrix
+    from cgaps.validate.topics import planted_topics
+
+    items, sal = make_topic_suite(2, null=True, per_topic=40)
+    cfg = RunConfig()
+    m = build_matrix(items, sal, TOPIC_SUITE_CONCEPTS, presence=cfg.presence)
+    out = planted_topics(
+        m,
+        items["category"].to_numpy(),
+        cfg,
+        np.random.default_rng(2),
+        sizes=(30,),
+        repeats=3,
+        low=0.6,
+        high=0.6,
+    )
+    for d in out[0]["draws"]:
+        assert d["weak_concepts"] + d["weak_themes"] + d["strong_concepts"] + d["strong_themes"] == 0
+        assert d["kept"] > 0 and d["best_p"] > cfg.fdr / d["kept"]
 
 
 def test_planted_topics_withhold_the_facet_even_when_scores_adjust_by_it():

@@ -96,6 +96,12 @@ def planted_draw(
             )
     found.sort(key=lambda r: (r[0], r[1]))
     top = found[:TOP]
+    # how far the draw was from a first call: the hypotheses Tarone's rule kept in ALL (the bar of a
+    # lone call is fdr / kept) and the smallest two-sided p-value among them
+    kept_p = c_all.loc[c_all["q_value"].notna(), "p_value"].to_numpy(dtype=np.float64)
+    if tests is not None and len(tests):
+        t_kept = tests[(tests["scope"] == rundir.ALL_SCOPE) & tests["q_value"].notna()]
+        kept_p = np.concatenate([kept_p, t_kept["p_value"].to_numpy(dtype=np.float64)])
 
     def share(kind: str | None) -> float | None:
         rows = [r for r in found if kind is None or r[3] == kind][:TOP]
@@ -111,6 +117,8 @@ def planted_draw(
         "top_pointing": share(None),
         "top_concepts_pointing": share("concept"),
         "top_themes_pointing": share("theme"),
+        "kept": len(kept_p),
+        "best_p": float(kept_p.min()) if len(kept_p) else None,
     }
 
 
