@@ -54,6 +54,54 @@ def test_lazy_greedy_equals_the_plain_loop(seed, w_under):
         assert sum(lazy.gains) == pytest.approx(value)
 
 
+def _f(cover, mass, deficit, rows, w_under):
+    hit = np.asarray(cover[rows].sum(axis=0)).ravel() > 0 if rows else np.zeros(cover.shape[1], bool)
+    got = np.asarray(mass[rows].sum(axis=0)).ravel() if rows else np.zeros(mass.shape[1])
+    return float(hit.sum()) + w_under * float(np.minimum(1, got / deficit).sum())
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("w_under", [0.0, 0.5, 3.0])
+def test_swaps_equal_the_plain_pairwise_search(seed, w_under):
+    cover, mass, deficit = _instance(seed)
+    for budget in (3, 8):
+        rows = core.greedy(cover, mass, deficit, budget, w_under=w_under).rows
+        for start in (rows, list(range(budget))):  # the greedy's pick, and a poor one
+            got, made, converged = core.swaps(cover, mass, deficit, start, w_under=w_under)
+            assert got == core.swaps_reference(cover, mass, deficit, start, w_under=w_under)
+            assert converged and len(set(got)) == len(got) == budget
+            assert _f(cover, mass, deficit, got, w_under) >= _f(cover, mass, deficit, start, w_under)
+            assert (made > 0) == (got != start)
+        # the first rounds of a long search, stopped by its limits
+        poor = list(range(budget))
+        one, made, converged = core.swaps(cover, mass, deficit, poor, w_under=w_under, max_swaps=1)
+        assert made <= 1 and one == core.swaps_reference(
+            cover, mass, deficit, poor, w_under=w_under, max_swaps=1
+        )
+        _, made, converged = core.swaps(cover, mass, deficit, poor, w_under=w_under, work=0)
+        assert made == 0 and not converged
+
+
+def test_select_improves_on_the_greedy_and_keeps_its_evidence_consistent():
+    # the greedy takes row 0 (4 targets), then row 1 (1 more); rows 1 and 2 together cover all 6
+    cover = sp.csr_matrix(np.array([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 1, 0], [0, 0, 1, 1, 0, 1]], dtype=float))
+    empty = sp.csr_matrix((3, 0))
+    assert core.greedy(cover, empty, np.zeros(0), 2).rows == [0, 1]
+    sel = core.select(cover, empty, np.zeros(0), 2)
+    assert sel.rows == [1, 2] and sel.swaps == 1 and sel.converged
+    assert sel.gains == [3, 3] and [sorted(c.tolist()) for c in sel.covers] == [[0, 1, 4], [2, 3, 5]]
+    assert core.select(cover, empty, np.zeros(0), 2, improve=False).rows == [0, 1]
+    # on random instances: never below the greedy, and the gains add up to f in the order shown
+    for seed in range(6):
+        c, m, d = _instance(seed)
+        for budget in (4, 12):
+            g = core.greedy(c, m, d, budget)
+            sel = core.select(c, m, d, budget)
+            assert sum(sel.gains) >= sum(g.gains) - 1e-9 and len(sel.rows) == len(g.rows)
+            assert sum(sel.gains) == pytest.approx(_f(c, m, d, sel.rows, 0.5))
+            assert sel.gains == sorted(sel.gains, reverse=True) or sel.swaps == 0
+
+
 def test_greedy_stops_when_nothing_gains_and_respects_eligibility():
     cover = sp.csr_matrix(np.array([[1, 0], [1, 0], [0, 0], [0, 1]], dtype=float))
     empty = sp.csr_matrix((4, 0))

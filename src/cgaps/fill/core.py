@@ -26,6 +26,12 @@ rules (docs/method.md §7):
   & Fisher 1978). Gains only shrink as X grows, so a stale gain is an upper bound and the
   lazy evaluation of Minoux (1978) picks exactly what the plain loop picks
   (``tests/fill/test_fill.py`` checks it against :func:`greedy_reference`).
+* **Swaps** (:func:`swaps`): the greedy's selection, improved by exchanging one chosen item for
+  one unchosen pool item while some exchange raises f (the largest rise first; ties to the
+  earlier chosen item, then the lower pool position), at most ``MAX_SWAPS_PER_ITEM`` × budget
+  exchanges. Every exchange's rise is computed for all pool items at once from the coverage
+  counts; :func:`swaps_reference` recomputes f for every pair and must pick the same.
+  :func:`select` runs both and orders the result as the greedy would take it.
 * **Baselines**: ``random`` (the same budget drawn uniformly from the eligible pool, seeded)
   and ``group`` (round-robin over the pool's metadata groups, its benchmarks or else its
   categories, a seeded shuffle within each: what a builder balancing sources would add).
@@ -46,6 +52,10 @@ from cgaps.config import RunConfig
 from cgaps.scoring.core import ROUND, build_matrix, concept_table, percentile_of
 
 ARMS = ("fill", "random", "group")
+MAX_SWAPS_PER_ITEM = 10  # swaps() stops after this many exchanges per chosen item
+# swaps() stops before a round would take its element operations past this (a round costs the
+# chosen items x the nonzeros of both matrices; ~15 s here): a pool of millions of rows still ends
+SWAP_WORK = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,8 @@ class Selection:
         np.ndarray
     ]  # per chosen row: the missing targets (positions in Targets.missing) it covered first
     fills: list[np.ndarray]  # per chosen row: the under targets (positions) it added mass to
+    swaps: int = 0  # exchanges select() made after the greedy
+    converged: bool = True  # False when the exchanges stopped at a limit with one still rising
 
 
 class _Gains:
@@ -164,21 +176,32 @@ def greedy(
     w_missing: float = 1.0,
     w_under: float = 0.5,
     eligible: np.ndarray | None = None,
+    start: list[int] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Selection:
     """Lazy greedy maximisation of f (module docstring).
 
     ``cover``: pool x missing targets, nonzero where the target is present; ``mass``: pool x
     under targets, ŝ'; ``deficit``: d_c per under target; ``eligible``: pool rows that may be
-    chosen (default all)."""
+    chosen (default all); ``start``: rows taken first, in their order, before the greedy goes on."""
     cover, mass = sp.csr_matrix(cover), sp.csr_matrix(mass)
     cover.sort_indices()
     mass.sort_indices()
     g = _Gains(cover, mass, np.asarray(deficit, dtype=np.float64), w_missing, w_under)
-    rows = np.arange(cover.shape[0]) if eligible is None else np.flatnonzero(eligible)
+    out = Selection([], [], [], [])
+    for row in (start or [])[:budget]:
+        gain, new, filled = g.take(int(row))
+        out.rows.append(int(row))
+        out.gains.append(gain)
+        out.covers.append(new)
+        out.fills.append(filled)
+    allowed = (
+        np.ones(cover.shape[0], dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool).copy()
+    )
+    allowed[out.rows] = False
+    rows = np.flatnonzero(allowed)
     heap = [(-g.parts(int(r))[0], int(r)) for r in rows]
     heapq.heapify(heap)
-    out = Selection([], [], [], [])
     while heap and len(out.rows) < budget:
         _, row = heapq.heappop(heap)
         key = (-g.parts(row)[0], row)
@@ -195,6 +218,154 @@ def greedy(
         if progress is not None:
             progress(1)
     return out
+
+
+def _value(done: np.ndarray, deficit: np.ndarray) -> np.ndarray:
+    """min(1, mass / d) per under target."""
+    return np.minimum(1.0, done / deficit)
+
+
+def swaps(
+    cover: sp.csr_matrix,
+    mass: sp.csr_matrix,
+    deficit: np.ndarray,
+    rows: list[int],
+    *,
+    w_missing: float = 1.0,
+    w_under: float = 0.5,
+    eligible: np.ndarray | None = None,
+    max_swaps: int | None = None,
+    work: float = SWAP_WORK,
+) -> tuple[list[int], int, bool]:
+    """``rows`` improved by single exchanges (module docstring): the rows (an exchanged item takes
+    the place of the one it replaces), the exchanges made, and whether the search ended because
+    none rises (False: it stopped at ``max_swaps`` or ``work``)."""
+    cover = sp.csr_matrix(sp.csr_matrix(cover) != 0, dtype=np.float64)
+    mass = sp.csr_matrix(mass, dtype=np.float64)
+    mass.eliminate_zeros()
+    d = np.asarray(deficit, dtype=np.float64)
+    n = cover.shape[0]
+    allowed = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool).copy()
+    chosen = list(rows)
+    if not chosen:
+        return chosen, 0, True
+    limit = MAX_SWAPS_PER_ITEM * len(chosen) if max_swaps is None else max_swaps
+    per_round = float(len(chosen)) * (cover.nnz + mass.nnz + n)
+    cols_of_mass = mass.indices
+    row_of_mass = np.repeat(np.arange(n), np.diff(mass.indptr))
+    made = 0
+    while True:
+        if made >= limit or (made + 1) * per_round > work:
+            return chosen, made, False
+        count = np.asarray(cover[chosen].sum(axis=0)).ravel()
+        filled = np.asarray(mass[chosen].sum(axis=0)).ravel()
+        base_under = _value(filled, d)
+        free = allowed.copy()
+        free[chosen] = False
+        best: tuple[float, int, int] | None = None  # (rise, position in chosen, pool row)
+        for pos, i in enumerate(chosen):
+            # without i: what it alone covered, and its mass
+            ci = cover.indices[cover.indptr[i] : cover.indptr[i + 1]]
+            left = count.copy()
+            left[ci] -= 1.0
+            loss_missing = float((left[ci] == 0).sum())
+            without = filled.copy()
+            lo, hi = mass.indptr[i], mass.indptr[i + 1]
+            without[mass.indices[lo:hi]] -= mass.data[lo:hi]
+            without = np.maximum(without, 0.0)  # float sums may leave a -0.0000001
+            loss_under = float((base_under - _value(without, d)).sum())
+            # with j added: missing targets j covers that nothing else left covers, and the
+            # saturated mass j adds on top of what is left
+            gain_missing = cover @ (left == 0).astype(np.float64)
+            add = (
+                np.minimum(d[cols_of_mass], without[cols_of_mass] + mass.data)
+                - np.minimum(d[cols_of_mass], without[cols_of_mass])
+            ) / d[cols_of_mass]
+            gain_under = np.bincount(row_of_mass, weights=add, minlength=n)
+            rise = np.round(
+                w_missing * (gain_missing - loss_missing) + w_under * (gain_under - loss_under), ROUND
+            )
+            rise[~free] = -np.inf
+            j = int(np.argmax(rise))  # the lowest pool row among the largest
+            if rise[j] > 0 and (best is None or rise[j] > best[0]):
+                best = (float(rise[j]), pos, j)
+        if best is None:
+            return chosen, made, True
+        chosen[best[1]] = best[2]
+        made += 1
+
+
+def swaps_reference(
+    cover: sp.csr_matrix,
+    mass: sp.csr_matrix,
+    deficit: np.ndarray,
+    rows: list[int],
+    *,
+    w_missing: float = 1.0,
+    w_under: float = 0.5,
+    max_swaps: int | None = None,
+) -> list[int]:
+    """The plain search :func:`swaps` must equal: f written out and recomputed for every pair."""
+    cov = np.asarray(sp.csr_matrix(cover).todense()) != 0
+    ms = np.asarray(sp.csr_matrix(mass).todense(), dtype=np.float64)
+    d = np.asarray(deficit, dtype=np.float64)
+
+    def f(chosen: list[int]) -> float:
+        hit = cov[chosen].any(axis=0)
+        got = ms[chosen].sum(axis=0)
+        return w_missing * float(hit.sum()) + w_under * float(np.minimum(1.0, got / d).sum())
+
+    chosen = list(rows)
+    limit = MAX_SWAPS_PER_ITEM * len(chosen) if max_swaps is None else max_swaps
+    for _ in range(limit if chosen else 0):
+        base = f(chosen)
+        best_rise, best = 0.0, None
+        for pos in range(len(chosen)):
+            for j in range(cov.shape[0]):
+                if j in chosen:
+                    continue
+                rise = round(f([*chosen[:pos], j, *chosen[pos + 1 :]]) - base, ROUND)
+                if rise > best_rise:
+                    best_rise, best = rise, (pos, j)
+        if best is None:
+            break
+        chosen[best[0]] = best[1]
+    return chosen
+
+
+def select(
+    cover: sp.csr_matrix,
+    mass: sp.csr_matrix,
+    deficit: np.ndarray,
+    budget: int,
+    *,
+    w_missing: float = 1.0,
+    w_under: float = 0.5,
+    eligible: np.ndarray | None = None,
+    improve: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> Selection:
+    """The fill arm: the greedy, then (``improve``) exchanges while one raises f; the result in the
+    order the greedy takes its items, with each one's gain and evidence in that order. An item an
+    exchange made redundant is dropped, and the greedy tops the selection up from the pool."""
+    n = sp.csr_matrix(cover).shape[0]
+    allowed = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    kw = {"w_missing": w_missing, "w_under": w_under}
+    sel = greedy(cover, mass, deficit, budget, eligible=allowed, progress=progress, **kw)
+    if not improve or len(sel.rows) < budget:  # nothing more gains: f is already at its maximum
+        return sel
+    made = 0
+    while True:  # a round either ends the search or raised f, so this ends
+        rows, k, converged = swaps(cover, mass, deficit, sel.rows, eligible=allowed, **kw)
+        made += k
+        if k:
+            keep = np.zeros(n, dtype=bool)
+            keep[rows] = True
+            order = greedy(cover, mass, deficit, budget, eligible=keep, **kw).rows
+            sel = greedy(cover, mass, deficit, budget, eligible=allowed, start=order, **kw)
+        if not k or not converged or len(sel.rows) == len(rows) and set(sel.rows) == set(rows):
+            sel.swaps, sel.converged = made, converged
+            return sel
 
 
 def greedy_reference(

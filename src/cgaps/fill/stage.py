@@ -237,7 +237,7 @@ def _fill(
         f"from {len(pool.items)} pool items ({excluded} left out as items of the benchmark)"
     )
     with progress_bar(f"selecting {budget} items", budget) as advance:
-        sel = core.greedy(
+        sel = core.select(
             pool_shat[:, tg.missing],
             pool_shat[:, tg.under],
             tg.deficit,
@@ -248,6 +248,11 @@ def _fill(
         )
     if len(sel.rows) < budget:
         info(f"[yellow]only {len(sel.rows)} pool items add coverage; the selection stops there")
+    elif sel.swaps or not sel.converged:
+        info(
+            f"{sel.swaps} exchange(s) of a greedy pick for another pool item raised the objective"
+            + ("" if sel.converged else "; the search stopped at its work limit with more to gain")
+        )
     arms: dict[str, list[int]] = {
         "fill": sel.rows,
         "random": core.random_selection(len(pool.items), budget, opts.seed),
@@ -278,6 +283,8 @@ def _fill(
             "missing_weight": opts.missing_weight,
             "under_weight": opts.under_weight,
             "value": float(sum(sel.gains)),
+            "swaps": sel.swaps,
+            "swaps_converged": sel.converged,
         },
         "seed": opts.seed,
         "group_column": group_col,
