@@ -263,6 +263,7 @@ def test_fill_end_to_end_with_verify(tiny_run, tmp_path):
     assert summary["pool_items"] == 24  # the run's other two benchmarks; beta's own left out
     assert summary["pool_excluded"] == 12
     assert summary["selected"] == 3 and summary["budget"] == 3
+    assert summary["objective"]["swaps_converged"] is True and summary["objective"]["swaps"] >= 0
     # what alpha and gamma say that beta never does: each word's tokens are concepts here
     assert summary["targets"]["missing"] >= 10
     assert set(summary["arms"]) == {"fill", "random", "group"}

@@ -130,7 +130,7 @@ class Selection:
     ]  # per chosen row: the missing targets (positions in Targets.missing) it covered first
     fills: list[np.ndarray]  # per chosen row: the under targets (positions) it added mass to
     swaps: int = 0  # exchanges select() made after the greedy
-    converged: bool = True  # False when the exchanges stopped at a limit with one still rising
+    converged: bool = True  # False when the exchange search stopped at a limit (one may still rise)
 
 
 class _Gains:

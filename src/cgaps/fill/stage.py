@@ -251,7 +251,7 @@ def _fill(
     elif sel.swaps or not sel.converged:
         info(
             f"{sel.swaps} exchange(s) of a greedy pick for another pool item raised the objective"
-            + ("" if sel.converged else "; the search stopped at its work limit with more to gain")
+            + ("" if sel.converged else "; the search for more stopped at its work limit")
         )
     arms: dict[str, list[int]] = {
         "fill": sel.rows,
