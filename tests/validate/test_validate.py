@@ -97,6 +97,14 @@ def test_planted_topics_point_to_the_planted_groups():
         assert o["groups"] == 6 and o["themes"] == 12
         assert o["weak_concepts"] + o["weak_themes"] >= 5 and o["weak_themes"] >= 1
         assert o["top_pointing"] == 1.0
+        calls = [d["weak_concepts"] + d["weak_themes"] for d in o["draws"]]
+        assert o["n_draws"] == 3 and o["calls_median"] == float(np.median(calls))
+        assert (
+            o["draws_with_5_calls"]
+            == sum(c >= 5 for c in calls)
+            <= o["draws_with_calls"]
+            == sum(c > 0 for c in calls)
+        )
         for d in o["draws"]:
             assert len(d["planted"]) == 2 and d["top"] == min(20, d["weak_concepts"] + d["weak_themes"])
             # a draw that calls something had a kept hypothesis at or under BH's first step's bar

@@ -48,7 +48,8 @@ def validate(run_dir: Path = RunDirArg, *, options: dict[str, Any]) -> None:
             f"planted topics ({topics['facet']}), {row['per_group']} items per group: gap concepts + themes, "
             "share of the top 20 on a planted group",
             f"{row['weak_concepts']:.1f} + {row['weak_themes']:.1f}, "
-            + ("—" if share is None else f"{share:.2f}"),
+            + ("—" if share is None else f"{share:.2f}")
+            + f" (median {row['calls_median']:g}; ≥ 5 calls in {row['draws_with_5_calls']} of {row['n_draws']} draws)",
         )
     if out.get("power"):
         lines = out["power"].get("sentences", {}).get("ALL", [])

@@ -41,7 +41,9 @@ class ValidateConfig:
         "30,100", "Planted topics: items per group, comma-separated (groups with fewer items are left out)."
     )
     topic_repeats: int = documented(
-        5, "Planted topics: draws per size, each planting 2 random groups (0 skips the check)."
+        20,
+        "Planted topics: draws per size, each planting 2 random groups (0 skips the check). Which two "
+        "groups fail decides most of what a draw finds, so a few draws say little.",
     )
 
     def sizes(self) -> tuple[int, ...]:

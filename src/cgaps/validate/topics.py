@@ -163,10 +163,16 @@ def planted_topics(
             vals = [d[key] for d in draws if d[key] is not None]
             return float(np.mean(vals)) if vals else None
 
+        calls = np.array([d["weak_concepts"] + d["weak_themes"] for d in draws])
         out.append(
             {
                 "per_group": size,
                 "groups": len(eligible),
+                "n_draws": len(draws),
+                # the mean hides a cliff: a draw calls many or none, by which groups fail
+                "calls_median": float(np.median(calls)),
+                "draws_with_calls": int((calls > 0).sum()),
+                "draws_with_5_calls": int((calls >= 5).sum()),
                 "planted_groups": planted,
                 "accuracy_planted": low,
                 "accuracy_other": high,
