@@ -64,6 +64,42 @@ def test_validation_section_states_the_figures():
     assert "3 called any gap or strength (OUTSIDE the promise" in html
     assert "<td>20-49</td><td>0.11 (9)</td><td>0.89 (9)</td>" in html  # effects sorted 0.2, 0.5
     assert "<td>gaps (7 concepts)</td><td>0.050</td><td>0.200</td><td>0.150–0.250</td><td>0.010</td>" in html
+    assert "Planted topics" not in html  # no topics in this file: no table
+
+
+def test_validation_section_shows_the_planted_topics_with_their_spread():
+    topics = {
+        "facet": "meta.<b>level</b>",
+        "sizes": [
+            {
+                "per_group": 30,
+                "groups": 7,
+                "n_draws": 20,
+                "weak_concepts": 18.25,
+                "weak_themes": 1.5,
+                "calls_median": 0.0,
+                "draws_with_calls": 5,
+                "draws_with_5_calls": 3,
+                "top_pointing": 1.0,
+                "draws": [],
+            },
+            # a validation.json written before the spread was recorded
+            {
+                "per_group": 100,
+                "groups": 7,
+                "weak_concepts": 200.0,
+                "weak_themes": 30.0,
+                "top_pointing": 0.975,
+                "draws": [{}] * 5,
+            },
+        ],
+    }
+    html = str(validation_html({**VALIDATION, "topics": topics}))
+    assert (
+        "<td>30</td><td>7</td><td>20</td><td>18.2 + 1.5</td><td>0.0</td><td>3 of 20</td><td>1.00</td>" in html
+    )
+    assert "<td>100</td><td>7</td><td>5</td><td>200.0 + 30.0</td><td>–</td><td>–</td><td>0.97</td>" in html
+    assert "meta.&lt;b&gt;level&lt;/b&gt;" in html and "<b>level" not in html
 
 
 def test_robustness_section_with_swap_escapes_labels():

@@ -5,8 +5,8 @@ shows what is there, in words and tables beside the paper's figures, instead of 
 
 * **validation** (docs/method.md §3, ``cgaps validate``): how many null draws — scores
   independent of every concept, same per-benchmark accuracy — called anything, against the
-  promise (at most 1 in 20); the planted-gap recall as a table over support and effect; and,
-  on runs with item families (probes, categories), the mass-weighted accuracy of the
+  promise (at most 1 in 20); the planted-gap recall as a table over support and effect; the
+  planted topics (failure on whole groups of a facet); and, on runs with item families (probes, categories), the mass-weighted accuracy of the
   families where the weak / strong concepts fire against random concept sets;
 * **robustness** (docs/method.md §4, ``cgaps robustness``): subsampling stds and the
   adversarial ablation beside the paper's (Llama) figures, and the SAE swap when the run was
@@ -99,6 +99,44 @@ def validation_html(v: dict[str, Any]) -> Markup:
             )
         )
         parts.append(_table(["support (items)", *[f"drop {e:g}" for e in effects]], rows))
+    topics = v.get("topics") or {}
+    if topics.get("sizes"):
+        rows = []
+        for r in topics["sizes"]:
+            n = r.get("n_draws", len(r.get("draws") or []))
+            rows.append(
+                [
+                    r["per_group"],
+                    r["groups"],
+                    n,
+                    f"{_num(r.get('weak_concepts'), 1)} + {_num(r.get('weak_themes'), 1)}",
+                    _num(r.get("calls_median"), 1),
+                    "–" if r.get("draws_with_5_calls") is None else f"{r['draws_with_5_calls']} of {n}",
+                    _num(r.get("top_pointing"), 2),
+                ]
+            )
+        parts.append(
+            _p(
+                f"Planted topics: failure planted on 2 whole groups of the items' {topics.get('facet')} "
+                "(accuracy 0.1 against 0.7 on the others), the groups withheld from scoring. Each draw "
+                "plants 2 random groups; which two fail decides most of what a draw finds, hence the "
+                "median beside the mean."
+            )
+        )
+        parts.append(
+            _table(
+                [
+                    "items per group",
+                    "groups",
+                    "draws",
+                    "gap concepts + themes (mean)",
+                    "median",
+                    "draws with ≥ 5",
+                    "top 20 on a planted group",
+                ],
+                rows,
+            )
+        )
     fam = v.get("families")
     if fam:
         rows = []
