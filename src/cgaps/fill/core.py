@@ -350,19 +350,40 @@ def select(
     exchange made redundant is dropped, and the greedy tops the selection up from the pool."""
     n = sp.csr_matrix(cover).shape[0]
     allowed = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
-    kw = {"w_missing": w_missing, "w_under": w_under}
-    sel = greedy(cover, mass, deficit, budget, eligible=allowed, progress=progress, **kw)
+    sel = greedy(
+        cover,
+        mass,
+        deficit,
+        budget,
+        eligible=allowed,
+        progress=progress,
+        w_missing=w_missing,
+        w_under=w_under,
+    )
     if not improve or len(sel.rows) < budget:  # nothing more gains: f is already at its maximum
         return sel
     made = 0
     while True:  # a round either ends the search or raised f, so this ends
-        rows, k, converged = swaps(cover, mass, deficit, sel.rows, eligible=allowed, **kw)
+        rows, k, converged = swaps(
+            cover, mass, deficit, sel.rows, eligible=allowed, w_missing=w_missing, w_under=w_under
+        )
         made += k
         if k:
             keep = np.zeros(n, dtype=bool)
             keep[rows] = True
-            order = greedy(cover, mass, deficit, budget, eligible=keep, **kw).rows
-            sel = greedy(cover, mass, deficit, budget, eligible=allowed, start=order, **kw)
+            order = greedy(
+                cover, mass, deficit, budget, eligible=keep, w_missing=w_missing, w_under=w_under
+            ).rows
+            sel = greedy(
+                cover,
+                mass,
+                deficit,
+                budget,
+                eligible=allowed,
+                start=order,
+                w_missing=w_missing,
+                w_under=w_under,
+            )
         if not k or not converged or len(sel.rows) == len(rows) and set(sel.rows) == set(rows):
             sel.swaps, sel.converged = made, converged
             return sel
