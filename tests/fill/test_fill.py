@@ -102,6 +102,17 @@ def test_select_improves_on_the_greedy_and_keeps_its_evidence_consistent():
             assert sel.gains == sorted(sel.gains, reverse=True) or sel.swaps == 0
 
 
+def test_greedy_from_a_start_takes_it_first_then_goes_on_greedily():
+    cover = sp.csr_matrix(np.array([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 1]], dtype=float))
+    empty = sp.csr_matrix((4, 0))
+    sel = core.greedy(cover, empty, np.zeros(0), 3, start=[1])
+    # row 1 first (1 target), then the greedy: row 0 adds 2, row 2 adds 1 (ties to the lower row)
+    assert sel.rows == [1, 0, 2] and sel.gains == [1, 2, 1]
+    assert core.greedy(cover, empty, np.zeros(0), 3, start=[1, 3]).rows == [1, 3, 0]
+    # a start longer than the budget is cut to it
+    assert core.greedy(cover, empty, np.zeros(0), 1, start=[3, 0]).rows == [3]
+
+
 def test_greedy_stops_when_nothing_gains_and_respects_eligibility():
     cover = sp.csr_matrix(np.array([[1, 0], [1, 0], [0, 0], [0, 1]], dtype=float))
     empty = sp.csr_matrix((4, 0))
