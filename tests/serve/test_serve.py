@@ -625,11 +625,32 @@ def test_the_page_carries_the_runs_list_as_inert_json(client):
     Blocks().feed(page)
     data = ["".join(text) for attrs, text in blocks if attrs.get("id") == "cgaps-runs"]
     assert len(data) == 1 and json.loads(data[0]) == client.get("/api/runs").json()
-    assert [a.get("src") for a, _ in blocks if a.get("id") != "cgaps-runs"] == [
+    assert [a.get("src") for a, _ in blocks if a.get("type") != "application/json"] == [
         "/static/charts.js",
         "/static/fillconfirm.js",
         "/static/app.js",
     ]
+    # the concept list's first pages, each exactly what /api/concepts answers to the same request
+    first = ["".join(text) for attrs, text in blocks if attrs.get("id") == "cgaps-first"]
+    assert len(first) == 1
+    answers = json.loads(first[0])["answers"]
+    assert [a["params"] for a in answers] == [
+        {"sort": "q_value", "order": "asc", "page": 1, "per_page": 25},
+        {"gap": "weak", "sort": "q_value", "order": "asc", "page": 1, "per_page": 25},
+    ]
+    for a in answers:
+        assert a["path"] == "/api/concepts"
+        assert a["body"] == client.get(a["path"], params=a["params"]).json()
+        assert len(a["body"]["rows"]) == min(25, a["body"]["total"]) > 0
+
+
+def test_the_first_pages_match_app_js_page_size():
+    from importlib import resources
+
+    from cgaps.serve.app import FIRST_ROWS
+
+    js = resources.files("cgaps.serve").joinpath("static", "app.js").read_text()
+    assert f"const PAGE = {FIRST_ROWS};" in js
 
 
 def test_a_hostile_name_stays_inside_the_runs_data_block():
@@ -808,12 +829,19 @@ def _wait(page, counter: str, at_least: int) -> None:
 
 @pytest.mark.integration
 def test_browser_search_detail_and_back_forward(page, runs):
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url.removeprefix(page.base)))
     page.goto(page.base + "/concepts")
     _wait(page, "lists", 1)
     assert page.locator("#concepts tbody tr").count() == 25  # one page (app.js PAGE)
     assert page.locator("#count").text_content().startswith("200 concepts")
+    # the first page came with the page itself: no API request before the first search
+    assert not [u for u in asked if u.startswith("/api/")], asked
     page.fill("#search", "needle")
     page.wait_for_function("() => document.querySelectorAll('#concepts tbody tr').length === 1")
+    assert [u for u in asked if u.startswith("/api/concepts?")] == [
+        "/api/concepts?q=needle&sort=q_value&order=asc&page=1&per_page=25"
+    ]
     assert "q=needle" in page.url
     row = page.locator("#concepts tbody tr").first
     assert row.get_attribute("data-concept") == "7" and NEEDLE in row.text_content()

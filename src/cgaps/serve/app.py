@@ -91,17 +91,46 @@ def _json(body: Any) -> Response:
 
 
 RUNS_SLOT = b'<script type="application/json" id="cgaps-runs"></script>'
+FIRST_SLOT = b'<script type="application/json" id="cgaps-first"></script>'
+# the rows a page of the concept list shows (app.js PAGE): the size of the first pages the page carries
+FIRST_ROWS = 25
+
+
+def _with_data(page: bytes, slot: bytes, body: Any) -> bytes:
+    """The page with ``body`` as JSON in the data block ``slot``. Every ``<``, ``>`` and ``&`` is
+    written as a JSON escape, so no run or benchmark name, label or token can close the block or
+    open markup; the script reads the block as text (``JSON.parse``), and a data block is never run."""
+    data = json.dumps(_visible(body), allow_nan=False, separators=(",", ":"))
+    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    if slot not in page:
+        raise RuntimeError(f"index.html has no data block {slot.decode()}")
+    return page.replace(slot, slot.replace(b"></", b">" + data.encode() + b"</"))
 
 
 def _with_runs(page: bytes, body: Any) -> bytes:
-    """The page with ``body`` (what /api/runs answers) as JSON in its data block. Every ``<``, ``>``
-    and ``&`` is written as a JSON escape, so no run or benchmark name can close the block or open
-    markup; the script reads the block as text (``JSON.parse``), and a data block is never run."""
-    data = json.dumps(_visible(body), allow_nan=False, separators=(",", ":"))
-    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    if RUNS_SLOT not in page:
-        raise RuntimeError("index.html has no runs data block")
-    return page.replace(RUNS_SLOT, RUNS_SLOT.replace(b"></", b">" + data.encode() + b"</"))
+    """The page with ``body`` (what /api/runs answers) in its runs data block."""
+    return _with_data(page, RUNS_SLOT, body)
+
+
+def first_pages(store: Store) -> list[dict[str, Any]]:
+    """What /api/concepts answers for the concept list's first screens of the first run, with the
+    parameters app.js asks with: the whole list, and the gaps (where the landing page opens when the
+    run has any). The answers do not change while the server runs."""
+    run = store.runs[0]
+    out = []
+    for gap in ("", "weak") if run.calls.get("gaps") else ("",):
+        params: dict[str, Any] = {
+            "gap": gap,
+            "sort": "q_value",
+            "order": "asc",
+            "page": 1,
+            "per_page": FIRST_ROWS,
+        }
+        body = store.concepts(run, scope=rundir.ALL_SCOPE, gap=gap, per_page=FIRST_ROWS)
+        out.append(
+            {"path": "/api/concepts", "params": {k: v for k, v in params.items() if v != ""}, "body": body}
+        )
+    return out
 
 
 def _asset(name: str) -> bytes:
@@ -123,9 +152,11 @@ def create_app(store: Store) -> FastAPI:
         "sorts": list(SORTS),
         "all": rundir.ALL_SCOPE,
     }
-    # the page carries /api/runs' answer (fixed while the server runs), so a first view waits for
-    # one request fewer: the concept list's
-    index = _with_runs(_asset("index.html"), runs_body)
+    # the page carries /api/runs' answer and the concept list's first pages (fixed while the server
+    # runs): the first view of the list asks the server nothing
+    index = _with_data(
+        _with_runs(_asset("index.html"), runs_body), FIRST_SLOT, {"answers": first_pages(store)}
+    )
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Response:
