@@ -85,8 +85,12 @@ def planted_draw(
     for c, q, chi, e in weak_c[["concept", "q_value", "chi_model", "expected"]].itertuples(index=False):
         found.append((float(q), float(chi - e), _pointing(mass[int(c)], sizes, planted), "concept"))
     n_weak_t = n_strong_t = 0
+    # how far the draw was from a first call: the hypotheses Tarone's rule kept in ALL (the bar of a
+    # lone call is fdr / kept) and the smallest two-sided p-value among them
+    kept_p = c_all.loc[c_all["q_value"].notna(), "p_value"].to_numpy(dtype=np.float64)
     if tests is not None and len(tests):
         t_all = tests[tests["scope"] == rundir.ALL_SCOPE]
+        kept_p = np.concatenate([kept_p, t_all.loc[t_all["q_value"].notna(), "p_value"].to_numpy(np.float64)])
         weak_t = t_all[t_all["gap"] == "weak"]
         n_weak_t, n_strong_t = len(weak_t), int((t_all["gap"] == "strong").sum())
         for t, q, chi, e in weak_t[["theme", "q_value", "chi_model", "expected"]].itertuples(index=False):
@@ -96,12 +100,6 @@ def planted_draw(
             )
     found.sort(key=lambda r: (r[0], r[1]))
     top = found[:TOP]
-    # how far the draw was from a first call: the hypotheses Tarone's rule kept in ALL (the bar of a
-    # lone call is fdr / kept) and the smallest two-sided p-value among them
-    kept_p = c_all.loc[c_all["q_value"].notna(), "p_value"].to_numpy(dtype=np.float64)
-    if tests is not None and len(tests):
-        t_kept = tests[(tests["scope"] == rundir.ALL_SCOPE) & tests["q_value"].notna()]
-        kept_p = np.concatenate([kept_p, t_kept["p_value"].to_numpy(dtype=np.float64)])
 
     def share(kind: str | None) -> float | None:
         rows = [r for r in found if kind is None or r[3] == kind][:TOP]
