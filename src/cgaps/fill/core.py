@@ -43,6 +43,7 @@ import heapq
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -295,6 +296,22 @@ def swaps(
         made += 1
 
 
+def objective_reference(
+    cover: sp.csr_matrix, mass: sp.csr_matrix, deficit: np.ndarray, *, w_missing: float, w_under: float
+) -> Callable[[list[int]], float]:
+    """f of the module docstring written out on dense arrays, for the plain references below."""
+    cov = np.asarray(sp.csr_matrix(cover).todense()) != 0
+    ms = np.asarray(sp.csr_matrix(mass).todense(), dtype=np.float64)
+    d = np.asarray(deficit, dtype=np.float64)
+
+    def f(chosen: list[int]) -> float:
+        hit = cov[chosen].any(axis=0) if chosen else np.zeros(cov.shape[1], dtype=bool)
+        got = ms[chosen].sum(axis=0) if chosen else np.zeros(ms.shape[1])
+        return w_missing * float(hit.sum()) + w_under * float(np.minimum(1.0, got / d).sum())
+
+    return f
+
+
 def swaps_reference(
     cover: sp.csr_matrix,
     mass: sp.csr_matrix,
@@ -306,22 +323,14 @@ def swaps_reference(
     max_swaps: int | None = None,
 ) -> list[int]:
     """The plain search :func:`swaps` must equal: f written out and recomputed for every pair."""
-    cov = np.asarray(sp.csr_matrix(cover).todense()) != 0
-    ms = np.asarray(sp.csr_matrix(mass).todense(), dtype=np.float64)
-    d = np.asarray(deficit, dtype=np.float64)
-
-    def f(chosen: list[int]) -> float:
-        hit = cov[chosen].any(axis=0)
-        got = ms[chosen].sum(axis=0)
-        return w_missing * float(hit.sum()) + w_under * float(np.minimum(1.0, got / d).sum())
-
+    f = objective_reference(cover, mass, deficit, w_missing=w_missing, w_under=w_under)
     chosen = list(rows)
     limit = MAX_SWAPS_PER_ITEM * len(chosen) if max_swaps is None else max_swaps
     for _ in range(limit if chosen else 0):
         base = f(chosen)
         best_rise, best = 0.0, None
         for pos in range(len(chosen)):
-            for j in range(cov.shape[0]):
+            for j in range(cover.shape[0]):
                 if j in chosen:
                     continue
                 rise = round(f([*chosen[:pos], j, *chosen[pos + 1 :]]) - base, ROUND)
@@ -350,16 +359,8 @@ def select(
     exchange made redundant is dropped, and the greedy tops the selection up from the pool."""
     n = sp.csr_matrix(cover).shape[0]
     allowed = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
-    sel = greedy(
-        cover,
-        mass,
-        deficit,
-        budget,
-        eligible=allowed,
-        progress=progress,
-        w_missing=w_missing,
-        w_under=w_under,
-    )
+    take = partial(greedy, cover, mass, deficit, budget, w_missing=w_missing, w_under=w_under)
+    sel = take(eligible=allowed, progress=progress)
     if not improve or len(sel.rows) < budget:  # nothing more gains: f is already at its maximum
         return sel
     made = 0
@@ -371,19 +372,7 @@ def select(
         if k:
             keep = np.zeros(n, dtype=bool)
             keep[rows] = True
-            order = greedy(
-                cover, mass, deficit, budget, eligible=keep, w_missing=w_missing, w_under=w_under
-            ).rows
-            sel = greedy(
-                cover,
-                mass,
-                deficit,
-                budget,
-                eligible=allowed,
-                start=order,
-                w_missing=w_missing,
-                w_under=w_under,
-            )
+            sel = take(eligible=allowed, start=take(eligible=keep).rows)
         if not k or not converged or len(sel.rows) == len(rows) and set(sel.rows) == set(rows):
             sel.swaps, sel.converged = made, converged
             return sel
@@ -400,20 +389,12 @@ def greedy_reference(
 ) -> list[int]:
     """The plain greedy the lazy one must equal: every gain recomputed from scratch at every step,
     from dense arrays, with the objective written out."""
-    cov = np.asarray(sp.csr_matrix(cover).todense()) > 0
-    ms = np.asarray(sp.csr_matrix(mass).todense(), dtype=np.float64)
-    d = np.asarray(deficit, dtype=np.float64)
-
-    def f(chosen: list[int]) -> float:
-        hit = cov[chosen].any(axis=0) if chosen else np.zeros(cov.shape[1], dtype=bool)
-        got = ms[chosen].sum(axis=0) if chosen else np.zeros(ms.shape[1])
-        return w_missing * float(hit.sum()) + w_under * float(np.minimum(1.0, got / d).sum())
-
+    f = objective_reference(cover, mass, deficit, w_missing=w_missing, w_under=w_under)
     chosen: list[int] = []
     while len(chosen) < budget:
         base = f(chosen)
         best, best_gain = -1, 0.0
-        for r in range(cov.shape[0]):
+        for r in range(cover.shape[0]):
             if r in chosen:
                 continue
             gain = round(f([*chosen, r]) - base, ROUND)
