@@ -74,6 +74,9 @@ def test_validation_section_shows_the_planted_topics_with_their_spread():
             {
                 "per_group": 30,
                 "groups": 7,
+                "planted_groups": 2,
+                "accuracy_planted": 0.1,
+                "accuracy_other": 0.7,
                 "n_draws": 20,
                 "weak_concepts": 18.25,
                 "weak_themes": 1.5,

@@ -6,8 +6,9 @@ shows what is there, in words and tables beside the paper's figures, instead of 
 * **validation** (docs/method.md §3, ``cgaps validate``): how many null draws — scores
   independent of every concept, same per-benchmark accuracy — called anything, against the
   promise (at most 1 in 20); the planted-gap recall as a table over support and effect; the
-  planted topics (failure on whole groups of a facet); and, on runs with item families (probes, categories), the mass-weighted accuracy of the
-  families where the weak / strong concepts fire against random concept sets;
+  planted topics (failure on whole groups of a facet); and, on runs with item families (probes,
+  categories), the mass-weighted accuracy of the families where the weak / strong concepts fire
+  against random concept sets;
 * **robustness** (docs/method.md §4, ``cgaps robustness``): subsampling stds and the
   adversarial ablation beside the paper's (Llama) figures, and the SAE swap when the run was
   compared with a second SAE (``--against``).
@@ -115,12 +116,14 @@ def validation_html(v: dict[str, Any]) -> Markup:
                     _num(r.get("top_pointing"), 2),
                 ]
             )
+        first = topics["sizes"][0]  # the design is the same at every size
+        k = first["planted_groups"]
         parts.append(
             _p(
-                f"Planted topics: failure planted on 2 whole groups of the items' {topics.get('facet')} "
-                "(accuracy 0.1 against 0.7 on the others), the groups withheld from scoring. Each draw "
-                "plants 2 random groups; which two fail decides most of what a draw finds, hence the "
-                "median beside the mean."
+                f"Planted topics: failure planted on {k} whole groups of the items' {topics.get('facet')} "
+                f"(accuracy {first['accuracy_planted']:g} against {first['accuracy_other']:g} on the "
+                f"others), the groups withheld from scoring. Each draw plants {k} random groups; which "
+                "fail decides most of what a draw finds, hence the median beside the mean."
             )
         )
         parts.append(
