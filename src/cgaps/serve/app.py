@@ -119,17 +119,10 @@ def first_pages(store: Store) -> list[dict[str, Any]]:
     run = store.runs[0]
     out = []
     for gap in ("", "weak") if run.calls.get("gaps") else ("",):
-        params: dict[str, Any] = {
-            "gap": gap,
-            "sort": "q_value",
-            "order": "asc",
-            "page": 1,
-            "per_page": FIRST_ROWS,
-        }
+        # app.js leaves empty parameters out and asks in this order
+        params = {**({"gap": gap} if gap else {}), "sort": "q_value", "order": "asc", "page": 1}
         body = store.concepts(run, scope=rundir.ALL_SCOPE, gap=gap, per_page=FIRST_ROWS)
-        out.append(
-            {"path": "/api/concepts", "params": {k: v for k, v in params.items() if v != ""}, "body": body}
-        )
+        out.append({"path": "/api/concepts", "params": {**params, "per_page": FIRST_ROWS}, "body": body})
     return out
 
 

@@ -48,15 +48,19 @@
     return h("a", { href: url(path, params), "data-link": true }, ...kids);
   }
 
+  // a data block the server wrote into the page (JSON read as text), or null when it is absent
+  function dataBlock(id) {
+    const block = document.getElementById(id);
+    return block && block.textContent ? JSON.parse(block.textContent) : null;
+  }
+
   // answers the server wrote into the page (the concept list's first pages: fixed while it runs),
-  // by the request they answer
+  // by the request they answer; without the block every request goes to the server
   const carried = new Map();
   try {
-    const block = document.getElementById("cgaps-first");
-    const d = block && block.textContent ? JSON.parse(block.textContent) : null;
-    for (const a of (d && d.answers) || []) carried.set(url(a.path, a.params), a.body);
+    for (const a of (dataBlock("cgaps-first") || {}).answers || []) carried.set(url(a.path, a.params), a.body);
   } catch (e) {
-    carried.clear(); // a page without the block asks the server, as for any other page
+    carried.clear(); // an unreadable block: the requests go to the server, as for any other page
   }
 
   async function api(path, params, signal) {
@@ -654,9 +658,9 @@
 
   // ---------------------------------------------------------------- start
 
-  // the server writes /api/runs' answer into the page (a data block, read as text)
-  const embedded = document.getElementById("cgaps-runs");
-  (embedded && embedded.textContent ? Promise.resolve().then(() => JSON.parse(embedded.textContent)) : api("/api/runs"))
+  // the server writes /api/runs' answer into the page
+  Promise.resolve()
+    .then(() => dataBlock("cgaps-runs") || api("/api/runs"))
     .then((d) => {
       state.runs = d.runs;
       state.sorts = d.sorts;
