@@ -239,6 +239,63 @@ def test_search_covers_labels_tokens_and_ids(client, runs):
     assert [r["concept"] for r in client.get("/api/concepts", params={"q": "needle"}).json()["rows"]] == [7]
 
 
+def test_the_kept_list_path_matches_one_sql_query(store):
+    """Store.concepts (kept filter orders, kept search masks, arrays for the page) against
+    Store.concepts_reference (filters, search, order and page in one SQL query), whole answers."""
+    from cgaps.serve.store import SORTS
+
+    cases = 0
+    for run in store.runs:
+        for scope in ("ALL", "bias", "code"):
+            for sort in SORTS:
+                for order in ("asc", "desc"):
+                    for kw in (
+                        {},
+                        {"q": "tok1"},
+                        {"q": "c4", "gap": "none", "page": 2},
+                        {"gap": "weak"},
+                        {"gap": "strong_at_chance"},
+                        {"status": "missing", "min_support": 3},
+                        {"q": "label of", "min_support": 8, "page": 3},
+                        {"page": 40},  # past the end: no row, the count still right
+                    ):
+                        want = dict(scope=scope, sort=sort, order=order, per_page=7, **kw)
+                        fast, ref = store.concepts(run, **want), store.concepts_reference(run, **want)
+                        assert fast == ref, (run.name, want)
+                        cases += 1
+    assert cases == 2 * 3 * len(SORTS) * 2 * 8
+
+
+def test_a_search_is_scanned_once_and_kept(store, monkeypatch):
+    run = store.runs[0]
+    first = store.concepts(run, scope="ALL", q="tok3", per_page=5)
+    assert first["total"] > 5
+    # its next page and the same word again come from the kept answers: no query at all
+    monkeypatch.setattr(Store, "cursor", lambda self: (_ for _ in ()).throw(AssertionError("queried")))
+    again = store.concepts(run, scope="ALL", q="tok3", per_page=5)
+    second = store.concepts(run, scope="ALL", q="tok3", page=2, per_page=5)
+    assert again == first and second["total"] == first["total"]
+    assert not {r["concept"] for r in first["rows"]} & {r["concept"] for r in second["rows"]}
+
+
+def test_kept_answers_are_the_last_ones_asked():
+    from cgaps.serve.store import Kept
+
+    kept, made = Kept(2), []
+    for key in ("a", "b", "a", "c", "b"):
+        kept.get(key, lambda key=key: made.append(key) or key.upper())
+    # "a" was asked again before "c" came, so "b" was the one let go, and made again
+    assert made == ["a", "b", "c", "b"] and len(kept) == 2
+
+
+def test_a_search_of_other_digits_is_text(client):
+    # "²" and "٣" are digits to str.isdigit; only decimal digits name a concept id ("٣" is 3)
+    assert client.get("/api/concepts", params={"q": "²"}).json()["total"] == 0
+    assert 3 in {
+        r["concept"] for r in client.get("/api/concepts", params={"q": "٣", "per_page": 500}).json()["rows"]
+    }
+
+
 # ---------------------------------------------------------------- one concept
 
 

@@ -35,6 +35,8 @@ import json
 import math
 import re
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +176,64 @@ def _sql_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+class Kept:
+    """The last ``size`` answers of one kind, by key, for any thread (a small LRU cache).
+
+    Two threads asking for the same missing key may both compute it; either answer is kept."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._answers: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._answers:
+                self._answers.move_to_end(key)
+                return self._answers[key]
+        value = make()
+        with self._lock:
+            self._answers[key] = value
+            self._answers.move_to_end(key)
+            while len(self._answers) > self.size:
+                self._answers.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
+# the concept list's columns of a scope and of the labels, as a page reads them
+LIST_COLUMNS = (
+    "support", "chi_bench", "chi_model", "expected", "ci_low", "ci_high", "n_eff",
+    "status", "gap", "q_value", "chance", "p_chance", "at_chance",
+)  # fmt: skip
+LIST_LABELS = ("label", "source", "tokens", "format")
+
+
+def _plain_columns(got: dict[str, Any]) -> dict[str, np.ndarray]:
+    """DuckDB's ``fetchnumpy`` columns with its masks resolved: NaN in a number column, None in
+    any other, as the rows of a query read them (a page reads values, not masks)."""
+    out = {}
+    for name, col in got.items():
+        if isinstance(col, np.ma.MaskedArray):
+            mask = np.ma.getmaskarray(col)
+            if col.dtype.kind == "f":
+                col = col.filled(np.nan)
+            else:
+                col = np.asarray(col.data, dtype=object)
+                col[mask] = None
+        out[name] = np.asarray(col)
+    return out
+
+
+# the concept list's kept answers per run: the ids of the last filters in their order (a reader
+# changes a filter rarely and types often), and the match masks of the last searches
+KEPT_ORDERS = 16
+KEPT_SEARCHES = 64
+KEPT_SCOPES = 4
+
+
 @dataclass
 class Run:
     """One served run directory: its files (resolved, inside it) and what the list pages need."""
@@ -200,6 +260,11 @@ class Run:
     groups: list[dict[str, Any]] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)  # ALL scope: gaps, strengths, at chance
     theme_chance: dict[tuple[Any, str], dict[str, Any]] = field(default_factory=dict)
+    # the concept list's kept answers (Store.concepts) and one more than the largest concept id
+    orders: Kept = field(default_factory=lambda: Kept(KEPT_ORDERS))
+    searches: Kept = field(default_factory=lambda: Kept(KEPT_SEARCHES))
+    columns: Kept = field(default_factory=lambda: Kept(KEPT_SCOPES + 1))  # by scope; None: labels
+    id_bound: int = 0
 
     @property
     def t(self) -> str:
@@ -503,6 +568,7 @@ class Store:
         con.register("search_rows", search)
         con.execute(f"CREATE TABLE {t}_q AS SELECT concept, search FROM search_rows ORDER BY concept")
         con.unregister("search_rows")
+        run.id_bound = max(run.n_concepts, int(frame["concept"].max()) + 1 if len(frame) else 0)
         # χ_bench and χ_model as benchmark x concept arrays: a page's per-benchmark bars by indexing
         for key in ("chi_bench", "chi_model"):
             mat = np.full((len(run.benchmarks), run.n_concepts), np.nan)
@@ -615,42 +681,95 @@ class Store:
         page: int = 1,
         per_page: int = 50,
     ) -> dict[str, Any]:
-        """One page of the concept list, filtered and sorted server-side."""
+        """One page of the concept list, filtered and sorted server-side.
+
+        The filters other than the search pick the concepts in the list's order by one query
+        whose answer is kept (:meth:`_ordered`); a search is then a mask over those ids
+        (:meth:`_matches`, also kept), so typing into the search box costs one scan of the
+        search rows and no sort. :meth:`concepts_reference` is the same page as one SQL query."""
         if sort not in SORTS:
             raise BadRequest(f"cannot sort by {sort!r}; sortable columns: {', '.join(SORTS)}")
         q = q.strip()
-        where, params = self._where(run, scope, q, gap, status, min_support)
         direction = "DESC" if order == "desc" else "ASC"
-        t = run.t
-        # the labels are joined to the page only, unless the sort needs them (a search is a semi-join)
-        join = f"JOIN {t}_lab l ON l.concept = c.concept" if sort == "label" else ""
-        # the filtered rows once (a search scans every concept's text), then their count and the
-        # top of their order (a top-N, not a sort of every row)
+        ids = self._ordered(run, scope, gap, status, min_support, sort, direction)
+        if q:
+            ids = ids[self._matches(run, q)[ids]]
+        start = (page - 1) * per_page
+        rows = self._page_rows(run, scope, ids[start : start + per_page].tolist())
+        return self._page(run, scope, rows, len(ids), page, per_page)
+
+    def concepts_reference(
+        self,
+        run: Run,
+        *,
+        scope: str,
+        q: str = "",
+        gap: str = "",
+        status: str = "",
+        min_support: int = 0,
+        sort: str = "q_value",
+        order: str = "asc",
+        page: int = 1,
+        per_page: int = 50,
+    ) -> dict[str, Any]:
+        """:meth:`concepts` written plainly: the filters, the search, the order and the page in
+        one SQL query (what the kept orders and masks must give, checked in the tests)."""
+        if sort not in SORTS:
+            raise BadRequest(f"cannot sort by {sort!r}; sortable columns: {', '.join(SORTS)}")
+        where, params = self._where(run, scope, q.strip(), gap, status, min_support)
+        direction = "DESC" if order == "desc" else "ASC"
+        join = f"JOIN {run.t}_lab l ON l.concept = c.concept" if sort == "label" else ""
         sql = (
-            f"WITH f AS {'MATERIALIZED' if q else ''} (SELECT c.* FROM {t}_c c WHERE {' AND '.join(where)}) "
-            "SELECT c.concept, c.support, c.chi_bench, c.chi_model, c.expected, c.ci_low, c.ci_high, c.n_eff, "
-            "c.status, c.gap, c.q_value, c.chance, c.p_chance, c.at_chance, "
-            f"(SELECT count(*) FROM f) AS total FROM f c {join} "
+            f"SELECT c.concept, {', '.join('c.' + k for k in LIST_COLUMNS)}, "
+            f"{', '.join('x.' + k for k in LIST_LABELS)} FROM {run.t}_c c {join} "
+            f"JOIN {run.t}_lab x ON x.concept = c.concept WHERE {' AND '.join(where)} "
             f"ORDER BY {SORTS[sort]} {direction} NULLS LAST, c.concept ASC LIMIT ? OFFSET ?"
         )
         rows = self._rows(sql, [*params, per_page, (page - 1) * per_page])
-        # a page past the end has no row to carry the count
-        total = int(rows[0]["total"]) if rows else self._count(t, where, params)
-        labels = (
-            {
-                int(r["concept"]): r
-                for r in self._rows(
-                    f"SELECT concept, label, source, tokens, format FROM {t}_lab WHERE concept = ANY(?)",
-                    [[int(r["concept"]) for r in rows]],
-                )
-            }
-            if rows
-            else {}
-        )
-        for r in rows:
-            r.update({k: v for k, v in labels.get(int(r["concept"]), {}).items() if k != "concept"})
-        ids = [int(r["concept"]) for r in rows]
-        per = self._per_benchmark(run, ids)
+        return self._page(run, scope, rows, self._count(run.t, where, params), page, per_page)
+
+    def _ordered(
+        self, run: Run, scope: str, gap: str, status: str, min_support: int, sort: str, direction: str
+    ) -> np.ndarray:
+        """The ids of the concepts that pass the list's filters other than the search, in the
+        list's order (the sort, nulls last, then concept id): one query per filter, kept."""
+
+        def query() -> np.ndarray:
+            where, params = self._where(run, scope, "", gap, status, min_support)
+            join = f"JOIN {run.t}_lab l ON l.concept = c.concept" if sort == "label" else ""
+            sql = (
+                f"SELECT c.concept FROM {run.t}_c c {join} WHERE {' AND '.join(where)} "
+                f"ORDER BY {SORTS[sort]} {direction} NULLS LAST, c.concept ASC"
+            )
+            got = self.cursor().execute(sql, params).fetchnumpy()["concept"]
+            return np.asarray(got, dtype=np.int64)
+
+        return run.orders.get((scope, gap, status, int(min_support), sort, direction), query)
+
+    def _matches(self, run: Run, q: str) -> np.ndarray:
+        """Which concepts a search matches, as a mask by concept id (kept for the last searches:
+        the next page of a search, or a word typed again, scans nothing)."""
+
+        def scan() -> np.ndarray:
+            got = (
+                self.cursor()
+                .execute(f"SELECT concept FROM {run.t}_q WHERE contains(search, ?)", [q.lower()])
+                .fetchnumpy()["concept"]
+            )
+            mask = np.zeros(run.id_bound, dtype=bool)
+            mask[np.asarray(got, dtype=np.int64)] = True
+            digits = q.lstrip("#c").strip()
+            if digits.isdecimal() and int(digits) < run.id_bound:
+                mask[int(digits)] = True
+            return mask
+
+        return run.searches.get(q, scan)
+
+    def _page(
+        self, run: Run, scope: str, rows: list[dict[str, Any]], total: int, page: int, per_page: int
+    ) -> dict[str, Any]:
+        """The list's answer from its rows as read (:meth:`_page_rows` or the reference's SQL)."""
+        per = self._per_benchmark(run, [int(r["concept"]) for r in rows])
         out = []
         for r in rows:
             c = int(r["concept"])
@@ -660,7 +779,7 @@ class Store:
                     "label": r["label"],
                     "source": r["source"],
                     "tokens": (r["tokens"] or "")[:200] or None,
-                    "format": bool(r.get("format")),
+                    "format": bool(r["format"]),
                     "support": int(r["support"]),
                     **{
                         k: _num(r[k])
@@ -684,6 +803,38 @@ class Store:
             "rows": out,
         }
 
+    def _page_rows(self, run: Run, scope: str, ids: list[int]) -> list[dict[str, Any]]:
+        """The list's columns of the concepts ``ids`` in ``scope``, in that order, read from the
+        scope's columns and the labels kept as arrays (a page is 25-50 lookups, not a query)."""
+        if not ids:
+            return []
+        t = run.t
+        cols = run.columns.get(
+            scope,
+            lambda: _plain_columns(
+                self.cursor()
+                .execute(
+                    f"SELECT concept, {', '.join(LIST_COLUMNS)} FROM {t}_c WHERE scope = ? ORDER BY concept",
+                    [scope],
+                )
+                .fetchnumpy()
+            ),
+        )
+        labels = run.columns.get(
+            None,
+            lambda: _plain_columns(
+                self.cursor()
+                .execute(f"SELECT concept, {', '.join(LIST_LABELS)} FROM {t}_lab ORDER BY concept")
+                .fetchnumpy()
+            ),
+        )
+        want = np.asarray(ids, dtype=np.int64)
+        at, lat = np.searchsorted(cols["concept"], want), np.searchsorted(labels["concept"], want)
+        return [
+            {"concept": c, **{k: cols[k][i] for k in LIST_COLUMNS}, **{k: labels[k][j] for k in LIST_LABELS}}
+            for c, i, j in zip(ids, at.tolist(), lat.tolist(), strict=True)
+        ]
+
     def _where(
         self, run: Run, scope: str, q: str, gap: str, status: str, min_support: int
     ) -> tuple[list[str], list[Any]]:
@@ -696,7 +847,7 @@ class Store:
             cond = f"c.concept IN (SELECT concept FROM {run.t}_q WHERE contains(search, ?))"
             params.append(q.lower())
             digits = q.lstrip("#c").strip()
-            if digits.isdigit():
+            if digits.isdecimal():
                 cond = f"({cond} OR c.concept = ?)"
                 params.append(int(digits))
             where.append(cond)

@@ -220,7 +220,12 @@
     const table = h("table", { id: "concepts" });
     const pager = h("div", { class: "pager" });
     const push = (changes, replace) => go(url("/concepts", { ...cur, ...changes, page: changes.page || 1 }), replace);
-    search.addEventListener("input", () => push({ q: search.value }, true));
+    search.addEventListener("input", () => {
+      // the request first, then the address (the same view: route() would only call update())
+      cur = { ...cur, q: search.value, page: 1 };
+      load();
+      history.replaceState(null, "", url("/concepts", cur));
+    });
     scope.addEventListener("change", () => push({ scope: scope.value }));
     gap.addEventListener("change", () => push({ gap: gap.value }));
     status.addEventListener("change", () => push({ status: status.value }));
@@ -241,6 +246,8 @@
       const seq = ++state.seq;
       if (ctrl) ctrl.abort();
       ctrl = new AbortController();
+      // asked before the controls and title are set: the server works while the page does
+      const asked = api("/api/concepts", { ...cur, per_page: PAGE }, ctrl.signal);
       if (document.activeElement !== search) search.value = cur.q;
       scope.value = cur.scope;
       gap.value = cur.gap;
@@ -251,7 +258,7 @@
       minSupport.value = cur.min_support;
       let data;
       try {
-        data = await api("/api/concepts", { ...cur, per_page: PAGE }, ctrl.signal);
+        data = await asked;
       } catch (e) {
         if (e.name === "AbortError") return;
         table.replaceChildren();
