@@ -30,6 +30,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cgaps import rundir
@@ -136,6 +137,33 @@ def _choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> str:
     return value
 
 
+class SecurityHeaders:
+    """Every response's security headers (the policy, no sniffing, no referrer) and no-store
+    unless the route set its own caching: a plain ASGI middleware, which adds the headers to the
+    response's start message (Starlette's ``BaseHTTPMiddleware`` runs each request in a task of
+    its own with streams between, a cost on every request)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Content-Security-Policy"] = CSP
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                if "cache-control" not in headers:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def create_app(store: Store) -> FastAPI:
     """The FastAPI app serving ``store``'s runs."""
     app = FastAPI(title="Competency Gaps explorer", docs_url=None, redoc_url=None, openapi_url=None)
@@ -151,14 +179,7 @@ def create_app(store: Store) -> FastAPI:
         _with_runs(_asset("index.html"), runs_body), FIRST_SLOT, {"answers": first_pages(store)}
     )
 
-    @app.middleware("http")
-    async def headers(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
