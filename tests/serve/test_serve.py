@@ -257,13 +257,15 @@ def test_the_kept_list_path_matches_one_sql_query(store):
                         {"gap": "strong_at_chance"},
                         {"status": "missing", "min_support": 3},
                         {"q": "label of", "min_support": 8, "page": 3},
+                        {"q": "\x00"},  # DuckDB's scan (a NUL is padding to the arrays)
+                        {"q": "Weekday NEEDLE"},
                         {"page": 40},  # past the end: no row, the count still right
                     ):
                         want = dict(scope=scope, sort=sort, order=order, per_page=7, **kw)
                         fast, ref = store.concepts(run, **want), store.concepts_reference(run, **want)
                         assert fast == ref, (run.name, want)
                         cases += 1
-    assert cases == 2 * 3 * len(SORTS) * 2 * 8
+    assert cases == 2 * 3 * len(SORTS) * 2 * 10
 
 
 def test_a_search_is_scanned_once_and_kept(store, monkeypatch):
@@ -276,6 +278,41 @@ def test_a_search_is_scanned_once_and_kept(store, monkeypatch):
     second = store.concepts(run, scope="ALL", q="tok3", page=2, per_page=5)
     assert again == first and second["total"] == first["total"]
     assert not {r["concept"] for r in first["rows"]} & {r["concept"] for r in second["rows"]}
+
+
+def test_search_rows_find_what_python_finds():
+    from cgaps.serve.store import SearchRows
+
+    rng = np.random.default_rng(3)
+    alphabet = list("abcé漢 \t.%_") + ["😀"]
+    texts = ["".join(rng.choice(alphabet, size=n)) for n in rng.integers(0, 400, size=500)]
+    texts += ["", "x" * 5000, "c7 weekday needle", "ab\x00"]
+    concepts = rng.permutation(len(texts)) * 3  # ids are not positions
+    rows = SearchRows(concepts, texts)
+    assert len(rows.buckets) > 5 and max(t.dtype.itemsize for _, t in rows.buckets) >= 5000
+    # every text sits in an array at most an eighth (or 8 bytes) wider than its bytes
+    for _, t in rows.buckets:
+        longest = max(len(x) for x in t)
+        assert t.dtype.itemsize <= max(longest * 9 // 8 + 8, 24)
+    for needle in [
+        "a",
+        "é",
+        "漢b",
+        "😀",
+        " ",
+        "\t",
+        "%",
+        "_",
+        "c7 week",
+        "x" * 4999,
+        "x" * 5001,
+        "zz",
+        "abc",
+    ]:
+        want = sorted(int(c) for c, t in zip(concepts, texts, strict=True) if needle in t)
+        assert sorted(rows.find(needle).tolist()) == want, needle
+    assert rows.find("\x00") is None  # padding and a NUL look alike: DuckDB answers those
+    assert SearchRows(np.zeros(0, np.int64), []).find("a").tolist() == []
 
 
 def test_kept_answers_are_the_last_ones_asked():

@@ -15,6 +15,10 @@ Design:
   benchmark × concept matrices (the list's small bars). Measured on 65,536 concepts × 100,000
   items with 6.1 M saliency rows: 0.8 GB, 10 s to start, 10-15 ms of CPU a request
   (docs/explorer.md).
+- **The concept list from kept answers.** The list's filters other than the search are one query
+  whose ordered ids are kept; a search is a substring scan of the search rows held as NumPy
+  bytes (:class:`SearchRows`), kept as a mask; a page's rows are read from the scope's columns
+  kept as arrays. :meth:`Store.concepts_reference` is the same answer as one SQL query.
 - **A sandbox around the engine.** After the start, DuckDB may read only the served run
   directories (``allowed_directories``), external access is otherwise off and the settings are
   locked, so even a query that went wrong could not read another file. Every file is resolved
@@ -203,6 +207,43 @@ class Kept:
         return len(self._answers)
 
 
+class SearchRows:
+    """Every concept's search text as UTF-8 bytes in fixed-width NumPy arrays, one array per
+    width (a text padded by at most an eighth), for substring search.
+
+    On this project's shared 2-core machine, over the 65,536 search rows of bench/explorer.py's
+    run, DuckDB's ``contains`` took a median 11-16 ms a search, and 61-68 ms when the process had
+    been idle for 0.3 s before (a reader types, pauses, types: the caches have gone cold);
+    ``numpy.strings.find`` over these arrays 6.6-6.9 ms and 17-19 ms (docs/explorer.md, Speed). A match of the UTF-8 bytes is a match of the text (no character's
+    encoding begins inside another's), so the answer is the same as ``contains``; a needle with a
+    NUL byte, which the fixed-width arrays cannot tell from padding, is left to DuckDB."""
+
+    def __init__(self, concepts: np.ndarray, texts: list[str]) -> None:
+        raw = [t.encode("utf-8") for t in texts]
+        size = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
+        # widths 16, 24, 32, ... each at most 1/8 above the one before (a multiple of 8): a text is
+        # padded by at most an eighth, and a search is one call a width (tens at most)
+        widths = [16]
+        while widths[-1] < max(int(size.max(initial=0)), 16):
+            widths.append(widths[-1] + max(8, widths[-1] // 64 * 8))
+        width = np.asarray(widths)[np.searchsorted(widths, np.maximum(size, 1))]
+        self.buckets: list[tuple[np.ndarray, np.ndarray]] = []
+        for w in np.unique(width):
+            pick = np.flatnonzero(width == w)
+            self.buckets.append(
+                (np.asarray(concepts)[pick].astype(np.int64), np.array([raw[i] for i in pick], dtype=f"S{w}"))
+            )
+
+    def find(self, needle: str) -> np.ndarray | None:
+        """The concepts whose text contains ``needle`` (lower-cased already), or None where the
+        needle has a NUL byte (ask DuckDB)."""
+        data = needle.encode("utf-8")
+        if b"\x00" in data:
+            return None
+        found = [ids[np.strings.find(texts, data) >= 0] for ids, texts in self.buckets]
+        return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
 # the concept list's columns of a scope and of the labels, as a page reads them
 LIST_COLUMNS = (
     "support", "chi_bench", "chi_model", "expected", "ci_low", "ci_high", "n_eff",
@@ -265,6 +306,7 @@ class Run:
     searches: Kept = field(default_factory=lambda: Kept(KEPT_SEARCHES))
     columns: Kept = field(default_factory=lambda: Kept(KEPT_SCOPES + 1))  # by scope; None: labels
     id_bound: int = 0
+    search_rows: SearchRows | None = None
 
     @property
     def t(self) -> str:
@@ -569,6 +611,7 @@ class Store:
         con.execute(f"CREATE TABLE {t}_q AS SELECT concept, search FROM search_rows ORDER BY concept")
         con.unregister("search_rows")
         run.id_bound = max(run.n_concepts, int(frame["concept"].max()) + 1 if len(frame) else 0)
+        run.search_rows = SearchRows(search["concept"].to_numpy(), search["search"].tolist())
         # χ_bench and χ_model as benchmark x concept arrays: a page's per-benchmark bars by indexing
         for key in ("chi_bench", "chi_model"):
             mat = np.full((len(run.benchmarks), run.n_concepts), np.nan)
@@ -751,11 +794,13 @@ class Store:
         the next page of a search, or a word typed again, scans nothing)."""
 
         def scan() -> np.ndarray:
-            got = (
-                self.cursor()
-                .execute(f"SELECT concept FROM {run.t}_q WHERE contains(search, ?)", [q.lower()])
-                .fetchnumpy()["concept"]
-            )
+            got = run.search_rows.find(q.lower()) if run.search_rows is not None else None
+            if got is None:  # a NUL in the needle: DuckDB's scan
+                got = (
+                    self.cursor()
+                    .execute(f"SELECT concept FROM {run.t}_q WHERE contains(search, ?)", [q.lower()])
+                    .fetchnumpy()["concept"]
+                )
             mask = np.zeros(run.id_bound, dtype=bool)
             mask[np.asarray(got, dtype=np.int64)] = True
             digits = q.lstrip("#c").strip()
