@@ -175,6 +175,21 @@ class PlainSAE:
         raise NotImplementedError
 
 
+def source_at(ref: str, into: Path) -> Path:
+    """The ``src/`` folder of this repository at ``ref`` (a commit, branch or tag), extracted under
+    ``into``: a baseline's code to run beside this checkout's (``--baseline REF``)."""
+    import subprocess
+
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(HERE.parent), "archive", "--format=tar", ref, "src"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
 def last_line(**figures: float) -> str:
     """The figures line every benchmark ends with: ``key=value`` pairs, 3 significant digits."""
     return " ".join(f"{k}={v:.3g}" for k, v in figures.items())

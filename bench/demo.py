@@ -49,16 +49,6 @@ TABLES = (
 STAGES = ("items", "evaluate", "extract", "score", "label", "report")
 
 
-def source_at(ref: str, into: Path) -> Path:
-    """The ``src/`` folder of this repository at ``ref``, extracted under ``into``."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", "--format=tar", ref, "src"], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "src"
-
-
 def one_run(src: Path, out: Path, extra: list[str]) -> dict[str, float]:
     """One ``cgaps demo`` in a child process with ``src`` first on the path: seconds per stage."""
     if out.exists():
@@ -108,7 +98,7 @@ def main(argv: list[str] | None = None) -> str:
     args.out.mkdir(parents=True, exist_ok=True)
     codes = {"this": REPO / "src"}
     if args.baseline:
-        codes["baseline"] = source_at(args.baseline, args.out / "baseline_src")
+        codes["baseline"] = _common.source_at(args.baseline, args.out / "baseline_src")
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in codes}
     cols = [*STAGES, "startup", "total", "cpu"]
     print("code      run " + " ".join(f"{c:>8}" for c in cols) + "   load before -> after")

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/explorer.py [--out /tmp/explorer_bench] [--concepts 65536]
         [--benchmarks 10] [--items 100000] [--per-item 64] [--repeats 5] [--load] [--threads N]
-        [--floor]
+        [--floor] [--baseline REF]
 
 A benchmark script, not a timed test. It writes a synthetic run directory once (reused
 when its ``run.json`` says the same sizes), starts ``cgaps serve`` on it in a child process
@@ -26,6 +26,13 @@ computed once beforehand. Its ``search_ms`` is what the page, Chromium and the H
 cost on their own under the same load (``search_floor_ms``): the part of the search no work on
 the server's query can take away.
 
+``--baseline REF`` then measures the search **paired**: this checkout's server and one running
+the ``src/`` of ``REF`` (a commit, branch or tag) are up at once, and each repeat types the same
+word into a fresh context of each, in alternating order, in one Chromium. Run to run, the
+machine's other jobs move the search's time by tens of ms; paired, they slow both alike.
+Printed: both medians, the median of the paired differences and how many pairs this checkout
+won (``baseline_search_ms``, ``paired_diff_ms``, ``pairs_faster`` in the last line).
+
 The synthetic run is sparse and made in seconds: every item fires on ``--per-item`` concepts
 (half drawn from a suite-wide Zipf-like popularity, half from its benchmark's own), saliency is
 the long table of docs/method.md §6 (item × firing concept), 50 planted concepts (each firing on 0.1-1%
@@ -34,6 +41,7 @@ real scoring stage (``cgaps.scoring.stage.score_run``). Contexts and labels are 
 small vocabulary. The last line printed is
 
     first_render_ms=A search_ms=B detail_ms=C server_gb=D [search_floor_ms=E with --floor]
+    [baseline_search_ms=F paired_diff_ms=G pairs_faster=H with --baseline]
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import sys
 import time
 from pathlib import Path
 
+import _common
 import numpy as np
 import pandas as pd
 
@@ -204,14 +213,20 @@ def _peak_rss_gb(pid: int) -> float:
     return float("nan")
 
 
-def _start_server(run: Path, threads: int | None = None) -> tuple[subprocess.Popen[str], str, float]:
+def _start_server(
+    run: Path, threads: int | None = None, src: Path | None = None
+) -> tuple[subprocess.Popen[str], str, float]:
+    """``cgaps serve`` on ``run`` in a child process (the code of ``src`` where given)."""
     t0 = time.perf_counter()
     extra = [] if threads is None else ["--threads", str(threads)]
+    env = {**os.environ, "CGAPS_NO_PROGRESS": "1"}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cgaps", "serve", str(run), "--port", "0", *extra],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "CGAPS_NO_PROGRESS": "1"},
+        env=env,
     )
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()  # printed once the tables are loaded and the port is bound
@@ -271,9 +286,47 @@ def _start_memory_server(run: Path, repeats: int) -> tuple[subprocess.Popen[str]
     return proc, url
 
 
+def _paired_figures(this: list[float], baseline: list[float]) -> str:
+    """The paired search's figures for the last line: the baseline's median, the median of the
+    differences (this - baseline) and the pairs this checkout was faster in."""
+    diff = [a - b for a, b in zip(this, baseline, strict=True)]
+    return (
+        f" baseline_search_ms={statistics.median(baseline):.0f} paired_diff_ms={statistics.median(diff):.0f}"
+        f" pairs_faster={sum(d < 0 for d in diff)}/{len(diff)}"
+    )
+
+
 def _spin() -> subprocess.Popen[bytes]:
     """A process that keeps one core busy until it is killed (``--load``)."""
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+TYPE = """w => { const s = document.getElementById('search'); const t = performance.now();
+    s.value = w; s.dispatchEvent(new Event('input', {bubbles: true})); return t; }"""
+
+
+def measure_paired(urls: dict[str, str], repeats: int, chromium: str) -> dict[str, list[float]]:
+    """Search times (ms) against each server in ``urls``: every repeat types the same word into
+    a fresh context of each, in alternating order (A B, B A, ...), in one Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    out: dict[str, list[float]] = {name: [] for name in urls}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        for k in range(repeats):
+            word = VOCAB[(3 * k + 1) % len(VOCAB)]
+            for name in list(urls) if k % 2 == 0 else list(urls)[::-1]:
+                context = browser.new_context(viewport={"width": 1280, "height": 900})
+                page = context.new_page()
+                page.goto(urls[name] + "concepts")
+                page.wait_for_function("() => window.__cgaps && window.__cgaps.lists >= 1", timeout=60_000)
+                page.wait_for_load_state("networkidle")
+                t0 = page.evaluate(TYPE, word)
+                page.wait_for_function("() => window.__cgaps.lists >= 2", timeout=60_000)
+                out[name].append(page.evaluate("() => window.__cgaps.lastList") - t0)
+                context.close()
+        browser.close()
+    return out
 
 
 def measure(url: str, repeats: int, chromium: str) -> dict[str, list[float]]:
@@ -301,11 +354,7 @@ def measure(url: str, repeats: int, chromium: str) -> dict[str, list[float]]:
             # after the first paint included), so the search is timed alone, as a reader types it
             page.wait_for_load_state("networkidle")
             word = VOCAB[(3 * k + 1) % len(VOCAB)]
-            t0 = page.evaluate(
-                """w => { const s = document.getElementById('search'); const t = performance.now();
-                s.value = w; s.dispatchEvent(new Event('input', {bubbles: true})); return t; }""",
-                word,
-            )
+            t0 = page.evaluate(TYPE, word)
             page.wait_for_function(wait.format("lists"), arg=2, timeout=60_000)
             done = page.evaluate("() => window.__cgaps")
             out["search_ms"].append(done["lastList"] - t0)
@@ -342,6 +391,11 @@ def main() -> None:
         "--floor",
         action="store_true",
         help="then the same against a server whose concept list answers from memory (search_floor_ms)",
+    )
+    ap.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="then the search paired against a server running REF's src/ (a commit, branch or tag)",
     )
     ap.add_argument("--serve-from-memory", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -380,6 +434,20 @@ def main() -> None:
                 mem.wait(timeout=30)
             times["search_floor_ms"] = floor["search_ms"]
             times["search_floor_request_ms"] = floor["search_request_ms"]
+        if args.baseline:
+            base_src = _common.source_at(args.baseline, args.out.parent / f"{args.out.name}_baseline")
+            servers = {
+                "this": _start_server(run, args.threads),
+                "baseline": _start_server(run, args.threads, base_src),
+            }
+            try:
+                paired = measure_paired({k: v[1] for k, v in servers.items()}, args.repeats, args.chromium)
+            finally:
+                for proc_, _, _ in servers.values():
+                    proc_.send_signal(signal.SIGTERM)
+                    proc_.wait(timeout=30)
+            times["paired_search_ms"] = paired["this"]
+            times["baseline_search_ms"] = paired["baseline"]
     finally:
         if spinner is not None:
             spinner.kill()
@@ -397,6 +465,7 @@ def main() -> None:
         f"first_render_ms={med['first_render_ms']:.0f} search_ms={med['search_ms']:.0f} "
         f"detail_ms={med['detail_ms']:.0f} server_gb={gb:.2f}"
         + (f" search_floor_ms={med['search_floor_ms']:.0f}" if args.floor else "")
+        + (_paired_figures(times["paired_search_ms"], times["baseline_search_ms"]) if args.baseline else "")
     )
 
 
