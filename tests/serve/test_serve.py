@@ -323,6 +323,15 @@ def test_kept_answers_are_the_last_ones_asked():
         kept.get(key, lambda key=key: made.append(key) or key.upper())
     # "a" was asked again before "c" came, so "b" was the one let go, and made again
     assert made == ["a", "b", "c", "b"] and len(kept) == 2
+    # a byte budget lets the oldest go first, and keeps the newest even where it alone is over it
+    kept = Kept(10, budget=3000)
+    for key in range(4):
+        kept.get(key, lambda: np.zeros(1000, dtype=np.uint8))
+    assert len(kept) == 3 and kept.nbytes == 3000
+    kept.get("cols", lambda: {"a": np.zeros(100, np.int64), "b": np.zeros(100, np.int64)})
+    assert len(kept) == 2 and kept.nbytes == 2600  # the dict's 1600 and the newest array (3)
+    kept.get("big", lambda: np.zeros(9000, np.uint8))
+    assert len(kept) == 1 and kept.nbytes == 9000
 
 
 def test_a_search_of_other_digits_is_text(client):

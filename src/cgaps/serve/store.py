@@ -181,30 +181,52 @@ def _sql_name(name: str) -> str:
 
 
 class Kept:
-    """The last ``size`` answers of one kind, by key, for any thread (a small LRU cache).
+    """The last ``size`` answers of one kind, by key, for any thread (a small LRU cache), holding
+    at most ``budget`` bytes of NumPy arrays (an answer is an array or a dict of arrays; the
+    newest answer is kept even where it alone is larger).
 
     Two threads asking for the same missing key may both compute it; either answer is kept."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, budget: int | None = None) -> None:
         self.size = size
-        self._answers: OrderedDict[Any, Any] = OrderedDict()
+        self.budget = budget
+        self._answers: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _nbytes(value: Any) -> int:
+        if isinstance(value, np.ndarray):
+            return int(value.nbytes)
+        if isinstance(value, dict):
+            return sum(Kept._nbytes(v) for v in value.values())
+        return 0
 
     def get(self, key: Any, make: Callable[[], Any]) -> Any:
         with self._lock:
             if key in self._answers:
                 self._answers.move_to_end(key)
-                return self._answers[key]
+                return self._answers[key][0]
         value = make()
+        size = self._nbytes(value)
         with self._lock:
-            self._answers[key] = value
-            self._answers.move_to_end(key)
-            while len(self._answers) > self.size:
-                self._answers.popitem(last=False)
+            if key in self._answers:
+                self._bytes -= self._answers.pop(key)[1]
+            self._answers[key] = (value, size)
+            self._bytes += size
+            while len(self._answers) > 1 and (
+                len(self._answers) > self.size or (self.budget is not None and self._bytes > self.budget)
+            ):
+                self._bytes -= self._answers.popitem(last=False)[1][1]
         return value
 
     def __len__(self) -> int:
         return len(self._answers)
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the arrays kept now."""
+        return self._bytes
 
 
 class SearchRows:
@@ -270,9 +292,11 @@ def _plain_columns(got: dict[str, Any]) -> dict[str, np.ndarray]:
 
 # the concept list's kept answers per run: the ids of the last filters in their order (a reader
 # changes a filter rarely and types often), and the match masks of the last searches
-KEPT_ORDERS = 16
-KEPT_SEARCHES = 64
-KEPT_SCOPES = 4
+# counts and byte budgets: at 65,536 concepts the counts bind (16 orders of 0.25 MB, 64 masks of
+# 64 KB, 5 column sets of ~7 MB); a run with a million concepts is held to the budgets instead
+KEPT_ORDERS, KEPT_ORDERS_BYTES = 16, 32 << 20
+KEPT_SEARCHES, KEPT_SEARCHES_BYTES = 64, 16 << 20
+KEPT_SCOPES, KEPT_COLUMNS_BYTES = 4, 128 << 20
 
 
 @dataclass
@@ -302,9 +326,10 @@ class Run:
     calls: dict[str, int] = field(default_factory=dict)  # ALL scope: gaps, strengths, at chance
     theme_chance: dict[tuple[Any, str], dict[str, Any]] = field(default_factory=dict)
     # the concept list's kept answers (Store.concepts) and one more than the largest concept id
-    orders: Kept = field(default_factory=lambda: Kept(KEPT_ORDERS))
-    searches: Kept = field(default_factory=lambda: Kept(KEPT_SEARCHES))
-    columns: Kept = field(default_factory=lambda: Kept(KEPT_SCOPES + 1))  # by scope; None: labels
+    orders: Kept = field(default_factory=lambda: Kept(KEPT_ORDERS, KEPT_ORDERS_BYTES))
+    searches: Kept = field(default_factory=lambda: Kept(KEPT_SEARCHES, KEPT_SEARCHES_BYTES))
+    # by scope, and None: the labels
+    columns: Kept = field(default_factory=lambda: Kept(KEPT_SCOPES + 1, KEPT_COLUMNS_BYTES))
     id_bound: int = 0
     search_rows: SearchRows | None = None
 
@@ -785,7 +810,7 @@ class Store:
                 f"ORDER BY {SORTS[sort]} {direction} NULLS LAST, c.concept ASC"
             )
             got = self.cursor().execute(sql, params).fetchnumpy()["concept"]
-            return np.asarray(got, dtype=np.int64)
+            return np.asarray(got, dtype=np.int32)
 
         return run.orders.get((scope, gap, status, int(min_support), sort, direction), query)
 
