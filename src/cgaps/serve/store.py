@@ -35,6 +35,7 @@ Each request works on its own DuckDB cursor (one connection per thread, same dat
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -272,6 +273,13 @@ LIST_COLUMNS = (
     "status", "gap", "q_value", "chance", "p_chance", "at_chance",
 )  # fmt: skip
 LIST_LABELS = ("label", "source", "tokens", "format")
+
+
+def _concept_number(q: str) -> int | None:
+    """The concept a search names by number ("42", "c42", "#42"), if it does: decimal digits only
+    ("²" is a digit to str.isdigit, and not to int)."""
+    digits = q.lstrip("#c").strip()
+    return int(digits) if digits.isdecimal() else None
 
 
 def _plain_columns(got: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -755,64 +763,63 @@ class Store:
         whose answer is kept (:meth:`_ordered`); a search is then a mask over those ids
         (:meth:`_matches`, also kept), so typing into the search box costs one scan of the
         search rows and no sort. :meth:`concepts_reference` is the same page as one SQL query."""
-        if sort not in SORTS:
-            raise BadRequest(f"cannot sort by {sort!r}; sortable columns: {', '.join(SORTS)}")
+        ordering = self._ordering(run, sort, order)
         q = q.strip()
-        direction = "DESC" if order == "desc" else "ASC"
-        ids = self._ordered(run, scope, gap, status, min_support, sort, direction)
+        ids = self._ordered(run, scope, gap, status, min_support, ordering)
         if q:
             ids = ids[self._matches(run, q)[ids]]
         start = (page - 1) * per_page
         rows = self._page_rows(run, scope, ids[start : start + per_page].tolist())
         return self._page(run, scope, rows, len(ids), page, per_page)
 
-    def concepts_reference(
-        self,
-        run: Run,
-        *,
-        scope: str,
-        q: str = "",
-        gap: str = "",
-        status: str = "",
-        min_support: int = 0,
-        sort: str = "q_value",
-        order: str = "asc",
-        page: int = 1,
-        per_page: int = 50,
-    ) -> dict[str, Any]:
-        """:meth:`concepts` written plainly: the filters, the search, the order and the page in
-        one SQL query (what the kept orders and masks must give, checked in the tests)."""
-        if sort not in SORTS:
-            raise BadRequest(f"cannot sort by {sort!r}; sortable columns: {', '.join(SORTS)}")
-        where, params = self._where(run, scope, q.strip(), gap, status, min_support)
-        direction = "DESC" if order == "desc" else "ASC"
-        join = f"JOIN {run.t}_lab l ON l.concept = c.concept" if sort == "label" else ""
+    def concepts_reference(self, run: Run, **ask: Any) -> dict[str, Any]:
+        """:meth:`concepts` (the same keyword arguments and defaults) written plainly: the
+        filters, the search, the order and the page in one SQL query (what the kept orders and
+        masks must give, checked in the tests)."""
+        a = inspect.signature(Store.concepts).bind(self, run, **ask)
+        a.apply_defaults()
+        scope, page, per_page = a.arguments["scope"], a.arguments["page"], a.arguments["per_page"]
+        join, order_by = self._ordering(run, a.arguments["sort"], a.arguments["order"])
+        where, params = self._where(
+            run,
+            scope,
+            a.arguments["q"].strip(),
+            a.arguments["gap"],
+            a.arguments["status"],
+            a.arguments["min_support"],
+        )
         sql = (
             f"SELECT c.concept, {', '.join('c.' + k for k in LIST_COLUMNS)}, "
             f"{', '.join('x.' + k for k in LIST_LABELS)} FROM {run.t}_c c {join} "
             f"JOIN {run.t}_lab x ON x.concept = c.concept WHERE {' AND '.join(where)} "
-            f"ORDER BY {SORTS[sort]} {direction} NULLS LAST, c.concept ASC LIMIT ? OFFSET ?"
+            f"ORDER BY {order_by} LIMIT ? OFFSET ?"
         )
         rows = self._rows(sql, [*params, per_page, (page - 1) * per_page])
         return self._page(run, scope, rows, self._count(run.t, where, params), page, per_page)
 
+    @staticmethod
+    def _ordering(run: Run, sort: str, order: str) -> tuple[str, str]:
+        """The list's order as SQL: the join it needs (the labels, to sort by them) and the ORDER
+        BY clause (the sort, nulls last, then concept id). ``sort`` is checked against :data:`SORTS`."""
+        if sort not in SORTS:
+            raise BadRequest(f"cannot sort by {sort!r}; sortable columns: {', '.join(SORTS)}")
+        join = f"JOIN {run.t}_lab l ON l.concept = c.concept" if sort == "label" else ""
+        return join, f"{SORTS[sort]} {'DESC' if order == 'desc' else 'ASC'} NULLS LAST, c.concept ASC"
+
     def _ordered(
-        self, run: Run, scope: str, gap: str, status: str, min_support: int, sort: str, direction: str
+        self, run: Run, scope: str, gap: str, status: str, min_support: int, ordering: tuple[str, str]
     ) -> np.ndarray:
         """The ids of the concepts that pass the list's filters other than the search, in the
         list's order (the sort, nulls last, then concept id): one query per filter, kept."""
 
         def query() -> np.ndarray:
             where, params = self._where(run, scope, "", gap, status, min_support)
-            join = f"JOIN {run.t}_lab l ON l.concept = c.concept" if sort == "label" else ""
-            sql = (
-                f"SELECT c.concept FROM {run.t}_c c {join} WHERE {' AND '.join(where)} "
-                f"ORDER BY {SORTS[sort]} {direction} NULLS LAST, c.concept ASC"
-            )
+            join, order_by = ordering
+            sql = f"SELECT c.concept FROM {run.t}_c c {join} WHERE {' AND '.join(where)} ORDER BY {order_by}"
             got = self.cursor().execute(sql, params).fetchnumpy()["concept"]
             return np.asarray(got, dtype=np.int32)
 
-        return run.orders.get((scope, gap, status, int(min_support), sort, direction), query)
+        return run.orders.get((scope, gap, status, int(min_support), ordering), query)
 
     def _matches(self, run: Run, q: str) -> np.ndarray:
         """Which concepts a search matches, as a mask by concept id (kept for the last searches:
@@ -828,9 +835,9 @@ class Store:
                 )
             mask = np.zeros(run.id_bound, dtype=bool)
             mask[np.asarray(got, dtype=np.int64)] = True
-            digits = q.lstrip("#c").strip()
-            if digits.isdecimal() and int(digits) < run.id_bound:
-                mask[int(digits)] = True
+            number = _concept_number(q)
+            if number is not None and number < run.id_bound:
+                mask[number] = True
             return mask
 
         return run.searches.get(q, scan)
@@ -879,25 +886,18 @@ class Store:
         if not ids:
             return []
         t = run.t
-        cols = run.columns.get(
+
+        def kept(key: str | None, sql: str, params: list[Any]) -> dict[str, np.ndarray]:
+            return run.columns.get(
+                key, lambda: _plain_columns(self.cursor().execute(sql, params).fetchnumpy())
+            )
+
+        cols = kept(
             scope,
-            lambda: _plain_columns(
-                self.cursor()
-                .execute(
-                    f"SELECT concept, {', '.join(LIST_COLUMNS)} FROM {t}_c WHERE scope = ? ORDER BY concept",
-                    [scope],
-                )
-                .fetchnumpy()
-            ),
+            f"SELECT concept, {', '.join(LIST_COLUMNS)} FROM {t}_c WHERE scope = ? ORDER BY concept",
+            [scope],
         )
-        labels = run.columns.get(
-            None,
-            lambda: _plain_columns(
-                self.cursor()
-                .execute(f"SELECT concept, {', '.join(LIST_LABELS)} FROM {t}_lab ORDER BY concept")
-                .fetchnumpy()
-            ),
-        )
+        labels = kept(None, f"SELECT concept, {', '.join(LIST_LABELS)} FROM {t}_lab ORDER BY concept", [])
         want = np.asarray(ids, dtype=np.int64)
         at, lat = np.searchsorted(cols["concept"], want), np.searchsorted(labels["concept"], want)
         return [
@@ -916,10 +916,10 @@ class Store:
             # of a large run in half the time of LIKE with an escape clause (docs/explorer.md)
             cond = f"c.concept IN (SELECT concept FROM {run.t}_q WHERE contains(search, ?))"
             params.append(q.lower())
-            digits = q.lstrip("#c").strip()
-            if digits.isdecimal():
+            number = _concept_number(q)
+            if number is not None:
                 cond = f"({cond} OR c.concept = ?)"
-                params.append(int(digits))
+                params.append(number)
             where.append(cond)
         where += self._gap_filter(gap)
         if status:
