@@ -12,10 +12,17 @@ two random groups and 0.7 elsewhere, and scores the ALL scope with every procedu
 - ``hierarchical``: the themes by BH, then the members of the R selected themes among M at
   fdr * R / M (Benjamini & Bogomolov 2014);
 - ``concepts+themes``: one BH over the concepts and the themes;
-- ``tarone, concepts+themes``: the same after Tarone's rule (what ``cgaps score`` does).
+- ``tarone, concepts+themes``: the same after Tarone's rule (what ``cgaps score`` does);
+- ``tarone, weighted``: the same with p-value weights (weighted BH: BH on p / w, the weights
+  averaging 1 over the kept hypotheses; Genovese, Roeder & Wasserman 2006) that spend the budget
+  by each hypothesis's power against a drop of ``--delta`` (Roeder & Wasserman 2009: w =
+  (M / fdr) * Phi-bar(theta / 2 + c / theta), theta = delta * sum s / sqrt(sum s^2 v), c such
+  that the mean is 1). Like Tarone's bound, theta reads the groups' score variances only, which
+  permutations within groups keep.
 
-Printed: a markdown table of the mean gap concepts and gap themes called per draw and the share
-of the 20 strongest (by q) that point to a planted group (:mod:`cgaps.validate.topics`)::
+Printed: a markdown table of the mean gap concepts and gap themes called per draw, the median
+calls (concepts and themes) and the draws with at least 5, and the share of the 20 strongest
+(by q) that point to a planted group (:mod:`cgaps.validate.topics`)::
 
     python scripts/multiple_testing.py RUNS/math_type --size 30 --repeats 8
 """
@@ -26,6 +33,7 @@ import argparse
 from typing import Any
 
 import numpy as np
+from scipy import optimize, stats
 
 from cgaps.runtables import load_run
 from cgaps.scoring.core import (
@@ -50,6 +58,7 @@ PROCEDURES = (
     "hierarchical",
     "concepts+themes",
     "tarone, concepts+themes",
+    "tarone, weighted",
 )
 
 
@@ -57,6 +66,21 @@ def bh(p: np.ndarray, keep: np.ndarray) -> np.ndarray:
     q = np.full(len(p), np.nan)
     q[keep] = bh_adjust(p[keep])
     return q
+
+
+def power_weights(theta: np.ndarray, fdr: float) -> np.ndarray:
+    """Roeder & Wasserman's (2009) weights for hypotheses whose z has mean ``theta`` under the
+    alternative: (M / fdr) * Phi-bar(theta / 2 + c / theta), with c such that they average 1."""
+    m = len(theta)
+    th = np.maximum(theta, 1e-9)
+
+    def excess(log_c: float) -> float:  # falls as c grows
+        return float((m / fdr) * stats.norm.sf(th / 2 + np.exp(log_c) / th).sum() - m)
+
+    if m == 0 or excess(-30.0) < 0:
+        return np.ones(m)
+    c = np.exp(optimize.brentq(excess, -30.0, 30.0))
+    return (m / fdr) * stats.norm.sf(th / 2 + c / th)
 
 
 def hierarchical(
@@ -80,7 +104,14 @@ def hierarchical(
 
 
 def one_draw(
-    m: Any, themes: Any, groups: np.ndarray, names: np.ndarray, planted: np.ndarray, y: np.ndarray, cfg: Any
+    m: Any,
+    themes: Any,
+    groups: np.ndarray,
+    names: np.ndarray,
+    planted: np.ndarray,
+    y: np.ndarray,
+    cfg: Any,
+    delta: float,
 ) -> dict[str, tuple[int, int, float | None]]:
     m = m.with_scores(y)
     shat = m.shat_matrix()
@@ -144,6 +175,20 @@ def one_draw(
         qt = np.full(len(pt), np.nan)
         qt[tested_t] = q[int(tested_c.sum()) :]
         out[name] = summary(qc, qt)
+        if tarone:  # the same kept hypotheses, their p-values weighted by power
+            with np.errstate(divide="ignore", invalid="ignore"):
+                theta = np.r_[
+                    (t.sum_s[k] / np.sqrt(t.null_var[k]))[tested_c],
+                    (tt.sum_s[k] / np.sqrt(tt.null_var[k]))[tested_t],
+                ]
+            w = np.zeros(len(p_all))
+            w[keep] = power_weights(delta * np.nan_to_num(theta[keep]), cfg.fdr)
+            q = bh(np.minimum(1.0, p_all / np.maximum(w, 1e-300)), keep)
+            qc = np.full(len(pc), np.nan)
+            qc[tested_c] = q[: int(tested_c.sum())]
+            qt = np.full(len(pt), np.nan)
+            qt[tested_t] = q[int(tested_c.sum()) :]
+            out["tarone, weighted"] = summary(qc, qt)
     return out
 
 
@@ -154,6 +199,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=30, help="items per group")
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--delta", type=float, default=0.4, help="the drop the weighted procedure's weights aim at"
+    )
     args = ap.parse_args()
     run = load_run(args.run)
     cfg = run.config()
@@ -178,16 +226,20 @@ def main() -> None:
         p = np.where(planted[np.searchsorted(names, groups)], 0.1, 0.7)
         y = (draw.random(len(p)) < p).astype(float)
         for name, res in one_draw(
-            m, themes, groups, names, planted, y, cfg.replace(seed=cfg.seed + r)
+            m, themes, groups, names, planted, y, cfg.replace(seed=cfg.seed + r), args.delta
         ).items():
             results[name].append(res)
     print(f"{args.run}: {len(names)} groups x {args.size} items, {len(themes)} themes, {args.repeats} draws")
-    print("| procedure | gap concepts | gap themes | top 20 on a planted group |")
-    print("| --- | ---: | ---: | ---: |")
+    print(
+        "| procedure | gap concepts | gap themes | median calls | draws with >= 5 | top 20 on a planted group |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, rows_ in results.items():
         shares = [s for *_, s in rows_ if s is not None]
+        calls = np.array([a + b for a, b, _ in rows_])
         print(
             f"| {name} | {np.mean([a for a, _, _ in rows_]):.1f} | {np.mean([b for _, b, _ in rows_]):.1f} | "
+            f"{np.median(calls):g} | {int((calls >= 5).sum())} of {len(calls)} | "
             + (f"{np.mean(shares):.2f}" if shares else "—")
             + " |"
         )
