@@ -18,7 +18,17 @@ two random groups and 0.7 elsewhere, and scores the ALL scope with every procedu
   by each hypothesis's power against a drop of ``--delta`` (Roeder & Wasserman 2009: w =
   (M / fdr) * Phi-bar(theta / 2 + c / theta), theta = delta * sum s / sqrt(sum s^2 v), c such
   that the mean is 1). Like Tarone's bound, theta reads the groups' score variances only, which
-  permutations within groups keep.
+  permutations within groups keep;
+- ``tarone, with item topics``: ``tarone, concepts+themes`` with a third kind of hypothesis,
+  sets of *items*: every node of an average-linkage tree of the items (cosine of their
+  IDF-weighted ŝ' rows) with at least ``min_support`` items, the whole set excepted, each tested
+  with unit saliency on its items (the tree of EvalTree, tested like a concept). Built from the
+  saliency alone. A node points to a planted group when the group with most of its items per
+  item of the group is planted.
+
+``--presence T`` rescores the same draws at another presence threshold τ; ``--null`` shuffles
+each draw's scores over the items (the same accuracy, no link to any group or concept), so every
+call is a false one; the counts are then of gaps and strengths together.
 
 Printed: a markdown table of the mean gap concepts and gap themes called per draw, the median
 calls (concepts and themes) and the draws with at least 5, and the share of the 20 strongest
@@ -33,7 +43,9 @@ import argparse
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from scipy import optimize, stats
+from scipy.cluster import hierarchy
 
 from cgaps.runtables import load_run
 from cgaps.scoring.core import (
@@ -59,7 +71,24 @@ PROCEDURES = (
     "concepts+themes",
     "tarone, concepts+themes",
     "tarone, weighted",
+    "tarone, with item topics",
 )
+
+
+def item_topics(shat: sp.csr_matrix, min_support: int) -> list[np.ndarray]:
+    """The item sets of the procedure ``tarone, with item topics``: the nodes of an average-linkage
+    tree of the items (cosine of their IDF-weighted rows of ŝ') with min_support to n - 1 items."""
+    n = shat.shape[0]
+    df = np.asarray((shat > 0).sum(axis=0)).ravel()
+    x = (shat @ sp.diags(np.log((1 + n) / (1 + df)))).toarray()
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    members: list[list[int]] = [[i] for i in range(n)]
+    nodes = []
+    for a, b, _, _ in hierarchy.linkage(x, method="average", metric="cosine"):
+        members.append(members[int(a)] + members[int(b)])
+        if min_support <= len(members[-1]) < n:
+            nodes.append(np.array(sorted(members[-1])))
+    return nodes
 
 
 def bh(p: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -112,6 +141,8 @@ def one_draw(
     y: np.ndarray,
     cfg: Any,
     delta: float,
+    topics: list[np.ndarray],
+    both_sides: bool = False,
 ) -> dict[str, tuple[int, int, float | None]]:
     m = m.with_scores(y)
     shat = m.shat_matrix()
@@ -141,8 +172,8 @@ def one_draw(
 
     def summary(qc: np.ndarray, qt: np.ndarray) -> tuple[int, int, float | None]:
         with np.errstate(invalid="ignore"):
-            wc = np.flatnonzero((qc <= cfg.fdr) & (zc[k] < 0))
-            wt = np.flatnonzero((qt <= cfg.fdr) & (zt[k] < 0))
+            wc = np.flatnonzero((qc <= cfg.fdr) & ((zc[k] < 0) | both_sides))
+            wt = np.flatnonzero((qt <= cfg.fdr) & ((zt[k] < 0) | both_sides))
         found = [(qc[c], points(mass[c])) for c in wc] + [
             (qt[i], points(mass[themes.members[i]].sum(axis=0))) for i in wt
         ]
@@ -189,6 +220,36 @@ def one_draw(
             qt = np.full(len(pt), np.nan)
             qt[tested_t] = q[int(tested_c.sum()) :]
             out["tarone, weighted"] = summary(qc, qt)
+    # item topics: unit saliency on each node's items, a third table in the same Tarone + BH
+    ind = sp.csr_matrix(
+        (np.ones(sum(len(t_) for t_ in topics)), np.concatenate(topics), np.cumsum([0, *map(len, topics)])),
+        shape=(len(topics), len(y)),
+    ).T.tocsr()
+    im = SuiteMatrix(ind, y, m.bench, m.benchmarks, m.item_ids, np.ones(len(topics)), m.group)
+    it = chi_tables(im)
+    n_all = n_tests + (it.support >= cfg.min_support).sum(axis=1)
+    zi, pwi, psi = p_values(im, it, cfg, n_all, stream=2 * len(n_tests))
+    pi = np.minimum(1, 2 * np.minimum(pwi[k], psi[k]))
+    pmin_i = smallest_p(im, it, cfg, n_all)[k]
+    keep = tarone_keep(np.r_[pmin_c[tested_c], pmin_t[tested_t], pmin_i], cfg.fdr)
+    q = bh(np.r_[pc[tested_c], pt[tested_t], pi], keep)
+    nc, nt = int(tested_c.sum()), int(tested_t.sum())
+    qc = np.full(len(pc), np.nan)
+    qc[tested_c] = q[:nc]
+    qt = np.full(len(pt), np.nan)
+    qt[tested_t] = q[nc : nc + nt]
+    a, b, _ = summary(qc, qt)
+    with np.errstate(invalid="ignore"):
+        wi = np.flatnonzero((q[nc + nt :] <= cfg.fdr) & ((zi[k] < 0) | both_sides))
+    found = [(qc[c], points(mass[c])) for c in np.flatnonzero((qc <= cfg.fdr) & ((zc[k] < 0) | both_sides))]
+    found += [
+        (qt[i], points(mass[themes.members[i]].sum(axis=0)))
+        for i in np.flatnonzero((qt <= cfg.fdr) & ((zt[k] < 0) | both_sides))
+    ]
+    found += [(q[nc + nt + i], points(onehot[topics[i]].sum(axis=0))) for i in wi]
+    top = [pt_ for _, pt_ in sorted(found, key=lambda r: r[0])[:20]]
+    # gap themes and item topics share the second count: both are findings beyond one concept
+    out["tarone, with item topics"] = (a, b + len(wi), float(np.mean(top)) if top else None)
     return out
 
 
@@ -202,9 +263,13 @@ def main() -> None:
     ap.add_argument(
         "--delta", type=float, default=0.4, help="the drop the weighted procedure's weights aim at"
     )
+    ap.add_argument("--presence", type=float, help="score at this presence threshold instead of the run's")
+    ap.add_argument("--null", action="store_true", help="shuffle each draw's scores: every call is false")
     args = ap.parse_args()
     run = load_run(args.run)
     cfg = run.config()
+    if args.presence is not None:
+        cfg = cfg.replace(presence=args.presence)
     scale, _ = concept_scale(run, cfg)
     groups_all = item_facet(run.items, args.facet)
     assert groups_all is not None, f"no facet {args.facet}"
@@ -218,6 +283,7 @@ def main() -> None:
     m = build_matrix(items, sal, run.n_concepts, presence=cfg.presence, scale=scale)
     groups = groups_all[rows]
     themes = theme_structure(m, cfg)
+    topics = item_topics(m.shat_matrix(), cfg.min_support)
     results: dict[str, list[tuple[int, int, float | None]]] = {p: [] for p in PROCEDURES}
     for r in range(args.repeats):
         draw = np.random.default_rng([args.seed, args.size, r])
@@ -225,21 +291,35 @@ def main() -> None:
         planted[draw.choice(len(names), 2, replace=False)] = True
         p = np.where(planted[np.searchsorted(names, groups)], 0.1, 0.7)
         y = (draw.random(len(p)) < p).astype(float)
+        if args.null:
+            y = draw.permutation(y)
         for name, res in one_draw(
-            m, themes, groups, names, planted, y, cfg.replace(seed=cfg.seed + r), args.delta
+            m,
+            themes,
+            groups,
+            names,
+            planted,
+            y,
+            cfg.replace(seed=cfg.seed + r),
+            args.delta,
+            topics,
+            args.null,
         ).items():
             results[name].append(res)
-    print(f"{args.run}: {len(names)} groups x {args.size} items, {len(themes)} themes, {args.repeats} draws")
     print(
-        "| procedure | gap concepts | gap themes | median calls | draws with >= 5 | top 20 on a planted group |"
+        f"{args.run}: {len(names)} groups x {args.size} items, presence {cfg.presence}, {len(themes)} themes, "
+        f"{len(topics)} item topics, {args.repeats} draws"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| procedure | gap concepts | gap themes | median calls | draws with >= 5 | draws with any | top 20 on a planted group |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, rows_ in results.items():
         shares = [s for *_, s in rows_ if s is not None]
         calls = np.array([a + b for a, b, _ in rows_])
         print(
             f"| {name} | {np.mean([a for a, _, _ in rows_]):.1f} | {np.mean([b for _, b, _ in rows_]):.1f} | "
-            f"{np.median(calls):g} | {int((calls >= 5).sum())} of {len(calls)} | "
+            f"{np.median(calls):g} | {int((calls >= 5).sum())} of {len(calls)} | {int((calls > 0).sum())} | "
             + (f"{np.mean(shares):.2f}" if shares else "—")
             + " |"
         )

@@ -104,6 +104,8 @@ def measure(args: argparse.Namespace) -> None:
     cfg = run.config()
     if args.theme_cut:
         cfg = cfg.replace(theme_cut=args.theme_cut)
+    if args.presence is not None:
+        cfg = cfg.replace(presence=args.presence)
     scale, _ = concept_scale(run, cfg)
     m = build_matrix(run.items, run.saliency, run.n_concepts, presence=cfg.presence, scale=scale)
     groups = item_facet(run.items, args.facet)
@@ -186,6 +188,7 @@ def main() -> None:
     b.add_argument("--low", type=float, default=0.1)
     b.add_argument("--high", type=float, default=0.7)
     b.add_argument("--theme-cut", type=float)
+    b.add_argument("--presence", type=float, help="score at this presence threshold instead of the run's")
     b.add_argument("--decoder", action="store_true", help="themes by co-activation and decoder cosine")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json")
