@@ -26,6 +26,9 @@ two random groups and 0.7 elsewhere, and scores the ALL scope with every procedu
   saliency alone. A node points to a planted group when the group with most of its items per
   item of the group is planted.
 
+- ``item topics apart``: the same hypotheses as two families, concepts and themes, and item
+  topics, each with its own Tarone's rule and BH at fdr / 2 (the union's rate stays <= fdr).
+
 ``--presence T`` rescores the same draws at another presence threshold τ; ``--null`` shuffles
 each draw's scores over the items (the same accuracy, no link to any group or concept), so every
 call is a false one; the counts are then of gaps and strengths together.
@@ -72,6 +75,7 @@ PROCEDURES = (
     "tarone, concepts+themes",
     "tarone, weighted",
     "tarone, with item topics",
+    "item topics apart",
 )
 
 
@@ -231,25 +235,35 @@ def one_draw(
     zi, pwi, psi = p_values(im, it, cfg, n_all, stream=2 * len(n_tests))
     pi = np.minimum(1, 2 * np.minimum(pwi[k], psi[k]))
     pmin_i = smallest_p(im, it, cfg, n_all)[k]
-    keep = tarone_keep(np.r_[pmin_c[tested_c], pmin_t[tested_t], pmin_i], cfg.fdr)
-    q = bh(np.r_[pc[tested_c], pt[tested_t], pi], keep)
     nc, nt = int(tested_c.sum()), int(tested_t.sum())
-    qc = np.full(len(pc), np.nan)
-    qc[tested_c] = q[:nc]
-    qt = np.full(len(pt), np.nan)
-    qt[tested_t] = q[nc : nc + nt]
-    a, b, _ = summary(qc, qt)
-    with np.errstate(invalid="ignore"):
-        wi = np.flatnonzero((q[nc + nt :] <= cfg.fdr) & ((zi[k] < 0) | both_sides))
-    found = [(qc[c], points(mass[c])) for c in np.flatnonzero((qc <= cfg.fdr) & ((zc[k] < 0) | both_sides))]
-    found += [
-        (qt[i], points(mass[themes.members[i]].sum(axis=0)))
-        for i in np.flatnonzero((qt <= cfg.fdr) & ((zt[k] < 0) | both_sides))
-    ]
-    found += [(q[nc + nt + i], points(onehot[topics[i]].sum(axis=0))) for i in wi]
-    top = [pt_ for _, pt_ in sorted(found, key=lambda r: r[0])[:20]]
-    # gap themes and item topics share the second count: both are findings beyond one concept
-    out["tarone, with item topics"] = (a, b + len(wi), float(np.mean(top)) if top else None)
+    p_all, pmin_all = np.r_[pc[tested_c], pt[tested_t], pi], np.r_[pmin_c[tested_c], pmin_t[tested_t], pmin_i]
+    for name, families in (
+        ("tarone, with item topics", [slice(0, len(p_all))]),
+        ("item topics apart", [slice(0, nc + nt), slice(nc + nt, len(p_all))]),
+    ):
+        # each family gets fdr / (number of families): its q-values are scaled by that number
+        q = np.full(len(p_all), np.nan)
+        for fam in families:
+            keep = tarone_keep(pmin_all[fam], cfg.fdr / len(families))
+            q[fam] = np.minimum(1.0, bh(p_all[fam], keep) * len(families))
+        qc = np.full(len(pc), np.nan)
+        qc[tested_c] = q[:nc]
+        qt = np.full(len(pt), np.nan)
+        qt[tested_t] = q[nc : nc + nt]
+        a, b, _ = summary(qc, qt)
+        with np.errstate(invalid="ignore"):
+            wi = np.flatnonzero((q[nc + nt :] <= cfg.fdr) & ((zi[k] < 0) | both_sides))
+            found = [
+                (qc[c], points(mass[c])) for c in np.flatnonzero((qc <= cfg.fdr) & ((zc[k] < 0) | both_sides))
+            ]
+            found += [
+                (qt[i], points(mass[themes.members[i]].sum(axis=0)))
+                for i in np.flatnonzero((qt <= cfg.fdr) & ((zt[k] < 0) | both_sides))
+            ]
+        found += [(q[nc + nt + i], points(onehot[topics[i]].sum(axis=0))) for i in wi]
+        top = [pt_ for _, pt_ in sorted(found, key=lambda r: r[0])[:20]]
+        # gap themes and item topics share the second count: both are findings beyond one concept
+        out[name] = (a, b + len(wi), float(np.mean(top)) if top else None)
     return out
 
 
