@@ -24,8 +24,7 @@ two random groups and 0.7 elsewhere, and scores the ALL scope with every procedu
   IDF-weighted ŝ' rows) with at least ``min_support`` items, the whole set excepted, each tested
   with unit saliency on its items (the tree of EvalTree, tested like a concept). Built from the
   saliency alone. A node points to a planted group when the group with most of its items per
-  item of the group is planted.
-
+  item of the group is planted;
 - ``item topics apart``: the same hypotheses as two families, concepts and themes, and item
   topics, each with its own Tarone's rule and BH at fdr / 2 (the union's rate stays <= fdr).
 
@@ -53,15 +52,17 @@ from scipy.cluster import hierarchy
 from cgaps.runtables import load_run
 from cgaps.scoring.core import (
     SuiteMatrix,
+    bh_scopes,
     build_matrix,
     chi_tables,
     concept_max,
+    kept_hypotheses,
     p_values,
     smallest_p,
     tarone_keep,
 )
 from cgaps.scoring.stage import concept_scale
-from cgaps.scoring.themes import theme_structure
+from cgaps.scoring.themes import ThemeSet, theme_structure
 from cgaps.stats import bh_adjust
 from cgaps.validate.topics import item_facet
 
@@ -136,6 +137,16 @@ def hierarchical(
     return selected[: len(p_theme)], called
 
 
+def tarone_bh(
+    p_mins: list[np.ndarray], ps: list[np.ndarray], fdr: float
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``cgaps score``'s calls over several tables of the ALL scope (NaN p_min: not tested):
+    Tarone's rule and one Benjamini-Hochberg over them together; per table q and the kept mask."""
+    keeps = [kp[0] for kp in kept_hypotheses([p[None] for p in p_mins], fdr)]
+    qs = bh_scopes([np.where(kp, p, np.nan)[None] for kp, p in zip(keeps, ps, strict=True)])
+    return [q[0] for q in qs], keeps
+
+
 def one_draw(
     m: Any,
     themes: Any,
@@ -145,7 +156,7 @@ def one_draw(
     y: np.ndarray,
     cfg: Any,
     delta: float,
-    topics: list[np.ndarray],
+    topic_sal: sp.csr_matrix,
     both_sides: bool = False,
 ) -> dict[str, tuple[int, int, float | None]]:
     m = m.with_scores(y)
@@ -157,32 +168,45 @@ def one_draw(
         ts, y, m.bench, m.benchmarks, m.item_ids, concept_max(coo.col, coo.data, ts.shape[1]), m.group
     )
     tt = chi_tables(tm)
+    # item topics: unit saliency on each node's items
+    im = SuiteMatrix(topic_sal, y, m.bench, m.benchmarks, m.item_ids, np.ones(topic_sal.shape[1]), m.group)
+    it = chi_tables(im)
     k = -1  # the ALL scope
     n_tests = (t.support >= cfg.min_support).sum(axis=1) + (tt.support >= cfg.min_support).sum(axis=1)
+    n_all = n_tests + (it.support >= cfg.min_support).sum(axis=1)
     zc, pwc, psc = p_values(m, t, cfg, n_tests)
     zt, pwt, pst = p_values(tm, tt, cfg, n_tests, stream=len(n_tests))
+    zi, pwi, psi = p_values(im, it, cfg, n_all, stream=2 * len(n_tests))
     pc = np.minimum(1, 2 * np.minimum(pwc[k], psc[k]))
     pt = np.minimum(1, 2 * np.minimum(pwt[k], pst[k]))
+    pi = np.minimum(1, 2 * np.minimum(pwi[k], psi[k]))
     tested_c, tested_t = t.support[k] >= cfg.min_support, tt.support[k] >= cfg.min_support
     pmin_c, pmin_t = smallest_p(m, t, cfg, n_tests)[k], smallest_p(tm, tt, cfg, n_tests)[k]
+    pmin_i = smallest_p(im, it, cfg, n_all)[k]
     code = np.searchsorted(names, groups)
     onehot = np.zeros((len(code), len(names)))
     onehot[np.arange(len(code)), code] = 1.0
-    mass = np.asarray(shat.T @ onehot)
+    mass = np.asarray(shat.T @ onehot)  # concepts x groups
+    mass_t = np.asarray(themes.membership().T @ mass)  # themes x groups: the members' mass summed
+    mass_i = np.asarray(topic_sal.T @ onehot)  # item topics x groups: their items
     sizes = np.maximum(onehot.sum(axis=0), 1)
 
-    def points(vec: np.ndarray) -> bool:
-        return bool(planted[int(np.argmax(vec / sizes))])
-
-    def summary(qc: np.ndarray, qt: np.ndarray) -> tuple[int, int, float | None]:
-        with np.errstate(invalid="ignore"):
-            wc = np.flatnonzero((qc <= cfg.fdr) & ((zc[k] < 0) | both_sides))
-            wt = np.flatnonzero((qt <= cfg.fdr) & ((zt[k] < 0) | both_sides))
-        found = [(qc[c], points(mass[c])) for c in wc] + [
-            (qt[i], points(mass[themes.members[i]].sum(axis=0))) for i in wt
-        ]
+    def summary(
+        qc: np.ndarray, qt: np.ndarray, qi: np.ndarray | None = None
+    ) -> tuple[int, int, float | None]:
+        """Gap concepts, gap themes (and item topics: findings beyond one concept), the top 20's
+        share on a planted group. With ``both_sides`` (null draws) strengths count too."""
+        found: list[tuple[float, bool]] = []
+        counts = []
+        for q, z, ms in ((qc, zc, mass), (qt, zt, mass_t), (qi, zi, mass_i)):
+            if q is None:
+                continue
+            with np.errstate(invalid="ignore"):
+                called = np.flatnonzero((q <= cfg.fdr) & ((z[k] < 0) | both_sides))
+            found += [(q[j], bool(planted[int(np.argmax(ms[j] / sizes))])) for j in called]
+            counts.append(len(called))
         top = [pt_ for _, pt_ in sorted(found, key=lambda r: r[0])[:20]]
-        return len(wc), len(wt), (float(np.mean(top)) if top else None)
+        return counts[0], sum(counts[1:]), (float(np.mean(top)) if top else None)
 
     none_t = np.full(len(pt), np.nan)
     out = {
@@ -199,71 +223,31 @@ def one_draw(
     qt = np.full(len(pt), np.nan)
     qt[np.flatnonzero(tested_t)[sel]] = 0.0
     out["hierarchical"] = summary(qc, qt)
-    for name, tarone in (("concepts+themes", False), ("tarone, concepts+themes", True)):
-        p_all = np.r_[pc[tested_c], pt[tested_t]]
-        keep = np.ones(len(p_all), dtype=bool)
-        if tarone:
-            keep = tarone_keep(np.r_[pmin_c[tested_c], pmin_t[tested_t]], cfg.fdr)
-        q = bh(p_all, keep)
-        qc = np.full(len(pc), np.nan)
-        qc[tested_c] = q[: int(tested_c.sum())]
-        qt = np.full(len(pt), np.nan)
-        qt[tested_t] = q[int(tested_c.sum()) :]
-        out[name] = summary(qc, qt)
-        if tarone:  # the same kept hypotheses, their p-values weighted by power
-            with np.errstate(divide="ignore", invalid="ignore"):
-                theta = np.r_[
-                    (t.sum_s[k] / np.sqrt(t.null_var[k]))[tested_c],
-                    (tt.sum_s[k] / np.sqrt(tt.null_var[k]))[tested_t],
-                ]
-            w = np.zeros(len(p_all))
-            w[keep] = power_weights(delta * np.nan_to_num(theta[keep]), cfg.fdr)
-            q = bh(np.minimum(1.0, p_all / np.maximum(w, 1e-300)), keep)
-            qc = np.full(len(pc), np.nan)
-            qc[tested_c] = q[: int(tested_c.sum())]
-            qt = np.full(len(pt), np.nan)
-            qt[tested_t] = q[int(tested_c.sum()) :]
-            out["tarone, weighted"] = summary(qc, qt)
-    # item topics: unit saliency on each node's items, a third table in the same Tarone + BH
-    ind = sp.csr_matrix(
-        (np.ones(sum(len(t_) for t_ in topics)), np.concatenate(topics), np.cumsum([0, *map(len, topics)])),
-        shape=(len(topics), len(y)),
-    ).T.tocsr()
-    im = SuiteMatrix(ind, y, m.bench, m.benchmarks, m.item_ids, np.ones(len(topics)), m.group)
-    it = chi_tables(im)
-    n_all = n_tests + (it.support >= cfg.min_support).sum(axis=1)
-    zi, pwi, psi = p_values(im, it, cfg, n_all, stream=2 * len(n_tests))
-    pi = np.minimum(1, 2 * np.minimum(pwi[k], psi[k]))
-    pmin_i = smallest_p(im, it, cfg, n_all)[k]
-    nc, nt = int(tested_c.sum()), int(tested_t.sum())
-    p_all, pmin_all = np.r_[pc[tested_c], pt[tested_t], pi], np.r_[pmin_c[tested_c], pmin_t[tested_t], pmin_i]
-    for name, families in (
-        ("tarone, with item topics", [slice(0, len(p_all))]),
-        ("item topics apart", [slice(0, nc + nt), slice(nc + nt, len(p_all))]),
-    ):
-        # each family gets fdr / (number of families): its q-values are scaled by that number
-        q = np.full(len(p_all), np.nan)
-        for fam in families:
-            keep = tarone_keep(pmin_all[fam], cfg.fdr / len(families))
-            q[fam] = np.minimum(1.0, bh(p_all[fam], keep) * len(families))
-        qc = np.full(len(pc), np.nan)
-        qc[tested_c] = q[:nc]
-        qt = np.full(len(pt), np.nan)
-        qt[tested_t] = q[nc : nc + nt]
-        a, b, _ = summary(qc, qt)
-        with np.errstate(invalid="ignore"):
-            wi = np.flatnonzero((q[nc + nt :] <= cfg.fdr) & ((zi[k] < 0) | both_sides))
-            found = [
-                (qc[c], points(mass[c])) for c in np.flatnonzero((qc <= cfg.fdr) & ((zc[k] < 0) | both_sides))
-            ]
-            found += [
-                (qt[i], points(mass[themes.members[i]].sum(axis=0)))
-                for i in np.flatnonzero((qt <= cfg.fdr) & ((zt[k] < 0) | both_sides))
-            ]
-        found += [(q[nc + nt + i], points(onehot[topics[i]].sum(axis=0))) for i in wi]
-        top = [pt_ for _, pt_ in sorted(found, key=lambda r: r[0])[:20]]
-        # gap themes and item topics share the second count: both are findings beyond one concept
-        out[name] = (a, b + len(wi), float(np.mean(top)) if top else None)
+    # no Tarone: every tested hypothesis is kept (p_min 0 where tested)
+    (qc, qt), _ = tarone_bh(
+        [np.where(tested_c, 0.0, np.nan), np.where(tested_t, 0.0, np.nan)], [pc, pt], cfg.fdr
+    )
+    out["concepts+themes"] = summary(qc, qt)
+    (qc, qt), (keep_c, keep_t) = tarone_bh([pmin_c, pmin_t], [pc, pt], cfg.fdr)
+    out["tarone, concepts+themes"] = summary(qc, qt)
+    # the same kept hypotheses, their p-values weighted by power (weights averaging 1 over them all)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        theta = [delta * np.nan_to_num(x.sum_s[k] / np.sqrt(x.null_var[k])) for x in (t, tt)]
+    w = power_weights(np.r_[theta[0][keep_c], theta[1][keep_t]], cfg.fdr)
+    wc, wt = np.ones(len(pc)), np.ones(len(pt))
+    wc[keep_c], wt[keep_t] = w[: int(keep_c.sum())], w[int(keep_c.sum()) :]
+    (qc, qt), _ = tarone_bh(
+        [pmin_c, pmin_t],
+        [np.minimum(1.0, pc / np.maximum(wc, 1e-300)), np.minimum(1.0, pt / np.maximum(wt, 1e-300))],
+        cfg.fdr,
+    )
+    out["tarone, weighted"] = summary(qc, qt)
+    (qc, qt, qi), _ = tarone_bh([pmin_c, pmin_t, pmin_i], [pc, pt, pi], cfg.fdr)
+    out["tarone, with item topics"] = summary(qc, qt, qi)
+    # two families at fdr / 2 each: their q-values doubled, so that q <= fdr still calls
+    (qc, qt), _ = tarone_bh([pmin_c, pmin_t], [pc, pt], cfg.fdr / 2)
+    (qi,), _ = tarone_bh([pmin_i], [pi], cfg.fdr / 2)
+    out["item topics apart"] = summary(*(np.minimum(1.0, 2 * q) for q in (qc, qt, qi)))
     return out
 
 
@@ -298,6 +282,7 @@ def main() -> None:
     groups = groups_all[rows]
     themes = theme_structure(m, cfg)
     topics = item_topics(m.shat_matrix(), cfg.min_support)
+    topic_sal = ThemeSet(tuple(topics), len(rows)).membership()  # items x topics, 1 on a topic's items
     results: dict[str, list[tuple[int, int, float | None]]] = {p: [] for p in PROCEDURES}
     for r in range(args.repeats):
         draw = np.random.default_rng([args.seed, args.size, r])
@@ -316,7 +301,7 @@ def main() -> None:
             y,
             cfg.replace(seed=cfg.seed + r),
             args.delta,
-            topics,
+            topic_sal,
             args.null,
         ).items():
             results[name].append(res)
